@@ -1,0 +1,150 @@
+//! The dead-letter hook: where terminally failed messages go, with their error chain.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BoxError;
+use crate::message::Message;
+
+/// An error and its causes, outermost first, as plain text that can be stored and shown.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::ErrorChain;
+///
+/// let io = std::io::Error::other("disk full");
+/// let chain = ErrorChain::from_error(&io);
+/// assert_eq!(chain.to_string(), "disk full");
+/// assert_eq!(ErrorChain::msg("timed out").causes(), ["timed out"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorChain(Vec<String>);
+
+impl ErrorChain {
+    /// Walks `err` and its sources.
+    pub fn from_error(err: &(dyn std::error::Error + 'static)) -> Self {
+        let mut chain = vec![err.to_string()];
+        let mut cur = err.source();
+        while let Some(e) = cur {
+            chain.push(e.to_string());
+            cur = e.source();
+        }
+        ErrorChain(chain)
+    }
+
+    /// A chain of one message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        ErrorChain(vec![message.to_string()])
+    }
+
+    /// The messages, outermost first.
+    pub fn causes(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl fmt::Display for ErrorChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(": "))
+    }
+}
+
+impl From<BoxError> for ErrorChain {
+    fn from(e: BoxError) -> Self {
+        ErrorChain::from_error(&*e)
+    }
+}
+
+/// Where a dead letter came from.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::DeadLetterOrigin;
+///
+/// let origin = DeadLetterOrigin::default();
+/// assert!(origin.shard_id.is_none());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DeadLetterOrigin {
+    /// The backend (`"memory"`, `"sql"`, `"kinesis"`, ...).
+    pub backend: String,
+    /// Kinesis shard, when the message came from one.
+    pub shard_id: Option<String>,
+    /// Kinesis sequence number, when the message came from one.
+    pub sequence_number: Option<String>,
+}
+
+/// A message that will not be delivered again, handed to the dead-letter hook.
+///
+/// The message is kept untouched (its `attempts` and `status` as they were when it failed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The message as delivered.
+    pub message: Message,
+    /// Where it came from.
+    pub origin: DeadLetterOrigin,
+    /// Why it failed (the last error).
+    pub error: ErrorChain,
+    /// True when it ran out of attempts, false when the handler failed it outright.
+    pub exhausted: bool,
+    /// When it failed for good.
+    pub failed_at: DateTime<Utc>,
+    /// The consumer that gave up.
+    pub consumer_id: String,
+}
+
+impl DeadLetter {
+    /// A dead letter for `message`.
+    pub fn new(
+        message: Message,
+        origin: DeadLetterOrigin,
+        error: ErrorChain,
+        exhausted: bool,
+        consumer_id: impl Into<String>,
+    ) -> Self {
+        DeadLetter {
+            message,
+            origin,
+            error,
+            exhausted,
+            failed_at: Utc::now(),
+            consumer_id: consumer_id.into(),
+        }
+    }
+}
+
+/// Receives messages that failed for good. Implemented by the stores of `mq-dlq`; every backend
+/// calls it for exhausted messages, explicit dead-letter outcomes and (Kinesis) poison pills.
+///
+/// When the hook fails, durable backends keep the message in their own store with status
+/// `failed`, so nothing is lost; the failure is reported as an error to the lifecycle observers.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Mutex;
+/// use mq_core::{async_trait, BoxError, DeadLetter, DeadLetterSink};
+///
+/// #[derive(Debug, Default)]
+/// struct Collect(Mutex<Vec<DeadLetter>>);
+///
+/// #[async_trait]
+/// impl DeadLetterSink for Collect {
+///     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), BoxError> {
+///         self.0.lock().unwrap().extend(letters);
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait DeadLetterSink: Send + Sync + fmt::Debug + 'static {
+    /// Stores `letters`; all or nothing.
+    async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), BoxError>;
+}

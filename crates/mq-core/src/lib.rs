@@ -1,0 +1,91 @@
+//! The contract of the mq message queues.
+//!
+//! mq runs background work across a fleet: publishers put typed JSON messages on named queues,
+//! consumers claim them in batches and run a [`Handler`] that says what happened to each message.
+//! This crate holds what every backend shares:
+//!
+//! - [`Message`], [`NewMessage`], [`MessageId`], [`Status`], [`QueueName`] and the opt-in
+//!   [`EnvSuffixResolver`] that reproduces the original library's `<name>-<env>` naming;
+//! - the [`MessageQueue`] trait (register, publish, consume, consume one batch, shutdown);
+//! - [`Handler`], [`HandlerContext`] (with a cancellation token) and per-message [`Outcome`]s;
+//! - [`RetryPolicy`], [`IdGenerator`], [`ConsumerOptions`] and [`CommonOptions`];
+//! - lifecycle events, [`LifecycleObserver`] and [`LifecycleDispatcher`];
+//! - the dead-letter hook [`DeadLetterSink`];
+//! - [`AdaptiveStrategy`] and [`AimdStrategy`] for per-shard batch sizing;
+//! - [`QueueStore`] and [`PollingQueue`]: a backend that can claim atomically with a lease gets
+//!   the whole consumer runtime for free;
+//! - with feature `testkit`, the conformance suite every backend runs.
+//!
+//! # Quickstart
+//!
+//! Backends live in their own crates; the facade `mq-rs` (`use mq::...`) re-exports them. With
+//! the in-memory backend:
+//!
+//! ```text
+//! let queue = mq::InMemoryQueue::new(mq::InMemoryOptions::default());
+//! queue.register(&emails).await?;
+//! queue.publish(&emails, vec![mq::NewMessage::new("welcome", json!({"to": "a@b.c"}))]).await?;
+//! let consumer = queue.consume(&emails, handler, mq::ConsumerOptions::default()).await?;
+//! ```
+//!
+//! # Delivery guarantees
+//!
+//! At least once. A claim holds a message under a lease that the consumer renews while the
+//! handler runs; a consumer that crashes stops renewing, its lease expires and the message is
+//! claimed again (its attempt counted). Completions are fenced by the claim, so a consumer whose
+//! lease lapsed cannot ack, retry or fail a message another consumer now holds. Messages that run
+//! out of attempts go to the dead-letter hook with their error chain.
+//!
+//! # Features
+//!
+//! | feature   | what it adds |
+//! |-----------|--------------|
+//! | `testkit` | `mq_core::testkit`: the backend conformance suite and test helpers |
+
+#![doc(test(attr(deny(warnings), allow(dead_code))))]
+
+mod adaptive;
+mod dead_letter;
+mod error;
+mod handler;
+mod id;
+mod lifecycle;
+mod message;
+mod options;
+mod polling;
+mod queue;
+mod queue_name;
+mod retry;
+pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use adaptive::{
+    AdaptiveSnapshot, AdaptiveStrategy, AimdOptions, AimdStrategy, BatchResult, ShardKey,
+};
+pub use async_trait::async_trait;
+pub use dead_letter::{DeadLetter, DeadLetterOrigin, DeadLetterSink, ErrorChain};
+pub use error::{BoxError, Error, Result};
+pub use handler::{
+    Batch, Handler, HandlerContext, HandlerFn, IntoOutcomes, Outcome, Outcomes, handler_fn,
+};
+pub use id::{IdGenerator, UlidGenerator};
+pub use lifecycle::{
+    ConsumerInfo, ConsumerKind, DisconnectReason, DispatchMode, LifecycleDispatcher,
+    LifecycleDispatcherBuilder, LifecycleEvent, LifecycleObserver, MessageInfo, ObserverError,
+    ObserverFailure,
+};
+pub use message::{
+    MAX_MESSAGE_ID_LEN, MAX_MESSAGE_TYPE_LEN, Message, MessageId, Metadata, NewMessage, Status,
+};
+pub use options::{CommonOptions, ConsumerOptions};
+pub use polling::{PollingQueue, prepare_messages};
+pub use queue::{
+    BatchReport, ConsumerHandle, ConsumerStopper, MessageQueue, PublishFailure, PublishReport,
+};
+pub use queue_name::{
+    EnvSuffixResolver, IdentityResolver, MAX_QUEUE_NAME_LEN, QueueName, QueueNameResolver,
+};
+pub use retry::RetryPolicy;
+pub use store::{Claim, Claimed, Completion, CompletionAction, QueueStore};
+pub use tokio_util::sync::CancellationToken;

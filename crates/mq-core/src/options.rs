@@ -1,0 +1,259 @@
+//! Options shared by every backend: consumer settings and queue-wide settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::dead_letter::DeadLetterSink;
+use crate::error::{Error, Result};
+use crate::id::{IdGenerator, UlidGenerator};
+use crate::lifecycle::LifecycleDispatcher;
+use crate::queue_name::{IdentityResolver, QueueNameResolver};
+use crate::retry::RetryPolicy;
+
+/// How a consumer claims and runs batches. Every interval, size and timeout is here, none is a
+/// constant (backlog LOW-001).
+///
+/// Defaults: batch of 10, 1 batch at a time, poll every 1 s when there was work and back off to
+/// 5 s when idle, handler timeout 5 min, lease 30 s (renewed while the handler runs), shutdown
+/// grace 30 s, [`RetryPolicy::default`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use mq_core::ConsumerOptions;
+///
+/// let opts = ConsumerOptions::default()
+///     .batch_size(100)
+///     .concurrency(4)
+///     .handler_timeout(Duration::from_secs(30));
+/// opts.validate()?;
+/// assert!(ConsumerOptions::default().batch_size(0).validate().is_err());
+/// # Ok::<(), mq_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerOptions {
+    batch_size: usize,
+    concurrency: usize,
+    poll_interval: Duration,
+    max_poll_interval: Duration,
+    handler_timeout: Duration,
+    lease_duration: Duration,
+    shutdown_grace: Duration,
+    retry: RetryPolicy,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions {
+            batch_size: 10,
+            concurrency: 1,
+            poll_interval: Duration::from_secs(1),
+            max_poll_interval: Duration::from_secs(5),
+            handler_timeout: Duration::from_secs(300),
+            lease_duration: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl ConsumerOptions {
+    /// Messages claimed per batch.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n;
+        self
+    }
+    /// Batches handled at once by one consumer.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+    /// Wait before polling again when the last poll found nothing; doubles while idle.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+    /// Longest wait between two polls while idle.
+    pub fn max_poll_interval(mut self, d: Duration) -> Self {
+        self.max_poll_interval = d;
+        self
+    }
+    /// After this the handler's token is cancelled and its messages are retried.
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.handler_timeout = d;
+        self
+    }
+    /// How long a claim holds a message; renewed every third of it while the handler runs.
+    pub fn lease_duration(mut self, d: Duration) -> Self {
+        self.lease_duration = d;
+        self
+    }
+    /// How long shutdown waits for in-flight handlers before cancelling them.
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.shutdown_grace = d;
+        self
+    }
+    /// The retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Messages claimed per batch.
+    pub fn get_batch_size(&self) -> usize {
+        self.batch_size
+    }
+    /// Batches at once.
+    pub fn get_concurrency(&self) -> usize {
+        self.concurrency
+    }
+    /// Idle poll interval.
+    pub fn get_poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+    /// Longest idle poll interval.
+    pub fn get_max_poll_interval(&self) -> Duration {
+        self.max_poll_interval
+    }
+    /// Handler timeout.
+    pub fn get_handler_timeout(&self) -> Duration {
+        self.handler_timeout
+    }
+    /// Lease duration.
+    pub fn get_lease_duration(&self) -> Duration {
+        self.lease_duration
+    }
+    /// Shutdown grace period.
+    pub fn get_shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
+    }
+    /// The retry policy.
+    pub fn get_retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// Checks every field; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.batch_size > 10_000 {
+            return Err(Error::invalid_option(
+                "batch_size",
+                format!("must be between 1 and 10000, got {}", self.batch_size),
+            ));
+        }
+        if self.concurrency == 0 || self.concurrency > 1024 {
+            return Err(Error::invalid_option(
+                "concurrency",
+                format!("must be between 1 and 1024, got {}", self.concurrency),
+            ));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(Error::invalid_option("poll_interval", "must be above zero"));
+        }
+        if self.max_poll_interval < self.poll_interval {
+            return Err(Error::invalid_option(
+                "max_poll_interval",
+                "must not be shorter than poll_interval",
+            ));
+        }
+        if self.handler_timeout.is_zero() {
+            return Err(Error::invalid_option(
+                "handler_timeout",
+                "must be above zero",
+            ));
+        }
+        if self.lease_duration < Duration::from_millis(30) {
+            return Err(Error::invalid_option(
+                "lease_duration",
+                "must be at least 30 ms (it is renewed every third of itself)",
+            ));
+        }
+        self.retry.validate()
+    }
+}
+
+/// Settings every backend shares, set once per queue instance: lifecycle observers, the
+/// dead-letter hook, id generation, queue-name resolution and the message size limit.
+///
+/// Defaults: no observers, no dead-letter hook, ULID ids, names used as given, 1 MiB per message.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::{CommonOptions, EnvSuffixResolver};
+///
+/// let common = CommonOptions::default()
+///     .resolver(EnvSuffixResolver::new("production")?)
+///     .max_message_bytes(256 * 1024);
+/// assert_eq!(common.get_max_message_bytes(), 256 * 1024);
+/// # Ok::<(), mq_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct CommonOptions {
+    pub(crate) lifecycle: LifecycleDispatcher,
+    pub(crate) dead_letters: Option<Arc<dyn DeadLetterSink>>,
+    pub(crate) id_generator: Arc<dyn IdGenerator>,
+    pub(crate) resolver: Arc<dyn QueueNameResolver>,
+    pub(crate) max_message_bytes: usize,
+}
+
+impl Default for CommonOptions {
+    fn default() -> Self {
+        CommonOptions {
+            lifecycle: LifecycleDispatcher::none(),
+            dead_letters: None,
+            id_generator: Arc::new(UlidGenerator),
+            resolver: Arc::new(IdentityResolver),
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl CommonOptions {
+    /// Lifecycle observers.
+    pub fn lifecycle(mut self, dispatcher: LifecycleDispatcher) -> Self {
+        self.lifecycle = dispatcher;
+        self
+    }
+    /// Where messages that failed for good go.
+    pub fn dead_letters(mut self, sink: Arc<dyn DeadLetterSink>) -> Self {
+        self.dead_letters = Some(sink);
+        self
+    }
+    /// Id generation for messages published without an id.
+    pub fn id_generator(mut self, generator: impl crate::IdGenerator) -> Self {
+        self.id_generator = Arc::new(generator);
+        self
+    }
+    /// Queue-name resolution (for example [`EnvSuffixResolver`](crate::EnvSuffixResolver)).
+    pub fn resolver(mut self, resolver: impl QueueNameResolver) -> Self {
+        self.resolver = Arc::new(resolver);
+        self
+    }
+    /// Largest serialized message accepted by publish.
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.max_message_bytes = n;
+        self
+    }
+
+    /// The lifecycle dispatcher.
+    pub fn get_lifecycle(&self) -> &LifecycleDispatcher {
+        &self.lifecycle
+    }
+    /// The dead-letter hook.
+    pub fn get_dead_letters(&self) -> Option<&Arc<dyn DeadLetterSink>> {
+        self.dead_letters.as_ref()
+    }
+    /// The id generator.
+    pub fn get_id_generator(&self) -> &Arc<dyn IdGenerator> {
+        &self.id_generator
+    }
+    /// The resolver.
+    pub fn get_resolver(&self) -> &Arc<dyn QueueNameResolver> {
+        &self.resolver
+    }
+    /// The message size limit.
+    pub fn get_max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+}

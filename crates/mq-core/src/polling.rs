@@ -1,0 +1,686 @@
+//! [`PollingQueue`]: the whole [`MessageQueue`] behaviour on top of any [`QueueStore`].
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::FutureExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::dead_letter::{DeadLetter, DeadLetterOrigin, ErrorChain};
+use crate::error::{Error, Result};
+use crate::handler::{Batch, Handler, HandlerContext, Outcome, Outcomes};
+use crate::lifecycle::{ConsumerInfo, DisconnectReason, LifecycleEvent, MessageInfo};
+use crate::message::{Message, NewMessage, Status};
+use crate::options::{CommonOptions, ConsumerOptions};
+use crate::queue::{
+    BatchReport, ConsumerHandle, ConsumerStopper, MessageQueue, PublishFailure, PublishReport,
+};
+use crate::queue_name::QueueName;
+use crate::store::{Claim, Completion, CompletionAction, QueueStore};
+
+/// A [`MessageQueue`] made of a [`QueueStore`] and the shared consumer runtime.
+///
+/// Consumers run `concurrency` worker loops; each claims a batch, runs the handler with a timeout
+/// (renewing the lease every third of its duration while the handler runs), then writes all
+/// outcomes in one call. Polls of one worker never overlap; idle workers back off from
+/// `poll_interval` to `max_poll_interval` and wake early when the store signals new work.
+///
+/// Backends wrap it in their own type (`InMemoryQueue` in `mq-memory` is the smallest example).
+pub struct PollingQueue<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for PollingQueue<S> {
+    fn clone(&self) -> Self {
+        PollingQueue {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<S> {
+    store: Arc<S>,
+    common: CommonOptions,
+    registered: RwLock<HashSet<QueueName>>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    consumers: Mutex<Vec<ConsumerStopper>>,
+    shut_down: AtomicBool,
+    instance: String,
+    next_consumer: AtomicU64,
+}
+
+impl<S: QueueStore> fmt::Debug for PollingQueue<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PollingQueue")
+            .field("store", &self.inner.store)
+            .field("instance", &self.inner.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: QueueStore> PollingQueue<S> {
+    /// A queue over `store` with `common` settings.
+    pub fn new(store: S, common: CommonOptions) -> Self {
+        let instance = format!(
+            "{}-{}-{:06x}",
+            store.backend(),
+            std::process::id(),
+            rand::random::<u32>() & 0xff_ffff
+        );
+        PollingQueue {
+            inner: Arc::new(Inner {
+                store: Arc::new(store),
+                common,
+                registered: RwLock::default(),
+                stop: CancellationToken::new(),
+                abort: CancellationToken::new(),
+                consumers: Mutex::default(),
+                shut_down: AtomicBool::new(false),
+                instance,
+                next_consumer: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The shared settings.
+    pub fn common(&self) -> &CommonOptions {
+        &self.inner.common
+    }
+
+    /// Resolves `queue` and checks it is registered and the queue is running.
+    pub fn resolve_registered(&self, queue: &QueueName) -> Result<QueueName> {
+        self.check_running()?;
+        let resolved = self.inner.common.resolver.resolve(queue)?;
+        let known = self
+            .inner
+            .registered
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&resolved);
+        if known {
+            Ok(resolved)
+        } else {
+            Err(Error::NotRegistered { queue: resolved })
+        }
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            Err(Error::ShutDown {
+                backend: self.inner.store.backend(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Validates `messages` and turns them into stored messages of `queue`; refusals go to
+    /// `failed` with their batch index. Shared with backends that publish through their own path
+    /// (for example inside a caller's transaction).
+    pub fn prepare(
+        &self,
+        queue: &QueueName,
+        messages: Vec<NewMessage>,
+        failed: &mut Vec<PublishFailure>,
+    ) -> Vec<(usize, Message)> {
+        prepare_messages(&self.inner.common, queue, messages, failed)
+    }
+
+    /// Emits `published` for stored messages.
+    pub fn emit_published(&self, messages: &[Message]) {
+        let lc = &self.inner.common.lifecycle;
+        if lc.is_active() {
+            let backend = self.inner.store.backend();
+            for m in messages {
+                lc.emit(LifecycleEvent::Published {
+                    message: MessageInfo::of(m, backend),
+                    size_bytes: m.encoded_len(),
+                });
+            }
+        }
+    }
+
+    fn new_consumer_id(&self) -> String {
+        let n = self.inner.next_consumer.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.inner.instance)
+    }
+}
+
+/// Validates and converts messages for `queue` under `common`'s id generator and size limit.
+pub fn prepare_messages(
+    common: &CommonOptions,
+    queue: &QueueName,
+    messages: Vec<NewMessage>,
+    failed: &mut Vec<PublishFailure>,
+) -> Vec<(usize, Message)> {
+    let now = Utc::now();
+    let mut out = Vec::with_capacity(messages.len());
+    for (index, nm) in messages.into_iter().enumerate() {
+        if let Err(error) = nm.validate() {
+            failed.push(PublishFailure {
+                index,
+                id: nm.get_id().cloned(),
+                error,
+            });
+            continue;
+        }
+        let m = nm.into_message(&*common.id_generator, queue.clone(), now);
+        let size = m.encoded_len();
+        if size > common.max_message_bytes {
+            failed.push(PublishFailure {
+                index,
+                id: Some(m.id.clone()),
+                error: Error::MessageTooLarge {
+                    id: m.id,
+                    size,
+                    limit: common.max_message_bytes,
+                },
+            });
+            continue;
+        }
+        out.push((index, m));
+    }
+    out
+}
+
+#[async_trait]
+impl<S: QueueStore> MessageQueue for PollingQueue<S> {
+    fn backend(&self) -> &'static str {
+        self.inner.store.backend()
+    }
+
+    async fn register(&self, queue: &QueueName) -> Result<()> {
+        self.check_running()?;
+        let resolved = self.inner.common.resolver.resolve(queue)?;
+        self.inner.store.register(&resolved).await?;
+        self.inner
+            .registered
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(resolved);
+        Ok(())
+    }
+
+    async fn publish(&self, queue: &QueueName, messages: Vec<NewMessage>) -> Result<PublishReport> {
+        let queue = self.resolve_registered(queue)?;
+        let mut report = PublishReport::default();
+        if messages.is_empty() {
+            return Ok(report);
+        }
+        let prepared = self.prepare(&queue, messages, &mut report.failed);
+        if prepared.is_empty() {
+            return Ok(report);
+        }
+        let (indexes, msgs): (Vec<usize>, Vec<Message>) = prepared.into_iter().unzip();
+        let keep = if self.inner.common.lifecycle.is_active() {
+            Some(msgs.clone())
+        } else {
+            None
+        };
+        let ids: Vec<_> = msgs.iter().map(|m| m.id.clone()).collect();
+        let results = self.inner.store.insert(&queue, msgs).await?;
+        let mut stored = Vec::new();
+        for (k, (res, id)) in results.into_iter().zip(ids).enumerate() {
+            match res {
+                Ok(()) => {
+                    report.published.push(id);
+                    stored.push(k);
+                }
+                Err(error) => report.failed.push(PublishFailure {
+                    index: indexes[k],
+                    id: Some(id),
+                    error,
+                }),
+            }
+        }
+        if let Some(msgs) = keep {
+            let stored_msgs: Vec<Message> = stored.into_iter().map(|k| msgs[k].clone()).collect();
+            self.emit_published(&stored_msgs);
+        }
+        report.failed.sort_by_key(|f| f.index);
+        Ok(report)
+    }
+
+    async fn consume(
+        &self,
+        queue: &QueueName,
+        handler: Arc<dyn Handler>,
+        options: ConsumerOptions,
+    ) -> Result<ConsumerHandle> {
+        let queue = self.resolve_registered(queue)?;
+        options.validate()?;
+        let stopper = ConsumerStopper::new(
+            &self.inner.stop,
+            &self.inner.abort,
+            options.get_shutdown_grace(),
+        );
+        let consumer_id = self.new_consumer_id();
+        let worker = Arc::new(Worker {
+            store: self.inner.store.clone(),
+            common: self.inner.common.clone(),
+            queue: queue.clone(),
+            consumer_id: consumer_id.clone(),
+            handler,
+            options,
+            abort: stopper.abort_token().clone(),
+        });
+        let info = ConsumerInfo::worker(consumer_id.clone(), queue, self.inner.store.backend());
+        self.inner
+            .common
+            .lifecycle
+            .emit_with(|| LifecycleEvent::ConsumerConnected {
+                consumer: info.clone(),
+            });
+        let mut loops = Vec::with_capacity(worker.options.get_concurrency());
+        for _ in 0..worker.options.get_concurrency() {
+            let w = worker.clone();
+            let stop = stopper.stop_token().clone();
+            loops.push(stopper.tracker().spawn(async move { w.run(stop).await }));
+        }
+        let queue_stop = self.inner.stop.clone();
+        let lifecycle = self.inner.common.lifecycle.clone();
+        stopper.tracker().spawn(async move {
+            for l in loops {
+                if let Err(e) = l.await {
+                    tracing::error!(error = %e, "mq: consumer worker ended abnormally");
+                }
+            }
+            let reason = if queue_stop.is_cancelled() {
+                DisconnectReason::Shutdown
+            } else {
+                DisconnectReason::Stopped
+            };
+            lifecycle.emit(LifecycleEvent::ConsumerDisconnected {
+                consumer: info,
+                reason,
+            });
+        });
+        {
+            let mut consumers = self
+                .inner
+                .consumers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            consumers.retain(|c| !c.is_finished());
+            consumers.push(stopper.clone());
+        }
+        Ok(ConsumerHandle::new(consumer_id, stopper))
+    }
+
+    async fn consume_batch(
+        &self,
+        queue: &QueueName,
+        handler: Arc<dyn Handler>,
+        options: &ConsumerOptions,
+    ) -> Result<BatchReport> {
+        let queue = self.resolve_registered(queue)?;
+        options.validate()?;
+        let worker = Worker {
+            store: self.inner.store.clone(),
+            common: self.inner.common.clone(),
+            queue,
+            consumer_id: self.new_consumer_id(),
+            handler,
+            options: options.clone(),
+            abort: self.inner.abort.child_token(),
+        };
+        worker.run_once().await
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        if self.inner.shut_down.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.inner.stop.cancel();
+        let consumers: Vec<ConsumerStopper> = self
+            .inner
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        futures::future::join_all(consumers.iter().map(ConsumerStopper::stop)).await;
+        self.inner.common.lifecycle.flush().await;
+        Ok(())
+    }
+}
+
+struct Worker<S> {
+    store: Arc<S>,
+    common: CommonOptions,
+    queue: QueueName,
+    consumer_id: String,
+    handler: Arc<dyn Handler>,
+    options: ConsumerOptions,
+    abort: CancellationToken,
+}
+
+impl<S: QueueStore> Worker<S> {
+    async fn run(&self, stop: CancellationToken) {
+        let mut idle = self.options.get_poll_interval();
+        while !stop.is_cancelled() {
+            match self.run_once().await {
+                Ok(report) if report.delivered > 0 || report.expired > 0 => {
+                    idle = self.options.get_poll_interval();
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %e,
+                        error_chain = %ErrorChain::from_error(&e), "mq: claim failed; backing off");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = self.store.wait_for_work(&self.queue, idle) => {}
+            }
+            idle = (idle * 2).min(self.options.get_max_poll_interval());
+        }
+    }
+
+    async fn run_once(&self) -> Result<BatchReport> {
+        let claimed = self
+            .store
+            .claim(
+                &self.queue,
+                &self.consumer_id,
+                self.options.get_batch_size(),
+                self.options.get_lease_duration(),
+            )
+            .await?;
+        let backend = self.store.backend();
+        let lc = &self.common.lifecycle;
+        let mut report = BatchReport {
+            expired: claimed.expired.len(),
+            ..BatchReport::default()
+        };
+        for m in &claimed.expired {
+            lc.emit_with(|| LifecycleEvent::Expired {
+                message: MessageInfo::of(m, backend),
+            });
+        }
+        if claimed.messages.is_empty() {
+            return Ok(report);
+        }
+        let now = Utc::now();
+        let policy = self.options.get_retry();
+        // Messages whose earlier claims all ended without a completion (crashes, lost leases)
+        // may have used up their attempts already: they fail without another run.
+        let (runnable, over): (Vec<Message>, Vec<Message>) = claimed
+            .messages
+            .into_iter()
+            .partition(|m| m.attempts <= policy.attempts_allowed(m));
+        report.delivered = runnable.len();
+        if lc.is_active() {
+            for m in &runnable {
+                let age = (now - m.created_at).to_std().unwrap_or_default();
+                lc.emit(LifecycleEvent::Consumed {
+                    message: MessageInfo::of(m, backend),
+                    consumer_id: self.consumer_id.clone(),
+                    age,
+                });
+            }
+        }
+        let mut decided: Vec<(Message, Outcome)> = over
+            .into_iter()
+            .map(|m| {
+                let allowed = policy.attempts_allowed(&m);
+                (
+                    m,
+                    Outcome::Fail {
+                        error: ErrorChain::msg(format!(
+                            "attempts exhausted: {allowed} deliveries allowed, earlier deliveries ended without a result (crash or lost lease)"
+                        )),
+                    },
+                )
+            })
+            .collect();
+        let mut handler_duration = Duration::ZERO;
+        if !runnable.is_empty() {
+            let (outcomes, cancelled, took) = self.run_handler(runnable.clone()).await;
+            handler_duration = took;
+            report.cancelled = cancelled;
+            decided.extend(runnable.into_iter().map(|m| {
+                let o = outcomes.get(&m.id).clone();
+                (m, o)
+            }));
+        }
+        self.complete(decided, handler_duration, &mut report)
+            .await?;
+        Ok(report)
+    }
+
+    /// Runs the handler with the timeout and lease renewal; returns the outcomes, whether the
+    /// handler was cancelled, and how long it ran.
+    async fn run_handler(&self, messages: Vec<Message>) -> (Outcomes, bool, Duration) {
+        let started = Instant::now();
+        let timeout = self.options.get_handler_timeout();
+        let deadline = started + timeout;
+        let token = self.abort.child_token();
+        let claims: Vec<Claim> = messages.iter().map(Claim::of).collect();
+        let ctx = HandlerContext::new(
+            self.queue.clone(),
+            self.consumer_id.clone(),
+            None,
+            token.clone(),
+            Some(deadline),
+        );
+        let batch = Batch::from(messages);
+        let fut = std::panic::AssertUnwindSafe(self.handler.handle(batch, ctx)).catch_unwind();
+        tokio::pin!(fut);
+        let lease = self.options.get_lease_duration();
+        let mut renew = tokio::time::interval_at(started + lease / 3, lease / 3);
+        let mut timed_out = false;
+        let result = loop {
+            tokio::select! {
+                res = &mut fut => break res,
+                () = tokio::time::sleep_until(deadline), if !timed_out => {
+                    timed_out = true;
+                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, ?timeout,
+                        "mq: handler timed out; cancelling its token and waiting for it to return");
+                    token.cancel();
+                }
+                _ = renew.tick() => {
+                    match self.store.renew(&self.queue, &self.consumer_id, &claims, lease).await {
+                        Ok(lost) if lost.is_empty() => {}
+                        Ok(lost) => {
+                            tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost = lost.len(),
+                                "mq: lease lost while the handler ran; cancelling it");
+                            token.cancel();
+                        }
+                        Err(e) => tracing::warn!(queue = %self.queue, error = %e, "mq: lease renewal failed"),
+                    }
+                }
+            }
+        };
+        let took = started.elapsed();
+        let mut outcomes = match result {
+            Ok(o) => o,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                Outcomes::retry_all(ErrorChain::msg(format!("handler panicked: {msg}")))
+            }
+        };
+        let cancelled = token.is_cancelled();
+        if cancelled {
+            // Whatever the handler finished (acked) stays done; everything else comes back.
+            let reason = if timed_out {
+                ErrorChain::msg(format!("handler timed out after {timeout:?}"))
+            } else {
+                ErrorChain::msg("handler cancelled (shutdown or lost lease)")
+            };
+            let shutdown = !timed_out && self.abort.is_cancelled();
+            let ids: Vec<_> = claims.iter().map(|c| c.id.clone()).collect();
+            for id in ids {
+                if *outcomes.get(&id) != Outcome::Ack {
+                    let after = if shutdown { Some(Duration::ZERO) } else { None };
+                    outcomes.insert(
+                        id,
+                        Outcome::Retry {
+                            after,
+                            error: Some(reason.clone()),
+                        },
+                    );
+                }
+            }
+        }
+        (outcomes, cancelled, took)
+    }
+
+    async fn complete(
+        &self,
+        decided: Vec<(Message, Outcome)>,
+        handler_duration: Duration,
+        report: &mut BatchReport,
+    ) -> Result<()> {
+        let now = Utc::now();
+        let policy = self.options.get_retry();
+        let mut completions = Vec::with_capacity(decided.len());
+        // (message, terminal status, error, exhausted)
+        let mut plan: Vec<(Message, Planned)> = Vec::with_capacity(decided.len());
+        for (m, outcome) in decided {
+            let claim = Claim::of(&m);
+            let planned = match outcome {
+                Outcome::Ack => Planned::Ack,
+                Outcome::Retry { after, error } => {
+                    if policy.is_exhausted(&m) {
+                        let allowed = policy.attempts_allowed(&m);
+                        let error = error.unwrap_or_else(|| {
+                            ErrorChain::msg(format!(
+                                "attempts exhausted after {allowed} deliveries"
+                            ))
+                        });
+                        Planned::Terminal(Status::Failed, error, true)
+                    } else {
+                        let delay = after.unwrap_or_else(|| policy.delay_for(&m));
+                        Planned::Retry(delay, error)
+                    }
+                }
+                Outcome::Fail { error } => Planned::Terminal(Status::Failed, error, false),
+                Outcome::DeadLetter { error } => {
+                    Planned::Terminal(Status::DeadLettered, error, false)
+                }
+            };
+            let action = match &planned {
+                Planned::Ack => CompletionAction::Ack,
+                Planned::Retry(delay, error) => CompletionAction::Retry {
+                    execute_at: now
+                        + chrono::Duration::from_std(*delay).unwrap_or(chrono::Duration::MAX),
+                    error: error.clone(),
+                },
+                Planned::Terminal(status, error, _) => CompletionAction::Finish {
+                    status: *status,
+                    error: error.clone(),
+                },
+            };
+            completions.push(Completion::new(claim, action));
+            plan.push((m, planned));
+        }
+        let rejected: HashSet<Claim> = self
+            .store
+            .complete(&self.queue, &self.consumer_id, completions)
+            .await?
+            .into_iter()
+            .collect();
+        report.lease_lost = rejected.len();
+        if !rejected.is_empty() {
+            tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost = rejected.len(),
+                "mq: completions refused: the lease expired and another consumer may hold these messages");
+        }
+        let backend = self.store.backend();
+        let lc = &self.common.lifecycle;
+        let mut letters = Vec::new();
+        for (m, planned) in plan {
+            if rejected.contains(&Claim::of(&m)) {
+                continue;
+            }
+            match planned {
+                Planned::Ack => {
+                    report.acked += 1;
+                    lc.emit_with(|| LifecycleEvent::Acked {
+                        message: MessageInfo::of(&m, backend),
+                        consumer_id: self.consumer_id.clone(),
+                        handler_duration,
+                    });
+                }
+                Planned::Retry(delay, error) => {
+                    report.retried += 1;
+                    lc.emit_with(|| LifecycleEvent::Retried {
+                        message: MessageInfo::of(&m, backend),
+                        consumer_id: self.consumer_id.clone(),
+                        delay,
+                        error,
+                    });
+                }
+                Planned::Terminal(status, error, exhausted) => {
+                    report.failed += 1;
+                    if status == Status::Failed {
+                        lc.emit_with(|| LifecycleEvent::Failed {
+                            message: MessageInfo::of(&m, backend),
+                            consumer_id: self.consumer_id.clone(),
+                            error: error.clone(),
+                            exhausted,
+                        });
+                    }
+                    letters.push(DeadLetter::new(
+                        m,
+                        DeadLetterOrigin {
+                            backend: backend.to_owned(),
+                            ..DeadLetterOrigin::default()
+                        },
+                        error,
+                        exhausted,
+                        self.consumer_id.clone(),
+                    ));
+                }
+            }
+        }
+        if let (false, Some(sink)) = (letters.is_empty(), &self.common.dead_letters) {
+            let infos: Vec<(MessageInfo, ErrorChain)> = letters
+                .iter()
+                .map(|l| (MessageInfo::of(&l.message, backend), l.error.clone()))
+                .collect();
+            let count = letters.len();
+            match sink.dead_letter(letters).await {
+                Ok(()) => {
+                    report.dead_lettered += count;
+                    for (message, error) in infos {
+                        lc.emit(LifecycleEvent::DeadLettered {
+                            message,
+                            consumer_id: self.consumer_id.clone(),
+                            error,
+                        });
+                    }
+                }
+                Err(source) => {
+                    let err = Error::DeadLetter { count, source };
+                    tracing::error!(queue = %self.queue, error = %err, chain = %ErrorChain::from_error(&err),
+                        "mq: dead-letter store failed; the messages stay in the queue's store with their terminal status");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Planned {
+    Ack,
+    Retry(Duration, Option<ErrorChain>),
+    Terminal(Status, ErrorChain, bool),
+}

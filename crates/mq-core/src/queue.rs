@@ -1,0 +1,275 @@
+//! The queue trait every backend implements, and what its calls return.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{Error, Result};
+use crate::handler::Handler;
+use crate::message::{MessageId, NewMessage};
+use crate::options::ConsumerOptions;
+use crate::queue_name::QueueName;
+
+/// A message queue backend: register queues, publish, consume in the background or one batch on
+/// demand, shut down.
+///
+/// Every method resolves its queue argument through the queue's
+/// [`QueueNameResolver`](crate::QueueNameResolver). Delivery is at least once: a message is
+/// never dropped silently, and a crash mid-batch delivers that batch again.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use mq_core::{handler_fn, Batch, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName};
+///
+/// async fn run(queue: &dyn MessageQueue) -> mq_core::Result<()> {
+///     let emails = QueueName::new("emails")?;
+///     queue.register(&emails).await?;
+///     let report = queue
+///         .publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))])
+///         .await?;
+///     assert!(report.is_complete());
+///     let handler = Arc::new(handler_fn(|batch: Batch, _ctx: HandlerContext| async move {
+///         println!("{} messages", batch.len());
+///     }));
+///     let consumer = queue.consume(&emails, handler, ConsumerOptions::default()).await?;
+///     consumer.stop().await;
+///     queue.shutdown().await
+/// }
+/// ```
+#[async_trait]
+pub trait MessageQueue: Send + Sync + fmt::Debug + 'static {
+    /// The backend's name (`"memory"`, `"immediate"`, `"sql"`, `"mongo"`, `"kinesis"`).
+    fn backend(&self) -> &'static str;
+
+    /// Allows publishing to and consuming from `queue`, creating what the backend needs for it.
+    async fn register(&self, queue: &QueueName) -> Result<()>;
+
+    /// Stores `messages`. Bad messages (too large, invalid, duplicate id) are reported one by one
+    /// in the returned [`PublishReport`] and not stored; the others are. An unregistered queue is
+    /// an error and stores nothing. An empty batch is a no-op.
+    async fn publish(&self, queue: &QueueName, messages: Vec<NewMessage>) -> Result<PublishReport>;
+
+    /// Starts a background consumer. Stop it with [`ConsumerHandle::stop`] or
+    /// [`MessageQueue::shutdown`].
+    async fn consume(
+        &self,
+        queue: &QueueName,
+        handler: Arc<dyn Handler>,
+        options: ConsumerOptions,
+    ) -> Result<ConsumerHandle>;
+
+    /// Claims and handles one batch of at most `options.batch_size` messages now, whether or not a
+    /// background consumer runs (for cron-style use).
+    async fn consume_batch(
+        &self,
+        queue: &QueueName,
+        handler: Arc<dyn Handler>,
+        options: &ConsumerOptions,
+    ) -> Result<BatchReport>;
+
+    /// Stops claiming, waits for in-flight handlers up to each consumer's grace period, then
+    /// cancels them and releases what they hold. Later calls fail with [`Error::ShutDown`].
+    async fn shutdown(&self) -> Result<()>;
+}
+
+/// One message publish refused.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct PublishFailure {
+    /// Its position in the published batch.
+    pub index: usize,
+    /// Its id, when it had or got one.
+    pub id: Option<MessageId>,
+    /// Why it was not stored.
+    pub error: Error,
+}
+
+/// What a publish stored and what it refused.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::PublishReport;
+///
+/// let report = PublishReport::default();
+/// assert!(report.is_complete());
+/// assert!(report.into_result().is_ok());
+/// ```
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct PublishReport {
+    /// Ids stored, in batch order.
+    pub published: Vec<MessageId>,
+    /// Messages refused.
+    pub failed: Vec<PublishFailure>,
+}
+
+impl PublishReport {
+    /// True when nothing was refused.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// The stored ids, or the first refusal as an error.
+    pub fn into_result(mut self) -> Result<Vec<MessageId>> {
+        if self.failed.is_empty() {
+            Ok(self.published)
+        } else {
+            Err(self.failed.swap_remove(0).error)
+        }
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchReport {
+    /// Messages handed to the handler.
+    pub delivered: usize,
+    /// Acknowledged.
+    pub acked: usize,
+    /// Scheduled for another delivery.
+    pub retried: usize,
+    /// Failed for good (including exhausted).
+    pub failed: usize,
+    /// Accepted by the dead-letter hook.
+    pub dead_lettered: usize,
+    /// Found past `expires_at` and marked expired.
+    pub expired: usize,
+    /// Completions refused because the lease was lost meanwhile.
+    pub lease_lost: usize,
+    /// The handler timed out or was cancelled.
+    pub cancelled: bool,
+}
+
+impl BatchReport {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &BatchReport) {
+        self.delivered += other.delivered;
+        self.acked += other.acked;
+        self.retried += other.retried;
+        self.failed += other.failed;
+        self.dead_lettered += other.dead_lettered;
+        self.expired += other.expired;
+        self.lease_lost += other.lease_lost;
+        self.cancelled |= other.cancelled;
+    }
+}
+
+/// A running background consumer.
+///
+/// Dropping the handle leaves the consumer running until the queue shuts down.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f(handle: mq_core::ConsumerHandle) {
+/// println!("consumer {}", handle.consumer_id());
+/// handle.stop().await; // waits for in-flight batches (up to the grace period)
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "dropping the handle does not stop the consumer; call stop() or shut the queue down"]
+pub struct ConsumerHandle {
+    consumer_id: String,
+    stopper: ConsumerStopper,
+}
+
+/// The parts that stop a consumer: a token to stop claiming, a token to cancel handlers, and the
+/// tracker of its tasks. Backends build one per consumer and keep a clone to stop it on shutdown.
+#[derive(Debug, Clone)]
+pub struct ConsumerStopper {
+    stop: CancellationToken,
+    abort: CancellationToken,
+    tracker: TaskTracker,
+    grace: Duration,
+}
+
+impl ConsumerStopper {
+    /// A stopper whose tokens are children of `stop_parent` and `abort_parent`, so stopping the
+    /// parents (the queue's shutdown) stops this consumer too.
+    pub fn new(
+        stop_parent: &CancellationToken,
+        abort_parent: &CancellationToken,
+        grace: Duration,
+    ) -> Self {
+        ConsumerStopper {
+            stop: stop_parent.child_token(),
+            abort: abort_parent.child_token(),
+            tracker: TaskTracker::new(),
+            grace,
+        }
+    }
+
+    /// Cancelled when the consumer must stop claiming.
+    pub fn stop_token(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Cancelled when in-flight handlers must stop.
+    pub fn abort_token(&self) -> &CancellationToken {
+        &self.abort
+    }
+
+    /// The consumer's tasks.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    /// Stops claiming, waits for in-flight work up to the grace period, then cancels handlers and
+    /// waits for them to return.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            self.abort.cancel();
+            self.tracker.wait().await;
+        }
+    }
+
+    /// True once every task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.tracker.is_closed() && self.tracker.is_empty()
+    }
+}
+
+impl ConsumerHandle {
+    /// A handle for the consumer `consumer_id` stopped by `stopper`.
+    pub fn new(consumer_id: impl Into<String>, stopper: ConsumerStopper) -> Self {
+        ConsumerHandle {
+            consumer_id: consumer_id.into(),
+            stopper,
+        }
+    }
+
+    /// The consumer's id, as seen in lifecycle events and handler contexts.
+    pub fn consumer_id(&self) -> &str {
+        &self.consumer_id
+    }
+
+    /// Stops claiming, waits for in-flight batches up to the grace period, then cancels their
+    /// handlers and waits for them to return.
+    pub async fn stop(self) {
+        self.stopper.stop().await;
+    }
+
+    /// True once the consumer has ended (stopped, or its queue shut down).
+    pub fn is_finished(&self) -> bool {
+        self.stopper.is_finished()
+    }
+
+    /// Waits until the consumer has ended without stopping it.
+    pub async fn finished(&self) {
+        self.stopper.stop.cancelled().await;
+        self.stopper.tracker.wait().await;
+    }
+}

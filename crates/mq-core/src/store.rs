@@ -1,0 +1,189 @@
+//! The storage contract of polling backends: insert, claim with a lease, renew, complete.
+//!
+//! A backend that implements [`QueueStore`] gets the whole [`MessageQueue`](crate::MessageQueue)
+//! behaviour (validation, ids, events, retries, dead letters, timeouts, shutdown) from
+//! [`PollingQueue`](crate::PollingQueue); it only has to make claiming atomic and fence
+//! completions by lease.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::dead_letter::ErrorChain;
+use crate::error::{Error, Result};
+use crate::message::{Message, MessageId, Status};
+use crate::queue_name::QueueName;
+
+/// Identifies one claim of one message: the consumer that made it and the attempt number it
+/// set. A store accepts a renewal or completion only while the message is still `processing`
+/// under exactly this claim and its lease has not expired, so an owner whose lease lapsed (and
+/// who may have been replaced) cannot touch the message any more.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::{Claim, MessageId};
+///
+/// let c = Claim::new(MessageId::new("m1")?, 2);
+/// assert_eq!(c.attempt, 2);
+/// # Ok::<(), mq_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Claim {
+    /// The message.
+    pub id: MessageId,
+    /// The attempt number the claim set (`Message::attempts` right after claiming).
+    pub attempt: u32,
+}
+
+impl Claim {
+    /// The claim of `id` at `attempt`.
+    pub fn new(id: MessageId, attempt: u32) -> Self {
+        Claim { id, attempt }
+    }
+
+    /// The claim a freshly claimed `message` carries.
+    pub fn of(message: &Message) -> Self {
+        Claim::new(message.id.clone(), message.attempts)
+    }
+}
+
+/// What to write for one claimed message.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CompletionAction {
+    /// Mark executed.
+    Ack,
+    /// Back to scheduled, deliverable from `execute_at`.
+    Retry {
+        /// Next delivery time.
+        execute_at: DateTime<Utc>,
+        /// The handler's error.
+        error: Option<ErrorChain>,
+    },
+    /// Terminal: mark `status` ([`Status::Failed`] or [`Status::DeadLettered`]).
+    Finish {
+        /// The terminal status.
+        status: Status,
+        /// Why.
+        error: ErrorChain,
+    },
+}
+
+/// One completion: a claim and what to write.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Completion {
+    /// The claim being completed.
+    pub claim: Claim,
+    /// What to write.
+    pub action: CompletionAction,
+}
+
+impl Completion {
+    /// A completion of `claim`.
+    pub fn new(claim: Claim, action: CompletionAction) -> Self {
+        Completion { claim, action }
+    }
+}
+
+/// What a claim returned.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Claimed {
+    /// Messages now held by the claimer, status `processing`, `attempts` raised by one.
+    pub messages: Vec<Message>,
+    /// Messages found past `expires_at` and marked expired on the way (never delivered).
+    pub expired: Vec<Message>,
+}
+
+impl Claimed {
+    /// A claim result.
+    pub fn new(messages: Vec<Message>, expired: Vec<Message>) -> Self {
+        Claimed { messages, expired }
+    }
+}
+
+/// Durable (or in-process) storage for a polling queue.
+///
+/// # Contract
+///
+/// - `claim` is atomic: a message is held by one claim at a time. It takes ready messages
+///   (`scheduled` with `execute_at <= now` and not expired) and messages whose lease expired
+///   (`processing` with `lease_expires_at <= now`: crash recovery), in `execute_at`, then
+///   publication order; sets `processing`, the owner, `lease_expires_at = now + lease`,
+///   `processing_started_at = now`, and raises `attempts` by one.
+/// - `renew` and `complete` apply only to messages still held under the given [`Claim`] with an
+///   unexpired lease; the others are returned as lost.
+/// - Scheduled messages past `expires_at` are marked expired, not delivered.
+///
+/// The conformance suite in `mq_core::testkit` checks all of this against a real store.
+#[async_trait]
+pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+
+    /// Prepares storage for `queue` (tables, indexes). Idempotent.
+    async fn register(&self, queue: &QueueName) -> Result<()>;
+
+    /// Inserts `messages` (status `scheduled`). Returns one result per message, in order: `Err`
+    /// for a message that was not stored (for example [`Error::DuplicateId`]). An `Err` for the
+    /// whole call means nothing was stored.
+    async fn insert(&self, queue: &QueueName, messages: Vec<Message>) -> Result<Vec<Result<()>>>;
+
+    /// Claims up to `limit` messages for `owner` for `lease`.
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Claimed>;
+
+    /// Extends the leases of `claims` held by `owner` to `now + lease`. Returns the claims that
+    /// are no longer held.
+    async fn renew(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        claims: &[Claim],
+        lease: Duration,
+    ) -> Result<Vec<Claim>>;
+
+    /// Applies `completions` for messages held by `owner`. Returns the claims that were not
+    /// applied because the message is no longer held under them.
+    async fn complete(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        completions: Vec<Completion>,
+    ) -> Result<Vec<Claim>>;
+
+    /// Waits until new messages may be ready in `queue`, or `timeout`. The default sleeps;
+    /// backends with notifications (in-process signals, LISTEN/NOTIFY, change streams) wake early.
+    async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {
+        let _ = queue;
+        tokio::time::sleep(timeout).await;
+    }
+}
+
+/// Builds the [`Error::DuplicateId`] a store reports for a message already stored.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::{store::duplicate_id, MessageId, QueueName};
+///
+/// let e = duplicate_id(&QueueName::new("q")?, &MessageId::new("m1")?);
+/// assert_eq!(e.to_string(), "message id m1 already exists in queue q");
+/// # Ok::<(), mq_core::Error>(())
+/// ```
+pub fn duplicate_id(queue: &QueueName, id: &MessageId) -> Error {
+    Error::DuplicateId {
+        id: id.clone(),
+        queue: queue.clone(),
+    }
+}

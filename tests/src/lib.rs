@@ -1,0 +1,1 @@
+//! Cross-crate integration suites live in this crate's tests/ folder.
