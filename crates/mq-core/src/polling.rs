@@ -94,6 +94,11 @@ impl<S: QueueStore> PollingQueue<S> {
         &self.inner.store
     }
 
+    /// The store, shared.
+    pub fn shared_store(&self) -> Arc<S> {
+        self.inner.store.clone()
+    }
+
     /// The shared settings.
     pub fn common(&self) -> &CommonOptions {
         &self.inner.common

@@ -90,6 +90,13 @@ pub struct PublishFailure {
     pub error: Error,
 }
 
+impl PublishFailure {
+    /// The refusal of the message at `index`.
+    pub fn new(index: usize, id: Option<MessageId>, error: Error) -> Self {
+        PublishFailure { index, id, error }
+    }
+}
+
 /// What a publish stored and what it refused.
 ///
 /// # Examples

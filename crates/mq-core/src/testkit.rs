@@ -1,1 +1,325 @@
-//! testkit
+//! The backend conformance suite and its helpers (feature `testkit`).
+//!
+//! A backend implements [`QueueFactory`] and stamps every case into its test binary with one
+//! macro call:
+//!
+//! ```text
+//! mq_core::conformance_tests!(MyFactory::new());
+//! ```
+//!
+//! Each case is a plain async function in [`cases`], so a backend that supports only some of
+//! them (the immediate queue) calls those directly.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::dead_letter::{DeadLetter, DeadLetterSink};
+use crate::error::BoxError;
+use crate::lifecycle::{LifecycleEvent, LifecycleObserver, ObserverError};
+use crate::options::{CommonOptions, ConsumerOptions};
+use crate::queue::MessageQueue;
+use crate::queue_name::QueueName;
+use crate::retry::RetryPolicy;
+use crate::store::QueueStore;
+
+pub mod cases;
+
+/// Builds isolated queues of one backend for the conformance cases.
+#[async_trait]
+pub trait QueueFactory: Send + Sync + 'static {
+    /// Why this backend cannot run here (a missing service variable), or `None`. Use
+    /// [`service_url`] to follow the suite's rule: fail under `MQ_REQUIRE_SERVICES=1`, skip with a
+    /// printed reason otherwise.
+    fn skip_reason(&self) -> Option<String> {
+        None
+    }
+
+    /// A fresh queue for the case named `test`, isolated from every other case (its own table,
+    /// collection or namespace), built with `common`.
+    async fn create(&self, test: &str, common: CommonOptions) -> Arc<dyn MessageQueue>;
+
+    /// The raw store behind the queue that the last [`QueueFactory::create`] call for `test`
+    /// returned, for the lease cases. `None` when the backend has no [`QueueStore`].
+    async fn store(&self, test: &str) -> Option<Arc<dyn QueueStore>>;
+}
+
+/// Reads a service URL from `var`.
+///
+/// Returns `Ok(url)` when set. When unset: under `MQ_REQUIRE_SERVICES=1` (set by
+/// `cargo xtask ci`) it panics naming the variable and the command that starts the service;
+/// otherwise it returns `Err(reason)` for the caller to print and skip.
+pub fn service_url(var: &str) -> Result<String, String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Ok(v),
+        _ => {
+            let reason = format!(
+                "{var} is not set: run `cargo xtask services up` and export what it prints, or use `cargo xtask test`"
+            );
+            if std::env::var("MQ_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!("required service missing: {reason}");
+            }
+            Err(reason)
+        }
+    }
+}
+
+/// Returns true (after printing why) when `factory` cannot run here.
+pub fn should_skip(factory: &dyn QueueFactory, test: &str) -> bool {
+    match factory.skip_reason() {
+        Some(reason) => {
+            if std::env::var("MQ_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!("{test}: required service missing: {reason}");
+            }
+            eprintln!("skipping {test}: {reason}");
+            true
+        }
+        None => false,
+    }
+}
+
+/// A queue name for `test`, valid on every backend.
+pub fn queue_name(test: &str) -> QueueName {
+    let cleaned: String = test
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    QueueName::new(format!("t-{cleaned}")).unwrap_or_else(|e| panic!("test name {test:?}: {e}"))
+}
+
+/// Consumer options tuned for tests: fast polls, short backoff, a lease of 5 s.
+pub fn fast_options() -> ConsumerOptions {
+    ConsumerOptions::default()
+        .poll_interval(Duration::from_millis(10))
+        .max_poll_interval(Duration::from_millis(50))
+        .lease_duration(Duration::from_secs(5))
+        .shutdown_grace(Duration::from_secs(5))
+        .handler_timeout(Duration::from_secs(30))
+        .retry(
+            RetryPolicy::default()
+                .base_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_millis(500))
+                .jitter(0.0),
+        )
+}
+
+/// Waits until `cond` holds, checking every 10 ms, or panics with `what` after `timeout`.
+pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An observer that records every event.
+#[derive(Debug, Default)]
+pub struct RecordingObserver {
+    events: Mutex<Vec<LifecycleEvent>>,
+}
+
+impl RecordingObserver {
+    /// A copy of the events so far.
+    pub fn events(&self) -> Vec<LifecycleEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The names of the events so far.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(LifecycleEvent::name)
+            .collect()
+    }
+
+    /// How many events named `name` were seen.
+    pub fn count(&self, name: &str) -> usize {
+        self.names().into_iter().filter(|n| *n == name).count()
+    }
+}
+
+impl LifecycleObserver for RecordingObserver {
+    fn on_event(&self, event: &LifecycleEvent) -> Result<(), ObserverError> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event.clone());
+        Ok(())
+    }
+}
+
+/// A dead-letter sink that keeps what it is given.
+#[derive(Debug, Default)]
+pub struct RecordingDeadLetters {
+    letters: Mutex<Vec<DeadLetter>>,
+    calls: AtomicUsize,
+}
+
+impl RecordingDeadLetters {
+    /// A copy of the letters so far.
+    pub fn letters(&self) -> Vec<DeadLetter> {
+        self.letters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// How many letters were received.
+    pub fn len(&self) -> usize {
+        self.letters.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True when none were received.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl DeadLetterSink for RecordingDeadLetters {
+    async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), BoxError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.letters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(letters);
+        Ok(())
+    }
+}
+
+/// Counts deliveries per message id and catches a message delivered while it is already being
+/// handled (a double claim).
+#[derive(Default)]
+pub struct DeliveryLedger {
+    state: Mutex<LedgerState>,
+}
+
+#[derive(Default)]
+struct LedgerState {
+    in_flight: HashMap<String, usize>,
+    deliveries: HashMap<String, usize>,
+    overlaps: usize,
+}
+
+impl fmt::Debug for DeliveryLedger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeliveryLedger")
+    }
+}
+
+impl DeliveryLedger {
+    /// Records the start of a delivery of `id`.
+    pub fn begin(&self, id: &str) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let n = s.in_flight.entry(id.to_owned()).or_default();
+        *n += 1;
+        if *n > 1 {
+            s.overlaps += 1;
+        }
+        *s.deliveries.entry(id.to_owned()).or_default() += 1;
+    }
+
+    /// Records the end of a delivery of `id`.
+    pub fn end(&self, id: &str) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = s.in_flight.get_mut(id) {
+            *n -= 1;
+        }
+    }
+
+    /// Distinct ids delivered at least once.
+    pub fn distinct(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .deliveries
+            .len()
+    }
+
+    /// Deliveries beyond the first, over all ids.
+    pub fn duplicates(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .deliveries
+            .values()
+            .map(|n| n - 1)
+            .sum()
+    }
+
+    /// Deliveries that began while the same id was still being handled.
+    pub fn overlaps(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .overlaps
+    }
+
+    /// Deliveries of `id`.
+    pub fn deliveries_of(&self, id: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .deliveries
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Stamps one `#[tokio::test]` per conformance case, each calling `$factory` for a fresh
+/// [`QueueFactory`]. The calling crate needs `tokio` with `macros` and `rt-multi-thread`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@cases $factory;
+            delivers_ready_messages,
+            respects_execute_at,
+            expired_messages_are_never_delivered,
+            retry_after_delay_then_success,
+            exhausted_attempts_go_to_dead_letters,
+            mixed_outcomes_in_one_batch,
+            handler_timeout_cancels_and_retries,
+            concurrent_consumers_never_double_claim,
+            shutdown_waits_for_in_flight_handler,
+            unregistered_queue_is_an_error,
+            empty_publish_is_a_noop,
+            oversize_and_duplicate_messages_are_refused,
+            lifecycle_events_fire_in_order,
+            failing_observer_does_not_break_consumption,
+            consume_batch_works_without_a_consumer,
+            expired_lease_is_claimed_again_and_fences_the_old_owner,
+            panicking_handler_retries_the_batch
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let factory = $factory;
+                $crate::testkit::cases::$case(&factory, stringify!($case)).await;
+            }
+        )*
+    };
+}

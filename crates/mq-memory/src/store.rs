@@ -1,0 +1,356 @@
+//! The in-process store behind [`InMemoryQueue`](crate::InMemoryQueue).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use mq_core::store::duplicate_id;
+use mq_core::{
+    Claim, Claimed, Completion, CompletionAction, Message, MessageId, QueueName, QueueStore,
+    Result, Status, async_trait,
+};
+use tokio::sync::Notify;
+
+/// Keeps messages in process memory, with the same claim and lease rules as the durable stores.
+///
+/// Ready messages are delivered in publication order, delayed ones when their `execute_at`
+/// passes. A claim holds a message under a lease; a lease that expires (a consumer task that was
+/// aborted) makes the message claimable again. Acknowledged messages are dropped; failed ones are
+/// kept in a bounded list ([`MemoryStore::finished`]).
+///
+/// # Examples
+///
+/// ```
+/// use mq_memory::MemoryStore;
+///
+/// let store = MemoryStore::new(1000);
+/// # let _ = store;
+/// ```
+#[derive(Debug)]
+pub struct MemoryStore {
+    queues: RwLock<HashMap<QueueName, Arc<Slot>>>,
+    finished_capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<MessageId, Entry>,
+    ready: VecDeque<MessageId>,
+    delayed: BinaryHeap<Reverse<(DateTime<Utc>, u64, MessageId)>>,
+    leases: BinaryHeap<Reverse<(Instant, u64, MessageId)>>,
+    finished: VecDeque<Message>,
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    message: Message,
+    lease: Option<Lease>,
+}
+
+#[derive(Debug)]
+struct Lease {
+    owner: Arc<str>,
+    expires: Instant,
+    seq: u64,
+}
+
+impl MemoryStore {
+    /// A store keeping at most `finished_capacity` failed messages per queue.
+    pub fn new(finished_capacity: usize) -> Self {
+        MemoryStore {
+            queues: RwLock::default(),
+            finished_capacity,
+        }
+    }
+
+    fn slot(&self, queue: &QueueName) -> Arc<Slot> {
+        if let Some(s) = self
+            .queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(queue)
+        {
+            return s.clone();
+        }
+        self.queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(queue.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Messages of `queue` that failed for good (failed or dead-lettered), oldest first, at most
+    /// `finished_capacity` of them.
+    pub fn finished(&self, queue: &QueueName) -> Vec<Message> {
+        let slot = self.slot(queue);
+        let st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.finished.iter().cloned().collect()
+    }
+
+    /// Messages of `queue` not yet finished (scheduled or processing).
+    pub fn pending(&self, queue: &QueueName) -> usize {
+        let slot = self.slot(queue);
+        let st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.entries.len()
+    }
+}
+
+impl State {
+    fn schedule(&mut self, id: MessageId, execute_at: DateTime<Utc>, now: DateTime<Utc>) {
+        if execute_at <= now {
+            self.ready.push_back(id);
+        } else {
+            self.seq += 1;
+            self.delayed.push(Reverse((execute_at, self.seq, id)));
+        }
+    }
+
+    fn holds(&self, id: &MessageId, owner: &str, attempt: u32, now: Instant) -> bool {
+        self.entries.get(id).is_some_and(|e| {
+            e.message.status == Status::Processing
+                && e.message.attempts == attempt
+                && e.lease
+                    .as_ref()
+                    .is_some_and(|l| &*l.owner == owner && l.expires > now)
+        })
+    }
+}
+
+#[async_trait]
+impl QueueStore for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn register(&self, queue: &QueueName) -> Result<()> {
+        self.slot(queue);
+        Ok(())
+    }
+
+    async fn insert(&self, queue: &QueueName, messages: Vec<Message>) -> Result<Vec<Result<()>>> {
+        let slot = self.slot(queue);
+        let now = Utc::now();
+        let mut results = Vec::with_capacity(messages.len());
+        {
+            let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.entries.reserve(messages.len());
+            for m in messages {
+                if st.entries.contains_key(&m.id) {
+                    results.push(Err(duplicate_id(queue, &m.id)));
+                    continue;
+                }
+                let (id, at) = (m.id.clone(), m.execute_at);
+                st.entries.insert(
+                    id.clone(),
+                    Entry {
+                        message: m,
+                        lease: None,
+                    },
+                );
+                st.schedule(id, at, now);
+                results.push(Ok(()));
+            }
+        }
+        slot.notify.notify_waiters();
+        Ok(results)
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Claimed> {
+        let slot = self.slot(queue);
+        let now = Utc::now();
+        let mono = Instant::now();
+        let owner: Arc<str> = Arc::from(owner);
+        let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *st;
+        while let Some(Reverse((at, _, _))) = st.delayed.peek() {
+            if *at > now {
+                break;
+            }
+            if let Some(Reverse((_, _, id))) = st.delayed.pop() {
+                st.ready.push_back(id);
+            }
+        }
+        // Crash recovery: claims whose lease ran out go first, they are the oldest work.
+        let mut candidates: Vec<MessageId> = Vec::new();
+        while let Some(Reverse((expires, _, _))) = st.leases.peek() {
+            if *expires > mono || candidates.len() >= limit {
+                break;
+            }
+            if let Some(Reverse((_, seq, id))) = st.leases.pop() {
+                let current = st
+                    .entries
+                    .get(&id)
+                    .and_then(|e| e.lease.as_ref())
+                    .is_some_and(|l| l.seq == seq);
+                if current {
+                    candidates.push(id);
+                }
+            }
+        }
+        let mut messages = Vec::with_capacity(limit.min(st.ready.len() + candidates.len()));
+        let mut expired = Vec::new();
+        let mut recovered = candidates.into_iter();
+        while messages.len() < limit {
+            let Some(id) = recovered.next().or_else(|| st.ready.pop_front()) else {
+                break;
+            };
+            let Some(entry) = st.entries.get_mut(&id) else {
+                continue;
+            };
+            let reclaim = entry.message.status == Status::Processing;
+            if !reclaim && entry.message.status != Status::Scheduled {
+                continue;
+            }
+            if !reclaim && entry.message.is_expired_at(now) {
+                let mut m = st
+                    .entries
+                    .remove(&id)
+                    .map(|e| e.message)
+                    .unwrap_or_else(|| unreachable!());
+                m.status = Status::Expired;
+                m.updated_at = now;
+                expired.push(m);
+                continue;
+            }
+            st.seq += 1;
+            let seq = st.seq;
+            let expires = mono + lease;
+            entry.message.status = Status::Processing;
+            entry.message.attempts += 1;
+            entry.message.processing_started_at = Some(now);
+            entry.message.updated_at = now;
+            entry.lease = Some(Lease {
+                owner: owner.clone(),
+                expires,
+                seq,
+            });
+            messages.push(entry.message.clone());
+            st.leases.push(Reverse((expires, seq, id)));
+        }
+        Ok(Claimed::new(messages, expired))
+    }
+
+    async fn renew(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        claims: &[Claim],
+        lease: Duration,
+    ) -> Result<Vec<Claim>> {
+        let slot = self.slot(queue);
+        let mono = Instant::now();
+        let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lost = Vec::new();
+        for c in claims {
+            if !st.holds(&c.id, owner, c.attempt, mono) {
+                lost.push(c.clone());
+                continue;
+            }
+            st.seq += 1;
+            let seq = st.seq;
+            let expires = mono + lease;
+            if let Some(l) = st.entries.get_mut(&c.id).and_then(|e| e.lease.as_mut()) {
+                l.expires = expires;
+                l.seq = seq;
+            }
+            st.leases.push(Reverse((expires, seq, c.id.clone())));
+        }
+        Ok(lost)
+    }
+
+    async fn complete(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        completions: Vec<Completion>,
+    ) -> Result<Vec<Claim>> {
+        let slot = self.slot(queue);
+        let now = Utc::now();
+        let mono = Instant::now();
+        let mut rejected = Vec::new();
+        let mut wake = false;
+        {
+            let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            for c in completions {
+                if !st.holds(&c.claim.id, owner, c.claim.attempt, mono) {
+                    rejected.push(c.claim);
+                    continue;
+                }
+                match c.action {
+                    CompletionAction::Ack => {
+                        st.entries.remove(&c.claim.id);
+                    }
+                    CompletionAction::Retry { execute_at, .. } => {
+                        if let Some(e) = st.entries.get_mut(&c.claim.id) {
+                            e.lease = None;
+                            e.message.status = Status::Scheduled;
+                            e.message.execute_at = execute_at;
+                            e.message.updated_at = now;
+                        }
+                        wake |= execute_at <= now;
+                        st.schedule(c.claim.id, execute_at, now);
+                    }
+                    CompletionAction::Finish { status, .. } => {
+                        if let Some(mut e) = st.entries.remove(&c.claim.id) {
+                            e.message.status = status;
+                            e.message.updated_at = now;
+                            if self.finished_capacity > 0 {
+                                if st.finished.len() >= self.finished_capacity {
+                                    st.finished.pop_front();
+                                }
+                                st.finished.push_back(e.message);
+                            }
+                        }
+                    }
+                    // CompletionAction is non-exhaustive: an action this store does not know is
+                    // refused rather than guessed at.
+                    _ => rejected.push(c.claim),
+                }
+            }
+        }
+        if wake {
+            slot.notify.notify_waiters();
+        }
+        Ok(rejected)
+    }
+
+    async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {
+        let slot = self.slot(queue);
+        let notified = slot.notify.notified();
+        let next_due = {
+            let st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Utc::now();
+            let delayed = st
+                .delayed
+                .peek()
+                .map(|Reverse((at, _, _))| (*at - now).to_std().unwrap_or_default());
+            let lease = st
+                .leases
+                .peek()
+                .map(|Reverse((exp, _, _))| exp.saturating_duration_since(Instant::now()));
+            if st.ready.is_empty() {
+                [delayed, lease].into_iter().flatten().min()
+            } else {
+                Some(Duration::ZERO)
+            }
+        };
+        let wait = next_due.map_or(timeout, |d| d.min(timeout));
+        let _ = tokio::time::timeout(wait, notified).await;
+    }
+}
