@@ -1,1 +1,60 @@
-//! placeholder
+//! mq: message queues for background work across a fleet.
+//!
+//! Publish typed JSON messages to named queues; consumers claim them in batches under a lease and
+//! run a [`Handler`] that says what happened to each message (ack, retry, fail, dead-letter).
+//! Every backend implements [`MessageQueue`] and passes the same conformance suite, so code
+//! written against the trait runs on any of them.
+//!
+//! This crate only re-exports: the contract from `mq-core` at the root, each backend as a module
+//! with its main types also at the root, each behind its Cargo feature.
+//!
+//! # Quickstart
+//!
+//! ```
+//! use std::sync::Arc;
+//! use mq::{handler_fn, Batch, ConsumerOptions, HandlerContext, InMemoryQueue, MessageQueue, NewMessage, QueueName};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> mq::Result<()> {
+//! let queue = InMemoryQueue::default();
+//! let emails = QueueName::new("emails")?;
+//! queue.register(&emails).await?;
+//! queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?;
+//!
+//! let handler = Arc::new(handler_fn(|batch: Batch, _ctx: HandlerContext| async move {
+//!     for m in batch.iter() {
+//!         println!("sending {} to {}", m.message_type, m.payload["to"]);
+//!     }
+//!     Ok::<(), std::io::Error>(())
+//! }));
+//! let report = queue.consume_batch(&emails, handler, &ConsumerOptions::default()).await?;
+//! assert_eq!(report.acked, 1);
+//! queue.shutdown().await
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! | feature  | default | what it adds |
+//! |----------|---------|--------------|
+//! | `memory` | yes     | [`memory`]: [`InMemoryQueue`] and [`ImmediateQueue`] |
+//! | `full`   |         | every backend (for CI and docs.rs) |
+//!
+//! More backends (`sql-postgres`, `sql-mysql`, `sql-sqlite`, `mongo`, `kinesis`) and the `dlq`
+//! and `metrics` features arrive with their crates.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings), allow(dead_code))))]
+
+pub use mq_core::*;
+
+/// In-process queues (crate `mq-memory`).
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub mod memory {
+    pub use mq_memory::*;
+}
+
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use mq_memory::{ImmediateQueue, InMemoryOptions, InMemoryQueue};
