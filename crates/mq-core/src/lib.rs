@@ -41,6 +41,7 @@
 //! | feature   | what it adds |
 //! |-----------|--------------|
 //! | `testkit` | `mq_core::testkit`: the backend conformance suite and test helpers |
+//! | `metrics` | [`MetricsObserver`]: lifecycle events as metrics on the `metrics` facade |
 
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 
@@ -51,6 +52,8 @@ mod handler;
 mod id;
 mod lifecycle;
 mod message;
+#[cfg(feature = "metrics")]
+mod metrics_observer;
 mod options;
 mod polling;
 mod queue;
@@ -78,6 +81,8 @@ pub use lifecycle::{
 pub use message::{
     MAX_MESSAGE_ID_LEN, MAX_MESSAGE_TYPE_LEN, Message, MessageId, Metadata, NewMessage, Status,
 };
+#[cfg(feature = "metrics")]
+pub use metrics_observer::MetricsObserver;
 pub use options::{CommonOptions, ConsumerOptions};
 pub use polling::{PollingQueue, prepare_messages};
 pub use queue::{

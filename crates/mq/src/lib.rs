@@ -38,6 +38,7 @@
 //! | feature  | default | what it adds |
 //! |----------|---------|--------------|
 //! | `memory` | yes     | [`memory`]: [`InMemoryQueue`] and [`ImmediateQueue`] |
+//! | `metrics`|         | `MetricsObserver`: lifecycle events as metrics on the `metrics` facade |
 //! | `full`   |         | every backend (for CI and docs.rs) |
 //!
 //! More backends (`sql-postgres`, `sql-mysql`, `sql-sqlite`, `mongo`, `kinesis`) and the `dlq`
