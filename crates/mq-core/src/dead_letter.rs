@@ -80,6 +80,29 @@ pub struct DeadLetterOrigin {
     pub sequence_number: Option<String>,
 }
 
+impl DeadLetterOrigin {
+    /// The origin of a message from a queue of `backend`.
+    pub fn backend(backend: impl Into<String>) -> Self {
+        DeadLetterOrigin {
+            backend: backend.into(),
+            ..DeadLetterOrigin::default()
+        }
+    }
+
+    /// The origin of a Kinesis record.
+    pub fn shard(
+        backend: impl Into<String>,
+        shard_id: impl Into<String>,
+        sequence_number: impl Into<String>,
+    ) -> Self {
+        DeadLetterOrigin {
+            backend: backend.into(),
+            shard_id: Some(shard_id.into()),
+            sequence_number: Some(sequence_number.into()),
+        }
+    }
+}
+
 /// A message that will not be delivered again, handed to the dead-letter hook.
 ///
 /// The message is kept untouched (its `attempts` and `status` as they were when it failed).

@@ -445,9 +445,19 @@ impl LifecycleDispatcher {
         let Some(inner) = &self.inner else { return };
         let Some(sender) = &inner.sender else { return };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if sender.send(Command::Flush(tx)).is_ok() {
-            let _ = rx.await;
+        // A full channel must not block a runtime thread: retry without blocking.
+        let mut cmd = Command::Flush(tx);
+        loop {
+            match sender.try_send(cmd) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) => {
+                    cmd = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
         }
+        let _ = rx.await;
     }
 }
 
@@ -525,7 +535,9 @@ impl DispatcherInner {
                 Ok(()) => {}
                 Err(TrySendError::Full(Command::Event(e)))
                 | Err(TrySendError::Disconnected(Command::Event(e))) => {
-                    (self.on_error)(&ObserverFailure::Dropped { event: &e });
+                    let _ = catch_unwind(AssertUnwindSafe(|| {
+                        (self.on_error)(&ObserverFailure::Dropped { event: &e })
+                    }));
                 }
                 Err(_) => {}
             },

@@ -505,7 +505,10 @@ impl NewMessage {
     ) -> Message {
         let execute_at = match (self.execute_at, self.delay) {
             (Some(at), _) => at,
-            (None, Some(d)) => now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX),
+            (None, Some(d)) => chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
             (None, None) => now,
         };
         let mut m = Message::new(

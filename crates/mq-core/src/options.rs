@@ -10,6 +10,10 @@ use crate::lifecycle::LifecycleDispatcher;
 use crate::queue_name::{IdentityResolver, QueueNameResolver};
 use crate::retry::RetryPolicy;
 
+/// The longest interval any option accepts: a bound that keeps deadline arithmetic far from
+/// overflow.
+const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How a consumer claims and runs batches. Every interval, size and timeout is here, none is a
 /// constant (backlog LOW-001).
 ///
@@ -156,16 +160,22 @@ impl ConsumerOptions {
                 "must not be shorter than poll_interval",
             ));
         }
-        if self.handler_timeout.is_zero() {
+        if self.handler_timeout.is_zero() || self.handler_timeout > MAX_INTERVAL {
             return Err(Error::invalid_option(
                 "handler_timeout",
-                "must be above zero",
+                "must be above zero and at most 7 days",
             ));
         }
-        if self.lease_duration < Duration::from_millis(30) {
+        if self.lease_duration < Duration::from_millis(30) || self.lease_duration > MAX_INTERVAL {
             return Err(Error::invalid_option(
                 "lease_duration",
-                "must be at least 30 ms (it is renewed every third of itself)",
+                "must be between 30 ms (it is renewed every third of itself) and 7 days",
+            ));
+        }
+        if self.max_poll_interval > MAX_INTERVAL || self.shutdown_grace > MAX_INTERVAL {
+            return Err(Error::invalid_option(
+                "max_poll_interval",
+                "intervals must be at most 7 days",
             ));
         }
         self.retry.validate()

@@ -11,6 +11,7 @@ use chrono::Utc;
 use futures::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::dead_letter::{DeadLetter, DeadLetterOrigin, ErrorChain};
 use crate::error::{Error, Result};
@@ -51,7 +52,11 @@ struct Inner<S> {
     stop: CancellationToken,
     abort: CancellationToken,
     consumers: Mutex<Vec<ConsumerStopper>>,
+    /// `consume_batch` calls in flight, so shutdown waits for them too.
+    batches: TaskTracker,
     shut_down: AtomicBool,
+    /// Cancelled when the first shutdown has finished; later callers wait on it.
+    shutdown_done: CancellationToken,
     instance: String,
     next_consumer: AtomicU64,
 }
@@ -82,7 +87,9 @@ impl<S: QueueStore> PollingQueue<S> {
                 stop: CancellationToken::new(),
                 abort: CancellationToken::new(),
                 consumers: Mutex::default(),
+                batches: TaskTracker::new(),
                 shut_down: AtomicBool::new(false),
+                shutdown_done: CancellationToken::new(),
                 instance,
                 next_consumer: AtomicU64::new(0),
             }),
@@ -272,6 +279,18 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
             options.get_shutdown_grace(),
         );
         let consumer_id = self.new_consumer_id();
+        {
+            // Checked under the same lock shutdown takes, so a consumer is either refused or
+            // stopped by shutdown, never missed.
+            let mut consumers = self
+                .inner
+                .consumers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.check_running()?;
+            consumers.retain(|c| !c.is_finished());
+            consumers.push(stopper.clone());
+        }
         let worker = Arc::new(Worker {
             store: self.inner.store.clone(),
             common: self.inner.common.clone(),
@@ -312,15 +331,6 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
                 reason,
             });
         });
-        {
-            let mut consumers = self
-                .inner
-                .consumers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            consumers.retain(|c| !c.is_finished());
-            consumers.push(stopper.clone());
-        }
         Ok(ConsumerHandle::new(consumer_id, stopper))
     }
 
@@ -332,6 +342,8 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
     ) -> Result<BatchReport> {
         let queue = self.resolve_registered(queue)?;
         options.validate()?;
+        let _in_flight = self.inner.batches.token();
+        self.check_running()?;
         let worker = Worker {
             store: self.inner.store.clone(),
             common: self.inner.common.clone(),
@@ -345,7 +357,16 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
     }
 
     async fn shutdown(&self) -> Result<()> {
-        if self.inner.shut_down.swap(true, Ordering::AcqRel) {
+        let first = {
+            let _guard = self
+                .inner
+                .consumers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            !self.inner.shut_down.swap(true, Ordering::AcqRel)
+        };
+        if !first {
+            self.inner.shutdown_done.cancelled().await;
             return Ok(());
         }
         self.inner.stop.cancel();
@@ -356,11 +377,28 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
             .collect();
+        let grace = consumers
+            .iter()
+            .map(ConsumerStopper::grace)
+            .max()
+            .unwrap_or(DEFAULT_BATCH_GRACE);
         futures::future::join_all(consumers.iter().map(ConsumerStopper::stop)).await;
+        self.inner.batches.close();
+        if tokio::time::timeout(grace, self.inner.batches.wait())
+            .await
+            .is_err()
+        {
+            self.inner.abort.cancel();
+            self.inner.batches.wait().await;
+        }
         self.inner.common.lifecycle.flush().await;
+        self.inner.shutdown_done.cancel();
         Ok(())
     }
 }
+
+/// How long shutdown waits for `consume_batch` calls when no consumer says otherwise.
+const DEFAULT_BATCH_GRACE: Duration = Duration::from_secs(30);
 
 struct Worker<S> {
     store: Arc<S>,
@@ -438,7 +476,7 @@ impl<S: QueueStore> Worker<S> {
                 });
             }
         }
-        let mut decided: Vec<(Message, Outcome)> = over
+        let exhausted: Vec<(Message, Outcome)> = over
             .into_iter()
             .map(|m| {
                 let allowed = policy.attempts_allowed(&m);
@@ -452,18 +490,23 @@ impl<S: QueueStore> Worker<S> {
                 )
             })
             .collect();
-        let mut handler_duration = Duration::ZERO;
+        if !exhausted.is_empty() {
+            // Settled before the handler runs, while their leases are fresh.
+            self.complete(exhausted, Duration::ZERO, &mut report)
+                .await?;
+        }
         if !runnable.is_empty() {
             let (outcomes, cancelled, took) = self.run_handler(runnable.clone()).await;
-            handler_duration = took;
             report.cancelled = cancelled;
-            decided.extend(runnable.into_iter().map(|m| {
-                let o = outcomes.get(&m.id).clone();
-                (m, o)
-            }));
+            let decided = runnable
+                .into_iter()
+                .map(|m| {
+                    let o = outcomes.get(&m.id).clone();
+                    (m, o)
+                })
+                .collect();
+            self.complete(decided, took, &mut report).await?;
         }
-        self.complete(decided, handler_duration, &mut report)
-            .await?;
         Ok(report)
     }
 
@@ -488,6 +531,8 @@ impl<S: QueueStore> Worker<S> {
         let lease = self.options.get_lease_duration();
         let mut renew = tokio::time::interval_at(started + lease / 3, lease / 3);
         let mut timed_out = false;
+        // The lease is ours until this instant; renewal errors do not move it.
+        let mut held_until = started + lease;
         let result = loop {
             tokio::select! {
                 res = &mut fut => break res,
@@ -498,14 +543,25 @@ impl<S: QueueStore> Worker<S> {
                     token.cancel();
                 }
                 _ = renew.tick() => {
+                    let asked = Instant::now();
                     match self.store.renew(&self.queue, &self.consumer_id, &claims, lease).await {
-                        Ok(lost) if lost.is_empty() => {}
+                        Ok(lost) if lost.is_empty() => held_until = asked + lease,
                         Ok(lost) => {
                             tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost = lost.len(),
                                 "mq: lease lost while the handler ran; cancelling it");
                             token.cancel();
                         }
-                        Err(e) => tracing::warn!(queue = %self.queue, error = %e, "mq: lease renewal failed"),
+                        Err(e) => {
+                            tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %e,
+                                "mq: lease renewal failed");
+                            // Past the last lease we know we hold, another consumer may take the
+                            // batch: stop the handler rather than run it twice at once.
+                            if Instant::now() + lease / 6 >= held_until && !token.is_cancelled() {
+                                tracing::warn!(queue = %self.queue, consumer = %self.consumer_id,
+                                    "mq: lease about to lapse after failed renewals; cancelling the handler");
+                                token.cancel();
+                            }
+                        }
                     }
                 }
             }
@@ -533,7 +589,7 @@ impl<S: QueueStore> Worker<S> {
             let shutdown = !timed_out && self.abort.is_cancelled();
             let ids: Vec<_> = claims.iter().map(|c| c.id.clone()).collect();
             for id in ids {
-                if *outcomes.get(&id) != Outcome::Ack {
+                if matches!(outcomes.get(&id), Outcome::Retry { .. }) {
                     let after = if shutdown { Some(Duration::ZERO) } else { None };
                     outcomes.insert(
                         id,
@@ -585,8 +641,7 @@ impl<S: QueueStore> Worker<S> {
             let action = match &planned {
                 Planned::Ack => CompletionAction::Ack,
                 Planned::Retry(delay, error) => CompletionAction::Retry {
-                    execute_at: now
-                        + chrono::Duration::from_std(*delay).unwrap_or(chrono::Duration::MAX),
+                    execute_at: after(now, *delay),
                     error: error.clone(),
                 },
                 Planned::Terminal(status, error, _) => CompletionAction::Finish {
@@ -597,20 +652,64 @@ impl<S: QueueStore> Worker<S> {
             completions.push(Completion::new(claim, action));
             plan.push((m, planned));
         }
-        let rejected: HashSet<Claim> = self
-            .store
-            .complete(&self.queue, &self.consumer_id, completions)
-            .await?
-            .into_iter()
+        let backend = self.store.backend();
+        let lc = &self.common.lifecycle;
+        // Dead letters are stored before the terminal status is written: if the sink fails, the
+        // message is retried instead, so it never ends terminal without its dead letter.
+        let mut dead_lettered: HashSet<Claim> = HashSet::new();
+        let terminal: Vec<usize> = plan
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, p))| matches!(p, Planned::Terminal(..)))
+            .map(|(i, _)| i)
             .collect();
+        if let (false, Some(sink)) = (terminal.is_empty(), &self.common.dead_letters) {
+            let letters: Vec<DeadLetter> = terminal
+                .iter()
+                .filter_map(|&i| match &plan[i] {
+                    (m, Planned::Terminal(_, error, exhausted)) => Some(DeadLetter::new(
+                        m.clone(),
+                        DeadLetterOrigin {
+                            backend: backend.to_owned(),
+                            ..DeadLetterOrigin::default()
+                        },
+                        error.clone(),
+                        *exhausted,
+                        self.consumer_id.clone(),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            let count = letters.len();
+            match sink.dead_letter(letters).await {
+                Ok(()) => {
+                    dead_lettered.extend(terminal.iter().map(|&i| Claim::of(&plan[i].0)));
+                }
+                Err(source) => {
+                    let err = Error::DeadLetter { count, source };
+                    tracing::error!(queue = %self.queue, error = %err, chain = %ErrorChain::from_error(&err),
+                        "mq: dead-letter store failed; the messages will be delivered again later");
+                    let why = ErrorChain::msg("dead-letter store unavailable");
+                    for &i in &terminal {
+                        let delay = policy.delay_for(&plan[i].0);
+                        completions[i] = Completion::new(
+                            Claim::of(&plan[i].0),
+                            CompletionAction::Retry {
+                                execute_at: after(now, delay),
+                                error: Some(why.clone()),
+                            },
+                        );
+                        plan[i].1 = Planned::Retry(delay, Some(why.clone()));
+                    }
+                }
+            }
+        }
+        let rejected: HashSet<Claim> = self.complete_with_retries(completions).await?;
         report.lease_lost = rejected.len();
         if !rejected.is_empty() {
             tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost = rejected.len(),
                 "mq: completions refused: the lease expired and another consumer may hold these messages");
         }
-        let backend = self.store.backend();
-        let lc = &self.common.lifecycle;
-        let mut letters = Vec::new();
         for (m, planned) in plan {
             if rejected.contains(&Claim::of(&m)) {
                 continue;
@@ -643,45 +742,53 @@ impl<S: QueueStore> Worker<S> {
                             exhausted,
                         });
                     }
-                    letters.push(DeadLetter::new(
-                        m,
-                        DeadLetterOrigin {
-                            backend: backend.to_owned(),
-                            ..DeadLetterOrigin::default()
-                        },
-                        error,
-                        exhausted,
-                        self.consumer_id.clone(),
-                    ));
-                }
-            }
-        }
-        if let (false, Some(sink)) = (letters.is_empty(), &self.common.dead_letters) {
-            let infos: Vec<(MessageInfo, ErrorChain)> = letters
-                .iter()
-                .map(|l| (MessageInfo::of(&l.message, backend), l.error.clone()))
-                .collect();
-            let count = letters.len();
-            match sink.dead_letter(letters).await {
-                Ok(()) => {
-                    report.dead_lettered += count;
-                    for (message, error) in infos {
-                        lc.emit(LifecycleEvent::DeadLettered {
-                            message,
+                    if dead_lettered.contains(&Claim::of(&m)) {
+                        report.dead_lettered += 1;
+                        lc.emit_with(|| LifecycleEvent::DeadLettered {
+                            message: MessageInfo::of(&m, backend),
                             consumer_id: self.consumer_id.clone(),
                             error,
                         });
                     }
                 }
-                Err(source) => {
-                    let err = Error::DeadLetter { count, source };
-                    tracing::error!(queue = %self.queue, error = %err, chain = %ErrorChain::from_error(&err),
-                        "mq: dead-letter store failed; the messages stay in the queue's store with their terminal status");
-                }
             }
         }
         Ok(())
     }
+}
+
+impl<S: QueueStore> Worker<S> {
+    /// Writes completions, retrying a failing store a few times: giving up loses every outcome
+    /// of the batch, which then runs again after its lease.
+    async fn complete_with_retries(&self, completions: Vec<Completion>) -> Result<HashSet<Claim>> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match self
+                .store
+                .complete(&self.queue, &self.consumer_id, completions.clone())
+                .await
+            {
+                Ok(rejected) => return Ok(rejected.into_iter().collect()),
+                Err(e) if attempt < 4 => {
+                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %e, attempt,
+                        "mq: writing outcomes failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// `now + delay`, saturating instead of overflowing on absurd delays.
+pub(crate) fn after(now: chrono::DateTime<Utc>, delay: Duration) -> chrono::DateTime<Utc> {
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
 }
 
 enum Planned {

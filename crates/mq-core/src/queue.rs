@@ -224,6 +224,11 @@ impl ConsumerStopper {
         &self.abort
     }
 
+    /// How long [`ConsumerStopper::stop`] waits before cancelling handlers.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
     /// The consumer's tasks.
     pub fn tracker(&self) -> &TaskTracker {
         &self.tracker
@@ -231,6 +236,10 @@ impl ConsumerStopper {
 
     /// Stops claiming, waits for in-flight work up to the grace period, then cancels handlers and
     /// waits for them to return.
+    ///
+    /// A handler that ignores its cancellation token keeps this waiting: it is never abandoned
+    /// while it runs, because its messages would then be delivered twice at once. Do not call
+    /// this from inside a handler of the same consumer.
     pub async fn stop(&self) {
         self.stop.cancel();
         self.tracker.close();

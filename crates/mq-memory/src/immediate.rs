@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::Utc;
+use futures::FutureExt;
 use mq_core::{
     Batch, BatchReport, CommonOptions, ConsumerHandle, ConsumerInfo, ConsumerOptions,
     ConsumerStopper, DeadLetter, DeadLetterOrigin, DisconnectReason, Error, ErrorChain, Handler,
     HandlerContext, LifecycleEvent, Message, MessageInfo, MessageQueue, NewMessage, Outcome,
-    PublishFailure, PublishReport, QueueName, Result, Status, async_trait, prepare_messages,
+    Outcomes, PublishFailure, PublishReport, QueueName, Result, Status, async_trait,
+    prepare_messages,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -149,27 +151,43 @@ impl ImmediateQueue {
             token.clone(),
             Some(started + timeout),
         );
-        let fut = consumer.handler.handle(Batch::from(messages.clone()), ctx);
+        let fut = std::panic::AssertUnwindSafe(
+            consumer.handler.handle(Batch::from(messages.clone()), ctx),
+        )
+        .catch_unwind();
         tokio::pin!(fut);
+        let mut timed_out = false;
         let outcomes = tokio::select! {
             o = &mut fut => o,
             () = tokio::time::sleep(timeout) => {
+                timed_out = true;
                 token.cancel();
                 // The handler is awaited, never abandoned while it still runs.
                 fut.await
             }
         };
+        let outcomes = outcomes.unwrap_or_else(|panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".into());
+            Outcomes::retry_all(ErrorChain::msg(format!("handler panicked: {msg}")))
+        });
         let took = started.elapsed();
-        let timed_out = token.is_cancelled();
+        let cancelled = token.is_cancelled();
         let mut letters = Vec::new();
         for (m, index) in messages.into_iter().zip(indexes) {
             let mut outcome = outcomes.get(&m.id).clone();
-            if timed_out && outcome != Outcome::Ack {
+            if cancelled && matches!(outcome, Outcome::Retry { .. }) {
+                let why = if timed_out {
+                    format!("handler timed out after {timeout:?}")
+                } else {
+                    "handler cancelled by shutdown".to_owned()
+                };
                 outcome = Outcome::Retry {
                     after: None,
-                    error: Some(ErrorChain::msg(format!(
-                        "handler timed out after {timeout:?}"
-                    ))),
+                    error: Some(ErrorChain::msg(why)),
                 };
             }
             match outcome {
@@ -182,25 +200,31 @@ impl ImmediateQueue {
                     report.published.push(m.id);
                 }
                 Outcome::Fail { error } | Outcome::DeadLetter { error } => {
-                    lc.emit_with(|| LifecycleEvent::Failed {
-                        message: MessageInfo::of(&m, BACKEND),
-                        consumer_id: consumer.id.clone(),
-                        error: error.clone(),
-                        exhausted: false,
-                    });
+                    let status = if matches!(outcomes.get(&m.id), Outcome::DeadLetter { .. }) {
+                        Status::DeadLettered
+                    } else {
+                        lc.emit_with(|| LifecycleEvent::Failed {
+                            message: MessageInfo::of(&m, BACKEND),
+                            consumer_id: consumer.id.clone(),
+                            error: error.clone(),
+                            exhausted: false,
+                        });
+                        Status::Failed
+                    };
                     report.failed.push(PublishFailure::new(
                         *index,
                         Some(m.id.clone()),
                         Error::NotAcknowledged {
                             id: m.id.clone(),
-                            outcome: format!("failed: {error}"),
+                            outcome: format!("{status}: {error}"),
                         },
                     ));
                     let mut m = m;
-                    m.status = Status::Failed;
+                    m.status = status;
+                    let origin = DeadLetterOrigin::backend(BACKEND);
                     letters.push(DeadLetter::new(
                         m,
-                        DeadLetterOrigin::default(),
+                        origin,
                         error,
                         false,
                         consumer.id.clone(),
@@ -224,9 +248,26 @@ impl ImmediateQueue {
         }
         if let (false, Some(sink)) = (letters.is_empty(), self.inner.common.get_dead_letters()) {
             let count = letters.len();
-            if let Err(source) = sink.dead_letter(letters).await {
-                let err = Error::DeadLetter { count, source };
-                tracing::error!(error = %err, chain = %ErrorChain::from_error(&err), "mq: dead-letter store failed");
+            let infos: Vec<(MessageInfo, ErrorChain)> = letters
+                .iter()
+                .map(|l| (MessageInfo::of(&l.message, BACKEND), l.error.clone()))
+                .collect();
+            match sink.dead_letter(letters).await {
+                Ok(()) => {
+                    for (message, error) in infos {
+                        lc.emit(LifecycleEvent::DeadLettered {
+                            message,
+                            consumer_id: consumer.id.clone(),
+                            error,
+                        });
+                    }
+                }
+                Err(source) => {
+                    // Nothing is stored here: the publish report already lists these messages
+                    // as not acknowledged, so the publisher still learns of them.
+                    let err = Error::DeadLetter { count, source };
+                    tracing::error!(error = %err, chain = %ErrorChain::from_error(&err), "mq: dead-letter store failed");
+                }
             }
         }
     }
@@ -260,6 +301,11 @@ impl MessageQueue for ImmediateQueue {
         let consumer = self
             .attached(&q)
             .ok_or_else(|| Error::NoConsumer { queue: q.clone() })?;
+        // Taken before re-checking, so shutdown either refuses this publish or waits for it.
+        let _in_flight = consumer.stopper.tracker().token();
+        if consumer.stopper.stop_token().is_cancelled() {
+            return Err(Error::NoConsumer { queue: q });
+        }
         let prepared = prepare_messages(&self.inner.common, &q, messages, &mut report.failed);
         if prepared.is_empty() {
             return Ok(report);
@@ -280,8 +326,6 @@ impl MessageQueue for ImmediateQueue {
             m.attempts = 1;
             m.processing_started_at = Some(now);
         }
-        // The consumer's tracker keeps shutdown waiting for this run.
-        let _in_flight = consumer.stopper.tracker().token();
         for (chunk, idx) in msgs
             .chunks(consumer.options.get_batch_size())
             .zip(indexes.chunks(consumer.options.get_batch_size()))

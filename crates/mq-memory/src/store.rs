@@ -176,6 +176,9 @@ impl QueueStore for MemoryStore {
         let now = Utc::now();
         let mono = Instant::now();
         let owner: Arc<str> = Arc::from(owner);
+        let expires = mono.checked_add(lease).ok_or_else(|| {
+            mq_core::Error::invalid_option("lease_duration", "too long for this platform's clock")
+        })?;
         let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut *st;
         while let Some(Reverse((at, _, _))) = st.delayed.peek() {
@@ -197,9 +200,14 @@ impl QueueStore for MemoryStore {
                     .entries
                     .get(&id)
                     .and_then(|e| e.lease.as_ref())
-                    .is_some_and(|l| l.seq == seq);
-                if current {
-                    candidates.push(id);
+                    .filter(|l| l.seq == seq)
+                    .map(|l| l.expires);
+                match current {
+                    // Renewed since: renewals update the lease in place, so the heap holds one
+                    // entry per live lease; put it back at its new expiry.
+                    Some(exp) if exp > mono => st.leases.push(Reverse((exp, seq, id))),
+                    Some(_) => candidates.push(id),
+                    None => {}
                 }
             }
         }
@@ -214,6 +222,9 @@ impl QueueStore for MemoryStore {
                 continue;
             };
             let reclaim = entry.message.status == Status::Processing;
+            if reclaim && entry.lease.as_ref().is_some_and(|l| l.expires > mono) {
+                continue; // claimed again already (a duplicate heap entry)
+            }
             if !reclaim && entry.message.status != Status::Scheduled {
                 continue;
             }
@@ -230,7 +241,6 @@ impl QueueStore for MemoryStore {
             }
             st.seq += 1;
             let seq = st.seq;
-            let expires = mono + lease;
             entry.message.status = Status::Processing;
             entry.message.attempts += 1;
             entry.message.processing_started_at = Some(now);
@@ -255,6 +265,9 @@ impl QueueStore for MemoryStore {
     ) -> Result<Vec<Claim>> {
         let slot = self.slot(queue);
         let mono = Instant::now();
+        let expires = mono.checked_add(lease).ok_or_else(|| {
+            mq_core::Error::invalid_option("lease_duration", "too long for this platform's clock")
+        })?;
         let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut lost = Vec::new();
         for c in claims {
@@ -262,14 +275,18 @@ impl QueueStore for MemoryStore {
                 lost.push(c.clone());
                 continue;
             }
-            st.seq += 1;
-            let seq = st.seq;
-            let expires = mono + lease;
+            let mut earlier = None;
             if let Some(l) = st.entries.get_mut(&c.id).and_then(|e| e.lease.as_mut()) {
+                // Extensions are updated in place (the heap entry is re-queued when popped); a
+                // shorter lease needs its own entry to be found in time.
+                if expires < l.expires {
+                    earlier = Some(l.seq);
+                }
                 l.expires = expires;
-                l.seq = seq;
             }
-            st.leases.push(Reverse((expires, seq, c.id.clone())));
+            if let Some(seq) = earlier {
+                st.leases.push(Reverse((expires, seq, c.id.clone())));
+            }
         }
         Ok(lost)
     }

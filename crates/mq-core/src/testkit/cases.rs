@@ -425,7 +425,10 @@ pub async fn concurrent_consumers_never_double_claim(f: &dyn QueueFactory, test:
             q.consume(
                 &name,
                 Arc::new(h),
-                fast_options().batch_size(50).concurrency(2),
+                fast_options()
+                    .batch_size(50)
+                    .concurrency(2)
+                    .lease_duration(Duration::from_secs(60)),
             )
             .await
             .expect("consume"),
@@ -739,8 +742,9 @@ pub async fn expired_lease_is_claimed_again_and_fences_the_old_owner(
     q.register(&name).await.expect("register");
     q.publish(&name, vec![msg(1)]).await.expect("publish");
     let lease = Duration::from_millis(300);
+    // A long lease first, so a slow machine cannot let it lapse before the next assertion.
     let a = store
-        .claim(&name, "owner-a", 10, lease)
+        .claim(&name, "owner-a", 10, Duration::from_secs(30))
         .await
         .expect("claim a");
     assert_eq!(a.messages.len(), 1);
@@ -754,6 +758,11 @@ pub async fn expired_lease_is_claimed_again_and_fences_the_old_owner(
         "claimed twice while the lease is valid"
     );
     let claim_a = crate::Claim::of(&a.messages[0]);
+    let lost = store
+        .renew(&name, "owner-a", std::slice::from_ref(&claim_a), lease)
+        .await
+        .expect("renew a");
+    assert!(lost.is_empty(), "the owner could not renew its own claim");
     // owner A "crashes": it stops renewing; wait for the lease to lapse
     let mut b = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
