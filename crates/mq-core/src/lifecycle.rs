@@ -69,6 +69,25 @@ pub struct ConsumerInfo {
 }
 
 impl ConsumerInfo {
+    /// A Kinesis shard consumer of worker `parent` (consumer id `<parent>:<shard>`).
+    pub fn shard(
+        parent: impl Into<String>,
+        queue: QueueName,
+        backend: &'static str,
+        shard_id: impl Into<String>,
+    ) -> Self {
+        let parent = parent.into();
+        let shard_id = shard_id.into();
+        ConsumerInfo {
+            consumer_id: format!("{parent}:{shard_id}"),
+            kind: ConsumerKind::Shard,
+            queue,
+            backend,
+            shard_id: Some(shard_id),
+            parent_consumer_id: Some(parent),
+        }
+    }
+
     /// A worker consumer.
     pub fn worker(consumer_id: impl Into<String>, queue: QueueName, backend: &'static str) -> Self {
         ConsumerInfo {
@@ -184,6 +203,49 @@ pub enum LifecycleEvent {
         /// Records handled since the previous checkpoint.
         records_since_last: u64,
     },
+    /// A batch kept failing from the same checkpoint and was handed to the dead-letter hook
+    /// (Kinesis); the shard moves on.
+    PoisonPill {
+        /// The shard consumer.
+        consumer: ConsumerInfo,
+        /// The checkpoint the batch kept failing from.
+        checkpoint: String,
+        /// Failures counted from that checkpoint (across restarts and instances).
+        failures: u32,
+        /// Records skipped (handed to the dead-letter hook).
+        records: usize,
+    },
+    /// An instance's membership heartbeat failed `consecutive_failures` times in a row.
+    HeartbeatFailure {
+        /// The stream (or queue).
+        queue: QueueName,
+        /// The instance whose heartbeat fails.
+        instance_id: String,
+        /// Failures in a row.
+        consecutive_failures: u32,
+        /// The last error.
+        error: ErrorChain,
+    },
+    /// A shard lease was lost (taken over, expired, or not renewable): processing stopped.
+    LeaseLost {
+        /// The shard consumer.
+        consumer: ConsumerInfo,
+        /// The fencing epoch the consumer held.
+        epoch: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The shard assignment of an instance changed.
+    Rebalance {
+        /// The stream (or queue).
+        queue: QueueName,
+        /// The instance.
+        instance_id: String,
+        /// Shards it started owning.
+        acquired: Vec<String>,
+        /// Shards it gave up.
+        released: Vec<String>,
+    },
 }
 
 impl LifecycleEvent {
@@ -200,6 +262,10 @@ impl LifecycleEvent {
             LifecycleEvent::ConsumerConnected { .. } => "consumer_connected",
             LifecycleEvent::ConsumerDisconnected { .. } => "consumer_disconnected",
             LifecycleEvent::Checkpoint { .. } => "checkpoint",
+            LifecycleEvent::PoisonPill { .. } => "poison_pill",
+            LifecycleEvent::HeartbeatFailure { .. } => "heartbeat_failure",
+            LifecycleEvent::LeaseLost { .. } => "lease_lost",
+            LifecycleEvent::Rebalance { .. } => "rebalance",
         }
     }
 }
@@ -241,6 +307,10 @@ pub trait LifecycleObserver: Send + Sync + fmt::Debug + 'static {
             LifecycleEvent::ConsumerConnected { .. } => self.on_consumer_connected(event),
             LifecycleEvent::ConsumerDisconnected { .. } => self.on_consumer_disconnected(event),
             LifecycleEvent::Checkpoint { .. } => self.on_checkpoint(event),
+            LifecycleEvent::PoisonPill { .. } => self.on_poison_pill(event),
+            LifecycleEvent::HeartbeatFailure { .. } => self.on_heartbeat_failure(event),
+            LifecycleEvent::LeaseLost { .. } => self.on_lease_lost(event),
+            LifecycleEvent::Rebalance { .. } => self.on_rebalance(event),
         }
     }
     /// A message was stored.
@@ -281,6 +351,22 @@ pub trait LifecycleObserver: Send + Sync + fmt::Debug + 'static {
     }
     /// A checkpoint was written.
     fn on_checkpoint(&self, _event: &LifecycleEvent) -> Result<(), ObserverError> {
+        Ok(())
+    }
+    /// A poison-pill batch was skipped.
+    fn on_poison_pill(&self, _event: &LifecycleEvent) -> Result<(), ObserverError> {
+        Ok(())
+    }
+    /// Heartbeats keep failing.
+    fn on_heartbeat_failure(&self, _event: &LifecycleEvent) -> Result<(), ObserverError> {
+        Ok(())
+    }
+    /// A shard lease was lost.
+    fn on_lease_lost(&self, _event: &LifecycleEvent) -> Result<(), ObserverError> {
+        Ok(())
+    }
+    /// The shard assignment changed.
+    fn on_rebalance(&self, _event: &LifecycleEvent) -> Result<(), ObserverError> {
         Ok(())
     }
 }

@@ -105,6 +105,22 @@ impl LifecycleObserver for MetricsObserver {
                 )
                 .set(now);
             }
+            LifecycleEvent::PoisonPill { consumer, .. } => {
+                counter!("mq_poison_pills_total", "backend" => consumer.backend, "queue" => consumer.queue.to_string(),
+                    "shard" => consumer.shard_id.clone().unwrap_or_default())
+                .increment(1);
+            }
+            LifecycleEvent::HeartbeatFailure { queue, .. } => {
+                counter!("mq_heartbeat_failures_total", "queue" => queue.to_string()).increment(1);
+            }
+            LifecycleEvent::LeaseLost { consumer, .. } => {
+                counter!("mq_leases_lost_total", "backend" => consumer.backend, "queue" => consumer.queue.to_string(),
+                    "shard" => consumer.shard_id.clone().unwrap_or_default())
+                .increment(1);
+            }
+            LifecycleEvent::Rebalance { queue, .. } => {
+                counter!("mq_rebalances_total", "queue" => queue.to_string()).increment(1);
+            }
         }
         Ok(())
     }
