@@ -33,11 +33,18 @@ use crate::queue_name::QueueName;
 /// # Ok::<(), mq_core::Error>(())
 /// ```
 #[derive(Clone)]
-pub struct Batch(Arc<[Message]>);
+pub struct Batch(Arc<Vec<Message>>);
 
 impl From<Vec<Message>> for Batch {
     fn from(v: Vec<Message>) -> Self {
-        Batch(v.into())
+        Batch(Arc::new(v))
+    }
+}
+
+impl Batch {
+    /// The messages, moved out when this is the last copy of the batch and cloned otherwise.
+    pub fn into_messages(self) -> Vec<Message> {
+        Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone())
     }
 }
 

@@ -327,6 +327,31 @@ impl Message {
     }
 }
 
+impl Message {
+    /// A bound that is never below [`Message::encoded_len`], computed without formatting the
+    /// timestamps: the payload and metadata are measured, every other field is bounded.
+    pub fn encoded_len_upper_bound(&self) -> usize {
+        fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
+            let mut c = ByteCounter(0);
+            let _ = serde_json::to_writer(&mut c, v);
+            c.0
+        }
+        // Field names, punctuation, 4 timestamps (at most 40 bytes each as RFC 3339 with
+        // nanoseconds and a zone), status, numbers: well under 512 bytes. Strings may be escaped
+        // to 6 bytes per byte (`\u00XX`).
+        let strings = self.id.as_str().len()
+            + self.message_type.len()
+            + self.queue.as_str().len()
+            + self.partition_key.as_ref().map_or(0, String::len);
+        let metadata = if self.metadata.is_empty() {
+            0
+        } else {
+            json_len(&self.metadata)
+        };
+        512 + 6 * strings + json_len(&self.payload) + metadata
+    }
+}
+
 struct ByteCounter(usize);
 
 impl std::io::Write for ByteCounter {
@@ -577,6 +602,14 @@ mod tests {
         let back: Message = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
         assert_eq!(m.encoded_len(), json.len());
+        assert!(m.encoded_len_upper_bound() >= m.encoded_len());
+        let mut odd = m.clone();
+        odd.message_type = "\u{1}".repeat(300);
+        odd.expires_at = Some(now);
+        odd.processing_started_at = Some(now);
+        odd.max_attempts = Some(u32::MAX);
+        odd.attempts = u32::MAX;
+        assert!(odd.encoded_len_upper_bound() >= odd.encoded_len());
     }
 
     #[test]

@@ -189,6 +189,12 @@ pub fn prepare_messages(
             continue;
         }
         let m = nm.into_message(&*common.id_generator, queue.clone(), now);
+        // A cheap upper bound settles the common case; the exact size is computed only near the
+        // limit.
+        if m.encoded_len_upper_bound() <= common.max_message_bytes {
+            out.push((index, m));
+            continue;
+        }
         let size = m.encoded_len();
         if size > common.max_message_bytes {
             failed.push(PublishFailure {
@@ -496,7 +502,7 @@ impl<S: QueueStore> Worker<S> {
                 .await?;
         }
         if !runnable.is_empty() {
-            let (outcomes, cancelled, took) = self.run_handler(runnable.clone()).await;
+            let (runnable, outcomes, cancelled, took) = self.run_handler(runnable).await;
             report.cancelled = cancelled;
             let decided = runnable
                 .into_iter()
@@ -512,7 +518,10 @@ impl<S: QueueStore> Worker<S> {
 
     /// Runs the handler with the timeout and lease renewal; returns the outcomes, whether the
     /// handler was cancelled, and how long it ran.
-    async fn run_handler(&self, messages: Vec<Message>) -> (Outcomes, bool, Duration) {
+    async fn run_handler(
+        &self,
+        messages: Vec<Message>,
+    ) -> (Vec<Message>, Outcomes, bool, Duration) {
         let started = Instant::now();
         let timeout = self.options.get_handler_timeout();
         let deadline = started + timeout;
@@ -526,7 +535,8 @@ impl<S: QueueStore> Worker<S> {
             Some(deadline),
         );
         let batch = Batch::from(messages);
-        let fut = std::panic::AssertUnwindSafe(self.handler.handle(batch, ctx)).catch_unwind();
+        let fut =
+            std::panic::AssertUnwindSafe(self.handler.handle(batch.clone(), ctx)).catch_unwind();
         tokio::pin!(fut);
         let lease = self.options.get_lease_duration();
         let mut renew = tokio::time::interval_at(started + lease / 3, lease / 3);
@@ -601,7 +611,8 @@ impl<S: QueueStore> Worker<S> {
                 }
             }
         }
-        (outcomes, cancelled, took)
+        // Usually the handler has dropped its copy by now, so this moves instead of cloning.
+        (batch.into_messages(), outcomes, cancelled, took)
     }
 
     async fn complete(
@@ -711,7 +722,7 @@ impl<S: QueueStore> Worker<S> {
                 "mq: completions refused: the lease expired and another consumer may hold these messages");
         }
         for (m, planned) in plan {
-            if rejected.contains(&Claim::of(&m)) {
+            if !rejected.is_empty() && rejected.contains(&Claim::of(&m)) {
                 continue;
             }
             match planned {
