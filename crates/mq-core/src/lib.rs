@@ -80,6 +80,7 @@ pub use lifecycle::{
 };
 pub use message::{
     MAX_MESSAGE_ID_LEN, MAX_MESSAGE_TYPE_LEN, Message, MessageId, Metadata, NewMessage, Status,
+    later_by, latest_time,
 };
 #[cfg(feature = "metrics")]
 pub use metrics_observer::MetricsObserver;

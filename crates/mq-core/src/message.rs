@@ -12,6 +12,20 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::queue_name::QueueName;
 
+/// The latest time mq schedules anything at: 9999-12-31T23:59:59Z, the last second every store
+/// can hold (MySQL `DATETIME` ends there). Later times and absurd delays saturate to it.
+pub fn latest_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `now + delay`, saturating at [`latest_time`] instead of overflowing.
+pub fn later_by(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .map_or_else(latest_time, |t| t.min(latest_time()))
+}
+
 /// The longest message id accepted.
 pub const MAX_MESSAGE_ID_LEN: usize = 128;
 /// The longest message type accepted.
@@ -530,12 +544,10 @@ impl NewMessage {
     ) -> Message {
         let execute_at = match (self.execute_at, self.delay) {
             (Some(at), _) => at,
-            (None, Some(d)) => chrono::Duration::from_std(d)
-                .ok()
-                .and_then(|d| now.checked_add_signed(d))
-                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            (None, Some(d)) => later_by(now, d),
             (None, None) => now,
-        };
+        }
+        .min(latest_time());
         let mut m = Message::new(
             self.id.unwrap_or_else(|| ids.next_id()),
             queue,

@@ -17,7 +17,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterOrigin, ErrorChain};
 use crate::error::{Error, Result};
 use crate::handler::{Batch, Handler, HandlerContext, Outcome, Outcomes};
 use crate::lifecycle::{ConsumerInfo, DisconnectReason, LifecycleEvent, MessageInfo};
-use crate::message::{Message, NewMessage, Status};
+use crate::message::{Message, NewMessage, Status, later_by};
 use crate::options::{CommonOptions, ConsumerOptions};
 use crate::queue::{
     BatchReport, ConsumerHandle, ConsumerStopper, MessageQueue, PublishFailure, PublishReport,
@@ -652,7 +652,7 @@ impl<S: QueueStore> Worker<S> {
             let action = match &planned {
                 Planned::Ack => CompletionAction::Ack,
                 Planned::Retry(delay, error) => CompletionAction::Retry {
-                    execute_at: after(now, *delay),
+                    execute_at: later_by(now, *delay),
                     error: error.clone(),
                 },
                 Planned::Terminal(status, error, _) => CompletionAction::Finish {
@@ -706,7 +706,7 @@ impl<S: QueueStore> Worker<S> {
                         completions[i] = Completion::new(
                             Claim::of(&plan[i].0),
                             CompletionAction::Retry {
-                                execute_at: after(now, delay),
+                                execute_at: later_by(now, delay),
                                 error: Some(why.clone()),
                             },
                         );
@@ -792,14 +792,6 @@ impl<S: QueueStore> Worker<S> {
             }
         }
     }
-}
-
-/// `now + delay`, saturating instead of overflowing on absurd delays.
-pub(crate) fn after(now: chrono::DateTime<Utc>, delay: Duration) -> chrono::DateTime<Utc> {
-    chrono::Duration::from_std(delay)
-        .ok()
-        .and_then(|d| now.checked_add_signed(d))
-        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
 }
 
 enum Planned {

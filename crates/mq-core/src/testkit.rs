@@ -310,7 +310,10 @@ macro_rules! conformance_tests {
             failing_observer_does_not_break_consumption,
             consume_batch_works_without_a_consumer,
             expired_lease_is_claimed_again_and_fences_the_old_owner,
-            panicking_handler_retries_the_batch
+            panicking_handler_retries_the_batch,
+            shutdown_cancels_handlers_after_the_grace_period,
+            shutdown_waits_for_consume_batch_and_repeats_safely,
+            absurd_delays_are_handled_without_panics
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -847,3 +847,139 @@ pub async fn panicking_handler_retries_the_batch(f: &dyn QueueFactory, test: &st
     assert!(retried.to_string().contains("handler bug"), "{retried}");
     q.shutdown().await.expect("shutdown");
 }
+
+/// Past the grace period, shutdown cancels the handler's token, waits for it to return, and the
+/// message is released for another delivery instead of being lost.
+pub async fn shutdown_cancels_handlers_after_the_grace_period(f: &dyn QueueFactory, test: &str) {
+    if should_skip(f, test) {
+        return;
+    }
+    let (rec, common) = observed();
+    let (q, name) = setup(f, test, common).await;
+    q.publish(&name, vec![msg(1)]).await.expect("publish");
+    let (started, returned) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (s, r) = (started.clone(), returned.clone());
+    let h = handler_fn(move |_b: Batch, ctx: HandlerContext| {
+        let (s, r) = (s.clone(), r.clone());
+        async move {
+            s.store(true, Ordering::SeqCst);
+            ctx.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            r.store(true, Ordering::SeqCst);
+            Err::<(), _>(std::io::Error::other("interrupted by shutdown"))
+        }
+    });
+    let opts = fast_options().shutdown_grace(Duration::from_millis(200));
+    let _c = q.consume(&name, Arc::new(h), opts).await.expect("consume");
+    eventually(LONG, "handler started", || started.load(Ordering::SeqCst)).await;
+    let t0 = tokio::time::Instant::now();
+    q.shutdown().await.expect("shutdown");
+    assert!(
+        returned.load(Ordering::SeqCst),
+        "shutdown returned while the handler still ran"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(200),
+        "cancelled before the grace period"
+    );
+    assert_eq!(
+        rec.count("retried"),
+        1,
+        "the interrupted message is released, not lost"
+    );
+    assert_eq!(rec.count("acked") + rec.count("failed"), 0);
+}
+
+/// Shutdown waits for a `consume_batch` call in flight, and a second, concurrent shutdown
+/// returns only when the first has finished.
+pub async fn shutdown_waits_for_consume_batch_and_repeats_safely(f: &dyn QueueFactory, test: &str) {
+    if should_skip(f, test) {
+        return;
+    }
+    let (q, name) = setup(f, test, CommonOptions::default()).await;
+    q.publish(&name, vec![msg(1)]).await.expect("publish");
+    let (started, finished) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (s, fi) = (started.clone(), finished.clone());
+    let h = Arc::new(handler_fn(move |_b: Batch, _c: HandlerContext| {
+        let (s, fi) = (s.clone(), fi.clone());
+        async move {
+            s.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            fi.store(true, Ordering::SeqCst);
+        }
+    }));
+    let q2 = q.clone();
+    let n2 = name.clone();
+    let batch = tokio::spawn(async move { q2.consume_batch(&n2, h, &fast_options()).await });
+    eventually(LONG, "batch handler started", || {
+        started.load(Ordering::SeqCst)
+    })
+    .await;
+    let (a, b) = tokio::join!(q.shutdown(), q.shutdown());
+    a.expect("first shutdown");
+    b.expect("second shutdown");
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "a shutdown returned before the batch finished"
+    );
+    let report = batch.await.expect("join").expect("batch");
+    assert_eq!(report.acked, 1);
+}
+
+/// Delays and durations far beyond reason are refused or saturated, never a panic.
+pub async fn absurd_delays_are_handled_without_panics(f: &dyn QueueFactory, test: &str) {
+    if should_skip(f, test) {
+        return;
+    }
+    let (q, name) = setup(f, test, CommonOptions::default()).await;
+    let r = q
+        .publish(
+            &name,
+            vec![msg(1).delay(Duration::from_secs(u64::MAX)), msg(2)],
+        )
+        .await
+        .expect("publish");
+    assert!(
+        r.is_complete(),
+        "a far-future message is valid: {:?}",
+        r.failed
+    );
+    let h = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {
+        Outcomes::all(Outcome::retry_after(Duration::from_secs(u64::MAX)))
+    }));
+    let rep = q
+        .consume_batch(&name, h.clone(), &fast_options())
+        .await
+        .expect("batch");
+    assert_eq!(
+        (rep.delivered, rep.retried),
+        (1, 1),
+        "only the ready message, retried far away"
+    );
+    let again = q
+        .consume_batch(&name, h.clone(), &fast_options())
+        .await
+        .expect("batch");
+    assert_eq!(again.delivered, 0);
+    let err = q
+        .consume(&name, h, fast_options().handler_timeout(Duration::MAX))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidOption {
+                field: "handler_timeout",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    q.shutdown().await.expect("shutdown");
+}
