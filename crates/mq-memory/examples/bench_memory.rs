@@ -4,6 +4,9 @@
 //! Both sides build the same `NewMessage` values (type + small JSON payload) and count them on the
 //! consumer side; the queue adds ids, timestamps, claiming under a lease, the handler call and the
 //! completion. Printed: messages/s of each and their ratio.
+//!
+//! `MQ_BENCH_N` changes the message count; `MQ_BENCH_ONLY=bare|queue` runs one side once, for
+//! instruction counts under `valgrind --tool=callgrind`, which stay comparable on a busy machine.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,14 +18,23 @@ use mq_core::{
 use mq_memory::InMemoryQueue;
 use serde_json::json;
 
-const N: usize = 1_000_000;
 const CHUNK: usize = 1_000;
+
+fn count() -> usize {
+    std::env::var("MQ_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+        / CHUNK
+        * CHUNK
+}
 
 fn message(i: usize) -> NewMessage {
     NewMessage::new("bench", json!({ "n": i }))
 }
 
 async fn bare_channel() -> Duration {
+    let n_total = count();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<NewMessage>(CHUNK * 4);
     let started = Instant::now();
     let consumer = tokio::spawn(async move {
@@ -34,18 +46,19 @@ async fn bare_channel() -> Duration {
         }
         n
     });
-    for i in 0..N {
+    for i in 0..n_total {
         if tx.send(message(i)).await.is_err() {
             break;
         }
     }
     drop(tx);
     let n = consumer.await.unwrap_or(0);
-    assert_eq!(n, N);
+    assert_eq!(n, n_total);
     started.elapsed()
 }
 
 async fn in_memory_queue() -> anyhow::Result<Duration> {
+    let n_total = count();
     let queue = InMemoryQueue::default();
     let q = QueueName::new("bench")?;
     queue.register(&q).await?;
@@ -57,7 +70,7 @@ async fn in_memory_queue() -> anyhow::Result<Duration> {
         let s = s.clone();
         let done = done_tx.clone();
         async move {
-            if s.fetch_add(batch.len(), Ordering::Relaxed) + batch.len() == N
+            if s.fetch_add(batch.len(), Ordering::Relaxed) + batch.len() == n_total
                 && let Some(tx) = done.lock().ok().and_then(|mut d| d.take())
             {
                 let _ = tx.send(());
@@ -71,7 +84,7 @@ async fn in_memory_queue() -> anyhow::Result<Duration> {
         .max_poll_interval(Duration::from_millis(5));
     let started = Instant::now();
     let consumer = queue.consume(&q, Arc::new(handler), options).await?;
-    for start in (0..N).step_by(CHUNK) {
+    for start in (0..n_total).step_by(CHUNK) {
         let report = queue
             .publish(&q, (start..start + CHUNK).map(message).collect())
             .await?;
@@ -82,18 +95,29 @@ async fn in_memory_queue() -> anyhow::Result<Duration> {
     consumer.stop().await;
     queue.shutdown().await?;
     anyhow::ensure!(
-        seen.load(Ordering::Relaxed) == N,
+        seen.load(Ordering::Relaxed) == n_total,
         "lost or duplicated messages"
     );
     Ok(took)
 }
 
 fn rate(d: Duration) -> f64 {
-    N as f64 / d.as_secs_f64()
+    count() as f64 / d.as_secs_f64()
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    match std::env::var("MQ_BENCH_ONLY").as_deref() {
+        Ok("bare") => {
+            println!("bare tokio mpsc: {:?}", bare_channel().await);
+            return Ok(());
+        }
+        Ok("queue") => {
+            println!("InMemoryQueue: {:?}", in_memory_queue().await?);
+            return Ok(());
+        }
+        _ => {}
+    }
     // Warm up allocators and the runtime once, then measure each side three times, interleaved.
     let _ = bare_channel().await;
     let mut bare = Vec::new();
@@ -104,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let best = |v: &[Duration]| v.iter().copied().min().unwrap_or_default();
     let (b, o) = (best(&bare), best(&ours));
-    println!("messages: {N}, runs: 3 each (best shown)");
+    println!("messages: {}, runs: 3 each (best shown)", count());
     println!("bare tokio mpsc : {:>12.0} msg/s ({:?})", rate(b), b);
     println!("InMemoryQueue   : {:>12.0} msg/s ({:?})", rate(o), o);
     println!(
