@@ -177,8 +177,21 @@ pub fn prepare_messages(
     messages: Vec<NewMessage>,
     failed: &mut Vec<PublishFailure>,
 ) -> Vec<(usize, Message)> {
+    let (indexes, messages) = prepare_split(common, queue, messages, failed);
+    indexes.into_iter().zip(messages).collect()
+}
+
+/// [`prepare_messages`] returning batch indexes and messages apart, so the messages can go to
+/// the store without another copy.
+fn prepare_split(
+    common: &CommonOptions,
+    queue: &QueueName,
+    messages: Vec<NewMessage>,
+    failed: &mut Vec<PublishFailure>,
+) -> (Vec<usize>, Vec<Message>) {
     let now = Utc::now();
     let mut out = Vec::with_capacity(messages.len());
+    let mut indexes = Vec::with_capacity(messages.len());
     for (index, nm) in messages.into_iter().enumerate() {
         if let Err(error) = nm.validate() {
             failed.push(PublishFailure {
@@ -192,7 +205,8 @@ pub fn prepare_messages(
         // A cheap upper bound settles the common case; the exact size is computed only near the
         // limit.
         if m.encoded_len_upper_bound() <= common.max_message_bytes {
-            out.push((index, m));
+            out.push(m);
+            indexes.push(index);
             continue;
         }
         let size = m.encoded_len();
@@ -208,9 +222,10 @@ pub fn prepare_messages(
             });
             continue;
         }
-        out.push((index, m));
+        out.push(m);
+        indexes.push(index);
     }
-    out
+    (indexes, out)
 }
 
 #[async_trait]
@@ -237,11 +252,11 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
         if messages.is_empty() {
             return Ok(report);
         }
-        let prepared = self.prepare(&queue, messages, &mut report.failed);
-        if prepared.is_empty() {
+        let (indexes, msgs) =
+            prepare_split(&self.inner.common, &queue, messages, &mut report.failed);
+        if msgs.is_empty() {
             return Ok(report);
         }
-        let (indexes, msgs): (Vec<usize>, Vec<Message>) = prepared.into_iter().unzip();
         let keep = if self.inner.common.lifecycle.is_active() {
             Some(msgs.clone())
         } else {
@@ -467,10 +482,17 @@ impl<S: QueueStore> Worker<S> {
         let policy = self.options.get_retry();
         // Messages whose earlier claims all ended without a completion (crashes, lost leases)
         // may have used up their attempts already: they fail without another run.
-        let (runnable, over): (Vec<Message>, Vec<Message>) = claimed
-            .messages
-            .into_iter()
-            .partition(|m| m.attempts <= policy.attempts_allowed(m));
+        let mut runnable = claimed.messages;
+        let over: Vec<Message> = if runnable
+            .iter()
+            .any(|m| m.attempts > policy.attempts_allowed(m))
+        {
+            runnable
+                .extract_if(.., |m| m.attempts > policy.attempts_allowed(m))
+                .collect()
+        } else {
+            Vec::new()
+        };
         report.delivered = runnable.len();
         if lc.is_active() {
             for m in &runnable {
@@ -482,36 +504,25 @@ impl<S: QueueStore> Worker<S> {
                 });
             }
         }
-        let exhausted: Vec<(Message, Outcome)> = over
-            .into_iter()
-            .map(|m| {
-                let allowed = policy.attempts_allowed(&m);
-                (
-                    m,
-                    Outcome::Fail {
-                        error: ErrorChain::msg(format!(
-                            "attempts exhausted: {allowed} deliveries allowed, earlier deliveries ended without a result (crash or lost lease)"
-                        )),
-                    },
-                )
-            })
-            .collect();
-        if !exhausted.is_empty() {
+        if !over.is_empty() {
             // Settled before the handler runs, while their leases are fresh.
-            self.complete(exhausted, Duration::ZERO, &mut report)
+            let exhausted = |m: &Message| {
+                let allowed = policy.attempts_allowed(m);
+                Outcome::Fail {
+                    error: ErrorChain::msg(format!(
+                        "attempts exhausted: {allowed} deliveries allowed, earlier deliveries ended without a result (crash or lost lease)"
+                    )),
+                }
+            };
+            self.complete(&over, &exhausted, Duration::ZERO, &mut report)
                 .await?;
         }
         if !runnable.is_empty() {
             let (runnable, outcomes, cancelled, took) = self.run_handler(runnable).await;
             report.cancelled = cancelled;
-            let decided = runnable
-                .into_iter()
-                .map(|m| {
-                    let o = outcomes.get(&m.id).clone();
-                    (m, o)
-                })
-                .collect();
-            self.complete(decided, took, &mut report).await?;
+            let outcome_of = |m: &Message| outcomes.get(&m.id).clone();
+            self.complete(&runnable, &outcome_of, took, &mut report)
+                .await?;
         }
         Ok(report)
     }
@@ -617,22 +628,21 @@ impl<S: QueueStore> Worker<S> {
 
     async fn complete(
         &self,
-        decided: Vec<(Message, Outcome)>,
+        messages: &[Message],
+        outcome_of: &(dyn Fn(&Message) -> Outcome + Sync),
         handler_duration: Duration,
         report: &mut BatchReport,
     ) -> Result<()> {
         let now = Utc::now();
         let policy = self.options.get_retry();
-        let mut completions = Vec::with_capacity(decided.len());
-        // (message, terminal status, error, exhausted)
-        let mut plan: Vec<(Message, Planned)> = Vec::with_capacity(decided.len());
-        for (m, outcome) in decided {
-            let claim = Claim::of(&m);
-            let planned = match outcome {
+        let mut completions = Vec::with_capacity(messages.len());
+        let mut plan: Vec<Planned> = Vec::with_capacity(messages.len());
+        for m in messages {
+            let planned = match outcome_of(m) {
                 Outcome::Ack => Planned::Ack,
                 Outcome::Retry { after, error } => {
-                    if policy.is_exhausted(&m) {
-                        let allowed = policy.attempts_allowed(&m);
+                    if policy.is_exhausted(m) {
+                        let allowed = policy.attempts_allowed(m);
                         let error = error.unwrap_or_else(|| {
                             ErrorChain::msg(format!(
                                 "attempts exhausted after {allowed} deliveries"
@@ -640,7 +650,7 @@ impl<S: QueueStore> Worker<S> {
                         });
                         Planned::Terminal(Status::Failed, error, true)
                     } else {
-                        let delay = after.unwrap_or_else(|| policy.delay_for(&m));
+                        let delay = after.unwrap_or_else(|| policy.delay_for(m));
                         Planned::Retry(delay, error)
                     }
                 }
@@ -660,30 +670,27 @@ impl<S: QueueStore> Worker<S> {
                     error: error.clone(),
                 },
             };
-            completions.push(Completion::new(claim, action));
-            plan.push((m, planned));
+            completions.push(Completion::new(Claim::of(m), action));
+            plan.push(planned);
         }
         let backend = self.store.backend();
         let lc = &self.common.lifecycle;
         // Dead letters are stored before the terminal status is written: if the sink fails, the
         // message is retried instead, so it never ends terminal without its dead letter.
-        let mut dead_lettered: HashSet<Claim> = HashSet::new();
+        let mut dead_lettered = vec![false; messages.len()];
         let terminal: Vec<usize> = plan
             .iter()
             .enumerate()
-            .filter(|(_, (_, p))| matches!(p, Planned::Terminal(..)))
+            .filter(|(_, p)| matches!(p, Planned::Terminal(..)))
             .map(|(i, _)| i)
             .collect();
         if let (false, Some(sink)) = (terminal.is_empty(), &self.common.dead_letters) {
             let letters: Vec<DeadLetter> = terminal
                 .iter()
                 .filter_map(|&i| match &plan[i] {
-                    (m, Planned::Terminal(_, error, exhausted)) => Some(DeadLetter::new(
-                        m.clone(),
-                        DeadLetterOrigin {
-                            backend: backend.to_owned(),
-                            ..DeadLetterOrigin::default()
-                        },
+                    Planned::Terminal(_, error, exhausted) => Some(DeadLetter::new(
+                        messages[i].clone(),
+                        DeadLetterOrigin::backend(backend),
                         error.clone(),
                         *exhausted,
                         self.consumer_id.clone(),
@@ -694,7 +701,9 @@ impl<S: QueueStore> Worker<S> {
             let count = letters.len();
             match sink.dead_letter(letters).await {
                 Ok(()) => {
-                    dead_lettered.extend(terminal.iter().map(|&i| Claim::of(&plan[i].0)));
+                    for &i in &terminal {
+                        dead_lettered[i] = true;
+                    }
                 }
                 Err(source) => {
                     let err = Error::DeadLetter { count, source };
@@ -702,15 +711,15 @@ impl<S: QueueStore> Worker<S> {
                         "mq: dead-letter store failed; the messages will be delivered again later");
                     let why = ErrorChain::msg("dead-letter store unavailable");
                     for &i in &terminal {
-                        let delay = policy.delay_for(&plan[i].0);
+                        let delay = policy.delay_for(&messages[i]);
                         completions[i] = Completion::new(
-                            Claim::of(&plan[i].0),
+                            Claim::of(&messages[i]),
                             CompletionAction::Retry {
                                 execute_at: later_by(now, delay),
                                 error: Some(why.clone()),
                             },
                         );
-                        plan[i].1 = Planned::Retry(delay, Some(why.clone()));
+                        plan[i] = Planned::Retry(delay, Some(why.clone()));
                     }
                 }
             }
@@ -721,15 +730,15 @@ impl<S: QueueStore> Worker<S> {
             tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost = rejected.len(),
                 "mq: completions refused: the lease expired and another consumer may hold these messages");
         }
-        for (m, planned) in plan {
-            if !rejected.is_empty() && rejected.contains(&Claim::of(&m)) {
+        for ((m, planned), dead_lettered) in messages.iter().zip(plan).zip(dead_lettered) {
+            if !rejected.is_empty() && rejected.contains(&Claim::of(m)) {
                 continue;
             }
             match planned {
                 Planned::Ack => {
                     report.acked += 1;
                     lc.emit_with(|| LifecycleEvent::Acked {
-                        message: MessageInfo::of(&m, backend),
+                        message: MessageInfo::of(m, backend),
                         consumer_id: self.consumer_id.clone(),
                         handler_duration,
                     });
@@ -737,7 +746,7 @@ impl<S: QueueStore> Worker<S> {
                 Planned::Retry(delay, error) => {
                     report.retried += 1;
                     lc.emit_with(|| LifecycleEvent::Retried {
-                        message: MessageInfo::of(&m, backend),
+                        message: MessageInfo::of(m, backend),
                         consumer_id: self.consumer_id.clone(),
                         delay,
                         error,
@@ -747,16 +756,16 @@ impl<S: QueueStore> Worker<S> {
                     report.failed += 1;
                     if status == Status::Failed {
                         lc.emit_with(|| LifecycleEvent::Failed {
-                            message: MessageInfo::of(&m, backend),
+                            message: MessageInfo::of(m, backend),
                             consumer_id: self.consumer_id.clone(),
                             error: error.clone(),
                             exhausted,
                         });
                     }
-                    if dead_lettered.contains(&Claim::of(&m)) {
+                    if dead_lettered {
                         report.dead_lettered += 1;
                         lc.emit_with(|| LifecycleEvent::DeadLettered {
-                            message: MessageInfo::of(&m, backend),
+                            message: MessageInfo::of(m, backend),
                             consumer_id: self.consumer_id.clone(),
                             error,
                         });
