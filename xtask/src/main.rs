@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -11,12 +11,14 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
-  services up        start the services the tests need (PostgreSQL, MariaDB, Redis) if they are
-                     not running, and print the variables the tests read
+  services up        start the services the tests need (PostgreSQL, MariaDB, Redis, and a
+                     MongoDB-compatible server, installed from PyPI if missing) when they
+                     are not running, and print the variables the tests read
   services status    say which services answer
-  services down      stop the services this command started (leaves system services alone)
-  test [--backend B] run the tests with the service variables set (B: memory, sql, all)
-  bench <name>       run a benchmark in release mode (memory, sql)
+  services down      stop the servers xtask started itself (the machine's services stay)
+  test [--backend B] run the tests with the service variables set
+                     (B: memory, sql, mongo, kinesis, all)
+  bench <name>       run a benchmark in release mode (memory, sql, mongo, kinesis)
   ci                 fmt, clippy, docs, each facade feature alone, services, all tests, package
 ";
 
@@ -28,6 +30,10 @@ struct Service {
     vars: &'static [(&'static str, &'static str)],
     /// How to start it on this kind of machine (Debian packages).
     start: &'static [&'static str],
+    /// How to install it when its start command is missing (empty: the machine provides it).
+    install: &'static [&'static str],
+    /// True when the start command stays in the foreground (it is then left running detached).
+    foreground: bool,
 }
 
 const SERVICES: &[Service] = &[
@@ -43,6 +49,8 @@ const SERVICES: &[Service] = &[
             "-c",
             "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
         ],
+        install: &[],
+        foreground: false,
     },
     Service {
         name: "mariadb",
@@ -56,6 +64,8 @@ const SERVICES: &[Service] = &[
             "--exec",
             "/usr/sbin/mariadbd",
         ],
+        install: &[],
+        foreground: false,
     },
     Service {
         name: "redis",
@@ -74,6 +84,39 @@ const SERVICES: &[Service] = &[
             "--appendonly",
             "no",
         ],
+        install: &[],
+        foreground: false,
+    },
+    // SecantusDB: a MongoDB-compatible server (GPL: a test tool only, never a dependency), in
+    // memory, a one-node replica set, so change streams work.
+    Service {
+        name: "mongodb",
+        addr: "127.0.0.1:27018",
+        vars: &[(
+            "MONGODB_URI",
+            "mongodb://127.0.0.1:27018/?directConnection=true",
+        )],
+        start: &[
+            "secantusd-py",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "27018",
+            "--storage-path",
+            ":memory:",
+            "--log-level",
+            "WARNING",
+        ],
+        install: &[
+            "python3",
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--pre",
+            "secantusdb==0.7.0b3",
+        ],
+        foreground: true,
     },
 ];
 
@@ -88,9 +131,12 @@ fn main() -> Result<()> {
             Ok(())
         }
         ["services", "down"] => {
-            println!(
-                "the services here are the machine's own (started before the session); nothing to stop"
-            );
+            // Only what xtask itself starts in the foreground; the machine's own services stay.
+            for s in SERVICES.iter().filter(|s| s.foreground) {
+                let pattern = s.start.join(" ");
+                let _ = Command::new("pkill").args(["-f", &pattern]).status();
+                println!("stopped {} (if it ran)", s.name);
+            }
             Ok(())
         }
         ["test"] => test("all"),
@@ -109,6 +155,11 @@ fn workspace_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 fn answers(addr: &str) -> bool {
@@ -130,19 +181,42 @@ fn services_up() -> Result<Vec<(String, String)>> {
     let mut missing = Vec::new();
     for s in SERVICES {
         if !answers(s.addr) {
+            if !s.install.is_empty() && !on_path(s.start[0]) {
+                println!("{} is not installed: `{}`", s.name, s.install.join(" "));
+                match Command::new(s.install[0]).args(&s.install[1..]).status() {
+                    Ok(st) if st.success() => {}
+                    Ok(st) => eprintln!("  install command exited with {st}"),
+                    Err(e) => eprintln!("  cannot run {}: {e}", s.install[0]),
+                }
+            }
             println!(
                 "{} is down on {}: starting it with `{}`",
                 s.name,
                 s.addr,
                 s.start.join(" ")
             );
-            let status = Command::new(s.start[0]).args(&s.start[1..]).status();
-            match status {
-                Ok(st) if st.success() => {}
-                Ok(st) => eprintln!("  start command exited with {st}"),
-                Err(e) => eprintln!("  cannot run {}: {e}", s.start[0]),
+            let mut cmd = Command::new(s.start[0]);
+            cmd.args(&s.start[1..]);
+            if s.foreground {
+                // Left running after xtask exits; its log goes to a file in the temp dir.
+                let log = std::env::temp_dir().join(format!("mq-{}.log", s.name));
+                match std::fs::File::create(&log) {
+                    Ok(f) => {
+                        cmd.stdout(Stdio::null()).stderr(f).stdin(Stdio::null());
+                        if let Err(e) = cmd.spawn() {
+                            eprintln!("  cannot run {}: {e}", s.start[0]);
+                        }
+                    }
+                    Err(e) => eprintln!("  cannot create {}: {e}", log.display()),
+                }
+            } else {
+                match cmd.status() {
+                    Ok(st) if st.success() => {}
+                    Ok(st) => eprintln!("  start command exited with {st}"),
+                    Err(e) => eprintln!("  cannot run {}: {e}", s.start[0]),
+                }
             }
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let deadline = Instant::now() + Duration::from_secs(60);
             while !answers(s.addr) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -197,7 +271,9 @@ fn test(backend: &str) -> Result<()> {
             "--all-features",
         ]),
         "sql" => cmd.args(["-p", "mq-sql", "--all-features"]),
-        other => bail!("unknown backend {other:?}: use memory, sql or all"),
+        "mongo" => cmd.args(["-p", "mq-mongo", "--all-features"]),
+        "kinesis" => cmd.args(["-p", "mq-kinesis", "--all-features"]),
+        other => bail!("unknown backend {other:?}: use memory, sql, mongo, kinesis or all"),
     };
     run(&mut cmd)
 }
@@ -206,7 +282,9 @@ fn bench(name: &str) -> Result<()> {
     let (package, example, needs_services) = match name {
         "memory" => ("mq-memory", "bench_memory", false),
         "sql" => ("mq-sql", "bench_sql", true),
-        other => bail!("unknown benchmark {other:?}: use memory or sql"),
+        "mongo" => ("mq-mongo", "bench_mongo", true),
+        "kinesis" => ("mq-kinesis", "bench_kinesis", true),
+        other => bail!("unknown benchmark {other:?}: use memory, sql, mongo or kinesis"),
     };
     let vars = if needs_services {
         services_up()?
