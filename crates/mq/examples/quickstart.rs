@@ -1,13 +1,15 @@
-//! Publish a few messages and watch a background consumer process them.
+//! Publish a few messages and watch a background consumer process them, on the embedded
+//! default: SQLite in a local file (`mq-quickstart.db`), no server needed.
 //!
-//! Run with `cargo run -p mq-rs --example quickstart`.
+//! Run with `cargo run -p mq-rs --features sql-sqlite --example quickstart`. Run it twice: the
+//! queue is durable, and each run starts from an empty queue because it acknowledges everything.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mq::{
-    Batch, ConsumerOptions, HandlerContext, InMemoryQueue, MessageQueue, NewMessage, Outcome,
-    Outcomes, QueueName, RetryPolicy, handler_fn,
+    Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, Outcome,
+    Outcomes, QueueName, RetryPolicy, SqlOptions, SqliteQueue, handler_fn,
 };
 
 #[tokio::main]
@@ -18,7 +20,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    let queue = InMemoryQueue::default();
+    let queue = SqliteQueue::connect(
+        "sqlite://mq-quickstart.db",
+        SqlOptions::default(),
+        CommonOptions::default(),
+    )
+    .await?;
     let emails = QueueName::new("emails")?;
     queue.register(&emails).await?;
 

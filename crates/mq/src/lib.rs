@@ -38,11 +38,13 @@
 //! | feature  | default | what it adds |
 //! |----------|---------|--------------|
 //! | `memory` | yes     | [`memory`]: [`InMemoryQueue`] and [`ImmediateQueue`] |
+//! | `sql-postgres` |   | [`sql`]: [`PgQueue`] (SKIP LOCKED, LISTEN/NOTIFY, publish inside your transaction) |
+//! | `sql-mysql` |      | [`sql`]: [`MySqlQueue`] (MySQL ≥ 8.0.1, MariaDB ≥ 10.6) |
+//! | `sql-sqlite` |     | [`sql`]: [`SqliteQueue`], the embedded default (bundled SQLite, a local file) |
 //! | `metrics`|         | `MetricsObserver`: lifecycle events as metrics on the `metrics` facade |
 //! | `full`   |         | every backend (for CI and docs.rs) |
 //!
-//! More backends (`sql-postgres`, `sql-mysql`, `sql-sqlite`, `mongo`, `kinesis`) and the `dlq`
-//! and `metrics` features arrive with their crates.
+//! More backends (`mongo`, `kinesis`) and the `dlq` feature arrive with their crates.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
@@ -59,3 +61,40 @@ pub mod memory {
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use mq_memory::{ImmediateQueue, InMemoryOptions, InMemoryQueue};
+
+/// SQL queues on PostgreSQL, MySQL/MariaDB and SQLite (crate `mq-sql`).
+#[cfg(any(
+    feature = "sql-postgres",
+    feature = "sql-mysql",
+    feature = "sql-sqlite"
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(
+        feature = "sql-postgres",
+        feature = "sql-mysql",
+        feature = "sql-sqlite"
+    )))
+)]
+pub mod sql {
+    pub use mq_sql::*;
+}
+
+#[cfg(any(
+    feature = "sql-postgres",
+    feature = "sql-mysql",
+    feature = "sql-sqlite"
+))]
+pub use mq_sql::{SqlOptions, SqlQueue};
+
+#[cfg(feature = "sql-postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sql-postgres")))]
+pub use mq_sql::PgQueue;
+
+#[cfg(feature = "sql-mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sql-mysql")))]
+pub use mq_sql::MySqlQueue;
+
+#[cfg(feature = "sql-sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sql-sqlite")))]
+pub use mq_sql::SqliteQueue;

@@ -1,0 +1,116 @@
+//! The error type of mq-sql.
+
+use mq_core::BoxError;
+
+/// The result type of mq-sql.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong while setting up or running a SQL queue.
+///
+/// Every variant converts into [`mq_core::Error`] (as [`mq_core::Error::Backend`] with backend
+/// `"sql"`), keeping this error as the source so it stays downcastable.
+///
+/// # Examples
+///
+/// ```
+/// use mq_sql::SqlOptions;
+///
+/// let err = SqlOptions::default().table("bad name").validate().unwrap_err();
+/// assert!(err.to_string().contains("bad name"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configured table name could be used to inject SQL.
+    #[error(
+        "invalid table name {name:?}: use 1 to 63 ASCII letters, digits or underscores, not starting with a digit"
+    )]
+    InvalidTableName {
+        /// The name as given.
+        name: String,
+    },
+    /// An option has a value that cannot work.
+    #[error("invalid option {field}: {reason}")]
+    InvalidOption {
+        /// The option's name.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The database could not be reached or refused the connection.
+    #[error(
+        "cannot connect to {database} at {target}; check that the server runs and the URL is right"
+    )]
+    Connect {
+        /// `"postgres"`, `"mysql"` or `"sqlite"`.
+        database: &'static str,
+        /// Host and port (or file) from the URL, never the credentials.
+        target: String,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The server is too old for `FOR UPDATE SKIP LOCKED`.
+    #[error("{database} server version {version} is not supported: {requirement}")]
+    UnsupportedServer {
+        /// `"mysql"`.
+        database: &'static str,
+        /// The version the server reported.
+        version: String,
+        /// What is needed.
+        requirement: &'static str,
+    },
+    /// Creating or upgrading the schema failed.
+    #[error("schema migration {migration} of table {table} failed")]
+    Migrate {
+        /// The migration file.
+        migration: &'static str,
+        /// The queue table.
+        table: String,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A statement failed.
+    #[error("sql {operation} failed")]
+    Database {
+        /// What was being done (`"claim"`, `"publish"`, `"purge"`, ...).
+        operation: &'static str,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A stored row could not be turned into a message.
+    #[error("row {id:?} of table {table} is malformed: {reason}")]
+    Decode {
+        /// The row's message id (as stored).
+        id: String,
+        /// The queue table.
+        table: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<Error> for mq_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Database { operation, source } => {
+                mq_core::Error::backend("sql", operation, source)
+            }
+            Error::InvalidOption { field, reason } => {
+                mq_core::Error::InvalidOption { field, reason }
+            }
+            Error::Connect { .. } | Error::UnsupportedServer { .. } => {
+                mq_core::Error::backend("sql", "connect", e)
+            }
+            Error::Migrate { .. } => mq_core::Error::backend("sql", "migrate", e),
+            other => mq_core::Error::backend("sql", "decode", other),
+        }
+    }
+}
+
+/// Shorthand for a driver error as an [`mq_core::Error`].
+pub(crate) fn backend(operation: &'static str) -> impl FnOnce(sqlx::Error) -> mq_core::Error {
+    move |e| mq_core::Error::backend("sql", operation, e)
+}

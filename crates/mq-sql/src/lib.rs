@@ -1,0 +1,82 @@
+//! SQL backend of the mq message queues, on [`sqlx`]: PostgreSQL, MySQL/MariaDB and SQLite.
+//!
+//! Messages live in one table (name configurable, created at connect). Consumers claim batches
+//! atomically under a lease: PostgreSQL and MariaDB/MySQL with `FOR UPDATE SKIP LOCKED`, SQLite
+//! inside one write transaction. A consumer that crashes stops renewing its lease and its
+//! messages are claimed again once the lease expires; completions are fenced by the claim
+//! (owner + attempt + unexpired lease), so a consumer whose lease lapsed cannot ack. Ack, retry
+//! and fail are written in one statement per batch. The consumer runtime (retries, timeouts,
+//! dead letters, shutdown) is [`mq_core::PollingQueue`].
+//!
+//! Also: `LISTEN/NOTIFY` wake-up on PostgreSQL (polling elsewhere, and as the fallback),
+//! retention of finished rows in bounded batches ([`SqlOptions::retention`],
+//! `purge_finished`), and publishing inside the caller's transaction on PostgreSQL
+//! (`PgQueue::publish_in_tx`, the outbox pattern).
+//!
+//! # Quickstart
+//!
+//! ```no_run
+//! # #[cfg(feature = "sqlite")]
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use mq_core::{handler_fn, Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName};
+//! use mq_sql::{SqlOptions, SqliteQueue};
+//!
+//! let queue = SqliteQueue::connect("sqlite://mq.db?mode=rwc", SqlOptions::default(), CommonOptions::default()).await?;
+//! let emails = QueueName::new("emails")?;
+//! queue.register(&emails).await?;
+//! queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?;
+//! let handler = Arc::new(handler_fn(|batch: Batch, _ctx: HandlerContext| async move {
+//!     println!("{} messages", batch.len());
+//! }));
+//! let consumer = queue.consume(&emails, handler, ConsumerOptions::default()).await?;
+//! consumer.stop().await;
+//! queue.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Schema
+//!
+//! The migrations in `migrations/<database>/` are SQL templates: the validated table name
+//! (`[A-Za-z_][A-Za-z0-9_]{0,62}`) and names derived from it replace placeholders in braces,
+//! so they cannot be static `sqlx::migrate!` migrations. Every statement is idempotent
+//! (`IF NOT EXISTS`) and runs at each connect; on PostgreSQL under an advisory lock.
+//!
+//! # Features
+//!
+//! | feature    | what it adds |
+//! |------------|--------------|
+//! | `postgres` | [`PgQueue`]: SKIP LOCKED claims, LISTEN/NOTIFY, `publish_in_tx` |
+//! | `mysql`    | [`MySqlQueue`]: MySQL ≥ 8.0.1 or MariaDB ≥ 10.6 (checked at connect) |
+//! | `sqlite`   | [`SqliteQueue`]: bundled SQLite, the embedded default |
+//!
+//! No feature is on by default.
+
+#![doc(test(attr(deny(warnings), allow(dead_code))))]
+// Shared helpers serve a subset of the databases; with fewer features some go unused.
+#![cfg_attr(
+    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
+    allow(dead_code)
+)]
+
+mod error;
+#[cfg(feature = "mysql")]
+mod mysql;
+mod options;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod queue;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod store;
+
+pub use error::{Error, Result};
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlQueue;
+pub use options::SqlOptions;
+#[cfg(feature = "postgres")]
+pub use postgres::PgQueue;
+pub use queue::SqlQueue;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteQueue;
+pub use store::SqlStore;

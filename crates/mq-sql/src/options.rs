@@ -1,0 +1,210 @@
+//! [`SqlOptions`]: table, pool and retention settings of a SQL queue.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Settings of a SQL queue: the table, the connection pool, wake-up and retention.
+///
+/// Defaults: table `mq_messages`, 10 s connect timeout, 10 connections, notifications on
+/// (PostgreSQL `LISTEN/NOTIFY`; ignored elsewhere), no background retention, purge batches of
+/// 1000 rows, retention pass every 60 s, finished rows deleted rather than archived.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use mq_sql::SqlOptions;
+///
+/// let options = SqlOptions::default()
+///     .table("jobs")
+///     .max_connections(20)
+///     .retention(Some(Duration::from_secs(7 * 24 * 3600)))
+///     .archive(true);
+/// assert_eq!(options.get_table(), "jobs");
+/// options.validate()?;
+/// # Ok::<(), mq_sql::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqlOptions {
+    table: String,
+    connect_timeout: Duration,
+    max_connections: u32,
+    notify: bool,
+    retention: Option<Duration>,
+    retention_interval: Duration,
+    retention_batch: usize,
+    archive: bool,
+}
+
+impl Default for SqlOptions {
+    fn default() -> Self {
+        SqlOptions {
+            table: "mq_messages".into(),
+            connect_timeout: Duration::from_secs(10),
+            max_connections: 10,
+            notify: true,
+            retention: None,
+            retention_interval: Duration::from_secs(60),
+            retention_batch: 1000,
+            archive: false,
+        }
+    }
+}
+
+impl SqlOptions {
+    /// The table holding the messages (`[A-Za-z_][A-Za-z0-9_]{0,62}`); created if missing.
+    pub fn table(mut self, name: impl Into<String>) -> Self {
+        self.table = name.into();
+        self
+    }
+    /// How long connecting (and acquiring a pooled connection) may take.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+    /// Largest number of pooled connections (used by `connect`, not `from_pool`).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n;
+        self
+    }
+    /// Wake idle consumers on publish (PostgreSQL `LISTEN/NOTIFY`); polling remains the fallback.
+    pub fn notify(mut self, on: bool) -> Self {
+        self.notify = on;
+        self
+    }
+    /// Age after which finished rows (executed, failed, expired, dead-lettered) are purged by a
+    /// background task of the queue; `None` turns the task off.
+    pub fn retention(mut self, age: Option<Duration>) -> Self {
+        self.retention = age;
+        self
+    }
+    /// Time between two background retention passes.
+    pub fn retention_interval(mut self, d: Duration) -> Self {
+        self.retention_interval = d;
+        self
+    }
+    /// Rows deleted per statement by retention.
+    pub fn retention_batch(mut self, n: usize) -> Self {
+        self.retention_batch = n;
+        self
+    }
+    /// Move purged rows to `<table>_archive` instead of deleting them.
+    pub fn archive(mut self, on: bool) -> Self {
+        self.archive = on;
+        self
+    }
+
+    /// The table name.
+    pub fn get_table(&self) -> &str {
+        &self.table
+    }
+    /// The connect timeout.
+    pub fn get_connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+    /// The pool size.
+    pub fn get_max_connections(&self) -> u32 {
+        self.max_connections
+    }
+    /// Whether publish notifications are on.
+    pub fn get_notify(&self) -> bool {
+        self.notify
+    }
+    /// The retention age, if background retention is on.
+    pub fn get_retention(&self) -> Option<Duration> {
+        self.retention
+    }
+    /// The retention interval.
+    pub fn get_retention_interval(&self) -> Duration {
+        self.retention_interval
+    }
+    /// The retention batch size.
+    pub fn get_retention_batch(&self) -> usize {
+        self.retention_batch
+    }
+    /// Whether purged rows are archived.
+    pub fn get_archive(&self) -> bool {
+        self.archive
+    }
+
+    /// Checks every field; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        validate_table(&self.table)?;
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(invalid("connect_timeout", "must be above zero"));
+        }
+        if self.retention_batch == 0 || self.retention_batch > 100_000 {
+            return Err(invalid(
+                "retention_batch",
+                format!("must be between 1 and 100000, got {}", self.retention_batch),
+            ));
+        }
+        if self.retention_interval.is_zero() {
+            return Err(invalid("retention_interval", "must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+    Error::InvalidOption {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Checks `name` against `[A-Za-z_][A-Za-z0-9_]{0,62}`: the only text ever put into SQL
+/// without a bind parameter.
+pub(crate) fn validate_table(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let ok = match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => {
+            name.len() <= 63 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidTableName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        for good in ["mq", "_x", "Jobs_2", &"a".repeat(63)] {
+            assert!(validate_table(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "1a",
+            "a-b",
+            "a;drop table x",
+            "a b",
+            &"a".repeat(64),
+            "é",
+        ] {
+            assert!(validate_table(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn options_validate() {
+        assert!(SqlOptions::default().validate().is_ok());
+        let e = SqlOptions::default()
+            .max_connections(0)
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("max_connections"));
+    }
+}

@@ -1,0 +1,662 @@
+//! PostgreSQL: `FOR UPDATE SKIP LOCKED` claims in one statement, `unnest` batch writes,
+//! `LISTEN/NOTIFY` wake-up and publishing inside the caller's transaction.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mq_core::{
+    Claim, Claimed, Completion, Message, NewMessage, PublishFailure, PublishReport, QueueName,
+    QueueStore,
+};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
+
+use crate::error::{Error, backend};
+use crate::options::SqlOptions;
+use crate::queue::SqlQueue;
+use crate::store::{
+    FINISHED, InsertRow, Names, RawRow, SqlStore, completion_rows, describe_target, micros,
+    retention_loop, sort_claimed, statements,
+};
+
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "postgres/0001_messages.sql",
+    include_str!("../migrations/postgres/0001_messages.sql"),
+)];
+
+const COLS: &str = "queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
+    max_attempts, retry_delay_ms, created_at, updated_at, processing_started_at, partition_key, metadata, seq";
+const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.execute_at, t.expires_at, \
+    t.attempts, t.max_attempts, t.retry_delay_ms, t.created_at, t.updated_at, t.processing_started_at, \
+    t.partition_key, t.metadata, t.seq";
+
+/// A SQL queue on PostgreSQL.
+pub type PgQueue = SqlQueue<Postgres>;
+
+impl SqlStore<Postgres> {
+    /// Connects to `url` (`postgres://user:password@host:port/database`), creates the table and
+    /// indexes if missing and starts the notification listener and retention task.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] naming the host and port (never the password) when the server cannot be
+    /// reached; [`Error::InvalidTableName`] or [`Error::InvalidOption`] for bad options.
+    pub async fn connect(url: &str, options: SqlOptions) -> Result<Self, Error> {
+        options.validate()?;
+        let target = describe_target(url);
+        let connect_err = |e: sqlx::Error| Error::Connect {
+            database: "postgres",
+            target: target.clone(),
+            source: Box::new(e),
+        };
+        let opts: PgConnectOptions = url.parse().map_err(connect_err)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.get_max_connections())
+            .acquire_timeout(options.get_connect_timeout())
+            .connect_with(opts)
+            .await
+            .map_err(connect_err)?;
+        Self::from_pool(pool, options).await
+    }
+
+    /// A store on an existing pool. Creates the table if missing. With notifications on, the
+    /// listener holds one connection of the pool.
+    pub async fn from_pool(pool: PgPool, options: SqlOptions) -> Result<Self, Error> {
+        options.validate()?;
+        let store = SqlStore::build(pool, options);
+        migrate(&store.pool, &store.names).await?;
+        if store.options.get_notify() {
+            store.start_listener();
+        }
+        if let Some(age) = store.options.get_retention() {
+            let pool = store.pool.clone();
+            let names = store.names.clone();
+            let batch = store.options.get_retention_batch();
+            let archive = store.options.get_archive();
+            let interval = store.options.get_retention_interval();
+            store
+                .tasks
+                .spawn(retention_loop(store.cancel.clone(), interval, move || {
+                    let pool = pool.clone();
+                    let names = names.clone();
+                    async move { purge(&pool, &names, age, batch, archive).await }
+                }));
+        }
+        Ok(store)
+    }
+
+    /// Deletes (or archives, with [`SqlOptions::archive`]) finished rows last changed more than
+    /// `older_than` ago, `batch` rows per statement. Returns the rows removed.
+    pub async fn purge_finished(&self, older_than: Duration, batch: usize) -> mq_core::Result<u64> {
+        purge(
+            &self.pool,
+            &self.names,
+            older_than,
+            batch.max(1),
+            self.options.get_archive(),
+        )
+        .await
+    }
+
+    /// True while the LISTEN/NOTIFY listener is subscribed, so a publish wakes idle consumers
+    /// at once (otherwise they find new messages at their next poll).
+    pub fn is_listening(&self) -> bool {
+        self.wake.1.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn start_listener(&self) {
+        let pool = self.pool.clone();
+        let channel = self.names.channel.clone();
+        let wake = self.wake.clone();
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let listener = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    l = PgListener::connect_with(&pool) => l,
+                };
+                let mut listener = match listener {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mq-sql: notification listener cannot connect; retrying");
+                        tokio::select! {
+                            () = cancel.cancelled() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                };
+                if let Err(e) = listener.listen(&channel).await {
+                    tracing::warn!(error = %e, "mq-sql: LISTEN failed; retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+                backoff = Duration::from_millis(100);
+                wake.1.store(true, std::sync::atomic::Ordering::Release);
+                // Notifications sent while not listening are lost: let everyone poll once.
+                wake.wake_all();
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        n = listener.recv() => match n {
+                            Ok(n) => wake.wake(n.payload()),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "mq-sql: notification listener lost its connection");
+                                wake.1.store(false, std::sync::atomic::Ordering::Release);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn migrate(pool: &PgPool, names: &Names) -> Result<(), Error> {
+    let fail = |migration: &'static str| {
+        let table = names.table.clone();
+        move |e: sqlx::Error| Error::Migrate {
+            migration,
+            table,
+            source: Box::new(e),
+        }
+    };
+    let mut tx = pool.begin().await.map_err(fail("begin"))?;
+    // Concurrent CREATE ... IF NOT EXISTS can still collide in the catalog: serialize them.
+    sqlx::query("SELECT pg_advisory_xact_lock(7311001)")
+        .execute(&mut *tx)
+        .await
+        .map_err(fail("lock"))?;
+    for (name, sql) in MIGRATIONS {
+        for stmt in statements(&names.render(sql)) {
+            sqlx::raw_sql(AssertSqlSafe(stmt))
+                .execute(&mut *tx)
+                .await
+                .map_err(fail(name))?;
+        }
+    }
+    tx.commit().await.map_err(fail("commit"))?;
+    Ok(())
+}
+
+fn decode(row: &PgRow) -> Result<RawRow, sqlx::Error> {
+    Ok(RawRow {
+        id: row.try_get("id")?,
+        queue: row.try_get("queue")?,
+        message_type: row.try_get("message_type")?,
+        payload: row.try_get::<sqlx::types::Json<Value>, _>("payload")?.0,
+        status: row.try_get("status")?,
+        execute_at: row.try_get("execute_at")?,
+        expires_at: row.try_get("expires_at")?,
+        attempts: i64::from(row.try_get::<i32, _>("attempts")?),
+        max_attempts: row
+            .try_get::<Option<i32>, _>("max_attempts")?
+            .map(i64::from),
+        retry_delay_ms: row.try_get("retry_delay_ms")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        processing_started_at: row.try_get("processing_started_at")?,
+        partition_key: row.try_get("partition_key")?,
+        metadata: row
+            .try_get::<Option<sqlx::types::Json<Value>>, _>("metadata")?
+            .map(|j| j.0),
+        seq: row.try_get("seq")?,
+    })
+}
+
+/// Inserts `messages` on `conn`; returns one result per message (duplicates refused).
+async fn insert_on(
+    conn: &mut PgConnection,
+    names: &Names,
+    notify: bool,
+    queue: &QueueName,
+    messages: &[Message],
+    optimistic: bool,
+) -> mq_core::Result<Vec<mq_core::Result<()>>> {
+    let rows: Vec<InsertRow> = messages.iter().map(InsertRow::of).collect();
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut types = Vec::with_capacity(rows.len());
+    let mut payloads = Vec::with_capacity(rows.len());
+    let mut execute_at = Vec::with_capacity(rows.len());
+    let mut expires_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(rows.len());
+    let mut max_attempts: Vec<Option<i32>> = Vec::with_capacity(rows.len());
+    let mut retry_delay: Vec<Option<i64>> = Vec::with_capacity(rows.len());
+    let mut created_at = Vec::with_capacity(rows.len());
+    let mut partition_key: Vec<Option<String>> = Vec::with_capacity(rows.len());
+    let mut metadata: Vec<Option<String>> = Vec::with_capacity(rows.len());
+    for r in rows {
+        ids.push(r.id);
+        types.push(r.message_type);
+        payloads.push(r.payload);
+        execute_at.push(r.execute_at);
+        expires_at.push(r.expires_at);
+        max_attempts.push(r.max_attempts);
+        retry_delay.push(r.retry_delay_ms);
+        created_at.push(r.created_at);
+        partition_key.push(r.partition_key);
+        metadata.push(r.metadata);
+    }
+    let t = &names.table;
+    // The notification rides on the insert (one round trip) and is sent on commit, only when
+    // something was stored; the extra NULL row it yields is dropped below.
+    // `ON CONFLICT` (speculative insertion) costs about half again as much as a plain insert, so
+    // outside a caller's transaction the plain insert is tried first and the conflict-tolerant
+    // one only after a unique violation.
+    let conflict = if optimistic {
+        ""
+    } else {
+        "ON CONFLICT (queue, id) DO NOTHING"
+    };
+    let sql = format!(
+        "WITH ins AS ( \
+           INSERT INTO {t} (queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
+             max_attempts, retry_delay_ms, created_at, updated_at, partition_key, metadata) \
+           SELECT $1, u.id, u.message_type, u.payload::jsonb, 'scheduled', u.execute_at, u.expires_at, 0, \
+             u.max_attempts, u.retry_delay_ms, u.created_at, u.created_at, u.partition_key, u.metadata::jsonb \
+           FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::int4[], \
+             $8::int8[], $9::timestamptz[], $10::text[], $11::text[]) WITH ORDINALITY \
+             AS u(id, message_type, payload, execute_at, expires_at, max_attempts, retry_delay_ms, created_at, \
+             partition_key, metadata, ord) \
+           ORDER BY u.ord \
+           {conflict} RETURNING id \
+         ) \
+         SELECT id FROM ins \
+         UNION ALL \
+         SELECT NULL FROM (SELECT pg_notify($12, $1) FROM (SELECT 1 FROM ins LIMIT 1) one WHERE $13) n"
+    );
+    let result: Result<Vec<Option<String>>, sqlx::Error> = sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(queue.as_str())
+        .bind(&ids)
+        .bind(&types)
+        .bind(&payloads)
+        .bind(&execute_at)
+        .bind(&expires_at)
+        .bind(&max_attempts)
+        .bind(&retry_delay)
+        .bind(&created_at)
+        .bind(&partition_key)
+        .bind(&metadata)
+        .bind(&names.channel)
+        .bind(notify)
+        .fetch_all(&mut *conn)
+        .await;
+    let inserted = match result {
+        Err(sqlx::Error::Database(e)) if optimistic && e.code().as_deref() == Some("23505") => {
+            return Box::pin(insert_on(conn, names, notify, queue, messages, false)).await;
+        }
+        other => other.map_err(backend("publish"))?,
+    };
+    let inserted: Vec<String> = inserted.into_iter().flatten().collect();
+    Ok(crate::store::match_inserted(queue, messages, inserted))
+}
+
+async fn purge(
+    pool: &PgPool,
+    names: &Names,
+    older_than: Duration,
+    batch: usize,
+    archive: bool,
+) -> mq_core::Result<u64> {
+    let t = &names.table;
+    let finished = FINISHED.map(|s| format!("'{s}'")).join(", ");
+    let delete = format!(
+        "DELETE FROM {t} WHERE (queue, id) IN (SELECT queue, id FROM {t} \
+           WHERE status IN ({finished}) AND updated_at < now() - ($1::float8 * interval '1 microsecond') \
+           LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING *"
+    );
+    let sql = if archive {
+        format!(
+            "WITH d AS ({delete}) INSERT INTO {} SELECT * FROM d",
+            names.archive
+        )
+    } else {
+        format!("WITH d AS ({delete}) SELECT count(*) FROM d")
+    };
+    let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+    let mut total = 0u64;
+    loop {
+        let q = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(micros(older_than) as f64)
+            .bind(limit);
+        let n = if archive {
+            q.execute(pool)
+                .await
+                .map_err(backend("purge"))?
+                .rows_affected()
+        } else {
+            let row = q.fetch_one(pool).await.map_err(backend("purge"))?;
+            u64::try_from(row.try_get::<i64, _>(0).map_err(backend("purge"))?).unwrap_or(0)
+        };
+        total += n;
+        if n < limit as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+// Plan shaping. These statements must stay fast on a fresh table without statistics and under
+// generic (prepared) plans, so none may depend on the planner guessing row counts:
+// - rows are picked under `FOR UPDATE SKIP LOCKED` by their partial index, then updated by
+//   `ctid = ANY(ARRAY(...))`, which is always a TID scan (the locks keep the ctids stable);
+// - completions and renewals look each claim up by primary key in a `LATERAL ... OFFSET 0`
+//   subquery (the status and lease tests are written as expressions so they cannot lure the
+//   planner onto the small partial lease index), then update by ctid. The final quals (ctid, status, owner, attempt) are
+//   rechecked on the latest row version if the row changed meanwhile, so the fence holds.
+#[async_trait]
+impl QueueStore for SqlStore<Postgres> {
+    fn backend(&self) -> &'static str {
+        "sql"
+    }
+
+    async fn register(&self, _queue: &QueueName) -> mq_core::Result<()> {
+        Ok(())
+    }
+
+    async fn insert(
+        &self,
+        queue: &QueueName,
+        messages: Vec<Message>,
+    ) -> mq_core::Result<Vec<mq_core::Result<()>>> {
+        let mut conn = self.pool.acquire().await.map_err(backend("publish"))?;
+        let mut out = Vec::with_capacity(messages.len());
+        for chunk in messages.chunks(5000) {
+            out.extend(
+                insert_on(
+                    &mut conn,
+                    &self.names,
+                    self.options.get_notify(),
+                    queue,
+                    chunk,
+                    true,
+                )
+                .await?,
+            );
+        }
+        self.wake_local(queue.as_str());
+        Ok(out)
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> mq_core::Result<Claimed> {
+        let t = &self.names.table;
+        let sql = format!(
+            "WITH exp_pick AS ( \
+               SELECT ctid FROM {t} WHERE queue = $1 AND status = 'scheduled' AND expires_at <= now() \
+               LIMIT $2 FOR UPDATE SKIP LOCKED \
+             ), exp AS ( \
+               UPDATE {t} t SET status = 'expired', updated_at = now() \
+               WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM exp_pick)) RETURNING {T_COLS} \
+             ), rec AS ( \
+               SELECT ctid FROM {t} WHERE queue = $1 AND status = 'processing' AND lease_expires_at <= now() \
+               ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED \
+             ), rdy AS ( \
+               SELECT ctid FROM {t} WHERE queue = $1 AND status = 'scheduled' AND execute_at <= now() \
+                 AND (expires_at IS NULL OR expires_at > now()) \
+               ORDER BY execute_at, seq LIMIT GREATEST($2 - (SELECT count(*) FROM rec), 0) \
+               FOR UPDATE SKIP LOCKED \
+             ), cl AS ( \
+               UPDATE {t} t SET status = 'processing', lease_owner = $3, \
+                 lease_expires_at = now() + ($4::float8 * interval '1 microsecond'), \
+                 attempts = t.attempts + 1, processing_started_at = now(), updated_at = now() \
+               WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM rec UNION ALL SELECT ctid FROM rdy)) \
+               RETURNING {T_COLS} \
+             ) \
+             SELECT true AS claimed, {COLS} FROM cl UNION ALL SELECT false AS claimed, {COLS} FROM exp"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(queue.as_str())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(owner)
+            .bind(micros(lease) as f64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("claim"))?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut expired = Vec::new();
+        for row in &rows {
+            let is_claim: bool = row.try_get("claimed").map_err(backend("claim"))?;
+            let m = decode(row)
+                .map_err(backend("claim"))?
+                .into_message(t)
+                .map_err(mq_core::Error::from)?;
+            if is_claim {
+                claimed.push(m);
+            } else {
+                expired.push(m);
+            }
+        }
+        sort_claimed(&mut claimed);
+        sort_claimed(&mut expired);
+        Ok(Claimed::new(
+            claimed.into_iter().map(|(_, m)| m).collect(),
+            expired.into_iter().map(|(_, m)| m).collect(),
+        ))
+    }
+
+    async fn renew(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        claims: &[Claim],
+        lease: Duration,
+    ) -> mq_core::Result<Vec<Claim>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t = &self.names.table;
+        let ids: Vec<&str> = claims.iter().map(|c| c.id.as_str()).collect();
+        let attempts: Vec<i32> = claims
+            .iter()
+            .map(|c| i32::try_from(c.attempt).unwrap_or(i32::MAX))
+            .collect();
+        let sql = format!(
+            "WITH c AS MATERIALIZED ( \
+               SELECT x.tid, c.attempt FROM unnest($2::text[], $3::int4[]) AS c(id, attempt) \
+               CROSS JOIN LATERAL (SELECT ctid AS tid FROM {t} x WHERE x.queue = $1 AND x.id = c.id \
+                 AND x.attempts = c.attempt AND x.status || '' = 'processing' AND x.lease_owner = $4 \
+                 AND x.lease_expires_at - now() > interval '0' OFFSET 0) x \
+             ) \
+             UPDATE {t} t SET lease_expires_at = now() + ($5::float8 * interval '1 microsecond') \
+             FROM c \
+             WHERE t.ctid = ANY(ARRAY(SELECT tid FROM c)) AND t.ctid = c.tid \
+               AND t.attempts = c.attempt AND t.status || '' = 'processing' AND t.lease_owner = $4 \
+             RETURNING t.id"
+        );
+        let kept: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(queue.as_str())
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(owner)
+            .bind(micros(lease) as f64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("renew"))?;
+        Ok(crate::store::not_applied(claims.iter().cloned(), kept))
+    }
+
+    async fn complete(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        completions: Vec<Completion>,
+    ) -> mq_core::Result<Vec<Claim>> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t = &self.names.table;
+        let rows = completion_rows(&completions);
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut attempts = Vec::with_capacity(rows.len());
+        let mut statuses = Vec::with_capacity(rows.len());
+        let mut execute_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(rows.len());
+        let mut errors: Vec<Option<String>> = Vec::with_capacity(rows.len());
+        for r in rows {
+            ids.push(r.id);
+            attempts.push(r.attempt);
+            statuses.push(r.status);
+            execute_at.push(r.execute_at);
+            errors.push(r.last_error);
+        }
+        let sql = format!(
+            "WITH c AS MATERIALIZED ( \
+               SELECT x.tid, c.attempt, c.status, c.execute_at, c.last_error \
+               FROM unnest($2::text[], $3::int4[], $4::text[], $5::timestamptz[], $6::text[]) \
+                 AS c(id, attempt, status, execute_at, last_error) \
+               CROSS JOIN LATERAL (SELECT ctid AS tid FROM {t} x WHERE x.queue = $1 AND x.id = c.id \
+                 AND x.attempts = c.attempt AND x.status || '' = 'processing' AND x.lease_owner = $7 \
+                 AND x.lease_expires_at - now() > interval '0' OFFSET 0) x \
+             ) \
+             UPDATE {t} t SET status = c.status, execute_at = COALESCE(c.execute_at, t.execute_at), \
+               last_error = COALESCE(c.last_error, t.last_error), \
+               lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
+               lease_expires_at = NULL, updated_at = now() \
+             FROM c \
+             WHERE t.ctid = ANY(ARRAY(SELECT tid FROM c)) AND t.ctid = c.tid \
+               AND t.attempts = c.attempt AND t.status || '' = 'processing' AND t.lease_owner = $7 \
+             RETURNING t.id, t.status"
+        );
+        let applied: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(queue.as_str())
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&statuses)
+            .bind(&execute_at)
+            .bind(&errors)
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("complete"))?;
+        if applied.iter().any(|(_, s)| s == "scheduled") {
+            // Retries due now: let idle local consumers see them.
+            self.wake_local(queue.as_str());
+        }
+        Ok(crate::store::not_applied(
+            completions.into_iter().map(|c| c.claim),
+            applied.into_iter().map(|(id, _)| id).collect(),
+        ))
+    }
+
+    async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {
+        self.wait_local(queue, timeout).await;
+    }
+}
+
+impl SqlQueue<Postgres> {
+    /// Deletes (or archives) finished rows (executed, failed, expired, dead-lettered) last
+    /// changed more than `older_than` ago, `batch` rows per statement, so the hot table stays
+    /// small. Returns the rows removed.
+    pub async fn purge_finished(&self, older_than: Duration, batch: usize) -> mq_core::Result<u64> {
+        self.store().purge_finished(older_than, batch).await
+    }
+
+    /// Publishes `messages` to `queue` inside the caller's transaction (the outbox pattern): they
+    /// become visible to consumers when the caller commits, and vanish if it rolls back.
+    /// Validation, ids and duplicate detection are those of [`MessageQueue::publish`](mq_core::MessageQueue::publish);
+    /// consumers are notified on commit. No `Published` lifecycle events are emitted, since the
+    /// transaction may still roll back.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(queue: mq_sql::PgQueue, pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// use mq_core::{NewMessage, QueueName};
+    ///
+    /// let orders = QueueName::new("orders")?;
+    /// let mut tx = pool.begin().await?;
+    /// sqlx::query("UPDATE accounts SET balance = balance - 10 WHERE id = 1").execute(&mut *tx).await?;
+    /// queue
+    ///     .publish_in_tx(&mut tx, &orders, vec![NewMessage::new("charged", serde_json::json!({"id": 1}))])
+    ///     .await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_in_tx(
+        &self,
+        conn: &mut PgConnection,
+        queue: &QueueName,
+        messages: Vec<NewMessage>,
+    ) -> mq_core::Result<PublishReport> {
+        let queue = self.polling().resolve_registered(queue)?;
+        let mut report = PublishReport::default();
+        if messages.is_empty() {
+            return Ok(report);
+        }
+        let prepared = self.polling().prepare(&queue, messages, &mut report.failed);
+        let (indexes, msgs): (Vec<usize>, Vec<Message>) = prepared.into_iter().unzip();
+        let store = self.store();
+        let mut results = Vec::with_capacity(msgs.len());
+        for chunk in msgs.chunks(5000) {
+            results.extend(
+                insert_on(
+                    conn,
+                    &store.names,
+                    store.options.get_notify(),
+                    &queue,
+                    chunk,
+                    false,
+                )
+                .await?,
+            );
+        }
+        for ((res, m), index) in results.into_iter().zip(&msgs).zip(indexes) {
+            match res {
+                Ok(()) => report.published.push(m.id.clone()),
+                Err(e) => report
+                    .failed
+                    .push(PublishFailure::new(index, Some(m.id.clone()), e)),
+            }
+        }
+        report.failed.sort_by_key(|f| f.index);
+        Ok(report)
+    }
+
+    /// Connects to PostgreSQL at `url`; see [`SqlStore::<Postgres>::connect`](SqlStore::connect).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use mq_core::{CommonOptions, MessageQueue, QueueName};
+    /// use mq_sql::{PgQueue, SqlOptions};
+    ///
+    /// let queue = PgQueue::connect("postgres://postgres@localhost/app", SqlOptions::default(), CommonOptions::default()).await?;
+    /// queue.register(&QueueName::new("emails")?).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(
+        url: &str,
+        options: SqlOptions,
+        common: mq_core::CommonOptions,
+    ) -> Result<Self, Error> {
+        Ok(SqlQueue::from_store(
+            SqlStore::<Postgres>::connect(url, options).await?,
+            common,
+        ))
+    }
+
+    /// A queue on an existing pool; see [`SqlStore::<Postgres>::from_pool`](SqlStore::from_pool).
+    pub async fn from_pool(
+        pool: PgPool,
+        options: SqlOptions,
+        common: mq_core::CommonOptions,
+    ) -> Result<Self, Error> {
+        Ok(SqlQueue::from_store(
+            SqlStore::<Postgres>::from_pool(pool, options).await?,
+            common,
+        ))
+    }
+}

@@ -1,0 +1,470 @@
+//! [`SqlStore`]: the part shared by the three databases (names, wake-ups, row conversion,
+//! background tasks).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mq_core::{Completion, CompletionAction, Message, MessageId, Metadata, QueueName, Status};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::Error;
+use crate::options::SqlOptions;
+
+/// The statuses retention removes.
+pub(crate) const FINISHED: [&str; 4] = ["executed", "failed", "expired", "dead_lettered"];
+
+/// A [`QueueStore`](mq_core::QueueStore) over one SQL table, for database `DB`
+/// (`sqlx::Postgres`, `sqlx::MySql` or `sqlx::Sqlite`).
+///
+/// Most users want [`SqlQueue`](crate::SqlQueue), which wraps it; the store alone is for
+/// custom runtimes and tests. Dropping it stops its background tasks (notification listener,
+/// retention).
+pub struct SqlStore<DB: sqlx::Database> {
+    pub(crate) pool: sqlx::Pool<DB>,
+    pub(crate) names: Names,
+    pub(crate) options: SqlOptions,
+    pub(crate) wake: Arc<Wakeups>,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl<DB: sqlx::Database> fmt::Debug for SqlStore<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("database", &DB::NAME)
+            .field("table", &self.names.table)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: sqlx::Database> Drop for SqlStore<DB> {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl<DB: sqlx::Database> SqlStore<DB> {
+    pub(crate) fn build(pool: sqlx::Pool<DB>, options: SqlOptions) -> Self {
+        SqlStore {
+            pool,
+            names: Names::new(options.get_table()),
+            options,
+            wake: Arc::default(),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &sqlx::Pool<DB> {
+        &self.pool
+    }
+
+    /// The message table.
+    pub fn table(&self) -> &str {
+        &self.names.table
+    }
+
+    /// The options the store was built with.
+    pub fn options(&self) -> &SqlOptions {
+        &self.options
+    }
+
+    /// Stops the background tasks (listener, retention) and waits for them to end. The pool
+    /// stays open.
+    pub async fn close(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Wakes this process's idle consumers of `queue`.
+    pub(crate) fn wake_local(&self, queue: &str) {
+        self.wake.wake(queue);
+    }
+
+    pub(crate) async fn wait_local(&self, queue: &QueueName, timeout: Duration) {
+        let notify = self.wake.get(queue.as_str());
+        let _ = tokio::time::timeout(timeout, notify.notified()).await;
+    }
+}
+
+/// Per-queue wake-up signals shared by publishers, the notification listener and idle workers.
+#[derive(Debug, Default)]
+pub(crate) struct Wakeups(
+    Mutex<HashMap<String, Arc<Notify>>>,
+    /// True while a notification listener is subscribed.
+    pub(crate) std::sync::atomic::AtomicBool,
+);
+
+impl Wakeups {
+    pub(crate) fn get(&self, queue: &str) -> Arc<Notify> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(queue.to_owned()).or_default().clone()
+    }
+
+    pub(crate) fn wake(&self, queue: &str) {
+        let notify = {
+            let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(queue).cloned()
+        };
+        if let Some(n) = notify {
+            n.notify_waiters();
+        }
+    }
+
+    pub(crate) fn wake_all(&self) {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for n in map.values() {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// Identifiers derived from the validated table name, kept within 63 characters.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    pub(crate) table: String,
+    pub(crate) archive: String,
+    pub(crate) channel: String,
+    pub(crate) idx_ready: String,
+    pub(crate) idx_leased: String,
+    pub(crate) idx_expiring: String,
+    pub(crate) idx_finished: String,
+}
+
+impl Names {
+    /// `table` must have passed `validate_table`.
+    pub(crate) fn new(table: &str) -> Self {
+        Names {
+            table: table.to_owned(),
+            archive: derived(table, "archive"),
+            channel: channel(table),
+            idx_ready: derived(table, "ready"),
+            idx_leased: derived(table, "leased"),
+            idx_expiring: derived(table, "expiring"),
+            idx_finished: derived(table, "finished"),
+        }
+    }
+
+    /// Replaces the `{table}`-style placeholders of a migration.
+    pub(crate) fn render(&self, sql: &str) -> String {
+        sql.replace("{table}", &self.table)
+            .replace("{archive}", &self.archive)
+            .replace("{idx_ready}", &self.idx_ready)
+            .replace("{idx_leased}", &self.idx_leased)
+            .replace("{idx_expiring}", &self.idx_expiring)
+            .replace("{idx_finished}", &self.idx_finished)
+    }
+}
+
+/// `mq_<table>`, the PostgreSQL notification channel (shortened like [`derived`]).
+fn channel(table: &str) -> String {
+    if table.len() <= 60 {
+        format!("mq_{table}")
+    } else {
+        format!("mq_{}", derived(&table[..50], "n"))
+    }
+}
+
+/// `<table>_<suffix>`, or a shortened table name plus a hash when that would pass 63 characters.
+fn derived(table: &str, suffix: &str) -> String {
+    let full = format!("{table}_{suffix}");
+    if full.len() <= 63 {
+        return full;
+    }
+    // FNV-1a: stable across runs and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in table.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let keep = 63 - suffix.len() - 10;
+    format!("{}_{h:08x}_{suffix}", &table[..keep])
+}
+
+/// Splits a rendered migration into statements (separated by `;` at the end of a line).
+pub(crate) fn statements(sql: &str) -> Vec<String> {
+    sql.split(";\n")
+        .map(str::trim)
+        .filter(|s| {
+            !s.is_empty()
+                && !s
+                    .lines()
+                    .all(|l| l.trim().is_empty() || l.trim().starts_with("--"))
+        })
+        .map(|s| s.trim_end_matches(';').to_owned())
+        .collect()
+}
+
+/// `host:port` (or the file of a SQLite URL) from a database URL, without credentials, for
+/// error messages.
+pub(crate) fn describe_target(url: &str) -> String {
+    let rest = match url.split_once("://") {
+        Some((_, rest)) => rest,
+        None => url.split_once(':').map_or(url, |(_, r)| r),
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        // sqlite:path or sqlite:///path
+        let path = rest.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            "(default)".to_owned()
+        } else {
+            path.to_owned()
+        }
+    } else {
+        host.to_owned()
+    }
+}
+
+/// A row read back from the table, before validation.
+#[derive(Debug)]
+pub(crate) struct RawRow {
+    pub(crate) id: String,
+    pub(crate) queue: String,
+    pub(crate) message_type: String,
+    pub(crate) payload: Value,
+    pub(crate) status: String,
+    pub(crate) execute_at: DateTime<Utc>,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+    pub(crate) attempts: i64,
+    pub(crate) max_attempts: Option<i64>,
+    pub(crate) retry_delay_ms: Option<i64>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+    pub(crate) processing_started_at: Option<DateTime<Utc>>,
+    pub(crate) partition_key: Option<String>,
+    pub(crate) metadata: Option<Value>,
+    pub(crate) seq: i64,
+}
+
+impl RawRow {
+    pub(crate) fn into_message(self, table: &str) -> Result<(i64, Message), Error> {
+        let bad = |id: &str, reason: String| Error::Decode {
+            id: id.to_owned(),
+            table: table.to_owned(),
+            reason,
+        };
+        let id = MessageId::new(&self.id).map_err(|e| bad(&self.id, e.to_string()))?;
+        let queue = QueueName::new(&self.queue).map_err(|e| bad(&self.id, e.to_string()))?;
+        let status: Status = self
+            .status
+            .parse()
+            .map_err(|e: mq_core::Error| bad(&self.id, e.to_string()))?;
+        let mut m = Message::new(id, queue, self.message_type, self.payload, self.created_at);
+        m.status = status;
+        m.execute_at = self.execute_at;
+        m.expires_at = self.expires_at;
+        m.attempts = u32::try_from(self.attempts).unwrap_or(0);
+        m.max_attempts = self.max_attempts.and_then(|n| u32::try_from(n).ok());
+        m.retry_delay = self
+            .retry_delay_ms
+            .and_then(|n| u64::try_from(n).ok())
+            .map(Duration::from_millis);
+        m.updated_at = self.updated_at;
+        m.processing_started_at = self.processing_started_at;
+        m.partition_key = self.partition_key;
+        if let Some(meta) = self.metadata {
+            m.metadata = serde_json::from_value::<Metadata>(meta)
+                .map_err(|e| bad(m.id.as_str(), format!("metadata: {e}")))?;
+        }
+        Ok((self.seq, m))
+    }
+}
+
+/// Orders claimed messages by `execute_at`, then publication order.
+pub(crate) fn sort_claimed(rows: &mut [(i64, Message)]) {
+    rows.sort_by(|a, b| a.1.execute_at.cmp(&b.1.execute_at).then(a.0.cmp(&b.0)));
+}
+
+/// A message as bound into an insert.
+#[derive(Debug)]
+pub(crate) struct InsertRow {
+    pub(crate) id: String,
+    pub(crate) message_type: String,
+    pub(crate) payload: String,
+    pub(crate) execute_at: DateTime<Utc>,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+    pub(crate) max_attempts: Option<i32>,
+    pub(crate) retry_delay_ms: Option<i64>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) partition_key: Option<String>,
+    pub(crate) metadata: Option<String>,
+}
+
+impl InsertRow {
+    pub(crate) fn of(m: &Message) -> Self {
+        InsertRow {
+            id: m.id.as_str().to_owned(),
+            message_type: m.message_type.clone(),
+            payload: m.payload.to_string(),
+            execute_at: m.execute_at,
+            expires_at: m.expires_at,
+            max_attempts: m.max_attempts.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+            retry_delay_ms: m
+                .retry_delay
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            created_at: m.created_at,
+            partition_key: m.partition_key.clone(),
+            metadata: if m.metadata.is_empty() {
+                None
+            } else {
+                serde_json::to_string(&m.metadata).ok()
+            },
+        }
+    }
+}
+
+/// One completion as bound into the completion statement.
+#[derive(Debug)]
+pub(crate) struct CompletionRow {
+    pub(crate) id: String,
+    pub(crate) attempt: i32,
+    pub(crate) status: &'static str,
+    pub(crate) execute_at: Option<DateTime<Utc>>,
+    pub(crate) last_error: Option<String>,
+}
+
+pub(crate) fn completion_rows(completions: &[Completion]) -> Vec<CompletionRow> {
+    completions
+        .iter()
+        .map(|c| {
+            let (status, execute_at, last_error) = match &c.action {
+                CompletionAction::Ack => ("executed", None, None),
+                CompletionAction::Retry { execute_at, error } => (
+                    "scheduled",
+                    Some(*execute_at),
+                    error.as_ref().map(ToString::to_string),
+                ),
+                CompletionAction::Finish { status, error } => {
+                    (status.as_str(), None, Some(error.to_string()))
+                }
+                // Future actions: keep the message held; its lease lapses and it is redelivered.
+                _ => ("processing", None, None),
+            };
+            CompletionRow {
+                id: c.claim.id.as_str().to_owned(),
+                attempt: i32::try_from(c.claim.attempt).unwrap_or(i32::MAX),
+                status,
+                execute_at,
+                last_error,
+            }
+        })
+        .collect()
+}
+
+/// Interval as whole microseconds, saturating.
+pub(crate) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The background retention loop of a store; `purge` runs one full purge.
+pub(crate) async fn retention_loop<F, Fut>(cancel: CancellationToken, interval: Duration, purge: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = mq_core::Result<u64>>,
+{
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match purge().await {
+            Ok(n) if n > 0 => tracing::debug!(rows = n, "mq-sql: retention purged finished rows"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "mq-sql: retention pass failed"),
+        }
+    }
+}
+
+/// One result per message from the ids an insert reported as stored: the others were
+/// duplicates (of a stored message or of an earlier message of the same batch).
+pub(crate) fn match_inserted(
+    queue: &QueueName,
+    messages: &[Message],
+    inserted: Vec<String>,
+) -> Vec<mq_core::Result<()>> {
+    let mut left: HashMap<String, usize> = HashMap::with_capacity(inserted.len());
+    for id in inserted {
+        *left.entry(id).or_default() += 1;
+    }
+    messages
+        .iter()
+        .map(|m| match left.get_mut(m.id.as_str()) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Ok(())
+            }
+            _ => Err(mq_core::store::duplicate_id(queue, &m.id)),
+        })
+        .collect()
+}
+
+/// The claims whose id is not in `applied`.
+pub(crate) fn not_applied(
+    claims: impl Iterator<Item = mq_core::Claim>,
+    applied: Vec<String>,
+) -> Vec<mq_core::Claim> {
+    let applied: std::collections::HashSet<String> = applied.into_iter().collect();
+    claims
+        .filter(|c| !applied.contains(c.id.as_str()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_hide_credentials() {
+        assert_eq!(
+            describe_target("postgres://u:secret@db.example:5433/app"),
+            "db.example:5433"
+        );
+        assert_eq!(
+            describe_target("mysql://root@127.0.0.1:3306/test"),
+            "127.0.0.1:3306"
+        );
+        assert_eq!(
+            describe_target("postgres://u:p%40ss@h/x?sslmode=disable"),
+            "h"
+        );
+        assert_eq!(describe_target("sqlite:///tmp/q.db?mode=rwc"), "/tmp/q.db");
+        assert_eq!(describe_target("sqlite:q.db"), "q.db");
+    }
+
+    #[test]
+    fn derived_names_fit() {
+        let long = "a".repeat(63);
+        let n = Names::new(&long);
+        for s in [
+            &n.archive,
+            &n.channel,
+            &n.idx_ready,
+            &n.idx_leased,
+            &n.idx_expiring,
+            &n.idx_finished,
+        ] {
+            assert!(s.len() <= 63, "{s}");
+        }
+        assert_ne!(n.idx_ready, n.idx_leased);
+        assert_eq!(Names::new("jobs").idx_ready, "jobs_ready");
+    }
+
+    #[test]
+    fn splits_statements() {
+        let s = statements("-- c\nCREATE TABLE a (x int);\nCREATE INDEX b ON a (x);\n");
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[1], "CREATE INDEX b ON a (x)");
+    }
+}

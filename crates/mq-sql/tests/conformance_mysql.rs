@@ -1,0 +1,8 @@
+//! The mq-core conformance suite on MySql.
+
+#[path = "support/factory.rs"]
+mod support;
+
+use support::{Db, Factory};
+
+mq_core::conformance_tests!(Factory::new(Db::MySql, "cm"));

@@ -1,0 +1,128 @@
+//! PostgreSQL extras: publishing inside the caller's transaction, and LISTEN/NOTIFY waking a
+//! consumer in another process-like instance long before its poll interval.
+
+#[path = "support/factory.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use mq_core::{
+    Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName,
+    handler_fn,
+};
+use mq_sql::PgQueue;
+use sqlx::{AssertSqlSafe, PgPool};
+use support::{Db, drop_table, options, require, table_name, wait_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_in_tx_follows_the_transaction() {
+    let test = "outbox";
+    let Some(url) = require(Db::Postgres, test) else {
+        return;
+    };
+    let table = table_name("po", test);
+    drop_table(Db::Postgres, &url, &table).await;
+    let q = PgQueue::connect(&url, options(&table), CommonOptions::default())
+        .await
+        .expect("connect");
+    let name = QueueName::new("outbox").expect("name");
+    q.register(&name).await.expect("register");
+    let pool = PgPool::connect(&url).await.expect("pool");
+    let count = || {
+        let pool = pool.clone();
+        let table = table.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        }
+    };
+
+    let mut tx = pool.begin().await.expect("begin");
+    let report = q
+        .publish_in_tx(
+            &mut tx,
+            &name,
+            vec![NewMessage::new("a", serde_json::json!({}))],
+        )
+        .await
+        .expect("publish");
+    assert_eq!(report.published.len(), 1);
+    tx.rollback().await.expect("rollback");
+    assert_eq!(count().await, 0, "rolled back publish is visible");
+
+    let mut tx = pool.begin().await.expect("begin");
+    q.publish_in_tx(
+        &mut tx,
+        &name,
+        vec![NewMessage::new("b", serde_json::json!({})); 3],
+    )
+    .await
+    .expect("publish")
+    .into_result()
+    .expect("stored");
+    assert_eq!(count().await, 0, "uncommitted publish is visible");
+    tx.commit().await.expect("commit");
+    assert_eq!(count().await, 3);
+    q.shutdown().await.expect("shutdown");
+    drop_table(Db::Postgres, &url, &table).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_an_idle_consumer_of_another_instance() {
+    let test = "notify";
+    let Some(url) = require(Db::Postgres, test) else {
+        return;
+    };
+    let table = table_name("po", test);
+    drop_table(Db::Postgres, &url, &table).await;
+    let consumer_side = PgQueue::connect(&url, options(&table), CommonOptions::default())
+        .await
+        .expect("connect");
+    let publisher_side = PgQueue::connect(&url, options(&table), CommonOptions::default())
+        .await
+        .expect("connect");
+    let name = QueueName::new("wake").expect("name");
+    consumer_side.register(&name).await.expect("register");
+    publisher_side.register(&name).await.expect("register");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let handler = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        s.fetch_add(batch.len(), Ordering::SeqCst);
+        async {}
+    }));
+    // Idle polling every 60 s: only a notification can deliver within the deadline below.
+    let opts = ConsumerOptions::default()
+        .poll_interval(Duration::from_secs(60))
+        .max_poll_interval(Duration::from_secs(60));
+    let consumer = consumer_side
+        .consume(&name, handler, opts)
+        .await
+        .expect("consume");
+    // The consumer's first (empty) poll runs at once; the listener must be subscribed before the
+    // publish, or only a poll could deliver it.
+    let store = consumer_side.store();
+    wait_until(Duration::from_secs(10), "listener subscribed", || {
+        let listening = store.is_listening();
+        async move { listening }
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    publisher_side
+        .publish(&name, vec![NewMessage::new("x", serde_json::json!({}))])
+        .await
+        .expect("publish");
+    wait_until(Duration::from_secs(10), "notified consumer to run", || {
+        let seen = seen.clone();
+        async move { seen.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    eprintln!("publish -> handler via NOTIFY: {:?}", started.elapsed());
+    consumer.stop().await;
+    consumer_side.shutdown().await.expect("shutdown");
+    publisher_side.shutdown().await.expect("shutdown");
+    drop_table(Db::Postgres, &url, &table).await;
+}
