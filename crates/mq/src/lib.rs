@@ -41,10 +41,12 @@
 //! | `sql-postgres` |   | [`sql`]: [`PgQueue`] (SKIP LOCKED, LISTEN/NOTIFY, publish inside your transaction) |
 //! | `sql-mysql` |      | [`sql`]: [`MySqlQueue`] (MySQL ≥ 8.0.1, MariaDB ≥ 10.6) |
 //! | `sql-sqlite` |     | [`sql`]: [`SqliteQueue`], the embedded default (bundled SQLite, a local file) |
+//! | `mongo`  |         | [`mongo`]: [`MongoQueue`] (atomic lease-based claims, change-stream wake-up) |
+//! | `kinesis` |        | [`kinesis`]: [`KinesisQueue`], producer, shard consumer, Redis/file/memory lease stores |
 //! | `metrics`|         | `MetricsObserver`: lifecycle events as metrics on the `metrics` facade |
 //! | `full`   |         | every backend (for CI and docs.rs) |
 //!
-//! More backends (`mongo`, `kinesis`) and the `dlq` feature arrive with their crates.
+//! The `dlq` feature arrives with its crate.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
@@ -98,3 +100,25 @@ pub use mq_sql::MySqlQueue;
 #[cfg(feature = "sql-sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sql-sqlite")))]
 pub use mq_sql::SqliteQueue;
+
+/// AWS Kinesis: producer, shard consumer, fenced shard leases (crate `mq-kinesis`).
+#[cfg(feature = "kinesis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
+pub mod kinesis {
+    pub use mq_kinesis::*;
+}
+
+#[cfg(feature = "kinesis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
+pub use mq_kinesis::{KinesisOptions, KinesisQueue, RedisLeaseStore};
+
+/// MongoDB queues (crate `mq-mongo`).
+#[cfg(feature = "mongo")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mongo")))]
+pub mod mongo {
+    pub use mq_mongo::*;
+}
+
+#[cfg(feature = "mongo")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mongo")))]
+pub use mq_mongo::{MongoOptions, MongoQueue};

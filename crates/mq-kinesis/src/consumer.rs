@@ -1,0 +1,1008 @@
+//! The shard consumer: one shard of one stream, as an explicit state machine.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kinesis::types::{Record, ShardIteratorType};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, TimeZone, Utc};
+use futures::FutureExt;
+use mq_core::{
+    AdaptiveStrategy, Batch, BatchReport, BatchResult, CommonOptions, ConsumerInfo,
+    ConsumerOptions, DeadLetter, DeadLetterOrigin, DisconnectReason, ErrorChain, Handler,
+    HandlerContext, LifecycleEvent, Message, MessageId, MessageInfo, Outcome, Outcomes, QueueName,
+    ShardKey, Status,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::lease::{CheckpointOutcome, Lease, LeaseStore};
+use crate::record::decode_record;
+
+pub(crate) const BACKEND: &str = "kinesis";
+
+/// Where a shard without a checkpoint starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum InitialPosition {
+    /// The oldest record kept by the stream (the default).
+    #[default]
+    TrimHorizon,
+    /// Only records written after the consumer starts.
+    Latest,
+    /// Records written at or after this time (whole seconds on some emulators).
+    AtTimestamp(DateTime<Utc>),
+}
+
+/// Settings of the shard consumers that are not in [`ConsumerOptions`].
+///
+/// The lease lasts [`ConsumerOptions::lease_duration`] and is renewed every third of it; the
+/// handler timeout, retry policy and idle polling also come from [`ConsumerOptions`].
+///
+/// Defaults: trim horizon, 3 renewal attempts, poison pill after 3 failures from one checkpoint,
+/// lease released after 10 fetch errors in a row.
+///
+/// # Examples
+///
+/// ```
+/// use mq_kinesis::{InitialPosition, ShardOptions};
+///
+/// let opts = ShardOptions::default().initial_position(InitialPosition::Latest).poison_threshold(5);
+/// assert_eq!(opts.get_poison_threshold(), 5);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ShardOptions {
+    initial_position: InitialPosition,
+    renew_attempts: u32,
+    poison_threshold: u32,
+    max_fetch_errors: u32,
+}
+
+impl Default for ShardOptions {
+    fn default() -> Self {
+        ShardOptions {
+            initial_position: InitialPosition::TrimHorizon,
+            renew_attempts: 3,
+            poison_threshold: 3,
+            max_fetch_errors: 10,
+        }
+    }
+}
+
+impl ShardOptions {
+    /// Where a shard without a checkpoint starts.
+    pub fn initial_position(mut self, p: InitialPosition) -> Self {
+        self.initial_position = p;
+        self
+    }
+    /// Renewal attempts (with backoff) before the lease is given up (K2).
+    pub fn renew_attempts(mut self, n: u32) -> Self {
+        self.renew_attempts = n.max(1);
+        self
+    }
+    /// Failures from one checkpoint (counted in the lease store, crashes included) before the
+    /// record there is a poison pill (K1).
+    pub fn poison_threshold(mut self, n: u32) -> Self {
+        self.poison_threshold = n.max(1);
+        self
+    }
+    /// Failed fetches in a row (throttling excluded) before the lease is released.
+    pub fn max_fetch_errors(mut self, n: u32) -> Self {
+        self.max_fetch_errors = n.max(1);
+        self
+    }
+    /// The poison threshold.
+    pub fn get_poison_threshold(&self) -> u32 {
+        self.poison_threshold
+    }
+    /// The initial position.
+    pub fn get_initial_position(&self) -> InitialPosition {
+        self.initial_position
+    }
+}
+
+/// Why a shard consumer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub(crate) enum ShardExit {
+    /// The lease was held by someone else.
+    NotAcquired,
+    /// Stopped (or its batch limit reached); the lease was released.
+    Stopped,
+    /// The shard was read to its end and marked finished.
+    Finished,
+    /// The lease was lost; nothing more was checkpointed.
+    LeaseLost,
+    /// Too many errors; the lease was released.
+    Failed(String),
+}
+
+/// The states of [`ShardConsumer`] (backlog LOW-005).
+#[derive(Debug)]
+enum State {
+    Acquiring,
+    InitIterator,
+    Fetching {
+        iterator: String,
+    },
+    Processing {
+        records: Vec<Record>,
+        next: Option<String>,
+        failures: u32,
+    },
+    Checkpointing {
+        sequence: String,
+        next: Option<String>,
+        records: u64,
+    },
+    Backoff {
+        delay: Duration,
+        then: Box<State>,
+    },
+    Finishing,
+    Releasing(ShardExit),
+    LeaseLost(String),
+    Stopped(ShardExit),
+}
+
+/// Everything a shard consumer needs, shared by the consumers of one worker.
+#[derive(Clone)]
+pub(crate) struct ShardEnv {
+    pub(crate) client: Client,
+    pub(crate) store: Arc<dyn LeaseStore>,
+    pub(crate) strategy: Arc<dyn AdaptiveStrategy>,
+    pub(crate) common: CommonOptions,
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) options: ConsumerOptions,
+    pub(crate) shard_options: ShardOptions,
+    pub(crate) queue: QueueName,
+    pub(crate) instance_id: String,
+    pub(crate) worker_id: String,
+    /// Set once the queue shuts down (disconnect reason `shutdown` instead of `stopped`).
+    pub(crate) shut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Consumes one shard: acquires its lease, reads after the checkpoint, runs the handler with
+/// per-message outcomes, checkpoints, and releases the lease when stopped.
+///
+/// - The lease is renewed every third of its duration, with retries and backoff (K2), for as long
+///   as the consumer runs, including while a handler runs past its timeout (K4): the handler's
+///   token is cancelled and the batch is not handed to anyone else until the handler returned.
+/// - Throttling backs off and is never counted as an error (K3); an expired iterator is
+///   re-created from the checkpoint.
+/// - Every batch start is counted in the lease store by checkpoint, so a batch that never
+///   completes (a crash, a lost lease, on any instance) is retried record by record and, past the
+///   poison threshold, the record is handed to the dead-letter hook, a `poison_pill` event fires
+///   and the shard moves on (K1).
+/// - Messages the handler retries are retried in place with the retry policy's backoff; exhausted
+///   or failed ones go to the dead-letter hook before the checkpoint moves past them.
+/// - A lost lease cancels the handler's token and stops the consumer without checkpointing; a
+///   stale owner's checkpoint is refused by the store's fence anyway.
+pub(crate) struct ShardConsumer {
+    env: ShardEnv,
+    shard: String,
+    key: ShardKey,
+    info: ConsumerInfo,
+    consumer_id: String,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    lost: CancellationToken,
+    lost_reason: Arc<Mutex<Option<String>>>,
+    lease: Option<Arc<Lease>>,
+    position: Option<String>,
+    idle_delay: Duration,
+    fetch_errors: u32,
+    max_batches: Option<usize>,
+    batches: usize,
+    report: BatchReport,
+    tracker: TaskTracker,
+}
+
+impl fmt::Debug for ShardConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardConsumer")
+            .field("queue", &self.env.queue)
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn error_text<E: std::error::Error + 'static>(e: &E) -> String {
+    DisplayErrorContext(e).to_string()
+}
+
+fn is_throttle(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "ProvisionedThroughputExceededException"
+                | "LimitExceededException"
+                | "KMSThrottlingException"
+                | "ThrottlingException"
+        )
+    )
+}
+
+impl ShardConsumer {
+    pub(crate) fn new(
+        env: ShardEnv,
+        shard: String,
+        stop: CancellationToken,
+        abort: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        let info = ConsumerInfo::shard(
+            env.worker_id.clone(),
+            env.queue.clone(),
+            BACKEND,
+            shard.clone(),
+        );
+        let idle = env.options.get_poll_interval();
+        ShardConsumer {
+            key: ShardKey::new(env.queue.as_str(), shard.as_str()),
+            consumer_id: format!("{}:{shard}", env.instance_id),
+            info,
+            shard,
+            stop,
+            abort,
+            lost: CancellationToken::new(),
+            lost_reason: Arc::new(Mutex::new(None)),
+            lease: None,
+            position: None,
+            idle_delay: idle,
+            fetch_errors: 0,
+            max_batches: None,
+            batches: 0,
+            report: BatchReport::default(),
+            tracker,
+            env,
+        }
+    }
+
+    /// Stop after `n` handled batches (for `consume_batch`).
+    pub(crate) fn max_batches(mut self, n: usize) -> Self {
+        self.max_batches = Some(n);
+        self
+    }
+
+    fn emit(&self, event: impl FnOnce() -> LifecycleEvent) {
+        self.env.common.get_lifecycle().emit_with(event);
+    }
+
+    fn stream(&self) -> &str {
+        self.env.queue.as_str()
+    }
+
+    /// Runs the state machine to its end.
+    pub(crate) async fn run(mut self) -> (ShardExit, BatchReport) {
+        let mut state = State::Acquiring;
+        let done = CancellationToken::new();
+        // dropped mid-flight (a crash, a runtime shutdown): renewal stops, the lease expires
+        let _renewal_guard = done.clone().drop_guard();
+        let exit = loop {
+            state = match state {
+                State::Stopped(exit) => break exit,
+                s => self.step(s, &done).await,
+            };
+        };
+        done.cancel();
+        (exit, self.report)
+    }
+
+    async fn step(&mut self, state: State, done: &CancellationToken) -> State {
+        // a lost lease ends everything at once, whatever the state
+        if self.lease.is_some()
+            && self.lost.is_cancelled()
+            && !matches!(state, State::LeaseLost(_) | State::Stopped(_))
+        {
+            return self.lost_state();
+        }
+        match state {
+            State::Acquiring => self.acquire(done).await,
+            State::InitIterator => self.init_iterator().await,
+            State::Fetching { iterator } => self.fetch(iterator).await,
+            State::Processing {
+                records,
+                next,
+                failures,
+            } => self.process(records, next, failures).await,
+            State::Checkpointing {
+                sequence,
+                next,
+                records,
+            } => self.checkpoint(sequence, next, records).await,
+            State::Backoff { delay, then } => {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => *then,
+                    _ = self.stop.cancelled() => State::Releasing(ShardExit::Stopped),
+                    _ = self.lost.cancelled() => *then,
+                }
+            }
+            State::Finishing => {
+                if let Some(lease) = &self.lease {
+                    match self.env.store.finish(lease).await {
+                        Ok(true) => State::Releasing(ShardExit::Finished),
+                        Ok(false) => State::LeaseLost("fenced while finishing".into()),
+                        Err(e) => State::Releasing(ShardExit::Failed(e.to_string())),
+                    }
+                } else {
+                    State::Stopped(ShardExit::Finished)
+                }
+            }
+            State::Releasing(exit) => {
+                if let Some(lease) = &self.lease
+                    && let Err(e) = self.env.store.release(lease).await
+                {
+                    tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: lease release failed; it expires on its own");
+                }
+                let reason = match &exit {
+                    ShardExit::Failed(e) => DisconnectReason::Error(e.clone()),
+                    _ if self.env.shut.load(std::sync::atomic::Ordering::SeqCst) => {
+                        DisconnectReason::Shutdown
+                    }
+                    _ => DisconnectReason::Stopped,
+                };
+                self.emit(|| LifecycleEvent::ConsumerDisconnected {
+                    consumer: self.info.clone(),
+                    reason,
+                });
+                State::Stopped(exit)
+            }
+            State::LeaseLost(reason) => {
+                let epoch = self.lease.as_ref().map_or(0, |l| l.epoch);
+                tracing::warn!(shard = %self.shard, epoch, reason, "mq-kinesis: lease lost, shard consumer stops");
+                self.emit(|| LifecycleEvent::LeaseLost {
+                    consumer: self.info.clone(),
+                    epoch,
+                    reason: reason.clone(),
+                });
+                self.emit(|| LifecycleEvent::ConsumerDisconnected {
+                    consumer: self.info.clone(),
+                    reason: DisconnectReason::Error(format!("lease lost: {reason}")),
+                });
+                State::Stopped(ShardExit::LeaseLost)
+            }
+            State::Stopped(exit) => State::Stopped(exit),
+        }
+    }
+
+    async fn acquire(&mut self, done: &CancellationToken) -> State {
+        let ttl = self.env.options.get_lease_duration();
+        match self
+            .env
+            .store
+            .acquire(self.stream(), &self.shard, &self.env.instance_id, ttl)
+            .await
+        {
+            Ok(Some(lease)) => {
+                let lease = Arc::new(lease);
+                self.position = lease.checkpoint.clone();
+                self.lease = Some(lease.clone());
+                self.tracker.spawn(renew_loop(
+                    self.env.store.clone(),
+                    lease,
+                    ttl,
+                    self.env.shard_options.renew_attempts,
+                    self.lost.clone(),
+                    self.lost_reason.clone(),
+                    done.clone(),
+                ));
+                self.emit(|| LifecycleEvent::ConsumerConnected {
+                    consumer: self.info.clone(),
+                });
+                State::InitIterator
+            }
+            Ok(None) => State::Stopped(ShardExit::NotAcquired),
+            Err(e) => State::Stopped(ShardExit::Failed(e.to_string())),
+        }
+    }
+
+    fn fetch_error(&mut self, code: Option<&str>, text: String, then: State) -> State {
+        if is_throttle(code) {
+            // K3: throttling backs off and is never an error
+            self.env
+                .strategy
+                .record(&self.key, &BatchResult::throttled());
+            tracing::debug!(shard = %self.shard, "mq-kinesis: throttled, backing off");
+            return State::Backoff {
+                delay: self.env.strategy.delay(&self.key),
+                then: Box::new(then),
+            };
+        }
+        self.fetch_errors += 1;
+        tracing::warn!(shard = %self.shard, errors = self.fetch_errors, error = %text, "mq-kinesis: fetch failed");
+        if self.fetch_errors >= self.env.shard_options.max_fetch_errors {
+            return State::Releasing(ShardExit::Failed(text));
+        }
+        // exponential from the poll interval, capped at 30 s
+        let base = self
+            .env
+            .options
+            .get_poll_interval()
+            .max(Duration::from_millis(50));
+        State::Backoff {
+            delay: (base * 2u32.saturating_pow(self.fetch_errors.min(16)))
+                .min(Duration::from_secs(30)),
+            then: Box::new(then),
+        }
+    }
+
+    async fn init_iterator(&mut self) -> State {
+        if self.stop.is_cancelled() {
+            return State::Releasing(ShardExit::Stopped);
+        }
+        let mut req = self
+            .env
+            .client
+            .get_shard_iterator()
+            .stream_name(self.stream())
+            .shard_id(&self.shard);
+        req = match (&self.position, self.env.shard_options.initial_position) {
+            (Some(seq), _) => req
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq),
+            (None, InitialPosition::TrimHorizon) => {
+                req.shard_iterator_type(ShardIteratorType::TrimHorizon)
+            }
+            (None, InitialPosition::Latest) => req.shard_iterator_type(ShardIteratorType::Latest),
+            (None, InitialPosition::AtTimestamp(at)) => req
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(aws_smithy_types::DateTime::from_millis(
+                    at.timestamp_millis(),
+                )),
+        };
+        match req.send().await {
+            Ok(out) => match out.shard_iterator() {
+                Some(it) => State::Fetching {
+                    iterator: it.to_owned(),
+                },
+                None => State::Finishing,
+            },
+            Err(e) => {
+                let code = e.code().map(str::to_owned);
+                self.fetch_error(code.as_deref(), error_text(&e), State::InitIterator)
+            }
+        }
+    }
+
+    async fn fetch(&mut self, iterator: String) -> State {
+        if self.stop.is_cancelled() || self.max_batches.is_some_and(|m| self.batches >= m) {
+            return State::Releasing(ShardExit::Stopped);
+        }
+        if self.env.strategy.should_back_off(&self.key) {
+            return State::Backoff {
+                delay: self.env.strategy.delay(&self.key),
+                then: Box::new(State::Fetching { iterator }),
+            };
+        }
+        let mut limit = self.env.strategy.batch_size(&self.key).clamp(1, 10_000);
+        if self.max_batches.is_some() {
+            // on-demand batches honour the caller's batch size
+            limit = limit.min(self.env.options.get_batch_size());
+        }
+        let sent = self
+            .env
+            .client
+            .get_records()
+            .shard_iterator(&iterator)
+            .limit(i32::try_from(limit).unwrap_or(10_000))
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                self.fetch_errors = 0;
+                let next = out.next_shard_iterator().map(str::to_owned);
+                let records = out.records;
+                if records.is_empty() {
+                    if self.max_batches.is_some() {
+                        self.batches += 1;
+                    }
+                    return match next {
+                        None => State::Finishing,
+                        Some(it) => {
+                            let delay = self.idle_delay;
+                            self.idle_delay =
+                                (delay * 2).min(self.env.options.get_max_poll_interval());
+                            State::Backoff {
+                                delay,
+                                then: Box::new(State::Fetching { iterator: it }),
+                            }
+                        }
+                    };
+                }
+                self.idle_delay = self.env.options.get_poll_interval();
+                let from = self.position.clone().unwrap_or_else(|| "start".into());
+                let failures = match self
+                    .env
+                    .store
+                    .record_failure(self.stream(), &self.shard, &from)
+                    .await
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: cannot count the batch start");
+                        1
+                    }
+                };
+                State::Processing {
+                    records,
+                    next,
+                    failures,
+                }
+            }
+            Err(e) => {
+                let code = e.code().map(str::to_owned);
+                if code.as_deref() == Some("ExpiredIteratorException") {
+                    return State::InitIterator;
+                }
+                self.fetch_error(
+                    code.as_deref(),
+                    error_text(&e),
+                    State::Fetching { iterator },
+                )
+            }
+        }
+    }
+
+    async fn checkpoint(&mut self, sequence: String, next: Option<String>, records: u64) -> State {
+        let Some(lease) = self.lease.clone() else {
+            return State::Stopped(ShardExit::Stopped);
+        };
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(5)
+            .build();
+        loop {
+            match self.env.store.checkpoint(&lease, &sequence).await {
+                Ok(CheckpointOutcome::Fenced) => {
+                    return State::LeaseLost("checkpoint refused by the fence".into());
+                }
+                Ok(_) => break,
+                Err(e) => match delays.next() {
+                    Some(d) => {
+                        tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: checkpoint failed, retrying");
+                        tokio::time::sleep(d).await;
+                    }
+                    None => {
+                        // the handled records are delivered again by whoever reads next
+                        return State::Releasing(ShardExit::Failed(format!(
+                            "checkpoint failed: {e}"
+                        )));
+                    }
+                },
+            }
+        }
+        self.position = Some(sequence.clone());
+        self.batches += 1;
+        if let Err(e) = self
+            .env
+            .store
+            .clear_failures(self.stream(), &self.shard)
+            .await
+        {
+            tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: cannot clear failure counts");
+        }
+        self.emit(|| LifecycleEvent::Checkpoint {
+            consumer: self.info.clone(),
+            checkpoint: sequence.clone(),
+            records_since_last: records,
+        });
+        match next {
+            Some(iterator) => State::Fetching { iterator },
+            None => State::InitIterator,
+        }
+    }
+
+    async fn process(
+        &mut self,
+        mut records: Vec<Record>,
+        mut next: Option<String>,
+        failures: u32,
+    ) -> State {
+        let threshold = self.env.shard_options.poison_threshold;
+        if failures > 1 && records.len() > 1 {
+            // an earlier start from this checkpoint never completed: isolate the first record
+            records.truncate(1);
+            next = None;
+        }
+        let Some(last) = records.last().map(|r| r.sequence_number().to_owned()) else {
+            return State::InitIterator;
+        };
+        let count = records.len() as u64;
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        let mut messages: Vec<(Message, String)> = Vec::new();
+        for r in &records {
+            let seq = r.sequence_number().to_owned();
+            let arrival = r
+                .approximate_arrival_timestamp()
+                .and_then(|t| t.to_millis().ok())
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+                .unwrap_or_else(Utc::now);
+            match decode_record(
+                r.data().as_ref(),
+                &self.env.queue,
+                &self.shard,
+                &seq,
+                arrival,
+            ) {
+                Ok(m) => messages.push((m, seq)),
+                Err(e) => {
+                    let m = self.placeholder(&seq, r.data().as_ref(), arrival);
+                    letters.push(self.letter(m, &seq, ErrorChain::from_error(&e), false));
+                }
+            }
+        }
+        if failures > threshold {
+            // K1: the record at the checkpoint kept failing (crashes and other instances included)
+            let from = self.position.clone().unwrap_or_else(|| "start".into());
+            for (m, seq) in messages.drain(..) {
+                let e = ErrorChain::msg(format!(
+                    "poison pill: processing from checkpoint {from} failed {} times",
+                    failures - 1
+                ));
+                letters.push(self.letter(m, &seq, e, true));
+            }
+            if !self.deliver_letters(letters).await {
+                return self.interrupted();
+            }
+            let mut result = BatchResult::failure(records.len(), records.len());
+            result.poison_pill = true;
+            self.env.strategy.record(&self.key, &result);
+            self.emit(|| LifecycleEvent::PoisonPill {
+                consumer: self.info.clone(),
+                checkpoint: from.clone(),
+                failures: failures - 1,
+                records: records.len(),
+            });
+            return State::Checkpointing {
+                sequence: last,
+                next,
+                records: count,
+            };
+        }
+        if !letters.is_empty() && !self.deliver_letters(std::mem::take(&mut letters)).await {
+            return self.interrupted();
+        }
+        match self.handle_in_place(messages).await {
+            Ok(()) => State::Checkpointing {
+                sequence: last,
+                next,
+                records: count,
+            },
+            Err(()) => {
+                if !self.lost.is_cancelled() {
+                    // a graceful stop is no failure of the batch: do not count it towards a
+                    // poison pill (a crash never gets here, so crashes still count)
+                    let _ = self
+                        .env
+                        .store
+                        .clear_failures(self.stream(), &self.shard)
+                        .await;
+                }
+                self.interrupted()
+            }
+        }
+    }
+
+    fn lost_state(&self) -> State {
+        let reason = self
+            .lost_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| "lease not renewable".into());
+        State::LeaseLost(reason)
+    }
+
+    fn interrupted(&self) -> State {
+        if self.lost.is_cancelled() {
+            self.lost_state()
+        } else {
+            State::Releasing(ShardExit::Stopped)
+        }
+    }
+
+    fn placeholder(&self, seq: &str, data: &[u8], at: DateTime<Utc>) -> Message {
+        let id = MessageId::new(format!("{}:{seq}", self.shard))
+            .or_else(|_| MessageId::new(seq))
+            .unwrap_or_else(|_| self.env.common.get_id_generator().next_id());
+        let mut m = Message::new(
+            id,
+            self.env.queue.clone(),
+            "undecodable",
+            serde_json::Value::String(String::from_utf8_lossy(data).into_owned()),
+            at,
+        );
+        m.status = Status::Failed;
+        m
+    }
+
+    fn letter(&self, m: Message, seq: &str, error: ErrorChain, exhausted: bool) -> DeadLetter {
+        DeadLetter::new(
+            m,
+            DeadLetterOrigin::shard(BACKEND, self.shard.clone(), seq),
+            error,
+            exhausted,
+            self.consumer_id.clone(),
+        )
+    }
+
+    /// Hands letters to the dead-letter hook, retrying until it accepts them; false when stopped
+    /// or the lease was lost meanwhile (nothing is checkpointed then).
+    async fn deliver_letters(&mut self, letters: Vec<DeadLetter>) -> bool {
+        if letters.is_empty() {
+            return true;
+        }
+        let infos: Vec<(MessageInfo, ErrorChain, bool)> = letters
+            .iter()
+            .map(|l| {
+                (
+                    MessageInfo::of(&l.message, BACKEND),
+                    l.error.clone(),
+                    l.exhausted,
+                )
+            })
+            .collect();
+        let Some(sink) = self.env.common.get_dead_letters().cloned() else {
+            for (info, error, exhausted) in infos {
+                tracing::error!(message_id = %info.message_id, error = %error, "mq-kinesis: message failed for good and no dead-letter hook is configured");
+                self.emit(|| LifecycleEvent::Failed {
+                    message: info.clone(),
+                    consumer_id: self.consumer_id.clone(),
+                    error: error.clone(),
+                    exhausted,
+                });
+            }
+            self.report.failed += letters.len();
+            return true;
+        };
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match sink.dead_letter(letters.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "mq-kinesis: dead-letter hook failed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.abort.cancelled() => return false,
+                        _ = self.lost.cancelled() => return false,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.report.dead_lettered += infos.len();
+        for (info, error, exhausted) in infos {
+            self.emit(|| LifecycleEvent::Failed {
+                message: info.clone(),
+                consumer_id: self.consumer_id.clone(),
+                error: error.clone(),
+                exhausted,
+            });
+            self.emit(|| LifecycleEvent::DeadLettered {
+                message: info.clone(),
+                consumer_id: self.consumer_id.clone(),
+                error: error.clone(),
+            });
+        }
+        true
+    }
+
+    /// Runs the handler until every message is acked or dead-lettered; Err when stopped hard or
+    /// the lease was lost (the batch is then left for the next owner).
+    async fn handle_in_place(&mut self, messages: Vec<(Message, String)>) -> Result<(), ()> {
+        let retry = self.env.options.get_retry().clone();
+        let mut pending = messages;
+        let mut types: Vec<String> = Vec::new();
+        for (m, _) in &pending {
+            if !types.contains(&m.message_type) {
+                types.push(m.message_type.clone());
+            }
+        }
+        let total = pending.len();
+        let mut failed_types: Vec<String> = Vec::new();
+        let started = tokio::time::Instant::now();
+        let mut failures = 0;
+        while !pending.is_empty() {
+            let now = Utc::now();
+            for (m, _) in pending.iter_mut() {
+                m.attempts += 1;
+                m.status = Status::Processing;
+                m.processing_started_at = Some(now);
+            }
+            let (messages, seqs): (Vec<Message>, Vec<String>) = pending.into_iter().unzip();
+            let batch = Batch::from(messages);
+            self.report.delivered += batch.len();
+            if self.env.common.get_lifecycle().is_active() {
+                for m in batch.iter() {
+                    let age = (now - m.created_at).to_std().unwrap_or_default();
+                    self.emit(|| LifecycleEvent::Consumed {
+                        message: MessageInfo::of(m, BACKEND),
+                        consumer_id: self.consumer_id.clone(),
+                        age,
+                    });
+                }
+            }
+            let run_started = tokio::time::Instant::now();
+            let (outcomes, timed_out) = self.run_handler(batch.clone()).await;
+            let handler_duration = run_started.elapsed();
+            if self.lost.is_cancelled() {
+                return Err(());
+            }
+            if timed_out {
+                self.report.cancelled = true;
+            }
+            let mut still: Vec<(Message, String)> = Vec::new();
+            let mut letters = Vec::new();
+            let mut wait = Duration::ZERO;
+            for (m, seq) in batch.iter().zip(seqs) {
+                let outcome = if timed_out {
+                    Outcome::Retry {
+                        after: None,
+                        error: Some(ErrorChain::msg(format!(
+                            "handler timed out after {:?}",
+                            self.env.options.get_handler_timeout()
+                        ))),
+                    }
+                } else {
+                    match outcomes.get(&m.id) {
+                        o @ (Outcome::Ack
+                        | Outcome::Retry { .. }
+                        | Outcome::Fail { .. }
+                        | Outcome::DeadLetter { .. }) => o.clone(),
+                        // an outcome this version does not know: deliver again
+                        _ => Outcome::retry(),
+                    }
+                };
+                match outcome {
+                    Outcome::Ack => {
+                        self.report.acked += 1;
+                        self.emit(|| LifecycleEvent::Acked {
+                            message: MessageInfo::of(m, BACKEND),
+                            consumer_id: self.consumer_id.clone(),
+                            handler_duration,
+                        });
+                    }
+                    Outcome::Retry { after, error } => {
+                        failures += 1;
+                        if !failed_types.contains(&m.message_type) {
+                            failed_types.push(m.message_type.clone());
+                        }
+                        if retry.is_exhausted(m) {
+                            let e = error.unwrap_or_else(|| ErrorChain::msg("attempts exhausted"));
+                            letters.push(self.letter(m.clone(), &seq, e, true));
+                        } else {
+                            let delay = after.unwrap_or_else(|| retry.delay_for(m));
+                            wait = wait.max(delay);
+                            self.report.retried += 1;
+                            self.emit(|| LifecycleEvent::Retried {
+                                message: MessageInfo::of(m, BACKEND),
+                                consumer_id: self.consumer_id.clone(),
+                                delay,
+                                error: error.clone(),
+                            });
+                            still.push((m.clone(), seq));
+                        }
+                    }
+                    Outcome::DeadLetter { error } | Outcome::Fail { error } => {
+                        failures += 1;
+                        if !failed_types.contains(&m.message_type) {
+                            failed_types.push(m.message_type.clone());
+                        }
+                        letters.push(self.letter(m.clone(), &seq, error, false));
+                    }
+                    // unknown outcomes were turned into retries above
+                    _ => still.push((m.clone(), seq)),
+                }
+            }
+            if !self.deliver_letters(letters).await {
+                return Err(());
+            }
+            pending = still;
+            if !pending.is_empty() {
+                // stopping abandons the retries: the batch is delivered again from the checkpoint
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.stop.cancelled() => return Err(()),
+                    _ = self.abort.cancelled() => return Err(()),
+                    _ = self.lost.cancelled() => return Err(()),
+                }
+            }
+        }
+        let result = if failures == 0 {
+            BatchResult::success(total, started.elapsed())
+        } else {
+            BatchResult::failure(total, failures.min(total))
+        };
+        self.env
+            .strategy
+            .record(&self.key, &result.with_types(types, failed_types));
+        Ok(())
+    }
+
+    /// Runs the handler once; cancels its token at the timeout, when the lease is lost, or on
+    /// abort, and always waits for it to return (K4).
+    async fn run_handler(&self, batch: Batch) -> (Outcomes, bool) {
+        let timeout = self.env.options.get_handler_timeout();
+        let token = self.abort.child_token();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let ctx = HandlerContext::new(
+            self.env.queue.clone(),
+            self.consumer_id.clone(),
+            Some(self.shard.clone()),
+            token.clone(),
+            Some(deadline),
+        );
+        let fut = AssertUnwindSafe(self.env.handler.handle(batch, ctx)).catch_unwind();
+        tokio::pin!(fut);
+        let mut timed_out = false;
+        let result = loop {
+            tokio::select! {
+                r = &mut fut => break r,
+                _ = tokio::time::sleep_until(deadline), if !timed_out => {
+                    timed_out = true;
+                    tracing::warn!(shard = %self.shard, ?timeout, "mq-kinesis: handler timed out, cancelling it and waiting for it to return");
+                    token.cancel();
+                }
+                _ = self.lost.cancelled(), if !token.is_cancelled() => token.cancel(),
+            }
+        };
+        match result {
+            Ok(outcomes) => (outcomes, timed_out),
+            Err(_) => (
+                Outcomes::retry_all(ErrorChain::msg("handler panicked")),
+                timed_out,
+            ),
+        }
+    }
+}
+
+async fn renew_loop(
+    store: Arc<dyn LeaseStore>,
+    lease: Arc<Lease>,
+    ttl: Duration,
+    attempts: u32,
+    lost: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+    done: CancellationToken,
+) {
+    let interval = ttl / 3;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        // K2: retry with backoff, within what is left of the lease
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(ttl / 20)
+            .with_max_delay(ttl / 6)
+            .with_max_times(attempts.saturating_sub(1) as usize)
+            .build();
+        let failure = loop {
+            match store.renew(&lease, ttl).await {
+                Ok(true) => break None,
+                Ok(false) => break Some("lease taken over or released".to_owned()),
+                Err(e) => match delays.next() {
+                    Some(d) => {
+                        tracing::warn!(shard = %lease.shard, error = %e, "mq-kinesis: lease renewal failed, retrying");
+                        tokio::select! {
+                            _ = done.cancelled() => return,
+                            _ = tokio::time::sleep(d) => {}
+                        }
+                    }
+                    None => break Some(format!("renewal failed {attempts} times: {e}")),
+                },
+            }
+        };
+        if let Some(r) = failure {
+            *reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            lost.cancel();
+            return;
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The error type of mq-kinesis.
+
+use mq_core::BoxError;
+
+/// The result type of mq-kinesis.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the Kinesis backend.
+///
+/// Converts into [`mq_core::Error`] (as [`mq_core::Error::Backend`] with this error as the
+/// source, so it stays downcastable).
+///
+/// # Examples
+///
+/// ```
+/// let err = mq_kinesis::Error::RecordTooLarge { index: 3, size: 2_000_000, limit: 1_048_576 };
+/// assert!(err.to_string().contains("2000000"));
+/// let core: mq_core::Error = err.into();
+/// assert!(matches!(core, mq_core::Error::Backend { .. }));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A lease-store operation failed (connection, script, file system).
+    #[error("lease store {operation} failed")]
+    LeaseStore {
+        /// What was being done (`"acquire"`, `"renew"`, ...).
+        operation: &'static str,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A Kinesis API call failed.
+    #[error("kinesis {operation} failed")]
+    Kinesis {
+        /// The API call (`"PutRecords"`, `"GetRecords"`, ...).
+        operation: &'static str,
+        /// The SDK's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A record is above the Kinesis limit of 1 MiB (data plus partition key); nothing was sent.
+    #[error(
+        "record {index} is {size} bytes with its partition key, above the Kinesis limit of {limit} bytes; store the payload elsewhere and publish a reference"
+    )]
+    RecordTooLarge {
+        /// Position in the published batch.
+        index: usize,
+        /// Data plus partition key, in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A partition key is empty or longer than 256 characters; nothing was sent.
+    #[error(
+        "partition key of record {index} has {len} characters; Kinesis accepts 1 to 256 (use a hashed key strategy)"
+    )]
+    InvalidPartitionKey {
+        /// Position in the published batch.
+        index: usize,
+        /// Its length in characters.
+        len: usize,
+    },
+    /// Kinesis refused a record after every retry.
+    #[error("kinesis refused the record after {attempts} attempt(s): {code}: {message}")]
+    RecordRejected {
+        /// The error code (`ProvisionedThroughputExceededException`, `InternalFailure`, or
+        /// `RequestFailed` when the whole request failed).
+        code: String,
+        /// The error message.
+        message: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// A record could not be decoded into a message.
+    #[error("record {sequence_number} does not decode into a message")]
+    Decode {
+        /// The record's sequence number.
+        sequence_number: String,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An option has a value that cannot work.
+    #[error("invalid option {field}: {reason}")]
+    InvalidOption {
+        /// The option.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The queue has been shut down.
+    #[error("the kinesis queue has been shut down")]
+    ShutDown,
+}
+
+impl Error {
+    pub(crate) fn lease(operation: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::LeaseStore {
+            operation,
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn kinesis(operation: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Kinesis {
+            operation,
+            source: source.into(),
+        }
+    }
+}
+
+impl From<Error> for mq_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidOption { field, reason } => {
+                mq_core::Error::InvalidOption { field, reason }
+            }
+            Error::ShutDown => mq_core::Error::ShutDown { backend: "kinesis" },
+            Error::LeaseStore { operation, .. } => mq_core::Error::backend("kinesis", operation, e),
+            Error::Kinesis { operation, .. } => mq_core::Error::backend("kinesis", operation, e),
+            other => mq_core::Error::backend("kinesis", "publish", other),
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The Redis lease store (`fred`, Lua scripts, Redis Cluster safe).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::prelude::{Builder, Client, ClientLike, Config, Value};
+use fred::types::scripts::Script;
+
+use crate::error::{Error, Result};
+use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, ttl_ms};
+
+/// Server time in ms, shared by every script.
+const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
+
+/// KEYS[1] lease hash, KEYS[2] shard index set; ARGV owner, ttl_ms, shard →
+/// {1, epoch, expires, checkpoint} or {0}.
+const ACQUIRE: &str = "
+redis.call('SADD', KEYS[2], ARGV[3])
+local h = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'expires', 'checkpoint', 'finished')
+if h[5] == '1' then return {0} end
+if h[1] and h[1] ~= '' and tonumber(h[3] or '0') > now then return {0} end
+local epoch = tonumber(h[2] or '0') + 1
+local exp = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'expires', exp)
+return {1, epoch, exp, h[4] or ''}";
+
+/// The compare-and-set guard of every mutation: ARGV[1] owner, ARGV[2] epoch.
+const GUARD: &str = "
+local h = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'checkpoint')
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return -1 end
+";
+
+const RENEW: &str = "redis.call('HSET', KEYS[1], 'expires', now + tonumber(ARGV[3])) return 1";
+
+const CHECKPOINT: &str = "
+local new, cur = ARGV[3], h[3]
+if cur and cur ~= '' and (#new < #cur or (#new == #cur and new <= cur)) then return 0 end
+redis.call('HSET', KEYS[1], 'checkpoint', new) return 1";
+
+const RELEASE: &str = "redis.call('HSET', KEYS[1], 'owner', '', 'expires', 0) return 1";
+
+const FINISH: &str = "redis.call('HSET', KEYS[1], 'finished', '1') return 1";
+
+const STATE: &str = "
+local h = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'expires', 'checkpoint', 'finished')
+local live = 0
+if h[1] and h[1] ~= '' and tonumber(h[3] or '0') > now then live = 1 end
+return {h[1] or '', tonumber(h[2] or '0'), tonumber(h[3] or '0'), h[4] or '', h[5] or '0', live}";
+
+/// KEYS[1] shard index set; ARGV lease key prefix → one state row per shard.
+const LIST: &str = "
+local out = {}
+for _, shard in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local h = redis.call('HMGET', ARGV[1] .. shard, 'owner', 'epoch', 'expires', 'checkpoint', 'finished')
+  local live = 0
+  if h[1] and h[1] ~= '' and tonumber(h[3] or '0') > now then live = 1 end
+  table.insert(out, {shard, h[1] or '', tonumber(h[2] or '0'), tonumber(h[3] or '0'), h[4] or '', h[5] or '0', live})
+end
+return out";
+
+const HEARTBEAT: &str = "
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(last[2])) + 1000)
+return 1";
+
+const LIVE: &str = "
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], '(' .. now, '+inf', 'BYSCORE')";
+
+/// Shard leases in Redis, for a fleet of instances.
+///
+/// Every mutation is one Lua script (so it is atomic), expiry uses the Redis server's clock
+/// (`TIME`), and every key of a stream shares the hash tag `{<stream>}`, so all of a stream's
+/// keys live in one slot and the scripts work on Redis Cluster:
+///
+/// - `<prefix>:{<stream>}:lease:<shard>`: hash of owner, epoch, expires (ms), checkpoint, finished;
+/// - `<prefix>:{<stream>}:poison:<shard>`: hash of failure counts by checkpoint;
+/// - `<prefix>:{<stream>}:shards`: set of the shards ever acquired;
+/// - `<prefix>:{<stream>}:members`: sorted set of instances scored by heartbeat expiry.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f() -> mq_kinesis::Result<()> {
+/// let store = mq_kinesis::RedisLeaseStore::connect("redis://127.0.0.1:6379", "mq").await?;
+/// # let _ = store; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisLeaseStore {
+    client: Client,
+    prefix: String,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+struct Scripts {
+    acquire: Script,
+    renew: Script,
+    checkpoint: Script,
+    release: Script,
+    finish: Script,
+    state: Script,
+    list: Script,
+    heartbeat: Script,
+    live: Script,
+}
+
+impl fmt::Debug for RedisLeaseStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLeaseStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn script(body: &str) -> Script {
+    Script::from_lua(format!("{NOW}{body}"))
+}
+
+fn guarded(body: &str) -> Script {
+    Script::from_lua(format!("{NOW}{GUARD}{body}"))
+}
+
+impl RedisLeaseStore {
+    /// Connects to `url` (`redis://host:port`, or `redis-cluster://host:port?node=host:port` for a
+    /// cluster) and keys everything under `prefix`.
+    pub async fn connect(url: &str, prefix: impl Into<String>) -> Result<Self> {
+        let config = Config::from_url(url).map_err(|e| Error::lease("connect", e))?;
+        let client = Builder::from_config(config)
+            .build()
+            .map_err(|e| Error::lease("connect", e))?;
+        client
+            .init()
+            .await
+            .map_err(|e| Error::lease("connect", e))?;
+        Ok(Self::new(client, prefix))
+    }
+
+    /// Uses an initialised `fred` client (plain, sentinel or cluster).
+    pub fn new(client: Client, prefix: impl Into<String>) -> Self {
+        RedisLeaseStore {
+            client,
+            prefix: prefix.into(),
+            scripts: std::sync::Arc::new(Scripts {
+                acquire: script(ACQUIRE),
+                renew: guarded(RENEW),
+                checkpoint: guarded(CHECKPOINT),
+                release: guarded(RELEASE),
+                finish: guarded(FINISH),
+                state: script(STATE),
+                list: script(LIST),
+                heartbeat: script(HEARTBEAT),
+                live: script(LIVE),
+            }),
+        }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn key(&self, stream: &str, kind: &str, shard: &str) -> String {
+        format!("{}:{{{stream}}}:{kind}:{shard}", self.prefix)
+    }
+
+    fn shards_key(&self, stream: &str) -> String {
+        format!("{}:{{{stream}}}:shards", self.prefix)
+    }
+
+    fn members_key(&self, stream: &str) -> String {
+        format!("{}:{{{stream}}}:members", self.prefix)
+    }
+
+    async fn run(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        keys: impl Into<fred::types::MultipleKeys> + Send,
+        args: Vec<Value>,
+    ) -> Result<Value> {
+        script
+            .evalsha_with_reload::<Value, _, _>(&self.client, keys, args)
+            .await
+            .map_err(|e| Error::lease(operation, e))
+    }
+
+    async fn guarded(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        lease: &Lease,
+        extra: Option<Value>,
+    ) -> Result<i64> {
+        let mut args = vec![
+            Value::from(lease.owner.as_str()),
+            Value::from(lease.epoch.to_string()),
+        ];
+        args.extend(extra);
+        let v = self
+            .run(
+                operation,
+                script,
+                self.key(&lease.stream, "lease", &lease.shard),
+                args,
+            )
+            .await?;
+        v.as_i64()
+            .ok_or_else(|| Error::lease(operation, format!("unexpected reply {v:?}")))
+    }
+}
+
+fn as_u64(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn as_opt_string(v: &Value) -> Option<String> {
+    v.as_string().filter(|s| !s.is_empty())
+}
+
+#[async_trait]
+impl LeaseStore for RedisLeaseStore {
+    async fn acquire(
+        &self,
+        stream: &str,
+        shard: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        let v = self
+            .run(
+                "acquire",
+                &self.scripts.acquire,
+                vec![self.key(stream, "lease", shard), self.shards_key(stream)],
+                vec![
+                    Value::from(owner),
+                    Value::from(ttl_ms(ttl).to_string()),
+                    Value::from(shard),
+                ],
+            )
+            .await?;
+        let items = v.into_array();
+        if items.first().and_then(Value::as_i64) != Some(1) || items.len() < 4 {
+            return Ok(None);
+        }
+        Ok(Some(Lease {
+            stream: stream.to_owned(),
+            shard: shard.to_owned(),
+            owner: owner.to_owned(),
+            epoch: as_u64(&items[1]),
+            expires_at_ms: as_u64(&items[2]),
+            checkpoint: as_opt_string(&items[3]),
+        }))
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        let r = self
+            .guarded(
+                "renew",
+                &self.scripts.renew,
+                lease,
+                Some(Value::from(ttl_ms(ttl).to_string())),
+            )
+            .await?;
+        Ok(r == 1)
+    }
+
+    async fn checkpoint(&self, lease: &Lease, sequence_number: &str) -> Result<CheckpointOutcome> {
+        let seq = sequence_number.trim_start_matches('0');
+        let r = self
+            .guarded(
+                "checkpoint",
+                &self.scripts.checkpoint,
+                lease,
+                Some(Value::from(if seq.is_empty() { "0" } else { seq })),
+            )
+            .await?;
+        Ok(match r {
+            1 => CheckpointOutcome::Advanced,
+            0 => CheckpointOutcome::NotForward,
+            _ => CheckpointOutcome::Fenced,
+        })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        Ok(self
+            .guarded("release", &self.scripts.release, lease, None)
+            .await?
+            == 1)
+    }
+
+    async fn finish(&self, lease: &Lease) -> Result<bool> {
+        Ok(self
+            .guarded("finish", &self.scripts.finish, lease, None)
+            .await?
+            == 1)
+    }
+
+    async fn state(&self, stream: &str, shard: &str) -> Result<LeaseState> {
+        let v = self
+            .run(
+                "state",
+                &self.scripts.state,
+                self.key(stream, "lease", shard),
+                vec![],
+            )
+            .await?;
+        let items = v.into_array();
+        if items.len() < 6 {
+            return Err(Error::lease(
+                "state",
+                "unexpected reply from the state script",
+            ));
+        }
+        Ok(LeaseState {
+            shard: shard.to_owned(),
+            owner: as_opt_string(&items[0]),
+            epoch: as_u64(&items[1]),
+            expires_at_ms: as_u64(&items[2]),
+            checkpoint: as_opt_string(&items[3]),
+            finished: items[4].as_string().as_deref() == Some("1"),
+            live: items[5].as_i64() == Some(1),
+        })
+    }
+
+    async fn leases(&self, stream: &str) -> Result<Vec<LeaseState>> {
+        let v = self
+            .run(
+                "leases",
+                &self.scripts.list,
+                self.shards_key(stream),
+                vec![Value::from(self.key(stream, "lease", ""))],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for row in v.into_array() {
+            let items = row.into_array();
+            if items.len() < 7 {
+                return Err(Error::lease(
+                    "leases",
+                    "unexpected reply from the list script",
+                ));
+            }
+            out.push(LeaseState {
+                shard: items[0].as_string().unwrap_or_default(),
+                owner: as_opt_string(&items[1]),
+                epoch: as_u64(&items[2]),
+                expires_at_ms: as_u64(&items[3]),
+                checkpoint: as_opt_string(&items[4]),
+                finished: items[5].as_string().as_deref() == Some("1"),
+                live: items[6].as_i64() == Some(1),
+            });
+        }
+        out.sort_by(|a, b| a.shard.cmp(&b.shard));
+        Ok(out)
+    }
+
+    async fn record_failure(&self, stream: &str, shard: &str, checkpoint: &str) -> Result<u32> {
+        use fred::interfaces::HashesInterface;
+        let n: i64 = self
+            .client
+            .hincrby(self.key(stream, "poison", shard), checkpoint, 1)
+            .await
+            .map_err(|e| Error::lease("record_failure", e))?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    async fn clear_failures(&self, stream: &str, shard: &str) -> Result<()> {
+        use fred::interfaces::KeysInterface;
+        let _: i64 = self
+            .client
+            .del(self.key(stream, "poison", shard))
+            .await
+            .map_err(|e| Error::lease("clear_failures", e))?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, stream: &str, instance: &str, ttl: Duration) -> Result<()> {
+        self.run(
+            "heartbeat",
+            &self.scripts.heartbeat,
+            self.members_key(stream),
+            vec![Value::from(instance), Value::from(ttl_ms(ttl).to_string())],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn live_instances(&self, stream: &str) -> Result<Vec<String>> {
+        let v = self
+            .run(
+                "live_instances",
+                &self.scripts.live,
+                self.members_key(stream),
+                vec![],
+            )
+            .await?;
+        let mut out: Vec<String> = v.into_array().iter().filter_map(Value::as_string).collect();
+        out.sort();
+        Ok(out)
+    }
+}

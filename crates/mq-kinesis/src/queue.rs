@@ -1,0 +1,610 @@
+//! `KinesisQueue`: the [`MessageQueue`] over the producer, the lease store and shard consumers.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
+use mq_core::{
+    AdaptiveStrategy, AimdStrategy, BatchReport, CommonOptions, ConsumerHandle, ConsumerInfo,
+    ConsumerOptions, ConsumerStopper, DisconnectReason, ErrorChain, Handler, LifecycleEvent,
+    MessageInfo, MessageQueue, PublishFailure, PublishReport, QueueName, prepare_messages,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{BACKEND, ShardConsumer, ShardEnv, ShardExit, ShardOptions, error_text};
+use crate::error::Error;
+use crate::lease::LeaseStore;
+use crate::producer::{KinesisProducer, ProducerOptions};
+
+/// Settings of a [`KinesisQueue`].
+///
+/// Client settings (LOW-003): region, endpoint URL and credentials come from here when set and
+/// from the standard AWS chain (environment, profile, instance metadata) otherwise; or hand in a
+/// ready client with [`KinesisOptions::client`].
+///
+/// Defaults: a random instance id, [`CommonOptions::default`], [`ProducerOptions::default`],
+/// [`ShardOptions::default`], an [`AimdStrategy`] with its defaults, shard discovery every 5 s,
+/// heartbeat failure event from the 3rd failure in a row.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use mq_kinesis::{InMemoryLeaseStore, KinesisOptions};
+///
+/// let opts = KinesisOptions::new(Arc::new(InMemoryLeaseStore::new()))
+///     .region("eu-west-1")
+///     .endpoint_url("http://127.0.0.1:4567")
+///     .credentials("AKID", "SECRET", None)
+///     .instance_id("web-1");
+/// assert_eq!(opts.get_instance_id(), "web-1");
+/// ```
+#[derive(Clone)]
+pub struct KinesisOptions {
+    lease_store: Arc<dyn LeaseStore>,
+    client: Option<Client>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    credentials: Option<(String, String, Option<String>)>,
+    instance_id: String,
+    common: CommonOptions,
+    producer: ProducerOptions,
+    shard: ShardOptions,
+    strategy: Arc<dyn AdaptiveStrategy>,
+    discovery_interval: Duration,
+    heartbeat_failure_threshold: u32,
+}
+
+impl fmt::Debug for KinesisOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KinesisOptions")
+            .field("lease_store", &self.lease_store)
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("instance_id", &self.instance_id)
+            .field("producer", &self.producer)
+            .field("shard", &self.shard)
+            .field("discovery_interval", &self.discovery_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KinesisOptions {
+    /// Options with leases in `lease_store`.
+    pub fn new(lease_store: Arc<dyn LeaseStore>) -> Self {
+        KinesisOptions {
+            lease_store,
+            client: None,
+            region: None,
+            endpoint_url: None,
+            credentials: None,
+            instance_id: format!(
+                "mq-{}-{}",
+                std::process::id(),
+                ulid::Ulid::new().to_string().to_lowercase()
+            ),
+            common: CommonOptions::default(),
+            producer: ProducerOptions::default(),
+            shard: ShardOptions::default(),
+            strategy: Arc::new(AimdStrategy::default()),
+            discovery_interval: Duration::from_secs(5),
+            heartbeat_failure_threshold: 3,
+        }
+    }
+    /// A ready Kinesis client (region, endpoint and credentials options are then ignored).
+    pub fn client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+    /// The AWS region.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+    /// The endpoint URL (an emulator, a VPC endpoint).
+    pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.endpoint_url = Some(url.into());
+        self
+    }
+    /// Static credentials.
+    pub fn credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+        session_token: Option<String>,
+    ) -> Self {
+        self.credentials = Some((
+            access_key_id.into(),
+            secret_access_key.into(),
+            session_token,
+        ));
+        self
+    }
+    /// This instance's id: the lease owner and membership name. Unique per process.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = id.into();
+        self
+    }
+    /// Lifecycle, dead letters, ids, queue-name resolution.
+    pub fn common(mut self, common: CommonOptions) -> Self {
+        self.common = common;
+        self
+    }
+    /// Producer settings.
+    pub fn producer(mut self, producer: ProducerOptions) -> Self {
+        self.producer = producer;
+        self
+    }
+    /// Shard consumer settings.
+    pub fn shard(mut self, shard: ShardOptions) -> Self {
+        self.shard = shard;
+        self
+    }
+    /// The adaptive strategy (batch size and delays per shard).
+    pub fn strategy(mut self, strategy: Arc<dyn AdaptiveStrategy>) -> Self {
+        self.strategy = strategy;
+        self
+    }
+    /// How often a consumer looks for shards without a live lease and heartbeats (at least every
+    /// third of the lease duration).
+    pub fn discovery_interval(mut self, d: Duration) -> Self {
+        self.discovery_interval = d;
+        self
+    }
+    /// Heartbeat failures in a row before the `heartbeat_failure` event fires (K8).
+    pub fn heartbeat_failure_threshold(mut self, n: u32) -> Self {
+        self.heartbeat_failure_threshold = n.max(1);
+        self
+    }
+    /// The instance id.
+    pub fn get_instance_id(&self) -> &str {
+        &self.instance_id
+    }
+    /// The lease store.
+    pub fn get_lease_store(&self) -> &Arc<dyn LeaseStore> {
+        &self.lease_store
+    }
+
+    async fn build_client(&self) -> Client {
+        if let Some(c) = &self.client {
+            return c.clone();
+        }
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(r) = &self.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(u) = &self.endpoint_url {
+            loader = loader.endpoint_url(u);
+        }
+        if let Some((id, secret, token)) = &self.credentials {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                id,
+                secret,
+                token.clone(),
+                None,
+                "mq-kinesis",
+            ));
+        }
+        Client::new(&loader.load().await)
+    }
+}
+
+/// Messages on AWS Kinesis streams, one stream per queue.
+///
+/// Publishing goes through the [`KinesisProducer`]. A consumer is a worker that heartbeats its
+/// membership and, every discovery interval, starts a shard consumer for each shard of the
+/// stream with no live lease; several instances (or consumers) share a stream that way. Balanced
+/// assignment across instances is not done here: whoever asks first takes a free shard.
+///
+/// A shard consumer:
+///
+/// - starts after the shard's checkpoint, or at [`ShardOptions::initial_position`];
+/// - renews its lease every third of [`ConsumerOptions::lease_duration`], retrying with backoff
+///   before giving up (K2), for as long as it runs, including while a handler overruns its
+///   timeout: the handler's token is cancelled and the batch is not handed to anyone else until
+///   the handler returned (K4);
+/// - backs off on throttling without counting it as an error (K3) and re-creates expired
+///   iterators from the checkpoint;
+/// - counts every batch start in the lease store by checkpoint, so a batch that never completes
+///   (a crash, a lost lease, on any instance) is retried record by record and, past
+///   [`ShardOptions::poison_threshold`], the record goes to the dead-letter hook, a `poison_pill`
+///   event fires and the shard moves on (K1);
+/// - retries messages in place with the retry policy's backoff; exhausted, failed and
+///   dead-lettered messages go to the dead-letter hook (retried until it accepts them) before the
+///   checkpoint moves past them. Without a hook they are reported as `failed` events and an error
+///   log, never skipped silently. A timed-out batch is retried as a whole;
+/// - stops at once when its lease is lost (the handler's token is cancelled, nothing more is
+///   checkpointed; a stale owner's checkpoint is refused by the store's fence anyway).
+///
+/// Kinesis keeps no per-message state: `execute_at` and `expires_at` are not honoured (a record is
+/// delivered when read), and retries happen in place, in the consumer, before the checkpoint moves.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use mq_kinesis::{KinesisOptions, KinesisQueue, RedisLeaseStore};
+///
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let leases = Arc::new(RedisLeaseStore::connect("redis://127.0.0.1:6379", "mq").await?);
+/// let queue = KinesisQueue::connect(KinesisOptions::new(leases)).await?;
+/// # let _ = queue; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct KinesisQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    producer: KinesisProducer,
+    options: KinesisOptions,
+    registered: Mutex<HashSet<QueueName>>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    consumers: Mutex<Vec<ConsumerStopper>>,
+    shut: Arc<AtomicBool>,
+    next_worker: AtomicUsize,
+}
+
+impl fmt::Debug for KinesisQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KinesisQueue")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KinesisQueue {
+    /// Builds the client from the options (or the standard AWS chain) and the queue.
+    pub async fn connect(options: KinesisOptions) -> crate::Result<Self> {
+        let client = options.build_client().await;
+        Ok(Self::with_client(client, options))
+    }
+
+    /// The queue on a ready client.
+    pub fn with_client(client: Client, options: KinesisOptions) -> Self {
+        let producer = KinesisProducer::new(client.clone(), options.producer.clone());
+        KinesisQueue {
+            inner: Arc::new(Inner {
+                client,
+                producer,
+                options,
+                registered: Mutex::new(HashSet::new()),
+                stop: CancellationToken::new(),
+                abort: CancellationToken::new(),
+                consumers: Mutex::new(Vec::new()),
+                shut: Arc::new(AtomicBool::new(false)),
+                next_worker: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The producer.
+    pub fn producer(&self) -> &KinesisProducer {
+        &self.inner.producer
+    }
+
+    /// The Kinesis client.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    fn check_open(&self) -> mq_core::Result<()> {
+        if self.inner.shut.load(Ordering::SeqCst) {
+            Err(mq_core::Error::ShutDown { backend: BACKEND })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn resolve_registered(&self, queue: &QueueName) -> mq_core::Result<QueueName> {
+        self.check_open()?;
+        let q = self.inner.options.common.get_resolver().resolve(queue)?;
+        if self
+            .inner
+            .registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&q)
+        {
+            Ok(q)
+        } else {
+            Err(mq_core::Error::NotRegistered { queue: q })
+        }
+    }
+
+    fn env(
+        &self,
+        queue: QueueName,
+        handler: Arc<dyn Handler>,
+        options: ConsumerOptions,
+        worker_id: String,
+    ) -> ShardEnv {
+        let o = &self.inner.options;
+        ShardEnv {
+            client: self.inner.client.clone(),
+            store: o.lease_store.clone(),
+            strategy: o.strategy.clone(),
+            common: o.common.clone(),
+            handler,
+            options,
+            shard_options: o.shard.clone(),
+            queue,
+            instance_id: o.instance_id.clone(),
+            worker_id,
+            shut: self.inner.shut.clone(),
+        }
+    }
+}
+
+/// Shard ids of `stream`, in API order (closed shards included).
+pub(crate) async fn list_shards(client: &Client, stream: &str) -> crate::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let req = match &token {
+            Some(t) => client.list_shards().next_token(t),
+            None => client.list_shards().stream_name(stream),
+        };
+        let page = req
+            .send()
+            .await
+            .map_err(|e| Error::kinesis("ListShards", error_text(&e)))?;
+        out.extend(page.shards().iter().map(|s| s.shard_id().to_owned()));
+        match page.next_token() {
+            Some(t) if !t.is_empty() && !page.shards().is_empty() => token = Some(t.to_owned()),
+            _ => return Ok(out),
+        }
+    }
+}
+
+async fn worker(queue: KinesisQueue, env: ShardEnv, stopper: ConsumerStopper, info: ConsumerInfo) {
+    let o = &queue.inner.options;
+    let lifecycle = o.common.get_lifecycle().clone();
+    lifecycle.emit_with(|| LifecycleEvent::ConsumerConnected {
+        consumer: info.clone(),
+    });
+    let held: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stream = env.queue.as_str().to_owned();
+    let ttl = env.options.get_lease_duration();
+    let mut heartbeat_failures = 0u32;
+    while !stopper.stop_token().is_cancelled() {
+        // K8: membership heartbeat; repeated failure is an event
+        match o.lease_store.heartbeat(&stream, &o.instance_id, ttl).await {
+            Ok(()) => heartbeat_failures = 0,
+            Err(e) => {
+                heartbeat_failures += 1;
+                tracing::warn!(stream, failures = heartbeat_failures, error = %e, "mq-kinesis: heartbeat failed");
+                if heartbeat_failures >= o.heartbeat_failure_threshold {
+                    lifecycle.emit_with(|| LifecycleEvent::HeartbeatFailure {
+                        queue: env.queue.clone(),
+                        instance_id: o.instance_id.clone(),
+                        consecutive_failures: heartbeat_failures,
+                        error: ErrorChain::from_error(&e),
+                    });
+                }
+            }
+        }
+        match list_shards(&queue.inner.client, &stream).await {
+            Ok(shards) => {
+                for shard in shards {
+                    if !held
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(shard.clone())
+                    {
+                        continue;
+                    }
+                    let consumer = ShardConsumer::new(
+                        env.clone(),
+                        shard.clone(),
+                        stopper.stop_token().clone(),
+                        stopper.abort_token().clone(),
+                        stopper.tracker().clone(),
+                    );
+                    let held = held.clone();
+                    stopper.tracker().spawn(async move {
+                        let (exit, _) = consumer.run().await;
+                        if let ShardExit::Failed(e) = &exit {
+                            tracing::warn!(shard, error = %e, "mq-kinesis: shard consumer failed");
+                        }
+                        held.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&shard);
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(stream, error = %e, "mq-kinesis: cannot list shards");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(o.discovery_interval.min(ttl / 3)) => {}
+            _ = stopper.stop_token().cancelled() => {}
+        }
+    }
+    lifecycle.emit_with(|| LifecycleEvent::ConsumerDisconnected {
+        consumer: info.clone(),
+        reason: if queue.inner.shut.load(Ordering::SeqCst) {
+            DisconnectReason::Shutdown
+        } else {
+            DisconnectReason::Stopped
+        },
+    });
+}
+
+#[async_trait]
+impl MessageQueue for KinesisQueue {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn register(&self, queue: &QueueName) -> mq_core::Result<()> {
+        self.check_open()?;
+        let q = self.inner.options.common.get_resolver().resolve(queue)?;
+        let described = self
+            .inner
+            .client
+            .describe_stream_summary()
+            .stream_name(q.as_str())
+            .send()
+            .await;
+        if let Err(e) = described {
+            if e.code() == Some("ResourceNotFoundException") {
+                return Err(mq_core::Error::invalid_option(
+                    "queue",
+                    format!(
+                        "kinesis stream {q} does not exist: create it (aws kinesis create-stream --stream-name {q}) before registering"
+                    ),
+                ));
+            }
+            return Err(Error::kinesis("DescribeStreamSummary", error_text(&e)).into());
+        }
+        self.inner
+            .registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(q);
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        queue: &QueueName,
+        messages: Vec<mq_core::NewMessage>,
+    ) -> mq_core::Result<PublishReport> {
+        let q = self.resolve_registered(queue)?;
+        let mut failed = Vec::new();
+        let prepared = prepare_messages(&self.inner.options.common, &q, messages, &mut failed);
+        let mut records = Vec::with_capacity(prepared.len());
+        let mut stored = std::collections::HashMap::with_capacity(prepared.len());
+        for (index, m) in prepared {
+            match self.inner.producer.prepare(index, &m) {
+                Ok(r) => {
+                    records.push((index, r));
+                    stored.insert(index, m);
+                }
+                Err(Error::RecordTooLarge { size, limit, .. }) => failed.push(PublishFailure::new(
+                    index,
+                    Some(m.id.clone()),
+                    mq_core::Error::MessageTooLarge {
+                        id: m.id,
+                        size,
+                        limit,
+                    },
+                )),
+                Err(e) => failed.push(PublishFailure::new(index, Some(m.id), e.into())),
+            }
+        }
+        let put = self.inner.producer.put_prepared(q.as_str(), records).await;
+        let lifecycle = self.inner.options.common.get_lifecycle();
+        let mut report = PublishReport::default();
+        for p in put.published {
+            if let Some(m) = stored.get(&p.index) {
+                lifecycle.emit_with(|| LifecycleEvent::Published {
+                    message: MessageInfo::of(m, BACKEND),
+                    size_bytes: m.encoded_len(),
+                });
+                report.published.push(m.id.clone());
+            }
+        }
+        for f in put.failed {
+            let id = stored.get(&f.index).map(|m| m.id.clone());
+            failed.push(PublishFailure::new(
+                f.index,
+                id,
+                mq_core::Error::backend(BACKEND, "publish", f.error),
+            ));
+        }
+        failed.sort_by_key(|f| f.index);
+        report.failed = failed;
+        Ok(report)
+    }
+
+    async fn consume(
+        &self,
+        queue: &QueueName,
+        handler: Arc<dyn Handler>,
+        options: ConsumerOptions,
+    ) -> mq_core::Result<ConsumerHandle> {
+        options.validate()?;
+        let q = self.resolve_registered(queue)?;
+        let n = self.inner.next_worker.fetch_add(1, Ordering::Relaxed);
+        let worker_id = format!("{}-{n}", self.inner.options.instance_id);
+        let stopper = ConsumerStopper::new(
+            &self.inner.stop,
+            &self.inner.abort,
+            options.get_shutdown_grace(),
+        );
+        let info = ConsumerInfo::worker(worker_id.clone(), q.clone(), BACKEND);
+        let env = self.env(q, handler, options, worker_id.clone());
+        stopper
+            .tracker()
+            .spawn(worker(self.clone(), env, stopper.clone(), info));
+        self.inner
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stopper.clone());
+        Ok(ConsumerHandle::new(worker_id, stopper))
+    }
+
+    async fn consume_batch(
+        &self,
+        queue: &QueueName,
+        handler: Arc<dyn Handler>,
+        options: &ConsumerOptions,
+    ) -> mq_core::Result<BatchReport> {
+        options.validate()?;
+        let q = self.resolve_registered(queue)?;
+        let shards = list_shards(&self.inner.client, q.as_str()).await?;
+        let worker_id = format!("{}-batch", self.inner.options.instance_id);
+        let mut env = self.env(q, handler, options.clone(), worker_id);
+        let mut total = BatchReport::default();
+        let tracker = tokio_util::task::TaskTracker::new();
+        for shard in shards {
+            if total.delivered >= options.get_batch_size() {
+                break;
+            }
+            env.options = options
+                .clone()
+                .batch_size(options.get_batch_size() - total.delivered);
+            let stop = self.inner.stop.child_token();
+            let consumer = ShardConsumer::new(
+                env.clone(),
+                shard,
+                stop,
+                self.inner.abort.child_token(),
+                tracker.clone(),
+            )
+            .max_batches(1);
+            let (_, report) = consumer.run().await;
+            total.merge(&report);
+        }
+        tracker.close();
+        tracker.wait().await;
+        Ok(total)
+    }
+
+    async fn shutdown(&self) -> mq_core::Result<()> {
+        if self.inner.shut.swap(true, Ordering::SeqCst) {
+            return Err(mq_core::Error::ShutDown { backend: BACKEND });
+        }
+        let consumers: Vec<ConsumerStopper> = std::mem::take(
+            &mut *self
+                .inner
+                .consumers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        futures::future::join_all(consumers.iter().map(ConsumerStopper::stop)).await;
+        self.inner.stop.cancel();
+        Ok(())
+    }
+}

@@ -1,0 +1,313 @@
+//! The lease-store conformance suite (feature `testkit`).
+//!
+//! A lease store implements [`LeaseStoreFactory`] and stamps every case into its test binary:
+//!
+//! ```text
+//! mq_kinesis::lease_store_tests!(MyFactory::new());
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::lease::{CheckpointOutcome, LeaseStore};
+
+/// Builds isolated lease stores for the conformance cases.
+#[async_trait]
+pub trait LeaseStoreFactory: Send + Sync + 'static {
+    /// A store for the case named `test`, or `None` (after printing why) to skip it.
+    async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>>;
+}
+
+/// A stream name for `test`, unique per run.
+pub fn stream_name(test: &str) -> String {
+    format!(
+        "{}-{}",
+        test.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-"),
+        ulid::Ulid::new().to_string().to_lowercase()
+    )
+}
+
+const SHORT: Duration = Duration::from_millis(300);
+const LONG: Duration = Duration::from_secs(30);
+
+async fn wait_until_acquired(
+    store: &dyn LeaseStore,
+    stream: &str,
+    shard: &str,
+    owner: &str,
+) -> crate::Lease {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(l) = store.acquire(stream, shard, owner, LONG).await.unwrap() {
+            return l;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lease of {shard} never became free"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The conformance cases.
+pub mod cases {
+    use super::*;
+
+    /// Only one owner at a time; every acquisition raises the epoch; not re-entrant.
+    pub async fn acquire_is_exclusive_and_epochs_increase(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some(store) = f.create(test).await else {
+            return;
+        };
+        let s = stream_name(test);
+        let a = store.acquire(&s, "sh-0", "a", LONG).await.unwrap().unwrap();
+        assert_eq!(a.checkpoint, None);
+        assert!(
+            store
+                .acquire(&s, "sh-0", "b", LONG)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .acquire(&s, "sh-0", "a", LONG)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let other = store.acquire(&s, "sh-1", "b", LONG).await.unwrap().unwrap();
+        assert_eq!(other.owner, "b");
+        assert!(store.release(&a).await.unwrap());
+        let b = store.acquire(&s, "sh-0", "b", LONG).await.unwrap().unwrap();
+        assert!(b.epoch > a.epoch, "epoch {} after {}", b.epoch, a.epoch);
+        let st = store.state(&s, "sh-0").await.unwrap();
+        assert_eq!(st.owner.as_deref(), Some("b"));
+        assert_eq!(st.epoch, b.epoch);
+        assert!(st.live);
+    }
+
+    /// A stale owner (lease expired and taken over) cannot renew, checkpoint, release or finish.
+    pub async fn stale_owner_is_fenced(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some(store) = f.create(test).await else {
+            return;
+        };
+        let s = stream_name(test);
+        let a = store.acquire(&s, "sh", "a", SHORT).await.unwrap().unwrap();
+        assert_eq!(
+            store.checkpoint(&a, "100").await.unwrap(),
+            CheckpointOutcome::Advanced
+        );
+        let b = wait_until_acquired(&*store, &s, "sh", "b").await;
+        assert!(b.epoch > a.epoch);
+        assert_eq!(b.checkpoint.as_deref(), Some("100"));
+        assert!(!store.renew(&a, LONG).await.unwrap());
+        assert_eq!(
+            store.checkpoint(&a, "200").await.unwrap(),
+            CheckpointOutcome::Fenced
+        );
+        assert!(!store.release(&a).await.unwrap());
+        assert!(!store.finish(&a).await.unwrap());
+        // the same owner name with an old epoch is fenced too
+        let a_again = crate::Lease {
+            owner: "b".into(),
+            ..a.clone()
+        };
+        assert!(!store.renew(&a_again, LONG).await.unwrap());
+        assert!(store.renew(&b, LONG).await.unwrap());
+        assert_eq!(
+            store.checkpoint(&b, "150").await.unwrap(),
+            CheckpointOutcome::Advanced
+        );
+        let st = store.state(&s, "sh").await.unwrap();
+        assert_eq!(st.checkpoint.as_deref(), Some("150"));
+        assert_eq!(st.owner.as_deref(), Some("b"));
+    }
+
+    /// Checkpoints compare as big decimal integers and never move backwards.
+    pub async fn checkpoints_only_move_forward(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some(store) = f.create(test).await else {
+            return;
+        };
+        let s = stream_name(test);
+        let a = store.acquire(&s, "sh", "a", LONG).await.unwrap().unwrap();
+        let big = "49590338271490256608559692538361571095921575989136588898";
+        let bigger = "49590338271490256608559692538361571095921575989136588899";
+        assert_eq!(
+            store.checkpoint(&a, "9").await.unwrap(),
+            CheckpointOutcome::Advanced
+        );
+        assert_eq!(
+            store.checkpoint(&a, "10").await.unwrap(),
+            CheckpointOutcome::Advanced
+        );
+        assert_eq!(
+            store.checkpoint(&a, "9").await.unwrap(),
+            CheckpointOutcome::NotForward
+        );
+        assert_eq!(
+            store.checkpoint(&a, "10").await.unwrap(),
+            CheckpointOutcome::NotForward
+        );
+        assert_eq!(
+            store.checkpoint(&a, bigger).await.unwrap(),
+            CheckpointOutcome::Advanced
+        );
+        assert_eq!(
+            store.checkpoint(&a, big).await.unwrap(),
+            CheckpointOutcome::NotForward
+        );
+        assert_eq!(
+            store.state(&s, "sh").await.unwrap().checkpoint.as_deref(),
+            Some(bigger)
+        );
+    }
+
+    /// Release frees the lease and keeps the checkpoint; finished shards are never acquired.
+    pub async fn release_keeps_checkpoint_and_finish_is_final(
+        f: &dyn LeaseStoreFactory,
+        test: &str,
+    ) {
+        let Some(store) = f.create(test).await else {
+            return;
+        };
+        let s = stream_name(test);
+        let a = store.acquire(&s, "sh", "a", LONG).await.unwrap().unwrap();
+        store.checkpoint(&a, "42").await.unwrap();
+        assert!(store.release(&a).await.unwrap());
+        assert!(
+            !store.release(&a).await.unwrap(),
+            "second release is fenced"
+        );
+        let st = store.state(&s, "sh").await.unwrap();
+        assert!(!st.live);
+        assert_eq!(st.owner, None);
+        let b = store.acquire(&s, "sh", "b", LONG).await.unwrap().unwrap();
+        assert_eq!(b.checkpoint.as_deref(), Some("42"));
+        assert!(store.finish(&b).await.unwrap());
+        assert!(store.release(&b).await.unwrap());
+        assert!(store.state(&s, "sh").await.unwrap().finished);
+        assert!(store.acquire(&s, "sh", "c", LONG).await.unwrap().is_none());
+        let never = store.state(&s, "never").await.unwrap();
+        assert_eq!((never.epoch, never.live, never.finished), (0, false, false));
+    }
+
+    /// `leases` lists every shard ever acquired with its state, sorted.
+    pub async fn leases_lists_every_shard(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some(store) = f.create(test).await else {
+            return;
+        };
+        let s = stream_name(test);
+        assert!(store.leases(&s).await.unwrap().is_empty());
+        let b = store.acquire(&s, "sh-b", "x", LONG).await.unwrap().unwrap();
+        let a = store.acquire(&s, "sh-a", "y", LONG).await.unwrap().unwrap();
+        store.checkpoint(&a, "7").await.unwrap();
+        store.release(&b).await.unwrap();
+        store
+            .acquire(&stream_name("other"), "sh-c", "x", LONG)
+            .await
+            .unwrap();
+        let all = store.leases(&s).await.unwrap();
+        let shards: Vec<&str> = all.iter().map(|l| l.shard.as_str()).collect();
+        assert_eq!(shards, ["sh-a", "sh-b"]);
+        assert_eq!(all[0].owner.as_deref(), Some("y"));
+        assert_eq!(all[0].checkpoint.as_deref(), Some("7"));
+        assert!(all[0].live);
+        assert_eq!(all[1].owner, None);
+        assert!(!all[1].live);
+        assert_eq!(all[1].epoch, b.epoch);
+    }
+
+    /// Racing acquirers: exactly one wins.
+    pub async fn concurrent_acquire_has_one_winner(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some(store) = f.create(test).await else {
+            return;
+        };
+        let s = stream_name(test);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let (store, s) = (store.clone(), s.clone());
+            tasks.spawn(async move {
+                store
+                    .acquire(&s, "sh", &format!("o{i}"), LONG)
+                    .await
+                    .unwrap()
+                    .is_some()
+            });
+        }
+        let wins = tasks.join_all().await.into_iter().filter(|w| *w).count();
+        assert_eq!(wins, 1);
+    }
+
+    /// Heartbeats: live instances sorted; dead ones drop out.
+    pub async fn dead_instances_drop_out(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some(store) = f.create(test).await else {
+            return;
+        };
+        let s = stream_name(test);
+        store.heartbeat(&s, "b", LONG).await.unwrap();
+        store.heartbeat(&s, "a", LONG).await.unwrap();
+        store.heartbeat(&s, "dying", SHORT).await.unwrap();
+        let live = store.live_instances(&s).await.unwrap();
+        assert_eq!(live, ["a", "b", "dying"]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let live = store.live_instances(&s).await.unwrap();
+            if live == ["a", "b"] {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still {live:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            store
+                .live_instances(&stream_name("empty"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// Poison counters per (shard, checkpoint), shared and resettable.
+    pub async fn poison_counters(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some(store) = f.create(test).await else {
+            return;
+        };
+        let s = stream_name(test);
+        assert_eq!(store.record_failure(&s, "sh", "10").await.unwrap(), 1);
+        assert_eq!(store.record_failure(&s, "sh", "10").await.unwrap(), 2);
+        assert_eq!(store.record_failure(&s, "sh", "11").await.unwrap(), 1);
+        assert_eq!(store.record_failure(&s, "other", "10").await.unwrap(), 1);
+        store.clear_failures(&s, "sh").await.unwrap();
+        assert_eq!(store.record_failure(&s, "sh", "10").await.unwrap(), 1);
+        assert_eq!(store.record_failure(&s, "other", "10").await.unwrap(), 2);
+    }
+}
+
+/// Stamps one `#[tokio::test]` per lease-store conformance case, each calling `$factory` for a
+/// fresh [`LeaseStoreFactory`].
+#[macro_export]
+macro_rules! lease_store_tests {
+    ($factory:expr) => {
+        $crate::lease_store_tests!(@cases $factory;
+            acquire_is_exclusive_and_epochs_increase,
+            stale_owner_is_fenced,
+            checkpoints_only_move_forward,
+            release_keeps_checkpoint_and_finish_is_final,
+            leases_lists_every_shard,
+            concurrent_acquire_has_one_winner,
+            dead_instances_drop_out,
+            poison_counters
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let factory = $factory;
+                $crate::testkit::cases::$case(&factory, stringify!($case)).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,194 @@
+//! A stale owner (its lease expired and was taken over while its handler ran) cannot checkpoint:
+//! the fence refuses the write, `lease_lost` fires and the old owner stops.
+
+#[path = "common/emulator.rs"]
+mod emulator;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use emulator::Emulator;
+use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
+use mq_core::{
+    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, MessageQueue,
+    NewMessage, QueueName, async_trait, handler_fn,
+};
+use mq_kinesis::{
+    CheckpointOutcome, InMemoryLeaseStore, KinesisOptions, KinesisQueue, Lease, LeaseState,
+    LeaseStore, Result,
+};
+
+/// Pretends to renew the leases of `owner` without doing it, so they expire under its feet.
+#[derive(Debug)]
+struct FakeRenewal {
+    inner: InMemoryLeaseStore,
+    owner: &'static str,
+}
+
+#[async_trait]
+impl LeaseStore for FakeRenewal {
+    async fn acquire(&self, s: &str, sh: &str, o: &str, ttl: Duration) -> Result<Option<Lease>> {
+        self.inner.acquire(s, sh, o, ttl).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        if lease.owner == self.owner {
+            return Ok(true);
+        }
+        self.inner.renew(lease, ttl).await
+    }
+    async fn checkpoint(&self, lease: &Lease, seq: &str) -> Result<CheckpointOutcome> {
+        self.inner.checkpoint(lease, seq).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        self.inner.release(lease).await
+    }
+    async fn finish(&self, lease: &Lease) -> Result<bool> {
+        self.inner.finish(lease).await
+    }
+    async fn state(&self, s: &str, sh: &str) -> Result<LeaseState> {
+        self.inner.state(s, sh).await
+    }
+    async fn leases(&self, s: &str) -> Result<Vec<LeaseState>> {
+        self.inner.leases(s).await
+    }
+    async fn record_failure(&self, s: &str, sh: &str, c: &str) -> Result<u32> {
+        self.inner.record_failure(s, sh, c).await
+    }
+    async fn clear_failures(&self, s: &str, sh: &str) -> Result<()> {
+        self.inner.clear_failures(s, sh).await
+    }
+    async fn heartbeat(&self, s: &str, i: &str, ttl: Duration) -> Result<()> {
+        self.inner.heartbeat(s, i, ttl).await
+    }
+    async fn live_instances(&self, s: &str) -> Result<Vec<String>> {
+        self.inner.live_instances(s).await
+    }
+}
+
+fn observed(obs: &Arc<RecordingObserver>) -> CommonOptions {
+    CommonOptions::default().lifecycle(
+        LifecycleDispatcher::builder()
+            .observer(obs.clone())
+            .mode(DispatchMode::Sync)
+            .build(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_owner_cannot_checkpoint() {
+    let emu = Emulator::start().await;
+    let stream = "fencing";
+    let shard = "shardId-000000000000";
+    emu.create_stream(stream, 1).await;
+    let store: Arc<dyn LeaseStore> = Arc::new(FakeRenewal {
+        inner: InMemoryLeaseStore::new(),
+        owner: "a",
+    });
+    let q = QueueName::new(stream).unwrap();
+    let (obs_a, obs_b) = (
+        Arc::new(RecordingObserver::default()),
+        Arc::new(RecordingObserver::default()),
+    );
+    let a = KinesisQueue::with_client(
+        emu.client(),
+        KinesisOptions::new(store.clone())
+            .instance_id("a")
+            .common(observed(&obs_a))
+            .discovery_interval(Duration::from_millis(50)),
+    );
+    a.register(&q).await.unwrap();
+    let msgs: Vec<NewMessage> = (0..20)
+        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
+        .collect();
+    assert!(a.publish(&q, msgs).await.unwrap().is_complete());
+
+    let a_in_handler = Arc::new(AtomicBool::new(false));
+    let b_owns = Arc::new(AtomicBool::new(false));
+    let a_batches = Arc::new(DeliveryLedger::default());
+    let (inh, owns, ab) = (a_in_handler.clone(), b_owns.clone(), a_batches.clone());
+    let handler_a = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        let (inh, owns, ab) = (inh.clone(), owns.clone(), ab.clone());
+        async move {
+            for m in batch.iter() {
+                ab.begin(m.id.as_str());
+            }
+            inh.store(true, Ordering::SeqCst);
+            while !owns.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }));
+    let opts = fast_options().lease_duration(Duration::from_millis(500));
+    let consumer_a = a.consume(&q, handler_a, opts.clone()).await.unwrap();
+    eventually(Duration::from_secs(10), "a handles its first batch", || {
+        a_in_handler.load(Ordering::SeqCst)
+    })
+    .await;
+
+    let ledger_b = Arc::new(DeliveryLedger::default());
+    let a_lost = Arc::new(AtomicBool::new(false));
+    let (lb, lost) = (ledger_b.clone(), a_lost.clone());
+    let handler_b = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        let (lb, lost) = (lb.clone(), lost.clone());
+        async move {
+            while !lost.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            for m in batch.iter() {
+                lb.begin(m.id.as_str());
+                lb.end(m.id.as_str());
+            }
+        }
+    }));
+    let b = KinesisQueue::with_client(
+        emu.client(),
+        KinesisOptions::new(store.clone())
+            .instance_id("b")
+            .common(observed(&obs_b))
+            .discovery_interval(Duration::from_millis(50)),
+    );
+    b.register(&q).await.unwrap();
+    let consumer_b = b.consume(&q, handler_b, opts).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = store.state(stream, shard).await.unwrap();
+        if st.owner.as_deref() == Some("b") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b never took over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    b_owns.store(true, Ordering::SeqCst);
+    // a's handler returns now; its checkpoint must be refused
+    eventually(Duration::from_secs(10), "a reports lease_lost", || {
+        obs_a.count("lease_lost") == 1
+    })
+    .await;
+    assert_eq!(
+        store.state(stream, shard).await.unwrap().checkpoint,
+        None,
+        "the stale owner's checkpoint was not written"
+    );
+    a_lost.store(true, Ordering::SeqCst);
+    eventually(Duration::from_secs(20), "b delivers all 20", || {
+        ledger_b.distinct() == 20
+    })
+    .await;
+    consumer_b.stop().await;
+    consumer_a.stop().await;
+    assert!(a_batches.distinct() > 0 && a_batches.distinct() <= 20);
+    assert_eq!(obs_a.count("checkpoint"), 0);
+    assert!(obs_b.count("checkpoint") >= 1);
+    assert_eq!(obs_b.count("lease_lost"), 0);
+    assert!(
+        store
+            .state(stream, shard)
+            .await
+            .unwrap()
+            .checkpoint
+            .is_some()
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

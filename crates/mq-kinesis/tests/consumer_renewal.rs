@@ -1,0 +1,224 @@
+//! Lease renewal retries with backoff before giving up (K2); a lease that cannot be renewed is
+//! lost: the handler's token is cancelled and nothing is checkpointed. Heartbeat failures are
+//! counted and reported past a threshold (K8).
+
+#[path = "common/emulator.rs"]
+mod emulator;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use emulator::Emulator;
+use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
+use mq_core::{
+    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, LifecycleEvent,
+    MessageQueue, NewMessage, QueueName, async_trait, handler_fn,
+};
+use mq_kinesis::{
+    CheckpointOutcome, Error, InMemoryLeaseStore, KinesisOptions, KinesisQueue, Lease, LeaseState,
+    LeaseStore, Result,
+};
+
+/// Fails renewals and heartbeats on demand.
+#[derive(Debug, Default)]
+struct Flaky {
+    inner: InMemoryLeaseStore,
+    renew_calls: AtomicUsize,
+    /// renewal call n fails unless n % fail_cycle == fail_cycle - 1 (0 = never fail)
+    fail_cycle: AtomicUsize,
+    renew_broken: AtomicBool,
+    heartbeat_broken: AtomicBool,
+}
+
+fn broken(op: &'static str) -> Error {
+    Error::LeaseStore {
+        operation: op,
+        source: "injected failure".into(),
+    }
+}
+
+#[async_trait]
+impl LeaseStore for Flaky {
+    async fn acquire(&self, s: &str, sh: &str, o: &str, ttl: Duration) -> Result<Option<Lease>> {
+        self.inner.acquire(s, sh, o, ttl).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        let n = self.renew_calls.fetch_add(1, Ordering::SeqCst);
+        let cycle = self.fail_cycle.load(Ordering::SeqCst);
+        if self.renew_broken.load(Ordering::SeqCst) || (cycle > 0 && n % cycle != cycle - 1) {
+            return Err(broken("renew"));
+        }
+        self.inner.renew(lease, ttl).await
+    }
+    async fn checkpoint(&self, lease: &Lease, seq: &str) -> Result<CheckpointOutcome> {
+        self.inner.checkpoint(lease, seq).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        self.inner.release(lease).await
+    }
+    async fn finish(&self, lease: &Lease) -> Result<bool> {
+        self.inner.finish(lease).await
+    }
+    async fn state(&self, s: &str, sh: &str) -> Result<LeaseState> {
+        self.inner.state(s, sh).await
+    }
+    async fn leases(&self, s: &str) -> Result<Vec<LeaseState>> {
+        self.inner.leases(s).await
+    }
+    async fn record_failure(&self, s: &str, sh: &str, c: &str) -> Result<u32> {
+        self.inner.record_failure(s, sh, c).await
+    }
+    async fn clear_failures(&self, s: &str, sh: &str) -> Result<()> {
+        self.inner.clear_failures(s, sh).await
+    }
+    async fn heartbeat(&self, s: &str, i: &str, ttl: Duration) -> Result<()> {
+        if self.heartbeat_broken.load(Ordering::SeqCst) {
+            return Err(broken("heartbeat"));
+        }
+        self.inner.heartbeat(s, i, ttl).await
+    }
+    async fn live_instances(&self, s: &str) -> Result<Vec<String>> {
+        self.inner.live_instances(s).await
+    }
+}
+
+async fn setup(
+    stream: &str,
+    store: Arc<Flaky>,
+    obs: &Arc<RecordingObserver>,
+) -> (Emulator, KinesisQueue, QueueName) {
+    let emu = Emulator::start().await;
+    emu.create_stream(stream, 1).await;
+    let queue = KinesisQueue::with_client(
+        emu.client(),
+        KinesisOptions::new(store)
+            .instance_id("me")
+            .common(
+                CommonOptions::default().lifecycle(
+                    LifecycleDispatcher::builder()
+                        .observer(obs.clone())
+                        .mode(DispatchMode::Sync)
+                        .build(),
+                ),
+            )
+            .discovery_interval(Duration::from_millis(30)),
+    );
+    let q = QueueName::new(stream).unwrap();
+    queue.register(&q).await.unwrap();
+    let msgs: Vec<NewMessage> = (0..10)
+        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
+        .collect();
+    assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
+    (emu, queue, q)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_retries_before_giving_up() {
+    let store = Arc::new(Flaky::default());
+    // every renewal round: two errors, then success
+    store.fail_cycle.store(3, Ordering::SeqCst);
+    let obs = Arc::new(RecordingObserver::default());
+    let (_emu, queue, q) = setup("renew-retry", store.clone(), &obs).await;
+    let ledger = Arc::new(DeliveryLedger::default());
+    let l = ledger.clone();
+    let handler = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        let l = l.clone();
+        async move {
+            for m in batch.iter() {
+                l.begin(m.id.as_str());
+                l.end(m.id.as_str());
+            }
+        }
+    }));
+    let opts = fast_options().lease_duration(Duration::from_millis(900));
+    let consumer = queue.consume(&q, handler, opts).await.unwrap();
+    eventually(Duration::from_secs(20), "several renewal rounds", || {
+        store.renew_calls.load(Ordering::SeqCst) >= 12 && ledger.distinct() == 10
+    })
+    .await;
+    assert_eq!(obs.count("lease_lost"), 0, "retries kept the lease");
+    let st = store
+        .state("renew-retry", "shardId-000000000000")
+        .await
+        .unwrap();
+    assert!(st.live && st.owner.as_deref() == Some("me"));
+    consumer.stop().await;
+    queue.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrenewable_lease_is_lost_and_cancels_the_handler() {
+    let store = Arc::new(Flaky::default());
+    let obs = Arc::new(RecordingObserver::default());
+    let (_emu, queue, q) = setup("renew-lost", store.clone(), &obs).await;
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let c = cancelled.clone();
+    let s2 = store.clone();
+    let handler = Arc::new(handler_fn(move |_batch: Batch, ctx: HandlerContext| {
+        let (c, s2) = (c.clone(), s2.clone());
+        async move {
+            s2.renew_broken.store(true, Ordering::SeqCst);
+            ctx.cancelled().await;
+            c.store(true, Ordering::SeqCst);
+        }
+    }));
+    let opts = fast_options().lease_duration(Duration::from_millis(600));
+    let consumer = queue.consume(&q, handler, opts).await.unwrap();
+    eventually(Duration::from_secs(20), "lease lost", || {
+        obs.count("lease_lost") >= 1
+    })
+    .await;
+    eventually(Duration::from_secs(5), "handler cancelled", || {
+        cancelled.load(Ordering::SeqCst)
+    })
+    .await;
+    assert!(
+        store.renew_calls.load(Ordering::SeqCst) >= 3,
+        "3 attempts before giving up"
+    );
+    assert_eq!(
+        obs.count("checkpoint"),
+        0,
+        "nothing checkpointed after the loss"
+    );
+    assert!(obs.events().iter().any(|e| matches!(
+        e,
+        LifecycleEvent::LeaseLost { reason, epoch: 1, .. } if reason.contains("renewal failed 3 times")
+    )));
+    consumer.stop().await;
+    queue.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_failures_fire_an_event_past_the_threshold() {
+    let store = Arc::new(Flaky::default());
+    store.heartbeat_broken.store(true, Ordering::SeqCst);
+    let obs = Arc::new(RecordingObserver::default());
+    let (_emu, queue, q) = setup("heartbeat", store.clone(), &obs).await;
+    let handler = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {}));
+    let consumer = queue.consume(&q, handler, fast_options()).await.unwrap();
+    eventually(Duration::from_secs(10), "heartbeat_failure events", || {
+        obs.count("heartbeat_failure") >= 2
+    })
+    .await;
+    consumer.stop().await;
+    let counts: Vec<u32> = obs
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            LifecycleEvent::HeartbeatFailure {
+                consecutive_failures,
+                instance_id,
+                ..
+            } => {
+                assert_eq!(instance_id, "me");
+                Some(consecutive_failures)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts[0], 3, "first event at the threshold");
+    assert!(counts.windows(2).all(|w| w[1] == w[0] + 1));
+    queue.shutdown().await.unwrap();
+}

@@ -1,0 +1,100 @@
+//! The lease-store conformance suite on every implementation: in-memory, file, Redis and a
+//! 3-node Redis Cluster started by the test.
+
+#[path = "common/redis_cluster.rs"]
+mod redis_cluster;
+
+use std::sync::Arc;
+
+use mq_kinesis::testkit::{LeaseStoreFactory, cases};
+use mq_kinesis::{FileLeaseStore, InMemoryLeaseStore, LeaseStore, RedisLeaseStore};
+
+struct Memory;
+
+#[mq_core::async_trait]
+impl LeaseStoreFactory for Memory {
+    async fn create(&self, _test: &str) -> Option<Arc<dyn LeaseStore>> {
+        Some(Arc::new(InMemoryLeaseStore::new()))
+    }
+}
+
+struct File;
+
+#[mq_core::async_trait]
+impl LeaseStoreFactory for File {
+    async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
+        let dir = std::env::temp_dir()
+            .join("mq-kinesis-lease-tests")
+            .join(format!("{test}-{}", ulid::Ulid::new()));
+        Some(Arc::new(FileLeaseStore::new(dir).unwrap()))
+    }
+}
+
+struct Redis;
+
+#[mq_core::async_trait]
+impl LeaseStoreFactory for Redis {
+    async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
+        match mq_core::testkit::service_url("REDIS_URL") {
+            Ok(url) => Some(Arc::new(
+                RedisLeaseStore::connect(&url, format!("mqtest-{test}"))
+                    .await
+                    .unwrap(),
+            )),
+            Err(reason) => {
+                eprintln!("skipping {test}: {reason}");
+                None
+            }
+        }
+    }
+}
+
+struct Fixed(Arc<dyn LeaseStore>);
+
+#[mq_core::async_trait]
+impl LeaseStoreFactory for Fixed {
+    async fn create(&self, _test: &str) -> Option<Arc<dyn LeaseStore>> {
+        Some(self.0.clone())
+    }
+}
+
+mod memory {
+    mq_kinesis::lease_store_tests!(super::Memory);
+}
+
+mod file {
+    mq_kinesis::lease_store_tests!(super::File);
+}
+
+mod redis {
+    mq_kinesis::lease_store_tests!(super::Redis);
+}
+
+/// Every case against one 3-node cluster (started and stopped here, so no process outlives the
+/// test binary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_runs_every_case() {
+    let cluster = match redis_cluster::RedisCluster::start().await {
+        Ok(c) => c,
+        Err(reason) => {
+            if std::env::var("MQ_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!("redis cluster unavailable: {reason}");
+            }
+            eprintln!("skipping redis_cluster_runs_every_case: {reason}");
+            return;
+        }
+    };
+    let store = RedisLeaseStore::connect(&cluster.url(), "mqtest-cluster")
+        .await
+        .unwrap();
+    let f = Fixed(Arc::new(store));
+    cases::acquire_is_exclusive_and_epochs_increase(&f, "cluster-acquire").await;
+    cases::stale_owner_is_fenced(&f, "cluster-fenced").await;
+    cases::checkpoints_only_move_forward(&f, "cluster-forward").await;
+    cases::release_keeps_checkpoint_and_finish_is_final(&f, "cluster-release").await;
+    cases::leases_lists_every_shard(&f, "cluster-list").await;
+    cases::concurrent_acquire_has_one_winner(&f, "cluster-race").await;
+    cases::dead_instances_drop_out(&f, "cluster-members").await;
+    cases::poison_counters(&f, "cluster-poison").await;
+    cluster.stop().await;
+}

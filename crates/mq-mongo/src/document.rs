@@ -1,0 +1,221 @@
+//! The stored layout of a message and its conversions.
+//!
+//! One document per message:
+//!
+//! ```text
+//! { _id: "<queue>/<message id>",   // unique per queue
+//!   queue, type, payload (BSON from JSON), status,
+//!   execute_at, expires_at?, created_at, updated_at, processing_started_at?, finished_at?,
+//!   attempts, max_attempts?, retry_delay_ms?, partition_key?, metadata?,
+//!   lease_owner?, lease_expires_at?, last_error?, claim_token?, op_token? }
+//! ```
+//!
+//! Queue names cannot contain `/`, so the key splits at its first `/` without ambiguity
+//! whatever the id holds. (A compound `{q, id}` key works too, but some MongoDB-compatible
+//! servers cannot use the `_id` index for `$in` over embedded documents, which every claim and
+//! completion does.)
+//!
+//! Times are BSON dates (millisecond precision); `execute_at` is rounded up to the next
+//! millisecond so a message is never delivered before the time it was given.
+
+use chrono::{DateTime, Utc};
+use mongodb::bson::{self, Bson, Document, doc};
+use mq_core::{Message, MessageId, QueueName, Status};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The `_id` of a message: `<queue>/<id>`.
+pub(crate) struct Key;
+
+impl Key {
+    pub(crate) fn string(queue: &QueueName, id: &MessageId) -> String {
+        format!("{}/{}", queue.as_str(), id.as_str())
+    }
+
+    pub(crate) fn bson(queue: &QueueName, id: &MessageId) -> Bson {
+        Bson::String(Key::string(queue, id))
+    }
+
+    /// `(queue, id)` of a key.
+    pub(crate) fn split(key: &str) -> Option<(&str, &str)> {
+        key.split_once('/')
+    }
+}
+
+/// A message document as read from and written to the collection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Doc {
+    #[serde(rename = "_id")]
+    pub(crate) key: String,
+    pub(crate) queue: String,
+    #[serde(rename = "type")]
+    pub(crate) message_type: String,
+    #[serde(default)]
+    pub(crate) payload: Bson,
+    pub(crate) status: String,
+    pub(crate) execute_at: bson::DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) expires_at: Option<bson::DateTime>,
+    #[serde(default)]
+    pub(crate) attempts: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_attempts: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) retry_delay_ms: Option<i64>,
+    pub(crate) created_at: bson::DateTime,
+    pub(crate) updated_at: bson::DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) processing_started_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) partition_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) metadata: Option<Bson>,
+}
+
+/// A BSON date at `t`, truncated to the millisecond.
+pub(crate) fn date(t: DateTime<Utc>) -> bson::DateTime {
+    bson::DateTime::from_millis(t.timestamp_millis())
+}
+
+/// A BSON date at `t`, rounded up to the next millisecond.
+pub(crate) fn date_ceil(t: DateTime<Utc>) -> bson::DateTime {
+    let ms = t.timestamp_millis();
+    let exact = i64::from(t.timestamp_subsec_nanos().is_multiple_of(1_000_000));
+    bson::DateTime::from_millis(ms.saturating_add(1 - exact))
+}
+
+fn chrono(d: bson::DateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(d.timestamp_millis()).unwrap_or(if d.timestamp_millis() < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
+}
+
+impl Doc {
+    /// The document for a new message; `Err` when the payload or metadata have no BSON form.
+    pub(crate) fn from_message(m: &Message) -> Result<Doc, bson::ser::Error> {
+        let payload = bson::to_bson(&m.payload)?;
+        let metadata = if m.metadata.is_empty() {
+            None
+        } else {
+            Some(bson::to_bson(&m.metadata)?)
+        };
+        Ok(Doc {
+            key: Key::string(&m.queue, &m.id),
+            queue: m.queue.as_str().to_owned(),
+            message_type: m.message_type.clone(),
+            payload,
+            status: m.status.as_str().to_owned(),
+            execute_at: date_ceil(m.execute_at),
+            expires_at: m.expires_at.map(date),
+            attempts: i64::from(m.attempts),
+            max_attempts: m.max_attempts.map(i64::from),
+            retry_delay_ms: m
+                .retry_delay
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            created_at: date(m.created_at),
+            updated_at: date(m.updated_at),
+            processing_started_at: m.processing_started_at.map(date),
+            partition_key: m.partition_key.clone(),
+            metadata,
+        })
+    }
+
+    /// The message this document holds.
+    pub(crate) fn into_message(self) -> Result<Message, Error> {
+        let malformed = |reason: String| Error::Malformed {
+            queue: self.queue.clone(),
+            id: self.key.clone(),
+            reason,
+        };
+        let Some((_, raw_id)) = Key::split(&self.key) else {
+            return Err(malformed("_id is not <queue>/<id>".into()));
+        };
+        let id = MessageId::new(raw_id).map_err(|e| malformed(e.to_string()))?;
+        let queue = QueueName::new(&self.queue).map_err(|e| malformed(e.to_string()))?;
+        let status: Status = self
+            .status
+            .parse()
+            .map_err(|e: mq_core::Error| malformed(e.to_string()))?;
+        let payload: serde_json::Value = match self.payload {
+            Bson::Null | Bson::Undefined => serde_json::Value::Null,
+            other => bson::from_bson(other).map_err(|e| malformed(format!("payload: {e}")))?,
+        };
+        let mut m = Message::new(
+            id,
+            queue,
+            self.message_type.clone(),
+            payload,
+            chrono(self.created_at),
+        );
+        m.status = status;
+        m.execute_at = chrono(self.execute_at);
+        m.expires_at = self.expires_at.map(chrono);
+        m.attempts = u32::try_from(self.attempts.max(0)).unwrap_or(u32::MAX);
+        m.max_attempts = self
+            .max_attempts
+            .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX));
+        m.retry_delay = self
+            .retry_delay_ms
+            .map(|ms| std::time::Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(0)));
+        m.updated_at = chrono(self.updated_at);
+        m.processing_started_at = self.processing_started_at.map(chrono);
+        m.partition_key = self.partition_key.clone();
+        if let Some(meta) = self.metadata.clone() {
+            m.metadata = bson::from_bson(meta).map_err(|e| malformed(format!("metadata: {e}")))?;
+        }
+        Ok(m)
+    }
+}
+
+/// The projection that reads a [`Doc`] without the bookkeeping fields.
+pub(crate) fn doc_projection() -> Document {
+    doc! {
+        "lease_owner": 0, "lease_expires_at": 0, "last_error": 0, "claim_token": 0,
+        "op_token": 0, "finished_at": 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let now = Utc::now();
+        let mut m = Message::new(
+            MessageId::new("a/b c").unwrap(),
+            QueueName::new("q1").unwrap(),
+            "t",
+            json!({"n": 1, "f": 1.5, "s": "x", "l": [1, 2], "big": 9_007_199_254_740_993_i64, "o": {"k": null}}),
+            now,
+        );
+        m.expires_at = Some(now + chrono::Duration::seconds(5));
+        m.max_attempts = Some(4);
+        m.retry_delay = Some(std::time::Duration::from_millis(1500));
+        m.partition_key = Some("pk".into());
+        m.metadata.log_context.insert("r".into(), "1".into());
+        let d = Doc::from_message(&m).unwrap();
+        let bytes = bson::to_document(&d).unwrap();
+        let back: Doc = bson::from_document(bytes).unwrap();
+        let got = back.into_message().unwrap();
+        assert_eq!(got.payload, m.payload);
+        assert_eq!(got.id, m.id);
+        assert_eq!(got.max_attempts, Some(4));
+        assert_eq!(got.retry_delay, m.retry_delay);
+        assert_eq!(got.metadata, m.metadata);
+        assert!(got.execute_at >= m.execute_at);
+        assert!(got.execute_at - m.execute_at < chrono::Duration::milliseconds(1));
+    }
+
+    #[test]
+    fn ceil_rounds_up_only_fractions() {
+        let t = DateTime::from_timestamp_millis(1_000).unwrap();
+        assert_eq!(date_ceil(t).timestamp_millis(), 1_000);
+        let t2 = t + chrono::Duration::microseconds(1);
+        assert_eq!(date_ceil(t2).timestamp_millis(), 1_001);
+    }
+}

@@ -1,0 +1,63 @@
+//! MongoDB backend for mq, safe with many consumers on many hosts.
+//!
+//! [`MongoQueue`] keeps every queue's messages in one collection (one document per message,
+//! keyed `"<queue>/<message id>"`; queue names cannot contain `/`) and runs the shared mq consumer runtime over
+//! [`MongoStore`]:
+//!
+//! - **atomic, lease-based claiming**: a message is taken only by an update whose filter still
+//!   sees it ready, and held under a lease (owner + expiry) that the consumer renews while the
+//!   handler runs; an expired lease (a crashed consumer) makes it claimable again, and ack,
+//!   retry and fail are accepted only from the current holder;
+//! - **unordered batch publish** that reports exactly which messages were refused (duplicate
+//!   ids) and stores the rest;
+//! - **indexes** created on `register` (claiming and expiry), plus an optional TTL index that
+//!   deletes finished messages after [`MongoOptions::retention`];
+//! - **change-stream wake-up** of idle consumers on replica sets, polling otherwise.
+//!
+//! # Quickstart
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mq_core::{handler_fn, Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName};
+//! use mq_mongo::{MongoOptions, MongoQueue};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let queue = MongoQueue::connect(
+//!     "mongodb://127.0.0.1:27017/?directConnection=true",
+//!     MongoOptions::default().database("jobs"),
+//!     CommonOptions::default(),
+//! )
+//! .await?;
+//! let emails = QueueName::new("emails")?;
+//! queue.register(&emails).await?;
+//! queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?;
+//!
+//! let handler = Arc::new(handler_fn(|batch: Batch, _ctx: HandlerContext| async move {
+//!     assert_eq!(batch[0].message_type, "welcome");
+//! }));
+//! let report = queue.consume_batch(&emails, handler, &ConsumerOptions::default()).await?;
+//! assert_eq!(report.acked, 1);
+//! queue.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! None: the crate uses the `mongodb` driver with its default features (rustls TLS, SRV
+//! lookups).
+
+#![doc(test(attr(deny(warnings), allow(dead_code))))]
+
+mod document;
+mod error;
+mod options;
+mod queue;
+mod store;
+mod wake;
+
+pub use error::{Error, Result};
+pub use options::{ClaimStrategy, MongoOptions};
+pub use queue::MongoQueue;
+pub use store::MongoStore;

@@ -1,0 +1,252 @@
+//! Many consumers with their own clients on one queue: no double claims, nothing lost when a
+//! consumer dies mid-batch (needs `MONGODB_URI`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mq_core::testkit::{DeliveryLedger, eventually, fast_options, queue_name, service_url};
+use mq_core::{
+    Batch, CommonOptions, HandlerContext, MessageQueue, NewMessage, QueueName, handler_fn,
+};
+use mq_mongo::{MongoOptions, MongoQueue};
+use serde_json::json;
+
+fn url(test: &str) -> Option<String> {
+    match service_url("MONGODB_URI") {
+        Ok(u) => Some(u),
+        Err(reason) => {
+            eprintln!("skipping {test}: {reason}");
+            None
+        }
+    }
+}
+
+async fn queue(url: &str, db: &str) -> MongoQueue {
+    MongoQueue::connect(
+        url,
+        MongoOptions::default().database(db),
+        CommonOptions::default(),
+    )
+    .await
+    .expect("connect")
+}
+
+async fn fresh(url: &str, db: &str, name: &QueueName) -> MongoQueue {
+    let q = queue(url, db).await;
+    q.store()
+        .client()
+        .database(db)
+        .drop()
+        .await
+        .expect("drop database");
+    q.register(name).await.expect("register");
+    q
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_clients_ten_thousand_messages_no_double_claim() {
+    const TEST: &str = "four_clients_ten_thousand_messages_no_double_claim";
+    const N: usize = 10_000;
+    let Some(url) = url(TEST) else { return };
+    let db = "mqt_claim_contention_four";
+    let name = queue_name(TEST);
+    let publisher = fresh(&url, db, &name).await;
+    let ledger = Arc::new(DeliveryLedger::default());
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (url, name, ledger) = (url.clone(), name.clone(), ledger.clone());
+        // Each consumer in its own task with its own client.
+        tasks.push(tokio::spawn(async move {
+            let q = queue(&url, db).await;
+            q.register(&name).await.expect("register");
+            let l = ledger.clone();
+            let h = handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+                let l = l.clone();
+                async move {
+                    for m in batch.iter() {
+                        l.begin(m.id.as_str());
+                    }
+                    tokio::task::yield_now().await;
+                    for m in batch.iter() {
+                        l.end(m.id.as_str());
+                    }
+                }
+            });
+            let c = q
+                .consume(
+                    &name,
+                    Arc::new(h),
+                    fast_options()
+                        .batch_size(100)
+                        .concurrency(2)
+                        .lease_duration(Duration::from_secs(120)),
+                )
+                .await
+                .expect("consume");
+            (q, c)
+        }));
+    }
+    let mut consumers = Vec::new();
+    for t in tasks {
+        consumers.push(t.await.expect("consumer task"));
+    }
+    let started = Instant::now();
+    for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
+        let r = publisher
+            .publish(
+                &name,
+                chunk
+                    .iter()
+                    .map(|i| NewMessage::new("t", json!({ "n": i })))
+                    .collect(),
+            )
+            .await
+            .expect("publish");
+        assert!(r.is_complete(), "{:?}", r.failed);
+    }
+    eventually(Duration::from_secs(600), "all 10,000 delivered", || {
+        ledger.distinct() == N
+    })
+    .await;
+    let took = started.elapsed();
+    for (q, c) in consumers {
+        c.stop().await;
+        q.shutdown().await.expect("shutdown");
+    }
+    eprintln!(
+        "{TEST}: {} distinct, {} duplicates, {} overlaps in {took:?} ({:.0} msg/s)",
+        ledger.distinct(),
+        ledger.duplicates(),
+        ledger.overlaps(),
+        N as f64 / took.as_secs_f64()
+    );
+    assert_eq!(
+        ledger.overlaps(),
+        0,
+        "a message was delivered while another consumer held it"
+    );
+    assert_eq!(
+        ledger.duplicates(),
+        0,
+        "no lease expired, so nothing may be delivered twice"
+    );
+    let depth = publisher.store().depth(&name).await.expect("depth");
+    assert_eq!(
+        depth.get(&mq_core::Status::Executed).copied(),
+        Some(N as u64),
+        "{depth:?}"
+    );
+    publisher.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_killed_mid_batch_loses_nothing() {
+    const TEST: &str = "consumer_killed_mid_batch_loses_nothing";
+    const N: usize = 300;
+    let Some(url) = url(TEST) else { return };
+    let db = "mqt_claim_contention_killed";
+    let name = queue_name(TEST);
+    let publisher = fresh(&url, db, &name).await;
+    let r = publisher
+        .publish(
+            &name,
+            (0..N)
+                .map(|i| NewMessage::new("t", json!({ "n": i })))
+                .collect(),
+        )
+        .await
+        .expect("publish");
+    assert!(r.is_complete());
+
+    // The victim claims a batch of 200 with a 2 s lease and never finishes it.
+    let lease = Duration::from_secs(2);
+    let victim = queue(&url, db).await;
+    victim.register(&name).await.expect("register");
+    let held = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (tx, rx) = tokio::sync::oneshot::channel::<Instant>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let h2 = held.clone();
+    let stuck = handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        let (h2, tx) = (h2.clone(), tx.clone());
+        async move {
+            h2.lock()
+                .unwrap()
+                .extend(batch.iter().map(|m| m.id.to_string()));
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(Instant::now());
+            }
+            std::future::pending::<()>().await;
+        }
+    });
+    // The claim happens after this instant, so its lease ends after `asked + lease`.
+    let asked = Instant::now();
+    let vq = victim.clone();
+    let vname = name.clone();
+    let task = tokio::spawn(async move {
+        let opts = fast_options().batch_size(200).lease_duration(lease);
+        let _ = vq.consume_batch(&vname, Arc::new(stuck), &opts).await;
+    });
+    let _handler_started = rx.await.expect("victim got a batch");
+    task.abort(); // killed mid-batch: no completion, no more renewals
+    let _ = task.await;
+    drop(victim);
+    let victim_ids = held.lock().unwrap().clone();
+    assert_eq!(victim_ids.len(), 200);
+
+    // A survivor on its own client takes everything, the victim's batch after its lease.
+    let survivor = queue(&url, db).await;
+    survivor.register(&name).await.expect("register");
+    let ledger = Arc::new(DeliveryLedger::default());
+    let early = Arc::new(AtomicUsize::new(0));
+    let victims: Arc<std::collections::HashSet<String>> =
+        Arc::new(victim_ids.iter().cloned().collect());
+    let (l, e, v) = (ledger.clone(), early.clone(), victims.clone());
+    let h = handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        let (l, e, v) = (l.clone(), e.clone(), v.clone());
+        async move {
+            for m in batch.iter() {
+                l.begin(m.id.as_str());
+                if v.contains(m.id.as_str()) {
+                    // must wait for the lease (minus clock rounding)
+                    if asked.elapsed() < lease - Duration::from_millis(50) {
+                        e.fetch_add(1, Ordering::SeqCst);
+                    }
+                    assert_eq!(m.attempts, 2, "the killed delivery counts");
+                }
+                l.end(m.id.as_str());
+            }
+        }
+    });
+    let c = survivor
+        .consume(&name, Arc::new(h), fast_options().batch_size(50))
+        .await
+        .expect("consume");
+    eventually(Duration::from_secs(120), "all messages delivered", || {
+        ledger.distinct() == N
+    })
+    .await;
+    c.stop().await;
+    let lost = N - ledger.distinct();
+    eprintln!(
+        "{TEST}: victim held {}, lost {lost}, duplicates {}, taken before lease expiry {}",
+        victim_ids.len(),
+        ledger.duplicates(),
+        early.load(Ordering::SeqCst)
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(
+        early.load(Ordering::SeqCst),
+        0,
+        "taken while the victim's lease was valid"
+    );
+    assert_eq!(ledger.duplicates(), 0);
+    let depth = survivor.store().depth(&name).await.expect("depth");
+    assert_eq!(
+        depth.get(&mq_core::Status::Executed).copied(),
+        Some(N as u64),
+        "{depth:?}"
+    );
+    survivor.shutdown().await.expect("shutdown");
+    publisher.shutdown().await.expect("shutdown");
+}
