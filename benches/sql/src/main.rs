@@ -1,4 +1,6 @@
-//! Throughput of the SQL queue: publish in batches, then claim + ack through `SqlQueue`, and on
+//! Throughput of the SQL queue: publish in batches, then claim + ack through `SqlQueue` (on
+//! PostgreSQL both with the default, which keeps acknowledged rows, and with
+//! `SqlOptions::delete_on_ack`), and on
 //! PostgreSQL the same workload through (a) a bare sqlx `SKIP LOCKED` claim/delete loop (the
 //! practical limit) and (b) apalis's PostgreSQL backend (`apalis-postgres`, in its own `apalis`
 //! schema), interleaved round by round; the best round of each counts.
@@ -407,7 +409,7 @@ fn best(a: Option<Rates>, b: Rates) -> Rates {
 
 fn print(label: &str, r: &Rates) {
     println!(
-        "{label:<32} publish {:>9.0} msg/s   claim+ack {:>9.0} msg/s   end-to-end {:>9.0} msg/s",
+        "{label:<40} publish {:>9.0} msg/s   claim+ack {:>9.0} msg/s   end-to-end {:>9.0} msg/s",
         r.publish, r.consume, r.end_to_end
     );
 }
@@ -441,7 +443,7 @@ async fn main() -> Result<()> {
                 } else {
                     None
                 };
-                let (mut ours, mut bare) = (None, None);
+                let (mut ours, mut ours_deleting, mut bare) = (None, None, None);
                 let mut apalis: Option<Rates> = None;
                 let mut apalis_error = None;
                 for round in 1..=rounds {
@@ -453,6 +455,17 @@ async fn main() -> Result<()> {
                     drop_tables(&url, table).await?;
                     print(&format!("postgres SqlQueue #{round}"), &r);
                     ours = Some(best(ours, r));
+                    let q = PgQueue::connect(
+                        &url,
+                        options().delete_on_ack(true),
+                        CommonOptions::default(),
+                    )
+                    .await
+                    .context("postgres")?;
+                    let r = bench_queue(Arc::new(q), n, batch, concurrency).await?;
+                    drop_tables(&url, table).await?;
+                    print(&format!("postgres SqlQueue delete_on_ack #{round}"), &r);
+                    ours_deleting = Some(best(ours_deleting, r));
                     let b = bench_bare_pg(&url, n, batch, concurrency).await?;
                     print(&format!("postgres bare SKIP LOCKED #{round}"), &b);
                     bare = Some(best(bare, b));
@@ -472,23 +485,33 @@ async fn main() -> Result<()> {
                 if let Some(setup) = apalis_setup {
                     apalis_teardown(&url, setup).await?;
                 }
-                let (ours, bare) = (ours.context("no round")?, bare.context("no round")?);
+                let (ours, ours_deleting, bare) = (
+                    ours.context("no round")?,
+                    ours_deleting.context("no round")?,
+                    bare.context("no round")?,
+                );
                 print("postgres SqlQueue (best)", &ours);
+                print("postgres SqlQueue delete_on_ack (best)", &ours_deleting);
                 print("postgres bare (best)", &bare);
                 if let Some(apalis) = &apalis {
                     print("postgres apalis (best)", apalis);
                 }
-                let ratio = |label: &str, other: &Rates| {
+                let ratio = |ours_label: &str, ours: &Rates, label: &str, other: &Rates| {
                     println!(
-                        "postgres ratio SqlQueue / {label}: claim+ack {:.2}x, end-to-end {:.2}x, publish {:.2}x",
+                        "postgres ratio {ours_label} / {label}: claim+ack {:.2}x, end-to-end {:.2}x, publish {:.2}x",
                         ours.consume / other.consume,
                         ours.end_to_end / other.end_to_end,
                         ours.publish / other.publish
                     );
                 };
-                ratio("bare", &bare);
-                if let Some(apalis) = &apalis {
-                    ratio("apalis", apalis);
+                for (ours_label, ours) in [
+                    ("SqlQueue", &ours),
+                    ("SqlQueue delete_on_ack", &ours_deleting),
+                ] {
+                    ratio(ours_label, ours, "bare", &bare);
+                    if let Some(apalis) = &apalis {
+                        ratio(ours_label, ours, "apalis", apalis);
+                    }
                 }
                 failed = apalis_error.map(|e| e.context("apalis-postgres"));
             }

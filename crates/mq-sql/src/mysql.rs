@@ -595,10 +595,17 @@ impl QueueStore for SqlStore<MySql> {
             .iter()
             .copied()
             .partition(|r| r.status == "executed" && r.last_error.is_none());
+        let ack_sql = if self.options.get_delete_on_ack() {
+            format!("DELETE FROM {t} WHERE queue = ? AND id IN (")
+        } else {
+            format!(
+                "UPDATE {t} SET status = 'executed', lease_expires_at = NULL, \
+                 updated_at = UTC_TIMESTAMP(6) WHERE queue = ? AND id IN ("
+            )
+        };
         for chunk in acks.chunks(CHUNK) {
             let mut q = sqlx::query(AssertSqlSafe(format!(
-                "UPDATE {t} SET status = 'executed', lease_expires_at = NULL, \
-                 updated_at = UTC_TIMESTAMP(6) WHERE queue = ? AND id IN ({})",
+                "{ack_sql}{})",
                 placeholders(chunk.len())
             )))
             .bind(queue.as_str());

@@ -519,15 +519,26 @@ impl QueueStore for SqlStore<Postgres> {
                CROSS JOIN LATERAL (SELECT ctid AS tid FROM {t} x WHERE x.queue = $1 AND x.id = c.id \
                  AND x.attempts = c.attempt AND x.status || '' = 'processing' AND x.lease_owner = $7 \
                  AND x.lease_expires_at - now() > interval '0' OFFSET 0) x \
+             ), del AS ( \
+               DELETE FROM {t} t USING c \
+               WHERE $8 AND c.status = 'executed' \
+                 AND t.ctid = ANY(ARRAY(SELECT tid FROM c WHERE $8 AND c.status = 'executed')) \
+                 AND t.ctid = c.tid AND t.attempts = c.attempt AND t.status || '' = 'processing' \
+                 AND t.lease_owner = $7 \
+               RETURNING t.id, 'executed'::text AS status \
+             ), upd AS ( \
+               UPDATE {t} t SET status = c.status, execute_at = COALESCE(c.execute_at, t.execute_at), \
+                 last_error = COALESCE(c.last_error, t.last_error), \
+                 lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
+                 lease_expires_at = NULL, updated_at = now() \
+               FROM c \
+               WHERE NOT ($8 AND c.status = 'executed') \
+                 AND t.ctid = ANY(ARRAY(SELECT tid FROM c WHERE NOT ($8 AND c.status = 'executed'))) \
+                 AND t.ctid = c.tid AND t.attempts = c.attempt AND t.status || '' = 'processing' \
+                 AND t.lease_owner = $7 \
+               RETURNING t.id, t.status \
              ) \
-             UPDATE {t} t SET status = c.status, execute_at = COALESCE(c.execute_at, t.execute_at), \
-               last_error = COALESCE(c.last_error, t.last_error), \
-               lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
-               lease_expires_at = NULL, updated_at = now() \
-             FROM c \
-             WHERE t.ctid = ANY(ARRAY(SELECT tid FROM c)) AND t.ctid = c.tid \
-               AND t.attempts = c.attempt AND t.status || '' = 'processing' AND t.lease_owner = $7 \
-             RETURNING t.id, t.status"
+             SELECT id, status FROM del UNION ALL SELECT id, status FROM upd"
         );
         let applied: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(queue.as_str())
@@ -537,6 +548,7 @@ impl QueueStore for SqlStore<Postgres> {
             .bind(&execute_at)
             .bind(&errors)
             .bind(owner)
+            .bind(self.options.get_delete_on_ack())
             .fetch_all(&self.pool)
             .await
             .map_err(backend("complete"))?;

@@ -411,6 +411,31 @@ impl QueueStore for SqlStore<Sqlite> {
             .await
             .map_err(backend("complete"))?;
         let now = now_micros();
+        let (acks, rows): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|r| self.options.get_delete_on_ack() && r.status == "executed");
+        for chunk in acks.chunks(CHUNK) {
+            let values = vec!["(?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "WITH c(id, attempt) AS (VALUES {values}) \
+                 DELETE FROM {t} WHERE queue = ? AND status = 'processing' AND lease_owner = ? \
+                   AND lease_expires_at > ? \
+                   AND EXISTS (SELECT 1 FROM c WHERE c.id = {t}.id AND c.attempt = {t}.attempts) \
+                 RETURNING id"
+            );
+            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+            for r in chunk {
+                q = q.bind(r.id.clone()).bind(i64::from(r.attempt));
+            }
+            let got = q
+                .bind(queue.as_str())
+                .bind(owner)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend("complete"))?;
+            applied.extend(got);
+        }
         for chunk in rows.chunks(CHUNK) {
             let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             let sql = format!(

@@ -6,3 +6,10 @@ mod support;
 use support::{Db, Factory};
 
 mq_core::conformance_tests!(Factory::new(Db::Sqlite, "cs"));
+
+/// The same suite with acknowledged rows deleted instead of kept.
+mod delete_on_ack {
+    use super::support::{Db, Factory};
+
+    mq_core::conformance_tests!(Factory::deleting_acked(Db::Sqlite, "cds"));
+}

@@ -1,5 +1,6 @@
 //! A consumer whose lease expired cannot renew or complete its old claim; another consumer's
-//! claim of the same message works. On every database.
+//! claim of the same message works. On every database, keeping acknowledged rows and deleting
+//! them (`SqlOptions::delete_on_ack`).
 
 #[path = "support/factory.rs"]
 mod support;
@@ -7,14 +8,22 @@ mod support;
 use std::time::Duration;
 
 use mq_core::{Claim, CommonOptions, Completion, CompletionAction, ErrorChain, NewMessage, Status};
-use support::{Db, connect_store, drop_table, fresh_queue, require, table_name};
+use support::{
+    Db, connect_queue, connect_store_with, count_rows, drop_table, options, require, table_name,
+};
 
-async fn stale_owner(db: Db) {
-    let test = "stale_owner";
+async fn stale_owner(db: Db, delete_on_ack: bool) {
+    let test = if delete_on_ack {
+        "stale_owner_deleting"
+    } else {
+        "stale_owner"
+    };
     let Some(url) = require(db, test) else { return };
     let table = table_name("lf", test);
-    let q = fresh_queue(db, &url, &table, CommonOptions::default()).await;
-    let store = connect_store(db, &url, &table).await;
+    drop_table(db, &url, &table).await;
+    let opts = options(&table).delete_on_ack(delete_on_ack);
+    let q = connect_queue(db, &url, opts.clone(), CommonOptions::default()).await;
+    let store = connect_store_with(db, &url, opts).await;
     let name = mq_core::QueueName::new("fencing").expect("name");
     q.register(&name).await.expect("register");
     let msgs = (0..3)
@@ -97,6 +106,11 @@ async fn stale_owner(db: Db) {
         .await
         .expect("complete");
     assert_eq!(refused.len(), 3, "stale owner completed");
+    assert_eq!(
+        count_rows(db, &url, &table).await,
+        3,
+        "stale ack removed a row"
+    );
     // B with the wrong attempt number is refused too (fencing by attempt, not only owner).
     let wrong = Claim::new(b[0].id.clone(), 1);
     let refused = store
@@ -119,6 +133,8 @@ async fn stale_owner(db: Db) {
         .await
         .expect("complete");
     assert!(refused.is_empty(), "current owner refused: {refused:?}");
+    let kept = if delete_on_ack { 0 } else { 3 };
+    assert_eq!(count_rows(db, &url, &table).await, kept, "rows after acks");
     assert!(
         store
             .claim(&name, "owner-c", 10, lease)
@@ -134,15 +150,30 @@ async fn stale_owner(db: Db) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_owner_postgres() {
-    stale_owner(Db::Postgres).await;
+    stale_owner(Db::Postgres, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_owner_postgres_delete_on_ack() {
+    stale_owner(Db::Postgres, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_owner_mysql() {
-    stale_owner(Db::MySql).await;
+    stale_owner(Db::MySql, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_owner_mysql_delete_on_ack() {
+    stale_owner(Db::MySql, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_owner_sqlite() {
-    stale_owner(Db::Sqlite).await;
+    stale_owner(Db::Sqlite, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_owner_sqlite_delete_on_ack() {
+    stale_owner(Db::Sqlite, true).await;
 }

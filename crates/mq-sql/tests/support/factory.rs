@@ -98,6 +98,7 @@ pub fn options(table: &str) -> SqlOptions {
 pub struct Factory {
     db: Db,
     prefix: &'static str,
+    delete_on_ack: bool,
     used: Mutex<Vec<(String, String)>>,
 }
 
@@ -106,8 +107,23 @@ impl Factory {
         Factory {
             db,
             prefix,
+            delete_on_ack: false,
             used: Mutex::default(),
         }
+    }
+
+    /// A factory whose queues delete acknowledged rows (`SqlOptions::delete_on_ack`).
+    pub fn deleting_acked(db: Db, prefix: &'static str) -> Self {
+        Factory {
+            db,
+            prefix,
+            delete_on_ack: true,
+            used: Mutex::default(),
+        }
+    }
+
+    fn options(&self, test: &str) -> SqlOptions {
+        options(&table_name(self.prefix, test)).delete_on_ack(self.delete_on_ack)
     }
 }
 
@@ -157,7 +173,7 @@ impl QueueFactory for Factory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((url.clone(), table.clone()));
-        let opts = options(&table);
+        let opts = self.options(test);
         match self.db {
             #[cfg(feature = "postgres")]
             Db::Postgres => Arc::new(
@@ -184,7 +200,7 @@ impl QueueFactory for Factory {
 
     async fn store(&self, test: &str) -> Option<Arc<dyn QueueStore>> {
         let url = url(self.db, test).ok()?;
-        let opts = options(&table_name(self.prefix, test));
+        let opts = self.options(test);
         Some(match self.db {
             #[cfg(feature = "postgres")]
             Db::Postgres => Arc::new(
@@ -265,7 +281,11 @@ pub async fn connect_queue(
 
 /// A raw store on `table`.
 pub async fn connect_store(db: Db, url: &str, table: &str) -> Arc<dyn QueueStore> {
-    let opts = options(table);
+    connect_store_with(db, url, options(table)).await
+}
+
+/// A bare store with `opts`.
+pub async fn connect_store_with(db: Db, url: &str, opts: SqlOptions) -> Arc<dyn QueueStore> {
     match db {
         #[cfg(feature = "postgres")]
         Db::Postgres => Arc::new(
@@ -303,5 +323,44 @@ where
             "timed out after {timeout:?} waiting for: {what}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The number of rows in `table`.
+pub async fn count_rows(db: Db, url: &str, table: &str) -> i64 {
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    match db {
+        #[cfg(feature = "postgres")]
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.expect("connect");
+            let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+            pool.close().await;
+            n
+        }
+        #[cfg(feature = "mysql")]
+        Db::MySql => {
+            let pool = sqlx::MySqlPool::connect(url).await.expect("connect");
+            let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+            pool.close().await;
+            n
+        }
+        #[cfg(feature = "sqlite")]
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.expect("connect");
+            let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+            pool.close().await;
+            n
+        }
+        #[allow(unreachable_patterns)]
+        other => panic!("{other:?} support is not compiled in"),
     }
 }
