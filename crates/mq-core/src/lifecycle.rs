@@ -235,6 +235,16 @@ pub enum LifecycleEvent {
         /// Why.
         reason: String,
     },
+    /// A shard consumer read a batch of records (Kinesis), with how far it is behind the tip.
+    RecordsFetched {
+        /// The shard consumer.
+        consumer: ConsumerInfo,
+        /// Records in the batch (0 for an empty read).
+        records: usize,
+        /// How far behind the newest record of the shard the consumer is, when the service
+        /// said (`MillisBehindLatest`).
+        millis_behind_latest: Option<u64>,
+    },
     /// The shard assignment of an instance changed.
     Rebalance {
         /// The stream (or queue).
@@ -265,6 +275,7 @@ impl LifecycleEvent {
             LifecycleEvent::PoisonPill { .. } => "poison_pill",
             LifecycleEvent::HeartbeatFailure { .. } => "heartbeat_failure",
             LifecycleEvent::LeaseLost { .. } => "lease_lost",
+            LifecycleEvent::RecordsFetched { .. } => "records_fetched",
             LifecycleEvent::Rebalance { .. } => "rebalance",
         }
     }
@@ -310,6 +321,7 @@ pub trait LifecycleObserver: Send + Sync + fmt::Debug + 'static {
             LifecycleEvent::PoisonPill { .. } => self.on_poison_pill(event),
             LifecycleEvent::HeartbeatFailure { .. } => self.on_heartbeat_failure(event),
             LifecycleEvent::LeaseLost { .. } => self.on_lease_lost(event),
+            LifecycleEvent::RecordsFetched { .. } => self.on_records_fetched(event),
             LifecycleEvent::Rebalance { .. } => self.on_rebalance(event),
         }
     }
@@ -363,6 +375,10 @@ pub trait LifecycleObserver: Send + Sync + fmt::Debug + 'static {
     }
     /// A shard lease was lost.
     fn on_lease_lost(&self, _event: &LifecycleEvent) -> Result<(), ObserverError> {
+        Ok(())
+    }
+    /// A shard consumer read a batch.
+    fn on_records_fetched(&self, _event: &LifecycleEvent) -> Result<(), ObserverError> {
         Ok(())
     }
     /// The shard assignment changed.

@@ -89,10 +89,36 @@ impl LifecycleObserver for MetricsObserver {
             LifecycleEvent::ConsumerConnected { consumer } => {
                 gauge!("mq_consumers", "backend" => consumer.backend, "queue" => consumer.queue.to_string())
                     .increment(1.0);
+                if let Some(shard) = &consumer.shard_id {
+                    gauge!("mq_shard_leases_held", "backend" => consumer.backend,
+                        "queue" => consumer.queue.to_string(), "shard" => shard.clone())
+                    .set(1.0);
+                }
             }
             LifecycleEvent::ConsumerDisconnected { consumer, .. } => {
                 gauge!("mq_consumers", "backend" => consumer.backend, "queue" => consumer.queue.to_string())
                     .decrement(1.0);
+                if let Some(shard) = &consumer.shard_id {
+                    gauge!("mq_shard_leases_held", "backend" => consumer.backend,
+                        "queue" => consumer.queue.to_string(), "shard" => shard.clone())
+                    .set(0.0);
+                }
+            }
+            LifecycleEvent::RecordsFetched {
+                consumer,
+                records,
+                millis_behind_latest,
+            } => {
+                let shard = consumer.shard_id.clone().unwrap_or_default();
+                counter!("mq_records_fetched_total", "backend" => consumer.backend,
+                    "queue" => consumer.queue.to_string(), "shard" => shard.clone())
+                .increment(*records as u64);
+                if let Some(ms) = millis_behind_latest {
+                    #[allow(clippy::cast_precision_loss)]
+                    gauge!("mq_shard_millis_behind_latest", "backend" => consumer.backend,
+                        "queue" => consumer.queue.to_string(), "shard" => shard)
+                    .set(*ms as f64);
+                }
             }
             LifecycleEvent::Checkpoint { consumer, .. } => {
                 #[allow(clippy::cast_precision_loss)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use mq_core::{
-    DispatchMode, ErrorChain, LifecycleDispatcher, LifecycleEvent, MessageId, MessageInfo,
+    ConsumerInfo, DisconnectReason, DispatchMode, ErrorChain, LifecycleDispatcher, LifecycleEvent, MessageId, MessageInfo,
     MetricsObserver, QueueName,
 };
 
@@ -53,6 +53,41 @@ fn events_become_metrics() {
     assert_eq!(snap.get("mq_messages_consumed_total"), Some(&1.0));
     assert_eq!(snap.get("mq_messages_failed_total"), Some(&1.0));
     assert_eq!(snap.get("mq_message_age_seconds"), Some(&0.25));
+}
+
+#[test]
+fn shard_events_become_lag_and_lease_gauges() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let d = LifecycleDispatcher::builder()
+            .observer(Arc::new(MetricsObserver::new()))
+            .mode(DispatchMode::Sync)
+            .build();
+        let q = QueueName::new("orders").unwrap();
+        let consumer = ConsumerInfo::shard("w1", q, "kinesis", "shardId-000000000001");
+        d.emit(LifecycleEvent::ConsumerConnected {
+            consumer: consumer.clone(),
+        });
+        for (records, lag) in [(100, Some(5_000)), (40, Some(1_500)), (0, None)] {
+            d.emit(LifecycleEvent::RecordsFetched {
+                consumer: consumer.clone(),
+                records,
+                millis_behind_latest: lag,
+            });
+        }
+        let snap = snapshot(&snapshotter);
+        assert_eq!(snap.get("mq_shard_leases_held"), Some(&1.0));
+        // the last read that reported a lag wins; an empty read without one keeps it
+        assert_eq!(snap.get("mq_shard_millis_behind_latest"), Some(&1_500.0));
+        assert_eq!(snap.get("mq_records_fetched_total"), Some(&140.0));
+        d.emit(LifecycleEvent::ConsumerDisconnected {
+            consumer,
+            reason: DisconnectReason::Stopped,
+        });
+    });
+    let snap = snapshot(&snapshotter);
+    assert_eq!(snap.get("mq_shard_leases_held"), Some(&0.0));
 }
 
 fn snapshot(s: &metrics_util::debugging::Snapshotter) -> std::collections::HashMap<String, f64> {
