@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::SdkError;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kinesis::operation::get_records::{GetRecordsError, GetRecordsOutput};
 use aws_sdk_kinesis::types::{Record, ShardIteratorType};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, TimeZone, Utc};
@@ -18,7 +20,7 @@ use mq_core::{
     ShardKey, Status,
 };
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::lease::{CheckpointOutcome, Lease, LeaseStore};
 use crate::record::decode_record;
@@ -200,6 +202,20 @@ pub(crate) struct ShardConsumer {
     batches: usize,
     report: BatchReport,
     tracker: TaskTracker,
+    /// The read of the next batch, started while the current one is handled (keyed by the
+    /// iterator it reads from); aborted when dropped.
+    prefetched: Option<(String, AbortOnDropHandle<GetRecordsResult>)>,
+}
+
+type GetRecordsResult = Result<GetRecordsOutput, SdkError<GetRecordsError>>;
+
+async fn get_records(client: Client, iterator: String, limit: usize) -> GetRecordsResult {
+    client
+        .get_records()
+        .shard_iterator(iterator)
+        .limit(i32::try_from(limit).unwrap_or(10_000))
+        .send()
+        .await
 }
 
 impl fmt::Debug for ShardConsumer {
@@ -259,6 +275,7 @@ impl ShardConsumer {
             batches: 0,
             report: BatchReport::default(),
             tracker,
+            prefetched: None,
             env,
         }
     }
@@ -484,19 +501,41 @@ impl ShardConsumer {
             // on-demand batches honour the caller's batch size
             limit = limit.min(self.env.options.get_batch_size());
         }
-        let sent = self
-            .env
-            .client
-            .get_records()
-            .shard_iterator(&iterator)
-            .limit(i32::try_from(limit).unwrap_or(10_000))
-            .send()
-            .await;
+        let sent = match self.prefetched.take() {
+            Some((from, handle)) if from == iterator => match handle.await {
+                Ok(sent) => sent,
+                // the prefetch task panicked or was cancelled: read again
+                Err(_) => get_records(self.env.client.clone(), iterator.clone(), limit).await,
+            },
+            _ => get_records(self.env.client.clone(), iterator.clone(), limit).await,
+        };
         match sent {
             Ok(out) => {
                 self.fetch_errors = 0;
                 let next = out.next_shard_iterator().map(str::to_owned);
+                let millis_behind_latest = out
+                    .millis_behind_latest()
+                    .and_then(|ms| u64::try_from(ms).ok());
                 let records = out.records;
+                self.emit(|| LifecycleEvent::RecordsFetched {
+                    consumer: self.info.clone(),
+                    records: records.len(),
+                    millis_behind_latest,
+                });
+                // Read the next batch while this one is handled: the round trip to Kinesis
+                // overlaps the handler and the checkpoint instead of adding to them. Only for
+                // the continuous consumer, after a non-empty read, and not while the adaptive
+                // strategy asks this shard to slow down.
+                if let Some(next) = &next
+                    && !records.is_empty()
+                    && self.max_batches.is_none()
+                    && !self.env.strategy.should_back_off(&self.key)
+                {
+                    let limit = self.env.strategy.batch_size(&self.key).clamp(1, 10_000);
+                    let handle =
+                        tokio::spawn(get_records(self.env.client.clone(), next.clone(), limit));
+                    self.prefetched = Some((next.clone(), AbortOnDropHandle::new(handle)));
+                }
                 if records.is_empty() {
                     if self.max_batches.is_some() {
                         self.batches += 1;
