@@ -2,10 +2,12 @@
 //!
 //! - `mqctl dlq list|show|replay|purge`: dead letters in a SQL or MongoDB store;
 //! - `mqctl queue stats`: messages by status, oldest ready message, expired leases of SQL and
-//!   MongoDB queues.
+//!   MongoDB queues;
+//! - `mqctl kinesis status`: shards with lineage, leases, checkpoints, poison counters and live
+//!   instances of a Kinesis stream (read-only).
 //!
 //! Human tables by default, `--json` for scripts. Connection settings come from flags or the
-//! environment (`MQ_DLQ_URL`, `DATABASE_URL`, `MONGODB_URI`). Destructive commands ask for
+//! environment (`MQ_DLQ_URL`, `DATABASE_URL`, `MONGODB_URI`, `REDIS_URL`, AWS settings). Destructive commands ask for
 //! confirmation unless `--yes`.
 
 use std::io::IsTerminal;
@@ -14,10 +16,11 @@ use clap::{Parser, Subcommand};
 
 mod args;
 mod dlq;
+mod kinesis;
 mod output;
 mod stats;
 
-/// Operate mq queues: dead letters, queue statistics.
+/// Operate mq queues: dead letters, queue statistics, Kinesis leases.
 #[derive(Debug, Parser)]
 #[command(name = "mqctl", version, about, propagate_version = true)]
 struct Cli {
@@ -35,6 +38,11 @@ struct Cli {
 enum Command {
     /// Dead letters: list, show, replay, purge.
     Dlq(Box<dlq::DlqArgs>),
+    /// Kinesis: shard leases, checkpoints and lineage.
+    Kinesis {
+        #[command(subcommand)]
+        command: kinesis::KinesisCommand,
+    },
     /// Queues: statistics.
     Queue {
         #[command(subcommand)]
@@ -80,6 +88,7 @@ async fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Dlq(args) => dlq::run(*args, global).await,
+        Command::Kinesis { command } => kinesis::run(command, global).await,
         Command::Queue {
             command: QueueCommand::Stats(args),
         } => stats::run(args, global).await,
