@@ -10,7 +10,8 @@
 //!   (queue, type, time range, ids, error text, replay state);
 //! - implementations in memory ([`MemoryDeadLetterStore`]), in SQL on PostgreSQL, MySQL/MariaDB
 //!   and SQLite (`SqlDeadLetterStore`, features `postgres`, `mysql`, `sqlite`) and in MongoDB
-//!   (`MongoDeadLetterStore`, feature `mongo`);
+//!   (`MongoDeadLetterStore`, feature `mongo`); and a sink that forwards them to a secondary
+//!   Kinesis stream (`KinesisDeadLetterSink`, feature `kinesis`);
 //! - [`Replayer`]: publishes entries again through any [`mq_core::MessageQueue`], to their own
 //!   queue or another, with a dry run and a rate limit, idempotently: a replay killed half-way
 //!   and run again publishes every entry exactly once (see [`Replayer`] for why).
@@ -43,6 +44,7 @@
 //! | `mysql`    | `MySqlDeadLetterStore` (MySQL ≥ 8, MariaDB ≥ 10.6) |
 //! | `sqlite`   | `SqliteDeadLetterStore` (bundled SQLite) |
 //! | `mongo`    | `MongoDeadLetterStore` (MongoDB, or a compatible server) |
+//! | `kinesis`  | `KinesisDeadLetterSink`: dead letters forwarded to a secondary stream |
 //! | `testkit`  | `mq_dlq::testkit`: the store conformance suite |
 //!
 //! No feature is on by default; the memory store and the replayer are always there.
@@ -62,6 +64,8 @@
 mod entry;
 mod error;
 mod filter;
+#[cfg(feature = "kinesis")]
+mod kinesis;
 mod memory;
 #[cfg(feature = "mongo")]
 mod mongo;
@@ -81,6 +85,8 @@ pub mod testkit;
 pub use entry::{DeadLetterEntry, EntryId, ReplayMark, ReplayState};
 pub use error::{Error, Result};
 pub use filter::DeadLetterFilter;
+#[cfg(feature = "kinesis")]
+pub use kinesis::{DEAD_LETTER_MESSAGE_TYPE, KinesisDeadLetterSink, dead_letter_from_message};
 pub use memory::MemoryDeadLetterStore;
 #[cfg(feature = "mongo")]
 pub use mongo::MongoDeadLetterStore;
