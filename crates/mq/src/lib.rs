@@ -43,10 +43,9 @@
 //! | `sql-sqlite` |     | [`sql`]: [`SqliteQueue`], the embedded default (bundled SQLite, a local file) |
 //! | `mongo`  |         | [`mongo`]: [`MongoQueue`] (atomic lease-based claims, change-stream wake-up) |
 //! | `kinesis` |        | [`kinesis`]: [`KinesisQueue`], producer, shard consumer, Redis/file/memory lease stores |
+//! | `dlq`    |         | [`dlq`]: dead-letter stores (memory; SQL and MongoDB with their backend features) and the idempotent, rate-limited [`Replayer`] |
 //! | `metrics`|         | `MetricsObserver`: lifecycle events as metrics on the `metrics` facade |
 //! | `full`   |         | every backend (for CI and docs.rs) |
-//!
-//! The `dlq` feature arrives with its crate.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
@@ -122,3 +121,14 @@ pub mod mongo {
 #[cfg(feature = "mongo")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mongo")))]
 pub use mq_mongo::{MongoOptions, MongoQueue};
+
+/// Dead-letter stores and replay (crate `mq-dlq`).
+#[cfg(feature = "dlq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dlq")))]
+pub mod dlq {
+    pub use mq_dlq::*;
+}
+
+#[cfg(feature = "dlq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dlq")))]
+pub use mq_dlq::{DeadLetterFilter, DeadLetterStore, Replayer};

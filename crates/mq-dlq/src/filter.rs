@@ -1,0 +1,156 @@
+//! [`DeadLetterFilter`]: which entries a list, count, purge or replay applies to.
+
+use chrono::{DateTime, Utc};
+use mq_core::{MessageId, QueueName};
+
+use crate::entry::{DeadLetterEntry, EntryId, ReplayState, to_ms};
+
+/// Selects dead-letter entries. Every set criterion must hold (AND); an empty filter selects
+/// everything.
+///
+/// - `queue`, `message_type`: exact match;
+/// - `failed_after` (inclusive), `failed_before` (exclusive): the last failure time;
+/// - `ids`: entry ids, `message_ids`: original message ids (either list empty = no constraint);
+/// - `error_contains`: a substring of the error chain text, ASCII case-insensitive, `%` and `_`
+///   taken literally;
+/// - `replay_state`: only entries in one replay state.
+///
+/// `after` and `limit` page through [`DeadLetterStore::list`](crate::DeadLetterStore::list)
+/// (entries come in id order, which is the order of first failure); count and purge ignore them.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::QueueName;
+/// use mq_dlq::{DeadLetterFilter, ReplayState};
+///
+/// let filter = DeadLetterFilter::default()
+///     .queue(QueueName::new("emails")?)
+///     .message_type("welcome")
+///     .error_contains("timeout")
+///     .failed_after(chrono::Utc::now() - chrono::Duration::hours(1))
+///     .replay_state(ReplayState::None)
+///     .limit(100);
+/// assert_eq!(filter.get_limit(), Some(100));
+/// # Ok::<(), mq_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeadLetterFilter {
+    pub(crate) queue: Option<QueueName>,
+    pub(crate) message_type: Option<String>,
+    pub(crate) failed_after: Option<DateTime<Utc>>,
+    pub(crate) failed_before: Option<DateTime<Utc>>,
+    pub(crate) ids: Vec<EntryId>,
+    pub(crate) message_ids: Vec<MessageId>,
+    pub(crate) error_contains: Option<String>,
+    pub(crate) replay_state: Option<ReplayState>,
+    pub(crate) after: Option<EntryId>,
+    pub(crate) limit: Option<usize>,
+}
+
+impl DeadLetterFilter {
+    /// Only entries of messages that failed in `queue`.
+    pub fn queue(mut self, queue: QueueName) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+    /// Only messages of this type.
+    pub fn message_type(mut self, message_type: impl Into<String>) -> Self {
+        self.message_type = Some(message_type.into());
+        self
+    }
+    /// Only entries last failed at or after `t`.
+    pub fn failed_after(mut self, t: DateTime<Utc>) -> Self {
+        self.failed_after = Some(t);
+        self
+    }
+    /// Only entries last failed before `t`.
+    pub fn failed_before(mut self, t: DateTime<Utc>) -> Self {
+        self.failed_before = Some(t);
+        self
+    }
+    /// Only these entries.
+    pub fn ids(mut self, ids: impl IntoIterator<Item = EntryId>) -> Self {
+        self.ids = ids.into_iter().collect();
+        self
+    }
+    /// Only entries of messages with these original ids.
+    pub fn message_ids(mut self, ids: impl IntoIterator<Item = MessageId>) -> Self {
+        self.message_ids = ids.into_iter().collect();
+        self
+    }
+    /// Only entries whose error text contains `text` (ASCII case-insensitive).
+    pub fn error_contains(mut self, text: impl Into<String>) -> Self {
+        self.error_contains = Some(text.into());
+        self
+    }
+    /// Only entries in replay state `state`.
+    pub fn replay_state(mut self, state: ReplayState) -> Self {
+        self.replay_state = Some(state);
+        self
+    }
+    /// Only entries with an id after `id` (the cursor of the next page).
+    pub fn after(mut self, id: EntryId) -> Self {
+        self.after = Some(id);
+        self
+    }
+    /// At most `n` entries per list call.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// The queue criterion.
+    pub fn get_queue(&self) -> Option<&QueueName> {
+        self.queue.as_ref()
+    }
+    /// The page size.
+    pub fn get_limit(&self) -> Option<usize> {
+        self.limit
+    }
+    /// The replay-state criterion.
+    pub fn get_replay_state(&self) -> Option<ReplayState> {
+        self.replay_state
+    }
+
+    /// True when `entry` meets every criterion (paging aside). Stores that cannot query use it;
+    /// the others must agree with it (the conformance suite checks).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use mq_core::{DeadLetter, DeadLetterOrigin, ErrorChain, Message, MessageId, QueueName};
+    /// use mq_dlq::{DeadLetterEntry, DeadLetterFilter};
+    /// # let message = Message::new(MessageId::new("m1")?, QueueName::new("emails")?, "welcome",
+    /// #     serde_json::json!({}), chrono::Utc::now());
+    /// # let letter = DeadLetter::new(message, DeadLetterOrigin::backend("sql"),
+    /// #     ErrorChain::msg("SMTP Timeout"), true, "w");
+    /// let entry = DeadLetterEntry::from_letter(letter);
+    /// assert!(DeadLetterFilter::default().error_contains("smtp timeout").matches(&entry));
+    /// assert!(!DeadLetterFilter::default().message_type("other").matches(&entry));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn matches(&self, entry: &DeadLetterEntry) -> bool {
+        self.queue.as_ref().is_none_or(|q| entry.queue() == q)
+            && self
+                .message_type
+                .as_ref()
+                .is_none_or(|t| &entry.message.message_type == t)
+            && self
+                .failed_after
+                .is_none_or(|t| to_ms(entry.last_failed_at) >= to_ms(t))
+            && self
+                .failed_before
+                .is_none_or(|t| to_ms(entry.last_failed_at) < to_ms(t))
+            && (self.ids.is_empty() || self.ids.contains(&entry.id))
+            && (self.message_ids.is_empty() || self.message_ids.contains(&entry.message.id))
+            && self.error_contains.as_ref().is_none_or(|needle| {
+                entry
+                    .error
+                    .to_string()
+                    .to_ascii_lowercase()
+                    .contains(&needle.to_ascii_lowercase())
+            })
+            && self.replay_state.is_none_or(|s| entry.replay_state() == s)
+    }
+}

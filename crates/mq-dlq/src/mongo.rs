@@ -1,0 +1,390 @@
+//! [`MongoDeadLetterStore`]: dead letters in a MongoDB collection.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{Client, Collection, IndexModel};
+use mq_core::{
+    BoxError, DeadLetter, DeadLetterOrigin, DeadLetterSink, ErrorChain, MessageId, QueueName,
+};
+
+use crate::entry::{DeadLetterEntry, EntryId, ReplayMark, ReplayState, from_ms, to_ms};
+use crate::error::{Error, Result};
+use crate::filter::DeadLetterFilter;
+use crate::store::DeadLetterStore;
+
+/// The default collection name.
+const DEFAULT_COLLECTION: &str = "mq_dead_letters";
+
+/// Dead letters in a MongoDB collection (feature `mongo`), on a client the caller hands in.
+///
+/// One document per dead-lettered message, `_id` the entry id, unique per queue and message id.
+/// Times are Unix milliseconds, the message its JSON text (exactly as it was), the error chain an
+/// array of strings. [`DeadLetterStore::migrate`] creates the indexes. Unlike the SQL stores,
+/// a multi-letter insert is not one transaction: a retried insert can count a failure twice,
+/// never store a letter twice.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use mq_dlq::{DeadLetterStore, MongoDeadLetterStore};
+///
+/// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
+/// let store = MongoDeadLetterStore::new(&client, "app", "dead_letters")?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MongoDeadLetterStore {
+    coll: Collection<Document>,
+}
+
+impl MongoDeadLetterStore {
+    /// A store in `database`.`collection` (`collection` empty = `mq_dead_letters`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for an empty database name or a collection name with `$` or NUL.
+    pub fn new(client: &Client, database: &str, collection: &str) -> Result<Self> {
+        if database.is_empty() || database.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
+            return Err(Error::invalid_option(
+                "database",
+                format!("{database:?} is not a MongoDB database name"),
+            ));
+        }
+        let collection = if collection.is_empty() {
+            DEFAULT_COLLECTION
+        } else {
+            collection
+        };
+        if collection.contains(['$', '\0']) || collection.starts_with("system.") {
+            return Err(Error::invalid_option(
+                "collection",
+                format!("{collection:?} is not a usable MongoDB collection name"),
+            ));
+        }
+        Ok(MongoDeadLetterStore {
+            coll: client.database(database).collection(collection),
+        })
+    }
+
+    /// The collection.
+    pub fn collection(&self) -> &Collection<Document> {
+        &self.coll
+    }
+}
+
+fn err(operation: &'static str) -> impl Fn(mongodb::error::Error) -> Error {
+    move |e| Error::store(operation, e)
+}
+
+/// The query for `f`; `paging` adds `after`.
+fn query(f: &DeadLetterFilter, paging: bool) -> Document {
+    let mut q = Document::new();
+    if let Some(queue) = &f.queue {
+        q.insert("queue", queue.as_str());
+    }
+    if let Some(t) = &f.message_type {
+        q.insert("message_type", t.as_str());
+    }
+    let mut time = Document::new();
+    if let Some(t) = f.failed_after {
+        time.insert("$gte", to_ms(t));
+    }
+    if let Some(t) = f.failed_before {
+        time.insert("$lt", to_ms(t));
+    }
+    if !time.is_empty() {
+        q.insert("last_failed_at", time);
+    }
+    let mut id = Document::new();
+    if !f.ids.is_empty() {
+        let ids: Vec<Bson> = f.ids.iter().map(|i| Bson::String(i.to_string())).collect();
+        id.insert("$in", ids);
+    }
+    if paging && let Some(after) = &f.after {
+        id.insert("$gt", after.as_str());
+    }
+    if !id.is_empty() {
+        q.insert("_id", id);
+    }
+    if !f.message_ids.is_empty() {
+        let ids: Vec<Bson> = f
+            .message_ids
+            .iter()
+            .map(|i| Bson::String(i.as_str().to_owned()))
+            .collect();
+        q.insert("message_id", doc! { "$in": ids });
+    }
+    if let Some(needle) = &f.error_contains {
+        let pattern: String = needle
+            .chars()
+            .flat_map(|c| {
+                let escape = !c.is_alphanumeric() && c != ' ';
+                escape.then_some('\\').into_iter().chain(std::iter::once(c))
+            })
+            .collect();
+        q.insert("error_text", doc! { "$regex": pattern, "$options": "i" });
+    }
+    if let Some(s) = f.replay_state {
+        q.insert("replay_state", s.as_str());
+    }
+    q
+}
+
+fn read(d: &Document) -> Result<DeadLetterEntry> {
+    let id_text = d.get_str("_id").unwrap_or("?").to_owned();
+    let bad = |what: &str| Error::corrupt(&id_text, format!("field {what} missing or mistyped"));
+    let text = |k: &str| d.get_str(k).map(str::to_owned).map_err(|_| bad(k));
+    let opt_text = |k: &str| d.get_str(k).ok().map(str::to_owned);
+    let int = |k: &str| match d.get(k) {
+        Some(Bson::Int64(v)) => Ok(*v),
+        Some(Bson::Int32(v)) => Ok(i64::from(*v)),
+        _ => Err(bad(k)),
+    };
+    let opt_int = |k: &str| int(k).ok();
+    let count = |k: &str| -> Result<u32> {
+        let v = int(k)?;
+        u32::try_from(v).map_err(|_| Error::corrupt(&id_text, format!("{k} = {v}")))
+    };
+    let id: EntryId = id_text.parse().map_err(|e| Error::corrupt(&id_text, e))?;
+    let message = serde_json::from_str(&text("message")?)
+        .map_err(|e| Error::corrupt(&id_text, format!("message: {e}")))?;
+    let causes: Vec<String> = d
+        .get_array("error")
+        .map_err(|_| bad("error"))?
+        .iter()
+        .map(|b| b.as_str().unwrap_or_default().to_owned())
+        .collect();
+    let error: ErrorChain = serde_json::from_value(serde_json::Value::from(causes))
+        .map_err(|e| Error::corrupt(&id_text, format!("error: {e}")))?;
+    let mut origin = DeadLetterOrigin::backend(text("backend")?);
+    origin.shard_id = opt_text("shard_id");
+    origin.sequence_number = opt_text("sequence_number");
+    let state: ReplayState = text("replay_state")?
+        .parse()
+        .map_err(|e| Error::corrupt(&id_text, e))?;
+    let replay = match state {
+        ReplayState::None => None,
+        ReplayState::Pending | ReplayState::Done => {
+            let started = opt_int("replay_started_at").unwrap_or(0);
+            Some(ReplayMark {
+                generation: count("replay_generation")?,
+                message_id: MessageId::new(text("replay_message_id")?)
+                    .map_err(|e| Error::corrupt(&id_text, e))?,
+                target: QueueName::new(text("replay_target")?)
+                    .map_err(|e| Error::corrupt(&id_text, e))?,
+                started_at: from_ms(&id_text, started)?,
+                replayed_at: match state {
+                    ReplayState::Done => Some(from_ms(
+                        &id_text,
+                        opt_int("replayed_at").unwrap_or(started),
+                    )?),
+                    _ => None,
+                },
+            })
+        }
+    };
+    Ok(DeadLetterEntry {
+        attempts: count("attempts")?,
+        exhausted: d.get_bool("exhausted").map_err(|_| bad("exhausted"))?,
+        failures: count("failures")?,
+        first_failed_at: from_ms(&id_text, int("first_failed_at")?)?,
+        last_failed_at: from_ms(&id_text, int("last_failed_at")?)?,
+        consumer_id: text("consumer_id")?,
+        id,
+        message,
+        origin,
+        error,
+        replay,
+    })
+}
+
+#[async_trait]
+impl DeadLetterSink for MongoDeadLetterStore {
+    async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), BoxError> {
+        Ok(self.insert(letters).await?)
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for MongoDeadLetterStore {
+    async fn migrate(&self) -> Result<()> {
+        let unique = IndexModel::builder()
+            .keys(doc! { "queue": 1, "message_id": 1 })
+            .options(IndexOptions::builder().unique(true).build())
+            .build();
+        let failed = IndexModel::builder()
+            .keys(doc! { "last_failed_at": 1 })
+            .build();
+        self.coll
+            .create_indexes([unique, failed])
+            .await
+            .map_err(err("migrate"))?;
+        Ok(())
+    }
+
+    async fn insert(&self, letters: Vec<DeadLetter>) -> Result<()> {
+        for letter in letters {
+            let e = DeadLetterEntry::from_letter(letter);
+            let message =
+                serde_json::to_string(&e.message).map_err(|x| Error::store("insert", x))?;
+            let causes: Vec<Bson> = e
+                .error
+                .causes()
+                .iter()
+                .map(|c| Bson::String(c.clone()))
+                .collect();
+            let filter = doc! { "queue": e.queue().as_str(), "message_id": e.message.id.as_str() };
+            let update = doc! {
+                "$setOnInsert": {
+                    "_id": e.id.as_str(),
+                    "message_type": e.message.message_type.as_str(),
+                    "message": message,
+                    "backend": e.origin.backend.as_str(),
+                    "shard_id": e.origin.shard_id.as_deref(),
+                    "sequence_number": e.origin.sequence_number.as_deref(),
+                    "replay_state": "none",
+                    "replay_generation": 0_i64,
+                },
+                "$set": {
+                    "error": causes,
+                    "error_text": e.error.to_string(),
+                    "exhausted": e.exhausted,
+                    "consumer_id": e.consumer_id.as_str(),
+                },
+                "$inc": { "failures": 1_i64 },
+                "$max": {
+                    "attempts": i64::from(e.attempts),
+                    "last_failed_at": to_ms(e.last_failed_at),
+                },
+                "$min": { "first_failed_at": to_ms(e.first_failed_at) },
+            };
+            // Two first upserts of one message race on the unique index; the loser retries
+            // and finds the winner's document.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match self
+                    .coll
+                    .update_one(filter.clone(), update.clone())
+                    .upsert(true)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(x) if tries < 3 && is_duplicate_key(&x) => continue,
+                    Err(x) => return Err(Error::store("insert", x)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterEntry>> {
+        let mut find = self.coll.find(query(filter, true)).sort(doc! { "_id": 1 });
+        if let Some(n) = filter.limit {
+            find = find.limit(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let docs: Vec<Document> = find
+            .await
+            .map_err(err("list"))?
+            .try_collect()
+            .await
+            .map_err(err("list"))?;
+        docs.iter().map(read).collect()
+    }
+
+    async fn get(&self, id: &EntryId) -> Result<Option<DeadLetterEntry>> {
+        let d = self
+            .coll
+            .find_one(doc! { "_id": id.as_str() })
+            .await
+            .map_err(err("get"))?;
+        d.as_ref().map(read).transpose()
+    }
+
+    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        self.coll
+            .count_documents(query(filter, false))
+            .await
+            .map_err(err("count"))
+    }
+
+    async fn begin_replay(
+        &self,
+        id: &EntryId,
+        expected_generation: u32,
+        mark: &ReplayMark,
+    ) -> Result<bool> {
+        let r = self
+            .coll
+            .update_one(
+                doc! {
+                    "_id": id.as_str(),
+                    "replay_generation": i64::from(expected_generation),
+                    "replay_state": { "$ne": "pending" },
+                },
+                doc! { "$set": {
+                    "replay_state": "pending",
+                    "replay_generation": i64::from(mark.generation),
+                    "replay_message_id": mark.message_id.as_str(),
+                    "replay_target": mark.target.as_str(),
+                    "replay_started_at": to_ms(mark.started_at),
+                    "replayed_at": Bson::Null,
+                } },
+            )
+            .await
+            .map_err(err("begin replay"))?;
+        Ok(r.matched_count == 1)
+    }
+
+    async fn finish_replay(
+        &self,
+        id: &EntryId,
+        message_id: &MessageId,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let r = self
+            .coll
+            .update_one(
+                doc! {
+                    "_id": id.as_str(),
+                    "replay_message_id": message_id.as_str(),
+                    "replay_state": "pending",
+                },
+                doc! { "$set": { "replay_state": "done", "replayed_at": to_ms(at) } },
+            )
+            .await
+            .map_err(err("finish replay"))?;
+        if r.matched_count == 1 {
+            return Ok(true);
+        }
+        let n = self
+            .coll
+            .count_documents(doc! { "_id": id.as_str(), "replay_message_id": message_id.as_str() })
+            .await
+            .map_err(err("finish replay"))?;
+        Ok(n > 0)
+    }
+
+    async fn purge(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        let r = self
+            .coll
+            .delete_many(query(filter, false))
+            .await
+            .map_err(err("purge"))?;
+        Ok(r.deleted_count)
+    }
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}

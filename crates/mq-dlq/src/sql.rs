@@ -1,0 +1,385 @@
+//! [`SqlDeadLetterStore`]: the part shared by PostgreSQL, MySQL/MariaDB and SQLite.
+//!
+//! One table per store, one row per dead-lettered message (unique per queue and message id).
+//! Times are kept as Unix milliseconds (`BIGINT`) on every database, the message as its JSON
+//! text (exactly as it was), the error chain as a JSON array plus its joined text for searches.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use mq_core::{DeadLetterOrigin, ErrorChain, Message, MessageId, QueueName};
+
+use crate::entry::{DeadLetterEntry, EntryId, ReplayMark, ReplayState, from_ms, to_ms};
+use crate::error::{Error, Result, validate_table};
+use crate::filter::DeadLetterFilter;
+
+/// The default table name.
+pub const DEFAULT_TABLE: &str = "mq_dead_letters";
+
+/// Dead letters in one SQL table, on a pool the caller hands in: PostgreSQL
+/// ([`PgDeadLetterStore`](crate::PgDeadLetterStore)), MySQL/MariaDB
+/// ([`MySqlDeadLetterStore`](crate::MySqlDeadLetterStore)) or SQLite
+/// ([`SqliteDeadLetterStore`](crate::SqliteDeadLetterStore)).
+///
+/// [`DeadLetterStore::migrate`](crate::DeadLetterStore::migrate) creates the table and its
+/// indexes if missing (idempotent); nothing is created before it is called.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres")]
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use mq_dlq::{DeadLetterFilter, DeadLetterStore, PgDeadLetterStore};
+///
+/// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/app").await?;
+/// let store = PgDeadLetterStore::new(pool, "dead_letters")?;
+/// store.migrate().await?;
+/// println!("{} dead letters", store.count(&DeadLetterFilter::default()).await?);
+/// # Ok(()) }
+/// ```
+pub struct SqlDeadLetterStore<DB: sqlx::Database> {
+    pub(crate) pool: sqlx::Pool<DB>,
+    pub(crate) table: String,
+}
+
+impl<DB: sqlx::Database> fmt::Debug for SqlDeadLetterStore<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlDeadLetterStore")
+            .field("database", &DB::NAME)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: sqlx::Database> Clone for SqlDeadLetterStore<DB> {
+    fn clone(&self) -> Self {
+        SqlDeadLetterStore {
+            pool: self.pool.clone(),
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<DB: sqlx::Database> SqlDeadLetterStore<DB> {
+    /// A store in `table` (`[A-Za-z_][A-Za-z0-9_]{0,54}`, e.g. [`DEFAULT_TABLE`]) on `pool`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTableName`] for a name that could not be put into SQL safely.
+    pub fn new(pool: sqlx::Pool<DB>, table: impl Into<String>) -> Result<Self> {
+        let table = table.into();
+        validate_table(&table)?;
+        Ok(SqlDeadLetterStore { pool, table })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &sqlx::Pool<DB> {
+        &self.pool
+    }
+
+    /// The table.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+/// A query under construction, whatever the database (placeholders and binds).
+pub(crate) trait Sql {
+    fn sql(&mut self, s: &str);
+    fn text(&mut self, v: String);
+    fn opt_text(&mut self, v: Option<String>);
+    fn int(&mut self, v: i64);
+}
+
+/// A result row, whatever the database.
+pub(crate) trait ReadRow {
+    fn text(&self, col: &str) -> std::result::Result<String, sqlx::Error>;
+    fn opt_text(&self, col: &str) -> std::result::Result<Option<String>, sqlx::Error>;
+    fn int(&self, col: &str) -> std::result::Result<i64, sqlx::Error>;
+    fn opt_int(&self, col: &str) -> std::result::Result<Option<i64>, sqlx::Error>;
+}
+
+pub(crate) const COLUMNS: &str = "id, queue, message_id, message_type, message, backend, shard_id, \
+     sequence_number, error, error_text, exhausted, attempts, failures, first_failed_at, \
+     last_failed_at, consumer_id, replay_state, replay_generation, replay_message_id, \
+     replay_target, replay_started_at, replayed_at";
+
+/// `INSERT INTO t (...) VALUES (...)` for a fresh entry; the caller appends its upsert clause.
+pub(crate) fn insert(q: &mut impl Sql, table: &str, e: &DeadLetterEntry) -> Result<()> {
+    let message = serde_json::to_string(&e.message).map_err(|err| Error::store("insert", err))?;
+    let error = serde_json::to_string(&e.error).map_err(|err| Error::store("insert", err))?;
+    q.sql(&format!("INSERT INTO {table} ({COLUMNS}) VALUES ("));
+    q.text(e.id.to_string());
+    q.sql(", ");
+    q.text(e.queue().as_str().to_owned());
+    q.sql(", ");
+    q.text(e.message.id.as_str().to_owned());
+    q.sql(", ");
+    q.text(e.message.message_type.clone());
+    q.sql(", ");
+    q.text(message);
+    q.sql(", ");
+    q.text(e.origin.backend.clone());
+    q.sql(", ");
+    q.opt_text(e.origin.shard_id.clone());
+    q.sql(", ");
+    q.opt_text(e.origin.sequence_number.clone());
+    q.sql(", ");
+    q.text(error);
+    q.sql(", ");
+    q.text(e.error.to_string());
+    q.sql(", ");
+    q.int(i64::from(e.exhausted));
+    q.sql(", ");
+    q.int(i64::from(e.attempts));
+    q.sql(", ");
+    q.int(i64::from(e.failures));
+    q.sql(", ");
+    q.int(to_ms(e.first_failed_at));
+    q.sql(", ");
+    q.int(to_ms(e.last_failed_at));
+    q.sql(", ");
+    q.text(e.consumer_id.clone());
+    q.sql(", 'none', 0, NULL, NULL, NULL, NULL)");
+    Ok(())
+}
+
+/// `SELECT <columns> FROM t WHERE <filter> ORDER BY id [LIMIT n]`.
+pub(crate) fn select(q: &mut impl Sql, table: &str, f: &DeadLetterFilter) {
+    q.sql(&format!("SELECT {COLUMNS} FROM {table}"));
+    where_clause(q, f, true);
+    q.sql(" ORDER BY id");
+    if let Some(n) = f.limit {
+        q.sql(" LIMIT ");
+        q.int(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// ` WHERE ...` for `f` (nothing when it selects everything); `paging` adds `after`.
+pub(crate) fn where_clause(q: &mut impl Sql, f: &DeadLetterFilter, paging: bool) {
+    let mut sep = " WHERE ";
+    if let Some(queue) = &f.queue {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("queue = ");
+        q.text(queue.as_str().to_owned());
+    }
+    if let Some(t) = &f.message_type {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("message_type = ");
+        q.text(t.clone());
+    }
+    if let Some(t) = f.failed_after {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("last_failed_at >= ");
+        q.int(to_ms(t));
+    }
+    if let Some(t) = f.failed_before {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("last_failed_at < ");
+        q.int(to_ms(t));
+    }
+    if !f.ids.is_empty() {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("id IN (");
+        for (i, id) in f.ids.iter().enumerate() {
+            if i > 0 {
+                q.sql(", ");
+            }
+            q.text(id.to_string());
+        }
+        q.sql(")");
+    }
+    if !f.message_ids.is_empty() {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("message_id IN (");
+        for (i, id) in f.message_ids.iter().enumerate() {
+            if i > 0 {
+                q.sql(", ");
+            }
+            q.text(id.as_str().to_owned());
+        }
+        q.sql(")");
+    }
+    if let Some(needle) = &f.error_contains {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("LOWER(error_text) LIKE ");
+        q.text(like_pattern(needle));
+        q.sql(" ESCAPE '!'");
+    }
+    if let Some(s) = f.replay_state {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("replay_state = ");
+        q.text(s.as_str().to_owned());
+    }
+    if paging && let Some(after) = &f.after {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("id > ");
+        q.text(after.to_string());
+    }
+}
+
+/// `%needle%`, lower-cased (ASCII), with `!`, `%` and `_` escaped by `!`.
+fn like_pattern(needle: &str) -> String {
+    let mut out = String::with_capacity(needle.len() + 2);
+    out.push('%');
+    for c in needle.to_ascii_lowercase().chars() {
+        if matches!(c, '!' | '%' | '_') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// Phase one of a replay (see [`DeadLetterStore::begin_replay`](crate::DeadLetterStore::begin_replay)).
+pub(crate) fn begin_replay(
+    q: &mut impl Sql,
+    table: &str,
+    id: &EntryId,
+    expected_generation: u32,
+    mark: &ReplayMark,
+) {
+    q.sql(&format!(
+        "UPDATE {table} SET replay_state = 'pending', replayed_at = NULL, replay_generation = "
+    ));
+    q.int(i64::from(mark.generation));
+    q.sql(", replay_message_id = ");
+    q.text(mark.message_id.as_str().to_owned());
+    q.sql(", replay_target = ");
+    q.text(mark.target.as_str().to_owned());
+    q.sql(", replay_started_at = ");
+    q.int(to_ms(mark.started_at));
+    q.sql(" WHERE id = ");
+    q.text(id.to_string());
+    q.sql(" AND replay_generation = ");
+    q.int(i64::from(expected_generation));
+    q.sql(" AND replay_state <> 'pending'");
+}
+
+/// Phase two of a replay.
+pub(crate) fn finish_replay(
+    q: &mut impl Sql,
+    table: &str,
+    id: &EntryId,
+    message_id: &MessageId,
+    at: DateTime<Utc>,
+) {
+    q.sql(&format!(
+        "UPDATE {table} SET replay_state = 'done', replayed_at = COALESCE(replayed_at, "
+    ));
+    q.int(to_ms(at));
+    q.sql(") WHERE id = ");
+    q.text(id.to_string());
+    q.sql(" AND replay_message_id = ");
+    q.text(message_id.as_str().to_owned());
+}
+
+/// Whether entry `id` carries replay `message_id` (to tell "nothing to change" from "gone").
+pub(crate) fn has_replay(q: &mut impl Sql, table: &str, id: &EntryId, message_id: &MessageId) {
+    q.sql(&format!("SELECT COUNT(*) AS n FROM {table} WHERE id = "));
+    q.text(id.to_string());
+    q.sql(" AND replay_message_id = ");
+    q.text(message_id.as_str().to_owned());
+}
+
+/// Reads one row back into an entry.
+pub(crate) fn read_entry(row: &impl ReadRow) -> Result<DeadLetterEntry> {
+    let e = |err: sqlx::Error| Error::store("read", err);
+    let id_text = row.text("id").map_err(e)?;
+    let id: EntryId = id_text
+        .parse()
+        .map_err(|err| Error::corrupt(&id_text, err))?;
+    let message: Message = serde_json::from_str(&row.text("message").map_err(e)?)
+        .map_err(|err| Error::corrupt(&id_text, format!("message: {err}")))?;
+    let error: ErrorChain = serde_json::from_str(&row.text("error").map_err(e)?)
+        .map_err(|err| Error::corrupt(&id_text, format!("error: {err}")))?;
+    let mut origin = DeadLetterOrigin::backend(row.text("backend").map_err(e)?);
+    origin.shard_id = row.opt_text("shard_id").map_err(e)?;
+    origin.sequence_number = row.opt_text("sequence_number").map_err(e)?;
+    let count = |col: &str| -> Result<u32> {
+        let v = row.int(col).map_err(e)?;
+        u32::try_from(v).map_err(|_| Error::corrupt(&id_text, format!("{col} = {v}")))
+    };
+    let state: ReplayState = row
+        .text("replay_state")
+        .map_err(e)?
+        .parse()
+        .map_err(|err| Error::corrupt(&id_text, err))?;
+    let replay = match state {
+        ReplayState::None => None,
+        ReplayState::Pending | ReplayState::Done => {
+            let message_id = row
+                .opt_text("replay_message_id")
+                .map_err(e)?
+                .ok_or_else(|| Error::corrupt(&id_text, "replay without a message id"))?;
+            let target = row
+                .opt_text("replay_target")
+                .map_err(e)?
+                .ok_or_else(|| Error::corrupt(&id_text, "replay without a target"))?;
+            let started = row.opt_int("replay_started_at").map_err(e)?.unwrap_or(0);
+            let replayed_at = match (state, row.opt_int("replayed_at").map_err(e)?) {
+                (ReplayState::Done, Some(ms)) => Some(from_ms(&id_text, ms)?),
+                (ReplayState::Done, None) => Some(from_ms(&id_text, started)?),
+                _ => None,
+            };
+            Some(ReplayMark {
+                generation: count("replay_generation")?,
+                message_id: MessageId::new(message_id)
+                    .map_err(|err| Error::corrupt(&id_text, err))?,
+                target: QueueName::new(target).map_err(|err| Error::corrupt(&id_text, err))?,
+                started_at: from_ms(&id_text, started)?,
+                replayed_at,
+            })
+        }
+    };
+    Ok(DeadLetterEntry {
+        attempts: count("attempts")?,
+        exhausted: row.int("exhausted").map_err(e)? != 0,
+        failures: count("failures")?,
+        first_failed_at: from_ms(&id_text, row.int("first_failed_at").map_err(e)?)?,
+        last_failed_at: from_ms(&id_text, row.int("last_failed_at").map_err(e)?)?,
+        consumer_id: row.text("consumer_id").map_err(e)?,
+        id,
+        message,
+        origin,
+        error,
+        replay,
+    })
+}
+
+/// Splits a migration into statements (separated by `;` at the end of a line).
+pub(crate) fn statements(sql: &str, table: &str) -> Vec<String> {
+    sql.replace("{table}", table)
+        .split(";\n")
+        .map(str::trim)
+        .filter(|s| {
+            !s.lines()
+                .all(|l| l.trim().is_empty() || l.trim().starts_with("--"))
+        })
+        .map(|s| s.trim_end_matches(';').to_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_pattern("Time_Out"), "%time!_out%");
+        assert_eq!(like_pattern("100%!"), "%100!%!!%");
+    }
+
+    #[test]
+    fn migrations_split() {
+        let s = statements(
+            "-- c\nCREATE TABLE {table} (a int);\nCREATE INDEX x ON {table} (a);\n",
+            "t",
+        );
+        assert_eq!(
+            s,
+            ["-- c\nCREATE TABLE t (a int)", "CREATE INDEX x ON t (a)"]
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! The store conformance suite on MongoDB (or a compatible server), one collection per case.
+
+use std::sync::Arc;
+
+use mq_core::testkit::service_url;
+use mq_dlq::testkit::{StoreFactory, table_name};
+use mq_dlq::{DeadLetterStore, MongoDeadLetterStore};
+
+struct Mongo;
+
+#[async_trait::async_trait]
+impl StoreFactory for Mongo {
+    fn skip_reason(&self) -> Option<String> {
+        service_url("MONGODB_URI").err()
+    }
+    async fn create(&self, test: &str) -> Arc<dyn DeadLetterStore> {
+        let uri = service_url("MONGODB_URI").expect("checked by skip_reason");
+        let client = mongodb::Client::with_uri_str(&uri).await.expect("client");
+        let collection = table_name(test);
+        let store = MongoDeadLetterStore::new(&client, "mq_dlq_test", &collection).expect("store");
+        store.collection().drop().await.expect("drop");
+        store.migrate().await.expect("migrate");
+        Arc::new(store)
+    }
+}
+
+mq_dlq::store_conformance_tests!(Mongo);

@@ -1,0 +1,103 @@
+//! `mqctl`: the operator CLI of mq.
+//!
+//! - `mqctl dlq list|show|replay|purge`: dead letters in a SQL or MongoDB store;
+//! - `mqctl queue stats`: messages by status, oldest ready message, expired leases of SQL and
+//!   MongoDB queues;
+//! - `mqctl kinesis status`: shards with lineage, leases, checkpoints, poison counters and live
+//!   instances of a Kinesis stream (read-only).
+//!
+//! Human tables by default, `--json` for scripts. Connection settings come from flags or the
+//! environment (`MQ_DLQ_URL`, `DATABASE_URL`, `MONGODB_URI`, `REDIS_URL`, AWS settings). Destructive commands ask for
+//! confirmation unless `--yes`.
+
+use std::io::IsTerminal;
+
+use clap::{Parser, Subcommand};
+
+mod args;
+mod dlq;
+mod kinesis;
+mod output;
+mod stats;
+
+/// Operate mq queues: dead letters, queue statistics, Kinesis leases.
+#[derive(Debug, Parser)]
+#[command(name = "mqctl", version, about, propagate_version = true)]
+struct Cli {
+    /// Print JSON instead of tables (and no progress bar).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Do not ask for confirmation before destructive commands.
+    #[arg(long, short = 'y', global = true)]
+    yes: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Dead letters: list, show, replay, purge.
+    Dlq(Box<dlq::DlqArgs>),
+    /// Kinesis: shard leases, checkpoints and lineage.
+    Kinesis {
+        #[command(subcommand)]
+        command: kinesis::KinesisCommand,
+    },
+    /// Queues: statistics.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Messages by status, age of the oldest ready message and expired leases, per queue.
+    Stats(stats::StatsArgs),
+}
+
+/// What every command needs besides its own arguments.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Global {
+    pub(crate) json: bool,
+    pub(crate) yes: bool,
+}
+
+impl Global {
+    /// Asks `question` on the terminal unless `--yes`; refuses without a terminal.
+    pub(crate) fn confirm(&self, question: &str) -> anyhow::Result<bool> {
+        if self.yes {
+            return Ok(true);
+        }
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("{question}: refusing without a terminal to confirm; pass --yes");
+        }
+        eprint!("{question} [y/N] ");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let global = Global {
+        json: cli.json,
+        yes: cli.yes,
+    };
+    let result = match cli.command {
+        Command::Dlq(args) => dlq::run(*args, global).await,
+        Command::Kinesis { command } => kinesis::run(command, global).await,
+        Command::Queue {
+            command: QueueCommand::Stats(args),
+        } => stats::run(args, global).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mqctl: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
