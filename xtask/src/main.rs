@@ -278,7 +278,8 @@ fn test(backend: &str) -> Result<()> {
         "sql" => cmd.args(["-p", "mq-sql", "--all-features"]),
         "mongo" => cmd.args(["-p", "mq-mongo", "--all-features"]),
         "kinesis" => cmd.args(["-p", "mq-kinesis", "--all-features"]),
-        other => bail!("unknown backend {other:?}: use memory, sql, mongo, kinesis or all"),
+        "dlq" => cmd.args(["-p", "mq-dlq", "-p", "mqctl", "--all-features"]),
+        other => bail!("unknown backend {other:?}: use memory, sql, mongo, kinesis, dlq or all"),
     };
     run(&mut cmd)
 }
