@@ -73,8 +73,7 @@ struct Lite;
 #[async_trait]
 impl CheckpointStoreFactory for Lite {
     async fn create(&self, test: &str) -> Option<Arc<dyn CheckpointStore>> {
-        let path =
-            std::env::temp_dir().join(format!("mq-sql-ckpt-{test}-{}.db", std::process::id()));
+        let path = std::env::temp_dir().join(format!("mq-sql-ckpt-{test}.db"));
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }

@@ -72,7 +72,11 @@ pub async fn mysql(test: &str) -> Option<Arc<dyn CheckpointStore>> {
 }
 
 pub async fn sqlite(test: &str) -> Arc<dyn CheckpointStore> {
-    let path = std::env::temp_dir().join(format!("{}-{}.db", name(test), ulid::Ulid::new()));
+    // removed when the test starts again, like the server tables
+    let path = std::env::temp_dir().join(format!("{}.db", name(test)));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
     let opts = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(&path)
         .create_if_missing(true)
