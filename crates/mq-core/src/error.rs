@@ -127,6 +127,12 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A Kinesis sequence number is not 1 to 128 decimal digits.
+    #[error("invalid sequence number {value:?}: use 1 to 128 decimal digits")]
+    InvalidSequenceNumber {
+        /// The value as given.
+        value: String,
+    },
     /// The backend's store failed (connection, query, protocol).
     #[error("{backend} {operation} failed")]
     Backend {

@@ -12,6 +12,8 @@
 //! - lifecycle events, [`LifecycleObserver`] and [`LifecycleDispatcher`];
 //! - the dead-letter hook [`DeadLetterSink`];
 //! - [`AdaptiveStrategy`] and [`AimdStrategy`] for per-shard batch sizing;
+//! - [`CheckpointStore`] (with [`MemoryCheckpointStore`]): durable shard checkpoints fenced by
+//!   lease epochs, and Kinesis sequence-number order ([`compare_sequence_numbers`]);
 //! - [`QueueStore`] and [`PollingQueue`]: a backend that can claim atomically with a lease gets
 //!   the whole consumer runtime for free;
 //! - with feature `testkit`, the conformance suite every backend runs.
@@ -40,12 +42,13 @@
 //!
 //! | feature   | what it adds |
 //! |-----------|--------------|
-//! | `testkit` | `mq_core::testkit`: the backend conformance suite and test helpers |
+//! | `testkit` | `mq_core::testkit`: the backend and checkpoint-store conformance suites and test helpers |
 //! | `metrics` | [`MetricsObserver`]: lifecycle events as metrics on the `metrics` facade |
 
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 
 mod adaptive;
+mod checkpoint;
 mod dead_letter;
 mod error;
 mod handler;
@@ -67,6 +70,10 @@ pub use adaptive::{
     AdaptiveSnapshot, AdaptiveStrategy, AimdOptions, AimdStrategy, BatchResult, ShardKey,
 };
 pub use async_trait::async_trait;
+pub use checkpoint::{
+    CheckpointOutcome, CheckpointStore, MAX_SEQUENCE_NUMBER_DIGITS, MemoryCheckpointStore,
+    StoredCheckpoint, compare_sequence_numbers, normalize_sequence_number,
+};
 pub use dead_letter::{DeadLetter, DeadLetterOrigin, DeadLetterSink, ErrorChain};
 pub use error::{BoxError, Error, Result};
 pub use handler::{

@@ -28,6 +28,7 @@ use crate::retry::RetryPolicy;
 use crate::store::QueueStore;
 
 pub mod cases;
+pub mod checkpoint;
 
 /// Builds isolated queues of one backend for the conformance cases.
 #[async_trait]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use mq_core::{
-    ConsumerInfo, DisconnectReason, DispatchMode, ErrorChain, LifecycleDispatcher, LifecycleEvent, MessageId, MessageInfo,
-    MetricsObserver, QueueName,
+    ConsumerInfo, DisconnectReason, DispatchMode, ErrorChain, LifecycleDispatcher, LifecycleEvent,
+    MessageId, MessageInfo, MetricsObserver, QueueName,
 };
 
 fn info(q: &QueueName) -> MessageInfo {

@@ -1,10 +1,11 @@
 //! Shard leases: the [`LeaseStore`] trait, its data, and sequence-number order.
 
-use std::cmp::Ordering;
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+pub use mq_core::{CheckpointOutcome, compare_sequence_numbers};
 
 use crate::error::Result;
 
@@ -50,23 +51,14 @@ pub struct LeaseState {
     pub finished: bool,
 }
 
-/// What a checkpoint write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CheckpointOutcome {
-    /// The checkpoint moved forward.
-    Advanced,
-    /// The sequence number is not after the stored one; nothing changed.
-    NotForward,
-    /// The caller no longer holds the lease (owner or epoch differ); nothing changed.
-    Fenced,
-}
-
 /// Where shard leases, checkpoints, poison-pill counters and instance membership live.
 ///
 /// Implementations: [`RedisLeaseStore`](crate::RedisLeaseStore) for a fleet,
 /// [`FileLeaseStore`](crate::FileLeaseStore) and [`InMemoryLeaseStore`](crate::InMemoryLeaseStore)
-/// for one machine. Every implementation passes the conformance suite in
+/// for one machine, and [`DurableLeaseStore`](crate::DurableLeaseStore), which keeps the
+/// checkpoints and the epoch fence of any of them in a durable
+/// [`CheckpointStore`](mq_core::CheckpointStore) (SQL, MongoDB) so they survive a lease store
+/// that loses its data. Every implementation passes the conformance suite in
 /// `mq_kinesis::testkit` (feature `testkit`).
 ///
 /// # Examples
@@ -91,13 +83,46 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
     /// Takes the lease of `shard` for `owner` when nobody holds a live one (an expired or
     /// released lease counts as free; a finished shard never is). Returns the lease with a new,
     /// higher epoch, or `None`. Not re-entrant: a live lease of `owner` itself also gives `None`.
+    ///
+    /// The same as [`acquire_above`](Self::acquire_above) with a floor of 0.
     async fn acquire(
         &self,
         stream: &str,
         shard: &str,
         owner: &str,
         ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        self.acquire_above(stream, shard, owner, ttl, 0).await
+    }
+
+    /// Like [`acquire`](Self::acquire), but the new epoch is also above `epoch_floor`: the
+    /// newest epoch a durable checkpoint store has seen, so epochs never repeat even after this
+    /// store lost its data.
+    async fn acquire_above(
+        &self,
+        stream: &str,
+        shard: &str,
+        owner: &str,
+        ttl: Duration,
+        epoch_floor: u64,
     ) -> Result<Option<Lease>>;
+
+    /// Operator action: clears the owner of `shard` (held or not) and raises the epoch by one,
+    /// so the owner of the time is fenced (it can no longer renew, checkpoint, release or
+    /// finish) and the shard is free to be acquired. Keeps the checkpoint and the finished flag.
+    /// Returns the state afterwards.
+    async fn force_release(&self, stream: &str, shard: &str) -> Result<LeaseState>;
+
+    /// Operator action: sets the checkpoint of `shard` to `sequence_number` (1 to 128 digits),
+    /// forwards or backwards, clears the owner and raises the epoch by one, so the owner of the
+    /// time is fenced and whoever acquires the shard next reads after the new checkpoint. Keeps
+    /// the finished flag (a finished shard is never read again). Returns the state afterwards.
+    async fn set_checkpoint(
+        &self,
+        stream: &str,
+        shard: &str,
+        sequence_number: &str,
+    ) -> Result<LeaseState>;
 
     /// Extends `lease` to `ttl` from now. False when the lease was taken over or released.
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool>;
@@ -132,41 +157,10 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
     async fn live_instances(&self, stream: &str) -> Result<Vec<String>>;
 }
 
-/// Orders two Kinesis sequence numbers (decimal integers of up to 128 digits): by length, then
-/// lexicographically, after dropping leading zeros.
-///
-/// # Examples
-///
-/// ```
-/// use std::cmp::Ordering;
-/// use mq_kinesis::compare_sequence_numbers;
-///
-/// assert_eq!(compare_sequence_numbers("9", "10"), Ordering::Less);
-/// assert_eq!(compare_sequence_numbers("49590338271490256608559692538361571095921575989136588898",
-///     "49590338271490256608559692538361571095921575989136588899"), Ordering::Less);
-/// ```
-pub fn compare_sequence_numbers(a: &str, b: &str) -> Ordering {
-    let a = a.trim_start_matches('0');
-    let b = b.trim_start_matches('0');
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
-}
-
 pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 pub(crate) fn now_ms() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sequence_order() {
-        assert_eq!(compare_sequence_numbers("100", "99"), Ordering::Greater);
-        assert_eq!(compare_sequence_numbers("0099", "99"), Ordering::Equal);
-        assert_eq!(compare_sequence_numbers("123", "124"), Ordering::Less);
-    }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use mq_core::normalize_sequence_number;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -168,12 +169,13 @@ fn holds(l: &FileLease, lease: &Lease) -> bool {
 
 #[async_trait]
 impl LeaseStore for FileLeaseStore {
-    async fn acquire(
+    async fn acquire_above(
         &self,
         stream: &str,
         shard: &str,
         owner: &str,
         ttl: Duration,
+        epoch_floor: u64,
     ) -> Result<Option<Lease>> {
         let (stream_s, shard_s, owner_s) = (stream.to_owned(), shard.to_owned(), owner.to_owned());
         self.locked(stream, "acquire", move |dir| {
@@ -183,7 +185,7 @@ impl LeaseStore for FileLeaseStore {
             if l.finished || (l.owner.is_some() && l.expires_at_ms > now) {
                 return Ok(None);
             }
-            l.epoch += 1;
+            l.epoch = l.epoch.max(epoch_floor) + 1;
             l.shard.clone_from(&shard_s);
             l.owner = Some(owner_s.clone());
             l.expires_at_ms = now + ttl_ms(ttl);
@@ -198,6 +200,44 @@ impl LeaseStore for FileLeaseStore {
             }))
         })
         .await
+    }
+
+    async fn force_release(&self, stream: &str, shard: &str) -> Result<LeaseState> {
+        let shard_s = shard.to_owned();
+        self.locked(stream, "force_release", move |dir| {
+            let path = lease_path(dir, &shard_s);
+            let mut l: FileLease = read_json(&path)?;
+            l.shard.clone_from(&shard_s);
+            l.epoch += 1;
+            l.owner = None;
+            l.expires_at_ms = 0;
+            write_json(&path, &l)
+        })
+        .await?;
+        self.state(stream, shard).await
+    }
+
+    async fn set_checkpoint(
+        &self,
+        stream: &str,
+        shard: &str,
+        sequence_number: &str,
+    ) -> Result<LeaseState> {
+        let seq = normalize_sequence_number(sequence_number)
+            .map_err(|e| Error::lease("set_checkpoint", e))?;
+        let shard_s = shard.to_owned();
+        self.locked(stream, "set_checkpoint", move |dir| {
+            let path = lease_path(dir, &shard_s);
+            let mut l: FileLease = read_json(&path)?;
+            l.shard.clone_from(&shard_s);
+            l.epoch += 1;
+            l.owner = None;
+            l.expires_at_ms = 0;
+            l.checkpoint = Some(seq);
+            write_json(&path, &l)
+        })
+        .await?;
+        self.state(stream, shard).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {

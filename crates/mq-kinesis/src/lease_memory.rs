@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::Result;
+use mq_core::normalize_sequence_number;
+
+use crate::error::{Error, Result};
 use crate::lease::{
     CheckpointOutcome, Lease, LeaseState, LeaseStore, compare_sequence_numbers, now_ms, ttl_ms,
 };
@@ -57,12 +59,13 @@ fn holds(state: &LeaseState, lease: &Lease) -> bool {
 
 #[async_trait]
 impl LeaseStore for InMemoryLeaseStore {
-    async fn acquire(
+    async fn acquire_above(
         &self,
         stream: &str,
         shard: &str,
         owner: &str,
         ttl: Duration,
+        epoch_floor: u64,
     ) -> Result<Option<Lease>> {
         let now = now_ms();
         let mut s = self.lock();
@@ -76,7 +79,7 @@ impl LeaseStore for InMemoryLeaseStore {
         if st.finished || (st.owner.is_some() && st.expires_at_ms > now) {
             return Ok(None);
         }
-        st.epoch += 1;
+        st.epoch = st.epoch.max(epoch_floor) + 1;
         st.owner = Some(owner.to_owned());
         st.expires_at_ms = now + ttl_ms(ttl);
         Ok(Some(Lease {
@@ -87,6 +90,48 @@ impl LeaseStore for InMemoryLeaseStore {
             expires_at_ms: st.expires_at_ms,
             checkpoint: st.checkpoint.clone(),
         }))
+    }
+
+    async fn force_release(&self, stream: &str, shard: &str) -> Result<LeaseState> {
+        {
+            let mut s = self.lock();
+            let st = s
+                .leases
+                .entry(key(stream, shard))
+                .or_insert_with(|| LeaseState {
+                    shard: shard.to_owned(),
+                    ..LeaseState::default()
+                });
+            st.epoch += 1;
+            st.owner = None;
+            st.expires_at_ms = 0;
+        }
+        self.state(stream, shard).await
+    }
+
+    async fn set_checkpoint(
+        &self,
+        stream: &str,
+        shard: &str,
+        sequence_number: &str,
+    ) -> Result<LeaseState> {
+        let seq = normalize_sequence_number(sequence_number)
+            .map_err(|e| Error::lease("set_checkpoint", e))?;
+        {
+            let mut s = self.lock();
+            let st = s
+                .leases
+                .entry(key(stream, shard))
+                .or_insert_with(|| LeaseState {
+                    shard: shard.to_owned(),
+                    ..LeaseState::default()
+                });
+            st.epoch += 1;
+            st.owner = None;
+            st.expires_at_ms = 0;
+            st.checkpoint = Some(seq);
+        }
+        self.state(stream, shard).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {

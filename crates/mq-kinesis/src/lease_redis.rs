@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::prelude::{Builder, Client, ClientLike, Config, Value};
 use fred::types::scripts::Script;
+use mq_core::normalize_sequence_number;
 
 use crate::error::{Error, Result};
 use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, ttl_ms};
@@ -13,14 +14,14 @@ use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, ttl_ms};
 /// Server time in ms, shared by every script.
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
 
-/// KEYS[1] lease hash, KEYS[2] shard index set; ARGV owner, ttl_ms, shard →
+/// KEYS[1] lease hash, KEYS[2] shard index set; ARGV owner, ttl_ms, shard, epoch floor →
 /// {1, epoch, expires, checkpoint} or {0}.
 const ACQUIRE: &str = "
 redis.call('SADD', KEYS[2], ARGV[3])
 local h = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'expires', 'checkpoint', 'finished')
 if h[5] == '1' then return {0} end
 if h[1] and h[1] ~= '' and tonumber(h[3] or '0') > now then return {0} end
-local epoch = tonumber(h[2] or '0') + 1
+local epoch = math.max(tonumber(h[2] or '0'), tonumber(ARGV[4] or '0')) + 1
 local exp = now + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'expires', exp)
 return {1, epoch, exp, h[4] or ''}";
@@ -37,6 +38,14 @@ const CHECKPOINT: &str = "
 local new, cur = ARGV[3], h[3]
 if cur and cur ~= '' and (#new < #cur or (#new == #cur and new <= cur)) then return 0 end
 redis.call('HSET', KEYS[1], 'checkpoint', new) return 1";
+
+/// KEYS[1] lease hash, KEYS[2] shard index set; ARGV shard, and a checkpoint or '' → new epoch.
+const OVERRIDE: &str = "
+redis.call('SADD', KEYS[2], ARGV[1])
+local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') + 1
+redis.call('HSET', KEYS[1], 'owner', '', 'expires', 0, 'epoch', epoch)
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'checkpoint', ARGV[2]) end
+return epoch";
 
 const RELEASE: &str = "redis.call('HSET', KEYS[1], 'owner', '', 'expires', 0) return 1";
 
@@ -97,6 +106,7 @@ pub struct RedisLeaseStore {
 
 struct Scripts {
     acquire: Script,
+    override_: Script,
     renew: Script,
     checkpoint: Script,
     release: Script,
@@ -145,6 +155,7 @@ impl RedisLeaseStore {
             prefix: prefix.into(),
             scripts: std::sync::Arc::new(Scripts {
                 acquire: script(ACQUIRE),
+                override_: script(OVERRIDE),
                 renew: guarded(RENEW),
                 checkpoint: guarded(CHECKPOINT),
                 release: guarded(RELEASE),
@@ -187,6 +198,23 @@ impl RedisLeaseStore {
             .map_err(|e| Error::lease(operation, e))
     }
 
+    async fn override_lease(
+        &self,
+        operation: &'static str,
+        stream: &str,
+        shard: &str,
+        checkpoint: &str,
+    ) -> Result<()> {
+        self.run(
+            operation,
+            &self.scripts.override_,
+            vec![self.key(stream, "lease", shard), self.shards_key(stream)],
+            vec![Value::from(shard), Value::from(checkpoint)],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn guarded(
         &self,
         operation: &'static str,
@@ -222,12 +250,13 @@ fn as_opt_string(v: &Value) -> Option<String> {
 
 #[async_trait]
 impl LeaseStore for RedisLeaseStore {
-    async fn acquire(
+    async fn acquire_above(
         &self,
         stream: &str,
         shard: &str,
         owner: &str,
         ttl: Duration,
+        epoch_floor: u64,
     ) -> Result<Option<Lease>> {
         let v = self
             .run(
@@ -238,6 +267,7 @@ impl LeaseStore for RedisLeaseStore {
                     Value::from(owner),
                     Value::from(ttl_ms(ttl).to_string()),
                     Value::from(shard),
+                    Value::from(epoch_floor.to_string()),
                 ],
             )
             .await?;
@@ -253,6 +283,25 @@ impl LeaseStore for RedisLeaseStore {
             expires_at_ms: as_u64(&items[2]),
             checkpoint: as_opt_string(&items[3]),
         }))
+    }
+
+    async fn force_release(&self, stream: &str, shard: &str) -> Result<LeaseState> {
+        self.override_lease("force_release", stream, shard, "")
+            .await?;
+        self.state(stream, shard).await
+    }
+
+    async fn set_checkpoint(
+        &self,
+        stream: &str,
+        shard: &str,
+        sequence_number: &str,
+    ) -> Result<LeaseState> {
+        let seq = normalize_sequence_number(sequence_number)
+            .map_err(|e| Error::lease("set_checkpoint", e))?;
+        self.override_lease("set_checkpoint", stream, shard, &seq)
+            .await?;
+        self.state(stream, shard).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {

@@ -6,7 +6,9 @@
 //!   [`PartitionKeyStrategy`].
 //! - [`LeaseStore`] with three implementations: [`RedisLeaseStore`] (Lua scripts, server time,
 //!   Redis Cluster safe), [`FileLeaseStore`] and [`InMemoryLeaseStore`]. Leases are fenced by an
-//!   epoch; checkpoints only move forward.
+//!   epoch; checkpoints only move forward. [`DurableLeaseStore`] pairs any of them with a durable
+//!   [`mq_core::CheckpointStore`] (SQL or MongoDB) so checkpoints and the fence survive a Redis
+//!   that loses its data.
 //! - [`KinesisQueue`]: the [`mq_core::MessageQueue`] over all of it. Each leased shard is read by
 //!   a shard consumer, an explicit state machine (acquiring, initialising the iterator, fetching,
 //!   processing, checkpointing, backoff, releasing, stopped) with lease renewal, throttling
@@ -45,6 +47,7 @@
 mod consumer;
 mod error;
 mod lease;
+mod lease_durable;
 mod lease_file;
 mod lease_memory;
 mod lease_redis;
@@ -57,6 +60,7 @@ pub mod testkit;
 pub use consumer::{InitialPosition, ShardOptions};
 pub use error::{Error, Result};
 pub use lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, compare_sequence_numbers};
+pub use lease_durable::DurableLeaseStore;
 pub use lease_file::FileLeaseStore;
 pub use lease_memory::InMemoryLeaseStore;
 pub use lease_redis::RedisLeaseStore;

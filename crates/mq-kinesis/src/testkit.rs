@@ -269,6 +269,129 @@ pub mod cases {
         );
     }
 
+    /// The epoch of an acquisition is above the floor given and above every earlier epoch.
+    pub async fn acquire_above_respects_the_floor(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some(store) = f.create(test).await else {
+            return;
+        };
+        let s = stream_name(test);
+        let a = store
+            .acquire_above(&s, "sh", "a", LONG, 41)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(a.epoch > 41, "epoch {}", a.epoch);
+        assert!(
+            store
+                .acquire_above(&s, "sh", "b", LONG, 100)
+                .await
+                .unwrap()
+                .is_none(),
+            "a floor does not break a live lease"
+        );
+        assert!(store.release(&a).await.unwrap());
+        let b = store.acquire(&s, "sh", "b", LONG).await.unwrap().unwrap();
+        assert!(b.epoch > a.epoch);
+        assert!(store.release(&b).await.unwrap());
+        let c = store
+            .acquire_above(&s, "sh", "c", LONG, 3)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(c.epoch > b.epoch, "a low floor never lowers the epoch");
+        assert_eq!(store.state(&s, "sh").await.unwrap().epoch, c.epoch);
+    }
+
+    /// An operator's force-release frees the shard and fences its owner; the checkpoint stays.
+    pub async fn force_release_fences_the_owner(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some(store) = f.create(test).await else {
+            return;
+        };
+        let s = stream_name(test);
+        let a = store.acquire(&s, "sh", "a", LONG).await.unwrap().unwrap();
+        assert_eq!(
+            store.checkpoint(&a, "10").await.unwrap(),
+            CheckpointOutcome::Advanced
+        );
+        let st = store.force_release(&s, "sh").await.unwrap();
+        assert_eq!(st.owner, None);
+        assert!(!st.live);
+        assert!(st.epoch > a.epoch, "epoch {} after {}", st.epoch, a.epoch);
+        assert_eq!(st.checkpoint.as_deref(), Some("10"));
+        assert!(!store.renew(&a, LONG).await.unwrap());
+        assert_eq!(
+            store.checkpoint(&a, "20").await.unwrap(),
+            CheckpointOutcome::Fenced
+        );
+        assert!(!store.release(&a).await.unwrap());
+        assert!(!store.finish(&a).await.unwrap());
+        let b = store.acquire(&s, "sh", "b", LONG).await.unwrap().unwrap();
+        assert!(b.epoch > st.epoch);
+        assert_eq!(b.checkpoint.as_deref(), Some("10"));
+        // on a shard nobody holds
+        let free = store.force_release(&s, "free").await.unwrap();
+        assert_eq!((free.owner, free.live), (None, false));
+        assert!(
+            store
+                .acquire(&s, "free", "c", LONG)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    /// An operator's checkpoint override moves it anywhere, fences the owner, and the next owner
+    /// starts from it.
+    pub async fn set_checkpoint_overrides_and_fences(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some(store) = f.create(test).await else {
+            return;
+        };
+        let s = stream_name(test);
+        let a = store.acquire(&s, "sh", "a", LONG).await.unwrap().unwrap();
+        assert_eq!(
+            store.checkpoint(&a, "500").await.unwrap(),
+            CheckpointOutcome::Advanced
+        );
+        let st = store.set_checkpoint(&s, "sh", "100").await.unwrap();
+        assert_eq!(st.checkpoint.as_deref(), Some("100"));
+        assert_eq!((st.owner.as_deref(), st.live), (None, false));
+        assert!(st.epoch > a.epoch);
+        assert_eq!(
+            store.checkpoint(&a, "600").await.unwrap(),
+            CheckpointOutcome::Fenced
+        );
+        assert!(!store.renew(&a, LONG).await.unwrap());
+        let b = store.acquire(&s, "sh", "b", LONG).await.unwrap().unwrap();
+        assert!(b.epoch > st.epoch);
+        assert_eq!(b.checkpoint.as_deref(), Some("100"));
+        assert_eq!(
+            store.checkpoint(&b, "50").await.unwrap(),
+            CheckpointOutcome::NotForward
+        );
+        assert_eq!(
+            store.checkpoint(&b, "150").await.unwrap(),
+            CheckpointOutcome::Advanced
+        );
+        // forwards, on a shard never acquired, and listed
+        let fresh = store.set_checkpoint(&s, "fresh", "77").await.unwrap();
+        assert_eq!(fresh.checkpoint.as_deref(), Some("77"));
+        let c = store
+            .acquire(&s, "fresh", "c", LONG)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.checkpoint.as_deref(), Some("77"));
+        let shards: Vec<String> = store
+            .leases(&s)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.shard)
+            .collect();
+        assert_eq!(shards, ["fresh", "sh"]);
+        assert!(store.set_checkpoint(&s, "sh", "12x").await.is_err());
+    }
+
     /// Poison counters per (shard, checkpoint), shared and resettable.
     pub async fn poison_counters(f: &dyn LeaseStoreFactory, test: &str) {
         let Some(store) = f.create(test).await else {
@@ -298,7 +421,10 @@ macro_rules! lease_store_tests {
             leases_lists_every_shard,
             concurrent_acquire_has_one_winner,
             dead_instances_drop_out,
-            poison_counters
+            poison_counters,
+            acquire_above_respects_the_floor,
+            force_release_fences_the_owner,
+            set_checkpoint_overrides_and_fences
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -40,8 +40,21 @@ fn broken(op: &'static str) -> Error {
 
 #[async_trait]
 impl LeaseStore for Flaky {
-    async fn acquire(&self, s: &str, sh: &str, o: &str, ttl: Duration) -> Result<Option<Lease>> {
-        self.inner.acquire(s, sh, o, ttl).await
+    async fn acquire_above(
+        &self,
+        s: &str,
+        sh: &str,
+        o: &str,
+        ttl: Duration,
+        floor: u64,
+    ) -> Result<Option<Lease>> {
+        self.inner.acquire_above(s, sh, o, ttl, floor).await
+    }
+    async fn force_release(&self, s: &str, sh: &str) -> Result<LeaseState> {
+        self.inner.force_release(s, sh).await
+    }
+    async fn set_checkpoint(&self, s: &str, sh: &str, seq: &str) -> Result<LeaseState> {
+        self.inner.set_checkpoint(s, sh, seq).await
     }
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
         let n = self.renew_calls.fetch_add(1, Ordering::SeqCst);

@@ -96,5 +96,8 @@ async fn redis_cluster_runs_every_case() {
     cases::concurrent_acquire_has_one_winner(&f, "cluster-race").await;
     cases::dead_instances_drop_out(&f, "cluster-members").await;
     cases::poison_counters(&f, "cluster-poison").await;
+    cases::acquire_above_respects_the_floor(&f, "cluster-floor").await;
+    cases::force_release_fences_the_owner(&f, "cluster-force").await;
+    cases::set_checkpoint_overrides_and_fences(&f, "cluster-override").await;
     cluster.stop().await;
 }

@@ -14,6 +14,9 @@
 //!   deletes finished messages after [`MongoOptions::retention`];
 //! - **change-stream wake-up** of idle consumers on replica sets, polling otherwise.
 //!
+//! [`MongoCheckpointStore`] keeps durable Kinesis checkpoints fenced by lease epochs, for
+//! mq-kinesis setups whose lease store (Redis) may lose its data.
+//!
 //! # Quickstart
 //!
 //! ```no_run
@@ -50,6 +53,7 @@
 
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 
+mod checkpoint;
 mod document;
 mod error;
 mod options;
@@ -57,6 +61,7 @@ mod queue;
 mod store;
 mod wake;
 
+pub use checkpoint::{DEFAULT_CHECKPOINT_COLLECTION, MongoCheckpointStore};
 pub use error::{Error, Result};
 pub use options::{ClaimStrategy, MongoOptions};
 pub use queue::MongoQueue;

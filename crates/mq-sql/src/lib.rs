@@ -13,6 +13,10 @@
 //! `purge_finished`), and publishing inside the caller's transaction on PostgreSQL
 //! (`PgQueue::publish_in_tx`, the outbox pattern).
 //!
+//! [`SqlCheckpointStore`] ([`PgCheckpointStore`], [`MySqlCheckpointStore`],
+//! [`SqliteCheckpointStore`]) keeps durable Kinesis checkpoints fenced by lease epochs, for
+//! mq-kinesis setups whose lease store (Redis) may lose its data.
+//!
 //! # Quickstart
 //!
 //! ```no_run
@@ -59,6 +63,7 @@
     allow(dead_code)
 )]
 
+mod checkpoint;
 mod error;
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -70,6 +75,13 @@ mod queue;
 mod sqlite;
 mod store;
 
+#[cfg(feature = "mysql")]
+pub use checkpoint::MySqlCheckpointStore;
+#[cfg(feature = "postgres")]
+pub use checkpoint::PgCheckpointStore;
+#[cfg(feature = "sqlite")]
+pub use checkpoint::SqliteCheckpointStore;
+pub use checkpoint::{DEFAULT_CHECKPOINT_TABLE, SqlCheckpointStore};
 pub use error::{Error, Result};
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlQueue;

@@ -1,0 +1,107 @@
+//! Durable checkpoint stores for the tests: one table (or database) per test, dropped when the
+//! test starts so a failed run leaves its data for inspection.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+
+use mq_core::CheckpointStore;
+use mq_core::testkit::service_url;
+
+/// The URL in `var`, or `None` after printing why the test skips (panics under
+/// `MQ_REQUIRE_SERVICES=1`).
+pub fn url(var: &str, test: &str) -> Option<String> {
+    match service_url(var) {
+        Ok(u) => Some(u),
+        Err(reason) => {
+            eprintln!("skipping {test}: {reason}");
+            None
+        }
+    }
+}
+
+/// A table or database name for `test`.
+pub fn name(test: &str) -> String {
+    let mut t: String = format!("mqt_kck_{test}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    t.truncate(60);
+    t
+}
+
+pub async fn postgres(test: &str) -> Option<Arc<dyn CheckpointStore>> {
+    let url = url("MQ_TEST_POSTGRES_URL", test)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&url)
+        .await
+        .unwrap();
+    let t = name(test);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    Some(Arc::new(
+        mq_sql::PgCheckpointStore::from_pool(pool, t).await.unwrap(),
+    ))
+}
+
+pub async fn mysql(test: &str) -> Option<Arc<dyn CheckpointStore>> {
+    let url = url("MQ_TEST_MYSQL_URL", test)?;
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(8)
+        .connect(&url)
+        .await
+        .unwrap();
+    let t = name(test);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    Some(Arc::new(
+        mq_sql::MySqlCheckpointStore::from_pool(pool, t)
+            .await
+            .unwrap(),
+    ))
+}
+
+pub async fn sqlite(test: &str) -> Arc<dyn CheckpointStore> {
+    // removed when the test starts again, like the server tables
+    let path = std::env::temp_dir().join(format!("{}.db", name(test)));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(std::time::Duration::from_secs(10));
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await
+        .unwrap();
+    Arc::new(
+        mq_sql::SqliteCheckpointStore::from_pool(pool, "checkpoints")
+            .await
+            .unwrap(),
+    )
+}
+
+pub async fn mongo(test: &str) -> Option<Arc<dyn CheckpointStore>> {
+    let url = url("MONGODB_URI", test)?;
+    let client = mongodb::Client::with_uri_str(&url).await.unwrap();
+    let db = client.database(&name(test));
+    db.drop().await.unwrap();
+    Some(Arc::new(
+        mq_mongo::MongoCheckpointStore::new(db, "checkpoints")
+            .await
+            .unwrap(),
+    ))
+}

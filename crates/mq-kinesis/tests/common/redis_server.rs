@@ -1,0 +1,88 @@
+//! A throw-away `redis-server` without persistence on a spare loopback port, killed on drop, so a
+//! test can FLUSHALL it without touching anyone else's data.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+pub struct RedisServer {
+    pub port: u16,
+    _child: Child,
+}
+
+async fn cli(port: u16, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+impl RedisServer {
+    /// Starts the server, or returns why it cannot (no `redis-server` binary).
+    pub async fn start() -> Result<Self, String> {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            l.local_addr().map_err(|e| e.to_string())?.port()
+        };
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if cli(port, &["PING"]).await? == "PONG" {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("redis-server on port {port} never answered"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(RedisServer {
+            port,
+            _child: child,
+        })
+    }
+
+    /// Starts the server; when it cannot, panics under `MQ_REQUIRE_SERVICES=1` and otherwise
+    /// prints why `test` skips and returns `None`.
+    pub async fn start_or_skip(test: &str) -> Option<Self> {
+        match Self::start().await {
+            Ok(s) => Some(s),
+            Err(reason) => {
+                if std::env::var("MQ_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                    panic!("{test}: {reason}");
+                }
+                eprintln!("skipping {test}: {reason}");
+                None
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Forgets everything, as a restarted Redis without persistence does.
+    pub async fn flushall(&self) {
+        assert_eq!(cli(self.port, &["FLUSHALL"]).await.unwrap(), "OK");
+    }
+}

@@ -1,0 +1,411 @@
+//! [`SqlCheckpointStore`]: durable Kinesis checkpoints with an epoch fence, in one SQL table.
+//!
+//! Every write is atomic: a checkpoint write is first tried as one conditional `UPDATE` that
+//! expresses the whole rule (epoch not older than the newest seen, sequence number after the
+//! stored one by (length, text)); anything else (a first write, a refused write that must be told
+//! apart as fenced or not forward, an epoch observation, an operator override) runs in one
+//! transaction that locks the shard's row, decides with
+//! [`CheckpointOutcome::decide`](mq_core::CheckpointOutcome::decide) and writes.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mq_core::{CheckpointOutcome, StoredCheckpoint, normalize_sequence_number};
+
+use crate::options::validate_table;
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+/// The table [`SqlCheckpointStore`] uses unless told otherwise.
+pub const DEFAULT_CHECKPOINT_TABLE: &str = "mq_checkpoints";
+
+/// How often a transaction that lost a deadlock or a serialization race is retried.
+const ATTEMPTS: usize = 20;
+
+/// Durable shard checkpoints with an epoch fence, in one table of database `DB`
+/// (`sqlx::Postgres`, `sqlx::MySql` or `sqlx::Sqlite`): the [`mq_core::CheckpointStore`] that
+/// mq-kinesis pairs with a lease store that may lose its data (Redis without persistence).
+///
+/// One row per (stream, shard): the sequence number (decimal text without leading zeros, and its
+/// length), the epoch that wrote it, the newest epoch seen and the time of the last change. The
+/// table is created from `migrations/<database>/0001_checkpoints.sql` when the store is built;
+/// its name is configurable (`[A-Za-z_][A-Za-z0-9_]{0,62}`).
+///
+/// Use the aliases [`PgCheckpointStore`], [`MySqlCheckpointStore`] and
+/// [`SqliteCheckpointStore`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres")]
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use mq_core::CheckpointStore;
+/// use mq_sql::PgCheckpointStore;
+///
+/// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/app").await?;
+/// let store: Arc<dyn CheckpointStore> =
+///     Arc::new(PgCheckpointStore::from_pool(pool, "kinesis_checkpoints").await?);
+/// # let _ = store;
+/// # Ok(()) }
+/// ```
+pub struct SqlCheckpointStore<DB: sqlx::Database> {
+    pool: sqlx::Pool<DB>,
+    table: String,
+}
+
+impl<DB: sqlx::Database> fmt::Debug for SqlCheckpointStore<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlCheckpointStore")
+            .field("database", &DB::NAME)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: sqlx::Database> Clone for SqlCheckpointStore<DB> {
+    fn clone(&self) -> Self {
+        SqlCheckpointStore {
+            pool: self.pool.clone(),
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<DB: sqlx::Database> SqlCheckpointStore<DB> {
+    fn build(pool: sqlx::Pool<DB>, table: String) -> crate::Result<Self> {
+        validate_table(&table)?;
+        Ok(SqlCheckpointStore { pool, table })
+    }
+
+    /// The connection pool.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "sqlite")]
+    /// # async fn f(store: mq_sql::SqliteCheckpointStore) {
+    /// let pool: &sqlx::SqlitePool = store.pool();
+    /// # let _ = pool; }
+    /// ```
+    pub fn pool(&self) -> &sqlx::Pool<DB> {
+        &self.pool
+    }
+
+    /// The checkpoint table.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "sqlite")]
+    /// # async fn f(pool: sqlx::SqlitePool) -> mq_sql::Result<()> {
+    /// let store = mq_sql::SqliteCheckpointStore::from_pool(pool, "ckpt").await?;
+    /// assert_eq!(store.table(), "ckpt");
+    /// # Ok(()) }
+    /// ```
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+/// A [`SqlCheckpointStore`] on PostgreSQL.
+#[cfg(feature = "postgres")]
+pub type PgCheckpointStore = SqlCheckpointStore<sqlx::Postgres>;
+/// A [`SqlCheckpointStore`] on MySQL or MariaDB.
+#[cfg(feature = "mysql")]
+pub type MySqlCheckpointStore = SqlCheckpointStore<sqlx::MySql>;
+/// A [`SqlCheckpointStore`] on SQLite.
+#[cfg(feature = "sqlite")]
+pub type SqliteCheckpointStore = SqlCheckpointStore<sqlx::Sqlite>;
+
+/// One shard's row.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub(crate) sequence_number: Option<String>,
+    pub(crate) written_epoch: u64,
+    pub(crate) epoch: u64,
+    pub(crate) updated_at: DateTime<Utc>,
+}
+
+impl Row {
+    pub(crate) fn into_stored(self, shard: String) -> StoredCheckpoint {
+        StoredCheckpoint::new(
+            shard,
+            self.sequence_number,
+            self.written_epoch,
+            self.epoch,
+            self.updated_at,
+        )
+    }
+
+    pub(crate) fn sequence_length(&self) -> i32 {
+        self.sequence_number
+            .as_deref()
+            .map_or(0, |s| i32::try_from(s.len()).unwrap_or(i32::MAX))
+    }
+}
+
+/// A change to one shard's row, decided on the locked row.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Save { epoch: u64, sequence_number: String },
+    Observe { epoch: u64 },
+    Set { sequence_number: String },
+}
+
+impl Op {
+    /// The new row, or `None` when nothing changes.
+    pub(crate) fn apply(&self, prev: Option<&Row>) -> Option<Row> {
+        let now = Utc::now();
+        match self {
+            Op::Save {
+                epoch,
+                sequence_number,
+            } => (self.outcome(prev) == CheckpointOutcome::Advanced).then(|| Row {
+                sequence_number: Some(sequence_number.clone()),
+                written_epoch: *epoch,
+                epoch: *epoch,
+                updated_at: now,
+            }),
+            Op::Observe { epoch } => match prev {
+                Some(p) if p.epoch >= *epoch => None,
+                Some(p) => Some(Row {
+                    epoch: *epoch,
+                    updated_at: now,
+                    ..p.clone()
+                }),
+                None => Some(Row {
+                    sequence_number: None,
+                    written_epoch: 0,
+                    epoch: *epoch,
+                    updated_at: now,
+                }),
+            },
+            Op::Set { sequence_number } => {
+                let epoch = prev.map_or(0, |p| p.epoch) + 1;
+                Some(Row {
+                    sequence_number: Some(sequence_number.clone()),
+                    written_epoch: epoch,
+                    epoch,
+                    updated_at: now,
+                })
+            }
+        }
+    }
+
+    /// What a save did, given the row it found.
+    pub(crate) fn outcome(&self, prev: Option<&Row>) -> CheckpointOutcome {
+        match self {
+            Op::Save {
+                epoch,
+                sequence_number,
+            } => CheckpointOutcome::decide(
+                prev.and_then(|p| p.sequence_number.as_deref()),
+                prev.map_or(0, |p| p.epoch),
+                *epoch,
+                sequence_number,
+            ),
+            _ => CheckpointOutcome::Advanced,
+        }
+    }
+}
+
+/// An epoch as a database BIGINT.
+pub(crate) fn to_i64(epoch: u64) -> mq_core::Result<i64> {
+    i64::try_from(epoch).map_err(|_| {
+        mq_core::Error::invalid_option("epoch", format!("{epoch} does not fit a signed 64-bit"))
+    })
+}
+
+/// A stored BIGINT as an epoch.
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// True for errors after which the whole transaction can simply run again (deadlock,
+/// serialization failure, unique violation of a racing first insert, a busy SQLite).
+pub(crate) fn retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            matches!(
+                d.code().as_deref(),
+                Some("40001" | "40P01" | "5" | "6" | "517")
+            ) || d.is_unique_violation()
+        }
+        _ => false,
+    }
+}
+
+/// Runs `attempt` until it succeeds, retrying retryable errors a bounded number of times.
+pub(crate) async fn with_retries<T, F, Fut>(
+    operation: &'static str,
+    mut attempt: F,
+) -> mq_core::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut n = 0;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if retryable(&e) && n + 1 < ATTEMPTS => {
+                n += 1;
+                tracing::debug!(error = %e, operation, "mq-sql: checkpoint transaction lost a race, retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(2 * n as u64)).await;
+            }
+            Err(e) => return Err(mq_core::Error::backend("sql", operation, e)),
+        }
+    }
+}
+
+/// What each database provides; the rule itself is shared.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync {
+    /// The row of (stream, shard), unlocked.
+    async fn select(&self, stream: &str, shard: &str) -> Result<Option<Row>, sqlx::Error>;
+    /// Every row of `stream` with its shard.
+    async fn list(&self, stream: &str) -> Result<Vec<(String, Row)>, sqlx::Error>;
+    /// One conditional `UPDATE` that advances the checkpoint when the rule allows it; true when
+    /// it did.
+    async fn fast_save(
+        &self,
+        stream: &str,
+        shard: &str,
+        epoch: i64,
+        sequence_number: &str,
+    ) -> Result<bool, sqlx::Error>;
+    /// One transaction: lock the row (or insert it), apply `op`, commit; returns the row as it
+    /// was before.
+    async fn modify_once(
+        &self,
+        stream: &str,
+        shard: &str,
+        op: &Op,
+    ) -> Result<Option<Row>, sqlx::Error>;
+}
+
+async fn modify<B: Backend>(
+    b: &B,
+    stream: &str,
+    shard: &str,
+    op: &Op,
+) -> mq_core::Result<Option<Row>> {
+    with_retries("checkpoint", || b.modify_once(stream, shard, op)).await
+}
+
+pub(crate) async fn load<B: Backend>(
+    b: &B,
+    stream: &str,
+    shard: &str,
+) -> mq_core::Result<Option<StoredCheckpoint>> {
+    let row = with_retries("load checkpoint", || b.select(stream, shard)).await?;
+    Ok(row.map(|r| r.into_stored(shard.to_owned())))
+}
+
+pub(crate) async fn save<B: Backend>(
+    b: &B,
+    stream: &str,
+    shard: &str,
+    epoch: u64,
+    sequence_number: &str,
+) -> mq_core::Result<CheckpointOutcome> {
+    let seq = normalize_sequence_number(sequence_number)?;
+    let e = to_i64(epoch)?;
+    if with_retries("save checkpoint", || b.fast_save(stream, shard, e, &seq)).await? {
+        return Ok(CheckpointOutcome::Advanced);
+    }
+    let op = Op::Save {
+        epoch,
+        sequence_number: seq,
+    };
+    let prev = modify(b, stream, shard, &op).await?;
+    Ok(op.outcome(prev.as_ref()))
+}
+
+pub(crate) async fn observe_epoch<B: Backend>(
+    b: &B,
+    stream: &str,
+    shard: &str,
+    epoch: u64,
+) -> mq_core::Result<u64> {
+    to_i64(epoch)?;
+    let prev = modify(b, stream, shard, &Op::Observe { epoch }).await?;
+    Ok(prev.map_or(0, |p| p.epoch))
+}
+
+pub(crate) async fn max_epoch<B: Backend>(
+    b: &B,
+    stream: &str,
+    shard: &str,
+) -> mq_core::Result<u64> {
+    Ok(load(b, stream, shard).await?.map_or(0, |c| c.epoch))
+}
+
+pub(crate) async fn checkpoints<B: Backend>(
+    b: &B,
+    stream: &str,
+) -> mq_core::Result<Vec<StoredCheckpoint>> {
+    let mut rows = with_retries("list checkpoints", || b.list(stream)).await?;
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(rows
+        .into_iter()
+        .map(|(shard, r)| r.into_stored(shard))
+        .collect())
+}
+
+pub(crate) async fn set_checkpoint<B: Backend>(
+    b: &B,
+    stream: &str,
+    shard: &str,
+    sequence_number: &str,
+) -> mq_core::Result<u64> {
+    let op = Op::Set {
+        sequence_number: normalize_sequence_number(sequence_number)?,
+    };
+    let prev = modify(b, stream, shard, &op).await?;
+    Ok(prev.map_or(0, |p| p.epoch) + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: Option<&str>, written: u64, epoch: u64) -> Row {
+        Row {
+            sequence_number: seq.map(str::to_owned),
+            written_epoch: written,
+            epoch,
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn ops() {
+        let save = Op::Save {
+            epoch: 3,
+            sequence_number: "20".into(),
+        };
+        assert!(save.apply(Some(&row(Some("10"), 3, 3))).is_some());
+        assert!(save.apply(Some(&row(Some("30"), 3, 3))).is_none());
+        assert!(save.apply(Some(&row(Some("10"), 4, 4))).is_none());
+        assert_eq!(
+            save.outcome(Some(&row(Some("10"), 4, 4))),
+            CheckpointOutcome::Fenced
+        );
+        let observe = Op::Observe { epoch: 5 };
+        assert_eq!(observe.apply(Some(&row(Some("1"), 2, 4))).unwrap().epoch, 5);
+        assert!(observe.apply(Some(&row(None, 0, 5))).is_none());
+        let set = Op::Set {
+            sequence_number: "1".into(),
+        };
+        let r = set.apply(Some(&row(Some("9"), 2, 4))).unwrap();
+        assert_eq!((r.written_epoch, r.epoch), (5, 5));
+    }
+}

@@ -1,0 +1,120 @@
+//! The checkpoint-store conformance suite on PostgreSQL, MySQL/MariaDB and SQLite. Each case
+//! gets its own table (SQLite: its own file), dropped when the case starts.
+
+use std::sync::Arc;
+
+use mq_core::testkit::checkpoint::CheckpointStoreFactory;
+use mq_core::testkit::service_url;
+use mq_core::{CheckpointStore, async_trait};
+use mq_sql::{MySqlCheckpointStore, PgCheckpointStore, SqliteCheckpointStore};
+
+fn table(test: &str) -> String {
+    let mut t = format!("mqt_ck_{test}");
+    t.truncate(60);
+    t
+}
+
+fn url(var: &str, test: &str) -> Option<String> {
+    match service_url(var) {
+        Ok(u) => Some(u),
+        Err(reason) => {
+            eprintln!("skipping {test}: {reason}");
+            None
+        }
+    }
+}
+
+struct Pg;
+
+#[async_trait]
+impl CheckpointStoreFactory for Pg {
+    async fn create(&self, test: &str) -> Option<Arc<dyn CheckpointStore>> {
+        let url = url("MQ_TEST_POSTGRES_URL", test)?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .unwrap();
+        let t = table(test);
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        Some(Arc::new(
+            PgCheckpointStore::from_pool(pool, t).await.unwrap(),
+        ))
+    }
+}
+
+struct My;
+
+#[async_trait]
+impl CheckpointStoreFactory for My {
+    async fn create(&self, test: &str) -> Option<Arc<dyn CheckpointStore>> {
+        let url = url("MQ_TEST_MYSQL_URL", test)?;
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .unwrap();
+        let t = table(test);
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        Some(Arc::new(
+            MySqlCheckpointStore::from_pool(pool, t).await.unwrap(),
+        ))
+    }
+}
+
+struct Lite;
+
+#[async_trait]
+impl CheckpointStoreFactory for Lite {
+    async fn create(&self, test: &str) -> Option<Arc<dyn CheckpointStore>> {
+        let path = std::env::temp_dir().join(format!("mq-sql-ckpt-{test}.db"));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .unwrap();
+        Some(Arc::new(
+            SqliteCheckpointStore::from_pool(pool, table(test))
+                .await
+                .unwrap(),
+        ))
+    }
+}
+
+mod postgres {
+    mq_core::checkpoint_store_tests!(super::Pg);
+}
+
+mod mysql {
+    mq_core::checkpoint_store_tests!(super::My);
+}
+
+mod sqlite {
+    mq_core::checkpoint_store_tests!(super::Lite);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_table_names_are_refused() {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let err = SqliteCheckpointStore::from_pool(pool, "x; DROP TABLE y")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("x; DROP TABLE y"), "{err}");
+}
