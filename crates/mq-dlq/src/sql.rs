@@ -6,12 +6,19 @@
 
 use std::fmt;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mq_core::{DeadLetterOrigin, ErrorChain, Message, MessageId, QueueName};
+use mq_core::{
+    BoxError, DeadLetter, DeadLetterOrigin, DeadLetterSink, ErrorChain, Message, MessageId,
+    QueueName,
+};
+use sqlx::{AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments};
+use sqlx::{QueryBuilder, Row, Type};
 
 use crate::entry::{DeadLetterEntry, EntryId, ReplayMark, ReplayState, from_ms, to_ms};
 use crate::error::{Error, Result, validate_table};
 use crate::filter::DeadLetterFilter;
+use crate::store::DeadLetterStore;
 
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "mq_dead_letters";
@@ -83,6 +90,20 @@ impl<DB: sqlx::Database> SqlDeadLetterStore<DB> {
     }
 }
 
+/// What differs between the databases: implemented for `Postgres`, `MySql` and `Sqlite` in
+/// their modules. Crate-private, so no other database can be plugged in.
+pub(crate) trait Dialect: Database {
+    /// The schema (statements ending with `;` at the end of a line, `{table}` for the table).
+    const MIGRATION: &'static str;
+
+    /// Appended to [`insert`]: a second letter for the same (queue, message id) adds a failure
+    /// to the stored entry. `{table}`, if present, is replaced by the table.
+    const UPSERT: &'static str;
+
+    /// Rows changed by a statement (an inherent method of each driver's result, not a trait one).
+    fn rows_affected(done: &Self::QueryResult) -> u64;
+}
+
 /// A query under construction, whatever the database (placeholders and binds).
 pub(crate) trait Sql {
     fn sql(&mut self, s: &str);
@@ -91,12 +112,177 @@ pub(crate) trait Sql {
     fn int(&mut self, v: i64);
 }
 
+impl<DB: Database> Sql for QueryBuilder<DB>
+where
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    Option<String>: for<'q> Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    fn sql(&mut self, s: &str) {
+        self.push(s);
+    }
+    fn text(&mut self, v: String) {
+        self.push_bind(v);
+    }
+    fn opt_text(&mut self, v: Option<String>) {
+        self.push_bind(v);
+    }
+    fn int(&mut self, v: i64) {
+        self.push_bind(v);
+    }
+}
+
 /// A result row, whatever the database.
 pub(crate) trait ReadRow {
     fn text(&self, col: &str) -> std::result::Result<String, sqlx::Error>;
     fn opt_text(&self, col: &str) -> std::result::Result<Option<String>, sqlx::Error>;
     fn int(&self, col: &str) -> std::result::Result<i64, sqlx::Error>;
     fn opt_int(&self, col: &str) -> std::result::Result<Option<i64>, sqlx::Error>;
+}
+
+impl<R: Row> ReadRow for R
+where
+    for<'c> &'c str: ColumnIndex<R>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn text(&self, col: &str) -> std::result::Result<String, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn opt_text(&self, col: &str) -> std::result::Result<Option<String>, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn int(&self, col: &str) -> std::result::Result<i64, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn opt_int(&self, col: &str) -> std::result::Result<Option<i64>, sqlx::Error> {
+        self.try_get(col)
+    }
+}
+
+/// Compiles only if `S` is a [`DeadLetterStore`]: each dialect module checks with it that the
+/// generic impls below apply to its database (their bounds are only checked where used).
+pub(crate) const fn assert_store<S: DeadLetterStore>() {}
+
+#[async_trait]
+impl<DB: Dialect> DeadLetterSink for SqlDeadLetterStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    QueryBuilder<DB>: Sql,
+    DB::Row: ReadRow,
+{
+    async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), BoxError> {
+        Ok(self.insert(letters).await?)
+    }
+}
+
+#[async_trait]
+impl<DB: Dialect> DeadLetterStore for SqlDeadLetterStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    QueryBuilder<DB>: Sql,
+    DB::Row: ReadRow,
+{
+    async fn migrate(&self) -> Result<()> {
+        for stmt in statements(DB::MIGRATION, &self.table) {
+            sqlx::raw_sql(AssertSqlSafe(stmt))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| Error::store("migrate", e))?;
+        }
+        Ok(())
+    }
+
+    async fn insert(&self, letters: Vec<DeadLetter>) -> Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let err = |e| Error::store("insert", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        for letter in letters {
+            let mut q = QueryBuilder::<DB>::new("");
+            insert(&mut q, &self.table, &DeadLetterEntry::from_letter(letter))?;
+            q.push(DB::UPSERT.replace("{table}", &self.table));
+            q.build().execute(&mut *tx).await.map_err(err)?;
+        }
+        tx.commit().await.map_err(err)
+    }
+
+    async fn list(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterEntry>> {
+        let mut q = QueryBuilder::<DB>::new("");
+        select(&mut q, &self.table, filter);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::store("list", e))?;
+        rows.iter().map(read_entry).collect()
+    }
+
+    async fn get(&self, id: &EntryId) -> Result<Option<DeadLetterEntry>> {
+        let filter = DeadLetterFilter::default().ids([id.clone()]);
+        Ok(self.list(&filter).await?.into_iter().next())
+    }
+
+    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        let mut q = QueryBuilder::<DB>::new(format!("SELECT COUNT(*) AS n FROM {}", self.table));
+        where_clause(&mut q, filter, false);
+        let row = q
+            .build()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| Error::store("count", e))?;
+        let n = ReadRow::int(&row, "n").map_err(|e| Error::store("count", e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn begin_replay(
+        &self,
+        id: &EntryId,
+        expected_generation: u32,
+        mark: &ReplayMark,
+    ) -> Result<bool> {
+        let mut q = QueryBuilder::<DB>::new("");
+        begin_replay(&mut q, &self.table, id, expected_generation, mark);
+        let done = q
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::store("begin replay", e))?;
+        Ok(DB::rows_affected(&done) == 1)
+    }
+
+    async fn finish_replay(
+        &self,
+        id: &EntryId,
+        message_id: &MessageId,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let err = |e| Error::store("finish replay", e);
+        let mut q = QueryBuilder::<DB>::new("");
+        finish_replay(&mut q, &self.table, id, message_id, at);
+        let done = q.build().execute(&self.pool).await.map_err(err)?;
+        if DB::rows_affected(&done) > 0 {
+            return Ok(true);
+        }
+        let mut q = QueryBuilder::<DB>::new("");
+        has_replay(&mut q, &self.table, id, message_id);
+        let row = q.build().fetch_one(&self.pool).await.map_err(err)?;
+        Ok(ReadRow::int(&row, "n").map_err(err)? > 0)
+    }
+
+    async fn purge(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        let mut q = QueryBuilder::<DB>::new(format!("DELETE FROM {}", self.table));
+        where_clause(&mut q, filter, false);
+        let done = q
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::store("purge", e))?;
+        Ok(DB::rows_affected(&done))
+    }
 }
 
 pub(crate) const COLUMNS: &str = "id, queue, message_id, message_type, message, backend, shard_id, \
