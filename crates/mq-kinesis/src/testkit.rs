@@ -18,6 +18,10 @@ use crate::lease::{CheckpointOutcome, LeaseStore};
 pub trait LeaseStoreFactory: Send + Sync + 'static {
     /// A store for the case named `test`, or `None` (after printing why) to skip it.
     async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>>;
+
+    /// Removes what the stores of case `test` left behind (keys, files); called only when the
+    /// case passed, so a failure keeps its state for inspection. The default does nothing.
+    async fn cleanup(&self, _test: &str) {}
 }
 
 /// A stream name for `test`, unique per run.
@@ -433,6 +437,7 @@ macro_rules! lease_store_tests {
             async fn $case() {
                 let factory = $factory;
                 $crate::testkit::cases::$case(&factory, stringify!($case)).await;
+                $crate::testkit::LeaseStoreFactory::cleanup(&factory, stringify!($case)).await;
             }
         )*
     };

@@ -3,6 +3,8 @@
 
 #[path = "common/redis_cluster.rs"]
 mod redis_cluster;
+#[path = "common/redis_keys.rs"]
+mod redis_keys;
 
 use std::sync::Arc;
 
@@ -28,6 +30,16 @@ impl LeaseStoreFactory for File {
             .join(format!("{test}-{}", ulid::Ulid::new()));
         Some(Arc::new(FileLeaseStore::new(dir).unwrap()))
     }
+
+    async fn cleanup(&self, test: &str) {
+        let root = std::env::temp_dir().join("mq-kinesis-lease-tests");
+        let prefix = format!("{test}-");
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 struct Redis;
@@ -46,6 +58,10 @@ impl LeaseStoreFactory for Redis {
                 None
             }
         }
+    }
+
+    async fn cleanup(&self, test: &str) {
+        redis_keys::delete_matching(&format!("mqtest-{test}:*"));
     }
 }
 

@@ -4,6 +4,8 @@
 
 #[path = "common/durable.rs"]
 mod durable;
+#[path = "common/redis_keys.rs"]
+mod redis_keys;
 
 use std::sync::Arc;
 
@@ -28,6 +30,10 @@ impl LeaseStoreFactory for RedisPostgres {
         let checkpoints = durable::postgres(&format!("pg_{test}")).await?;
         Some(Arc::new(DurableLeaseStore::new(leases, checkpoints)))
     }
+
+    async fn cleanup(&self, test: &str) {
+        redis_keys::delete_matching(&format!("mqtest-durable-{test}-*"));
+    }
 }
 
 struct RedisMySql;
@@ -39,6 +45,10 @@ impl LeaseStoreFactory for RedisMySql {
         let checkpoints = durable::mysql(&format!("my_{test}")).await?;
         Some(Arc::new(DurableLeaseStore::new(leases, checkpoints)))
     }
+
+    async fn cleanup(&self, test: &str) {
+        redis_keys::delete_matching(&format!("mqtest-durable-{test}-*"));
+    }
 }
 
 struct RedisMongo;
@@ -49,6 +59,10 @@ impl LeaseStoreFactory for RedisMongo {
         let leases = redis(test).await?;
         let checkpoints = durable::mongo(&format!("mg_{test}")).await?;
         Some(Arc::new(DurableLeaseStore::new(leases, checkpoints)))
+    }
+
+    async fn cleanup(&self, test: &str) {
+        redis_keys::delete_matching(&format!("mqtest-durable-{test}-*"));
     }
 }
 
