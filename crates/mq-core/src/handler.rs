@@ -46,6 +46,63 @@ impl Batch {
     pub fn into_messages(self) -> Vec<Message> {
         Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone())
     }
+
+    /// The `mq.batch` tracing span a consumer runs the handler in, so that everything the handler
+    /// logs carries where the batch came from: `backend`, `queue`, `shard` (Kinesis), `size`,
+    /// `message_ids` (the first 100, comma-separated) and `log_context`, the messages'
+    /// [`Metadata::log_context`](crate::Metadata) pairs as `key=value` (distinct pairs of the
+    /// whole batch, in key order).
+    ///
+    /// Every backend uses it; a custom consumer can too.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mq_core::{Batch, Message, MessageId, QueueName};
+    ///
+    /// let mut m = Message::new(
+    ///     MessageId::new("a")?, QueueName::new("emails")?, "welcome",
+    ///     serde_json::Value::Null, chrono::Utc::now(),
+    /// );
+    /// m.metadata.log_context.insert("tenant".into(), "acme".into());
+    /// let span = Batch::from(vec![m]).tracing_span("memory", None);
+    /// let _entered = span.enter(); // handler logs now carry queue, ids and tenant=acme
+    /// # Ok::<(), mq_core::Error>(())
+    /// ```
+    pub fn tracing_span(&self, backend: &'static str, shard: Option<&str>) -> tracing::Span {
+        const MAX_IDS: usize = 100;
+        let queue = self.0.first().map(|m| m.queue.as_str()).unwrap_or_default();
+        let mut ids = String::new();
+        for (i, m) in self.0.iter().take(MAX_IDS).enumerate() {
+            if i > 0 {
+                ids.push(',');
+            }
+            ids.push_str(m.id.as_str());
+        }
+        if self.0.len() > MAX_IDS {
+            ids.push_str(",...");
+        }
+        let pairs: std::collections::BTreeSet<(&str, &str)> = self
+            .0
+            .iter()
+            .flat_map(|m| m.metadata.log_context.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let log_context = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        tracing::info_span!(
+            "mq.batch",
+            backend,
+            queue,
+            shard = shard.unwrap_or_default(),
+            size = self.0.len(),
+            message_ids = %ids,
+            log_context = %log_context,
+        )
+    }
 }
 
 impl Deref for Batch {

@@ -546,8 +546,12 @@ impl<S: QueueStore> Worker<S> {
             Some(deadline),
         );
         let batch = Batch::from(messages);
-        let fut =
-            std::panic::AssertUnwindSafe(self.handler.handle(batch.clone(), ctx)).catch_unwind();
+        let span = batch.tracing_span(self.store.backend(), None);
+        let fut = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(
+            self.handler.handle(batch.clone(), ctx),
+            span,
+        ))
+        .catch_unwind();
         tokio::pin!(fut);
         let lease = self.options.get_lease_duration();
         let mut renew = tokio::time::interval_at(started + lease / 3, lease / 3);

@@ -977,7 +977,12 @@ impl ShardConsumer {
             token.clone(),
             Some(deadline),
         );
-        let fut = AssertUnwindSafe(self.env.handler.handle(batch, ctx)).catch_unwind();
+        let span = batch.tracing_span(BACKEND, Some(&self.shard));
+        let fut = AssertUnwindSafe(tracing::Instrument::instrument(
+            self.env.handler.handle(batch, ctx),
+            span,
+        ))
+        .catch_unwind();
         tokio::pin!(fut);
         let mut timed_out = false;
         let result = loop {

@@ -151,9 +151,12 @@ impl ImmediateQueue {
             token.clone(),
             Some(started + timeout),
         );
-        let fut = std::panic::AssertUnwindSafe(
-            consumer.handler.handle(Batch::from(messages.clone()), ctx),
-        )
+        let batch = Batch::from(messages.clone());
+        let span = batch.tracing_span(BACKEND, None);
+        let fut = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(
+            consumer.handler.handle(batch, ctx),
+            span,
+        ))
         .catch_unwind();
         tokio::pin!(fut);
         let mut timed_out = false;
