@@ -45,6 +45,7 @@
 //! | `sqlite`   | `SqliteDeadLetterStore` (bundled SQLite) |
 //! | `mongo`    | `MongoDeadLetterStore` (MongoDB, or a compatible server) |
 //! | `kinesis`  | `KinesisDeadLetterSink`: dead letters forwarded to a secondary stream |
+//! | `metrics`  | `DepthReporter`: the dead-letter depth as the `mq_dead_letter_depth` gauge |
 //! | `testkit`  | `mq_dlq::testkit`: the store conformance suite |
 //!
 //! No feature is on by default; the memory store and the replayer are always there.
@@ -61,6 +62,8 @@
     allow(dead_code)
 )]
 
+#[cfg(feature = "metrics")]
+mod depth;
 mod entry;
 mod error;
 mod filter;
@@ -82,6 +85,8 @@ mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+#[cfg(feature = "metrics")]
+pub use depth::DepthReporter;
 pub use entry::{DeadLetterEntry, EntryId, ReplayMark, ReplayState};
 pub use error::{Error, Result};
 pub use filter::DeadLetterFilter;
