@@ -9,6 +9,10 @@
 //!
 //! Leases live in Redis; with `--checkpoint-url` the checkpoints and the epoch fence are read and
 //! written through a durable checkpoint store ([`DurableLeaseStore`]) as the consumers do.
+//!
+//! `advance` compares with the checkpoint it read, then sets: should a running owner checkpoint
+//! past the new value in between, the set moves the checkpoint back to it (records are read
+//! again, none is skipped that the operator did not name).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
