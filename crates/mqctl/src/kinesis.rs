@@ -1,43 +1,533 @@
-//! `mqctl kinesis status`: shards with their lineage (ListShards) beside their leases,
-//! checkpoints, poison-pill counters and the live instances (the lease store). Read-only.
+//! `mqctl kinesis`: shard leases and checkpoints of a Kinesis stream.
+//!
+//! - `status`: shards with their lineage (ListShards) beside their leases, checkpoints,
+//!   poison-pill counters and the live instances (the lease store). Read-only.
+//! - `checkpoint set|advance`: move a shard's checkpoint (the owner of the time is fenced and the
+//!   shard is acquired again, reading after the new checkpoint).
+//! - `lease release --force`: take a shard's lease from its owner (fenced) so another instance
+//!   can acquire it; the checkpoint is kept.
+//!
+//! Leases live in Redis; with `--checkpoint-url` the checkpoints and the epoch fence are read and
+//! written through a durable checkpoint store ([`DurableLeaseStore`]) as the consumers do.
+//!
+//! `advance` compares with the checkpoint it read, then sets: should a running owner checkpoint
+//! past the new value in between, the set moves the checkpoint back to it (records are read
+//! again, none is skipped that the operator did not name).
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
+use aws_sdk_kinesis::types::Shard;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use fred::interfaces::HashesInterface;
-use mq::kinesis::{LeaseState, LeaseStore, RedisLeaseStore};
+use mq::kinesis::{DurableLeaseStore, LeaseState, LeaseStore, RedisLeaseStore};
+use mq::{CheckpointStore, compare_sequence_numbers, normalize_sequence_number};
 use serde::Serialize;
 
 use crate::Global;
+use crate::dlq::{Scheme, redact, scheme};
 use crate::output::{cut, json, table};
 
+/// Where the leases and checkpoints are, and what to do with them.
+#[derive(Debug, Args)]
+pub(crate) struct KinesisArgs {
+    /// The Redis lease store (required).
+    #[arg(long, env = "REDIS_URL", global = true, help_heading = "Connection")]
+    redis_url: Option<String>,
+    /// The key prefix the consumers' lease store uses.
+    #[arg(
+        long,
+        default_value = "mq",
+        env = "MQ_LEASE_PREFIX",
+        global = true,
+        help_heading = "Connection"
+    )]
+    prefix: String,
+    /// A durable checkpoint store beside the Redis leases: a postgres://, mysql://, sqlite: or
+    /// mongodb:// URL [default: none, checkpoints in Redis].
+    #[arg(
+        long,
+        env = "MQ_CHECKPOINT_URL",
+        global = true,
+        help_heading = "Connection"
+    )]
+    checkpoint_url: Option<String>,
+    /// The table (SQL) or collection (MongoDB) of the durable checkpoints.
+    #[arg(long, default_value = mq::sql::DEFAULT_CHECKPOINT_TABLE, global = true, help_heading = "Connection")]
+    checkpoint_table: String,
+    /// The MongoDB database of the durable checkpoints.
+    #[arg(
+        long,
+        default_value = "mq",
+        env = "MQ_MONGO_DATABASE",
+        global = true,
+        help_heading = "Connection"
+    )]
+    mongo_database: String,
+    /// The Kinesis endpoint (an emulator, a VPC endpoint) [default: the AWS endpoint of the region].
+    #[arg(
+        long,
+        env = "AWS_ENDPOINT_URL_KINESIS",
+        global = true,
+        help_heading = "Connection"
+    )]
+    endpoint_url: Option<String>,
+    /// The AWS region [default: from the AWS configuration].
+    #[arg(long, env = "AWS_REGION", global = true, help_heading = "Connection")]
+    region: Option<String>,
+    #[command(subcommand)]
+    command: KinesisCommand,
+}
+
 #[derive(Debug, Subcommand)]
-pub(crate) enum KinesisCommand {
+enum KinesisCommand {
     /// Shards with parent/child lineage, lease owner, epoch, expiry, checkpoint, poison
     /// counters, and the live instances.
-    Status(StatusArgs),
+    Status {
+        /// The stream.
+        #[arg(long)]
+        stream: String,
+    },
+    /// Move a shard's checkpoint (asks for confirmation unless --yes).
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
+    /// Shard leases.
+    Lease {
+        #[command(subcommand)]
+        command: LeaseCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckpointCommand {
+    /// Set the checkpoint to any sequence number, forwards or backwards (re-reads or skips
+    /// records). The owner is fenced; the shard is acquired again and read after the checkpoint.
+    Set(MoveArgs),
+    /// Move the checkpoint forwards only (skips records): refused when the sequence number is not
+    /// after the current checkpoint, and on a finished shard.
+    Advance(MoveArgs),
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct StatusArgs {
+struct MoveArgs {
     /// The stream.
     #[arg(long)]
     stream: String,
-    /// The Redis lease store.
-    #[arg(long, env = "REDIS_URL")]
-    redis_url: String,
-    /// The key prefix the consumers' lease store uses.
-    #[arg(long, default_value = "mq", env = "MQ_LEASE_PREFIX")]
-    prefix: String,
-    /// The Kinesis endpoint (an emulator, a VPC endpoint) [default: the AWS endpoint of the region].
-    #[arg(long, env = "AWS_ENDPOINT_URL_KINESIS")]
-    endpoint_url: Option<String>,
-    /// The AWS region [default: from the AWS configuration].
-    #[arg(long, env = "AWS_REGION")]
-    region: Option<String>,
+    /// The shard id, as `mqctl kinesis status` lists it.
+    #[arg(long)]
+    shard: String,
+    /// The new checkpoint: the sequence number of the last record to count as processed.
+    #[arg(long)]
+    sequence: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaseCommand {
+    /// Take a shard's lease from its owner (needs --force; asks for confirmation unless --yes).
+    /// The owner is fenced, the checkpoint kept, and any instance may acquire the shard.
+    Release {
+        /// The stream.
+        #[arg(long)]
+        stream: String,
+        /// The shard id, as `mqctl kinesis status` lists it.
+        #[arg(long)]
+        shard: String,
+        /// Take the lease even though its owner may be processing the shard right now.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The lease stores a command works on.
+struct Stores {
+    redis: RedisLeaseStore,
+    /// Redis alone, or Redis with the durable checkpoints.
+    leases: Arc<dyn LeaseStore>,
+    /// Where the checkpoints are read from, for the output.
+    checkpoints: String,
+}
+
+impl KinesisArgs {
+    async fn kinesis(&self) -> aws_sdk_kinesis::Client {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(r) = &self.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(u) = &self.endpoint_url {
+            loader = loader.endpoint_url(u);
+        }
+        aws_sdk_kinesis::Client::new(&loader.load().await)
+    }
+
+    async fn stores(&self) -> anyhow::Result<Stores> {
+        let Some(redis_url) = self.redis_url.as_deref().filter(|u| !u.is_empty()) else {
+            anyhow::bail!("no Redis lease store: pass --redis-url or set REDIS_URL");
+        };
+        let redis = RedisLeaseStore::connect(redis_url, self.prefix.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to the Redis lease store at {}",
+                    redact(redis_url)
+                )
+            })?;
+        let Some(url) = self.checkpoint_url.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(Stores {
+                leases: Arc::new(redis.clone()),
+                redis,
+                checkpoints: "redis".to_owned(),
+            });
+        };
+        let checkpoints =
+            open_checkpoints(url, &self.checkpoint_table, &self.mongo_database).await?;
+        Ok(Stores {
+            leases: Arc::new(DurableLeaseStore::new(Arc::new(redis.clone()), checkpoints)),
+            redis,
+            checkpoints: format!("{} ({})", redact(url), self.checkpoint_table),
+        })
+    }
+}
+
+async fn open_checkpoints(
+    url: &str,
+    table: &str,
+    mongo_db: &str,
+) -> anyhow::Result<Arc<dyn CheckpointStore>> {
+    let where_ = || format!("connecting to the checkpoint store at {}", redact(url));
+    Ok(match scheme(url).context("--checkpoint-url")? {
+        Scheme::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.with_context(where_)?;
+            Arc::new(
+                mq::sql::PgCheckpointStore::from_pool(pool, table)
+                    .await
+                    .with_context(where_)?,
+            )
+        }
+        Scheme::MySql => {
+            let pool = sqlx::MySqlPool::connect(url).await.with_context(where_)?;
+            Arc::new(
+                mq::sql::MySqlCheckpointStore::from_pool(pool, table)
+                    .await
+                    .with_context(where_)?,
+            )
+        }
+        Scheme::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.with_context(where_)?;
+            Arc::new(
+                mq::sql::SqliteCheckpointStore::from_pool(pool, table)
+                    .await
+                    .with_context(where_)?,
+            )
+        }
+        Scheme::Mongo => {
+            let client = mongodb::Client::with_uri_str(url)
+                .await
+                .with_context(where_)?;
+            Arc::new(
+                mq::mongo::MongoCheckpointStore::new(client.database(mongo_db), table)
+                    .await
+                    .with_context(where_)?,
+            )
+        }
+    })
+}
+
+/// Every shard of `stream` that ListShards returns.
+async fn list_shards(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> anyhow::Result<Vec<Shard>> {
+    let mut listed = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let req = match &next {
+            Some(token) => kinesis.list_shards().next_token(token),
+            None => kinesis.list_shards().stream_name(stream),
+        };
+        let out = req
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!(aws_sdk_kinesis::error::DisplayErrorContext(e)))
+            .with_context(|| format!("listing the shards of stream {stream:?}"))?;
+        listed.extend(out.shards.unwrap_or_default());
+        next = out.next_token.filter(|t| !t.is_empty());
+        if next.is_none() {
+            return Ok(listed);
+        }
+    }
+}
+
+pub(crate) async fn run(args: KinesisArgs, global: Global) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        KinesisCommand::Status { stream } => {
+            let status = status(&args, stream).await?;
+            if global.json {
+                json(&status)?;
+            } else {
+                print(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KinesisCommand::Checkpoint { command } => {
+            let (m, advance) = match command {
+                CheckpointCommand::Set(m) => (m, false),
+                CheckpointCommand::Advance(m) => (m, true),
+            };
+            move_checkpoint(&args, m, advance, global).await
+        }
+        KinesisCommand::Lease {
+            command:
+                LeaseCommand::Release {
+                    stream,
+                    shard,
+                    force,
+                },
+        } => release(&args, stream, shard, *force, global).await,
+    }
+}
+
+/// The shard `shard` of `stream`, or a clear refusal naming the shards there are.
+async fn find_shard(args: &KinesisArgs, stream: &str, shard: &str) -> anyhow::Result<Shard> {
+    let shards = list_shards(&args.kinesis().await, stream).await?;
+    if let Some(s) = shards.iter().find(|s| s.shard_id() == shard) {
+        return Ok(s.clone());
+    }
+    let mut ids: Vec<&str> = shards.iter().map(Shard::shard_id).take(10).collect();
+    if shards.len() > ids.len() {
+        ids.push("…");
+    }
+    anyhow::bail!(
+        "--shard {shard:?}: stream {stream:?} has no such shard (it has {}); `mqctl kinesis status --stream {stream}` lists them",
+        if ids.is_empty() {
+            "none".to_owned()
+        } else {
+            ids.join(", ")
+        }
+    )
+}
+
+/// A lease as the operator commands show it before and after.
+#[derive(Debug, Serialize)]
+struct LeaseView {
+    owner: Option<String>,
+    epoch: u64,
+    live: bool,
+    lease_expires_at: Option<String>,
+    checkpoint: Option<String>,
+    finished: bool,
+}
+
+impl From<&LeaseState> for LeaseView {
+    fn from(l: &LeaseState) -> Self {
+        LeaseView {
+            owner: l.owner.clone().filter(|o| !o.is_empty()),
+            epoch: l.epoch,
+            live: l.live,
+            lease_expires_at: expiry(l.expires_at_ms),
+            checkpoint: l.checkpoint.clone().filter(|c| !c.is_empty()),
+            finished: l.finished,
+        }
+    }
+}
+
+/// What an operator command changed.
+#[derive(Debug, Serialize)]
+struct Change {
+    action: &'static str,
+    stream: String,
+    shard: String,
+    checkpoints: String,
+    before: LeaseView,
+    after: LeaseView,
+}
+
+fn expiry(ms: u64) -> Option<String> {
+    (ms > 0)
+        .then(|| i64::try_from(ms).ok())
+        .flatten()
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+fn owner_text(l: &LeaseState) -> String {
+    match (l.owner.as_deref().filter(|o| !o.is_empty()), l.live) {
+        (Some(o), true) => format!("{o}, epoch {}", l.epoch),
+        (Some(o), false) => format!("{o} (expired), epoch {}", l.epoch),
+        (None, _) => format!("no owner, epoch {}", l.epoch),
+    }
+}
+
+fn report(change: &Change, global: Global) -> anyhow::Result<ExitCode> {
+    if global.json {
+        json(change)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{}  stream {}  shard {}",
+        change.action, change.stream, change.shard
+    );
+    println!("checkpoints  {}", change.checkpoints);
+    let row = |name: &str, v: &LeaseView| {
+        vec![
+            name.to_owned(),
+            match (&v.owner, v.live) {
+                (Some(o), true) => o.clone(),
+                (Some(o), false) => format!("{o} (expired)"),
+                (None, _) => "-".into(),
+            },
+            v.epoch.to_string(),
+            v.lease_expires_at.clone().unwrap_or_else(|| "-".into()),
+            v.checkpoint.clone().unwrap_or_else(|| "-".into()),
+            if v.finished { "yes" } else { "no" }.to_owned(),
+        ]
+    };
+    table(
+        &[
+            "",
+            "OWNER",
+            "EPOCH",
+            "LEASE EXPIRES",
+            "CHECKPOINT",
+            "FINISHED",
+        ],
+        &[row("before", &change.before), row("after", &change.after)],
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn move_checkpoint(
+    args: &KinesisArgs,
+    m: &MoveArgs,
+    advance: bool,
+    global: Global,
+) -> anyhow::Result<ExitCode> {
+    let action = if advance {
+        "checkpoint advance"
+    } else {
+        "checkpoint set"
+    };
+    let seq =
+        normalize_sequence_number(&m.sequence).map_err(|e| anyhow::anyhow!("--sequence: {e}"))?;
+    let shard = find_shard(args, &m.stream, &m.shard).await?;
+    if let Some(end) = shard
+        .sequence_number_range()
+        .and_then(|r| r.ending_sequence_number())
+        && compare_sequence_numbers(&seq, end) == Ordering::Greater
+    {
+        anyhow::bail!(
+            "--sequence {seq}: shard {:?} is closed and its last sequence number is {end}; a checkpoint after it names no record",
+            m.shard
+        );
+    }
+    let stores = args.stores().await?;
+    let before = stores
+        .leases
+        .state(&m.stream, &m.shard)
+        .await
+        .context("reading the lease")?;
+    let current = before.checkpoint.clone().filter(|c| !c.is_empty());
+    if advance {
+        if before.finished {
+            anyhow::bail!(
+                "shard {:?} of stream {:?} is finished (read to its end; it is never read again): there is nothing to advance",
+                m.shard,
+                m.stream
+            );
+        }
+        if let Some(cur) = &current
+            && compare_sequence_numbers(&seq, cur) != Ordering::Greater
+        {
+            anyhow::bail!(
+                "--sequence {seq} is not after the current checkpoint {cur} of shard {:?}: advance only moves forwards; use `mqctl kinesis checkpoint set` to move it back",
+                m.shard
+            );
+        }
+    } else if before.finished {
+        eprintln!(
+            "note: shard {} is finished (read to its end); the new checkpoint will not make it read again",
+            m.shard
+        );
+    }
+    let question = format!(
+        "move the checkpoint of shard {} of stream {} from {} to {seq} (lease: {}; the owner is fenced and the shard read again after {seq})?",
+        m.shard,
+        m.stream,
+        current.as_deref().unwrap_or("none"),
+        owner_text(&before),
+    );
+    if !global.confirm(&question)? {
+        eprintln!("nothing changed");
+        return Ok(ExitCode::from(1));
+    }
+    let after = stores
+        .leases
+        .set_checkpoint(&m.stream, &m.shard, &seq)
+        .await
+        .context("setting the checkpoint")?;
+    report(
+        &Change {
+            action,
+            stream: m.stream.clone(),
+            shard: m.shard.clone(),
+            checkpoints: stores.checkpoints,
+            before: (&before).into(),
+            after: (&after).into(),
+        },
+        global,
+    )
+}
+
+async fn release(
+    args: &KinesisArgs,
+    stream: &str,
+    shard: &str,
+    force: bool,
+    global: Global,
+) -> anyhow::Result<ExitCode> {
+    if !force {
+        anyhow::bail!(
+            "refusing to release the lease of shard {shard:?} without --force: its owner may be processing the shard right now. \
+             --force fences the owner (the epoch goes up, so its renewals and checkpoints are refused and it stops after its current batch) \
+             and frees the shard for any instance; the checkpoint is kept, so records handled since it are delivered again"
+        );
+    }
+    find_shard(args, stream, shard).await?;
+    let stores = args.stores().await?;
+    let before = stores
+        .leases
+        .state(stream, shard)
+        .await
+        .context("reading the lease")?;
+    let question = format!(
+        "release the lease of shard {shard} of stream {stream} ({}), fencing its owner?",
+        owner_text(&before)
+    );
+    if !global.confirm(&question)? {
+        eprintln!("nothing changed");
+        return Ok(ExitCode::from(1));
+    }
+    let after = stores
+        .leases
+        .force_release(stream, shard)
+        .await
+        .context("releasing the lease")?;
+    report(
+        &Change {
+            action: "lease release",
+            stream: stream.to_owned(),
+            shard: shard.to_owned(),
+            checkpoints: stores.checkpoints,
+            before: (&before).into(),
+            after: (&after).into(),
+        },
+        global,
+    )
 }
 
 /// One shard, as Kinesis lists it and as the lease store holds it.
@@ -66,60 +556,26 @@ struct ShardStatus {
 #[derive(Debug, Serialize)]
 struct Status {
     stream: String,
+    /// Where the checkpoints come from: `redis`, or the durable store.
+    checkpoints: String,
     live_instances: Vec<String>,
     shards: Vec<ShardStatus>,
 }
 
-pub(crate) async fn run(cmd: KinesisCommand, global: Global) -> anyhow::Result<ExitCode> {
-    let KinesisCommand::Status(args) = cmd;
-    let status = status(&args).await?;
-    if global.json {
-        json(&status)?;
-    } else {
-        print(&status);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn status(args: &StatusArgs) -> anyhow::Result<Status> {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(r) = &args.region {
-        loader = loader.region(aws_config::Region::new(r.clone()));
-    }
-    if let Some(u) = &args.endpoint_url {
-        loader = loader.endpoint_url(u);
-    }
-    let kinesis = aws_sdk_kinesis::Client::new(&loader.load().await);
-    let mut listed = Vec::new();
-    let mut next: Option<String> = None;
-    loop {
-        let req = match &next {
-            Some(token) => kinesis.list_shards().next_token(token),
-            None => kinesis.list_shards().stream_name(&args.stream),
-        };
-        let out = req
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!(aws_sdk_kinesis::error::DisplayErrorContext(e)))
-            .with_context(|| format!("listing the shards of stream {:?}", args.stream))?;
-        listed.extend(out.shards.unwrap_or_default());
-        next = out.next_token;
-        if next.is_none() {
-            break;
-        }
-    }
-    let leases = RedisLeaseStore::connect(&args.redis_url, args.prefix.clone())
-        .await
-        .context("connecting to the Redis lease store")?;
-    let states: HashMap<String, LeaseState> = leases
-        .leases(&args.stream)
+async fn status(args: &KinesisArgs, stream: &str) -> anyhow::Result<Status> {
+    let listed = list_shards(&args.kinesis().await, stream).await?;
+    let stores = args.stores().await?;
+    let states: HashMap<String, LeaseState> = stores
+        .leases
+        .leases(stream)
         .await
         .context("reading the leases")?
         .into_iter()
         .map(|s| (s.shard.clone(), s))
         .collect();
-    let live_instances = leases
-        .live_instances(&args.stream)
+    let live_instances = stores
+        .leases
+        .live_instances(stream)
         .await
         .context("reading the live instances")?;
 
@@ -168,17 +624,14 @@ async fn status(args: &StatusArgs) -> anyhow::Result<Status> {
             s.epoch = l.epoch;
             s.live = l.live;
             s.lease_expires_at_ms = l.expires_at_ms;
-            s.lease_expires_at = (l.expires_at_ms > 0)
-                .then(|| i64::try_from(l.expires_at_ms).ok())
-                .flatten()
-                .and_then(DateTime::<Utc>::from_timestamp_millis)
-                .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true));
+            s.lease_expires_at = expiry(l.expires_at_ms);
             s.checkpoint = l.checkpoint.clone().filter(|c| !c.is_empty());
             s.finished = l.finished;
         }
         // The poison counters are a hash per shard (see RedisLeaseStore's key layout).
-        let key = format!("{}:{{{}}}:poison:{}", args.prefix, args.stream, s.shard);
-        let counts: HashMap<String, i64> = leases
+        let key = format!("{}:{{{}}}:poison:{}", args.prefix, stream, s.shard);
+        let counts: HashMap<String, i64> = stores
+            .redis
             .client()
             .hgetall(key)
             .await
@@ -189,7 +642,8 @@ async fn status(args: &StatusArgs) -> anyhow::Result<Status> {
             .collect();
     }
     Ok(Status {
-        stream: args.stream.clone(),
+        stream: stream.to_owned(),
+        checkpoints: stores.checkpoints,
         live_instances,
         shards: shards.into_values().collect(),
     })
@@ -197,6 +651,7 @@ async fn status(args: &StatusArgs) -> anyhow::Result<Status> {
 
 fn print(status: &Status) {
     println!("stream          {}", status.stream);
+    println!("checkpoints     {}", status.checkpoints);
     println!(
         "live instances  {}",
         if status.live_instances.is_empty() {

@@ -4,11 +4,17 @@
 //! - `mqctl queue stats`: messages by status, oldest ready message, expired leases of SQL and
 //!   MongoDB queues;
 //! - `mqctl kinesis status`: shards with lineage, leases, checkpoints, poison counters and live
-//!   instances of a Kinesis stream (read-only).
+//!   instances of a Kinesis stream (read-only);
+//! - `mqctl kinesis checkpoint set|advance`: move a shard's checkpoint (the owner is fenced, the
+//!   shard is read again after it); `mqctl kinesis lease release --force`: take a shard's lease
+//!   from its owner (fenced) so any instance can acquire it. With `--checkpoint-url` (or
+//!   `MQ_CHECKPOINT_URL`) every kinesis command reads and writes the durable checkpoint store
+//!   beside the Redis leases, as the consumers do.
 //!
 //! Human tables by default, `--json` for scripts. Connection settings come from flags or the
-//! environment (`MQ_DLQ_URL`, `DATABASE_URL`, `MONGODB_URI`, `REDIS_URL`, AWS settings). Destructive commands ask for
-//! confirmation unless `--yes`.
+//! environment (`MQ_DLQ_URL`, `DATABASE_URL`, `MONGODB_URI`, `REDIS_URL`, `MQ_CHECKPOINT_URL`,
+//! AWS settings). Destructive commands ask for confirmation on a terminal unless `--yes`, and
+//! refuse to run without a terminal unless `--yes`.
 
 use std::io::IsTerminal;
 
@@ -39,10 +45,7 @@ enum Command {
     /// Dead letters: list, show, replay, purge.
     Dlq(Box<dlq::DlqArgs>),
     /// Kinesis: shard leases, checkpoints and lineage.
-    Kinesis {
-        #[command(subcommand)]
-        command: kinesis::KinesisCommand,
-    },
+    Kinesis(Box<kinesis::KinesisArgs>),
     /// Queues: statistics.
     Queue {
         #[command(subcommand)]
@@ -88,7 +91,7 @@ async fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Dlq(args) => dlq::run(*args, global).await,
-        Command::Kinesis { command } => kinesis::run(command, global).await,
+        Command::Kinesis(args) => kinesis::run(*args, global).await,
         Command::Queue {
             command: QueueCommand::Stats(args),
         } => stats::run(args, global).await,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::types::StreamStatus;
+use fred::interfaces::ClientLike;
 use mq::kinesis::{LeaseStore, RedisLeaseStore};
 use mq_core::testkit::service_url;
 
@@ -183,5 +184,15 @@ async fn status_shows_lineage_leases_checkpoints_poison_and_instances() {
     eprintln!("{human}");
     assert!(human.contains("live instances  instance-a"), "{human}");
     assert!(human.contains("finished"), "{human}");
+    let keys: Vec<String> = leases
+        .client()
+        .custom(fred::cmd!("KEYS"), vec![format!("{prefix}:*")])
+        .await
+        .expect("keys");
+    let _: i64 = leases
+        .client()
+        .custom(fred::cmd!("DEL"), keys)
+        .await
+        .expect("del");
     server.abort();
 }
