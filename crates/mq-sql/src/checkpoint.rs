@@ -11,7 +11,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mq_core::{CheckpointOutcome, StoredCheckpoint, normalize_sequence_number};
+use mq_core::{CheckpointOutcome, CheckpointStore, StoredCheckpoint, normalize_sequence_number};
 
 use crate::options::validate_table;
 
@@ -371,6 +371,49 @@ pub(crate) async fn set_checkpoint<B: Backend>(
     };
     let prev = modify(b, stream, shard, &op).await?;
     Ok(prev.map_or(0, |p| p.epoch) + 1)
+}
+
+// One impl for every database: each module implements the private `Backend` primitives (read,
+// list, fast forward write, locked read-modify-write) and the rules live in the functions above.
+#[async_trait]
+impl<DB: sqlx::Database> CheckpointStore for SqlCheckpointStore<DB>
+where
+    SqlCheckpointStore<DB>: Backend,
+{
+    async fn load(&self, stream: &str, shard: &str) -> mq_core::Result<Option<StoredCheckpoint>> {
+        load(self, stream, shard).await
+    }
+
+    async fn save(
+        &self,
+        stream: &str,
+        shard: &str,
+        epoch: u64,
+        sequence_number: &str,
+    ) -> mq_core::Result<CheckpointOutcome> {
+        save(self, stream, shard, epoch, sequence_number).await
+    }
+
+    async fn observe_epoch(&self, stream: &str, shard: &str, epoch: u64) -> mq_core::Result<u64> {
+        observe_epoch(self, stream, shard, epoch).await
+    }
+
+    async fn max_epoch(&self, stream: &str, shard: &str) -> mq_core::Result<u64> {
+        max_epoch(self, stream, shard).await
+    }
+
+    async fn checkpoints(&self, stream: &str) -> mq_core::Result<Vec<StoredCheckpoint>> {
+        checkpoints(self, stream).await
+    }
+
+    async fn set_checkpoint(
+        &self,
+        stream: &str,
+        shard: &str,
+        sequence_number: &str,
+    ) -> mq_core::Result<u64> {
+        set_checkpoint(self, stream, shard, sequence_number).await
+    }
 }
 
 #[cfg(test)]

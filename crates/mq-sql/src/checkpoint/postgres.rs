@@ -1,7 +1,6 @@
 //! [`SqlCheckpointStore`] on PostgreSQL.
 
 use async_trait::async_trait;
-use mq_core::{CheckpointOutcome, CheckpointStore, StoredCheckpoint};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row as _};
 
@@ -178,43 +177,5 @@ impl Backend for SqlCheckpointStore<Postgres> {
             .await?;
         tx.commit().await?;
         Ok(prev)
-    }
-}
-
-#[async_trait]
-impl CheckpointStore for SqlCheckpointStore<Postgres> {
-    async fn load(&self, stream: &str, shard: &str) -> mq_core::Result<Option<StoredCheckpoint>> {
-        super::load(self, stream, shard).await
-    }
-
-    async fn save(
-        &self,
-        stream: &str,
-        shard: &str,
-        epoch: u64,
-        sequence_number: &str,
-    ) -> mq_core::Result<CheckpointOutcome> {
-        super::save(self, stream, shard, epoch, sequence_number).await
-    }
-
-    async fn observe_epoch(&self, stream: &str, shard: &str, epoch: u64) -> mq_core::Result<u64> {
-        super::observe_epoch(self, stream, shard, epoch).await
-    }
-
-    async fn max_epoch(&self, stream: &str, shard: &str) -> mq_core::Result<u64> {
-        super::max_epoch(self, stream, shard).await
-    }
-
-    async fn checkpoints(&self, stream: &str) -> mq_core::Result<Vec<StoredCheckpoint>> {
-        super::checkpoints(self, stream).await
-    }
-
-    async fn set_checkpoint(
-        &self,
-        stream: &str,
-        shard: &str,
-        sequence_number: &str,
-    ) -> mq_core::Result<u64> {
-        super::set_checkpoint(self, stream, shard, sequence_number).await
     }
 }
