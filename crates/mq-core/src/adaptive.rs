@@ -140,6 +140,11 @@ pub trait AdaptiveStrategy: Send + Sync + fmt::Debug + 'static {
     fn should_back_off(&self, shard: &ShardKey) -> bool;
     /// Reports a batch.
     fn record(&self, shard: &ShardKey, result: &BatchResult);
+    /// Pause before the next fetch of a shard that is busy, not idle: how a slow or failing
+    /// handler slows the reading down (backpressure). Zero (the default) reads again at once.
+    fn fetch_pause(&self, _shard: &ShardKey) -> Duration {
+        Duration::ZERO
+    }
     /// The state of `shard`, or an aggregate of all shards when `None`.
     fn snapshot(&self, shard: Option<&ShardKey>) -> AdaptiveSnapshot;
 }
@@ -168,6 +173,9 @@ pub struct AimdOptions {
     backoff_threshold: u32,
     max_backoff: Duration,
     rolling_window: usize,
+    slow_batch: Duration,
+    min_pause: Duration,
+    max_pause: Duration,
 }
 
 impl Default for AimdOptions {
@@ -185,6 +193,9 @@ impl Default for AimdOptions {
             backoff_threshold: 10,
             max_backoff: Duration::from_millis(60_000),
             rolling_window: 100,
+            slow_batch: Duration::from_secs(2),
+            min_pause: Duration::from_millis(100),
+            max_pause: Duration::from_secs(10),
         }
     }
 }
@@ -228,6 +239,13 @@ setters! {
     max_backoff: Duration,
     /// Per-type history length (default 100).
     rolling_window: usize,
+    /// A successful batch whose handler took longer than this is slow: the batch shrinks and a
+    /// fetch pause starts or doubles (default 2 s).
+    slow_batch: Duration,
+    /// The first fetch pause after a slow or failed batch (default 100 ms).
+    min_pause: Duration,
+    /// Fetch pause cap (default 10 s).
+    max_pause: Duration,
 }
 
 impl AimdOptions {
@@ -244,6 +262,7 @@ struct ShardState {
     successes: u32,
     failures: u32,
     backoff_until: Option<Instant>,
+    pause: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -308,6 +327,7 @@ impl AimdStrategy {
             successes: 0,
             failures: 0,
             backoff_until: None,
+            pause: Duration::ZERO,
         });
         f(st, types)
     }
@@ -344,10 +364,31 @@ impl AdaptiveStrategy for AimdStrategy {
         })
     }
 
+    fn fetch_pause(&self, shard: &ShardKey) -> Duration {
+        self.with_shard(shard, |s, _| s.pause)
+    }
+
     fn record(&self, shard: &ShardKey, result: &BatchResult) {
         let o = &self.options;
         self.with_shard(shard, |s, types| {
-            if result.is_success() {
+            let grow = |p: Duration| (p * 2).clamp(o.min_pause, o.max_pause.max(o.min_pause));
+            if result.is_success() && result.processing_time > o.slow_batch {
+                // backpressure: a slow handler gets smaller batches, further apart
+                s.successes = 0;
+                s.failures = 0;
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss
+                )]
+                let shrunk = (s.batch as f64 * o.decrease_factor).floor() as usize;
+                s.batch = shrunk.max(o.min_batch);
+                s.pause = grow(s.pause);
+            } else if result.is_success() {
+                s.pause /= 2;
+                if s.pause < o.min_pause / 2 {
+                    s.pause = Duration::ZERO;
+                }
                 s.successes += 1;
                 s.failures = 0;
                 if s.successes >= o.successes_before_increase {
@@ -357,6 +398,9 @@ impl AdaptiveStrategy for AimdStrategy {
                 s.delay = o.base_delay;
                 s.backoff_until = None;
             } else {
+                if !result.throttled {
+                    s.pause = grow(s.pause);
+                }
                 s.failures += 1;
                 s.successes = 0;
                 #[allow(
@@ -511,6 +555,39 @@ mod tests {
         b.record(&k, &ok());
         assert_eq!(b.snapshot(Some(&k)).consecutive_successes, 1);
         assert_eq!(b.batch_size(&k), 25);
+    }
+
+    #[test]
+    fn a_slow_handler_shrinks_batches_and_spaces_fetches_out() {
+        let a = AimdStrategy::new(AimdOptions::default().slow_batch(Duration::from_millis(500)));
+        let k = key("s");
+        assert_eq!(a.fetch_pause(&k), Duration::ZERO);
+        let slow = BatchResult::success(50, Duration::from_secs(1));
+        a.record(&k, &slow);
+        assert_eq!(
+            (a.batch_size(&k), a.fetch_pause(&k)),
+            (25, Duration::from_millis(100))
+        );
+        a.record(&k, &slow);
+        a.record(&k, &slow);
+        assert_eq!(
+            (a.batch_size(&k), a.fetch_pause(&k)),
+            (10, Duration::from_millis(400))
+        );
+        for _ in 0..7 {
+            a.record(&k, &slow);
+        }
+        assert_eq!(a.fetch_pause(&k), Duration::from_secs(10), "capped");
+        // fast batches halve the pause until it is gone
+        for _ in 0..8 {
+            a.record(&k, &ok());
+        }
+        assert_eq!(a.fetch_pause(&k), Duration::ZERO);
+        // throttling has its own delay and leaves the pause alone
+        a.record(&k, &BatchResult::throttled());
+        assert_eq!(a.fetch_pause(&k), Duration::ZERO);
+        a.record(&k, &bad());
+        assert_eq!(a.fetch_pause(&k), Duration::from_millis(100));
     }
 
     #[test]
