@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::prelude::{Builder, Client, ClientLike, Config, Value};
+use fred::prelude::{Builder, Client, ClientLike, Config, ReconnectPolicy, Value};
 use fred::types::scripts::Script;
 use mq_core::normalize_sequence_number;
 
@@ -133,12 +133,26 @@ fn guarded(body: &str) -> Script {
     Script::from_lua(format!("{NOW}{GUARD}{body}"))
 }
 
+/// The timeout of a call to Redis made by [`RedisLeaseStore::connect`]'s client.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl RedisLeaseStore {
     /// Connects to `url` (`redis://host:port`, or `redis-cluster://host:port?node=host:port` for a
-    /// cluster) and keys everything under `prefix`.
+    /// cluster) and keys everything under `prefix`. Calls time out after 2 s and the client
+    /// reconnects on its own after an outage; for other settings build the client yourself and
+    /// use [`new`](Self::new).
     pub async fn connect(url: &str, prefix: impl Into<String>) -> Result<Self> {
         let config = Config::from_url(url).map_err(|e| Error::lease("connect", e))?;
+        // A Redis that goes away must neither hang a renewal nor leave the client dead: calls
+        // fail after a timeout (consumers then pause their shards) and the client reconnects
+        // for as long as it takes.
         let client = Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
+            .with_connection_config(|c| {
+                c.connection_timeout = COMMAND_TIMEOUT;
+                c.internal_command_timeout = COMMAND_TIMEOUT;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build()
             .map_err(|e| Error::lease("connect", e))?;
         client
