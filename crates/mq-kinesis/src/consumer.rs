@@ -1,9 +1,11 @@
 //! The shard consumer: one shard of one stream, as an explicit state machine.
 
 use std::fmt;
+use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::SdkError;
@@ -46,7 +48,7 @@ pub enum InitialPosition {
 /// handler timeout, retry policy and idle polling also come from [`ConsumerOptions`].
 ///
 /// Defaults: trim horizon, 3 renewal attempts, poison pill after 3 failures from one checkpoint,
-/// lease released after 10 fetch errors in a row.
+/// lease released after 10 fetch errors in a row, a stall timeout of 60 s, no rate limit.
 ///
 /// # Examples
 ///
@@ -62,6 +64,8 @@ pub struct ShardOptions {
     renew_attempts: u32,
     poison_threshold: u32,
     max_fetch_errors: u32,
+    stall_timeout: Duration,
+    max_records_per_second: Option<NonZeroU32>,
 }
 
 impl Default for ShardOptions {
@@ -71,6 +75,8 @@ impl Default for ShardOptions {
             renew_attempts: 3,
             poison_threshold: 3,
             max_fetch_errors: 10,
+            stall_timeout: Duration::from_secs(60),
+            max_records_per_second: None,
         }
     }
 }
@@ -96,6 +102,29 @@ impl ShardOptions {
     pub fn max_fetch_errors(mut self, n: u32) -> Self {
         self.max_fetch_errors = n.max(1);
         self
+    }
+    /// How long a fetch may hang, or a handler run past its timeout, before the consumer stops
+    /// renewing its lease so the shard moves to another consumer. The stuck call is still waited
+    /// for (nothing it does afterwards is checkpointed: the lease's fence refuses it).
+    pub fn stall_timeout(mut self, d: Duration) -> Self {
+        self.stall_timeout = d.max(Duration::from_millis(1));
+        self
+    }
+    /// A token bucket on each shard: at most `n` records per second are handed to the handler
+    /// (the bucket holds a fifth of a second's worth, so the rate holds over short windows too).
+    /// For a cap on the whole instance see
+    /// [`KinesisOptions::max_records_per_second`](crate::KinesisOptions::max_records_per_second).
+    pub fn max_records_per_second(mut self, n: NonZeroU32) -> Self {
+        self.max_records_per_second = Some(n);
+        self
+    }
+    /// The stall timeout.
+    pub fn get_stall_timeout(&self) -> Duration {
+        self.stall_timeout
+    }
+    /// The per-shard rate limit.
+    pub fn get_max_records_per_second(&self) -> Option<NonZeroU32> {
+        self.max_records_per_second
     }
     /// The poison threshold.
     pub fn get_poison_threshold(&self) -> u32 {
@@ -166,6 +195,88 @@ pub(crate) struct ShardEnv {
     pub(crate) worker_id: String,
     /// Set once the queue shuts down (disconnect reason `shutdown` instead of `stopped`).
     pub(crate) shut: Arc<std::sync::atomic::AtomicBool>,
+    /// The records/s cap of the whole instance, shared by its shard consumers.
+    pub(crate) instance_limiter: Option<Arc<RecordBucket>>,
+    /// Raised whenever a call to the lease store fails; see [`ShardConsumer::confirm_lease`].
+    pub(crate) store_trouble: Arc<AtomicU64>,
+}
+
+/// A token bucket of records (`governor`) that holds a fifth of a second's worth, so a rate
+/// holds over short windows too.
+#[derive(Debug)]
+pub(crate) struct RecordBucket {
+    limiter: governor::DefaultDirectRateLimiter,
+    burst: NonZeroU32,
+}
+
+impl RecordBucket {
+    pub(crate) fn new(per_second: NonZeroU32) -> Self {
+        let burst = NonZeroU32::new((per_second.get() / 5).max(1)).unwrap_or(NonZeroU32::MIN);
+        RecordBucket {
+            limiter: governor::RateLimiter::direct(
+                governor::Quota::per_second(per_second).allow_burst(burst),
+            ),
+            burst,
+        }
+    }
+
+    /// Waits until `n` records may pass, asking at most a full bucket at a time.
+    async fn take(&self, n: usize) {
+        let mut left = u32::try_from(n).unwrap_or(u32::MAX);
+        while let Some(ask) = NonZeroU32::new(left.min(self.burst.get())) {
+            // cannot fail: `ask` never exceeds the burst
+            let _ = self.limiter.until_n_ready(ask).await;
+            left -= ask.get();
+        }
+    }
+}
+
+/// What the consumer is blocked on, for the stall check of the renewal loop.
+#[derive(Debug)]
+struct Busy {
+    base: Instant,
+    /// ms since `base` + 1 when the current call started; 0 when not in a call
+    since: AtomicU64,
+    /// how long the current call may take, in ms
+    limit: AtomicU64,
+    what: Mutex<&'static str>,
+}
+
+impl Busy {
+    fn new() -> Self {
+        Busy {
+            base: Instant::now(),
+            since: AtomicU64::new(0),
+            limit: AtomicU64::new(u64::MAX),
+            what: Mutex::new(""),
+        }
+    }
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+    fn enter(&self, what: &'static str, limit: Duration) {
+        *self.what.lock().unwrap_or_else(|e| e.into_inner()) = what;
+        self.limit.store(
+            u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+        self.since.store(self.now_ms() + 1, Ordering::SeqCst);
+    }
+    fn leave(&self) {
+        self.since.store(0, Ordering::SeqCst);
+    }
+    /// `Some(description)` when the current call has run past its limit.
+    fn stalled(&self) -> Option<String> {
+        let since = self.since.load(Ordering::SeqCst);
+        if since == 0 {
+            return None;
+        }
+        let ran = self.now_ms().saturating_sub(since - 1);
+        (ran > self.limit.load(Ordering::SeqCst)).then(|| {
+            let what = *self.what.lock().unwrap_or_else(|e| e.into_inner());
+            format!("stuck in {what} for {ran} ms: renewal stopped so the shard can move")
+        })
+    }
 }
 
 /// Consumes one shard: acquires its lease, reads after the checkpoint, runs the handler with
@@ -205,6 +316,14 @@ pub(crate) struct ShardConsumer {
     /// The read of the next batch, started while the current one is handled (keyed by the
     /// iterator it reads from); aborted when dropped.
     prefetched: Option<(String, AbortOnDropHandle<GetRecordsResult>)>,
+    busy: Arc<Busy>,
+    shard_limiter: Option<RecordBucket>,
+    /// The value of `store_trouble` when the lease was last confirmed by the store.
+    confirmed_trouble: u64,
+    /// Set by the coordinator before it stops this consumer to hand the shard over.
+    rebalanced: Arc<AtomicBool>,
+    /// The backpressure pause before the next fetch was taken.
+    paused: bool,
 }
 
 type GetRecordsResult = Result<GetRecordsOutput, SdkError<GetRecordsError>>;
@@ -276,8 +395,27 @@ impl ShardConsumer {
             report: BatchReport::default(),
             tracker,
             prefetched: None,
+            busy: Arc::new(Busy::new()),
+            shard_limiter: env
+                .shard_options
+                .max_records_per_second
+                .map(RecordBucket::new),
+            confirmed_trouble: env.store_trouble.load(Ordering::SeqCst),
+            rebalanced: Arc::new(AtomicBool::new(false)),
+            paused: false,
             env,
         }
+    }
+
+    /// The flag the coordinator sets before stopping this consumer for a handoff (the
+    /// disconnect reason is then `rebalance`).
+    pub(crate) fn rebalance_flag(&self) -> Arc<AtomicBool> {
+        self.rebalanced.clone()
+    }
+
+    /// Cancelled when the lease is lost (the consumer may still be waiting for a stuck call).
+    pub(crate) fn lost_token(&self) -> CancellationToken {
+        self.lost.clone()
     }
 
     /// Stop after `n` handled batches (for `consume_batch`).
@@ -358,6 +496,9 @@ impl ShardConsumer {
                 }
                 let reason = match &exit {
                     ShardExit::Failed(e) => DisconnectReason::Error(e.clone()),
+                    ShardExit::Stopped if self.rebalanced.load(Ordering::SeqCst) => {
+                        DisconnectReason::Rebalance
+                    }
                     _ if self.env.shut.load(std::sync::atomic::Ordering::SeqCst) => {
                         DisconnectReason::Shutdown
                     }
@@ -407,6 +548,8 @@ impl ShardConsumer {
                     self.lost.clone(),
                     self.lost_reason.clone(),
                     done.clone(),
+                    self.busy.clone(),
+                    self.env.store_trouble.clone(),
                 ));
                 self.emit(|| LifecycleEvent::ConsumerConnected {
                     consumer: self.info.clone(),
@@ -414,7 +557,10 @@ impl ShardConsumer {
                 State::InitIterator
             }
             Ok(None) => State::Stopped(ShardExit::NotAcquired),
-            Err(e) => State::Stopped(ShardExit::Failed(e.to_string())),
+            Err(e) => {
+                self.env.store_trouble.fetch_add(1, Ordering::SeqCst);
+                State::Stopped(ShardExit::Failed(e.to_string()))
+            }
         }
     }
 
@@ -496,19 +642,41 @@ impl ShardConsumer {
                 then: Box::new(State::Fetching { iterator }),
             };
         }
+        // backpressure: a slow or failing handler spaces the reads out
+        let pause = self.env.strategy.fetch_pause(&self.key);
+        if !self.paused && !pause.is_zero() && self.max_batches.is_none() {
+            self.paused = true;
+            return State::Backoff {
+                delay: pause,
+                then: Box::new(State::Fetching { iterator }),
+            };
+        }
+        self.paused = false;
         let mut limit = self.env.strategy.batch_size(&self.key).clamp(1, 10_000);
         if self.max_batches.is_some() {
             // on-demand batches honour the caller's batch size
             limit = limit.min(self.env.options.get_batch_size());
         }
-        let sent = match self.prefetched.take() {
-            Some((from, handle)) if from == iterator => match handle.await {
-                Ok(sent) => sent,
-                // the prefetch task panicked or was cancelled: read again
-                Err(_) => get_records(self.env.client.clone(), iterator.clone(), limit).await,
-            },
-            _ => get_records(self.env.client.clone(), iterator.clone(), limit).await,
+        let read = async {
+            match self.prefetched.take() {
+                Some((from, handle)) if from == iterator => match handle.await {
+                    Ok(sent) => sent,
+                    // the prefetch task panicked or was cancelled: read again
+                    Err(_) => get_records(self.env.client.clone(), iterator.clone(), limit).await,
+                },
+                _ => get_records(self.env.client.clone(), iterator.clone(), limit).await,
+            }
         };
+        self.busy
+            .enter("GetRecords", self.env.shard_options.stall_timeout);
+        let sent = tokio::select! {
+            sent = read => sent,
+            _ = self.lost.cancelled() => {
+                self.busy.leave();
+                return self.lost_state();
+            }
+        };
+        self.busy.leave();
         match sent {
             Ok(out) => {
                 self.fetch_errors = 0;
@@ -530,6 +698,7 @@ impl ShardConsumer {
                     && !records.is_empty()
                     && self.max_batches.is_none()
                     && !self.env.strategy.should_back_off(&self.key)
+                    && self.env.strategy.fetch_pause(&self.key).is_zero()
                 {
                     let limit = self.env.strategy.batch_size(&self.key).clamp(1, 10_000);
                     let handle =
@@ -707,6 +876,9 @@ impl ShardConsumer {
         if !letters.is_empty() && !self.deliver_letters(std::mem::take(&mut letters)).await {
             return self.interrupted();
         }
+        if !self.confirm_lease().await || !self.take_tokens(messages.len()).await {
+            return self.interrupted();
+        }
         match self.handle_in_place(messages).await {
             Ok(()) => State::Checkpointing {
                 sequence: last,
@@ -725,6 +897,66 @@ impl ShardConsumer {
                 }
                 self.interrupted()
             }
+        }
+    }
+
+    /// Before a batch goes to the handler: when a call to the lease store failed since the lease
+    /// was last confirmed (here or anywhere in this instance), renew it first, and wait while the
+    /// store is unreachable. A store that came back empty (a Redis restart without persistence)
+    /// answers "not yours", and the consumer stops before another instance can have started on
+    /// the shard, so no batch is ever handled by two instances at once. False when the lease is
+    /// gone or the consumer is stopping.
+    async fn confirm_lease(&mut self) -> bool {
+        let Some(lease) = self.lease.clone() else {
+            return true;
+        };
+        let ttl = self.env.options.get_lease_duration();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let trouble = self.env.store_trouble.load(Ordering::SeqCst);
+            if trouble == self.confirmed_trouble {
+                return true;
+            }
+            match self.env.store.renew(&lease, ttl).await {
+                Ok(true) => {
+                    self.confirmed_trouble = trouble;
+                    return true;
+                }
+                Ok(false) => {
+                    *self.lost_reason.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some("lease gone after a lease-store outage".into());
+                    self.lost.cancel();
+                    return false;
+                }
+                Err(e) => {
+                    self.env.store_trouble.fetch_add(1, Ordering::SeqCst);
+                    tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: lease store unreachable, pausing the shard");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stop.cancelled() => return false,
+                        _ = self.lost.cancelled() => return false,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Waits until the shard's and the instance's buckets let `n` records through. False when
+    /// stopped meanwhile.
+    async fn take_tokens(&self, n: usize) -> bool {
+        let take = async {
+            if let Some(b) = &self.shard_limiter {
+                b.take(n).await;
+            }
+            if let Some(b) = &self.env.instance_limiter {
+                b.take(n).await;
+            }
+        };
+        tokio::select! {
+            () = take => true,
+            _ = self.stop.cancelled() => false,
+            _ = self.lost.cancelled() => false,
         }
     }
 
@@ -868,7 +1100,12 @@ impl ShardConsumer {
                 }
             }
             let run_started = tokio::time::Instant::now();
+            self.busy.enter(
+                "the handler",
+                self.env.options.get_handler_timeout() + self.env.shard_options.stall_timeout,
+            );
             let (outcomes, timed_out) = self.run_handler(batch.clone()).await;
+            self.busy.leave();
             let handler_duration = run_started.elapsed();
             if self.lost.is_cancelled() {
                 return Err(());
@@ -1006,6 +1243,7 @@ impl ShardConsumer {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn renew_loop(
     store: Arc<dyn LeaseStore>,
     lease: Arc<Lease>,
@@ -1014,12 +1252,21 @@ async fn renew_loop(
     lost: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
     done: CancellationToken,
+    busy: Arc<Busy>,
+    trouble: Arc<AtomicU64>,
 ) {
     let interval = ttl / 3;
     loop {
         tokio::select! {
             _ = done.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+        }
+        // renewal is tied to progress: a consumer stuck in a call lets its lease lapse
+        if let Some(stuck) = busy.stalled() {
+            tracing::warn!(shard = %lease.shard, stuck, "mq-kinesis: shard consumer is stuck");
+            *reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(stuck);
+            lost.cancel();
+            return;
         }
         // K2: retry with backoff, within what is left of the lease
         let mut delays = ExponentialBuilder::default()
@@ -1033,6 +1280,7 @@ async fn renew_loop(
                 Ok(false) => break Some("lease taken over or released".to_owned()),
                 Err(e) => match delays.next() {
                     Some(d) => {
+                        trouble.fetch_add(1, Ordering::SeqCst);
                         tracing::warn!(shard = %lease.shard, error = %e, "mq-kinesis: lease renewal failed, retrying");
                         tokio::select! {
                             _ = done.cancelled() => return,

@@ -9,6 +9,9 @@
 //!   epoch; checkpoints only move forward. [`DurableLeaseStore`] pairs any of them with a durable
 //!   [`mq_core::CheckpointStore`] (SQL or MongoDB) so checkpoints and the fence survive a Redis
 //!   that loses its data.
+//! - Fleet coordination: every instance computes the same [`balanced_assignment`] from the live
+//!   members, rebalances within about a second of a join or a departure, hands shards off
+//!   gracefully, and reads children only after their parents ([`eligible_shards`]).
 //! - [`KinesisQueue`]: the [`mq_core::MessageQueue`] over all of it. Each leased shard is read by
 //!   a shard consumer, an explicit state machine (acquiring, initialising the iterator, fetching,
 //!   processing, checkpointing, backoff, releasing, stopped) with lease renewal, throttling
@@ -44,7 +47,9 @@
 
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 
+mod assignment;
 mod consumer;
+mod coordinator;
 mod error;
 mod lease;
 mod lease_durable;
@@ -57,6 +62,7 @@ mod record;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use assignment::{Assignment, ShardLineage, balanced_assignment, eligible_shards};
 pub use consumer::{InitialPosition, ShardOptions};
 pub use error::{Error, Result};
 pub use lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, compare_sequence_numbers};

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,12 +12,14 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use mq_core::{
     AdaptiveStrategy, AimdStrategy, BatchReport, CommonOptions, ConsumerHandle, ConsumerInfo,
-    ConsumerOptions, ConsumerStopper, DisconnectReason, ErrorChain, Handler, LifecycleEvent,
-    MessageInfo, MessageQueue, PublishFailure, PublishReport, QueueName, prepare_messages,
+    ConsumerOptions, ConsumerStopper, Handler, LifecycleEvent, MessageInfo, MessageQueue,
+    PublishFailure, PublishReport, QueueName, prepare_messages,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{BACKEND, ShardConsumer, ShardEnv, ShardExit, ShardOptions, error_text};
+use crate::assignment::{ShardLineage, eligible_shards};
+use crate::consumer::{BACKEND, RecordBucket, ShardConsumer, ShardEnv, ShardOptions, error_text};
+use crate::coordinator::Coordinator;
 use crate::error::Error;
 use crate::lease::LeaseStore;
 use crate::producer::{KinesisProducer, ProducerOptions};
@@ -28,8 +31,9 @@ use crate::producer::{KinesisProducer, ProducerOptions};
 /// ready client with [`KinesisOptions::client`].
 ///
 /// Defaults: a random instance id, [`CommonOptions::default`], [`ProducerOptions::default`],
-/// [`ShardOptions::default`], an [`AimdStrategy`] with its defaults, shard discovery every 5 s,
-/// heartbeat failure event from the 3rd failure in a row.
+/// [`ShardOptions::default`], an [`AimdStrategy`] with its defaults, a membership check every
+/// 250 ms, a heartbeat every second that keeps the instance a member for 5 s, shard listing every
+/// 5 s, heartbeat failure event from the 3rd failure in a row, no records/s cap.
 ///
 /// # Examples
 ///
@@ -58,6 +62,10 @@ pub struct KinesisOptions {
     strategy: Arc<dyn AdaptiveStrategy>,
     discovery_interval: Duration,
     heartbeat_failure_threshold: u32,
+    rebalance_interval: Duration,
+    heartbeat_interval: Duration,
+    membership_ttl: Duration,
+    max_records_per_second: Option<NonZeroU32>,
 }
 
 impl fmt::Debug for KinesisOptions {
@@ -70,6 +78,10 @@ impl fmt::Debug for KinesisOptions {
             .field("producer", &self.producer)
             .field("shard", &self.shard)
             .field("discovery_interval", &self.discovery_interval)
+            .field("rebalance_interval", &self.rebalance_interval)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("membership_ttl", &self.membership_ttl)
+            .field("max_records_per_second", &self.max_records_per_second)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +106,10 @@ impl KinesisOptions {
             strategy: Arc::new(AimdStrategy::default()),
             discovery_interval: Duration::from_secs(5),
             heartbeat_failure_threshold: 3,
+            rebalance_interval: Duration::from_millis(250),
+            heartbeat_interval: Duration::from_secs(1),
+            membership_ttl: Duration::from_secs(5),
+            max_records_per_second: None,
         }
     }
     /// A ready Kinesis client (region, endpoint and credentials options are then ignored).
@@ -150,11 +166,57 @@ impl KinesisOptions {
         self.strategy = strategy;
         self
     }
-    /// How often a consumer looks for shards without a live lease and heartbeats (at least every
-    /// third of the lease duration).
+    /// How often the shards are listed again (new shards after resharding) and the leases read
+    /// even when nothing changed.
     pub fn discovery_interval(mut self, d: Duration) -> Self {
-        self.discovery_interval = d;
+        self.discovery_interval = d.max(Duration::from_millis(1));
         self
+    }
+    /// How often an instance checks the membership (one cheap call to the lease store) and, when
+    /// it changed or shards wait to be taken, rebalances. This is how fast a join, a departure or a
+    /// released shard is noticed.
+    pub fn rebalance_interval(mut self, d: Duration) -> Self {
+        self.rebalance_interval = d.max(Duration::from_millis(1));
+        self
+    }
+    /// How often an instance renews its membership.
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.heartbeat_interval = d.max(Duration::from_millis(1));
+        self
+    }
+    /// How long an instance stays a member after its last heartbeat: how soon the others see that
+    /// it died (its shards still move only once their leases expire). Keep it a few heartbeat
+    /// intervals long.
+    pub fn membership_ttl(mut self, d: Duration) -> Self {
+        self.membership_ttl = d.max(Duration::from_millis(1));
+        self
+    }
+    /// A token bucket on the whole instance: at most `n` records per second are handed to
+    /// handlers, over all its shards. For a cap per shard see
+    /// [`ShardOptions::max_records_per_second`].
+    pub fn max_records_per_second(mut self, n: NonZeroU32) -> Self {
+        self.max_records_per_second = Some(n);
+        self
+    }
+    /// The rebalance interval.
+    pub fn get_rebalance_interval(&self) -> Duration {
+        self.rebalance_interval
+    }
+    /// The heartbeat interval.
+    pub fn get_heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+    /// The membership TTL.
+    pub fn get_membership_ttl(&self) -> Duration {
+        self.membership_ttl
+    }
+    /// The discovery interval.
+    pub fn get_discovery_interval(&self) -> Duration {
+        self.discovery_interval
+    }
+    /// The heartbeat failure threshold.
+    pub fn get_heartbeat_failure_threshold(&self) -> u32 {
+        self.heartbeat_failure_threshold
     }
     /// Heartbeat failures in a row before the `heartbeat_failure` event fires (K8).
     pub fn heartbeat_failure_threshold(mut self, n: u32) -> Self {
@@ -196,10 +258,27 @@ impl KinesisOptions {
 
 /// Messages on AWS Kinesis streams, one stream per queue.
 ///
-/// Publishing goes through the [`KinesisProducer`]. A consumer is a worker that heartbeats its
-/// membership and, every discovery interval, starts a shard consumer for each shard of the
-/// stream with no live lease; several instances (or consumers) share a stream that way. Balanced
-/// assignment across instances is not done here: whoever asks first takes a free shard.
+/// Publishing goes through the [`KinesisProducer`]. A consumer is a worker that keeps its
+/// instance a member of the stream (a heartbeat with a TTL) and reads the shards assigned to it:
+///
+/// - Assignment: every instance computes the same [`balanced_assignment`](crate::balanced_assignment)
+///   from the live members and the lease owners, so no instance holds more than one shard above
+///   another and a membership change moves as few shards as possible.
+/// - Eager rebalance: the membership is checked every
+///   [`rebalance_interval`](KinesisOptions::rebalance_interval) (250 ms), so a start or a stop is
+///   acted on within about a second; a stopping instance leaves the membership first.
+/// - Graceful handoff: a shard assigned away (or on stop) stops fetching, finishes its batch in
+///   flight (cancelled after [`ConsumerOptions::shutdown_grace`]), checkpoints and releases its
+///   lease; the new owner takes it at its next check.
+/// - Resharding: shards are listed with their lineage; a closed parent is read to its end and
+///   marked finished, its children start only after every parent finished (so the order of a
+///   partition key holds across a split or a merge), and finished shards are never read again.
+/// - Backpressure: the [`AdaptiveStrategy`] sets each shard's fetch size and spaces reads out
+///   when the handler is slow; token buckets cap records/s per shard
+///   ([`ShardOptions::max_records_per_second`]) or per instance
+///   ([`KinesisOptions::max_records_per_second`]).
+/// - A lease-store outage pauses the shards (no batch starts until the lease is confirmed
+///   again) instead of crashing them.
 ///
 /// A shard consumer:
 ///
@@ -250,6 +329,8 @@ struct Inner {
     consumers: Mutex<Vec<ConsumerStopper>>,
     shut: Arc<AtomicBool>,
     next_worker: AtomicUsize,
+    instance_limiter: Option<Arc<RecordBucket>>,
+    store_trouble: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for KinesisQueue {
@@ -274,13 +355,17 @@ impl KinesisQueue {
             inner: Arc::new(Inner {
                 client,
                 producer,
-                options,
                 registered: Mutex::new(HashSet::new()),
                 stop: CancellationToken::new(),
                 abort: CancellationToken::new(),
                 consumers: Mutex::new(Vec::new()),
                 shut: Arc::new(AtomicBool::new(false)),
                 next_worker: AtomicUsize::new(0),
+                instance_limiter: options
+                    .max_records_per_second
+                    .map(|n| Arc::new(RecordBucket::new(n))),
+                store_trouble: Arc::default(),
+                options,
             }),
         }
     }
@@ -293,6 +378,10 @@ impl KinesisQueue {
     /// The Kinesis client.
     pub fn client(&self) -> &Client {
         &self.inner.client
+    }
+
+    pub(crate) fn options(&self) -> &KinesisOptions {
+        &self.inner.options
     }
 
     fn check_open(&self) -> mq_core::Result<()> {
@@ -339,12 +428,18 @@ impl KinesisQueue {
             instance_id: o.instance_id.clone(),
             worker_id,
             shut: self.inner.shut.clone(),
+            instance_limiter: self.inner.instance_limiter.clone(),
+            store_trouble: self.inner.store_trouble.clone(),
         }
     }
 }
 
-/// Shard ids of `stream`, in API order (closed shards included).
-pub(crate) async fn list_shards(client: &Client, stream: &str) -> crate::Result<Vec<String>> {
+/// Every shard of `stream` with its lineage, in API order (closed shards included), over every
+/// page of ListShards.
+pub(crate) async fn list_shard_lineage(
+    client: &Client,
+    stream: &str,
+) -> crate::Result<Vec<ShardLineage>> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -356,87 +451,25 @@ pub(crate) async fn list_shards(client: &Client, stream: &str) -> crate::Result<
             .send()
             .await
             .map_err(|e| Error::kinesis("ListShards", error_text(&e)))?;
-        out.extend(page.shards().iter().map(|s| s.shard_id().to_owned()));
+        out.extend(page.shards().iter().map(|s| {
+            let closed = s
+                .sequence_number_range()
+                .is_some_and(|r| r.ending_sequence_number().is_some());
+            let lineage = ShardLineage::new(s.shard_id()).closed(closed);
+            let lineage = match s.parent_shard_id() {
+                Some(p) => lineage.parent(p),
+                None => lineage,
+            };
+            match s.adjacent_parent_shard_id() {
+                Some(p) => lineage.parent(p),
+                None => lineage,
+            }
+        }));
         match page.next_token() {
             Some(t) if !t.is_empty() && !page.shards().is_empty() => token = Some(t.to_owned()),
             _ => return Ok(out),
         }
     }
-}
-
-async fn worker(queue: KinesisQueue, env: ShardEnv, stopper: ConsumerStopper, info: ConsumerInfo) {
-    let o = &queue.inner.options;
-    let lifecycle = o.common.get_lifecycle().clone();
-    lifecycle.emit_with(|| LifecycleEvent::ConsumerConnected {
-        consumer: info.clone(),
-    });
-    let held: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let stream = env.queue.as_str().to_owned();
-    let ttl = env.options.get_lease_duration();
-    let mut heartbeat_failures = 0u32;
-    while !stopper.stop_token().is_cancelled() {
-        // K8: membership heartbeat; repeated failure is an event
-        match o.lease_store.heartbeat(&stream, &o.instance_id, ttl).await {
-            Ok(()) => heartbeat_failures = 0,
-            Err(e) => {
-                heartbeat_failures += 1;
-                tracing::warn!(stream, failures = heartbeat_failures, error = %e, "mq-kinesis: heartbeat failed");
-                if heartbeat_failures >= o.heartbeat_failure_threshold {
-                    lifecycle.emit_with(|| LifecycleEvent::HeartbeatFailure {
-                        queue: env.queue.clone(),
-                        instance_id: o.instance_id.clone(),
-                        consecutive_failures: heartbeat_failures,
-                        error: ErrorChain::from_error(&e),
-                    });
-                }
-            }
-        }
-        match list_shards(&queue.inner.client, &stream).await {
-            Ok(shards) => {
-                for shard in shards {
-                    if !held
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(shard.clone())
-                    {
-                        continue;
-                    }
-                    let consumer = ShardConsumer::new(
-                        env.clone(),
-                        shard.clone(),
-                        stopper.stop_token().clone(),
-                        stopper.abort_token().clone(),
-                        stopper.tracker().clone(),
-                    );
-                    let held = held.clone();
-                    stopper.tracker().spawn(async move {
-                        let (exit, _) = consumer.run().await;
-                        if let ShardExit::Failed(e) = &exit {
-                            tracing::warn!(shard, error = %e, "mq-kinesis: shard consumer failed");
-                        }
-                        held.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&shard);
-                    });
-                }
-            }
-            Err(e) => {
-                tracing::warn!(stream, error = %e, "mq-kinesis: cannot list shards");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(o.discovery_interval.min(ttl / 3)) => {}
-            _ = stopper.stop_token().cancelled() => {}
-        }
-    }
-    lifecycle.emit_with(|| LifecycleEvent::ConsumerDisconnected {
-        consumer: info.clone(),
-        reason: if queue.inner.shut.load(Ordering::SeqCst) {
-            DisconnectReason::Shutdown
-        } else {
-            DisconnectReason::Stopped
-        },
-    });
 }
 
 #[async_trait]
@@ -544,9 +577,8 @@ impl MessageQueue for KinesisQueue {
         );
         let info = ConsumerInfo::worker(worker_id.clone(), q.clone(), BACKEND);
         let env = self.env(q, handler, options, worker_id.clone());
-        stopper
-            .tracker()
-            .spawn(worker(self.clone(), env, stopper.clone(), info));
+        let coordinator = Coordinator::new(self.clone(), env, stopper.clone(), info);
+        stopper.tracker().spawn(coordinator.run());
         self.inner
             .consumers
             .lock()
@@ -563,7 +595,19 @@ impl MessageQueue for KinesisQueue {
     ) -> mq_core::Result<BatchReport> {
         options.validate()?;
         let q = self.resolve_registered(queue)?;
-        let shards = list_shards(&self.inner.client, q.as_str()).await?;
+        // the same order as the continuous consumers: no child before its parents finished
+        let listing = list_shard_lineage(&self.inner.client, q.as_str()).await?;
+        let finished: HashSet<String> = self
+            .inner
+            .options
+            .lease_store
+            .leases(q.as_str())
+            .await?
+            .into_iter()
+            .filter(|l| l.finished)
+            .map(|l| l.shard)
+            .collect();
+        let shards = eligible_shards(&listing, &finished);
         let worker_id = format!("{}-batch", self.inner.options.instance_id);
         let mut env = self.env(q, handler, options.clone(), worker_id);
         let mut total = BatchReport::default();
