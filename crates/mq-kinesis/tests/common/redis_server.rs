@@ -10,7 +10,39 @@ use tokio::process::{Child, Command};
 
 pub struct RedisServer {
     pub port: u16,
-    _child: Child,
+    child: Option<Child>,
+}
+
+fn spawn(port: u16) -> Result<Child, String> {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start redis-server: {e}"))
+}
+
+async fn wait_ready(port: u16) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if cli(port, &["PING"]).await? == "PONG" {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("redis-server on port {port} never answered"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn cli(port: u16, args: &[&str]) -> Result<String, String> {
@@ -30,35 +62,11 @@ impl RedisServer {
             let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
             l.local_addr().map_err(|e| e.to_string())?.port()
         };
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start redis-server: {e}"))?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if cli(port, &["PING"]).await? == "PONG" {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(format!("redis-server on port {port} never answered"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = spawn(port)?;
+        wait_ready(port).await?;
         Ok(RedisServer {
             port,
-            _child: child,
+            child: Some(child),
         })
     }
 
@@ -79,6 +87,22 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (its data is gone: no persistence).
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.expect("kill redis-server");
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.child = Some(spawn(self.port).expect("restart redis-server"));
+        wait_ready(self.port)
+            .await
+            .expect("restarted redis-server answers");
     }
 
     /// Forgets everything, as a restarted Redis without persistence does.
