@@ -22,6 +22,9 @@ use mq_core::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
+use crate::fanout::{
+    ConsumerArns, DEFAULT_RESUBSCRIBE_INTERVAL, FetchMode, StartPosition, Subscription,
+};
 use crate::lease::{CheckpointOutcome, Lease, LeaseStore};
 use crate::record::decode_record;
 
@@ -46,7 +49,8 @@ pub enum InitialPosition {
 /// handler timeout, retry policy and idle polling also come from [`ConsumerOptions`].
 ///
 /// Defaults: trim horizon, 3 renewal attempts, poison pill after 3 failures from one checkpoint,
-/// lease released after 10 fetch errors in a row.
+/// lease released after 10 fetch errors in a row, [`FetchMode::Polling`] (with enhanced fan-out:
+/// a new subscription every 4 min 30 s).
 ///
 /// # Examples
 ///
@@ -62,6 +66,9 @@ pub struct ShardOptions {
     renew_attempts: u32,
     poison_threshold: u32,
     max_fetch_errors: u32,
+    fetch_mode: FetchMode,
+    resubscribe_interval: Duration,
+    fan_out_consumers: ConsumerArns,
 }
 
 impl Default for ShardOptions {
@@ -71,6 +78,9 @@ impl Default for ShardOptions {
             renew_attempts: 3,
             poison_threshold: 3,
             max_fetch_errors: 10,
+            fetch_mode: FetchMode::Polling,
+            resubscribe_interval: DEFAULT_RESUBSCRIBE_INTERVAL,
+            fan_out_consumers: ConsumerArns::default(),
         }
     }
 }
@@ -104,6 +114,43 @@ impl ShardOptions {
     /// The initial position.
     pub fn get_initial_position(&self) -> InitialPosition {
         self.initial_position
+    }
+    /// How shards are read: [`FetchMode::Polling`] (the default) or
+    /// [`FetchMode::EnhancedFanOut`].
+    pub fn fetch_mode(mut self, mode: FetchMode) -> Self {
+        self.fetch_mode = mode;
+        self
+    }
+    /// Reads shards with enhanced fan-out (`SubscribeToShard`) through the stream consumer
+    /// `consumer_name`, registered on first use; see [`FetchMode::EnhancedFanOut`] and
+    /// [`mq_kinesis::fanout`](crate::fanout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mq_kinesis::{FetchMode, ShardOptions};
+    ///
+    /// let opts = ShardOptions::default().enhanced_fan_out("orders-service");
+    /// assert!(matches!(opts.get_fetch_mode(), FetchMode::EnhancedFanOut { .. }));
+    /// ```
+    pub fn enhanced_fan_out(self, consumer_name: impl Into<String>) -> Self {
+        self.fetch_mode(FetchMode::EnhancedFanOut {
+            consumer_name: consumer_name.into(),
+        })
+    }
+    /// With enhanced fan-out: how long one subscription is read before the next one replaces it
+    /// (AWS ends a subscription after 5 minutes). Default 4 min 30 s; at least 100 ms.
+    pub fn resubscribe_interval(mut self, every: Duration) -> Self {
+        self.resubscribe_interval = every.max(Duration::from_millis(100));
+        self
+    }
+    /// The fetch mode.
+    pub fn get_fetch_mode(&self) -> &FetchMode {
+        &self.fetch_mode
+    }
+    /// The re-subscription interval of enhanced fan-out.
+    pub fn get_resubscribe_interval(&self) -> Duration {
+        self.resubscribe_interval
     }
 }
 
@@ -205,6 +252,9 @@ pub(crate) struct ShardConsumer {
     /// The read of the next batch, started while the current one is handled (keyed by the
     /// iterator it reads from); aborted when dropped.
     prefetched: Option<(String, AbortOnDropHandle<GetRecordsResult>)>,
+    /// With enhanced fan-out, the subscription the shard is read from (its task ends when this is
+    /// dropped, so with the consumer).
+    subscription: Option<Subscription>,
 }
 
 type GetRecordsResult = Result<GetRecordsOutput, SdkError<GetRecordsError>>;
@@ -276,6 +326,7 @@ impl ShardConsumer {
             report: BatchReport::default(),
             tracker,
             prefetched: None,
+            subscription: None,
             env,
         }
     }
@@ -452,6 +503,9 @@ impl ShardConsumer {
         if self.stop.is_cancelled() {
             return State::Releasing(ShardExit::Stopped);
         }
+        if let Some(state) = self.fan_out_init().await {
+            return state;
+        }
         let mut req = self
             .env
             .client
@@ -502,6 +556,10 @@ impl ShardConsumer {
             limit = limit.min(self.env.options.get_batch_size());
         }
         let sent = match self.prefetched.take() {
+            _ if self.subscription.is_some() => match self.fan_out_fetch(limit).await {
+                Ok(out) => Ok(out),
+                Err(state) => return state,
+            },
             Some((from, handle)) if from == iterator => match handle.await {
                 Ok(sent) => sent,
                 // the prefetch task panicked or was cancelled: read again
@@ -529,6 +587,7 @@ impl ShardConsumer {
                 if let Some(next) = &next
                     && !records.is_empty()
                     && self.max_batches.is_none()
+                    && self.subscription.is_none()
                     && !self.env.strategy.should_back_off(&self.key)
                 {
                     let limit = self.env.strategy.batch_size(&self.key).clamp(1, 10_000);
@@ -1047,6 +1106,139 @@ async fn renew_loop(
             *reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
             lost.cancel();
             return;
+        }
+    }
+}
+
+/// The `Fetching` iterator of enhanced fan-out: the batches come from the subscription.
+const FAN_OUT_ITERATOR: &str = "enhanced-fan-out";
+
+/// Enhanced fan-out: a subscription instead of shard iterators; everything after the read is the
+/// polling code.
+impl ShardConsumer {
+    /// Opens the subscription at the checkpoint (or keeps the open one when it has handed out
+    /// exactly up to the checkpoint); None when polling.
+    async fn fan_out_init(&mut self) -> Option<State> {
+        let FetchMode::EnhancedFanOut { consumer_name } = &self.env.shard_options.fetch_mode else {
+            return None;
+        };
+        if self.max_batches.is_some() {
+            // one subscription per on-demand batch would run into AWS's 5-second rule: poll
+            return None;
+        }
+        let fetching = State::Fetching {
+            iterator: FAN_OUT_ITERATOR.to_owned(),
+        };
+        if self
+            .subscription
+            .as_ref()
+            .is_some_and(|s| !s.is_dead() && s.last_sequence_number() == self.position.as_deref())
+        {
+            return Some(fetching);
+        }
+        // one subscription per shard and consumer: close the old one first
+        self.subscription = None;
+        let arns = self.env.shard_options.fan_out_consumers.clone();
+        let arn = tokio::select! {
+            arn = arns.get(&self.env.client, self.stream(), consumer_name) => arn,
+            _ = self.stop.cancelled() => return Some(State::Releasing(ShardExit::Stopped)),
+            _ = self.lost.cancelled() => return Some(self.lost_state()),
+        };
+        let arn = match arn {
+            Ok(arn) => arn,
+            Err(e) => {
+                return Some(self.fetch_error(e.code(), error_text(&e), State::InitIterator));
+            }
+        };
+        let from = match (&self.position, self.env.shard_options.initial_position) {
+            (Some(seq), _) => StartPosition::AfterSequenceNumber(seq.clone()),
+            (None, InitialPosition::TrimHorizon) => StartPosition::TrimHorizon,
+            (None, InitialPosition::Latest) => StartPosition::Latest,
+            (None, InitialPosition::AtTimestamp(at)) => StartPosition::AtTimestamp(at),
+        };
+        tracing::debug!(shard = %self.shard, ?from, "mq-kinesis: subscribing to the shard");
+        self.subscription = Some(Subscription::start(
+            self.env.client.clone(),
+            arn,
+            self.shard.clone(),
+            from,
+            self.env.shard_options.resubscribe_interval,
+        ));
+        Some(fetching)
+    }
+
+    /// The next batch from the subscription, as a GetRecords output (no next iterator once the
+    /// shard ended), so the rest of `fetch` is the polling code; Err with the next state when
+    /// stopped, when the lease was lost, or on an error.
+    ///
+    /// Heartbeats (events without records) are reported as fetches of nothing and waited past:
+    /// the next event is awaited, not polled for.
+    async fn fan_out_fetch(&mut self, limit: usize) -> Result<GetRecordsOutput, State> {
+        enum Got {
+            Batch(crate::Result<crate::fanout::FanOutBatch>),
+            Stopped,
+            Lost,
+        }
+        loop {
+            let Some(sub) = self.subscription.as_mut() else {
+                return Err(State::InitIterator);
+            };
+            let got = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => Got::Stopped,
+                _ = self.lost.cancelled() => Got::Lost,
+                b = sub.next(limit) => Got::Batch(b),
+            };
+            let batch = match got {
+                Got::Stopped => return Err(State::Releasing(ShardExit::Stopped)),
+                Got::Lost => return Err(self.lost_state()),
+                Got::Batch(Ok(b)) => b,
+                Got::Batch(Err(e)) => {
+                    let then = if sub.is_dead() {
+                        // the subscription's task is gone: open a new one
+                        self.subscription = None;
+                        State::InitIterator
+                    } else if e.code() == Some("ResourceNotFoundException") {
+                        // the stream consumer was deleted: register it again
+                        if let (Some(sub), FetchMode::EnhancedFanOut { consumer_name }) =
+                            (self.subscription.take(), &self.env.shard_options.fetch_mode)
+                        {
+                            self.env.shard_options.fan_out_consumers.forget(
+                                &self.env.client,
+                                self.env.queue.as_str(),
+                                consumer_name,
+                                sub.consumer_arn(),
+                            );
+                        }
+                        State::InitIterator
+                    } else {
+                        State::Fetching {
+                            iterator: FAN_OUT_ITERATOR.to_owned(),
+                        }
+                    };
+                    return Err(self.fetch_error(e.code(), error_text(&e), then));
+                }
+            };
+            if batch.records.is_empty() && !batch.ended {
+                self.fetch_errors = 0;
+                self.emit(|| LifecycleEvent::RecordsFetched {
+                    consumer: self.info.clone(),
+                    records: 0,
+                    millis_behind_latest: batch.millis_behind_latest,
+                });
+                continue;
+            }
+            return GetRecordsOutput::builder()
+                .set_records(Some(batch.records))
+                .set_next_shard_iterator((!batch.ended).then(|| FAN_OUT_ITERATOR.to_owned()))
+                .set_millis_behind_latest(
+                    batch
+                        .millis_behind_latest
+                        .and_then(|ms| i64::try_from(ms).ok()),
+                )
+                .set_child_shards(Some(batch.child_shards).filter(|c| !c.is_empty()))
+                .build()
+                .map_err(|e| State::Releasing(ShardExit::Failed(e.to_string())));
         }
     }
 }
