@@ -89,12 +89,57 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// An enhanced fan-out call (`RegisterStreamConsumer`, `DescribeStreamConsumer`,
+    /// `SubscribeToShard`) failed; the AWS error code is kept so callers can tell a deleted
+    /// consumer (`ResourceNotFoundException`) from a network failure.
+    #[error("kinesis {operation} failed: {message}")]
+    FanOut {
+        /// The API call.
+        operation: &'static str,
+        /// The AWS error code, when the service sent one.
+        code: Option<String>,
+        /// The error, with its sources.
+        message: String,
+    },
+    /// A registered stream consumer did not become `ACTIVE` in time.
+    #[error(
+        "stream consumer {consumer_name} of stream {stream} is still {status} after {waited:?}"
+    )]
+    ConsumerNotActive {
+        /// The stream.
+        stream: String,
+        /// The consumer's name.
+        consumer_name: String,
+        /// Its last status (`CREATING`, `DELETING`).
+        status: String,
+        /// How long it was waited for.
+        waited: std::time::Duration,
+    },
     /// The queue has been shut down.
     #[error("the kinesis queue has been shut down")]
     ShutDown,
 }
 
 impl Error {
+    /// The AWS error code of a failed enhanced fan-out call, when the service sent one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let err = mq_kinesis::Error::FanOut {
+    ///     operation: "SubscribeToShard",
+    ///     code: Some("ResourceNotFoundException".into()),
+    ///     message: "consumer not found".into(),
+    /// };
+    /// assert_eq!(err.code(), Some("ResourceNotFoundException"));
+    /// ```
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::FanOut { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn lease(operation: &'static str, source: impl Into<BoxError>) -> Self {
         Error::LeaseStore {
             operation,
@@ -118,7 +163,12 @@ impl From<Error> for mq_core::Error {
             }
             Error::ShutDown => mq_core::Error::ShutDown { backend: "kinesis" },
             Error::LeaseStore { operation, .. } => mq_core::Error::backend("kinesis", operation, e),
-            Error::Kinesis { operation, .. } => mq_core::Error::backend("kinesis", operation, e),
+            Error::Kinesis { operation, .. } | Error::FanOut { operation, .. } => {
+                mq_core::Error::backend("kinesis", operation, e)
+            }
+            Error::ConsumerNotActive { .. } => {
+                mq_core::Error::backend("kinesis", "RegisterStreamConsumer", e)
+            }
             other => mq_core::Error::backend("kinesis", "publish", other),
         }
     }

@@ -16,7 +16,9 @@
 //!   a shard consumer, an explicit state machine (acquiring, initialising the iterator, fetching,
 //!   processing, checkpointing, backoff, releasing, stopped) with lease renewal, throttling
 //!   backoff, iterator re-creation, poison-pill detection counted in the lease store, and handler
-//!   cancellation on timeout; see [`KinesisQueue`] for the guarantees.
+//!   cancellation on timeout; see [`KinesisQueue`] for the guarantees. Shards are polled with
+//!   `GetRecords` by default, or pushed over `SubscribeToShard` with enhanced fan-out
+//!   ([`ShardOptions::enhanced_fan_out`], see [`fanout`]).
 //!
 //! # Quickstart
 //!
@@ -51,6 +53,7 @@ mod assignment;
 mod consumer;
 mod coordinator;
 mod error;
+pub mod fanout;
 mod lease;
 mod lease_durable;
 mod lease_file;
@@ -65,6 +68,7 @@ pub mod testkit;
 pub use assignment::{Assignment, ShardLineage, balanced_assignment, eligible_shards};
 pub use consumer::{InitialPosition, ShardOptions};
 pub use error::{Error, Result};
+pub use fanout::{FanOutBatch, FetchMode, StartPosition, Subscription, register_stream_consumer};
 pub use lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, compare_sequence_numbers};
 pub use lease_durable::DurableLeaseStore;
 pub use lease_file::FileLeaseStore;

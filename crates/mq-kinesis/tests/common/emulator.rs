@@ -2,8 +2,9 @@
 //! that count or throttle requests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
@@ -16,7 +17,11 @@ use aws_sdk_kinesis::config::{
 };
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
-use ferrokinesis::store::StoreOptions;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use ferrokinesis::store::{Store, StoreOptions};
 use tokio::task::JoinHandle;
 
 pub struct Emulator {
@@ -46,8 +51,13 @@ impl Emulator {
     }
 
     pub async fn start_with(options: StoreOptions) -> Self {
-        let (app, _store) = ferrokinesis::create_app(options);
-        let app = app.layer(axum::extract::DefaultBodyLimit::max(7 << 20));
+        let (app, store) = ferrokinesis::create_app(options);
+        let app = app
+            .layer(axum::extract::DefaultBodyLimit::max(7 << 20))
+            .layer(axum::middleware::from_fn_with_state(
+                store,
+                subscribe_from_position,
+            ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -95,6 +105,43 @@ impl Emulator {
     }
 }
 
+/// ferrokinesis 0.7 validates SubscribeToShard's `StartingPosition` as a structure with `Type`
+/// only and drops its `SequenceNumber` and `Timestamp`, so AFTER_SEQUENCE_NUMBER and
+/// AT_SEQUENCE_NUMBER start at the start of the shard and AT_TIMESTAMP at time 0: every
+/// re-subscription would read the shard again from its start. This layer hands SubscribeToShard
+/// to ferrokinesis's own implementation with the request as sent (it reads the sequence number
+/// from there); when that fails, the request takes the normal way and gets ferrokinesis's error.
+async fn subscribe_from_position(State(store): State<Store>, req: Request, next: Next) -> Response {
+    let subscribe = req
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.ends_with(".SubscribeToShard"));
+    if !subscribe {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    if let Ok(data) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        && let Ok(stream) = ferrokinesis::actions::subscribe_to_shard::execute_streaming(
+            &store,
+            data,
+            ferrokinesis::constants::CONTENT_TYPE_JSON,
+        )
+        .await
+    {
+        return Response::builder()
+            .status(200)
+            .header("Content-Type", "application/vnd.amazon.eventstream")
+            .body(stream)
+            .unwrap();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
 pub fn client(
     endpoint: &str,
     retries: bool,
@@ -129,11 +176,25 @@ fn target(ctx: &BeforeTransmitInterceptorContextRef<'_>) -> String {
         .to_owned()
 }
 
-/// Counts requests per operation.
+/// Counts requests per operation (SubscribeToShard also per shard).
 #[derive(Debug, Clone, Default)]
 pub struct RequestCounter {
     pub put_records: Arc<AtomicUsize>,
     pub get_records: Arc<AtomicUsize>,
+    pub subscribe_to_shard: Arc<AtomicUsize>,
+    pub subscribes_by_shard: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl RequestCounter {
+    /// SubscribeToShard requests sent for `shard`.
+    pub fn subscribes_of(&self, shard: &str) -> usize {
+        self.subscribes_by_shard
+            .lock()
+            .unwrap()
+            .get(shard)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 impl Intercept for RequestCounter {
@@ -150,6 +211,22 @@ impl Intercept for RequestCounter {
         match target(ctx).as_str() {
             "PutRecords" => self.put_records.fetch_add(1, Ordering::SeqCst),
             "GetRecords" => self.get_records.fetch_add(1, Ordering::SeqCst),
+            "SubscribeToShard" => {
+                let shard = ctx
+                    .request()
+                    .body()
+                    .bytes()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                    .and_then(|v| v["ShardId"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                *self
+                    .subscribes_by_shard
+                    .lock()
+                    .unwrap()
+                    .entry(shard)
+                    .or_default() += 1;
+                self.subscribe_to_shard.fetch_add(1, Ordering::SeqCst)
+            }
             _ => 0,
         };
         Ok(())

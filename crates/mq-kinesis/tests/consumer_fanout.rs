@@ -1,0 +1,615 @@
+//! Enhanced fan-out (SubscribeToShard): every record delivered once, per-key order kept, across
+//! re-subscriptions (before the subscription limit and after the server ends a subscription),
+//! records published while consuming arrive, a restarted consumer continues from its checkpoint,
+//! a poison pill is isolated and dead-lettered as with polling, and a closed shard is read to its
+//! end and finished, all without a single GetRecords.
+
+#[path = "common/emulator.rs"]
+mod emulator;
+#[path = "common/instance.rs"]
+mod instance;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::types::ShardIteratorType;
+use emulator::{Emulator, RequestCounter, client, store_options};
+use instance::Instance;
+use mq_core::testkit::{
+    DeliveryLedger, RecordingDeadLetters, RecordingObserver, eventually, fast_options,
+};
+use mq_core::{
+    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, LifecycleEvent,
+    MessageQueue, NewMessage, QueueName, handler_fn,
+};
+use mq_kinesis::{
+    InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore, PartitionKeyStrategy,
+    ProducerOptions, ShardOptions,
+};
+
+type PerKey = Arc<Mutex<HashMap<String, Vec<u64>>>>;
+
+fn messages(range: std::ops::Range<u64>, keys: u64) -> Vec<NewMessage> {
+    range
+        .map(|i| {
+            NewMessage::new(
+                "t",
+                serde_json::json!({"key": format!("k{}", i % keys), "n": i / keys}),
+            )
+        })
+        .collect()
+}
+
+/// A handler that records deliveries, the order per key and the largest batch.
+fn recording_handler(
+    ledger: Arc<DeliveryLedger>,
+    per_key: PerKey,
+    largest: Arc<AtomicUsize>,
+    pause: Duration,
+) -> Arc<dyn mq_core::Handler> {
+    Arc::new(handler_fn(move |batch: Batch, ctx: HandlerContext| {
+        let (l, pk, largest) = (ledger.clone(), per_key.clone(), largest.clone());
+        async move {
+            assert!(ctx.shard_id().is_some());
+            largest.fetch_max(batch.len(), Ordering::SeqCst);
+            for m in batch.iter() {
+                l.begin(m.id.as_str());
+                let key = m.payload["key"].as_str().unwrap().to_owned();
+                pk.lock()
+                    .unwrap()
+                    .entry(key)
+                    .or_default()
+                    .push(m.payload["n"].as_u64().unwrap());
+                l.end(m.id.as_str());
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }))
+}
+
+fn queue_on(
+    c: aws_sdk_kinesis::Client,
+    store: Arc<dyn LeaseStore>,
+    instance: &str,
+    shard: ShardOptions,
+    common: CommonOptions,
+) -> KinesisQueue {
+    KinesisQueue::with_client(
+        c,
+        KinesisOptions::new(store)
+            .instance_id(instance)
+            .common(common)
+            .discovery_interval(Duration::from_millis(200))
+            .producer(
+                ProducerOptions::default()
+                    .partition_key(PartitionKeyStrategy::payload_field("key")),
+            )
+            .shard(shard),
+    )
+}
+
+/// The sequence number of the last record of `shard`, read with a client outside the counted one.
+async fn last_sequence_number(emu: &Emulator, stream: &str, shard: &str) -> Option<String> {
+    let c = emu.client();
+    let mut it = c
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shard)
+        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap()
+        .shard_iterator
+        .unwrap();
+    let mut last = None;
+    loop {
+        let out = c.get_records().shard_iterator(&it).send().await.unwrap();
+        if out.records().is_empty() {
+            return last;
+        }
+        last = out.records().last().map(|r| r.sequence_number().to_owned());
+        match out.next_shard_iterator() {
+            Some(next) => it = next.to_owned(),
+            None => return last,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_delivers_once_in_key_order_across_resubscriptions() {
+    let started = Instant::now();
+    let emu = Emulator::start().await;
+    let stream = "fanout-order";
+    emu.create_stream(stream, 4).await;
+    let counter = RequestCounter::default();
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let observer = Arc::new(RecordingObserver::default());
+    let common = CommonOptions::default().lifecycle(
+        LifecycleDispatcher::builder()
+            .observer(observer.clone())
+            .mode(DispatchMode::Sync)
+            .build(),
+    );
+    let queue = queue_on(
+        client(&emu.endpoint, true, Some(counter.clone()), None),
+        store.clone(),
+        "solo",
+        ShardOptions::default()
+            .enhanced_fan_out("mq-test")
+            .resubscribe_interval(Duration::from_secs(1)),
+        common,
+    );
+    let q = QueueName::new(stream).unwrap();
+    queue.register(&q).await.unwrap();
+
+    // 150 keys; 6,000 messages before the consumer starts, 3,000 more while it runs
+    let (keys, before, total) = (150u64, 6_000u64, 9_000u64);
+    let report = queue.publish(&q, messages(0..before, keys)).await.unwrap();
+    assert!(report.is_complete(), "{:?}", report.failed.first());
+
+    let ledger = Arc::new(DeliveryLedger::default());
+    let per_key: PerKey = Arc::default();
+    let largest = Arc::new(AtomicUsize::new(0));
+    let handler = recording_handler(
+        ledger.clone(),
+        per_key.clone(),
+        largest.clone(),
+        Duration::from_millis(2),
+    );
+    let consumer = queue.consume(&q, handler, fast_options()).await.unwrap();
+    eventually(Duration::from_secs(60), "the first 6,000 delivered", || {
+        ledger.distinct() == before as usize
+    })
+    .await;
+    // published after the consumer started, in 12 slices over about 3 s: several
+    // re-subscriptions (every second) happen while records flow
+    for slice in 0..12u64 {
+        let from = before + slice * 250;
+        let report = queue
+            .publish(&q, messages(from..from + 250, keys))
+            .await
+            .unwrap();
+        assert!(report.is_complete());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eventually(Duration::from_secs(60), "all 9,000 delivered", || {
+        ledger.distinct() == total as usize
+    })
+    .await;
+    let shards: Vec<String> = (0..4).map(|s| format!("shardId-{s:012}")).collect();
+    eventually(
+        Duration::from_secs(30),
+        "every shard re-subscribed at least twice",
+        || shards.iter().all(|s| counter.subscribes_of(s) >= 3),
+    )
+    .await;
+    // let the stream settle: nothing more may arrive
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    consumer.stop().await;
+    let elapsed = started.elapsed();
+
+    let lost = total as usize - ledger.distinct();
+    let duplicates = ledger.duplicates();
+    let subscribes: Vec<usize> = shards.iter().map(|s| counter.subscribes_of(s)).collect();
+    println!(
+        "fan-out: {total} messages, {keys} keys, lost {lost}, duplicates {duplicates}, \
+         SubscribeToShard per shard {subscribes:?}, GetRecords {}, largest batch {}, {elapsed:?}",
+        counter.get_records.load(Ordering::SeqCst),
+        largest.load(Ordering::SeqCst),
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(duplicates, 0, "clean run: no duplicates");
+    assert_eq!(
+        counter.get_records.load(Ordering::SeqCst),
+        0,
+        "fan-out never polls"
+    );
+    for (shard, n) in shards.iter().zip(&subscribes) {
+        assert!(*n >= 2, "{shard} re-subscribed ({n} subscriptions)");
+    }
+    let per_key = per_key.lock().unwrap().clone();
+    assert_eq!(per_key.len(), keys as usize);
+    for (key, ns) in per_key.iter() {
+        assert_eq!(ns.len(), (total / keys) as usize, "{key}");
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "order broken for {key}: {ns:?}"
+        );
+    }
+    assert_eq!(observer.count("consumed"), total as usize);
+    assert_eq!(observer.count("acked"), total as usize);
+    for shard in &shards {
+        let st = store.state(stream, shard).await.unwrap();
+        assert!(st.checkpoint.is_some(), "{shard} has a checkpoint");
+        assert_eq!(
+            st.checkpoint,
+            last_sequence_number(&emu, stream, shard).await,
+            "{shard} is checkpointed at its last record"
+        );
+        assert!(!st.live, "released on stop");
+    }
+    // the stream consumer was registered once and is active
+    let summary = emu
+        .client()
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    let consumers = emu
+        .client()
+        .list_stream_consumers()
+        .stream_arn(summary.stream_description_summary().unwrap().stream_arn())
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<&str> = consumers
+        .consumers()
+        .iter()
+        .map(|c| c.consumer_name())
+        .collect();
+    assert_eq!(names, ["mq-test"]);
+    queue.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_restart_continues_from_the_checkpoint() {
+    let started = Instant::now();
+    // the server ends every subscription after 1.5 s: re-subscriptions after the end of the event
+    // stream, with the default re-subscription interval far away
+    let emu = Emulator::start_with(ferrokinesis::store::StoreOptions {
+        subscribe_to_shard_session_ms: 1_500,
+        ..store_options()
+    })
+    .await;
+    let stream = "fanout-restart";
+    emu.create_stream(stream, 2).await;
+    let counter = RequestCounter::default();
+    let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+    let fan_out = || ShardOptions::default().enhanced_fan_out("mq-test");
+    let a = queue_on(
+        client(&emu.endpoint, true, Some(counter.clone()), None),
+        store.clone(),
+        "a",
+        fan_out(),
+        CommonOptions::default(),
+    );
+    let q = QueueName::new(stream).unwrap();
+    a.register(&q).await.unwrap();
+    let (keys, first, total) = (100u64, 4_000u64, 5_000u64);
+    assert!(
+        a.publish(&q, messages(0..first, keys))
+            .await
+            .unwrap()
+            .is_complete()
+    );
+
+    let ledger = Arc::new(DeliveryLedger::default());
+    let per_key: PerKey = Arc::default();
+    let largest = Arc::new(AtomicUsize::new(0));
+    // slowly: the stop lands in the middle of the shards
+    let opts = fast_options();
+    let consumer = a
+        .consume(
+            &q,
+            recording_handler(
+                ledger.clone(),
+                per_key.clone(),
+                largest.clone(),
+                Duration::from_millis(20),
+            ),
+            opts.clone(),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "1,500 delivered before the stop",
+        || ledger.distinct() >= 1_500,
+    )
+    .await;
+    consumer.stop().await;
+    a.shutdown().await.unwrap();
+    let at_stop = ledger.distinct();
+    let mut checkpoints = Vec::new();
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let st = store.state(stream, shard).await.unwrap();
+        assert!(!st.live, "{shard} released on stop");
+        checkpoints.push(st.checkpoint);
+    }
+    assert!(
+        checkpoints.iter().all(Option::is_some),
+        "both shards checkpointed before the stop: {checkpoints:?}"
+    );
+    assert!(at_stop < first as usize, "stopped half way ({at_stop})");
+
+    // a second instance, with its own options: it finds the stream consumer registered
+    let b = queue_on(
+        client(&emu.endpoint, true, Some(counter.clone()), None),
+        store.clone(),
+        "b",
+        fan_out(),
+        CommonOptions::default(),
+    );
+    b.register(&q).await.unwrap();
+    let consumer = b
+        .consume(
+            &q,
+            recording_handler(
+                ledger.clone(),
+                per_key.clone(),
+                largest.clone(),
+                Duration::from_millis(2),
+            ),
+            opts,
+        )
+        .await
+        .unwrap();
+    // more records while b consumes, over about 3 s (two server-side subscription ends)
+    for slice in 0..10u64 {
+        let from = first + slice * 100;
+        assert!(
+            b.publish(&q, messages(from..from + 100, keys))
+                .await
+                .unwrap()
+                .is_complete()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eventually(Duration::from_secs(60), "all 5,000 delivered", || {
+        ledger.distinct() == total as usize
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    consumer.stop().await;
+    let elapsed = started.elapsed();
+
+    let lost = total as usize - ledger.distinct();
+    let duplicates = ledger.duplicates();
+    let largest = largest.load(Ordering::SeqCst);
+    let subscribes = counter.subscribe_to_shard.load(Ordering::SeqCst);
+    println!(
+        "fan-out restart: {total} messages, {at_stop} before the stop, lost {lost}, \
+         duplicates {duplicates} (largest batch {largest}), SubscribeToShard {subscribes}, \
+         GetRecords {}, {elapsed:?}",
+        counter.get_records.load(Ordering::SeqCst),
+    );
+    assert_eq!(lost, 0);
+    assert!(
+        duplicates <= largest,
+        "at most one batch again: {duplicates} > {largest}"
+    );
+    // events of thousands of records are cut to the adaptive batch size (at most 500)
+    assert!(largest <= 500, "batches honour the batch size: {largest}");
+    assert_eq!(counter.get_records.load(Ordering::SeqCst), 0);
+    // 2 shards × 2 instances, plus at least one re-subscription per server-side end
+    assert!(subscribes >= 6, "{subscribes} subscriptions");
+    // per key, the first deliveries are in order
+    for (key, ns) in per_key.lock().unwrap().iter() {
+        let mut seen = std::collections::HashSet::new();
+        let firsts: Vec<u64> = ns.iter().copied().filter(|n| seen.insert(*n)).collect();
+        assert_eq!(firsts.len(), (total / keys) as usize, "{key}");
+        assert!(
+            firsts.windows(2).all(|w| w[0] < w[1]),
+            "order broken for {key}: {ns:?}"
+        );
+    }
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let st = store.state(stream, shard).await.unwrap();
+        assert_eq!(
+            st.checkpoint,
+            last_sequence_number(&emu, stream, shard).await,
+            "{shard} is checkpointed at its last record"
+        );
+    }
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_reads_a_split_shard_to_its_end() {
+    let emu = Emulator::start().await;
+    let stream = "fanout-split";
+    emu.create_stream(stream, 1).await;
+    let counter = RequestCounter::default();
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let queue = queue_on(
+        client(&emu.endpoint, true, Some(counter.clone()), None),
+        store.clone(),
+        "solo",
+        ShardOptions::default().enhanced_fan_out("mq-test"),
+        CommonOptions::default(),
+    );
+    let q = QueueName::new(stream).unwrap();
+    queue.register(&q).await.unwrap();
+    assert!(
+        queue
+            .publish(&q, messages(0..500, 50))
+            .await
+            .unwrap()
+            .is_complete()
+    );
+    // split the only shard in two halves of the hash key range: it closes, two children open
+    emu.client()
+        .split_shard()
+        .stream_name(stream)
+        .shard_to_split("shardId-000000000000")
+        .new_starting_hash_key("170141183460469231731687303715884105728")
+        .send()
+        .await
+        .unwrap();
+    let mut children_open = false;
+    for _ in 0..100 {
+        let shards = emu
+            .client()
+            .list_shards()
+            .stream_name(stream)
+            .send()
+            .await
+            .unwrap();
+        if shards.shards().len() == 3 {
+            children_open = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(children_open, "the split happened");
+    assert!(
+        queue
+            .publish(&q, messages(500..1_000, 50))
+            .await
+            .unwrap()
+            .is_complete()
+    );
+
+    let ledger = Arc::new(DeliveryLedger::default());
+    let consumer = queue
+        .consume(
+            &q,
+            recording_handler(
+                ledger.clone(),
+                Arc::default(),
+                Arc::default(),
+                Duration::ZERO,
+            ),
+            fast_options(),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "all 1,000 delivered", || {
+        ledger.distinct() == 1_000
+    })
+    .await;
+    let parent = store.clone();
+    let mut finished = false;
+    for _ in 0..200 {
+        if parent
+            .state(stream, "shardId-000000000000")
+            .await
+            .unwrap()
+            .finished
+        {
+            finished = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumer.stop().await;
+    println!(
+        "fan-out split: 1000 messages, lost {}, duplicates {}, parent finished {finished}, \
+         SubscribeToShard {}",
+        1_000 - ledger.distinct(),
+        ledger.duplicates(),
+        counter.subscribe_to_shard.load(Ordering::SeqCst)
+    );
+    assert_eq!(ledger.duplicates(), 0);
+    assert!(finished, "the closed parent is marked finished");
+    assert_eq!(counter.get_records.load(Ordering::SeqCst), 0);
+    queue.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_poison_pill_is_isolated_and_dead_lettered() {
+    let emu = Emulator::start().await;
+    let stream = "fanout-poison";
+    emu.create_stream(stream, 1).await;
+    let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+    let q = QueueName::new(stream).unwrap();
+    let publisher = KinesisQueue::with_client(emu.client(), KinesisOptions::new(store.clone()));
+    publisher.register(&q).await.unwrap();
+    let mut msgs = vec![NewMessage::new("poison", serde_json::json!({"i": 0}))];
+    msgs.extend((1..50).map(|i| NewMessage::new("t", serde_json::json!({ "i": i }))));
+    assert!(publisher.publish(&q, msgs).await.unwrap().is_complete());
+
+    let ledger = Arc::new(DeliveryLedger::default());
+    let crashes = Arc::new(AtomicUsize::new(0));
+    let make_handler = || {
+        let (l, c) = (ledger.clone(), crashes.clone());
+        Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+            let (l, c) = (l.clone(), c.clone());
+            async move {
+                if batch.iter().any(|m| m.message_type == "poison") {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
+                for m in batch.iter() {
+                    l.begin(m.id.as_str());
+                    l.end(m.id.as_str());
+                }
+            }
+        }))
+    };
+    let opts = fast_options().lease_duration(Duration::from_millis(600));
+    let dead = Arc::new(RecordingDeadLetters::default());
+    let obs = Arc::new(RecordingObserver::default());
+    let options = |id: &str| {
+        KinesisOptions::new(store.clone())
+            .instance_id(id)
+            .common(
+                CommonOptions::default()
+                    .dead_letters(dead.clone())
+                    .lifecycle(
+                        LifecycleDispatcher::builder()
+                            .observer(obs.clone())
+                            .mode(DispatchMode::Sync)
+                            .build(),
+                    ),
+            )
+            .shard(
+                ShardOptions::default()
+                    .poison_threshold(2)
+                    .enhanced_fan_out("mq-test"),
+            )
+            .discovery_interval(Duration::from_millis(100))
+    };
+    // two instances in a row crash on the record (the second reads it alone)
+    for (n, id) in ["a", "b"].into_iter().enumerate() {
+        let inst = Instance::spawn(
+            emu.endpoint.clone(),
+            options(id),
+            q.clone(),
+            make_handler(),
+            opts.clone(),
+        );
+        eventually(Duration::from_secs(30), "the instance crashes", || {
+            crashes.load(Ordering::SeqCst) == n + 1
+        })
+        .await;
+        inst.crash();
+    }
+    assert_eq!(ledger.distinct(), 0);
+    // the third dead-letters it and re-subscribes right behind it for the other 49
+    let counter = RequestCounter::default();
+    let c = KinesisQueue::with_client(
+        client(&emu.endpoint, true, Some(counter.clone()), None),
+        options("c"),
+    );
+    c.register(&q).await.unwrap();
+    let consumer = c.consume(&q, make_handler(), opts).await.unwrap();
+    eventually(Duration::from_secs(30), "the other 49 delivered", || {
+        ledger.distinct() == 49
+    })
+    .await;
+    consumer.stop().await;
+    assert_eq!(crashes.load(Ordering::SeqCst), 2);
+    let letters = dead.letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].message.message_type, "poison");
+    let poison: Vec<_> = obs
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            LifecycleEvent::PoisonPill {
+                failures, records, ..
+            } => Some((failures, records)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(poison, vec![(2, 1)]);
+    assert_eq!(ledger.duplicates(), 0);
+    assert_eq!(counter.get_records.load(Ordering::SeqCst), 0);
+    // one subscription from the start, one from behind the poison pill
+    assert_eq!(counter.subscribe_to_shard.load(Ordering::SeqCst), 2);
+    c.shutdown().await.unwrap();
+}
