@@ -1473,6 +1473,10 @@ impl ShardConsumer {
             };
             if batch.records.is_empty() && !batch.ended {
                 self.fetch_errors = 0;
+                // an empty event is a sign of life: only a subscription silent for the whole
+                // stall timeout counts as stuck
+                self.busy
+                    .enter("SubscribeToShard", self.env.shard_options.stall_timeout);
                 self.emit(|| LifecycleEvent::RecordsFetched {
                     consumer: self.info.clone(),
                     records: 0,
