@@ -15,7 +15,7 @@
 //! again, none is skipped that the operator did not name).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -24,7 +24,10 @@ use aws_sdk_kinesis::types::Shard;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use fred::interfaces::HashesInterface;
-use mq::kinesis::{DurableLeaseStore, LeaseState, LeaseStore, RedisLeaseStore};
+use mq::kinesis::{
+    DurableLeaseStore, LeaseState, LeaseStore, RedisLeaseStore, ShardLineage, balanced_assignment,
+    eligible_shards,
+};
 use mq::{CheckpointStore, compare_sequence_numbers, normalize_sequence_number};
 use serde::Serialize;
 
@@ -551,6 +554,10 @@ struct ShardStatus {
     finished: bool,
     /// Failed batches counted per checkpoint (poison-pill detection).
     poison: BTreeMap<String, u64>,
+    /// Not finished, but a parent is not finished yet either: not read until it is.
+    waiting_for_parents: bool,
+    /// The live instance the balanced assignment gives this shard (what the fleet converges to).
+    assigned_to: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -641,6 +648,41 @@ async fn status(args: &KinesisArgs, stream: &str) -> anyhow::Result<Status> {
             .map(|(k, v)| (k, u64::try_from(v).unwrap_or(0)))
             .collect();
     }
+    // What the consumers compute: which shards may be read, and who should read them.
+    let lineage: Vec<ShardLineage> = shards
+        .values()
+        .filter(|s| s.listed)
+        .map(|s| {
+            [&s.parent, &s.adjacent_parent]
+                .into_iter()
+                .flatten()
+                .fold(ShardLineage::new(&s.shard).closed(s.closed), |l, p| {
+                    l.parent(p)
+                })
+        })
+        .collect();
+    let finished: HashSet<String> = shards
+        .values()
+        .filter(|s| s.finished)
+        .map(|s| s.shard.clone())
+        .collect();
+    let eligible = eligible_shards(&lineage, &finished);
+    let current: BTreeMap<String, String> = shards
+        .values()
+        .filter(|s| s.live)
+        .filter_map(|s| s.owner.clone().map(|o| (s.shard.clone(), o)))
+        .collect();
+    for (instance, assigned) in balanced_assignment(&live_instances, &eligible, &current) {
+        for shard in assigned {
+            if let Some(s) = shards.get_mut(&shard) {
+                s.assigned_to = Some(instance.clone());
+            }
+        }
+    }
+    for s in shards.values_mut() {
+        s.waiting_for_parents =
+            s.listed && !s.finished && eligible.binary_search(&s.shard).is_err();
+    }
     Ok(Status {
         stream: stream.to_owned(),
         checkpoints: stores.checkpoints,
@@ -672,6 +714,7 @@ fn print(status: &Status) {
             let state = match (s.listed, s.finished, s.closed) {
                 (false, _, _) => "expired",
                 (_, true, _) => "finished",
+                _ if s.waiting_for_parents => "waiting",
                 (_, _, true) => "closed",
                 _ => "open",
             };
@@ -693,6 +736,7 @@ fn print(status: &Status) {
                     (Some(o), false) => format!("{o} (expired)"),
                     (None, _) => "-".into(),
                 },
+                s.assigned_to.clone().unwrap_or_else(|| "-".into()),
                 s.epoch.to_string(),
                 s.lease_expires_at.clone().unwrap_or_else(|| "-".into()),
                 s.checkpoint.as_deref().map_or("-".into(), |c| cut(c, 40)),
@@ -711,6 +755,7 @@ fn print(status: &Status) {
             "PARENTS",
             "CHILDREN",
             "OWNER",
+            "ASSIGNED",
             "EPOCH",
             "LEASE EXPIRES",
             "CHECKPOINT",

@@ -176,6 +176,15 @@ async fn status_shows_lineage_leases_checkpoints_poison_and_instances() {
     assert_eq!(c["checkpoint"], "4959033827149025660855969253836");
     assert_eq!(c["poison"]["4959033827149025660855969253836"], 2);
     assert_eq!(shards[2]["owner"], serde_json::Value::Null);
+    // the parent is finished, so both children may be read; the only live instance gets both
+    assert_eq!(
+        p["assigned_to"],
+        serde_json::Value::Null,
+        "finished: never assigned"
+    );
+    assert_eq!(c["assigned_to"], "instance-a");
+    assert_eq!(shards[2]["assigned_to"], "instance-a");
+    assert_eq!(c["waiting_for_parents"], false);
 
     let human = tokio::task::spawn_blocking(move || run2(false))
         .await
@@ -184,6 +193,7 @@ async fn status_shows_lineage_leases_checkpoints_poison_and_instances() {
     eprintln!("{human}");
     assert!(human.contains("live instances  instance-a"), "{human}");
     assert!(human.contains("finished"), "{human}");
+    assert!(human.contains("ASSIGNED"), "{human}");
     let keys: Vec<String> = leases
         .client()
         .custom(fred::cmd!("KEYS"), vec![format!("{prefix}:*")])
