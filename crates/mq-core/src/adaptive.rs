@@ -372,17 +372,19 @@ impl AdaptiveStrategy for AimdStrategy {
         let o = &self.options;
         self.with_shard(shard, |s, types| {
             let grow = |p: Duration| (p * 2).clamp(o.min_pause, o.max_pause.max(o.min_pause));
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            let shrink = |batch: usize| {
+                ((batch as f64 * o.decrease_factor).floor() as usize).max(o.min_batch)
+            };
             if result.is_success() && result.processing_time > o.slow_batch {
                 // backpressure: a slow handler gets smaller batches, further apart
                 s.successes = 0;
                 s.failures = 0;
-                #[allow(
-                    clippy::cast_possible_truncation,
-                    clippy::cast_sign_loss,
-                    clippy::cast_precision_loss
-                )]
-                let shrunk = (s.batch as f64 * o.decrease_factor).floor() as usize;
-                s.batch = shrunk.max(o.min_batch);
+                s.batch = shrink(s.batch);
                 s.pause = grow(s.pause);
             } else if result.is_success() {
                 s.pause /= 2;
@@ -403,13 +405,7 @@ impl AdaptiveStrategy for AimdStrategy {
                 }
                 s.failures += 1;
                 s.successes = 0;
-                #[allow(
-                    clippy::cast_possible_truncation,
-                    clippy::cast_sign_loss,
-                    clippy::cast_precision_loss
-                )]
-                let shrunk = (s.batch as f64 * o.decrease_factor).floor() as usize;
-                s.batch = shrunk.max(o.min_batch);
+                s.batch = shrink(s.batch);
                 s.delay = s.delay.mul_f64(o.delay_multiplier).min(o.max_delay);
                 if s.failures >= o.backoff_threshold {
                     let exp = (s.failures - o.backoff_threshold).min(30);

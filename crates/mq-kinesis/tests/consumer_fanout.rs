@@ -1,13 +1,11 @@
 //! Enhanced fan-out (SubscribeToShard): every record delivered once, per-key order kept, across
 //! re-subscriptions (before the subscription limit and after the server ends a subscription),
 //! records published while consuming arrive, a restarted consumer continues from its checkpoint,
-//! a poison pill is isolated and dead-lettered as with polling, and a closed shard is read to its
-//! end and finished, all without a single GetRecords.
+//! and a closed shard is read to its end and finished, all without a single GetRecords. (The
+//! poison-pill scenario runs in both modes in `consumer_poison`.)
 
 #[path = "common/emulator.rs"]
 mod emulator;
-#[path = "common/instance.rs"]
-mod instance;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,13 +14,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::types::ShardIteratorType;
 use emulator::{Emulator, RequestCounter, client, store_options};
-use instance::Instance;
-use mq_core::testkit::{
-    DeliveryLedger, RecordingDeadLetters, RecordingObserver, eventually, fast_options,
-};
+use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
 use mq_core::{
-    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, LifecycleEvent,
-    MessageQueue, NewMessage, QueueName, handler_fn,
+    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, MessageQueue,
+    NewMessage, QueueName, handler_fn,
 };
 use mq_kinesis::{
     InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore, PartitionKeyStrategy,
@@ -507,109 +502,4 @@ async fn fan_out_reads_a_split_shard_to_its_end() {
     assert!(finished, "the closed parent is marked finished");
     assert_eq!(counter.get_records.load(Ordering::SeqCst), 0);
     queue.shutdown().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fan_out_poison_pill_is_isolated_and_dead_lettered() {
-    let emu = Emulator::start().await;
-    let stream = "fanout-poison";
-    emu.create_stream(stream, 1).await;
-    let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
-    let q = QueueName::new(stream).unwrap();
-    let publisher = KinesisQueue::with_client(emu.client(), KinesisOptions::new(store.clone()));
-    publisher.register(&q).await.unwrap();
-    let mut msgs = vec![NewMessage::new("poison", serde_json::json!({"i": 0}))];
-    msgs.extend((1..50).map(|i| NewMessage::new("t", serde_json::json!({ "i": i }))));
-    assert!(publisher.publish(&q, msgs).await.unwrap().is_complete());
-
-    let ledger = Arc::new(DeliveryLedger::default());
-    let crashes = Arc::new(AtomicUsize::new(0));
-    let make_handler = || {
-        let (l, c) = (ledger.clone(), crashes.clone());
-        Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
-            let (l, c) = (l.clone(), c.clone());
-            async move {
-                if batch.iter().any(|m| m.message_type == "poison") {
-                    c.fetch_add(1, Ordering::SeqCst);
-                    std::future::pending::<()>().await;
-                }
-                for m in batch.iter() {
-                    l.begin(m.id.as_str());
-                    l.end(m.id.as_str());
-                }
-            }
-        }))
-    };
-    let opts = fast_options().lease_duration(Duration::from_millis(600));
-    let dead = Arc::new(RecordingDeadLetters::default());
-    let obs = Arc::new(RecordingObserver::default());
-    let options = |id: &str| {
-        KinesisOptions::new(store.clone())
-            .instance_id(id)
-            .common(
-                CommonOptions::default()
-                    .dead_letters(dead.clone())
-                    .lifecycle(
-                        LifecycleDispatcher::builder()
-                            .observer(obs.clone())
-                            .mode(DispatchMode::Sync)
-                            .build(),
-                    ),
-            )
-            .shard(
-                ShardOptions::default()
-                    .poison_threshold(2)
-                    .enhanced_fan_out("mq-test"),
-            )
-            .discovery_interval(Duration::from_millis(100))
-    };
-    // two instances in a row crash on the record (the second reads it alone)
-    for (n, id) in ["a", "b"].into_iter().enumerate() {
-        let inst = Instance::spawn(
-            emu.endpoint.clone(),
-            options(id),
-            q.clone(),
-            make_handler(),
-            opts.clone(),
-        );
-        eventually(Duration::from_secs(30), "the instance crashes", || {
-            crashes.load(Ordering::SeqCst) == n + 1
-        })
-        .await;
-        inst.crash();
-    }
-    assert_eq!(ledger.distinct(), 0);
-    // the third dead-letters it and re-subscribes right behind it for the other 49
-    let counter = RequestCounter::default();
-    let c = KinesisQueue::with_client(
-        client(&emu.endpoint, true, Some(counter.clone()), None),
-        options("c"),
-    );
-    c.register(&q).await.unwrap();
-    let consumer = c.consume(&q, make_handler(), opts).await.unwrap();
-    eventually(Duration::from_secs(30), "the other 49 delivered", || {
-        ledger.distinct() == 49
-    })
-    .await;
-    consumer.stop().await;
-    assert_eq!(crashes.load(Ordering::SeqCst), 2);
-    let letters = dead.letters();
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].message.message_type, "poison");
-    let poison: Vec<_> = obs
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            LifecycleEvent::PoisonPill {
-                failures, records, ..
-            } => Some((failures, records)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(poison, vec![(2, 1)]);
-    assert_eq!(ledger.duplicates(), 0);
-    assert_eq!(counter.get_records.load(Ordering::SeqCst), 0);
-    // one subscription from the start, one from behind the poison pill
-    assert_eq!(counter.subscribe_to_shard.load(Ordering::SeqCst), 2);
-    c.shutdown().await.unwrap();
 }

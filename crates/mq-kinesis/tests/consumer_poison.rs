@@ -1,6 +1,7 @@
 //! Poison pills: a record that crashes every consumer that reads it is counted in the lease store
 //! across restarts and, past the threshold, handed to the dead-letter hook while the shard moves
-//! on; a record the handler keeps retrying goes to the hook after its attempts.
+//! on (with polling and with enhanced fan-out); a record the handler keeps retrying goes to the
+//! hook after its attempts.
 
 #[path = "common/emulator.rs"]
 mod emulator;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use emulator::Emulator;
+use emulator::{Emulator, RequestCounter, client};
 use instance::Instance;
 use mq_core::testkit::{
     DeliveryLedger, RecordingDeadLetters, RecordingObserver, eventually, fast_options,
@@ -33,10 +34,10 @@ fn common(dead: &Arc<RecordingDeadLetters>, obs: &Arc<RecordingObserver>) -> Com
         )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crashing_record_is_dead_lettered_after_restarts() {
+/// Two instances in a row crash on the first record; the third dead-letters it and delivers the
+/// other 49. Returns the requests the third instance made.
+async fn crashing_record_scenario(stream: &str, shard: ShardOptions) -> RequestCounter {
     let emu = Emulator::start().await;
-    let stream = "poison-crash";
     emu.create_stream(stream, 1).await;
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
     let q = QueueName::new(stream).unwrap();
@@ -71,7 +72,7 @@ async fn crashing_record_is_dead_lettered_after_restarts() {
         KinesisOptions::new(store.clone())
             .instance_id(id)
             .common(common(&dead, &obs))
-            .shard(ShardOptions::default().poison_threshold(2))
+            .shard(shard.clone().poison_threshold(2))
             .discovery_interval(Duration::from_millis(100))
     };
     // two instances in a row crash on the record (the second reads it alone)
@@ -91,7 +92,11 @@ async fn crashing_record_is_dead_lettered_after_restarts() {
     }
     assert_eq!(ledger.distinct(), 0);
     // the third sees 2 failures counted from the same checkpoint: dead-letters it, moves on
-    let c = KinesisQueue::with_client(emu.client(), options("c"));
+    let counter = RequestCounter::default();
+    let c = KinesisQueue::with_client(
+        client(&emu.endpoint, true, Some(counter.clone()), None),
+        options("c"),
+    );
     c.register(&q).await.unwrap();
     let consumer = c.consume(&q, make_handler(), opts).await.unwrap();
     eventually(Duration::from_secs(30), "the other 49 delivered", || {
@@ -121,6 +126,24 @@ async fn crashing_record_is_dead_lettered_after_restarts() {
     assert_eq!(poison, vec![(2, 1)]);
     assert_eq!(ledger.duplicates(), 0);
     c.shutdown().await.unwrap();
+    counter
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_record_is_dead_lettered_after_restarts() {
+    crashing_record_scenario("poison-crash", ShardOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_crashing_record_is_dead_lettered_the_same_way() {
+    let counter = crashing_record_scenario(
+        "fanout-poison",
+        ShardOptions::default().enhanced_fan_out("mq-test"),
+    )
+    .await;
+    assert_eq!(counter.get_records.load(Ordering::SeqCst), 0);
+    // one subscription from the start, one from behind the poison pill
+    assert_eq!(counter.subscribe_to_shard.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

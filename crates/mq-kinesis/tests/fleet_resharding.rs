@@ -19,28 +19,14 @@ use mq_core::QueueName;
 use mq_core::testkit::eventually;
 use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, LeaseStore};
 
-async fn wait_active(emu: &Emulator, stream: &str) {
-    let c = emu.client();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = c
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await
-            .unwrap();
-        let status = s
-            .stream_description_summary()
-            .map(|d| d.stream_status().as_str().to_owned());
-        if status.as_deref() == Some("ACTIVE") {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stream never active again"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits until `more` messages beyond what was delivered so far have been delivered.
+async fn wait_more(log: &Log, more: usize, what: &str) {
+    let l = log.clone();
+    let seen = log.distinct();
+    eventually(Duration::from_secs(30), what, move || {
+        l.distinct() > seen + more
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,11 +58,7 @@ async fn split_and_merge_under_load_lose_nothing_and_keep_key_order() {
         20,
         Duration::from_millis(20),
     );
-    let l = log.clone();
-    eventually(Duration::from_secs(30), "some load delivered", move || {
-        l.distinct() > 500
-    })
-    .await;
+    wait_more(&log, 500, "some load delivered").await;
 
     let c = emu.client();
     let shards = c.list_shards().stream_name(stream).send().await.unwrap();
@@ -92,13 +74,8 @@ async fn split_and_merge_under_load_lose_nothing_and_keep_key_order() {
         .send()
         .await
         .unwrap();
-    wait_active(&emu, stream).await;
-    let l = log.clone();
-    let seen = log.distinct();
-    eventually(Duration::from_secs(30), "load after the split", move || {
-        l.distinct() > seen + 500
-    })
-    .await;
+    emu.wait_active(stream).await;
+    wait_more(&log, 500, "load after the split").await;
     c.merge_shards()
         .stream_name(stream)
         .shard_to_merge("shardId-000000000002")
@@ -106,13 +83,8 @@ async fn split_and_merge_under_load_lose_nothing_and_keep_key_order() {
         .send()
         .await
         .unwrap();
-    wait_active(&emu, stream).await;
-    let l = log.clone();
-    let seen = log.distinct();
-    eventually(Duration::from_secs(30), "load after the merge", move || {
-        l.distinct() > seen + 500
-    })
-    .await;
+    emu.wait_active(stream).await;
+    wait_more(&log, 500, "load after the merge").await;
     let published = publisher.stop().await;
     wait_all(&log, published, Duration::from_secs(90)).await;
 

@@ -82,6 +82,12 @@ impl Emulator {
             .send()
             .await
             .unwrap();
+        self.wait_active(stream).await;
+    }
+
+    /// Waits until `stream` is active (after a create, split or merge).
+    pub async fn wait_active(&self, stream: &str) {
+        let c = self.client();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let s = c
