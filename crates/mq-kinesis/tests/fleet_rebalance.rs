@@ -114,6 +114,15 @@ async fn crash(i: Instance) {
         .unwrap();
 }
 
+/// Waits until `more` messages beyond those delivered so far have been delivered.
+async fn flowing(log: &Log, more: usize) {
+    let (l, seen) = (log.clone(), log.distinct());
+    mq_core::testkit::eventually(Duration::from_secs(30), "load flowing", move || {
+        l.distinct() >= seen + more
+    })
+    .await;
+}
+
 fn target(label: &str, took: Duration, limit: Duration) -> String {
     let verdict = if took <= limit { "met" } else { "NOT met" };
     format!("{label}: {took:?} (target <= {limit:?}: {verdict})")
@@ -314,7 +323,7 @@ async fn rolling_restart_under_load_stalls_each_shard_about_a_second() {
         |o| o.len() == 3 && counts(o) == [3, 3, 2],
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    flowing(&f.log, 200).await;
     let from = Instant::now();
     let mut handoffs = 0usize;
     for (old, new) in [("a", "a2"), ("b", "b2"), ("c", "c2")] {
@@ -335,7 +344,7 @@ async fn rolling_restart_under_load_stalls_each_shard_about_a_second() {
         handoffs += moved_out + after.get(new).map_or(0, Vec::len);
         println!("restart of {old} as {new}: balanced again after {took:?}");
         // let some load flow before the next restart
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        flowing(&f.log, 200).await;
     }
     let to = Instant::now();
     let published = publisher.stop().await;
