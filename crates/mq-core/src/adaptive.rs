@@ -13,7 +13,7 @@ use tokio::time::Instant;
 /// # Examples
 ///
 /// ```
-/// use mq_core::ShardKey;
+/// use mq_core::backend::ShardKey;
 ///
 /// let a = ShardKey::new("orders", "shardId-000000000000");
 /// let b = ShardKey::new("emails", "shardId-000000000000");
@@ -123,7 +123,7 @@ pub struct AdaptiveSnapshot {
 /// # Examples
 ///
 /// ```
-/// use mq_core::{AdaptiveStrategy, AimdStrategy, BatchResult, ShardKey};
+/// use mq_core::backend::{AdaptiveStrategy, AimdStrategy, BatchResult, ShardKey};
 ///
 /// let aimd = AimdStrategy::default();
 /// let shard = ShardKey::new("orders", "shard-0");
@@ -154,7 +154,7 @@ pub trait AdaptiveStrategy: Send + Sync + fmt::Debug + 'static {
 /// # Examples
 ///
 /// ```
-/// use mq_core::AimdOptions;
+/// use mq_core::backend::AimdOptions;
 ///
 /// let opts = AimdOptions::default().add_step(5).max_batch(200);
 /// assert_eq!(opts.get_max_batch(), 200);
@@ -284,7 +284,7 @@ struct TypeStats {
 ///
 /// ```
 /// use std::time::Duration;
-/// use mq_core::{AdaptiveStrategy, AimdStrategy, BatchResult, ShardKey};
+/// use mq_core::backend::{AdaptiveStrategy, AimdStrategy, BatchResult, ShardKey};
 ///
 /// let aimd = AimdStrategy::default();
 /// let s = ShardKey::new("orders", "shard-0");

@@ -31,7 +31,7 @@ pub const MAX_SEQUENCE_NUMBER_DIGITS: usize = 128;
 ///
 /// ```
 /// use std::cmp::Ordering;
-/// use mq_core::compare_sequence_numbers;
+/// use mq_core::backend::compare_sequence_numbers;
 ///
 /// assert_eq!(compare_sequence_numbers("9", "10"), Ordering::Less);
 /// assert_eq!(compare_sequence_numbers("0099", "99"), Ordering::Equal);
@@ -55,7 +55,7 @@ pub fn compare_sequence_numbers(a: &str, b: &str) -> Ordering {
 /// # Examples
 ///
 /// ```
-/// use mq_core::normalize_sequence_number;
+/// use mq_core::backend::normalize_sequence_number;
 ///
 /// assert_eq!(normalize_sequence_number("00042")?, "42");
 /// assert_eq!(normalize_sequence_number("000")?, "0");
@@ -96,7 +96,7 @@ impl CheckpointOutcome {
     /// # Examples
     ///
     /// ```
-    /// use mq_core::CheckpointOutcome;
+    /// use mq_core::backend::CheckpointOutcome;
     ///
     /// assert_eq!(CheckpointOutcome::decide(Some("10"), 3, 3, "11"), CheckpointOutcome::Advanced);
     /// assert_eq!(CheckpointOutcome::decide(Some("10"), 3, 4, "9"), CheckpointOutcome::NotForward);
@@ -145,7 +145,7 @@ impl StoredCheckpoint {
     /// # Examples
     ///
     /// ```
-    /// let c = mq_core::StoredCheckpoint::new("shard-0", Some("42".into()), 3, 4, chrono::Utc::now());
+    /// let c = mq_core::backend::StoredCheckpoint::new("shard-0", Some("42".into()), 3, 4, chrono::Utc::now());
     /// assert_eq!((c.written_epoch, c.epoch), (3, 4));
     /// ```
     pub fn new(
@@ -176,7 +176,7 @@ impl StoredCheckpoint {
 /// # Examples
 ///
 /// ```
-/// use mq_core::{CheckpointOutcome, CheckpointStore, MemoryCheckpointStore};
+/// use mq_core::backend::{CheckpointOutcome, CheckpointStore, MemoryCheckpointStore};
 ///
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let store = MemoryCheckpointStore::new();
@@ -234,7 +234,7 @@ pub trait CheckpointStore: Send + Sync + fmt::Debug + 'static {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use mq_core::{CheckpointStore, MemoryCheckpointStore};
+/// use mq_core::backend::{CheckpointStore, MemoryCheckpointStore};
 ///
 /// let store: Arc<dyn CheckpointStore> = Arc::new(MemoryCheckpointStore::new());
 /// # let _ = store;
@@ -250,7 +250,7 @@ impl MemoryCheckpointStore {
     /// # Examples
     ///
     /// ```
-    /// let store = mq_core::MemoryCheckpointStore::new();
+    /// let store = mq_core::backend::MemoryCheckpointStore::new();
     /// # let _ = store;
     /// ```
     pub fn new() -> Self {

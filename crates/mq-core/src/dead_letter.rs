@@ -1,4 +1,5 @@
-//! The dead-letter hook: where terminally failed messages go, with their error chain.
+//! Dead letters: the hook terminally failed messages go to, with their error chain, and the
+//! store that keeps, lists, replays and purges them.
 
 use std::fmt;
 
@@ -8,6 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::BoxError;
 use crate::message::Message;
+
+mod entry;
+mod filter;
+mod store;
+
+pub use entry::{DeadLetterEntry, DeadLetterFields, EntryId, ReplayMark, ReplayState};
+pub use filter::DeadLetterFilter;
+pub use store::DeadLetterStore;
 
 /// An error and its causes, outermost first, as plain text that can be stored and shown.
 ///
@@ -143,7 +152,7 @@ impl DeadLetter {
     }
 }
 
-/// Receives messages that failed for good. Implemented by the stores of `mq-dlq`; every backend
+/// Receives messages that failed for good. Every [`DeadLetterStore`] is one; every backend
 /// calls it for exhausted messages, explicit dead-letter outcomes and (Kinesis) poison pills.
 ///
 /// When the hook fails, durable backends keep the message in their own store with status

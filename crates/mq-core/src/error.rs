@@ -133,6 +133,66 @@ pub enum Error {
         /// The value as given.
         value: String,
     },
+    /// A received message's payload does not decode into the type asked for.
+    #[error(
+        "payload of message {id} (type {message_type:?}) does not decode into the requested type"
+    )]
+    PayloadDecode {
+        /// The message id.
+        id: MessageId,
+        /// The message type.
+        message_type: String,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A table, collection, stream or key name could be used to inject a query, or breaks the
+    /// server's own limits.
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName {
+        /// What the name is for (`"table"`, `"collection"`, `"stream"`, ...).
+        kind: &'static str,
+        /// The name as given (cut at 200 characters).
+        name: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// A dead-letter entry id is malformed.
+    #[error("invalid dead-letter entry id {id:?}: {reason}")]
+    InvalidEntryId {
+        /// The id as given.
+        id: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// A stored dead-letter entry could not be read back (edited by hand, or written by a newer
+    /// version).
+    #[error("dead-letter entry {id} is corrupt: {reason}")]
+    CorruptDeadLetter {
+        /// The entry id (or the row key).
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The backend's server could not be reached or refused the connection.
+    #[error("cannot connect to {backend} at {target}")]
+    Connect {
+        /// The backend name.
+        backend: &'static str,
+        /// Host and port (or file) from the URL, never the credentials.
+        target: String,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The backend cannot do what was asked (for example report queue statistics).
+    #[error("the {backend} backend does not support {operation}")]
+    Unsupported {
+        /// The backend name.
+        backend: &'static str,
+        /// What was asked.
+        operation: &'static str,
+    },
     /// The backend's store failed (connection, query, protocol).
     #[error("{backend} {operation} failed")]
     Backend {
@@ -180,6 +240,38 @@ impl Error {
         Error::InvalidOption {
             field,
             reason: reason.into(),
+        }
+    }
+
+    /// Builds [`Error::InvalidName`], cutting an absurdly long name so the message stays
+    /// readable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let err = mq_core::Error::invalid_name("table", "a;drop", "use letters, digits and underscores");
+    /// assert_eq!(err.to_string(), "invalid table name \"a;drop\": use letters, digits and underscores");
+    /// ```
+    pub fn invalid_name(kind: &'static str, name: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidName {
+            kind,
+            name: name.chars().take(200).collect(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds [`Error::CorruptDeadLetter`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let err = mq_core::Error::corrupt_dead_letter("01J...", "attempts = -1");
+    /// assert_eq!(err.to_string(), "dead-letter entry 01J... is corrupt: attempts = -1");
+    /// ```
+    pub fn corrupt_dead_letter(id: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Error::CorruptDeadLetter {
+            id: id.into(),
+            reason: reason.to_string(),
         }
     }
 }

@@ -10,12 +10,13 @@
 //! - [`Handler`], [`HandlerContext`] (with a cancellation token) and per-message [`Outcome`]s;
 //! - [`RetryPolicy`], [`IdGenerator`], [`ConsumerOptions`] and [`CommonOptions`];
 //! - lifecycle events, [`LifecycleObserver`] and [`LifecycleDispatcher`];
-//! - the dead-letter hook [`DeadLetterSink`];
-//! - [`AdaptiveStrategy`] and [`AimdStrategy`] for per-shard batch sizing;
-//! - [`CheckpointStore`] (with [`MemoryCheckpointStore`]): durable shard checkpoints fenced by
-//!   lease epochs, and Kinesis sequence-number order ([`compare_sequence_numbers`]);
-//! - [`QueueStore`] and [`PollingQueue`]: a backend that can claim atomically with a lease gets
-//!   the whole consumer runtime for free;
+//! - dead letters: the [`DeadLetterSink`] hook and the [`DeadLetterStore`] that keeps, lists,
+//!   replays and purges them, with [`DeadLetterEntry`] and [`DeadLetterFilter`];
+//! - [`QueueStats`], what a store reports of a queue's depth;
+//! - [`backend`]: what a backend author needs ([`backend::QueueStore`] and
+//!   [`backend::PollingQueue`], so a backend that can claim atomically with a lease gets the
+//!   whole consumer runtime for free; [`backend::HandlerRunner`] for backends with their own
+//!   delivery loop; adaptive batch sizing and durable shard checkpoints);
 //! - with feature `testkit`, the conformance suite every backend runs.
 //!
 //! # Quickstart
@@ -26,7 +27,7 @@
 //! ```text
 //! let queue = mq::InMemoryQueue::new(mq::InMemoryOptions::default());
 //! queue.register(&emails).await?;
-//! queue.publish(&emails, vec![mq::NewMessage::new("welcome", json!({"to": "a@b.c"}))]).await?;
+//! queue.publish(&emails, vec![mq::NewMessage::new("welcome", json!({"to": "a@b.c"}))]).await?.into_result()?;
 //! let consumer = queue.consume(&emails, handler, mq::ConsumerOptions::default()).await?;
 //! ```
 //!
@@ -48,6 +49,7 @@
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 
 mod adaptive;
+pub mod backend;
 mod checkpoint;
 mod dead_letter;
 mod error;
@@ -62,19 +64,17 @@ mod polling;
 mod queue;
 mod queue_name;
 mod retry;
-pub mod store;
+mod runner;
+mod stats;
+mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use adaptive::{
-    AdaptiveSnapshot, AdaptiveStrategy, AimdOptions, AimdStrategy, BatchResult, ShardKey,
-};
 pub use async_trait::async_trait;
-pub use checkpoint::{
-    CheckpointOutcome, CheckpointStore, MAX_SEQUENCE_NUMBER_DIGITS, MemoryCheckpointStore,
-    StoredCheckpoint, compare_sequence_numbers, normalize_sequence_number,
+pub use dead_letter::{
+    DeadLetter, DeadLetterEntry, DeadLetterFields, DeadLetterFilter, DeadLetterOrigin,
+    DeadLetterSink, DeadLetterStore, EntryId, ErrorChain, ReplayMark, ReplayState,
 };
-pub use dead_letter::{DeadLetter, DeadLetterOrigin, DeadLetterSink, ErrorChain};
 pub use error::{BoxError, Error, Result};
 pub use handler::{
     Batch, Handler, HandlerContext, HandlerFn, IntoOutcomes, Outcome, Outcomes, handler_fn,
@@ -92,13 +92,12 @@ pub use message::{
 #[cfg(feature = "metrics")]
 pub use metrics_observer::MetricsObserver;
 pub use options::{CommonOptions, ConsumerOptions};
-pub use polling::{PollingQueue, prepare_messages};
 pub use queue::{
-    BatchReport, ConsumerHandle, ConsumerStopper, MessageQueue, PublishFailure, PublishReport,
+    BatchReport, ConsumerHandle, MessageQueue, MessageQueueExt, PublishFailure, PublishReport,
 };
 pub use queue_name::{
     EnvSuffixResolver, IdentityResolver, MAX_QUEUE_NAME_LEN, QueueName, QueueNameResolver,
 };
 pub use retry::RetryPolicy;
-pub use store::{Claim, Claimed, Completion, CompletionAction, QueueStore};
+pub use stats::QueueStats;
 pub use tokio_util::sync::CancellationToken;

@@ -130,7 +130,7 @@ impl From<MessageId> for String {
 /// assert_eq!("executed".parse::<Status>().ok(), Some(Status::Executed));
 /// assert!(Status::Failed.is_terminal());
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Status {
@@ -331,6 +331,36 @@ impl Message {
             partition_key: None,
             metadata: Metadata::default(),
         }
+    }
+
+    /// Decodes the payload into `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PayloadDecode`] naming the message when the payload does not fit `T`; a handler
+    /// usually fails that message for good (`Outcome::fail`), since no retry will change it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mq_core::{Message, MessageId, QueueName};
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Welcome { to: String }
+    ///
+    /// let m = Message::new(MessageId::new("m1")?, QueueName::new("emails")?, "welcome",
+    ///     serde_json::json!({"to": "a@example.com"}), chrono::Utc::now());
+    /// let welcome: Welcome = m.payload_as()?;
+    /// assert_eq!(welcome.to, "a@example.com");
+    /// assert!(m.payload_as::<Vec<u8>>().is_err());
+    /// # Ok::<(), mq_core::Error>(())
+    /// ```
+    pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        T::deserialize(&self.payload).map_err(|source| Error::PayloadDecode {
+            id: self.id.clone(),
+            message_type: self.message_type.clone(),
+            source,
+        })
     }
 
     /// True when `expires_at` is set and not after `now`.

@@ -8,21 +8,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use futures::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dead_letter::{DeadLetter, DeadLetterOrigin, ErrorChain};
+use crate::dead_letter::{DeadLetter, DeadLetterSink, ErrorChain};
 use crate::error::{Error, Result};
-use crate::handler::{Batch, Handler, HandlerContext, Outcome, Outcomes};
+use crate::handler::{Batch, Handler, Outcome};
 use crate::lifecycle::{ConsumerInfo, DisconnectReason, LifecycleEvent, MessageInfo};
-use crate::message::{Message, NewMessage, Status, later_by};
+use crate::message::{Message, NewMessage, later_by};
 use crate::options::{CommonOptions, ConsumerOptions};
 use crate::queue::{
     BatchReport, ConsumerHandle, ConsumerStopper, MessageQueue, PublishFailure, PublishReport,
 };
 use crate::queue_name::QueueName;
+use crate::runner::{HandlerRun, HandlerRunner, Settlement};
+use crate::stats::QueueStats;
 use crate::store::{Claim, Completion, CompletionAction, QueueStore};
 
 /// A [`MessageQueue`] made of a [`QueueStore`] and the shared consumer runtime.
@@ -104,6 +105,16 @@ impl<S: QueueStore> PollingQueue<S> {
     /// The store, shared.
     pub fn shared_store(&self) -> Arc<S> {
         self.inner.store.clone()
+    }
+
+    /// The numbers of `queue`, or of every queue in the store when `None` (read-only; see
+    /// [`QueueStore::queue_stats`]). The queue name goes through the queue's resolver.
+    pub async fn queue_stats(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
+        let resolved = match queue {
+            Some(q) => Some(self.inner.common.resolver.resolve(q)?),
+            None => None,
+        };
+        self.inner.store.queue_stats(resolved.as_ref()).await
     }
 
     /// The shared settings.
@@ -312,15 +323,15 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
             consumers.retain(|c| !c.is_finished());
             consumers.push(stopper.clone());
         }
-        let worker = Arc::new(Worker {
-            store: self.inner.store.clone(),
-            common: self.inner.common.clone(),
-            queue: queue.clone(),
-            consumer_id: consumer_id.clone(),
+        let worker = Arc::new(Worker::new(
+            self.inner.store.clone(),
+            &self.inner.common,
+            queue.clone(),
+            consumer_id.clone(),
             handler,
             options,
-            abort: stopper.abort_token().clone(),
-        });
+            stopper.abort_token().clone(),
+        ));
         let info = ConsumerInfo::worker(consumer_id.clone(), queue, self.inner.store.backend());
         self.inner
             .common
@@ -365,15 +376,15 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
         options.validate()?;
         let _in_flight = self.inner.batches.token();
         self.check_running()?;
-        let worker = Worker {
-            store: self.inner.store.clone(),
-            common: self.inner.common.clone(),
+        let worker = Worker::new(
+            self.inner.store.clone(),
+            &self.inner.common,
             queue,
-            consumer_id: self.new_consumer_id(),
+            self.new_consumer_id(),
             handler,
-            options: options.clone(),
-            abort: self.inner.abort.child_token(),
-        };
+            options.clone(),
+            self.inner.abort.child_token(),
+        );
         worker.run_once().await
     }
 
@@ -423,15 +434,43 @@ const DEFAULT_BATCH_GRACE: Duration = Duration::from_secs(30);
 
 struct Worker<S> {
     store: Arc<S>,
-    common: CommonOptions,
+    dead_letters: Option<Arc<dyn DeadLetterSink>>,
     queue: QueueName,
     consumer_id: String,
-    handler: Arc<dyn Handler>,
+    runner: HandlerRunner,
     options: ConsumerOptions,
     abort: CancellationToken,
 }
 
 impl<S: QueueStore> Worker<S> {
+    fn new(
+        store: Arc<S>,
+        common: &CommonOptions,
+        queue: QueueName,
+        consumer_id: String,
+        handler: Arc<dyn Handler>,
+        options: ConsumerOptions,
+        abort: CancellationToken,
+    ) -> Self {
+        let runner = HandlerRunner::new(
+            handler,
+            store.backend(),
+            queue.clone(),
+            consumer_id.clone(),
+            options.get_handler_timeout(),
+            common.get_lifecycle().clone(),
+        );
+        Worker {
+            store,
+            dead_letters: common.get_dead_letters().cloned(),
+            queue,
+            consumer_id,
+            runner,
+            options,
+            abort,
+        }
+    }
+
     async fn run(&self, stop: CancellationToken) {
         let mut idle = self.options.get_poll_interval();
         while !stop.is_cancelled() {
@@ -465,7 +504,7 @@ impl<S: QueueStore> Worker<S> {
             )
             .await?;
         let backend = self.store.backend();
-        let lc = &self.common.lifecycle;
+        let lc = self.runner.lifecycle();
         let mut report = BatchReport {
             expired: claimed.expired.len(),
             ..BatchReport::default()
@@ -478,7 +517,6 @@ impl<S: QueueStore> Worker<S> {
         if claimed.messages.is_empty() {
             return Ok(report);
         }
-        let now = Utc::now();
         let policy = self.options.get_retry();
         // Messages whose earlier claims all ended without a completion (crashes, lost leases)
         // may have used up their attempts already: they fail without another run.
@@ -494,16 +532,7 @@ impl<S: QueueStore> Worker<S> {
             Vec::new()
         };
         report.delivered = runnable.len();
-        if lc.is_active() {
-            for m in &runnable {
-                let age = (now - m.created_at).to_std().unwrap_or_default();
-                lc.emit(LifecycleEvent::Consumed {
-                    message: MessageInfo::of(m, backend),
-                    consumer_id: self.consumer_id.clone(),
-                    age,
-                });
-            }
-        }
+        self.runner.emit_consumed(&runnable);
         if !over.is_empty() {
             // Settled before the handler runs, while their leases are fresh.
             let exhausted = |m: &Message| {
@@ -518,116 +547,82 @@ impl<S: QueueStore> Worker<S> {
                 .await?;
         }
         if !runnable.is_empty() {
-            let (runnable, outcomes, cancelled, took) = self.run_handler(runnable).await;
-            report.cancelled = cancelled;
-            let outcome_of = |m: &Message| outcomes.get(&m.id).clone();
-            self.complete(&runnable, &outcome_of, took, &mut report)
+            let (runnable, run) = self.run_handler(runnable).await;
+            report.cancelled = run.cancelled();
+            let outcome_of = |m: &Message| {
+                let outcome = run.outcome_of(&m.id);
+                match outcome {
+                    // A batch cut short by shutdown comes back at once for the next consumer.
+                    Outcome::Retry { error, .. } if run.aborted => Outcome::Retry {
+                        after: Some(Duration::ZERO),
+                        error,
+                    },
+                    other => other,
+                }
+            };
+            self.complete(&runnable, &outcome_of, run.took, &mut report)
                 .await?;
         }
         Ok(report)
     }
 
-    /// Runs the handler with the timeout and lease renewal; returns the outcomes, whether the
-    /// handler was cancelled, and how long it ran.
-    async fn run_handler(
-        &self,
-        messages: Vec<Message>,
-    ) -> (Vec<Message>, Outcomes, bool, Duration) {
-        let started = Instant::now();
-        let timeout = self.options.get_handler_timeout();
-        let deadline = started + timeout;
-        let token = self.abort.child_token();
+    /// Runs the handler while [`Worker::renew`] keeps the lease beside it; returns the messages
+    /// and what the handler said.
+    async fn run_handler(&self, messages: Vec<Message>) -> (Vec<Message>, HandlerRun) {
         let claims: Vec<Claim> = messages.iter().map(Claim::of).collect();
-        let ctx = HandlerContext::new(
-            self.queue.clone(),
-            self.consumer_id.clone(),
-            None,
-            token.clone(),
-            Some(deadline),
-        );
         let batch = Batch::from(messages);
-        let span = batch.tracing_span(self.store.backend(), None);
-        let fut = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(
-            self.handler.handle(batch.clone(), ctx),
-            span,
-        ))
-        .catch_unwind();
-        tokio::pin!(fut);
-        let lease = self.options.get_lease_duration();
-        let mut renew = tokio::time::interval_at(started + lease / 3, lease / 3);
-        let mut timed_out = false;
-        // The lease is ours until this instant; renewal errors do not move it.
-        let mut held_until = started + lease;
-        let result = loop {
+        let lost = CancellationToken::new();
+        let run = {
+            let handler = self.runner.run(batch.clone(), &self.abort, Some(&lost));
+            let renew = self.renew(&claims, &lost);
+            tokio::pin!(handler, renew);
             tokio::select! {
-                res = &mut fut => break res,
-                () = tokio::time::sleep_until(deadline), if !timed_out => {
-                    timed_out = true;
-                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, ?timeout,
-                        "mq: handler timed out; cancelling its token and waiting for it to return");
-                    token.cancel();
+                run = &mut handler => run,
+                () = &mut renew => handler.await,
+            }
+        };
+        // Usually the handler has dropped its copy by now, so this moves instead of cloning.
+        (batch.into_messages(), run)
+    }
+
+    /// Renews the lease of `claims` every third of its duration, in its own future beside the
+    /// handler, so a slow renewal never pauses the handler. Cancels `lost` and returns when the
+    /// lease is gone or may lapse before the next renewal succeeds; never returns otherwise.
+    async fn renew(&self, claims: &[Claim], lost: &CancellationToken) {
+        let lease = self.options.get_lease_duration();
+        let started = Instant::now();
+        let mut tick = tokio::time::interval_at(started + lease / 3, lease / 3);
+        // The lease is ours until this instant; failed renewals do not move it.
+        let mut held_until = started + lease;
+        loop {
+            tick.tick().await;
+            let asked = Instant::now();
+            match self
+                .store
+                .renew(&self.queue, &self.consumer_id, claims, lease)
+                .await
+            {
+                Ok(gone) if gone.is_empty() => held_until = asked + lease,
+                Ok(gone) => {
+                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost = gone.len(),
+                        "mq: lease lost while the handler ran; cancelling it");
+                    lost.cancel();
+                    return;
                 }
-                _ = renew.tick() => {
-                    let asked = Instant::now();
-                    match self.store.renew(&self.queue, &self.consumer_id, &claims, lease).await {
-                        Ok(lost) if lost.is_empty() => held_until = asked + lease,
-                        Ok(lost) => {
-                            tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost = lost.len(),
-                                "mq: lease lost while the handler ran; cancelling it");
-                            token.cancel();
-                        }
-                        Err(e) => {
-                            tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %e,
-                                "mq: lease renewal failed");
-                            // Past the last lease we know we hold, another consumer may take the
-                            // batch: stop the handler rather than run it twice at once.
-                            if Instant::now() + lease / 6 >= held_until && !token.is_cancelled() {
-                                tracing::warn!(queue = %self.queue, consumer = %self.consumer_id,
-                                    "mq: lease about to lapse after failed renewals; cancelling the handler");
-                                token.cancel();
-                            }
-                        }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %e,
+                        "mq: lease renewal failed");
+                    // Past the last lease we know we hold, another consumer may take the batch:
+                    // stop the handler rather than run it twice at once.
+                    if Instant::now() + lease / 6 >= held_until {
+                        tracing::warn!(queue = %self.queue, consumer = %self.consumer_id,
+                            "mq: lease about to lapse after failed renewals; cancelling the handler");
+                        lost.cancel();
+                        return;
                     }
                 }
             }
-        };
-        let took = started.elapsed();
-        let mut outcomes = match result {
-            Ok(o) => o,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic".into());
-                Outcomes::retry_all(ErrorChain::msg(format!("handler panicked: {msg}")))
-            }
-        };
-        let cancelled = token.is_cancelled();
-        if cancelled {
-            // Whatever the handler finished (acked) stays done; everything else comes back.
-            let reason = if timed_out {
-                ErrorChain::msg(format!("handler timed out after {timeout:?}"))
-            } else {
-                ErrorChain::msg("handler cancelled (shutdown or lost lease)")
-            };
-            let shutdown = !timed_out && self.abort.is_cancelled();
-            let ids: Vec<_> = claims.iter().map(|c| c.id.clone()).collect();
-            for id in ids {
-                if matches!(outcomes.get(&id), Outcome::Retry { .. }) {
-                    let after = if shutdown { Some(Duration::ZERO) } else { None };
-                    outcomes.insert(
-                        id,
-                        Outcome::Retry {
-                            after,
-                            error: Some(reason.clone()),
-                        },
-                    );
-                }
-            }
         }
-        // Usually the handler has dropped its copy by now, so this moves instead of cloning.
-        (batch.into_messages(), outcomes, cancelled, took)
     }
 
     async fn complete(
@@ -639,149 +634,82 @@ impl<S: QueueStore> Worker<S> {
     ) -> Result<()> {
         let now = Utc::now();
         let policy = self.options.get_retry();
-        let mut completions = Vec::with_capacity(messages.len());
-        let mut plan: Vec<Planned> = Vec::with_capacity(messages.len());
-        for m in messages {
-            let planned = match outcome_of(m) {
-                Outcome::Ack => Planned::Ack,
-                Outcome::Retry { after, error } => {
-                    if policy.is_exhausted(m) {
-                        let allowed = policy.attempts_allowed(m);
-                        let error = error.unwrap_or_else(|| {
-                            ErrorChain::msg(format!(
-                                "attempts exhausted after {allowed} deliveries"
-                            ))
-                        });
-                        Planned::Terminal(Status::Failed, error, true)
-                    } else {
-                        let delay = after.unwrap_or_else(|| policy.delay_for(m));
-                        Planned::Retry(delay, error)
-                    }
-                }
-                Outcome::Fail { error } => Planned::Terminal(Status::Failed, error, false),
-                Outcome::DeadLetter { error } => {
-                    Planned::Terminal(Status::DeadLettered, error, false)
-                }
-            };
-            let action = match &planned {
-                Planned::Ack => CompletionAction::Ack,
-                Planned::Retry(delay, error) => CompletionAction::Retry {
-                    execute_at: later_by(now, *delay),
-                    error: error.clone(),
-                },
-                Planned::Terminal(status, error, _) => CompletionAction::Finish {
-                    status: *status,
-                    error: error.clone(),
-                },
-            };
-            completions.push(Completion::new(Claim::of(m), action));
-            plan.push(planned);
-        }
-        let backend = self.store.backend();
-        let lc = &self.common.lifecycle;
+        let mut plan: Vec<Settlement> = messages
+            .iter()
+            .map(|m| self.runner.settle(m, &outcome_of(m), policy))
+            .collect();
         // Dead letters are stored before the terminal status is written: if the sink fails, the
         // message is retried instead, so it never ends terminal without its dead letter.
-        let mut dead_lettered = vec![false; messages.len()];
         let terminal: Vec<usize> = plan
             .iter()
             .enumerate()
-            .filter(|(_, p)| matches!(p, Planned::Terminal(..)))
+            .filter(|(_, p)| matches!(p, Settlement::Finish { .. }))
             .map(|(i, _)| i)
             .collect();
-        if let (false, Some(sink)) = (terminal.is_empty(), &self.common.dead_letters) {
+        let mut dead_lettered = false;
+        if let (false, Some(sink)) = (terminal.is_empty(), &self.dead_letters) {
             let letters: Vec<DeadLetter> = terminal
                 .iter()
                 .filter_map(|&i| match &plan[i] {
-                    Planned::Terminal(_, error, exhausted) => Some(DeadLetter::new(
+                    Settlement::Finish {
+                        error, exhausted, ..
+                    } => Some(self.runner.dead_letter(
                         messages[i].clone(),
-                        DeadLetterOrigin::backend(backend),
                         error.clone(),
                         *exhausted,
-                        self.consumer_id.clone(),
+                        None,
                     )),
                     _ => None,
                 })
                 .collect();
             let count = letters.len();
             match sink.dead_letter(letters).await {
-                Ok(()) => {
-                    for &i in &terminal {
-                        dead_lettered[i] = true;
-                    }
-                }
+                Ok(()) => dead_lettered = true,
                 Err(source) => {
                     let err = Error::DeadLetter { count, source };
                     tracing::error!(queue = %self.queue, error = %err, chain = %ErrorChain::from_error(&err),
                         "mq: dead-letter store failed; the messages will be delivered again later");
                     let why = ErrorChain::msg("dead-letter store unavailable");
                     for &i in &terminal {
-                        let delay = policy.delay_for(&messages[i]);
-                        completions[i] = Completion::new(
-                            Claim::of(&messages[i]),
-                            CompletionAction::Retry {
-                                execute_at: later_by(now, delay),
-                                error: Some(why.clone()),
-                            },
-                        );
-                        plan[i] = Planned::Retry(delay, Some(why.clone()));
+                        plan[i] = Settlement::Retry {
+                            delay: policy.delay_for(&messages[i]),
+                            error: Some(why.clone()),
+                        };
                     }
                 }
             }
         }
+        let completions: Vec<Completion> = messages
+            .iter()
+            .zip(&plan)
+            .map(|(m, p)| Completion::new(Claim::of(m), action_of(p, now)))
+            .collect();
         let rejected: HashSet<Claim> = self.complete_with_retries(completions).await?;
         report.lease_lost = rejected.len();
         if !rejected.is_empty() {
             tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost = rejected.len(),
                 "mq: completions refused: the lease expired and another consumer may hold these messages");
         }
-        for ((m, planned), dead_lettered) in messages.iter().zip(plan).zip(dead_lettered) {
+        for (m, settled) in messages.iter().zip(&plan) {
             if !rejected.is_empty() && rejected.contains(&Claim::of(m)) {
                 continue;
             }
-            match planned {
-                Planned::Ack => {
-                    report.acked += 1;
-                    lc.emit_with(|| LifecycleEvent::Acked {
-                        message: MessageInfo::of(m, backend),
-                        consumer_id: self.consumer_id.clone(),
-                        handler_duration,
-                    });
-                }
-                Planned::Retry(delay, error) => {
-                    report.retried += 1;
-                    lc.emit_with(|| LifecycleEvent::Retried {
-                        message: MessageInfo::of(m, backend),
-                        consumer_id: self.consumer_id.clone(),
-                        delay,
-                        error,
-                    });
-                }
-                Planned::Terminal(status, error, exhausted) => {
+            match settled {
+                Settlement::Ack => report.acked += 1,
+                Settlement::Retry { .. } => report.retried += 1,
+                Settlement::Finish { .. } => {
                     report.failed += 1;
-                    if status == Status::Failed {
-                        lc.emit_with(|| LifecycleEvent::Failed {
-                            message: MessageInfo::of(m, backend),
-                            consumer_id: self.consumer_id.clone(),
-                            error: error.clone(),
-                            exhausted,
-                        });
-                    }
                     if dead_lettered {
                         report.dead_lettered += 1;
-                        lc.emit_with(|| LifecycleEvent::DeadLettered {
-                            message: MessageInfo::of(m, backend),
-                            consumer_id: self.consumer_id.clone(),
-                            error,
-                        });
                     }
                 }
             }
+            self.runner
+                .emit_settled(m, settled, handler_duration, dead_lettered);
         }
         Ok(())
     }
-}
 
-impl<S: QueueStore> Worker<S> {
     /// Writes completions, retrying a failing store a few times: giving up loses every outcome
     /// of the batch, which then runs again after its lease.
     async fn complete_with_retries(&self, completions: Vec<Completion>) -> Result<HashSet<Claim>> {
@@ -807,8 +735,17 @@ impl<S: QueueStore> Worker<S> {
     }
 }
 
-enum Planned {
-    Ack,
-    Retry(Duration, Option<ErrorChain>),
-    Terminal(Status, ErrorChain, bool),
+/// The store write for one settled message.
+fn action_of(settled: &Settlement, now: chrono::DateTime<Utc>) -> CompletionAction {
+    match settled {
+        Settlement::Ack => CompletionAction::Ack,
+        Settlement::Retry { delay, error } => CompletionAction::Retry {
+            execute_at: later_by(now, *delay),
+            error: error.clone(),
+        },
+        Settlement::Finish { status, error, .. } => CompletionAction::Finish {
+            status: *status,
+            error: error.clone(),
+        },
+    }
 }

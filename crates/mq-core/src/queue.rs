@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -78,6 +79,80 @@ pub trait MessageQueue: Send + Sync + fmt::Debug + 'static {
     async fn shutdown(&self) -> Result<()>;
 }
 
+mod sealed {
+    pub trait Sealed {}
+    impl<Q: super::MessageQueue + ?Sized> Sealed for Q {}
+}
+
+/// Conveniences on every [`MessageQueue`]: publish one message, or typed payloads.
+///
+/// Implemented for every queue (and `dyn MessageQueue`); it cannot be implemented elsewhere.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::{MessageQueue, MessageQueueExt, NewMessage, QueueName};
+///
+/// #[derive(serde::Serialize)]
+/// struct Welcome { to: &'static str }
+///
+/// async fn send(queue: &dyn MessageQueue, emails: &QueueName) -> mq_core::Result<()> {
+///     let id = queue.publish_one(emails, NewMessage::json("welcome", &Welcome { to: "a@b.c" })?).await?;
+///     println!("published {id}");
+///     let report = queue.publish_json(emails, "welcome", &[Welcome { to: "b@c.d" }]).await?;
+///     report.into_result()?;
+///     Ok(())
+/// }
+/// ```
+#[async_trait]
+pub trait MessageQueueExt: MessageQueue + sealed::Sealed {
+    /// Publishes one message and returns its id; a refused message is the error.
+    async fn publish_one(&self, queue: &QueueName, message: NewMessage) -> Result<MessageId> {
+        let ids = self.publish(queue, vec![message]).await?.into_result()?;
+        ids.into_iter().next().ok_or(Error::Unsupported {
+            backend: self.backend(),
+            operation: "publishing one message",
+        })
+    }
+
+    /// Serializes each of `payloads` to JSON and publishes them as messages of `message_type`.
+    /// A payload that does not serialize is refused alone ([`Error::Payload`]) in the report.
+    async fn publish_json<T: Serialize + Sync>(
+        &self,
+        queue: &QueueName,
+        message_type: &str,
+        payloads: &[T],
+    ) -> Result<PublishReport> {
+        let mut refused = Vec::new();
+        let mut messages = Vec::with_capacity(payloads.len());
+        let mut indexes = Vec::with_capacity(payloads.len());
+        for (index, payload) in payloads.iter().enumerate() {
+            match NewMessage::json(message_type, payload) {
+                Ok(m) => {
+                    messages.push(m);
+                    indexes.push(index);
+                }
+                Err(error) => refused.push(PublishFailure::new(index, None, error)),
+            }
+        }
+        let mut report = if messages.is_empty() {
+            PublishReport::default()
+        } else {
+            self.publish(queue, messages).await?
+        };
+        // The queue numbered the serializable payloads only: give back their positions in
+        // `payloads`.
+        for f in &mut report.failed {
+            f.index = indexes.get(f.index).copied().unwrap_or(f.index);
+        }
+        report.failed.extend(refused);
+        report.failed.sort_by_key(|f| f.index);
+        Ok(report)
+    }
+}
+
+impl<Q: MessageQueue + ?Sized> MessageQueueExt for Q {}
+
 /// One message publish refused.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -110,6 +185,7 @@ impl PublishFailure {
 /// ```
 #[derive(Debug, Default)]
 #[non_exhaustive]
+#[must_use = "a publish may store some messages and refuse others: check is_complete() or call into_result()"]
 pub struct PublishReport {
     /// Ids stored, in batch order.
     pub published: Vec<MessageId>,
@@ -136,6 +212,7 @@ impl PublishReport {
 /// What one batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
+#[must_use = "a batch may have retried, failed or lost messages: look at the report"]
 pub struct BatchReport {
     /// Messages handed to the handler.
     pub delivered: usize,

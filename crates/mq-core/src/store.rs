@@ -15,6 +15,7 @@ use crate::dead_letter::ErrorChain;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId, Status};
 use crate::queue_name::QueueName;
+use crate::stats::QueueStats;
 
 /// Identifies one claim of one message: the consumer that made it and the attempt number it
 /// set. A store accepts a renewal or completion only while the message is still `processing`
@@ -24,7 +25,8 @@ use crate::queue_name::QueueName;
 /// # Examples
 ///
 /// ```
-/// use mq_core::{Claim, MessageId};
+/// use mq_core::MessageId;
+/// use mq_core::backend::Claim;
 ///
 /// let c = Claim::new(MessageId::new("m1")?, 2);
 /// assert_eq!(c.attempt, 2);
@@ -162,6 +164,16 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
         completions: Vec<Completion>,
     ) -> Result<Vec<Claim>>;
 
+    /// The numbers of `queue`, or of every queue the store holds when `queue` is `None`, in
+    /// queue-name order. Read-only. The default says the store cannot count.
+    async fn queue_stats(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
+        let _ = queue;
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            operation: "queue statistics",
+        })
+    }
+
     /// Waits until new messages may be ready in `queue`, or `timeout`. The default sleeps;
     /// backends with notifications (in-process signals, LISTEN/NOTIFY, change streams) wake early.
     async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {
@@ -175,7 +187,7 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
 /// # Examples
 ///
 /// ```
-/// use mq_core::{store::duplicate_id, MessageId, QueueName};
+/// use mq_core::{backend::duplicate_id, MessageId, QueueName};
 ///
 /// let e = duplicate_id(&QueueName::new("q")?, &MessageId::new("m1")?);
 /// assert_eq!(e.to_string(), "message id m1 already exists in queue q");

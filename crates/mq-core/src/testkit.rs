@@ -129,6 +129,25 @@ pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() ->
     }
 }
 
+/// Waits until the async `cond` holds, checking every 10 ms, or panics with `what` after
+/// `timeout`. For conditions that need a query (a row count, a lease owner).
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// An observer that records every event.
 #[derive(Debug, Default)]
 pub struct RecordingObserver {

@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use mq_core::async_trait;
+use mq_core::backend::{CheckpointStore, MemoryCheckpointStore};
 use mq_core::testkit::checkpoint::CheckpointStoreFactory;
-use mq_core::{CheckpointStore, MemoryCheckpointStore, async_trait};
 
 struct Memory;
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use mq_core::QueueName;
 use tokio_util::sync::CancellationToken;
 
-use crate::entry::ReplayState;
 use crate::error::Result;
-use crate::filter::DeadLetterFilter;
-use crate::store::DeadLetterStore;
+use mq_core::DeadLetterFilter;
+use mq_core::DeadLetterStore;
+use mq_core::ReplayState;
 
 /// Publishes how many dead letters wait for a replay as the gauge `mq_dead_letter_depth`
 /// (label `queue`), on the [`metrics`] facade, by counting the store every interval.
@@ -28,7 +28,8 @@ use crate::store::DeadLetterStore;
 /// use std::sync::Arc;
 /// use std::time::Duration;
 /// use mq_core::QueueName;
-/// use mq_dlq::{DepthReporter, MemoryDeadLetterStore};
+/// use mq_dlq::DepthReporter;
+/// use mq_memory::MemoryDeadLetterStore;
 /// use tokio_util::sync::CancellationToken;
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build()?.block_on(async {

@@ -13,7 +13,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// # Examples
 ///
 /// ```
-/// use mq_dlq::{EntryId, Error};
+/// use mq_dlq::Error;
+/// use mq_core::EntryId;
 ///
 /// let err = "not an id!".parse::<EntryId>().unwrap_err();
 /// assert!(matches!(err, Error::InvalidEntryId { .. }));
@@ -111,6 +112,17 @@ impl Error {
             reason: reason.to_string(),
         }
     }
+}
+
+impl From<mq_core::Error> for Error {
+    fn from(e: mq_core::Error) -> Self {
+        Error::store("dead-letter store", e)
+    }
+}
+
+/// Milliseconds since the epoch, the unit every store keeps times in.
+pub(crate) fn to_ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_millis()
 }
 
 impl From<Error> for mq_core::Error {

@@ -21,7 +21,9 @@
 //! ```
 //! use std::sync::Arc;
 //! use mq_core::{CommonOptions, DeadLetterSink, MessageQueue};
-//! use mq_dlq::{DeadLetterFilter, DeadLetterStore, MemoryDeadLetterStore, ReplayOptions, Replayer};
+//! use mq_dlq::{ReplayOptions, Replayer};
+//! use mq_core::{DeadLetterFilter, DeadLetterStore};
+//! use mq_memory::MemoryDeadLetterStore;
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build()?.block_on(async {
 //! let store = Arc::new(MemoryDeadLetterStore::new());
@@ -64,12 +66,9 @@
 
 #[cfg(feature = "metrics")]
 mod depth;
-mod entry;
 mod error;
-mod filter;
 #[cfg(feature = "kinesis")]
 mod kinesis;
-mod memory;
 #[cfg(feature = "mongo")]
 mod mongo;
 #[cfg(feature = "mysql")]
@@ -81,18 +80,14 @@ mod replay;
 mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 #[cfg(feature = "metrics")]
 pub use depth::DepthReporter;
-pub use entry::{DeadLetterEntry, EntryId, ReplayMark, ReplayState};
 pub use error::{Error, Result};
-pub use filter::DeadLetterFilter;
 #[cfg(feature = "kinesis")]
 pub use kinesis::{DEAD_LETTER_MESSAGE_TYPE, KinesisDeadLetterSink, dead_letter_from_message};
-pub use memory::MemoryDeadLetterStore;
 #[cfg(feature = "mongo")]
 pub use mongo::MongoDeadLetterStore;
 #[cfg(feature = "mysql")]
@@ -106,4 +101,3 @@ pub use replay::{
 pub use sql::{DEFAULT_TABLE, SqlDeadLetterStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteDeadLetterStore;
-pub use store::DeadLetterStore;

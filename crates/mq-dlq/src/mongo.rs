@@ -6,14 +6,13 @@ use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, IndexModel};
-use mq_core::{
-    BoxError, DeadLetter, DeadLetterOrigin, DeadLetterSink, ErrorChain, MessageId, QueueName,
-};
+use mq_core::{BoxError, DeadLetter, DeadLetterSink, MessageId};
 
-use crate::entry::{DeadLetterEntry, EntryId, ReplayMark, ReplayState, from_ms, to_ms};
+use crate::error::to_ms;
 use crate::error::{Error, Result};
-use crate::filter::DeadLetterFilter;
-use crate::store::DeadLetterStore;
+use mq_core::DeadLetterFilter;
+use mq_core::DeadLetterStore;
+use mq_core::{DeadLetterEntry, EntryId, ReplayMark};
 
 /// The default collection name.
 const DEFAULT_COLLECTION: &str = "mq_dead_letters";
@@ -30,7 +29,8 @@ const DEFAULT_COLLECTION: &str = "mq_dead_letters";
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-/// use mq_dlq::{DeadLetterStore, MongoDeadLetterStore};
+/// use mq_dlq::MongoDeadLetterStore;
+/// use mq_core::DeadLetterStore;
 ///
 /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
 /// let store = MongoDeadLetterStore::new(&client, "app", "dead_letters")?;
@@ -84,42 +84,46 @@ fn err(operation: &'static str) -> impl Fn(mongodb::error::Error) -> Error {
 /// The query for `f`; `paging` adds `after`.
 fn query(f: &DeadLetterFilter, paging: bool) -> Document {
     let mut q = Document::new();
-    if let Some(queue) = &f.queue {
+    if let Some(queue) = f.get_queue() {
         q.insert("queue", queue.as_str());
     }
-    if let Some(t) = &f.message_type {
-        q.insert("message_type", t.as_str());
+    if let Some(t) = f.get_message_type() {
+        q.insert("message_type", t);
     }
     let mut time = Document::new();
-    if let Some(t) = f.failed_after {
+    if let Some(t) = f.get_failed_after() {
         time.insert("$gte", to_ms(t));
     }
-    if let Some(t) = f.failed_before {
+    if let Some(t) = f.get_failed_before() {
         time.insert("$lt", to_ms(t));
     }
     if !time.is_empty() {
         q.insert("last_failed_at", time);
     }
     let mut id = Document::new();
-    if !f.ids.is_empty() {
-        let ids: Vec<Bson> = f.ids.iter().map(|i| Bson::String(i.to_string())).collect();
+    if !f.get_ids().is_empty() {
+        let ids: Vec<Bson> = f
+            .get_ids()
+            .iter()
+            .map(|i| Bson::String(i.to_string()))
+            .collect();
         id.insert("$in", ids);
     }
-    if paging && let Some(after) = &f.after {
+    if paging && let Some(after) = f.get_after() {
         id.insert("$gt", after.as_str());
     }
     if !id.is_empty() {
         q.insert("_id", id);
     }
-    if !f.message_ids.is_empty() {
+    if !f.get_message_ids().is_empty() {
         let ids: Vec<Bson> = f
-            .message_ids
+            .get_message_ids()
             .iter()
             .map(|i| Bson::String(i.as_str().to_owned()))
             .collect();
         q.insert("message_id", doc! { "$in": ids });
     }
-    if let Some(needle) = &f.error_contains {
+    if let Some(needle) = f.get_error_contains() {
         let pattern: String = needle
             .chars()
             .flat_map(|c| {
@@ -129,78 +133,45 @@ fn query(f: &DeadLetterFilter, paging: bool) -> Document {
             .collect();
         q.insert("error_text", doc! { "$regex": pattern, "$options": "i" });
     }
-    if let Some(s) = f.replay_state {
+    if let Some(s) = f.get_replay_state() {
         q.insert("replay_state", s.as_str());
     }
     q
 }
 
-fn read(d: &Document) -> Result<DeadLetterEntry> {
-    let id_text = d.get_str("_id").unwrap_or("?").to_owned();
-    let bad = |what: &str| Error::corrupt(&id_text, format!("field {what} missing or mistyped"));
-    let text = |k: &str| d.get_str(k).map(str::to_owned).map_err(|_| bad(k));
-    let opt_text = |k: &str| d.get_str(k).ok().map(str::to_owned);
-    let int = |k: &str| match d.get(k) {
-        Some(Bson::Int64(v)) => Ok(*v),
-        Some(Bson::Int32(v)) => Ok(i64::from(*v)),
-        _ => Err(bad(k)),
-    };
-    let opt_int = |k: &str| int(k).ok();
-    let count = |k: &str| -> Result<u32> {
-        let v = int(k)?;
-        u32::try_from(v).map_err(|_| Error::corrupt(&id_text, format!("{k} = {v}")))
-    };
-    let id: EntryId = id_text.parse().map_err(|e| Error::corrupt(&id_text, e))?;
-    let message = serde_json::from_str(&text("message")?)
-        .map_err(|e| Error::corrupt(&id_text, format!("message: {e}")))?;
-    let causes: Vec<String> = d
-        .get_array("error")
-        .map_err(|_| bad("error"))?
-        .iter()
-        .map(|b| b.as_str().unwrap_or_default().to_owned())
-        .collect();
-    let error: ErrorChain = serde_json::from_value(serde_json::Value::from(causes))
-        .map_err(|e| Error::corrupt(&id_text, format!("error: {e}")))?;
-    let mut origin = DeadLetterOrigin::backend(text("backend")?);
-    origin.shard_id = opt_text("shard_id");
-    origin.sequence_number = opt_text("sequence_number");
-    let state: ReplayState = text("replay_state")?
-        .parse()
-        .map_err(|e| Error::corrupt(&id_text, e))?;
-    let replay = match state {
-        ReplayState::None => None,
-        ReplayState::Pending | ReplayState::Done => {
-            let started = opt_int("replay_started_at").unwrap_or(0);
-            Some(ReplayMark {
-                generation: count("replay_generation")?,
-                message_id: MessageId::new(text("replay_message_id")?)
-                    .map_err(|e| Error::corrupt(&id_text, e))?,
-                target: QueueName::new(text("replay_target")?)
-                    .map_err(|e| Error::corrupt(&id_text, e))?,
-                started_at: from_ms(&id_text, started)?,
-                replayed_at: match state {
-                    ReplayState::Done => Some(from_ms(
-                        &id_text,
-                        opt_int("replayed_at").unwrap_or(started),
-                    )?),
-                    _ => None,
-                },
-            })
+fn read(d: &Document) -> mq_core::Result<DeadLetterEntry> {
+    struct Fields<'d>(&'d Document);
+    impl mq_core::DeadLetterFields for Fields<'_> {
+        fn text(&self, name: &str) -> mq_core::Result<Option<String>> {
+            let name = if name == "id" { "_id" } else { name };
+            match self.0.get(name) {
+                None | Some(Bson::Null) => Ok(None),
+                Some(Bson::String(s)) => Ok(Some(s.clone())),
+                // The error chain is kept as an array of strings.
+                Some(Bson::Array(a)) => {
+                    let causes: Vec<&str> = a.iter().filter_map(Bson::as_str).collect();
+                    Ok(Some(serde_json::to_string(&causes).unwrap_or_default()))
+                }
+                Some(_) => Err(mistyped(self.0, name)),
+            }
         }
-    };
-    Ok(DeadLetterEntry {
-        attempts: count("attempts")?,
-        exhausted: d.get_bool("exhausted").map_err(|_| bad("exhausted"))?,
-        failures: count("failures")?,
-        first_failed_at: from_ms(&id_text, int("first_failed_at")?)?,
-        last_failed_at: from_ms(&id_text, int("last_failed_at")?)?,
-        consumer_id: text("consumer_id")?,
-        id,
-        message,
-        origin,
-        error,
-        replay,
-    })
+        fn int(&self, name: &str) -> mq_core::Result<Option<i64>> {
+            match self.0.get(name) {
+                None | Some(Bson::Null) => Ok(None),
+                Some(Bson::Int64(v)) => Ok(Some(*v)),
+                Some(Bson::Int32(v)) => Ok(Some(i64::from(*v))),
+                Some(Bson::Boolean(b)) => Ok(Some(i64::from(*b))),
+                Some(_) => Err(mistyped(self.0, name)),
+            }
+        }
+    }
+    fn mistyped(d: &Document, name: &str) -> mq_core::Error {
+        mq_core::Error::corrupt_dead_letter(
+            d.get_str("_id").unwrap_or("?"),
+            format!("field {name} is mistyped"),
+        )
+    }
+    DeadLetterEntry::from_fields(&Fields(d))
 }
 
 #[async_trait]
@@ -212,7 +183,7 @@ impl DeadLetterSink for MongoDeadLetterStore {
 
 #[async_trait]
 impl DeadLetterStore for MongoDeadLetterStore {
-    async fn migrate(&self) -> Result<()> {
+    async fn migrate(&self) -> mq_core::Result<()> {
         let unique = IndexModel::builder()
             .keys(doc! { "queue": 1, "message_id": 1 })
             .options(IndexOptions::builder().unique(true).build())
@@ -227,7 +198,7 @@ impl DeadLetterStore for MongoDeadLetterStore {
         Ok(())
     }
 
-    async fn insert(&self, letters: Vec<DeadLetter>) -> Result<()> {
+    async fn insert(&self, letters: Vec<DeadLetter>) -> mq_core::Result<()> {
         for letter in letters {
             let e = DeadLetterEntry::from_letter(letter);
             let message =
@@ -276,16 +247,16 @@ impl DeadLetterStore for MongoDeadLetterStore {
                 {
                     Ok(_) => break,
                     Err(x) if tries < 3 && is_duplicate_key(&x) => continue,
-                    Err(x) => return Err(Error::store("insert", x)),
+                    Err(x) => return Err(Error::store("insert", x).into()),
                 }
             }
         }
         Ok(())
     }
 
-    async fn list(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterEntry>> {
+    async fn list(&self, filter: &DeadLetterFilter) -> mq_core::Result<Vec<DeadLetterEntry>> {
         let mut find = self.coll.find(query(filter, true)).sort(doc! { "_id": 1 });
-        if let Some(n) = filter.limit {
+        if let Some(n) = filter.get_limit() {
             find = find.limit(i64::try_from(n).unwrap_or(i64::MAX));
         }
         let docs: Vec<Document> = find
@@ -297,7 +268,7 @@ impl DeadLetterStore for MongoDeadLetterStore {
         docs.iter().map(read).collect()
     }
 
-    async fn get(&self, id: &EntryId) -> Result<Option<DeadLetterEntry>> {
+    async fn get(&self, id: &EntryId) -> mq_core::Result<Option<DeadLetterEntry>> {
         let d = self
             .coll
             .find_one(doc! { "_id": id.as_str() })
@@ -306,11 +277,11 @@ impl DeadLetterStore for MongoDeadLetterStore {
         d.as_ref().map(read).transpose()
     }
 
-    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64> {
+    async fn count(&self, filter: &DeadLetterFilter) -> mq_core::Result<u64> {
         self.coll
             .count_documents(query(filter, false))
             .await
-            .map_err(err("count"))
+            .map_err(|e| err("count")(e).into())
     }
 
     async fn begin_replay(
@@ -318,7 +289,7 @@ impl DeadLetterStore for MongoDeadLetterStore {
         id: &EntryId,
         expected_generation: u32,
         mark: &ReplayMark,
-    ) -> Result<bool> {
+    ) -> mq_core::Result<bool> {
         let r = self
             .coll
             .update_one(
@@ -346,7 +317,7 @@ impl DeadLetterStore for MongoDeadLetterStore {
         id: &EntryId,
         message_id: &MessageId,
         at: DateTime<Utc>,
-    ) -> Result<bool> {
+    ) -> mq_core::Result<bool> {
         let r = self
             .coll
             .update_one(
@@ -370,7 +341,7 @@ impl DeadLetterStore for MongoDeadLetterStore {
         Ok(n > 0)
     }
 
-    async fn purge(&self, filter: &DeadLetterFilter) -> Result<u64> {
+    async fn purge(&self, filter: &DeadLetterFilter) -> mq_core::Result<u64> {
         let r = self
             .coll
             .delete_many(query(filter, false))

@@ -11,7 +11,8 @@ use crate::sql::{self, Dialect, SqlDeadLetterStore};
 ///
 /// ```no_run
 /// # async fn f(pool: sqlx::MySqlPool) -> mq_dlq::Result<()> {
-/// use mq_dlq::{DeadLetterStore, MySqlDeadLetterStore};
+/// use mq_dlq::MySqlDeadLetterStore;
+/// use mq_core::DeadLetterStore;
 ///
 /// let store = MySqlDeadLetterStore::new(pool, mq_dlq::DEFAULT_TABLE)?;
 /// store.migrate().await?;

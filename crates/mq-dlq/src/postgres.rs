@@ -11,7 +11,8 @@ use crate::sql::{self, Dialect, SqlDeadLetterStore};
 ///
 /// ```no_run
 /// # async fn f(pool: sqlx::PgPool) -> mq_dlq::Result<()> {
-/// use mq_dlq::{DeadLetterStore, PgDeadLetterStore};
+/// use mq_dlq::PgDeadLetterStore;
+/// use mq_core::DeadLetterStore;
 ///
 /// let store = PgDeadLetterStore::new(pool, mq_dlq::DEFAULT_TABLE)?;
 /// store.migrate().await?;

@@ -10,10 +10,10 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use mq_core::{Error as QueueError, MessageQueue, NewMessage, QueueName};
 use serde::Serialize;
 
-use crate::entry::{DeadLetterEntry, EntryId, ReplayMark, ReplayState};
 use crate::error::{Error, Result};
-use crate::filter::DeadLetterFilter;
-use crate::store::DeadLetterStore;
+use mq_core::DeadLetterFilter;
+use mq_core::DeadLetterStore;
+use mq_core::{DeadLetterEntry, EntryId, ReplayMark, ReplayState};
 
 /// The `log_context` key of a replayed message that holds its dead-letter entry id.
 pub const REPLAY_ENTRY_KEY: &str = "dlq_entry_id";
@@ -30,7 +30,8 @@ pub const REPLAY_ORIGINAL_ID_KEY: &str = "dlq_original_id";
 /// ```
 /// use std::num::NonZeroU32;
 /// use mq_core::QueueName;
-/// use mq_dlq::{DeadLetterFilter, ReplayOptions};
+/// use mq_dlq::ReplayOptions;
+/// use mq_core::DeadLetterFilter;
 ///
 /// let options = ReplayOptions::default()
 ///     .filter(DeadLetterFilter::default().message_type("welcome"))
@@ -213,7 +214,8 @@ impl ReplayReport {
 /// ```no_run
 /// use std::sync::Arc;
 /// use mq_core::MessageQueue;
-/// use mq_dlq::{DeadLetterStore, ReplayOptions, Replayer};
+/// use mq_dlq::{ReplayOptions, Replayer};
+/// use mq_core::DeadLetterStore;
 ///
 /// # async fn f(store: Arc<dyn DeadLetterStore>, queue: Arc<dyn MessageQueue>) -> mq_dlq::Result<()> {
 /// let report = Replayer::new(store, queue)
@@ -257,7 +259,8 @@ impl Replayer {
     /// ```no_run
     /// # use std::sync::Arc;
     /// # use mq_core::{MessageQueue, QueueName};
-    /// # use mq_dlq::{DeadLetterStore, Replayer};
+    /// # use mq_dlq::Replayer;
+    /// # use mq_core::DeadLetterStore;
     /// # fn f(store: Arc<dyn DeadLetterStore>, sql: Arc<dyn MessageQueue>, kinesis: Arc<dyn MessageQueue>) -> mq_core::Result<()> {
     /// let _replayer = Replayer::new(store, sql).route(QueueName::new("events")?, kinesis);
     /// # Ok(()) }
@@ -302,9 +305,11 @@ impl Replayer {
         mut progress: impl FnMut(&ReplayReport, u64) + Send,
     ) -> Result<ReplayReport> {
         options.validate()?;
-        let mut filter = options.filter.clone();
-        filter.after = None;
-        filter.limit = Some(options.batch_size);
+        let mut filter = options
+            .filter
+            .clone()
+            .first_page()
+            .limit(options.batch_size);
         let total = self.store.count(&filter).await?;
         let limiter = options
             .rate
@@ -318,7 +323,7 @@ impl Replayer {
         loop {
             let page = self.store.list(&filter).await?;
             let Some(last) = page.last() else { break };
-            filter.after = Some(last.id.clone());
+            filter = filter.after(last.id.clone());
             report.selected += page.len() as u64;
             for chunk in page.chunks(options.chunk_size()) {
                 if options.dry_run {

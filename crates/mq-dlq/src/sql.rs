@@ -8,17 +8,15 @@ use std::fmt;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mq_core::{
-    BoxError, DeadLetter, DeadLetterOrigin, DeadLetterSink, ErrorChain, Message, MessageId,
-    QueueName,
-};
+use mq_core::{BoxError, DeadLetter, DeadLetterSink, MessageId};
 use sqlx::{AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments};
 use sqlx::{QueryBuilder, Row, Type};
 
-use crate::entry::{DeadLetterEntry, EntryId, ReplayMark, ReplayState, from_ms, to_ms};
+use crate::error::to_ms;
 use crate::error::{Error, Result, validate_table};
-use crate::filter::DeadLetterFilter;
-use crate::store::DeadLetterStore;
+use mq_core::DeadLetterFilter;
+use mq_core::DeadLetterStore;
+use mq_core::{DeadLetterEntry, EntryId, ReplayMark};
 
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "mq_dead_letters";
@@ -36,7 +34,8 @@ pub const DEFAULT_TABLE: &str = "mq_dead_letters";
 /// ```no_run
 /// # #[cfg(feature = "postgres")]
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-/// use mq_dlq::{DeadLetterFilter, DeadLetterStore, PgDeadLetterStore};
+/// use mq_dlq::PgDeadLetterStore;
+/// use mq_core::{DeadLetterFilter, DeadLetterStore};
 ///
 /// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/app").await?;
 /// let store = PgDeadLetterStore::new(pool, "dead_letters")?;
@@ -134,7 +133,6 @@ where
 
 /// A result row, whatever the database.
 pub(crate) trait ReadRow {
-    fn text(&self, col: &str) -> std::result::Result<String, sqlx::Error>;
     fn opt_text(&self, col: &str) -> std::result::Result<Option<String>, sqlx::Error>;
     fn int(&self, col: &str) -> std::result::Result<i64, sqlx::Error>;
     fn opt_int(&self, col: &str) -> std::result::Result<Option<i64>, sqlx::Error>;
@@ -146,9 +144,6 @@ where
     String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
     i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
 {
-    fn text(&self, col: &str) -> std::result::Result<String, sqlx::Error> {
-        self.try_get(col)
-    }
     fn opt_text(&self, col: &str) -> std::result::Result<Option<String>, sqlx::Error> {
         self.try_get(col)
     }
@@ -185,7 +180,7 @@ where
     QueryBuilder<DB>: Sql,
     DB::Row: ReadRow,
 {
-    async fn migrate(&self) -> Result<()> {
+    async fn migrate(&self) -> mq_core::Result<()> {
         for stmt in statements(DB::MIGRATION, &self.table) {
             sqlx::raw_sql(AssertSqlSafe(stmt))
                 .execute(&self.pool)
@@ -195,7 +190,7 @@ where
         Ok(())
     }
 
-    async fn insert(&self, letters: Vec<DeadLetter>) -> Result<()> {
+    async fn insert(&self, letters: Vec<DeadLetter>) -> mq_core::Result<()> {
         if letters.is_empty() {
             return Ok(());
         }
@@ -207,10 +202,10 @@ where
             q.push(DB::UPSERT.replace("{table}", &self.table));
             q.build().execute(&mut *tx).await.map_err(err)?;
         }
-        tx.commit().await.map_err(err)
+        Ok(tx.commit().await.map_err(err)?)
     }
 
-    async fn list(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterEntry>> {
+    async fn list(&self, filter: &DeadLetterFilter) -> mq_core::Result<Vec<DeadLetterEntry>> {
         let mut q = QueryBuilder::<DB>::new("");
         select(&mut q, &self.table, filter);
         let rows = q
@@ -221,12 +216,12 @@ where
         rows.iter().map(read_entry).collect()
     }
 
-    async fn get(&self, id: &EntryId) -> Result<Option<DeadLetterEntry>> {
+    async fn get(&self, id: &EntryId) -> mq_core::Result<Option<DeadLetterEntry>> {
         let filter = DeadLetterFilter::default().ids([id.clone()]);
         Ok(self.list(&filter).await?.into_iter().next())
     }
 
-    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64> {
+    async fn count(&self, filter: &DeadLetterFilter) -> mq_core::Result<u64> {
         let mut q = QueryBuilder::<DB>::new(format!("SELECT COUNT(*) AS n FROM {}", self.table));
         where_clause(&mut q, filter, false);
         let row = q
@@ -243,7 +238,7 @@ where
         id: &EntryId,
         expected_generation: u32,
         mark: &ReplayMark,
-    ) -> Result<bool> {
+    ) -> mq_core::Result<bool> {
         let mut q = QueryBuilder::<DB>::new("");
         begin_replay(&mut q, &self.table, id, expected_generation, mark);
         let done = q
@@ -259,7 +254,7 @@ where
         id: &EntryId,
         message_id: &MessageId,
         at: DateTime<Utc>,
-    ) -> Result<bool> {
+    ) -> mq_core::Result<bool> {
         let err = |e| Error::store("finish replay", e);
         let mut q = QueryBuilder::<DB>::new("");
         finish_replay(&mut q, &self.table, id, message_id, at);
@@ -273,7 +268,7 @@ where
         Ok(ReadRow::int(&row, "n").map_err(err)? > 0)
     }
 
-    async fn purge(&self, filter: &DeadLetterFilter) -> Result<u64> {
+    async fn purge(&self, filter: &DeadLetterFilter) -> mq_core::Result<u64> {
         let mut q = QueryBuilder::<DB>::new(format!("DELETE FROM {}", self.table));
         where_clause(&mut q, filter, false);
         let done = q
@@ -335,7 +330,7 @@ pub(crate) fn select(q: &mut impl Sql, table: &str, f: &DeadLetterFilter) {
     q.sql(&format!("SELECT {COLUMNS} FROM {table}"));
     where_clause(q, f, true);
     q.sql(" ORDER BY id");
-    if let Some(n) = f.limit {
+    if let Some(n) = f.get_limit() {
         q.sql(" LIMIT ");
         q.int(i64::try_from(n).unwrap_or(i64::MAX));
     }
@@ -344,30 +339,30 @@ pub(crate) fn select(q: &mut impl Sql, table: &str, f: &DeadLetterFilter) {
 /// ` WHERE ...` for `f` (nothing when it selects everything); `paging` adds `after`.
 pub(crate) fn where_clause(q: &mut impl Sql, f: &DeadLetterFilter, paging: bool) {
     let mut sep = " WHERE ";
-    if let Some(queue) = &f.queue {
+    if let Some(queue) = f.get_queue() {
         q.sql(std::mem::replace(&mut sep, " AND "));
         q.sql("queue = ");
         q.text(queue.as_str().to_owned());
     }
-    if let Some(t) = &f.message_type {
+    if let Some(t) = f.get_message_type() {
         q.sql(std::mem::replace(&mut sep, " AND "));
         q.sql("message_type = ");
-        q.text(t.clone());
+        q.text(t.to_owned());
     }
-    if let Some(t) = f.failed_after {
+    if let Some(t) = f.get_failed_after() {
         q.sql(std::mem::replace(&mut sep, " AND "));
         q.sql("last_failed_at >= ");
         q.int(to_ms(t));
     }
-    if let Some(t) = f.failed_before {
+    if let Some(t) = f.get_failed_before() {
         q.sql(std::mem::replace(&mut sep, " AND "));
         q.sql("last_failed_at < ");
         q.int(to_ms(t));
     }
-    if !f.ids.is_empty() {
+    if !f.get_ids().is_empty() {
         q.sql(std::mem::replace(&mut sep, " AND "));
         q.sql("id IN (");
-        for (i, id) in f.ids.iter().enumerate() {
+        for (i, id) in f.get_ids().iter().enumerate() {
             if i > 0 {
                 q.sql(", ");
             }
@@ -375,10 +370,10 @@ pub(crate) fn where_clause(q: &mut impl Sql, f: &DeadLetterFilter, paging: bool)
         }
         q.sql(")");
     }
-    if !f.message_ids.is_empty() {
+    if !f.get_message_ids().is_empty() {
         q.sql(std::mem::replace(&mut sep, " AND "));
         q.sql("message_id IN (");
-        for (i, id) in f.message_ids.iter().enumerate() {
+        for (i, id) in f.get_message_ids().iter().enumerate() {
             if i > 0 {
                 q.sql(", ");
             }
@@ -386,18 +381,18 @@ pub(crate) fn where_clause(q: &mut impl Sql, f: &DeadLetterFilter, paging: bool)
         }
         q.sql(")");
     }
-    if let Some(needle) = &f.error_contains {
+    if let Some(needle) = f.get_error_contains() {
         q.sql(std::mem::replace(&mut sep, " AND "));
         q.sql("LOWER(error_text) LIKE ");
         q.text(like_pattern(needle));
         q.sql(" ESCAPE '!'");
     }
-    if let Some(s) = f.replay_state {
+    if let Some(s) = f.get_replay_state() {
         q.sql(std::mem::replace(&mut sep, " AND "));
         q.sql("replay_state = ");
         q.text(s.as_str().to_owned());
     }
-    if paging && let Some(after) = &f.after {
+    if paging && let Some(after) = f.get_after() {
         q.sql(std::mem::replace(&mut sep, " AND "));
         q.sql("id > ");
         q.text(after.to_string());
@@ -470,68 +465,21 @@ pub(crate) fn has_replay(q: &mut impl Sql, table: &str, id: &EntryId, message_id
 }
 
 /// Reads one row back into an entry.
-pub(crate) fn read_entry(row: &impl ReadRow) -> Result<DeadLetterEntry> {
-    let e = |err: sqlx::Error| Error::store("read", err);
-    let id_text = row.text("id").map_err(e)?;
-    let id: EntryId = id_text
-        .parse()
-        .map_err(|err| Error::corrupt(&id_text, err))?;
-    let message: Message = serde_json::from_str(&row.text("message").map_err(e)?)
-        .map_err(|err| Error::corrupt(&id_text, format!("message: {err}")))?;
-    let error: ErrorChain = serde_json::from_str(&row.text("error").map_err(e)?)
-        .map_err(|err| Error::corrupt(&id_text, format!("error: {err}")))?;
-    let mut origin = DeadLetterOrigin::backend(row.text("backend").map_err(e)?);
-    origin.shard_id = row.opt_text("shard_id").map_err(e)?;
-    origin.sequence_number = row.opt_text("sequence_number").map_err(e)?;
-    let count = |col: &str| -> Result<u32> {
-        let v = row.int(col).map_err(e)?;
-        u32::try_from(v).map_err(|_| Error::corrupt(&id_text, format!("{col} = {v}")))
-    };
-    let state: ReplayState = row
-        .text("replay_state")
-        .map_err(e)?
-        .parse()
-        .map_err(|err| Error::corrupt(&id_text, err))?;
-    let replay = match state {
-        ReplayState::None => None,
-        ReplayState::Pending | ReplayState::Done => {
-            let message_id = row
-                .opt_text("replay_message_id")
-                .map_err(e)?
-                .ok_or_else(|| Error::corrupt(&id_text, "replay without a message id"))?;
-            let target = row
-                .opt_text("replay_target")
-                .map_err(e)?
-                .ok_or_else(|| Error::corrupt(&id_text, "replay without a target"))?;
-            let started = row.opt_int("replay_started_at").map_err(e)?.unwrap_or(0);
-            let replayed_at = match (state, row.opt_int("replayed_at").map_err(e)?) {
-                (ReplayState::Done, Some(ms)) => Some(from_ms(&id_text, ms)?),
-                (ReplayState::Done, None) => Some(from_ms(&id_text, started)?),
-                _ => None,
-            };
-            Some(ReplayMark {
-                generation: count("replay_generation")?,
-                message_id: MessageId::new(message_id)
-                    .map_err(|err| Error::corrupt(&id_text, err))?,
-                target: QueueName::new(target).map_err(|err| Error::corrupt(&id_text, err))?,
-                started_at: from_ms(&id_text, started)?,
-                replayed_at,
-            })
+pub(crate) fn read_entry<R: ReadRow>(row: &R) -> mq_core::Result<DeadLetterEntry> {
+    struct Fields<'r, R>(&'r R);
+    impl<R: ReadRow> mq_core::DeadLetterFields for Fields<'_, R> {
+        fn text(&self, name: &str) -> mq_core::Result<Option<String>> {
+            self.0
+                .opt_text(name)
+                .map_err(|e| Error::store("read", e).into())
         }
-    };
-    Ok(DeadLetterEntry {
-        attempts: count("attempts")?,
-        exhausted: row.int("exhausted").map_err(e)? != 0,
-        failures: count("failures")?,
-        first_failed_at: from_ms(&id_text, row.int("first_failed_at").map_err(e)?)?,
-        last_failed_at: from_ms(&id_text, row.int("last_failed_at").map_err(e)?)?,
-        consumer_id: row.text("consumer_id").map_err(e)?,
-        id,
-        message,
-        origin,
-        error,
-        replay,
-    })
+        fn int(&self, name: &str) -> mq_core::Result<Option<i64>> {
+            self.0
+                .opt_int(name)
+                .map_err(|e| Error::store("read", e).into())
+        }
+    }
+    DeadLetterEntry::from_fields(&Fields(row))
 }
 
 /// Splits a migration into statements (separated by `;` at the end of a line).

@@ -11,7 +11,8 @@ use crate::sql::{self, Dialect, SqlDeadLetterStore};
 ///
 /// ```no_run
 /// # async fn f(pool: sqlx::SqlitePool) -> mq_dlq::Result<()> {
-/// use mq_dlq::{DeadLetterStore, SqliteDeadLetterStore};
+/// use mq_dlq::SqliteDeadLetterStore;
+/// use mq_core::DeadLetterStore;
 ///
 /// let store = SqliteDeadLetterStore::new(pool, mq_dlq::DEFAULT_TABLE)?;
 /// store.migrate().await?;

@@ -21,10 +21,10 @@ use mq_core::{
 };
 use mq_memory::{InMemoryOptions, InMemoryQueue};
 
-use crate::entry::{EntryId, ReplayMark, ReplayState};
-use crate::filter::DeadLetterFilter;
 use crate::replay::{REPLAY_ORIGINAL_ID_KEY, ReplayOptions, Replayer};
-use crate::store::DeadLetterStore;
+use mq_core::DeadLetterFilter;
+use mq_core::DeadLetterStore;
+use mq_core::{EntryId, ReplayMark, ReplayState};
 
 /// Builds isolated dead-letter stores for the conformance cases.
 #[async_trait]
@@ -109,7 +109,7 @@ impl std::error::Error for Wrapped {
     }
 }
 
-async fn all(store: &dyn DeadLetterStore) -> Vec<crate::DeadLetterEntry> {
+async fn all(store: &dyn DeadLetterStore) -> Vec<mq_core::DeadLetterEntry> {
     store
         .list(&DeadLetterFilter::default())
         .await
@@ -404,12 +404,17 @@ pub async fn works_as_a_queue_sink(factory: &dyn StoreFactory, test: &str) {
     let msgs = (0..3)
         .map(|i| mq_core::NewMessage::new("job", serde_json::json!({ "i": i })).max_attempts(1))
         .collect();
-    queue.publish(&name, msgs).await.expect("publish");
+    queue
+        .publish(&name, msgs)
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let handler = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async move {
         Err::<(), _>(std::io::Error::other("always fails"))
     }));
     let options = mq_core::testkit::fast_options();
-    queue
+    let _report = queue
         .consume_batch(&name, handler, &options)
         .await
         .expect("batch");
@@ -438,7 +443,8 @@ pub async fn drain(q: &dyn MessageQueue, queue: &QueueName) -> Vec<Message> {
     let options = ConsumerOptions::default()
         .batch_size(1000)
         .lease_duration(Duration::from_secs(30));
-    q.consume_batch(queue, handler, &options)
+    let _report = q
+        .consume_batch(queue, handler, &options)
         .await
         .expect("consume");
     seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -489,7 +495,12 @@ pub async fn replay_resumes_without_duplicates(factory: &dyn StoreFactory, test:
             let m = mq_core::NewMessage::new("t", serde_json::json!({}))
                 .id(mark.message_id.clone())
                 .log_context(REPLAY_ORIGINAL_ID_KEY, e.message.id.as_str());
-            queue.publish(&name, vec![m]).await.expect("publish");
+            queue
+                .publish(&name, vec![m])
+                .await
+                .expect("publish")
+                .into_result()
+                .expect("every message stored");
         }
         if i < 2 {
             store

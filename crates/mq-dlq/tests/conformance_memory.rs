@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use mq_core::DeadLetterStore;
 use mq_dlq::testkit::StoreFactory;
-use mq_dlq::{DeadLetterStore, MemoryDeadLetterStore};
+use mq_memory::MemoryDeadLetterStore;
 
 struct Memory;
 

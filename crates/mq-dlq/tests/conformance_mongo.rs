@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
+use mq_core::DeadLetterStore;
 use mq_core::testkit::service_url;
+use mq_dlq::MongoDeadLetterStore;
 use mq_dlq::testkit::{StoreFactory, table_name};
-use mq_dlq::{DeadLetterStore, MongoDeadLetterStore};
 
 struct Mongo;
 

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
+use mq_core::DeadLetterStore;
 use mq_core::testkit::service_url;
 use mq_dlq::testkit::{StoreFactory, table_name};
-use mq_dlq::{DeadLetterStore, MySqlDeadLetterStore, PgDeadLetterStore, SqliteDeadLetterStore};
+use mq_dlq::{MySqlDeadLetterStore, PgDeadLetterStore, SqliteDeadLetterStore};
 use sqlx::Executor;
 
 mod postgres {

@@ -5,12 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use mq_core::{DeadLetterFilter, DeadLetterStore};
 use mq_core::{MessageQueue, QueueName};
 use mq_dlq::testkit::letter;
-use mq_dlq::{
-    DeadLetterFilter, DeadLetterStore, DepthReporter, MemoryDeadLetterStore, ReplayOptions,
-    Replayer,
-};
+use mq_dlq::{DepthReporter, ReplayOptions, Replayer};
+use mq_memory::MemoryDeadLetterStore;
 
 fn depths(s: &Snapshotter) -> HashMap<String, f64> {
     s.snapshot()

@@ -6,13 +6,12 @@ use std::time::Duration;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+use mq_core::{DeadLetterFilter, DeadLetterStore};
 use mq_core::{DeadLetterOrigin, DeadLetterSink, QueueName};
 use mq_dlq::testkit::letter;
-use mq_dlq::{
-    DeadLetterFilter, DeadLetterStore, KinesisDeadLetterSink, MemoryDeadLetterStore,
-    dead_letter_from_message,
-};
+use mq_dlq::{KinesisDeadLetterSink, dead_letter_from_message};
 use mq_kinesis::{KinesisProducer, ProducerOptions, decode_record};
+use mq_memory::MemoryDeadLetterStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_round_trip_through_the_stream() {

@@ -4,13 +4,12 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
+use mq_core::{DeadLetterFilter, DeadLetterStore, ReplayState};
 use mq_core::{MessageQueue, QueueName};
 use mq_dlq::testkit::{drain, letter};
-use mq_dlq::{
-    DeadLetterFilter, DeadLetterStore, MemoryDeadLetterStore, REPLAY_ENTRY_KEY, ReplayOptions,
-    ReplayState, Replayer,
-};
+use mq_dlq::{REPLAY_ENTRY_KEY, ReplayOptions, Replayer};
 use mq_memory::InMemoryQueue;
+use mq_memory::MemoryDeadLetterStore;
 
 async fn store_with(n: usize, queue: &str) -> Arc<MemoryDeadLetterStore> {
     let store = Arc::new(MemoryDeadLetterStore::new());

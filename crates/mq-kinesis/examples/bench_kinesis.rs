@@ -21,9 +21,10 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
+use mq_core::backend::{AimdOptions, AimdStrategy};
 use mq_core::{
-    AimdOptions, AimdStrategy, Batch, ConsumerOptions, HandlerContext, Message, MessageQueue,
-    NewMessage, QueueName, UlidGenerator, handler_fn,
+    Batch, ConsumerOptions, HandlerContext, Message, MessageQueue, NewMessage, QueueName,
+    UlidGenerator, handler_fn,
 };
 use mq_kinesis::{
     InMemoryLeaseStore, KinesisOptions, KinesisProducer, KinesisQueue, ProducerOptions,

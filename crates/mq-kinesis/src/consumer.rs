@@ -15,11 +15,11 @@ use aws_sdk_kinesis::types::{Record, ShardIteratorType};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, TimeZone, Utc};
 use futures::FutureExt;
+use mq_core::backend::{AdaptiveStrategy, BatchResult, ShardKey};
 use mq_core::{
-    AdaptiveStrategy, Batch, BatchReport, BatchResult, CommonOptions, ConsumerInfo,
-    ConsumerOptions, DeadLetter, DeadLetterOrigin, DisconnectReason, ErrorChain, Handler,
-    HandlerContext, LifecycleEvent, Message, MessageId, MessageInfo, Outcome, Outcomes, QueueName,
-    ShardKey, Status,
+    Batch, BatchReport, CommonOptions, ConsumerInfo, ConsumerOptions, DeadLetter, DeadLetterOrigin,
+    DisconnectReason, ErrorChain, Handler, HandlerContext, LifecycleEvent, Message, MessageId,
+    MessageInfo, Outcome, Outcomes, QueueName, Status,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use mq_core::{ConsumerInfo, ConsumerStopper, DisconnectReason, ErrorChain, LifecycleEvent};
+use mq_core::backend::ConsumerStopper;
+use mq_core::{ConsumerInfo, DisconnectReason, ErrorChain, LifecycleEvent};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

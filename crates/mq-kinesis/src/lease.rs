@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use mq_core::{CheckpointOutcome, compare_sequence_numbers};
+pub use mq_core::backend::{CheckpointOutcome, compare_sequence_numbers};
 
 use crate::error::Result;
 
@@ -57,7 +57,7 @@ pub struct LeaseState {
 /// [`FileLeaseStore`](crate::FileLeaseStore) and [`InMemoryLeaseStore`](crate::InMemoryLeaseStore)
 /// for one machine, and [`DurableLeaseStore`](crate::DurableLeaseStore), which keeps the
 /// checkpoints and the epoch fence of any of them in a durable
-/// [`CheckpointStore`](mq_core::CheckpointStore) (SQL, MongoDB) so they survive a lease store
+/// [`CheckpointStore`](mq_core::backend::CheckpointStore) (SQL, MongoDB) so they survive a lease store
 /// that loses its data. Every implementation passes the conformance suite in
 /// `mq_kinesis::testkit` (feature `testkit`).
 ///

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mq_core::{CheckpointStore, StoredCheckpoint};
+use mq_core::backend::{CheckpointStore, StoredCheckpoint};
 
 use crate::error::{Error, Result};
 use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore};
@@ -39,7 +39,7 @@ use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore};
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use mq_core::MemoryCheckpointStore;
+/// use mq_core::backend::MemoryCheckpointStore;
 /// use mq_kinesis::{CheckpointOutcome, DurableLeaseStore, InMemoryLeaseStore, LeaseStore};
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -78,7 +78,7 @@ impl DurableLeaseStore {
     ///
     /// let store = DurableLeaseStore::new(
     ///     Arc::new(InMemoryLeaseStore::new()),
-    ///     Arc::new(mq_core::MemoryCheckpointStore::new()),
+    ///     Arc::new(mq_core::backend::MemoryCheckpointStore::new()),
     /// );
     /// let options = KinesisOptions::new(Arc::new(store));
     /// # let _ = options;
@@ -98,7 +98,7 @@ impl DurableLeaseStore {
     /// # use std::sync::Arc;
     /// # let store = mq_kinesis::DurableLeaseStore::new(
     /// #     Arc::new(mq_kinesis::InMemoryLeaseStore::new()),
-    /// #     Arc::new(mq_core::MemoryCheckpointStore::new()));
+    /// #     Arc::new(mq_core::backend::MemoryCheckpointStore::new()));
     /// let leases = store.lease_store();
     /// # let _ = leases;
     /// ```
@@ -114,7 +114,7 @@ impl DurableLeaseStore {
     /// # use std::sync::Arc;
     /// # let store = mq_kinesis::DurableLeaseStore::new(
     /// #     Arc::new(mq_kinesis::InMemoryLeaseStore::new()),
-    /// #     Arc::new(mq_core::MemoryCheckpointStore::new()));
+    /// #     Arc::new(mq_core::backend::MemoryCheckpointStore::new()));
     /// let checkpoints = store.checkpoint_store();
     /// # let _ = checkpoints;
     /// ```

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use mq_core::normalize_sequence_number;
+use mq_core::backend::normalize_sequence_number;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use mq_core::normalize_sequence_number;
+use mq_core::backend::normalize_sequence_number;
 
 use crate::error::{Error, Result};
 use crate::lease::{

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::prelude::{Builder, Client, ClientLike, Config, ReconnectPolicy, Value};
 use fred::types::scripts::Script;
-use mq_core::normalize_sequence_number;
+use mq_core::backend::normalize_sequence_number;
 
 use crate::error::{Error, Result};
 use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, ttl_ms};

@@ -7,7 +7,7 @@
 //! - [`LeaseStore`] with three implementations: [`RedisLeaseStore`] (Lua scripts, server time,
 //!   Redis Cluster safe), [`FileLeaseStore`] and [`InMemoryLeaseStore`]. Leases are fenced by an
 //!   epoch; checkpoints only move forward. [`DurableLeaseStore`] pairs any of them with a durable
-//!   [`mq_core::CheckpointStore`] (SQL or MongoDB) so checkpoints and the fence survive a Redis
+//!   [`mq_core::backend::CheckpointStore`] (SQL or MongoDB) so checkpoints and the fence survive a Redis
 //!   that loses its data.
 //! - Fleet coordination: every instance computes the same [`balanced_assignment`] from the live
 //!   members, rebalances within about a second of a join or a departure, hands shards off
@@ -32,7 +32,7 @@
 //! let queue = KinesisQueue::connect(KinesisOptions::new(Arc::new(leases)).region("eu-west-1")).await?;
 //! let orders = QueueName::new("orders")?;
 //! queue.register(&orders).await?;
-//! queue.publish(&orders, vec![NewMessage::new("created", serde_json::json!({"id": 1}))]).await?;
+//! queue.publish(&orders, vec![NewMessage::new("created", serde_json::json!({"id": 1}))]).await?.into_result()?;
 //! let handler = Arc::new(handler_fn(|batch: Batch, _ctx: HandlerContext| async move {
 //!     println!("{} records", batch.len());
 //! }));

@@ -10,10 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
+use mq_core::backend::{AdaptiveStrategy, AimdStrategy, ConsumerStopper, prepare_messages};
 use mq_core::{
-    AdaptiveStrategy, AimdStrategy, BatchReport, CommonOptions, ConsumerHandle, ConsumerInfo,
-    ConsumerOptions, ConsumerStopper, Handler, LifecycleEvent, MessageInfo, MessageQueue,
-    PublishFailure, PublishReport, QueueName, prepare_messages,
+    BatchReport, CommonOptions, ConsumerHandle, ConsumerInfo, ConsumerOptions, Handler,
+    LifecycleEvent, MessageInfo, MessageQueue, PublishFailure, PublishReport, QueueName,
 };
 use tokio_util::sync::CancellationToken;
 

@@ -9,11 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use emulator::Emulator;
+use mq_core::backend::{AimdOptions, AimdStrategy};
 use mq_core::testkit::{eventually, fast_options};
-use mq_core::{
-    AimdOptions, AimdStrategy, Batch, HandlerContext, MessageQueue, NewMessage, QueueName,
-    handler_fn,
-};
+use mq_core::{Batch, HandlerContext, MessageQueue, NewMessage, QueueName, handler_fn};
 use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue};
 
 /// Consumes at least 8 batches from a backlog of 1,000 messages on one shard with a handler that takes `handler_time`; the batch sizes

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use emulator::Emulator;
+use mq_core::backend::{AimdOptions, AimdStrategy};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
 use mq_core::{
-    AimdOptions, AimdStrategy, Batch, CommonOptions, DispatchMode, HandlerContext,
-    LifecycleDispatcher, MessageQueue, NewMessage, QueueName, handler_fn,
+    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, MessageQueue,
+    NewMessage, QueueName, handler_fn,
 };
 use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue};
 

@@ -19,11 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use emulator::Emulator;
+use mq_core::backend::{AimdOptions, AimdStrategy};
 use mq_core::testkit::{DeliveryLedger, eventually, fast_options};
-use mq_core::{
-    AimdOptions, AimdStrategy, Batch, HandlerContext, MessageQueue, NewMessage, QueueName,
-    handler_fn,
-};
+use mq_core::{Batch, HandlerContext, MessageQueue, NewMessage, QueueName, handler_fn};
 use mq_kinesis::{DurableLeaseStore, KinesisOptions, KinesisQueue, LeaseStore, RedisLeaseStore};
 use recorder::Recorder;
 use redis_server::RedisServer;

@@ -10,10 +10,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use emulator::{Emulator, ReadThrottle, client};
+use mq_core::backend::{AimdOptions, AimdStrategy};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
 use mq_core::{
-    AimdOptions, AimdStrategy, Batch, CommonOptions, DispatchMode, HandlerContext,
-    LifecycleDispatcher, LifecycleEvent, MessageQueue, NewMessage, QueueName, handler_fn,
+    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, LifecycleEvent,
+    MessageQueue, NewMessage, QueueName, handler_fn,
 };
 use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue, ShardOptions};
 

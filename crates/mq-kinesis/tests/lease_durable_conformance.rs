@@ -9,7 +9,7 @@ mod redis_keys;
 
 use std::sync::Arc;
 
-use mq_core::MemoryCheckpointStore;
+use mq_core::backend::MemoryCheckpointStore;
 use mq_kinesis::testkit::LeaseStoreFactory;
 use mq_kinesis::{DurableLeaseStore, InMemoryLeaseStore, LeaseStore, RedisLeaseStore};
 

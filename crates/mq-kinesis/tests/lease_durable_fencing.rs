@@ -10,7 +10,7 @@ mod redis_server;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mq_core::CheckpointStore;
+use mq_core::backend::CheckpointStore;
 use mq_kinesis::{CheckpointOutcome, DurableLeaseStore, LeaseStore, RedisLeaseStore};
 use redis_server::RedisServer;
 

@@ -5,13 +5,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::Utc;
-use futures::FutureExt;
+use mq_core::backend::{ConsumerStopper, HandlerRunner, Settlement, prepare_messages};
 use mq_core::{
     Batch, BatchReport, CommonOptions, ConsumerHandle, ConsumerInfo, ConsumerOptions,
-    ConsumerStopper, DeadLetter, DeadLetterOrigin, DisconnectReason, Error, ErrorChain, Handler,
-    HandlerContext, LifecycleEvent, Message, MessageInfo, MessageQueue, NewMessage, Outcome,
-    Outcomes, PublishFailure, PublishReport, QueueName, Result, Status, async_trait,
-    prepare_messages,
+    DisconnectReason, Error, ErrorChain, Handler, LifecycleEvent, Message, MessageInfo,
+    MessageQueue, NewMessage, Outcome, PublishFailure, PublishReport, QueueName, Result, Status,
+    async_trait,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +65,7 @@ struct Inner {
 #[derive(Clone)]
 struct Attached {
     id: String,
-    handler: Arc<dyn Handler>,
+    runner: Arc<HandlerRunner>,
     options: ConsumerOptions,
     stopper: ConsumerStopper,
 }
@@ -132,86 +131,29 @@ impl ImmediateQueue {
         report: &mut PublishReport,
         indexes: &[usize],
     ) {
-        let lc = self.inner.common.get_lifecycle();
-        let now = Utc::now();
-        for m in &messages {
-            lc.emit_with(|| LifecycleEvent::Consumed {
-                message: MessageInfo::of(m, BACKEND),
-                consumer_id: consumer.id.clone(),
-                age: (now - m.created_at).to_std().unwrap_or_default(),
-            });
-        }
-        let timeout = consumer.options.get_handler_timeout();
-        let token = consumer.stopper.abort_token().child_token();
-        let started = tokio::time::Instant::now();
-        let ctx = HandlerContext::new(
-            messages[0].queue.clone(),
-            consumer.id.clone(),
-            None,
-            token.clone(),
-            Some(started + timeout),
-        );
-        let batch = Batch::from(messages.clone());
-        let span = batch.tracing_span(BACKEND, None);
-        let fut = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(
-            consumer.handler.handle(batch, ctx),
-            span,
-        ))
-        .catch_unwind();
-        tokio::pin!(fut);
-        let mut timed_out = false;
-        let outcomes = tokio::select! {
-            o = &mut fut => o,
-            () = tokio::time::sleep(timeout) => {
-                timed_out = true;
-                token.cancel();
-                // The handler is awaited, never abandoned while it still runs.
-                fut.await
-            }
-        };
-        let outcomes = outcomes.unwrap_or_else(|panic| {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic".into());
-            Outcomes::retry_all(ErrorChain::msg(format!("handler panicked: {msg}")))
-        });
-        let took = started.elapsed();
-        let cancelled = token.is_cancelled();
+        let runner = &consumer.runner;
+        runner.emit_consumed(&messages);
+        let run = runner
+            .run(
+                Batch::from(messages.clone()),
+                consumer.stopper.abort_token(),
+                None,
+            )
+            .await;
+        // Nothing is stored, so nothing is retried here: whatever the handler did not
+        // acknowledge goes back to the publisher in the report.
+        let mut settled = Vec::with_capacity(messages.len());
         let mut letters = Vec::new();
         for (m, index) in messages.into_iter().zip(indexes) {
-            let mut outcome = outcomes.get(&m.id).clone();
-            if cancelled && matches!(outcome, Outcome::Retry { .. }) {
-                let why = if timed_out {
-                    format!("handler timed out after {timeout:?}")
-                } else {
-                    "handler cancelled by shutdown".to_owned()
-                };
-                outcome = Outcome::Retry {
-                    after: None,
-                    error: Some(ErrorChain::msg(why)),
-                };
-            }
-            match outcome {
+            let settlement = match run.outcome_of(&m.id) {
                 Outcome::Ack => {
-                    lc.emit_with(|| LifecycleEvent::Acked {
-                        message: MessageInfo::of(&m, BACKEND),
-                        consumer_id: consumer.id.clone(),
-                        handler_duration: took,
-                    });
-                    report.published.push(m.id);
+                    report.published.push(m.id.clone());
+                    Settlement::Ack
                 }
                 Outcome::Fail { error } | Outcome::DeadLetter { error } => {
-                    let status = if matches!(outcomes.get(&m.id), Outcome::DeadLetter { .. }) {
+                    let status = if matches!(run.outcomes.get(&m.id), Outcome::DeadLetter { .. }) {
                         Status::DeadLettered
                     } else {
-                        lc.emit_with(|| LifecycleEvent::Failed {
-                            message: MessageInfo::of(&m, BACKEND),
-                            consumer_id: consumer.id.clone(),
-                            error: error.clone(),
-                            exhausted: false,
-                        });
                         Status::Failed
                     };
                     report.failed.push(PublishFailure::new(
@@ -222,16 +164,14 @@ impl ImmediateQueue {
                             outcome: format!("{status}: {error}"),
                         },
                     ));
-                    let mut m = m;
-                    m.status = status;
-                    let origin = DeadLetterOrigin::backend(BACKEND);
-                    letters.push(DeadLetter::new(
-                        m,
-                        origin,
+                    let mut letter = m.clone();
+                    letter.status = status;
+                    letters.push(runner.dead_letter(letter, error.clone(), false, None));
+                    Settlement::Finish {
+                        status,
                         error,
-                        false,
-                        consumer.id.clone(),
-                    ));
+                        exhausted: false,
+                    }
                 }
                 other => {
                     let text = match &other {
@@ -242,29 +182,20 @@ impl ImmediateQueue {
                         *index,
                         Some(m.id.clone()),
                         Error::NotAcknowledged {
-                            id: m.id,
+                            id: m.id.clone(),
                             outcome: text,
                         },
                     ));
+                    continue;
                 }
-            }
+            };
+            settled.push((m, settlement));
         }
+        let mut dead_lettered = false;
         if let (false, Some(sink)) = (letters.is_empty(), self.inner.common.get_dead_letters()) {
             let count = letters.len();
-            let infos: Vec<(MessageInfo, ErrorChain)> = letters
-                .iter()
-                .map(|l| (MessageInfo::of(&l.message, BACKEND), l.error.clone()))
-                .collect();
             match sink.dead_letter(letters).await {
-                Ok(()) => {
-                    for (message, error) in infos {
-                        lc.emit(LifecycleEvent::DeadLettered {
-                            message,
-                            consumer_id: consumer.id.clone(),
-                            error,
-                        });
-                    }
-                }
+                Ok(()) => dead_lettered = true,
                 Err(source) => {
                     // Nothing is stored here: the publish report already lists these messages
                     // as not acknowledged, so the publisher still learns of them.
@@ -272,6 +203,9 @@ impl ImmediateQueue {
                     tracing::error!(error = %err, chain = %ErrorChain::from_error(&err), "mq: dead-letter store failed");
                 }
             }
+        }
+        for (m, settlement) in &settled {
+            runner.emit_settled(m, settlement, run.took, dead_lettered);
         }
     }
 }
@@ -357,9 +291,17 @@ impl MessageQueue for ImmediateQueue {
             &self.inner.abort,
             options.get_shutdown_grace(),
         );
+        let runner = HandlerRunner::new(
+            handler,
+            BACKEND,
+            q.clone(),
+            id.clone(),
+            options.get_handler_timeout(),
+            self.inner.common.get_lifecycle().clone(),
+        );
         let attached = Attached {
             id: id.clone(),
-            handler,
+            runner: Arc::new(runner),
             options,
             stopper: stopper.clone(),
         };

@@ -5,6 +5,8 @@
 //!   when the process exits.
 //! - [`ImmediateQueue`]: no storage; publishing runs the consumer's handler on the spot and
 //!   reports what it did not acknowledge.
+//! - [`MemoryDeadLetterStore`]: dead letters in process memory, listable and replayable like the
+//!   durable stores.
 //!
 //! # Examples
 //!
@@ -18,7 +20,7 @@
 //! let queue = InMemoryQueue::new(InMemoryOptions::default());
 //! let emails = QueueName::new("emails")?;
 //! queue.register(&emails).await?;
-//! queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?;
+//! queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?.into_result()?;
 //!
 //! let handler = Arc::new(handler_fn(|batch: Batch, _ctx: HandlerContext| async move {
 //!     assert_eq!(batch[0].message_type, "welcome");
@@ -31,10 +33,12 @@
 
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 
+mod dead_letters;
 mod immediate;
 mod memory;
 mod store;
 
+pub use dead_letters::MemoryDeadLetterStore;
 pub use immediate::ImmediateQueue;
 pub use memory::{InMemoryOptions, InMemoryQueue};
 pub use store::MemoryStore;

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
+use mq_core::backend::PollingQueue;
 use mq_core::{
     BatchReport, CommonOptions, ConsumerHandle, ConsumerOptions, Handler, Message, MessageQueue,
-    NewMessage, PollingQueue, PublishReport, QueueName, Result, async_trait,
+    NewMessage, PublishReport, QueueName, Result, async_trait,
 };
 
 use crate::store::MemoryStore;
@@ -74,7 +75,7 @@ impl InMemoryOptions {
 /// let consumer = queue
 ///     .consume(&q, Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {})), ConsumerOptions::default())
 ///     .await?;
-/// queue.publish(&q, vec![NewMessage::new("ping", serde_json::Value::Null)]).await?;
+/// queue.publish(&q, vec![NewMessage::new("ping", serde_json::Value::Null)]).await?.into_result()?;
 /// consumer.stop().await;
 /// # Ok(())
 /// # }

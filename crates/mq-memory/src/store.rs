@@ -6,11 +6,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use mq_core::store::duplicate_id;
-use mq_core::{
-    Claim, Claimed, Completion, CompletionAction, Message, MessageId, QueueName, QueueStore,
-    Result, Status, async_trait,
-};
+use mq_core::backend::duplicate_id;
+use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, QueueStore};
+use mq_core::{Message, MessageId, QueueName, Result, Status, async_trait};
 use tokio::sync::Notify;
 
 /// Keeps messages in process memory, with the same claim and lease rules as the durable stores.

@@ -73,7 +73,12 @@ async fn handler_span(queue: Arc<dyn MessageQueue>, spans: &SpanFields) -> HashM
         )
         .await
         .unwrap();
-    queue.publish(&name, messages()).await.unwrap();
+    queue
+        .publish(&name, messages())
+        .await
+        .unwrap()
+        .into_result()
+        .expect("every message stored");
     eventually(Duration::from_secs(5), "the batch is handled", || {
         !seen.lock().unwrap().is_empty()
     })

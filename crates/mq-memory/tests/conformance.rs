@@ -2,8 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use mq_core::backend::QueueStore;
 use mq_core::testkit::QueueFactory;
-use mq_core::{CommonOptions, MessageQueue, QueueStore, async_trait};
+use mq_core::{CommonOptions, MessageQueue, async_trait};
 use mq_memory::{InMemoryOptions, InMemoryQueue};
 
 /// Every queue has its own store, so each case is isolated by construction.

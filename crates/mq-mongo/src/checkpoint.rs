@@ -8,8 +8,9 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
-use mq_core::{
-    CheckpointOutcome, CheckpointStore, StoredCheckpoint, async_trait, normalize_sequence_number,
+use mq_core::async_trait;
+use mq_core::backend::{
+    CheckpointOutcome, CheckpointStore, StoredCheckpoint, normalize_sequence_number,
 };
 
 use crate::document::date;
@@ -24,7 +25,7 @@ const DUPLICATE_KEY: i32 = 11000;
 const ROUNDS: usize = 64;
 
 /// Durable shard checkpoints with an epoch fence, in one MongoDB collection: the
-/// [`mq_core::CheckpointStore`] that mq-kinesis pairs with a lease store that may lose its data
+/// [`mq_core::backend::CheckpointStore`] that mq-kinesis pairs with a lease store that may lose its data
 /// (Redis without persistence).
 ///
 /// One document per (stream, shard), keyed `{_id: {s: <stream>, h: <shard>}}`, holding the
@@ -39,7 +40,7 @@ const ROUNDS: usize = 64;
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use mq_core::CheckpointStore;
+/// use mq_core::backend::CheckpointStore;
 /// use mq_mongo::MongoCheckpointStore;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -34,7 +34,7 @@
 //! .await?;
 //! let emails = QueueName::new("emails")?;
 //! queue.register(&emails).await?;
-//! queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?;
+//! queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?.into_result()?;
 //!
 //! let handler = Arc::new(handler_fn(|batch: Batch, _ctx: HandlerContext| async move {
 //!     assert_eq!(batch[0].message_type, "welcome");

@@ -6,9 +6,10 @@ use std::time::Duration;
 use mongodb::Client;
 use mongodb::bson::doc;
 use mongodb::options::ClientOptions;
+use mq_core::backend::PollingQueue;
 use mq_core::{
     BatchReport, CommonOptions, ConsumerHandle, ConsumerOptions, Handler, MessageQueue, NewMessage,
-    PollingQueue, PublishReport, QueueName, async_trait,
+    PublishReport, QueueName, async_trait,
 };
 
 use crate::error::{Error, Result};
@@ -40,7 +41,7 @@ use crate::store::MongoStore;
 /// .await?;
 /// let emails = QueueName::new("emails")?;
 /// queue.register(&emails).await?;
-/// queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?;
+/// queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?.into_result()?;
 /// let handler = Arc::new(handler_fn(|_batch: Batch, _ctx: HandlerContext| async {}));
 /// let consumer = queue.consume(&emails, handler, ConsumerOptions::default()).await?;
 /// consumer.stop().await;

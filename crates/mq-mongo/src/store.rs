@@ -13,11 +13,9 @@ use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::error::ErrorKind;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
-use mq_core::store::duplicate_id;
-use mq_core::{
-    Claim, Claimed, Completion, CompletionAction, Message, QueueName, QueueStore, Result, Status,
-    async_trait,
-};
+use mq_core::backend::duplicate_id;
+use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, QueueStore};
+use mq_core::{Message, QueueName, Result, Status, async_trait};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

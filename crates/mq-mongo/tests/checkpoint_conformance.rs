@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use mq_core::async_trait;
+use mq_core::backend::CheckpointStore;
 use mq_core::testkit::checkpoint::CheckpointStoreFactory;
 use mq_core::testkit::service_url;
-use mq_core::{CheckpointStore, async_trait};
 use mq_mongo::MongoCheckpointStore;
 
 struct Mongo;

@@ -2,8 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use mq_core::backend::QueueStore;
 use mq_core::testkit::{QueueFactory, service_url};
-use mq_core::{CommonOptions, MessageQueue, QueueStore, async_trait};
+use mq_core::{CommonOptions, MessageQueue, async_trait};
 use mq_mongo::{MongoOptions, MongoQueue};
 
 /// Each case gets its own database, named after the case and dropped when the case starts (a

@@ -5,13 +5,15 @@
 //! stored one by (length, text)); anything else (a first write, a refused write that must be told
 //! apart as fenced or not forward, an epoch observation, an operator override) runs in one
 //! transaction that locks the shard's row, decides with
-//! [`CheckpointOutcome::decide`](mq_core::CheckpointOutcome::decide) and writes.
+//! [`CheckpointOutcome::decide`](mq_core::backend::CheckpointOutcome::decide) and writes.
 
 use std::fmt;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mq_core::{CheckpointOutcome, CheckpointStore, StoredCheckpoint, normalize_sequence_number};
+use mq_core::backend::{
+    CheckpointOutcome, CheckpointStore, StoredCheckpoint, normalize_sequence_number,
+};
 
 use crate::options::validate_table;
 
@@ -29,7 +31,7 @@ pub const DEFAULT_CHECKPOINT_TABLE: &str = "mq_checkpoints";
 const ATTEMPTS: usize = 20;
 
 /// Durable shard checkpoints with an epoch fence, in one table of database `DB`
-/// (`sqlx::Postgres`, `sqlx::MySql` or `sqlx::Sqlite`): the [`mq_core::CheckpointStore`] that
+/// (`sqlx::Postgres`, `sqlx::MySql` or `sqlx::Sqlite`): the [`mq_core::backend::CheckpointStore`] that
 /// mq-kinesis pairs with a lease store that may lose its data (Redis without persistence).
 ///
 /// One row per (stream, shard): the sequence number (decimal text without leading zeros, and its
@@ -46,7 +48,7 @@ const ATTEMPTS: usize = 20;
 /// # #[cfg(feature = "postgres")]
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use mq_core::CheckpointStore;
+/// use mq_core::backend::CheckpointStore;
 /// use mq_sql::PgCheckpointStore;
 ///
 /// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/app").await?;

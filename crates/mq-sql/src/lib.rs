@@ -6,7 +6,7 @@
 //! messages are claimed again once the lease expires; completions are fenced by the claim
 //! (owner + attempt + unexpired lease), so a consumer whose lease lapsed cannot ack. Ack, retry
 //! and fail are written in one statement per batch. The consumer runtime (retries, timeouts,
-//! dead letters, shutdown) is [`mq_core::PollingQueue`].
+//! dead letters, shutdown) is [`mq_core::backend::PollingQueue`].
 //!
 //! Also: `LISTEN/NOTIFY` wake-up on PostgreSQL (polling elsewhere, and as the fallback),
 //! retention of finished rows in bounded batches ([`SqlOptions::retention`],
@@ -29,7 +29,7 @@
 //! let queue = SqliteQueue::connect("sqlite://mq.db?mode=rwc", SqlOptions::default(), CommonOptions::default()).await?;
 //! let emails = QueueName::new("emails")?;
 //! queue.register(&emails).await?;
-//! queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?;
+//! queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?.into_result()?;
 //! let handler = Arc::new(handler_fn(|batch: Batch, _ctx: HandlerContext| async move {
 //!     println!("{} messages", batch.len());
 //! }));

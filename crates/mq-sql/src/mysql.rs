@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
-use mq_core::{Claim, Claimed, Completion, Message, QueueName, QueueStore};
+use mq_core::backend::{Claim, Claimed, Completion, QueueStore};
+use mq_core::{Message, QueueName};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{AssertSqlSafe, Executor, MySql, MySqlConnection, MySqlPool, Row};
 

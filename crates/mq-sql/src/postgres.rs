@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mq_core::{
-    Claim, Claimed, Completion, Message, NewMessage, PublishFailure, PublishReport, QueueName,
-    QueueStore,
-};
+use mq_core::backend::{Claim, Claimed, Completion, QueueStore};
+use mq_core::{Message, NewMessage, PublishFailure, PublishReport, QueueName};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};

@@ -4,9 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mq_core::backend::{PollingQueue, QueueStore};
 use mq_core::{
     BatchReport, CommonOptions, ConsumerHandle, ConsumerOptions, Handler, MessageQueue, NewMessage,
-    PollingQueue, PublishReport, QueueName, QueueStore,
+    PublishReport, QueueName,
 };
 
 use crate::store::SqlStore;
@@ -30,7 +31,7 @@ use crate::store::SqlStore;
 /// let queue = SqliteQueue::connect("sqlite://mq.db?mode=rwc", SqlOptions::default(), CommonOptions::default()).await?;
 /// let emails = QueueName::new("emails")?;
 /// queue.register(&emails).await?;
-/// queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?;
+/// queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?.into_result()?;
 /// # Ok(()) }
 /// ```
 pub struct SqlQueue<DB: sqlx::Database> {

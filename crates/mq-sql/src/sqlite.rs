@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mq_core::{Claim, Claimed, Completion, Message, QueueName, QueueStore};
+use mq_core::backend::{Claim, Claimed, Completion, QueueStore};
+use mq_core::{Message, QueueName};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };

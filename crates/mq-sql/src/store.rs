@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mq_core::{Completion, CompletionAction, Message, MessageId, Metadata, QueueName, Status};
+use mq_core::backend::{Completion, CompletionAction};
+use mq_core::{Message, MessageId, Metadata, QueueName, Status};
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +20,7 @@ use crate::options::SqlOptions;
 /// The statuses retention removes.
 pub(crate) const FINISHED: [&str; 4] = ["executed", "failed", "expired", "dead_lettered"];
 
-/// A [`QueueStore`](mq_core::QueueStore) over one SQL table, for database `DB`
+/// A [`QueueStore`](mq_core::backend::QueueStore) over one SQL table, for database `DB`
 /// (`sqlx::Postgres`, `sqlx::MySql` or `sqlx::Sqlite`).
 ///
 /// Most users want [`SqlQueue`](crate::SqlQueue), which wraps it; the store alone is for
@@ -405,16 +406,16 @@ pub(crate) fn match_inserted(
                 *n -= 1;
                 Ok(())
             }
-            _ => Err(mq_core::store::duplicate_id(queue, &m.id)),
+            _ => Err(mq_core::backend::duplicate_id(queue, &m.id)),
         })
         .collect()
 }
 
 /// The claims whose id is not in `applied`.
 pub(crate) fn not_applied(
-    claims: impl Iterator<Item = mq_core::Claim>,
+    claims: impl Iterator<Item = mq_core::backend::Claim>,
     applied: Vec<String>,
-) -> Vec<mq_core::Claim> {
+) -> Vec<mq_core::backend::Claim> {
     let applied: std::collections::HashSet<String> = applied.into_iter().collect();
     claims
         .filter(|c| !applied.contains(c.id.as_str()))

@@ -7,7 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use mq_core::{Claim, CommonOptions, Completion, CompletionAction, ErrorChain, NewMessage, Status};
+use mq_core::backend::{Claim, Completion, CompletionAction};
+use mq_core::{CommonOptions, ErrorChain, NewMessage, Status};
 use support::{
     Db, connect_queue, connect_store_with, count_rows, drop_table, options, require, table_name,
 };

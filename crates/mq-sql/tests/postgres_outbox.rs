@@ -114,7 +114,9 @@ async fn notify_wakes_an_idle_consumer_of_another_instance() {
     publisher_side
         .publish(&name, vec![NewMessage::new("x", serde_json::json!({}))])
         .await
-        .expect("publish");
+        .expect("publish")
+        .into_result()
+        .expect("stored");
     wait_until(Duration::from_secs(10), "notified consumer to run", || {
         let seen = seen.clone();
         async move { seen.load(Ordering::SeqCst) == 1 }

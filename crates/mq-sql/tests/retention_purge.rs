@@ -30,7 +30,11 @@ async fn purge(db: Db, archive: bool) {
             let msgs = (0..25)
                 .map(|i| NewMessage::new("t", serde_json::json!({"i": i})))
                 .collect();
-            q.publish(&name, msgs).await.expect("publish");
+            q.publish(&name, msgs)
+                .await
+                .expect("publish")
+                .into_result()
+                .expect("every message stored");
             let handler = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {}));
             let opts = mq_core::ConsumerOptions::default().batch_size(20);
             let r = q.consume_batch(&name, handler, &opts).await.expect("batch");

@@ -88,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
             () = stop.cancelled() => break,
             _ = publish.tick() => {
                 let batch = (0..10).map(|_| { n += 1; NewMessage::new("demo", serde_json::json!({ "n": n })) }).collect();
-                queue.publish(&jobs, batch).await?;
+                queue.publish(&jobs, batch).await?.into_result()?;
             }
             accepted = listener.accept() => {
                 let (mut socket, _) = accepted?;

@@ -5,29 +5,35 @@
 //! Every backend implements [`MessageQueue`] and passes the same conformance suite, so code
 //! written against the trait runs on any of them.
 //!
-//! This crate only re-exports: the contract from `mq-core` at the root, each backend as a module
-//! with its main types also at the root, each behind its Cargo feature.
+//! This crate only re-exports: what applications use at the root, each backend as a module with
+//! its main types also at the root, each behind its Cargo feature; what backend authors need is
+//! in [`backend`].
 //!
 //! # Quickstart
 //!
 //! ```
-//! use std::sync::Arc;
-//! use mq::{handler_fn, Batch, ConsumerOptions, HandlerContext, InMemoryQueue, MessageQueue, NewMessage, QueueName};
+//! use mq::prelude::*;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Welcome {
+//!     to: String,
+//! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> mq::Result<()> {
 //! let queue = InMemoryQueue::default();
 //! let emails = QueueName::new("emails")?;
 //! queue.register(&emails).await?;
-//! queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?;
+//! queue.publish_json(&emails, "welcome", &[Welcome { to: "a@b.c".into() }]).await?.into_result()?;
 //!
-//! let handler = Arc::new(handler_fn(|batch: Batch, _ctx: HandlerContext| async move {
+//! let handler = handler_fn(|batch: Batch, _ctx: HandlerContext| async move {
 //!     for m in batch.iter() {
-//!         println!("sending {} to {}", m.message_type, m.payload["to"]);
+//!         let welcome: Welcome = m.payload_as()?;
+//!         println!("sending {} to {}", m.message_type, welcome.to);
 //!     }
-//!     Ok::<(), std::io::Error>(())
-//! }));
-//! let report = queue.consume_batch(&emails, handler, &ConsumerOptions::default()).await?;
+//!     Ok::<(), mq::Error>(())
+//! });
+//! let report = queue.consume_batch(&emails, Arc::new(handler), &ConsumerOptions::default()).await?;
 //! assert_eq!(report.acked, 1);
 //! queue.shutdown().await
 //! # }
@@ -37,20 +43,96 @@
 //!
 //! | feature  | default | what it adds |
 //! |----------|---------|--------------|
-//! | `memory` | yes     | [`memory`]: [`InMemoryQueue`] and [`ImmediateQueue`] |
+//! | `memory` | yes     | [`memory`]: [`InMemoryQueue`], [`ImmediateQueue`], [`MemoryDeadLetterStore`] |
 //! | `sql-postgres` |   | [`sql`]: [`PgQueue`] (SKIP LOCKED, LISTEN/NOTIFY, publish inside your transaction) |
 //! | `sql-mysql` |      | [`sql`]: [`MySqlQueue`] (MySQL ≥ 8.0.1, MariaDB ≥ 10.6) |
 //! | `sql-sqlite` |     | [`sql`]: [`SqliteQueue`], the embedded default (bundled SQLite, a local file) |
 //! | `mongo`  |         | [`mongo`]: [`MongoQueue`] (atomic lease-based claims, change-stream wake-up) |
 //! | `kinesis` |        | [`kinesis`]: [`KinesisQueue`], producer, shard consumer, Redis/file/memory lease stores |
-//! | `dlq`    |         | [`dlq`]: dead-letter stores (memory; SQL and MongoDB with their backend features) and the idempotent, rate-limited [`Replayer`] |
+//! | `dlq`    |         | [`dlq`]: the idempotent, rate-limited [`Replayer`] of dead letters |
 //! | `metrics`|         | `MetricsObserver`: lifecycle events as metrics on the `metrics` facade |
 //! | `full`   |         | every backend (for CI and docs.rs) |
+//!
+//! Each backend module re-exports its driver (`mq::sql::sqlx`, `mq::mongo::mongodb`,
+//! `mq::kinesis::aws_sdk_kinesis`, `mq::kinesis::fred`), so the pool or client you hand in is
+//! always of the version mq was built with.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 
-pub use mq_core::*;
+pub use mq_core::{
+    Batch, BatchReport, BoxError, CancellationToken, CommonOptions, ConsumerHandle, ConsumerInfo,
+    ConsumerKind, ConsumerOptions, DeadLetter, DeadLetterEntry, DeadLetterFilter, DeadLetterOrigin,
+    DeadLetterSink, DeadLetterStore, DisconnectReason, DispatchMode, EntryId, EnvSuffixResolver,
+    Error, ErrorChain, Handler, HandlerContext, HandlerFn, IdGenerator, IdentityResolver,
+    IntoOutcomes, LifecycleDispatcher, LifecycleDispatcherBuilder, LifecycleEvent,
+    LifecycleObserver, Message, MessageId, MessageInfo, MessageQueue, MessageQueueExt, Metadata,
+    NewMessage, ObserverError, ObserverFailure, Outcome, Outcomes, PublishFailure, PublishReport,
+    QueueName, QueueNameResolver, QueueStats, ReplayMark, ReplayState, Result, RetryPolicy, Status,
+    UlidGenerator, async_trait, handler_fn,
+};
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use mq_core::MetricsObserver;
+
+/// What a backend author needs: the polling runtime over a [`QueueStore`](backend::QueueStore),
+/// the handler runner, adaptive batch sizing and durable shard checkpoints.
+pub mod backend {
+    pub use mq_core::backend::*;
+}
+
+/// Everything a queue consumer or publisher names: `use mq::prelude::*;`.
+///
+/// The queue traits (so their methods are in scope), the types every consumer writes down
+/// (names, messages, handlers, outcomes, options, errors), `Arc`, and each enabled backend's
+/// queue type.
+///
+/// # Examples
+///
+/// ```
+/// use mq::prelude::*;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> mq::Result<()> {
+/// let queue = InMemoryQueue::default();
+/// let jobs = QueueName::new("jobs")?;
+/// queue.register(&jobs).await?;
+/// let id = queue.publish_one(&jobs, NewMessage::new("ping", serde_json::Value::Null)).await?;
+/// let handler = Arc::new(handler_fn(|batch: Batch, _ctx: HandlerContext| async move {
+///     Outcomes::ack_all().set(batch[0].id.clone(), Outcome::Ack)
+/// }));
+/// let consumer = queue.consume(&jobs, handler, ConsumerOptions::default()).await?;
+/// consumer.stop().await;
+/// # let _ = id;
+/// queue.shutdown().await
+/// # }
+/// ```
+pub mod prelude {
+    pub use std::sync::Arc;
+
+    pub use mq_core::{
+        Batch, ConsumerHandle, ConsumerOptions, Error, Handler, HandlerContext, IntoOutcomes,
+        Message, MessageId, MessageQueue, MessageQueueExt, NewMessage, Outcome, Outcomes,
+        PublishReport, QueueName, Result, RetryPolicy, handler_fn,
+    };
+
+    #[cfg(feature = "memory")]
+    pub use mq_memory::{ImmediateQueue, InMemoryQueue};
+
+    #[cfg(feature = "sql-mysql")]
+    pub use mq_sql::MySqlQueue;
+    #[cfg(feature = "sql-postgres")]
+    pub use mq_sql::PgQueue;
+    #[cfg(feature = "sql-sqlite")]
+    pub use mq_sql::SqliteQueue;
+
+    #[cfg(feature = "mongo")]
+    pub use mq_mongo::MongoQueue;
+
+    #[cfg(feature = "kinesis")]
+    pub use mq_kinesis::KinesisQueue;
+}
 
 /// In-process queues (crate `mq-memory`).
 #[cfg(feature = "memory")]
@@ -61,7 +143,7 @@ pub mod memory {
 
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
-pub use mq_memory::{ImmediateQueue, InMemoryOptions, InMemoryQueue};
+pub use mq_memory::{ImmediateQueue, InMemoryOptions, InMemoryQueue, MemoryDeadLetterStore};
 
 /// SQL queues on PostgreSQL, MySQL/MariaDB and SQLite (crate `mq-sql`).
 #[cfg(any(
@@ -86,7 +168,7 @@ pub mod sql {
     feature = "sql-mysql",
     feature = "sql-sqlite"
 ))]
-pub use mq_sql::{SqlOptions, SqlQueue};
+pub use mq_sql::SqlOptions;
 
 #[cfg(feature = "sql-postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sql-postgres")))]
@@ -122,7 +204,7 @@ pub mod mongo {
 #[cfg_attr(docsrs, doc(cfg(feature = "mongo")))]
 pub use mq_mongo::{MongoOptions, MongoQueue};
 
-/// Dead-letter stores and replay (crate `mq-dlq`).
+/// Dead-letter replay (crate `mq-dlq`).
 #[cfg(feature = "dlq")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dlq")))]
 pub mod dlq {
@@ -131,4 +213,4 @@ pub mod dlq {
 
 #[cfg(feature = "dlq")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dlq")))]
-pub use mq_dlq::{DeadLetterFilter, DeadLetterStore, Replayer};
+pub use mq_dlq::Replayer;

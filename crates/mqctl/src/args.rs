@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use clap::Args;
-use mq::dlq::{DeadLetterFilter, EntryId, ReplayState};
+use mq::{DeadLetterFilter, EntryId, ReplayState};
 use mq::{MessageId, QueueName};
 
 /// Which dead letters a command applies to (every given criterion must hold).

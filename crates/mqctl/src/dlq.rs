@@ -10,11 +10,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mq::dlq::{
-    DeadLetterEntry, DeadLetterFilter, DeadLetterStore, EntryId, MongoDeadLetterStore,
-    MySqlDeadLetterStore, PgDeadLetterStore, ReplayOptions, ReplayReport, Replayer,
-    SqliteDeadLetterStore,
+    MongoDeadLetterStore, MySqlDeadLetterStore, PgDeadLetterStore, ReplayOptions, ReplayReport,
+    Replayer, SqliteDeadLetterStore,
 };
 use mq::{CommonOptions, MessageQueue, MongoOptions, MongoQueue, QueueName, SqlOptions};
+use mq::{DeadLetterEntry, DeadLetterFilter, DeadLetterStore, EntryId};
 
 use crate::Global;
 use crate::args::FilterArgs;

@@ -24,11 +24,11 @@ use aws_sdk_kinesis::types::Shard;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use fred::interfaces::HashesInterface;
+use mq::backend::{CheckpointStore, compare_sequence_numbers, normalize_sequence_number};
 use mq::kinesis::{
     DurableLeaseStore, LeaseState, LeaseStore, RedisLeaseStore, ShardLineage, balanced_assignment,
     eligible_shards,
 };
-use mq::{CheckpointStore, compare_sequence_numbers, normalize_sequence_number};
 use serde::Serialize;
 
 use crate::Global;

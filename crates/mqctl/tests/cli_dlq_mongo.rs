@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mq::dlq::{DeadLetterFilter, DeadLetterStore, MongoDeadLetterStore};
+use mq::dlq::MongoDeadLetterStore;
 use mq::{
     Batch, CommonOptions, HandlerContext, MessageQueue, MongoOptions, MongoQueue, NewMessage,
     QueueName, handler_fn,
 };
+use mq::{DeadLetterFilter, DeadLetterStore};
 use mq_core::testkit::{fast_options, service_url};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqctl");
@@ -45,7 +46,12 @@ async fn replay_and_stats_on_mongo() {
     let msgs = (0..10)
         .map(|i| NewMessage::new("charge", serde_json::json!({ "n": i })).max_attempts(1))
         .collect();
-    queue.publish(&orders, msgs).await.expect("publish");
+    queue
+        .publish(&orders, msgs)
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let handler = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async move {
         Err::<(), _>(std::io::Error::other("payment gateway down"))
     }));
@@ -57,7 +63,7 @@ async fn replay_and_stats_on_mongo() {
         < 10
     {
         assert!(Instant::now() < deadline, "messages were not dead-lettered");
-        queue
+        let _report = queue
             .consume_batch(&orders, handler.clone(), &fast_options().batch_size(100))
             .await
             .expect("consume");

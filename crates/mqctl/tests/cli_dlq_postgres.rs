@@ -5,11 +5,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mq::dlq::{DeadLetterFilter, DeadLetterStore, PgDeadLetterStore, ReplayState};
+use mq::dlq::PgDeadLetterStore;
 use mq::{
     Batch, CommonOptions, HandlerContext, MessageQueue, NewMessage, PgQueue, QueueName, SqlOptions,
     handler_fn,
 };
+use mq::{DeadLetterFilter, DeadLetterStore, ReplayState};
 use mq_core::testkit::{fast_options, service_url};
 use sqlx::{Executor, PgPool, Row};
 
@@ -49,7 +50,12 @@ async fn dead_letter(
             .max_attempts(1)
         })
         .collect();
-    queue.publish(&orders, msgs).await.expect("publish");
+    queue
+        .publish(&orders, msgs)
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let handler = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async move {
         Err::<(), _>(std::io::Error::other("payment gateway down"))
     }));
@@ -62,7 +68,7 @@ async fn dead_letter(
         < n as u64
     {
         assert!(Instant::now() < deadline, "messages were not dead-lettered");
-        queue
+        let _report = queue
             .consume_batch(&orders, handler.clone(), &options)
             .await
             .expect("consume");

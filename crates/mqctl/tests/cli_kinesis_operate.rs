@@ -13,12 +13,13 @@ use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::StreamStatus;
 use fred::interfaces::ClientLike;
+use mq::backend::compare_sequence_numbers;
 use mq::kinesis::{
     CheckpointOutcome, KinesisOptions, KinesisQueue, Lease, LeaseState, LeaseStore, RedisLeaseStore,
 };
 use mq::{
     Batch, CommonOptions, ConsumerHandle, DispatchMode, HandlerContext, LifecycleDispatcher,
-    MessageQueue, QueueName, async_trait, compare_sequence_numbers, handler_fn,
+    MessageQueue, QueueName, async_trait, handler_fn,
 };
 use mq_core::testkit::{RecordingObserver, eventually, fast_options, service_url};
 use serde_json::Value;

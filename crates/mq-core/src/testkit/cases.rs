@@ -203,7 +203,11 @@ pub async fn retry_after_delay_then_success(f: &dyn QueueFactory, test: &str) {
     }
     let (rec, common) = observed();
     let (q, name) = setup(f, test, common).await;
-    q.publish(&name, vec![msg(1)]).await.expect("publish");
+    q.publish(&name, vec![msg(1)])
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let times = Arc::new(Mutex::new(Vec::new()));
     let t = times.clone();
     let h = handler_fn(move |batch: Batch, _ctx: HandlerContext| {
@@ -252,7 +256,9 @@ pub async fn exhausted_attempts_go_to_dead_letters(f: &dyn QueueFactory, test: &
     let (q, name) = setup(f, test, common.dead_letters(dlq.clone())).await;
     q.publish(&name, vec![msg(1).max_attempts(3), msg(2)])
         .await
-        .expect("publish");
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let deliveries = Arc::new(AtomicUsize::new(0));
     let d = deliveries.clone();
     let h = handler_fn(move |batch: Batch, _ctx: HandlerContext| {
@@ -356,7 +362,11 @@ pub async fn handler_timeout_cancels_and_retries(f: &dyn QueueFactory, test: &st
         return;
     }
     let (q, name) = setup(f, test, CommonOptions::default()).await;
-    q.publish(&name, vec![msg(1)]).await.expect("publish");
+    q.publish(&name, vec![msg(1)])
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let ledger = Arc::new(DeliveryLedger::default());
     let cancelled_seen = Arc::new(AtomicBool::new(false));
     let (l, cs) = (ledger.clone(), cancelled_seen.clone());
@@ -474,7 +484,11 @@ pub async fn shutdown_waits_for_in_flight_handler(f: &dyn QueueFactory, test: &s
     }
     let (rec, common) = observed();
     let (q, name) = setup(f, test, common).await;
-    q.publish(&name, vec![msg(1)]).await.expect("publish");
+    q.publish(&name, vec![msg(1)])
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let started = Arc::new(AtomicBool::new(false));
     let finished = Arc::new(AtomicBool::new(false));
     let (s, fi) = (started.clone(), finished.clone());
@@ -618,7 +632,11 @@ pub async fn lifecycle_events_fire_in_order(f: &dyn QueueFactory, test: &str) {
     }
     let (rec, common) = observed();
     let (q, name) = setup(f, test, common).await;
-    q.publish(&name, vec![msg(1)]).await.expect("publish");
+    q.publish(&name, vec![msg(1)])
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let h = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {}));
     let c = q.consume(&name, h, fast_options()).await.expect("consume");
     eventually(LONG, "acked", || rec.count("acked") == 1).await;
@@ -679,7 +697,9 @@ pub async fn failing_observer_does_not_break_consumption(f: &dyn QueueFactory, t
     let (q, name) = setup(f, test, common).await;
     q.publish(&name, (0..10).map(msg).collect())
         .await
-        .expect("publish");
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let seen = Arc::new(AtomicUsize::new(0));
     let s = seen.clone();
     let h = Arc::new(handler_fn(move |b: Batch, _c: HandlerContext| {
@@ -706,7 +726,9 @@ pub async fn consume_batch_works_without_a_consumer(f: &dyn QueueFactory, test: 
     let (q, name) = setup(f, test, CommonOptions::default()).await;
     q.publish(&name, (0..5).map(msg).collect())
         .await
-        .expect("publish");
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let h = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {}));
     let opts = fast_options().batch_size(3);
     let a = q
@@ -740,7 +762,11 @@ pub async fn expired_lease_is_claimed_again_and_fences_the_old_owner(
     };
     let name = queue_name(test);
     q.register(&name).await.expect("register");
-    q.publish(&name, vec![msg(1)]).await.expect("publish");
+    q.publish(&name, vec![msg(1)])
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let lease = Duration::from_millis(300);
     // A long lease first, so a slow machine cannot let it lapse before the next assertion.
     let a = store
@@ -757,7 +783,7 @@ pub async fn expired_lease_is_claimed_again_and_fences_the_old_owner(
         none.messages.is_empty(),
         "claimed twice while the lease is valid"
     );
-    let claim_a = crate::Claim::of(&a.messages[0]);
+    let claim_a = crate::store::Claim::of(&a.messages[0]);
     let lost = store
         .renew(&name, "owner-a", std::slice::from_ref(&claim_a), lease)
         .await
@@ -796,7 +822,7 @@ pub async fn expired_lease_is_claimed_again_and_fences_the_old_owner(
         .await
         .expect("complete");
     assert_eq!(refused, vec![claim_a], "stale owner acked");
-    let claim_b = crate::Claim::of(&b[0]);
+    let claim_b = crate::store::Claim::of(&b[0]);
     let refused = store
         .complete(
             &name,
@@ -821,7 +847,11 @@ pub async fn panicking_handler_retries_the_batch(f: &dyn QueueFactory, test: &st
     }
     let (rec, common) = observed();
     let (q, name) = setup(f, test, common).await;
-    q.publish(&name, vec![msg(1)]).await.expect("publish");
+    q.publish(&name, vec![msg(1)])
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let h = handler_fn(|b: Batch, _c: HandlerContext| async move {
         if b[0].attempts == 1 {
             panic!("handler bug");
@@ -856,7 +886,11 @@ pub async fn shutdown_cancels_handlers_after_the_grace_period(f: &dyn QueueFacto
     }
     let (rec, common) = observed();
     let (q, name) = setup(f, test, common).await;
-    q.publish(&name, vec![msg(1)]).await.expect("publish");
+    q.publish(&name, vec![msg(1)])
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let (started, returned) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
@@ -900,7 +934,11 @@ pub async fn shutdown_waits_for_consume_batch_and_repeats_safely(f: &dyn QueueFa
         return;
     }
     let (q, name) = setup(f, test, CommonOptions::default()).await;
-    q.publish(&name, vec![msg(1)]).await.expect("publish");
+    q.publish(&name, vec![msg(1)])
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
     let (started, finished) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),

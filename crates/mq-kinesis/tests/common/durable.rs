@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use mq_core::CheckpointStore;
+use mq_core::backend::CheckpointStore;
 use mq_core::testkit::service_url;
 
 /// The URL in `var`, or `None` after printing why the test skips (panics under

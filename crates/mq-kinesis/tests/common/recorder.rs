@@ -6,10 +6,10 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mq_core::{
-    CheckpointOutcome, CheckpointStore, Result, StoredCheckpoint, async_trait,
-    compare_sequence_numbers,
+use mq_core::backend::{
+    CheckpointOutcome, CheckpointStore, StoredCheckpoint, compare_sequence_numbers,
 };
+use mq_core::{Result, async_trait};
 
 #[derive(Debug, Clone)]
 pub enum Event {

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 
+use mq_core::backend::QueueStore;
 use mq_core::testkit::{QueueFactory, service_url};
-use mq_core::{CommonOptions, MessageQueue, QueueStore};
+use mq_core::{CommonOptions, MessageQueue};
 use mq_sql::{SqlOptions, SqlStore};
 
 /// Which database a test runs on.

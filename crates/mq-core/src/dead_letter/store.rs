@@ -2,11 +2,12 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mq_core::{DeadLetter, DeadLetterSink, MessageId};
 
-use crate::entry::{DeadLetterEntry, EntryId, ReplayMark};
+use crate::dead_letter::entry::{DeadLetterEntry, EntryId, ReplayMark};
+use crate::dead_letter::filter::DeadLetterFilter;
+use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::error::Result;
-use crate::filter::DeadLetterFilter;
+use crate::message::MessageId;
 
 /// Where dead letters are kept, listed, replayed and purged.
 ///
@@ -18,7 +19,7 @@ use crate::filter::DeadLetterFilter;
 /// poison pill, a retried hook) adds a failure to the same entry instead of a second entry.
 ///
 /// Replay marks are written in two phases so that a replay is idempotent
-/// (see [`Replayer`](crate::Replayer)): [`begin_replay`](DeadLetterStore::begin_replay)
+/// (the replayer of `mq-dlq` relies on it): [`begin_replay`](DeadLetterStore::begin_replay)
 /// claims an entry with a compare-and-set on its replay generation and records the id the
 /// message will be published under; [`finish_replay`](DeadLetterStore::finish_replay) confirms
 /// the publish.
@@ -26,18 +27,14 @@ use crate::filter::DeadLetterFilter;
 /// # Examples
 ///
 /// ```
-/// use std::sync::Arc;
-/// use mq_core::{CommonOptions, DeadLetterSink};
-/// use mq_dlq::{DeadLetterFilter, DeadLetterStore, MemoryDeadLetterStore};
+/// use mq_core::{DeadLetterFilter, DeadLetterStore, QueueName};
 ///
-/// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
-/// let store = Arc::new(MemoryDeadLetterStore::new());
-/// let sink: Arc<dyn DeadLetterSink> = store.clone();
-/// let _common = CommonOptions::default().dead_letters(sink);
-/// assert_eq!(store.count(&DeadLetterFilter::default()).await?, 0);
-/// # Ok::<(), mq_dlq::Error>(())
-/// # })?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// /// Dead letters of `queue` not replayed yet.
+/// async fn depth(store: &dyn DeadLetterStore, queue: QueueName) -> mq_core::Result<u64> {
+///     store
+///         .count(&DeadLetterFilter::default().queue(queue).replay_state(mq_core::ReplayState::None))
+///         .await
+/// }
 /// ```
 #[async_trait]
 pub trait DeadLetterStore: DeadLetterSink {

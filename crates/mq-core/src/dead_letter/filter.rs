@@ -1,9 +1,9 @@
 //! [`DeadLetterFilter`]: which entries a list, count, purge or replay applies to.
 
+use crate::dead_letter::entry::{DeadLetterEntry, EntryId, ReplayState, to_ms};
+use crate::message::MessageId;
+use crate::queue_name::QueueName;
 use chrono::{DateTime, Utc};
-use mq_core::{MessageId, QueueName};
-
-use crate::entry::{DeadLetterEntry, EntryId, ReplayState, to_ms};
 
 /// Selects dead-letter entries. Every set criterion must hold (AND); an empty filter selects
 /// everything.
@@ -22,7 +22,7 @@ use crate::entry::{DeadLetterEntry, EntryId, ReplayState, to_ms};
 ///
 /// ```
 /// use mq_core::QueueName;
-/// use mq_dlq::{DeadLetterFilter, ReplayState};
+/// use mq_core::{DeadLetterFilter, ReplayState};
 ///
 /// let filter = DeadLetterFilter::default()
 ///     .queue(QueueName::new("emails")?)
@@ -94,6 +94,11 @@ impl DeadLetterFilter {
         self.after = Some(id);
         self
     }
+    /// Drops the paging cursor, so the next list starts at the first matching entry.
+    pub fn first_page(mut self) -> Self {
+        self.after = None;
+        self
+    }
     /// At most `n` entries per list call.
     pub fn limit(mut self, n: usize) -> Self {
         self.limit = Some(n);
@@ -108,6 +113,34 @@ impl DeadLetterFilter {
     pub fn get_limit(&self) -> Option<usize> {
         self.limit
     }
+    /// The paging cursor: only entries with an id after this one.
+    pub fn get_after(&self) -> Option<&EntryId> {
+        self.after.as_ref()
+    }
+    /// The message-type criterion.
+    pub fn get_message_type(&self) -> Option<&str> {
+        self.message_type.as_deref()
+    }
+    /// The lower bound (inclusive) of the last failure time.
+    pub fn get_failed_after(&self) -> Option<DateTime<Utc>> {
+        self.failed_after
+    }
+    /// The upper bound (exclusive) of the last failure time.
+    pub fn get_failed_before(&self) -> Option<DateTime<Utc>> {
+        self.failed_before
+    }
+    /// The entry ids criterion (empty: any).
+    pub fn get_ids(&self) -> &[EntryId] {
+        &self.ids
+    }
+    /// The original message ids criterion (empty: any).
+    pub fn get_message_ids(&self) -> &[MessageId] {
+        &self.message_ids
+    }
+    /// The error-text criterion.
+    pub fn get_error_contains(&self) -> Option<&str> {
+        self.error_contains.as_deref()
+    }
     /// The replay-state criterion.
     pub fn get_replay_state(&self) -> Option<ReplayState> {
         self.replay_state
@@ -120,7 +153,7 @@ impl DeadLetterFilter {
     ///
     /// ```
     /// # use mq_core::{DeadLetter, DeadLetterOrigin, ErrorChain, Message, MessageId, QueueName};
-    /// use mq_dlq::{DeadLetterEntry, DeadLetterFilter};
+    /// use mq_core::{DeadLetterEntry, DeadLetterFilter};
     /// # let message = Message::new(MessageId::new("m1")?, QueueName::new("emails")?, "welcome",
     /// #     serde_json::json!({}), chrono::Utc::now());
     /// # let letter = DeadLetter::new(message, DeadLetterOrigin::backend("sql"),

@@ -3,11 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
-use mq_core::{DeadLetter, DeadLetterOrigin, ErrorChain, Message, MessageId, QueueName};
-use serde::{Deserialize, Serialize};
-
+use crate::dead_letter::{DeadLetter, DeadLetterOrigin, ErrorChain};
 use crate::error::{Error, Result};
+use crate::message::{Message, MessageId};
+use crate::queue_name::QueueName;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 /// The id of a dead-letter entry: a ULID given when the message is first dead-lettered, so ids
 /// sort by the time of the first failure.
@@ -15,13 +16,13 @@ use crate::error::{Error, Result};
 /// # Examples
 ///
 /// ```
-/// use mq_dlq::EntryId;
+/// use mq_core::EntryId;
 ///
 /// let id = EntryId::generate();
 /// let parsed: EntryId = id.as_str().parse()?;
 /// assert_eq!(parsed, id);
 /// assert!("nope".parse::<EntryId>().is_err());
-/// # Ok::<(), mq_dlq::Error>(())
+/// # Ok::<(), mq_core::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -76,11 +77,11 @@ impl fmt::Display for EntryId {
 /// # Examples
 ///
 /// ```
-/// use mq_dlq::ReplayState;
+/// use mq_core::ReplayState;
 ///
 /// assert_eq!(ReplayState::Pending.as_str(), "pending");
 /// assert_eq!("done".parse::<ReplayState>()?, ReplayState::Done);
-/// # Ok::<(), mq_dlq::Error>(())
+/// # Ok::<(), mq_core::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -136,7 +137,7 @@ impl fmt::Display for ReplayState {
 ///
 /// ```
 /// use mq_core::QueueName;
-/// use mq_dlq::{EntryId, ReplayMark};
+/// use mq_core::{EntryId, ReplayMark};
 ///
 /// let entry = EntryId::generate();
 /// let mark = ReplayMark::new(&entry, 1, QueueName::new("emails")?, chrono::Utc::now());
@@ -194,7 +195,7 @@ fn unreachable_id() -> MessageId {
 ///
 /// ```
 /// use mq_core::{DeadLetter, DeadLetterOrigin, ErrorChain, Message, MessageId, QueueName};
-/// use mq_dlq::{DeadLetterEntry, ReplayState};
+/// use mq_core::{DeadLetterEntry, ReplayState};
 ///
 /// let message = Message::new(
 ///     MessageId::new("m1")?, QueueName::new("emails")?, "welcome",
@@ -270,7 +271,10 @@ impl DeadLetterEntry {
     /// Folds a repeated dead-lettering of the same message into this entry: one more failure,
     /// the newer error, time, attempts and consumer; the stored message and the replay state are
     /// kept.
-    pub(crate) fn absorb(&mut self, letter: DeadLetter) {
+    ///
+    /// Stores that keep entries as whole values (in memory, say) call it; the others do the same
+    /// in their update statement.
+    pub fn absorb(&mut self, letter: DeadLetter) {
         self.failures = self.failures.saturating_add(1);
         self.error = letter.error;
         self.exhausted = letter.exhausted;
@@ -287,13 +291,158 @@ pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-/// The inverse of [`to_ms`].
-pub(crate) fn from_ms(id: &str, ms: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| Error::corrupt(id, format!("time {ms} ms is out of range")))
+impl DeadLetterEntry {
+    /// A time stored as milliseconds since the epoch, read back for entry `id`: every store keeps
+    /// entry times in milliseconds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptDeadLetter`] when `ms` is out of range.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mq_core::DeadLetterEntry;
+    ///
+    /// let t = DeadLetterEntry::time_from_millis("e1", 1_700_000_000_000)?;
+    /// assert_eq!(t.timestamp_millis(), 1_700_000_000_000);
+    /// assert!(DeadLetterEntry::time_from_millis("e1", i64::MAX).is_err());
+    /// # Ok::<(), mq_core::Error>(())
+    /// ```
+    pub fn time_from_millis(id: &str, ms: i64) -> Result<DateTime<Utc>> {
+        DateTime::from_timestamp_millis(ms)
+            .ok_or_else(|| Error::corrupt_dead_letter(id, format!("time {ms} ms is out of range")))
+    }
 }
 
 /// Every stored time is truncated to the millisecond, so entries read back equal what was kept.
 pub(crate) fn truncate_ms(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+/// Read access to an entry as stores keep it: one flat record whose fields are named as in
+/// [`DeadLetterEntry::from_fields`]. SQL rows and MongoDB documents implement it, so every
+/// store reads entries back the same way.
+pub trait DeadLetterFields {
+    /// The text field `name`, `None` when absent or NULL.
+    ///
+    /// # Errors
+    ///
+    /// When the field exists with another type, or the record cannot be read.
+    fn text(&self, name: &str) -> Result<Option<String>>;
+
+    /// The integer field `name` (booleans as 0 or 1), `None` when absent or NULL.
+    ///
+    /// # Errors
+    ///
+    /// When the field exists with another type, or the record cannot be read.
+    fn int(&self, name: &str) -> Result<Option<i64>>;
+}
+
+impl DeadLetterEntry {
+    /// Reads an entry back from a store's record: `id` (the entry id), `message` (the message
+    /// as JSON), `error` (the error chain as a JSON array of strings), `backend`, `shard_id`,
+    /// `sequence_number`, `attempts`, `exhausted` (0 or 1), `failures`, `first_failed_at` and
+    /// `last_failed_at` (milliseconds), `consumer_id`, `replay_state` (`none`, `pending`,
+    /// `done`), and while a replay exists `replay_generation`, `replay_message_id`,
+    /// `replay_target`, `replay_started_at` and `replayed_at`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptDeadLetter`] naming the entry and the field when the record is not one
+    /// this version wrote; the record's own error otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use mq_core::{DeadLetterEntry, DeadLetterFields, ReplayState};
+    ///
+    /// struct Row(HashMap<&'static str, String>);
+    /// impl DeadLetterFields for Row {
+    ///     fn text(&self, name: &str) -> mq_core::Result<Option<String>> {
+    ///         Ok(self.0.get(name).cloned())
+    ///     }
+    ///     fn int(&self, name: &str) -> mq_core::Result<Option<i64>> {
+    ///         Ok(self.0.get(name).and_then(|v| v.parse().ok()))
+    ///     }
+    /// }
+    ///
+    /// let message = r#"{"id":"m1","type":"welcome","payload":{},"queue_id":"emails","status":"failed",
+    ///     "execute_at":"2026-01-01T00:00:00Z","attempts":3,"created_at":"2026-01-01T00:00:00Z",
+    ///     "updated_at":"2026-01-01T00:00:00Z"}"#;
+    /// let row = Row(HashMap::from([
+    ///     ("id", "01JDQ8Z6N6X1N6N8C3V1T5K2QW".to_owned()), ("message", message.to_owned()),
+    ///     ("error", r#"["smtp refused"]"#.to_owned()), ("backend", "sql".to_owned()),
+    ///     ("attempts", "3".to_owned()), ("exhausted", "1".to_owned()), ("failures", "1".to_owned()),
+    ///     ("first_failed_at", "1767225600000".to_owned()), ("last_failed_at", "1767225600000".to_owned()),
+    ///     ("consumer_id", "w1".to_owned()), ("replay_state", "none".to_owned()),
+    /// ]));
+    /// let entry = DeadLetterEntry::from_fields(&row)?;
+    /// assert_eq!(entry.message.id.as_str(), "m1");
+    /// assert_eq!(entry.replay_state(), ReplayState::None);
+    /// # Ok::<(), mq_core::Error>(())
+    /// ```
+    pub fn from_fields(fields: &impl DeadLetterFields) -> Result<Self> {
+        let id_text = fields.text("id")?.unwrap_or_else(|| "?".to_owned());
+        let corrupt = |what: String| Error::corrupt_dead_letter(&id_text, what);
+        let text = |name: &str| {
+            fields
+                .text(name)?
+                .ok_or_else(|| corrupt(format!("field {name} is missing")))
+        };
+        let int = |name: &str| {
+            fields
+                .int(name)?
+                .ok_or_else(|| corrupt(format!("field {name} is missing")))
+        };
+        let count = |name: &str| -> Result<u32> {
+            let v = int(name)?;
+            u32::try_from(v).map_err(|_| corrupt(format!("{name} = {v}")))
+        };
+        let time = |ms: i64| DeadLetterEntry::time_from_millis(&id_text, ms);
+        let id: EntryId = id_text.parse().map_err(|e| corrupt(format!("id: {e}")))?;
+        let message: Message = serde_json::from_str(&text("message")?)
+            .map_err(|e| corrupt(format!("message: {e}")))?;
+        let error: ErrorChain =
+            serde_json::from_str(&text("error")?).map_err(|e| corrupt(format!("error: {e}")))?;
+        let mut origin = DeadLetterOrigin::backend(text("backend")?);
+        origin.shard_id = fields.text("shard_id")?;
+        origin.sequence_number = fields.text("sequence_number")?;
+        let state: ReplayState = text("replay_state")?
+            .parse()
+            .map_err(|e| corrupt(format!("replay_state: {e}")))?;
+        let replay = match state {
+            ReplayState::None => None,
+            ReplayState::Pending | ReplayState::Done => {
+                let started = fields.int("replay_started_at")?.unwrap_or(0);
+                let replayed_at = match state {
+                    ReplayState::Done => Some(time(fields.int("replayed_at")?.unwrap_or(started))?),
+                    _ => None,
+                };
+                Some(ReplayMark {
+                    generation: count("replay_generation")?,
+                    message_id: MessageId::new(text("replay_message_id")?)
+                        .map_err(|e| corrupt(format!("replay_message_id: {e}")))?,
+                    target: QueueName::new(text("replay_target")?)
+                        .map_err(|e| corrupt(format!("replay_target: {e}")))?,
+                    started_at: time(started)?,
+                    replayed_at,
+                })
+            }
+        };
+        Ok(DeadLetterEntry {
+            attempts: count("attempts")?,
+            exhausted: int("exhausted")? != 0,
+            failures: count("failures")?,
+            first_failed_at: time(int("first_failed_at")?)?,
+            last_failed_at: time(int("last_failed_at")?)?,
+            consumer_id: text("consumer_id")?,
+            id,
+            message,
+            origin,
+            error,
+            replay,
+        })
+    }
 }

@@ -5,20 +5,19 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mq_core::{BoxError, DeadLetter, DeadLetterSink, MessageId};
-
-use crate::entry::{DeadLetterEntry, EntryId, ReplayMark, ReplayState, truncate_ms};
-use crate::error::Result;
-use crate::filter::DeadLetterFilter;
-use crate::store::DeadLetterStore;
+use mq_core::{
+    BoxError, DeadLetter, DeadLetterEntry, DeadLetterFilter, DeadLetterSink, DeadLetterStore,
+    EntryId, MessageId, ReplayMark, ReplayState, Result,
+};
 
 /// Dead letters in process memory, for tests and single-process programs; lost on exit.
 ///
 /// # Examples
 ///
 /// ```
-/// use mq_core::{DeadLetter, DeadLetterOrigin, ErrorChain, Message, MessageId, QueueName};
-/// use mq_dlq::{DeadLetterFilter, DeadLetterStore, MemoryDeadLetterStore};
+/// use mq_core::{DeadLetter, DeadLetterFilter, DeadLetterOrigin, DeadLetterStore, ErrorChain};
+/// use mq_core::{Message, MessageId, QueueName};
+/// use mq_memory::MemoryDeadLetterStore;
 ///
 /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 /// let store = MemoryDeadLetterStore::new();
@@ -87,10 +86,10 @@ impl DeadLetterStore for MemoryDeadLetterStore {
 
     async fn list(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterEntry>> {
         let s = self.state();
-        let limit = filter.limit.unwrap_or(usize::MAX);
+        let limit = filter.get_limit().unwrap_or(usize::MAX);
         Ok(s.entries
             .values()
-            .filter(|e| filter.after.as_ref().is_none_or(|a| &e.id > a))
+            .filter(|e| filter.get_after().is_none_or(|a| &e.id > a))
             .filter(|e| filter.matches(e))
             .take(limit)
             .cloned()
@@ -138,7 +137,9 @@ impl DeadLetterStore for MemoryDeadLetterStore {
             return Ok(false);
         }
         if mark.replayed_at.is_none() {
-            mark.replayed_at = Some(truncate_ms(at));
+            // Stores keep milliseconds; so does this one, so entries compare equal everywhere.
+            mark.replayed_at =
+                Some(DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at));
         }
         Ok(true)
     }
