@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use mq_core::DeadLetterStore;
-use mq_dlq::testkit::StoreFactory;
+use mq_core::testkit::dead_letter::DeadLetterStoreFactory as StoreFactory;
 use mq_memory::MemoryDeadLetterStore;
 
 struct Memory;
@@ -15,4 +15,5 @@ impl StoreFactory for Memory {
     }
 }
 
-mq_dlq::store_conformance_tests!(Memory);
+mq_core::dead_letter_store_tests!(Memory);
+mq_dlq::replay_conformance_tests!(Memory);

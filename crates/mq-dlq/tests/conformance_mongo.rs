@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use mq_core::DeadLetterStore;
+use mq_core::testkit::dead_letter::{DeadLetterStoreFactory as StoreFactory, table_name};
 use mq_core::testkit::service_url;
 use mq_dlq::MongoDeadLetterStore;
-use mq_dlq::testkit::{StoreFactory, table_name};
 
 struct Mongo;
 
@@ -25,4 +25,5 @@ impl StoreFactory for Mongo {
     }
 }
 
-mq_dlq::store_conformance_tests!(Mongo);
+mq_core::dead_letter_store_tests!(Mongo);
+mq_dlq::replay_conformance_tests!(Mongo);

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use mq_core::DeadLetterStore;
+use mq_core::testkit::dead_letter::{DeadLetterStoreFactory as StoreFactory, table_name};
 use mq_core::testkit::service_url;
-use mq_dlq::testkit::{StoreFactory, table_name};
 use mq_dlq::{MySqlDeadLetterStore, PgDeadLetterStore, SqliteDeadLetterStore};
 use sqlx::Executor;
 
@@ -32,7 +32,8 @@ mod postgres {
         }
     }
 
-    mq_dlq::store_conformance_tests!(Pg);
+    mq_core::dead_letter_store_tests!(Pg);
+    mq_dlq::replay_conformance_tests!(Pg);
 }
 
 mod mysql {
@@ -59,7 +60,8 @@ mod mysql {
         }
     }
 
-    mq_dlq::store_conformance_tests!(My);
+    mq_core::dead_letter_store_tests!(My);
+    mq_dlq::replay_conformance_tests!(My);
 }
 
 mod sqlite {
@@ -83,5 +85,6 @@ mod sqlite {
         }
     }
 
-    mq_dlq::store_conformance_tests!(Lite);
+    mq_core::dead_letter_store_tests!(Lite);
+    mq_dlq::replay_conformance_tests!(Lite);
 }

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use mq_core::testkit::dead_letter::letter;
 use mq_core::{DeadLetterFilter, DeadLetterStore};
 use mq_core::{MessageQueue, QueueName};
-use mq_dlq::testkit::letter;
 use mq_dlq::{DepthReporter, ReplayOptions, Replayer};
 use mq_memory::MemoryDeadLetterStore;
 

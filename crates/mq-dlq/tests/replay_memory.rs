@@ -4,9 +4,10 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
+use mq_core::testkit::dead_letter::letter;
 use mq_core::{DeadLetterFilter, DeadLetterStore, ReplayState};
 use mq_core::{MessageQueue, QueueName};
-use mq_dlq::testkit::{drain, letter};
+use mq_dlq::testkit::drain;
 use mq_dlq::{REPLAY_ENTRY_KEY, ReplayOptions, Replayer};
 use mq_memory::InMemoryQueue;
 use mq_memory::MemoryDeadLetterStore;
