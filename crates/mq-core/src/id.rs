@@ -7,8 +7,7 @@ use crate::message::MessageId;
 /// Makes ids for messages published without one.
 ///
 /// Ids must be unique within a queue. The default, [`UlidGenerator`], gives ids that sort by
-/// creation time, which keeps database indexes compact; the original's random UUID cast to any id
-/// type (backlog MED-007) is gone.
+/// creation time, which keeps database indexes compact.
 ///
 /// # Examples
 ///

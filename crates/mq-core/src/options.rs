@@ -15,11 +15,11 @@ use crate::retry::RetryPolicy;
 const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How a consumer claims and runs batches. Every interval, size and timeout is here, none is a
-/// constant (backlog LOW-001).
+/// constant.
 ///
 /// Defaults: batch of 10, 1 batch at a time, poll every 1 s when there was work and back off to
 /// 5 s when idle, handler timeout 5 min, lease 30 s (renewed while the handler runs), shutdown
-/// grace 30 s, [`RetryPolicy::default`].
+/// grace 30 s, cancel grace 500 ms, [`RetryPolicy::default`].
 ///
 /// # Examples
 ///
@@ -44,6 +44,7 @@ pub struct ConsumerOptions {
     handler_timeout: Duration,
     lease_duration: Duration,
     shutdown_grace: Duration,
+    cancel_grace: Duration,
     retry: RetryPolicy,
 }
 
@@ -57,6 +58,7 @@ impl Default for ConsumerOptions {
             handler_timeout: Duration::from_secs(300),
             lease_duration: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            cancel_grace: Duration::from_millis(500),
             retry: RetryPolicy::default(),
         }
     }
@@ -98,6 +100,18 @@ impl ConsumerOptions {
         self.shutdown_grace = d;
         self
     }
+    /// How long a handler whose token was cancelled (timeout, shutdown past its grace, lost
+    /// lease) may take to return before the consumer drops it, frees its slot and retries its
+    /// messages.
+    ///
+    /// Dropping the handler's future stops it at its next `.await`. A handler that blocks its
+    /// thread (a long computation or blocking I/O without `.await`) cannot be dropped: the
+    /// consumer then waits for it and logs a warning naming its messages. Run such work with
+    /// `tokio::task::spawn_blocking` and await it.
+    pub fn cancel_grace(mut self, d: Duration) -> Self {
+        self.cancel_grace = d;
+        self
+    }
     /// The retry policy.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
@@ -131,6 +145,10 @@ impl ConsumerOptions {
     /// Shutdown grace period.
     pub fn get_shutdown_grace(&self) -> Duration {
         self.shutdown_grace
+    }
+    /// Cancel grace.
+    pub fn get_cancel_grace(&self) -> Duration {
+        self.cancel_grace
     }
     /// The retry policy.
     pub fn get_retry(&self) -> &RetryPolicy {
@@ -170,6 +188,12 @@ impl ConsumerOptions {
             return Err(Error::invalid_option(
                 "lease_duration",
                 "must be between 30 ms (it is renewed every third of itself) and 7 days",
+            ));
+        }
+        if self.cancel_grace > MAX_INTERVAL {
+            return Err(Error::invalid_option(
+                "cancel_grace",
+                "must be at most 7 days",
             ));
         }
         if self.max_poll_interval > MAX_INTERVAL || self.shutdown_grace > MAX_INTERVAL {

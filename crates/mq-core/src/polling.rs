@@ -459,7 +459,8 @@ impl<S: QueueStore> Worker<S> {
             consumer_id.clone(),
             options.get_handler_timeout(),
             common.get_lifecycle().clone(),
-        );
+        )
+        .cancel_grace(Some(options.get_cancel_grace()));
         Worker {
             store,
             dead_letters: common.get_dead_letters().cloned(),

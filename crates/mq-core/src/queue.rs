@@ -314,9 +314,10 @@ impl ConsumerStopper {
     /// Stops claiming, waits for in-flight work up to the grace period, then cancels handlers and
     /// waits for them to return.
     ///
-    /// A handler that ignores its cancellation token keeps this waiting: it is never abandoned
-    /// while it runs, because its messages would then be delivered twice at once. Do not call
-    /// this from inside a handler of the same consumer.
+    /// A handler that ignores its cancellation token is dropped after the consumer's cancel
+    /// grace (see [`ConsumerOptions::cancel_grace`](crate::ConsumerOptions::cancel_grace)), so
+    /// this returns shortly after the grace period; only a handler blocking its thread keeps it
+    /// waiting. Do not call this from inside a handler of the same consumer.
     pub async fn stop(&self) {
         self.stop.cancel();
         self.tracker.close();

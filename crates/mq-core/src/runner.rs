@@ -63,6 +63,7 @@ pub struct HandlerRunner {
     consumer_id: String,
     shard: Option<String>,
     timeout: Duration,
+    cancel_grace: Option<Duration>,
 }
 
 impl fmt::Debug for HandlerRunner {
@@ -91,9 +92,13 @@ pub struct HandlerRun {
     pub lease_lost: bool,
     /// The handler panicked.
     pub panicked: bool,
+    /// The handler did not return within the cancel grace after its token was cancelled, and
+    /// was dropped: none of its outcomes are known, so every message is retried.
+    pub abandoned: bool,
     /// How long it ran.
     pub took: Duration,
     timeout: Duration,
+    cancel_grace: Option<Duration>,
 }
 
 impl HandlerRun {
@@ -105,6 +110,12 @@ impl HandlerRun {
     /// The outcome of message `id`. After a cancellation, whatever the handler finished (acked,
     /// failed) stays as it said, and every retry carries why the handler was stopped.
     pub fn outcome_of(&self, id: &MessageId) -> Outcome {
+        if self.abandoned {
+            return Outcome::Retry {
+                after: None,
+                error: Some(self.stop_reason()),
+            };
+        }
         let outcome = self.outcomes.get(id);
         if !self.cancelled() || !matches!(outcome, Outcome::Retry { .. }) {
             return outcome.clone();
@@ -121,12 +132,18 @@ impl HandlerRun {
 
     /// Why the handler was stopped, for the messages it did not finish.
     pub fn stop_reason(&self) -> ErrorChain {
-        if self.timed_out {
-            ErrorChain::msg(format!("handler timed out after {:?}", self.timeout))
+        let why = if self.timed_out {
+            format!("handler timed out after {:?}", self.timeout)
         } else if self.lease_lost {
-            ErrorChain::msg("handler cancelled: the lease was lost")
+            "handler cancelled: the lease was lost".to_owned()
         } else {
-            ErrorChain::msg("handler cancelled by shutdown")
+            "handler cancelled by shutdown".to_owned()
+        };
+        match (self.abandoned, self.cancel_grace) {
+            (true, Some(grace)) => ErrorChain::msg(format!(
+                "{why}; it did not return within {grace:?} and was dropped"
+            )),
+            _ => ErrorChain::msg(why),
         }
     }
 }
@@ -175,7 +192,19 @@ impl HandlerRunner {
             consumer_id: consumer_id.into(),
             shard: None,
             timeout,
+            cancel_grace: None,
         }
+    }
+
+    /// Drop the handler when it has not returned `grace` after its token was cancelled
+    /// (timeout, abort, lost lease), instead of waiting for it: its slot is freed and its
+    /// messages retried. `None` (the default) waits for it however long it takes.
+    ///
+    /// A handler blocking its thread cannot be dropped; the runner then logs a warning naming
+    /// its messages once it is `grace` plus one second past its timeout.
+    pub fn cancel_grace(mut self, grace: Option<Duration>) -> Self {
+        self.cancel_grace = grace;
+        self
     }
 
     /// The Kinesis shard the batches come from (shown in the context, the span and dead letters).
@@ -207,9 +236,11 @@ impl HandlerRunner {
     /// Runs the handler on `batch` and waits for it to return.
     ///
     /// Its token is cancelled at the timeout, when `abort` is cancelled (shutdown past the grace
-    /// period) and when `lost` is (the caller's lease renewal gave up). The handler is never
-    /// abandoned while it runs: the caller keeps its lease meanwhile, so the batch cannot run
-    /// twice at once.
+    /// period) and when `lost` is (the caller's lease renewal gave up). With a
+    /// [`cancel_grace`](HandlerRunner::cancel_grace), a handler that has not returned that long
+    /// after its cancellation is dropped (it stops at its next `.await`, so it can never run
+    /// beside a second delivery of its batch); without one, it is awaited however long it takes
+    /// while the caller keeps its lease.
     pub async fn run(
         &self,
         batch: Batch,
@@ -236,28 +267,43 @@ impl HandlerRunner {
         tokio::pin!(fut);
         let never = CancellationToken::new();
         let lost = lost.unwrap_or(&never);
+        let _watchdog = self.watch_for_blocking(deadline, &ids);
         let mut timed_out = false;
         let mut lease_lost = false;
+        let mut cancelled_at: Option<Instant> = None;
         let result = loop {
+            let drop_at = cancelled_at.zip(self.cancel_grace).map(|(at, g)| at + g);
             tokio::select! {
-                r = &mut fut => break r,
+                r = &mut fut => break Some(r),
                 () = tokio::time::sleep_until(deadline), if !timed_out => {
                     timed_out = true;
                     tracing::warn!(backend = self.backend, queue = %self.queue, consumer = %self.consumer_id,
                         shard = self.shard.as_deref().unwrap_or_default(), timeout = ?self.timeout,
-                        "mq: handler timed out; cancelling its token and waiting for it to return");
+                        "mq: handler timed out; cancelling its token");
                     token.cancel();
                 }
                 () = lost.cancelled(), if !lease_lost => {
                     lease_lost = true;
                     token.cancel();
                 }
+                () = token.cancelled(), if cancelled_at.is_none() => {
+                    cancelled_at = Some(Instant::now());
+                }
+                () = tokio::time::sleep_until(drop_at.unwrap_or(deadline)), if drop_at.is_some() => {
+                    tracing::warn!(backend = self.backend, queue = %self.queue, consumer = %self.consumer_id,
+                        shard = self.shard.as_deref().unwrap_or_default(), message_ids = %ids,
+                        grace = ?self.cancel_grace.unwrap_or_default(),
+                        "mq: handler did not return after its cancellation; dropping it and retrying its messages");
+                    break None;
+                }
             }
         };
         let took = started.elapsed();
+        let abandoned = result.is_none();
         let (outcomes, panicked) = match result {
-            Ok(outcomes) => (outcomes, false),
-            Err(panic) => {
+            None => (Outcomes::all(Outcome::retry()), false),
+            Some(Ok(outcomes)) => (outcomes, false),
+            Some(Err(panic)) => {
                 let text = panic_text(&*panic);
                 tracing::warn!(backend = self.backend, queue = %self.queue, consumer = %self.consumer_id,
                     shard = self.shard.as_deref().unwrap_or_default(), message_ids = %ids, panic = %text,
@@ -274,9 +320,29 @@ impl HandlerRunner {
             aborted: abort.is_cancelled() && !timed_out,
             lease_lost,
             panicked,
+            abandoned,
             took,
             timeout: self.timeout,
+            cancel_grace: self.cancel_grace,
         }
+    }
+
+    /// With a cancel grace, a task that warns when the handler is still running a second after
+    /// it should have been dropped: only a handler blocking its thread can cause that, since the
+    /// run itself could not get to drop it. The task ends with the returned guard.
+    fn watch_for_blocking(&self, deadline: Instant, ids: &str) -> Option<AbortOnDrop> {
+        let grace = self.cancel_grace?;
+        let at = deadline + grace + Duration::from_secs(1);
+        let (backend, queue, consumer) =
+            (self.backend, self.queue.clone(), self.consumer_id.clone());
+        let ids = ids.to_owned();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            tracing::warn!(backend, queue = %queue, consumer = %consumer, message_ids = %ids,
+                "mq: handler blocks its thread past its timeout; it cannot be cancelled or dropped \
+                 (run blocking work with spawn_blocking)");
+        });
+        Some(AbortOnDrop(task))
     }
 
     /// What to do with `message` (whose `attempts` counts the delivery just made) after
@@ -397,6 +463,15 @@ impl HandlerRunner {
     }
 }
 
+/// Aborts a watchdog task when the run it watches ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The ids of a batch for a log line: the first 20, comma-separated.
 fn ids_of(batch: &Batch) -> String {
     let mut ids: Vec<&str> = batch.iter().take(20).map(|m| m.id.as_str()).collect();
@@ -484,6 +559,49 @@ mod tests {
             panic!("expected a retry");
         };
         assert!(e.to_string().contains("timed out"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_ignoring_its_token_is_dropped_after_the_grace() {
+        let h = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async move {
+            std::future::pending::<()>().await;
+        }));
+        let started = Instant::now();
+        let run = runner(h, Duration::from_secs(2))
+            .cancel_grace(Some(Duration::from_millis(500)))
+            .run(
+                Batch::from(vec![message("a", 1)]),
+                &CancellationToken::new(),
+                None,
+            )
+            .await;
+        assert!(run.abandoned && run.timed_out);
+        assert_eq!(started.elapsed(), Duration::from_millis(2500));
+        let Outcome::Retry { error: Some(e), .. } = run.outcome_of(&MessageId::new("a").unwrap())
+        else {
+            panic!("expected a retry");
+        };
+        assert!(e.to_string().contains("was dropped"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abort_drops_a_hung_handler_after_the_grace() {
+        let h = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async move {
+            std::future::pending::<()>().await;
+        }));
+        let abort = CancellationToken::new();
+        let aborter = abort.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            aborter.cancel();
+        });
+        let started = Instant::now();
+        let run = runner(h, Duration::from_secs(60))
+            .cancel_grace(Some(Duration::from_millis(300)))
+            .run(Batch::from(vec![message("a", 1)]), &abort, None)
+            .await;
+        assert!(run.abandoned && run.aborted && !run.timed_out);
+        assert_eq!(started.elapsed(), Duration::from_millis(1300));
     }
 
     #[tokio::test]

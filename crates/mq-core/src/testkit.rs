@@ -334,7 +334,8 @@ macro_rules! conformance_tests {
             panicking_handler_retries_the_batch,
             shutdown_cancels_handlers_after_the_grace_period,
             shutdown_waits_for_consume_batch_and_repeats_safely,
-            absurd_delays_are_handled_without_panics
+            absurd_delays_are_handled_without_panics,
+            hung_handler_is_dropped_and_shutdown_returns
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -298,7 +298,8 @@ impl MessageQueue for ImmediateQueue {
             id.clone(),
             options.get_handler_timeout(),
             self.inner.common.get_lifecycle().clone(),
-        );
+        )
+        .cancel_grace(Some(options.get_cancel_grace()));
         let attached = Attached {
             id: id.clone(),
             runner: Arc::new(runner),

@@ -58,7 +58,7 @@ impl InMemoryOptions {
 /// Everything the durable backends do, without durability: ordered delivery of ready messages,
 /// `execute_at` and `expires_at`, leases and crash recovery for consumer tasks that die, retries
 /// with backoff, dead letters, bounded concurrency with no overlapping polls, and a shutdown that
-/// waits for in-flight handlers (backlog MED-006). Messages are lost when the process exits.
+/// waits for in-flight handlers. Messages are lost when the process exits.
 ///
 /// # Examples
 ///

@@ -1021,3 +1021,106 @@ pub async fn absurd_delays_are_handled_without_panics(f: &dyn QueueFactory, test
     );
     q.shutdown().await.expect("shutdown");
 }
+
+/// A handler that never returns and ignores its token (one message among 50 good ones) is
+/// dropped after its timeout and the cancel grace: its slot frees, the good messages are each
+/// handled once at their first attempt, the hung one is retried and then dead-lettered, and a
+/// shutdown with a hung handler in flight returns within its grace plus a second.
+pub async fn hung_handler_is_dropped_and_shutdown_returns(f: &dyn QueueFactory, test: &str) {
+    if should_skip(f, test) {
+        return;
+    }
+    let dlq = Arc::new(RecordingDeadLetters::default());
+    let (q, name) = setup(f, test, CommonOptions::default().dead_letters(dlq.clone())).await;
+    let hung = |n: usize| NewMessage::new("hang", json!({ "n": n })).max_attempts(2);
+    let mut batch: Vec<NewMessage> = (1..=50).map(msg).collect();
+    batch.insert(25, hung(0));
+    q.publish(&name, batch)
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
+    let ledger = Arc::new(DeliveryLedger::default());
+    let first_attempts = Arc::new(AtomicUsize::new(0));
+    let hangs = Arc::new(AtomicUsize::new(0));
+    let (l, fa, hs) = (ledger.clone(), first_attempts.clone(), hangs.clone());
+    let h = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        let (l, fa, hs) = (l.clone(), fa.clone(), hs.clone());
+        async move {
+            for m in batch.iter() {
+                if m.message_type == "hang" {
+                    hs.fetch_add(1, Ordering::SeqCst);
+                    // Awaits forever and never looks at its token.
+                    std::future::pending::<()>().await;
+                }
+                l.begin(m.id.as_str());
+                if m.attempts == 1 {
+                    fa.fetch_add(1, Ordering::SeqCst);
+                }
+                l.end(m.id.as_str());
+            }
+        }
+    }));
+    let opts = fast_options()
+        .batch_size(1)
+        .concurrency(2)
+        .handler_timeout(Duration::from_secs(1))
+        .cancel_grace(Duration::from_millis(300))
+        .retry(
+            crate::RetryPolicy::default()
+                .base_delay(Duration::from_millis(20))
+                .jitter(0.0),
+        );
+    let started = std::time::Instant::now();
+    let c = q
+        .consume(&name, h.clone(), opts.clone())
+        .await
+        .expect("consume");
+    eventually(LONG, "50 good messages handled", || ledger.distinct() == 50).await;
+    let good_done = started.elapsed();
+    eventually(LONG, "the hung message dead-lettered", || dlq.len() == 1).await;
+    let hung_done = started.elapsed();
+    c.stop().await;
+    eprintln!(
+        "{test}: 50 good handled after {good_done:?}; hung message dead-lettered after {hung_done:?}"
+    );
+    assert_eq!(ledger.duplicates(), 0, "a good message was handled twice");
+    assert_eq!(
+        first_attempts.load(Ordering::SeqCst),
+        50,
+        "every good message at attempt 1"
+    );
+    let letter = &dlq.letters()[0];
+    assert_eq!(letter.message.message_type, "hang");
+    assert!(letter.exhausted);
+    assert!(
+        letter.error.to_string().contains("was dropped"),
+        "{}",
+        letter.error
+    );
+
+    // A shutdown with a hung handler in flight returns within its grace plus a second.
+    q.publish(&name, vec![hung(99)])
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("stored");
+    let grace = Duration::from_millis(500);
+    let _c = q
+        .consume(&name, h, opts.handler_timeout(LONG).shutdown_grace(grace))
+        .await
+        .expect("consume");
+    let before = hangs.load(Ordering::SeqCst);
+    eventually(LONG, "the second hung handler running", || {
+        hangs.load(Ordering::SeqCst) > before
+    })
+    .await;
+    let stopping = std::time::Instant::now();
+    q.shutdown().await.expect("shutdown");
+    let took = stopping.elapsed();
+    eprintln!("{test}: shutdown with a hung handler took {took:?} (grace {grace:?})");
+    assert!(
+        took < grace + Duration::from_secs(1),
+        "shutdown took {took:?}, grace {grace:?}"
+    );
+}
