@@ -70,6 +70,17 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A message breaks a rule of what can be stored and read back (a payload nested too deep, a
+    /// character or length a backend's columns cannot hold); it alone is refused.
+    #[error("message {id} cannot be stored: {field} {reason}")]
+    InvalidMessage {
+        /// The message id.
+        id: MessageId,
+        /// The offending field (`"payload"`, `"partition_key"`, ...).
+        field: &'static str,
+        /// What is wrong and what the rule is.
+        reason: String,
+    },
     /// A message is larger than the configured limit.
     #[error(
         "message {id} is {size} bytes, above the limit of {limit} bytes; raise max_message_bytes or store the payload elsewhere"

@@ -86,8 +86,8 @@ pub use lifecycle::{
     ObserverFailure,
 };
 pub use message::{
-    MAX_MESSAGE_ID_LEN, MAX_MESSAGE_TYPE_LEN, Message, MessageId, Metadata, NewMessage, Status,
-    later_by, latest_time,
+    MAX_MESSAGE_ID_LEN, MAX_MESSAGE_TYPE_LEN, MAX_PARTITION_KEY_CHARS, MAX_PAYLOAD_DEPTH, Message,
+    MessageId, Metadata, NewMessage, Status, later_by, latest_time,
 };
 #[cfg(feature = "metrics")]
 pub use metrics_observer::MetricsObserver;

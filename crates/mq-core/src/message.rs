@@ -26,6 +26,35 @@ pub fn later_by(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
         .map_or_else(latest_time, |t| t.min(latest_time()))
 }
 
+/// The deepest nesting of arrays and objects accepted in a payload or in metadata: every backend
+/// can store and read back this much (JSON readers and BSON stop a little above it), so a message
+/// that is accepted can always be delivered.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// The longest partition key accepted, in characters (the Kinesis limit, and the SQL column).
+pub const MAX_PARTITION_KEY_CHARS: usize = 256;
+
+/// How deeply `value` nests arrays and objects (a scalar is 0), counting at most to `limit + 1`
+/// so a hostile value costs no more than the limit. Iterative: no recursion on deep input.
+pub(crate) fn json_depth(value: &Value, limit: usize) -> usize {
+    let mut deepest = 0;
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        let depth = depth + 1;
+        deepest = deepest.max(depth);
+        if deepest > limit {
+            return deepest;
+        }
+        stack.extend(children.map(|c| (c, depth)));
+    }
+    deepest
+}
+
 /// The longest message id accepted.
 pub const MAX_MESSAGE_ID_LEN: usize = 128;
 /// The longest message type accepted.
@@ -363,6 +392,76 @@ impl Message {
         })
     }
 
+    /// Checks what every backend needs to store this message and read it back: payload and
+    /// metadata nested at most [`MAX_PAYLOAD_DEPTH`] levels, a partition key of 1 to
+    /// [`MAX_PARTITION_KEY_CHARS`] characters without NUL, log-context entries without NUL.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidMessage`] naming the field.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mq_core::{Message, MessageId, QueueName};
+    ///
+    /// let mut deep = serde_json::json!(1);
+    /// for _ in 0..200 {
+    ///     deep = serde_json::json!([deep]);
+    /// }
+    /// let m = Message::new(MessageId::new("m1")?, QueueName::new("q")?, "t", deep, chrono::Utc::now());
+    /// assert!(m.check_storable().unwrap_err().to_string().contains("nested"));
+    /// # Ok::<(), mq_core::Error>(())
+    /// ```
+    pub fn check_storable(&self) -> Result<()> {
+        let refuse = |field: &'static str, reason: String| {
+            Err(Error::InvalidMessage {
+                id: self.id.clone(),
+                field,
+                reason,
+            })
+        };
+        let depth = json_depth(&self.payload, MAX_PAYLOAD_DEPTH);
+        if depth > MAX_PAYLOAD_DEPTH {
+            return refuse(
+                "payload",
+                format!(
+                    "is nested more than {MAX_PAYLOAD_DEPTH} levels deep; flatten it or store it elsewhere"
+                ),
+            );
+        }
+        if !self.metadata.extra.is_empty() {
+            let extra = Value::Object(self.metadata.extra.clone());
+            if json_depth(&extra, MAX_PAYLOAD_DEPTH) > MAX_PAYLOAD_DEPTH {
+                return refuse(
+                    "metadata",
+                    format!("is nested more than {MAX_PAYLOAD_DEPTH} levels deep"),
+                );
+            }
+        }
+        if let Some(key) = &self.partition_key {
+            let chars = key.chars().count();
+            if chars == 0 || chars > MAX_PARTITION_KEY_CHARS {
+                return refuse(
+                    "partition_key",
+                    format!("has {chars} characters; use 1 to {MAX_PARTITION_KEY_CHARS}"),
+                );
+            }
+            if key.contains('\0') {
+                return refuse("partition_key", "contains a NUL character".to_owned());
+            }
+        }
+        if self
+            .metadata
+            .log_context
+            .iter()
+            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return refuse("log_context", "contains a NUL character".to_owned());
+        }
+        Ok(())
+    }
+
     /// True when `expires_at` is set and not after `now`.
     pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|e| e <= now)
@@ -600,12 +699,14 @@ impl NewMessage {
         m
     }
 
-    /// Checks the type rules (1 to 255 bytes).
+    /// Checks the type rules (1 to 255 bytes, no control characters).
     pub fn validate(&self) -> Result<()> {
         let reason = if self.message_type.is_empty() {
             "must not be empty"
         } else if self.message_type.len() > MAX_MESSAGE_TYPE_LEN {
             "must be at most 255 bytes"
+        } else if self.message_type.chars().any(char::is_control) {
+            "must not contain control characters"
         } else if let Some(0) = self.max_attempts {
             return Err(Error::invalid_option(
                 "max_attempts",
@@ -658,6 +759,51 @@ mod tests {
         odd.max_attempts = Some(u32::MAX);
         odd.attempts = u32::MAX;
         assert!(odd.encoded_len_upper_bound() >= odd.encoded_len());
+    }
+
+    #[test]
+    fn depth_is_counted_without_recursion() {
+        let mut deep = Value::Null;
+        for _ in 0..100_000 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert_eq!(json_depth(&deep, 64), 65);
+        assert_eq!(json_depth(&serde_json::json!({"a": [1, {"b": 2}]}), 64), 3);
+        assert_eq!(json_depth(&serde_json::json!(7), 64), 0);
+        // serde_json reads back 127 levels: the limit leaves room for the message around it.
+        let mut v = Value::Null;
+        for _ in 0..MAX_PAYLOAD_DEPTH {
+            v = Value::Array(vec![v]);
+        }
+        let text = serde_json::to_string(&serde_json::json!({ "payload": v })).unwrap();
+        assert!(serde_json::from_str::<Value>(&text).is_ok());
+        // Dropping a 100,000-deep value recurses: hand it to a thread with a big stack.
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(move || drop(deep))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn storable_rules() {
+        let m = |key: &str| {
+            NewMessage::new("t", Value::Null)
+                .partition_key(key)
+                .id(MessageId::new("i").unwrap())
+                .into_message(
+                    &crate::UlidGenerator,
+                    QueueName::new("q").unwrap(),
+                    Utc::now(),
+                )
+        };
+        assert!(m("k").check_storable().is_ok());
+        assert!(m("").check_storable().is_err());
+        assert!(m("a\0b").check_storable().is_err());
+        assert!(m(&"é".repeat(256)).check_storable().is_ok());
+        assert!(m(&"é".repeat(257)).check_storable().is_err());
+        assert!(NewMessage::new("a\nb", Value::Null).validate().is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterSink, ErrorChain};
 use crate::error::{Error, Result};
 use crate::handler::{Batch, Handler, Outcome};
 use crate::lifecycle::{ConsumerInfo, DisconnectReason, LifecycleEvent, MessageInfo};
-use crate::message::{Message, NewMessage, later_by};
+use crate::message::{Message, NewMessage, Status, later_by};
 use crate::options::{CommonOptions, ConsumerOptions};
 use crate::queue::{
     BatchReport, ConsumerHandle, ConsumerStopper, MessageQueue, PublishFailure, PublishReport,
@@ -24,7 +24,7 @@ use crate::queue::{
 use crate::queue_name::QueueName;
 use crate::runner::{HandlerRun, HandlerRunner, Settlement};
 use crate::stats::QueueStats;
-use crate::store::{Claim, Completion, CompletionAction, QueueStore};
+use crate::store::{Claim, Completion, CompletionAction, QueueStore, Undecodable};
 
 /// A [`MessageQueue`] made of a [`QueueStore`] and the shared consumer runtime.
 ///
@@ -158,7 +158,35 @@ impl<S: QueueStore> PollingQueue<S> {
         messages: Vec<NewMessage>,
         failed: &mut Vec<PublishFailure>,
     ) -> Vec<(usize, Message)> {
-        prepare_messages(&self.inner.common, queue, messages, failed)
+        let (indexes, msgs) = prepare_split(&self.inner.common, queue, messages, failed);
+        let (indexes, msgs) = self.checked(indexes, msgs, failed);
+        indexes.into_iter().zip(msgs).collect()
+    }
+
+    /// Keeps the messages the store accepts ([`QueueStore::check`]); the others go to `failed`.
+    fn checked(
+        &self,
+        indexes: Vec<usize>,
+        messages: Vec<Message>,
+        failed: &mut Vec<PublishFailure>,
+    ) -> (Vec<usize>, Vec<Message>) {
+        let store = &self.inner.store;
+        let mut keep_idx = Vec::with_capacity(indexes.len());
+        let mut keep = Vec::with_capacity(messages.len());
+        for (index, m) in indexes.into_iter().zip(messages) {
+            match store.check(&m) {
+                Ok(()) => {
+                    keep_idx.push(index);
+                    keep.push(m);
+                }
+                Err(error) => failed.push(PublishFailure {
+                    index,
+                    id: Some(m.id),
+                    error,
+                }),
+            }
+        }
+        (keep_idx, keep)
     }
 
     /// Emits `published` for stored messages.
@@ -213,6 +241,14 @@ fn prepare_split(
             continue;
         }
         let m = nm.into_message(&*common.id_generator, queue.clone(), now);
+        if let Err(error) = m.check_storable() {
+            failed.push(PublishFailure {
+                index,
+                id: Some(m.id),
+                error,
+            });
+            continue;
+        }
         // A cheap upper bound settles the common case; the exact size is computed only near the
         // limit.
         if m.encoded_len_upper_bound() <= common.max_message_bytes {
@@ -265,6 +301,7 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
         }
         let (indexes, msgs) =
             prepare_split(&self.inner.common, &queue, messages, &mut report.failed);
+        let (indexes, msgs) = self.checked(indexes, msgs, &mut report.failed);
         if msgs.is_empty() {
             return Ok(report);
         }
@@ -515,6 +552,10 @@ impl<S: QueueStore> Worker<S> {
                 message: MessageInfo::of(m, backend),
             });
         }
+        if !claimed.undecodable.is_empty() {
+            self.settle_undecodable(claimed.undecodable, &mut report)
+                .await?;
+        }
         if claimed.messages.is_empty() {
             return Ok(report);
         }
@@ -565,6 +606,86 @@ impl<S: QueueStore> Worker<S> {
                 .await?;
         }
         Ok(report)
+    }
+
+    /// Dead-letters rows that do not decode, each alone with its raw text, and finishes them
+    /// (dead-lettered, or failed when the dead-letter hook refuses them: retrying cannot help).
+    async fn settle_undecodable(
+        &self,
+        rows: Vec<Undecodable>,
+        report: &mut BatchReport,
+    ) -> Result<()> {
+        let placeholders: Vec<(Message, ErrorChain)> = rows
+            .into_iter()
+            .map(|row| {
+                let mut m = Message::new(
+                    row.claim.id.clone(),
+                    self.queue.clone(),
+                    row.message_type,
+                    serde_json::Value::String(row.raw),
+                    Utc::now(),
+                );
+                m.attempts = row.claim.attempt;
+                m.status = Status::DeadLettered;
+                let error =
+                    ErrorChain::msg(format!("stored message cannot be read back: {}", row.error));
+                (m, error)
+            })
+            .collect();
+        tracing::error!(queue = %self.queue, consumer = %self.consumer_id, count = placeholders.len(),
+            ids = %placeholders.iter().map(|(m, _)| m.id.as_str()).collect::<Vec<_>>().join(","),
+            "mq: claimed rows do not decode; dead-lettering them with their raw text");
+        let mut status = Status::DeadLettered;
+        let mut dead_lettered = false;
+        if let Some(sink) = &self.dead_letters {
+            let letters = placeholders
+                .iter()
+                .map(|(m, e)| self.runner.dead_letter(m.clone(), e.clone(), false, None))
+                .collect();
+            match sink.dead_letter(letters).await {
+                Ok(()) => dead_lettered = true,
+                Err(source) => {
+                    let err = Error::DeadLetter {
+                        count: placeholders.len(),
+                        source,
+                    };
+                    tracing::error!(queue = %self.queue, error = %err, chain = %ErrorChain::from_error(&err),
+                        "mq: dead-letter store failed; the undecodable rows stay in the queue as failed");
+                    status = Status::Failed;
+                }
+            }
+        }
+        let completions = placeholders
+            .iter()
+            .map(|(m, error)| {
+                Completion::new(
+                    Claim::of(m),
+                    CompletionAction::Finish {
+                        status,
+                        error: error.clone(),
+                    },
+                )
+            })
+            .collect();
+        let rejected = self.complete_with_retries(completions).await?;
+        report.lease_lost += rejected.len();
+        for (m, error) in &placeholders {
+            if rejected.contains(&Claim::of(m)) {
+                continue;
+            }
+            report.failed += 1;
+            if dead_lettered {
+                report.dead_lettered += 1;
+            }
+            let settled = Settlement::Finish {
+                status,
+                error: error.clone(),
+                exhausted: false,
+            };
+            self.runner
+                .emit_settled(m, &settled, Duration::ZERO, dead_lettered);
+        }
+        Ok(())
     }
 
     /// Runs the handler while [`Worker::renew`] keeps the lease beside it; returns the messages

@@ -100,12 +100,70 @@ pub struct Claimed {
     pub messages: Vec<Message>,
     /// Messages found past `expires_at` and marked expired on the way (never delivered).
     pub expired: Vec<Message>,
+    /// Rows claimed like `messages` that could not be read back as messages. The runtime
+    /// dead-letters each alone, with its raw text and the reason, and finishes it, so one bad
+    /// row never holds back the rest of its batch.
+    pub undecodable: Vec<Undecodable>,
 }
 
 impl Claimed {
     /// A claim result.
     pub fn new(messages: Vec<Message>, expired: Vec<Message>) -> Self {
-        Claimed { messages, expired }
+        Claimed {
+            messages,
+            expired,
+            undecodable: Vec::new(),
+        }
+    }
+
+    /// Adds rows that were claimed but could not be decoded.
+    pub fn with_undecodable(mut self, rows: Vec<Undecodable>) -> Self {
+        self.undecodable = rows;
+        self
+    }
+}
+
+/// A claimed row that does not decode into a [`Message`] (a payload nested deeper than the
+/// reader allows, text that is not JSON, a value out of range), written by another program or an
+/// older version.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::MessageId;
+/// use mq_core::backend::{Claim, Undecodable};
+///
+/// let row = Undecodable::new(Claim::new(MessageId::new("m1")?, 1), "welcome", "{\"to\": [[[", "EOF while parsing");
+/// assert_eq!(row.claim.attempt, 1);
+/// # Ok::<(), mq_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Undecodable {
+    /// The claim the store made on the row.
+    pub claim: Claim,
+    /// The stored message type, if readable.
+    pub message_type: String,
+    /// The stored payload as text, unchanged.
+    pub raw: String,
+    /// Why it does not decode.
+    pub error: String,
+}
+
+impl Undecodable {
+    /// A row of `message_type` claimed as `claim`, whose `raw` payload failed with `error`.
+    pub fn new(
+        claim: Claim,
+        message_type: impl Into<String>,
+        raw: impl Into<String>,
+        error: impl fmt::Display,
+    ) -> Self {
+        Undecodable {
+            claim,
+            message_type: message_type.into(),
+            raw: raw.into(),
+            error: error.to_string(),
+        }
     }
 }
 
@@ -135,6 +193,15 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
     /// for a message that was not stored (for example [`Error::DuplicateId`]). An `Err` for the
     /// whole call means nothing was stored.
     async fn insert(&self, queue: &QueueName, messages: Vec<Message>) -> Result<Vec<Result<()>>>;
+
+    /// Checks that `message` fits this store (column sizes, characters its database refuses)
+    /// before anything is written, so a bad message is refused alone with its reason instead of
+    /// failing the whole publish. Called once per message by the publish path; the default
+    /// accepts everything.
+    fn check(&self, message: &Message) -> Result<()> {
+        let _ = message;
+        Ok(())
+    }
 
     /// Claims up to `limit` messages for `owner` for `lease`.
     async fn claim(

@@ -335,7 +335,9 @@ macro_rules! conformance_tests {
             shutdown_cancels_handlers_after_the_grace_period,
             shutdown_waits_for_consume_batch_and_repeats_safely,
             absurd_delays_are_handled_without_panics,
-            hung_handler_is_dropped_and_shutdown_returns
+            hung_handler_is_dropped_and_shutdown_returns,
+            too_deep_payload_is_refused_alone,
+            bad_messages_are_refused_alone
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

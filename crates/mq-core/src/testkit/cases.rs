@@ -1100,6 +1100,7 @@ pub async fn hung_handler_is_dropped_and_shutdown_returns(f: &dyn QueueFactory, 
     );
 
     // A shutdown with a hung handler in flight returns within its grace plus a second.
+    let before = hangs.load(Ordering::SeqCst);
     q.publish(&name, vec![hung(99)])
         .await
         .expect("publish")
@@ -1110,7 +1111,6 @@ pub async fn hung_handler_is_dropped_and_shutdown_returns(f: &dyn QueueFactory, 
         .consume(&name, h, opts.handler_timeout(LONG).shutdown_grace(grace))
         .await
         .expect("consume");
-    let before = hangs.load(Ordering::SeqCst);
     eventually(LONG, "the second hung handler running", || {
         hangs.load(Ordering::SeqCst) > before
     })
@@ -1123,4 +1123,152 @@ pub async fn hung_handler_is_dropped_and_shutdown_returns(f: &dyn QueueFactory, 
         took < grace + Duration::from_secs(1),
         "shutdown took {took:?}, grace {grace:?}"
     );
+}
+
+/// Handles every message of `name` with `consume_batch` until `expected` were seen (or the
+/// deadline passes), recording deliveries in a ledger.
+async fn drain_into(
+    q: &dyn MessageQueue,
+    name: &crate::QueueName,
+    expected: usize,
+) -> Arc<DeliveryLedger> {
+    let ledger = Arc::new(DeliveryLedger::default());
+    let l = ledger.clone();
+    let h = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        let l = l.clone();
+        async move {
+            for m in batch.iter() {
+                l.begin(m.id.as_str());
+                l.end(m.id.as_str());
+            }
+        }
+    }));
+    let opts = fast_options().batch_size(100);
+    let deadline = std::time::Instant::now() + LONG;
+    while ledger.distinct() < expected && std::time::Instant::now() < deadline {
+        let report = q
+            .consume_batch(name, h.clone(), &opts)
+            .await
+            .expect("consume_batch");
+        if report.delivered == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    ledger
+}
+
+/// A payload nested 200 levels deep among 200 good messages is refused at publish, alone, with
+/// its reason; every good message is handled once, at its first attempt.
+pub async fn too_deep_payload_is_refused_alone(f: &dyn QueueFactory, test: &str) {
+    if should_skip(f, test) {
+        return;
+    }
+    let (q, name) = setup(f, test, CommonOptions::default()).await;
+    let mut deep = json!("bottom");
+    for _ in 0..200 {
+        deep = json!([deep]);
+    }
+    let mut batch: Vec<NewMessage> = (0..200).map(msg).collect();
+    batch.insert(100, NewMessage::new("poison", deep));
+    let report = q.publish(&name, batch).await.expect("publish");
+    assert_eq!(report.published.len(), 200, "{:?}", report.failed);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].index, 100);
+    assert!(
+        matches!(
+            report.failed[0].error,
+            Error::InvalidMessage {
+                field: "payload",
+                ..
+            }
+        ),
+        "{}",
+        report.failed[0].error
+    );
+    let ledger = Arc::new(DeliveryLedger::default());
+    let first = Arc::new(AtomicUsize::new(0));
+    let (l, fa) = (ledger.clone(), first.clone());
+    let h = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        let (l, fa) = (l.clone(), fa.clone());
+        async move {
+            for m in batch.iter() {
+                l.begin(m.id.as_str());
+                if m.attempts == 1 {
+                    fa.fetch_add(1, Ordering::SeqCst);
+                }
+                l.end(m.id.as_str());
+            }
+        }
+    }));
+    let c = q
+        .consume(&name, h, fast_options().batch_size(10))
+        .await
+        .expect("consume");
+    eventually(LONG, "200 good messages handled", || {
+        ledger.distinct() == 200
+    })
+    .await;
+    c.stop().await;
+    eprintln!(
+        "{test}: {} backend: 200 good handled ({} at attempt 1, {} duplicates), poison refused at publish",
+        q.backend(),
+        first.load(Ordering::SeqCst),
+        ledger.duplicates()
+    );
+    assert_eq!(ledger.duplicates(), 0);
+    assert_eq!(first.load(Ordering::SeqCst), 200);
+    q.shutdown().await.expect("shutdown");
+}
+
+/// In a publish of 10, a message with a NUL in its payload and one with a partition key too
+/// long for any backend are each refused alone, with their reason, or (the NUL, where the
+/// backend can keep it) stored and delivered intact; the 8 others are stored and consumed. In a
+/// publish of 6,000, a bad message at #5,500 is refused alone and the 5,999 others are stored:
+/// never part of the batch stored with an error for the whole call.
+pub async fn bad_messages_are_refused_alone(f: &dyn QueueFactory, test: &str) {
+    if should_skip(f, test) {
+        return;
+    }
+    let (q, name) = setup(f, test, CommonOptions::default()).await;
+    let mut batch: Vec<NewMessage> = (0..8).map(msg).collect();
+    batch.insert(3, NewMessage::new("nul", json!({ "text": "a\u{0}b" })));
+    batch.insert(7, msg(99).partition_key("k".repeat(300)));
+    let report = q.publish(&name, batch).await.expect("publish");
+    let refused: Vec<(usize, String)> = report
+        .failed
+        .iter()
+        .map(|f| (f.index, f.error.to_string()))
+        .collect();
+    eprintln!("{test}: {} backend refused {refused:?}", q.backend());
+    assert!(
+        refused
+            .iter()
+            .any(|(i, e)| *i == 7 && e.contains("partition_key")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().all(|(i, _)| *i == 3 || *i == 7),
+        "only the bad messages are refused: {refused:?}"
+    );
+    let nul_stored = !refused.iter().any(|(i, _)| *i == 3);
+    if !nul_stored {
+        assert!(
+            refused.iter().any(|(i, e)| *i == 3 && e.contains("NUL")),
+            "{refused:?}"
+        );
+    }
+    let stored = report.published.len();
+    assert_eq!(stored, if nul_stored { 9 } else { 8 });
+    let ledger = drain_into(&*q, &name, stored).await;
+    assert_eq!(ledger.distinct(), stored);
+
+    let mut big: Vec<NewMessage> = (0..6000).map(msg).collect();
+    big[5500] = msg(5500).partition_key(String::new());
+    let report = q.publish(&name, big).await.expect("publish 6000");
+    assert_eq!(report.published.len(), 5999, "{:?}", report.failed.first());
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].index, 5500);
+    let ledger = drain_into(&*q, &name, 5999).await;
+    assert_eq!(ledger.distinct(), 5999);
+    q.shutdown().await.expect("shutdown");
 }
