@@ -708,40 +708,55 @@ impl<S: QueueStore> Worker<S> {
     }
 
     /// Renews the lease of `claims` every third of its duration, in its own future beside the
-    /// handler, so a slow renewal never pauses the handler. Cancels `lost` and returns when the
-    /// lease is gone or may lapse before the next renewal succeeds; never returns otherwise.
+    /// handler, so a slow renewal never pauses the handler. Each try may take only the time left
+    /// on the lease we know we hold (minus a margin); when that runs out, or the store says the
+    /// lease is gone, it cancels `lost` and returns, so the handler stops before another
+    /// consumer can claim the batch. Never returns otherwise.
     async fn renew(&self, claims: &[Claim], lost: &CancellationToken) {
         let lease = self.options.get_lease_duration();
+        // Stop this long before the lease may lapse: the handler needs up to its cancel grace
+        // to stop, and the store's clock may run a little ahead of ours.
+        let margin = (lease / 6).max(self.options.get_cancel_grace() + lease / 20);
         let started = Instant::now();
         let mut tick = tokio::time::interval_at(started + lease / 3, lease / 3);
         // The lease is ours until this instant; failed renewals do not move it.
         let mut held_until = started + lease;
         loop {
-            tick.tick().await;
+            let give_up = held_until.checked_sub(margin).unwrap_or(started);
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = tokio::time::sleep_until(give_up) => {
+                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id,
+                        "mq: lease about to lapse after failed renewals; cancelling the handler");
+                    lost.cancel();
+                    return;
+                }
+            }
             let asked = Instant::now();
-            match self
-                .store
-                .renew(&self.queue, &self.consumer_id, claims, lease)
-                .await
-            {
-                Ok(gone) if gone.is_empty() => held_until = asked + lease,
-                Ok(gone) => {
+            let budget = give_up.saturating_duration_since(asked);
+            let renewed = tokio::time::timeout(
+                budget,
+                self.store
+                    .renew(&self.queue, &self.consumer_id, claims, lease),
+            )
+            .await;
+            match renewed {
+                Ok(Ok(gone)) if gone.is_empty() => held_until = asked + lease,
+                Ok(Ok(gone)) => {
                     tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost = gone.len(),
                         "mq: lease lost while the handler ran; cancelling it");
                     lost.cancel();
                     return;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %e,
-                        "mq: lease renewal failed");
-                    // Past the last lease we know we hold, another consumer may take the batch:
-                    // stop the handler rather than run it twice at once.
-                    if Instant::now() + lease / 6 >= held_until {
-                        tracing::warn!(queue = %self.queue, consumer = %self.consumer_id,
-                            "mq: lease about to lapse after failed renewals; cancelling the handler");
-                        lost.cancel();
-                        return;
-                    }
+                        error_chain = %ErrorChain::from_error(&e), "mq: lease renewal failed; retrying");
+                }
+                Err(_) => {
+                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, waited = ?budget,
+                        "mq: lease renewal did not answer before the lease may lapse; cancelling the handler");
+                    lost.cancel();
+                    return;
                 }
             }
         }
