@@ -819,7 +819,7 @@ impl<S: QueueStore> Worker<S> {
         let completions: Vec<Completion> = messages
             .iter()
             .zip(&plan)
-            .map(|(m, p)| Completion::new(Claim::of(m), action_of(p, now)))
+            .map(|(m, p)| Completion::new(Claim::of(m), action_of(p, now, dead_lettered)))
             .collect();
         let rejected: HashSet<Claim> = self.complete_with_retries(completions).await?;
         report.lease_lost = rejected.len();
@@ -872,8 +872,13 @@ impl<S: QueueStore> Worker<S> {
     }
 }
 
-/// The store write for one settled message.
-fn action_of(settled: &Settlement, now: chrono::DateTime<Utc>) -> CompletionAction {
+/// The store write for one settled message. A terminal message whose dead letter was stored
+/// is marked dead-lettered, so the queue's numbers say where it went.
+fn action_of(
+    settled: &Settlement,
+    now: chrono::DateTime<Utc>,
+    dead_lettered: bool,
+) -> CompletionAction {
     match settled {
         Settlement::Ack => CompletionAction::Ack,
         Settlement::Retry { delay, error } => CompletionAction::Retry {
@@ -881,7 +886,11 @@ fn action_of(settled: &Settlement, now: chrono::DateTime<Utc>) -> CompletionActi
             error: error.clone(),
         },
         Settlement::Finish { status, error, .. } => CompletionAction::Finish {
-            status: *status,
+            status: if dead_lettered {
+                Status::DeadLettered
+            } else {
+                *status
+            },
             error: error.clone(),
         },
     }

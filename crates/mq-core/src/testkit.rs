@@ -337,7 +337,8 @@ macro_rules! conformance_tests {
             absurd_delays_are_handled_without_panics,
             hung_handler_is_dropped_and_shutdown_returns,
             too_deep_payload_is_refused_alone,
-            bad_messages_are_refused_alone
+            bad_messages_are_refused_alone,
+            queue_stats_count_by_status
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use mq_core::backend::duplicate_id;
 use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, QueueStore};
-use mq_core::{Message, MessageId, QueueName, Result, Status, async_trait};
+use mq_core::{Message, MessageId, QueueName, QueueStats, Result, Status, async_trait};
 use tokio::sync::Notify;
 
 /// Keeps messages in process memory, with the same claim and lease rules as the durable stores.
@@ -49,6 +49,8 @@ struct State {
     delayed: BinaryHeap<Reverse<(DateTime<Utc>, u64, MessageId)>>,
     leases: BinaryHeap<Reverse<(Instant, u64, MessageId)>>,
     finished: VecDeque<Message>,
+    /// Messages that left the store, per final status (acked ones are not kept).
+    done: std::collections::BTreeMap<Status, u64>,
     seq: u64,
 }
 
@@ -238,6 +240,7 @@ impl QueueStore for MemoryStore {
                     .unwrap_or_else(|| unreachable!());
                 m.status = Status::Expired;
                 m.updated_at = now;
+                *st.done.entry(Status::Expired).or_default() += 1;
                 expired.push(m);
                 continue;
             }
@@ -314,6 +317,7 @@ impl QueueStore for MemoryStore {
                 match c.action {
                     CompletionAction::Ack => {
                         st.entries.remove(&c.claim.id);
+                        *st.done.entry(Status::Executed).or_default() += 1;
                     }
                     CompletionAction::Retry { execute_at, .. } => {
                         if let Some(e) = st.entries.get_mut(&c.claim.id) {
@@ -327,6 +331,7 @@ impl QueueStore for MemoryStore {
                     }
                     CompletionAction::Finish { status, .. } => {
                         if let Some(mut e) = st.entries.remove(&c.claim.id) {
+                            *st.done.entry(status).or_default() += 1;
                             e.message.status = status;
                             e.message.updated_at = now;
                             if self.finished_capacity > 0 {
@@ -347,6 +352,44 @@ impl QueueStore for MemoryStore {
             slot.notify.notify_waiters();
         }
         Ok(rejected)
+    }
+
+    async fn queue_stats(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
+        let slots: Vec<(QueueName, Arc<Slot>)> = {
+            let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
+            let mut v: Vec<_> = queues
+                .iter()
+                .filter(|(name, _)| queue.is_none_or(|q| q == *name))
+                .map(|(name, slot)| (name.clone(), slot.clone()))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let now = Utc::now();
+        let mono = Instant::now();
+        let mut out = Vec::with_capacity(slots.len());
+        for (name, slot) in slots {
+            let st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut stats = QueueStats::new(name);
+            stats.counts = st.done.clone();
+            let mut oldest: Option<DateTime<Utc>> = None;
+            for e in st.entries.values() {
+                let m = &e.message;
+                *stats.counts.entry(m.status).or_default() += 1;
+                match m.status {
+                    Status::Scheduled if m.execute_at <= now && !m.is_expired_at(now) => {
+                        oldest = Some(oldest.map_or(m.execute_at, |o| o.min(m.execute_at)));
+                    }
+                    Status::Processing if e.lease.as_ref().is_none_or(|l| l.expires <= mono) => {
+                        stats.expired_leases += 1;
+                    }
+                    _ => {}
+                }
+            }
+            stats.oldest_ready_age = oldest.map(|t| (now - t).to_std().unwrap_or_default());
+            out.push(stats);
+        }
+        Ok(out)
     }
 
     async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {

@@ -292,6 +292,12 @@ pub async fn exhausted_attempts_go_to_dead_letters(f: &dyn QueueFactory, test: &
     }
     assert_eq!(rec.count("failed"), 2);
     assert_eq!(rec.count("dead_lettered"), 2);
+    // The queue's numbers say where the messages went.
+    let store = f.store(test).await.expect("a polling backend has a store");
+    let stats = store.queue_stats(Some(&name)).await.expect("queue stats");
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].count(crate::Status::DeadLettered), 2, "{stats:?}");
+    assert_eq!(stats[0].count(crate::Status::Failed), 0, "{stats:?}");
     q.shutdown().await.expect("shutdown");
 }
 
@@ -1270,5 +1276,40 @@ pub async fn bad_messages_are_refused_alone(f: &dyn QueueFactory, test: &str) {
     assert_eq!(report.failed[0].index, 5500);
     let ledger = drain_into(&*q, &name, 5999).await;
     assert_eq!(ledger.distinct(), 5999);
+    q.shutdown().await.expect("shutdown");
+}
+
+/// `queue_stats` counts messages per status and reports the oldest ready message's age.
+pub async fn queue_stats_count_by_status(f: &dyn QueueFactory, test: &str) {
+    if should_skip(f, test) {
+        return;
+    }
+    let (q, name) = setup(f, test, CommonOptions::default()).await;
+    let mut batch: Vec<NewMessage> = (0..3).map(msg).collect();
+    batch.extend((3..5).map(|i| msg(i).delay(Duration::from_secs(3600))));
+    q.publish(&name, batch)
+        .await
+        .expect("publish")
+        .into_result()
+        .expect("every message stored");
+    let store = f.store(test).await.expect("a polling backend has a store");
+    let before = store.queue_stats(Some(&name)).await.expect("stats");
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(&before[0].queue, &name);
+    assert_eq!(before[0].count(crate::Status::Scheduled), 5, "{before:?}");
+    assert!(before[0].oldest_ready_age.is_some(), "{before:?}");
+    let h = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {}));
+    let report = q
+        .consume_batch(&name, h, &fast_options().batch_size(10))
+        .await
+        .expect("consume");
+    assert_eq!(report.acked, 3);
+    let after = store.queue_stats(Some(&name)).await.expect("stats");
+    assert_eq!(after[0].count(crate::Status::Scheduled), 2, "{after:?}");
+    assert_eq!(after[0].count(crate::Status::Processing), 0, "{after:?}");
+    assert_eq!(after[0].oldest_ready_age, None, "{after:?}");
+    assert_eq!(after[0].expired_leases, 0);
+    let all = store.queue_stats(None).await.expect("stats of every queue");
+    assert!(all.iter().any(|s| s.queue == name), "{all:?}");
     q.shutdown().await.expect("shutdown");
 }
