@@ -25,6 +25,8 @@ pub struct MessageInfo {
     pub message_type: String,
     /// Deliveries started so far.
     pub attempts: u32,
+    /// The Kinesis shard the message was read from.
+    pub shard_id: Option<String>,
 }
 
 impl MessageInfo {
@@ -36,7 +38,14 @@ impl MessageInfo {
             message_id: message.id.clone(),
             message_type: message.message_type.clone(),
             attempts: message.attempts,
+            shard_id: None,
         }
+    }
+
+    /// The same info, read from Kinesis shard `shard`.
+    pub fn on_shard(mut self, shard: Option<&str>) -> Self {
+        self.shard_id = shard.map(str::to_owned);
+        self
     }
 }
 
@@ -729,6 +738,7 @@ mod tests {
                 message_id: MessageId::new("m").unwrap(),
                 message_type: "t".into(),
                 attempts: 0,
+                shard_id: None,
             },
         }
     }

@@ -9,7 +9,12 @@ use crate::lifecycle::{LifecycleEvent, LifecycleObserver, MessageInfo, ObserverE
 ///
 /// No exporter is installed: the application picks one (for example
 /// `metrics-exporter-prometheus`). Every metric carries `backend` and `queue` labels; message
-/// metrics also carry `type`. The names are listed in `docs/metrics.md`.
+/// metrics also carry `type`, and `shard` (empty outside Kinesis). The names are listed in
+/// `docs/metrics.md`.
+///
+/// Durations and sizes are recorded as histograms. Prometheus exporters render a histogram as a
+/// summary unless given buckets: give them [`MetricsObserver::BUCKETS`] (seconds) so the
+/// quantiles can be aggregated across instances and shards.
 ///
 /// # Examples
 ///
@@ -28,17 +33,36 @@ pub struct MetricsObserver {
 }
 
 impl MetricsObserver {
+    /// Histogram buckets, in seconds, for `mq_handler_duration_seconds` and
+    /// `mq_message_age_seconds`: from 5 ms to an hour.
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    /// use mq_core::MetricsObserver;
+    ///
+    /// PrometheusBuilder::new()
+    ///     .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), MetricsObserver::BUCKETS)?
+    ///     .install_recorder()?;
+    /// # Ok(()) }
+    /// ```
+    pub const BUCKETS: &'static [f64] = &[
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+        3600.0,
+    ];
+
     /// An observer writing to whatever recorder the application installed.
     pub fn new() -> Self {
         MetricsObserver::default()
     }
 }
 
-fn labels(m: &MessageInfo) -> [(&'static str, String); 3] {
+fn labels(m: &MessageInfo) -> [(&'static str, String); 4] {
     [
         ("backend", m.backend.to_owned()),
         ("queue", m.queue.to_string()),
         ("type", m.message_type.clone()),
+        ("shard", m.shard_id.clone().unwrap_or_default()),
     ]
 }
 
@@ -72,11 +96,11 @@ impl LifecycleObserver for MetricsObserver {
             LifecycleEvent::Failed {
                 message, exhausted, ..
             } => {
-                let [b, q, t] = labels(message);
+                let [b, q, t, s] = labels(message);
                 let reason = if *exhausted { "exhausted" } else { "handler" };
                 counter!(
                     "mq_messages_failed_total",
-                    &[b, q, t, ("reason", reason.to_owned())]
+                    &[b, q, t, s, ("reason", reason.to_owned())]
                 )
                 .increment(1);
             }

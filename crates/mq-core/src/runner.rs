@@ -399,6 +399,10 @@ impl HandlerRunner {
         DeadLetter::new(message, origin, error, exhausted, self.consumer_id.clone())
     }
 
+    fn info(&self, message: &Message) -> MessageInfo {
+        MessageInfo::of(message, self.backend).on_shard(self.shard.as_deref())
+    }
+
     /// Emits `Consumed` for each message about to be handed to the handler.
     pub fn emit_consumed(&self, messages: &[Message]) {
         if !self.lifecycle.is_active() {
@@ -408,7 +412,7 @@ impl HandlerRunner {
         for m in messages {
             let age = (now - m.created_at).to_std().unwrap_or_default();
             self.lifecycle.emit(LifecycleEvent::Consumed {
-                message: MessageInfo::of(m, self.backend),
+                message: self.info(m),
                 consumer_id: self.consumer_id.clone(),
                 age,
             });
@@ -428,12 +432,12 @@ impl HandlerRunner {
         let lc = &self.lifecycle;
         match settlement {
             Settlement::Ack => lc.emit_with(|| LifecycleEvent::Acked {
-                message: MessageInfo::of(message, self.backend),
+                message: self.info(message),
                 consumer_id: self.consumer_id.clone(),
                 handler_duration: took,
             }),
             Settlement::Retry { delay, error } => lc.emit_with(|| LifecycleEvent::Retried {
-                message: MessageInfo::of(message, self.backend),
+                message: self.info(message),
                 consumer_id: self.consumer_id.clone(),
                 delay: *delay,
                 error: error.clone(),
@@ -445,7 +449,7 @@ impl HandlerRunner {
             } => {
                 if *status == Status::Failed {
                     lc.emit_with(|| LifecycleEvent::Failed {
-                        message: MessageInfo::of(message, self.backend),
+                        message: self.info(message),
                         consumer_id: self.consumer_id.clone(),
                         error: error.clone(),
                         exhausted: *exhausted,
@@ -453,7 +457,7 @@ impl HandlerRunner {
                 }
                 if dead_lettered {
                     lc.emit_with(|| LifecycleEvent::DeadLettered {
-                        message: MessageInfo::of(message, self.backend),
+                        message: self.info(message),
                         consumer_id: self.consumer_id.clone(),
                         error: error.clone(),
                     });

@@ -104,3 +104,38 @@ fn snapshot(s: &metrics_util::debugging::Snapshotter) -> std::collections::HashM
         })
         .collect()
 }
+
+#[test]
+fn handler_duration_carries_the_shard() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let d = LifecycleDispatcher::builder()
+            .observer(Arc::new(MetricsObserver::new()))
+            .mode(DispatchMode::Sync)
+            .build();
+        let q = QueueName::new("orders").unwrap();
+        d.emit(LifecycleEvent::Acked {
+            message: info(&q).on_shard(Some("shardId-000000000003")),
+            consumer_id: "c".into(),
+            handler_duration: Duration::from_millis(40),
+        });
+    });
+    let labels: Vec<(String, String)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "mq_handler_duration_seconds")
+        .flat_map(|(key, ..)| {
+            key.key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        labels.contains(&("shard".to_owned(), "shardId-000000000003".to_owned())),
+        "{labels:?}"
+    );
+    assert!(labels.iter().any(|(k, _)| k == "queue"), "{labels:?}");
+}

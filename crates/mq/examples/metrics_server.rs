@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use mq::{
     Batch, CommonOptions, ConsumerOptions, HandlerContext, InMemoryOptions, InMemoryQueue,
     LifecycleDispatcher, MessageQueue, MetricsObserver, NewMessage, Outcome, Outcomes, QueueName,
@@ -23,7 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let prometheus = PrometheusBuilder::new().install_recorder()?;
+    // Histograms with buckets, so durations aggregate across instances and shards.
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), MetricsObserver::BUCKETS)?
+        .install_recorder()?;
 
     let lifecycle = LifecycleDispatcher::builder()
         .observer(Arc::new(MetricsObserver::new()))
