@@ -511,16 +511,17 @@ impl<S: QueueStore> Worker<S> {
 
     async fn run(&self, stop: CancellationToken) {
         let mut idle = self.options.get_poll_interval();
+        let mut trouble = Trouble::default();
         while !stop.is_cancelled() {
             match self.run_once().await {
                 Ok(report) if report.delivered > 0 || report.expired > 0 => {
+                    trouble.recovered(&self.queue, &self.consumer_id);
                     idle = self.options.get_poll_interval();
                     continue;
                 }
-                Ok(_) => {}
+                Ok(_) => trouble.recovered(&self.queue, &self.consumer_id),
                 Err(e) => {
-                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %e,
-                        error_chain = %ErrorChain::from_error(&e), "mq: claim failed; backing off");
+                    trouble.failed(&self.queue, &self.consumer_id, &e);
                 }
             }
             tokio::select! {
@@ -649,7 +650,7 @@ impl<S: QueueStore> Worker<S> {
                         count: placeholders.len(),
                         source,
                     };
-                    tracing::error!(queue = %self.queue, error = %err, chain = %ErrorChain::from_error(&err),
+                    tracing::error!(queue = %self.queue, error = %ErrorChain::from_error(&err),
                         "mq: dead-letter store failed; the undecodable rows stay in the queue as failed");
                     status = Status::Failed;
                 }
@@ -749,8 +750,8 @@ impl<S: QueueStore> Worker<S> {
                     return;
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %e,
-                        error_chain = %ErrorChain::from_error(&e), "mq: lease renewal failed; retrying");
+                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id,
+                        error = %ErrorChain::from_error(&e), "mq: lease renewal failed; retrying");
                 }
                 Err(_) => {
                     tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, waited = ?budget,
@@ -804,7 +805,7 @@ impl<S: QueueStore> Worker<S> {
                 Ok(()) => dead_lettered = true,
                 Err(source) => {
                     let err = Error::DeadLetter { count, source };
-                    tracing::error!(queue = %self.queue, error = %err, chain = %ErrorChain::from_error(&err),
+                    tracing::error!(queue = %self.queue, error = %ErrorChain::from_error(&err),
                         "mq: dead-letter store failed; the messages will be delivered again later");
                     let why = ErrorChain::msg("dead-letter store unavailable");
                     for &i in &terminal {
@@ -860,7 +861,7 @@ impl<S: QueueStore> Worker<S> {
             {
                 Ok(rejected) => return Ok(rejected.into_iter().collect()),
                 Err(e) if attempt < 4 => {
-                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %e, attempt,
+                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %ErrorChain::from_error(&e), attempt,
                         "mq: writing outcomes failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
@@ -869,6 +870,47 @@ impl<S: QueueStore> Worker<S> {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// How a worker reports a failing store: the first failure at once, then at most one line
+/// every [`Trouble::EVERY`] with how many failures it stood for, and one line when it recovers,
+/// so an outage is visible at once without flooding the log.
+#[derive(Debug, Default)]
+struct Trouble {
+    since: Option<Instant>,
+    last_logged: Option<Instant>,
+    failures: u64,
+}
+
+impl Trouble {
+    const EVERY: Duration = Duration::from_secs(30);
+
+    /// Records a failure; true when it was logged.
+    fn failed(&mut self, queue: &QueueName, consumer: &str, e: &Error) -> bool {
+        let now = Instant::now();
+        self.failures += 1;
+        let since = *self.since.get_or_insert(now);
+        if self
+            .last_logged
+            .is_some_and(|at| now.duration_since(at) < Self::EVERY)
+        {
+            return false;
+        }
+        self.last_logged = Some(now);
+        tracing::warn!(queue = %queue, consumer = %consumer, error = %ErrorChain::from_error(e),
+            failures = self.failures, failing_for = ?now.duration_since(since),
+            "mq: claiming failed; retrying with backoff");
+        true
+    }
+
+    fn recovered(&mut self, queue: &QueueName, consumer: &str) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(queue = %queue, consumer = %consumer, failures = self.failures,
+                after = ?since.elapsed(), "mq: claiming works again");
+        }
+        self.failures = 0;
+        self.last_logged = None;
     }
 }
 
@@ -893,5 +935,23 @@ fn action_of(
             },
             error: error.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn store_trouble_is_logged_at_once_then_rate_limited() {
+        let q = QueueName::new("q").unwrap();
+        let e = Error::backend("sql", "claim", std::io::Error::other("connection refused"));
+        let mut t = Trouble::default();
+        assert!(t.failed(&q, "c", &e), "the first failure is logged at once");
+        assert!(!t.failed(&q, "c", &e));
+        tokio::time::advance(Trouble::EVERY).await;
+        assert!(t.failed(&q, "c", &e), "then once per interval");
+        t.recovered(&q, "c");
+        assert!(t.failed(&q, "c", &e), "a new outage is logged at once");
     }
 }

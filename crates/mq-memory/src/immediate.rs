@@ -200,7 +200,7 @@ impl ImmediateQueue {
                     // Nothing is stored here: the publish report already lists these messages
                     // as not acknowledged, so the publisher still learns of them.
                     let err = Error::DeadLetter { count, source };
-                    tracing::error!(error = %err, chain = %ErrorChain::from_error(&err), "mq: dead-letter store failed");
+                    tracing::error!(error = %ErrorChain::from_error(&err), "mq: dead-letter store failed");
                 }
             }
         }
