@@ -78,7 +78,26 @@ impl LifecycleObserver for MetricsObserver {
                 histogram!("mq_message_size_bytes", &labels(message)).record(*size_bytes as f64);
             }
             LifecycleEvent::Consumed { message, age, .. } => {
-                counter!("mq_messages_consumed_total", &labels(message)).increment(1);
+                let l = labels(message);
+                counter!("mq_messages_consumed_total", &l).increment(1);
+                // Every outcome counter exists from the first delivery on, at zero, so rates and
+                // alerts on them see a series before the first failure.
+                for name in [
+                    "mq_messages_acked_total",
+                    "mq_messages_retried_total",
+                    "mq_messages_dead_lettered_total",
+                    "mq_messages_expired_total",
+                ] {
+                    counter!(name, &l).increment(0);
+                }
+                for reason in ["exhausted", "handler"] {
+                    let [b, q, t, s] = l.clone();
+                    counter!(
+                        "mq_messages_failed_total",
+                        &[b, q, t, s, ("reason", reason.to_owned())]
+                    )
+                    .increment(0);
+                }
                 histogram!("mq_message_age_seconds", &labels(message)).record(age.as_secs_f64());
             }
             LifecycleEvent::Acked {
@@ -117,6 +136,15 @@ impl LifecycleObserver for MetricsObserver {
                     gauge!("mq_shard_leases_held", "backend" => consumer.backend,
                         "queue" => consumer.queue.to_string(), "shard" => shard.clone())
                     .set(1.0);
+                    // The shard's trouble counters exist from the start, at zero.
+                    for name in ["mq_poison_pills_total", "mq_leases_lost_total"] {
+                        counter!(name, "backend" => consumer.backend,
+                            "queue" => consumer.queue.to_string(), "shard" => shard.clone())
+                        .increment(0);
+                    }
+                    for name in ["mq_heartbeat_failures_total", "mq_rebalances_total"] {
+                        counter!(name, "queue" => consumer.queue.to_string()).increment(0);
+                    }
                 }
             }
             LifecycleEvent::ConsumerDisconnected { consumer, .. } => {

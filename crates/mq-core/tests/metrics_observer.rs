@@ -53,6 +53,9 @@ fn events_become_metrics() {
     assert_eq!(snap.get("mq_messages_consumed_total"), Some(&1.0));
     assert_eq!(snap.get("mq_messages_failed_total"), Some(&1.0));
     assert_eq!(snap.get("mq_message_age_seconds"), Some(&0.25));
+    // Outcome counters exist from the first delivery on.
+    assert_eq!(snap.get("mq_messages_retried_total"), Some(&0.0));
+    assert_eq!(snap.get("mq_messages_dead_lettered_total"), Some(&0.0));
 }
 
 #[test]
@@ -90,19 +93,18 @@ fn shard_events_become_lag_and_lease_gauges() {
     assert_eq!(snap.get("mq_shard_leases_held"), Some(&0.0));
 }
 
+/// Each metric name's value, summed over its label sets.
 fn snapshot(s: &metrics_util::debugging::Snapshotter) -> std::collections::HashMap<String, f64> {
-    s.snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| {
-            let v = match value {
-                DebugValue::Counter(c) => c as f64,
-                DebugValue::Gauge(g) => g.into_inner(),
-                DebugValue::Histogram(h) => h.iter().map(|x| x.into_inner()).sum(),
-            };
-            (key.key().name().to_owned(), v)
-        })
-        .collect()
+    let mut out = std::collections::HashMap::new();
+    for (key, _, _, value) in s.snapshot().into_vec() {
+        let v = match value {
+            DebugValue::Counter(c) => c as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(h) => h.iter().map(|x| x.into_inner()).sum(),
+        };
+        *out.entry(key.key().name().to_owned()).or_insert(0.0) += v;
+    }
+    out
 }
 
 #[test]
