@@ -68,7 +68,7 @@ impl MongoQueue {
     /// use std::time::Duration;
     /// use mq_mongo::{MongoOptions, MongoQueue};
     ///
-    /// # async fn run() -> Result<()> {
+    /// # async fn run() -> mq_core::Result<()> {
     /// let opts = MongoOptions::default().server_selection_timeout(Duration::from_secs(2));
     /// let queue = MongoQueue::connect("mongodb://db1:27017,db2:27017/?replicaSet=rs0", opts).await?;
     /// # let _ = queue;
@@ -123,7 +123,7 @@ impl MongoQueue {
     /// ```no_run
     /// use mq_core::{QueueName, Status};
     ///
-    /// # async fn run(queue: mq_mongo::MongoQueue) -> Result<()> {
+    /// # async fn run(queue: mq_mongo::MongoQueue) -> mq_core::Result<()> {
     /// let emails = QueueName::new("emails")?;
     /// let stats = queue.queue_stats(Some(&emails)).await?;
     /// println!("{} failed, {} stuck", stats[0].count(Status::Failed), stats[0].expired_leases);
