@@ -4,13 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mq_core::QueueName;
+use mq_core::{DeadLetterFilter, DeadLetterStore, QueueName, ReplayState, Result};
 use tokio_util::sync::CancellationToken;
-
-use crate::error::Result;
-use mq_core::DeadLetterFilter;
-use mq_core::DeadLetterStore;
-use mq_core::ReplayState;
 
 /// Publishes how many dead letters wait for a replay as the gauge `mq_dead_letter_depth`
 /// (label `queue`), on the [`metrics`] facade, by counting the store every interval.

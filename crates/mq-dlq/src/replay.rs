@@ -7,13 +7,11 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use mq_core::{Error as QueueError, MessageQueue, NewMessage, QueueName};
+use mq_core::{
+    DeadLetterEntry, DeadLetterFilter, DeadLetterStore, EntryId, Error, MessageQueue, NewMessage,
+    QueueName, ReplayMark, ReplayState, Result,
+};
 use serde::Serialize;
-
-use crate::error::{Error, Result};
-use mq_core::DeadLetterFilter;
-use mq_core::DeadLetterStore;
-use mq_core::{DeadLetterEntry, EntryId, ReplayMark, ReplayState};
 
 /// The `log_context` key of a replayed message that holds its dead-letter entry id.
 pub const REPLAY_ENTRY_KEY: &str = "dlq_entry_id";
@@ -217,7 +215,7 @@ impl ReplayReport {
 /// use mq_dlq::{ReplayOptions, Replayer};
 /// use mq_core::DeadLetterStore;
 ///
-/// # async fn f(store: Arc<dyn DeadLetterStore>, queue: Arc<dyn MessageQueue>) -> mq_dlq::Result<()> {
+/// # async fn f(store: Arc<dyn DeadLetterStore>, queue: Arc<dyn MessageQueue>) -> mq_core::Result<()> {
 /// let report = Replayer::new(store, queue)
 ///     .run(&ReplayOptions::default().rate(std::num::NonZeroU32::new(100)))
 ///     .await?;
@@ -290,7 +288,7 @@ impl Replayer {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn f(replayer: mq_dlq::Replayer) -> mq_dlq::Result<()> {
+    /// # async fn f(replayer: mq_dlq::Replayer) -> mq_core::Result<()> {
     /// let options = mq_dlq::ReplayOptions::default();
     /// replayer
     ///     .run_with_progress(&options, |report, total| {
@@ -412,7 +410,7 @@ impl Replayer {
                     continue;
                 }
             };
-            let mut refused: HashMap<usize, QueueError> = outcome
+            let mut refused: HashMap<usize, Error> = outcome
                 .failed
                 .into_iter()
                 .map(|f| (f.index, f.error))
@@ -425,7 +423,7 @@ impl Replayer {
                             .await?;
                         report.published.push(e.id.clone());
                     }
-                    Some(QueueError::DuplicateId { .. }) => {
+                    Some(Error::DuplicateId { .. }) => {
                         self.store
                             .finish_replay(&e.id, &mark.message_id, Utc::now())
                             .await?;
@@ -442,7 +440,7 @@ impl Replayer {
     }
 }
 
-fn fail_all(report: &mut ReplayReport, group: &[(&DeadLetterEntry, ReplayMark)], err: &QueueError) {
+fn fail_all(report: &mut ReplayReport, group: &[(&DeadLetterEntry, ReplayMark)], err: &Error) {
     let text = error_text(err);
     for (e, _) in group {
         report.failed.push(ReplayFailure {
@@ -452,7 +450,7 @@ fn fail_all(report: &mut ReplayReport, group: &[(&DeadLetterEntry, ReplayMark)],
     }
 }
 
-fn error_text(err: &QueueError) -> String {
+fn error_text(err: &Error) -> String {
     mq_core::ErrorChain::from_error(err).to_string()
 }
 

@@ -1,34 +1,205 @@
-//! The replay conformance suite (feature `testkit`): a dead-letter store under a real queue and
-//! the [`Replayer`](crate::Replayer).
+//! The replay conformance suite (feature `testkit`): a dead-letter store under a queue and the
+//! [`Replayer`].
 //!
 //! A store's crate stamps the cases into a test binary with one macro call, using the factory
-//! of the store suite in `mq_core::testkit::dead_letter`:
+//! of the store suite in `mq_core::testkit::dead_letter`; it needs this crate only as a
+//! dev-dependency with this feature:
 //!
 //! ```text
+//! [dev-dependencies]
+//! mq-dlq = { version = "0.1", features = ["testkit"] }
+//!
+//! // tests/dead_letter_conformance.rs
+//! mq_core::dead_letter_store_tests!(MyFactory::new());
 //! mq_dlq::replay_conformance_tests!(MyFactory::new());
 //! ```
+//!
+//! The queue the cases publish to is a small in-process one of this module, so the suite
+//! depends on no backend crate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use mq_core::backend::{
+    Claim, Claimed, Completion, CompletionAction, PollingQueue, QueueStore, duplicate_id,
+};
 use mq_core::testkit::dead_letter::{DeadLetterStoreFactory, all, letter};
 use mq_core::{
-    Batch, ConsumerOptions, DeadLetterFilter, DeadLetterSink, HandlerContext, Message,
-    MessageQueue, QueueName, ReplayMark, ReplayState, handler_fn,
+    Batch, CommonOptions, ConsumerOptions, DeadLetterFilter, DeadLetterSink, DeadLetterStore,
+    HandlerContext, Message, MessageQueue, QueueName, ReplayMark, ReplayState, Status, async_trait,
+    handler_fn,
 };
-use mq_memory::{InMemoryOptions, InMemoryQueue};
 
 use crate::replay::{REPLAY_ORIGINAL_ID_KEY, ReplayOptions, Replayer};
+
+/// The smallest queue store that keeps the queue contract the cases rely on: ready messages in
+/// `execute_at` order, leases, duplicate ids refused, completions fenced by claim.
+#[derive(Debug, Default)]
+struct VecStore {
+    held: Mutex<Vec<Held>>,
+}
+
+#[derive(Debug)]
+struct Held {
+    message: Message,
+    owner: String,
+    lease_until: chrono::DateTime<Utc>,
+}
+
+impl Held {
+    fn is_held(&self, queue: &QueueName, owner: &str, claim: &Claim) -> bool {
+        self.message.queue == *queue
+            && self.message.id == claim.id
+            && self.message.status == Status::Processing
+            && self.message.attempts == claim.attempt
+            && self.owner == owner
+            && self.lease_until > Utc::now()
+    }
+}
+
+impl VecStore {
+    fn with<T>(&self, f: impl FnOnce(&mut Vec<Held>) -> T) -> T {
+        f(&mut self.held.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Applies `apply` to the message of each item's claim that `owner` still holds; returns the
+    /// claims it no longer holds.
+    fn on_held<T>(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        items: Vec<T>,
+        claim: impl Fn(&T) -> &Claim,
+        mut apply: impl FnMut(&mut Held, T),
+    ) -> Vec<Claim> {
+        self.with(|held| {
+            let mut lost = Vec::new();
+            for item in items {
+                match held
+                    .iter_mut()
+                    .find(|h| h.is_held(queue, owner, claim(&item)))
+                {
+                    Some(h) => apply(h, item),
+                    None => lost.push(claim(&item).clone()),
+                }
+            }
+            lost
+        })
+    }
+}
+
+fn lease_end(lease: Duration) -> chrono::DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::days(1))
+}
+
+#[async_trait]
+impl QueueStore for VecStore {
+    fn backend(&self) -> &'static str {
+        "testkit"
+    }
+
+    async fn register(&self, _queue: &QueueName) -> mq_core::Result<()> {
+        Ok(())
+    }
+
+    async fn insert(
+        &self,
+        queue: &QueueName,
+        messages: Vec<Message>,
+    ) -> mq_core::Result<Vec<mq_core::Result<()>>> {
+        self.with(|held| {
+            let stored = |h: &Held, m: &Message| h.message.queue == *queue && h.message.id == m.id;
+            Ok(messages
+                .into_iter()
+                .map(|m| {
+                    if held.iter().any(|h| stored(h, &m)) {
+                        return Err(duplicate_id(queue, &m.id));
+                    }
+                    let (owner, lease_until) = (String::new(), Utc::now());
+                    held.push(Held {
+                        message: m,
+                        owner,
+                        lease_until,
+                    });
+                    Ok(())
+                })
+                .collect())
+        })
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> mq_core::Result<Claimed> {
+        let now = Utc::now();
+        self.with(|held| {
+            let mut ready: Vec<&mut Held> = held
+                .iter_mut()
+                .filter(|h| h.message.queue == *queue)
+                .filter(|h| match h.message.status {
+                    Status::Scheduled => h.message.execute_at <= now,
+                    Status::Processing => h.lease_until <= now,
+                    _ => false,
+                })
+                .collect();
+            ready.sort_by_key(|h| h.message.execute_at);
+            let mut claimed = Claimed::default();
+            for h in ready.into_iter().take(limit) {
+                h.message.status = Status::Processing;
+                h.message.attempts += 1;
+                h.message.processing_started_at = Some(now);
+                (h.owner, h.lease_until) = (owner.to_owned(), lease_end(lease));
+                claimed.messages.push(h.message.clone());
+            }
+            Ok(claimed)
+        })
+    }
+
+    async fn renew(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        claims: &[Claim],
+        lease: Duration,
+    ) -> mq_core::Result<Vec<Claim>> {
+        let renew = |h: &mut Held, _| h.lease_until = lease_end(lease);
+        Ok(self.on_held(queue, owner, claims.to_vec(), |c| c, renew))
+    }
+
+    async fn complete(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        completions: Vec<Completion>,
+    ) -> mq_core::Result<Vec<Claim>> {
+        let complete = |h: &mut Held, c: Completion| match c.action {
+            CompletionAction::Retry { execute_at, .. } => {
+                h.message.status = Status::Scheduled;
+                h.message.execute_at = execute_at;
+            }
+            CompletionAction::Finish { status, .. } => h.message.status = status,
+            // Ack, and anything newer: the message is done.
+            _ => h.message.status = Status::Executed,
+        };
+        Ok(self.on_held(queue, owner, completions, |c| &c.claim, complete))
+    }
+}
+
+/// A fresh in-process queue built with `common`.
+fn queue(common: CommonOptions) -> Arc<dyn MessageQueue> {
+    Arc::new(PollingQueue::new(VecStore::default(), common))
+}
 
 /// The store works as the [`DeadLetterSink`] of a queue: exhausted messages land in it.
 pub async fn works_as_a_queue_sink(factory: &dyn DeadLetterStoreFactory, test: &str) {
     let store = factory.create(test).await;
     let sink: Arc<dyn DeadLetterSink> = store.clone();
-    let queue = InMemoryQueue::new(
-        InMemoryOptions::default().common(mq_core::CommonOptions::default().dead_letters(sink)),
-    );
+    let queue = queue(CommonOptions::default().dead_letters(sink));
     let name = QueueName::new("jobs").expect("q");
     queue.register(&name).await.expect("register");
     let msgs = (0..3)
@@ -52,7 +223,7 @@ pub async fn works_as_a_queue_sink(factory: &dyn DeadLetterStoreFactory, test: &
     assert_eq!(entries.len(), 3);
     for e in &entries {
         assert_eq!(e.queue(), &name);
-        assert_eq!(e.origin.backend, "memory");
+        assert_eq!(e.origin.backend, queue.backend());
         assert!(e.error.to_string().contains("always fails"), "{}", e.error);
     }
     queue.shutdown().await.expect("shutdown");
@@ -80,14 +251,24 @@ pub async fn drain(q: &dyn MessageQueue, queue: &QueueName) -> Vec<Message> {
     seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// A dry run marks and publishes nothing.
-pub async fn dry_run_publishes_nothing(factory: &dyn DeadLetterStoreFactory, test: &str) {
+/// A fresh store of `factory` holding `n` dead letters of queue `orders`.
+async fn store_with_orders(
+    factory: &dyn DeadLetterStoreFactory,
+    test: &str,
+    n: usize,
+) -> Arc<dyn DeadLetterStore> {
     let store = factory.create(test).await;
-    let letters = (0..5)
+    let letters = (0..n)
         .map(|i| letter("orders", &format!("m{i}"), "t", "e"))
         .collect();
     store.insert(letters).await.expect("insert");
-    let queue = Arc::new(InMemoryQueue::default());
+    store
+}
+
+/// A dry run marks and publishes nothing.
+pub async fn dry_run_publishes_nothing(factory: &dyn DeadLetterStoreFactory, test: &str) {
+    let store = store_with_orders(factory, test, 5).await;
+    let queue = queue(CommonOptions::default());
     let report = Replayer::new(store.clone(), queue.clone())
         .run(&ReplayOptions::default().dry_run(true))
         .await
@@ -108,13 +289,9 @@ pub async fn dry_run_publishes_nothing(factory: &dyn DeadLetterStoreFactory, tes
 
 /// A replay interrupted at every possible point and run again publishes each entry exactly once.
 pub async fn replay_resumes_without_duplicates(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let store = factory.create(test).await;
-    let letters = (0..10)
-        .map(|i| letter("orders", &format!("m{i}"), "t", "e"))
-        .collect();
-    store.insert(letters).await.expect("insert");
+    let store = store_with_orders(factory, test, 10).await;
     let entries = all(&*store).await;
-    let queue = Arc::new(InMemoryQueue::default());
+    let queue = queue(CommonOptions::default());
     let name = QueueName::new("orders").expect("q");
     queue.register(&name).await.expect("register");
     // The "crashed" first run: entries 0..6 marked pending; 0..3 published; 0..2 marked done.

@@ -1,15 +1,15 @@
-//! The store conformance suite on the in-memory store.
+//! The store suite and the replay suite on the in-memory store.
 
 use std::sync::Arc;
 
-use mq_core::DeadLetterStore;
-use mq_core::testkit::dead_letter::DeadLetterStoreFactory as StoreFactory;
+use mq_core::testkit::dead_letter::DeadLetterStoreFactory;
+use mq_core::{DeadLetterStore, async_trait};
 use mq_memory::MemoryDeadLetterStore;
 
 struct Memory;
 
-#[async_trait::async_trait]
-impl StoreFactory for Memory {
+#[async_trait]
+impl DeadLetterStoreFactory for Memory {
     async fn create(&self, _test: &str) -> Arc<dyn DeadLetterStore> {
         Arc::new(MemoryDeadLetterStore::new())
     }

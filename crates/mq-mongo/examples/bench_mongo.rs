@@ -16,8 +16,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::options::ReturnDocument;
 use mq_core::{
-    Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName,
-    handler_fn,
+    Batch, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName, handler_fn,
 };
 use mq_mongo::{ClaimStrategy, MongoOptions, MongoQueue};
 use serde_json::json;
@@ -44,15 +43,15 @@ async fn through_queue(
     strategy: ClaimStrategy,
 ) -> anyhow::Result<Run> {
     let db = "mq_bench";
-    let queue = MongoQueue::connect(
-        url,
+    let client = mongodb::Client::with_uri_str(url).await?;
+    client.database(db).drop().await?;
+    let queue = MongoQueue::from_client(
+        client,
         MongoOptions::default()
             .database(db)
             .claim_strategy(strategy),
-        CommonOptions::default(),
     )
     .await?;
-    queue.store().client().database(db).drop().await?;
     let q = QueueName::new("bench")?;
     queue.register(&q).await?;
     let started = Instant::now();
@@ -97,10 +96,10 @@ async fn through_queue(
     done_rx.await?;
     let consume = started.elapsed();
     consumer.stop().await;
-    let depth = queue.store().depth(&q).await?;
+    let stats = queue.queue_stats(Some(&q)).await?;
     anyhow::ensure!(
-        depth.get(&mq_core::Status::Executed).copied() == Some(n as u64),
-        "not all acked: {depth:?}"
+        stats[0].count(mq_core::Status::Executed) == n as u64,
+        "not all acked: {stats:?}"
     );
     queue.shutdown().await?;
     Ok(Run { publish, consume })

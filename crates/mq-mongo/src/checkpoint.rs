@@ -3,28 +3,24 @@
 use std::fmt;
 
 use chrono::Utc;
-use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
-use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{IndexOptions, ReturnDocument};
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Client, Collection, IndexModel};
 use mq_core::async_trait;
 use mq_core::backend::{
     CheckpointOutcome, CheckpointStore, StoredCheckpoint, normalize_sequence_number,
 };
 
-use crate::document::date;
-use crate::error::{Error, backend};
+use crate::connect::{self, collect};
+use crate::document::{as_u64, date};
+use crate::error::{backend, is_duplicate_key};
+use crate::options::MongoOptions;
 
-/// The collection [`MongoCheckpointStore`] uses unless told otherwise.
-pub const DEFAULT_CHECKPOINT_COLLECTION: &str = "mq_checkpoints";
-
-/// Duplicate key.
-const DUPLICATE_KEY: i32 = 11000;
 /// Rounds of a compare-and-set before giving up (each lost round means another writer won).
 const ROUNDS: usize = 64;
 
-/// Durable shard checkpoints with an epoch fence, in one MongoDB collection: the
+/// Durable shard checkpoints with an epoch fence, in the collection
+/// [`MongoOptions::checkpoint_collection`] (default `mq_checkpoints`): the
 /// [`mq_core::backend::CheckpointStore`] that mq-kinesis pairs with a lease store that may lose its data
 /// (Redis without persistence).
 ///
@@ -41,12 +37,14 @@ const ROUNDS: usize = 64;
 /// ```no_run
 /// use std::sync::Arc;
 /// use mq_core::backend::CheckpointStore;
-/// use mq_mongo::MongoCheckpointStore;
+/// use mq_mongo::{MongoCheckpointStore, MongoOptions};
 ///
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
+/// # async fn run() -> mq_core::Result<()> {
+/// let options = MongoOptions::default()
+///     .database("jobs")
+///     .checkpoint_collection("kinesis_checkpoints");
 /// let store: Arc<dyn CheckpointStore> =
-///     Arc::new(MongoCheckpointStore::new(client.database("jobs"), "kinesis_checkpoints").await?);
+///     Arc::new(MongoCheckpointStore::connect("mongodb://127.0.0.1:27017", options).await?);
 /// # let _ = store;
 /// # Ok(())
 /// # }
@@ -64,14 +62,6 @@ impl fmt::Debug for MongoCheckpointStore {
     }
 }
 
-fn is_duplicate(e: &mongodb::error::Error) -> bool {
-    match &*e.kind {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
-        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
-        _ => false,
-    }
-}
-
 fn id(stream: &str, shard: &str) -> Document {
     doc! { "s": stream, "h": shard }
 }
@@ -83,12 +73,7 @@ fn epoch_bson(epoch: u64) -> mq_core::Result<i64> {
 }
 
 fn get_u64(d: &Document, key: &str) -> u64 {
-    match d.get(key) {
-        Some(Bson::Int64(v)) => u64::try_from(*v).unwrap_or(0),
-        Some(Bson::Int32(v)) => u64::try_from(*v).unwrap_or(0),
-        Some(Bson::Double(v)) if *v >= 0.0 => *v as u64,
-        _ => 0,
-    }
+    as_u64(d.get(key))
 }
 
 fn decode(d: &Document) -> StoredCheckpoint {
@@ -112,42 +97,53 @@ fn decode(d: &Document) -> StoredCheckpoint {
 }
 
 impl MongoCheckpointStore {
-    /// A store in `collection` of `database` (see [`DEFAULT_CHECKPOINT_COLLECTION`]); creates
-    /// its index (documents by stream, for listing) if missing.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidOption`] for an empty collection name, [`Error::Driver`] when the index
-    /// cannot be created.
+    /// A store on a new client for `uri`. The server must answer within
+    /// [`MongoOptions::server_selection_timeout`], or this fails with
+    /// [`mq_core::Error::Connect`] naming the hosts; the rest is as in
+    /// [`MongoCheckpointStore::from_client`].
     ///
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn run(client: mongodb::Client) -> mq_mongo::Result<()> {
-    /// let store = mq_mongo::MongoCheckpointStore::new(
-    ///     client.database("jobs"),
-    ///     mq_mongo::DEFAULT_CHECKPOINT_COLLECTION,
-    /// )
-    /// .await?;
+    /// # async fn run() -> mq_core::Result<()> {
+    /// let options = mq_mongo::MongoOptions::default().checkpoint_collection("kinesis_checkpoints");
+    /// let store = mq_mongo::MongoCheckpointStore::connect("mongodb://db1:27017/?replicaSet=rs0", options).await?;
     /// # let _ = store; Ok(()) }
     /// ```
-    pub async fn new(database: Database, collection: &str) -> crate::Result<Self> {
-        if collection.is_empty() {
-            return Err(Error::invalid_option("collection", "must not be empty"));
-        }
-        let coll = database.collection::<Document>(collection);
-        coll.create_index(
-            IndexModel::builder()
-                .keys(doc! { "stream": 1, "shard": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .name("mq_checkpoint_stream".to_owned())
-                        .build(),
-                )
-                .build(),
-        )
-        .await
-        .map_err(|e| Error::driver("create checkpoint index", e))?;
+    pub async fn connect(uri: &str, options: MongoOptions) -> mq_core::Result<Self> {
+        Self::from_client(connect::client(uri, &options).await?, options).await
+    }
+
+    /// A store on `client` in [`MongoOptions::checkpoint_collection`]. Its one index (documents
+    /// by stream, for listing) is created when missing; with
+    /// [`MongoOptions::create_schema`]`(false)` a missing collection or index is an
+    /// [`mq_core::Error::Backend`] whose source, [`crate::Error::MissingSchema`], names it. A bad
+    /// name is an [`mq_core::Error::InvalidName`], before any call.
+    ///
+    /// # Examples
+    ///
+    /// One client for the queue and the checkpoints:
+    ///
+    /// ```no_run
+    /// use mq_mongo::{MongoCheckpointStore, MongoOptions, MongoQueue, mongodb};
+    ///
+    /// # async fn run(client: mongodb::Client) -> mq_core::Result<()> {
+    /// let options = MongoOptions::default().database("jobs");
+    /// let queue = MongoQueue::from_client(client.clone(), options.clone()).await?;
+    /// let checkpoints = MongoCheckpointStore::from_client(client, options).await?;
+    /// # let _ = (queue, checkpoints); Ok(()) }
+    /// ```
+    pub async fn from_client(client: Client, options: MongoOptions) -> mq_core::Result<Self> {
+        let index = IndexModel::builder()
+            .keys(doc! { "stream": 1, "shard": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("mq_checkpoint_stream".to_owned())
+                    .build(),
+            )
+            .build();
+        let name = options.get_checkpoint_collection();
+        let coll = connect::store_collection(&client, &options, name, vec![index]).await?;
         Ok(MongoCheckpointStore { coll })
     }
 
@@ -175,7 +171,7 @@ impl MongoCheckpointStore {
     async fn insert(&self, document: Document) -> mq_core::Result<bool> {
         match self.coll.insert_one(document).await {
             Ok(_) => Ok(true),
-            Err(e) if is_duplicate(&e) => Ok(false),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
             Err(e) => Err(backend("save checkpoint", e)),
         }
     }
@@ -270,7 +266,7 @@ impl CheckpointStore for MongoCheckpointStore {
             match result {
                 Ok(before) => return Ok(before.as_ref().map_or(0, |d| get_u64(d, "epoch"))),
                 // the document exists with an epoch at or above `epoch`
-                Err(err) if is_duplicate(&err) => {
+                Err(err) if is_duplicate_key(&err) => {
                     if let Some(d) = self.find(stream, shard).await? {
                         let current = get_u64(&d, "epoch");
                         if current >= epoch {
@@ -292,14 +288,11 @@ impl CheckpointStore for MongoCheckpointStore {
     }
 
     async fn checkpoints(&self, stream: &str) -> mq_core::Result<Vec<StoredCheckpoint>> {
-        let docs: Vec<Document> = self
-            .coll
-            .find(doc! { "stream": stream })
-            .await
-            .map_err(|e| backend("list checkpoints", e))?
-            .try_collect()
-            .await
-            .map_err(|e| backend("list checkpoints", e))?;
+        let docs: Vec<Document> = collect(
+            self.coll.find(doc! { "stream": stream }),
+            "list checkpoints",
+        )
+        .await?;
         let mut out: Vec<StoredCheckpoint> = docs.iter().map(decode).collect();
         out.sort_by(|a, b| a.shard.cmp(&b.shard));
         Ok(out)

@@ -85,7 +85,7 @@ pub(crate) fn date_ceil(t: DateTime<Utc>) -> bson::DateTime {
     bson::DateTime::from_millis(ms.saturating_add(1 - exact))
 }
 
-fn chrono(d: bson::DateTime) -> DateTime<Utc> {
+pub(crate) fn chrono(d: bson::DateTime) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(d.timestamp_millis()).unwrap_or(if d.timestamp_millis() < 0 {
         DateTime::<Utc>::MIN_UTC
     } else {
@@ -124,11 +124,14 @@ impl Doc {
     }
 
     /// The message this document holds.
-    pub(crate) fn into_message(self) -> Result<Message, Error> {
-        let malformed = |reason: String| Error::Malformed {
-            queue: self.queue.clone(),
-            id: self.key.clone(),
-            reason,
+    pub(crate) fn into_message(self) -> mq_core::Result<Message> {
+        let malformed = |reason: String| {
+            let e = Error::Malformed {
+                queue: self.queue.clone(),
+                id: self.key.clone(),
+                reason,
+            };
+            mq_core::Error::backend("mongo", "decode", e)
         };
         let Some((_, raw_id)) = Key::split(&self.key) else {
             return Err(malformed("_id is not <queue>/<id>".into()));
@@ -167,6 +170,17 @@ impl Doc {
             m.metadata = bson::from_bson(meta).map_err(|e| malformed(format!("metadata: {e}")))?;
         }
         Ok(m)
+    }
+}
+
+/// A non-negative integer field (32- or 64-bit, or a double written by another tool); 0 when
+/// missing, negative or of another type.
+pub(crate) fn as_u64(b: Option<&Bson>) -> u64 {
+    match b {
+        Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Bson::Double(n)) if *n > 0.0 => *n as u64,
+        _ => 0,
     }
 }
 

@@ -1,114 +1,85 @@
-//! The error type of mq-mongo.
+//! What mq-mongo adds to [`mq_core::Error`] as its source.
 
 use std::time::Duration;
 
-/// The result type of mq-mongo.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+use mongodb::error::{ErrorKind, WriteFailure};
 
-/// What can go wrong in the MongoDB backend.
+/// Duplicate key: a unique index refused a write.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// The MongoDB-specific cause of an [`mq_core::Error`].
 ///
-/// Every variant converts into [`mq_core::Error`]; driver errors stay reachable through
-/// [`source`](std::error::Error::source) and downcast to `mongodb::error::Error`. Messages never
-/// contain credentials: hosts are printed, user names and passwords are not.
+/// Every public function of this crate returns [`mq_core::Result`]; this type appears only as the
+/// [`source`](std::error::Error::source) of [`mq_core::Error::Connect`] and
+/// [`mq_core::Error::Backend`], where it downcasts for callers that want the details. Failed
+/// driver calls carry the driver's own `mongodb::error::Error` as the source instead. Messages
+/// never contain credentials.
 ///
 /// # Examples
 ///
-/// ```
-/// use mq_mongo::Error;
+/// ```no_run
+/// use mq_mongo::{Error, MongoOptions, MongoQueue};
 ///
-/// let err = Error::invalid_option("collection", "must not be empty");
-/// assert_eq!(err.to_string(), "invalid option collection: must not be empty");
-/// let core: mq_core::Error = err.into();
-/// assert!(matches!(core, mq_core::Error::InvalidOption { .. }));
+/// # async fn run() {
+/// match MongoQueue::connect("mongodb://127.0.0.1:1", MongoOptions::default()).await {
+///     Err(mq_core::Error::Connect { target, source, .. }) => {
+///         if let Some(Error::Unreachable { timeout, .. }) = source.downcast_ref::<Error>() {
+///             eprintln!("nothing answered at {target} within {timeout:?}");
+///         }
+///     }
+///     other => drop(other),
+/// }
+/// # }
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The connection string could not be parsed.
-    #[error("invalid MongoDB connection string: check its syntax (mongodb://host:port/...)")]
-    InvalidUri {
-        /// What the driver said.
-        #[source]
-        source: Box<mongodb::error::Error>,
-    },
     /// No server answered within the server selection timeout.
     #[error(
-        "cannot reach MongoDB at {hosts} within {timeout:?}: check that the server runs and the address is right"
+        "no MongoDB server answered within {timeout:?}: check that the server runs and that the address is right"
     )]
     Unreachable {
-        /// The hosts of the connection string (no credentials).
-        hosts: String,
         /// The timeout that passed.
         timeout: Duration,
-        /// What the driver said.
+        /// What the driver said, when it said something.
         #[source]
-        source: Box<mongodb::error::Error>,
+        source: Option<Box<mongodb::error::Error>>,
     },
-    /// An option has a value that cannot work.
-    #[error("invalid option {field}: {reason}")]
-    InvalidOption {
-        /// The option's name.
-        field: &'static str,
-        /// Why the value cannot work.
-        reason: String,
+    /// `create_schema(false)` is set and a collection or index the store needs does not exist.
+    #[error(
+        "{object} does not exist: connect once with create_schema(true), or have an administrator create it"
+    )]
+    MissingSchema {
+        /// The missing collection or index, with its namespace.
+        object: String,
     },
-    /// A stored document does not have the layout mq-mongo writes.
+    /// A stored message document does not have the layout mq-mongo writes.
     #[error("malformed message document {id:?} in queue {queue}: {reason}")]
     Malformed {
         /// The queue.
         queue: String,
-        /// The message id.
+        /// The document key.
         id: String,
         /// What is wrong.
         reason: String,
     },
-    /// A driver call failed.
-    #[error("mongo {operation} failed")]
-    Driver {
-        /// What was being done (`"claim"`, `"publish"`, ...).
-        operation: &'static str,
-        /// What the driver said.
-        #[source]
-        source: Box<mongodb::error::Error>,
-    },
 }
 
-impl Error {
-    /// Builds [`Error::InvalidOption`].
-    pub fn invalid_option(field: &'static str, reason: impl Into<String>) -> Self {
-        Error::InvalidOption {
-            field,
-            reason: reason.into(),
-        }
-    }
-
-    pub(crate) fn driver(operation: &'static str, source: mongodb::error::Error) -> Self {
-        Error::Driver {
-            operation,
-            source: Box::new(source),
-        }
-    }
-
-    fn operation(&self) -> &'static str {
-        match self {
-            Error::InvalidUri { .. } | Error::Unreachable { .. } => "connect",
-            Error::InvalidOption { .. } => "configure",
-            Error::Malformed { .. } => "decode",
-            Error::Driver { operation, .. } => operation,
-        }
-    }
-}
-
-impl From<Error> for mq_core::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::InvalidOption { field, reason } => mq_core::Error::invalid_option(field, reason),
-            other => mq_core::Error::backend("mongo", other.operation(), other),
-        }
-    }
-}
-
-/// A driver error of `operation` as an mq-core error.
+/// A failed driver call of `operation` as an mq-core error; the driver's error is the source.
 pub(crate) fn backend(operation: &'static str, e: mongodb::error::Error) -> mq_core::Error {
-    Error::driver(operation, e).into()
+    mq_core::Error::backend("mongo", operation, e)
+}
+
+/// True when a unique index refused the write.
+pub(crate) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+/// True for the error code of a write that a unique index refused.
+pub(crate) fn is_duplicate_code(code: i32) -> bool {
+    code == DUPLICATE_KEY
 }

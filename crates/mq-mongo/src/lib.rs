@@ -1,8 +1,8 @@
 //! MongoDB backend for mq, safe with many consumers on many hosts.
 //!
 //! [`MongoQueue`] keeps every queue's messages in one collection (one document per message,
-//! keyed `"<queue>/<message id>"`; queue names cannot contain `/`) and runs the shared mq consumer runtime over
-//! [`MongoStore`]:
+//! keyed `"<queue>/<message id>"`; queue names cannot contain `/`) and runs the shared mq
+//! consumer runtime over [`MongoStore`]:
 //!
 //! - **atomic, lease-based claiming**: a message is taken only by an update whose filter still
 //!   sees it ready, and held under a lease (owner + expiry) that the consumer renews while the
@@ -10,18 +10,31 @@
 //!   retry and fail are accepted only from the current holder;
 //! - **unordered batch publish** that reports exactly which messages were refused (duplicate
 //!   ids) and stores the rest;
-//! - **indexes** created on `register` (claiming and expiry), plus an optional TTL index that
-//!   deletes finished messages after [`MongoOptions::retention`];
-//! - **change-stream wake-up** of idle consumers on replica sets, polling otherwise.
+//! - **indexes** created when the queue connects (claiming and expiry), plus an optional TTL
+//!   index that deletes finished messages after [`MongoOptions::retention`]; with
+//!   [`MongoOptions::create_schema`]`(false)` nothing is created and missing indexes are an
+//!   error, for read-only tools and least-privilege users;
+//! - **change-stream wake-up** of idle consumers on replica sets, polling otherwise;
+//! - **queue statistics** ([`MongoQueue::queue_stats`]): messages per status, the oldest ready
+//!   message, expired leases, in one read-only aggregation.
 //!
-//! [`MongoCheckpointStore`] keeps durable Kinesis checkpoints fenced by lease epochs, for
-//! mq-kinesis setups whose lease store (Redis) may lose its data.
+//! Two stores live beside the queue, built the same way (`connect(uri, options)` or
+//! `from_client(client, options)`) from the same [`MongoOptions`]:
+//!
+//! - [`MongoDeadLetterStore`] keeps the messages that failed for good; hand it to any queue
+//!   through [`CommonOptions::dead_letters`](mq_core::CommonOptions::dead_letters), replay its
+//!   entries with the `mq-dlq` crate;
+//! - [`MongoCheckpointStore`] keeps durable Kinesis checkpoints fenced by lease epochs, for
+//!   mq-kinesis setups whose lease store (Redis) may lose its data.
+//!
+//! Every fallible function returns [`mq_core::Result`]. The driver is re-exported as
+//! [`mongodb`], so `mq_mongo::mongodb::Client` is the version this crate was built with.
 //!
 //! # Quickstart
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use mq_core::{handler_fn, Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName};
+//! use mq_core::{handler_fn, Batch, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName};
 //! use mq_mongo::{MongoOptions, MongoQueue};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -29,7 +42,6 @@
 //! let queue = MongoQueue::connect(
 //!     "mongodb://127.0.0.1:27017/?directConnection=true",
 //!     MongoOptions::default().database("jobs"),
-//!     CommonOptions::default(),
 //! )
 //! .await?;
 //! let emails = QueueName::new("emails")?;
@@ -54,15 +66,20 @@
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 
 mod checkpoint;
+mod connect;
+mod dead_letters;
 mod document;
 mod error;
 mod options;
 mod queue;
+mod stats;
 mod store;
 mod wake;
 
-pub use checkpoint::{DEFAULT_CHECKPOINT_COLLECTION, MongoCheckpointStore};
-pub use error::{Error, Result};
+pub use checkpoint::MongoCheckpointStore;
+pub use dead_letters::MongoDeadLetterStore;
+pub use error::Error;
+pub use mongodb;
 pub use options::{ClaimStrategy, MongoOptions};
 pub use queue::MongoQueue;
 pub use store::MongoStore;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use mq_core::{CommonOptions, Error, Result};
 
 /// How [`MongoStore`](crate::MongoStore) claims a batch.
 ///
@@ -30,16 +30,31 @@ pub enum ClaimStrategy {
     FindOneAndUpdate,
 }
 
-/// Settings of the MongoDB backend.
+/// Settings of the MongoDB backend: where [`MongoQueue`](crate::MongoQueue),
+/// [`MongoDeadLetterStore`](crate::MongoDeadLetterStore) and
+/// [`MongoCheckpointStore`](crate::MongoCheckpointStore) keep their data and how they talk to
+/// the server. One value can configure all three: each reads its own collection.
 ///
-/// Defaults: database `mq`, collection `mq_messages`, server selection and connect timeouts of
-/// 10 s, finished messages kept forever (no TTL index), change-stream wake-up on, batch claiming
-/// ([`ClaimStrategy::Batch`]), sweep for expired messages and leases every 1 s.
+/// Defaults: database `mq`; collections `mq_messages` (messages), `mq_dead_letters` and
+/// `mq_checkpoints`; server selection and connect timeouts of 10 s; collections and indexes
+/// created when missing; finished messages kept forever (no TTL index); change-stream wake-up on;
+/// batch claiming ([`ClaimStrategy::Batch`]); a sweep for expired messages and leases every 1 s;
+/// default [`CommonOptions`].
+///
+/// # Names
+///
+/// Names follow MongoDB's rules, checked before any call to the server, and are refused with
+/// [`mq_core::Error::InvalidName`]: a database name has 1 to 63 bytes and none of
+/// `/ \ . " $ * < > : | ?`; a collection name starts with a letter or `_`, has no `$`, does not
+/// start with `system.`, and `<database>.<collection>` fits in 255 bytes. On top of that, names
+/// are printable ASCII without spaces: control characters and look-alike Unicode letters could
+/// otherwise point an operator at the wrong collection.
 ///
 /// # Examples
 ///
 /// ```
 /// use std::time::Duration;
+/// use mq_core::CommonOptions;
 /// use mq_mongo::MongoOptions;
 ///
 /// let opts = MongoOptions::default()
@@ -47,22 +62,27 @@ pub enum ClaimStrategy {
 ///     .collection("messages")
 ///     .server_selection_timeout(Duration::from_secs(2))
 ///     .retention(Some(Duration::from_secs(7 * 24 * 3600)))
-///     .change_stream(false);
+///     .change_stream(false)
+///     .common(CommonOptions::default().max_message_bytes(64 * 1024));
 /// opts.validate()?;
 /// assert_eq!(opts.get_database(), "jobs");
-/// assert!(MongoOptions::default().collection("").validate().is_err());
-/// # Ok::<(), mq_mongo::Error>(())
+/// assert!(MongoOptions::default().collection("a$b").validate().is_err());
+/// # Ok::<(), mq_core::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MongoOptions {
     database: String,
     collection: String,
+    dead_letter_collection: String,
+    checkpoint_collection: String,
     server_selection_timeout: Duration,
     connect_timeout: Duration,
+    create_schema: bool,
     retention: Option<Duration>,
     change_stream: bool,
     claim_strategy: ClaimStrategy,
     sweep_interval: Duration,
+    common: CommonOptions,
 }
 
 impl Default for MongoOptions {
@@ -70,18 +90,22 @@ impl Default for MongoOptions {
         MongoOptions {
             database: "mq".into(),
             collection: "mq_messages".into(),
+            dead_letter_collection: "mq_dead_letters".into(),
+            checkpoint_collection: "mq_checkpoints".into(),
             server_selection_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            create_schema: true,
             retention: None,
             change_stream: true,
             claim_strategy: ClaimStrategy::Batch,
             sweep_interval: Duration::from_secs(1),
+            common: CommonOptions::default(),
         }
     }
 }
 
 impl MongoOptions {
-    /// The database holding the collection.
+    /// The database holding the collections.
     pub fn database(mut self, name: impl Into<String>) -> Self {
         self.database = name.into();
         self
@@ -91,8 +115,17 @@ impl MongoOptions {
         self.collection = name.into();
         self
     }
-    /// How long an operation waits for a usable server before failing; also bounds
-    /// [`MongoQueue::connect`](crate::MongoQueue::connect).
+    /// The collection of [`MongoDeadLetterStore`](crate::MongoDeadLetterStore).
+    pub fn dead_letter_collection(mut self, name: impl Into<String>) -> Self {
+        self.dead_letter_collection = name.into();
+        self
+    }
+    /// The collection of [`MongoCheckpointStore`](crate::MongoCheckpointStore).
+    pub fn checkpoint_collection(mut self, name: impl Into<String>) -> Self {
+        self.checkpoint_collection = name.into();
+        self
+    }
+    /// How long an operation waits for a usable server before failing; also bounds `connect`.
     pub fn server_selection_timeout(mut self, d: Duration) -> Self {
         self.server_selection_timeout = d;
         self
@@ -100,6 +133,13 @@ impl MongoOptions {
     /// How long opening one TCP connection may take.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
+        self
+    }
+    /// Create the collection and indexes a queue or store needs when they are missing (the
+    /// default). When false, nothing is ever created: connecting checks that they exist and
+    /// fails naming the first one missing, for read-only tools and least-privilege users.
+    pub fn create_schema(mut self, on: bool) -> Self {
+        self.create_schema = on;
         self
     }
     /// Keep executed, failed, expired and dead-lettered messages this long after they finished,
@@ -120,7 +160,6 @@ impl MongoOptions {
         self.claim_strategy = strategy;
         self
     }
-
     /// How often (at most, per queue) a claim also looks for scheduled messages past
     /// `expires_at` (marked expired) and for leases that expired (crash recovery). Expired
     /// messages are never delivered in between; this only bounds how late they are reported and
@@ -129,14 +168,28 @@ impl MongoOptions {
         self.sweep_interval = d;
         self
     }
+    /// Settings shared by every backend (observers, dead letters, ids, names, size limit); the
+    /// stores ignore them.
+    pub fn common(mut self, common: CommonOptions) -> Self {
+        self.common = common;
+        self
+    }
 
     /// The database name.
     pub fn get_database(&self) -> &str {
         &self.database
     }
-    /// The collection name.
+    /// The collection of the messages.
     pub fn get_collection(&self) -> &str {
         &self.collection
+    }
+    /// The collection of the dead letters.
+    pub fn get_dead_letter_collection(&self) -> &str {
+        &self.dead_letter_collection
+    }
+    /// The collection of the checkpoints.
+    pub fn get_checkpoint_collection(&self) -> &str {
+        &self.checkpoint_collection
     }
     /// The server selection timeout.
     pub fn get_server_selection_timeout(&self) -> Duration {
@@ -145,6 +198,10 @@ impl MongoOptions {
     /// The connect timeout.
     pub fn get_connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+    /// Whether missing collections and indexes are created.
+    pub fn get_create_schema(&self) -> bool {
+        self.create_schema
     }
     /// The retention of finished messages, if any.
     pub fn get_retention(&self) -> Option<Duration> {
@@ -158,41 +215,32 @@ impl MongoOptions {
     pub fn get_claim_strategy(&self) -> ClaimStrategy {
         self.claim_strategy
     }
-
     /// The sweep interval.
     pub fn get_sweep_interval(&self) -> Duration {
         self.sweep_interval
     }
+    /// The shared settings.
+    pub fn get_common(&self) -> &CommonOptions {
+        &self.common
+    }
 
-    /// Checks every field; the error names the field.
+    /// Checks every field: names with [`Error::InvalidName`], the rest with
+    /// [`Error::InvalidOption`] naming the field. Every constructor calls it first.
     pub fn validate(&self) -> Result<()> {
-        if self.database.is_empty()
-            || self.database.len() > 63
-            || self
-                .database
-                .chars()
-                .any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'))
-        {
-            return Err(Error::invalid_option(
-                "database",
-                format!(
-                    "{:?} is not a valid MongoDB database name (1 to 63 characters, none of /\\. \"$)",
-                    self.database
-                ),
-            ));
-        }
-        if self.collection.is_empty()
-            || self.collection.starts_with("system.")
-            || self.collection.contains('$')
-            || self.collection.contains('\0')
-        {
-            return Err(Error::invalid_option(
-                "collection",
-                format!(
-                    "{:?} is not a valid collection name (non-empty, no $, not system.*)",
-                    self.collection
-                ),
-            ));
+        database_name(&self.database)?;
+        let collections = [
+            ("collection", &self.collection),
+            ("dead_letter_collection", &self.dead_letter_collection),
+            ("checkpoint_collection", &self.checkpoint_collection),
+        ];
+        for (i, (field, name)) in collections.iter().enumerate() {
+            collection_name(&self.database, name)?;
+            if let Some((other, _)) = collections[..i].iter().find(|(_, n)| n == name) {
+                return Err(Error::invalid_option(
+                    field,
+                    format!("{name:?} is already the {other}; give each its own collection"),
+                ));
+            }
         }
         for (field, d) in [
             ("server_selection_timeout", self.server_selection_timeout),
@@ -226,28 +274,187 @@ impl MongoOptions {
     }
 }
 
+/// MongoDB's limit on a database name, in bytes.
+const MAX_DATABASE_BYTES: usize = 63;
+/// MongoDB's limit on `<database>.<collection>`, in bytes.
+const MAX_NAMESPACE_BYTES: usize = 255;
+
+/// The rules both kinds of names share: not empty, within `max` bytes, printable ASCII without
+/// spaces, none of `forbidden`.
+fn common_rules(kind: &'static str, name: &str, max: usize, forbidden: &[char]) -> Result<()> {
+    let refuse = |reason: String| Err(Error::invalid_name(kind, name, reason));
+    if name.is_empty() {
+        return refuse("must not be empty".into());
+    }
+    if name.len() > max {
+        return refuse(format!(
+            "is {} bytes long; MongoDB allows at most {max} here",
+            name.len()
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| !c.is_ascii()) {
+        return refuse(format!(
+            "contains the non-ASCII character {c:?} (U+{:04X}); use ASCII so that a look-alike \
+             letter cannot name another {kind}",
+            u32::from(c)
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| !c.is_ascii_graphic()) {
+        return refuse(format!(
+            "contains {c:?}; use letters, digits and punctuation, no spaces or control characters"
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| forbidden.contains(c)) {
+        return refuse(format!(
+            "contains {c:?}, which MongoDB refuses in a {kind} name"
+        ));
+    }
+    Ok(())
+}
+
+fn database_name(name: &str) -> Result<()> {
+    const FORBIDDEN: [char; 11] = ['/', '\\', '.', '"', '$', '*', '<', '>', ':', '|', '?'];
+    common_rules("database", name, MAX_DATABASE_BYTES, &FORBIDDEN)
+}
+
+fn collection_name(database: &str, name: &str) -> Result<()> {
+    let max = MAX_NAMESPACE_BYTES.saturating_sub(database.len() + 1);
+    common_rules("collection", name, max, &['$'])?;
+    if name.starts_with("system.") {
+        return Err(Error::invalid_name(
+            "collection",
+            name,
+            "names starting with system. are reserved by MongoDB",
+        ));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        return Err(Error::invalid_name(
+            "collection",
+            name,
+            "must start with a letter or an underscore",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn refused(opts: MongoOptions) -> Error {
+        opts.validate().expect_err("must be refused")
+    }
+
     #[test]
     fn defaults_are_valid_and_bad_values_name_the_field() {
         assert!(MongoOptions::default().validate().is_ok());
-        let e = MongoOptions::default()
-            .database("a.b")
-            .validate()
-            .unwrap_err();
-        assert!(e.to_string().contains("database"), "{e}");
-        let e = MongoOptions::default()
-            .server_selection_timeout(Duration::ZERO)
-            .validate()
-            .unwrap_err();
+        let e = refused(MongoOptions::default().server_selection_timeout(Duration::ZERO));
         assert!(e.to_string().contains("server_selection_timeout"), "{e}");
-        let e = MongoOptions::default()
-            .retention(Some(Duration::from_millis(10)))
-            .validate()
-            .unwrap_err();
+        let e = refused(MongoOptions::default().retention(Some(Duration::from_millis(10))));
         assert!(e.to_string().contains("retention"), "{e}");
-        assert!(MongoOptions::default().collection("").validate().is_err());
+        let e = refused(MongoOptions::default().dead_letter_collection("mq_messages"));
+        assert!(
+            matches!(
+                e,
+                Error::InvalidOption {
+                    field: "dead_letter_collection",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hostile_names_are_refused() {
+        let long = "a".repeat(10 * 1024);
+        let databases = [
+            "",
+            "a.b",
+            "a$b",
+            "a\0b",
+            "a\nb",
+            "a b",
+            "a/b",
+            "a\\b",
+            "a\"b",
+            "a*b",
+            "a:b",
+            "a?b",
+            "a|b",
+            "jobs\u{0430}",
+            "\u{202e}bo",
+            &long,
+            &"d".repeat(64),
+        ];
+        for bad in databases {
+            let e = refused(MongoOptions::default().database(bad));
+            assert!(
+                matches!(
+                    &e,
+                    Error::InvalidName {
+                        kind: "database",
+                        ..
+                    }
+                ),
+                "{bad:?}: {e}"
+            );
+            assert!(e.to_string().len() < 600, "the message stays short: {e}");
+        }
+        let collections = [
+            "",
+            "a$b",
+            "a\0b",
+            "a\nb",
+            "a\tb",
+            "a b",
+            "system.users",
+            "1abc",
+            ".a",
+            "m\u{0435}ssages",
+            "\u{ff41}",
+            &long,
+        ];
+        for bad in collections {
+            for opts in [
+                MongoOptions::default().collection(bad),
+                MongoOptions::default().dead_letter_collection(bad),
+                MongoOptions::default().checkpoint_collection(bad),
+            ] {
+                let e = refused(opts);
+                assert!(
+                    matches!(
+                        &e,
+                        Error::InvalidName {
+                            kind: "collection",
+                            ..
+                        }
+                    ),
+                    "{bad:?}: {e}"
+                );
+            }
+        }
+        // The namespace `<database>.<collection>` must fit in 255 bytes.
+        let db = "d".repeat(63);
+        assert!(
+            MongoOptions::default()
+                .database(&db)
+                .collection("c".repeat(191))
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            MongoOptions::default()
+                .database(&db)
+                .collection("c".repeat(192))
+                .validate()
+                .is_err()
+        );
+        for good in ["jobs", "Jobs-2", "a_b"] {
+            assert!(MongoOptions::default().database(good).validate().is_ok());
+        }
+        for good in ["mq.messages", "_x", "Q-1"] {
+            assert!(MongoOptions::default().collection(good).validate().is_ok());
+        }
     }
 }

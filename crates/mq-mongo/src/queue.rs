@@ -1,18 +1,15 @@
 //! [`MongoQueue`]: the polling runtime over [`MongoStore`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use mongodb::Client;
-use mongodb::bson::doc;
-use mongodb::options::ClientOptions;
 use mq_core::backend::PollingQueue;
 use mq_core::{
-    BatchReport, CommonOptions, ConsumerHandle, ConsumerOptions, Handler, MessageQueue, NewMessage,
-    PublishReport, QueueName, async_trait,
+    BatchReport, ConsumerHandle, ConsumerOptions, Handler, MessageQueue, NewMessage, PublishReport,
+    QueueName, QueueStats, Result, async_trait,
 };
 
-use crate::error::{Error, Result};
+use crate::connect;
 use crate::options::MongoOptions;
 use crate::store::MongoStore;
 
@@ -28,7 +25,7 @@ use crate::store::MongoStore;
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use mq_core::{handler_fn, Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName};
+/// use mq_core::{handler_fn, Batch, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName};
 /// use mq_mongo::{MongoOptions, MongoQueue};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -36,7 +33,6 @@ use crate::store::MongoStore;
 /// let queue = MongoQueue::connect(
 ///     "mongodb://127.0.0.1:27017/?directConnection=true",
 ///     MongoOptions::default().database("jobs"),
-///     CommonOptions::default(),
 /// )
 /// .await?;
 /// let emails = QueueName::new("emails")?;
@@ -56,107 +52,86 @@ pub struct MongoQueue {
 
 impl MongoQueue {
     /// Connects to the server at `uri` and checks that it answers within
-    /// [`MongoOptions::server_selection_timeout`]; the error names the hosts (never the
-    /// credentials).
+    /// [`MongoOptions::server_selection_timeout`], then prepares the collection (see
+    /// [`MongoQueue::from_client`]).
+    ///
+    /// # Errors
+    ///
+    /// [`mq_core::Error::InvalidName`] or [`mq_core::Error::InvalidOption`] for bad options (before
+    /// any network call, `uri` included); [`mq_core::Error::Connect`] naming the hosts (never the
+    /// credentials) when no server answers in time or it refuses the connection; the errors of
+    /// [`MongoQueue::from_client`].
     ///
     /// # Examples
     ///
     /// ```no_run
     /// use std::time::Duration;
-    /// use mq_core::CommonOptions;
     /// use mq_mongo::{MongoOptions, MongoQueue};
     ///
-    /// # async fn run() -> Result<(), mq_mongo::Error> {
+    /// # async fn run() -> mq_core::Result<()> {
     /// let opts = MongoOptions::default().server_selection_timeout(Duration::from_secs(2));
-    /// let queue = MongoQueue::connect("mongodb://db1:27017,db2:27017/?replicaSet=rs0", opts, CommonOptions::default()).await?;
+    /// let queue = MongoQueue::connect("mongodb://db1:27017,db2:27017/?replicaSet=rs0", opts).await?;
     /// # let _ = queue;
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn connect(uri: &str, options: MongoOptions, common: CommonOptions) -> Result<Self> {
-        options.validate()?;
-        let timeout = options.get_server_selection_timeout();
-        // Parsing may resolve DNS (mongodb+srv): bound it too.
-        let parsed = tokio::time::timeout(timeout, ClientOptions::parse(uri)).await;
-        let mut co = match parsed {
-            Ok(Ok(co)) => co,
-            Ok(Err(e)) => {
-                return Err(Error::InvalidUri {
-                    source: Box::new(e),
-                });
-            }
-            Err(_) => {
-                return Err(Error::Unreachable {
-                    hosts: "(DNS lookup of the connection string)".into(),
-                    timeout,
-                    source: Box::new(mongodb::error::Error::custom(
-                        "resolving the connection string timed out",
-                    )),
-                });
-            }
-        };
-        co.server_selection_timeout = Some(timeout);
-        co.connect_timeout = Some(options.get_connect_timeout());
-        if co.app_name.is_none() {
-            co.app_name = Some("mq-mongo".into());
-        }
-        let hosts = co
-            .hosts
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let client = Client::with_options(co).map_err(|e| Error::InvalidUri {
-            source: Box::new(e),
-        })?;
-        // The driver connects lazily; one ping turns "unreachable" into an error here.
-        let db = client.database(options.get_database());
-        let ping = db.run_command(doc! { "ping": 1 });
-        match tokio::time::timeout(timeout + Duration::from_millis(500), ping).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if matches!(&*e.kind, mongodb::error::ErrorKind::ServerSelection { .. }) => {
-                return Err(Error::Unreachable {
-                    hosts,
-                    timeout,
-                    source: Box::new(e),
-                });
-            }
-            Ok(Err(e)) => return Err(Error::driver("connect", e)),
-            Err(_) => {
-                return Err(Error::Unreachable {
-                    hosts,
-                    timeout,
-                    source: Box::new(mongodb::error::Error::custom("ping timed out")),
-                });
-            }
-        }
-        Self::from_client(client, options, common)
+    pub async fn connect(uri: &str, options: MongoOptions) -> Result<Self> {
+        Self::from_client(connect::client(uri, &options).await?, options).await
     }
 
-    /// A queue on an existing client (its own timeouts apply).
+    /// A queue on a client the caller built (its own timeouts apply). Creates the indexes of the
+    /// collection when missing, or, under [`MongoOptions::create_schema`]`(false)`, checks that
+    /// the collection and its indexes exist and writes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`mq_core::Error::InvalidName`] or [`mq_core::Error::InvalidOption`] for bad options;
+    /// [`mq_core::Error::Backend`] when the indexes cannot be created, or are missing (its
+    /// source is then [`crate::Error::MissingSchema`], naming the collection or index).
     ///
     /// # Examples
     ///
     /// ```no_run
-    /// use mq_core::CommonOptions;
-    /// use mq_mongo::{MongoOptions, MongoQueue};
+    /// use mq_mongo::{MongoOptions, MongoQueue, mongodb};
     ///
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
-    /// let queue = MongoQueue::from_client(client, MongoOptions::default(), CommonOptions::default())?;
-    /// # let _ = queue;
+    /// // A read-only look at the queues: nothing is created, nothing is written.
+    /// let queue = MongoQueue::from_client(client, MongoOptions::default().create_schema(false)).await?;
+    /// for stats in queue.queue_stats(None).await? {
+    ///     println!("{}: {} waiting", stats.queue, stats.count(mq_core::Status::Scheduled));
+    /// }
     /// # Ok(())
     /// # }
     /// ```
-    pub fn from_client(
-        client: Client,
-        options: MongoOptions,
-        common: CommonOptions,
-    ) -> Result<Self> {
-        let store = MongoStore::new(client, options)?;
+    pub async fn from_client(client: Client, options: MongoOptions) -> Result<Self> {
+        options.validate()?;
+        let common = options.get_common().clone();
+        let store = MongoStore::new(client, options);
+        store.prepare_schema().await?;
         Ok(MongoQueue {
             inner: PollingQueue::new(store, common),
         })
+    }
+
+    /// Messages per status, the age of the oldest ready message and the expired leases of
+    /// `queue`, or of every queue in the collection when `None`, in queue-name order. Read-only:
+    /// one aggregation.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use mq_core::{QueueName, Status};
+    ///
+    /// # async fn run(queue: mq_mongo::MongoQueue) -> mq_core::Result<()> {
+    /// let emails = QueueName::new("emails")?;
+    /// let stats = queue.queue_stats(Some(&emails)).await?;
+    /// println!("{} failed, {} stuck", stats[0].count(Status::Failed), stats[0].expired_leases);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn queue_stats(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
+        self.inner.queue_stats(queue).await
     }
 
     /// The store, for inspection.
@@ -176,15 +151,11 @@ impl MessageQueue for MongoQueue {
         self.inner.backend()
     }
 
-    async fn register(&self, queue: &QueueName) -> mq_core::Result<()> {
+    async fn register(&self, queue: &QueueName) -> Result<()> {
         self.inner.register(queue).await
     }
 
-    async fn publish(
-        &self,
-        queue: &QueueName,
-        messages: Vec<NewMessage>,
-    ) -> mq_core::Result<PublishReport> {
+    async fn publish(&self, queue: &QueueName, messages: Vec<NewMessage>) -> Result<PublishReport> {
         self.inner.publish(queue, messages).await
     }
 
@@ -193,7 +164,7 @@ impl MessageQueue for MongoQueue {
         queue: &QueueName,
         handler: Arc<dyn Handler>,
         options: ConsumerOptions,
-    ) -> mq_core::Result<ConsumerHandle> {
+    ) -> Result<ConsumerHandle> {
         self.inner.consume(queue, handler, options).await
     }
 
@@ -202,13 +173,13 @@ impl MessageQueue for MongoQueue {
         queue: &QueueName,
         handler: Arc<dyn Handler>,
         options: &ConsumerOptions,
-    ) -> mq_core::Result<BatchReport> {
+    ) -> Result<BatchReport> {
         self.inner.consume_batch(queue, handler, options).await
     }
 
     /// Stops consumers (waiting for in-flight handlers up to their grace period), then the
     /// change-stream task.
-    async fn shutdown(&self) -> mq_core::Result<()> {
+    async fn shutdown(&self) -> Result<()> {
         let res = self.inner.shutdown().await;
         self.inner.store().close().await;
         res

@@ -8,25 +8,23 @@ use std::time::Duration;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::error::ErrorKind;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use mq_core::backend::duplicate_id;
 use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, QueueStore};
-use mq_core::{Message, QueueName, Result, Status, async_trait};
+use mq_core::{Message, QueueName, QueueStats, Result, async_trait};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::connect::{collect, prepare_schema};
 use crate::document::{Doc, Key, date, date_ceil, doc_projection};
-use crate::error::{Error, backend};
+use crate::error::{backend, is_duplicate_code};
 use crate::options::{ClaimStrategy, MongoOptions};
 use crate::wake::{self, Wake};
 
-/// Duplicate key.
-const DUPLICATE_KEY: i32 = 11000;
 /// How many find-then-take rounds a batch claim makes when other consumers win some races.
 const CLAIM_ROUNDS: usize = 3;
 /// A batch claim picks its messages at random among this many times as many of the oldest ready
@@ -43,18 +41,18 @@ const EXPIRE_PAGE: i64 = 1000;
 /// the owner, the attempt number and an unexpired lease. Times are compared with this
 /// process's clock, so keep the clocks of consumer hosts in sync (NTP).
 ///
-/// Usually built through [`MongoQueue`](crate::MongoQueue); tools that drive the store directly
-/// build it from a client.
+/// Built by [`MongoQueue`](crate::MongoQueue), which hands it out for inspection and for tools
+/// that drive the [`QueueStore`] contract directly.
 ///
 /// # Examples
 ///
 /// ```no_run
-/// use mq_mongo::{MongoOptions, MongoStore};
+/// use mq_mongo::{MongoOptions, MongoQueue};
 ///
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
-/// let store = MongoStore::new(client, MongoOptions::default().database("jobs"))?;
-/// # let _ = store;
+/// # async fn run() -> mq_core::Result<()> {
+/// let queue = MongoQueue::connect("mongodb://127.0.0.1:27017", MongoOptions::default()).await?;
+/// let store = queue.store();
+/// println!("{} in {}", store.options().get_collection(), store.options().get_database());
 /// # Ok(())
 /// # }
 /// ```
@@ -62,9 +60,9 @@ pub struct MongoStore {
     client: Client,
     db: Database,
     coll: Collection<Doc>,
-    raw: Collection<Document>,
+    pub(crate) raw: Collection<Document>,
     options: MongoOptions,
-    prepared: OnceCell<()>,
+    watching: OnceCell<()>,
     wake: Arc<Wake>,
     tasks: TaskTracker,
     cancel: CancellationToken,
@@ -90,27 +88,26 @@ impl Drop for MongoStore {
 }
 
 impl MongoStore {
-    /// A store in `options`' database and collection, using `client`. Checks the options;
-    /// creates nothing until a queue is registered.
-    pub fn new(client: Client, options: MongoOptions) -> crate::Result<Self> {
-        options.validate()?;
+    /// A store in `options`' database and collection, using `client`; the options are checked
+    /// by the caller, and nothing is created until [`MongoStore::prepare_schema`].
+    pub(crate) fn new(client: Client, options: MongoOptions) -> Self {
         let db = client.database(options.get_database());
         let coll = db.collection::<Doc>(options.get_collection());
         let raw = db.collection::<Document>(options.get_collection());
-        Ok(MongoStore {
+        MongoStore {
             client,
             db,
             coll,
             raw,
             options,
-            prepared: OnceCell::new(),
+            watching: OnceCell::new(),
             wake: Arc::default(),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
             token_prefix: format!("{:016x}", rand::random::<u64>()),
             token_seq: AtomicU64::new(0),
             swept: Mutex::default(),
-        })
+        }
     }
 
     /// The client.
@@ -129,22 +126,6 @@ impl MongoStore {
         self.wake.is_live()
     }
 
-    /// Number of messages of `queue` in each status, for operators (`mqctl`).
-    pub async fn depth(&self, queue: &QueueName) -> crate::Result<HashMap<Status, u64>> {
-        let mut out = HashMap::new();
-        for status in Status::ALL {
-            let n = self
-                .raw
-                .count_documents(doc! { "queue": queue.as_str(), "status": status.as_str() })
-                .await
-                .map_err(|e| Error::driver("count", e))?;
-            if n > 0 {
-                out.insert(status, n);
-            }
-        }
-        Ok(out)
-    }
-
     /// Stops the change-stream task and waits for it. The store keeps working (consumers poll).
     pub async fn close(&self) {
         self.cancel.cancel();
@@ -157,36 +138,39 @@ impl MongoStore {
         format!("{}-{n:x}", self.token_prefix)
     }
 
-    async fn prepare(&self) -> Result<()> {
-        self.prepared
-            .get_or_try_init(|| async {
-                let mut models = vec![
-                    IndexModel::builder()
-                        .keys(doc! { "queue": 1, "status": 1, "execute_at": 1 })
-                        .options(IndexOptions::builder().name("mq_claim".to_owned()).build())
-                        .build(),
-                    IndexModel::builder()
-                        .keys(doc! { "queue": 1, "status": 1, "expires_at": 1 })
-                        .options(IndexOptions::builder().name("mq_expiry".to_owned()).build())
-                        .build(),
-                ];
-                if let Some(age) = self.options.get_retention() {
-                    models.push(
-                        IndexModel::builder()
-                            .keys(doc! { "finished_at": 1 })
-                            .options(
-                                IndexOptions::builder()
-                                    .name("mq_retention".to_owned())
-                                    .expire_after(age)
-                                    .build(),
-                            )
-                            .build(),
-                    );
-                }
-                self.coll
-                    .create_indexes(models)
-                    .await
-                    .map_err(|e| backend("register", e))?;
+    /// Creates the indexes of the collection (claiming, expiry, retention), or checks that they
+    /// exist when [`MongoOptions::create_schema`] is off.
+    pub(crate) async fn prepare_schema(&self) -> Result<()> {
+        let index = |keys: Document, name: &str| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_owned()).build())
+                .build()
+        };
+        let mut models = vec![
+            index(
+                doc! { "queue": 1, "status": 1, "execute_at": 1 },
+                "mq_claim",
+            ),
+            index(
+                doc! { "queue": 1, "status": 1, "expires_at": 1 },
+                "mq_expiry",
+            ),
+        ];
+        if let Some(age) = self.options.get_retention() {
+            let mut ttl = index(doc! { "finished_at": 1 }, "mq_retention");
+            if let Some(o) = ttl.options.as_mut() {
+                o.expire_after = Some(age);
+            }
+            models.push(ttl);
+        }
+        prepare_schema(&self.raw, models, self.options.get_create_schema()).await
+    }
+
+    /// Starts the change stream, once.
+    async fn watch(&self) {
+        self.watching
+            .get_or_init(|| async {
                 if self.options.get_change_stream() && !self.cancel.is_cancelled() {
                     self.tasks.spawn(wake::watch(
                         self.raw.clone(),
@@ -194,10 +178,8 @@ impl MongoStore {
                         self.cancel.child_token(),
                     ));
                 }
-                Ok::<(), mq_core::Error>(())
             })
-            .await?;
-        Ok(())
+            .await;
     }
 
     /// Scheduled, due and not expired.
@@ -277,12 +259,7 @@ impl MongoStore {
         if let Some(s) = sort {
             find = find.sort(s);
         }
-        let docs: Vec<Document> = find
-            .await
-            .map_err(|e| backend("claim", e))?
-            .try_collect()
-            .await
-            .map_err(|e| backend("claim", e))?;
+        let docs: Vec<Document> = collect(find, "claim").await?;
         Ok(docs
             .into_iter()
             .filter_map(|mut d| d.remove("_id"))
@@ -299,18 +276,14 @@ impl MongoStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let docs: Vec<Doc> = self
+        let find = self
             .coll
             .find(doc! { "_id": { "$in": ids }, field: token })
-            .projection(doc_projection())
-            .await
-            .map_err(|e| backend(op, e))?
-            .try_collect()
-            .await
-            .map_err(|e| backend(op, e))?;
+            .projection(doc_projection());
+        let docs: Vec<Doc> = collect(find, op).await?;
         let mut out = docs
             .into_iter()
-            .map(|d| d.into_message().map_err(mq_core::Error::from))
+            .map(Doc::into_message)
             .collect::<Result<Vec<Message>>>()?;
         out.sort_by_key(|m| (m.execute_at, m.created_at));
         Ok(out)
@@ -341,18 +314,8 @@ impl MongoStore {
         self.read_tagged(ids, "op_token", &token, "claim").await
     }
 
-    async fn claim_batch(
-        &self,
-        queue: &QueueName,
-        owner: &str,
-        limit: usize,
-        lease: Duration,
-        now: DateTime<Utc>,
-        sweep: bool,
-    ) -> Result<Vec<Message>> {
-        let nowb = date(now);
-        let lease_end = date(mq_after(now, lease));
-        let token = self.token();
+    async fn claim_batch(&self, c: &ClaimRequest<'_>) -> Result<Vec<Message>> {
+        let (queue, limit, nowb, sweep) = (c.queue, c.limit, c.now, c.sweep);
         let mut candidates: Vec<Bson> = Vec::new();
         let mut taken: u64 = 0;
         for round in 0..CLAIM_ROUNDS {
@@ -404,7 +367,7 @@ impl MongoStore {
             cond.insert("_id", doc! { "$in": ids.clone() });
             let res = self
                 .raw
-                .update_many(cond, Self::claim_update(owner, nowb, lease_end, &token))
+                .update_many(cond, c.update.clone())
                 .await
                 .map_err(|e| backend("claim", e))?;
             taken += res.modified_count;
@@ -418,33 +381,22 @@ impl MongoStore {
         if taken == 0 {
             return Ok(Vec::new());
         }
-        self.read_tagged(candidates, "claim_token", &token, "claim")
+        self.read_tagged(candidates, "claim_token", &c.token, "claim")
             .await
     }
 
-    async fn claim_one_by_one(
-        &self,
-        queue: &QueueName,
-        owner: &str,
-        limit: usize,
-        lease: Duration,
-        now: DateTime<Utc>,
-        sweep: bool,
-    ) -> Result<Vec<Message>> {
-        let nowb = date(now);
-        let lease_end = date(mq_after(now, lease));
-        let token = self.token();
+    async fn claim_one_by_one(&self, c: &ClaimRequest<'_>) -> Result<Vec<Message>> {
         let mut out = Vec::new();
-        let mut recovering = sweep;
-        while out.len() < limit {
+        let mut recovering = c.sweep;
+        while out.len() < c.limit {
             let filter = if recovering {
-                Self::recover_filter(queue, nowb)
+                Self::recover_filter(c.queue, c.now)
             } else {
-                Self::due_filter(queue, nowb)
+                Self::due_filter(c.queue, c.now)
             };
             let doc = self
                 .coll
-                .find_one_and_update(filter, Self::claim_update(owner, nowb, lease_end, &token))
+                .find_one_and_update(filter, c.update.clone())
                 .sort(Self::sort())
                 .projection(doc_projection())
                 .return_document(ReturnDocument::After)
@@ -503,21 +455,30 @@ impl MongoStore {
         token: &str,
         op: &'static str,
     ) -> Result<Vec<Claim>> {
-        let docs: Vec<Document> = self
+        let find = self
             .raw
             .find(doc! { "_id": { "$in": all }, "op_token": token })
-            .projection(doc! { "_id": 1 })
-            .await
-            .map_err(|e| backend(op, e))?
-            .try_collect()
-            .await
-            .map_err(|e| backend(op, e))?;
+            .projection(doc! { "_id": 1 });
+        let docs: Vec<Document> = collect(find, op).await?;
         let applied: HashSet<&str> = docs.iter().filter_map(|d| d.get_str("_id").ok()).collect();
         Ok(claims
             .into_iter()
             .filter(|c| !applied.contains(Key::string(queue, &c.id).as_str()))
             .collect())
     }
+}
+
+/// One claim call, as both strategies see it.
+struct ClaimRequest<'a> {
+    queue: &'a QueueName,
+    limit: usize,
+    now: bson::DateTime,
+    /// The update that takes a document (see [`MongoStore::claim_update`]).
+    update: Document,
+    /// The claim token the update writes.
+    token: String,
+    /// Also take messages whose lease expired.
+    sweep: bool,
 }
 
 /// `now + d`, saturating.
@@ -535,7 +496,7 @@ impl QueueStore for MongoStore {
     }
 
     async fn register(&self, queue: &QueueName) -> Result<()> {
-        self.prepare().await?;
+        self.watch().await;
         // Create the signal now so a wake-up that arrives before the first wait is not lost.
         let _ = self.wake.notify(queue.as_str());
         Ok(())
@@ -574,7 +535,7 @@ impl QueueStore for MongoStore {
                         continue;
                     };
                     let m = &messages[i];
-                    results[i] = Err(if w.code == DUPLICATE_KEY {
+                    results[i] = Err(if is_duplicate_code(w.code) {
                         duplicate_id(queue, &m.id)
                     } else {
                         mq_core::Error::backend(
@@ -611,15 +572,20 @@ impl QueueStore for MongoStore {
                 if limit == 0 {
                     return Ok(Vec::new());
                 }
+                let token = self.token();
+                let nowb = date(now);
+                let update = Self::claim_update(owner, nowb, date(mq_after(now, lease)), &token);
+                let request = ClaimRequest {
+                    queue,
+                    limit,
+                    now: nowb,
+                    update,
+                    token,
+                    sweep,
+                };
                 match self.options.get_claim_strategy() {
-                    ClaimStrategy::Batch => {
-                        self.claim_batch(queue, owner, limit, lease, now, sweep)
-                            .await
-                    }
-                    ClaimStrategy::FindOneAndUpdate => {
-                        self.claim_one_by_one(queue, owner, limit, lease, now, sweep)
-                            .await
-                    }
+                    ClaimStrategy::Batch => self.claim_batch(&request).await,
+                    ClaimStrategy::FindOneAndUpdate => self.claim_one_by_one(&request).await,
                 }
             }
         )?;
@@ -758,6 +724,10 @@ impl QueueStore for MongoStore {
         let all = claims.iter().map(|c| Key::bson(queue, &c.id)).collect();
         self.not_tagged(queue, claims, all, &token, "complete")
             .await
+    }
+
+    async fn queue_stats(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
+        self.stats(queue).await
     }
 
     async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {

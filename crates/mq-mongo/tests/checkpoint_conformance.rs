@@ -1,12 +1,14 @@
 //! The checkpoint-store conformance suite on `MongoCheckpointStore` (needs `MONGODB_URI`). Each
 //! case gets its own database, dropped when the case starts.
 
+#[path = "common/mongo.rs"]
+mod common;
+
 use std::sync::Arc;
 
 use mq_core::async_trait;
 use mq_core::backend::CheckpointStore;
 use mq_core::testkit::checkpoint::CheckpointStoreFactory;
-use mq_core::testkit::service_url;
 use mq_mongo::MongoCheckpointStore;
 
 struct Mongo;
@@ -14,24 +16,12 @@ struct Mongo;
 #[async_trait]
 impl CheckpointStoreFactory for Mongo {
     async fn create(&self, test: &str) -> Option<Arc<dyn CheckpointStore>> {
-        let url = match service_url("MONGODB_URI") {
-            Ok(u) => u,
-            Err(reason) => {
-                eprintln!("skipping {test}: {reason}");
-                return None;
-            }
-        };
-        let client = mongodb::Client::with_uri_str(&url).await.unwrap();
-        let mut name: String = format!("mqt_ck_{test}")
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        name.truncate(60);
-        let db = client.database(&name);
-        db.drop().await.unwrap();
-        Some(Arc::new(
-            MongoCheckpointStore::new(db, "checkpoints").await.unwrap(),
-        ))
+        let url = common::url(test)?;
+        let (client, options) = common::fresh(&url, &format!("ck_{test}")).await;
+        let store = MongoCheckpointStore::from_client(client, options)
+            .await
+            .expect("checkpoint store");
+        Some(Arc::new(store))
     }
 }
 

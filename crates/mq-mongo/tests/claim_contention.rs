@@ -5,60 +5,40 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mq_core::testkit::{DeliveryLedger, eventually, fast_options, queue_name, service_url};
-use mq_core::{
-    Batch, CommonOptions, HandlerContext, MessageQueue, NewMessage, QueueName, handler_fn,
-};
-use mq_mongo::{MongoOptions, MongoQueue};
+#[path = "common/mongo.rs"]
+mod common;
+
+use mq_core::testkit::{DeliveryLedger, eventually, fast_options};
+use mq_core::{Batch, HandlerContext, MessageQueue, NewMessage, QueueName, Status, handler_fn};
+use mq_mongo::MongoQueue;
 use serde_json::json;
 
-fn url(test: &str) -> Option<String> {
-    match service_url("MONGODB_URI") {
-        Ok(u) => Some(u),
-        Err(reason) => {
-            eprintln!("skipping {test}: {reason}");
-            None
-        }
-    }
-}
+use common::{another_queue, registered_queue};
 
-async fn queue(url: &str, db: &str) -> MongoQueue {
-    MongoQueue::connect(
-        url,
-        MongoOptions::default().database(db),
-        CommonOptions::default(),
-    )
-    .await
-    .expect("connect")
-}
+/// Messages the four clients share.
+const FOUR_CLIENTS_N: usize = 10_000;
+/// Messages of the killed-consumer test (the victim holds 200).
+const KILLED_N: usize = 300;
 
-async fn fresh(url: &str, db: &str, name: &QueueName) -> MongoQueue {
-    let q = queue(url, db).await;
-    q.store()
-        .client()
-        .database(db)
-        .drop()
-        .await
-        .expect("drop database");
-    q.register(name).await.expect("register");
-    q
+/// The number of executed messages of `name`.
+async fn executed(q: &MongoQueue, name: &QueueName) -> u64 {
+    let stats = q.queue_stats(Some(name)).await.expect("stats");
+    stats[0].count(Status::Executed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_clients_ten_thousand_messages_no_double_claim() {
     const TEST: &str = "four_clients_ten_thousand_messages_no_double_claim";
-    const N: usize = 10_000;
-    let Some(url) = url(TEST) else { return };
-    let db = "mqt_claim_contention_four";
-    let name = queue_name(TEST);
-    let publisher = fresh(&url, db, &name).await;
+    let Some((url, publisher, name)) = registered_queue(TEST).await else {
+        return;
+    };
     let ledger = Arc::new(DeliveryLedger::default());
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let (url, name, ledger) = (url.clone(), name.clone(), ledger.clone());
         // Each consumer in its own task with its own client.
         tasks.push(tokio::spawn(async move {
-            let q = queue(&url, db).await;
+            let q = another_queue(&url, TEST).await;
             q.register(&name).await.expect("register");
             let l = ledger.clone();
             let h = handler_fn(move |batch: Batch, _ctx: HandlerContext| {
@@ -92,7 +72,7 @@ async fn four_clients_ten_thousand_messages_no_double_claim() {
         consumers.push(t.await.expect("consumer task"));
     }
     let started = Instant::now();
-    for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
+    for chunk in (0..FOUR_CLIENTS_N).collect::<Vec<_>>().chunks(1000) {
         let r = publisher
             .publish(
                 &name,
@@ -106,7 +86,7 @@ async fn four_clients_ten_thousand_messages_no_double_claim() {
         assert!(r.is_complete(), "{:?}", r.failed);
     }
     eventually(Duration::from_secs(600), "all 10,000 delivered", || {
-        ledger.distinct() == N
+        ledger.distinct() == FOUR_CLIENTS_N
     })
     .await;
     let took = started.elapsed();
@@ -119,7 +99,7 @@ async fn four_clients_ten_thousand_messages_no_double_claim() {
         ledger.distinct(),
         ledger.duplicates(),
         ledger.overlaps(),
-        N as f64 / took.as_secs_f64()
+        FOUR_CLIENTS_N as f64 / took.as_secs_f64()
     );
     assert_eq!(
         ledger.overlaps(),
@@ -131,27 +111,20 @@ async fn four_clients_ten_thousand_messages_no_double_claim() {
         0,
         "no lease expired, so nothing may be delivered twice"
     );
-    let depth = publisher.store().depth(&name).await.expect("depth");
-    assert_eq!(
-        depth.get(&mq_core::Status::Executed).copied(),
-        Some(N as u64),
-        "{depth:?}"
-    );
+    assert_eq!(executed(&publisher, &name).await, FOUR_CLIENTS_N as u64);
     publisher.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_killed_mid_batch_loses_nothing() {
     const TEST: &str = "consumer_killed_mid_batch_loses_nothing";
-    const N: usize = 300;
-    let Some(url) = url(TEST) else { return };
-    let db = "mqt_claim_contention_killed";
-    let name = queue_name(TEST);
-    let publisher = fresh(&url, db, &name).await;
+    let Some((url, publisher, name)) = registered_queue(TEST).await else {
+        return;
+    };
     let r = publisher
         .publish(
             &name,
-            (0..N)
+            (0..KILLED_N)
                 .map(|i| NewMessage::new("t", json!({ "n": i })))
                 .collect(),
         )
@@ -161,7 +134,7 @@ async fn consumer_killed_mid_batch_loses_nothing() {
 
     // The victim claims a batch of 200 with a 2 s lease and never finishes it.
     let lease = Duration::from_secs(2);
-    let victim = queue(&url, db).await;
+    let victim = another_queue(&url, TEST).await;
     victim.register(&name).await.expect("register");
     let held = Arc::new(Mutex::new(Vec::<String>::new()));
     let (tx, rx) = tokio::sync::oneshot::channel::<Instant>();
@@ -195,7 +168,7 @@ async fn consumer_killed_mid_batch_loses_nothing() {
     assert_eq!(victim_ids.len(), 200);
 
     // A survivor on its own client takes everything, the victim's batch after its lease.
-    let survivor = queue(&url, db).await;
+    let survivor = another_queue(&url, TEST).await;
     survivor.register(&name).await.expect("register");
     let ledger = Arc::new(DeliveryLedger::default());
     let early = Arc::new(AtomicUsize::new(0));
@@ -223,11 +196,11 @@ async fn consumer_killed_mid_batch_loses_nothing() {
         .await
         .expect("consume");
     eventually(Duration::from_secs(120), "all messages delivered", || {
-        ledger.distinct() == N
+        ledger.distinct() == KILLED_N
     })
     .await;
     c.stop().await;
-    let lost = N - ledger.distinct();
+    let lost = KILLED_N - ledger.distinct();
     eprintln!(
         "{TEST}: victim held {}, lost {lost}, duplicates {}, taken before lease expiry {}",
         victim_ids.len(),
@@ -241,12 +214,7 @@ async fn consumer_killed_mid_batch_loses_nothing() {
         "taken while the victim's lease was valid"
     );
     assert_eq!(ledger.duplicates(), 0);
-    let depth = survivor.store().depth(&name).await.expect("depth");
-    assert_eq!(
-        depth.get(&mq_core::Status::Executed).copied(),
-        Some(N as u64),
-        "{depth:?}"
-    );
+    assert_eq!(executed(&survivor, &name).await, KILLED_N as u64);
     survivor.shutdown().await.expect("shutdown");
     publisher.shutdown().await.expect("shutdown");
 }

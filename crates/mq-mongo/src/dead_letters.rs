@@ -1,84 +1,159 @@
 //! [`MongoDeadLetterStore`]: dead letters in a MongoDB collection.
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, IndexModel};
-use mq_core::{BoxError, DeadLetter, DeadLetterSink, MessageId};
+use mq_core::{
+    BoxError, DeadLetter, DeadLetterEntry, DeadLetterFilter, DeadLetterSink, DeadLetterStore,
+    EntryId, MessageId, ReplayMark, async_trait,
+};
 
-use crate::error::to_ms;
-use crate::error::{Error, Result};
-use mq_core::DeadLetterFilter;
-use mq_core::DeadLetterStore;
-use mq_core::{DeadLetterEntry, EntryId, ReplayMark};
+use crate::connect::{self, collect, prepare_schema};
+use crate::error::{backend, is_duplicate_key};
+use crate::options::MongoOptions;
 
-/// The default collection name.
-const DEFAULT_COLLECTION: &str = "mq_dead_letters";
-
-/// Dead letters in a MongoDB collection (feature `mongo`), on a client the caller hands in.
+/// Dead letters in a MongoDB collection: the [`DeadLetterStore`] of mq on MongoDB, in
+/// [`MongoOptions::dead_letter_collection`] (default `mq_dead_letters`).
 ///
 /// One document per dead-lettered message, `_id` the entry id, unique per queue and message id.
 /// Times are Unix milliseconds, the message its JSON text (exactly as it was), the error chain an
-/// array of strings. [`DeadLetterStore::migrate`] creates the indexes. Unlike the SQL stores,
-/// a multi-letter insert is not one transaction: a retried insert can count a failure twice,
-/// never store a letter twice.
+/// array of strings. [`DeadLetterStore::migrate`] writes nothing under
+/// [`MongoOptions::create_schema`]`(false)`. Unlike the SQL stores, a multi-letter insert is not
+/// one transaction: a retried insert can count a failure twice, never store a letter twice.
+///
+/// Give it to a queue through [`CommonOptions::dead_letters`](mq_core::CommonOptions::dead_letters)
+/// so exhausted messages land here; list, count, replay (with `mq-dlq`) and purge them later.
 ///
 /// # Examples
 ///
 /// ```no_run
-/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-/// use mq_dlq::MongoDeadLetterStore;
-/// use mq_core::DeadLetterStore;
+/// use std::sync::Arc;
+/// use mq_core::{CommonOptions, DeadLetterFilter, DeadLetterStore};
+/// use mq_mongo::{MongoDeadLetterStore, MongoOptions, MongoQueue};
 ///
-/// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
-/// let store = MongoDeadLetterStore::new(&client, "app", "dead_letters")?;
-/// store.migrate().await?;
+/// # async fn run() -> mq_core::Result<()> {
+/// let uri = "mongodb://127.0.0.1:27017";
+/// let options = MongoOptions::default().database("jobs");
+/// let dead_letters = Arc::new(MongoDeadLetterStore::connect(uri, options.clone()).await?);
+/// let queue = MongoQueue::connect(
+///     uri,
+///     options.common(CommonOptions::default().dead_letters(dead_letters.clone())),
+/// )
+/// .await?;
+/// println!("{} dead letters", dead_letters.count(&DeadLetterFilter::default()).await?);
+/// # let _ = queue;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct MongoDeadLetterStore {
     coll: Collection<Document>,
+    create_schema: bool,
 }
 
 impl MongoDeadLetterStore {
-    /// A store in `database`.`collection` (`collection` empty = `mq_dead_letters`).
+    /// Connects to the server at `uri` (see [`MongoQueue::connect`](crate::MongoQueue::connect))
+    /// and opens the store there.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidOption`] for an empty database name or a collection name with `$` or NUL.
-    pub fn new(client: &Client, database: &str, collection: &str) -> Result<Self> {
-        if database.is_empty() || database.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
-            return Err(Error::invalid_option(
-                "database",
-                format!("{database:?} is not a MongoDB database name"),
-            ));
-        }
-        let collection = if collection.is_empty() {
-            DEFAULT_COLLECTION
-        } else {
-            collection
-        };
-        if collection.contains(['$', '\0']) || collection.starts_with("system.") {
-            return Err(Error::invalid_option(
-                "collection",
-                format!("{collection:?} is not a usable MongoDB collection name"),
-            ));
-        }
+    /// As [`MongoDeadLetterStore::from_client`], and [`mq_core::Error::Connect`] when no server
+    /// answers.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use mq_mongo::{MongoDeadLetterStore, MongoOptions};
+    ///
+    /// # async fn run() -> mq_core::Result<()> {
+    /// let options = MongoOptions::default().dead_letter_collection("failed_jobs");
+    /// let store = MongoDeadLetterStore::connect("mongodb://127.0.0.1:27017", options).await?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub async fn connect(uri: &str, options: MongoOptions) -> mq_core::Result<Self> {
+        Self::from_client(connect::client(uri, &options).await?, options).await
+    }
+
+    /// The store in [`MongoOptions::dead_letter_collection`] of [`MongoOptions::database`], on
+    /// a client the caller built. Creates its indexes when missing (as
+    /// [`DeadLetterStore::migrate`] does), or checks that the collection and its indexes exist
+    /// under [`MongoOptions::create_schema`]`(false)`.
+    ///
+    /// # Errors
+    ///
+    /// [`mq_core::Error::InvalidName`] for a bad name; [`mq_core::Error::Backend`] when the
+    /// indexes cannot be created or are missing (the source is then
+    /// [`crate::Error::MissingSchema`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use mq_mongo::{MongoDeadLetterStore, MongoOptions, mongodb};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
+    /// // For a read-only tool: fail if the store was never set up, create nothing.
+    /// let options = MongoOptions::default().database("jobs").create_schema(false);
+    /// let store = MongoDeadLetterStore::from_client(client, options).await?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub async fn from_client(client: Client, options: MongoOptions) -> mq_core::Result<Self> {
+        let name = options.get_dead_letter_collection();
+        let coll = connect::store_collection(&client, &options, name, indexes()).await?;
         Ok(MongoDeadLetterStore {
-            coll: client.database(database).collection(collection),
+            coll,
+            create_schema: options.get_create_schema(),
         })
     }
 
+    /// Sets `fields` on the entry `filter` matches; true when one did.
+    async fn set_one(
+        &self,
+        filter: Document,
+        fields: Document,
+        operation: &'static str,
+    ) -> mq_core::Result<bool> {
+        let r = self
+            .coll
+            .update_one(filter, doc! { "$set": fields })
+            .await
+            .map_err(err(operation))?;
+        Ok(r.matched_count == 1)
+    }
+
     /// The collection.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(store: &mq_mongo::MongoDeadLetterStore) {
+    /// println!("{}", store.collection().namespace());
+    /// # }
+    /// ```
     pub fn collection(&self) -> &Collection<Document> {
         &self.coll
     }
 }
 
-fn err(operation: &'static str) -> impl Fn(mongodb::error::Error) -> Error {
-    move |e| Error::store(operation, e)
+/// One entry per (queue, message id); listing by failure time.
+fn indexes() -> Vec<IndexModel> {
+    let unique = IndexModel::builder()
+        .keys(doc! { "queue": 1, "message_id": 1 })
+        .options(IndexOptions::builder().unique(true).build())
+        .build();
+    let failed = IndexModel::builder()
+        .keys(doc! { "last_failed_at": 1 })
+        .build();
+    vec![unique, failed]
+}
+
+fn err(operation: &'static str) -> impl Fn(mongodb::error::Error) -> mq_core::Error {
+    move |e| backend(operation, e)
+}
+
+/// Milliseconds since the epoch, the unit the store keeps times in.
+fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
 }
 
 /// The query for `f`; `paging` adds `after`.
@@ -177,32 +252,23 @@ fn read(d: &Document) -> mq_core::Result<DeadLetterEntry> {
 #[async_trait]
 impl DeadLetterSink for MongoDeadLetterStore {
     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), BoxError> {
-        Ok(self.insert(letters).await?)
+        Ok(DeadLetterStore::insert(self, letters).await?)
     }
 }
 
 #[async_trait]
 impl DeadLetterStore for MongoDeadLetterStore {
+    /// Creates the indexes, as building the store did; under
+    /// [`MongoOptions::create_schema`]`(false)` only checks that they exist.
     async fn migrate(&self) -> mq_core::Result<()> {
-        let unique = IndexModel::builder()
-            .keys(doc! { "queue": 1, "message_id": 1 })
-            .options(IndexOptions::builder().unique(true).build())
-            .build();
-        let failed = IndexModel::builder()
-            .keys(doc! { "last_failed_at": 1 })
-            .build();
-        self.coll
-            .create_indexes([unique, failed])
-            .await
-            .map_err(err("migrate"))?;
-        Ok(())
+        prepare_schema(&self.coll, indexes(), self.create_schema).await
     }
 
     async fn insert(&self, letters: Vec<DeadLetter>) -> mq_core::Result<()> {
         for letter in letters {
             let e = DeadLetterEntry::from_letter(letter);
-            let message =
-                serde_json::to_string(&e.message).map_err(|x| Error::store("insert", x))?;
+            let message = serde_json::to_string(&e.message)
+                .map_err(|x| mq_core::Error::backend("mongo", "insert dead letter", x))?;
             let causes: Vec<Bson> = e
                 .error
                 .causes()
@@ -247,7 +313,7 @@ impl DeadLetterStore for MongoDeadLetterStore {
                 {
                     Ok(_) => break,
                     Err(x) if tries < 3 && is_duplicate_key(&x) => continue,
-                    Err(x) => return Err(Error::store("insert", x).into()),
+                    Err(x) => return Err(backend("insert dead letter", x)),
                 }
             }
         }
@@ -259,12 +325,7 @@ impl DeadLetterStore for MongoDeadLetterStore {
         if let Some(n) = filter.get_limit() {
             find = find.limit(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        let docs: Vec<Document> = find
-            .await
-            .map_err(err("list"))?
-            .try_collect()
-            .await
-            .map_err(err("list"))?;
+        let docs: Vec<Document> = collect(find, "list dead letters").await?;
         docs.iter().map(read).collect()
     }
 
@@ -273,7 +334,7 @@ impl DeadLetterStore for MongoDeadLetterStore {
             .coll
             .find_one(doc! { "_id": id.as_str() })
             .await
-            .map_err(err("get"))?;
+            .map_err(err("get dead letter"))?;
         d.as_ref().map(read).transpose()
     }
 
@@ -281,7 +342,7 @@ impl DeadLetterStore for MongoDeadLetterStore {
         self.coll
             .count_documents(query(filter, false))
             .await
-            .map_err(|e| err("count")(e).into())
+            .map_err(err("count dead letters"))
     }
 
     async fn begin_replay(
@@ -290,26 +351,20 @@ impl DeadLetterStore for MongoDeadLetterStore {
         expected_generation: u32,
         mark: &ReplayMark,
     ) -> mq_core::Result<bool> {
-        let r = self
-            .coll
-            .update_one(
-                doc! {
-                    "_id": id.as_str(),
-                    "replay_generation": i64::from(expected_generation),
-                    "replay_state": { "$ne": "pending" },
-                },
-                doc! { "$set": {
-                    "replay_state": "pending",
-                    "replay_generation": i64::from(mark.generation),
-                    "replay_message_id": mark.message_id.as_str(),
-                    "replay_target": mark.target.as_str(),
-                    "replay_started_at": to_ms(mark.started_at),
-                    "replayed_at": Bson::Null,
-                } },
-            )
-            .await
-            .map_err(err("begin replay"))?;
-        Ok(r.matched_count == 1)
+        let entry = doc! {
+            "_id": id.as_str(),
+            "replay_generation": i64::from(expected_generation),
+            "replay_state": { "$ne": "pending" },
+        };
+        let pending = doc! {
+            "replay_state": "pending",
+            "replay_generation": i64::from(mark.generation),
+            "replay_message_id": mark.message_id.as_str(),
+            "replay_target": mark.target.as_str(),
+            "replay_started_at": to_ms(mark.started_at),
+            "replayed_at": Bson::Null,
+        };
+        self.set_one(entry, pending, "begin replay").await
     }
 
     async fn finish_replay(
@@ -318,19 +373,13 @@ impl DeadLetterStore for MongoDeadLetterStore {
         message_id: &MessageId,
         at: DateTime<Utc>,
     ) -> mq_core::Result<bool> {
-        let r = self
-            .coll
-            .update_one(
-                doc! {
-                    "_id": id.as_str(),
-                    "replay_message_id": message_id.as_str(),
-                    "replay_state": "pending",
-                },
-                doc! { "$set": { "replay_state": "done", "replayed_at": to_ms(at) } },
-            )
-            .await
-            .map_err(err("finish replay"))?;
-        if r.matched_count == 1 {
+        let entry = doc! {
+            "_id": id.as_str(),
+            "replay_message_id": message_id.as_str(),
+            "replay_state": "pending",
+        };
+        let done = doc! { "replay_state": "done", "replayed_at": to_ms(at) };
+        if self.set_one(entry, done, "finish replay").await? {
             return Ok(true);
         }
         let n = self
@@ -346,16 +395,7 @@ impl DeadLetterStore for MongoDeadLetterStore {
             .coll
             .delete_many(query(filter, false))
             .await
-            .map_err(err("purge"))?;
+            .map_err(err("purge dead letters"))?;
         Ok(r.deleted_count)
-    }
-}
-
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match &*e.kind {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        ErrorKind::Command(c) => c.code == 11000,
-        _ => false,
     }
 }

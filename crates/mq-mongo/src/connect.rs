@@ -1,0 +1,183 @@
+//! Opening a client from a connection string, with errors that name the hosts and never the
+//! credentials; and the schema (collections and indexes) every type of this crate prepares or
+//! checks when it is built.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::error::ErrorKind;
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection, Cursor, IndexModel};
+use mq_core::Result;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, backend};
+use crate::options::MongoOptions;
+
+/// Checks `options`, parses `uri`, applies the timeouts of `options`, and pings the server so
+/// that an unreachable one fails here, within the server selection timeout, rather than at the
+/// first operation.
+pub(crate) async fn client(uri: &str, options: &MongoOptions) -> Result<Client> {
+    options.validate()?;
+    let timeout = options.get_server_selection_timeout();
+    let connect_error = |target: String, source: mq_core::BoxError| mq_core::Error::Connect {
+        backend: "mongo",
+        target,
+        source,
+    };
+    let unreachable = |source: Option<mongodb::error::Error>| {
+        Box::new(Error::Unreachable {
+            timeout,
+            source: source.map(Box::new),
+        })
+    };
+    // Parsing may resolve DNS (mongodb+srv): bound it too.
+    let mut co = match tokio::time::timeout(timeout, ClientOptions::parse(uri)).await {
+        Ok(Ok(co)) => co,
+        Ok(Err(e)) => {
+            return Err(match &*e.kind {
+                ErrorKind::InvalidArgument { message, .. } => mq_core::Error::invalid_option(
+                    "uri",
+                    format!("not a usable MongoDB connection string: {message}"),
+                ),
+                _ => connect_error(target_of(uri), Box::new(e)),
+            });
+        }
+        Err(_) => return Err(connect_error(target_of(uri), unreachable(None))),
+    };
+    co.server_selection_timeout = Some(timeout);
+    co.connect_timeout = Some(options.get_connect_timeout());
+    if co.app_name.is_none() {
+        co.app_name = Some("mq-mongo".into());
+    }
+    let target = co
+        .hosts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = Client::with_options(co).map_err(|e| connect_error(target.clone(), e.into()))?;
+    let db = client.database(options.get_database());
+    let ping = db.run_command(doc! { "ping": 1 });
+    match tokio::time::timeout(timeout + Duration::from_millis(500), ping).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(e)) if matches!(&*e.kind, ErrorKind::ServerSelection { .. }) => {
+            Err(connect_error(target, unreachable(Some(e))))
+        }
+        Ok(Err(e)) => Err(connect_error(target, Box::new(e))),
+        Err(_) => Err(connect_error(target, unreachable(None))),
+    }
+}
+
+/// The hosts of a connection string the driver could not parse, without the credentials.
+fn target_of(uri: &str) -> String {
+    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let hosts = rest.split(['/', '?']).next().unwrap_or_default();
+    let hosts = hosts.rsplit_once('@').map_or(hosts, |(_, h)| h);
+    if hosts.is_empty() {
+        "(no host in the connection string)".into()
+    } else {
+        hosts.chars().take(200).collect()
+    }
+}
+
+/// Runs a find or aggregate and collects every document, mapping errors to `operation`.
+pub(crate) async fn collect<T, A>(action: A, operation: &'static str) -> Result<Vec<T>>
+where
+    A: IntoFuture<Output = mongodb::error::Result<Cursor<T>>>,
+    T: DeserializeOwned + Unpin + Send + Sync,
+{
+    let cursor = action.await.map_err(|e| backend(operation, e))?;
+    cursor
+        .try_collect()
+        .await
+        .map_err(|e| backend(operation, e))
+}
+
+/// Checks `options`, then prepares `collection` of their database with `indexes` (see
+/// [`prepare_schema`]).
+pub(crate) async fn store_collection(
+    client: &Client,
+    options: &MongoOptions,
+    collection: &str,
+    indexes: Vec<IndexModel>,
+) -> Result<Collection<Document>> {
+    options.validate()?;
+    let coll = client
+        .database(options.get_database())
+        .collection(collection);
+    prepare_schema(&coll, indexes, options.get_create_schema()).await?;
+    Ok(coll)
+}
+
+/// Creates the `indexes` of `coll` (and so the collection) when `create` is true; otherwise
+/// checks that the collection and an index with each key pattern exist, failing with
+/// [`Error::MissingSchema`] naming the first one missing. Never writes when `create` is false.
+pub(crate) async fn prepare_schema(
+    coll: &Collection<Document>,
+    indexes: Vec<IndexModel>,
+    create: bool,
+) -> Result<()> {
+    if create {
+        coll.create_indexes(indexes)
+            .await
+            .map_err(|e| backend("create indexes", e))?;
+        return Ok(());
+    }
+    let ns = coll.namespace();
+    let missing = |object: String| {
+        mq_core::Error::backend("mongo", "check schema", Error::MissingSchema { object })
+    };
+    let names = coll
+        .client()
+        .database(&ns.db)
+        .list_collection_names()
+        .filter(doc! { "name": &ns.coll })
+        .await
+        .map_err(|e| backend("check schema", e))?;
+    if names.is_empty() {
+        return Err(missing(format!("collection {ns}")));
+    }
+    let existing: Vec<IndexModel> = collect(coll.list_indexes(), "check schema").await?;
+    for want in indexes {
+        let ttl = want.options.as_ref().and_then(|o| o.expire_after);
+        let found = existing.iter().any(|have| {
+            have.keys == want.keys && have.options.as_ref().and_then(|o| o.expire_after) == ttl
+        });
+        if !found {
+            let name = want.options.as_ref().and_then(|o| o.name.as_deref());
+            let name = name.map_or(String::new(), |n| format!("{n} "));
+            let ttl = ttl.map_or(String::new(), |d| format!(" expiring after {d:?}"));
+            return Err(missing(format!(
+                "index {name}{keys}{ttl} on collection {ns}",
+                keys = want.keys
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_never_show_credentials() {
+        assert_eq!(
+            target_of("mongodb://alice:s3cret@db1:27017,db2/?x=1"),
+            "db1:27017,db2"
+        );
+        assert_eq!(
+            target_of("mongodb+srv://u:p@cluster.example.com"),
+            "cluster.example.com"
+        );
+        assert_eq!(target_of("mongodb://h?authSource=a@b"), "h");
+        assert_eq!(target_of("nonsense"), "nonsense");
+        assert_eq!(
+            target_of("mongodb://u:p@/db"),
+            "(no host in the connection string)"
+        );
+    }
+}
