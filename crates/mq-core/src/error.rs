@@ -101,6 +101,17 @@ pub enum Error {
         /// The queue it was published to.
         queue: QueueName,
     },
+    /// A message with the same unique key waits or runs in the queue (or finished within its
+    /// unique window).
+    #[error("unique key {key:?} is held by message {holder} in queue {queue}")]
+    DuplicateKey {
+        /// The key.
+        key: String,
+        /// The message that holds it.
+        holder: MessageId,
+        /// The queue.
+        queue: QueueName,
+    },
     /// An option has a value that cannot work.
     #[error("invalid option {field}: {reason}")]
     InvalidOption {

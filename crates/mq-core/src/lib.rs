@@ -51,6 +51,7 @@
 mod adaptive;
 pub mod backend;
 mod checkpoint;
+mod control;
 mod dead_letter;
 mod error;
 mod handler;
@@ -71,6 +72,7 @@ mod store;
 pub mod testkit;
 
 pub use async_trait::async_trait;
+pub use control::{CancelOutcome, CancelTarget};
 pub use dead_letter::{
     DeadLetter, DeadLetterEntry, DeadLetterFields, DeadLetterFilter, DeadLetterOrigin,
     DeadLetterSink, DeadLetterStore, EntryId, ErrorChain, ReplayMark, ReplayState,
@@ -86,8 +88,8 @@ pub use lifecycle::{
     ObserverFailure,
 };
 pub use message::{
-    MAX_MESSAGE_ID_LEN, MAX_MESSAGE_TYPE_LEN, MAX_PARTITION_KEY_CHARS, MAX_PAYLOAD_DEPTH, Message,
-    MessageId, Metadata, NewMessage, Status, later_by, latest_time,
+    MAX_MESSAGE_ID_LEN, MAX_MESSAGE_TYPE_LEN, MAX_PARTITION_KEY_CHARS, MAX_PAYLOAD_DEPTH,
+    MAX_UNIQUE_KEY_CHARS, Message, MessageId, Metadata, NewMessage, Status, later_by, latest_time,
 };
 #[cfg(feature = "metrics")]
 pub use metrics_observer::MetricsObserver;

@@ -177,11 +177,13 @@ pub enum Status {
     Ignored,
     /// Handed to the dead-letter store at the handler's request.
     DeadLettered,
+    /// Cancelled by [`MessageQueue::cancel`](crate::MessageQueue::cancel) before it finished.
+    Cancelled,
 }
 
 impl Status {
     /// Every status, in life order.
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Scheduled,
         Status::Processing,
         Status::Executed,
@@ -189,6 +191,7 @@ impl Status {
         Status::Expired,
         Status::Ignored,
         Status::DeadLettered,
+        Status::Cancelled,
     ];
 
     /// The stored spelling (`"scheduled"`, `"dead_lettered"`, ...).
@@ -201,6 +204,7 @@ impl Status {
             Status::Expired => "expired",
             Status::Ignored => "ignored",
             Status::DeadLettered => "dead_lettered",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -329,10 +333,33 @@ pub struct Message {
     /// Ordering and sharding key (Kinesis partition key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_key: Option<String>,
+    /// Claim order: higher first, publication order within a priority. Default 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i16,
+    /// While a message with this key waits or runs in its queue (and for
+    /// [`unique_window`](Message::unique_window) after it finished), a publish with the same key
+    /// is refused ([`Error::DuplicateKey`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    /// How long the unique key keeps blocking after the message finished.
+    #[serde(
+        default,
+        rename = "unique_window_ms",
+        with = "opt_millis",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unique_window: Option<Duration>,
     /// Framework metadata.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     pub metadata: Metadata,
 }
+
+fn is_zero(p: &i16) -> bool {
+    *p == 0
+}
+
+/// The longest unique key accepted, in characters.
+pub const MAX_UNIQUE_KEY_CHARS: usize = 255;
 
 impl Message {
     /// A scheduled message, ready at `now`, with no attempts yet.
@@ -358,6 +385,9 @@ impl Message {
             updated_at: now,
             processing_started_at: None,
             partition_key: None,
+            priority: 0,
+            unique_key: None,
+            unique_window: None,
             metadata: Metadata::default(),
         }
     }
@@ -451,6 +481,18 @@ impl Message {
                 return refuse("partition_key", "contains a NUL character".to_owned());
             }
         }
+        if let Some(key) = &self.unique_key {
+            let chars = key.chars().count();
+            if chars == 0 || chars > MAX_UNIQUE_KEY_CHARS {
+                return refuse(
+                    "unique_key",
+                    format!("has {chars} characters; use 1 to {MAX_UNIQUE_KEY_CHARS}"),
+                );
+            }
+            if key.contains('\0') {
+                return refuse("unique_key", "contains a NUL character".to_owned());
+            }
+        }
         if self
             .metadata
             .log_context
@@ -491,7 +533,8 @@ impl Message {
         let strings = self.id.as_str().len()
             + self.message_type.len()
             + self.queue.as_str().len()
-            + self.partition_key.as_ref().map_or(0, String::len);
+            + self.partition_key.as_ref().map_or(0, String::len)
+            + self.unique_key.as_ref().map_or(0, String::len);
         let metadata = if self.metadata.is_empty() {
             0
         } else {
@@ -563,6 +606,9 @@ pub struct NewMessage {
     max_attempts: Option<u32>,
     retry_delay: Option<Duration>,
     partition_key: Option<String>,
+    priority: i16,
+    unique_key: Option<String>,
+    unique_window: Option<Duration>,
     metadata: Metadata,
 }
 
@@ -579,6 +625,9 @@ impl NewMessage {
             max_attempts: None,
             retry_delay: None,
             partition_key: None,
+            priority: 0,
+            unique_key: None,
+            unique_window: None,
             metadata: Metadata::default(),
         }
     }
@@ -642,6 +691,27 @@ impl NewMessage {
         self
     }
 
+    /// Claimed before messages of lower priority (default 0; higher first, publication order
+    /// within a priority). Not supported on Kinesis, where order is the shard's.
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Refused while a message with the same key waits or runs in the queue
+    /// ([`Error::DuplicateKey`] names the holder), so a job is queued once however often it
+    /// is asked for. 1 to 255 characters.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Keeps the unique key blocking for `window` after the message finished (a debounce).
+    pub fn unique_window(mut self, window: Duration) -> Self {
+        self.unique_window = Some(window);
+        self
+    }
+
     /// Adds one `log_context` entry.
     pub fn log_context(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.log_context.insert(key.into(), value.into());
@@ -695,6 +765,9 @@ impl NewMessage {
         m.max_attempts = self.max_attempts;
         m.retry_delay = self.retry_delay;
         m.partition_key = self.partition_key;
+        m.priority = self.priority;
+        m.unique_key = self.unique_key;
+        m.unique_window = self.unique_window;
         m.metadata = self.metadata;
         m
     }

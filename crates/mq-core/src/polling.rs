@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::control::{CancelOutcome, CancelTarget};
 use crate::dead_letter::{DeadLetter, DeadLetterSink, ErrorChain};
 use crate::error::{Error, Result};
 use crate::handler::{Batch, Handler, Outcome};
@@ -423,6 +424,29 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
             self.inner.abort.child_token(),
         );
         worker.run_once().await
+    }
+
+    async fn cancel(&self, queue: &QueueName, target: CancelTarget) -> Result<CancelOutcome> {
+        let queue = self.resolve_registered(queue)?;
+        self.inner.store.cancel(&queue, target).await
+    }
+
+    async fn pause(&self, queue: &QueueName) -> Result<()> {
+        let queue = self.resolve_registered(queue)?;
+        self.inner.store.set_paused(&queue, true).await
+    }
+
+    async fn resume(&self, queue: &QueueName) -> Result<()> {
+        let queue = self.resolve_registered(queue)?;
+        self.inner.store.set_paused(&queue, false).await?;
+        // Idle consumers of this process may sleep up to their poll interval: let them look now.
+        self.inner.store.wake(&queue);
+        Ok(())
+    }
+
+    async fn is_paused(&self, queue: &QueueName) -> Result<bool> {
+        let queue = self.resolve_registered(queue)?;
+        self.inner.store.is_paused(&queue).await
     }
 
     async fn shutdown(&self) -> Result<()> {

@@ -9,6 +9,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::control::{CancelOutcome, CancelTarget};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::message::{MessageId, NewMessage};
@@ -77,6 +78,46 @@ pub trait MessageQueue: Send + Sync + fmt::Debug + 'static {
     /// Stops claiming, waits for in-flight handlers up to each consumer's grace period, then
     /// cancels them and releases what they hold. Later calls fail with [`Error::ShutDown`].
     async fn shutdown(&self) -> Result<()>;
+
+    /// Cancels a message that has not finished: a waiting one is never delivered; a running one
+    /// is marked cancelled, its completion refused and its handler's token cancelled at the
+    /// consumer's next lease renewal. Backends that cannot (Kinesis, immediate) return
+    /// [`Error::Unsupported`].
+    async fn cancel(&self, queue: &QueueName, target: CancelTarget) -> Result<CancelOutcome> {
+        let _ = (queue, target);
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            operation: "cancelling a message",
+        })
+    }
+
+    /// Stops every consumer of `queue`, in every process, from claiming; in-flight batches
+    /// finish. Publishing still works. Backends that cannot return [`Error::Unsupported`].
+    async fn pause(&self, queue: &QueueName) -> Result<()> {
+        let _ = queue;
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            operation: "pausing a queue",
+        })
+    }
+
+    /// Lets the consumers of `queue` claim again after [`MessageQueue::pause`].
+    async fn resume(&self, queue: &QueueName) -> Result<()> {
+        let _ = queue;
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            operation: "resuming a queue",
+        })
+    }
+
+    /// True while `queue` is paused.
+    async fn is_paused(&self, queue: &QueueName) -> Result<bool> {
+        let _ = queue;
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            operation: "pausing a queue",
+        })
+    }
 }
 
 mod sealed {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::control::{CancelOutcome, CancelTarget};
 use crate::dead_letter::ErrorChain;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId, Status};
@@ -239,6 +240,42 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
             backend: self.backend(),
             operation: "queue statistics",
         })
+    }
+
+    /// Cancels the message `target` names (see [`MessageQueue::cancel`](crate::MessageQueue::cancel)):
+    /// a scheduled one is marked [`Status::Cancelled`]; a processing one too, which makes its
+    /// holder's renewals and completions fail. Releases its unique key.
+    async fn cancel(&self, queue: &QueueName, target: CancelTarget) -> Result<CancelOutcome> {
+        let _ = (queue, target);
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            operation: "cancelling a message",
+        })
+    }
+
+    /// Pauses (`true`) or resumes `queue` for every process using this store: while paused,
+    /// [`QueueStore::claim`] returns nothing.
+    async fn set_paused(&self, queue: &QueueName, paused: bool) -> Result<()> {
+        let _ = (queue, paused);
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            operation: "pausing a queue",
+        })
+    }
+
+    /// True while `queue` is paused.
+    async fn is_paused(&self, queue: &QueueName) -> Result<bool> {
+        let _ = queue;
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            operation: "pausing a queue",
+        })
+    }
+
+    /// Wakes this process's consumers of `queue` that wait in
+    /// [`QueueStore::wait_for_work`] (after a resume, say). The default does nothing.
+    fn wake(&self, queue: &QueueName) {
+        let _ = queue;
     }
 
     /// Waits until new messages may be ready in `queue`, or `timeout`. The default sleeps;

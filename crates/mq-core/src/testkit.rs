@@ -29,6 +29,7 @@ use crate::store::QueueStore;
 
 pub mod cases;
 pub mod checkpoint;
+pub mod control;
 pub mod dead_letter;
 
 /// Builds isolated queues of one backend for the conformance cases.

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use mq_core::backend::PollingQueue;
 use mq_core::{
-    BatchReport, CommonOptions, ConsumerHandle, ConsumerOptions, Handler, Message, MessageQueue,
-    NewMessage, PublishReport, QueueName, Result, async_trait,
+    BatchReport, CancelOutcome, CancelTarget, CommonOptions, ConsumerHandle, ConsumerOptions,
+    Handler, Message, MessageQueue, NewMessage, PublishReport, QueueName, Result, async_trait,
 };
 
 use crate::store::MemoryStore;
@@ -150,5 +150,21 @@ impl MessageQueue for InMemoryQueue {
 
     async fn shutdown(&self) -> Result<()> {
         self.inner.shutdown().await
+    }
+
+    async fn cancel(&self, queue: &QueueName, target: CancelTarget) -> Result<CancelOutcome> {
+        self.inner.cancel(queue, target).await
+    }
+
+    async fn pause(&self, queue: &QueueName) -> Result<()> {
+        self.inner.pause(queue).await
+    }
+
+    async fn resume(&self, queue: &QueueName) -> Result<()> {
+        self.inner.resume(queue).await
+    }
+
+    async fn is_paused(&self, queue: &QueueName) -> Result<bool> {
+        self.inner.is_paused(queue).await
     }
 }

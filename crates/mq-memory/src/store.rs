@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use mq_core::backend::duplicate_id;
 use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, QueueStore};
-use mq_core::{Message, MessageId, QueueName, QueueStats, Result, Status, async_trait};
+use mq_core::{
+    CancelOutcome, CancelTarget, Message, MessageId, QueueName, QueueStats, Result, Status,
+    async_trait,
+};
 use tokio::sync::Notify;
 
 /// Keeps messages in process memory, with the same claim and lease rules as the durable stores.
@@ -36,6 +39,35 @@ pub struct MemoryStore {
 struct Slot {
     state: Mutex<State>,
     notify: Notify,
+    paused: std::sync::atomic::AtomicBool,
+}
+
+/// Ready messages: one FIFO per priority, highest priority first.
+#[derive(Debug, Default)]
+struct Ready(std::collections::BTreeMap<Reverse<i16>, VecDeque<MessageId>>);
+
+impl Ready {
+    fn push(&mut self, priority: i16, id: MessageId) {
+        self.0.entry(Reverse(priority)).or_default().push_back(id);
+    }
+
+    fn pop(&mut self) -> Option<MessageId> {
+        loop {
+            let mut first = self.0.first_entry()?;
+            if let Some(id) = first.get_mut().pop_front() {
+                return Some(id);
+            }
+            first.remove();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.values().map(VecDeque::len).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.values().all(VecDeque::is_empty)
+    }
 }
 
 /// Ids may come from publishers, so the map keeps a seeded hash (foldhash), several times
@@ -45,7 +77,9 @@ type IdMap<V> = HashMap<MessageId, V, foldhash::fast::RandomState>;
 #[derive(Debug, Default)]
 struct State {
     entries: IdMap<Entry>,
-    ready: VecDeque<MessageId>,
+    ready: Ready,
+    /// Unique keys: the message holding each, and (once it finished) until when it blocks.
+    unique: HashMap<String, (MessageId, Option<DateTime<Utc>>)>,
     delayed: BinaryHeap<Reverse<(DateTime<Utc>, u64, MessageId)>>,
     leases: BinaryHeap<Reverse<(Instant, u64, MessageId)>>,
     finished: VecDeque<Message>,
@@ -112,11 +146,38 @@ impl MemoryStore {
 impl State {
     fn schedule(&mut self, id: MessageId, execute_at: DateTime<Utc>, now: DateTime<Utc>) {
         if execute_at <= now {
-            self.ready.push_back(id);
+            let priority = self.entries.get(&id).map_or(0, |e| e.message.priority);
+            self.ready.push(priority, id);
         } else {
             self.seq += 1;
             self.delayed.push(Reverse((execute_at, self.seq, id)));
         }
+    }
+
+    /// A message left the store: its unique key stops blocking, or blocks until its window
+    /// ends.
+    fn release_key(&mut self, message: &Message, now: DateTime<Utc>) {
+        let Some(key) = &message.unique_key else {
+            return;
+        };
+        match message.unique_window {
+            Some(window) => {
+                if let Some(held) = self.unique.get_mut(key) {
+                    held.1 = Some(mq_core::later_by(now, window));
+                }
+            }
+            None => {
+                self.unique.remove(key);
+            }
+        }
+    }
+
+    /// The message holding `key`, if it still blocks at `now`.
+    fn key_holder(&self, key: &str, now: DateTime<Utc>) -> Option<&MessageId> {
+        self.unique
+            .get(key)
+            .filter(|(_, until)| until.is_none_or(|u| u > now))
+            .map(|(id, _)| id)
     }
 
     fn holds(&self, id: &MessageId, owner: &str, attempt: u32, now: Instant) -> bool {
@@ -146,15 +207,29 @@ impl QueueStore for MemoryStore {
         let now = Utc::now();
         let mut results = Vec::with_capacity(messages.len());
         {
-            let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            let st = &mut *guard;
             st.entries.reserve(messages.len());
             for m in messages {
+                if let Some(key) = &m.unique_key
+                    && let Some(holder) = st.key_holder(key, now)
+                {
+                    results.push(Err(mq_core::Error::DuplicateKey {
+                        key: key.clone(),
+                        holder: holder.clone(),
+                        queue: queue.clone(),
+                    }));
+                    continue;
+                }
                 match st.entries.entry(m.id.clone()) {
                     std::collections::hash_map::Entry::Occupied(_) => {
                         results.push(Err(duplicate_id(queue, &m.id)));
                     }
                     std::collections::hash_map::Entry::Vacant(slot) => {
                         let (id, at) = (m.id.clone(), m.execute_at);
+                        if let Some(key) = &m.unique_key {
+                            st.unique.insert(key.clone(), (id.clone(), None));
+                        }
                         slot.insert(Entry {
                             message: m,
                             lease: None,
@@ -177,6 +252,9 @@ impl QueueStore for MemoryStore {
         lease: Duration,
     ) -> Result<Claimed> {
         let slot = self.slot(queue);
+        if slot.paused.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(Claimed::default());
+        }
         let now = Utc::now();
         let mono = Instant::now();
         let owner: Arc<str> = Arc::from(owner);
@@ -190,7 +268,8 @@ impl QueueStore for MemoryStore {
                 break;
             }
             if let Some(Reverse((_, _, id))) = st.delayed.pop() {
-                st.ready.push_back(id);
+                let priority = st.entries.get(&id).map_or(0, |e| e.message.priority);
+                st.ready.push(priority, id);
             }
         }
         // Crash recovery: claims whose lease ran out go first, they are the oldest work.
@@ -219,7 +298,7 @@ impl QueueStore for MemoryStore {
         let mut expired = Vec::new();
         let mut recovered = candidates.into_iter();
         while messages.len() < limit {
-            let Some(id) = recovered.next().or_else(|| st.ready.pop_front()) else {
+            let Some(id) = recovered.next().or_else(|| st.ready.pop()) else {
                 break;
             };
             let Some(entry) = st.entries.get_mut(&id) else {
@@ -241,6 +320,7 @@ impl QueueStore for MemoryStore {
                 m.status = Status::Expired;
                 m.updated_at = now;
                 *st.done.entry(Status::Expired).or_default() += 1;
+                st.release_key(&m, now);
                 expired.push(m);
                 continue;
             }
@@ -316,7 +396,9 @@ impl QueueStore for MemoryStore {
                 }
                 match c.action {
                     CompletionAction::Ack => {
-                        st.entries.remove(&c.claim.id);
+                        if let Some(e) = st.entries.remove(&c.claim.id) {
+                            st.release_key(&e.message, now);
+                        }
                         *st.done.entry(Status::Executed).or_default() += 1;
                     }
                     CompletionAction::Retry { execute_at, .. } => {
@@ -332,6 +414,7 @@ impl QueueStore for MemoryStore {
                     CompletionAction::Finish { status, .. } => {
                         if let Some(mut e) = st.entries.remove(&c.claim.id) {
                             *st.done.entry(status).or_default() += 1;
+                            st.release_key(&e.message, now);
                             e.message.status = status;
                             e.message.updated_at = now;
                             if self.finished_capacity > 0 {
@@ -352,6 +435,56 @@ impl QueueStore for MemoryStore {
             slot.notify.notify_waiters();
         }
         Ok(rejected)
+    }
+
+    async fn cancel(&self, queue: &QueueName, target: CancelTarget) -> Result<CancelOutcome> {
+        let slot = self.slot(queue);
+        let now = Utc::now();
+        let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        let id = match target {
+            CancelTarget::Id(id) => id,
+            CancelTarget::UniqueKey(key) => match st.unique.get(&key) {
+                Some((id, _)) => id.clone(),
+                None => return Ok(CancelOutcome::NotFound),
+            },
+            _ => return Ok(CancelOutcome::NotFound),
+        };
+        // A running message leaves the store at once: its holder's renewals and completions
+        // find nothing to hold, which stops its handler.
+        let Some(mut e) = st.entries.remove(&id) else {
+            return Ok(match st.finished.iter().rev().find(|m| m.id == id) {
+                Some(m) => CancelOutcome::AlreadyFinished(id, m.status),
+                None => CancelOutcome::NotFound,
+            });
+        };
+        let running = e.message.status == Status::Processing;
+        e.message.status = Status::Cancelled;
+        e.message.updated_at = now;
+        *st.done.entry(Status::Cancelled).or_default() += 1;
+        st.release_key(&e.message, now);
+        Ok(if running {
+            CancelOutcome::CancelledRunning(id)
+        } else {
+            CancelOutcome::Cancelled(id)
+        })
+    }
+
+    async fn set_paused(&self, queue: &QueueName, paused: bool) -> Result<()> {
+        self.slot(queue)
+            .paused
+            .store(paused, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    async fn is_paused(&self, queue: &QueueName) -> Result<bool> {
+        Ok(self
+            .slot(queue)
+            .paused
+            .load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    fn wake(&self, queue: &QueueName) {
+        self.slot(queue).notify.notify_waiters();
     }
 
     async fn queue_stats(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {

@@ -29,3 +29,10 @@ impl QueueFactory for MemoryFactory {
 }
 
 mq_core::conformance_tests!(MemoryFactory::default());
+
+/// Priorities, unique keys, cancel and pause.
+mod control {
+    use super::MemoryFactory;
+
+    mq_core::queue_control_tests!(MemoryFactory::default());
+}
