@@ -105,6 +105,11 @@ impl From<Error> for mq_core::Error {
                 mq_core::Error::backend("sql", "connect", e)
             }
             Error::Migrate { .. } => mq_core::Error::backend("sql", "migrate", e),
+            Error::InvalidTableName { name } => mq_core::Error::invalid_name(
+                "table",
+                &name,
+                "use 1 to 63 ASCII letters, digits or underscores, not starting with a digit",
+            ),
             other => mq_core::Error::backend("sql", "decode", other),
         }
     }

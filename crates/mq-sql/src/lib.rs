@@ -64,6 +64,7 @@
 )]
 
 mod checkpoint;
+mod dead_letter;
 mod error;
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -82,6 +83,13 @@ pub use checkpoint::PgCheckpointStore;
 #[cfg(feature = "sqlite")]
 pub use checkpoint::SqliteCheckpointStore;
 pub use checkpoint::{DEFAULT_CHECKPOINT_TABLE, SqlCheckpointStore};
+#[cfg(feature = "mysql")]
+pub use dead_letter::MySqlDeadLetterStore;
+#[cfg(feature = "postgres")]
+pub use dead_letter::PgDeadLetterStore;
+#[cfg(feature = "sqlite")]
+pub use dead_letter::SqliteDeadLetterStore;
+pub use dead_letter::{DEFAULT_DEAD_LETTER_TABLE, SqlDeadLetterStore};
 pub use error::{Error, Result};
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlQueue;
@@ -91,4 +99,7 @@ pub use postgres::PgQueue;
 pub use queue::SqlQueue;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;
+/// The sqlx version this crate is built on, so applications that hand in their own pool need not
+/// match versions by hand.
+pub use sqlx;
 pub use store::SqlStore;

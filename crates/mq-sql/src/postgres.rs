@@ -383,6 +383,28 @@ impl QueueStore for SqlStore<Postgres> {
         Ok(out)
     }
 
+    fn check(&self, message: &Message) -> mq_core::Result<()> {
+        // jsonb refuses a NUL anywhere in a string; refuse the one message, not the whole publish.
+        let refuse = |field: &'static str| mq_core::Error::InvalidMessage {
+            id: message.id.clone(),
+            field,
+            reason: "contains a NUL character, which PostgreSQL jsonb cannot store"
+                .to_owned(),
+        };
+        if crate::store::json_has_nul(&message.payload) {
+            return Err(refuse("payload"));
+        }
+        if message
+            .metadata
+            .extra
+            .iter()
+            .any(|(k, v)| k.contains('\0') || crate::store::json_has_nul(v))
+        {
+            return Err(refuse("metadata"));
+        }
+        Ok(())
+    }
+
     async fn claim(
         &self,
         queue: &QueueName,
@@ -563,6 +585,31 @@ impl QueueStore for SqlStore<Postgres> {
     async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {
         self.wait_local(queue, timeout).await;
     }
+    async fn queue_stats(
+        &self,
+        queue: Option<&QueueName>,
+    ) -> mq_core::Result<Vec<mq_core::QueueStats>> {
+        let sql = crate::store::stats_sql(
+            &self.names.table,
+            "now()",
+            |o| format!("CAST(EXTRACT(EPOCH FROM (now() - {o})) * 1000 AS BIGINT)"),
+            queue.map(|_| "$1"),
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(queue) = queue {
+            query = query.bind(queue.as_str());
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("queue stats"))?;
+        let rows = rows
+            .iter()
+            .map(crate::store::stats_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend("queue stats"))?;
+        crate::store::fold_stats(rows)
+    }
 }
 
 impl SqlQueue<Postgres> {
@@ -590,7 +637,8 @@ impl SqlQueue<Postgres> {
     /// sqlx::query("UPDATE accounts SET balance = balance - 10 WHERE id = 1").execute(&mut *tx).await?;
     /// queue
     ///     .publish_in_tx(&mut tx, &orders, vec![NewMessage::new("charged", serde_json::json!({"id": 1}))])
-    ///     .await?;
+    ///     .await?
+    ///     .into_result()?;
     /// tx.commit().await?;
     /// # Ok(()) }
     /// ```

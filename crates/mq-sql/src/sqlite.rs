@@ -483,6 +483,33 @@ impl QueueStore for SqlStore<Sqlite> {
     async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {
         self.wait_local(queue, timeout).await;
     }
+    async fn queue_stats(
+        &self,
+        queue: Option<&QueueName>,
+    ) -> mq_core::Result<Vec<mq_core::QueueStats>> {
+        // SQLite keeps times as Unix microseconds; the clock is this process's, as for claims.
+        let now = now_micros().to_string();
+        let sql = crate::store::stats_sql(
+            &self.names.table,
+            &now,
+            |o| format!("({now} - {o}) / 1000"),
+            queue.map(|_| "?"),
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(queue) = queue {
+            query = query.bind(queue.as_str());
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("queue stats"))?;
+        let rows = rows
+            .iter()
+            .map(crate::store::stats_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend("queue stats"))?;
+        crate::store::fold_stats(rows)
+    }
 }
 
 impl SqlQueue<Sqlite> {

@@ -176,7 +176,7 @@ fn channel(table: &str) -> String {
 }
 
 /// `<table>_<suffix>`, or a shortened table name plus a hash when that would pass 63 characters.
-fn derived(table: &str, suffix: &str) -> String {
+pub(crate) fn derived(table: &str, suffix: &str) -> String {
     let full = format!("{table}_{suffix}");
     if full.len() <= 63 {
         return full;
@@ -467,5 +467,87 @@ mod tests {
         let s = statements("-- c\nCREATE TABLE a (x int);\nCREATE INDEX b ON a (x);\n");
         assert_eq!(s.len(), 2);
         assert_eq!(s[1], "CREATE INDEX b ON a (x)");
+    }
+}
+
+/// One `(queue, status)` group read by [`stats_sql`].
+pub(crate) struct StatsRow {
+    pub(crate) queue: String,
+    pub(crate) status: String,
+    pub(crate) n: i64,
+    pub(crate) oldest_ms: Option<i64>,
+    pub(crate) expired: i64,
+}
+
+/// The one statement behind `queue_stats`: per (queue, status) the count, the age in
+/// milliseconds of the oldest due scheduled message and the processing messages whose lease has
+/// run out, on the database's clock `now`. `age_ms` turns the oldest `execute_at` into an age;
+/// `queue_param` is the placeholder for one queue, or `None` for every queue.
+pub(crate) fn stats_sql(
+    table: &str,
+    now: &str,
+    age_ms: impl Fn(&str) -> String,
+    queue_param: Option<&str>,
+) -> String {
+    let oldest =
+        format!("MIN(CASE WHEN status = 'scheduled' AND execute_at <= {now} THEN execute_at END)");
+    let filter = queue_param.map_or(String::new(), |p| format!(" WHERE queue = {p}"));
+    format!(
+        "SELECT queue, status, COUNT(*) AS n, {age} AS oldest_ms, \
+         COUNT(CASE WHEN status = 'processing' AND lease_expires_at < {now} THEN 1 END) AS expired \
+         FROM {table}{filter} GROUP BY queue, status",
+        age = age_ms(&oldest),
+    )
+}
+
+/// Folds [`StatsRow`]s into one [`mq_core::QueueStats`] per queue, in queue-name order.
+pub(crate) fn fold_stats(rows: Vec<StatsRow>) -> mq_core::Result<Vec<mq_core::QueueStats>> {
+    let mut by_queue: std::collections::BTreeMap<String, mq_core::QueueStats> =
+        std::collections::BTreeMap::new();
+    for row in rows {
+        let status: Status = row.status.parse().map_err(|_| {
+            mq_core::Error::backend(
+                "sql",
+                "queue stats",
+                format!("unknown status {:?} in queue {:?}", row.status, row.queue),
+            )
+        })?;
+        let stats = match by_queue.entry(row.queue) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let name = QueueName::new(e.key())?;
+                e.insert(mq_core::QueueStats::new(name))
+            }
+        };
+        *stats.counts.entry(status).or_default() += u64::try_from(row.n).unwrap_or(0);
+        stats.expired_leases += u64::try_from(row.expired).unwrap_or(0);
+        if let Some(ms) = row.oldest_ms {
+            let age = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            stats.oldest_ready_age = Some(stats.oldest_ready_age.map_or(age, |a| a.max(age)));
+        }
+    }
+    Ok(by_queue.into_values().collect())
+}
+
+/// Reads one row of [`stats_sql`].
+pub(crate) fn stats_row(
+    row: &impl crate::dead_letter::ReadRow,
+) -> Result<StatsRow, sqlx::Error> {
+    Ok(StatsRow {
+        queue: row.opt_text("queue")?.unwrap_or_default(),
+        status: row.opt_text("status")?.unwrap_or_default(),
+        n: row.int("n")?,
+        oldest_ms: row.opt_int("oldest_ms")?,
+        expired: row.int("expired")?,
+    })
+}
+
+/// Whether any string or key in `value` holds a NUL, which PostgreSQL's `jsonb` cannot keep.
+pub(crate) fn json_has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(json_has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        _ => false,
     }
 }

@@ -1,0 +1,530 @@
+//! [`SqlDeadLetterStore`]: dead letters in a SQL table, on PostgreSQL, MySQL/MariaDB or SQLite.
+//!
+//! One table per store, one row per dead-lettered message (unique per queue and message id).
+//! Times are kept as Unix milliseconds (`BIGINT`) on every database, the message as its JSON
+//! text (exactly as it was), the error chain as a JSON array plus its joined text for searches.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mq_core::{BoxError, DeadLetter, DeadLetterSink, MessageId};
+use sqlx::{AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments};
+use sqlx::{QueryBuilder, Row, Type};
+
+use mq_core::{DeadLetterEntry, DeadLetterFilter, DeadLetterStore, EntryId, ReplayMark};
+
+use crate::error::backend;
+use crate::options::validate_table;
+use crate::store::{derived, statements};
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlDeadLetterStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PgDeadLetterStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteDeadLetterStore;
+
+type Result<T> = mq_core::Result<T>;
+
+fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// The table [`SqlDeadLetterStore`] uses unless told otherwise.
+pub const DEFAULT_DEAD_LETTER_TABLE: &str = "mq_dead_letters";
+
+/// Dead letters in one SQL table, on a pool the caller hands in: PostgreSQL
+/// ([`PgDeadLetterStore`](crate::PgDeadLetterStore)), MySQL/MariaDB
+/// ([`MySqlDeadLetterStore`](crate::MySqlDeadLetterStore)) or SQLite
+/// ([`SqliteDeadLetterStore`](crate::SqliteDeadLetterStore)).
+///
+/// [`DeadLetterStore::migrate`] creates the table and its indexes if missing (idempotent);
+/// nothing is created before it is called, so a read-only tool can open a store safely.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres")]
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use mq_core::{DeadLetterFilter, DeadLetterStore};
+/// use mq_sql::PgDeadLetterStore;
+///
+/// let pool = mq_sql::sqlx::PgPool::connect("postgres://postgres@127.0.0.1/app").await?;
+/// let store = PgDeadLetterStore::new(pool, "dead_letters")?;
+/// store.migrate().await?;
+/// println!("{} dead letters", store.count(&DeadLetterFilter::default()).await?);
+/// # Ok(()) }
+/// ```
+pub struct SqlDeadLetterStore<DB: sqlx::Database> {
+    pub(crate) pool: sqlx::Pool<DB>,
+    pub(crate) table: String,
+}
+
+impl<DB: sqlx::Database> fmt::Debug for SqlDeadLetterStore<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlDeadLetterStore")
+            .field("database", &DB::NAME)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: sqlx::Database> Clone for SqlDeadLetterStore<DB> {
+    fn clone(&self) -> Self {
+        SqlDeadLetterStore {
+            pool: self.pool.clone(),
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<DB: sqlx::Database> SqlDeadLetterStore<DB> {
+    /// A store in `table` (`[A-Za-z_][A-Za-z0-9_]{0,62}`, e.g. [`DEFAULT_DEAD_LETTER_TABLE`])
+    /// on `pool`. Nothing is read or written until the store is used.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidTableName`] (as [`mq_core::Error`]) for a name that could not be
+    /// put into SQL safely.
+    pub fn new(pool: sqlx::Pool<DB>, table: impl Into<String>) -> Result<Self> {
+        let table = table.into();
+        validate_table(&table)?;
+        Ok(SqlDeadLetterStore { pool, table })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &sqlx::Pool<DB> {
+        &self.pool
+    }
+
+    /// The table.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+/// What differs between the databases: implemented for `Postgres`, `MySql` and `Sqlite` in
+/// their modules. Crate-private, so no other database can be plugged in.
+pub(crate) trait DeadLetterDialect: Database {
+    /// The schema (statements ending with `;` at the end of a line, `{table}` for the table and
+    /// `{idx_...}` for the names derived from it).
+    const MIGRATION: &'static str;
+
+    /// Appended to [`insert`]: a second letter for the same (queue, message id) adds a failure
+    /// to the stored entry. `{table}`, if present, is replaced by the table.
+    const UPSERT: &'static str;
+
+    /// Rows changed by a statement (an inherent method of each driver's result, not a trait one).
+    fn rows_affected(done: &Self::QueryResult) -> u64;
+}
+
+/// A query under construction, whatever the database (placeholders and binds).
+pub(crate) trait Sql {
+    fn sql(&mut self, s: &str);
+    fn text(&mut self, v: String);
+    fn opt_text(&mut self, v: Option<String>);
+    fn int(&mut self, v: i64);
+}
+
+impl<DB: Database> Sql for QueryBuilder<DB>
+where
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    Option<String>: for<'q> Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    fn sql(&mut self, s: &str) {
+        self.push(s);
+    }
+    fn text(&mut self, v: String) {
+        self.push_bind(v);
+    }
+    fn opt_text(&mut self, v: Option<String>) {
+        self.push_bind(v);
+    }
+    fn int(&mut self, v: i64) {
+        self.push_bind(v);
+    }
+}
+
+/// A result row, whatever the database.
+pub(crate) trait ReadRow {
+    fn opt_text(&self, col: &str) -> std::result::Result<Option<String>, sqlx::Error>;
+    fn int(&self, col: &str) -> std::result::Result<i64, sqlx::Error>;
+    fn opt_int(&self, col: &str) -> std::result::Result<Option<i64>, sqlx::Error>;
+}
+
+impl<R: Row> ReadRow for R
+where
+    for<'c> &'c str: ColumnIndex<R>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn opt_text(&self, col: &str) -> std::result::Result<Option<String>, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn int(&self, col: &str) -> std::result::Result<i64, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn opt_int(&self, col: &str) -> std::result::Result<Option<i64>, sqlx::Error> {
+        self.try_get(col)
+    }
+}
+
+/// Compiles only if `S` is a [`DeadLetterStore`]: each dialect module checks with it that the
+/// generic impls below apply to its database (their bounds are only checked where used).
+pub(crate) const fn assert_store<S: DeadLetterStore>() {}
+
+#[async_trait]
+impl<DB: DeadLetterDialect> DeadLetterSink for SqlDeadLetterStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    QueryBuilder<DB>: Sql,
+    DB::Row: ReadRow,
+{
+    async fn dead_letter(&self, letters: Vec<DeadLetter>) -> std::result::Result<(), BoxError> {
+        Ok(DeadLetterStore::insert(self, letters).await?)
+    }
+}
+
+#[async_trait]
+impl<DB: DeadLetterDialect> DeadLetterStore for SqlDeadLetterStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    QueryBuilder<DB>: Sql,
+    DB::Row: ReadRow,
+{
+    async fn migrate(&self) -> mq_core::Result<()> {
+        for stmt in statements(&render(DB::MIGRATION, &self.table)) {
+            sqlx::raw_sql(AssertSqlSafe(stmt))
+                .execute(&self.pool)
+                .await
+                .map_err(backend("dead-letter migrate"))?;
+        }
+        Ok(())
+    }
+
+    async fn insert(&self, letters: Vec<DeadLetter>) -> mq_core::Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let err = || backend("dead-letter insert");
+        let mut tx = self.pool.begin().await.map_err(err())?;
+        for letter in letters {
+            let mut q = QueryBuilder::<DB>::new("");
+            insert(&mut q, &self.table, &DeadLetterEntry::from_letter(letter))?;
+            q.push(DB::UPSERT.replace("{table}", &self.table));
+            q.build().execute(&mut *tx).await.map_err(err())?;
+        }
+        tx.commit().await.map_err(err())
+    }
+
+    async fn list(&self, filter: &DeadLetterFilter) -> mq_core::Result<Vec<DeadLetterEntry>> {
+        let mut q = QueryBuilder::<DB>::new("");
+        select(&mut q, &self.table, filter);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("dead-letter list"))?;
+        rows.iter().map(read_entry).collect()
+    }
+
+    async fn get(&self, id: &EntryId) -> mq_core::Result<Option<DeadLetterEntry>> {
+        let filter = DeadLetterFilter::default().ids([id.clone()]);
+        Ok(self.list(&filter).await?.into_iter().next())
+    }
+
+    async fn count(&self, filter: &DeadLetterFilter) -> mq_core::Result<u64> {
+        let mut q = QueryBuilder::<DB>::new(format!("SELECT COUNT(*) AS n FROM {}", self.table));
+        where_clause(&mut q, filter, false);
+        let row = q
+            .build()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend("dead-letter count"))?;
+        let n = ReadRow::int(&row, "n").map_err(backend("dead-letter count"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn begin_replay(
+        &self,
+        id: &EntryId,
+        expected_generation: u32,
+        mark: &ReplayMark,
+    ) -> mq_core::Result<bool> {
+        let mut q = QueryBuilder::<DB>::new("");
+        begin_replay(&mut q, &self.table, id, expected_generation, mark);
+        let done = q
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(backend("dead-letter begin replay"))?;
+        Ok(DB::rows_affected(&done) == 1)
+    }
+
+    async fn finish_replay(
+        &self,
+        id: &EntryId,
+        message_id: &MessageId,
+        at: DateTime<Utc>,
+    ) -> mq_core::Result<bool> {
+        let err = || backend("dead-letter finish replay");
+        let mut q = QueryBuilder::<DB>::new("");
+        finish_replay(&mut q, &self.table, id, message_id, at);
+        let done = q.build().execute(&self.pool).await.map_err(err())?;
+        if DB::rows_affected(&done) > 0 {
+            return Ok(true);
+        }
+        let mut q = QueryBuilder::<DB>::new("");
+        has_replay(&mut q, &self.table, id, message_id);
+        let row = q.build().fetch_one(&self.pool).await.map_err(err())?;
+        Ok(ReadRow::int(&row, "n").map_err(err())? > 0)
+    }
+
+    async fn purge(&self, filter: &DeadLetterFilter) -> mq_core::Result<u64> {
+        let mut q = QueryBuilder::<DB>::new(format!("DELETE FROM {}", self.table));
+        where_clause(&mut q, filter, false);
+        let done = q
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(backend("dead-letter purge"))?;
+        Ok(DB::rows_affected(&done))
+    }
+}
+
+pub(crate) const COLUMNS: &str = "id, queue, message_id, message_type, message, backend, shard_id, \
+     sequence_number, error, error_text, exhausted, attempts, failures, first_failed_at, \
+     last_failed_at, consumer_id, replay_state, replay_generation, replay_message_id, \
+     replay_target, replay_started_at, replayed_at";
+
+/// `INSERT INTO t (...) VALUES (...)` for a fresh entry; the caller appends its upsert clause.
+pub(crate) fn insert(q: &mut impl Sql, table: &str, e: &DeadLetterEntry) -> Result<()> {
+    let encode = |err| mq_core::Error::backend("sql", "dead-letter insert", err);
+    let message = serde_json::to_string(&e.message).map_err(encode)?;
+    let error = serde_json::to_string(&e.error).map_err(encode)?;
+    q.sql(&format!("INSERT INTO {table} ({COLUMNS}) VALUES ("));
+    q.text(e.id.to_string());
+    q.sql(", ");
+    q.text(e.queue().as_str().to_owned());
+    q.sql(", ");
+    q.text(e.message.id.as_str().to_owned());
+    q.sql(", ");
+    q.text(e.message.message_type.clone());
+    q.sql(", ");
+    q.text(message);
+    q.sql(", ");
+    q.text(e.origin.backend.clone());
+    q.sql(", ");
+    q.opt_text(e.origin.shard_id.clone());
+    q.sql(", ");
+    q.opt_text(e.origin.sequence_number.clone());
+    q.sql(", ");
+    q.text(error);
+    q.sql(", ");
+    q.text(e.error.to_string());
+    q.sql(", ");
+    q.int(i64::from(e.exhausted));
+    q.sql(", ");
+    q.int(i64::from(e.attempts));
+    q.sql(", ");
+    q.int(i64::from(e.failures));
+    q.sql(", ");
+    q.int(to_ms(e.first_failed_at));
+    q.sql(", ");
+    q.int(to_ms(e.last_failed_at));
+    q.sql(", ");
+    q.text(e.consumer_id.clone());
+    q.sql(", 'none', 0, NULL, NULL, NULL, NULL)");
+    Ok(())
+}
+
+/// `SELECT <columns> FROM t WHERE <filter> ORDER BY id [LIMIT n]`.
+pub(crate) fn select(q: &mut impl Sql, table: &str, f: &DeadLetterFilter) {
+    q.sql(&format!("SELECT {COLUMNS} FROM {table}"));
+    where_clause(q, f, true);
+    q.sql(" ORDER BY id");
+    if let Some(n) = f.get_limit() {
+        q.sql(" LIMIT ");
+        q.int(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// ` WHERE ...` for `f` (nothing when it selects everything); `paging` adds `after`.
+pub(crate) fn where_clause(q: &mut impl Sql, f: &DeadLetterFilter, paging: bool) {
+    let mut sep = " WHERE ";
+    if let Some(queue) = f.get_queue() {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("queue = ");
+        q.text(queue.as_str().to_owned());
+    }
+    if let Some(t) = f.get_message_type() {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("message_type = ");
+        q.text(t.to_owned());
+    }
+    if let Some(t) = f.get_failed_after() {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("last_failed_at >= ");
+        q.int(to_ms(t));
+    }
+    if let Some(t) = f.get_failed_before() {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("last_failed_at < ");
+        q.int(to_ms(t));
+    }
+    if !f.get_ids().is_empty() {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("id IN (");
+        for (i, id) in f.get_ids().iter().enumerate() {
+            if i > 0 {
+                q.sql(", ");
+            }
+            q.text(id.to_string());
+        }
+        q.sql(")");
+    }
+    if !f.get_message_ids().is_empty() {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("message_id IN (");
+        for (i, id) in f.get_message_ids().iter().enumerate() {
+            if i > 0 {
+                q.sql(", ");
+            }
+            q.text(id.as_str().to_owned());
+        }
+        q.sql(")");
+    }
+    if let Some(needle) = f.get_error_contains() {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("LOWER(error_text) LIKE ");
+        q.text(like_pattern(needle));
+        q.sql(" ESCAPE '!'");
+    }
+    if let Some(s) = f.get_replay_state() {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("replay_state = ");
+        q.text(s.as_str().to_owned());
+    }
+    if paging && let Some(after) = f.get_after() {
+        q.sql(std::mem::replace(&mut sep, " AND "));
+        q.sql("id > ");
+        q.text(after.to_string());
+    }
+}
+
+/// `%needle%`, lower-cased (ASCII), with `!`, `%` and `_` escaped by `!`.
+fn like_pattern(needle: &str) -> String {
+    let mut out = String::with_capacity(needle.len() + 2);
+    out.push('%');
+    for c in needle.to_ascii_lowercase().chars() {
+        if matches!(c, '!' | '%' | '_') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// Phase one of a replay (see [`DeadLetterStore::begin_replay`]).
+pub(crate) fn begin_replay(
+    q: &mut impl Sql,
+    table: &str,
+    id: &EntryId,
+    expected_generation: u32,
+    mark: &ReplayMark,
+) {
+    q.sql(&format!(
+        "UPDATE {table} SET replay_state = 'pending', replayed_at = NULL, replay_generation = "
+    ));
+    q.int(i64::from(mark.generation));
+    q.sql(", replay_message_id = ");
+    q.text(mark.message_id.as_str().to_owned());
+    q.sql(", replay_target = ");
+    q.text(mark.target.as_str().to_owned());
+    q.sql(", replay_started_at = ");
+    q.int(to_ms(mark.started_at));
+    q.sql(" WHERE id = ");
+    q.text(id.to_string());
+    q.sql(" AND replay_generation = ");
+    q.int(i64::from(expected_generation));
+    q.sql(" AND replay_state <> 'pending'");
+}
+
+/// Phase two of a replay.
+pub(crate) fn finish_replay(
+    q: &mut impl Sql,
+    table: &str,
+    id: &EntryId,
+    message_id: &MessageId,
+    at: DateTime<Utc>,
+) {
+    q.sql(&format!(
+        "UPDATE {table} SET replay_state = 'done', replayed_at = COALESCE(replayed_at, "
+    ));
+    q.int(to_ms(at));
+    q.sql(") WHERE id = ");
+    q.text(id.to_string());
+    q.sql(" AND replay_message_id = ");
+    q.text(message_id.as_str().to_owned());
+}
+
+/// Whether entry `id` carries replay `message_id` (to tell "nothing to change" from "gone").
+pub(crate) fn has_replay(q: &mut impl Sql, table: &str, id: &EntryId, message_id: &MessageId) {
+    q.sql(&format!("SELECT COUNT(*) AS n FROM {table} WHERE id = "));
+    q.text(id.to_string());
+    q.sql(" AND replay_message_id = ");
+    q.text(message_id.as_str().to_owned());
+}
+
+/// Reads one row back into an entry.
+pub(crate) fn read_entry<R: ReadRow>(row: &R) -> mq_core::Result<DeadLetterEntry> {
+    struct Fields<'r, R>(&'r R);
+    impl<R: ReadRow> mq_core::DeadLetterFields for Fields<'_, R> {
+        fn text(&self, name: &str) -> mq_core::Result<Option<String>> {
+            self.0.opt_text(name).map_err(backend("dead-letter read"))
+        }
+        fn int(&self, name: &str) -> mq_core::Result<Option<i64>> {
+            self.0.opt_int(name).map_err(backend("dead-letter read"))
+        }
+    }
+    DeadLetterEntry::from_fields(&Fields(row))
+}
+
+/// The migration with the table's name and the names derived from it filled in.
+fn render(sql: &str, table: &str) -> String {
+    sql.replace("{idx_failed}", &derived(table, "failed"))
+        .replace("{idx_type}", &derived(table, "type"))
+        .replace("{idx_message}", &derived(table, "message"))
+        .replace("{table}", table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_pattern("Time_Out"), "%time!_out%");
+        assert_eq!(like_pattern("100%!"), "%100!%!!%");
+    }
+
+    #[test]
+    fn derived_names_stay_within_identifier_limits() {
+        let long = "a".repeat(63);
+        let sql = render("{idx_failed} {idx_type} {idx_message}", &long);
+        assert!(sql.split(' ').all(|name| name.len() <= 63), "{sql}");
+        assert_eq!(render("{idx_type}", "dl"), "dl_type");
+    }
+}
