@@ -52,6 +52,7 @@
 mod assignment;
 mod consumer;
 mod coordinator;
+mod dead_letter_sink;
 mod error;
 pub mod fanout;
 mod lease;
@@ -67,6 +68,9 @@ pub mod testkit;
 
 pub use assignment::{Assignment, ShardLineage, balanced_assignment, eligible_shards};
 pub use consumer::{InitialPosition, ShardOptions};
+pub use dead_letter_sink::{
+    DEAD_LETTER_MESSAGE_TYPE, KinesisDeadLetterSink, dead_letter_from_message,
+};
 pub use error::{Error, Result};
 pub use fanout::{FanOutBatch, FetchMode, StartPosition, Subscription, register_stream_consumer};
 pub use lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, compare_sequence_numbers};

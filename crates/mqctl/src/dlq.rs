@@ -9,10 +9,9 @@ use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mq::dlq::{
-    MongoDeadLetterStore, MySqlDeadLetterStore, PgDeadLetterStore, ReplayOptions, ReplayReport,
-    Replayer, SqliteDeadLetterStore,
-};
+use mq::dlq::{ReplayOptions, ReplayReport, Replayer};
+use mq::mongo::MongoDeadLetterStore;
+use mq::sql::{MySqlDeadLetterStore, PgDeadLetterStore, SqliteDeadLetterStore};
 use mq::{CommonOptions, MessageQueue, MongoOptions, MongoQueue, QueueName, SqlOptions};
 use mq::{DeadLetterEntry, DeadLetterFilter, DeadLetterStore, EntryId};
 
@@ -393,10 +392,14 @@ async fn open_store(
             Arc::new(SqliteDeadLetterStore::new(pool, table)?)
         }
         Scheme::Mongo => {
-            let client = mongodb::Client::with_uri_str(url)
-                .await
-                .with_context(where_)?;
-            Arc::new(MongoDeadLetterStore::new(&client, mongo_db, table)?)
+            let options = MongoOptions::default()
+                .database(mongo_db)
+                .dead_letter_collection(table);
+            Arc::new(
+                MongoDeadLetterStore::connect(url, options)
+                    .await
+                    .with_context(where_)?,
+            )
         }
     };
     store.migrate().await.with_context(where_)?;
@@ -433,8 +436,8 @@ async fn open_queue(
                 MongoOptions::default()
                     .database(mongo_db)
                     .collection(table)
-                    .change_stream(false),
-                common,
+                    .change_stream(false)
+                    .common(common),
             )
             .await
             .with_context(where_)?,

@@ -229,11 +229,11 @@ async fn open_checkpoints(
             )
         }
         Scheme::Mongo => {
-            let client = mongodb::Client::with_uri_str(url)
-                .await
-                .with_context(where_)?;
+            let options = mq::MongoOptions::default()
+                .database(mongo_db)
+                .checkpoint_collection(table);
             Arc::new(
-                mq::mongo::MongoCheckpointStore::new(client.database(mongo_db), table)
+                mq::mongo::MongoCheckpointStore::connect(url, options)
                     .await
                     .with_context(where_)?,
             )

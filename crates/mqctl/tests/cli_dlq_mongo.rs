@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mq::dlq::MongoDeadLetterStore;
+use mq::mongo::MongoDeadLetterStore;
 use mq::{
     Batch, CommonOptions, HandlerContext, MessageQueue, MongoOptions, MongoQueue, NewMessage,
     QueueName, handler_fn,
@@ -29,15 +29,23 @@ async fn replay_and_stats_on_mongo() {
     let (dlq, coll) = ("mqctl_dlq", "mqctl_q");
     let client = mongodb::Client::with_uri_str(&uri).await.expect("client");
     client.database(DB).drop().await.expect("drop");
-    let store = Arc::new(MongoDeadLetterStore::new(&client, DB, dlq).expect("store"));
-    store.migrate().await.expect("migrate");
+    let store = Arc::new(
+        MongoDeadLetterStore::from_client(
+            client.clone(),
+            MongoOptions::default()
+                .database(DB)
+                .dead_letter_collection(dlq),
+        )
+        .await
+        .expect("store"),
+    );
     let queue = MongoQueue::connect(
         &uri,
         MongoOptions::default()
             .database(DB)
             .collection(coll)
-            .change_stream(false),
-        CommonOptions::default().dead_letters(store.clone()),
+            .change_stream(false)
+            .common(CommonOptions::default().dead_letters(store.clone())),
     )
     .await
     .expect("queue");

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mq::dlq::PgDeadLetterStore;
+use mq::sql::PgDeadLetterStore;
 use mq::{
     Batch, CommonOptions, HandlerContext, MessageQueue, NewMessage, PgQueue, QueueName, SqlOptions,
     handler_fn,

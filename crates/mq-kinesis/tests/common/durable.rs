@@ -97,10 +97,12 @@ pub async fn sqlite(test: &str) -> Arc<dyn CheckpointStore> {
 pub async fn mongo(test: &str) -> Option<Arc<dyn CheckpointStore>> {
     let url = url("MONGODB_URI", test)?;
     let client = mongodb::Client::with_uri_str(&url).await.unwrap();
-    let db = client.database(&name(test));
-    db.drop().await.unwrap();
+    client.database(&name(test)).drop().await.unwrap();
+    let options = mq_mongo::MongoOptions::default()
+        .database(name(test))
+        .checkpoint_collection("checkpoints");
     Some(Arc::new(
-        mq_mongo::MongoCheckpointStore::new(db, "checkpoints")
+        mq_mongo::MongoCheckpointStore::from_client(client, options)
             .await
             .unwrap(),
     ))
