@@ -53,6 +53,7 @@ pub mod backend;
 mod checkpoint;
 mod control;
 mod dead_letter;
+mod delegate;
 mod error;
 mod handler;
 mod id;

@@ -485,6 +485,7 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
             self.inner.batches.wait().await;
         }
         self.inner.common.lifecycle.flush().await;
+        self.inner.store.close().await;
         self.inner.shutdown_done.cancel();
         Ok(())
     }

@@ -278,6 +278,11 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
         let _ = queue;
     }
 
+    /// Releases what the store holds open (listener tasks, connection pools) once the queue
+    /// has shut down and no handler runs any more; called once by
+    /// [`PollingQueue`](crate::backend::PollingQueue)'s `shutdown`. The default does nothing.
+    async fn close(&self) {}
+
     /// Waits until new messages may be ready in `queue`, or `timeout`. The default sleeps;
     /// backends with notifications (in-process signals, LISTEN/NOTIFY, change streams) wake early.
     async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {

@@ -3,10 +3,7 @@
 use std::sync::Arc;
 
 use mq_core::backend::PollingQueue;
-use mq_core::{
-    BatchReport, CancelOutcome, CancelTarget, CommonOptions, ConsumerHandle, ConsumerOptions,
-    Handler, Message, MessageQueue, NewMessage, PublishReport, QueueName, Result, async_trait,
-};
+use mq_core::{CommonOptions, Message, QueueName, Result};
 
 use crate::store::MemoryStore;
 
@@ -116,55 +113,4 @@ impl Default for InMemoryQueue {
     }
 }
 
-#[async_trait]
-impl MessageQueue for InMemoryQueue {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-
-    async fn register(&self, queue: &QueueName) -> Result<()> {
-        self.inner.register(queue).await
-    }
-
-    async fn publish(&self, queue: &QueueName, messages: Vec<NewMessage>) -> Result<PublishReport> {
-        self.inner.publish(queue, messages).await
-    }
-
-    async fn consume(
-        &self,
-        queue: &QueueName,
-        handler: Arc<dyn Handler>,
-        options: ConsumerOptions,
-    ) -> Result<ConsumerHandle> {
-        self.inner.consume(queue, handler, options).await
-    }
-
-    async fn consume_batch(
-        &self,
-        queue: &QueueName,
-        handler: Arc<dyn Handler>,
-        options: &ConsumerOptions,
-    ) -> Result<BatchReport> {
-        self.inner.consume_batch(queue, handler, options).await
-    }
-
-    async fn shutdown(&self) -> Result<()> {
-        self.inner.shutdown().await
-    }
-
-    async fn cancel(&self, queue: &QueueName, target: CancelTarget) -> Result<CancelOutcome> {
-        self.inner.cancel(queue, target).await
-    }
-
-    async fn pause(&self, queue: &QueueName) -> Result<()> {
-        self.inner.pause(queue).await
-    }
-
-    async fn resume(&self, queue: &QueueName) -> Result<()> {
-        self.inner.resume(queue).await
-    }
-
-    async fn is_paused(&self, queue: &QueueName) -> Result<bool> {
-        self.inner.is_paused(queue).await
-    }
-}
+mq_core::delegate_message_queue!(impl for InMemoryQueue => inner);

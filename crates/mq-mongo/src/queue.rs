@@ -4,10 +4,7 @@ use std::sync::Arc;
 
 use mongodb::Client;
 use mq_core::backend::PollingQueue;
-use mq_core::{
-    BatchReport, ConsumerHandle, ConsumerOptions, Handler, MessageQueue, NewMessage, PublishReport,
-    QueueName, QueueStats, Result, async_trait,
-};
+use mq_core::{QueueName, QueueStats, Result};
 
 use crate::connect;
 use crate::options::MongoOptions;
@@ -145,43 +142,6 @@ impl MongoQueue {
     }
 }
 
-#[async_trait]
-impl MessageQueue for MongoQueue {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-
-    async fn register(&self, queue: &QueueName) -> Result<()> {
-        self.inner.register(queue).await
-    }
-
-    async fn publish(&self, queue: &QueueName, messages: Vec<NewMessage>) -> Result<PublishReport> {
-        self.inner.publish(queue, messages).await
-    }
-
-    async fn consume(
-        &self,
-        queue: &QueueName,
-        handler: Arc<dyn Handler>,
-        options: ConsumerOptions,
-    ) -> Result<ConsumerHandle> {
-        self.inner.consume(queue, handler, options).await
-    }
-
-    async fn consume_batch(
-        &self,
-        queue: &QueueName,
-        handler: Arc<dyn Handler>,
-        options: &ConsumerOptions,
-    ) -> Result<BatchReport> {
-        self.inner.consume_batch(queue, handler, options).await
-    }
-
-    /// Stops consumers (waiting for in-flight handlers up to their grace period), then the
-    /// change-stream task.
-    async fn shutdown(&self) -> Result<()> {
-        let res = self.inner.shutdown().await;
-        self.inner.store().close().await;
-        res
-    }
-}
+// Shutdown stops consumers (waiting for in-flight handlers up to their grace period), then the
+// store closes its change-stream task.
+mq_core::delegate_message_queue!(impl for MongoQueue => inner);

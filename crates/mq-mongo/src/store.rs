@@ -491,6 +491,10 @@ fn mq_after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 
 #[async_trait]
 impl QueueStore for MongoStore {
+    async fn close(&self) {
+        MongoStore::close(self).await;
+    }
+
     fn backend(&self) -> &'static str {
         "mongo"
     }
