@@ -16,7 +16,7 @@ use crate::control::{CancelOutcome, CancelTarget};
 use crate::dead_letter::{DeadLetter, DeadLetterSink, ErrorChain};
 use crate::error::{Error, Result};
 use crate::handler::{Batch, Handler, Outcome};
-use crate::lifecycle::{ConsumerInfo, DisconnectReason, LifecycleEvent, MessageInfo};
+use crate::lifecycle::{ConsumerInfo, LifecycleEvent, MessageInfo};
 use crate::message::{Message, NewMessage, Status, later_by};
 use crate::options::{CommonOptions, ConsumerOptions};
 use crate::queue::{
@@ -371,35 +371,21 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
             stopper.abort_token().clone(),
         ));
         let info = ConsumerInfo::worker(consumer_id.clone(), queue, self.inner.store.backend());
-        self.inner
-            .common
-            .lifecycle
-            .emit_with(|| LifecycleEvent::ConsumerConnected {
-                consumer: info.clone(),
-            });
-        let mut loops = Vec::with_capacity(worker.options.get_concurrency());
-        for _ in 0..worker.options.get_concurrency() {
-            let w = worker.clone();
-            let stop = stopper.stop_token().clone();
-            loops.push(stopper.tracker().spawn(async move { w.run(stop).await }));
-        }
-        let queue_stop = self.inner.stop.clone();
-        let lifecycle = self.inner.common.lifecycle.clone();
-        stopper.tracker().spawn(async move {
-            for l in loops {
-                if let Err(e) = l.await {
-                    tracing::error!(error = %e, "mq: consumer worker ended abnormally");
+        stopper.announce(&self.inner.common.lifecycle, info, &self.inner.stop, || {
+            let loops: Vec<_> = (0..worker.options.get_concurrency())
+                .map(|_| {
+                    let w = worker.clone();
+                    let stop = stopper.stop_token().clone();
+                    stopper.tracker().spawn(async move { w.run(stop).await })
+                })
+                .collect();
+            async move {
+                for l in loops {
+                    if let Err(e) = l.await {
+                        tracing::error!(error = %e, "mq: consumer worker ended abnormally");
+                    }
                 }
             }
-            let reason = if queue_stop.is_cancelled() {
-                DisconnectReason::Shutdown
-            } else {
-                DisconnectReason::Stopped
-            };
-            lifecycle.emit(LifecycleEvent::ConsumerDisconnected {
-                consumer: info,
-                reason,
-            });
         });
         Ok(ConsumerHandle::new(consumer_id, stopper))
     }

@@ -317,6 +317,41 @@ pub struct ConsumerStopper {
 }
 
 impl ConsumerStopper {
+    /// Emits [`ConsumerConnected`](crate::LifecycleEvent::ConsumerConnected) for `info`, then
+    /// calls `start` (which starts the consumer's work and returns a future that completes when
+    /// the work has ended), and emits
+    /// [`ConsumerDisconnected`](crate::LifecycleEvent::ConsumerDisconnected) on this consumer's
+    /// task tracker once that future completes: with reason `Shutdown` when `queue_stop` (the
+    /// queue's shutdown token) is cancelled by then, `Stopped` otherwise.
+    pub fn announce<F>(
+        &self,
+        lifecycle: &crate::LifecycleDispatcher,
+        info: crate::ConsumerInfo,
+        queue_stop: &CancellationToken,
+        start: impl FnOnce() -> F,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        lifecycle.emit_with(|| crate::LifecycleEvent::ConsumerConnected {
+            consumer: info.clone(),
+        });
+        let finished = start();
+        let lifecycle = lifecycle.clone();
+        let queue_stop = queue_stop.clone();
+        self.tracker().spawn(async move {
+            finished.await;
+            let reason = if queue_stop.is_cancelled() {
+                crate::DisconnectReason::Shutdown
+            } else {
+                crate::DisconnectReason::Stopped
+            };
+            lifecycle.emit(crate::LifecycleEvent::ConsumerDisconnected {
+                consumer: info,
+                reason,
+            });
+        });
+    }
+
     /// A stopper whose tokens are children of `stop_parent` and `abort_parent`, so stopping the
     /// parents (the queue's shutdown) stops this consumer too.
     pub fn new(

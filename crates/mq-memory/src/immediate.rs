@@ -7,10 +7,9 @@ use std::sync::{Arc, RwLock};
 use chrono::Utc;
 use mq_core::backend::{ConsumerStopper, HandlerRunner, Settlement, prepare_messages};
 use mq_core::{
-    Batch, BatchReport, CommonOptions, ConsumerHandle, ConsumerInfo, ConsumerOptions,
-    DisconnectReason, Error, ErrorChain, Handler, LifecycleEvent, Message, MessageInfo,
-    MessageQueue, NewMessage, Outcome, PublishFailure, PublishReport, QueueName, Result, Status,
-    async_trait,
+    Batch, BatchReport, CommonOptions, ConsumerHandle, ConsumerInfo, ConsumerOptions, Error,
+    ErrorChain, Handler, LifecycleEvent, Message, MessageInfo, MessageQueue, NewMessage, Outcome,
+    PublishFailure, PublishReport, QueueName, Result, Status, async_trait,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -316,25 +315,13 @@ impl MessageQueue for ImmediateQueue {
             tracing::warn!(queue = %q, replaced = %old.id, "mq: a second consumer replaces the first on an immediate queue");
             old.stopper.stop_token().cancel();
         }
-        let lc = self.inner.common.get_lifecycle().clone();
-        let info = ConsumerInfo::worker(id.clone(), q, BACKEND);
-        lc.emit_with(|| LifecycleEvent::ConsumerConnected {
-            consumer: info.clone(),
-        });
         let stop = stopper.stop_token().clone();
-        let queue_stop = self.inner.stop.clone();
-        stopper.tracker().spawn(async move {
-            stop.cancelled().await;
-            let reason = if queue_stop.is_cancelled() {
-                DisconnectReason::Shutdown
-            } else {
-                DisconnectReason::Stopped
-            };
-            lc.emit(LifecycleEvent::ConsumerDisconnected {
-                consumer: info,
-                reason,
-            });
-        });
+        stopper.announce(
+            self.inner.common.get_lifecycle(),
+            ConsumerInfo::worker(id.clone(), q, BACKEND),
+            &self.inner.stop,
+            || async move { stop.cancelled().await },
+        );
         Ok(ConsumerHandle::new(id, stopper))
     }
 
