@@ -372,6 +372,11 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
+/// How long mqctl waits for a server before it says it cannot reach it.
+pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the dead-letter store at `url` without creating or altering anything: a table or
+/// collection that does not exist is an error naming it, so a typo never creates one.
 async fn open_store(
     url: &str,
     table: &str,
@@ -379,22 +384,25 @@ async fn open_store(
 ) -> anyhow::Result<Arc<dyn DeadLetterStore>> {
     let where_ = || format!("connecting to the dead-letter store at {}", redact(url));
     let store: Arc<dyn DeadLetterStore> = match scheme(url)? {
-        Scheme::Postgres => {
-            let pool = sqlx::PgPool::connect(url).await.with_context(where_)?;
-            Arc::new(PgDeadLetterStore::new(pool, table)?)
-        }
-        Scheme::MySql => {
-            let pool = sqlx::MySqlPool::connect(url).await.with_context(where_)?;
-            Arc::new(MySqlDeadLetterStore::new(pool, table)?)
-        }
-        Scheme::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(url).await.with_context(where_)?;
-            Arc::new(SqliteDeadLetterStore::new(pool, table)?)
-        }
+        Scheme::Postgres => Arc::new(PgDeadLetterStore::new(
+            connect_pool(url).await.with_context(where_)?,
+            table,
+        )?),
+        Scheme::MySql => Arc::new(MySqlDeadLetterStore::new(
+            connect_pool(url).await.with_context(where_)?,
+            table,
+        )?),
+        Scheme::Sqlite => Arc::new(SqliteDeadLetterStore::new(
+            connect_pool(url).await.with_context(where_)?,
+            table,
+        )?),
         Scheme::Mongo => {
             let options = MongoOptions::default()
                 .database(mongo_db)
-                .dead_letter_collection(table);
+                .dead_letter_collection(table)
+                .create_schema(false)
+                .server_selection_timeout(CONNECT_TIMEOUT)
+                .connect_timeout(CONNECT_TIMEOUT);
             Arc::new(
                 MongoDeadLetterStore::connect(url, options)
                     .await
@@ -402,8 +410,33 @@ async fn open_store(
             )
         }
     };
-    store.migrate().await.with_context(where_)?;
+    // One cheap read proves the table is there before any command runs.
+    store
+        .count(&DeadLetterFilter::default().limit(1))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot read dead-letter table {table:?} at {} (does it exist? mqctl never creates it)",
+                redact(url)
+            )
+        })?;
     Ok(store)
+}
+
+/// A small pool on `url`. One connection is opened first, within [`CONNECT_TIMEOUT`], so an
+/// unreachable server fails fast with the driver's own reason ("connection refused"), not with
+/// a pool timeout.
+pub(crate) async fn connect_pool<DB: sqlx::Database>(url: &str) -> anyhow::Result<sqlx::Pool<DB>> {
+    use sqlx::Connection;
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, DB::Connection::connect(url))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))??;
+    first.close().await?;
+    Ok(sqlx::pool::PoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect(url)
+        .await?)
 }
 
 async fn open_queue(

@@ -99,8 +99,41 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mqctl: {e:#}");
+            eprintln!("mqctl: {}", one_line(&e));
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// `e` and its causes on one line, each cause once: drivers often repeat their source's text in
+/// their own message, which `{:#}` would print twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn causes_repeated_by_their_parent_are_printed_once() {
+        let e = anyhow::anyhow!("relation \"x\" does not exist")
+            .context("error returned from database: relation \"x\" does not exist")
+            .context("reading the table");
+        assert_eq!(
+            one_line(&e),
+            "reading the table: error returned from database: relation \"x\" does not exist"
+        );
     }
 }

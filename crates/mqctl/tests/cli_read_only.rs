@@ -1,0 +1,124 @@
+//! `mqctl` as an operator's first mistakes meet it: a mistyped dead-letter table or collection is
+//! a one-line error with exit code 2 and is not created; an unreachable server fails fast.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mq_core::testkit::service_url;
+use sqlx::{PgPool, Row};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqctl");
+
+/// Runs mqctl; returns its exit code and its standard error.
+fn mqctl(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("MQ_DLQ_URL")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run mqctl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The command failed with exit code 2 and one line naming `needle`.
+fn assert_refused(code: Option<i32>, stderr: &str, needle: &str) {
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(needle), "{needle:?} in {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_table_is_an_error_and_is_not_created() {
+    let url = match service_url("MQ_TEST_POSTGRES_URL") {
+        Ok(u) => u,
+        Err(reason) => return eprintln!("skipping: {reason}"),
+    };
+    let typo = "mqctl_dead_leters_typo";
+    let pool = PgPool::connect(&url).await.expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {typo}")))
+        .execute(&pool)
+        .await
+        .expect("drop");
+    for command in [
+        &["list"][..],
+        &["show", "01ARZ3NDEKTSV4RRFFQ69G5FAV"],
+        &["replay", "--dry-run"],
+    ] {
+        let mut args = vec!["dlq", "--store-url", &url, "--table", typo];
+        args.extend_from_slice(command);
+        let (code, stderr) = mqctl(&args);
+        assert_refused(code, &stderr, typo);
+    }
+    let exists: bool = sqlx::query("SELECT to_regclass($1) IS NOT NULL AS e")
+        .bind(typo)
+        .fetch_one(&pool)
+        .await
+        .expect("query")
+        .get("e");
+    assert!(!exists, "a read-only command created {typo}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_collection_is_an_error_and_is_not_created() {
+    let uri = match service_url("MONGODB_URI") {
+        Ok(u) => u,
+        Err(reason) => return eprintln!("skipping: {reason}"),
+    };
+    let (db, typo) = ("mqctl_read_only", "dead_leters_typo");
+    let client = mongodb::Client::with_uri_str(&uri).await.expect("client");
+    client.database(db).drop().await.expect("drop");
+    let args = [
+        "dlq",
+        "--store-url",
+        &uri,
+        "--mongo-database",
+        db,
+        "--table",
+        typo,
+        "list",
+    ];
+    let (code, stderr) = mqctl(&args);
+    assert_refused(code, &stderr, typo);
+    let names = client
+        .database(db)
+        .list_collection_names()
+        .await
+        .expect("list collections");
+    assert!(
+        !names.iter().any(|n| n == typo),
+        "created {typo}: {names:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_server_fails_fast_and_says_where() {
+    // Nothing listens on port 9 of this host: the connection is refused.
+    let url = "postgres://postgres@127.0.0.1:9/app";
+    let started = Instant::now();
+    let (code, stderr) = mqctl(&["dlq", "--store-url", url, "list"]);
+    assert_refused(code, &stderr, "127.0.0.1:9");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_missing_sqlite_file_is_an_error_and_is_not_created() {
+    let dir = std::env::temp_dir().join(format!("mqctl-read-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("typo.db");
+    let _ = std::fs::remove_file(&path);
+    let url = format!("sqlite://{}", path.display());
+    let (code, stderr) = mqctl(&["dlq", "--store-url", &url, "list"]);
+    assert_refused(code, &stderr, "typo.db");
+    assert!(
+        !path.exists(),
+        "a read-only command created {}",
+        path.display()
+    );
+}
