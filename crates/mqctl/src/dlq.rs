@@ -23,7 +23,12 @@ use crate::output::{cut, json, table};
 #[derive(Debug, Args)]
 pub(crate) struct DlqArgs {
     /// The dead-letter store: a postgres://, mysql://, sqlite: or mongodb:// URL [default: $DATABASE_URL, then $MONGODB_URI].
-    #[arg(long, env = "MQ_DLQ_URL", global = true)]
+    #[arg(
+        long = "url",
+        visible_alias = "store-url",
+        env = "MQ_DLQ_URL",
+        global = true
+    )]
     store_url: Option<String>,
     /// The table (SQL) or collection (MongoDB) holding the dead letters.
     #[arg(long, default_value = "mq_dead_letters", global = true)]

@@ -28,7 +28,18 @@ mod stats;
 
 /// Operate mq queues: dead letters, queue statistics, Kinesis leases.
 #[derive(Debug, Parser)]
-#[command(name = "mqctl", version, about, propagate_version = true)]
+#[command(
+    name = "mqctl",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Exit codes: 0 done; 1 ran, but not everything was done (a replay left entries \
+                  behind, or a confirmation was declined); 2 refused: a bad argument, a store or \
+                  stream that cannot be reached or does not exist, an unknown id.\n\
+                  URLs come from flags or the environment: MQ_DLQ_URL, MQ_QUEUE_URL, \
+                  DATABASE_URL, MONGODB_URI, REDIS_URL, MQ_CHECKPOINT_URL; passwords in them are \
+                  never printed."
+)]
 struct Cli {
     /// Print JSON instead of tables (and no progress bar).
     #[arg(long, global = true)]

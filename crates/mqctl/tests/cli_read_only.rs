@@ -122,3 +122,30 @@ fn a_missing_sqlite_file_is_an_error_and_is_not_created() {
         path.display()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ids_and_bad_arguments_are_one_line_errors() {
+    use mq::DeadLetterStore;
+    let dir = std::env::temp_dir().join(format!("mqctl-bad-args-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("dlq.db");
+    let _ = std::fs::remove_file(&path);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .expect("create the database");
+    let store = mq::sql::SqliteDeadLetterStore::new(pool, "mq_dead_letters").expect("store");
+    store.migrate().await.expect("migrate");
+    let url = format!("sqlite://{}", path.display());
+    let unknown = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    let (code, stderr) = mqctl(&["dlq", "--url", &url, "show", unknown]);
+    assert_refused(code, &stderr, unknown);
+    let (code, stderr) = mqctl(&["dlq", "--url", &url, "show", "not-an-id"]);
+    assert_refused(code, &stderr, "not-an-id");
+    let (code, stderr) = mqctl(&["dlq", "--url", &url, "--table", "bad;name", "list"]);
+    assert_refused(code, &stderr, "bad;name");
+    let (code, stderr) = mqctl(&["dlq", "--url", "redis://127.0.0.1", "list"]);
+    assert_refused(code, &stderr, "redis");
+    // A flag mqctl does not know: clap's usage error, exit code 2.
+    let (code, _) = mqctl(&["dlq", "--url", &url, "list", "--no-such-flag"]);
+    assert_eq!(code, Some(2));
+}
