@@ -31,6 +31,7 @@ pub mod cases;
 pub mod checkpoint;
 pub mod control;
 pub mod dead_letter;
+mod support;
 
 /// Builds isolated queues of one backend for the conformance cases.
 #[async_trait]
@@ -73,16 +74,20 @@ pub fn service_url(var: &str) -> Result<String, String> {
 
 /// Returns true (after printing why) when `factory` cannot run here.
 pub fn should_skip(factory: &dyn QueueFactory, test: &str) -> bool {
-    match factory.skip_reason() {
-        Some(reason) => {
-            if std::env::var("MQ_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("{test}: required service missing: {reason}");
-            }
-            eprintln!("skipping {test}: {reason}");
-            true
-        }
-        None => false,
+    skip_for(factory.skip_reason(), test)
+}
+
+/// The suites' one skip rule: with a `reason`, panic under `MQ_REQUIRE_SERVICES=1`, otherwise
+/// print why `test` skips and return true.
+pub(crate) fn skip_for(reason: Option<String>, test: &str) -> bool {
+    let Some(reason) = reason else {
+        return false;
+    };
+    if std::env::var("MQ_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{test}: required service missing: {reason}");
     }
+    eprintln!("skipping {test}: {reason}");
+    true
 }
 
 /// A queue name for `test`, valid on every backend.
@@ -343,11 +348,22 @@ macro_rules! conformance_tests {
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $crate::__stamp_cases!($factory; cases; $($case),*);
+    };
+}
+
+/// Stamps one `#[tokio::test]` per case of the testkit module `$module`, each calling `$factory`
+/// for a fresh factory: the one body behind [`conformance_tests!`](crate::conformance_tests) and
+/// the other suites' macros, which each list their cases once.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __stamp_cases {
+    ($factory:expr; $module:ident; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let factory = $factory;
-                $crate::testkit::cases::$case(&factory, stringify!($case)).await;
+                $crate::testkit::$module::$case(&factory, stringify!($case)).await;
             }
         )*
     };

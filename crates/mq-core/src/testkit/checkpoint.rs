@@ -274,12 +274,6 @@ macro_rules! checkpoint_store_tests {
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let factory = $factory;
-                $crate::testkit::checkpoint::$case(&factory, stringify!($case)).await;
-            }
-        )*
+        $crate::__stamp_cases!($factory; checkpoint; $($case),*);
     };
 }

@@ -35,16 +35,7 @@ pub trait DeadLetterStoreFactory: Send + Sync + 'static {
 /// Returns true (after printing why) when `factory` cannot run here; panics instead under
 /// `MQ_REQUIRE_SERVICES=1`.
 pub fn should_skip(factory: &dyn DeadLetterStoreFactory, test: &str) -> bool {
-    match factory.skip_reason() {
-        Some(reason) => {
-            if std::env::var("MQ_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("{test}: required service missing: {reason}");
-            }
-            eprintln!("skipping {test}: {reason}");
-            true
-        }
-        None => false,
-    }
+    super::skip_for(factory.skip_reason(), test)
 }
 
 /// A table or collection name for `test`: `dlq_` plus the test name, cut to 55 characters.
