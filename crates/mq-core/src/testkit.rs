@@ -20,7 +20,11 @@ use async_trait::async_trait;
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::error::BoxError;
-use crate::lifecycle::{LifecycleEvent, LifecycleObserver, ObserverError};
+use crate::handler::{Batch, Handler, HandlerContext, handler_fn};
+use crate::lifecycle::{
+    DispatchMode, LifecycleDispatcher, LifecycleEvent, LifecycleObserver, ObserverError,
+};
+use crate::message::NewMessage;
 use crate::options::{CommonOptions, ConsumerOptions};
 use crate::queue::MessageQueue;
 use crate::queue_name::QueueName;
@@ -153,6 +157,46 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Test message `i`: type `test`, payload `{"n": i}`.
+pub fn test_message(i: usize) -> NewMessage {
+    NewMessage::new("test", serde_json::json!({ "n": i }))
+}
+
+/// Common options whose lifecycle events go, synchronously, to the returned recorder.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::testkit::observed_options;
+///
+/// let (recorder, common) = observed_options();
+/// assert!(recorder.names().is_empty());
+/// # let _ = common;
+/// ```
+pub fn observed_options() -> (Arc<RecordingObserver>, CommonOptions) {
+    let rec = Arc::new(RecordingObserver::default());
+    let common = CommonOptions::default().lifecycle(
+        LifecycleDispatcher::builder()
+            .observer(rec.clone())
+            .mode(DispatchMode::Sync)
+            .build(),
+    );
+    (rec, common)
+}
+
+/// A handler that acks everything and counts the messages it was given.
+pub fn counting_handler() -> (Arc<AtomicUsize>, Arc<dyn Handler>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let h = handler_fn(move |b: Batch, _c: HandlerContext| {
+        let s = s.clone();
+        async move {
+            s.fetch_add(b.len(), Ordering::SeqCst);
+        }
+    });
+    (seen, Arc::new(h))
 }
 
 /// An observer that records every event.
@@ -303,6 +347,25 @@ impl DeliveryLedger {
             .overlaps
     }
 
+    /// A handler that acks everything and records each batch in this ledger: every message
+    /// begins, the handler yields once, then every message ends, so two consumers holding the
+    /// same message at once show up in [`DeliveryLedger::overlaps`].
+    pub fn handler(self: &Arc<Self>) -> Arc<dyn Handler> {
+        let ledger = self.clone();
+        Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+            let l = ledger.clone();
+            async move {
+                for m in batch.iter() {
+                    l.begin(m.id.as_str());
+                }
+                tokio::task::yield_now().await;
+                for m in batch.iter() {
+                    l.end(m.id.as_str());
+                }
+            }
+        }))
+    }
+
     /// Deliveries of `id`.
     pub fn deliveries_of(&self, id: &str) -> usize {
         self.state
@@ -320,7 +383,7 @@ impl DeliveryLedger {
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr) => {
-        $crate::conformance_tests!(@cases $factory;
+        $crate::__stamp_cases!($factory; cases;
             delivers_ready_messages,
             respects_execute_at,
             expired_messages_are_never_delivered,
@@ -346,9 +409,6 @@ macro_rules! conformance_tests {
             bad_messages_are_refused_alone,
             queue_stats_count_by_status
         );
-    };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
-        $crate::__stamp_cases!($factory; cases; $($case),*);
     };
 }
 

@@ -40,23 +40,10 @@ async fn four_clients_ten_thousand_messages_no_double_claim() {
         tasks.push(tokio::spawn(async move {
             let q = another_queue(&url, TEST).await;
             q.register(&name).await.expect("register");
-            let l = ledger.clone();
-            let h = handler_fn(move |batch: Batch, _ctx: HandlerContext| {
-                let l = l.clone();
-                async move {
-                    for m in batch.iter() {
-                        l.begin(m.id.as_str());
-                    }
-                    tokio::task::yield_now().await;
-                    for m in batch.iter() {
-                        l.end(m.id.as_str());
-                    }
-                }
-            });
             let c = q
                 .consume(
                     &name,
-                    Arc::new(h),
+                    ledger.handler(),
                     fast_options()
                         .batch_size(100)
                         .concurrency(2)

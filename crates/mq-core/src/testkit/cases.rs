@@ -348,23 +348,11 @@ pub async fn concurrent_consumers_never_double_claim(f: &dyn QueueFactory, test:
     let ledger = Arc::new(DeliveryLedger::default());
     let mut consumers = Vec::new();
     for _ in 0..4 {
-        let l = ledger.clone();
-        let h = handler_fn(move |batch: Batch, _ctx: HandlerContext| {
-            let l = l.clone();
-            async move {
-                for m in batch.iter() {
-                    l.begin(m.id.as_str());
-                }
-                tokio::task::yield_now().await;
-                for m in batch.iter() {
-                    l.end(m.id.as_str());
-                }
-            }
-        });
+        let h = ledger.handler();
         consumers.push(
             q.consume(
                 &name,
-                Arc::new(h),
+                h,
                 fast_options()
                     .batch_size(50)
                     .concurrency(2)

@@ -217,14 +217,11 @@ pub async fn pause_stops_claims_until_resume(f: &dyn QueueFactory, test: &str) {
 #[macro_export]
 macro_rules! queue_control_tests {
     ($factory:expr) => {
-        $crate::queue_control_tests!(@cases $factory;
+        $crate::__stamp_cases!($factory; control;
             priorities_are_claimed_higher_first,
             unique_keys_refuse_while_held,
             cancel_waiting_and_running,
             pause_stops_claims_until_resume
         );
-    };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
-        $crate::__stamp_cases!($factory; control; $($case),*);
     };
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::json;
-
-use super::{DeliveryLedger, QueueFactory, RecordingObserver, eventually, queue_name, should_skip};
+use super::{DeliveryLedger, QueueFactory, eventually, queue_name, should_skip};
+pub(crate) use super::{
+    counting_handler as counting, observed_options as observed, test_message as msg,
+};
 use crate::handler::{Batch, Handler, HandlerContext, handler_fn};
-use crate::lifecycle::{DispatchMode, LifecycleDispatcher};
 use crate::message::NewMessage;
 use crate::options::{CommonOptions, ConsumerOptions};
 use crate::queue::MessageQueue;
@@ -17,11 +17,6 @@ use crate::queue_name::QueueName;
 
 /// How long a case waits for what must happen.
 pub(crate) const LONG: Duration = Duration::from_secs(60);
-
-/// Test message `i`: type `test`, payload `{"n": i}`.
-pub(crate) fn msg(i: usize) -> NewMessage {
-    NewMessage::new("test", json!({ "n": i }))
-}
 
 /// A queue for `test` built with `common` and its registered name, or `None` (after saying why)
 /// when the backend cannot run here.
@@ -37,18 +32,6 @@ pub(crate) async fn setup(
     let name = queue_name(test);
     q.register(&name).await.expect("register");
     Some((q, name))
-}
-
-/// Common options whose lifecycle events go, synchronously, to the returned recorder.
-pub(crate) fn observed() -> (Arc<RecordingObserver>, CommonOptions) {
-    let rec = Arc::new(RecordingObserver::default());
-    let common = CommonOptions::default().lifecycle(
-        LifecycleDispatcher::builder()
-            .observer(rec.clone())
-            .mode(DispatchMode::Sync)
-            .build(),
-    );
-    (rec, common)
 }
 
 /// Publishes `messages` and asserts every one was stored.
@@ -77,19 +60,6 @@ pub(crate) async fn consume_until(
 /// A handler that does nothing, so every message is acked.
 pub(crate) fn ack_all() -> Arc<dyn Handler> {
     Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {}))
-}
-
-/// A handler that acks everything and counts the messages it was given.
-pub(crate) fn counting() -> (Arc<AtomicUsize>, Arc<dyn Handler>) {
-    let seen = Arc::new(AtomicUsize::new(0));
-    let s = seen.clone();
-    let h = handler_fn(move |b: Batch, _c: HandlerContext| {
-        let s = s.clone();
-        async move {
-            s.fetch_add(b.len(), Ordering::SeqCst);
-        }
-    });
-    (seen, Arc::new(h))
 }
 
 /// A handler that acks everything, records each delivery in the returned ledger, and counts the
