@@ -366,6 +366,21 @@ impl DeliveryLedger {
         }))
     }
 
+    /// Asserts no message was handed to a consumer while another held it, and none was
+    /// delivered twice: what a run without expired leases must show.
+    pub fn assert_each_delivered_once(&self) {
+        assert_eq!(
+            self.overlaps(),
+            0,
+            "a message was delivered while another consumer held it"
+        );
+        assert_eq!(
+            self.duplicates(),
+            0,
+            "no lease expired, so nothing may be delivered twice"
+        );
+    }
+
     /// Deliveries of `id`.
     pub fn deliveries_of(&self, id: &str) -> usize {
         self.state
