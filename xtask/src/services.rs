@@ -5,7 +5,7 @@
 //! pid still belongs to that program.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -256,39 +256,92 @@ fn spawn_detached(s: &Service, cmd: &mut Command) -> Result<()> {
 /// `services down`: stops each service xtask started, by the pid it recorded.
 pub(crate) fn down() -> Result<()> {
     for s in SERVICES.iter().filter(|s| s.foreground) {
-        let file = pid_file(s);
-        let Ok(text) = std::fs::read_to_string(&file) else {
-            println!("{}: not started by xtask, left alone", s.name);
-            continue;
-        };
-        let pid: u32 = text
-            .trim()
-            .parse()
-            .with_context(|| format!("{} holds {text:?}, not a pid", file.display()))?;
-        if !runs_program(pid, s.tool.program) {
-            println!(
-                "{}: pid {pid} is no longer {}, nothing to stop",
-                s.name, s.tool.program
-            );
-            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
-            continue;
-        }
+        stop_recorded(s.name, &pid_file(s), s.tool.program)?;
+    }
+    Ok(())
+}
+
+/// Stops the process whose pid `file` holds, if it still runs `program`, and removes the file.
+/// Without the file, nothing was started: nothing is stopped.
+fn stop_recorded(name: &str, file: &Path, program: &str) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        println!("{name}: not started by xtask, left alone");
+        return Ok(());
+    };
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{} holds {text:?}, not a pid", file.display()))?;
+    if runs_program(pid, program) {
         let st = Command::new("kill")
             .arg(pid.to_string())
             .status()
             .context("running kill")?;
         if !st.success() {
-            bail!("kill {pid} ({}) exited with {st}", s.name);
+            bail!("kill {pid} ({name}) exited with {st}");
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while runs_program(pid, s.tool.program) && Instant::now() < deadline {
+        while runs_program(pid, program) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
-        if runs_program(pid, s.tool.program) {
-            bail!("{} (pid {pid}) still runs 10 s after SIGTERM", s.name);
+        if runs_program(pid, program) {
+            bail!("{name} (pid {pid}) still runs 10 s after SIGTERM");
         }
-        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
-        println!("stopped {} (pid {pid})", s.name);
+        println!("stopped {name} (pid {pid})");
+    } else {
+        println!("{name}: pid {pid} is no longer {program}, nothing to stop");
     }
-    Ok(())
+    std::fs::remove_file(file).with_context(|| format!("removing {}", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleeper() -> (std::process::Child, PathBuf) {
+        let child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        // Until the child has exec'd, its command line is still this test's.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !runs_program(child.id(), "sleep") {
+            assert!(Instant::now() < deadline, "sleep never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let file = std::env::temp_dir().join(format!("mq-xtask-test-{}.pid", child.id()));
+        std::fs::write(&file, child.id().to_string()).expect("write pid file");
+        (child, file)
+    }
+
+    #[test]
+    fn stops_the_recorded_process_when_it_runs_the_program() {
+        let (mut child, file) = sleeper();
+        // A reaper thread, as the parent of a real service is gone: a zombie is not running.
+        let pid = child.id();
+        let reaper = std::thread::spawn(move || child.wait());
+        stop_recorded("sleeper", &file, "sleep").expect("stop");
+        reaper.join().expect("reaper").expect("wait");
+        assert!(!runs_program(pid, "sleep"));
+        assert!(!file.exists(), "the pid file is removed");
+    }
+
+    #[test]
+    fn leaves_a_pid_that_runs_another_program() {
+        let (mut child, file) = sleeper();
+        stop_recorded("other", &file, "secantusd-rs").expect("stop");
+        assert!(
+            runs_program(child.id(), "sleep"),
+            "another program was stopped"
+        );
+        assert!(!file.exists(), "the stale pid file is removed");
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+    }
+
+    #[test]
+    fn without_a_pid_file_nothing_is_stopped() {
+        let file = std::env::temp_dir().join("mq-xtask-test-missing.pid");
+        stop_recorded("missing", &file, "sleep").expect("nothing to do");
+    }
 }

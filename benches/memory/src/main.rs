@@ -23,10 +23,10 @@ use serde_json::json;
 const CHUNK: usize = 1_000;
 
 /// The queue may take at most this many times as long as the bare channel.
-const MAX_SLOWDOWN: f64 = 10.0;
+const MAX_SLOWDOWN: f64 = 5.0;
 
 /// The queue's own throughput, messages per second, at least.
-const MIN_RATE: f64 = 200_000.0;
+const MIN_RATE: f64 = 250_000.0;
 
 fn count() -> usize {
     std::env::var("MQ_BENCH_N")
