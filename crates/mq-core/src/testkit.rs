@@ -20,7 +20,11 @@ use async_trait::async_trait;
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::error::BoxError;
-use crate::lifecycle::{LifecycleEvent, LifecycleObserver, ObserverError};
+use crate::handler::{Batch, Handler, HandlerContext, handler_fn};
+use crate::lifecycle::{
+    DispatchMode, LifecycleDispatcher, LifecycleEvent, LifecycleObserver, ObserverError,
+};
+use crate::message::NewMessage;
 use crate::options::{CommonOptions, ConsumerOptions};
 use crate::queue::MessageQueue;
 use crate::queue_name::QueueName;
@@ -31,6 +35,7 @@ pub mod cases;
 pub mod checkpoint;
 pub mod control;
 pub mod dead_letter;
+mod support;
 
 /// Builds isolated queues of one backend for the conformance cases.
 #[async_trait]
@@ -73,16 +78,20 @@ pub fn service_url(var: &str) -> Result<String, String> {
 
 /// Returns true (after printing why) when `factory` cannot run here.
 pub fn should_skip(factory: &dyn QueueFactory, test: &str) -> bool {
-    match factory.skip_reason() {
-        Some(reason) => {
-            if std::env::var("MQ_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("{test}: required service missing: {reason}");
-            }
-            eprintln!("skipping {test}: {reason}");
-            true
-        }
-        None => false,
+    skip_for(factory.skip_reason(), test)
+}
+
+/// The suites' one skip rule: with a `reason`, panic under `MQ_REQUIRE_SERVICES=1`, otherwise
+/// print why `test` skips and return true.
+pub(crate) fn skip_for(reason: Option<String>, test: &str) -> bool {
+    let Some(reason) = reason else {
+        return false;
+    };
+    if std::env::var("MQ_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{test}: required service missing: {reason}");
     }
+    eprintln!("skipping {test}: {reason}");
+    true
 }
 
 /// A queue name for `test`, valid on every backend.
@@ -148,6 +157,46 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Test message `i`: type `test`, payload `{"n": i}`.
+pub fn test_message(i: usize) -> NewMessage {
+    NewMessage::new("test", serde_json::json!({ "n": i }))
+}
+
+/// Common options whose lifecycle events go, synchronously, to the returned recorder.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::testkit::observed_options;
+///
+/// let (recorder, common) = observed_options();
+/// assert!(recorder.names().is_empty());
+/// # let _ = common;
+/// ```
+pub fn observed_options() -> (Arc<RecordingObserver>, CommonOptions) {
+    let rec = Arc::new(RecordingObserver::default());
+    let common = CommonOptions::default().lifecycle(
+        LifecycleDispatcher::builder()
+            .observer(rec.clone())
+            .mode(DispatchMode::Sync)
+            .build(),
+    );
+    (rec, common)
+}
+
+/// A handler that acks everything and counts the messages it was given.
+pub fn counting_handler() -> (Arc<AtomicUsize>, Arc<dyn Handler>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let h = handler_fn(move |b: Batch, _c: HandlerContext| {
+        let s = s.clone();
+        async move {
+            s.fetch_add(b.len(), Ordering::SeqCst);
+        }
+    });
+    (seen, Arc::new(h))
 }
 
 /// An observer that records every event.
@@ -298,6 +347,40 @@ impl DeliveryLedger {
             .overlaps
     }
 
+    /// A handler that acks everything and records each batch in this ledger: every message
+    /// begins, the handler yields once, then every message ends, so two consumers holding the
+    /// same message at once show up in [`DeliveryLedger::overlaps`].
+    pub fn handler(self: &Arc<Self>) -> Arc<dyn Handler> {
+        let ledger = self.clone();
+        Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+            let l = ledger.clone();
+            async move {
+                for m in batch.iter() {
+                    l.begin(m.id.as_str());
+                }
+                tokio::task::yield_now().await;
+                for m in batch.iter() {
+                    l.end(m.id.as_str());
+                }
+            }
+        }))
+    }
+
+    /// Asserts no message was handed to a consumer while another held it, and none was
+    /// delivered twice: what a run without expired leases must show.
+    pub fn assert_each_delivered_once(&self) {
+        assert_eq!(
+            self.overlaps(),
+            0,
+            "a message was delivered while another consumer held it"
+        );
+        assert_eq!(
+            self.duplicates(),
+            0,
+            "no lease expired, so nothing may be delivered twice"
+        );
+    }
+
     /// Deliveries of `id`.
     pub fn deliveries_of(&self, id: &str) -> usize {
         self.state
@@ -315,7 +398,7 @@ impl DeliveryLedger {
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr) => {
-        $crate::conformance_tests!(@cases $factory;
+        $crate::__stamp_cases!($factory; cases;
             delivers_ready_messages,
             respects_execute_at,
             expired_messages_are_never_delivered,
@@ -342,12 +425,20 @@ macro_rules! conformance_tests {
             queue_stats_count_by_status
         );
     };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+}
+
+/// Stamps one `#[tokio::test]` per case of the testkit module `$module`, each calling `$factory`
+/// for a fresh factory: the one body behind [`conformance_tests!`](crate::conformance_tests) and
+/// the other suites' macros, which each list their cases once.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __stamp_cases {
+    ($factory:expr; $module:ident; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let factory = $factory;
-                $crate::testkit::cases::$case(&factory, stringify!($case)).await;
+                $crate::testkit::$module::$case(&factory, stringify!($case)).await;
             }
         )*
     };

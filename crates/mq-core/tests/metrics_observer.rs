@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use mq_core::{
     ConsumerInfo, DisconnectReason, DispatchMode, ErrorChain, LifecycleDispatcher, LifecycleEvent,
     MessageId, MessageInfo, MetricsObserver, QueueName,
@@ -20,8 +20,9 @@ fn info(q: &QueueName) -> MessageInfo {
     MessageInfo::of(&m, "memory")
 }
 
-#[test]
-fn events_become_metrics() {
+/// Runs `f` with a synchronous dispatcher to a `MetricsObserver` that records into a local
+/// recorder, and returns that recorder's snapshotter.
+fn with_metrics(f: impl FnOnce(&LifecycleDispatcher, &Snapshotter)) -> Snapshotter {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
@@ -29,6 +30,14 @@ fn events_become_metrics() {
             .observer(Arc::new(MetricsObserver::new()))
             .mode(DispatchMode::Sync)
             .build();
+        f(&d, &snapshotter);
+    });
+    snapshotter
+}
+
+#[test]
+fn events_become_metrics() {
+    let snapshotter = with_metrics(|d, _| {
         let q = QueueName::new("emails").unwrap();
         for _ in 0..3 {
             d.emit(LifecycleEvent::Published {
@@ -60,13 +69,7 @@ fn events_become_metrics() {
 
 #[test]
 fn shard_events_become_lag_and_lease_gauges() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let d = LifecycleDispatcher::builder()
-            .observer(Arc::new(MetricsObserver::new()))
-            .mode(DispatchMode::Sync)
-            .build();
+    let snapshotter = with_metrics(|d, snapshotter| {
         let q = QueueName::new("orders").unwrap();
         let consumer = ConsumerInfo::shard("w1", q, "kinesis", "shardId-000000000001");
         d.emit(LifecycleEvent::ConsumerConnected {
@@ -79,7 +82,7 @@ fn shard_events_become_lag_and_lease_gauges() {
                 millis_behind_latest: lag,
             });
         }
-        let snap = snapshot(&snapshotter);
+        let snap = snapshot(snapshotter);
         assert_eq!(snap.get("mq_shard_leases_held"), Some(&1.0));
         // the last read that reported a lag wins; an empty read without one keeps it
         assert_eq!(snap.get("mq_shard_millis_behind_latest"), Some(&1_500.0));
@@ -94,7 +97,7 @@ fn shard_events_become_lag_and_lease_gauges() {
 }
 
 /// Each metric name's value, summed over its label sets.
-fn snapshot(s: &metrics_util::debugging::Snapshotter) -> std::collections::HashMap<String, f64> {
+fn snapshot(s: &Snapshotter) -> std::collections::HashMap<String, f64> {
     let mut out = std::collections::HashMap::new();
     for (key, _, _, value) in s.snapshot().into_vec() {
         let v = match value {
@@ -109,13 +112,7 @@ fn snapshot(s: &metrics_util::debugging::Snapshotter) -> std::collections::HashM
 
 #[test]
 fn handler_duration_carries_the_shard() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let d = LifecycleDispatcher::builder()
-            .observer(Arc::new(MetricsObserver::new()))
-            .mode(DispatchMode::Sync)
-            .build();
+    let snapshotter = with_metrics(|d, _| {
         let q = QueueName::new("orders").unwrap();
         d.emit(LifecycleEvent::Acked {
             message: info(&q).on_shard(Some("shardId-000000000003")),

@@ -53,7 +53,10 @@ fn messages() -> Vec<NewMessage> {
 }
 
 /// Consumes the two messages from `queue` and returns the fields of the span the handler ran in.
-async fn handler_span(queue: Arc<dyn MessageQueue>, spans: &SpanFields) -> HashMap<String, String> {
+async fn handler_span(queue: Arc<dyn MessageQueue>) -> HashMap<String, String> {
+    let spans = SpanFields::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
     let name = QueueName::new("emails").unwrap();
     queue.register(&name).await.unwrap();
     let seen: Arc<Mutex<Vec<Option<u64>>>> = Arc::default();
@@ -98,10 +101,7 @@ async fn handler_span(queue: Arc<dyn MessageQueue>, spans: &SpanFields) -> HashM
 
 #[tokio::test]
 async fn polling_handlers_run_in_a_batch_span() {
-    let spans = SpanFields::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
-    let fields = handler_span(Arc::new(InMemoryQueue::new(Default::default())), &spans).await;
+    let fields = handler_span(Arc::new(InMemoryQueue::new(Default::default()))).await;
     assert_eq!(fields["queue"], "emails");
     assert_eq!(fields["backend"], "memory");
     assert_eq!(fields["size"], "2");
@@ -111,10 +111,7 @@ async fn polling_handlers_run_in_a_batch_span() {
 
 #[tokio::test]
 async fn immediate_handlers_run_in_a_batch_span() {
-    let spans = SpanFields::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
-    let fields = handler_span(Arc::new(ImmediateQueue::new(Default::default())), &spans).await;
+    let fields = handler_span(Arc::new(ImmediateQueue::new(Default::default()))).await;
     assert_eq!(fields["backend"], "immediate");
     assert_eq!(fields["message_ids"], "m-1,m-2");
     assert_eq!(fields["log_context"], "request=r-9 tenant=acme");

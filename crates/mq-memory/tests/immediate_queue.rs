@@ -1,13 +1,16 @@
 //! `ImmediateQueue`: the conformance cases that apply to a queue without storage, and its own.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use mq_core::testkit::{RecordingDeadLetters, RecordingObserver, eventually, fast_options};
+use mq_core::testkit::{
+    RecordingDeadLetters, counting_handler, eventually, fast_options, observed_options,
+    test_message as msg,
+};
 use mq_core::{
-    Batch, CommonOptions, DispatchMode, Error, HandlerContext, LifecycleDispatcher, MessageId,
-    MessageQueue, NewMessage, Outcome, Outcomes, QueueName, handler_fn,
+    Batch, CommonOptions, Error, HandlerContext, MessageId, MessageQueue, NewMessage, Outcome,
+    Outcomes, QueueName, handler_fn,
 };
 use mq_memory::ImmediateQueue;
 use serde_json::json;
@@ -16,34 +19,14 @@ fn q() -> QueueName {
     QueueName::new("immediate-test").unwrap()
 }
 
-fn msg(i: usize) -> NewMessage {
-    NewMessage::new("test", json!({ "n": i }))
-}
-
 #[tokio::test]
 async fn publish_runs_the_handler_and_reports_acks() {
-    let rec = Arc::new(RecordingObserver::default());
-    let common = CommonOptions::default().lifecycle(
-        LifecycleDispatcher::builder()
-            .observer(rec.clone())
-            .mode(DispatchMode::Sync)
-            .build(),
-    );
+    let (rec, common) = observed_options();
     let queue = ImmediateQueue::new(common);
     queue.register(&q()).await.unwrap();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let s = seen.clone();
+    let (seen, counter) = counting_handler();
     let c = queue
-        .consume(
-            &q(),
-            Arc::new(handler_fn(move |b: Batch, _c: HandlerContext| {
-                let s = s.clone();
-                async move {
-                    s.fetch_add(b.len(), Ordering::SeqCst);
-                }
-            })),
-            fast_options().batch_size(2),
-        )
+        .consume(&q(), counter, fast_options().batch_size(2))
         .await
         .unwrap();
     let report = queue
@@ -78,21 +61,8 @@ async fn bad_input_is_refused() {
     let err = queue.publish(&q(), vec![msg(1)]).await.unwrap_err();
     assert!(matches!(err, Error::NoConsumer { .. }), "{err}");
     assert!(queue.publish(&q(), vec![]).await.unwrap().is_complete());
-    let ran = Arc::new(AtomicUsize::new(0));
-    let r = ran.clone();
-    let _c = queue
-        .consume(
-            &q(),
-            Arc::new(handler_fn(move |b: Batch, _c: HandlerContext| {
-                let r = r.clone();
-                async move {
-                    r.fetch_add(b.len(), Ordering::SeqCst);
-                }
-            })),
-            fast_options(),
-        )
-        .await
-        .unwrap();
+    let (ran, counter) = counting_handler();
+    let _c = queue.consume(&q(), counter, fast_options()).await.unwrap();
     let big = NewMessage::new("test", json!({ "blob": "x".repeat(1024) }));
     let report = queue.publish(&q(), vec![big, msg(2)]).await.unwrap();
     assert_eq!(report.published.len(), 1);

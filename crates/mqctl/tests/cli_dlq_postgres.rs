@@ -1,20 +1,18 @@
 //! `mqctl` run as a real binary against PostgreSQL: dead letters made by a real queue, listed,
 //! shown, purged, replayed with a rate limit, the replay killed half-way and run again.
 
+#[path = "common/dlq.rs"]
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{BIN, dead_letter_all, json_of, mqctl_json, mqctl_ok, service};
 use mq::sql::PgDeadLetterStore;
-use mq::{
-    Batch, CommonOptions, HandlerContext, MessageQueue, NewMessage, PgQueue, QueueName, SqlOptions,
-    handler_fn,
-};
+use mq::{CommonOptions, NewMessage, PgQueue, SqlOptions};
 use mq::{DeadLetterFilter, DeadLetterStore, ReplayState};
-use mq_core::testkit::{fast_options, service_url};
 use sqlx::{Executor, PgPool, Row};
-
-const BIN: &str = env!("CARGO_BIN_EXE_mqctl");
 
 /// Drops the test's tables, then dead-letters `n` messages of queue `orders` through a real
 /// `PgQueue` whose handler always fails.
@@ -39,8 +37,6 @@ async fn dead_letter(
     )
     .await
     .expect("queue");
-    let orders = QueueName::new("orders").expect("name");
-    queue.register(&orders).await.expect("register");
     let msgs = (0..n)
         .map(|i| {
             NewMessage::new(
@@ -50,30 +46,7 @@ async fn dead_letter(
             .max_attempts(1)
         })
         .collect();
-    queue
-        .publish(&orders, msgs)
-        .await
-        .expect("publish")
-        .into_result()
-        .expect("every message stored");
-    let handler = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async move {
-        Err::<(), _>(std::io::Error::other("payment gateway down"))
-    }));
-    let options = fast_options().batch_size(100);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while store
-        .count(&DeadLetterFilter::default())
-        .await
-        .expect("count")
-        < n as u64
-    {
-        assert!(Instant::now() < deadline, "messages were not dead-lettered");
-        let _report = queue
-            .consume_batch(&orders, handler.clone(), &options)
-            .await
-            .expect("consume");
-    }
-    queue.shutdown().await.expect("shutdown");
+    dead_letter_all(&queue, &*store, msgs).await;
     (pool, store)
 }
 
@@ -88,16 +61,10 @@ async fn count_in(pool: &PgPool, table: &str, queue: &str) -> i64 {
     .unwrap_or(0)
 }
 
-fn json_of(out: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(out)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_killed_half_way_publishes_each_message_exactly_once() {
-    let url = match service_url("MQ_TEST_POSTGRES_URL") {
-        Ok(u) => u,
-        Err(reason) => return eprintln!("skipping: {reason}"),
+    let Some(url) = service("MQ_TEST_POSTGRES_URL") else {
+        return;
     };
     let (dlq, table, target) = ("mqctl_kill_dlq", "mqctl_kill_q", "orders-replayed");
     let (pool, store) = dead_letter(&url, dlq, table, 100).await;
@@ -163,14 +130,7 @@ async fn replay_killed_half_way_publishes_each_message_exactly_once() {
     );
 
     // Second run: to completion.
-    let out = assert_cmd::Command::new(BIN)
-        .args(args)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let report = json_of(&out);
+    let report = mqctl_json(args);
     let len = |k: &str| report[k].as_array().map_or(usize::MAX, Vec::len);
     eprintln!(
         "second run: published {}, already published {}, skipped {}, failed {}",
@@ -215,23 +175,15 @@ async fn replay_killed_half_way_publishes_each_message_exactly_once() {
     assert_eq!(store.count(&done).await.expect("count"), 100);
 
     // A third run publishes nothing.
-    let out = assert_cmd::Command::new(BIN)
-        .args(args)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let report = json_of(&out);
+    let report = mqctl_json(args);
     assert_eq!(report["published"].as_array().map(Vec::len), Some(0));
     assert_eq!(count_in(&pool, table, target).await, 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_show_purge_dry_run_and_stats() {
-    let url = match service_url("MQ_TEST_POSTGRES_URL") {
-        Ok(u) => u,
-        Err(reason) => return eprintln!("skipping: {reason}"),
+    let Some(url) = service("MQ_TEST_POSTGRES_URL") else {
+        return;
     };
     let (dlq, table) = ("mqctl_misc_dlq", "mqctl_misc_q");
     let (pool, store) = dead_letter(&url, dlq, table, 10).await;
@@ -241,34 +193,20 @@ async fn list_show_purge_dry_run_and_stats() {
         c.args(base).args(extra);
         c
     };
+    let ok = |extra: &[&str]| mqctl_ok(base.iter().chain(extra));
 
-    let out = run(&["list", "--type", "charge", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = ok(&["list", "--type", "charge", "--json"]);
     let list = json_of(&out);
     assert_eq!(list["total"], 5);
     let entries = list["entries"].as_array().expect("entries");
     assert_eq!(entries.len(), 5);
     let id = entries[0]["id"].as_str().expect("id").to_owned();
-    let human = run(&["list", "--error", "GATEWAY"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let human = ok(&["list", "--error", "GATEWAY"]);
     let human = String::from_utf8_lossy(&human);
     assert!(human.starts_with("ID"), "{human}");
     assert!(human.contains("10 shown, 10 matching"), "{human}");
 
-    let shown = run(&["show", &id])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let shown = ok(&["show", &id]);
     let shown = String::from_utf8_lossy(&shown);
     assert!(shown.contains("payment gateway down"), "{shown}");
     assert!(shown.contains("backend        sql"), "{shown}");
@@ -279,7 +217,7 @@ async fn list_show_purge_dry_run_and_stats() {
     run(&["list", "--since", "yesterday"]).assert().failure();
 
     // Dry run: nothing marked, nothing published.
-    let out = run(&[
+    let out = ok(&[
         "replay",
         "--dry-run",
         "--queue-table",
@@ -287,12 +225,7 @@ async fn list_show_purge_dry_run_and_stats() {
         "--to",
         "dry",
         "--json",
-    ])
-    .assert()
-    .success()
-    .get_output()
-    .stdout
-    .clone();
+    ]);
     let report = json_of(&out);
     assert_eq!(report["dry_run"], true);
     assert_eq!(report["published"].as_array().map(Vec::len), Some(10));
@@ -313,12 +246,7 @@ async fn list_show_purge_dry_run_and_stats() {
             .expect("count"),
         10
     );
-    let out = run(&["purge", "--type", "refund", "--yes", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = ok(&["purge", "--type", "refund", "--yes", "--json"]);
     assert_eq!(json_of(&out)["purged"], 5);
     assert_eq!(
         store
@@ -329,34 +257,21 @@ async fn list_show_purge_dry_run_and_stats() {
     );
 
     // Queue stats over the queue table.
-    let out = assert_cmd::Command::new(BIN)
-        .args([
-            "queue",
-            "stats",
-            "--url",
-            url.as_str(),
-            "--table",
-            table,
-            "--json",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let stats = json_of(&out);
+    let stats = mqctl_json([
+        "queue",
+        "stats",
+        "--url",
+        url.as_str(),
+        "--table",
+        table,
+        "--json",
+    ]);
     let orders = stats
         .as_array()
         .and_then(|a| a.iter().find(|q| q["queue"] == "orders"))
         .expect("orders stats");
     assert_eq!(orders["total"], 10);
     assert_eq!(orders["expired_leases"], 0);
-    let human = assert_cmd::Command::new(BIN)
-        .args(["queue", "stats", "--url", url.as_str(), "--table", table])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let human = mqctl_ok(["queue", "stats", "--url", url.as_str(), "--table", table]);
     assert!(String::from_utf8_lossy(&human).contains("orders"));
 }

@@ -261,7 +261,7 @@ pub async fn concurrent_saves_end_at_the_largest(f: &dyn CheckpointStoreFactory,
 #[macro_export]
 macro_rules! checkpoint_store_tests {
     ($factory:expr) => {
-        $crate::checkpoint_store_tests!(@cases $factory;
+        $crate::__stamp_cases!($factory; checkpoint;
             empty_store_reports_nothing,
             checkpoints_only_move_forward,
             stale_epoch_is_fenced,
@@ -272,14 +272,5 @@ macro_rules! checkpoint_store_tests {
             concurrent_observers_of_one_epoch_have_one_winner,
             concurrent_saves_end_at_the_largest
         );
-    };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let factory = $factory;
-                $crate::testkit::checkpoint::$case(&factory, stringify!($case)).await;
-            }
-        )*
     };
 }

@@ -4,28 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
-
-use super::{QueueFactory, eventually, fast_options, queue_name, should_skip};
+use super::support::{LONG, msg, publish_all, setup};
+use super::{QueueFactory, eventually, fast_options};
 use crate::control::{CancelOutcome, CancelTarget};
 use crate::error::Error;
 use crate::handler::{Batch, HandlerContext, Outcomes, handler_fn};
-use crate::message::{NewMessage, Status};
+use crate::message::Status;
 use crate::options::CommonOptions;
 use crate::queue::MessageQueue;
-
-const LONG: Duration = Duration::from_secs(60);
-
-fn msg(i: usize) -> NewMessage {
-    NewMessage::new("test", json!({ "n": i }))
-}
-
-async fn setup(f: &dyn QueueFactory, test: &str) -> (Arc<dyn MessageQueue>, crate::QueueName) {
-    let q = f.create(test, CommonOptions::default()).await;
-    let name = queue_name(test);
-    q.register(&name).await.expect("register");
-    (q, name)
-}
 
 /// The `n` payload field of each message `consume_batch` hands out, in order.
 async fn take(q: &dyn MessageQueue, name: &crate::QueueName, n: usize) -> Vec<u64> {
@@ -48,20 +34,15 @@ async fn take(q: &dyn MessageQueue, name: &crate::QueueName, n: usize) -> Vec<u6
 
 /// Higher priorities are claimed first; within a priority, publication order.
 pub async fn priorities_are_claimed_higher_first(f: &dyn QueueFactory, test: &str) {
-    if should_skip(f, test) {
+    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
         return;
-    }
-    let (q, name) = setup(f, test).await;
+    };
     let mut batch = Vec::new();
     batch.extend((0..5).map(msg));
     batch.extend((10..15).map(|i| msg(i).priority(5)));
     batch.extend((20..25).map(|i| msg(i).priority(-3)));
     batch.extend((30..35).map(|i| msg(i).priority(5)));
-    q.publish(&name, batch)
-        .await
-        .expect("publish")
-        .into_result()
-        .expect("stored");
+    publish_all(&*q, &name, batch).await;
     assert_eq!(
         take(&*q, &name, 10).await,
         [10, 11, 12, 13, 14, 30, 31, 32, 33, 34]
@@ -74,10 +55,9 @@ pub async fn priorities_are_claimed_higher_first(f: &dyn QueueFactory, test: &st
 /// A unique key refuses a second message while the first waits or runs, names the holder, and
 /// is free again once the holder finished (or once its window passed).
 pub async fn unique_keys_refuse_while_held(f: &dyn QueueFactory, test: &str) {
-    if should_skip(f, test) {
+    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
         return;
-    }
-    let (q, name) = setup(f, test).await;
+    };
     let first = q
         .publish(&name, vec![msg(1).unique_key("invoice-1")])
         .await
@@ -127,10 +107,9 @@ pub async fn unique_keys_refuse_while_held(f: &dyn QueueFactory, test: &str) {
 /// Cancel by id or by unique key: a waiting message is never delivered; a running one has its
 /// token cancelled and its completion refused, and is not delivered again.
 pub async fn cancel_waiting_and_running(f: &dyn QueueFactory, test: &str) {
-    if should_skip(f, test) {
+    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
         return;
-    }
-    let (q, name) = setup(f, test).await;
+    };
     let later = Duration::from_secs(3600);
     let ids = q
         .publish(
@@ -212,10 +191,9 @@ pub async fn cancel_waiting_and_running(f: &dyn QueueFactory, test: &str) {
 
 /// A paused queue hands out nothing until it is resumed; publishing still works.
 pub async fn pause_stops_claims_until_resume(f: &dyn QueueFactory, test: &str) {
-    if should_skip(f, test) {
+    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
         return;
-    }
-    let (q, name) = setup(f, test).await;
+    };
     assert!(!q.is_paused(&name).await.expect("is_paused"));
     q.pause(&name).await.expect("pause");
     assert!(q.is_paused(&name).await.expect("is_paused"));
@@ -239,20 +217,11 @@ pub async fn pause_stops_claims_until_resume(f: &dyn QueueFactory, test: &str) {
 #[macro_export]
 macro_rules! queue_control_tests {
     ($factory:expr) => {
-        $crate::queue_control_tests!(@cases $factory;
+        $crate::__stamp_cases!($factory; control;
             priorities_are_claimed_higher_first,
             unique_keys_refuse_while_held,
             cancel_waiting_and_running,
             pause_stops_claims_until_resume
         );
-    };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let factory = $factory;
-                $crate::testkit::control::$case(&factory, stringify!($case)).await;
-            }
-        )*
     };
 }

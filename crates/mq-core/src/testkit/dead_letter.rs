@@ -35,16 +35,18 @@ pub trait DeadLetterStoreFactory: Send + Sync + 'static {
 /// Returns true (after printing why) when `factory` cannot run here; panics instead under
 /// `MQ_REQUIRE_SERVICES=1`.
 pub fn should_skip(factory: &dyn DeadLetterStoreFactory, test: &str) -> bool {
-    match factory.skip_reason() {
-        Some(reason) => {
-            if std::env::var("MQ_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("{test}: required service missing: {reason}");
-            }
-            eprintln!("skipping {test}: {reason}");
-            true
-        }
-        None => false,
+    super::skip_for(factory.skip_reason(), test)
+}
+
+/// A fresh store for `test`, or `None` when the factory cannot run here (see [`should_skip`]).
+async fn open(
+    factory: &dyn DeadLetterStoreFactory,
+    test: &str,
+) -> Option<Arc<dyn DeadLetterStore>> {
+    if should_skip(factory, test) {
+        return None;
     }
+    Some(factory.create(test).await)
 }
 
 /// A table or collection name for `test`: `dlq_` plus the test name, cut to 55 characters.
@@ -111,7 +113,9 @@ pub async fn all(store: &dyn DeadLetterStore) -> Vec<DeadLetterEntry> {
 /// An entry keeps the message untouched, its origin, the error chain, attempts, failure times
 /// and the consumer, and `get` finds it.
 pub async fn stores_letters_untouched(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let store = factory.create(test).await;
+    let Some(store) = open(factory, test).await else {
+        return;
+    };
     let mut l = letter("orders", "m1", "charge", "card declined");
     l.origin = DeadLetterOrigin::shard(
         "kinesis",
@@ -151,7 +155,9 @@ pub async fn stores_letters_untouched(factory: &dyn DeadLetterStoreFactory, test
 
 /// The same message dead-lettered again adds a failure to its entry.
 pub async fn repeated_letter_adds_a_failure(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let store = factory.create(test).await;
+    let Some(store) = open(factory, test).await else {
+        return;
+    };
     let first = letter("orders", "m1", "charge", "card declined");
     let mut again = letter("orders", "m1", "charge", "gateway timeout");
     again.failed_at = first.failed_at + chrono::Duration::seconds(5);
@@ -184,7 +190,9 @@ pub async fn repeated_letter_adds_a_failure(factory: &dyn DeadLetterStoreFactory
 
 /// Every filter criterion selects what [`DeadLetterFilter::matches`] says, and `count` agrees.
 pub async fn filters_agree_with_matches(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let store = factory.create(test).await;
+    let Some(store) = open(factory, test).await else {
+        return;
+    };
     let t0 = Utc::now() - chrono::Duration::minutes(10);
     let mut letters = Vec::new();
     for i in 0..12 {
@@ -257,7 +265,9 @@ pub async fn filters_agree_with_matches(factory: &dyn DeadLetterStoreFactory, te
 
 /// `list` pages in id order with `after` and `limit`.
 pub async fn pages_in_id_order(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let store = factory.create(test).await;
+    let Some(store) = open(factory, test).await else {
+        return;
+    };
     let letters = (0..25)
         .map(|i| letter("orders", &format!("m{i:02}"), "t", "e"))
         .collect();
@@ -288,7 +298,9 @@ pub async fn pages_in_id_order(factory: &dyn DeadLetterStoreFactory, test: &str)
 
 /// Replay marks are a compare-and-set on the generation, pending then done.
 pub async fn replay_marks_are_compare_and_set(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let store = factory.create(test).await;
+    let Some(store) = open(factory, test).await else {
+        return;
+    };
     store
         .insert(vec![letter("orders", "m1", "t", "e")])
         .await
@@ -351,7 +363,9 @@ pub async fn replay_marks_are_compare_and_set(factory: &dyn DeadLetterStoreFacto
 
 /// `purge` deletes exactly the matching entries.
 pub async fn purge_deletes_only_matches(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let store = factory.create(test).await;
+    let Some(store) = open(factory, test).await else {
+        return;
+    };
     let letters = (0..10)
         .map(|i| {
             let q = if i < 4 { "orders" } else { "emails" };
@@ -383,13 +397,14 @@ pub async fn purge_deletes_only_matches(factory: &dyn DeadLetterStoreFactory, te
         7
     );
 }
+
 /// Stamps one `#[tokio::test]` per dead-letter store case, each calling `$factory` for a fresh
 /// [`DeadLetterStoreFactory`]. The calling crate needs `tokio` with `macros` and
 /// `rt-multi-thread`.
 #[macro_export]
 macro_rules! dead_letter_store_tests {
     ($factory:expr) => {
-        $crate::dead_letter_store_tests!(@cases $factory;
+        $crate::__stamp_cases!($factory; dead_letter;
             stores_letters_untouched,
             repeated_letter_adds_a_failure,
             filters_agree_with_matches,
@@ -397,18 +412,5 @@ macro_rules! dead_letter_store_tests {
             replay_marks_are_compare_and_set,
             purge_deletes_only_matches
         );
-    };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let factory = $factory;
-                let test = concat!(module_path!(), "::", stringify!($case));
-                if $crate::testkit::dead_letter::should_skip(&factory, test) {
-                    return;
-                }
-                $crate::testkit::dead_letter::$case(&factory, stringify!($case)).await;
-            }
-        )*
     };
 }

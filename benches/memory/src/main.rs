@@ -3,7 +3,8 @@
 //!
 //! Both sides build the same `NewMessage` values (type + small JSON payload) and count them on the
 //! consumer side; the queue adds ids, timestamps, claiming under a lease, the handler call and the
-//! completion. Printed: messages/s of each and their ratio.
+//! completion. Printed: messages/s of each and their ratio, then the targets, one a line:
+//! `target <what>: <measured> <unit> (goal <= or >= <limit>) met|NOT met`.
 //!
 //! `MQ_BENCH_N` changes the message count; `MQ_BENCH_ONLY=bare|queue` runs one side once, for
 //! instruction counts under `valgrind --tool=callgrind`, which stay comparable on a busy machine.
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use mq_bench_report::{Goal, target};
 use mq_core::{
     Batch, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName, handler_fn,
 };
@@ -19,6 +21,12 @@ use mq_memory::InMemoryQueue;
 use serde_json::json;
 
 const CHUNK: usize = 1_000;
+
+/// The queue may take at most this many times as long as the bare channel.
+const MAX_SLOWDOWN: f64 = 5.0;
+
+/// The queue's own throughput, messages per second, at least.
+const MIN_RATE: f64 = 250_000.0;
 
 fn count() -> usize {
     std::env::var("MQ_BENCH_N")
@@ -131,9 +139,19 @@ async fn main() -> anyhow::Result<()> {
     println!("messages: {}, runs: 3 each (best shown)", count());
     println!("bare tokio mpsc : {:>12.0} msg/s ({:?})", rate(b), b);
     println!("InMemoryQueue   : {:>12.0} msg/s ({:?})", rate(o), o);
-    println!(
-        "ratio (mpsc / InMemoryQueue time): {:.2}x slower",
-        o.as_secs_f64() / b.as_secs_f64()
+    let slowdown = o.as_secs_f64() / b.as_secs_f64();
+    println!("ratio (mpsc / InMemoryQueue time): {slowdown:.2}x slower");
+    target(
+        "InMemoryQueue time / bare mpsc time",
+        slowdown,
+        "x",
+        Goal::AtMost(MAX_SLOWDOWN),
+    );
+    target(
+        "InMemoryQueue throughput",
+        rate(o),
+        "msg/s",
+        Goal::AtLeast(MIN_RATE),
     );
     Ok(())
 }
