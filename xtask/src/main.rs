@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 
 mod bench;
 mod ci;
+mod provision;
 mod services;
 mod test;
 
@@ -19,7 +20,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
   services up        start the services the tests need (PostgreSQL, MariaDB, Redis, and a
-                     MongoDB-compatible server, built with cargo install if missing) when they
+                     MongoDB-compatible server, built with cargo install if missing; on a Debian
+                     machine without them, PostgreSQL, MariaDB, Redis and Prometheus are
+                     installed with apt and configured for the tests first) when they
                      are not running, and print the variables the tests read
   services status    say which services answer
   services down      stop the servers xtask started itself (by the pid it recorded; the

@@ -176,6 +176,7 @@ pub(crate) fn status() {
 /// `services up`: starts what is down, waits for it, and returns the variables to give the
 /// tests (also printed as `export` lines).
 pub(crate) fn up() -> Result<Vec<(String, String)>> {
+    crate::provision::fresh_machine()?;
     let mut vars = Vec::new();
     let mut missing = Vec::new();
     for s in SERVICES {
