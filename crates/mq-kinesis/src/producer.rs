@@ -360,7 +360,7 @@ impl KinesisProducer {
                     .set_records(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| crate::consumer::error_text(&e)),
+                    .map_err(|e| crate::error::error_text(&e)),
                 Err(e) => Err(e.to_string()),
             };
             let mut failed: Vec<(usize, PreparedRecord, String, String)> = Vec::new();
