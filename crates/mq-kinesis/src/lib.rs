@@ -19,6 +19,12 @@
 //!   cancellation on timeout; see [`KinesisQueue`] for the guarantees. Shards are polled with
 //!   `GetRecords` by default, or pushed over `SubscribeToShard` with enhanced fan-out
 //!   ([`ShardOptions::enhanced_fan_out`], see [`fanout`]).
+//! - Inspection: [`stream_status`] (or [`KinesisQueue::stream_status`]) reports a stream's shards
+//!   with their lease (owner, epoch, expiry), checkpoint, failure counts and assignment, read
+//!   through the [`LeaseStore`], for operators and dashboards.
+//!
+//! The drivers are re-exported ([`aws_sdk_kinesis`], [`fred`]), so a client you build and hand
+//! in is always of the version this crate uses.
 //!
 //! # Quickstart
 //!
