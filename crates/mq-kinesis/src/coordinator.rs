@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::assignment::{ShardLineage, balanced_assignment, eligible_shards};
 use crate::consumer::{ShardConsumer, ShardEnv, ShardExit};
 use crate::lease::LeaseState;
-use crate::queue::{KinesisQueue, list_shard_lineage};
+use crate::shards::list_shard_lineage;
 
 /// A shard consumer this worker runs.
 struct Running {
@@ -43,8 +43,18 @@ impl Running {
     }
 }
 
+/// The fleet settings of a worker, from [`KinesisOptions`](crate::KinesisOptions).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FleetSettings {
+    pub(crate) rebalance_interval: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) membership_ttl: Duration,
+    pub(crate) discovery_interval: Duration,
+    pub(crate) heartbeat_failure_threshold: u32,
+}
+
 pub(crate) struct Coordinator {
-    queue: KinesisQueue,
+    fleet: FleetSettings,
     env: ShardEnv,
     stopper: ConsumerStopper,
     info: ConsumerInfo,
@@ -67,7 +77,7 @@ pub(crate) struct Coordinator {
 
 impl Coordinator {
     pub(crate) fn new(
-        queue: KinesisQueue,
+        fleet: FleetSettings,
         env: ShardEnv,
         stopper: ConsumerStopper,
         info: ConsumerInfo,
@@ -75,7 +85,7 @@ impl Coordinator {
         let (exits_tx, exits) = mpsc::unbounded_channel();
         Coordinator {
             stream: env.queue.as_str().to_owned(),
-            queue,
+            fleet,
             env,
             stopper,
             info,
@@ -101,18 +111,15 @@ impl Coordinator {
     /// How long a heartbeat keeps this instance a member: the configured TTL, but never longer
     /// than a lease (a dead member's shards are reassigned only once it left the membership).
     fn membership_ttl(&self) -> Duration {
-        let o = self.queue.options();
-        o.get_membership_ttl()
+        self.fleet
+            .membership_ttl
             .min(self.env.options.get_lease_duration())
-            .max(o.get_rebalance_interval() * 3)
+            .max(self.fleet.rebalance_interval * 3)
     }
 
     /// A few heartbeats per membership TTL, so one slow call does not drop the instance.
     fn heartbeat_interval(&self) -> Duration {
-        self.queue
-            .options()
-            .get_heartbeat_interval()
-            .min(self.membership_ttl() / 3)
+        self.fleet.heartbeat_interval.min(self.membership_ttl() / 3)
     }
 
     fn trouble(&self) {
@@ -123,7 +130,7 @@ impl Coordinator {
         self.emit(|| LifecycleEvent::ConsumerConnected {
             consumer: self.info.clone(),
         });
-        let tick = self.queue.options().get_rebalance_interval();
+        let tick = self.fleet.rebalance_interval;
         let stop = self.stopper.stop_token().clone();
         while !stop.is_cancelled() {
             let mut ended = false;
@@ -182,13 +189,13 @@ impl Coordinator {
         }
     }
 
-    /// K8: the membership heartbeat; repeated failure is an event.
+    /// The membership heartbeat; repeated failure is an event.
     async fn heartbeat(&mut self) {
         if Instant::now() < self.next_heartbeat {
             return;
         }
         self.next_heartbeat = Instant::now() + self.heartbeat_interval();
-        let threshold = self.queue.options().get_heartbeat_failure_threshold();
+        let threshold = self.fleet.heartbeat_failure_threshold;
         match self
             .env
             .store
@@ -213,7 +220,7 @@ impl Coordinator {
     }
 
     async fn rebalance(&mut self, ended: bool) -> crate::Result<()> {
-        let o = self.queue.options().clone();
+        let discovery = self.fleet.discovery_interval;
         let mut members = self.env.store.live_instances(&self.stream).await?;
         // we know we are alive even when our heartbeat did not reach the store
         if !members.contains(&self.env.instance_id) {
@@ -221,18 +228,13 @@ impl Coordinator {
             members.sort();
         }
         let changed = members != self.members;
-        let discovery_due = self
-            .full_at
-            .is_none_or(|t| t.elapsed() >= o.get_discovery_interval());
+        let discovery_due = self.full_at.is_none_or(|t| t.elapsed() >= discovery);
         if !(changed || ended || self.wanting || discovery_due) {
             return Ok(());
         }
         self.members = members;
-        if self
-            .listed_at
-            .is_none_or(|t| t.elapsed() >= o.get_discovery_interval())
-        {
-            self.listing = list_shard_lineage(self.queue.client(), &self.stream).await?;
+        if self.listed_at.is_none_or(|t| t.elapsed() >= discovery) {
+            self.listing = list_shard_lineage(&self.env.client, &self.stream).await?;
             self.listed_at = Some(Instant::now());
         }
         let leases: HashMap<String, LeaseState> = self

@@ -173,3 +173,9 @@ impl From<Error> for mq_core::Error {
         }
     }
 }
+
+/// An AWS SDK error with its whole context (the service's code and message), for logs and
+/// error messages.
+pub(crate) fn error_text<E: std::error::Error + 'static>(e: &E) -> String {
+    aws_sdk_kinesis::error::DisplayErrorContext(e).to_string()
+}

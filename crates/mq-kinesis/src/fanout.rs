@@ -68,17 +68,15 @@ use std::time::Duration;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::{
-    ChildShard, ConsumerStatus, Record, ShardIteratorType, StartingPosition, SubscribeToShardEvent,
-    SubscribeToShardEventStream,
+    ChildShard, ConsumerStatus, Record, SubscribeToShardEvent, SubscribeToShardEventStream,
 };
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use chrono::{DateTime, Utc};
 use tokio::sync::{OnceCell, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::consumer::error_text;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, error_text};
+use crate::position::StartPosition;
 
 /// How long AWS serves one `SubscribeToShard` subscription before it ends it.
 pub const SUBSCRIPTION_LIMIT: Duration = Duration::from_secs(5 * 60);
@@ -132,52 +130,6 @@ pub enum FetchMode {
         /// and its throughput is shared by the instances (one subscription per shard at a time).
         consumer_name: String,
     },
-}
-
-/// Where a [`Subscription`] starts reading.
-///
-/// # Examples
-///
-/// ```
-/// use mq_kinesis::StartPosition;
-///
-/// let from_checkpoint = StartPosition::AfterSequenceNumber("49590338271490256608559692538361571095921575989136588898".into());
-/// assert_ne!(from_checkpoint, StartPosition::TrimHorizon);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StartPosition {
-    /// Right after this sequence number (a checkpoint, or a continuation sequence number).
-    AfterSequenceNumber(String),
-    /// At this sequence number.
-    AtSequenceNumber(String),
-    /// The oldest record kept by the stream.
-    TrimHorizon,
-    /// Only records written after the subscription starts.
-    Latest,
-    /// Records written at or after this time.
-    AtTimestamp(DateTime<Utc>),
-}
-
-impl StartPosition {
-    fn to_sdk(&self) -> Result<StartingPosition> {
-        let b = StartingPosition::builder();
-        let b = match self {
-            StartPosition::AfterSequenceNumber(s) => b
-                .r#type(ShardIteratorType::AfterSequenceNumber)
-                .sequence_number(s),
-            StartPosition::AtSequenceNumber(s) => b
-                .r#type(ShardIteratorType::AtSequenceNumber)
-                .sequence_number(s),
-            StartPosition::TrimHorizon => b.r#type(ShardIteratorType::TrimHorizon),
-            StartPosition::Latest => b.r#type(ShardIteratorType::Latest),
-            StartPosition::AtTimestamp(at) => b.r#type(ShardIteratorType::AtTimestamp).timestamp(
-                aws_smithy_types::DateTime::from_millis(at.timestamp_millis()),
-            ),
-        };
-        b.build()
-            .map_err(|e| Error::kinesis("SubscribeToShard", e.to_string()))
-    }
 }
 
 /// What one `SubscribeToShard` event (or a part of it) carried.

@@ -1,5 +1,6 @@
 //! Shard leases: the [`LeaseStore`] trait, its data, and sequence-number order.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -149,6 +150,15 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
 
     /// Forgets the failure counts of `shard` (after progress).
     async fn clear_failures(&self, stream: &str, shard: &str) -> Result<()>;
+
+    /// The failure counts of `shard` by the checkpoint the failed batches started after, as
+    /// [`record_failure`](Self::record_failure) counted them (empty after progress). For
+    /// inspection ([`stream_status`](crate::stream_status)); a store that does not override it
+    /// reports none.
+    async fn failure_counts(&self, stream: &str, shard: &str) -> Result<BTreeMap<String, u32>> {
+        let _ = (stream, shard);
+        Ok(BTreeMap::new())
+    }
 
     /// Records that `instance` is alive for `ttl`.
     async fn heartbeat(&self, stream: &str, instance: &str, ttl: Duration) -> Result<()>;

@@ -315,6 +315,10 @@ impl LeaseStore for DurableLeaseStore {
         self.leases.clear_failures(stream, shard).await
     }
 
+    async fn failure_counts(&self, stream: &str, shard: &str) -> Result<BTreeMap<String, u32>> {
+        self.leases.failure_counts(stream, shard).await
+    }
+
     async fn heartbeat(&self, stream: &str, instance: &str, ttl: Duration) -> Result<()> {
         self.leases.heartbeat(stream, instance, ttl).await
     }

@@ -367,6 +367,14 @@ impl LeaseStore for FileLeaseStore {
         .await
     }
 
+    async fn failure_counts(&self, stream: &str, shard: &str) -> Result<BTreeMap<String, u32>> {
+        let shard = shard.to_owned();
+        self.locked(stream, "failure_counts", move |dir| {
+            read_json(&poison_path(dir, &shard))
+        })
+        .await
+    }
+
     async fn clear_failures(&self, stream: &str, shard: &str) -> Result<()> {
         let shard = shard.to_owned();
         self.locked(stream, "clear_failures", move |dir| {

@@ -230,6 +230,15 @@ impl LeaseStore for InMemoryLeaseStore {
         Ok(*n)
     }
 
+    async fn failure_counts(&self, stream: &str, shard: &str) -> Result<BTreeMap<String, u32>> {
+        Ok(self
+            .lock()
+            .failures
+            .get(&key(stream, shard))
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default())
+    }
+
     async fn clear_failures(&self, stream: &str, shard: &str) -> Result<()> {
         self.lock().failures.remove(&key(stream, shard));
         Ok(())

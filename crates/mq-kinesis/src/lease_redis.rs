@@ -1,5 +1,6 @@
 //! The Redis lease store (`fred`, Lua scripts, Redis Cluster safe).
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
 
@@ -428,6 +429,19 @@ impl LeaseStore for RedisLeaseStore {
             .await
             .map_err(|e| Error::lease("record_failure", e))?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    async fn failure_counts(&self, stream: &str, shard: &str) -> Result<BTreeMap<String, u32>> {
+        use fred::interfaces::HashesInterface;
+        let counts: HashMap<String, i64> = self
+            .client
+            .hgetall(self.key(stream, "poison", shard))
+            .await
+            .map_err(|e| Error::lease("failure_counts", e))?;
+        Ok(counts
+            .into_iter()
+            .map(|(k, v)| (k, u32::try_from(v).unwrap_or(0)))
+            .collect())
     }
 
     async fn clear_failures(&self, stream: &str, shard: &str) -> Result<()> {

@@ -19,6 +19,12 @@
 //!   cancellation on timeout; see [`KinesisQueue`] for the guarantees. Shards are polled with
 //!   `GetRecords` by default, or pushed over `SubscribeToShard` with enhanced fan-out
 //!   ([`ShardOptions::enhanced_fan_out`], see [`fanout`]).
+//! - Inspection: [`stream_status`] (or [`KinesisQueue::stream_status`]) reports a stream's shards
+//!   with their lease (owner, epoch, expiry), checkpoint, failure counts and assignment, read
+//!   through the [`LeaseStore`], for operators and dashboards.
+//!
+//! The drivers are re-exported ([`aws_sdk_kinesis`], [`fred`]), so a client you build and hand
+//! in is always of the version this crate uses.
 //!
 //! # Quickstart
 //!
@@ -60,27 +66,37 @@ mod lease_durable;
 mod lease_file;
 mod lease_memory;
 mod lease_redis;
+mod position;
 mod producer;
 mod queue;
 mod record;
+mod shards;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use assignment::{Assignment, ShardLineage, balanced_assignment, eligible_shards};
-pub use consumer::{InitialPosition, ShardOptions};
+pub use consumer::ShardOptions;
 pub use dead_letter_sink::{
     DEAD_LETTER_MESSAGE_TYPE, KinesisDeadLetterSink, dead_letter_from_message,
 };
 pub use error::{Error, Result};
-pub use fanout::{FanOutBatch, FetchMode, StartPosition, Subscription, register_stream_consumer};
+pub use fanout::{FanOutBatch, FetchMode, Subscription, register_stream_consumer};
 pub use lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, compare_sequence_numbers};
 pub use lease_durable::DurableLeaseStore;
 pub use lease_file::FileLeaseStore;
 pub use lease_memory::InMemoryLeaseStore;
 pub use lease_redis::RedisLeaseStore;
+pub use position::StartPosition;
 pub use producer::{
     KinesisProducer, MAX_PARTITION_KEY_CHARS, MAX_RECORD_BYTES, MAX_RECORDS_PER_REQUEST,
     MAX_REQUEST_BYTES, PartitionKeyStrategy, ProducerOptions, PutFailure, PutReport, PutSuccess,
 };
 pub use queue::{KinesisOptions, KinesisQueue};
 pub use record::decode_record;
+pub use shards::{ShardStatus, StreamStatus, stream_status};
+
+/// The AWS SDK for Kinesis this crate is built on, for the [`Client`](aws_sdk_kinesis::Client)
+/// handed to [`KinesisOptions::client`] and [`stream_status`].
+pub use aws_sdk_kinesis;
+/// The Redis client of [`RedisLeaseStore`].
+pub use fred;

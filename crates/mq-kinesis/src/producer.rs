@@ -22,7 +22,7 @@ pub const MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
 /// Longest partition key, in characters.
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
 
-/// How a message without its own `partition_key` gets one (backlog MED-004).
+/// How a message without its own `partition_key` gets one.
 ///
 /// A message's own key always wins. Records with equal keys land on one shard in order.
 ///
@@ -360,7 +360,7 @@ impl KinesisProducer {
                     .set_records(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| crate::consumer::error_text(&e)),
+                    .map_err(|e| crate::error::error_text(&e)),
                 Err(e) => Err(e.to_string()),
             };
             let mut failed: Vec<(usize, PreparedRecord, String, String)> = Vec::new();

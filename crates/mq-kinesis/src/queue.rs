@@ -17,16 +17,17 @@ use mq_core::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::assignment::{ShardLineage, eligible_shards};
-use crate::consumer::{BACKEND, RecordBucket, ShardConsumer, ShardEnv, ShardOptions, error_text};
-use crate::coordinator::Coordinator;
-use crate::error::Error;
+use crate::assignment::eligible_shards;
+use crate::consumer::{BACKEND, RecordBucket, ShardConsumer, ShardEnv, ShardOptions};
+use crate::coordinator::{Coordinator, FleetSettings};
+use crate::error::{Error, error_text};
 use crate::lease::LeaseStore;
 use crate::producer::{KinesisProducer, ProducerOptions};
+use crate::shards::{StreamStatus, list_shard_lineage, stream_status};
 
 /// Settings of a [`KinesisQueue`].
 ///
-/// Client settings (LOW-003): region, endpoint URL and credentials come from here when set and
+/// Client settings: region, endpoint URL and credentials come from here when set and
 /// from the standard AWS chain (environment, profile, instance metadata) otherwise; or hand in a
 /// ready client with [`KinesisOptions::client`].
 ///
@@ -218,7 +219,7 @@ impl KinesisOptions {
     pub fn get_heartbeat_failure_threshold(&self) -> u32 {
         self.heartbeat_failure_threshold
     }
-    /// Heartbeat failures in a row before the `heartbeat_failure` event fires (K8).
+    /// Heartbeat failures in a row before the `heartbeat_failure` event fires.
     pub fn heartbeat_failure_threshold(mut self, n: u32) -> Self {
         self.heartbeat_failure_threshold = n.max(1);
         self
@@ -284,15 +285,15 @@ impl KinesisOptions {
 ///
 /// - starts after the shard's checkpoint, or at [`ShardOptions::initial_position`];
 /// - renews its lease every third of [`ConsumerOptions::lease_duration`], retrying with backoff
-///   before giving up (K2), for as long as it runs, including while a handler overruns its
+///   before giving up, for as long as it runs, including while a handler overruns its
 ///   timeout: the handler's token is cancelled and the batch is not handed to anyone else until
-///   the handler returned (K4);
-/// - backs off on throttling without counting it as an error (K3) and re-creates expired
+///   the handler returned;
+/// - backs off on throttling without counting it as an error and re-creates expired
 ///   iterators from the checkpoint;
 /// - counts every batch start in the lease store by checkpoint, so a batch that never completes
 ///   (a crash, a lost lease, on any instance) is retried record by record and, past
 ///   [`ShardOptions::poison_threshold`], the record goes to the dead-letter hook, a `poison_pill`
-///   event fires and the shard moves on (K1);
+///   event fires and the shard moves on;
 /// - retries messages in place with the retry policy's backoff; exhausted, failed and
 ///   dead-lettered messages go to the dead-letter hook (retried until it accepts them) before the
 ///   checkpoint moves past them. Without a hook they are reported as `failed` events and an error
@@ -380,8 +381,43 @@ impl KinesisQueue {
         &self.inner.client
     }
 
-    pub(crate) fn options(&self) -> &KinesisOptions {
-        &self.inner.options
+    /// The status of `stream`: its shards with their lease (owner, epoch, expiry), checkpoint,
+    /// failure counts and assignment, and the live instances, read through this queue's lease
+    /// store; see [`stream_status`](crate::stream_status).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kinesis`] when `ListShards` fails, [`Error::LeaseStore`] when the store does.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(queue: mq_kinesis::KinesisQueue) -> mq_kinesis::Result<()> {
+    /// let status = queue.stream_status("orders").await?;
+    /// println!("live: {:?}", status.live_instances);
+    /// for s in &status.shards {
+    ///     println!("{} held by {:?} (epoch {})", s.shard, s.lease.owner, s.lease.epoch);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn stream_status(&self, stream: &str) -> crate::Result<StreamStatus> {
+        stream_status(
+            &self.inner.client,
+            self.inner.options.lease_store.as_ref(),
+            stream,
+        )
+        .await
+    }
+
+    fn fleet(&self) -> FleetSettings {
+        let o = &self.inner.options;
+        FleetSettings {
+            rebalance_interval: o.rebalance_interval,
+            heartbeat_interval: o.heartbeat_interval,
+            membership_ttl: o.membership_ttl,
+            discovery_interval: o.discovery_interval,
+            heartbeat_failure_threshold: o.heartbeat_failure_threshold,
+        }
     }
 
     fn check_open(&self) -> mq_core::Result<()> {
@@ -430,44 +466,6 @@ impl KinesisQueue {
             shut: self.inner.shut.clone(),
             instance_limiter: self.inner.instance_limiter.clone(),
             store_trouble: self.inner.store_trouble.clone(),
-        }
-    }
-}
-
-/// Every shard of `stream` with its lineage, in API order (closed shards included), over every
-/// page of ListShards.
-pub(crate) async fn list_shard_lineage(
-    client: &Client,
-    stream: &str,
-) -> crate::Result<Vec<ShardLineage>> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let req = match &token {
-            Some(t) => client.list_shards().next_token(t),
-            None => client.list_shards().stream_name(stream),
-        };
-        let page = req
-            .send()
-            .await
-            .map_err(|e| Error::kinesis("ListShards", error_text(&e)))?;
-        out.extend(page.shards().iter().map(|s| {
-            let closed = s
-                .sequence_number_range()
-                .is_some_and(|r| r.ending_sequence_number().is_some());
-            let lineage = ShardLineage::new(s.shard_id()).closed(closed);
-            let lineage = match s.parent_shard_id() {
-                Some(p) => lineage.parent(p),
-                None => lineage,
-            };
-            match s.adjacent_parent_shard_id() {
-                Some(p) => lineage.parent(p),
-                None => lineage,
-            }
-        }));
-        match page.next_token() {
-            Some(t) if !t.is_empty() && !page.shards().is_empty() => token = Some(t.to_owned()),
-            _ => return Ok(out),
         }
     }
 }
@@ -577,7 +575,7 @@ impl MessageQueue for KinesisQueue {
         );
         let info = ConsumerInfo::worker(worker_id.clone(), q.clone(), BACKEND);
         let env = self.env(q, handler, options, worker_id.clone());
-        let coordinator = Coordinator::new(self.clone(), env, stopper.clone(), info);
+        let coordinator = Coordinator::new(self.fleet(), env, stopper.clone(), info);
         stopper.tracker().spawn(coordinator.run());
         self.inner
             .consumers

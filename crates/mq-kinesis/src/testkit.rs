@@ -396,7 +396,7 @@ pub mod cases {
         assert!(store.set_checkpoint(&s, "sh", "12x").await.is_err());
     }
 
-    /// Poison counters per (shard, checkpoint), shared and resettable.
+    /// Poison counters per (shard, checkpoint), shared, readable and resettable.
     pub async fn poison_counters(f: &dyn LeaseStoreFactory, test: &str) {
         let Some(store) = f.create(test).await else {
             return;
@@ -406,7 +406,13 @@ pub mod cases {
         assert_eq!(store.record_failure(&s, "sh", "10").await.unwrap(), 2);
         assert_eq!(store.record_failure(&s, "sh", "11").await.unwrap(), 1);
         assert_eq!(store.record_failure(&s, "other", "10").await.unwrap(), 1);
+        let counts = store.failure_counts(&s, "sh").await.unwrap();
+        let expected: std::collections::BTreeMap<String, u32> =
+            [("10".to_owned(), 2), ("11".to_owned(), 1)].into();
+        assert_eq!(counts, expected, "failure counts by checkpoint");
         store.clear_failures(&s, "sh").await.unwrap();
+        assert!(store.failure_counts(&s, "sh").await.unwrap().is_empty());
+        assert!(store.failure_counts(&s, "never").await.unwrap().is_empty());
         assert_eq!(store.record_failure(&s, "sh", "10").await.unwrap(), 1);
         assert_eq!(store.record_failure(&s, "other", "10").await.unwrap(), 2);
     }

@@ -1,6 +1,6 @@
-//! Lease renewal retries with backoff before giving up (K2); a lease that cannot be renewed is
+//! Lease renewal retries with backoff before giving up; a lease that cannot be renewed is
 //! lost: the handler's token is cancelled and nothing is checkpointed. Heartbeat failures are
-//! counted and reported past a threshold (K8).
+//! counted and reported past a threshold.
 
 #[path = "common/emulator.rs"]
 mod emulator;

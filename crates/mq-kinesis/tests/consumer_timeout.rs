@@ -1,5 +1,5 @@
 //! A handler past its timeout: its token is cancelled, the consumer keeps (renews) the lease until
-//! the handler has returned, and the batch runs again only after that (backlog K4).
+//! the handler has returned, and the batch runs again only after that.
 
 #[path = "common/emulator.rs"]
 mod emulator;

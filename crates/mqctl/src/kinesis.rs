@@ -15,19 +15,16 @@
 //! again, none is skipped that the operator did not name).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use aws_sdk_kinesis::types::Shard;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
-use fred::interfaces::HashesInterface;
 use mq::backend::{CheckpointStore, compare_sequence_numbers, normalize_sequence_number};
 use mq::kinesis::{
-    DurableLeaseStore, LeaseState, LeaseStore, RedisLeaseStore, ShardLineage, balanced_assignment,
-    eligible_shards,
+    DurableLeaseStore, LeaseState, LeaseStore, RedisLeaseStore, ShardStatus, stream_status,
 };
 use serde::Serialize;
 
@@ -149,7 +146,6 @@ enum LeaseCommand {
 
 /// The lease stores a command works on.
 struct Stores {
-    redis: RedisLeaseStore,
     /// Redis alone, or Redis with the durable checkpoints.
     leases: Arc<dyn LeaseStore>,
     /// Where the checkpoints are read from, for the output.
@@ -182,16 +178,14 @@ impl KinesisArgs {
             })?;
         let Some(url) = self.checkpoint_url.as_deref().filter(|u| !u.is_empty()) else {
             return Ok(Stores {
-                leases: Arc::new(redis.clone()),
-                redis,
+                leases: Arc::new(redis),
                 checkpoints: "redis".to_owned(),
             });
         };
         let checkpoints =
             open_checkpoints(url, &self.checkpoint_table, &self.mongo_database).await?;
         Ok(Stores {
-            leases: Arc::new(DurableLeaseStore::new(Arc::new(redis.clone()), checkpoints)),
-            redis,
+            leases: Arc::new(DurableLeaseStore::new(Arc::new(redis), checkpoints)),
             checkpoints: format!("{} ({})", redact(url), self.checkpoint_table),
         })
     }
@@ -241,31 +235,6 @@ async fn open_checkpoints(
     })
 }
 
-/// Every shard of `stream` that ListShards returns.
-async fn list_shards(
-    kinesis: &aws_sdk_kinesis::Client,
-    stream: &str,
-) -> anyhow::Result<Vec<Shard>> {
-    let mut listed = Vec::new();
-    let mut next: Option<String> = None;
-    loop {
-        let req = match &next {
-            Some(token) => kinesis.list_shards().next_token(token),
-            None => kinesis.list_shards().stream_name(stream),
-        };
-        let out = req
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!(aws_sdk_kinesis::error::DisplayErrorContext(e)))
-            .with_context(|| format!("listing the shards of stream {stream:?}"))?;
-        listed.extend(out.shards.unwrap_or_default());
-        next = out.next_token.filter(|t| !t.is_empty());
-        if next.is_none() {
-            return Ok(listed);
-        }
-    }
-}
-
 pub(crate) async fn run(args: KinesisArgs, global: Global) -> anyhow::Result<ExitCode> {
     match &args.command {
         KinesisCommand::Status { stream } => {
@@ -296,13 +265,21 @@ pub(crate) async fn run(args: KinesisArgs, global: Global) -> anyhow::Result<Exi
 }
 
 /// The shard `shard` of `stream`, or a clear refusal naming the shards there are.
-async fn find_shard(args: &KinesisArgs, stream: &str, shard: &str) -> anyhow::Result<Shard> {
-    let shards = list_shards(&args.kinesis().await, stream).await?;
-    if let Some(s) = shards.iter().find(|s| s.shard_id() == shard) {
+async fn find_shard(
+    args: &KinesisArgs,
+    stores: &Stores,
+    stream: &str,
+    shard: &str,
+) -> anyhow::Result<ShardStatus> {
+    let status = stream_status(&args.kinesis().await, stores.leases.as_ref(), stream)
+        .await
+        .with_context(|| format!("listing the shards of stream {stream:?}"))?;
+    let listed: Vec<ShardStatus> = status.shards.into_iter().filter(|s| s.listed).collect();
+    if let Some(s) = listed.iter().find(|s| s.shard == shard) {
         return Ok(s.clone());
     }
-    let mut ids: Vec<&str> = shards.iter().map(Shard::shard_id).take(10).collect();
-    if shards.len() > ids.len() {
+    let mut ids: Vec<&str> = listed.iter().map(|s| s.shard.as_str()).take(10).collect();
+    if listed.len() > ids.len() {
         ids.push("…");
     }
     anyhow::bail!(
@@ -417,10 +394,9 @@ async fn move_checkpoint(
     };
     let seq =
         normalize_sequence_number(&m.sequence).map_err(|e| anyhow::anyhow!("--sequence: {e}"))?;
-    let shard = find_shard(args, &m.stream, &m.shard).await?;
-    if let Some(end) = shard
-        .sequence_number_range()
-        .and_then(|r| r.ending_sequence_number())
+    let stores = args.stores().await?;
+    let shard = find_shard(args, &stores, &m.stream, &m.shard).await?;
+    if let Some(end) = shard.ending_sequence_number.as_deref()
         && compare_sequence_numbers(&seq, end) == Ordering::Greater
     {
         anyhow::bail!(
@@ -428,7 +404,6 @@ async fn move_checkpoint(
             m.shard
         );
     }
-    let stores = args.stores().await?;
     let before = stores
         .leases
         .state(&m.stream, &m.shard)
@@ -500,8 +475,8 @@ async fn release(
              and frees the shard for any instance; the checkpoint is kept, so records handled since it are delivered again"
         );
     }
-    find_shard(args, stream, shard).await?;
     let stores = args.stores().await?;
+    find_shard(args, &stores, stream, shard).await?;
     let before = stores
         .leases
         .state(stream, shard)
@@ -534,8 +509,8 @@ async fn release(
 }
 
 /// One shard, as Kinesis lists it and as the lease store holds it.
-#[derive(Debug, Default, Serialize)]
-struct ShardStatus {
+#[derive(Debug, Serialize)]
+struct ShardView {
     shard: String,
     /// False for a shard the lease store knows but ListShards no longer returns (expired).
     listed: bool,
@@ -566,128 +541,46 @@ struct Status {
     /// Where the checkpoints come from: `redis`, or the durable store.
     checkpoints: String,
     live_instances: Vec<String>,
-    shards: Vec<ShardStatus>,
+    shards: Vec<ShardView>,
 }
 
 async fn status(args: &KinesisArgs, stream: &str) -> anyhow::Result<Status> {
-    let listed = list_shards(&args.kinesis().await, stream).await?;
+    let kinesis = args.kinesis().await;
     let stores = args.stores().await?;
-    let states: HashMap<String, LeaseState> = stores
-        .leases
-        .leases(stream)
+    let status = stream_status(&kinesis, stores.leases.as_ref(), stream)
         .await
-        .context("reading the leases")?
+        .with_context(|| format!("reading the status of stream {stream:?}"))?;
+    let shards = status
+        .shards
         .into_iter()
-        .map(|s| (s.shard.clone(), s))
-        .collect();
-    let live_instances = stores
-        .leases
-        .live_instances(stream)
-        .await
-        .context("reading the live instances")?;
-
-    let mut shards: BTreeMap<String, ShardStatus> = BTreeMap::new();
-    for s in &listed {
-        let id = s.shard_id().to_owned();
-        shards.insert(
-            id.clone(),
-            ShardStatus {
-                shard: id,
-                listed: true,
-                parent: s.parent_shard_id().map(str::to_owned),
-                adjacent_parent: s.adjacent_parent_shard_id().map(str::to_owned),
-                closed: s
-                    .sequence_number_range()
-                    .and_then(|r| r.ending_sequence_number())
-                    .is_some(),
-                ..ShardStatus::default()
-            },
-        );
-    }
-    for shard in states.keys() {
-        shards.entry(shard.clone()).or_insert_with(|| ShardStatus {
-            shard: shard.clone(),
-            ..ShardStatus::default()
-        });
-    }
-    let lineage: Vec<(String, String)> = shards
-        .values()
-        .flat_map(|s| {
-            [&s.parent, &s.adjacent_parent]
+        .map(|s| ShardView {
+            owner: s.lease.owner.clone().filter(|o| !o.is_empty()),
+            epoch: s.lease.epoch,
+            live: s.lease.live,
+            lease_expires_at: expiry(s.lease.expires_at_ms),
+            lease_expires_at_ms: s.lease.expires_at_ms,
+            checkpoint: s.lease.checkpoint.clone().filter(|c| !c.is_empty()),
+            finished: s.lease.finished,
+            poison: s
+                .failures
                 .into_iter()
-                .flatten()
-                .map(|p| (p.clone(), s.shard.clone()))
-                .collect::<Vec<_>>()
+                .map(|(k, v)| (k, u64::from(v)))
+                .collect(),
+            shard: s.shard,
+            listed: s.listed,
+            parent: s.parent,
+            adjacent_parent: s.adjacent_parent,
+            children: s.children,
+            closed: s.closed,
+            waiting_for_parents: s.waiting_for_parents,
+            assigned_to: s.assigned_to,
         })
         .collect();
-    for (parent, child) in lineage {
-        if let Some(p) = shards.get_mut(&parent) {
-            p.children.push(child);
-        }
-    }
-    for s in shards.values_mut() {
-        if let Some(l) = states.get(&s.shard) {
-            s.owner = l.owner.clone().filter(|o| !o.is_empty());
-            s.epoch = l.epoch;
-            s.live = l.live;
-            s.lease_expires_at_ms = l.expires_at_ms;
-            s.lease_expires_at = expiry(l.expires_at_ms);
-            s.checkpoint = l.checkpoint.clone().filter(|c| !c.is_empty());
-            s.finished = l.finished;
-        }
-        // The poison counters are a hash per shard (see RedisLeaseStore's key layout).
-        let key = format!("{}:{{{}}}:poison:{}", args.prefix, stream, s.shard);
-        let counts: HashMap<String, i64> = stores
-            .redis
-            .client()
-            .hgetall(key)
-            .await
-            .context("reading the poison-pill counters")?;
-        s.poison = counts
-            .into_iter()
-            .map(|(k, v)| (k, u64::try_from(v).unwrap_or(0)))
-            .collect();
-    }
-    // What the consumers compute: which shards may be read, and who should read them.
-    let lineage: Vec<ShardLineage> = shards
-        .values()
-        .filter(|s| s.listed)
-        .map(|s| {
-            [&s.parent, &s.adjacent_parent]
-                .into_iter()
-                .flatten()
-                .fold(ShardLineage::new(&s.shard).closed(s.closed), |l, p| {
-                    l.parent(p)
-                })
-        })
-        .collect();
-    let finished: HashSet<String> = shards
-        .values()
-        .filter(|s| s.finished)
-        .map(|s| s.shard.clone())
-        .collect();
-    let eligible = eligible_shards(&lineage, &finished);
-    let current: BTreeMap<String, String> = shards
-        .values()
-        .filter(|s| s.live)
-        .filter_map(|s| s.owner.clone().map(|o| (s.shard.clone(), o)))
-        .collect();
-    for (instance, assigned) in balanced_assignment(&live_instances, &eligible, &current) {
-        for shard in assigned {
-            if let Some(s) = shards.get_mut(&shard) {
-                s.assigned_to = Some(instance.clone());
-            }
-        }
-    }
-    for s in shards.values_mut() {
-        s.waiting_for_parents =
-            s.listed && !s.finished && eligible.binary_search(&s.shard).is_err();
-    }
     Ok(Status {
-        stream: stream.to_owned(),
+        stream: status.stream,
         checkpoints: stores.checkpoints,
-        live_instances,
-        shards: shards.into_values().collect(),
+        live_instances: status.live_instances,
+        shards,
     })
 }
 

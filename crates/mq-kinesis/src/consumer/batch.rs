@@ -1,0 +1,348 @@
+//! A batch of records: decoding, the handler (run through `mq_core`'s `HandlerRunner`),
+//! outcomes, retries in place, dead letters and poison pills: the `Processing` state.
+
+use std::time::Duration;
+
+use aws_sdk_kinesis::types::Record;
+use chrono::{DateTime, TimeZone, Utc};
+use mq_core::backend::BatchResult;
+use mq_core::{
+    Batch, DeadLetter, DeadLetterOrigin, ErrorChain, LifecycleEvent, Message, MessageId,
+    MessageInfo, Outcome, Status,
+};
+
+use super::{BACKEND, ShardConsumer, State};
+use crate::record::decode_record;
+
+impl ShardConsumer {
+    pub(super) async fn process(
+        &mut self,
+        mut records: Vec<Record>,
+        mut reopen: bool,
+        failures: u32,
+    ) -> State {
+        let threshold = self.env.shard_options.get_poison_threshold();
+        if failures > 1 && records.len() > 1 {
+            // an earlier start from this checkpoint never completed: isolate the first record
+            records.truncate(1);
+            reopen = true;
+        }
+        let Some(last) = records.last().map(|r| r.sequence_number().to_owned()) else {
+            return State::Opening;
+        };
+        let count = records.len() as u64;
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        let mut messages: Vec<(Message, String)> = Vec::new();
+        for r in &records {
+            let seq = r.sequence_number().to_owned();
+            let arrival = r
+                .approximate_arrival_timestamp()
+                .and_then(|t| t.to_millis().ok())
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+                .unwrap_or_else(Utc::now);
+            match decode_record(
+                r.data().as_ref(),
+                &self.env.queue,
+                &self.shard,
+                &seq,
+                arrival,
+            ) {
+                Ok(m) => messages.push((m, seq)),
+                Err(e) => {
+                    let m = self.placeholder(&seq, r.data().as_ref(), arrival);
+                    letters.push(self.letter(m, &seq, ErrorChain::from_error(&e), false));
+                }
+            }
+        }
+        if failures > threshold {
+            // the record at the checkpoint kept failing (crashes and other instances included)
+            let from = self.position.clone().unwrap_or_else(|| "start".into());
+            for (m, seq) in messages.drain(..) {
+                let e = ErrorChain::msg(format!(
+                    "poison pill: processing from checkpoint {from} failed {} times",
+                    failures - 1
+                ));
+                letters.push(self.letter(m, &seq, e, true));
+            }
+            if !self.deliver_letters(letters).await {
+                return self.interrupted();
+            }
+            let mut result = BatchResult::failure(records.len(), records.len());
+            result.poison_pill = true;
+            self.env.strategy.record(&self.key, &result);
+            self.emit(|| LifecycleEvent::PoisonPill {
+                consumer: self.info.clone(),
+                checkpoint: from.clone(),
+                failures: failures - 1,
+                records: records.len(),
+            });
+            return State::Checkpointing {
+                sequence: last,
+                reopen,
+                records: count,
+            };
+        }
+        if !letters.is_empty() && !self.deliver_letters(std::mem::take(&mut letters)).await {
+            return self.interrupted();
+        }
+        if !self.confirm_lease().await || !self.take_tokens(messages.len()).await {
+            return self.interrupted();
+        }
+        match self.handle_in_place(messages).await {
+            Ok(()) => State::Checkpointing {
+                sequence: last,
+                reopen,
+                records: count,
+            },
+            Err(()) => {
+                if !self.renewal.lost().is_cancelled() {
+                    // a graceful stop is no failure of the batch: do not count it towards a
+                    // poison pill (a crash never gets here, so crashes still count)
+                    let _ = self
+                        .env
+                        .store
+                        .clear_failures(self.stream(), &self.shard)
+                        .await;
+                }
+                self.interrupted()
+            }
+        }
+    }
+
+    /// Before a batch goes to the handler: the lease is confirmed after any lease-store
+    /// trouble (see [`LeaseRenewal::confirm`](super::renewal::LeaseRenewal::confirm)).
+    async fn confirm_lease(&mut self) -> bool {
+        let Some(lease) = self.lease.clone() else {
+            return true;
+        };
+        self.renewal.confirm(&lease, &self.stop).await
+    }
+
+    fn placeholder(&self, seq: &str, data: &[u8], at: DateTime<Utc>) -> Message {
+        let id = MessageId::new(format!("{}:{seq}", self.shard))
+            .or_else(|_| MessageId::new(seq))
+            .unwrap_or_else(|_| self.env.common.get_id_generator().next_id());
+        let mut m = Message::new(
+            id,
+            self.env.queue.clone(),
+            "undecodable",
+            serde_json::Value::String(String::from_utf8_lossy(data).into_owned()),
+            at,
+        );
+        m.status = Status::Failed;
+        m
+    }
+
+    fn letter(&self, m: Message, seq: &str, error: ErrorChain, exhausted: bool) -> DeadLetter {
+        DeadLetter::new(
+            m,
+            DeadLetterOrigin::shard(BACKEND, self.shard.clone(), seq),
+            error,
+            exhausted,
+            self.consumer_id.clone(),
+        )
+    }
+
+    /// Hands letters to the dead-letter hook, retrying until it accepts them; false when stopped
+    /// or the lease was lost meanwhile (nothing is checkpointed then).
+    async fn deliver_letters(&mut self, letters: Vec<DeadLetter>) -> bool {
+        if letters.is_empty() {
+            return true;
+        }
+        let infos: Vec<(MessageInfo, ErrorChain, bool)> = letters
+            .iter()
+            .map(|l| {
+                (
+                    MessageInfo::of(&l.message, BACKEND),
+                    l.error.clone(),
+                    l.exhausted,
+                )
+            })
+            .collect();
+        let Some(sink) = self.env.common.get_dead_letters().cloned() else {
+            for (info, error, exhausted) in infos {
+                tracing::error!(message_id = %info.message_id, error = %error, "mq-kinesis: message failed for good and no dead-letter hook is configured");
+                self.emit(|| LifecycleEvent::Failed {
+                    message: info.clone(),
+                    consumer_id: self.consumer_id.clone(),
+                    error: error.clone(),
+                    exhausted,
+                });
+            }
+            self.report.failed += letters.len();
+            return true;
+        };
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match sink.dead_letter(letters.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "mq-kinesis: dead-letter hook failed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.abort.cancelled() => return false,
+                        _ = self.renewal.lost().cancelled() => return false,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.report.dead_lettered += infos.len();
+        for (info, error, exhausted) in infos {
+            self.emit(|| LifecycleEvent::Failed {
+                message: info.clone(),
+                consumer_id: self.consumer_id.clone(),
+                error: error.clone(),
+                exhausted,
+            });
+            self.emit(|| LifecycleEvent::DeadLettered {
+                message: info.clone(),
+                consumer_id: self.consumer_id.clone(),
+                error: error.clone(),
+            });
+        }
+        true
+    }
+
+    /// Runs the handler until every message is acked or dead-lettered; Err when stopped hard or
+    /// the lease was lost (the batch is then left for the next owner).
+    async fn handle_in_place(&mut self, messages: Vec<(Message, String)>) -> Result<(), ()> {
+        let retry = self.env.options.get_retry().clone();
+        let mut pending = messages;
+        let mut types: Vec<String> = Vec::new();
+        for (m, _) in &pending {
+            if !types.contains(&m.message_type) {
+                types.push(m.message_type.clone());
+            }
+        }
+        let total = pending.len();
+        let mut failed_types: Vec<String> = Vec::new();
+        let started = tokio::time::Instant::now();
+        let mut failures = 0;
+        while !pending.is_empty() {
+            let now = Utc::now();
+            for (m, _) in pending.iter_mut() {
+                m.attempts += 1;
+                m.status = Status::Processing;
+                m.processing_started_at = Some(now);
+            }
+            let (messages, seqs): (Vec<Message>, Vec<String>) = pending.into_iter().unzip();
+            let batch = Batch::from(messages);
+            self.report.delivered += batch.len();
+            if self.env.common.get_lifecycle().is_active() {
+                for m in batch.iter() {
+                    let age = (now - m.created_at).to_std().unwrap_or_default();
+                    self.emit(|| LifecycleEvent::Consumed {
+                        message: MessageInfo::of(m, BACKEND),
+                        consumer_id: self.consumer_id.clone(),
+                        age,
+                    });
+                }
+            }
+            let run_started = tokio::time::Instant::now();
+            let busy = self.renewal.busy().clone();
+            busy.enter(
+                "the handler",
+                self.env.options.get_handler_timeout() + self.env.shard_options.get_stall_timeout(),
+            );
+            let run = self
+                .runner
+                .run(batch.clone(), &self.abort, Some(self.renewal.lost()))
+                .await;
+            busy.leave();
+            let (outcomes, timed_out) = (run.outcomes, run.timed_out);
+            let handler_duration = run_started.elapsed();
+            if self.renewal.lost().is_cancelled() {
+                return Err(());
+            }
+            if timed_out {
+                self.report.cancelled = true;
+            }
+            let mut still: Vec<(Message, String)> = Vec::new();
+            let mut letters = Vec::new();
+            let mut wait = Duration::ZERO;
+            for (m, seq) in batch.iter().zip(seqs) {
+                let outcome = if timed_out {
+                    Outcome::Retry {
+                        after: None,
+                        error: Some(ErrorChain::msg(format!(
+                            "handler timed out after {:?}",
+                            self.env.options.get_handler_timeout()
+                        ))),
+                    }
+                } else {
+                    match outcomes.get(&m.id) {
+                        o @ (Outcome::Ack
+                        | Outcome::Retry { .. }
+                        | Outcome::Fail { .. }
+                        | Outcome::DeadLetter { .. }) => o.clone(),
+                        // an outcome this version does not know: deliver again
+                        _ => Outcome::retry(),
+                    }
+                };
+                match outcome {
+                    Outcome::Ack => {
+                        self.report.acked += 1;
+                        self.emit(|| LifecycleEvent::Acked {
+                            message: MessageInfo::of(m, BACKEND),
+                            consumer_id: self.consumer_id.clone(),
+                            handler_duration,
+                        });
+                    }
+                    Outcome::Retry { after, error } => {
+                        failures += 1;
+                        if !failed_types.contains(&m.message_type) {
+                            failed_types.push(m.message_type.clone());
+                        }
+                        if retry.is_exhausted(m) {
+                            let e = error.unwrap_or_else(|| ErrorChain::msg("attempts exhausted"));
+                            letters.push(self.letter(m.clone(), &seq, e, true));
+                        } else {
+                            let delay = after.unwrap_or_else(|| retry.delay_for(m));
+                            wait = wait.max(delay);
+                            self.report.retried += 1;
+                            self.emit(|| LifecycleEvent::Retried {
+                                message: MessageInfo::of(m, BACKEND),
+                                consumer_id: self.consumer_id.clone(),
+                                delay,
+                                error: error.clone(),
+                            });
+                            still.push((m.clone(), seq));
+                        }
+                    }
+                    Outcome::DeadLetter { error } | Outcome::Fail { error } => {
+                        failures += 1;
+                        if !failed_types.contains(&m.message_type) {
+                            failed_types.push(m.message_type.clone());
+                        }
+                        letters.push(self.letter(m.clone(), &seq, error, false));
+                    }
+                    // unknown outcomes were turned into retries above
+                    _ => still.push((m.clone(), seq)),
+                }
+            }
+            if !self.deliver_letters(letters).await {
+                return Err(());
+            }
+            pending = still;
+            if !pending.is_empty() {
+                // stopping abandons the retries: the batch is delivered again from the checkpoint
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.stop.cancelled() => return Err(()),
+                    _ = self.abort.cancelled() => return Err(()),
+                    _ = self.renewal.lost().cancelled() => return Err(()),
+                }
+            }
+        }
+        let result = if failures == 0 {
+            BatchResult::success(total, started.elapsed())
+        } else {
+            BatchResult::failure(total, failures.min(total))
+        };
+        self.env
+            .strategy
+            .record(&self.key, &result.with_types(types, failed_types));
+        Ok(())
+    }
+}

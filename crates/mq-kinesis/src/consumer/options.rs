@@ -1,0 +1,160 @@
+//! [`ShardOptions`]: the settings of the shard consumers that are not in [`ConsumerOptions`].
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+#[cfg(doc)]
+use mq_core::ConsumerOptions;
+
+use crate::fanout::{ConsumerArns, DEFAULT_RESUBSCRIBE_INTERVAL, FetchMode};
+use crate::position::StartPosition;
+
+/// Settings of the shard consumers that are not in [`ConsumerOptions`].
+///
+/// The lease lasts [`ConsumerOptions::lease_duration`] and is renewed every third of it; the
+/// handler timeout, retry policy and idle polling also come from [`ConsumerOptions`].
+///
+/// Defaults: trim horizon, 3 renewal attempts, poison pill after 3 failures from one checkpoint,
+/// lease released after 10 fetch errors in a row, a stall timeout of 60 s, no rate limit,
+/// [`FetchMode::Polling`] (with enhanced fan-out: a new subscription every 4 min 30 s).
+///
+/// # Examples
+///
+/// ```
+/// use mq_kinesis::{ShardOptions, StartPosition};
+///
+/// let opts = ShardOptions::default().initial_position(StartPosition::Latest).poison_threshold(5);
+/// assert_eq!(opts.get_poison_threshold(), 5);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ShardOptions {
+    initial_position: StartPosition,
+    renew_attempts: u32,
+    poison_threshold: u32,
+    max_fetch_errors: u32,
+    stall_timeout: Duration,
+    max_records_per_second: Option<NonZeroU32>,
+    fetch_mode: FetchMode,
+    resubscribe_interval: Duration,
+    fan_out_consumers: ConsumerArns,
+}
+
+impl Default for ShardOptions {
+    fn default() -> Self {
+        ShardOptions {
+            initial_position: StartPosition::TrimHorizon,
+            renew_attempts: 3,
+            poison_threshold: 3,
+            max_fetch_errors: 10,
+            stall_timeout: Duration::from_secs(60),
+            max_records_per_second: None,
+            fetch_mode: FetchMode::Polling,
+            resubscribe_interval: DEFAULT_RESUBSCRIBE_INTERVAL,
+            fan_out_consumers: ConsumerArns::default(),
+        }
+    }
+}
+
+impl ShardOptions {
+    /// Where a shard without a checkpoint starts (a shard with one continues right after it).
+    pub fn initial_position(mut self, p: StartPosition) -> Self {
+        self.initial_position = p;
+        self
+    }
+    /// Renewal attempts (with backoff) before the lease is given up.
+    pub fn renew_attempts(mut self, n: u32) -> Self {
+        self.renew_attempts = n.max(1);
+        self
+    }
+    /// Failures from one checkpoint (counted in the lease store, crashes included) before the
+    /// record there is a poison pill.
+    pub fn poison_threshold(mut self, n: u32) -> Self {
+        self.poison_threshold = n.max(1);
+        self
+    }
+    /// Failed fetches in a row (throttling excluded) before the lease is released.
+    pub fn max_fetch_errors(mut self, n: u32) -> Self {
+        self.max_fetch_errors = n.max(1);
+        self
+    }
+    /// How long a fetch may hang, or a handler run past its timeout, before the consumer stops
+    /// renewing its lease so the shard moves to another consumer. The stuck call is still waited
+    /// for (nothing it does afterwards is checkpointed: the lease's fence refuses it).
+    pub fn stall_timeout(mut self, d: Duration) -> Self {
+        self.stall_timeout = d.max(Duration::from_millis(1));
+        self
+    }
+    /// A token bucket on each shard: at most `n` records per second are handed to the handler
+    /// (the bucket holds a fifth of a second's worth, so the rate holds over short windows too).
+    /// For a cap on the whole instance see
+    /// [`KinesisOptions::max_records_per_second`](crate::KinesisOptions::max_records_per_second).
+    pub fn max_records_per_second(mut self, n: NonZeroU32) -> Self {
+        self.max_records_per_second = Some(n);
+        self
+    }
+    /// The stall timeout.
+    pub fn get_stall_timeout(&self) -> Duration {
+        self.stall_timeout
+    }
+    /// The per-shard rate limit.
+    pub fn get_max_records_per_second(&self) -> Option<NonZeroU32> {
+        self.max_records_per_second
+    }
+    /// The poison threshold.
+    pub fn get_poison_threshold(&self) -> u32 {
+        self.poison_threshold
+    }
+    /// The initial position.
+    pub fn get_initial_position(&self) -> &StartPosition {
+        &self.initial_position
+    }
+    /// The renewal attempts.
+    pub fn get_renew_attempts(&self) -> u32 {
+        self.renew_attempts
+    }
+    /// The failed fetches in a row before the lease is released.
+    pub fn get_max_fetch_errors(&self) -> u32 {
+        self.max_fetch_errors
+    }
+    /// The stream consumer ARNs, looked up once and shared by every clone of these options.
+    pub(crate) fn fan_out_consumers(&self) -> &ConsumerArns {
+        &self.fan_out_consumers
+    }
+    /// How shards are read: [`FetchMode::Polling`] (the default) or
+    /// [`FetchMode::EnhancedFanOut`].
+    pub fn fetch_mode(mut self, mode: FetchMode) -> Self {
+        self.fetch_mode = mode;
+        self
+    }
+    /// Reads shards with enhanced fan-out (`SubscribeToShard`) through the stream consumer
+    /// `consumer_name`, registered on first use; see [`FetchMode::EnhancedFanOut`] and
+    /// [`mq_kinesis::fanout`](crate::fanout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mq_kinesis::{FetchMode, ShardOptions};
+    ///
+    /// let opts = ShardOptions::default().enhanced_fan_out("orders-service");
+    /// assert!(matches!(opts.get_fetch_mode(), FetchMode::EnhancedFanOut { .. }));
+    /// ```
+    pub fn enhanced_fan_out(self, consumer_name: impl Into<String>) -> Self {
+        self.fetch_mode(FetchMode::EnhancedFanOut {
+            consumer_name: consumer_name.into(),
+        })
+    }
+    /// With enhanced fan-out: how long one subscription is read before the next one replaces it
+    /// (AWS ends a subscription after 5 minutes). Default 4 min 30 s; at least 100 ms.
+    pub fn resubscribe_interval(mut self, every: Duration) -> Self {
+        self.resubscribe_interval = every.max(Duration::from_millis(100));
+        self
+    }
+    /// The fetch mode.
+    pub fn get_fetch_mode(&self) -> &FetchMode {
+        &self.fetch_mode
+    }
+    /// The re-subscription interval of enhanced fan-out.
+    pub fn get_resubscribe_interval(&self) -> Duration {
+        self.resubscribe_interval
+    }
+}

@@ -1,0 +1,275 @@
+//! Lease renewal: a task that renews the lease every third of its duration, with retries, for
+//! as long as the shard consumer makes progress.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::lease::{Lease, LeaseStore};
+
+/// The lease of one shard consumer: the renewal task, the "lost" signal it raises, and the
+/// stall check that ties renewal to progress.
+///
+/// - [`start`](Self::start) spawns the task once the lease is acquired; it renews every third of
+///   the lease duration, retrying with backoff within what is left of the lease, and gives up
+///   (cancelling [`lost`](Self::lost)) when the store refuses or keeps failing, or when the
+///   consumer is stuck in a call for longer than that call may take ([`Busy`]).
+/// - [`confirm`](Self::confirm) renews once more before a batch when a call to the lease store
+///   failed anywhere in the instance since the lease was last confirmed.
+#[derive(Debug)]
+pub(super) struct LeaseRenewal {
+    store: Arc<dyn LeaseStore>,
+    ttl: Duration,
+    attempts: u32,
+    lost: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+    busy: Arc<Busy>,
+    /// Raised by every failed call to the lease store in this instance.
+    trouble: Arc<AtomicU64>,
+    /// The value of `trouble` when the lease was last confirmed by the store.
+    confirmed_trouble: u64,
+}
+
+impl LeaseRenewal {
+    pub(super) fn new(
+        store: Arc<dyn LeaseStore>,
+        ttl: Duration,
+        attempts: u32,
+        trouble: Arc<AtomicU64>,
+    ) -> Self {
+        LeaseRenewal {
+            store,
+            ttl,
+            attempts,
+            lost: CancellationToken::new(),
+            reason: Arc::new(Mutex::new(None)),
+            busy: Arc::new(Busy::new()),
+            confirmed_trouble: trouble.load(Ordering::SeqCst),
+            trouble,
+        }
+    }
+
+    /// Renews `lease` in a task of `tracker` until `done` is cancelled or the lease is lost.
+    pub(super) fn start(&self, lease: Arc<Lease>, done: CancellationToken, tracker: &TaskTracker) {
+        let task = RenewalTask {
+            store: self.store.clone(),
+            lease,
+            ttl: self.ttl,
+            attempts: self.attempts,
+            lost: self.lost.clone(),
+            reason: self.reason.clone(),
+            done,
+            busy: self.busy.clone(),
+            trouble: self.trouble.clone(),
+        };
+        tracker.spawn(task.run());
+    }
+
+    /// Cancelled once the lease is lost.
+    pub(super) fn lost(&self) -> &CancellationToken {
+        &self.lost
+    }
+
+    /// What the consumer is blocked on.
+    pub(super) fn busy(&self) -> &Arc<Busy> {
+        &self.busy
+    }
+
+    /// Why the lease was lost.
+    pub(super) fn lost_reason(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| "lease not renewable".into())
+    }
+
+    /// Before a batch goes to the handler: when a call to the lease store failed since the lease
+    /// was last confirmed (here or anywhere in this instance), renew it first, and wait while the
+    /// store is unreachable. A store that came back empty (a Redis restart without persistence)
+    /// answers "not yours", and the consumer stops before another instance can have started on
+    /// the shard, so no batch is ever handled by two instances at once. False when the lease is
+    /// gone or `stop` was cancelled.
+    pub(super) async fn confirm(&mut self, lease: &Lease, stop: &CancellationToken) -> bool {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let trouble = self.trouble.load(Ordering::SeqCst);
+            if trouble == self.confirmed_trouble {
+                return true;
+            }
+            match self.store.renew(lease, self.ttl).await {
+                Ok(true) => {
+                    self.confirmed_trouble = trouble;
+                    return true;
+                }
+                Ok(false) => {
+                    lose(
+                        &self.reason,
+                        &self.lost,
+                        "lease gone after a lease-store outage".into(),
+                    );
+                    return false;
+                }
+                Err(e) => {
+                    self.trouble.fetch_add(1, Ordering::SeqCst);
+                    tracing::warn!(shard = %lease.shard, error = %e, "mq-kinesis: lease store unreachable, pausing the shard");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return false,
+                        _ = self.lost.cancelled() => return false,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+fn lose(reason: &Mutex<Option<String>>, lost: &CancellationToken, why: String) {
+    *reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    lost.cancel();
+}
+
+/// The renewal task of one acquired lease.
+struct RenewalTask {
+    store: Arc<dyn LeaseStore>,
+    lease: Arc<Lease>,
+    ttl: Duration,
+    attempts: u32,
+    lost: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+    done: CancellationToken,
+    busy: Arc<Busy>,
+    trouble: Arc<AtomicU64>,
+}
+
+impl RenewalTask {
+    async fn run(self) {
+        let interval = self.ttl / 3;
+        loop {
+            tokio::select! {
+                _ = self.done.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            // renewal is tied to progress: a consumer stuck in a call lets its lease lapse
+            if let Some(stuck) = self.busy.stalled() {
+                tracing::warn!(shard = %self.lease.shard, stuck, "mq-kinesis: shard consumer is stuck");
+                lose(&self.reason, &self.lost, stuck);
+                return;
+            }
+            match self.renew().await {
+                Ok(()) => {}
+                Err(None) => return,
+                Err(Some(why)) => {
+                    lose(&self.reason, &self.lost, why);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One renewal, retried with backoff within what is left of the lease. `Err(None)` when the
+    /// consumer ended meanwhile, `Err(Some(why))` when the lease is lost.
+    async fn renew(&self) -> Result<(), Option<String>> {
+        let ttl = self.ttl;
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(ttl / 20)
+            .with_max_delay(ttl / 6)
+            .with_max_times(self.attempts.saturating_sub(1) as usize)
+            .build();
+        loop {
+            match self.store.renew(&self.lease, ttl).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => return Err(Some("lease taken over or released".to_owned())),
+                Err(e) => match delays.next() {
+                    Some(d) => {
+                        self.trouble.fetch_add(1, Ordering::SeqCst);
+                        tracing::warn!(shard = %self.lease.shard, error = %e, "mq-kinesis: lease renewal failed, retrying");
+                        tokio::select! {
+                            _ = self.done.cancelled() => return Err(None),
+                            _ = tokio::time::sleep(d) => {}
+                        }
+                    }
+                    None => {
+                        return Err(Some(format!("renewal failed {} times: {e}", self.attempts)));
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// What the consumer is blocked on, for the stall check of the renewal task.
+#[derive(Debug)]
+pub(super) struct Busy {
+    base: Instant,
+    /// ms since `base` + 1 when the current call started; 0 when not in a call
+    since: AtomicU64,
+    /// how long the current call may take, in ms
+    limit: AtomicU64,
+    what: Mutex<&'static str>,
+}
+
+impl Busy {
+    fn new() -> Self {
+        Busy {
+            base: Instant::now(),
+            since: AtomicU64::new(0),
+            limit: AtomicU64::new(u64::MAX),
+            what: Mutex::new(""),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The consumer starts waiting on `what`, which may take up to `limit`.
+    pub(super) fn enter(&self, what: &'static str, limit: Duration) {
+        *self.what.lock().unwrap_or_else(|e| e.into_inner()) = what;
+        self.limit.store(
+            u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+        self.since.store(self.now_ms() + 1, Ordering::SeqCst);
+    }
+
+    /// The call returned.
+    pub(super) fn leave(&self) {
+        self.since.store(0, Ordering::SeqCst);
+    }
+
+    /// `Some(description)` when the current call has run past its limit.
+    fn stalled(&self) -> Option<String> {
+        let since = self.since.load(Ordering::SeqCst);
+        if since == 0 {
+            return None;
+        }
+        let ran = self.now_ms().saturating_sub(since - 1);
+        (ran > self.limit.load(Ordering::SeqCst)).then(|| {
+            let what = *self.what.lock().unwrap_or_else(|e| e.into_inner());
+            format!("stuck in {what} for {ran} ms: renewal stopped so the shard can move")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_past_its_limit_is_a_stall() {
+        let busy = Busy::new();
+        assert!(busy.stalled().is_none());
+        busy.enter("GetRecords", Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        let stuck = busy.stalled().expect("stalled");
+        assert!(stuck.contains("GetRecords"), "{stuck}");
+        busy.leave();
+        assert!(busy.stalled().is_none());
+    }
+}
