@@ -174,8 +174,19 @@ impl From<Error> for mq_core::Error {
     }
 }
 
-/// An AWS SDK error with its whole context (the service's code and message), for logs and
-/// error messages.
+/// An AWS SDK error with its causes (the service's code and message), each once, for logs and
+/// error messages. The SDK's own `DisplayErrorContext` appends the raw response's `Debug`
+/// (headers, body, request ids): kilobytes nobody should have to read.
 pub(crate) fn error_text<E: std::error::Error + 'static>(e: &E) -> String {
-    aws_sdk_kinesis::error::DisplayErrorContext(e).to_string()
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }

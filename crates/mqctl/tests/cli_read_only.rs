@@ -149,3 +149,44 @@ async fn unknown_ids_and_bad_arguments_are_one_line_errors() {
     let (code, _) = mqctl(&["dlq", "--url", &url, "list", "--no-such-flag"]);
     assert_eq!(code, Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_stream_is_one_short_line() {
+    let redis = match service_url("REDIS_URL") {
+        Ok(u) => u,
+        Err(reason) => return eprintln!("skipping: {reason}"),
+    };
+    let (app, _state) = ferrokinesis::create_app(ferrokinesis::store::StoreOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "kinesis",
+                "status",
+                "--stream",
+                "no-such-stream",
+                "--redis-url",
+                &redis,
+                "--endpoint-url",
+                &endpoint,
+                "--region",
+                "us-east-1",
+            ])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .expect("run mqctl")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_refused(out.status.code(), &stderr, "no-such-stream");
+    assert!(stderr.len() < 400, "{} bytes: {stderr}", stderr.len());
+}
