@@ -178,19 +178,19 @@ impl QueueFactory for Factory {
         match self.db {
             #[cfg(feature = "postgres")]
             Db::Postgres => Arc::new(
-                mq_sql::PgQueue::connect(&url, opts, common)
+                mq_sql::PgQueue::connect(&url, opts.common(common))
                     .await
                     .unwrap_or_else(|e| panic!("connect: {e}")),
             ),
             #[cfg(feature = "mysql")]
             Db::MySql => Arc::new(
-                mq_sql::MySqlQueue::connect(&url, opts, common)
+                mq_sql::MySqlQueue::connect(&url, opts.common(common))
                     .await
                     .unwrap_or_else(|e| panic!("connect: {e}")),
             ),
             #[cfg(feature = "sqlite")]
             Db::Sqlite => Arc::new(
-                mq_sql::SqliteQueue::connect(&url, opts, common)
+                mq_sql::SqliteQueue::connect(&url, opts.common(common))
                     .await
                     .unwrap_or_else(|e| panic!("connect: {e}")),
             ),
@@ -259,19 +259,19 @@ pub async fn connect_queue(
     match db {
         #[cfg(feature = "postgres")]
         Db::Postgres => Arc::new(
-            mq_sql::PgQueue::connect(url, opts, common)
+            mq_sql::PgQueue::connect(url, opts.common(common))
                 .await
                 .unwrap_or_else(|e| panic!("connect: {e}")),
         ),
         #[cfg(feature = "mysql")]
         Db::MySql => Arc::new(
-            mq_sql::MySqlQueue::connect(url, opts, common)
+            mq_sql::MySqlQueue::connect(url, opts.common(common))
                 .await
                 .unwrap_or_else(|e| panic!("connect: {e}")),
         ),
         #[cfg(feature = "sqlite")]
         Db::Sqlite => Arc::new(
-            mq_sql::SqliteQueue::connect(url, opts, common)
+            mq_sql::SqliteQueue::connect(url, opts.common(common))
                 .await
                 .unwrap_or_else(|e| panic!("connect: {e}")),
         ),
