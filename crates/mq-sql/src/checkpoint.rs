@@ -389,7 +389,9 @@ where
                 .execute(&mut *conn)
                 .await?;
         }
-        let mut tx = conn.begin_with(AssertSqlSafe(DB::BEGIN_WRITE.to_owned())).await?;
+        let mut tx = conn
+            .begin_with(AssertSqlSafe(DB::BEGIN_WRITE.to_owned()))
+            .await?;
         let prev = self
             .select_sql(stream, shard, true)
             .build()

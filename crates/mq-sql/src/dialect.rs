@@ -116,6 +116,15 @@ pub trait Dialect: sqlx::Database {
         limit: usize,
         archive: bool,
     ) -> impl Future<Output = mq_core::Result<u64>> + Send;
+    /// A JSON column (NULL as `None`); stored as text unless the dialect says otherwise.
+    fn read_json(row: &Self::Row, col: &str) -> Result<Option<serde_json::Value>, sqlx::Error>
+    where
+        Self::Row: ReadRow,
+    {
+        row.opt_text(col)?
+            .map(|s| serde_json::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+            .transpose()
+    }
     /// The current time as a SQL expression, for queue statistics.
     fn stats_now() -> String;
     /// Milliseconds from the time expression `then` to `now`, as a SQL integer expression.
@@ -161,10 +170,14 @@ where
 
 /// A result row, whatever the database.
 pub trait ReadRow {
+    fn text(&self, col: &str) -> Result<String, sqlx::Error>;
     fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error>;
     fn int(&self, col: &str) -> Result<i64, sqlx::Error>;
     fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
+    /// A 32-bit integer column, widened.
+    fn opt_int4(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
     fn time(&self, col: &str) -> Result<DateTime<Utc>, sqlx::Error>;
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error>;
 }
 
 impl<R: Row> ReadRow for R
@@ -173,7 +186,11 @@ where
     for<'c> &'c str: ColumnIndex<R>,
     String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
     i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    i32: for<'r> Decode<'r, R::Database> + Type<R::Database>,
 {
+    fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+        self.try_get(col)
+    }
     fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
         self.try_get(col)
     }
@@ -183,17 +200,15 @@ where
     fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
         self.try_get(col)
     }
+    fn opt_int4(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+        Ok(self.try_get::<Option<i32>, _>(col)?.map(i64::from))
+    }
     fn time(&self, col: &str) -> Result<DateTime<Utc>, sqlx::Error> {
         <R::Database as Dialect>::from_time(self.try_get(col)?)
     }
-}
-
-/// `n` comma-separated `?` placeholders.
-pub(crate) fn placeholders(n: usize) -> String {
-    vec!["?"; n].join(", ")
-}
-
-/// A JSON column stored as text.
-pub(crate) fn json_text(s: String) -> Result<serde_json::Value, sqlx::Error> {
-    serde_json::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        self.try_get::<Option<<R::Database as Dialect>::Time>, _>(col)?
+            .map(<R::Database as Dialect>::from_time)
+            .transpose()
+    }
 }

@@ -412,6 +412,7 @@ where
 pub(crate) struct Wakeups(
     Mutex<HashMap<String, Arc<Notify>>>,
     /// True while a notification listener is subscribed.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) std::sync::atomic::AtomicBool,
 );
 
@@ -431,6 +432,7 @@ impl Wakeups {
         }
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn wake_all(&self) {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for n in map.values() {
@@ -444,6 +446,8 @@ impl Wakeups {
 pub struct Names {
     pub(crate) table: String,
     pub(crate) archive: String,
+    /// The notification channel (PostgreSQL).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) channel: String,
     pub(crate) idx_ready: String,
     pub(crate) idx_leased: String,
@@ -557,6 +561,32 @@ pub struct RawRow {
     pub(crate) partition_key: Option<String>,
     pub(crate) metadata: Option<Value>,
     pub(crate) seq: i64,
+}
+
+/// Reads a message row (the `COLS` of a dialect).
+pub(crate) fn decode<DB: Dialect>(row: &DB::Row) -> Result<RawRow, sqlx::Error>
+where
+    DB::Row: ReadRow,
+{
+    Ok(RawRow {
+        id: row.text("id")?,
+        queue: row.text("queue")?,
+        message_type: row.text("message_type")?,
+        payload: DB::read_json(row, "payload")?
+            .ok_or_else(|| sqlx::Error::Decode("payload is NULL".into()))?,
+        status: row.text("status")?,
+        execute_at: row.time("execute_at")?,
+        expires_at: row.opt_time("expires_at")?,
+        attempts: row.opt_int4("attempts")?.unwrap_or(0),
+        max_attempts: row.opt_int4("max_attempts")?,
+        retry_delay_ms: row.opt_int("retry_delay_ms")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+        processing_started_at: row.opt_time("processing_started_at")?,
+        partition_key: row.opt_text("partition_key")?,
+        metadata: DB::read_json(row, "metadata")?,
+        seq: row.int("seq")?,
+    })
 }
 
 impl RawRow {

@@ -8,16 +8,16 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use mq_core::backend::Claim;
 use mq_core::{Message, QueueName};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult, MySqlRow};
-use sqlx::{AssertSqlSafe, Executor, MySql, MySqlConnection, MySqlPool, Row};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult};
+use sqlx::{AssertSqlSafe, Executor, MySql, MySqlConnection, MySqlPool};
 
-use super::{Dialect, placeholders};
+use super::Dialect;
 use crate::checkpoint::SqlCheckpointStore;
 use crate::dead_letter::{SqlDeadLetterStore, assert_store};
 use crate::error::{Error, backend};
 use crate::options::SqlOptions;
 use crate::queue::SqlQueue;
-use crate::store::{CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, micros};
+use crate::store::{CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros};
 
 /// A SQL queue on MySQL or MariaDB.
 pub type MySqlQueue = SqlQueue<MySql>;
@@ -225,7 +225,7 @@ impl Dialect for MySql {
                 q = q.bind(id.as_str());
             }
             for row in q.fetch_all(&mut *tx).await.map_err(backend("claim"))? {
-                let raw = decode(&row).map_err(backend("claim"))?;
+                let raw = decode::<MySql>(&row).map_err(backend("claim"))?;
                 if raw.status == "expired" {
                     gone.push(raw);
                 } else {
@@ -433,45 +433,13 @@ fn check_version(version: &str) -> Result<(), Error> {
     }
 }
 
-fn naive(d: DateTime<Utc>) -> NaiveDateTime {
-    d.naive_utc()
+/// `n` comma-separated `?` placeholders.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
 }
 
-fn decode(row: &MySqlRow) -> Result<RawRow, sqlx::Error> {
-    let json = |s: String| -> Result<serde_json::Value, sqlx::Error> {
-        serde_json::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
-    };
-    let ts = |col: &str| -> Result<DateTime<Utc>, sqlx::Error> {
-        Ok(row.try_get::<NaiveDateTime, _>(col)?.and_utc())
-    };
-    let opt_ts = |col: &str| -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        Ok(row
-            .try_get::<Option<NaiveDateTime>, _>(col)?
-            .map(|d| d.and_utc()))
-    };
-    Ok(RawRow {
-        id: row.try_get("id")?,
-        queue: row.try_get("queue")?,
-        message_type: row.try_get("message_type")?,
-        payload: json(row.try_get("payload")?)?,
-        status: row.try_get("status")?,
-        execute_at: ts("execute_at")?,
-        expires_at: opt_ts("expires_at")?,
-        attempts: i64::from(row.try_get::<i32, _>("attempts")?),
-        max_attempts: row
-            .try_get::<Option<i32>, _>("max_attempts")?
-            .map(i64::from),
-        retry_delay_ms: row.try_get("retry_delay_ms")?,
-        created_at: ts("created_at")?,
-        updated_at: ts("updated_at")?,
-        processing_started_at: opt_ts("processing_started_at")?,
-        partition_key: row.try_get("partition_key")?,
-        metadata: row
-            .try_get::<Option<String>, _>("metadata")?
-            .map(json)
-            .transpose()?,
-        seq: row.try_get("seq")?,
-    })
+fn naive(d: DateTime<Utc>) -> NaiveDateTime {
+    d.naive_utc()
 }
 
 /// Selects the ids of `queue` among `ids` under `where_` (no bind parameters of its own),

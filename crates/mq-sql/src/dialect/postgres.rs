@@ -18,7 +18,7 @@ use crate::error::backend;
 use crate::options::SqlOptions;
 use crate::queue::SqlQueue;
 use crate::store::{
-    CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, match_inserted, micros,
+    CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, match_inserted, micros,
 };
 
 /// A SQL queue on PostgreSQL.
@@ -191,7 +191,7 @@ impl Dialect for Postgres {
         let mut expired = Vec::new();
         for row in &rows {
             let is_claim: bool = row.try_get("claimed").map_err(backend("claim"))?;
-            let raw = decode(row).map_err(backend("claim"))?;
+            let raw = decode::<Postgres>(row).map_err(backend("claim"))?;
             if is_claim {
                 claimed.push(raw);
             } else {
@@ -336,6 +336,12 @@ impl Dialect for Postgres {
         }
     }
 
+    fn read_json(row: &PgRow, col: &str) -> Result<Option<Value>, sqlx::Error> {
+        Ok(row
+            .try_get::<Option<sqlx::types::Json<Value>>, _>(col)?
+            .map(|j| j.0))
+    }
+
     fn stats_now() -> String {
         "now()".to_owned()
     }
@@ -405,31 +411,6 @@ impl SqlStore<Postgres> {
             }
         });
     }
-}
-
-fn decode(row: &PgRow) -> Result<RawRow, sqlx::Error> {
-    Ok(RawRow {
-        id: row.try_get("id")?,
-        queue: row.try_get("queue")?,
-        message_type: row.try_get("message_type")?,
-        payload: row.try_get::<sqlx::types::Json<Value>, _>("payload")?.0,
-        status: row.try_get("status")?,
-        execute_at: row.try_get("execute_at")?,
-        expires_at: row.try_get("expires_at")?,
-        attempts: i64::from(row.try_get::<i32, _>("attempts")?),
-        max_attempts: row
-            .try_get::<Option<i32>, _>("max_attempts")?
-            .map(i64::from),
-        retry_delay_ms: row.try_get("retry_delay_ms")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        processing_started_at: row.try_get("processing_started_at")?,
-        partition_key: row.try_get("partition_key")?,
-        metadata: row
-            .try_get::<Option<sqlx::types::Json<Value>>, _>("metadata")?
-            .map(|j| j.0),
-        seq: row.try_get("seq")?,
-    })
 }
 
 /// Inserts `messages` on `conn`; returns one result per message (duplicates refused).

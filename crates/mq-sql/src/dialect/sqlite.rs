@@ -11,15 +11,15 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection, SqlitePool};
 
-use super::{Dialect, json_text};
+use super::Dialect;
 use crate::checkpoint::SqlCheckpointStore;
 use crate::dead_letter::{SqlDeadLetterStore, assert_store};
 use crate::error::backend;
 use crate::options::SqlOptions;
 use crate::queue::SqlQueue;
-use crate::store::{CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, micros};
+use crate::store::{CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros};
 
 /// A SQL queue on SQLite.
 pub type SqliteQueue = SqlQueue<Sqlite>;
@@ -352,40 +352,9 @@ fn ts(v: i64) -> Result<DateTime<Utc>, sqlx::Error> {
         .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {v} out of range").into()))
 }
 
-fn decode(row: &SqliteRow) -> Result<RawRow, sqlx::Error> {
-    let json = json_text;
-    Ok(RawRow {
-        id: row.try_get("id")?,
-        queue: row.try_get("queue")?,
-        message_type: row.try_get("message_type")?,
-        payload: json(row.try_get("payload")?)?,
-        status: row.try_get("status")?,
-        execute_at: ts(row.try_get("execute_at")?)?,
-        expires_at: row
-            .try_get::<Option<i64>, _>("expires_at")?
-            .map(ts)
-            .transpose()?,
-        attempts: row.try_get("attempts")?,
-        max_attempts: row.try_get("max_attempts")?,
-        retry_delay_ms: row.try_get("retry_delay_ms")?,
-        created_at: ts(row.try_get("created_at")?)?,
-        updated_at: ts(row.try_get("updated_at")?)?,
-        processing_started_at: row
-            .try_get::<Option<i64>, _>("processing_started_at")?
-            .map(ts)
-            .transpose()?,
-        partition_key: row.try_get("partition_key")?,
-        metadata: row
-            .try_get::<Option<String>, _>("metadata")?
-            .map(json)
-            .transpose()?,
-        seq: row.try_get("seq")?,
-    })
-}
-
 fn decode_all(rows: &[SqliteRow]) -> mq_core::Result<Vec<RawRow>> {
     rows.iter()
-        .map(|r| decode(r).map_err(backend("claim")))
+        .map(|r| decode::<Sqlite>(r).map_err(backend("claim")))
         .collect()
 }
 
