@@ -38,8 +38,9 @@ const ATTEMPTS: usize = 20;
 /// table is created from `migrations/<database>/0001_checkpoints.sql` when the store is built;
 /// its name is configurable (`[A-Za-z_][A-Za-z0-9_]{0,62}`).
 ///
-/// Use the aliases [`PgCheckpointStore`], [`MySqlCheckpointStore`] and
-/// [`SqliteCheckpointStore`].
+/// Use the aliases [`PgCheckpointStore`](crate::PgCheckpointStore),
+/// [`MySqlCheckpointStore`](crate::MySqlCheckpointStore) and
+/// [`SqliteCheckpointStore`](crate::SqliteCheckpointStore).
 ///
 /// # Examples
 ///
@@ -374,6 +375,11 @@ where
         Ok(DB::rows_affected(&done) == 1)
     }
 
+    /// Applies `op` in [`modify_once`](Self::modify_once), retrying lost races.
+    async fn modify(&self, stream: &str, shard: &str, op: &Op) -> mq_core::Result<Option<Row>> {
+        with_retries("checkpoint", || self.modify_once(stream, shard, op)).await
+    }
+
     /// One transaction: lock the row (or insert it), apply `op`, commit; returns the row as it
     /// was before.
     async fn modify_once(
@@ -450,130 +456,8 @@ fn epoch(v: u64) -> Result<i64, sqlx::Error> {
     to_i64(v).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
-async fn modify<DB: Dialect>(
-    b: &SqlCheckpointStore<DB>,
-    stream: &str,
-    shard: &str,
-    op: &Op,
-) -> mq_core::Result<Option<Row>>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
-{
-    with_retries("checkpoint", || b.modify_once(stream, shard, op)).await
-}
-
-pub(crate) async fn load<DB: Dialect>(
-    b: &SqlCheckpointStore<DB>,
-    stream: &str,
-    shard: &str,
-) -> mq_core::Result<Option<StoredCheckpoint>>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
-{
-    let row = with_retries("load checkpoint", || b.select(stream, shard)).await?;
-    Ok(row.map(|r| r.into_stored(shard.to_owned())))
-}
-
-pub(crate) async fn save<DB: Dialect>(
-    b: &SqlCheckpointStore<DB>,
-    stream: &str,
-    shard: &str,
-    epoch: u64,
-    sequence_number: &str,
-) -> mq_core::Result<CheckpointOutcome>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
-{
-    let seq = normalize_sequence_number(sequence_number)?;
-    let e = to_i64(epoch)?;
-    if with_retries("save checkpoint", || b.fast_save(stream, shard, e, &seq)).await? {
-        return Ok(CheckpointOutcome::Advanced);
-    }
-    let op = Op::Save {
-        epoch,
-        sequence_number: seq,
-    };
-    let prev = modify(b, stream, shard, &op).await?;
-    Ok(op.outcome(prev.as_ref()))
-}
-
-pub(crate) async fn observe_epoch<DB: Dialect>(
-    b: &SqlCheckpointStore<DB>,
-    stream: &str,
-    shard: &str,
-    epoch: u64,
-) -> mq_core::Result<u64>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
-{
-    to_i64(epoch)?;
-    let prev = modify(b, stream, shard, &Op::Observe { epoch }).await?;
-    Ok(prev.map_or(0, |p| p.epoch))
-}
-
-pub(crate) async fn max_epoch<DB: Dialect>(
-    b: &SqlCheckpointStore<DB>,
-    stream: &str,
-    shard: &str,
-) -> mq_core::Result<u64>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
-{
-    Ok(load(b, stream, shard).await?.map_or(0, |c| c.epoch))
-}
-
-pub(crate) async fn checkpoints<DB: Dialect>(
-    b: &SqlCheckpointStore<DB>,
-    stream: &str,
-) -> mq_core::Result<Vec<StoredCheckpoint>>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
-{
-    let mut rows = with_retries("list checkpoints", || b.list(stream)).await?;
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(rows
-        .into_iter()
-        .map(|(shard, r)| r.into_stored(shard))
-        .collect())
-}
-
-pub(crate) async fn set_checkpoint<DB: Dialect>(
-    b: &SqlCheckpointStore<DB>,
-    stream: &str,
-    shard: &str,
-    sequence_number: &str,
-) -> mq_core::Result<u64>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
-{
-    let op = Op::Set {
-        sequence_number: normalize_sequence_number(sequence_number)?,
-    };
-    let prev = modify(b, stream, shard, &op).await?;
-    Ok(prev.map_or(0, |p| p.epoch) + 1)
-}
-
+// The rules, written once: each operation is a few reads and writes above, retried when a
+// transaction loses a race.
 #[async_trait]
 impl<DB: Dialect> CheckpointStore for SqlCheckpointStore<DB>
 where
@@ -583,7 +467,8 @@ where
     DB::Row: ReadRow,
 {
     async fn load(&self, stream: &str, shard: &str) -> mq_core::Result<Option<StoredCheckpoint>> {
-        load(self, stream, shard).await
+        let row = with_retries("load checkpoint", || self.select(stream, shard)).await?;
+        Ok(row.map(|r| r.into_stored(shard.to_owned())))
     }
 
     async fn save(
@@ -593,19 +478,36 @@ where
         epoch: u64,
         sequence_number: &str,
     ) -> mq_core::Result<CheckpointOutcome> {
-        save(self, stream, shard, epoch, sequence_number).await
+        let seq = normalize_sequence_number(sequence_number)?;
+        let e = to_i64(epoch)?;
+        if with_retries("save checkpoint", || self.fast_save(stream, shard, e, &seq)).await? {
+            return Ok(CheckpointOutcome::Advanced);
+        }
+        let op = Op::Save {
+            epoch,
+            sequence_number: seq,
+        };
+        let prev = self.modify(stream, shard, &op).await?;
+        Ok(op.outcome(prev.as_ref()))
     }
 
     async fn observe_epoch(&self, stream: &str, shard: &str, epoch: u64) -> mq_core::Result<u64> {
-        observe_epoch(self, stream, shard, epoch).await
+        to_i64(epoch)?;
+        let prev = self.modify(stream, shard, &Op::Observe { epoch }).await?;
+        Ok(prev.map_or(0, |p| p.epoch))
     }
 
     async fn max_epoch(&self, stream: &str, shard: &str) -> mq_core::Result<u64> {
-        max_epoch(self, stream, shard).await
+        Ok(self.load(stream, shard).await?.map_or(0, |c| c.epoch))
     }
 
     async fn checkpoints(&self, stream: &str) -> mq_core::Result<Vec<StoredCheckpoint>> {
-        checkpoints(self, stream).await
+        let mut rows = with_retries("list checkpoints", || self.list(stream)).await?;
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(rows
+            .into_iter()
+            .map(|(shard, r)| r.into_stored(shard))
+            .collect())
     }
 
     async fn set_checkpoint(
@@ -614,7 +516,11 @@ where
         shard: &str,
         sequence_number: &str,
     ) -> mq_core::Result<u64> {
-        set_checkpoint(self, stream, shard, sequence_number).await
+        let op = Op::Set {
+            sequence_number: normalize_sequence_number(sequence_number)?,
+        };
+        let prev = self.modify(stream, shard, &op).await?;
+        Ok(prev.map_or(0, |p| p.epoch) + 1)
     }
 }
 

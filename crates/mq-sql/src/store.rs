@@ -23,6 +23,11 @@ use crate::options::SqlOptions;
 /// The advisory lock key serializing concurrent schema changes of queue tables.
 const QUEUE_SCHEMA_LOCK: i64 = 7_311_001;
 
+/// The message columns, in the order the dialects select them.
+pub(crate) const COLS: &str = "queue, id, message_type, payload, status, execute_at, expires_at, \
+    attempts, max_attempts, retry_delay_ms, created_at, updated_at, processing_started_at, \
+    partition_key, metadata, seq";
+
 /// The statuses retention removes.
 pub(crate) const FINISHED: [&str; 4] = ["executed", "failed", "expired", "dead_lettered"];
 

@@ -17,7 +17,9 @@ use crate::dead_letter::{SqlDeadLetterStore, assert_store};
 use crate::error::{Error, backend};
 use crate::options::SqlOptions;
 use crate::queue::SqlQueue;
-use crate::store::{CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros};
+use crate::store::{
+    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros,
+};
 
 /// A SQL queue on MySQL or MariaDB.
 pub type MySqlQueue = SqlQueue<MySql>;
@@ -25,25 +27,10 @@ pub type MySqlQueue = SqlQueue<MySql>;
 /// A [`SqlCheckpointStore`] on MySQL or MariaDB.
 pub type MySqlCheckpointStore = SqlCheckpointStore<MySql>;
 
-/// Dead letters in a MySQL or MariaDB table (feature `mysql`); see [`SqlDeadLetterStore`].
-///
-/// # Examples
-///
-/// ```no_run
-/// # async fn f(pool: mq_sql::sqlx::MySqlPool) -> mq_core::Result<()> {
-/// use mq_sql::MySqlDeadLetterStore;
-/// use mq_core::DeadLetterStore;
-///
-/// let store = MySqlDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
-/// store.migrate().await?;
-/// # Ok(()) }
-/// ```
+/// A [`SqlDeadLetterStore`] on MySQL or MariaDB.
 pub type MySqlDeadLetterStore = SqlDeadLetterStore<MySql>;
 
 const _: () = assert_store::<MySqlDeadLetterStore>();
-
-const COLS: &str = "queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
-    max_attempts, retry_delay_ms, created_at, updated_at, processing_started_at, partition_key, metadata, seq";
 
 /// Rows per multi-row statement.
 const CHUNK: usize = 1000;

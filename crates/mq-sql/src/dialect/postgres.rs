@@ -18,7 +18,8 @@ use crate::error::backend;
 use crate::options::SqlOptions;
 use crate::queue::SqlQueue;
 use crate::store::{
-    CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, match_inserted, micros,
+    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, match_inserted,
+    micros,
 };
 
 /// A SQL queue on PostgreSQL.
@@ -27,25 +28,11 @@ pub type PgQueue = SqlQueue<Postgres>;
 /// A [`SqlCheckpointStore`] on PostgreSQL.
 pub type PgCheckpointStore = SqlCheckpointStore<Postgres>;
 
-/// Dead letters in a PostgreSQL table (feature `postgres`); see [`SqlDeadLetterStore`].
-///
-/// # Examples
-///
-/// ```no_run
-/// # async fn f(pool: mq_sql::sqlx::PgPool) -> mq_core::Result<()> {
-/// use mq_sql::PgDeadLetterStore;
-/// use mq_core::DeadLetterStore;
-///
-/// let store = PgDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
-/// store.migrate().await?;
-/// # Ok(()) }
-/// ```
+/// A [`SqlDeadLetterStore`] on PostgreSQL.
 pub type PgDeadLetterStore = SqlDeadLetterStore<Postgres>;
 
 const _: () = assert_store::<PgDeadLetterStore>();
 
-const COLS: &str = "queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
-    max_attempts, retry_delay_ms, created_at, updated_at, processing_started_at, partition_key, metadata, seq";
 const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.execute_at, t.expires_at, \
     t.attempts, t.max_attempts, t.retry_delay_ms, t.created_at, t.updated_at, t.processing_started_at, \
     t.partition_key, t.metadata, t.seq";
@@ -413,7 +400,7 @@ impl SqlStore<Postgres> {
     }
 }
 
-/// Inserts `messages` on `conn`; returns one result per message (duplicates refused).
+/// Inserts `messages` on `conn`; returns the ids stored (the others were duplicates).
 async fn insert_on(
     conn: &mut PgConnection,
     names: &Names,

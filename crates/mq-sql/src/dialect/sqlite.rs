@@ -19,7 +19,9 @@ use crate::dead_letter::{SqlDeadLetterStore, assert_store};
 use crate::error::backend;
 use crate::options::SqlOptions;
 use crate::queue::SqlQueue;
-use crate::store::{CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros};
+use crate::store::{
+    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros,
+};
 
 /// A SQL queue on SQLite.
 pub type SqliteQueue = SqlQueue<Sqlite>;
@@ -27,25 +29,10 @@ pub type SqliteQueue = SqlQueue<Sqlite>;
 /// A [`SqlCheckpointStore`] on SQLite.
 pub type SqliteCheckpointStore = SqlCheckpointStore<Sqlite>;
 
-/// Dead letters in a SQLite table (feature `sqlite`); see [`SqlDeadLetterStore`].
-///
-/// # Examples
-///
-/// ```no_run
-/// # async fn f(pool: mq_sql::sqlx::SqlitePool) -> mq_core::Result<()> {
-/// use mq_sql::SqliteDeadLetterStore;
-/// use mq_core::DeadLetterStore;
-///
-/// let store = SqliteDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
-/// store.migrate().await?;
-/// # Ok(()) }
-/// ```
+/// A [`SqlDeadLetterStore`] on SQLite.
 pub type SqliteDeadLetterStore = SqlDeadLetterStore<Sqlite>;
 
 const _: () = assert_store::<SqliteDeadLetterStore>();
-
-const COLS: &str = "queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
-    max_attempts, retry_delay_ms, created_at, updated_at, processing_started_at, partition_key, metadata, seq";
 
 /// Rows per multi-row statement (SQLite allows 32766 bound parameters).
 const CHUNK: usize = 1000;
