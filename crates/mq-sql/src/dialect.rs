@@ -22,8 +22,9 @@ pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
 /// One SQL database: SQL fragments, time encoding, and the steps whose algorithm differs
-/// (claiming, batch writes). Crate-private, so no other database can be plugged in: adding one
-/// is one new file in `dialect/`.
+/// (claiming, batch writes). Sealed: it is `pub` only so that it may bound the public generic
+/// impls, but it lives in a private module, so users can neither name nor implement it. Adding
+/// a database is one new file in `dialect/`.
 pub trait Dialect: sqlx::Database {
     /// The name in errors (`"postgres"`, `"mysql"`, `"sqlite"`).
     const KIND: &'static str;
