@@ -27,7 +27,19 @@ pub type MySqlQueue = SqlQueue<MySql>;
 /// A [`SqlCheckpointStore`] on MySQL or MariaDB.
 pub type MySqlCheckpointStore = SqlCheckpointStore<MySql>;
 
-/// A [`SqlDeadLetterStore`] on MySQL or MariaDB.
+/// A [`SqlDeadLetterStore`] on MySQL or MariaDB (feature `mysql`).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f(pool: mq_sql::sqlx::MySqlPool) -> mq_core::Result<()> {
+/// use mq_core::DeadLetterStore;
+/// use mq_sql::MySqlDeadLetterStore;
+///
+/// let store = MySqlDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
 pub type MySqlDeadLetterStore = SqlDeadLetterStore<MySql>;
 
 const _: () = assert_store::<MySqlDeadLetterStore>();

@@ -28,7 +28,19 @@ pub type PgQueue = SqlQueue<Postgres>;
 /// A [`SqlCheckpointStore`] on PostgreSQL.
 pub type PgCheckpointStore = SqlCheckpointStore<Postgres>;
 
-/// A [`SqlDeadLetterStore`] on PostgreSQL.
+/// A [`SqlDeadLetterStore`] on PostgreSQL (feature `postgres`).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f(pool: mq_sql::sqlx::PgPool) -> mq_core::Result<()> {
+/// use mq_core::DeadLetterStore;
+/// use mq_sql::PgDeadLetterStore;
+///
+/// let store = PgDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
 pub type PgDeadLetterStore = SqlDeadLetterStore<Postgres>;
 
 const _: () = assert_store::<PgDeadLetterStore>();

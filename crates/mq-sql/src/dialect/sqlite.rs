@@ -29,7 +29,19 @@ pub type SqliteQueue = SqlQueue<Sqlite>;
 /// A [`SqlCheckpointStore`] on SQLite.
 pub type SqliteCheckpointStore = SqlCheckpointStore<Sqlite>;
 
-/// A [`SqlDeadLetterStore`] on SQLite.
+/// A [`SqlDeadLetterStore`] on SQLite (feature `sqlite`).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f(pool: mq_sql::sqlx::SqlitePool) -> mq_core::Result<()> {
+/// use mq_core::DeadLetterStore;
+/// use mq_sql::SqliteDeadLetterStore;
+///
+/// let store = SqliteDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
 pub type SqliteDeadLetterStore = SqlDeadLetterStore<Sqlite>;
 
 const _: () = assert_store::<SqliteDeadLetterStore>();
