@@ -448,7 +448,7 @@ async fn main() -> Result<()> {
                 let mut apalis_error = None;
                 for round in 1..=rounds {
                     drop_tables(&url, table).await?;
-                    let q = PgQueue::connect(&url, options(), CommonOptions::default())
+                    let q = PgQueue::connect(&url, options().common(CommonOptions::default()))
                         .await
                         .context("postgres")?;
                     let r = bench_queue(Arc::new(q), n, batch, concurrency).await?;
@@ -457,8 +457,9 @@ async fn main() -> Result<()> {
                     ours = Some(best(ours, r));
                     let q = PgQueue::connect(
                         &url,
-                        options().delete_on_ack(true),
-                        CommonOptions::default(),
+                        options()
+                            .delete_on_ack(true)
+                            .common(CommonOptions::default()),
                     )
                     .await
                     .context("postgres")?;
@@ -522,7 +523,7 @@ async fn main() -> Result<()> {
         match std::env::var("MQ_TEST_MYSQL_URL") {
             Ok(url) => {
                 drop_tables(&url, table).await?;
-                let q = MySqlQueue::connect(&url, options(), CommonOptions::default())
+                let q = MySqlQueue::connect(&url, options().common(CommonOptions::default()))
                     .await
                     .context("mysql")?;
                 let r = bench_queue(Arc::new(q), n, batch, concurrency).await?;
@@ -535,7 +536,7 @@ async fn main() -> Result<()> {
     if dbs.contains("sqlite") {
         let path = std::env::temp_dir().join(format!("mq-bench-{}.db", std::process::id()));
         let url = format!("sqlite://{}", path.display());
-        let q = SqliteQueue::connect(&url, options(), CommonOptions::default())
+        let q = SqliteQueue::connect(&url, options().common(CommonOptions::default()))
             .await
             .context("sqlite")?;
         let r = bench_queue(Arc::new(q), n, batch, concurrency).await?;

@@ -14,18 +14,17 @@ use chrono::{DateTime, Utc};
 use mq_core::backend::{
     CheckpointOutcome, CheckpointStore, StoredCheckpoint, normalize_sequence_number,
 };
+use sqlx::{AssertSqlSafe, Connection, Executor, IntoArguments, QueryBuilder};
 
+use crate::dialect::{Dialect, ReadRow, Sql};
 use crate::options::validate_table;
-
-#[cfg(feature = "mysql")]
-mod mysql;
-#[cfg(feature = "postgres")]
-mod postgres;
-#[cfg(feature = "sqlite")]
-mod sqlite;
+use crate::store::migrate;
 
 /// The table [`SqlCheckpointStore`] uses unless told otherwise.
 pub const DEFAULT_CHECKPOINT_TABLE: &str = "mq_checkpoints";
+
+/// The advisory lock key serializing concurrent schema changes of checkpoint tables.
+const CHECKPOINT_SCHEMA_LOCK: i64 = 7_311_002;
 
 /// How often a transaction that lost a deadlock or a serialization race is retried.
 const ATTEMPTS: usize = 20;
@@ -39,8 +38,9 @@ const ATTEMPTS: usize = 20;
 /// table is created from `migrations/<database>/0001_checkpoints.sql` when the store is built;
 /// its name is configurable (`[A-Za-z_][A-Za-z0-9_]{0,62}`).
 ///
-/// Use the aliases [`PgCheckpointStore`], [`MySqlCheckpointStore`] and
-/// [`SqliteCheckpointStore`].
+/// Use the aliases [`PgCheckpointStore`](crate::PgCheckpointStore),
+/// [`MySqlCheckpointStore`](crate::MySqlCheckpointStore) and
+/// [`SqliteCheckpointStore`](crate::SqliteCheckpointStore).
 ///
 /// # Examples
 ///
@@ -81,7 +81,7 @@ impl<DB: sqlx::Database> Clone for SqlCheckpointStore<DB> {
 }
 
 impl<DB: sqlx::Database> SqlCheckpointStore<DB> {
-    fn build(pool: sqlx::Pool<DB>, table: String) -> crate::Result<Self> {
+    fn build(pool: sqlx::Pool<DB>, table: String) -> Result<Self, crate::Error> {
         validate_table(&table)?;
         Ok(SqlCheckpointStore { pool, table })
     }
@@ -106,7 +106,7 @@ impl<DB: sqlx::Database> SqlCheckpointStore<DB> {
     ///
     /// ```no_run
     /// # #[cfg(feature = "sqlite")]
-    /// # async fn f(pool: sqlx::SqlitePool) -> mq_sql::Result<()> {
+    /// # async fn f(pool: sqlx::SqlitePool) -> mq_core::Result<()> {
     /// let store = mq_sql::SqliteCheckpointStore::from_pool(pool, "ckpt").await?;
     /// assert_eq!(store.table(), "ckpt");
     /// # Ok(()) }
@@ -115,16 +115,6 @@ impl<DB: sqlx::Database> SqlCheckpointStore<DB> {
         &self.table
     }
 }
-
-/// A [`SqlCheckpointStore`] on PostgreSQL.
-#[cfg(feature = "postgres")]
-pub type PgCheckpointStore = SqlCheckpointStore<sqlx::Postgres>;
-/// A [`SqlCheckpointStore`] on MySQL or MariaDB.
-#[cfg(feature = "mysql")]
-pub type MySqlCheckpointStore = SqlCheckpointStore<sqlx::MySql>;
-/// A [`SqlCheckpointStore`] on SQLite.
-#[cfg(feature = "sqlite")]
-pub type SqliteCheckpointStore = SqlCheckpointStore<sqlx::Sqlite>;
 
 /// One shard's row.
 #[derive(Debug, Clone)]
@@ -267,13 +257,86 @@ where
     }
 }
 
-/// What each database provides; the rule itself is shared.
-#[async_trait]
-pub(crate) trait Backend: Send + Sync {
+impl<DB: Dialect> SqlCheckpointStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    QueryBuilder<DB>: Sql,
+    DB::Row: ReadRow,
+{
+    /// A checkpoint store in `table` of `pool`'s database (see
+    /// [`DEFAULT_CHECKPOINT_TABLE`]); creates the table if missing (on PostgreSQL under an
+    /// advisory lock).
+    ///
+    /// # Errors
+    ///
+    /// An invalid table name, or a failed migration ([`crate::Error::Migrate`] as the source).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "postgres")]
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/app").await?;
+    /// let store = mq_sql::PgCheckpointStore::from_pool(pool, mq_sql::DEFAULT_CHECKPOINT_TABLE).await?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub async fn from_pool(
+        pool: sqlx::Pool<DB>,
+        table: impl Into<String>,
+    ) -> mq_core::Result<Self> {
+        let store = Self::build(pool, table.into())?;
+        let (file, sql) = DB::CHECKPOINT_MIGRATION;
+        let steps = vec![(file, sql.replace("{table}", &store.table))];
+        migrate(
+            &store.pool,
+            &store.table,
+            CHECKPOINT_SCHEMA_LOCK,
+            steps,
+            true,
+        )
+        .await?;
+        Ok(store)
+    }
+
+    fn select_sql(&self, stream: &str, shard: &str, lock: bool) -> QueryBuilder<DB> {
+        let mut q = QueryBuilder::<DB>::new(format!(
+            "SELECT sequence_number, written_epoch, epoch, updated_at FROM {} WHERE stream = ",
+            self.table
+        ));
+        q.text(stream.to_owned());
+        q.raw(" AND shard = ");
+        q.text(shard.to_owned());
+        if lock {
+            q.raw(DB::LOCK_ROW);
+        }
+        q
+    }
+
     /// The row of (stream, shard), unlocked.
-    async fn select(&self, stream: &str, shard: &str) -> Result<Option<Row>, sqlx::Error>;
+    async fn select(&self, stream: &str, shard: &str) -> Result<Option<Row>, sqlx::Error> {
+        let mut q = self.select_sql(stream, shard, false);
+        q.build()
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| decode(&r))
+            .transpose()
+    }
+
     /// Every row of `stream` with its shard.
-    async fn list(&self, stream: &str) -> Result<Vec<(String, Row)>, sqlx::Error>;
+    async fn list(&self, stream: &str) -> Result<Vec<(String, Row)>, sqlx::Error> {
+        let mut q = QueryBuilder::<DB>::new(format!(
+            "SELECT shard, sequence_number, written_epoch, epoch, updated_at FROM {} \
+             WHERE stream = ",
+            self.table
+        ));
+        q.text(stream.to_owned());
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.opt_text("shard")?.unwrap_or_default(), decode(r)?)))
+            .collect()
+    }
+
     /// One conditional `UPDATE` that advances the checkpoint when the rule allows it; true when
     /// it did.
     async fn fast_save(
@@ -282,7 +345,41 @@ pub(crate) trait Backend: Send + Sync {
         shard: &str,
         epoch: i64,
         sequence_number: &str,
-    ) -> Result<bool, sqlx::Error>;
+    ) -> Result<bool, sqlx::Error> {
+        let len = i32::try_from(sequence_number.len()).unwrap_or(i32::MAX);
+        let mut q =
+            QueryBuilder::<DB>::new(format!("UPDATE {} SET sequence_number = ", self.table));
+        q.text(sequence_number.to_owned());
+        q.raw(", sequence_length = ");
+        q.int4(len);
+        q.raw(", written_epoch = ");
+        q.int(epoch);
+        q.raw(", epoch = ");
+        q.int(epoch);
+        q.raw(", updated_at = ");
+        q.time(Utc::now());
+        q.raw(" WHERE stream = ");
+        q.text(stream.to_owned());
+        q.raw(" AND shard = ");
+        q.text(shard.to_owned());
+        q.raw(" AND epoch <= ");
+        q.int(epoch);
+        q.raw(" AND (sequence_number IS NULL OR sequence_length < ");
+        q.int4(len);
+        q.raw(" OR (sequence_length = ");
+        q.int4(len);
+        q.raw(" AND sequence_number < ");
+        q.text(sequence_number.to_owned());
+        q.raw("))");
+        let done = q.build().execute(&self.pool).await?;
+        Ok(DB::rows_affected(&done) == 1)
+    }
+
+    /// Applies `op` in [`modify_once`](Self::modify_once), retrying lost races.
+    async fn modify(&self, stream: &str, shard: &str, op: &Op) -> mq_core::Result<Option<Row>> {
+        with_retries("checkpoint", || self.modify_once(stream, shard, op)).await
+    }
+
     /// One transaction: lock the row (or insert it), apply `op`, commit; returns the row as it
     /// was before.
     async fn modify_once(
@@ -290,100 +387,88 @@ pub(crate) trait Backend: Send + Sync {
         stream: &str,
         shard: &str,
         op: &Op,
-    ) -> Result<Option<Row>, sqlx::Error>;
-}
-
-async fn modify<B: Backend>(
-    b: &B,
-    stream: &str,
-    shard: &str,
-    op: &Op,
-) -> mq_core::Result<Option<Row>> {
-    with_retries("checkpoint", || b.modify_once(stream, shard, op)).await
-}
-
-pub(crate) async fn load<B: Backend>(
-    b: &B,
-    stream: &str,
-    shard: &str,
-) -> mq_core::Result<Option<StoredCheckpoint>> {
-    let row = with_retries("load checkpoint", || b.select(stream, shard)).await?;
-    Ok(row.map(|r| r.into_stored(shard.to_owned())))
-}
-
-pub(crate) async fn save<B: Backend>(
-    b: &B,
-    stream: &str,
-    shard: &str,
-    epoch: u64,
-    sequence_number: &str,
-) -> mq_core::Result<CheckpointOutcome> {
-    let seq = normalize_sequence_number(sequence_number)?;
-    let e = to_i64(epoch)?;
-    if with_retries("save checkpoint", || b.fast_save(stream, shard, e, &seq)).await? {
-        return Ok(CheckpointOutcome::Advanced);
+    ) -> Result<Option<Row>, sqlx::Error> {
+        let t = &self.table;
+        let mut conn = self.pool.acquire().await?;
+        if let Some(sql) = DB::BEFORE_WRITE {
+            sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(&mut *conn)
+                .await?;
+        }
+        let mut tx = conn
+            .begin_with(AssertSqlSafe(DB::BEGIN_WRITE.to_owned()))
+            .await?;
+        let prev = self
+            .select_sql(stream, shard, true)
+            .build()
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| decode(&r))
+            .transpose()?;
+        let Some(new) = op.apply(prev.as_ref()) else {
+            tx.rollback().await?;
+            return Ok(prev);
+        };
+        // a racing first insert fails with a unique violation and the caller runs it again
+        let mut q = QueryBuilder::<DB>::new(if prev.is_none() {
+            format!(
+                "INSERT INTO {t} (sequence_number, sequence_length, written_epoch, epoch, \
+                 updated_at, stream, shard) VALUES ("
+            )
+        } else {
+            format!("UPDATE {t} SET sequence_number = ")
+        });
+        let sep = |q: &mut QueryBuilder<DB>, col: &str| {
+            q.raw(if prev.is_none() { ", " } else { col });
+        };
+        q.opt_text(new.sequence_number.clone());
+        sep(&mut q, ", sequence_length = ");
+        q.int4(new.sequence_length());
+        sep(&mut q, ", written_epoch = ");
+        q.int(epoch(new.written_epoch)?);
+        sep(&mut q, ", epoch = ");
+        q.int(epoch(new.epoch)?);
+        sep(&mut q, ", updated_at = ");
+        q.time(new.updated_at);
+        sep(&mut q, " WHERE stream = ");
+        q.text(stream.to_owned());
+        sep(&mut q, " AND shard = ");
+        q.text(shard.to_owned());
+        if prev.is_none() {
+            q.raw(")");
+        }
+        q.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(prev)
     }
-    let op = Op::Save {
-        epoch,
-        sequence_number: seq,
-    };
-    let prev = modify(b, stream, shard, &op).await?;
-    Ok(op.outcome(prev.as_ref()))
 }
 
-pub(crate) async fn observe_epoch<B: Backend>(
-    b: &B,
-    stream: &str,
-    shard: &str,
-    epoch: u64,
-) -> mq_core::Result<u64> {
-    to_i64(epoch)?;
-    let prev = modify(b, stream, shard, &Op::Observe { epoch }).await?;
-    Ok(prev.map_or(0, |p| p.epoch))
+fn decode(r: &impl ReadRow) -> Result<Row, sqlx::Error> {
+    Ok(Row {
+        sequence_number: r.opt_text("sequence_number")?,
+        written_epoch: to_u64(r.int("written_epoch")?),
+        epoch: to_u64(r.int("epoch")?),
+        updated_at: r.time("updated_at")?,
+    })
 }
 
-pub(crate) async fn max_epoch<B: Backend>(
-    b: &B,
-    stream: &str,
-    shard: &str,
-) -> mq_core::Result<u64> {
-    Ok(load(b, stream, shard).await?.map_or(0, |c| c.epoch))
+fn epoch(v: u64) -> Result<i64, sqlx::Error> {
+    to_i64(v).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
-pub(crate) async fn checkpoints<B: Backend>(
-    b: &B,
-    stream: &str,
-) -> mq_core::Result<Vec<StoredCheckpoint>> {
-    let mut rows = with_retries("list checkpoints", || b.list(stream)).await?;
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(rows
-        .into_iter()
-        .map(|(shard, r)| r.into_stored(shard))
-        .collect())
-}
-
-pub(crate) async fn set_checkpoint<B: Backend>(
-    b: &B,
-    stream: &str,
-    shard: &str,
-    sequence_number: &str,
-) -> mq_core::Result<u64> {
-    let op = Op::Set {
-        sequence_number: normalize_sequence_number(sequence_number)?,
-    };
-    let prev = modify(b, stream, shard, &op).await?;
-    Ok(prev.map_or(0, |p| p.epoch) + 1)
-}
-
-// One impl for every database: each module implements the private `Backend` primitives (read,
-// list, fast forward write, locked read-modify-write) and the rules live in the functions above.
+// The rules, written once: each operation is a few reads and writes above, retried when a
+// transaction loses a race.
 #[async_trait]
-impl<DB: sqlx::Database> CheckpointStore for SqlCheckpointStore<DB>
+impl<DB: Dialect> CheckpointStore for SqlCheckpointStore<DB>
 where
-    SqlCheckpointStore<DB>: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    QueryBuilder<DB>: Sql,
+    DB::Row: ReadRow,
 {
     async fn load(&self, stream: &str, shard: &str) -> mq_core::Result<Option<StoredCheckpoint>> {
-        load(self, stream, shard).await
+        let row = with_retries("load checkpoint", || self.select(stream, shard)).await?;
+        Ok(row.map(|r| r.into_stored(shard.to_owned())))
     }
 
     async fn save(
@@ -393,19 +478,36 @@ where
         epoch: u64,
         sequence_number: &str,
     ) -> mq_core::Result<CheckpointOutcome> {
-        save(self, stream, shard, epoch, sequence_number).await
+        let seq = normalize_sequence_number(sequence_number)?;
+        let e = to_i64(epoch)?;
+        if with_retries("save checkpoint", || self.fast_save(stream, shard, e, &seq)).await? {
+            return Ok(CheckpointOutcome::Advanced);
+        }
+        let op = Op::Save {
+            epoch,
+            sequence_number: seq,
+        };
+        let prev = self.modify(stream, shard, &op).await?;
+        Ok(op.outcome(prev.as_ref()))
     }
 
     async fn observe_epoch(&self, stream: &str, shard: &str, epoch: u64) -> mq_core::Result<u64> {
-        observe_epoch(self, stream, shard, epoch).await
+        to_i64(epoch)?;
+        let prev = self.modify(stream, shard, &Op::Observe { epoch }).await?;
+        Ok(prev.map_or(0, |p| p.epoch))
     }
 
     async fn max_epoch(&self, stream: &str, shard: &str) -> mq_core::Result<u64> {
-        max_epoch(self, stream, shard).await
+        Ok(self.load(stream, shard).await?.map_or(0, |c| c.epoch))
     }
 
     async fn checkpoints(&self, stream: &str) -> mq_core::Result<Vec<StoredCheckpoint>> {
-        checkpoints(self, stream).await
+        let mut rows = with_retries("list checkpoints", || self.list(stream)).await?;
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(rows
+            .into_iter()
+            .map(|(shard, r)| r.into_stored(shard))
+            .collect())
     }
 
     async fn set_checkpoint(
@@ -414,7 +516,11 @@ where
         shard: &str,
         sequence_number: &str,
     ) -> mq_core::Result<u64> {
-        set_checkpoint(self, stream, shard, sequence_number).await
+        let op = Op::Set {
+            sequence_number: normalize_sequence_number(sequence_number)?,
+        };
+        let prev = self.modify(stream, shard, &op).await?;
+        Ok(prev.map_or(0, |p| p.epoch) + 1)
     }
 }
 

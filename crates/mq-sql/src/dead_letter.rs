@@ -9,28 +9,14 @@ use std::fmt;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mq_core::{BoxError, DeadLetter, DeadLetterSink, MessageId};
-use sqlx::{AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments};
-use sqlx::{QueryBuilder, Row, Type};
+use sqlx::{AssertSqlSafe, Executor, IntoArguments, QueryBuilder};
 
 use mq_core::{DeadLetterEntry, DeadLetterFilter, DeadLetterStore, EntryId, ReplayMark};
 
+use crate::dialect::{Dialect, ReadRow, Sql};
 use crate::error::backend;
 use crate::options::validate_table;
 use crate::store::{derived, statements};
-
-#[cfg(feature = "mysql")]
-mod mysql;
-#[cfg(feature = "postgres")]
-mod postgres;
-#[cfg(feature = "sqlite")]
-mod sqlite;
-
-#[cfg(feature = "mysql")]
-pub use mysql::MySqlDeadLetterStore;
-#[cfg(feature = "postgres")]
-pub use postgres::PgDeadLetterStore;
-#[cfg(feature = "sqlite")]
-pub use sqlite::SqliteDeadLetterStore;
 
 type Result<T> = mq_core::Result<T>;
 
@@ -111,79 +97,12 @@ impl<DB: sqlx::Database> SqlDeadLetterStore<DB> {
     }
 }
 
-/// What differs between the databases: implemented for `Postgres`, `MySql` and `Sqlite` in
-/// their modules. Crate-private, so no other database can be plugged in.
-pub(crate) trait DeadLetterDialect: Database {
-    /// The schema (statements ending with `;` at the end of a line, `{table}` for the table and
-    /// `{idx_...}` for the names derived from it).
-    const MIGRATION: &'static str;
-
-    /// Appended to [`insert`]: a second letter for the same (queue, message id) adds a failure
-    /// to the stored entry. `{table}`, if present, is replaced by the table.
-    const UPSERT: &'static str;
-
-    /// Rows changed by a statement (an inherent method of each driver's result, not a trait one).
-    fn rows_affected(done: &Self::QueryResult) -> u64;
-}
-
-/// A query under construction, whatever the database (placeholders and binds).
-pub(crate) trait Sql {
-    fn sql(&mut self, s: &str);
-    fn text(&mut self, v: String);
-    fn opt_text(&mut self, v: Option<String>);
-    fn int(&mut self, v: i64);
-}
-
-impl<DB: Database> Sql for QueryBuilder<DB>
-where
-    String: for<'q> Encode<'q, DB> + Type<DB>,
-    Option<String>: for<'q> Encode<'q, DB> + Type<DB>,
-    i64: for<'q> Encode<'q, DB> + Type<DB>,
-{
-    fn sql(&mut self, s: &str) {
-        self.push(s);
-    }
-    fn text(&mut self, v: String) {
-        self.push_bind(v);
-    }
-    fn opt_text(&mut self, v: Option<String>) {
-        self.push_bind(v);
-    }
-    fn int(&mut self, v: i64) {
-        self.push_bind(v);
-    }
-}
-
-/// A result row, whatever the database.
-pub(crate) trait ReadRow {
-    fn opt_text(&self, col: &str) -> std::result::Result<Option<String>, sqlx::Error>;
-    fn int(&self, col: &str) -> std::result::Result<i64, sqlx::Error>;
-    fn opt_int(&self, col: &str) -> std::result::Result<Option<i64>, sqlx::Error>;
-}
-
-impl<R: Row> ReadRow for R
-where
-    for<'c> &'c str: ColumnIndex<R>,
-    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
-    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
-{
-    fn opt_text(&self, col: &str) -> std::result::Result<Option<String>, sqlx::Error> {
-        self.try_get(col)
-    }
-    fn int(&self, col: &str) -> std::result::Result<i64, sqlx::Error> {
-        self.try_get(col)
-    }
-    fn opt_int(&self, col: &str) -> std::result::Result<Option<i64>, sqlx::Error> {
-        self.try_get(col)
-    }
-}
-
 /// Compiles only if `S` is a [`DeadLetterStore`]: each dialect module checks with it that the
 /// generic impls below apply to its database (their bounds are only checked where used).
 pub(crate) const fn assert_store<S: DeadLetterStore>() {}
 
 #[async_trait]
-impl<DB: DeadLetterDialect> DeadLetterSink for SqlDeadLetterStore<DB>
+impl<DB: Dialect> DeadLetterSink for SqlDeadLetterStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
@@ -196,7 +115,7 @@ where
 }
 
 #[async_trait]
-impl<DB: DeadLetterDialect> DeadLetterStore for SqlDeadLetterStore<DB>
+impl<DB: Dialect> DeadLetterStore for SqlDeadLetterStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
@@ -204,7 +123,7 @@ where
     DB::Row: ReadRow,
 {
     async fn migrate(&self) -> mq_core::Result<()> {
-        for stmt in statements(&render(DB::MIGRATION, &self.table)) {
+        for stmt in statements(&render(DB::DEAD_LETTER_MIGRATION, &self.table)) {
             sqlx::raw_sql(AssertSqlSafe(stmt))
                 .execute(&self.pool)
                 .await
@@ -222,7 +141,7 @@ where
         for letter in letters {
             let mut q = QueryBuilder::<DB>::new("");
             insert(&mut q, &self.table, &DeadLetterEntry::from_letter(letter))?;
-            q.push(DB::UPSERT.replace("{table}", &self.table));
+            q.push(DB::DEAD_LETTER_UPSERT.replace("{table}", &self.table));
             q.build().execute(&mut *tx).await.map_err(err())?;
         }
         tx.commit().await.map_err(err())
@@ -313,49 +232,49 @@ pub(crate) fn insert(q: &mut impl Sql, table: &str, e: &DeadLetterEntry) -> Resu
     let encode = |err| mq_core::Error::backend("sql", "dead-letter insert", err);
     let message = serde_json::to_string(&e.message).map_err(encode)?;
     let error = serde_json::to_string(&e.error).map_err(encode)?;
-    q.sql(&format!("INSERT INTO {table} ({COLUMNS}) VALUES ("));
+    q.raw(&format!("INSERT INTO {table} ({COLUMNS}) VALUES ("));
     q.text(e.id.to_string());
-    q.sql(", ");
+    q.raw(", ");
     q.text(e.queue().as_str().to_owned());
-    q.sql(", ");
+    q.raw(", ");
     q.text(e.message.id.as_str().to_owned());
-    q.sql(", ");
+    q.raw(", ");
     q.text(e.message.message_type.clone());
-    q.sql(", ");
+    q.raw(", ");
     q.text(message);
-    q.sql(", ");
+    q.raw(", ");
     q.text(e.origin.backend.clone());
-    q.sql(", ");
+    q.raw(", ");
     q.opt_text(e.origin.shard_id.clone());
-    q.sql(", ");
+    q.raw(", ");
     q.opt_text(e.origin.sequence_number.clone());
-    q.sql(", ");
+    q.raw(", ");
     q.text(error);
-    q.sql(", ");
+    q.raw(", ");
     q.text(e.error.to_string());
-    q.sql(", ");
+    q.raw(", ");
     q.int(i64::from(e.exhausted));
-    q.sql(", ");
+    q.raw(", ");
     q.int(i64::from(e.attempts));
-    q.sql(", ");
+    q.raw(", ");
     q.int(i64::from(e.failures));
-    q.sql(", ");
+    q.raw(", ");
     q.int(to_ms(e.first_failed_at));
-    q.sql(", ");
+    q.raw(", ");
     q.int(to_ms(e.last_failed_at));
-    q.sql(", ");
+    q.raw(", ");
     q.text(e.consumer_id.clone());
-    q.sql(", 'none', 0, NULL, NULL, NULL, NULL)");
+    q.raw(", 'none', 0, NULL, NULL, NULL, NULL)");
     Ok(())
 }
 
 /// `SELECT <columns> FROM t WHERE <filter> ORDER BY id [LIMIT n]`.
 pub(crate) fn select(q: &mut impl Sql, table: &str, f: &DeadLetterFilter) {
-    q.sql(&format!("SELECT {COLUMNS} FROM {table}"));
+    q.raw(&format!("SELECT {COLUMNS} FROM {table}"));
     where_clause(q, f, true);
-    q.sql(" ORDER BY id");
+    q.raw(" ORDER BY id");
     if let Some(n) = f.get_limit() {
-        q.sql(" LIMIT ");
+        q.raw(" LIMIT ");
         q.int(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
@@ -364,61 +283,61 @@ pub(crate) fn select(q: &mut impl Sql, table: &str, f: &DeadLetterFilter) {
 pub(crate) fn where_clause(q: &mut impl Sql, f: &DeadLetterFilter, paging: bool) {
     let mut sep = " WHERE ";
     if let Some(queue) = f.get_queue() {
-        q.sql(std::mem::replace(&mut sep, " AND "));
-        q.sql("queue = ");
+        q.raw(std::mem::replace(&mut sep, " AND "));
+        q.raw("queue = ");
         q.text(queue.as_str().to_owned());
     }
     if let Some(t) = f.get_message_type() {
-        q.sql(std::mem::replace(&mut sep, " AND "));
-        q.sql("message_type = ");
+        q.raw(std::mem::replace(&mut sep, " AND "));
+        q.raw("message_type = ");
         q.text(t.to_owned());
     }
     if let Some(t) = f.get_failed_after() {
-        q.sql(std::mem::replace(&mut sep, " AND "));
-        q.sql("last_failed_at >= ");
+        q.raw(std::mem::replace(&mut sep, " AND "));
+        q.raw("last_failed_at >= ");
         q.int(to_ms(t));
     }
     if let Some(t) = f.get_failed_before() {
-        q.sql(std::mem::replace(&mut sep, " AND "));
-        q.sql("last_failed_at < ");
+        q.raw(std::mem::replace(&mut sep, " AND "));
+        q.raw("last_failed_at < ");
         q.int(to_ms(t));
     }
     if !f.get_ids().is_empty() {
-        q.sql(std::mem::replace(&mut sep, " AND "));
-        q.sql("id IN (");
+        q.raw(std::mem::replace(&mut sep, " AND "));
+        q.raw("id IN (");
         for (i, id) in f.get_ids().iter().enumerate() {
             if i > 0 {
-                q.sql(", ");
+                q.raw(", ");
             }
             q.text(id.to_string());
         }
-        q.sql(")");
+        q.raw(")");
     }
     if !f.get_message_ids().is_empty() {
-        q.sql(std::mem::replace(&mut sep, " AND "));
-        q.sql("message_id IN (");
+        q.raw(std::mem::replace(&mut sep, " AND "));
+        q.raw("message_id IN (");
         for (i, id) in f.get_message_ids().iter().enumerate() {
             if i > 0 {
-                q.sql(", ");
+                q.raw(", ");
             }
             q.text(id.as_str().to_owned());
         }
-        q.sql(")");
+        q.raw(")");
     }
     if let Some(needle) = f.get_error_contains() {
-        q.sql(std::mem::replace(&mut sep, " AND "));
-        q.sql("LOWER(error_text) LIKE ");
+        q.raw(std::mem::replace(&mut sep, " AND "));
+        q.raw("LOWER(error_text) LIKE ");
         q.text(like_pattern(needle));
-        q.sql(" ESCAPE '!'");
+        q.raw(" ESCAPE '!'");
     }
     if let Some(s) = f.get_replay_state() {
-        q.sql(std::mem::replace(&mut sep, " AND "));
-        q.sql("replay_state = ");
+        q.raw(std::mem::replace(&mut sep, " AND "));
+        q.raw("replay_state = ");
         q.text(s.as_str().to_owned());
     }
     if paging && let Some(after) = f.get_after() {
-        q.sql(std::mem::replace(&mut sep, " AND "));
-        q.sql("id > ");
+        q.raw(std::mem::replace(&mut sep, " AND "));
+        q.raw("id > ");
         q.text(after.to_string());
     }
 }
@@ -445,21 +364,21 @@ pub(crate) fn begin_replay(
     expected_generation: u32,
     mark: &ReplayMark,
 ) {
-    q.sql(&format!(
+    q.raw(&format!(
         "UPDATE {table} SET replay_state = 'pending', replayed_at = NULL, replay_generation = "
     ));
     q.int(i64::from(mark.generation));
-    q.sql(", replay_message_id = ");
+    q.raw(", replay_message_id = ");
     q.text(mark.message_id.as_str().to_owned());
-    q.sql(", replay_target = ");
+    q.raw(", replay_target = ");
     q.text(mark.target.as_str().to_owned());
-    q.sql(", replay_started_at = ");
+    q.raw(", replay_started_at = ");
     q.int(to_ms(mark.started_at));
-    q.sql(" WHERE id = ");
+    q.raw(" WHERE id = ");
     q.text(id.to_string());
-    q.sql(" AND replay_generation = ");
+    q.raw(" AND replay_generation = ");
     q.int(i64::from(expected_generation));
-    q.sql(" AND replay_state <> 'pending'");
+    q.raw(" AND replay_state <> 'pending'");
 }
 
 /// Phase two of a replay.
@@ -470,21 +389,21 @@ pub(crate) fn finish_replay(
     message_id: &MessageId,
     at: DateTime<Utc>,
 ) {
-    q.sql(&format!(
+    q.raw(&format!(
         "UPDATE {table} SET replay_state = 'done', replayed_at = COALESCE(replayed_at, "
     ));
     q.int(to_ms(at));
-    q.sql(") WHERE id = ");
+    q.raw(") WHERE id = ");
     q.text(id.to_string());
-    q.sql(" AND replay_message_id = ");
+    q.raw(" AND replay_message_id = ");
     q.text(message_id.as_str().to_owned());
 }
 
 /// Whether entry `id` carries replay `message_id` (to tell "nothing to change" from "gone").
 pub(crate) fn has_replay(q: &mut impl Sql, table: &str, id: &EntryId, message_id: &MessageId) {
-    q.sql(&format!("SELECT COUNT(*) AS n FROM {table} WHERE id = "));
+    q.raw(&format!("SELECT COUNT(*) AS n FROM {table} WHERE id = "));
     q.text(id.to_string());
-    q.sql(" AND replay_message_id = ");
+    q.raw(" AND replay_message_id = ");
     q.text(message_id.as_str().to_owned());
 }
 

@@ -7,8 +7,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What can go wrong while setting up or running a SQL queue.
 ///
-/// Every variant converts into [`mq_core::Error`] (as [`mq_core::Error::Backend`] with backend
-/// `"sql"`), keeping this error as the source so it stays downcastable.
+/// The public functions of this crate return [`mq_core::Error`]; every variant converts into it
+/// (as [`mq_core::Error::Backend`] with backend `"sql"`, keeping this error as the source so it
+/// stays downcastable, or as the matching [`mq_core::Error`] variant for bad names and options).
 ///
 /// # Examples
 ///
@@ -16,6 +17,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// use mq_sql::SqlOptions;
 ///
 /// let err = SqlOptions::default().table("bad name").validate().unwrap_err();
+/// assert!(matches!(err, mq_core::Error::InvalidName { kind: "table", .. }));
 /// assert!(err.to_string().contains("bad name"));
 /// ```
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,15 @@ pub enum Error {
         /// What is needed.
         requirement: &'static str,
     },
+    /// [`SqlOptions::create_schema`](crate::SqlOptions::create_schema)`(false)` is set and the
+    /// table does not exist.
+    #[error(
+        "table {table} does not exist: connect once with create_schema(true), or have an administrator create it"
+    )]
+    MissingTable {
+        /// The table that was looked for.
+        table: String,
+    },
     /// Creating or upgrading the schema failed.
     #[error("schema migration {migration} of table {table} failed")]
     Migrate {
@@ -101,9 +112,9 @@ impl From<Error> for mq_core::Error {
             Error::InvalidOption { field, reason } => {
                 mq_core::Error::InvalidOption { field, reason }
             }
-            Error::Connect { .. } | Error::UnsupportedServer { .. } => {
-                mq_core::Error::backend("sql", "connect", e)
-            }
+            Error::Connect { .. }
+            | Error::UnsupportedServer { .. }
+            | Error::MissingTable { .. } => mq_core::Error::backend("sql", "connect", e),
             Error::Migrate { .. } => mq_core::Error::backend("sql", "migrate", e),
             Error::InvalidTableName { name } => mq_core::Error::invalid_name(
                 "table",

@@ -1,6 +1,7 @@
 //! SQL backend of the mq message queues, on [`sqlx`]: PostgreSQL, MySQL/MariaDB and SQLite.
 //!
-//! Messages live in one table (name configurable, created at connect). Consumers claim batches
+//! Messages live in one table (name configurable, created at connect unless
+//! [`SqlOptions::create_schema`] is off). Consumers claim batches
 //! atomically under a lease: PostgreSQL and MariaDB/MySQL with `FOR UPDATE SKIP LOCKED`, SQLite
 //! inside one write transaction. A consumer that crashes stops renewing its lease and its
 //! messages are claimed again once the lease expires; completions are fenced by the claim
@@ -26,7 +27,8 @@
 //! use mq_core::{handler_fn, Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName};
 //! use mq_sql::{SqlOptions, SqliteQueue};
 //!
-//! let queue = SqliteQueue::connect("sqlite://mq.db?mode=rwc", SqlOptions::default(), CommonOptions::default()).await?;
+//! let options = SqlOptions::default().table("jobs").common(CommonOptions::default());
+//! let queue = SqliteQueue::connect("sqlite://mq.db?mode=rwc", options).await?;
 //! let emails = QueueName::new("emails")?;
 //! queue.register(&emails).await?;
 //! queue.publish(&emails, vec![NewMessage::new("welcome", serde_json::json!({"to": "a@b.c"}))]).await?.into_result()?;
@@ -44,7 +46,16 @@
 //! The migrations in `migrations/<database>/` are SQL templates: the validated table name
 //! (`[A-Za-z_][A-Za-z0-9_]{0,62}`) and names derived from it replace placeholders in braces,
 //! so they cannot be static `sqlx::migrate!` migrations. Every statement is idempotent
-//! (`IF NOT EXISTS`) and runs at each connect; on PostgreSQL under an advisory lock.
+//! (`IF NOT EXISTS`) and runs at each connect; on PostgreSQL under an advisory lock. With
+//! [`SqlOptions::create_schema`]`(false)` nothing is created: connecting checks that the table
+//! exists and fails with an error naming it otherwise.
+//!
+//! One code path serves every database: the queue, checkpoint and dead-letter stores are
+//! written once; what differs (SQL fragments, time encoding, the claim and batch-write steps)
+//! lives in one crate-private dialect per database.
+//!
+//! Every public function returns [`mq_core::Result`]; this crate's [`Error`] is kept as the
+//! source of a backend error, so it can be downcast.
 //!
 //! # Features
 //!
@@ -57,48 +68,26 @@
 //! No feature is on by default.
 
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
-// Shared helpers serve a subset of the databases; with fewer features some go unused.
-#![cfg_attr(
-    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
-    allow(dead_code)
-)]
 
 mod checkpoint;
 mod dead_letter;
+mod dialect;
 mod error;
-#[cfg(feature = "mysql")]
-mod mysql;
 mod options;
-#[cfg(feature = "postgres")]
-mod postgres;
 mod queue;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 mod store;
 
-#[cfg(feature = "mysql")]
-pub use checkpoint::MySqlCheckpointStore;
-#[cfg(feature = "postgres")]
-pub use checkpoint::PgCheckpointStore;
-#[cfg(feature = "sqlite")]
-pub use checkpoint::SqliteCheckpointStore;
 pub use checkpoint::{DEFAULT_CHECKPOINT_TABLE, SqlCheckpointStore};
-#[cfg(feature = "mysql")]
-pub use dead_letter::MySqlDeadLetterStore;
-#[cfg(feature = "postgres")]
-pub use dead_letter::PgDeadLetterStore;
-#[cfg(feature = "sqlite")]
-pub use dead_letter::SqliteDeadLetterStore;
 pub use dead_letter::{DEFAULT_DEAD_LETTER_TABLE, SqlDeadLetterStore};
-pub use error::{Error, Result};
 #[cfg(feature = "mysql")]
-pub use mysql::MySqlQueue;
-pub use options::SqlOptions;
+pub use dialect::mysql::{MySqlCheckpointStore, MySqlDeadLetterStore, MySqlQueue};
 #[cfg(feature = "postgres")]
-pub use postgres::PgQueue;
-pub use queue::SqlQueue;
+pub use dialect::postgres::{PgCheckpointStore, PgDeadLetterStore, PgQueue};
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteQueue;
+pub use dialect::sqlite::{SqliteCheckpointStore, SqliteDeadLetterStore, SqliteQueue};
+pub use error::{Error, Result};
+pub use options::SqlOptions;
+pub use queue::SqlQueue;
 /// The sqlx version this crate is built on, so applications that hand in their own pool need not
 /// match versions by hand.
 pub use sqlx;

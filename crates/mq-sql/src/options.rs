@@ -1,30 +1,36 @@
-//! [`SqlOptions`]: table, pool and retention settings of a SQL queue.
+//! [`SqlOptions`]: table, pool, schema and retention settings of a SQL queue.
 
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use mq_core::CommonOptions;
 
-/// Settings of a SQL queue: the table, the connection pool, wake-up and retention.
+use crate::error::Error;
+
+/// Settings of a SQL queue: the table, the connection pool, the schema, wake-up, retention and
+/// the options every backend shares ([`CommonOptions`]).
 ///
-/// Defaults: table `mq_messages`, 10 s connect timeout, 10 connections, notifications on
-/// (PostgreSQL `LISTEN/NOTIFY`; ignored elsewhere), no background retention, purge batches of
-/// 1000 rows, retention pass every 60 s, finished rows deleted rather than archived, acknowledged
-/// rows kept (as `executed`) until retention removes them.
+/// Defaults: table `mq_messages`, 10 s connect timeout, 10 connections, the table created if
+/// missing, notifications on (PostgreSQL `LISTEN/NOTIFY`; ignored elsewhere), no background
+/// retention, purge batches of 1000 rows, retention pass every 60 s, finished rows deleted rather
+/// than archived, acknowledged rows kept (as `executed`) until retention removes them, and
+/// `CommonOptions::default()`.
 ///
 /// # Examples
 ///
 /// ```
 /// use std::time::Duration;
+/// use mq_core::CommonOptions;
 /// use mq_sql::SqlOptions;
 ///
 /// let options = SqlOptions::default()
 ///     .table("jobs")
+///     .common(CommonOptions::default().max_message_bytes(64 * 1024))
 ///     .max_connections(20)
 ///     .retention(Some(Duration::from_secs(7 * 24 * 3600)))
 ///     .archive(true);
 /// assert_eq!(options.get_table(), "jobs");
 /// options.validate()?;
-/// # Ok::<(), mq_sql::Error>(())
+/// # Ok::<(), mq_core::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct SqlOptions {
@@ -37,6 +43,8 @@ pub struct SqlOptions {
     retention_batch: usize,
     archive: bool,
     delete_on_ack: bool,
+    create_schema: bool,
+    common: CommonOptions,
 }
 
 impl Default for SqlOptions {
@@ -51,6 +59,8 @@ impl Default for SqlOptions {
             retention_batch: 1000,
             archive: false,
             delete_on_ack: false,
+            create_schema: true,
+            common: CommonOptions::default(),
         }
     }
 }
@@ -70,6 +80,33 @@ impl SqlOptions {
     /// ```
     pub fn delete_on_ack(mut self, on: bool) -> Self {
         self.delete_on_ack = on;
+        self
+    }
+
+    /// The options every backend shares (message size limit, retry policy, ids, lifecycle
+    /// observers).
+    ///
+    /// ```
+    /// use mq_core::CommonOptions;
+    ///
+    /// let options = mq_sql::SqlOptions::default().common(CommonOptions::default().max_message_bytes(1024));
+    /// assert_eq!(options.get_common().get_max_message_bytes(), 1024);
+    /// ```
+    pub fn common(mut self, common: CommonOptions) -> Self {
+        self.common = common;
+        self
+    }
+
+    /// Create the table and its indexes if missing (the default). With `false`, connecting only
+    /// checks that the table exists and fails with an error naming it: for read-only tools and
+    /// for deployments where an administrator owns the schema.
+    ///
+    /// ```
+    /// let options = mq_sql::SqlOptions::default().create_schema(false);
+    /// assert!(!options.get_create_schema());
+    /// ```
+    pub fn create_schema(mut self, on: bool) -> Self {
+        self.create_schema = on;
         self
     }
 
@@ -151,9 +188,17 @@ impl SqlOptions {
     pub fn get_delete_on_ack(&self) -> bool {
         self.delete_on_ack
     }
+    /// Whether connecting creates the table if missing.
+    pub fn get_create_schema(&self) -> bool {
+        self.create_schema
+    }
+    /// The options every backend shares.
+    pub fn get_common(&self) -> &CommonOptions {
+        &self.common
+    }
 
     /// Checks every field; the error names the field.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> mq_core::Result<()> {
         validate_table(&self.table)?;
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
@@ -174,16 +219,13 @@ impl SqlOptions {
     }
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
-    Error::InvalidOption {
-        field,
-        reason: reason.into(),
-    }
+fn invalid(field: &'static str, reason: impl Into<String>) -> mq_core::Error {
+    mq_core::Error::invalid_option(field, reason)
 }
 
 /// Checks `name` against `[A-Za-z_][A-Za-z0-9_]{0,62}`: the only text ever put into SQL
 /// without a bind parameter.
-pub(crate) fn validate_table(name: &str) -> Result<()> {
+pub(crate) fn validate_table(name: &str) -> Result<(), Error> {
     let mut chars = name.chars();
     let ok = match chars.next() {
         Some(c) if c.is_ascii_alphabetic() || c == '_' => {

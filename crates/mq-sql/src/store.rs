@@ -1,21 +1,32 @@
-//! [`SqlStore`]: the part shared by the three databases (names, wake-ups, row conversion,
-//! background tasks).
+//! [`SqlStore`]: the queue store, written once for every [`Dialect`]: connect, schema,
+//! publish, claim, renew, complete, retention and statistics; the dialect supplies the SQL.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mq_core::backend::{Completion, CompletionAction};
+use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, QueueStore};
 use mq_core::{Message, MessageId, Metadata, QueueName, Status};
 use serde_json::Value;
+use sqlx::{AssertSqlSafe, Connection, Executor, IntoArguments, QueryBuilder};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::Error;
+use crate::dialect::{Dialect, ReadRow, Sql};
+use crate::error::{Error, backend};
 use crate::options::SqlOptions;
+
+/// The advisory lock key serializing concurrent schema changes of queue tables.
+const QUEUE_SCHEMA_LOCK: i64 = 7_311_001;
+
+/// The message columns, in the order the dialects select them.
+pub(crate) const COLS: &str = "queue, id, message_type, payload, status, execute_at, expires_at, \
+    attempts, max_attempts, retry_delay_ms, created_at, updated_at, processing_started_at, \
+    partition_key, metadata, seq";
 
 /// The statuses retention removes.
 pub(crate) const FINISHED: [&str; 4] = ["executed", "failed", "expired", "dead_lettered"];
@@ -97,11 +108,316 @@ impl<DB: sqlx::Database> SqlStore<DB> {
     }
 }
 
+impl<DB: Dialect> SqlStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    QueryBuilder<DB>: Sql,
+    DB::Row: ReadRow,
+{
+    /// Connects to `url`, creates the table and indexes if missing (or, with
+    /// [`SqlOptions::create_schema`]`(false)`, checks that the table exists) and starts the
+    /// background tasks (notification listener on PostgreSQL, retention).
+    ///
+    /// URLs: `postgres://user:password@host:port/database`, `mysql://user:password@host:port/database`
+    /// (MySQL 8.0.1 or newer, MariaDB 10.6 or newer: checked), `sqlite://path/to/file.db`
+    /// (created if missing, in WAL mode).
+    ///
+    /// # Errors
+    ///
+    /// A connect error naming the host and port (never the password) when the server cannot be
+    /// reached ([`Error::Connect`] as its source); an invalid table name or option; a missing
+    /// table under `create_schema(false)` ([`Error::MissingTable`] as the source).
+    pub async fn connect(url: &str, options: SqlOptions) -> mq_core::Result<Self> {
+        options.validate()?;
+        let pool = DB::connect_pool(url, &options)
+            .await
+            .map_err(|e| Error::Connect {
+                database: DB::KIND,
+                target: describe_target(url),
+                source: Box::new(e),
+            })?;
+        Self::from_pool(pool, options).await
+    }
+
+    /// A store on an existing pool; prepares the schema as [`connect`](Self::connect) does.
+    /// On PostgreSQL with notifications on, the listener holds one connection of the pool; on
+    /// MySQL the connections should use `READ COMMITTED` and time zone `+00:00` (as `connect`
+    /// sets up).
+    pub async fn from_pool(pool: sqlx::Pool<DB>, options: SqlOptions) -> mq_core::Result<Self> {
+        options.validate()?;
+        DB::check_server(&pool).await?;
+        let store = SqlStore::build(pool, options);
+        let steps = DB::QUEUE_MIGRATIONS
+            .iter()
+            .map(|(file, sql)| (*file, store.names.render(sql)))
+            .collect();
+        migrate(
+            &store.pool,
+            &store.names.table,
+            QUEUE_SCHEMA_LOCK,
+            steps,
+            store.options.get_create_schema(),
+        )
+        .await?;
+        DB::start(&store);
+        if let Some(age) = store.options.get_retention() {
+            let pool = store.pool.clone();
+            let names = store.names.clone();
+            let batch = store.options.get_retention_batch();
+            let archive = store.options.get_archive();
+            let interval = store.options.get_retention_interval();
+            store
+                .tasks
+                .spawn(retention_loop(store.cancel.clone(), interval, move || {
+                    let pool = pool.clone();
+                    let names = names.clone();
+                    async move { purge(&pool, &names, age, batch, archive).await }
+                }));
+        }
+        Ok(store)
+    }
+
+    /// Deletes (or archives, with [`SqlOptions::archive`]) finished rows (executed, failed,
+    /// expired, dead-lettered) last changed more than `older_than` ago, `batch` rows per
+    /// statement. Returns the rows removed.
+    pub async fn purge_finished(&self, older_than: Duration, batch: usize) -> mq_core::Result<u64> {
+        purge(
+            &self.pool,
+            &self.names,
+            older_than,
+            batch.max(1),
+            self.options.get_archive(),
+        )
+        .await
+    }
+}
+
+/// Removes finished rows in batches until a batch comes back short.
+async fn purge<DB: Dialect>(
+    pool: &sqlx::Pool<DB>,
+    names: &Names,
+    older_than: Duration,
+    batch: usize,
+    archive: bool,
+) -> mq_core::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = DB::purge_batch(pool, names, older_than, batch, archive).await?;
+        total += n;
+        if n < batch as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Creates a table from its migration `steps` ((file, rendered SQL)) under the database's schema
+/// lock, or with `create` false only checks that `table` exists.
+pub(crate) async fn migrate<DB: Dialect>(
+    pool: &sqlx::Pool<DB>,
+    table: &str,
+    lock: i64,
+    steps: Vec<(&'static str, String)>,
+    create: bool,
+) -> Result<(), Error>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    QueryBuilder<DB>: Sql,
+    DB::Row: ReadRow,
+{
+    let fail = |migration: &'static str| {
+        let table = table.to_owned();
+        move |e: sqlx::Error| Error::Migrate {
+            migration,
+            table,
+            source: Box::new(e),
+        }
+    };
+    if !create {
+        let mut q = QueryBuilder::<DB>::new(DB::TABLE_EXISTS);
+        q.text(table.to_owned());
+        let row = q.build().fetch_one(pool).await.map_err(fail("check"))?;
+        return match row.int("n").map_err(fail("check"))? {
+            0 => Err(Error::MissingTable {
+                table: table.to_owned(),
+            }),
+            _ => Ok(()),
+        };
+    }
+    let mut conn = pool.acquire().await.map_err(fail("connect"))?;
+    if !DB::TRANSACTIONAL_DDL {
+        return run_steps(&mut conn, &steps)
+            .await
+            .map_err(|(f, e)| fail(f)(e));
+    }
+    let mut tx = conn
+        .begin_with(AssertSqlSafe(DB::BEGIN_WRITE.to_owned()))
+        .await
+        .map_err(fail("begin"))?;
+    if let Some(sql) = DB::schema_lock(lock) {
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail("lock"))?;
+    }
+    run_steps(&mut tx, &steps)
+        .await
+        .map_err(|(f, e)| fail(f)(e))?;
+    tx.commit().await.map_err(fail("commit"))
+}
+
+async fn run_steps<DB: Dialect>(
+    conn: &mut DB::Connection,
+    steps: &[(&'static str, String)],
+) -> Result<(), (&'static str, sqlx::Error)>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    for (file, sql) in steps {
+        for stmt in statements(sql) {
+            sqlx::raw_sql(AssertSqlSafe(stmt))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| (*file, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes claimed rows and orders them by `execute_at`, then publication order.
+fn messages(rows: Vec<RawRow>, table: &str) -> mq_core::Result<Vec<Message>> {
+    let mut rows = rows
+        .into_iter()
+        .map(|r| r.into_message(table))
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.sort_by(|a, b| a.1.execute_at.cmp(&b.1.execute_at).then(a.0.cmp(&b.0)));
+    Ok(rows.into_iter().map(|(_, m)| m).collect())
+}
+
+#[async_trait]
+impl<DB: Dialect> QueueStore for SqlStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    QueryBuilder<DB>: Sql,
+    DB::Row: ReadRow,
+{
+    fn backend(&self) -> &'static str {
+        "sql"
+    }
+
+    async fn register(&self, _queue: &QueueName) -> mq_core::Result<()> {
+        Ok(())
+    }
+
+    async fn insert(
+        &self,
+        queue: &QueueName,
+        messages: Vec<Message>,
+    ) -> mq_core::Result<Vec<mq_core::Result<()>>> {
+        let inserted = DB::insert(self, queue, &messages).await?;
+        self.wake_local(queue.as_str());
+        Ok(match_inserted(queue, &messages, inserted))
+    }
+
+    fn check(&self, message: &Message) -> mq_core::Result<()> {
+        DB::check_message(message)
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> mq_core::Result<Claimed> {
+        let (claimed, expired) = DB::claim(self, queue, owner, limit, lease).await?;
+        Ok(Claimed::new(
+            messages(claimed, &self.names.table)?,
+            messages(expired, &self.names.table)?,
+        ))
+    }
+
+    async fn renew(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        claims: &[Claim],
+        lease: Duration,
+    ) -> mq_core::Result<Vec<Claim>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kept = DB::renew(self, queue, owner, claims, lease).await?;
+        Ok(not_applied(claims.iter().cloned(), kept))
+    }
+
+    async fn complete(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        completions: Vec<Completion>,
+    ) -> mq_core::Result<Vec<Claim>> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = completion_rows(&completions);
+        let applied = DB::complete(self, queue, owner, rows).await?;
+        if applied.iter().any(|(_, s)| s == "scheduled") {
+            // Retries due now: let idle local consumers see them.
+            self.wake_local(queue.as_str());
+        }
+        Ok(not_applied(
+            completions.into_iter().map(|c| c.claim),
+            applied.into_iter().map(|(id, _)| id).collect(),
+        ))
+    }
+
+    async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {
+        self.wait_local(queue, timeout).await;
+    }
+
+    async fn queue_stats(
+        &self,
+        queue: Option<&QueueName>,
+    ) -> mq_core::Result<Vec<mq_core::QueueStats>> {
+        let now = DB::stats_now();
+        let t = &self.names.table;
+        let oldest = format!(
+            "MIN(CASE WHEN status = 'scheduled' AND execute_at <= {now} THEN execute_at END)"
+        );
+        let mut q = QueryBuilder::<DB>::new(format!(
+            "SELECT queue, status, COUNT(*) AS n, {age} AS oldest_ms, \
+             COUNT(CASE WHEN status = 'processing' AND lease_expires_at < {now} THEN 1 END) AS expired \
+             FROM {t}",
+            age = DB::age_ms(&oldest, &now),
+        ));
+        if let Some(queue) = queue {
+            q.raw(" WHERE queue = ");
+            q.text(queue.as_str().to_owned());
+        }
+        q.raw(" GROUP BY queue, status");
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("queue stats"))?;
+        let rows = rows
+            .iter()
+            .map(stats_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend("queue stats"))?;
+        fold_stats(rows)
+    }
+}
+
 /// Per-queue wake-up signals shared by publishers, the notification listener and idle workers.
 #[derive(Debug, Default)]
 pub(crate) struct Wakeups(
     Mutex<HashMap<String, Arc<Notify>>>,
     /// True while a notification listener is subscribed.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) std::sync::atomic::AtomicBool,
 );
 
@@ -121,6 +437,7 @@ impl Wakeups {
         }
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn wake_all(&self) {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for n in map.values() {
@@ -131,9 +448,11 @@ impl Wakeups {
 
 /// Identifiers derived from the validated table name, kept within 63 characters.
 #[derive(Debug, Clone)]
-pub(crate) struct Names {
+pub struct Names {
     pub(crate) table: String,
     pub(crate) archive: String,
+    /// The notification channel (PostgreSQL).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) channel: String,
     pub(crate) idx_ready: String,
     pub(crate) idx_leased: String,
@@ -230,7 +549,7 @@ pub(crate) fn describe_target(url: &str) -> String {
 
 /// A row read back from the table, before validation.
 #[derive(Debug)]
-pub(crate) struct RawRow {
+pub struct RawRow {
     pub(crate) id: String,
     pub(crate) queue: String,
     pub(crate) message_type: String,
@@ -247,6 +566,32 @@ pub(crate) struct RawRow {
     pub(crate) partition_key: Option<String>,
     pub(crate) metadata: Option<Value>,
     pub(crate) seq: i64,
+}
+
+/// Reads a message row (the `COLS` of a dialect).
+pub(crate) fn decode<DB: Dialect>(row: &DB::Row) -> Result<RawRow, sqlx::Error>
+where
+    DB::Row: ReadRow,
+{
+    Ok(RawRow {
+        id: row.text("id")?,
+        queue: row.text("queue")?,
+        message_type: row.text("message_type")?,
+        payload: DB::read_json(row, "payload")?
+            .ok_or_else(|| sqlx::Error::Decode("payload is NULL".into()))?,
+        status: row.text("status")?,
+        execute_at: row.time("execute_at")?,
+        expires_at: row.opt_time("expires_at")?,
+        attempts: row.opt_int4("attempts")?.unwrap_or(0),
+        max_attempts: row.opt_int4("max_attempts")?,
+        retry_delay_ms: row.opt_int("retry_delay_ms")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+        processing_started_at: row.opt_time("processing_started_at")?,
+        partition_key: row.opt_text("partition_key")?,
+        metadata: DB::read_json(row, "metadata")?,
+        seq: row.int("seq")?,
+    })
 }
 
 impl RawRow {
@@ -281,11 +626,6 @@ impl RawRow {
         }
         Ok((self.seq, m))
     }
-}
-
-/// Orders claimed messages by `execute_at`, then publication order.
-pub(crate) fn sort_claimed(rows: &mut [(i64, Message)]) {
-    rows.sort_by(|a, b| a.1.execute_at.cmp(&b.1.execute_at).then(a.0.cmp(&b.0)));
 }
 
 /// A message as bound into an insert.
@@ -328,7 +668,7 @@ impl InsertRow {
 
 /// One completion as bound into the completion statement.
 #[derive(Debug)]
-pub(crate) struct CompletionRow {
+pub struct CompletionRow {
     pub(crate) id: String,
     pub(crate) attempt: i32,
     pub(crate) status: &'static str,
@@ -422,6 +762,55 @@ pub(crate) fn not_applied(
         .collect()
 }
 
+/// One `(queue, status)` group read by `queue_stats`.
+pub(crate) struct StatsRow {
+    pub(crate) queue: String,
+    pub(crate) status: String,
+    pub(crate) n: i64,
+    pub(crate) oldest_ms: Option<i64>,
+    pub(crate) expired: i64,
+}
+
+/// Folds [`StatsRow`]s into one [`mq_core::QueueStats`] per queue, in queue-name order.
+pub(crate) fn fold_stats(rows: Vec<StatsRow>) -> mq_core::Result<Vec<mq_core::QueueStats>> {
+    let mut by_queue: std::collections::BTreeMap<String, mq_core::QueueStats> =
+        std::collections::BTreeMap::new();
+    for row in rows {
+        let status: Status = row.status.parse().map_err(|_| {
+            mq_core::Error::backend(
+                "sql",
+                "queue stats",
+                format!("unknown status {:?} in queue {:?}", row.status, row.queue),
+            )
+        })?;
+        let stats = match by_queue.entry(row.queue) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let name = QueueName::new(e.key())?;
+                e.insert(mq_core::QueueStats::new(name))
+            }
+        };
+        *stats.counts.entry(status).or_default() += u64::try_from(row.n).unwrap_or(0);
+        stats.expired_leases += u64::try_from(row.expired).unwrap_or(0);
+        if let Some(ms) = row.oldest_ms {
+            let age = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            stats.oldest_ready_age = Some(stats.oldest_ready_age.map_or(age, |a| a.max(age)));
+        }
+    }
+    Ok(by_queue.into_values().collect())
+}
+
+/// Reads one row of `queue_stats`.
+fn stats_row(row: &impl ReadRow) -> Result<StatsRow, sqlx::Error> {
+    Ok(StatsRow {
+        queue: row.opt_text("queue")?.unwrap_or_default(),
+        status: row.opt_text("status")?.unwrap_or_default(),
+        n: row.int("n")?,
+        oldest_ms: row.opt_int("oldest_ms")?,
+        expired: row.int("expired")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,87 +856,5 @@ mod tests {
         let s = statements("-- c\nCREATE TABLE a (x int);\nCREATE INDEX b ON a (x);\n");
         assert_eq!(s.len(), 2);
         assert_eq!(s[1], "CREATE INDEX b ON a (x)");
-    }
-}
-
-/// One `(queue, status)` group read by [`stats_sql`].
-pub(crate) struct StatsRow {
-    pub(crate) queue: String,
-    pub(crate) status: String,
-    pub(crate) n: i64,
-    pub(crate) oldest_ms: Option<i64>,
-    pub(crate) expired: i64,
-}
-
-/// The one statement behind `queue_stats`: per (queue, status) the count, the age in
-/// milliseconds of the oldest due scheduled message and the processing messages whose lease has
-/// run out, on the database's clock `now`. `age_ms` turns the oldest `execute_at` into an age;
-/// `queue_param` is the placeholder for one queue, or `None` for every queue.
-pub(crate) fn stats_sql(
-    table: &str,
-    now: &str,
-    age_ms: impl Fn(&str) -> String,
-    queue_param: Option<&str>,
-) -> String {
-    let oldest =
-        format!("MIN(CASE WHEN status = 'scheduled' AND execute_at <= {now} THEN execute_at END)");
-    let filter = queue_param.map_or(String::new(), |p| format!(" WHERE queue = {p}"));
-    format!(
-        "SELECT queue, status, COUNT(*) AS n, {age} AS oldest_ms, \
-         COUNT(CASE WHEN status = 'processing' AND lease_expires_at < {now} THEN 1 END) AS expired \
-         FROM {table}{filter} GROUP BY queue, status",
-        age = age_ms(&oldest),
-    )
-}
-
-/// Folds [`StatsRow`]s into one [`mq_core::QueueStats`] per queue, in queue-name order.
-pub(crate) fn fold_stats(rows: Vec<StatsRow>) -> mq_core::Result<Vec<mq_core::QueueStats>> {
-    let mut by_queue: std::collections::BTreeMap<String, mq_core::QueueStats> =
-        std::collections::BTreeMap::new();
-    for row in rows {
-        let status: Status = row.status.parse().map_err(|_| {
-            mq_core::Error::backend(
-                "sql",
-                "queue stats",
-                format!("unknown status {:?} in queue {:?}", row.status, row.queue),
-            )
-        })?;
-        let stats = match by_queue.entry(row.queue) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let name = QueueName::new(e.key())?;
-                e.insert(mq_core::QueueStats::new(name))
-            }
-        };
-        *stats.counts.entry(status).or_default() += u64::try_from(row.n).unwrap_or(0);
-        stats.expired_leases += u64::try_from(row.expired).unwrap_or(0);
-        if let Some(ms) = row.oldest_ms {
-            let age = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-            stats.oldest_ready_age = Some(stats.oldest_ready_age.map_or(age, |a| a.max(age)));
-        }
-    }
-    Ok(by_queue.into_values().collect())
-}
-
-/// Reads one row of [`stats_sql`].
-pub(crate) fn stats_row(
-    row: &impl crate::dead_letter::ReadRow,
-) -> Result<StatsRow, sqlx::Error> {
-    Ok(StatsRow {
-        queue: row.opt_text("queue")?.unwrap_or_default(),
-        status: row.opt_text("status")?.unwrap_or_default(),
-        n: row.int("n")?,
-        oldest_ms: row.opt_int("oldest_ms")?,
-        expired: row.int("expired")?,
-    })
-}
-
-/// Whether any string or key in `value` holds a NUL, which PostgreSQL's `jsonb` cannot keep.
-pub(crate) fn json_has_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(json_has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
-        _ => false,
     }
 }

@@ -9,8 +9,13 @@ use mq_core::{CommonOptions, ErrorChain, MessageId, NewMessage, QueueName};
 use mq_sql::{MySqlQueue, PgQueue, SqlOptions, SqliteQueue};
 use support::{Db, drop_table, fresh_queue, require, table_name};
 
-fn full_text(e: &mq_sql::Error) -> String {
+fn full_text(e: &mq_core::Error) -> String {
     format!("{} | {} | {e:?}", e, ErrorChain::from_error(e))
+}
+
+/// This crate's error behind a core error, if it is the source.
+fn sql_error(e: &mq_core::Error) -> Option<&mq_sql::Error> {
+    std::error::Error::source(e)?.downcast_ref()
 }
 
 #[tokio::test]
@@ -18,20 +23,21 @@ async fn unreachable_database_names_host_not_password() {
     let opts = || SqlOptions::default().connect_timeout(Duration::from_secs(2));
     let pg = PgQueue::connect(
         "postgres://app:s3cr3t-pw@127.0.0.1:1/app",
-        opts(),
-        CommonOptions::default(),
+        opts().common(CommonOptions::default()),
     )
     .await
     .expect_err("port 1 is closed");
     let text = full_text(&pg);
     assert!(text.contains("127.0.0.1:1"), "{text}");
     assert!(!text.contains("s3cr3t-pw"), "password leaked: {text}");
-    assert!(matches!(pg, mq_sql::Error::Connect { .. }));
+    assert!(
+        matches!(sql_error(&pg), Some(mq_sql::Error::Connect { .. })),
+        "{pg:?}"
+    );
 
     let my = MySqlQueue::connect(
         "mysql://root:s3cr3t-pw@127.0.0.1:1/app",
-        opts(),
-        CommonOptions::default(),
+        opts().common(CommonOptions::default()),
     )
     .await
     .expect_err("port 1 is closed");
@@ -43,8 +49,7 @@ async fn unreachable_database_names_host_not_password() {
 
     let dns = PgQueue::connect(
         "postgres://app:s3cr3t-pw@no-such-host.invalid:5432/app",
-        opts(),
-        CommonOptions::default(),
+        opts().common(CommonOptions::default()),
     )
     .await
     .expect_err("no such host");
@@ -54,9 +59,8 @@ async fn unreachable_database_names_host_not_password() {
         "{text}"
     );
 
-    // Converted into the core error, the chain still names the host and hides the password.
-    let core: mq_core::Error = pg.into();
-    let chain = ErrorChain::from_error(&core).to_string();
+    // The core error's chain names the host and hides the password.
+    let chain = ErrorChain::from_error(&pg).to_string();
     assert!(
         chain.starts_with("sql connect failed: cannot connect to postgres at 127.0.0.1:1"),
         "{chain}"
@@ -65,8 +69,7 @@ async fn unreachable_database_names_host_not_password() {
 
     let sqlite = SqliteQueue::connect(
         "sqlite:///nonexistent-dir-mq/sub/q.db",
-        opts(),
-        CommonOptions::default(),
+        opts().common(CommonOptions::default()),
     )
     .await
     .expect_err("directory does not exist");
@@ -77,12 +80,16 @@ async fn unreachable_database_names_host_not_password() {
 async fn unsafe_table_name_is_refused_before_connecting() {
     let e = SqliteQueue::connect(
         "sqlite::memory:",
-        SqlOptions::default().table("jobs; DROP TABLE users"),
-        CommonOptions::default(),
+        SqlOptions::default()
+            .table("jobs; DROP TABLE users")
+            .common(CommonOptions::default()),
     )
     .await
     .expect_err("unsafe name");
-    assert!(matches!(e, mq_sql::Error::InvalidTableName { .. }), "{e}");
+    assert!(
+        matches!(e, mq_core::Error::InvalidName { kind: "table", .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("jobs; DROP TABLE users"));
 }
 
@@ -166,4 +173,54 @@ async fn oversize_and_duplicates_mysql() {
 #[tokio::test]
 async fn oversize_and_duplicates_sqlite() {
     oversize_and_duplicates(Db::Sqlite).await;
+}
+
+/// With `create_schema(false)` connecting creates nothing: a missing table is an error naming
+/// it, and an existing table is used as is.
+async fn missing_table_without_create_schema(db: Db) {
+    let test = "no_create";
+    let Some(url) = require(db, test) else { return };
+    let table = table_name("bi", test);
+    drop_table(db, &url, &table).await;
+    let opts = || SqlOptions::default().table(&table).create_schema(false);
+    let err = match db {
+        Db::Postgres => PgQueue::connect(&url, opts()).await.map(|_| ()),
+        Db::MySql => MySqlQueue::connect(&url, opts()).await.map(|_| ()),
+        Db::Sqlite => SqliteQueue::connect(&url, opts()).await.map(|_| ()),
+    }
+    .expect_err("the table does not exist");
+    assert!(
+        matches!(sql_error(&err), Some(mq_sql::Error::MissingTable { table: t }) if *t == table),
+        "{err:?}"
+    );
+    assert!(full_text(&err).contains(&table), "{err:?}");
+
+    // Created once, the table is found without creating anything.
+    fresh_queue(db, &url, &table, CommonOptions::default())
+        .await
+        .shutdown()
+        .await
+        .expect("shutdown");
+    match db {
+        Db::Postgres => PgQueue::connect(&url, opts()).await.map(|_| ()),
+        Db::MySql => MySqlQueue::connect(&url, opts()).await.map(|_| ()),
+        Db::Sqlite => SqliteQueue::connect(&url, opts()).await.map(|_| ()),
+    }
+    .expect("the table exists");
+    drop_table(db, &url, &table).await;
+}
+
+#[tokio::test]
+async fn missing_table_without_create_schema_postgres() {
+    missing_table_without_create_schema(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn missing_table_without_create_schema_mysql() {
+    missing_table_without_create_schema(Db::MySql).await;
+}
+
+#[tokio::test]
+async fn missing_table_without_create_schema_sqlite() {
+    missing_table_without_create_schema(Db::Sqlite).await;
 }

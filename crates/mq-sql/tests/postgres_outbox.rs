@@ -24,7 +24,7 @@ async fn publish_in_tx_follows_the_transaction() {
     };
     let table = table_name("po", test);
     drop_table(Db::Postgres, &url, &table).await;
-    let q = PgQueue::connect(&url, options(&table), CommonOptions::default())
+    let q = PgQueue::connect(&url, options(&table).common(CommonOptions::default()))
         .await
         .expect("connect");
     let name = QueueName::new("outbox").expect("name");
@@ -79,10 +79,10 @@ async fn notify_wakes_an_idle_consumer_of_another_instance() {
     };
     let table = table_name("po", test);
     drop_table(Db::Postgres, &url, &table).await;
-    let consumer_side = PgQueue::connect(&url, options(&table), CommonOptions::default())
+    let consumer_side = PgQueue::connect(&url, options(&table).common(CommonOptions::default()))
         .await
         .expect("connect");
-    let publisher_side = PgQueue::connect(&url, options(&table), CommonOptions::default())
+    let publisher_side = PgQueue::connect(&url, options(&table).common(CommonOptions::default()))
         .await
         .expect("connect");
     let name = QueueName::new("wake").expect("name");

@@ -44,7 +44,7 @@ async fn purge(db: Db, archive: bool) {
     };
     let removed = match db {
         Db::Postgres => {
-            let q = mq_sql::PgQueue::connect(&url, opts, CommonOptions::default())
+            let q = mq_sql::PgQueue::connect(&url, opts.common(CommonOptions::default()))
                 .await
                 .expect("connect");
             publish_and_ack(Arc::new(q.clone())).await;
@@ -60,7 +60,7 @@ async fn purge(db: Db, archive: bool) {
             n
         }
         Db::MySql => {
-            let q = mq_sql::MySqlQueue::connect(&url, opts, CommonOptions::default())
+            let q = mq_sql::MySqlQueue::connect(&url, opts.common(CommonOptions::default()))
                 .await
                 .expect("connect");
             publish_and_ack(Arc::new(q.clone())).await;
@@ -76,7 +76,7 @@ async fn purge(db: Db, archive: bool) {
             n
         }
         Db::Sqlite => {
-            let q = mq_sql::SqliteQueue::connect(&url, opts, CommonOptions::default())
+            let q = mq_sql::SqliteQueue::connect(&url, opts.common(CommonOptions::default()))
                 .await
                 .expect("connect");
             publish_and_ack(Arc::new(q.clone())).await;

@@ -22,8 +22,7 @@ async fn main() -> anyhow::Result<()> {
 
     let queue = SqliteQueue::connect(
         "sqlite://mq-quickstart.db",
-        SqlOptions::default(),
-        CommonOptions::default(),
+        SqlOptions::default().common(CommonOptions::default()),
     )
     .await?;
     let emails = QueueName::new("emails")?;

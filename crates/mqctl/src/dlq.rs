@@ -454,17 +454,17 @@ async fn open_queue(
     let common = CommonOptions::default();
     Ok(match scheme(url)? {
         Scheme::Postgres => Arc::new(
-            mq::PgQueue::connect(url, sql, common)
+            mq::PgQueue::connect(url, sql.common(common))
                 .await
                 .with_context(where_)?,
         ),
         Scheme::MySql => Arc::new(
-            mq::MySqlQueue::connect(url, sql, common)
+            mq::MySqlQueue::connect(url, sql.common(common))
                 .await
                 .with_context(where_)?,
         ),
         Scheme::Sqlite => Arc::new(
-            mq::SqliteQueue::connect(url, sql, common)
+            mq::SqliteQueue::connect(url, sql.common(common))
                 .await
                 .with_context(where_)?,
         ),

@@ -32,8 +32,10 @@ async fn dead_letter(
     store.migrate().await.expect("migrate");
     let queue = PgQueue::connect(
         url,
-        SqlOptions::default().table(table).notify(false),
-        CommonOptions::default().dead_letters(store.clone()),
+        SqlOptions::default()
+            .table(table)
+            .notify(false)
+            .common(CommonOptions::default().dead_letters(store.clone())),
     )
     .await
     .expect("queue");

@@ -167,8 +167,10 @@ impl QueueFactory for Factory {
     }
 
     async fn create(&self, test: &str, common: CommonOptions) -> Arc<dyn MessageQueue> {
-        let url = url(self.db, test).unwrap_or_else(|e| panic!("{e}"));
+        // The SQLite file is named after the table, so suites of one binary that share test
+        // names (with different prefixes) never share, or delete, each other's file.
         let table = table_name(self.prefix, test);
+        let url = url(self.db, &table).unwrap_or_else(|e| panic!("{e}"));
         drop_table(self.db, &url, &table).await;
         self.used
             .lock()
@@ -178,21 +180,21 @@ impl QueueFactory for Factory {
         match self.db {
             #[cfg(feature = "postgres")]
             Db::Postgres => Arc::new(
-                mq_sql::PgQueue::connect(&url, opts, common)
+                mq_sql::PgQueue::connect(&url, opts.common(common))
                     .await
-                    .unwrap_or_else(|e| panic!("connect: {e}")),
+                    .unwrap_or_else(|e| panic!("connect: {e:?}")),
             ),
             #[cfg(feature = "mysql")]
             Db::MySql => Arc::new(
-                mq_sql::MySqlQueue::connect(&url, opts, common)
+                mq_sql::MySqlQueue::connect(&url, opts.common(common))
                     .await
-                    .unwrap_or_else(|e| panic!("connect: {e}")),
+                    .unwrap_or_else(|e| panic!("connect: {e:?}")),
             ),
             #[cfg(feature = "sqlite")]
             Db::Sqlite => Arc::new(
-                mq_sql::SqliteQueue::connect(&url, opts, common)
+                mq_sql::SqliteQueue::connect(&url, opts.common(common))
                     .await
-                    .unwrap_or_else(|e| panic!("connect: {e}")),
+                    .unwrap_or_else(|e| panic!("connect: {e:?}")),
             ),
             #[allow(unreachable_patterns)]
             other => panic!("{other:?} support is not compiled in: enable its feature"),
@@ -200,26 +202,26 @@ impl QueueFactory for Factory {
     }
 
     async fn store(&self, test: &str) -> Option<Arc<dyn QueueStore>> {
-        let url = url(self.db, test).ok()?;
+        let url = url(self.db, &table_name(self.prefix, test)).ok()?;
         let opts = self.options(test);
         Some(match self.db {
             #[cfg(feature = "postgres")]
             Db::Postgres => Arc::new(
                 SqlStore::<sqlx::Postgres>::connect(&url, opts)
                     .await
-                    .unwrap_or_else(|e| panic!("connect: {e}")),
+                    .unwrap_or_else(|e| panic!("connect: {e:?}")),
             ),
             #[cfg(feature = "mysql")]
             Db::MySql => Arc::new(
                 SqlStore::<sqlx::MySql>::connect(&url, opts)
                     .await
-                    .unwrap_or_else(|e| panic!("connect: {e}")),
+                    .unwrap_or_else(|e| panic!("connect: {e:?}")),
             ),
             #[cfg(feature = "sqlite")]
             Db::Sqlite => Arc::new(
                 SqlStore::<sqlx::Sqlite>::connect(&url, opts)
                     .await
-                    .unwrap_or_else(|e| panic!("connect: {e}")),
+                    .unwrap_or_else(|e| panic!("connect: {e:?}")),
             ),
             #[allow(unreachable_patterns)]
             _ => return None,
@@ -259,21 +261,21 @@ pub async fn connect_queue(
     match db {
         #[cfg(feature = "postgres")]
         Db::Postgres => Arc::new(
-            mq_sql::PgQueue::connect(url, opts, common)
+            mq_sql::PgQueue::connect(url, opts.common(common))
                 .await
-                .unwrap_or_else(|e| panic!("connect: {e}")),
+                .unwrap_or_else(|e| panic!("connect: {e:?}")),
         ),
         #[cfg(feature = "mysql")]
         Db::MySql => Arc::new(
-            mq_sql::MySqlQueue::connect(url, opts, common)
+            mq_sql::MySqlQueue::connect(url, opts.common(common))
                 .await
-                .unwrap_or_else(|e| panic!("connect: {e}")),
+                .unwrap_or_else(|e| panic!("connect: {e:?}")),
         ),
         #[cfg(feature = "sqlite")]
         Db::Sqlite => Arc::new(
-            mq_sql::SqliteQueue::connect(url, opts, common)
+            mq_sql::SqliteQueue::connect(url, opts.common(common))
                 .await
-                .unwrap_or_else(|e| panic!("connect: {e}")),
+                .unwrap_or_else(|e| panic!("connect: {e:?}")),
         ),
         #[allow(unreachable_patterns)]
         other => panic!("{other:?} support is not compiled in"),
@@ -292,19 +294,19 @@ pub async fn connect_store_with(db: Db, url: &str, opts: SqlOptions) -> Arc<dyn 
         Db::Postgres => Arc::new(
             SqlStore::<sqlx::Postgres>::connect(url, opts)
                 .await
-                .unwrap_or_else(|e| panic!("connect: {e}")),
+                .unwrap_or_else(|e| panic!("connect: {e:?}")),
         ),
         #[cfg(feature = "mysql")]
         Db::MySql => Arc::new(
             SqlStore::<sqlx::MySql>::connect(url, opts)
                 .await
-                .unwrap_or_else(|e| panic!("connect: {e}")),
+                .unwrap_or_else(|e| panic!("connect: {e:?}")),
         ),
         #[cfg(feature = "sqlite")]
         Db::Sqlite => Arc::new(
             SqlStore::<sqlx::Sqlite>::connect(url, opts)
                 .await
-                .unwrap_or_else(|e| panic!("connect: {e}")),
+                .unwrap_or_else(|e| panic!("connect: {e:?}")),
         ),
         #[allow(unreachable_patterns)]
         other => panic!("{other:?} support is not compiled in"),

@@ -1,0 +1,215 @@
+//! [`Dialect`]: what really differs between the SQL databases. The queue store
+//! ([`SqlStore`]), the checkpoint store and the dead-letter store are written once, generic over
+//! it; each database implements it in one file of `dialect/`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mq_core::backend::Claim;
+use mq_core::{Message, QueueName};
+use sqlx::{ColumnIndex, Decode, Encode, QueryBuilder, Row, Type};
+
+use crate::error::Error;
+use crate::options::SqlOptions;
+use crate::store::{CompletionRow, Names, RawRow, SqlStore};
+
+#[cfg(feature = "mysql")]
+pub(crate) mod mysql;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+/// One SQL database: SQL fragments, time encoding, and the steps whose algorithm differs
+/// (claiming, batch writes). Sealed: it is `pub` only so that it may bound the public generic
+/// impls, but it lives in a private module, so users can neither name nor implement it. Adding
+/// a database is one new file in `dialect/`.
+pub trait Dialect: sqlx::Database {
+    /// The name in errors (`"postgres"`, `"mysql"`, `"sqlite"`).
+    const KIND: &'static str;
+    /// The queue table's migrations: (file, template with `{table}`-style placeholders).
+    const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)];
+    /// The checkpoint table's migration (`{table}` placeholder).
+    const CHECKPOINT_MIGRATION: (&'static str, &'static str);
+    /// The dead-letter table's migration (`{table}` and `{idx_...}` placeholders).
+    const DEAD_LETTER_MIGRATION: &'static str;
+    /// Appended to a dead-letter insert: a second letter for the same (queue, message id) adds a
+    /// failure to the stored entry. `{table}`, if present, is replaced by the table.
+    const DEAD_LETTER_UPSERT: &'static str;
+    /// Whether schema changes run in one transaction (false where DDL commits implicitly).
+    const TRANSACTIONAL_DDL: bool;
+    /// The statement that opens a read-modify-write transaction.
+    const BEGIN_WRITE: &'static str;
+    /// Run on the connection before [`BEGIN_WRITE`](Self::BEGIN_WRITE), if anything.
+    const BEFORE_WRITE: Option<&'static str> = None;
+    /// Appended to a `SELECT` that reads a row to change it in the same transaction.
+    const LOCK_ROW: &'static str;
+    /// `SELECT COUNT(*) AS n ...` over the catalog; the table name is bound after it.
+    const TABLE_EXISTS: &'static str;
+
+    /// How a point in time is stored.
+    type Time: for<'q> Encode<'q, Self> + for<'r> Decode<'r, Self> + Type<Self> + Send + Sync;
+
+    /// A time as stored.
+    fn to_time(t: DateTime<Utc>) -> Self::Time;
+    /// A stored time.
+    fn from_time(t: Self::Time) -> Result<DateTime<Utc>, sqlx::Error>;
+    /// Rows changed by a statement (an inherent method of each driver's result).
+    fn rows_affected(done: &Self::QueryResult) -> u64;
+    /// A statement run first in the schema transaction to serialize concurrent migrations.
+    fn schema_lock(_key: i64) -> Option<String> {
+        None
+    }
+
+    /// A pool for `url` set up as this crate needs it.
+    fn connect_pool(
+        url: &str,
+        options: &SqlOptions,
+    ) -> impl Future<Output = Result<sqlx::Pool<Self>, sqlx::Error>> + Send;
+    /// Refuses a server that lacks what the queue needs.
+    fn check_server(_pool: &sqlx::Pool<Self>) -> impl Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
+    /// Starts database-specific background tasks of a new store (notification listener).
+    fn start(_store: &SqlStore<Self>) {}
+    /// Refuses a message the database cannot store.
+    fn check_message(_message: &Message) -> mq_core::Result<()> {
+        Ok(())
+    }
+
+    /// Stores `messages` (one queue); returns the ids stored, the others were duplicates.
+    fn insert(
+        store: &SqlStore<Self>,
+        queue: &QueueName,
+        messages: &[Message],
+    ) -> impl Future<Output = mq_core::Result<Vec<String>>> + Send;
+    /// Claims up to `limit` due messages of `queue` for `owner` and expires the scheduled ones
+    /// past their expiry: (claimed rows, expired rows).
+    fn claim(
+        store: &SqlStore<Self>,
+        queue: &QueueName,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> impl Future<Output = mq_core::Result<(Vec<RawRow>, Vec<RawRow>)>> + Send;
+    /// Extends the leases `owner` still holds; returns the ids renewed.
+    fn renew(
+        store: &SqlStore<Self>,
+        queue: &QueueName,
+        owner: &str,
+        claims: &[Claim],
+        lease: Duration,
+    ) -> impl Future<Output = mq_core::Result<Vec<String>>> + Send;
+    /// Applies the completions `owner` still holds; returns (id, new status) of each applied.
+    fn complete(
+        store: &SqlStore<Self>,
+        queue: &QueueName,
+        owner: &str,
+        rows: Vec<CompletionRow>,
+    ) -> impl Future<Output = mq_core::Result<Vec<(String, String)>>> + Send;
+    /// Deletes (or archives) up to `limit` finished rows older than `older_than`; returns how
+    /// many.
+    fn purge_batch(
+        pool: &sqlx::Pool<Self>,
+        names: &Names,
+        older_than: Duration,
+        limit: usize,
+        archive: bool,
+    ) -> impl Future<Output = mq_core::Result<u64>> + Send;
+    /// A JSON column (NULL as `None`); stored as text unless the dialect says otherwise.
+    fn read_json(row: &Self::Row, col: &str) -> Result<Option<serde_json::Value>, sqlx::Error>
+    where
+        Self::Row: ReadRow,
+    {
+        row.opt_text(col)?
+            .map(|s| serde_json::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+            .transpose()
+    }
+    /// The current time as a SQL expression, for queue statistics.
+    fn stats_now() -> String;
+    /// Milliseconds from the time expression `then` to `now`, as a SQL integer expression.
+    fn age_ms(then: &str, now: &str) -> String;
+}
+
+/// A query under construction, whatever the database (placeholders and binds).
+pub trait Sql {
+    fn raw(&mut self, s: &str);
+    fn text(&mut self, v: String);
+    fn opt_text(&mut self, v: Option<String>);
+    fn int(&mut self, v: i64);
+    fn int4(&mut self, v: i32);
+    fn time(&mut self, v: DateTime<Utc>);
+}
+
+impl<DB: Dialect> Sql for QueryBuilder<DB>
+where
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    Option<String>: for<'q> Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    i32: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    fn raw(&mut self, s: &str) {
+        self.push(s);
+    }
+    fn text(&mut self, v: String) {
+        self.push_bind(v);
+    }
+    fn opt_text(&mut self, v: Option<String>) {
+        self.push_bind(v);
+    }
+    fn int(&mut self, v: i64) {
+        self.push_bind(v);
+    }
+    fn int4(&mut self, v: i32) {
+        self.push_bind(v);
+    }
+    fn time(&mut self, v: DateTime<Utc>) {
+        self.push_bind(DB::to_time(v));
+    }
+}
+
+/// A result row, whatever the database.
+pub trait ReadRow {
+    fn text(&self, col: &str) -> Result<String, sqlx::Error>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error>;
+    fn int(&self, col: &str) -> Result<i64, sqlx::Error>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
+    /// A 32-bit integer column, widened.
+    fn opt_int4(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn time(&self, col: &str) -> Result<DateTime<Utc>, sqlx::Error>;
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error>;
+}
+
+impl<R: Row> ReadRow for R
+where
+    R::Database: Dialect,
+    for<'c> &'c str: ColumnIndex<R>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    i32: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn opt_int4(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+        Ok(self.try_get::<Option<i32>, _>(col)?.map(i64::from))
+    }
+    fn time(&self, col: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+        <R::Database as Dialect>::from_time(self.try_get(col)?)
+    }
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        self.try_get::<Option<<R::Database as Dialect>::Time>, _>(col)?
+            .map(<R::Database as Dialect>::from_time)
+            .transpose()
+    }
+}

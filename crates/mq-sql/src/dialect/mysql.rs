@@ -1,0 +1,578 @@
+//! MySQL and MariaDB: `SELECT ... FOR UPDATE SKIP LOCKED` in a transaction, then `UPDATE` by id
+//! and read back (no `UPDATE ... RETURNING`). Needs MySQL >= 8.0.1 or MariaDB >= 10.6.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use mq_core::backend::Claim;
+use mq_core::{Message, QueueName};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult};
+use sqlx::{AssertSqlSafe, Executor, MySql, MySqlConnection, MySqlPool};
+
+use super::Dialect;
+use crate::checkpoint::SqlCheckpointStore;
+use crate::dead_letter::{SqlDeadLetterStore, assert_store};
+use crate::error::{Error, backend};
+use crate::options::SqlOptions;
+use crate::queue::SqlQueue;
+use crate::store::{
+    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros,
+};
+
+/// A SQL queue on MySQL or MariaDB.
+pub type MySqlQueue = SqlQueue<MySql>;
+
+/// A [`SqlCheckpointStore`] on MySQL or MariaDB.
+pub type MySqlCheckpointStore = SqlCheckpointStore<MySql>;
+
+/// A [`SqlDeadLetterStore`] on MySQL or MariaDB (feature `mysql`).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f(pool: mq_sql::sqlx::MySqlPool) -> mq_core::Result<()> {
+/// use mq_core::DeadLetterStore;
+/// use mq_sql::MySqlDeadLetterStore;
+///
+/// let store = MySqlDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+pub type MySqlDeadLetterStore = SqlDeadLetterStore<MySql>;
+
+const _: () = assert_store::<MySqlDeadLetterStore>();
+
+/// Rows per multi-row statement.
+const CHUNK: usize = 1000;
+
+impl Dialect for MySql {
+    const KIND: &'static str = "mysql";
+    const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)] = &[(
+        "mysql/0001_messages.sql",
+        include_str!("../../migrations/mysql/0001_messages.sql"),
+    )];
+    const CHECKPOINT_MIGRATION: (&'static str, &'static str) = (
+        "mysql/0001_checkpoints.sql",
+        include_str!("../../migrations/mysql/0001_checkpoints.sql"),
+    );
+    const DEAD_LETTER_MIGRATION: &'static str =
+        include_str!("../../migrations/mysql/0001_dead_letters.sql");
+    const DEAD_LETTER_UPSERT: &'static str = " ON DUPLICATE KEY UPDATE \
+        failures = failures + 1, error = VALUES(error), error_text = VALUES(error_text), \
+        exhausted = VALUES(exhausted), attempts = GREATEST(attempts, VALUES(attempts)), \
+        first_failed_at = LEAST(first_failed_at, VALUES(first_failed_at)), \
+        last_failed_at = GREATEST(last_failed_at, VALUES(last_failed_at)), \
+        consumer_id = VALUES(consumer_id)";
+    // DDL commits implicitly in MySQL: no transaction.
+    const TRANSACTIONAL_DDL: bool = false;
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    // No gap locks on a missing row: racing first inserts fail with a duplicate key instead of
+    // deadlocking.
+    const BEFORE_WRITE: Option<&'static str> =
+        Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED");
+    const LOCK_ROW: &'static str = " FOR UPDATE";
+    const TABLE_EXISTS: &'static str = "SELECT COUNT(*) AS n FROM information_schema.tables \
+        WHERE table_schema = DATABASE() AND table_name = ";
+
+    type Time = NaiveDateTime;
+
+    fn to_time(t: DateTime<Utc>) -> NaiveDateTime {
+        t.naive_utc()
+    }
+    fn from_time(t: NaiveDateTime) -> Result<DateTime<Utc>, sqlx::Error> {
+        Ok(t.and_utc())
+    }
+    fn rows_affected(done: &MySqlQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    async fn connect_pool(url: &str, options: &SqlOptions) -> Result<MySqlPool, sqlx::Error> {
+        let opts = MySqlConnectOptions::from_str(url)?.timezone(Some("+00:00".to_owned()));
+        MySqlPoolOptions::new()
+            .max_connections(options.get_max_connections())
+            .acquire_timeout(options.get_connect_timeout())
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await
+    }
+
+    async fn check_server(pool: &MySqlPool) -> Result<(), Error> {
+        let version: String = sqlx::query_scalar("SELECT VERSION()")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| Error::Connect {
+                database: "mysql",
+                target: "(pool)".into(),
+                source: Box::new(e),
+            })?;
+        check_version(&version)
+    }
+
+    async fn insert(
+        store: &SqlStore<Self>,
+        queue: &QueueName,
+        messages: &[Message],
+    ) -> mq_core::Result<Vec<String>> {
+        let t = &store.names.table;
+        match try_insert(&store.pool, t, queue, messages).await {
+            // A concurrent publisher stored one of the ids between our check and insert:
+            // check again.
+            Err(e) if is_duplicate_key(&e) => try_insert(&store.pool, t, queue, messages).await,
+            other => other,
+        }
+        .map_err(backend("publish"))
+    }
+
+    async fn claim(
+        store: &SqlStore<Self>,
+        queue: &QueueName,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> mq_core::Result<(Vec<RawRow>, Vec<RawRow>)> {
+        let t = &store.names.table;
+        let n = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut tx = store.pool.begin().await.map_err(backend("claim"))?;
+        let now: NaiveDateTime = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend("claim"))?;
+        let expired: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT id FROM {t} WHERE queue = ? AND status = 'scheduled' AND expires_at <= ? \
+             ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED"
+        )))
+        .bind(queue.as_str())
+        .bind(now)
+        .bind(n)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend("claim"))?;
+        if !expired.is_empty() {
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {t} SET status = 'expired', updated_at = ? WHERE queue = ? AND id IN ({})",
+                placeholders(expired.len())
+            )))
+            .bind(now)
+            .bind(queue.as_str());
+            for id in &expired {
+                q = q.bind(id.as_str());
+            }
+            q.execute(&mut *tx).await.map_err(backend("claim"))?;
+        }
+        let mut picked: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT id FROM {t} WHERE queue = ? AND status = 'processing' AND lease_expires_at <= ? \
+             ORDER BY lease_expires_at LIMIT ? FOR UPDATE SKIP LOCKED"
+        )))
+        .bind(queue.as_str())
+        .bind(now)
+        .bind(n)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend("claim"))?;
+        let left = n - picked.len() as i64;
+        if left > 0 {
+            let ready: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT id FROM {t} WHERE queue = ? AND status = 'scheduled' AND execute_at <= ? \
+                 AND (expires_at IS NULL OR expires_at > ?) \
+                 ORDER BY execute_at, seq LIMIT ? FOR UPDATE SKIP LOCKED"
+            )))
+            .bind(queue.as_str())
+            .bind(now)
+            .bind(now)
+            .bind(left)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend("claim"))?;
+            picked.extend(ready);
+        }
+        if !picked.is_empty() {
+            let lease_end = now + chrono::Duration::microseconds(micros(lease));
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {t} SET status = 'processing', lease_owner = ?, lease_expires_at = ?, \
+                 attempts = attempts + 1, processing_started_at = ?, updated_at = ? \
+                 WHERE queue = ? AND id IN ({})",
+                placeholders(picked.len())
+            )))
+            .bind(owner)
+            .bind(lease_end)
+            .bind(now)
+            .bind(now)
+            .bind(queue.as_str());
+            for id in &picked {
+                q = q.bind(id.as_str());
+            }
+            q.execute(&mut *tx).await.map_err(backend("claim"))?;
+        }
+        let mut claimed = Vec::with_capacity(picked.len());
+        let mut gone = Vec::with_capacity(expired.len());
+        let all: Vec<String> = picked.into_iter().chain(expired).collect();
+        for chunk in all.chunks(CHUNK) {
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {COLS} FROM {t} WHERE queue = ? AND id IN ({})",
+                placeholders(chunk.len())
+            )))
+            .bind(queue.as_str());
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            for row in q.fetch_all(&mut *tx).await.map_err(backend("claim"))? {
+                let raw = decode::<MySql>(&row).map_err(backend("claim"))?;
+                if raw.status == "expired" {
+                    gone.push(raw);
+                } else {
+                    claimed.push(raw);
+                }
+            }
+        }
+        tx.commit().await.map_err(backend("claim"))?;
+        Ok((claimed, gone))
+    }
+
+    async fn renew(
+        store: &SqlStore<Self>,
+        queue: &QueueName,
+        owner: &str,
+        claims: &[Claim],
+        lease: Duration,
+    ) -> mq_core::Result<Vec<String>> {
+        let t = &store.names.table;
+        let pairs: Vec<(String, i32)> = claims
+            .iter()
+            .map(|c| {
+                (
+                    c.id.as_str().to_owned(),
+                    i32::try_from(c.attempt).unwrap_or(i32::MAX),
+                )
+            })
+            .collect();
+        let mut tx = store.pool.begin().await.map_err(backend("renew"))?;
+        let kept = held(&mut tx, t, queue, owner, &pairs)
+            .await
+            .map_err(backend("renew"))?;
+        let ids: Vec<&String> = kept.iter().collect();
+        for chunk in ids.chunks(CHUNK) {
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {t} SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
+                 WHERE queue = ? AND id IN ({})",
+                placeholders(chunk.len())
+            )))
+            .bind(micros(lease))
+            .bind(queue.as_str());
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            q.execute(&mut *tx).await.map_err(backend("renew"))?;
+        }
+        tx.commit().await.map_err(backend("renew"))?;
+        Ok(kept.into_iter().collect())
+    }
+
+    async fn complete(
+        store: &SqlStore<Self>,
+        queue: &QueueName,
+        owner: &str,
+        rows: Vec<CompletionRow>,
+    ) -> mq_core::Result<Vec<(String, String)>> {
+        let t = &store.names.table;
+        let pairs: Vec<(String, i32)> = rows.iter().map(|r| (r.id.clone(), r.attempt)).collect();
+        let mut tx = store.pool.begin().await.map_err(backend("complete"))?;
+        let kept = held(&mut tx, t, queue, owner, &pairs)
+            .await
+            .map_err(backend("complete"))?;
+        let apply: Vec<_> = rows.iter().filter(|r| kept.contains(&r.id)).collect();
+        // Acks (the common case) carry no per-message values: one plain `IN` list.
+        let (acks, others): (Vec<_>, Vec<_>) = apply
+            .iter()
+            .copied()
+            .partition(|r| r.status == "executed" && r.last_error.is_none());
+        let ack_sql = if store.options.get_delete_on_ack() {
+            format!("DELETE FROM {t} WHERE queue = ? AND id IN (")
+        } else {
+            format!(
+                "UPDATE {t} SET status = 'executed', lease_expires_at = NULL, \
+                 updated_at = UTC_TIMESTAMP(6) WHERE queue = ? AND id IN ("
+            )
+        };
+        for chunk in acks.chunks(CHUNK) {
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "{ack_sql}{})",
+                placeholders(chunk.len())
+            )))
+            .bind(queue.as_str());
+            for r in chunk {
+                q = q.bind(r.id.as_str());
+            }
+            q.execute(&mut *tx).await.map_err(backend("complete"))?;
+        }
+        for chunk in others.chunks(CHUNK) {
+            let derived = vec![
+                "SELECT ? AS id, ? AS status, CAST(? AS DATETIME(6)) AS execute_at, ? AS last_error";
+                chunk.len()
+            ]
+            .join(" UNION ALL ");
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {t} AS t JOIN ({derived}) AS c ON t.queue = ? AND t.id = c.id \
+                 SET t.status = c.status, t.execute_at = COALESCE(c.execute_at, t.execute_at), \
+                   t.last_error = COALESCE(c.last_error, t.last_error), \
+                   t.lease_owner = IF(c.status = 'scheduled', NULL, t.lease_owner), \
+                   t.lease_expires_at = NULL, t.updated_at = UTC_TIMESTAMP(6)"
+            )));
+            for r in chunk {
+                q = q
+                    .bind(r.id.as_str())
+                    .bind(r.status)
+                    .bind(r.execute_at.map(naive))
+                    .bind(r.last_error.as_deref());
+            }
+            q.bind(queue.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend("complete"))?;
+        }
+        tx.commit().await.map_err(backend("complete"))?;
+        Ok(apply
+            .into_iter()
+            .map(|r| (r.id.clone(), r.status.to_owned()))
+            .collect())
+    }
+
+    async fn purge_batch(
+        pool: &MySqlPool,
+        names: &Names,
+        older_than: Duration,
+        limit: usize,
+        archive: bool,
+    ) -> mq_core::Result<u64> {
+        let t = &names.table;
+        let finished = FINISHED.map(|s| format!("'{s}'")).join(", ");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut tx = pool.begin().await.map_err(backend("purge"))?;
+        let seqs: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT seq FROM {t} WHERE status IN ({finished}) \
+         AND updated_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+         ORDER BY updated_at LIMIT ? FOR UPDATE SKIP LOCKED"
+        )))
+        .bind(micros(older_than))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend("purge"))?;
+        if !seqs.is_empty() {
+            let list = placeholders(seqs.len());
+            if archive {
+                let mut q = sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {} SELECT * FROM {t} WHERE seq IN ({list})",
+                    names.archive
+                )));
+                for s in &seqs {
+                    q = q.bind(*s);
+                }
+                q.execute(&mut *tx).await.map_err(backend("purge"))?;
+            }
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {t} WHERE seq IN ({list})"
+            )));
+            for s in &seqs {
+                q = q.bind(*s);
+            }
+            q.execute(&mut *tx).await.map_err(backend("purge"))?;
+        }
+        tx.commit().await.map_err(backend("purge"))?;
+        Ok(seqs.len() as u64)
+    }
+
+    fn stats_now() -> String {
+        "UTC_TIMESTAMP(6)".to_owned()
+    }
+
+    fn age_ms(then: &str, now: &str) -> String {
+        format!("CAST(TIMESTAMPDIFF(MICROSECOND, {then}, {now}) DIV 1000 AS SIGNED)")
+    }
+}
+
+/// Refuses servers without `SKIP LOCKED`.
+fn check_version(version: &str) -> Result<(), Error> {
+    let nums: Vec<u32> = version
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .map(|n| n.parse().unwrap_or(0))
+        .collect();
+    let v = (
+        nums.first().copied().unwrap_or(0),
+        nums.get(1).copied().unwrap_or(0),
+        nums.get(2).copied().unwrap_or(0),
+    );
+    let (ok, requirement) = if version.to_ascii_lowercase().contains("mariadb") {
+        (
+            v >= (10, 6, 0),
+            "MariaDB 10.6 or newer is needed for FOR UPDATE SKIP LOCKED",
+        )
+    } else {
+        (
+            v >= (8, 0, 1),
+            "MySQL 8.0.1 or newer is needed for FOR UPDATE SKIP LOCKED",
+        )
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedServer {
+            database: "mysql",
+            version: version.to_owned(),
+            requirement,
+        })
+    }
+}
+
+/// `n` comma-separated `?` placeholders.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+fn naive(d: DateTime<Utc>) -> NaiveDateTime {
+    d.naive_utc()
+}
+
+/// Selects the ids of `queue` among `ids` under `where_` (no bind parameters of its own),
+/// locking them.
+async fn select_ids(
+    conn: &mut MySqlConnection,
+    sql_head: &str,
+    queue: &QueueName,
+    ids: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(CHUNK) {
+        let sql = format!("{sql_head} AND id IN ({})", placeholders(chunk.len()));
+        let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).bind(queue.as_str());
+        for id in chunk {
+            q = q.bind(id.as_str());
+        }
+        out.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
+async fn insert_chunk(
+    conn: &mut MySqlConnection,
+    t: &str,
+    queue: &QueueName,
+    messages: &[&Message],
+) -> Result<(), sqlx::Error> {
+    let row = "(?, ?, ?, ?, 'scheduled', ?, ?, 0, ?, ?, ?, ?, ?, ?)";
+    let values = vec![row; messages.len()].join(", ");
+    let sql = format!(
+        "INSERT INTO {t} (queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
+           max_attempts, retry_delay_ms, created_at, updated_at, partition_key, metadata) VALUES {values}"
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for m in messages {
+        let r = InsertRow::of(m);
+        q = q
+            .bind(queue.as_str().to_owned())
+            .bind(r.id)
+            .bind(r.message_type)
+            .bind(r.payload)
+            .bind(naive(r.execute_at))
+            .bind(r.expires_at.map(naive))
+            .bind(r.max_attempts)
+            .bind(r.retry_delay_ms)
+            .bind(naive(r.created_at))
+            .bind(naive(r.created_at))
+            .bind(r.partition_key)
+            .bind(r.metadata);
+    }
+    q.execute(&mut *conn).await.map(|_| ())
+}
+
+/// One insert attempt: finds the ids already stored, inserts the others.
+async fn try_insert(
+    pool: &MySqlPool,
+    t: &str,
+    queue: &QueueName,
+    messages: &[Message],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<String> = messages.iter().map(|m| m.id.as_str().to_owned()).collect();
+    let existing: HashSet<String> = select_ids(
+        &mut tx,
+        &format!("SELECT id FROM {t} WHERE queue = ?"),
+        queue,
+        &ids,
+    )
+    .await?
+    .into_iter()
+    .collect();
+    let mut seen = HashSet::with_capacity(messages.len());
+    let fresh: Vec<&Message> = messages
+        .iter()
+        .filter(|m| !existing.contains(m.id.as_str()) && seen.insert(m.id.as_str()))
+        .collect();
+    for chunk in fresh.chunks(CHUNK) {
+        insert_chunk(&mut tx, t, queue, chunk).await?;
+    }
+    tx.commit().await?;
+    Ok(fresh.iter().map(|m| m.id.as_str().to_owned()).collect())
+}
+
+fn is_duplicate_key(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23000"))
+}
+
+/// Locks the messages still held under `claims` by `owner` with an unexpired lease; returns
+/// the held ids.
+async fn held(
+    conn: &mut MySqlConnection,
+    t: &str,
+    queue: &QueueName,
+    owner: &str,
+    claims: &[(String, i32)],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut out = HashSet::with_capacity(claims.len());
+    for chunk in claims.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT id, attempts FROM {t} WHERE queue = ? AND status = 'processing' AND lease_owner = ? \
+             AND lease_expires_at > UTC_TIMESTAMP(6) AND id IN ({}) FOR UPDATE",
+            placeholders(chunk.len())
+        );
+        let mut q = sqlx::query_as::<_, (String, i32)>(AssertSqlSafe(sql))
+            .bind(queue.as_str())
+            .bind(owner);
+        for (id, _) in chunk {
+            q = q.bind(id.as_str());
+        }
+        let rows = q.fetch_all(&mut *conn).await?;
+        let want: std::collections::HashMap<&str, i32> =
+            chunk.iter().map(|(id, a)| (id.as_str(), *a)).collect();
+        out.extend(
+            rows.into_iter()
+                .filter(|(id, a)| want.get(id.as_str()) == Some(a))
+                .map(|(id, _)| id),
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_version;
+
+    #[test]
+    fn versions() {
+        assert!(check_version("10.11.6-MariaDB-0+deb12u1").is_ok());
+        assert!(check_version("10.6.0-MariaDB").is_ok());
+        assert!(check_version("10.5.23-MariaDB").is_err());
+        assert!(check_version("8.0.36").is_ok());
+        assert!(check_version("5.7.44-log").is_err());
+        let e = check_version("10.4.1-MariaDB").unwrap_err().to_string();
+        assert!(e.contains("10.6"), "{e}");
+    }
+}

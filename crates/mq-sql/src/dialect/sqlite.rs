@@ -1,0 +1,391 @@
+//! SQLite: one write transaction (`BEGIN IMMEDIATE`) per claim with `UPDATE ... RETURNING`;
+//! timestamps are integer microseconds; the embedded default.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mq_core::backend::Claim;
+use mq_core::{Message, QueueName};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection, SqlitePool};
+
+use super::Dialect;
+use crate::checkpoint::SqlCheckpointStore;
+use crate::dead_letter::{SqlDeadLetterStore, assert_store};
+use crate::error::backend;
+use crate::options::SqlOptions;
+use crate::queue::SqlQueue;
+use crate::store::{
+    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros,
+};
+
+/// A SQL queue on SQLite.
+pub type SqliteQueue = SqlQueue<Sqlite>;
+
+/// A [`SqlCheckpointStore`] on SQLite.
+pub type SqliteCheckpointStore = SqlCheckpointStore<Sqlite>;
+
+/// A [`SqlDeadLetterStore`] on SQLite (feature `sqlite`).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f(pool: mq_sql::sqlx::SqlitePool) -> mq_core::Result<()> {
+/// use mq_core::DeadLetterStore;
+/// use mq_sql::SqliteDeadLetterStore;
+///
+/// let store = SqliteDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+pub type SqliteDeadLetterStore = SqlDeadLetterStore<Sqlite>;
+
+const _: () = assert_store::<SqliteDeadLetterStore>();
+
+/// Rows per multi-row statement (SQLite allows 32766 bound parameters).
+const CHUNK: usize = 1000;
+
+impl Dialect for Sqlite {
+    const KIND: &'static str = "sqlite";
+    const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)] = &[(
+        "sqlite/0001_messages.sql",
+        include_str!("../../migrations/sqlite/0001_messages.sql"),
+    )];
+    const CHECKPOINT_MIGRATION: (&'static str, &'static str) = (
+        "sqlite/0001_checkpoints.sql",
+        include_str!("../../migrations/sqlite/0001_checkpoints.sql"),
+    );
+    const DEAD_LETTER_MIGRATION: &'static str =
+        include_str!("../../migrations/sqlite/0001_dead_letters.sql");
+    const DEAD_LETTER_UPSERT: &'static str = " ON CONFLICT (queue, message_id) DO UPDATE SET \
+        failures = {table}.failures + 1, error = excluded.error, error_text = excluded.error_text, \
+        exhausted = excluded.exhausted, attempts = MAX({table}.attempts, excluded.attempts), \
+        first_failed_at = MIN({table}.first_failed_at, excluded.first_failed_at), \
+        last_failed_at = MAX({table}.last_failed_at, excluded.last_failed_at), \
+        consumer_id = excluded.consumer_id";
+    const TRANSACTIONAL_DDL: bool = true;
+    // One writer at a time: a row read in the transaction cannot change before the commit.
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const LOCK_ROW: &'static str = "";
+    const TABLE_EXISTS: &'static str =
+        "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ";
+
+    type Time = i64;
+
+    fn to_time(t: DateTime<Utc>) -> i64 {
+        t.timestamp_micros()
+    }
+    fn from_time(t: i64) -> Result<DateTime<Utc>, sqlx::Error> {
+        ts(t)
+    }
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    async fn connect_pool(url: &str, options: &SqlOptions) -> Result<SqlitePool, sqlx::Error> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(options.get_connect_timeout().max(Duration::from_secs(5)));
+        SqlitePoolOptions::new()
+            .max_connections(options.get_max_connections())
+            .acquire_timeout(options.get_connect_timeout())
+            .connect_with(opts)
+            .await
+    }
+
+    async fn insert(
+        store: &SqlStore<Self>,
+        queue: &QueueName,
+        messages: &[Message],
+    ) -> mq_core::Result<Vec<String>> {
+        let mut tx = store
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend("publish"))?;
+        let mut inserted = Vec::with_capacity(messages.len());
+        for chunk in messages.chunks(CHUNK) {
+            inserted.extend(
+                insert_chunk(&mut tx, &store.names.table, queue, chunk)
+                    .await
+                    .map_err(backend("publish"))?,
+            );
+        }
+        tx.commit().await.map_err(backend("publish"))?;
+        Ok(inserted)
+    }
+
+    async fn claim(
+        store: &SqlStore<Self>,
+        queue: &QueueName,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> mq_core::Result<(Vec<RawRow>, Vec<RawRow>)> {
+        let t = &store.names.table;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut tx = store
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend("claim"))?;
+        let now = now_micros();
+        let expired = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {t} SET status = 'expired', updated_at = ?1 WHERE seq IN ( \
+               SELECT seq FROM {t} WHERE queue = ?2 AND status = 'scheduled' \
+               AND expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?3) \
+             RETURNING {COLS}"
+        )))
+        .bind(now)
+        .bind(queue.as_str())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend("claim"))?;
+        let claimed = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {t} SET status = 'processing', lease_owner = ?4, lease_expires_at = ?1 + ?5, \
+               attempts = attempts + 1, processing_started_at = ?1, updated_at = ?1 \
+             WHERE seq IN (SELECT seq FROM ( \
+               SELECT seq FROM (SELECT seq FROM {t} WHERE queue = ?2 AND status = 'processing' \
+                 AND lease_expires_at <= ?1 ORDER BY lease_expires_at LIMIT ?3) \
+               UNION ALL \
+               SELECT seq FROM (SELECT seq FROM {t} WHERE queue = ?2 AND status = 'scheduled' \
+                 AND execute_at <= ?1 AND (expires_at IS NULL OR expires_at > ?1) \
+                 ORDER BY execute_at, seq LIMIT ?3) \
+             ) LIMIT ?3) \
+             RETURNING {COLS}"
+        )))
+        .bind(now)
+        .bind(queue.as_str())
+        .bind(limit)
+        .bind(owner)
+        .bind(micros(lease))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend("claim"))?;
+        tx.commit().await.map_err(backend("claim"))?;
+        Ok((decode_all(&claimed)?, decode_all(&expired)?))
+    }
+
+    async fn renew(
+        store: &SqlStore<Self>,
+        queue: &QueueName,
+        owner: &str,
+        claims: &[Claim],
+        lease: Duration,
+    ) -> mq_core::Result<Vec<String>> {
+        let t = &store.names.table;
+        let mut kept = Vec::with_capacity(claims.len());
+        let mut tx = store
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend("renew"))?;
+        let now = now_micros();
+        for chunk in claims.chunks(CHUNK) {
+            let values = vec!["(?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "WITH c(id, attempt) AS (VALUES {values}) \
+                 UPDATE {t} AS t SET lease_expires_at = ? FROM c \
+                 WHERE t.queue = ? AND t.id = c.id AND t.attempts = c.attempt AND t.status = 'processing' \
+                   AND t.lease_owner = ? AND t.lease_expires_at > ? \
+                 RETURNING id"
+            );
+            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+            for c in chunk {
+                q = q.bind(c.id.as_str().to_owned()).bind(i64::from(c.attempt));
+            }
+            let got = q
+                .bind(now.saturating_add(micros(lease)))
+                .bind(queue.as_str())
+                .bind(owner)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend("renew"))?;
+            kept.extend(got);
+        }
+        tx.commit().await.map_err(backend("renew"))?;
+        Ok(kept)
+    }
+
+    async fn complete(
+        store: &SqlStore<Self>,
+        queue: &QueueName,
+        owner: &str,
+        rows: Vec<CompletionRow>,
+    ) -> mq_core::Result<Vec<(String, String)>> {
+        let t = &store.names.table;
+        let mut applied = Vec::with_capacity(rows.len());
+        let mut tx = store
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend("complete"))?;
+        let now = now_micros();
+        let (acks, rows): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|r| store.options.get_delete_on_ack() && r.status == "executed");
+        for chunk in acks.chunks(CHUNK) {
+            let values = vec!["(?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "WITH c(id, attempt) AS (VALUES {values}) \
+                 DELETE FROM {t} WHERE queue = ? AND status = 'processing' AND lease_owner = ? \
+                   AND lease_expires_at > ? \
+                   AND EXISTS (SELECT 1 FROM c WHERE c.id = {t}.id AND c.attempt = {t}.attempts) \
+                 RETURNING id"
+            );
+            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+            for r in chunk {
+                q = q.bind(r.id.clone()).bind(i64::from(r.attempt));
+            }
+            let got = q
+                .bind(queue.as_str())
+                .bind(owner)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend("complete"))?;
+            applied.extend(got.into_iter().map(|id| (id, "executed".to_owned())));
+        }
+        for chunk in rows.chunks(CHUNK) {
+            let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "WITH c(id, attempt, status, execute_at, last_error) AS (VALUES {values}) \
+                 UPDATE {t} AS t SET status = c.status, execute_at = COALESCE(c.execute_at, t.execute_at), \
+                   last_error = COALESCE(c.last_error, t.last_error), \
+                   lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
+                   lease_expires_at = NULL, updated_at = ? \
+                 FROM c \
+                 WHERE t.queue = ? AND t.id = c.id AND t.attempts = c.attempt AND t.status = 'processing' \
+                   AND t.lease_owner = ? AND t.lease_expires_at > ? \
+                 RETURNING id, status"
+            );
+            let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(r.id.clone())
+                    .bind(i64::from(r.attempt))
+                    .bind(r.status)
+                    .bind(r.execute_at.map(|d| d.timestamp_micros()))
+                    .bind(r.last_error.clone());
+            }
+            let got = q
+                .bind(now)
+                .bind(queue.as_str())
+                .bind(owner)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend("complete"))?;
+            applied.extend(got);
+        }
+        tx.commit().await.map_err(backend("complete"))?;
+        Ok(applied)
+    }
+
+    async fn purge_batch(
+        pool: &SqlitePool,
+        names: &Names,
+        older_than: Duration,
+        limit: usize,
+        archive: bool,
+    ) -> mq_core::Result<u64> {
+        let t = &names.table;
+        let finished = FINISHED.map(|s| format!("'{s}'")).join(", ");
+        let pick = format!(
+            "SELECT seq FROM {t} WHERE status IN ({finished}) AND updated_at < ?1 ORDER BY updated_at LIMIT ?2"
+        );
+        let batch = i64::try_from(limit).unwrap_or(i64::MAX);
+        let cutoff = now_micros().saturating_sub(micros(older_than));
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend("purge"))?;
+        if archive {
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} SELECT * FROM {t} WHERE seq IN ({pick})",
+                names.archive
+            )))
+            .bind(cutoff)
+            .bind(batch)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend("purge"))?;
+        }
+        let n = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {t} WHERE seq IN ({pick})"
+        )))
+        .bind(cutoff)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend("purge"))?
+        .rows_affected();
+        tx.commit().await.map_err(backend("purge"))?;
+        Ok(n)
+    }
+
+    fn stats_now() -> String {
+        // SQLite keeps times as Unix microseconds; the clock is this process's, as for claims.
+        now_micros().to_string()
+    }
+
+    fn age_ms(then: &str, now: &str) -> String {
+        format!("({now} - {then}) / 1000")
+    }
+}
+
+fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+fn ts(v: i64) -> Result<DateTime<Utc>, sqlx::Error> {
+    DateTime::from_timestamp_micros(v)
+        .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {v} out of range").into()))
+}
+
+fn decode_all(rows: &[SqliteRow]) -> mq_core::Result<Vec<RawRow>> {
+    rows.iter()
+        .map(|r| decode::<Sqlite>(r).map_err(backend("claim")))
+        .collect()
+}
+
+async fn insert_chunk(
+    conn: &mut SqliteConnection,
+    t: &str,
+    queue: &QueueName,
+    messages: &[Message],
+) -> Result<Vec<String>, sqlx::Error> {
+    let row = "(?, ?, ?, ?, 'scheduled', ?, ?, 0, ?, ?, ?, ?, ?, ?)";
+    let values = vec![row; messages.len()].join(", ");
+    let sql = format!(
+        "INSERT INTO {t} (queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
+           max_attempts, retry_delay_ms, created_at, updated_at, partition_key, metadata) \
+         VALUES {values} ON CONFLICT (queue, id) DO NOTHING RETURNING id"
+    );
+    let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+    for m in messages {
+        let r = InsertRow::of(m);
+        q = q
+            .bind(queue.as_str().to_owned())
+            .bind(r.id)
+            .bind(r.message_type)
+            .bind(r.payload)
+            .bind(r.execute_at.timestamp_micros())
+            .bind(r.expires_at.map(|d| d.timestamp_micros()))
+            .bind(r.max_attempts)
+            .bind(r.retry_delay_ms)
+            .bind(r.created_at.timestamp_micros())
+            .bind(r.created_at.timestamp_micros())
+            .bind(r.partition_key)
+            .bind(r.metadata);
+    }
+    q.fetch_all(&mut *conn).await
+}
