@@ -1,16 +1,10 @@
-//! [`SqlQueue`]: the [`MessageQueue`] of a SQL database.
+//! [`SqlQueue`]: the [`MessageQueue`](mq_core::MessageQueue) of a SQL database.
 
 use std::fmt;
-use std::sync::Arc;
-
 use std::time::Duration;
 
-use async_trait::async_trait;
+use mq_core::CommonOptions;
 use mq_core::backend::{PollingQueue, QueueStore};
-use mq_core::{
-    BatchReport, CommonOptions, ConsumerHandle, ConsumerOptions, Handler, MessageQueue, NewMessage,
-    PublishReport, QueueName,
-};
 use sqlx::{Executor, IntoArguments, QueryBuilder};
 
 use crate::dialect::{Dialect, ReadRow, Sql};
@@ -145,48 +139,6 @@ where
     }
 }
 
-#[async_trait]
-impl<DB: sqlx::Database> MessageQueue for SqlQueue<DB>
-where
-    SqlStore<DB>: QueueStore,
-{
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-
-    async fn register(&self, queue: &QueueName) -> mq_core::Result<()> {
-        self.inner.register(queue).await
-    }
-
-    async fn publish(
-        &self,
-        queue: &QueueName,
-        messages: Vec<NewMessage>,
-    ) -> mq_core::Result<PublishReport> {
-        self.inner.publish(queue, messages).await
-    }
-
-    async fn consume(
-        &self,
-        queue: &QueueName,
-        handler: Arc<dyn Handler>,
-        options: ConsumerOptions,
-    ) -> mq_core::Result<ConsumerHandle> {
-        self.inner.consume(queue, handler, options).await
-    }
-
-    async fn consume_batch(
-        &self,
-        queue: &QueueName,
-        handler: Arc<dyn Handler>,
-        options: &ConsumerOptions,
-    ) -> mq_core::Result<BatchReport> {
-        self.inner.consume_batch(queue, handler, options).await
-    }
-
-    async fn shutdown(&self) -> mq_core::Result<()> {
-        let r = self.inner.shutdown().await;
-        self.inner.store().close().await;
-        r
-    }
-}
+mq_core::delegate_message_queue!(
+    impl[DB: sqlx::Database] for SqlQueue<DB> where [SqlStore<DB>: QueueStore] => inner
+);

@@ -307,6 +307,10 @@ where
         "sql"
     }
 
+    async fn close(&self) {
+        SqlStore::close(self).await;
+    }
+
     async fn register(&self, _queue: &QueueName) -> mq_core::Result<()> {
         Ok(())
     }
