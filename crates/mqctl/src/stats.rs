@@ -1,19 +1,19 @@
-//! `mqctl queue stats`: messages by status, oldest ready message age and expired leases per
-//! queue, read straight from the SQL table or MongoDB collection of the queues (read-only).
+//! `mqctl queue stats`: messages by status, the age of the oldest ready message and expired
+//! leases per queue, read through the queue store's own `queue_stats` (read-only: nothing is
+//! created, and a missing table or collection is an error).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
 use clap::Args;
-use futures::TryStreamExt;
-use mongodb::bson::{self, Bson, Document, doc};
+use mq::backend::QueueStore;
+use mq::sql::{SqlOptions, SqlStore};
+use mq::{MongoOptions, MongoQueue, QueueName, Status};
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::Global;
-use crate::dlq::{Scheme, redact, scheme};
+use crate::dlq::{CONNECT_TIMEOUT, Scheme, connect_pool, redact, scheme};
 use crate::output::{json, table};
 
 /// Where the queues are.
@@ -28,31 +28,40 @@ pub(crate) struct StatsArgs {
     /// The MongoDB database of the queues.
     #[arg(long, default_value = "mq", env = "MQ_MONGO_DATABASE")]
     mongo_database: String,
-    /// Only this queue.
+    /// Only this queue (an error when it holds no messages).
     #[arg(long)]
     queue: Option<String>,
 }
 
-/// One queue's numbers.
-#[derive(Debug, Default, Serialize)]
-struct QueueStats {
+/// One queue's numbers, as printed.
+#[derive(Debug, Serialize)]
+struct Row {
     queue: String,
     /// Messages per status.
     counts: BTreeMap<String, u64>,
     total: u64,
     /// Age of the oldest message that is ready (scheduled, due) and not yet claimed.
-    oldest_ready_age_ms: Option<i64>,
+    oldest_ready_age_ms: Option<u64>,
     /// Messages in processing whose lease has expired (a crashed or stuck consumer).
     expired_leases: u64,
 }
 
-type Stats = BTreeMap<String, QueueStats>;
-
-fn entry<'a>(stats: &'a mut Stats, queue: &str) -> &'a mut QueueStats {
-    stats.entry(queue.to_owned()).or_insert_with(|| QueueStats {
-        queue: queue.to_owned(),
-        ..QueueStats::default()
-    })
+impl From<mq::QueueStats> for Row {
+    fn from(s: mq::QueueStats) -> Self {
+        Row {
+            queue: s.queue.to_string(),
+            total: s.total(),
+            counts: s
+                .counts
+                .iter()
+                .map(|(status, n)| (status.to_string(), *n))
+                .collect(),
+            oldest_ready_age_ms: s
+                .oldest_ready_age
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            expired_leases: s.expired_leases,
+        }
+    }
 }
 
 pub(crate) async fn run(args: StatsArgs, global: Global) -> anyhow::Result<ExitCode> {
@@ -65,69 +74,110 @@ pub(crate) async fn run(args: StatsArgs, global: Global) -> anyhow::Result<ExitC
                 "no queue database: pass --url or set MQ_QUEUE_URL, DATABASE_URL or MONGODB_URI",
             )?,
     };
-    let kind = scheme(&url)?;
-    if kind != Scheme::Mongo && !valid_table(&args.table) {
+    // The library's own rules, before anything is sent to a server.
+    let queue = args.queue.as_deref().map(QueueName::new).transpose()?;
+    let ctx = || format!("reading queue stats from {}", redact(&url));
+    let sql = || {
+        SqlOptions::default()
+            .table(&args.table)
+            .create_schema(false)
+            .notify(false)
+    };
+    let q = queue.as_ref();
+    let stats = match scheme(&url)? {
+        Scheme::Postgres => {
+            let store = SqlStore::<sqlx::Postgres>::from_pool(
+                connect_pool(&url).await.with_context(ctx)?,
+                sql(),
+            )
+            .await
+            .with_context(ctx)?;
+            store.queue_stats(q).await.with_context(ctx)?
+        }
+        Scheme::MySql => {
+            let store = SqlStore::<sqlx::MySql>::from_pool(
+                connect_pool(&url).await.with_context(ctx)?,
+                sql(),
+            )
+            .await
+            .with_context(ctx)?;
+            store.queue_stats(q).await.with_context(ctx)?
+        }
+        Scheme::Sqlite => {
+            let store = SqlStore::<sqlx::Sqlite>::from_pool(
+                connect_pool(&url).await.with_context(ctx)?,
+                sql(),
+            )
+            .await
+            .with_context(ctx)?;
+            store.queue_stats(q).await.with_context(ctx)?
+        }
+        Scheme::Mongo => {
+            let options = MongoOptions::default()
+                .database(&args.mongo_database)
+                .collection(&args.table)
+                .create_schema(false)
+                .change_stream(false)
+                .server_selection_timeout(CONNECT_TIMEOUT)
+                .connect_timeout(CONNECT_TIMEOUT);
+            let queues = MongoQueue::connect(&url, options).await.with_context(ctx)?;
+            queues.queue_stats(q).await.with_context(ctx)?
+        }
+    };
+    if let Some(name) = &queue
+        && stats.iter().all(|s| s.total() == 0)
+    {
         anyhow::bail!(
-            "--table {:?}: use ASCII letters, digits and underscores, not starting with a digit",
+            "queue {name:?} has no messages in {} (is the name right?)",
             args.table
         );
     }
-    let now = Utc::now();
-    let ctx = || format!("reading queue stats from {}", redact(&url));
-    let mut stats = match kind {
-        Scheme::Postgres => pg(&url, &args.table, now).await.with_context(ctx)?,
-        Scheme::MySql => mysql(&url, &args.table, now).await.with_context(ctx)?,
-        Scheme::Sqlite => sqlite(&url, &args.table, now).await.with_context(ctx)?,
-        Scheme::Mongo => mongo(&url, &args.mongo_database, &args.table, now)
-            .await
-            .with_context(ctx)?,
-    };
-    if let Some(q) = &args.queue {
-        stats.retain(|name, _| name == q);
-    }
-    for s in stats.values_mut() {
-        s.total = s.counts.values().sum();
-    }
-    let stats: Vec<QueueStats> = stats.into_values().collect();
+    let rows: Vec<Row> = stats.into_iter().map(Row::from).collect();
     if global.json {
-        json(&stats)?;
+        json(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
     let statuses = [
-        "scheduled",
-        "processing",
-        "executed",
-        "failed",
-        "dead_lettered",
-        "expired",
+        Status::Scheduled,
+        Status::Processing,
+        Status::Executed,
+        Status::Failed,
+        Status::DeadLettered,
+        Status::Expired,
+        Status::Cancelled,
     ];
-    let upper: Vec<String> = statuses.iter().map(|s| s.to_uppercase()).collect();
+    let upper: Vec<String> = statuses
+        .iter()
+        .map(|s| s.to_string().to_uppercase())
+        .collect();
     let mut headers = vec!["QUEUE"];
     headers.extend(upper.iter().map(String::as_str));
     headers.extend(["TOTAL", "OLDEST READY", "EXPIRED LEASES"]);
-    let rows: Vec<Vec<String>> = stats
+    let lines: Vec<Vec<String>> = rows
         .iter()
-        .map(|s| {
-            let mut row = vec![s.queue.clone()];
-            row.extend(
-                statuses
-                    .iter()
-                    .map(|st| s.counts.get(*st).copied().unwrap_or(0).to_string()),
-            );
-            row.push(s.total.to_string());
-            row.push(s.oldest_ready_age_ms.map_or("-".into(), age));
-            row.push(s.expired_leases.to_string());
-            row
+        .map(|r| {
+            let mut line = vec![r.queue.clone()];
+            line.extend(statuses.iter().map(|st| {
+                r.counts
+                    .get(&st.to_string())
+                    .copied()
+                    .unwrap_or(0)
+                    .to_string()
+            }));
+            line.push(r.total.to_string());
+            line.push(r.oldest_ready_age_ms.map_or("-".into(), age));
+            line.push(r.expired_leases.to_string());
+            line
         })
         .collect();
-    table(&headers, &rows);
-    if rows.is_empty() {
+    table(&headers, &lines);
+    if lines.is_empty() {
         println!("no messages");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn age(ms: i64) -> String {
+fn age(ms: u64) -> String {
     let s = ms / 1000;
     match s {
         ..60 => format!("{}.{:01}s", s, (ms % 1000) / 100),
@@ -135,183 +185,6 @@ fn age(ms: i64) -> String {
         3600..86_400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
     }
-}
-
-fn valid_table(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && name.len() <= 63
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn sql_texts(t: &str) -> [String; 3] {
-    [
-        format!("SELECT queue, status, COUNT(*) AS n FROM {t} GROUP BY queue, status"),
-        format!(
-            "SELECT queue, MIN(execute_at) AS oldest FROM {t} \
-             WHERE status = 'scheduled' AND execute_at <= $1 GROUP BY queue"
-        ),
-        format!(
-            "SELECT queue, COUNT(*) AS n FROM {t} \
-             WHERE status = 'processing' AND lease_expires_at < $1 GROUP BY queue"
-        ),
-    ]
-}
-
-async fn pg(url: &str, t: &str, now: DateTime<Utc>) -> anyhow::Result<Stats> {
-    let pool = sqlx::PgPool::connect(url).await?;
-    let [counts, oldest, expired] = sql_texts(t);
-    let mut stats = Stats::new();
-    for row in sqlx::query(sqlx::AssertSqlSafe(counts))
-        .fetch_all(&pool)
-        .await?
-    {
-        let s = entry(&mut stats, row.try_get("queue")?);
-        s.counts
-            .insert(row.try_get("status")?, row.try_get::<i64, _>("n")? as u64);
-    }
-    for row in sqlx::query(sqlx::AssertSqlSafe(oldest))
-        .bind(now)
-        .fetch_all(&pool)
-        .await?
-    {
-        let at: DateTime<Utc> = row.try_get("oldest")?;
-        entry(&mut stats, row.try_get("queue")?).oldest_ready_age_ms =
-            Some((now - at).num_milliseconds());
-    }
-    for row in sqlx::query(sqlx::AssertSqlSafe(expired))
-        .bind(now)
-        .fetch_all(&pool)
-        .await?
-    {
-        entry(&mut stats, row.try_get("queue")?).expired_leases =
-            row.try_get::<i64, _>("n")? as u64;
-    }
-    pool.close().await;
-    Ok(stats)
-}
-
-async fn mysql(url: &str, t: &str, now: DateTime<Utc>) -> anyhow::Result<Stats> {
-    let pool = sqlx::MySqlPool::connect(url).await?;
-    let [counts, oldest, expired] = sql_texts(t).map(|s| s.replace("$1", "?"));
-    let mut stats = Stats::new();
-    for row in sqlx::query(sqlx::AssertSqlSafe(counts))
-        .fetch_all(&pool)
-        .await?
-    {
-        let s = entry(&mut stats, row.try_get("queue")?);
-        s.counts
-            .insert(row.try_get("status")?, row.try_get::<i64, _>("n")? as u64);
-    }
-    for row in sqlx::query(sqlx::AssertSqlSafe(oldest))
-        .bind(now)
-        .fetch_all(&pool)
-        .await?
-    {
-        let at: DateTime<Utc> = row.try_get("oldest")?;
-        entry(&mut stats, row.try_get("queue")?).oldest_ready_age_ms =
-            Some((now - at).num_milliseconds());
-    }
-    for row in sqlx::query(sqlx::AssertSqlSafe(expired))
-        .bind(now)
-        .fetch_all(&pool)
-        .await?
-    {
-        entry(&mut stats, row.try_get("queue")?).expired_leases =
-            row.try_get::<i64, _>("n")? as u64;
-    }
-    pool.close().await;
-    Ok(stats)
-}
-
-/// mq-sql keeps SQLite times as Unix microseconds.
-async fn sqlite(url: &str, t: &str, now: DateTime<Utc>) -> anyhow::Result<Stats> {
-    let pool = sqlx::SqlitePool::connect(url).await?;
-    let [counts, oldest, expired] = sql_texts(t);
-    let now_us = now.timestamp_micros();
-    let mut stats = Stats::new();
-    for row in sqlx::query(sqlx::AssertSqlSafe(counts))
-        .fetch_all(&pool)
-        .await?
-    {
-        let s = entry(&mut stats, row.try_get("queue")?);
-        s.counts
-            .insert(row.try_get("status")?, row.try_get::<i64, _>("n")? as u64);
-    }
-    for row in sqlx::query(sqlx::AssertSqlSafe(oldest))
-        .bind(now_us)
-        .fetch_all(&pool)
-        .await?
-    {
-        let at: i64 = row.try_get("oldest")?;
-        entry(&mut stats, row.try_get("queue")?).oldest_ready_age_ms = Some((now_us - at) / 1000);
-    }
-    for row in sqlx::query(sqlx::AssertSqlSafe(expired))
-        .bind(now_us)
-        .fetch_all(&pool)
-        .await?
-    {
-        entry(&mut stats, row.try_get("queue")?).expired_leases =
-            row.try_get::<i64, _>("n")? as u64;
-    }
-    pool.close().await;
-    Ok(stats)
-}
-
-fn int(b: Option<&Bson>) -> u64 {
-    match b {
-        Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
-        Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
-        Some(Bson::Double(n)) => *n as u64,
-        _ => 0,
-    }
-}
-
-async fn mongo(uri: &str, db: &str, coll: &str, now: DateTime<Utc>) -> anyhow::Result<Stats> {
-    let client = mongodb::Client::with_uri_str(uri).await?;
-    let c = client.database(db).collection::<Document>(coll);
-    let now_b = bson::DateTime::from_millis(now.timestamp_millis());
-    let mut stats = Stats::new();
-    let counts: Vec<Document> = c
-        .aggregate([doc! { "$group": {
-        "_id": { "q": "$queue", "s": "$status" }, "n": { "$sum": 1 } } }])
-        .await?
-        .try_collect()
-        .await?;
-    for d in counts {
-        let key = d.get_document("_id")?;
-        let s = entry(&mut stats, key.get_str("q").unwrap_or("?"));
-        s.counts
-            .insert(key.get_str("s").unwrap_or("?").to_owned(), int(d.get("n")));
-    }
-    let oldest: Vec<Document> = c
-        .aggregate([
-            doc! { "$match": { "status": "scheduled", "execute_at": { "$lte": now_b } } },
-            doc! { "$group": { "_id": "$queue", "oldest": { "$min": "$execute_at" } } },
-        ])
-        .await?
-        .try_collect()
-        .await?;
-    for d in oldest {
-        if let (Ok(q), Ok(at)) = (d.get_str("_id"), d.get_datetime("oldest")) {
-            entry(&mut stats, q).oldest_ready_age_ms =
-                Some(now.timestamp_millis() - at.timestamp_millis());
-        }
-    }
-    let expired: Vec<Document> = c
-        .aggregate([
-            doc! { "$match": { "status": "processing", "lease_expires_at": { "$lt": now_b } } },
-            doc! { "$group": { "_id": "$queue", "n": { "$sum": 1 } } },
-        ])
-        .await?
-        .try_collect()
-        .await?;
-    for d in expired {
-        if let Ok(q) = d.get_str("_id") {
-            entry(&mut stats, q).expired_leases = int(d.get("n"));
-        }
-    }
-    Ok(stats)
 }
 
 #[cfg(test)]
@@ -324,7 +197,5 @@ mod tests {
         assert_eq!(age(125_000), "2m5s");
         assert_eq!(age(7_500_000), "2h5m");
         assert_eq!(age(90_000_000), "1d1h");
-        assert!(valid_table("mq_messages"));
-        assert!(!valid_table("x;drop"));
     }
 }

@@ -190,3 +190,75 @@ async fn an_unknown_stream_is_one_short_line() {
     assert_refused(out.status.code(), &stderr, "no-such-stream");
     assert!(stderr.len() < 400, "{} bytes: {stderr}", stderr.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_stats_refuse_unknown_queues_missing_tables_and_bad_names() {
+    let url = match service_url("MQ_TEST_POSTGRES_URL") {
+        Ok(u) => u,
+        Err(reason) => return eprintln!("skipping: {reason}"),
+    };
+    let (table, typo) = ("mqctl_stats_q", "mqctl_stats_typo");
+    let pool = PgPool::connect(&url).await.expect("connect");
+    for t in [table, typo] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+            .execute(&pool)
+            .await
+            .expect("drop");
+    }
+    let queue = mq::PgQueue::connect(&url, mq::SqlOptions::default().table(table).notify(false))
+        .await
+        .expect("queue");
+    let orders = mq::QueueName::new("orders").expect("name");
+    mq::MessageQueue::register(&queue, &orders)
+        .await
+        .expect("register");
+    mq::MessageQueue::publish(
+        &queue,
+        &orders,
+        vec![mq::NewMessage::new("t", serde_json::json!({}))],
+    )
+    .await
+    .expect("publish")
+    .into_result()
+    .expect("stored");
+    mq::MessageQueue::shutdown(&queue).await.expect("shutdown");
+
+    let ok = Command::new(BIN)
+        .args([
+            "--json", "queue", "stats", "--url", &url, "--table", table, "--queue", "orders",
+        ])
+        .output()
+        .expect("run mqctl");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("json");
+    assert_eq!(stats[0]["counts"]["scheduled"], 1, "{stats}");
+
+    let (code, stderr) = mqctl(&[
+        "queue", "stats", "--url", &url, "--table", table, "--queue", "ordres",
+    ]);
+    assert_refused(code, &stderr, "ordres");
+    let (code, stderr) = mqctl(&[
+        "queue",
+        "stats",
+        "--url",
+        &url,
+        "--table",
+        table,
+        "--queue",
+        "bad name!",
+    ]);
+    assert_refused(code, &stderr, "bad name!");
+    let (code, stderr) = mqctl(&["queue", "stats", "--url", &url, "--table", typo]);
+    assert_refused(code, &stderr, typo);
+    let exists: bool = sqlx::query("SELECT to_regclass($1) IS NOT NULL AS e")
+        .bind(typo)
+        .fetch_one(&pool)
+        .await
+        .expect("query")
+        .get("e");
+    assert!(!exists, "queue stats created {typo}");
+}
