@@ -1,5 +1,6 @@
 //! Publish a few messages and watch a background consumer process them, on the embedded
-//! default: SQLite in a local file (`mq-quickstart.db`), no server needed.
+//! default: SQLite in a local file, no server needed. The file is `mq-quickstart.db` in the
+//! system's temp directory, or the path given as the first argument.
 //!
 //! Run with `cargo run -p mq-rs --features sql-sqlite --example quickstart`. Run it twice: the
 //! queue is durable, and each run starts from an empty queue because it acknowledges everything.
@@ -20,8 +21,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
+    let path = std::env::args_os()
+        .nth(1)
+        .map_or_else(|| std::env::temp_dir().join("mq-quickstart.db"), Into::into);
+    println!("queue database: {}", path.display());
     let queue = SqliteQueue::connect(
-        "sqlite://mq-quickstart.db",
+        &format!("sqlite://{}?mode=rwc", path.display()),
         SqlOptions::default().common(CommonOptions::default()),
     )
     .await?;
