@@ -11,7 +11,7 @@ const CARGO_HACK: Tool = Tool {
     install: &["cargo", "install", "cargo-hack", "--locked"],
 };
 
-/// fmt, clippy, docs, each feature alone, all tests, packaging.
+/// fmt, clippy, docs, each feature alone, all tests, the README's quickstarts, packaging.
 pub(crate) fn run_ci() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
@@ -28,6 +28,27 @@ pub(crate) fn run_ci() -> Result<()> {
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     each_feature(&[])?;
     test::run_tests("all")?;
+    // The README's quickstarts must keep working as written.
+    run(cargo().args([
+        "run",
+        "-q",
+        "-p",
+        "mq-rs",
+        "--features",
+        "sql-sqlite",
+        "--example",
+        "quickstart",
+    ]))?;
+    run(cargo().args([
+        "run",
+        "-q",
+        "-p",
+        "mq-rs",
+        "--features",
+        "kinesis",
+        "--example",
+        "kinesis_quickstart",
+    ]))?;
     run(cargo().args([
         "package",
         "--workspace",
