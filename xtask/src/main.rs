@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's only script. Starts and checks test services, runs the test
 //! suites, the benchmarks and the whole CI pipeline.
 //!
-//! One module per command: [`services`], [`test`], [`bench`], [`ci`]; this file dispatches and
+//! One module per command: [`services`], [`test`](mod@test), [`bench`](mod@bench), [`ci`]; this file dispatches and
 //! holds the helpers they share.
 
 use std::path::{Path, PathBuf};

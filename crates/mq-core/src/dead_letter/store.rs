@@ -12,7 +12,7 @@ use crate::message::MessageId;
 /// Where dead letters are kept, listed, replayed and purged.
 ///
 /// Every store is also a [`DeadLetterSink`], so it plugs into any backend with
-/// [`CommonOptions::dead_letters`](mq_core::CommonOptions::dead_letters): exhausted messages,
+/// [`CommonOptions::dead_letters`](crate::CommonOptions::dead_letters): exhausted messages,
 /// explicit dead-letter outcomes and Kinesis poison pills land here.
 ///
 /// A message is stored once per (queue, message id): dead-lettering it again (a redelivered
