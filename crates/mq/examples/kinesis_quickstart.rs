@@ -3,7 +3,8 @@
 //!
 //! Run with `cargo run -p mq-rs --features kinesis --example kinesis_quickstart`. Shard leases
 //! live in Redis when one answers at `REDIS_URL` (default `redis://127.0.0.1:6379`), as they
-//! would across machines; otherwise in memory, which is enough for one process.
+//! would across machines (under a key prefix of this run's own, since each run's emulator starts
+//! a new stream); otherwise in memory, which is enough for one process.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -47,9 +48,16 @@ async fn main() -> anyhow::Result<()> {
     println!("emulator on {endpoint}, stream {STREAM:?} with 2 shards");
 
     let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    // Checkpoints of an earlier run's stream must not apply to this run's new one.
+    let prefix = format!(
+        "mq-quickstart-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
     let leases: Arc<dyn LeaseStore> = match tokio::time::timeout(
         Duration::from_secs(2),
-        RedisLeaseStore::connect(&redis_url, "mq-quickstart"),
+        RedisLeaseStore::connect(&redis_url, &prefix),
     )
     .await
     {
