@@ -27,6 +27,13 @@ use crate::runner::{HandlerRun, HandlerRunner, Settlement};
 use crate::stats::QueueStats;
 use crate::store::{Claim, Completion, CompletionAction, QueueStore, Undecodable};
 
+mod prepare;
+mod trouble;
+
+pub use prepare::prepare_messages;
+use prepare::prepare_split;
+use trouble::Trouble;
+
 /// A [`MessageQueue`] made of a [`QueueStore`] and the shared consumer runtime.
 ///
 /// Consumers run `concurrency` worker loops; each claims a batch, runs the handler with a timeout
@@ -208,72 +215,6 @@ impl<S: QueueStore> PollingQueue<S> {
         let n = self.inner.next_consumer.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.inner.instance)
     }
-}
-
-/// Validates and converts messages for `queue` under `common`'s id generator and size limit.
-pub fn prepare_messages(
-    common: &CommonOptions,
-    queue: &QueueName,
-    messages: Vec<NewMessage>,
-    failed: &mut Vec<PublishFailure>,
-) -> Vec<(usize, Message)> {
-    let (indexes, messages) = prepare_split(common, queue, messages, failed);
-    indexes.into_iter().zip(messages).collect()
-}
-
-/// [`prepare_messages`] returning batch indexes and messages apart, so the messages can go to
-/// the store without another copy.
-fn prepare_split(
-    common: &CommonOptions,
-    queue: &QueueName,
-    messages: Vec<NewMessage>,
-    failed: &mut Vec<PublishFailure>,
-) -> (Vec<usize>, Vec<Message>) {
-    let now = Utc::now();
-    let mut out = Vec::with_capacity(messages.len());
-    let mut indexes = Vec::with_capacity(messages.len());
-    for (index, nm) in messages.into_iter().enumerate() {
-        if let Err(error) = nm.validate() {
-            failed.push(PublishFailure {
-                index,
-                id: nm.get_id().cloned(),
-                error,
-            });
-            continue;
-        }
-        let m = nm.into_message(&*common.id_generator, queue.clone(), now);
-        if let Err(error) = m.check_storable() {
-            failed.push(PublishFailure {
-                index,
-                id: Some(m.id),
-                error,
-            });
-            continue;
-        }
-        // A cheap upper bound settles the common case; the exact size is computed only near the
-        // limit.
-        if m.encoded_len_upper_bound() <= common.max_message_bytes {
-            out.push(m);
-            indexes.push(index);
-            continue;
-        }
-        let size = m.encoded_len();
-        if size > common.max_message_bytes {
-            failed.push(PublishFailure {
-                index,
-                id: Some(m.id.clone()),
-                error: Error::MessageTooLarge {
-                    id: m.id,
-                    size,
-                    limit: common.max_message_bytes,
-                },
-            });
-            continue;
-        }
-        out.push(m);
-        indexes.push(index);
-    }
-    (indexes, out)
 }
 
 #[async_trait]
@@ -884,47 +825,6 @@ impl<S: QueueStore> Worker<S> {
     }
 }
 
-/// How a worker reports a failing store: the first failure at once, then at most one line
-/// every [`Trouble::EVERY`] with how many failures it stood for, and one line when it recovers,
-/// so an outage is visible at once without flooding the log.
-#[derive(Debug, Default)]
-struct Trouble {
-    since: Option<Instant>,
-    last_logged: Option<Instant>,
-    failures: u64,
-}
-
-impl Trouble {
-    const EVERY: Duration = Duration::from_secs(30);
-
-    /// Records a failure; true when it was logged.
-    fn failed(&mut self, queue: &QueueName, consumer: &str, e: &Error) -> bool {
-        let now = Instant::now();
-        self.failures += 1;
-        let since = *self.since.get_or_insert(now);
-        if self
-            .last_logged
-            .is_some_and(|at| now.duration_since(at) < Self::EVERY)
-        {
-            return false;
-        }
-        self.last_logged = Some(now);
-        tracing::warn!(queue = %queue, consumer = %consumer, error = %ErrorChain::from_error(e),
-            failures = self.failures, failing_for = ?now.duration_since(since),
-            "mq: claiming failed; retrying with backoff");
-        true
-    }
-
-    fn recovered(&mut self, queue: &QueueName, consumer: &str) {
-        if let Some(since) = self.since.take() {
-            tracing::info!(queue = %queue, consumer = %consumer, failures = self.failures,
-                after = ?since.elapsed(), "mq: claiming works again");
-        }
-        self.failures = 0;
-        self.last_logged = None;
-    }
-}
-
 /// The store write for one settled message. A terminal message whose dead letter was stored
 /// is marked dead-lettered, so the queue's numbers say where it went.
 fn action_of(
@@ -946,23 +846,5 @@ fn action_of(
             },
             error: error.clone(),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn store_trouble_is_logged_at_once_then_rate_limited() {
-        let q = QueueName::new("q").unwrap();
-        let e = Error::backend("sql", "claim", std::io::Error::other("connection refused"));
-        let mut t = Trouble::default();
-        assert!(t.failed(&q, "c", &e), "the first failure is logged at once");
-        assert!(!t.failed(&q, "c", &e));
-        tokio::time::advance(Trouble::EVERY).await;
-        assert!(t.failed(&q, "c", &e), "then once per interval");
-        t.recovered(&q, "c");
-        assert!(t.failed(&q, "c", &e), "a new outage is logged at once");
     }
 }

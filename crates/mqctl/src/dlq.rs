@@ -449,8 +449,18 @@ async fn open_queue(
     table: &str,
     mongo_db: &str,
 ) -> anyhow::Result<Arc<dyn MessageQueue>> {
-    let where_ = || format!("connecting to the queue at {}", redact(url));
-    let sql = SqlOptions::default().table(table).notify(false);
+    // The queue must exist already: replaying into a mistyped table would create a queue no
+    // consumer reads.
+    let where_ = || {
+        format!(
+            "opening queue table {table:?} at {} to replay into (pass --queue-table with the table the dead letters came from)",
+            redact(url)
+        )
+    };
+    let sql = SqlOptions::default()
+        .table(table)
+        .notify(false)
+        .create_schema(false);
     let common = CommonOptions::default();
     Ok(match scheme(url)? {
         Scheme::Postgres => Arc::new(
@@ -475,6 +485,7 @@ async fn open_queue(
                     .database(mongo_db)
                     .collection(table)
                     .change_stream(false)
+                    .create_schema(false)
                     .common(common),
             )
             .await

@@ -262,3 +262,26 @@ async fn queue_stats_refuse_unknown_queues_missing_tables_and_bad_names() {
         .get("e");
     assert!(!exists, "queue stats created {typo}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_into_a_missing_queue_table_is_refused_and_creates_nothing() {
+    use mq::DeadLetterStore;
+    let dir = std::env::temp_dir().join(format!("mqctl-replay-target-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("dlq.db");
+    let _ = std::fs::remove_file(&path);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .expect("create the database");
+    let store = mq::sql::SqliteDeadLetterStore::new(pool.clone(), "mq_dead_letters").expect("store");
+    store.migrate().await.expect("migrate");
+    let url = format!("sqlite://{}", path.display());
+    let (code, stderr) = mqctl(&["dlq", "--url", &url, "replay", "--queue-table", "jobz"]);
+    assert_refused(code, &stderr, "jobz");
+    let tables: i64 = sqlx::query("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'jobz'")
+        .fetch_one(&pool)
+        .await
+        .expect("query")
+        .get("n");
+    assert_eq!(tables, 0, "replay created the queue table");
+}
