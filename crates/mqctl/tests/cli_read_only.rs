@@ -273,7 +273,8 @@ async fn replay_into_a_missing_queue_table_is_refused_and_creates_nothing() {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
         .await
         .expect("create the database");
-    let store = mq::sql::SqliteDeadLetterStore::new(pool.clone(), "mq_dead_letters").expect("store");
+    let store =
+        mq::sql::SqliteDeadLetterStore::new(pool.clone(), "mq_dead_letters").expect("store");
     store.migrate().await.expect("migrate");
     let url = format!("sqlite://{}", path.display());
     let (code, stderr) = mqctl(&["dlq", "--url", &url, "replay", "--queue-table", "jobz"]);
