@@ -11,8 +11,7 @@ use std::time::Duration;
 use emulator::Emulator;
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
 use mq_core::{
-    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, MessageQueue,
-    NewMessage, QueueName, handler_fn,
+    Batch, CommonOptions, HandlerContext, MessageQueue, NewMessage, QueueName, handler_fn,
 };
 use mq_kinesis::{
     InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore, PartitionKeyStrategy,
@@ -26,12 +25,7 @@ async fn twenty_thousand_messages_keep_per_key_order() {
     emu.create_stream(stream, 4).await;
     let store = Arc::new(InMemoryLeaseStore::new());
     let observer = Arc::new(RecordingObserver::default());
-    let common = CommonOptions::default().lifecycle(
-        LifecycleDispatcher::builder()
-            .observer(observer.clone())
-            .mode(DispatchMode::Sync)
-            .build(),
-    );
+    let common = emulator::observed(&observer);
     let queue = KinesisQueue::with_client(
         emu.client(),
         KinesisOptions::new(store.clone())

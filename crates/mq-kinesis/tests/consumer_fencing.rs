@@ -11,8 +11,7 @@ use std::time::Duration;
 use emulator::Emulator;
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
 use mq_core::{
-    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, MessageQueue,
-    NewMessage, QueueName, async_trait, handler_fn,
+    Batch, CommonOptions, HandlerContext, MessageQueue, QueueName, async_trait, handler_fn,
 };
 use mq_kinesis::{
     CheckpointOutcome, InMemoryLeaseStore, KinesisOptions, KinesisQueue, Lease, LeaseState,
@@ -80,12 +79,7 @@ impl LeaseStore for FakeRenewal {
 }
 
 fn observed(obs: &Arc<RecordingObserver>) -> CommonOptions {
-    CommonOptions::default().lifecycle(
-        LifecycleDispatcher::builder()
-            .observer(obs.clone())
-            .mode(DispatchMode::Sync)
-            .build(),
-    )
+    emulator::observed(obs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,9 +105,7 @@ async fn stale_owner_cannot_checkpoint() {
             .discovery_interval(Duration::from_millis(50)),
     );
     a.register(&q).await.unwrap();
-    let msgs: Vec<NewMessage> = (0..20)
-        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
-        .collect();
+    let msgs = emulator::numbered(20);
     assert!(a.publish(&q, msgs).await.unwrap().is_complete());
 
     let a_in_handler = Arc::new(AtomicBool::new(false));

@@ -12,8 +12,7 @@ use std::time::Duration;
 use emulator::Emulator;
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
 use mq_core::{
-    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, LifecycleEvent,
-    MessageQueue, NewMessage, QueueName, async_trait, handler_fn,
+    Batch, HandlerContext, LifecycleEvent, MessageQueue, QueueName, async_trait, handler_fn,
 };
 use mq_kinesis::{
     CheckpointOutcome, Error, InMemoryLeaseStore, KinesisOptions, KinesisQueue, Lease, LeaseState,
@@ -107,22 +106,10 @@ async fn setup(
         emu.client(),
         KinesisOptions::new(store)
             .instance_id("me")
-            .common(
-                CommonOptions::default().lifecycle(
-                    LifecycleDispatcher::builder()
-                        .observer(obs.clone())
-                        .mode(DispatchMode::Sync)
-                        .build(),
-                ),
-            )
+            .common(emulator::observed(obs))
             .discovery_interval(Duration::from_millis(30)),
     );
-    let q = QueueName::new(stream).unwrap();
-    queue.register(&q).await.unwrap();
-    let msgs: Vec<NewMessage> = (0..10)
-        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
-        .collect();
-    assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
+    let q = emulator::register_and_publish(&queue, stream, 10).await;
     (emu, queue, q)
 }
 

@@ -22,6 +22,11 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use ferrokinesis::store::{Store, StoreOptions};
+use mq_core::testkit::RecordingObserver;
+use mq_core::{
+    CommonOptions, DispatchMode, LifecycleDispatcher, MessageQueue, NewMessage, QueueName,
+};
+use mq_kinesis::KinesisQueue;
 use tokio::task::JoinHandle;
 
 pub struct Emulator {
@@ -109,6 +114,32 @@ impl Emulator {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Common options whose lifecycle events reach `obs` synchronously, before the consumer goes on.
+pub fn observed(obs: &Arc<RecordingObserver>) -> CommonOptions {
+    CommonOptions::default().lifecycle(
+        LifecycleDispatcher::builder()
+            .observer(obs.clone())
+            .mode(DispatchMode::Sync)
+            .build(),
+    )
+}
+
+/// `n` messages of type `t` whose payloads are `{"i": 0}`, `{"i": 1}`, ...
+pub fn numbered(n: usize) -> Vec<NewMessage> {
+    (0..n)
+        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
+        .collect()
+}
+
+/// Registers `stream` on `queue`, publishes `numbered(n)` to it (all accepted) and returns its
+/// name.
+pub async fn register_and_publish(queue: &KinesisQueue, stream: &str, n: usize) -> QueueName {
+    let q = QueueName::new(stream).unwrap();
+    queue.register(&q).await.unwrap();
+    assert!(queue.publish(&q, numbered(n)).await.unwrap().is_complete());
+    q
 }
 
 /// ferrokinesis 0.7 validates SubscribeToShard's `StartingPosition` as a structure with `Type`
