@@ -9,10 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use emulator::Emulator;
-use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
-use mq_core::{
-    Batch, CommonOptions, HandlerContext, MessageQueue, QueueName, async_trait, handler_fn,
-};
+use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options, wait_until};
+use mq_core::{Batch, HandlerContext, MessageQueue, QueueName, async_trait, handler_fn};
 use mq_kinesis::{
     CheckpointOutcome, InMemoryLeaseStore, KinesisOptions, KinesisQueue, Lease, LeaseState,
     LeaseStore, Result,
@@ -78,10 +76,6 @@ impl LeaseStore for FakeRenewal {
     }
 }
 
-fn observed(obs: &Arc<RecordingObserver>) -> CommonOptions {
-    emulator::observed(obs)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_owner_cannot_checkpoint() {
     let emu = Emulator::start().await;
@@ -101,7 +95,7 @@ async fn stale_owner_cannot_checkpoint() {
         emu.client(),
         KinesisOptions::new(store.clone())
             .instance_id("a")
-            .common(observed(&obs_a))
+            .common(emulator::observed(&obs_a))
             .discovery_interval(Duration::from_millis(50)),
     );
     a.register(&q).await.unwrap();
@@ -150,20 +144,16 @@ async fn stale_owner_cannot_checkpoint() {
         emu.client(),
         KinesisOptions::new(store.clone())
             .instance_id("b")
-            .common(observed(&obs_b))
+            .common(emulator::observed(&obs_b))
             .discovery_interval(Duration::from_millis(50)),
     );
     b.register(&q).await.unwrap();
     let consumer_b = b.consume(&q, handler_b, opts).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until(Duration::from_secs(10), "b takes over", || async {
         let st = store.state(stream, shard).await.unwrap();
-        if st.owner.as_deref() == Some("b") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "b never took over");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        st.owner.as_deref() == Some("b")
+    })
+    .await;
     b_owns.store(true, Ordering::SeqCst);
     // a's handler returns now; its checkpoint must be refused
     eventually(Duration::from_secs(10), "a reports lease_lost", || {

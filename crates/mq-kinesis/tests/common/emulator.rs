@@ -15,6 +15,7 @@ use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::{
     BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
 };
+use aws_sdk_kinesis::types::StreamStatus;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use axum::body::Body;
@@ -22,7 +23,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use ferrokinesis::store::{Store, StoreOptions};
-use mq_core::testkit::RecordingObserver;
+use mq_core::testkit::{RecordingObserver, wait_until};
 use mq_core::{
     CommonOptions, DispatchMode, LifecycleDispatcher, MessageQueue, NewMessage, QueueName,
 };
@@ -92,28 +93,23 @@ impl Emulator {
 
     /// Waits until `stream` is active (after a create, split or merge).
     pub async fn wait_active(&self, stream: &str) {
-        let c = self.client();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = c
-                .describe_stream_summary()
-                .stream_name(stream)
-                .send()
-                .await
-                .unwrap();
-            let status = s
-                .stream_description_summary()
-                .map(|d| d.stream_status().as_str().to_owned());
-            if status.as_deref() == Some("ACTIVE") {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "stream never active"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_active(&self.client(), stream).await;
     }
+}
+
+/// Waits (up to 10 s) until `stream` is active.
+pub async fn wait_active(client: &Client, stream: &str) {
+    wait_until(Duration::from_secs(10), "stream active", || async {
+        let s = client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .unwrap();
+        s.stream_description_summary()
+            .is_some_and(|d| d.stream_status() == &StreamStatus::Active)
+    })
+    .await;
 }
 
 /// Common options whose lifecycle events reach `obs` synchronously, before the consumer goes on.
