@@ -3,15 +3,16 @@
 //! process (`KinesisQueue` with a `RedisLeaseStore`); one case with the durable checkpoints on
 //! PostgreSQL (`--checkpoint-url`).
 
+#[path = "common/kinesis.rs"]
+mod common;
+
 use std::cmp::Ordering;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::StreamStatus;
+use common::Emulator;
 use fred::interfaces::ClientLike;
 use mq::backend::compare_sequence_numbers;
 use mq::kinesis::{
@@ -24,17 +25,14 @@ use mq::{
 use mq_core::testkit::{RecordingObserver, eventually, fast_options, service_url};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mqctl");
 const SHARD: &str = "shardId-000000000000";
 
-/// The emulator, a client for it, the Redis lease store under a key prefix of the test's own.
+/// The emulator with a client for it, the Redis lease store under a key prefix of the test's own.
 struct Env {
-    endpoint: String,
-    kinesis: Client,
+    emulator: Emulator,
     redis_url: String,
     prefix: String,
     leases: RedisLeaseStore,
-    server: tokio::task::JoinHandle<()>,
 }
 
 impl Env {
@@ -48,89 +46,28 @@ impl Env {
                 return None;
             }
         };
-        let options = ferrokinesis::store::StoreOptions {
-            create_stream_ms: 0,
-            delete_stream_ms: 0,
-            update_stream_ms: 0,
-            shard_limit: 100,
-            ..ferrokinesis::store::StoreOptions::default()
-        };
-        let (app, _store) = ferrokinesis::create_app(options);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        let endpoint = format!("http://{addr}");
-        let config = aws_sdk_kinesis::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
-            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-            .build();
-        let kinesis = Client::from_conf(config);
-        kinesis
-            .create_stream()
-            .stream_name(stream)
-            .shard_count(1)
-            .send()
-            .await
-            .expect("create stream");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = kinesis
-                .describe_stream_summary()
-                .stream_name(stream)
-                .send()
-                .await
-                .expect("describe");
-            if s.stream_description_summary().map(|d| d.stream_status())
-                == Some(&StreamStatus::Active)
-            {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "stream not active");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let emulator = Emulator::start().await;
+        emulator.create_stream(stream, 1).await;
         let prefix = format!("mqctl-{test}-{}", std::process::id());
         let leases = RedisLeaseStore::connect(&redis_url, prefix.clone())
             .await
             .expect("redis");
         Some(Env {
-            endpoint,
-            kinesis,
+            emulator,
             redis_url,
             prefix,
             leases,
-            server,
         })
     }
 
     /// Runs `mqctl kinesis <args>` against this environment, stdin a pipe (no terminal).
     async fn mqctl(&self, args: &[&str]) -> std::process::Output {
-        let mut all: Vec<String> = vec!["kinesis".into()];
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        all.extend([
-            "--redis-url".into(),
-            self.redis_url.clone(),
-            "--prefix".into(),
-            self.prefix.clone(),
-            "--endpoint-url".into(),
-            self.endpoint.clone(),
-            "--region".into(),
-            "us-east-1".into(),
-        ]);
+        let all =
+            common::kinesis_args(args, &self.redis_url, &self.prefix, &self.emulator.endpoint);
         tokio::task::spawn_blocking(move || {
-            let out = assert_cmd::Command::new(BIN)
-                .args(&all)
-                .env("AWS_ACCESS_KEY_ID", "test")
-                .env("AWS_SECRET_ACCESS_KEY", "test")
-                .env("AWS_EC2_METADATA_DISABLED", "true")
+            let out = common::mqctl(&all)
                 .env_remove("MQ_CHECKPOINT_URL")
                 .write_stdin("y\n")
-                .timeout(Duration::from_secs(60))
                 .output()
                 .expect("run mqctl");
             eprintln!(
@@ -161,7 +98,8 @@ impl Env {
         for i in from..from + n {
             let data = serde_json::json!({ "type": "t", "payload": { "i": i } });
             let out = self
-                .kinesis
+                .emulator
+                .client
                 .put_record()
                 .stream_name(stream)
                 .partition_key("k")
@@ -185,7 +123,7 @@ impl Env {
     ) -> (KinesisQueue, ConsumerHandle) {
         let q = QueueName::new(stream).expect("queue name");
         let queue = KinesisQueue::with_client(
-            self.kinesis.clone(),
+            self.emulator.client.clone(),
             KinesisOptions::new(store)
                 .instance_id(id)
                 .discovery_interval(Duration::from_millis(50))
@@ -216,15 +154,7 @@ impl Env {
 
     /// Deletes every Redis key of the test's prefix.
     async fn clean(self) {
-        let client = self.leases.client();
-        let keys: Vec<String> = client
-            .custom(fred::cmd!("KEYS"), vec![format!("{}:*", self.prefix)])
-            .await
-            .expect("keys");
-        if !keys.is_empty() {
-            let _: i64 = client.custom(fred::cmd!("DEL"), keys).await.expect("del");
-        }
-        self.server.abort();
+        common::delete_keys(&self.leases, &self.prefix).await;
     }
 }
 
