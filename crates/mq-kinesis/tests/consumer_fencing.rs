@@ -3,76 +3,37 @@
 
 #[path = "common/emulator.rs"]
 mod emulator;
+#[path = "common/hooked.rs"]
+mod hooked;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use emulator::Emulator;
+use hooked::{Hooked, Hooks};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options, wait_until};
 use mq_core::{Batch, HandlerContext, MessageQueue, QueueName, async_trait, handler_fn};
-use mq_kinesis::{
-    CheckpointOutcome, InMemoryLeaseStore, KinesisOptions, KinesisQueue, Lease, LeaseState,
-    LeaseStore, Result,
-};
+use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue, Lease, LeaseStore, Result};
 
 /// Pretends to renew the leases of `owner` without doing it, so they expire under its feet.
 #[derive(Debug)]
 struct FakeRenewal {
-    inner: InMemoryLeaseStore,
     owner: &'static str,
 }
 
 #[async_trait]
-impl LeaseStore for FakeRenewal {
-    async fn acquire_above(
+impl Hooks for FakeRenewal {
+    async fn renew(
         &self,
-        s: &str,
-        sh: &str,
-        o: &str,
+        inner: &InMemoryLeaseStore,
+        lease: &Lease,
         ttl: Duration,
-        floor: u64,
-    ) -> Result<Option<Lease>> {
-        self.inner.acquire_above(s, sh, o, ttl, floor).await
-    }
-    async fn force_release(&self, s: &str, sh: &str) -> Result<LeaseState> {
-        self.inner.force_release(s, sh).await
-    }
-    async fn set_checkpoint(&self, s: &str, sh: &str, seq: &str) -> Result<LeaseState> {
-        self.inner.set_checkpoint(s, sh, seq).await
-    }
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+    ) -> Result<bool> {
         if lease.owner == self.owner {
             return Ok(true);
         }
-        self.inner.renew(lease, ttl).await
-    }
-    async fn checkpoint(&self, lease: &Lease, seq: &str) -> Result<CheckpointOutcome> {
-        self.inner.checkpoint(lease, seq).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.inner.release(lease).await
-    }
-    async fn finish(&self, lease: &Lease) -> Result<bool> {
-        self.inner.finish(lease).await
-    }
-    async fn state(&self, s: &str, sh: &str) -> Result<LeaseState> {
-        self.inner.state(s, sh).await
-    }
-    async fn leases(&self, s: &str) -> Result<Vec<LeaseState>> {
-        self.inner.leases(s).await
-    }
-    async fn record_failure(&self, s: &str, sh: &str, c: &str) -> Result<u32> {
-        self.inner.record_failure(s, sh, c).await
-    }
-    async fn clear_failures(&self, s: &str, sh: &str) -> Result<()> {
-        self.inner.clear_failures(s, sh).await
-    }
-    async fn heartbeat(&self, s: &str, i: &str, ttl: Duration) -> Result<()> {
-        self.inner.heartbeat(s, i, ttl).await
-    }
-    async fn live_instances(&self, s: &str) -> Result<Vec<String>> {
-        self.inner.live_instances(s).await
+        inner.renew(lease, ttl).await
     }
 }
 
@@ -82,10 +43,7 @@ async fn stale_owner_cannot_checkpoint() {
     let stream = "fencing";
     let shard = "shardId-000000000000";
     emu.create_stream(stream, 1).await;
-    let store: Arc<dyn LeaseStore> = Arc::new(FakeRenewal {
-        inner: InMemoryLeaseStore::new(),
-        owner: "a",
-    });
+    let store: Arc<dyn LeaseStore> = Arc::new(Hooked::new(FakeRenewal { owner: "a" }));
     let q = QueueName::new(stream).unwrap();
     let (obs_a, obs_b) = (
         Arc::new(RecordingObserver::default()),
