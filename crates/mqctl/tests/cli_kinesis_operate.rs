@@ -158,6 +158,35 @@ impl Env {
     }
 }
 
+/// `checkpoint <action>` for `shard` of `stream` at `sequence`, then `extra`.
+fn checkpoint_args<'a>(
+    action: &'a str,
+    stream: &'a str,
+    shard: &'a str,
+    sequence: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "checkpoint",
+        action,
+        "--stream",
+        stream,
+        "--shard",
+        shard,
+        "--sequence",
+        sequence,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `lease release` for the shard of `stream`, then `flags`.
+fn release_args<'a>(stream: &'a str, flags: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["lease", "release", "--stream", stream, "--shard", SHARD];
+    args.extend_from_slice(flags);
+    args
+}
+
 /// Records the sequence numbers delivered (message ids are `<shard>:<sequence number>`), each
 /// with whether the operator command had returned when it was delivered.
 #[derive(Debug, Default)]
@@ -267,60 +296,29 @@ async fn refusals_name_the_value_and_change_nothing() {
     refused(&out, &["--sequence", "1 to 128 decimal digits"]);
 
     let out = env
-        .mqctl(&[
-            "checkpoint",
+        .mqctl(&checkpoint_args(
             "advance",
-            "--stream",
             stream,
-            "--shard",
             "shardId-000000000009",
-            "--sequence",
             "200",
-            "--yes",
-        ])
+            &["--yes"],
+        ))
         .await;
     refused(&out, &["\"shardId-000000000009\"", "no such shard", SHARD]);
     let out = env
-        .mqctl(&[
-            "checkpoint",
-            "advance",
-            "--stream",
-            stream,
-            "--shard",
-            SHARD,
-            "--sequence",
-            "99",
-            "--yes",
-        ])
+        .mqctl(&checkpoint_args("advance", stream, SHARD, "99", &["--yes"]))
         .await;
     refused(&out, &["99", "not after the current checkpoint 100"]);
 
-    let out = env
-        .mqctl(&[
-            "lease", "release", "--stream", stream, "--shard", SHARD, "--yes",
-        ])
-        .await;
+    let out = env.mqctl(&release_args(stream, &["--yes"])).await;
     refused(&out, &["without --force", "fences the owner"]);
 
     // no --yes and no terminal (stdin is a pipe, even one that says "y")
     let out = env
-        .mqctl(&[
-            "checkpoint",
-            "set",
-            "--stream",
-            stream,
-            "--shard",
-            SHARD,
-            "--sequence",
-            "500",
-        ])
+        .mqctl(&checkpoint_args("set", stream, SHARD, "500", &[]))
         .await;
     refused(&out, &["without a terminal", "--yes"]);
-    let out = env
-        .mqctl(&[
-            "lease", "release", "--stream", stream, "--shard", SHARD, "--force",
-        ])
-        .await;
+    let out = env.mqctl(&release_args(stream, &["--force"])).await;
     refused(&out, &["without a terminal", "--yes"]);
 
     assert_eq!(env.state(stream).await, before, "nothing changed");
@@ -328,17 +326,13 @@ async fn refusals_name_the_value_and_change_nothing() {
     // a finished shard cannot be advanced
     assert!(env.leases.finish(&lease).await.expect("finish"));
     let out = env
-        .mqctl(&[
-            "checkpoint",
+        .mqctl(&checkpoint_args(
             "advance",
-            "--stream",
             stream,
-            "--shard",
             SHARD,
-            "--sequence",
             "200",
-            "--yes",
-        ])
+            &["--yes"],
+        ))
         .await;
     refused(&out, &["finished", SHARD]);
     assert_eq!(env.state(stream).await.checkpoint.as_deref(), Some("100"));
@@ -400,17 +394,13 @@ async fn status_shows_a_running_consumer_and_advance_skips_records() {
     // skip batch 1 and the first three records of batch 2
     let target = batch2[2].clone();
     let change = env
-        .mqctl_json(&[
-            "checkpoint",
+        .mqctl_json(&checkpoint_args(
             "advance",
-            "--stream",
             stream,
-            "--shard",
             SHARD,
-            "--sequence",
             &target,
-            "--yes",
-        ])
+            &["--yes"],
+        ))
         .await;
     deliveries.moved.store(true, AtomicOrdering::SeqCst);
     let moved_at = Instant::now();
@@ -627,9 +617,7 @@ async fn force_release_hands_the_shard_to_another_instance_and_fences_the_owner(
     );
 
     let change = env
-        .mqctl_json(&[
-            "lease", "release", "--stream", stream, "--shard", SHARD, "--force", "--yes",
-        ])
+        .mqctl_json(&release_args(stream, &["--force", "--yes"]))
         .await;
     let released = Instant::now();
     assert_eq!(change["action"], "lease release");
@@ -700,21 +688,19 @@ async fn checkpoint_set_writes_the_durable_store_and_status_reads_it() {
     let seqs = env.put(stream, 0, 3).await;
     let target = seqs[1].clone();
     let change = env
-        .mqctl_json(&[
-            "checkpoint",
+        .mqctl_json(&checkpoint_args(
             "set",
-            "--stream",
             stream,
-            "--shard",
             SHARD,
-            "--sequence",
             &target,
-            "--yes",
-            "--checkpoint-url",
-            &pg,
-            "--checkpoint-table",
-            &table,
-        ])
+            &[
+                "--yes",
+                "--checkpoint-url",
+                &pg,
+                "--checkpoint-table",
+                &table,
+            ],
+        ))
         .await;
     assert_eq!(change["after"]["checkpoint"], target.as_str(), "{change}");
     assert!(
@@ -764,21 +750,19 @@ async fn checkpoint_set_writes_the_durable_store_and_status_reads_it() {
 
     // set moves backwards too; the human output is a before/after table
     let out = env
-        .mqctl(&[
-            "checkpoint",
+        .mqctl(&checkpoint_args(
             "set",
-            "--stream",
             stream,
-            "--shard",
             SHARD,
-            "--sequence",
             &seqs[0],
-            "--yes",
-            "--checkpoint-url",
-            &pg,
-            "--checkpoint-table",
-            &table,
-        ])
+            &[
+                "--yes",
+                "--checkpoint-url",
+                &pg,
+                "--checkpoint-table",
+                &table,
+            ],
+        ))
         .await;
     assert!(out.status.success());
     let human = String::from_utf8_lossy(&out.stdout);
