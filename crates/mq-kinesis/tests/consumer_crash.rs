@@ -105,16 +105,7 @@ async fn crash_resume(store: Arc<dyn LeaseStore>) {
         "a checkpointed before crashing"
     );
 
-    let l = ledger.clone();
-    let handler_b = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
-        let l = l.clone();
-        async move {
-            for m in batch.iter() {
-                l.begin(m.id.as_str());
-                l.end(m.id.as_str());
-            }
-        }
-    }));
+    let handler_b = emulator::ledger_handler(&ledger);
     let b = KinesisQueue::with_client(
         emu.client(),
         KinesisOptions::new(store.clone())

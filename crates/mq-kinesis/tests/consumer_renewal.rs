@@ -94,16 +94,7 @@ async fn renewal_retries_before_giving_up() {
     let obs = Arc::new(RecordingObserver::default());
     let (_emu, queue, q) = setup("renew-retry", store.clone(), &obs).await;
     let ledger = Arc::new(DeliveryLedger::default());
-    let l = ledger.clone();
-    let handler = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
-        let l = l.clone();
-        async move {
-            for m in batch.iter() {
-                l.begin(m.id.as_str());
-                l.end(m.id.as_str());
-            }
-        }
-    }));
+    let handler = emulator::ledger_handler(&ledger);
     let opts = fast_options().lease_duration(Duration::from_millis(900));
     let consumer = queue.consume(&q, handler, opts).await.unwrap();
     eventually(Duration::from_secs(20), "several renewal rounds", || {

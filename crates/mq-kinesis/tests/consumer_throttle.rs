@@ -12,7 +12,7 @@ use std::time::Duration;
 use emulator::{Emulator, ReadThrottle, client};
 use mq_core::backend::{AimdOptions, AimdStrategy};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
-use mq_core::{Batch, HandlerContext, LifecycleEvent, MessageQueue, handler_fn};
+use mq_core::{LifecycleEvent, MessageQueue};
 use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue, ShardOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,16 +40,7 @@ async fn throttled_reads_back_off_and_finish() {
     );
     let q = emulator::register_and_publish(&queue, stream, 600).await;
     let ledger = Arc::new(DeliveryLedger::default());
-    let l = ledger.clone();
-    let handler = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
-        let l = l.clone();
-        async move {
-            for m in batch.iter() {
-                l.begin(m.id.as_str());
-                l.end(m.id.as_str());
-            }
-        }
-    }));
+    let handler = emulator::ledger_handler(&ledger);
     let consumer = queue.consume(&q, handler, fast_options()).await.unwrap();
     eventually(Duration::from_secs(60), "all 600 delivered", || {
         ledger.distinct() == 600

@@ -23,9 +23,10 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use ferrokinesis::store::{Store, StoreOptions};
-use mq_core::testkit::{RecordingObserver, wait_until};
+use mq_core::testkit::{DeliveryLedger, RecordingObserver, wait_until};
 use mq_core::{
-    CommonOptions, DispatchMode, LifecycleDispatcher, MessageQueue, NewMessage, QueueName,
+    Batch, CommonOptions, DispatchMode, Handler, HandlerContext, LifecycleDispatcher, MessageQueue,
+    NewMessage, QueueName, handler_fn,
 };
 use mq_kinesis::KinesisQueue;
 use tokio::task::JoinHandle;
@@ -120,6 +121,20 @@ pub fn observed(obs: &Arc<RecordingObserver>) -> CommonOptions {
             .mode(DispatchMode::Sync)
             .build(),
     )
+}
+
+/// A handler that acks everything and records each message in `ledger` (begun and ended at once).
+pub fn ledger_handler(ledger: &Arc<DeliveryLedger>) -> Arc<dyn Handler> {
+    let l = ledger.clone();
+    Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        let l = l.clone();
+        async move {
+            for m in batch.iter() {
+                l.begin(m.id.as_str());
+                l.end(m.id.as_str());
+            }
+        }
+    }))
 }
 
 /// `n` messages of type `t` whose payloads are `{"i": 0}`, `{"i": 1}`, ...
