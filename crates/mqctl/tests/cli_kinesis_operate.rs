@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use common::Emulator;
-use fred::interfaces::ClientLike;
 use mq::backend::compare_sequence_numbers;
 use mq::kinesis::{
     CheckpointOutcome, KinesisOptions, KinesisQueue, Lease, LeaseState, LeaseStore, RedisLeaseStore,
@@ -685,6 +684,23 @@ async fn checkpoint_set_writes_the_durable_store_and_status_reads_it() {
         return;
     };
     let table = format!("mqctl_ckpt_{}", std::process::id());
+    // a change confirmed and written to the durable store; status read from it
+    let durable_yes = [
+        "--yes",
+        "--checkpoint-url",
+        &pg,
+        "--checkpoint-table",
+        &table,
+    ];
+    let durable_status = [
+        "status",
+        "--stream",
+        stream,
+        "--checkpoint-url",
+        &pg,
+        "--checkpoint-table",
+        &table,
+    ];
     let seqs = env.put(stream, 0, 3).await;
     let target = seqs[1].clone();
     let change = env
@@ -693,13 +709,7 @@ async fn checkpoint_set_writes_the_durable_store_and_status_reads_it() {
             stream,
             SHARD,
             &target,
-            &[
-                "--yes",
-                "--checkpoint-url",
-                &pg,
-                "--checkpoint-table",
-                &table,
-            ],
+            &durable_yes,
         ))
         .await;
     assert_eq!(change["after"]["checkpoint"], target.as_str(), "{change}");
@@ -724,24 +734,8 @@ async fn checkpoint_set_writes_the_durable_store_and_status_reads_it() {
     assert!(row.1 >= 1, "the fence was raised: {row:?}");
 
     // Redis forgets everything: the durable checkpoint is still what status shows
-    let client = env.leases.client();
-    let keys: Vec<String> = client
-        .custom(fred::cmd!("KEYS"), vec![format!("{}:*", env.prefix)])
-        .await
-        .expect("keys");
-    assert!(!keys.is_empty());
-    let _: i64 = client.custom(fred::cmd!("DEL"), keys).await.expect("del");
-    let status = env
-        .mqctl_json(&[
-            "status",
-            "--stream",
-            stream,
-            "--checkpoint-url",
-            &pg,
-            "--checkpoint-table",
-            &table,
-        ])
-        .await;
+    assert!(common::delete_keys(&env.leases, &env.prefix).await > 0);
+    let status = env.mqctl_json(&durable_status).await;
     let shard = &status["shards"][0];
     assert_eq!(shard["shard"], SHARD);
     assert_eq!(shard["checkpoint"], target.as_str(), "{status}");
@@ -755,13 +749,7 @@ async fn checkpoint_set_writes_the_durable_store_and_status_reads_it() {
             stream,
             SHARD,
             &seqs[0],
-            &[
-                "--yes",
-                "--checkpoint-url",
-                &pg,
-                "--checkpoint-table",
-                &table,
-            ],
+            &durable_yes,
         ))
         .await;
     assert!(out.status.success());
@@ -775,17 +763,7 @@ async fn checkpoint_set_writes_the_durable_store_and_status_reads_it() {
     };
     assert!(line("before").contains(&target), "{human}");
     assert!(line("after").contains(&seqs[0]), "{human}");
-    let status = env
-        .mqctl_json(&[
-            "status",
-            "--stream",
-            stream,
-            "--checkpoint-url",
-            &pg,
-            "--checkpoint-table",
-            &table,
-        ])
-        .await;
+    let status = env.mqctl_json(&durable_status).await;
     assert_eq!(
         status["shards"][0]["checkpoint"],
         seqs[0].as_str(),

@@ -120,14 +120,16 @@ pub fn mqctl(args: &[String]) -> assert_cmd::Command {
     cmd
 }
 
-/// Deletes every Redis key under `prefix`.
-pub async fn delete_keys(leases: &RedisLeaseStore, prefix: &str) {
+/// Deletes every Redis key under `prefix`; how many there were.
+pub async fn delete_keys(leases: &RedisLeaseStore, prefix: &str) -> usize {
     let client = leases.client();
     let keys: Vec<String> = client
         .custom(fred::cmd!("KEYS"), vec![format!("{prefix}:*")])
         .await
         .expect("keys");
-    if !keys.is_empty() {
+    let n = keys.len();
+    if n > 0 {
         let _: i64 = client.custom(fred::cmd!("DEL"), keys).await.expect("del");
     }
+    n
 }
