@@ -14,12 +14,8 @@ use std::time::Duration;
 use emulator::Emulator;
 use hooked::{Hooked, Hooks};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
-use mq_core::{
-    Batch, HandlerContext, LifecycleEvent, MessageQueue, QueueName, async_trait, handler_fn,
-};
-use mq_kinesis::{
-    Error, InMemoryLeaseStore, KinesisOptions, KinesisQueue, Lease, LeaseStore, Result,
-};
+use mq_core::{Batch, HandlerContext, LifecycleEvent, MessageQueue, QueueName, handler_fn};
+use mq_kinesis::{Error, KinesisOptions, KinesisQueue, Lease, LeaseStore, Result};
 
 /// Fails renewals and heartbeats on demand.
 #[derive(Debug, Default)]
@@ -38,33 +34,18 @@ fn broken(op: &'static str) -> Error {
     }
 }
 
-#[async_trait]
 impl Hooks for Flaky {
-    async fn renew(
-        &self,
-        inner: &InMemoryLeaseStore,
-        lease: &Lease,
-        ttl: Duration,
-    ) -> Result<bool> {
+    fn renew(&self, _lease: &Lease) -> Option<Result<bool>> {
         let n = self.renew_calls.fetch_add(1, Ordering::SeqCst);
         let cycle = self.fail_cycle.load(Ordering::SeqCst);
-        if self.renew_broken.load(Ordering::SeqCst) || (cycle > 0 && n % cycle != cycle - 1) {
-            return Err(broken("renew"));
-        }
-        inner.renew(lease, ttl).await
+        (self.renew_broken.load(Ordering::SeqCst) || (cycle > 0 && n % cycle != cycle - 1))
+            .then(|| Err(broken("renew")))
     }
 
-    async fn heartbeat(
-        &self,
-        inner: &InMemoryLeaseStore,
-        s: &str,
-        i: &str,
-        ttl: Duration,
-    ) -> Result<()> {
-        if self.heartbeat_broken.load(Ordering::SeqCst) {
-            return Err(broken("heartbeat"));
-        }
-        inner.heartbeat(s, i, ttl).await
+    fn heartbeat(&self) -> Option<Result<()>> {
+        self.heartbeat_broken
+            .load(Ordering::SeqCst)
+            .then(|| Err(broken("heartbeat")))
     }
 }
 

@@ -1,5 +1,6 @@
 //! A lease store in memory whose renewals and heartbeats a test can intercept: `Hooked<H>`
-//! forwards every call to an `InMemoryLeaseStore` except those `H` (a [`Hooks`]) decides.
+//! forwards every call to an `InMemoryLeaseStore`, renewals and heartbeats only when `H` (a
+//! [`Hooks`]) does not answer them itself.
 #![allow(dead_code, unreachable_pub)]
 
 use std::fmt::Debug;
@@ -9,26 +10,15 @@ use std::time::Duration;
 use mq_core::async_trait;
 use mq_kinesis::{CheckpointOutcome, InMemoryLeaseStore, Lease, LeaseState, LeaseStore, Result};
 
-/// What a test changes about a lease store; each method defaults to the store's own behaviour.
-#[async_trait]
+/// What a test changes about a lease store: each hook answers instead of the store, or returns
+/// `None` (the default) to let the store answer.
 pub trait Hooks: Debug + Send + Sync + 'static {
-    async fn renew(
-        &self,
-        inner: &InMemoryLeaseStore,
-        lease: &Lease,
-        ttl: Duration,
-    ) -> Result<bool> {
-        inner.renew(lease, ttl).await
+    fn renew(&self, _lease: &Lease) -> Option<Result<bool>> {
+        None
     }
 
-    async fn heartbeat(
-        &self,
-        inner: &InMemoryLeaseStore,
-        stream: &str,
-        instance: &str,
-        ttl: Duration,
-    ) -> Result<()> {
-        inner.heartbeat(stream, instance, ttl).await
+    fn heartbeat(&self) -> Option<Result<()>> {
+        None
     }
 }
 
@@ -76,7 +66,10 @@ impl<H: Hooks> LeaseStore for Hooked<H> {
         self.inner.set_checkpoint(s, sh, seq).await
     }
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
-        self.hooks.renew(&self.inner, lease, ttl).await
+        match self.hooks.renew(lease) {
+            Some(answer) => answer,
+            None => self.inner.renew(lease, ttl).await,
+        }
     }
     async fn checkpoint(&self, lease: &Lease, seq: &str) -> Result<CheckpointOutcome> {
         self.inner.checkpoint(lease, seq).await
@@ -100,7 +93,10 @@ impl<H: Hooks> LeaseStore for Hooked<H> {
         self.inner.clear_failures(s, sh).await
     }
     async fn heartbeat(&self, s: &str, i: &str, ttl: Duration) -> Result<()> {
-        self.hooks.heartbeat(&self.inner, s, i, ttl).await
+        match self.hooks.heartbeat() {
+            Some(answer) => answer,
+            None => self.inner.heartbeat(s, i, ttl).await,
+        }
     }
     async fn live_instances(&self, s: &str) -> Result<Vec<String>> {
         self.inner.live_instances(s).await
