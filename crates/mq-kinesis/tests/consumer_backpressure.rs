@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use emulator::Emulator;
 use mq_core::backend::{AimdOptions, AimdStrategy};
 use mq_core::testkit::{eventually, fast_options};
-use mq_core::{Batch, HandlerContext, MessageQueue, NewMessage, QueueName, handler_fn};
+use mq_core::{Batch, HandlerContext, MessageQueue, QueueName, handler_fn};
 use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue};
 
 /// Consumes at least 8 batches from a backlog of 1,000 messages on one shard with a handler that takes `handler_time`; the batch sizes
@@ -33,9 +33,7 @@ async fn run(stream: &str, handler_time: Duration) -> (Vec<usize>, Vec<Duration>
         KinesisOptions::new(Arc::new(InMemoryLeaseStore::new())).strategy(Arc::new(strategy)),
     );
     queue.register(&q).await.unwrap();
-    let msgs = (0..1_000)
-        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
-        .collect();
+    let msgs = emulator::numbered(1_000);
     assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
     let batches: Arc<Mutex<Vec<(Instant, Instant, usize)>>> = Arc::default();
     let b = batches.clone();

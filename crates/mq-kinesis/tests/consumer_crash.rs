@@ -15,7 +15,7 @@ use std::time::Duration;
 use emulator::Emulator;
 use instance::Instance;
 use mq_core::testkit::{DeliveryLedger, eventually, fast_options};
-use mq_core::{Batch, HandlerContext, MessageQueue, NewMessage, QueueName, handler_fn};
+use mq_core::{Batch, HandlerContext, MessageQueue, QueueName, handler_fn};
 use mq_kinesis::{
     FileLeaseStore, InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore, RedisLeaseStore,
 };
@@ -55,9 +55,7 @@ async fn crash_resume(store: Arc<dyn LeaseStore>) {
     let q = QueueName::new(stream).unwrap();
     let publisher = KinesisQueue::with_client(emu.client(), KinesisOptions::new(store.clone()));
     publisher.register(&q).await.unwrap();
-    let msgs: Vec<NewMessage> = (0..2000)
-        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
-        .collect();
+    let msgs = emulator::numbered(2000);
     assert!(publisher.publish(&q, msgs).await.unwrap().is_complete());
 
     let ledger = Arc::new(DeliveryLedger::default());
@@ -107,16 +105,7 @@ async fn crash_resume(store: Arc<dyn LeaseStore>) {
         "a checkpointed before crashing"
     );
 
-    let l = ledger.clone();
-    let handler_b = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
-        let l = l.clone();
-        async move {
-            for m in batch.iter() {
-                l.begin(m.id.as_str());
-                l.end(m.id.as_str());
-            }
-        }
-    }));
+    let handler_b = emulator::ledger_handler(&ledger);
     let b = KinesisQueue::with_client(
         emu.client(),
         KinesisOptions::new(store.clone())

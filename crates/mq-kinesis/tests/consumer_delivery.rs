@@ -11,8 +11,8 @@ use std::time::Duration;
 use emulator::Emulator;
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
 use mq_core::{
-    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, MessageQueue,
-    NewMessage, QueueName, handler_fn,
+    Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName,
+    handler_fn,
 };
 use mq_kinesis::{
     InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore, PartitionKeyStrategy,
@@ -26,12 +26,7 @@ async fn twenty_thousand_messages_keep_per_key_order() {
     emu.create_stream(stream, 4).await;
     let store = Arc::new(InMemoryLeaseStore::new());
     let observer = Arc::new(RecordingObserver::default());
-    let common = CommonOptions::default().lifecycle(
-        LifecycleDispatcher::builder()
-            .observer(observer.clone())
-            .mode(DispatchMode::Sync)
-            .build(),
-    );
+    let common = emulator::observed(&observer);
     let queue = KinesisQueue::with_client(
         emu.client(),
         KinesisOptions::new(store.clone())
@@ -171,38 +166,29 @@ async fn typescript_records_decode_and_undecodable_ones_are_dead_lettered() {
     assert_eq!(letters[0].message.message_type, "undecodable");
     assert!(letters[0].error.to_string().contains("does not decode"));
     // batch_size bounds an on-demand batch
-    let mut more = Vec::new();
-    for i in 0..5 {
-        more.push(NewMessage::new("t", serde_json::json!({ "i": i })));
-    }
-    assert!(queue.publish(&q, more).await.unwrap().is_complete());
-    let report = queue
-        .consume_batch(
-            &q,
-            Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {})),
-            &fast_options().batch_size(3),
-        )
-        .await
-        .unwrap();
-    assert_eq!(report.delivered, 3);
-    let report = queue
-        .consume_batch(
-            &q,
-            Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {})),
-            &fast_options().batch_size(3),
-        )
-        .await
-        .unwrap();
-    assert_eq!(report.delivered, 2);
+    assert!(
+        queue
+            .publish(&q, emulator::numbered(5))
+            .await
+            .unwrap()
+            .is_complete()
+    );
+    assert_eq!(one_batch(&queue, &q, fast_options().batch_size(3)).await, 3);
+    assert_eq!(one_batch(&queue, &q, fast_options().batch_size(3)).await, 2);
     // a further on-demand batch finds nothing new: the earlier ones checkpointed
-    let report = queue
+    assert_eq!(one_batch(&queue, &q, fast_options()).await, 0);
+    queue.shutdown().await.unwrap();
+}
+
+/// Consumes one batch on demand with a handler that acks everything; how many were delivered.
+async fn one_batch(queue: &KinesisQueue, q: &QueueName, options: ConsumerOptions) -> usize {
+    queue
         .consume_batch(
-            &q,
+            q,
             Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {})),
-            &fast_options(),
+            &options,
         )
         .await
-        .unwrap();
-    assert_eq!(report.delivered, 0);
-    queue.shutdown().await.unwrap();
+        .unwrap()
+        .delivered
 }

@@ -16,8 +16,7 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use emulator::{Emulator, RequestCounter, client, store_options};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
 use mq_core::{
-    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, MessageQueue,
-    NewMessage, QueueName, handler_fn,
+    Batch, CommonOptions, HandlerContext, MessageQueue, NewMessage, QueueName, handler_fn,
 };
 use mq_kinesis::{
     InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore, PartitionKeyStrategy,
@@ -121,12 +120,7 @@ async fn fan_out_delivers_once_in_key_order_across_resubscriptions() {
     let counter = RequestCounter::default();
     let store = Arc::new(InMemoryLeaseStore::new());
     let observer = Arc::new(RecordingObserver::default());
-    let common = CommonOptions::default().lifecycle(
-        LifecycleDispatcher::builder()
-            .observer(observer.clone())
-            .mode(DispatchMode::Sync)
-            .build(),
-    );
+    let common = emulator::observed(&observer);
     let queue = queue_on(
         client(&emu.endpoint, true, Some(counter.clone()), None),
         store.clone(),

@@ -3,89 +3,29 @@
 
 #[path = "common/emulator.rs"]
 mod emulator;
+#[path = "common/hooked.rs"]
+mod hooked;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use emulator::Emulator;
-use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
-use mq_core::{
-    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, MessageQueue,
-    NewMessage, QueueName, async_trait, handler_fn,
-};
-use mq_kinesis::{
-    CheckpointOutcome, InMemoryLeaseStore, KinesisOptions, KinesisQueue, Lease, LeaseState,
-    LeaseStore, Result,
-};
+use hooked::{Hooked, Hooks};
+use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options, wait_until};
+use mq_core::{Batch, HandlerContext, MessageQueue, QueueName, handler_fn};
+use mq_kinesis::{KinesisOptions, KinesisQueue, Lease, LeaseStore, Result};
 
 /// Pretends to renew the leases of `owner` without doing it, so they expire under its feet.
 #[derive(Debug)]
 struct FakeRenewal {
-    inner: InMemoryLeaseStore,
     owner: &'static str,
 }
 
-#[async_trait]
-impl LeaseStore for FakeRenewal {
-    async fn acquire_above(
-        &self,
-        s: &str,
-        sh: &str,
-        o: &str,
-        ttl: Duration,
-        floor: u64,
-    ) -> Result<Option<Lease>> {
-        self.inner.acquire_above(s, sh, o, ttl, floor).await
+impl Hooks for FakeRenewal {
+    fn renew(&self, lease: &Lease) -> Option<Result<bool>> {
+        (lease.owner == self.owner).then_some(Ok(true))
     }
-    async fn force_release(&self, s: &str, sh: &str) -> Result<LeaseState> {
-        self.inner.force_release(s, sh).await
-    }
-    async fn set_checkpoint(&self, s: &str, sh: &str, seq: &str) -> Result<LeaseState> {
-        self.inner.set_checkpoint(s, sh, seq).await
-    }
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
-        if lease.owner == self.owner {
-            return Ok(true);
-        }
-        self.inner.renew(lease, ttl).await
-    }
-    async fn checkpoint(&self, lease: &Lease, seq: &str) -> Result<CheckpointOutcome> {
-        self.inner.checkpoint(lease, seq).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.inner.release(lease).await
-    }
-    async fn finish(&self, lease: &Lease) -> Result<bool> {
-        self.inner.finish(lease).await
-    }
-    async fn state(&self, s: &str, sh: &str) -> Result<LeaseState> {
-        self.inner.state(s, sh).await
-    }
-    async fn leases(&self, s: &str) -> Result<Vec<LeaseState>> {
-        self.inner.leases(s).await
-    }
-    async fn record_failure(&self, s: &str, sh: &str, c: &str) -> Result<u32> {
-        self.inner.record_failure(s, sh, c).await
-    }
-    async fn clear_failures(&self, s: &str, sh: &str) -> Result<()> {
-        self.inner.clear_failures(s, sh).await
-    }
-    async fn heartbeat(&self, s: &str, i: &str, ttl: Duration) -> Result<()> {
-        self.inner.heartbeat(s, i, ttl).await
-    }
-    async fn live_instances(&self, s: &str) -> Result<Vec<String>> {
-        self.inner.live_instances(s).await
-    }
-}
-
-fn observed(obs: &Arc<RecordingObserver>) -> CommonOptions {
-    CommonOptions::default().lifecycle(
-        LifecycleDispatcher::builder()
-            .observer(obs.clone())
-            .mode(DispatchMode::Sync)
-            .build(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,10 +34,7 @@ async fn stale_owner_cannot_checkpoint() {
     let stream = "fencing";
     let shard = "shardId-000000000000";
     emu.create_stream(stream, 1).await;
-    let store: Arc<dyn LeaseStore> = Arc::new(FakeRenewal {
-        inner: InMemoryLeaseStore::new(),
-        owner: "a",
-    });
+    let store: Arc<dyn LeaseStore> = Arc::new(Hooked::new(FakeRenewal { owner: "a" }));
     let q = QueueName::new(stream).unwrap();
     let (obs_a, obs_b) = (
         Arc::new(RecordingObserver::default()),
@@ -107,13 +44,11 @@ async fn stale_owner_cannot_checkpoint() {
         emu.client(),
         KinesisOptions::new(store.clone())
             .instance_id("a")
-            .common(observed(&obs_a))
+            .common(emulator::observed(&obs_a))
             .discovery_interval(Duration::from_millis(50)),
     );
     a.register(&q).await.unwrap();
-    let msgs: Vec<NewMessage> = (0..20)
-        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
-        .collect();
+    let msgs = emulator::numbered(20);
     assert!(a.publish(&q, msgs).await.unwrap().is_complete());
 
     let a_in_handler = Arc::new(AtomicBool::new(false));
@@ -158,20 +93,16 @@ async fn stale_owner_cannot_checkpoint() {
         emu.client(),
         KinesisOptions::new(store.clone())
             .instance_id("b")
-            .common(observed(&obs_b))
+            .common(emulator::observed(&obs_b))
             .discovery_interval(Duration::from_millis(50)),
     );
     b.register(&q).await.unwrap();
     let consumer_b = b.consume(&q, handler_b, opts).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until(Duration::from_secs(10), "b takes over", || async {
         let st = store.state(stream, shard).await.unwrap();
-        if st.owner.as_deref() == Some("b") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "b never took over");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        st.owner.as_deref() == Some("b")
+    })
+    .await;
     b_owns.store(true, Ordering::SeqCst);
     // a's handler returns now; its checkpoint must be refused
     eventually(Duration::from_secs(10), "a reports lease_lost", || {

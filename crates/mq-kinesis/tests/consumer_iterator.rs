@@ -11,10 +11,7 @@ use std::time::Duration;
 use emulator::Emulator;
 use mq_core::backend::{AimdOptions, AimdStrategy};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
-use mq_core::{
-    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, MessageQueue,
-    NewMessage, QueueName, handler_fn,
-};
+use mq_core::{Batch, HandlerContext, MessageQueue, handler_fn};
 use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,22 +28,10 @@ async fn expired_iterator_is_recreated_from_the_checkpoint() {
             .strategy(Arc::new(AimdStrategy::new(
                 AimdOptions::default().initial_batch(10).max_batch(10),
             )))
-            .common(
-                CommonOptions::default().lifecycle(
-                    LifecycleDispatcher::builder()
-                        .observer(obs.clone())
-                        .mode(DispatchMode::Sync)
-                        .build(),
-                ),
-            )
+            .common(emulator::observed(&obs))
             .discovery_interval(Duration::from_millis(100)),
     );
-    let q = QueueName::new(stream).unwrap();
-    queue.register(&q).await.unwrap();
-    let msgs: Vec<NewMessage> = (0..30)
-        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
-        .collect();
-    assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
+    let q = emulator::register_and_publish(&queue, stream, 30).await;
     let ledger = Arc::new(DeliveryLedger::default());
     let calls = Arc::new(AtomicUsize::new(0));
     let (l, c) = (ledger.clone(), calls.clone());

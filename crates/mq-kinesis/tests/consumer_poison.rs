@@ -18,20 +18,13 @@ use mq_core::testkit::{
     DeliveryLedger, RecordingDeadLetters, RecordingObserver, eventually, fast_options,
 };
 use mq_core::{
-    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, LifecycleEvent,
-    MessageQueue, NewMessage, Outcome, Outcomes, QueueName, RetryPolicy, handler_fn,
+    Batch, CommonOptions, HandlerContext, LifecycleEvent, MessageQueue, NewMessage, Outcome,
+    Outcomes, QueueName, RetryPolicy, handler_fn,
 };
 use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore, ShardOptions};
 
 fn common(dead: &Arc<RecordingDeadLetters>, obs: &Arc<RecordingObserver>) -> CommonOptions {
-    CommonOptions::default()
-        .dead_letters(dead.clone())
-        .lifecycle(
-            LifecycleDispatcher::builder()
-                .observer(obs.clone())
-                .mode(DispatchMode::Sync)
-                .build(),
-        )
+    emulator::observed(obs).dead_letters(dead.clone())
 }
 
 /// Two instances in a row crash on the first record; the third dead-letters it and delivers the
@@ -162,9 +155,7 @@ async fn always_retried_record_goes_to_dead_letters_after_its_attempts() {
             .discovery_interval(Duration::from_millis(100)),
     );
     queue.register(&q).await.unwrap();
-    let mut msgs: Vec<NewMessage> = (0..10)
-        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
-        .collect();
+    let mut msgs = emulator::numbered(10);
     msgs.insert(3, NewMessage::new("bad", serde_json::json!({})));
     assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
     let ledger = Arc::new(DeliveryLedger::default());

@@ -4,26 +4,22 @@
 
 #[path = "common/emulator.rs"]
 mod emulator;
+#[path = "common/hooked.rs"]
+mod hooked;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use emulator::Emulator;
+use hooked::{Hooked, Hooks};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
-use mq_core::{
-    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, LifecycleEvent,
-    MessageQueue, NewMessage, QueueName, async_trait, handler_fn,
-};
-use mq_kinesis::{
-    CheckpointOutcome, Error, InMemoryLeaseStore, KinesisOptions, KinesisQueue, Lease, LeaseState,
-    LeaseStore, Result,
-};
+use mq_core::{Batch, HandlerContext, LifecycleEvent, MessageQueue, QueueName, handler_fn};
+use mq_kinesis::{Error, KinesisOptions, KinesisQueue, Lease, LeaseStore, Result};
 
 /// Fails renewals and heartbeats on demand.
 #[derive(Debug, Default)]
 struct Flaky {
-    inner: InMemoryLeaseStore,
     renew_calls: AtomicUsize,
     /// renewal call n fails unless n % fail_cycle == fail_cycle - 1 (0 = never fail)
     fail_cycle: AtomicUsize,
@@ -38,67 +34,24 @@ fn broken(op: &'static str) -> Error {
     }
 }
 
-#[async_trait]
-impl LeaseStore for Flaky {
-    async fn acquire_above(
-        &self,
-        s: &str,
-        sh: &str,
-        o: &str,
-        ttl: Duration,
-        floor: u64,
-    ) -> Result<Option<Lease>> {
-        self.inner.acquire_above(s, sh, o, ttl, floor).await
-    }
-    async fn force_release(&self, s: &str, sh: &str) -> Result<LeaseState> {
-        self.inner.force_release(s, sh).await
-    }
-    async fn set_checkpoint(&self, s: &str, sh: &str, seq: &str) -> Result<LeaseState> {
-        self.inner.set_checkpoint(s, sh, seq).await
-    }
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+impl Hooks for Flaky {
+    fn renew(&self, _lease: &Lease) -> Option<Result<bool>> {
         let n = self.renew_calls.fetch_add(1, Ordering::SeqCst);
         let cycle = self.fail_cycle.load(Ordering::SeqCst);
-        if self.renew_broken.load(Ordering::SeqCst) || (cycle > 0 && n % cycle != cycle - 1) {
-            return Err(broken("renew"));
-        }
-        self.inner.renew(lease, ttl).await
+        (self.renew_broken.load(Ordering::SeqCst) || (cycle > 0 && n % cycle != cycle - 1))
+            .then(|| Err(broken("renew")))
     }
-    async fn checkpoint(&self, lease: &Lease, seq: &str) -> Result<CheckpointOutcome> {
-        self.inner.checkpoint(lease, seq).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.inner.release(lease).await
-    }
-    async fn finish(&self, lease: &Lease) -> Result<bool> {
-        self.inner.finish(lease).await
-    }
-    async fn state(&self, s: &str, sh: &str) -> Result<LeaseState> {
-        self.inner.state(s, sh).await
-    }
-    async fn leases(&self, s: &str) -> Result<Vec<LeaseState>> {
-        self.inner.leases(s).await
-    }
-    async fn record_failure(&self, s: &str, sh: &str, c: &str) -> Result<u32> {
-        self.inner.record_failure(s, sh, c).await
-    }
-    async fn clear_failures(&self, s: &str, sh: &str) -> Result<()> {
-        self.inner.clear_failures(s, sh).await
-    }
-    async fn heartbeat(&self, s: &str, i: &str, ttl: Duration) -> Result<()> {
-        if self.heartbeat_broken.load(Ordering::SeqCst) {
-            return Err(broken("heartbeat"));
-        }
-        self.inner.heartbeat(s, i, ttl).await
-    }
-    async fn live_instances(&self, s: &str) -> Result<Vec<String>> {
-        self.inner.live_instances(s).await
+
+    fn heartbeat(&self) -> Option<Result<()>> {
+        self.heartbeat_broken
+            .load(Ordering::SeqCst)
+            .then(|| Err(broken("heartbeat")))
     }
 }
 
 async fn setup(
     stream: &str,
-    store: Arc<Flaky>,
+    store: Arc<Hooked<Flaky>>,
     obs: &Arc<RecordingObserver>,
 ) -> (Emulator, KinesisQueue, QueueName) {
     let emu = Emulator::start().await;
@@ -107,43 +60,22 @@ async fn setup(
         emu.client(),
         KinesisOptions::new(store)
             .instance_id("me")
-            .common(
-                CommonOptions::default().lifecycle(
-                    LifecycleDispatcher::builder()
-                        .observer(obs.clone())
-                        .mode(DispatchMode::Sync)
-                        .build(),
-                ),
-            )
+            .common(emulator::observed(obs))
             .discovery_interval(Duration::from_millis(30)),
     );
-    let q = QueueName::new(stream).unwrap();
-    queue.register(&q).await.unwrap();
-    let msgs: Vec<NewMessage> = (0..10)
-        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
-        .collect();
-    assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
+    let q = emulator::register_and_publish(&queue, stream, 10).await;
     (emu, queue, q)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_retries_before_giving_up() {
-    let store = Arc::new(Flaky::default());
+    let store = Arc::new(Hooked::<Flaky>::default());
     // every renewal round: two errors, then success
     store.fail_cycle.store(3, Ordering::SeqCst);
     let obs = Arc::new(RecordingObserver::default());
     let (_emu, queue, q) = setup("renew-retry", store.clone(), &obs).await;
     let ledger = Arc::new(DeliveryLedger::default());
-    let l = ledger.clone();
-    let handler = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
-        let l = l.clone();
-        async move {
-            for m in batch.iter() {
-                l.begin(m.id.as_str());
-                l.end(m.id.as_str());
-            }
-        }
-    }));
+    let handler = emulator::ledger_handler(&ledger);
     let opts = fast_options().lease_duration(Duration::from_millis(900));
     let consumer = queue.consume(&q, handler, opts).await.unwrap();
     eventually(Duration::from_secs(20), "several renewal rounds", || {
@@ -162,7 +94,7 @@ async fn renewal_retries_before_giving_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unrenewable_lease_is_lost_and_cancels_the_handler() {
-    let store = Arc::new(Flaky::default());
+    let store = Arc::new(Hooked::<Flaky>::default());
     let obs = Arc::new(RecordingObserver::default());
     let (_emu, queue, q) = setup("renew-lost", store.clone(), &obs).await;
     let cancelled = Arc::new(AtomicBool::new(false));
@@ -205,7 +137,7 @@ async fn unrenewable_lease_is_lost_and_cancels_the_handler() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_failures_fire_an_event_past_the_threshold() {
-    let store = Arc::new(Flaky::default());
+    let store = Arc::new(Hooked::<Flaky>::default());
     store.heartbeat_broken.store(true, Ordering::SeqCst);
     let obs = Arc::new(RecordingObserver::default());
     let (_emu, queue, q) = setup("heartbeat", store.clone(), &obs).await;

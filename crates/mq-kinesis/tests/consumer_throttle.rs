@@ -12,10 +12,7 @@ use std::time::Duration;
 use emulator::{Emulator, ReadThrottle, client};
 use mq_core::backend::{AimdOptions, AimdStrategy};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
-use mq_core::{
-    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, LifecycleEvent,
-    MessageQueue, NewMessage, QueueName, handler_fn,
-};
+use mq_core::{LifecycleEvent, MessageQueue};
 use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue, ShardOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,33 +35,12 @@ async fn throttled_reads_back_off_and_finish() {
             .strategy(Arc::new(strategy))
             // a single counted fetch error would end the shard consumer: throttling must not count
             .shard(ShardOptions::default().max_fetch_errors(1))
-            .common(
-                CommonOptions::default().lifecycle(
-                    LifecycleDispatcher::builder()
-                        .observer(obs.clone())
-                        .mode(DispatchMode::Sync)
-                        .build(),
-                ),
-            )
+            .common(emulator::observed(&obs))
             .discovery_interval(Duration::from_millis(100)),
     );
-    let q = QueueName::new(stream).unwrap();
-    queue.register(&q).await.unwrap();
-    let msgs: Vec<NewMessage> = (0..600)
-        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
-        .collect();
-    assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
+    let q = emulator::register_and_publish(&queue, stream, 600).await;
     let ledger = Arc::new(DeliveryLedger::default());
-    let l = ledger.clone();
-    let handler = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
-        let l = l.clone();
-        async move {
-            for m in batch.iter() {
-                l.begin(m.id.as_str());
-                l.end(m.id.as_str());
-            }
-        }
-    }));
+    let handler = emulator::ledger_handler(&ledger);
     let consumer = queue.consume(&q, handler, fast_options()).await.unwrap();
     eventually(Duration::from_secs(60), "all 600 delivered", || {
         ledger.distinct() == 600

@@ -10,10 +10,7 @@ use std::time::Duration;
 
 use emulator::Emulator;
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
-use mq_core::{
-    Batch, CommonOptions, DispatchMode, HandlerContext, LifecycleDispatcher, MessageQueue,
-    NewMessage, QueueName, handler_fn,
-};
+use mq_core::{Batch, HandlerContext, MessageQueue, handler_fn};
 use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,22 +24,10 @@ async fn timed_out_handler_is_cancelled_and_not_overlapped() {
         emu.client(),
         KinesisOptions::new(store.clone())
             .instance_id("slow")
-            .common(
-                CommonOptions::default().lifecycle(
-                    LifecycleDispatcher::builder()
-                        .observer(obs.clone())
-                        .mode(DispatchMode::Sync)
-                        .build(),
-                ),
-            )
+            .common(emulator::observed(&obs))
             .discovery_interval(Duration::from_millis(50)),
     );
-    let q = QueueName::new(stream).unwrap();
-    queue.register(&q).await.unwrap();
-    let msgs: Vec<NewMessage> = (0..5)
-        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
-        .collect();
-    assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
+    let q = emulator::register_and_publish(&queue, stream, 5).await;
 
     let ledger = Arc::new(DeliveryLedger::default());
     let calls = Arc::new(AtomicUsize::new(0));

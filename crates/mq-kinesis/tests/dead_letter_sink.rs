@@ -1,11 +1,11 @@
 //! `KinesisDeadLetterSink` against an embedded Kinesis emulator: dead letters land on the
 //! secondary stream and read back unchanged, then feed a store.
 
-use std::time::Duration;
+#[path = "common/emulator.rs"]
+mod emulator;
 
-use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+use aws_sdk_kinesis::types::ShardIteratorType;
+use emulator::Emulator;
 use mq_core::testkit::dead_letter::letter;
 use mq_core::{DeadLetterFilter, DeadLetterStore};
 use mq_core::{DeadLetterOrigin, DeadLetterSink, QueueName};
@@ -17,50 +17,10 @@ use mq_memory::MemoryDeadLetterStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_round_trip_through_the_stream() {
-    let options = ferrokinesis::store::StoreOptions {
-        create_stream_ms: 0,
-        delete_stream_ms: 0,
-        update_stream_ms: 0,
-        ..ferrokinesis::store::StoreOptions::default()
-    };
-    let (app, _store) = ferrokinesis::create_app(options);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(format!("http://{addr}"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .build();
-    let client = Client::from_conf(config);
+    let emu = Emulator::start().await;
+    let client = emu.client();
     let stream = "orders-dlq";
-    client
-        .create_stream()
-        .stream_name(stream)
-        .shard_count(1)
-        .send()
-        .await
-        .expect("create");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = client
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await
-            .expect("describe");
-        if s.stream_description_summary().map(|d| d.stream_status()) == Some(&StreamStatus::Active)
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "stream not active");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    emu.create_stream(stream, 1).await;
 
     let sink = KinesisDeadLetterSink::new(
         KinesisProducer::new(client.clone(), ProducerOptions::default()),
@@ -118,5 +78,4 @@ async fn dead_letters_round_trip_through_the_stream() {
             .expect("count"),
         5
     );
-    server.abort();
 }

@@ -205,13 +205,7 @@ async fn a_killed_instance_shards_resume_after_its_lease_ttl() {
     let Some(f) = Fleet::new("fleet_kill", SHARDS).await else {
         return;
     };
-    let publisher = Publisher::start(
-        publisher_queue(f.emu.client(), &f.q).await,
-        f.q.clone(),
-        64,
-        16,
-        Duration::from_millis(50),
-    );
+    let publisher = Publisher::start(f.emu.client(), &f.q, 64, 16, Duration::from_millis(50)).await;
     let defaults = mq_core::ConsumerOptions::default();
     let ttl = defaults.get_lease_duration();
     let mut instances = Vec::new();
@@ -304,13 +298,7 @@ async fn rolling_restart_under_load_stalls_each_shard_about_a_second() {
     let Some(f) = Fleet::new("fleet_rolling", SHARDS).await else {
         return;
     };
-    let publisher = Publisher::start(
-        publisher_queue(f.emu.client(), &f.q).await,
-        f.q.clone(),
-        64,
-        16,
-        Duration::from_millis(25),
-    );
+    let publisher = Publisher::start(f.emu.client(), &f.q, 64, 16, Duration::from_millis(25)).await;
     let mut instances = Vec::new();
     for id in ["a", "b", "c"] {
         instances.push(f.spawn(id, fleet_options()).await);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use emulator::Emulator;
-use fleet::{Log, Publisher, counts, fleet_options, publisher_queue, wait_all, wait_owners};
+use fleet::{Log, Publisher, counts, fleet_options, wait_all, wait_owners};
 use instance::Instance;
 use mq_core::QueueName;
 use mq_core::testkit::eventually;
@@ -58,13 +58,7 @@ async fn redis_down_for_ten_seconds_pauses_and_resumes_without_overlap_or_loss()
         |o| counts(o) == [2, 1, 1],
     )
     .await;
-    let publisher = Publisher::start(
-        publisher_queue(emu.client(), &q).await,
-        q.clone(),
-        64,
-        16,
-        Duration::from_millis(25),
-    );
+    let publisher = Publisher::start(emu.client(), &q, 64, 16, Duration::from_millis(25)).await;
     let l = log.clone();
     eventually(Duration::from_secs(30), "load flowing", move || {
         l.distinct() > 500

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emulator::Emulator;
-use fleet::{Log, Publisher, fleet_options, publisher_queue, wait_all};
+use fleet::{Log, Publisher, fleet_options, wait_all};
 use instance::Instance;
 use mq_core::QueueName;
 use mq_core::testkit::eventually;
@@ -51,13 +51,7 @@ async fn split_and_merge_under_load_lose_nothing_and_keep_key_order() {
             fleet_options(),
         ));
     }
-    let publisher = Publisher::start(
-        publisher_queue(emu.client(), &q).await,
-        q.clone(),
-        200,
-        20,
-        Duration::from_millis(20),
-    );
+    let publisher = Publisher::start(emu.client(), &q, 200, 20, Duration::from_millis(20)).await;
     wait_more(&log, 500, "some load delivered").await;
 
     let c = emu.client();

@@ -25,6 +25,16 @@ fn messages(n: usize, size: usize) -> Vec<Message> {
         .collect()
 }
 
+/// An emulator with `stream` of `shards` shards and a client (SDK retries on) whose requests
+/// are counted.
+async fn counted(stream: &str, shards: i32) -> (Emulator, RequestCounter, aws_sdk_kinesis::Client) {
+    let emu = Emulator::start().await;
+    emu.create_stream(stream, shards).await;
+    let counter = RequestCounter::default();
+    let c = client(&emu.endpoint, true, Some(counter.clone()), None);
+    (emu, counter, c)
+}
+
 async fn stored_count(c: &aws_sdk_kinesis::Client, stream: &str) -> usize {
     let shards = c.list_shards().stream_name(stream).send().await.unwrap();
     let mut total = 0;
@@ -59,10 +69,7 @@ async fn stored_count(c: &aws_sdk_kinesis::Client, stream: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_hundred_messages_take_three_requests() {
-    let emu = Emulator::start().await;
-    emu.create_stream("chunks", 2).await;
-    let counter = RequestCounter::default();
-    let c = client(&emu.endpoint, true, Some(counter.clone()), None);
+    let (_emu, counter, c) = counted("chunks", 2).await;
     let producer = KinesisProducer::new(c.clone(), ProducerOptions::default());
     let msgs = messages(1200, 10);
     let report = producer.put("chunks", &msgs).await.unwrap();
@@ -77,10 +84,7 @@ async fn twelve_hundred_messages_take_three_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_mib_requests_are_split_by_size() {
-    let emu = Emulator::start().await;
-    emu.create_stream("bysize", 1).await;
-    let counter = RequestCounter::default();
-    let c = client(&emu.endpoint, true, Some(counter.clone()), None);
+    let (_emu, counter, c) = counted("bysize", 1).await;
     let producer = KinesisProducer::new(c, ProducerOptions::default());
     // 12 records of ~900 KiB: at most 5 per 5 MiB request -> 3 requests
     let report = producer
@@ -93,10 +97,7 @@ async fn five_mib_requests_are_split_by_size() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_record_or_key_fails_before_sending() {
-    let emu = Emulator::start().await;
-    emu.create_stream("oversize", 1).await;
-    let counter = RequestCounter::default();
-    let c = client(&emu.endpoint, true, Some(counter.clone()), None);
+    let (_emu, counter, c) = counted("oversize", 1).await;
     let producer = KinesisProducer::new(c.clone(), ProducerOptions::default());
     let mut msgs = messages(10, 10);
     msgs.extend(messages(1, 1024 * 1024));

@@ -42,9 +42,7 @@ async fn options_build_the_client_and_names_resolve_to_streams() {
         .unwrap_err();
     assert!(missing.to_string().contains("does not exist"), "{missing}");
 
-    let mut msgs: Vec<NewMessage> = (0..5)
-        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
-        .collect();
+    let mut msgs = emulator::numbered(5);
     msgs.insert(
         2,
         NewMessage::new("t", serde_json::json!({"pad": "x".repeat(1100 * 1024)})),

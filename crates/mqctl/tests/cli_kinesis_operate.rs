@@ -3,16 +3,16 @@
 //! process (`KinesisQueue` with a `RedisLeaseStore`); one case with the durable checkpoints on
 //! PostgreSQL (`--checkpoint-url`).
 
+#[path = "common/kinesis.rs"]
+mod common;
+
 use std::cmp::Ordering;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::StreamStatus;
-use fred::interfaces::ClientLike;
+use common::Emulator;
 use mq::backend::compare_sequence_numbers;
 use mq::kinesis::{
     CheckpointOutcome, KinesisOptions, KinesisQueue, Lease, LeaseState, LeaseStore, RedisLeaseStore,
@@ -24,17 +24,14 @@ use mq::{
 use mq_core::testkit::{RecordingObserver, eventually, fast_options, service_url};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mqctl");
 const SHARD: &str = "shardId-000000000000";
 
-/// The emulator, a client for it, the Redis lease store under a key prefix of the test's own.
+/// The emulator with a client for it, the Redis lease store under a key prefix of the test's own.
 struct Env {
-    endpoint: String,
-    kinesis: Client,
+    emulator: Emulator,
     redis_url: String,
     prefix: String,
     leases: RedisLeaseStore,
-    server: tokio::task::JoinHandle<()>,
 }
 
 impl Env {
@@ -48,89 +45,28 @@ impl Env {
                 return None;
             }
         };
-        let options = ferrokinesis::store::StoreOptions {
-            create_stream_ms: 0,
-            delete_stream_ms: 0,
-            update_stream_ms: 0,
-            shard_limit: 100,
-            ..ferrokinesis::store::StoreOptions::default()
-        };
-        let (app, _store) = ferrokinesis::create_app(options);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        let endpoint = format!("http://{addr}");
-        let config = aws_sdk_kinesis::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
-            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-            .build();
-        let kinesis = Client::from_conf(config);
-        kinesis
-            .create_stream()
-            .stream_name(stream)
-            .shard_count(1)
-            .send()
-            .await
-            .expect("create stream");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = kinesis
-                .describe_stream_summary()
-                .stream_name(stream)
-                .send()
-                .await
-                .expect("describe");
-            if s.stream_description_summary().map(|d| d.stream_status())
-                == Some(&StreamStatus::Active)
-            {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "stream not active");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let emulator = Emulator::start().await;
+        emulator.create_stream(stream, 1).await;
         let prefix = format!("mqctl-{test}-{}", std::process::id());
         let leases = RedisLeaseStore::connect(&redis_url, prefix.clone())
             .await
             .expect("redis");
         Some(Env {
-            endpoint,
-            kinesis,
+            emulator,
             redis_url,
             prefix,
             leases,
-            server,
         })
     }
 
     /// Runs `mqctl kinesis <args>` against this environment, stdin a pipe (no terminal).
     async fn mqctl(&self, args: &[&str]) -> std::process::Output {
-        let mut all: Vec<String> = vec!["kinesis".into()];
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        all.extend([
-            "--redis-url".into(),
-            self.redis_url.clone(),
-            "--prefix".into(),
-            self.prefix.clone(),
-            "--endpoint-url".into(),
-            self.endpoint.clone(),
-            "--region".into(),
-            "us-east-1".into(),
-        ]);
+        let all =
+            common::kinesis_args(args, &self.redis_url, &self.prefix, &self.emulator.endpoint);
         tokio::task::spawn_blocking(move || {
-            let out = assert_cmd::Command::new(BIN)
-                .args(&all)
-                .env("AWS_ACCESS_KEY_ID", "test")
-                .env("AWS_SECRET_ACCESS_KEY", "test")
-                .env("AWS_EC2_METADATA_DISABLED", "true")
+            let out = common::mqctl(&all)
                 .env_remove("MQ_CHECKPOINT_URL")
                 .write_stdin("y\n")
-                .timeout(Duration::from_secs(60))
                 .output()
                 .expect("run mqctl");
             eprintln!(
@@ -161,7 +97,8 @@ impl Env {
         for i in from..from + n {
             let data = serde_json::json!({ "type": "t", "payload": { "i": i } });
             let out = self
-                .kinesis
+                .emulator
+                .client
                 .put_record()
                 .stream_name(stream)
                 .partition_key("k")
@@ -185,7 +122,7 @@ impl Env {
     ) -> (KinesisQueue, ConsumerHandle) {
         let q = QueueName::new(stream).expect("queue name");
         let queue = KinesisQueue::with_client(
-            self.kinesis.clone(),
+            self.emulator.client.clone(),
             KinesisOptions::new(store)
                 .instance_id(id)
                 .discovery_interval(Duration::from_millis(50))
@@ -216,16 +153,37 @@ impl Env {
 
     /// Deletes every Redis key of the test's prefix.
     async fn clean(self) {
-        let client = self.leases.client();
-        let keys: Vec<String> = client
-            .custom(fred::cmd!("KEYS"), vec![format!("{}:*", self.prefix)])
-            .await
-            .expect("keys");
-        if !keys.is_empty() {
-            let _: i64 = client.custom(fred::cmd!("DEL"), keys).await.expect("del");
-        }
-        self.server.abort();
+        common::delete_keys(&self.leases, &self.prefix).await;
     }
+}
+
+/// `checkpoint <action>` for `shard` of `stream` at `sequence`, then `extra`.
+fn checkpoint_args<'a>(
+    action: &'a str,
+    stream: &'a str,
+    shard: &'a str,
+    sequence: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "checkpoint",
+        action,
+        "--stream",
+        stream,
+        "--shard",
+        shard,
+        "--sequence",
+        sequence,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `lease release` for the shard of `stream`, then `flags`.
+fn release_args<'a>(stream: &'a str, flags: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["lease", "release", "--stream", stream, "--shard", SHARD];
+    args.extend_from_slice(flags);
+    args
 }
 
 /// Records the sequence numbers delivered (message ids are `<shard>:<sequence number>`), each
@@ -337,60 +295,29 @@ async fn refusals_name_the_value_and_change_nothing() {
     refused(&out, &["--sequence", "1 to 128 decimal digits"]);
 
     let out = env
-        .mqctl(&[
-            "checkpoint",
+        .mqctl(&checkpoint_args(
             "advance",
-            "--stream",
             stream,
-            "--shard",
             "shardId-000000000009",
-            "--sequence",
             "200",
-            "--yes",
-        ])
+            &["--yes"],
+        ))
         .await;
     refused(&out, &["\"shardId-000000000009\"", "no such shard", SHARD]);
     let out = env
-        .mqctl(&[
-            "checkpoint",
-            "advance",
-            "--stream",
-            stream,
-            "--shard",
-            SHARD,
-            "--sequence",
-            "99",
-            "--yes",
-        ])
+        .mqctl(&checkpoint_args("advance", stream, SHARD, "99", &["--yes"]))
         .await;
     refused(&out, &["99", "not after the current checkpoint 100"]);
 
-    let out = env
-        .mqctl(&[
-            "lease", "release", "--stream", stream, "--shard", SHARD, "--yes",
-        ])
-        .await;
+    let out = env.mqctl(&release_args(stream, &["--yes"])).await;
     refused(&out, &["without --force", "fences the owner"]);
 
     // no --yes and no terminal (stdin is a pipe, even one that says "y")
     let out = env
-        .mqctl(&[
-            "checkpoint",
-            "set",
-            "--stream",
-            stream,
-            "--shard",
-            SHARD,
-            "--sequence",
-            "500",
-        ])
+        .mqctl(&checkpoint_args("set", stream, SHARD, "500", &[]))
         .await;
     refused(&out, &["without a terminal", "--yes"]);
-    let out = env
-        .mqctl(&[
-            "lease", "release", "--stream", stream, "--shard", SHARD, "--force",
-        ])
-        .await;
+    let out = env.mqctl(&release_args(stream, &["--force"])).await;
     refused(&out, &["without a terminal", "--yes"]);
 
     assert_eq!(env.state(stream).await, before, "nothing changed");
@@ -398,17 +325,13 @@ async fn refusals_name_the_value_and_change_nothing() {
     // a finished shard cannot be advanced
     assert!(env.leases.finish(&lease).await.expect("finish"));
     let out = env
-        .mqctl(&[
-            "checkpoint",
+        .mqctl(&checkpoint_args(
             "advance",
-            "--stream",
             stream,
-            "--shard",
             SHARD,
-            "--sequence",
             "200",
-            "--yes",
-        ])
+            &["--yes"],
+        ))
         .await;
     refused(&out, &["finished", SHARD]);
     assert_eq!(env.state(stream).await.checkpoint.as_deref(), Some("100"));
@@ -470,17 +393,13 @@ async fn status_shows_a_running_consumer_and_advance_skips_records() {
     // skip batch 1 and the first three records of batch 2
     let target = batch2[2].clone();
     let change = env
-        .mqctl_json(&[
-            "checkpoint",
+        .mqctl_json(&checkpoint_args(
             "advance",
-            "--stream",
             stream,
-            "--shard",
             SHARD,
-            "--sequence",
             &target,
-            "--yes",
-        ])
+            &["--yes"],
+        ))
         .await;
     deliveries.moved.store(true, AtomicOrdering::SeqCst);
     let moved_at = Instant::now();
@@ -697,9 +616,7 @@ async fn force_release_hands_the_shard_to_another_instance_and_fences_the_owner(
     );
 
     let change = env
-        .mqctl_json(&[
-            "lease", "release", "--stream", stream, "--shard", SHARD, "--force", "--yes",
-        ])
+        .mqctl_json(&release_args(stream, &["--force", "--yes"]))
         .await;
     let released = Instant::now();
     assert_eq!(change["action"], "lease release");
@@ -767,24 +684,33 @@ async fn checkpoint_set_writes_the_durable_store_and_status_reads_it() {
         return;
     };
     let table = format!("mqctl_ckpt_{}", std::process::id());
+    // a change confirmed and written to the durable store; status read from it
+    let durable_yes = [
+        "--yes",
+        "--checkpoint-url",
+        &pg,
+        "--checkpoint-table",
+        &table,
+    ];
+    let durable_status = [
+        "status",
+        "--stream",
+        stream,
+        "--checkpoint-url",
+        &pg,
+        "--checkpoint-table",
+        &table,
+    ];
     let seqs = env.put(stream, 0, 3).await;
     let target = seqs[1].clone();
     let change = env
-        .mqctl_json(&[
-            "checkpoint",
+        .mqctl_json(&checkpoint_args(
             "set",
-            "--stream",
             stream,
-            "--shard",
             SHARD,
-            "--sequence",
             &target,
-            "--yes",
-            "--checkpoint-url",
-            &pg,
-            "--checkpoint-table",
-            &table,
-        ])
+            &durable_yes,
+        ))
         .await;
     assert_eq!(change["after"]["checkpoint"], target.as_str(), "{change}");
     assert!(
@@ -808,24 +734,8 @@ async fn checkpoint_set_writes_the_durable_store_and_status_reads_it() {
     assert!(row.1 >= 1, "the fence was raised: {row:?}");
 
     // Redis forgets everything: the durable checkpoint is still what status shows
-    let client = env.leases.client();
-    let keys: Vec<String> = client
-        .custom(fred::cmd!("KEYS"), vec![format!("{}:*", env.prefix)])
-        .await
-        .expect("keys");
-    assert!(!keys.is_empty());
-    let _: i64 = client.custom(fred::cmd!("DEL"), keys).await.expect("del");
-    let status = env
-        .mqctl_json(&[
-            "status",
-            "--stream",
-            stream,
-            "--checkpoint-url",
-            &pg,
-            "--checkpoint-table",
-            &table,
-        ])
-        .await;
+    assert!(common::delete_keys(&env.leases, &env.prefix).await > 0);
+    let status = env.mqctl_json(&durable_status).await;
     let shard = &status["shards"][0];
     assert_eq!(shard["shard"], SHARD);
     assert_eq!(shard["checkpoint"], target.as_str(), "{status}");
@@ -834,21 +744,13 @@ async fn checkpoint_set_writes_the_durable_store_and_status_reads_it() {
 
     // set moves backwards too; the human output is a before/after table
     let out = env
-        .mqctl(&[
-            "checkpoint",
+        .mqctl(&checkpoint_args(
             "set",
-            "--stream",
             stream,
-            "--shard",
             SHARD,
-            "--sequence",
             &seqs[0],
-            "--yes",
-            "--checkpoint-url",
-            &pg,
-            "--checkpoint-table",
-            &table,
-        ])
+            &durable_yes,
+        ))
         .await;
     assert!(out.status.success());
     let human = String::from_utf8_lossy(&out.stdout);
@@ -861,17 +763,7 @@ async fn checkpoint_set_writes_the_durable_store_and_status_reads_it() {
     };
     assert!(line("before").contains(&target), "{human}");
     assert!(line("after").contains(&seqs[0]), "{human}");
-    let status = env
-        .mqctl_json(&[
-            "status",
-            "--stream",
-            stream,
-            "--checkpoint-url",
-            &pg,
-            "--checkpoint-table",
-            &table,
-        ])
-        .await;
+    let status = env.mqctl_json(&durable_status).await;
     assert_eq!(
         status["shards"][0]["checkpoint"],
         seqs[0].as_str(),

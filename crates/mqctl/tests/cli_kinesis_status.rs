@@ -1,53 +1,14 @@
 //! `mqctl kinesis status` run as a real binary against an embedded Kinesis emulator (with a
 //! split shard) and a real Redis lease store.
 
+#[path = "common/kinesis.rs"]
+mod common;
+
 use std::time::Duration;
 
-use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_kinesis::types::StreamStatus;
-use fred::interfaces::ClientLike;
+use common::Emulator;
 use mq::kinesis::{LeaseStore, RedisLeaseStore};
 use mq_core::testkit::service_url;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mqctl");
-
-async fn emulator() -> (String, tokio::task::JoinHandle<()>) {
-    let options = ferrokinesis::store::StoreOptions {
-        create_stream_ms: 0,
-        delete_stream_ms: 0,
-        update_stream_ms: 0,
-        shard_limit: 100,
-        ..ferrokinesis::store::StoreOptions::default()
-    };
-    let (app, _store) = ferrokinesis::create_app(options);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}"), server)
-}
-
-async fn wait_active(c: &Client, stream: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = c
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await
-            .expect("describe");
-        if s.stream_description_summary().map(|d| d.stream_status()) == Some(&StreamStatus::Active)
-        {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "stream not active");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_lineage_leases_checkpoints_poison_and_instances() {
@@ -55,24 +16,10 @@ async fn status_shows_lineage_leases_checkpoints_poison_and_instances() {
         Ok(u) => u,
         Err(reason) => return eprintln!("skipping: {reason}"),
     };
-    let (endpoint, server) = emulator().await;
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .build();
-    let kinesis = Client::from_conf(config);
+    let emu = Emulator::start().await;
     let stream = "mqctl-status";
-    kinesis
-        .create_stream()
-        .stream_name(stream)
-        .shard_count(1)
-        .send()
-        .await
-        .expect("create");
-    wait_active(&kinesis, stream).await;
-    kinesis
+    emu.create_stream(stream, 1).await;
+    emu.client
         .split_shard()
         .stream_name(stream)
         .shard_to_split("shardId-000000000000")
@@ -80,7 +27,7 @@ async fn status_shows_lineage_leases_checkpoints_poison_and_instances() {
         .send()
         .await
         .expect("split");
-    wait_active(&kinesis, stream).await;
+    emu.wait_active(stream).await;
 
     let prefix = format!("mqctl-test-{}", std::process::id());
     let leases = RedisLeaseStore::connect(&redis, prefix.clone())
@@ -118,31 +65,18 @@ async fn status_shows_lineage_leases_checkpoints_poison_and_instances() {
         .await
         .expect("heartbeat");
 
-    let args = vec![
-        "kinesis".to_owned(),
-        "status".into(),
-        "--stream".into(),
-        stream.into(),
-        "--redis-url".into(),
-        redis.clone(),
-        "--prefix".into(),
-        prefix.clone(),
-        "--endpoint-url".into(),
-        endpoint.clone(),
-        "--region".into(),
-        "us-east-1".into(),
-    ];
+    let args = common::kinesis_args(
+        &["status", "--stream", stream],
+        &redis,
+        &prefix,
+        &emu.endpoint,
+    );
     let run = move |json: bool| {
         let mut args = args.clone();
         if json {
             args.push("--json".into());
         }
-        assert_cmd::Command::new(BIN)
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .timeout(Duration::from_secs(60))
+        common::mqctl(&args)
             .assert()
             .success()
             .get_output()
@@ -194,15 +128,5 @@ async fn status_shows_lineage_leases_checkpoints_poison_and_instances() {
     assert!(human.contains("live instances  instance-a"), "{human}");
     assert!(human.contains("finished"), "{human}");
     assert!(human.contains("ASSIGNED"), "{human}");
-    let keys: Vec<String> = leases
-        .client()
-        .custom(fred::cmd!("KEYS"), vec![format!("{prefix}:*")])
-        .await
-        .expect("keys");
-    let _: i64 = leases
-        .client()
-        .custom(fred::cmd!("DEL"), keys)
-        .await
-        .expect("del");
-    server.abort();
+    common::delete_keys(&leases, &prefix).await;
 }

@@ -35,18 +35,28 @@ pub fn name(test: &str) -> String {
     t
 }
 
-pub async fn postgres(test: &str) -> Option<Arc<dyn CheckpointStore>> {
-    let url = url("MQ_TEST_POSTGRES_URL", test)?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
+/// A pool of 8 connections to the server at `url`, without the table `t`.
+async fn pool_without<DB: sqlx::Database>(url: &str, t: &str) -> sqlx::Pool<DB>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let pool = sqlx::pool::PoolOptions::<DB>::new()
         .max_connections(8)
-        .connect(&url)
+        .connect(url)
         .await
         .unwrap();
-    let t = name(test);
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
         .execute(&pool)
         .await
         .unwrap();
+    pool
+}
+
+pub async fn postgres(test: &str) -> Option<Arc<dyn CheckpointStore>> {
+    let url = url("MQ_TEST_POSTGRES_URL", test)?;
+    let t = name(test);
+    let pool = pool_without::<sqlx::Postgres>(&url, &t).await;
     Some(Arc::new(
         mq_sql::PgCheckpointStore::from_pool(pool, t).await.unwrap(),
     ))
@@ -54,16 +64,8 @@ pub async fn postgres(test: &str) -> Option<Arc<dyn CheckpointStore>> {
 
 pub async fn mysql(test: &str) -> Option<Arc<dyn CheckpointStore>> {
     let url = url("MQ_TEST_MYSQL_URL", test)?;
-    let pool = sqlx::mysql::MySqlPoolOptions::new()
-        .max_connections(8)
-        .connect(&url)
-        .await
-        .unwrap();
     let t = name(test);
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = pool_without::<sqlx::MySql>(&url, &t).await;
     Some(Arc::new(
         mq_sql::MySqlCheckpointStore::from_pool(pool, t)
             .await

@@ -15,6 +15,7 @@ use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::{
     BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
 };
+use aws_sdk_kinesis::types::StreamStatus;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use axum::body::Body;
@@ -22,6 +23,12 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use ferrokinesis::store::{Store, StoreOptions};
+use mq_core::testkit::{DeliveryLedger, RecordingObserver, wait_until};
+use mq_core::{
+    Batch, CommonOptions, DispatchMode, Handler, HandlerContext, LifecycleDispatcher, MessageQueue,
+    NewMessage, QueueName, handler_fn,
+};
+use mq_kinesis::KinesisQueue;
 use tokio::task::JoinHandle;
 
 pub struct Emulator {
@@ -87,28 +94,63 @@ impl Emulator {
 
     /// Waits until `stream` is active (after a create, split or merge).
     pub async fn wait_active(&self, stream: &str) {
-        let c = self.client();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = c
-                .describe_stream_summary()
-                .stream_name(stream)
-                .send()
-                .await
-                .unwrap();
-            let status = s
-                .stream_description_summary()
-                .map(|d| d.stream_status().as_str().to_owned());
-            if status.as_deref() == Some("ACTIVE") {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "stream never active"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_active(&self.client(), stream).await;
     }
+}
+
+/// Waits (up to 10 s) until `stream` is active.
+pub async fn wait_active(client: &Client, stream: &str) {
+    wait_until(Duration::from_secs(10), "stream active", || async {
+        let s = client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .unwrap();
+        s.stream_description_summary()
+            .is_some_and(|d| d.stream_status() == &StreamStatus::Active)
+    })
+    .await;
+}
+
+/// Common options whose lifecycle events reach `obs` synchronously, before the consumer goes on.
+pub fn observed(obs: &Arc<RecordingObserver>) -> CommonOptions {
+    CommonOptions::default().lifecycle(
+        LifecycleDispatcher::builder()
+            .observer(obs.clone())
+            .mode(DispatchMode::Sync)
+            .build(),
+    )
+}
+
+/// A handler that acks everything and records each message in `ledger` (begun and ended at once).
+pub fn ledger_handler(ledger: &Arc<DeliveryLedger>) -> Arc<dyn Handler> {
+    let l = ledger.clone();
+    Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        let l = l.clone();
+        async move {
+            for m in batch.iter() {
+                l.begin(m.id.as_str());
+                l.end(m.id.as_str());
+            }
+        }
+    }))
+}
+
+/// `n` messages of type `t` whose payloads are `{"i": 0}`, `{"i": 1}`, ...
+pub fn numbered(n: usize) -> Vec<NewMessage> {
+    (0..n)
+        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
+        .collect()
+}
+
+/// Registers `stream` on `queue`, publishes `numbered(n)` to it (all accepted) and returns its
+/// name.
+pub async fn register_and_publish(queue: &KinesisQueue, stream: &str, n: usize) -> QueueName {
+    let q = QueueName::new(stream).unwrap();
+    queue.register(&q).await.unwrap();
+    assert!(queue.publish(&q, numbered(n)).await.unwrap().is_complete());
+    q
 }
 
 /// ferrokinesis 0.7 validates SubscribeToShard's `StartingPosition` as a structure with `Type`

@@ -236,13 +236,16 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn start(
-        queue: KinesisQueue,
-        q: QueueName,
+    /// Registers `q` on a publishing-only queue over `client` and starts publishing to it.
+    pub async fn start(
+        client: aws_sdk_kinesis::Client,
+        q: &QueueName,
         keys: u64,
         per_tick: u64,
         tick: Duration,
     ) -> Self {
+        let queue = publisher_queue(client, q).await;
+        let q = q.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let task = tokio::spawn(async move {
