@@ -56,9 +56,22 @@ impl ErrorChain {
     }
 }
 
+/// The causes joined by `: `, outermost first. A cause whose text an outer message already
+/// carries is left out: many drivers repeat their source's message in their own, which would
+/// otherwise print twice.
 impl fmt::Display for ErrorChain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join(": "))
+        let mut text = String::new();
+        for cause in &self.0 {
+            if text.contains(cause.as_str()) {
+                continue;
+            }
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(cause);
+        }
+        f.write_str(&text)
     }
 }
 
@@ -179,4 +192,27 @@ impl DeadLetter {
 pub trait DeadLetterSink: Send + Sync + fmt::Debug + 'static {
     /// Stores `letters`; all or nothing.
     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), BoxError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorChain;
+
+    #[test]
+    fn a_cause_its_parent_repeats_is_shown_once() {
+        let chain = ErrorChain(vec![
+            "reading the table".into(),
+            "error returned from database: relation \"x\" does not exist".into(),
+            "relation \"x\" does not exist".into(),
+        ]);
+        assert_eq!(
+            chain.to_string(),
+            "reading the table: error returned from database: relation \"x\" does not exist"
+        );
+        assert_eq!(
+            chain.causes().len(),
+            3,
+            "the stored chain keeps every cause"
+        );
+    }
 }

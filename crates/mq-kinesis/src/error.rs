@@ -178,15 +178,5 @@ impl From<Error> for mq_core::Error {
 /// error messages. The SDK's own `DisplayErrorContext` appends the raw response's `Debug`
 /// (headers, body, request ids): kilobytes nobody should have to read.
 pub(crate) fn error_text<E: std::error::Error + 'static>(e: &E) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
+    mq_core::ErrorChain::from_error(e).to_string()
 }

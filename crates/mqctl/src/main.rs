@@ -116,21 +116,11 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// `e` and its causes on one line, each cause once: drivers often repeat their source's text in
-/// their own message, which `{:#}` would print twice.
+/// `e` and its causes on one line, each cause once (see [`mq::ErrorChain`]).
 fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out.replace('\n', " ")
+    mq::ErrorChain::from_error(e.as_ref())
+        .to_string()
+        .replace('\n', " ")
 }
 
 #[cfg(test)]
