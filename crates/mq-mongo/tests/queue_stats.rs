@@ -66,7 +66,17 @@ async fn stats_count_statuses_ready_age_and_expired_leases() {
         .await
         .expect("claim");
     assert_eq!(alive.messages.len(), 1);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    mq_core::testkit::wait_until(
+        Duration::from_secs(10),
+        "the crashed leases to run out",
+        || async {
+            queue
+                .queue_stats(Some(&jobs))
+                .await
+                .is_ok_and(|s| s.first().is_some_and(|s| s.expired_leases == 2))
+        },
+    )
+    .await;
 
     let all = queue.queue_stats(None).await.expect("stats");
     let names: Vec<&QueueName> = all.iter().map(|s| &s.queue).collect();

@@ -30,6 +30,32 @@ fn assert_refused(code: Option<i32>, stderr: &str, needle: &str) {
     assert!(stderr.contains(needle), "{needle:?} in {stderr}");
 }
 
+/// Whether PostgreSQL has a table `name`.
+async fn pg_table_exists(pool: &PgPool, name: &str) -> bool {
+    sqlx::query("SELECT to_regclass($1) IS NOT NULL AS e")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .expect("query")
+        .get("e")
+}
+
+/// A fresh SQLite file with an empty dead-letter table: its pool and the URL mqctl opens.
+async fn sqlite_dead_letters(test: &str) -> (sqlx::SqlitePool, String) {
+    use mq::DeadLetterStore;
+    let dir = std::env::temp_dir().join(format!("mqctl-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("dlq.db");
+    let _ = std::fs::remove_file(&path);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .expect("create the database");
+    let store =
+        mq::sql::SqliteDeadLetterStore::new(pool.clone(), "mq_dead_letters").expect("store");
+    store.migrate().await.expect("migrate");
+    (pool, format!("sqlite://{}", path.display()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mistyped_table_is_an_error_and_is_not_created() {
     let url = match service_url("MQ_TEST_POSTGRES_URL") {
@@ -52,12 +78,7 @@ async fn a_mistyped_table_is_an_error_and_is_not_created() {
         let (code, stderr) = mqctl(&args);
         assert_refused(code, &stderr, typo);
     }
-    let exists: bool = sqlx::query("SELECT to_regclass($1) IS NOT NULL AS e")
-        .bind(typo)
-        .fetch_one(&pool)
-        .await
-        .expect("query")
-        .get("e");
+    let exists = pg_table_exists(&pool, typo).await;
     assert!(!exists, "a read-only command created {typo}");
 }
 
@@ -125,17 +146,7 @@ fn a_missing_sqlite_file_is_an_error_and_is_not_created() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_ids_and_bad_arguments_are_one_line_errors() {
-    use mq::DeadLetterStore;
-    let dir = std::env::temp_dir().join(format!("mqctl-bad-args-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("dlq.db");
-    let _ = std::fs::remove_file(&path);
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
-        .await
-        .expect("create the database");
-    let store = mq::sql::SqliteDeadLetterStore::new(pool, "mq_dead_letters").expect("store");
-    store.migrate().await.expect("migrate");
-    let url = format!("sqlite://{}", path.display());
+    let (_pool, url) = sqlite_dead_letters("bad-args").await;
     let unknown = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
     let (code, stderr) = mqctl(&["dlq", "--url", &url, "show", unknown]);
     assert_refused(code, &stderr, unknown);
@@ -254,29 +265,13 @@ async fn queue_stats_refuse_unknown_queues_missing_tables_and_bad_names() {
     assert_refused(code, &stderr, "bad name!");
     let (code, stderr) = mqctl(&["queue", "stats", "--url", &url, "--table", typo]);
     assert_refused(code, &stderr, typo);
-    let exists: bool = sqlx::query("SELECT to_regclass($1) IS NOT NULL AS e")
-        .bind(typo)
-        .fetch_one(&pool)
-        .await
-        .expect("query")
-        .get("e");
+    let exists = pg_table_exists(&pool, typo).await;
     assert!(!exists, "queue stats created {typo}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_into_a_missing_queue_table_is_refused_and_creates_nothing() {
-    use mq::DeadLetterStore;
-    let dir = std::env::temp_dir().join(format!("mqctl-replay-target-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("dlq.db");
-    let _ = std::fs::remove_file(&path);
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
-        .await
-        .expect("create the database");
-    let store =
-        mq::sql::SqliteDeadLetterStore::new(pool.clone(), "mq_dead_letters").expect("store");
-    store.migrate().await.expect("migrate");
-    let url = format!("sqlite://{}", path.display());
+    let (pool, url) = sqlite_dead_letters("replay-target").await;
     let (code, stderr) = mqctl(&["dlq", "--url", &url, "replay", "--queue-table", "jobz"]);
     assert_refused(code, &stderr, "jobz");
     let tables: i64 = sqlx::query("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'jobz'")
