@@ -18,5 +18,5 @@ pub use crate::polling::{PollingQueue, prepare_messages};
 pub use crate::queue::ConsumerStopper;
 pub use crate::runner::{HandlerRun, HandlerRunner, Settlement};
 pub use crate::store::{
-    Claim, Claimed, Completion, CompletionAction, QueueStore, Undecodable, duplicate_id,
+    Claim, Claimed, Completion, CompletionAction, Holder, QueueStore, Undecodable, duplicate_id,
 };

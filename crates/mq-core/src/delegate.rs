@@ -11,9 +11,8 @@
 ///
 /// ```
 /// use mq_core::backend::PollingQueue;
-/// # use mq_core::backend::{Claim, Claimed, Completion, QueueStore};
+/// # use mq_core::backend::{Claim, Claimed, Completion, Holder, QueueStore};
 /// # use mq_core::{Message, QueueName};
-/// # use std::time::Duration;
 /// # #[derive(Debug)]
 /// # struct MyStore;
 /// # #[mq_core::async_trait]
@@ -21,8 +20,8 @@
 /// #     fn backend(&self) -> &'static str { "mine" }
 /// #     async fn register(&self, _: &QueueName) -> mq_core::Result<()> { Ok(()) }
 /// #     async fn insert(&self, _: &QueueName, m: Vec<Message>) -> mq_core::Result<Vec<mq_core::Result<()>>> { Ok(m.iter().map(|_| Ok(())).collect()) }
-/// #     async fn claim(&self, _: &QueueName, _: &str, _: usize, _: Duration) -> mq_core::Result<Claimed> { Ok(Claimed::default()) }
-/// #     async fn renew(&self, _: &QueueName, _: &str, c: &[Claim], _: Duration) -> mq_core::Result<Vec<Claim>> { Ok(c.to_vec()) }
+/// #     async fn claim(&self, _: &QueueName, _: Holder<'_>, _: usize) -> mq_core::Result<Claimed> { Ok(Claimed::default()) }
+/// #     async fn renew(&self, _: &QueueName, _: Holder<'_>, c: &[Claim]) -> mq_core::Result<Vec<Claim>> { Ok(c.to_vec()) }
 /// #     async fn complete(&self, _: &QueueName, _: &str, _: Vec<Completion>) -> mq_core::Result<Vec<Claim>> { Ok(vec![]) }
 /// # }
 ///

@@ -25,7 +25,7 @@ use crate::queue::{
 use crate::queue_name::QueueName;
 use crate::runner::{HandlerRun, HandlerRunner, Settlement};
 use crate::stats::QueueStats;
-use crate::store::{Claim, Completion, CompletionAction, QueueStore, Undecodable};
+use crate::store::{Claim, Completion, CompletionAction, Holder, QueueStore, Undecodable};
 
 mod prepare;
 mod trouble;
@@ -461,6 +461,11 @@ impl<S: QueueStore> Worker<S> {
         }
     }
 
+    /// This worker as the holder of its claims.
+    fn holder(&self) -> Holder<'_> {
+        Holder::new(&self.consumer_id, self.options.get_lease_duration())
+    }
+
     async fn run(&self, stop: CancellationToken) {
         let mut idle = self.options.get_poll_interval();
         let mut trouble = Trouble::default();
@@ -487,12 +492,7 @@ impl<S: QueueStore> Worker<S> {
     async fn run_once(&self) -> Result<BatchReport> {
         let claimed = self
             .store
-            .claim(
-                &self.queue,
-                &self.consumer_id,
-                self.options.get_batch_size(),
-                self.options.get_lease_duration(),
-            )
+            .claim(&self.queue, self.holder(), self.options.get_batch_size())
             .await?;
         let backend = self.store.backend();
         let lc = self.runner.lifecycle();
@@ -687,12 +687,9 @@ impl<S: QueueStore> Worker<S> {
             }
             let asked = Instant::now();
             let budget = give_up.saturating_duration_since(asked);
-            let renewed = tokio::time::timeout(
-                budget,
-                self.store
-                    .renew(&self.queue, &self.consumer_id, claims, lease),
-            )
-            .await;
+            let renewed =
+                tokio::time::timeout(budget, self.store.renew(&self.queue, self.holder(), claims))
+                    .await;
             match renewed {
                 Ok(Ok(gone)) if gone.is_empty() => held_until = asked + lease,
                 Ok(Ok(gone)) => {

@@ -168,6 +168,36 @@ impl Undecodable {
     }
 }
 
+/// The consumer a store hands claims to, and how long each of them lasts: the owner written on
+/// every claim it takes and the lease that a claim or a renewal grants. The two always travel
+/// together, because a renewal must extend exactly the lease its claim took.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use mq_core::backend::Holder;
+///
+/// let holder = Holder::new("worker-1", Duration::from_secs(30));
+/// assert_eq!(holder.owner, "worker-1");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Holder<'a> {
+    /// Identifies the consumer; renewals and completions are accepted only from the owner that
+    /// claimed.
+    pub owner: &'a str,
+    /// How long a claim or a renewal holds a message before another consumer may take it.
+    pub lease: Duration,
+}
+
+impl<'a> Holder<'a> {
+    /// `owner`, holding each claim for `lease`.
+    pub fn new(owner: &'a str, lease: Duration) -> Self {
+        Holder { owner, lease }
+    }
+}
+
 /// Durable (or in-process) storage for a polling queue.
 ///
 /// # Contract
@@ -204,23 +234,16 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
-    /// Claims up to `limit` messages for `owner` for `lease`.
-    async fn claim(
-        &self,
-        queue: &QueueName,
-        owner: &str,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Claimed>;
+    /// Claims up to `limit` messages for `holder.owner`, each for `holder.lease`.
+    async fn claim(&self, queue: &QueueName, holder: Holder<'_>, limit: usize) -> Result<Claimed>;
 
-    /// Extends the leases of `claims` held by `owner` to `now + lease`. Returns the claims that
-    /// are no longer held.
+    /// Extends the leases of `claims` held by `holder.owner` to `now + holder.lease`. Returns
+    /// the claims that are no longer held.
     async fn renew(
         &self,
         queue: &QueueName,
-        owner: &str,
+        holder: Holder<'_>,
         claims: &[Claim],
-        lease: Duration,
     ) -> Result<Vec<Claim>>;
 
     /// Applies `completions` for messages held by `owner`. Returns the claims that were not

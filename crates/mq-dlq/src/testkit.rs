@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use mq_core::backend::{
-    Claim, Claimed, Completion, CompletionAction, PollingQueue, QueueStore, duplicate_id,
+    Claim, Claimed, Completion, CompletionAction, Holder, PollingQueue, QueueStore, duplicate_id,
 };
 use mq_core::testkit::dead_letter::{DeadLetterStoreFactory, all, letter};
 use mq_core::{
@@ -132,10 +132,10 @@ impl QueueStore for VecStore {
     async fn claim(
         &self,
         queue: &QueueName,
-        owner: &str,
+        holder: Holder<'_>,
         limit: usize,
-        lease: Duration,
     ) -> mq_core::Result<Claimed> {
+        let Holder { owner, lease, .. } = holder;
         let now = Utc::now();
         self.with(|held| {
             let mut ready: Vec<&mut Held> = held
@@ -163,10 +163,10 @@ impl QueueStore for VecStore {
     async fn renew(
         &self,
         queue: &QueueName,
-        owner: &str,
+        holder: Holder<'_>,
         claims: &[Claim],
-        lease: Duration,
     ) -> mq_core::Result<Vec<Claim>> {
+        let Holder { owner, lease, .. } = holder;
         let renew = |h: &mut Held, _| h.lease_until = lease_end(lease);
         Ok(self.on_held(queue, owner, claims.to_vec(), |c| c, renew))
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use mq_core::backend::duplicate_id;
-use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, QueueStore};
+use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, Holder, QueueStore};
 use mq_core::{
     CancelOutcome, CancelTarget, Message, MessageId, QueueName, QueueStats, Result, Status,
     async_trait,
@@ -244,13 +244,8 @@ impl QueueStore for MemoryStore {
         Ok(results)
     }
 
-    async fn claim(
-        &self,
-        queue: &QueueName,
-        owner: &str,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Claimed> {
+    async fn claim(&self, queue: &QueueName, holder: Holder<'_>, limit: usize) -> Result<Claimed> {
+        let Holder { owner, lease, .. } = holder;
         let slot = self.slot(queue);
         if slot.paused.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(Claimed::default());
@@ -344,10 +339,10 @@ impl QueueStore for MemoryStore {
     async fn renew(
         &self,
         queue: &QueueName,
-        owner: &str,
+        holder: Holder<'_>,
         claims: &[Claim],
-        lease: Duration,
     ) -> Result<Vec<Claim>> {
+        let Holder { owner, lease, .. } = holder;
         let slot = self.slot(queue);
         let mono = Instant::now();
         let expires = mono.checked_add(lease).ok_or_else(|| {

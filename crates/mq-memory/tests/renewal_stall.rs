@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use mq_core::backend::{Claim, Claimed, Completion, PollingQueue, QueueStore};
+use mq_core::backend::{Claim, Claimed, Completion, Holder, PollingQueue, QueueStore};
 use mq_core::testkit::{DeliveryLedger, eventually, fast_options};
 use mq_core::{
     Batch, CommonOptions, HandlerContext, Message, MessageQueue, NewMessage, QueueName, Result,
@@ -34,26 +34,19 @@ impl QueueStore for StallingStore {
     async fn insert(&self, queue: &QueueName, messages: Vec<Message>) -> Result<Vec<Result<()>>> {
         self.inner.insert(queue, messages).await
     }
-    async fn claim(
-        &self,
-        queue: &QueueName,
-        owner: &str,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Claimed> {
-        self.inner.claim(queue, owner, limit, lease).await
+    async fn claim(&self, queue: &QueueName, holder: Holder<'_>, limit: usize) -> Result<Claimed> {
+        self.inner.claim(queue, holder, limit).await
     }
     async fn renew(
         &self,
         queue: &QueueName,
-        owner: &str,
+        holder: Holder<'_>,
         claims: &[Claim],
-        lease: Duration,
     ) -> Result<Vec<Claim>> {
         if self.stall.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        self.inner.renew(queue, owner, claims, lease).await
+        self.inner.renew(queue, holder, claims).await
     }
     async fn complete(
         &self,

@@ -13,7 +13,7 @@ use mongodb::error::ErrorKind;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use mq_core::backend::duplicate_id;
-use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, QueueStore};
+use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, Holder, QueueStore};
 use mq_core::{Message, QueueName, QueueStats, Result, async_trait};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -555,13 +555,8 @@ impl QueueStore for MongoStore {
         Ok(results)
     }
 
-    async fn claim(
-        &self,
-        queue: &QueueName,
-        owner: &str,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Claimed> {
+    async fn claim(&self, queue: &QueueName, holder: Holder<'_>, limit: usize) -> Result<Claimed> {
+        let Holder { owner, lease, .. } = holder;
         let now = Utc::now();
         let sweep = self.should_sweep(queue);
         let (expired, messages) = tokio::try_join!(
@@ -599,10 +594,10 @@ impl QueueStore for MongoStore {
     async fn renew(
         &self,
         queue: &QueueName,
-        owner: &str,
+        holder: Holder<'_>,
         claims: &[Claim],
-        lease: Duration,
     ) -> Result<Vec<Claim>> {
+        let Holder { owner, lease, .. } = holder;
         if claims.is_empty() {
             return Ok(Vec::new());
         }

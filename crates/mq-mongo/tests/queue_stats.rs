@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use mq_core::backend::QueueStore;
+use mq_core::backend::{Holder, QueueStore};
 use mq_core::testkit::{fast_options, queue_name};
 use mq_core::{Batch, HandlerContext, MessageQueue, NewMessage, QueueName, Status, handler_fn};
 use serde_json::json;
@@ -57,12 +57,12 @@ async fn stats_count_statuses_ready_age_and_expired_leases() {
         .expect("consume");
     assert_eq!(report.acked, 1);
     let crashed = store
-        .claim(&jobs, "crashed", 2, Duration::from_millis(1))
+        .claim(&jobs, Holder::new("crashed", Duration::from_millis(1)), 2)
         .await
         .expect("claim");
     assert_eq!(crashed.messages.len(), 2);
     let alive = store
-        .claim(&jobs, "alive", 1, Duration::from_secs(3600))
+        .claim(&jobs, Holder::new("alive", Duration::from_secs(3600)), 1)
         .await
         .expect("claim");
     assert_eq!(alive.messages.len(), 1);

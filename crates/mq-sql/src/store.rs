@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, QueueStore};
+use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, Holder, QueueStore};
 use mq_core::{Message, MessageId, Metadata, QueueName, Status};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Connection, Executor, IntoArguments, QueryBuilder};
@@ -332,10 +332,10 @@ where
     async fn claim(
         &self,
         queue: &QueueName,
-        owner: &str,
+        holder: Holder<'_>,
         limit: usize,
-        lease: Duration,
     ) -> mq_core::Result<Claimed> {
+        let Holder { owner, lease, .. } = holder;
         let (claimed, expired) = DB::claim(self, queue, owner, limit, lease).await?;
         Ok(Claimed::new(
             messages(claimed, &self.names.table)?,
@@ -346,10 +346,10 @@ where
     async fn renew(
         &self,
         queue: &QueueName,
-        owner: &str,
+        holder: Holder<'_>,
         claims: &[Claim],
-        lease: Duration,
     ) -> mq_core::Result<Vec<Claim>> {
+        let Holder { owner, lease, .. } = holder;
         if claims.is_empty() {
             return Ok(Vec::new());
         }

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use mq_core::backend::{Claim, Completion, CompletionAction};
+use mq_core::backend::{Claim, Completion, CompletionAction, Holder};
 use mq_core::{CommonOptions, ErrorChain, NewMessage, Status};
 use support::{
     Db, connect_queue, connect_store_with, count_rows, drop_table, options, require, table_name,
@@ -38,7 +38,7 @@ async fn stale_owner(db: Db, delete_on_ack: bool) {
 
     let lease = Duration::from_millis(200);
     let a = store
-        .claim(&name, "owner-a", 10, lease)
+        .claim(&name, Holder::new("owner-a", lease), 10)
         .await
         .expect("claim a")
         .messages;
@@ -47,7 +47,7 @@ async fn stale_owner(db: Db, delete_on_ack: bool) {
     // While A holds the lease, B gets nothing.
     assert!(
         store
-            .claim(&name, "owner-b", 10, lease)
+            .claim(&name, Holder::new("owner-b", lease), 10)
             .await
             .expect("claim b")
             .messages
@@ -65,7 +65,7 @@ async fn stale_owner(db: Db, delete_on_ack: bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
         b.extend(
             store
-                .claim(&name, "owner-b", 10, Duration::from_secs(30))
+                .claim(&name, Holder::new("owner-b", Duration::from_secs(30)), 10)
                 .await
                 .expect("claim")
                 .messages,
@@ -78,7 +78,7 @@ async fn stale_owner(db: Db, delete_on_ack: bool) {
 
     // Every kind of write from A is refused.
     let lost = store
-        .renew(&name, "owner-a", &claims_a, lease)
+        .renew(&name, Holder::new("owner-a", lease), &claims_a)
         .await
         .expect("renew");
     assert_eq!(lost.len(), 3, "stale owner renewed");
@@ -138,7 +138,7 @@ async fn stale_owner(db: Db, delete_on_ack: bool) {
     assert_eq!(count_rows(db, &url, &table).await, kept, "rows after acks");
     assert!(
         store
-            .claim(&name, "owner-c", 10, lease)
+            .claim(&name, Holder::new("owner-c", lease), 10)
             .await
             .expect("claim")
             .messages

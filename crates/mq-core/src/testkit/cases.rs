@@ -17,7 +17,7 @@ use crate::handler::{Batch, HandlerContext, Outcome, Outcomes, handler_fn};
 use crate::lifecycle::{DispatchMode, LifecycleDispatcher, LifecycleEvent};
 use crate::message::{MessageId, NewMessage};
 use crate::options::CommonOptions;
-use crate::store::{Completion, CompletionAction};
+use crate::store::{Completion, CompletionAction, Holder};
 
 mod refusals;
 mod shutdown;
@@ -504,13 +504,13 @@ pub async fn expired_lease_is_claimed_again_and_fences_the_old_owner(
     let lease = Duration::from_millis(300);
     // A long lease first, so a slow machine cannot let it lapse before the next assertion.
     let a = store
-        .claim(&name, "owner-a", 10, Duration::from_secs(30))
+        .claim(&name, Holder::new("owner-a", Duration::from_secs(30)), 10)
         .await
         .expect("claim a");
     assert_eq!(a.messages.len(), 1);
     assert_eq!(a.messages[0].attempts, 1);
     let none = store
-        .claim(&name, "owner-b", 10, lease)
+        .claim(&name, Holder::new("owner-b", lease), 10)
         .await
         .expect("claim b");
     assert!(
@@ -519,7 +519,11 @@ pub async fn expired_lease_is_claimed_again_and_fences_the_old_owner(
     );
     let claim_a = crate::store::Claim::of(&a.messages[0]);
     let lost = store
-        .renew(&name, "owner-a", std::slice::from_ref(&claim_a), lease)
+        .renew(
+            &name,
+            Holder::new("owner-a", lease),
+            std::slice::from_ref(&claim_a),
+        )
         .await
         .expect("renew a");
     assert!(lost.is_empty(), "the owner could not renew its own claim");
@@ -529,7 +533,7 @@ pub async fn expired_lease_is_claimed_again_and_fences_the_old_owner(
         let (store, name, claimed) = (&store, &name, &claimed);
         async move {
             let got = store
-                .claim(name, "owner-b", 10, Duration::from_secs(30))
+                .claim(name, Holder::new("owner-b", Duration::from_secs(30)), 10)
                 .await
                 .expect("claim")
                 .messages;
@@ -545,7 +549,11 @@ pub async fn expired_lease_is_claimed_again_and_fences_the_old_owner(
         "the crashed delivery counts as an attempt"
     );
     let lost = store
-        .renew(&name, "owner-a", std::slice::from_ref(&claim_a), lease)
+        .renew(
+            &name,
+            Holder::new("owner-a", lease),
+            std::slice::from_ref(&claim_a),
+        )
         .await
         .expect("renew");
     assert_eq!(lost, vec![claim_a.clone()], "stale owner renewed");
@@ -569,7 +577,7 @@ pub async fn expired_lease_is_claimed_again_and_fences_the_old_owner(
         .expect("complete");
     assert!(refused.is_empty(), "current owner refused");
     let after = store
-        .claim(&name, "owner-c", 10, lease)
+        .claim(&name, Holder::new("owner-c", lease), 10)
         .await
         .expect("claim");
     assert!(after.messages.is_empty(), "acked message delivered again");
