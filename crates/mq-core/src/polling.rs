@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use crate::queue::{
     BatchReport, ConsumerHandle, ConsumerStopper, MessageQueue, PublishFailure, PublishReport,
 };
 use crate::queue_name::QueueName;
+use crate::registered::RegisteredQueues;
 use crate::runner::{HandlerRun, HandlerRunner, Settlement};
 use crate::stats::QueueStats;
 use crate::store::{Claim, Completion, CompletionAction, Holder, QueueStore, Undecodable};
@@ -57,7 +58,7 @@ impl<S> Clone for PollingQueue<S> {
 struct Inner<S> {
     store: Arc<S>,
     common: CommonOptions,
-    registered: RwLock<HashSet<QueueName>>,
+    registered: RegisteredQueues,
     stop: CancellationToken,
     abort: CancellationToken,
     consumers: Mutex<Vec<ConsumerStopper>>,
@@ -92,7 +93,7 @@ impl<S: QueueStore> PollingQueue<S> {
             inner: Arc::new(Inner {
                 store: Arc::new(store),
                 common,
-                registered: RwLock::default(),
+                registered: RegisteredQueues::default(),
                 stop: CancellationToken::new(),
                 abort: CancellationToken::new(),
                 consumers: Mutex::default(),
@@ -133,18 +134,7 @@ impl<S: QueueStore> PollingQueue<S> {
     /// Resolves `queue` and checks it is registered and the queue is running.
     pub fn resolve_registered(&self, queue: &QueueName) -> Result<QueueName> {
         self.check_running()?;
-        let resolved = self.inner.common.resolver.resolve(queue)?;
-        let known = self
-            .inner
-            .registered
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&resolved);
-        if known {
-            Ok(resolved)
-        } else {
-            Err(Error::NotRegistered { queue: resolved })
-        }
+        self.inner.registered.resolve(&self.inner.common, queue)
     }
 
     fn check_running(&self) -> Result<()> {
@@ -227,11 +217,7 @@ impl<S: QueueStore> MessageQueue for PollingQueue<S> {
         self.check_running()?;
         let resolved = self.inner.common.resolver.resolve(queue)?;
         self.inner.store.register(&resolved).await?;
-        self.inner
-            .registered
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(resolved);
+        self.inner.registered.insert(resolved);
         Ok(())
     }
 
@@ -441,15 +427,14 @@ impl<S: QueueStore> Worker<S> {
         options: ConsumerOptions,
         abort: CancellationToken,
     ) -> Self {
-        let runner = HandlerRunner::new(
+        let runner = HandlerRunner::for_consumer(
             handler,
             store.backend(),
             queue.clone(),
             consumer_id.clone(),
-            options.get_handler_timeout(),
-            common.get_lifecycle().clone(),
-        )
-        .cancel_grace(Some(options.get_cancel_grace()));
+            &options,
+            common,
+        );
         Worker {
             store,
             dead_letters: common.get_dead_letters().cloned(),

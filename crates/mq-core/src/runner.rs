@@ -16,6 +16,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterOrigin, ErrorChain};
 use crate::handler::{Batch, Handler, HandlerContext, Outcome, Outcomes};
 use crate::lifecycle::{LifecycleDispatcher, LifecycleEvent, MessageInfo};
 use crate::message::{Message, MessageId, Status};
+use crate::options::{CommonOptions, ConsumerOptions};
 use crate::queue_name::QueueName;
 use crate::retry::RetryPolicy;
 
@@ -194,6 +195,28 @@ impl HandlerRunner {
             timeout,
             cancel_grace: None,
         }
+    }
+
+    /// The runner of a consumer started with `options` on a queue built with `common`: the
+    /// handler timeout and cancel grace come from `options`, the observers from `common`.
+    pub fn for_consumer(
+        handler: Arc<dyn Handler>,
+        backend: &'static str,
+        queue: QueueName,
+        consumer_id: impl Into<String>,
+        options: &ConsumerOptions,
+        common: &CommonOptions,
+    ) -> Self {
+        let timeout = options.get_handler_timeout();
+        HandlerRunner::new(
+            handler,
+            backend,
+            queue,
+            consumer_id,
+            timeout,
+            common.get_lifecycle().clone(),
+        )
+        .cancel_grace(Some(options.get_cancel_grace()))
     }
 
     /// Drop the handler when it has not returned `grace` after its token was cancelled

@@ -1,11 +1,13 @@
 //! [`ImmediateQueue`]: publishing runs the handler on the spot.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::Utc;
-use mq_core::backend::{ConsumerStopper, HandlerRunner, Settlement, prepare_messages};
+use mq_core::backend::{
+    ConsumerStopper, HandlerRunner, RegisteredQueues, Settlement, prepare_messages,
+};
 use mq_core::{
     Batch, BatchReport, CommonOptions, ConsumerHandle, ConsumerInfo, ConsumerOptions, Error,
     ErrorChain, Handler, LifecycleEvent, Message, MessageInfo, MessageQueue, NewMessage, Outcome,
@@ -53,7 +55,7 @@ pub struct ImmediateQueue {
 #[derive(Debug)]
 struct Inner {
     common: CommonOptions,
-    registered: RwLock<HashSet<QueueName>>,
+    registered: RegisteredQueues,
     consumers: RwLock<HashMap<QueueName, Attached>>,
     stop: CancellationToken,
     abort: CancellationToken,
@@ -83,7 +85,7 @@ impl ImmediateQueue {
         ImmediateQueue {
             inner: Arc::new(Inner {
                 common,
-                registered: RwLock::default(),
+                registered: RegisteredQueues::default(),
                 consumers: RwLock::default(),
                 stop: CancellationToken::new(),
                 abort: CancellationToken::new(),
@@ -97,18 +99,7 @@ impl ImmediateQueue {
         if self.inner.shut_down.load(Ordering::Acquire) {
             return Err(Error::ShutDown { backend: BACKEND });
         }
-        let q = self.inner.common.get_resolver().resolve(queue)?;
-        if self
-            .inner
-            .registered
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&q)
-        {
-            Ok(q)
-        } else {
-            Err(Error::NotRegistered { queue: q })
-        }
+        self.inner.registered.resolve(&self.inner.common, queue)
     }
 
     fn attached(&self, queue: &QueueName) -> Option<Attached> {
@@ -220,11 +211,7 @@ impl MessageQueue for ImmediateQueue {
             return Err(Error::ShutDown { backend: BACKEND });
         }
         let q = self.inner.common.get_resolver().resolve(queue)?;
-        self.inner
-            .registered
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(q);
+        self.inner.registered.insert(q);
         Ok(())
     }
 
@@ -290,15 +277,14 @@ impl MessageQueue for ImmediateQueue {
             &self.inner.abort,
             options.get_shutdown_grace(),
         );
-        let runner = HandlerRunner::new(
+        let runner = HandlerRunner::for_consumer(
             handler,
             BACKEND,
             q.clone(),
             id.clone(),
-            options.get_handler_timeout(),
-            self.inner.common.get_lifecycle().clone(),
-        )
-        .cancel_grace(Some(options.get_cancel_grace()));
+            &options,
+            &self.inner.common,
+        );
         let attached = Attached {
             id: id.clone(),
             runner: Arc::new(runner),
