@@ -149,59 +149,31 @@ pub trait AdaptiveStrategy: Send + Sync + fmt::Debug + 'static {
     fn snapshot(&self, shard: Option<&ShardKey>) -> AdaptiveSnapshot;
 }
 
-/// Parameters of [`AimdStrategy`]; the defaults are the original's.
-///
-/// # Examples
-///
-/// ```
-/// use mq_core::backend::AimdOptions;
-///
-/// let opts = AimdOptions::default().add_step(5).max_batch(200);
-/// assert_eq!(opts.get_max_batch(), 200);
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct AimdOptions {
-    successes_before_increase: u32,
-    add_step: usize,
-    decrease_factor: f64,
-    min_batch: usize,
-    max_batch: usize,
-    initial_batch: usize,
-    base_delay: Duration,
-    delay_multiplier: f64,
-    max_delay: Duration,
-    backoff_threshold: u32,
-    max_backoff: Duration,
-    rolling_window: usize,
-    slow_batch: Duration,
-    min_pause: Duration,
-    max_pause: Duration,
-}
-
-impl Default for AimdOptions {
-    fn default() -> Self {
-        AimdOptions {
-            successes_before_increase: 3,
-            add_step: 10,
-            decrease_factor: 0.5,
-            min_batch: 10,
-            max_batch: 500,
-            initial_batch: 50,
-            base_delay: Duration::from_millis(5000),
-            delay_multiplier: 1.5,
-            max_delay: Duration::from_millis(30_000),
-            backoff_threshold: 10,
-            max_backoff: Duration::from_millis(60_000),
-            rolling_window: 100,
-            slow_batch: Duration::from_secs(2),
-            min_pause: Duration::from_millis(100),
-            max_pause: Duration::from_secs(10),
+/// Declares `AimdOptions` from one list: each field with its type, default and setter docs, so a
+/// new parameter is written once.
+macro_rules! aimd_options {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty = $default:expr),* $(,)?) => {
+        /// Parameters of [`AimdStrategy`]; the defaults are the original's.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// use mq_core::backend::AimdOptions;
+        ///
+        /// let opts = AimdOptions::default().add_step(5).max_batch(200);
+        /// assert_eq!(opts.get_max_batch(), 200);
+        /// ```
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct AimdOptions {
+            $($name: $ty,)*
         }
-    }
-}
 
-macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        impl Default for AimdOptions {
+            fn default() -> Self {
+                AimdOptions { $($name: $default,)* }
+            }
+        }
+
         impl AimdOptions {
             $(
                 $(#[$doc])*
@@ -214,38 +186,38 @@ macro_rules! setters {
     };
 }
 
-setters! {
+aimd_options! {
     /// Consecutive successes needed for one additive step (default 3).
-    successes_before_increase: u32,
+    successes_before_increase: u32 = 3,
     /// Additive increase of the batch size (default 10).
-    add_step: usize,
+    add_step: usize = 10,
     /// Multiplicative decrease on failure (default 0.5).
-    decrease_factor: f64,
+    decrease_factor: f64 = 0.5,
     /// Smallest batch after a decrease (default 10).
-    min_batch: usize,
+    min_batch: usize = 10,
     /// Largest batch after an increase (default 500).
-    max_batch: usize,
+    max_batch: usize = 500,
     /// Batch size of a new shard (default 50).
-    initial_batch: usize,
+    initial_batch: usize = 50,
     /// Delay of a new shard and after a success (default 5 s).
-    base_delay: Duration,
+    base_delay: Duration = Duration::from_millis(5000),
     /// Delay growth per failure (default 1.5).
-    delay_multiplier: f64,
+    delay_multiplier: f64 = 1.5,
     /// Delay cap (default 30 s).
-    max_delay: Duration,
+    max_delay: Duration = Duration::from_millis(30_000),
     /// Consecutive failures before a timed backoff (default 10).
-    backoff_threshold: u32,
+    backoff_threshold: u32 = 10,
     /// Backoff cap (default 60 s).
-    max_backoff: Duration,
+    max_backoff: Duration = Duration::from_millis(60_000),
     /// Per-type history length (default 100).
-    rolling_window: usize,
+    rolling_window: usize = 100,
     /// A successful batch whose handler took longer than this is slow: the batch shrinks and a
     /// fetch pause starts or doubles (default 2 s).
-    slow_batch: Duration,
+    slow_batch: Duration = Duration::from_secs(2),
     /// The first fetch pause after a slow or failed batch (default 100 ms).
-    min_pause: Duration,
+    min_pause: Duration = Duration::from_millis(100),
     /// Fetch pause cap (default 10 s).
-    max_pause: Duration,
+    max_pause: Duration = Duration::from_secs(10),
 }
 
 impl AimdOptions {
