@@ -31,6 +31,17 @@ use crate::queue_name::QueueName;
 use crate::retry::RetryPolicy;
 use crate::store::QueueStore;
 
+/// The value of an `Option` returned by a case's set-up, or returns from the case when the
+/// set-up decided it is skipped here (it said why).
+macro_rules! or_skip {
+    ($setup:expr) => {
+        match $setup {
+            Some(ready) => ready,
+            None => return,
+        }
+    };
+}
+
 pub mod cases;
 pub mod checkpoint;
 pub mod control;

@@ -35,9 +35,7 @@ pub use shutdown::{
 
 /// Ready messages are all delivered once, with their payloads.
 pub async fn delivers_ready_messages(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     let report = q
         .publish(&name, (0..25).map(msg).collect())
         .await
@@ -78,9 +76,7 @@ pub async fn delivers_ready_messages(f: &dyn QueueFactory, test: &str) {
 
 /// A message is not delivered before its `execute_at`.
 pub async fn respects_execute_at(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     let at = Utc::now() + chrono::Duration::milliseconds(1200);
     publish_all(
         &*q,
@@ -138,9 +134,7 @@ pub async fn respects_execute_at(f: &dyn QueueFactory, test: &str) {
 /// A message past `expires_at` is never delivered and is reported expired.
 pub async fn expired_messages_are_never_delivered(f: &dyn QueueFactory, test: &str) {
     let (rec, common) = observed();
-    let Some((q, name)) = setup(f, test, common).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, common).await);
     let past = Utc::now() - chrono::Duration::seconds(1);
     let soon = Utc::now() + chrono::Duration::milliseconds(300);
     publish_all(
@@ -184,9 +178,7 @@ pub async fn expired_messages_are_never_delivered(f: &dyn QueueFactory, test: &s
 /// A retried message comes back after its delay and can then succeed.
 pub async fn retry_after_delay_then_success(f: &dyn QueueFactory, test: &str) {
     let (rec, common) = observed();
-    let Some((q, name)) = setup(f, test, common).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, common).await);
     publish_all(&*q, &name, vec![msg(1)]).await;
     let times = Arc::new(Mutex::new(Vec::new()));
     let t = times.clone();
@@ -233,9 +225,7 @@ pub async fn retry_after_delay_then_success(f: &dyn QueueFactory, test: &str) {
 pub async fn exhausted_attempts_go_to_dead_letters(f: &dyn QueueFactory, test: &str) {
     let dlq = Arc::new(RecordingDeadLetters::default());
     let (rec, common) = observed();
-    let Some((q, name)) = setup(f, test, common.dead_letters(dlq.clone())).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, common.dead_letters(dlq.clone())).await);
     publish_all(&*q, &name, vec![msg(1).max_attempts(3), msg(2)]).await;
     let deliveries = Arc::new(AtomicUsize::new(0));
     let d = deliveries.clone();
@@ -342,9 +332,7 @@ pub async fn mixed_outcomes_in_one_batch(f: &dyn QueueFactory, test: &str) {
 /// holds it.
 pub async fn concurrent_consumers_never_double_claim(f: &dyn QueueFactory, test: &str) {
     const N: usize = 10_000;
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     let ledger = Arc::new(DeliveryLedger::default());
     let mut consumers = Vec::new();
     for _ in 0..4 {
@@ -389,9 +377,7 @@ pub async fn concurrent_consumers_never_double_claim(f: &dyn QueueFactory, test:
 /// Events come in life order: published, connected, consumed, acked, disconnected.
 pub async fn lifecycle_events_fire_in_order(f: &dyn QueueFactory, test: &str) {
     let (rec, common) = observed();
-    let Some((q, name)) = setup(f, test, common).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, common).await);
     publish_all(&*q, &name, vec![msg(1)]).await;
     let h = ack_all();
     consume_until(&*q, &name, h, fast_options(), "acked", || {
@@ -448,9 +434,7 @@ pub async fn failing_observer_does_not_break_consumption(f: &dyn QueueFactory, t
             })
             .build(),
     );
-    let Some((q, name)) = setup(f, test, common).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, common).await);
     publish_all(&*q, &name, (0..10).map(msg).collect()).await;
     let (seen, h) = counting();
     consume_until(&*q, &name, h, fast_options(), "10 delivered", || {
@@ -466,9 +450,7 @@ pub async fn failing_observer_does_not_break_consumption(f: &dyn QueueFactory, t
 
 /// `consume_batch` works on its own, with no background consumer.
 pub async fn consume_batch_works_without_a_consumer(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     publish_all(&*q, &name, (0..5).map(msg).collect()).await;
     let h = ack_all();
     let opts = fast_options().batch_size(3);
@@ -493,9 +475,7 @@ pub async fn expired_lease_is_claimed_again_and_fences_the_old_owner(
     f: &dyn QueueFactory,
     test: &str,
 ) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     let Some(store) = f.store(test).await else {
         eprintln!("skipping {test}: backend has no claim store");
         return;
@@ -587,9 +567,7 @@ pub async fn expired_lease_is_claimed_again_and_fences_the_old_owner(
 /// A handler that panics does not kill the consumer; its batch is retried.
 pub async fn panicking_handler_retries_the_batch(f: &dyn QueueFactory, test: &str) {
     let (rec, common) = observed();
-    let Some((q, name)) = setup(f, test, common).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, common).await);
     publish_all(&*q, &name, vec![msg(1)]).await;
     let h = handler_fn(|b: Batch, _c: HandlerContext| async move {
         if b[0].attempts == 1 {
@@ -619,9 +597,7 @@ pub async fn panicking_handler_retries_the_batch(f: &dyn QueueFactory, test: &st
 
 /// `queue_stats` counts messages per status and reports the oldest ready message's age.
 pub async fn queue_stats_count_by_status(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     let mut batch: Vec<NewMessage> = (0..3).map(msg).collect();
     batch.extend((3..5).map(|i| msg(i).delay(Duration::from_secs(3600))));
     publish_all(&*q, &name, batch).await;

@@ -31,14 +31,18 @@ pub fn stream_name(test: &str) -> String {
 
 use CheckpointOutcome::{Advanced, Fenced, NotForward};
 
+/// The sequence number stored for `shard` of `stream`, which must have a checkpoint record.
+async fn sequence(store: &dyn CheckpointStore, stream: &str, shard: &str) -> Option<String> {
+    let stored = store.load(stream, shard).await.expect("load");
+    stored.expect("a checkpoint record").sequence_number
+}
+
 const BIG: &str = "49590338271490256608559692538361571095921575989136588898";
 const BIGGER: &str = "49590338271490256608559692538361571095921575989136588899";
 
 /// Nothing stored: no checkpoint, epoch 0, an empty listing.
 pub async fn empty_store_reports_nothing(f: &dyn CheckpointStoreFactory, test: &str) {
-    let Some(store) = f.create(test).await else {
-        return;
-    };
+    let store = or_skip!(f.create(test).await);
     let s = stream_name(test);
     assert_eq!(store.load(&s, "sh").await.unwrap(), None);
     assert_eq!(store.max_epoch(&s, "sh").await.unwrap(), 0);
@@ -47,9 +51,7 @@ pub async fn empty_store_reports_nothing(f: &dyn CheckpointStoreFactory, test: &
 
 /// Within one epoch a checkpoint only moves forward, comparing big decimal integers.
 pub async fn checkpoints_only_move_forward(f: &dyn CheckpointStoreFactory, test: &str) {
-    let Some(store) = f.create(test).await else {
-        return;
-    };
+    let store = or_skip!(f.create(test).await);
     let s = stream_name(test);
     assert_eq!(store.save(&s, "sh", 1, "9").await.unwrap(), Advanced);
     assert_eq!(store.save(&s, "sh", 1, "10").await.unwrap(), Advanced);
@@ -66,9 +68,7 @@ pub async fn checkpoints_only_move_forward(f: &dyn CheckpointStoreFactory, test:
 /// An older epoch can move the checkpoint neither backwards nor forwards; a newer epoch still
 /// cannot move it backwards.
 pub async fn stale_epoch_is_fenced(f: &dyn CheckpointStoreFactory, test: &str) {
-    let Some(store) = f.create(test).await else {
-        return;
-    };
+    let store = or_skip!(f.create(test).await);
     let s = stream_name(test);
     assert_eq!(store.save(&s, "sh", 2, "100").await.unwrap(), Advanced);
     assert_eq!(store.save(&s, "sh", 1, "200").await.unwrap(), Fenced);
@@ -89,9 +89,7 @@ pub async fn observe_epoch_fences_before_the_first_write(
     f: &dyn CheckpointStoreFactory,
     test: &str,
 ) {
-    let Some(store) = f.create(test).await else {
-        return;
-    };
+    let store = or_skip!(f.create(test).await);
     let s = stream_name(test);
     assert_eq!(store.save(&s, "sh", 1, "10").await.unwrap(), Advanced);
     assert_eq!(store.observe_epoch(&s, "sh", 5).await.unwrap(), 1);
@@ -113,9 +111,7 @@ pub async fn observe_epoch_fences_before_the_first_write(
 
 /// The operator override moves the checkpoint anywhere and fences the owner of the time.
 pub async fn set_checkpoint_moves_anywhere_and_fences(f: &dyn CheckpointStoreFactory, test: &str) {
-    let Some(store) = f.create(test).await else {
-        return;
-    };
+    let store = or_skip!(f.create(test).await);
     let s = stream_name(test);
     assert_eq!(store.save(&s, "sh", 3, "500").await.unwrap(), Advanced);
     let epoch = store.set_checkpoint(&s, "sh", "100").await.unwrap();
@@ -128,16 +124,7 @@ pub async fn set_checkpoint_moves_anywhere_and_fences(f: &dyn CheckpointStoreFac
     assert_eq!(store.save(&s, "sh", epoch, "150").await.unwrap(), Advanced);
     let again = store.set_checkpoint(&s, "sh", "9000").await.unwrap();
     assert!(again > epoch);
-    assert_eq!(
-        store
-            .load(&s, "sh")
-            .await
-            .unwrap()
-            .unwrap()
-            .sequence_number
-            .as_deref(),
-        Some("9000")
-    );
+    assert_eq!(sequence(&*store, &s, "sh").await.as_deref(), Some("9000"));
     // a shard never seen before
     let first = store.set_checkpoint(&s, "new", "7").await.unwrap();
     assert!(first >= 1);
@@ -146,9 +133,7 @@ pub async fn set_checkpoint_moves_anywhere_and_fences(f: &dyn CheckpointStoreFac
 
 /// `checkpoints` lists the shards of one stream, sorted.
 pub async fn checkpoints_lists_one_stream_sorted(f: &dyn CheckpointStoreFactory, test: &str) {
-    let Some(store) = f.create(test).await else {
-        return;
-    };
+    let store = or_skip!(f.create(test).await);
     let s = stream_name(test);
     store.save(&s, "sh-b", 1, "20").await.unwrap();
     store.save(&s, "sh-a", 2, "10").await.unwrap();
@@ -168,9 +153,7 @@ pub async fn checkpoints_lists_one_stream_sorted(f: &dyn CheckpointStoreFactory,
 
 /// Sequence numbers are 1 to 128 digits, stored without leading zeros.
 pub async fn sequence_numbers_are_validated(f: &dyn CheckpointStoreFactory, test: &str) {
-    let Some(store) = f.create(test).await else {
-        return;
-    };
+    let store = or_skip!(f.create(test).await);
     let s = stream_name(test);
     for bad in ["", "12a", "-1", " 1"] {
         assert!(store.save(&s, "sh", 1, bad).await.is_err(), "{bad:?}");
@@ -182,22 +165,10 @@ pub async fn sequence_numbers_are_validated(f: &dyn CheckpointStoreFactory, test
     assert!(store.save(&s, "sh", 1, &"1".repeat(129)).await.is_err());
     assert_eq!(store.save(&s, "sh", 1, "0007").await.unwrap(), Advanced);
     assert_eq!(store.save(&s, "sh", 1, "7").await.unwrap(), NotForward);
-    assert_eq!(
-        store
-            .load(&s, "sh")
-            .await
-            .unwrap()
-            .unwrap()
-            .sequence_number
-            .as_deref(),
-        Some("7")
-    );
+    assert_eq!(sequence(&*store, &s, "sh").await.as_deref(), Some("7"));
     let longest = "9".repeat(128);
     assert_eq!(store.save(&s, "sh", 1, &longest).await.unwrap(), Advanced);
-    assert_eq!(
-        store.load(&s, "sh").await.unwrap().unwrap().sequence_number,
-        Some(longest)
-    );
+    assert_eq!(sequence(&*store, &s, "sh").await, Some(longest));
 }
 
 /// Racing observers of one epoch: exactly one sees an older epoch before it (so epochs handed
@@ -206,9 +177,7 @@ pub async fn concurrent_observers_of_one_epoch_have_one_winner(
     f: &dyn CheckpointStoreFactory,
     test: &str,
 ) {
-    let Some(store) = f.create(test).await else {
-        return;
-    };
+    let store = or_skip!(f.create(test).await);
     let s = stream_name(test);
     store.save(&s, "sh", 3, "1").await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
@@ -231,9 +200,7 @@ pub async fn concurrent_observers_of_one_epoch_have_one_winner(
 /// Racing writers of one epoch: the checkpoint ends at the largest number and each accepted
 /// write was above the one before it.
 pub async fn concurrent_saves_end_at_the_largest(f: &dyn CheckpointStoreFactory, test: &str) {
-    let Some(store) = f.create(test).await else {
-        return;
-    };
+    let store = or_skip!(f.create(test).await);
     let s = stream_name(test);
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..6u64 {

@@ -34,9 +34,7 @@ async fn take(q: &dyn MessageQueue, name: &crate::QueueName, n: usize) -> Vec<u6
 
 /// Higher priorities are claimed first; within a priority, publication order.
 pub async fn priorities_are_claimed_higher_first(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     let mut batch = Vec::new();
     batch.extend((0..5).map(msg));
     batch.extend((10..15).map(|i| msg(i).priority(5)));
@@ -55,9 +53,7 @@ pub async fn priorities_are_claimed_higher_first(f: &dyn QueueFactory, test: &st
 /// A unique key refuses a second message while the first waits or runs, names the holder, and
 /// is free again once the holder finished (or once its window passed).
 pub async fn unique_keys_refuse_while_held(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     let first = q
         .publish(&name, vec![msg(1).unique_key("invoice-1")])
         .await
@@ -107,9 +103,7 @@ pub async fn unique_keys_refuse_while_held(f: &dyn QueueFactory, test: &str) {
 /// Cancel by id or by unique key: a waiting message is never delivered; a running one has its
 /// token cancelled and its completion refused, and is not delivered again.
 pub async fn cancel_waiting_and_running(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     let later = Duration::from_secs(3600);
     let ids = q
         .publish(
@@ -191,9 +185,7 @@ pub async fn cancel_waiting_and_running(f: &dyn QueueFactory, test: &str) {
 
 /// A paused queue hands out nothing until it is resumed; publishing still works.
 pub async fn pause_stops_claims_until_resume(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     assert!(!q.is_paused(&name).await.expect("is_paused"));
     q.pause(&name).await.expect("pause");
     assert!(q.is_paused(&name).await.expect("is_paused"));

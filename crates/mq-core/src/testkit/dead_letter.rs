@@ -113,9 +113,7 @@ pub async fn all(store: &dyn DeadLetterStore) -> Vec<DeadLetterEntry> {
 /// An entry keeps the message untouched, its origin, the error chain, attempts, failure times
 /// and the consumer, and `get` finds it.
 pub async fn stores_letters_untouched(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let Some(store) = open(factory, test).await else {
-        return;
-    };
+    let store = or_skip!(open(factory, test).await);
     let mut l = letter("orders", "m1", "charge", "card declined");
     l.origin = DeadLetterOrigin::shard(
         "kinesis",
@@ -155,9 +153,7 @@ pub async fn stores_letters_untouched(factory: &dyn DeadLetterStoreFactory, test
 
 /// The same message dead-lettered again adds a failure to its entry.
 pub async fn repeated_letter_adds_a_failure(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let Some(store) = open(factory, test).await else {
-        return;
-    };
+    let store = or_skip!(open(factory, test).await);
     let first = letter("orders", "m1", "charge", "card declined");
     let mut again = letter("orders", "m1", "charge", "gateway timeout");
     again.failed_at = first.failed_at + chrono::Duration::seconds(5);
@@ -190,9 +186,7 @@ pub async fn repeated_letter_adds_a_failure(factory: &dyn DeadLetterStoreFactory
 
 /// Every filter criterion selects what [`DeadLetterFilter::matches`] says, and `count` agrees.
 pub async fn filters_agree_with_matches(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let Some(store) = open(factory, test).await else {
-        return;
-    };
+    let store = or_skip!(open(factory, test).await);
     let t0 = Utc::now() - chrono::Duration::minutes(10);
     let mut letters = Vec::new();
     for i in 0..12 {
@@ -265,9 +259,7 @@ pub async fn filters_agree_with_matches(factory: &dyn DeadLetterStoreFactory, te
 
 /// `list` pages in id order with `after` and `limit`.
 pub async fn pages_in_id_order(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let Some(store) = open(factory, test).await else {
-        return;
-    };
+    let store = or_skip!(open(factory, test).await);
     let letters = (0..25)
         .map(|i| letter("orders", &format!("m{i:02}"), "t", "e"))
         .collect();
@@ -298,9 +290,7 @@ pub async fn pages_in_id_order(factory: &dyn DeadLetterStoreFactory, test: &str)
 
 /// Replay marks are a compare-and-set on the generation, pending then done.
 pub async fn replay_marks_are_compare_and_set(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let Some(store) = open(factory, test).await else {
-        return;
-    };
+    let store = or_skip!(open(factory, test).await);
     store
         .insert(vec![letter("orders", "m1", "t", "e")])
         .await
@@ -363,9 +353,7 @@ pub async fn replay_marks_are_compare_and_set(factory: &dyn DeadLetterStoreFacto
 
 /// `purge` deletes exactly the matching entries.
 pub async fn purge_deletes_only_matches(factory: &dyn DeadLetterStoreFactory, test: &str) {
-    let Some(store) = open(factory, test).await else {
-        return;
-    };
+    let store = or_skip!(open(factory, test).await);
     let letters = (0..10)
         .map(|i| {
             let q = if i < 4 { "orders" } else { "emails" };

@@ -45,9 +45,7 @@ pub async fn unregistered_queue_is_an_error(f: &dyn QueueFactory, test: &str) {
 /// An empty publish is a no-op.
 pub async fn empty_publish_is_a_noop(f: &dyn QueueFactory, test: &str) {
     let (rec, common) = observed();
-    let Some((q, name)) = setup(f, test, common).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, common).await);
     let r = q.publish(&name, vec![]).await.expect("publish");
     assert!(r.published.is_empty() && r.failed.is_empty());
     assert_eq!(rec.count("published"), 0);
@@ -115,9 +113,7 @@ pub async fn oversize_and_duplicate_messages_are_refused(f: &dyn QueueFactory, t
 
 /// Delays and durations far beyond reason are refused or saturated, never a panic.
 pub async fn absurd_delays_are_handled_without_panics(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     let r = q
         .publish(
             &name,
@@ -187,9 +183,7 @@ async fn drain_into(
 /// A payload nested 200 levels deep among 200 good messages is refused at publish, alone, with
 /// its reason; every good message is handled once, at its first attempt.
 pub async fn too_deep_payload_is_refused_alone(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     let mut deep = json!("bottom");
     for _ in 0..200 {
         deep = json!([deep]);
@@ -238,9 +232,7 @@ pub async fn too_deep_payload_is_refused_alone(f: &dyn QueueFactory, test: &str)
 /// publish of 6,000, a bad message at #5,500 is refused alone and the 5,999 others are stored:
 /// never part of the batch stored with an error for the whole call.
 pub async fn bad_messages_are_refused_alone(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     let mut batch: Vec<NewMessage> = (0..8).map(msg).collect();
     batch.insert(3, NewMessage::new("nul", json!({ "text": "a\u{0}b" })));
     batch.insert(7, msg(99).partition_key("k".repeat(300)));

@@ -19,9 +19,7 @@ use crate::testkit::{
 /// A handler past its timeout sees its token cancelled; the message comes back only after the
 /// handler has returned.
 pub async fn handler_timeout_cancels_and_retries(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     publish_all(&*q, &name, vec![msg(1)]).await;
     let ledger = Arc::new(DeliveryLedger::default());
     let cancelled_seen = Arc::new(AtomicBool::new(false));
@@ -69,9 +67,7 @@ pub async fn handler_timeout_cancels_and_retries(f: &dyn QueueFactory, test: &st
 /// Shutdown waits for a handler that is running.
 pub async fn shutdown_waits_for_in_flight_handler(f: &dyn QueueFactory, test: &str) {
     let (rec, common) = observed();
-    let Some((q, name)) = setup(f, test, common).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, common).await);
     publish_all(&*q, &name, vec![msg(1)]).await;
     let (started, finished) = two_flags();
     let (s, fi) = (started.clone(), finished.clone());
@@ -105,9 +101,7 @@ pub async fn shutdown_waits_for_in_flight_handler(f: &dyn QueueFactory, test: &s
 /// message is released for another delivery instead of being lost.
 pub async fn shutdown_cancels_handlers_after_the_grace_period(f: &dyn QueueFactory, test: &str) {
     let (rec, common) = observed();
-    let Some((q, name)) = setup(f, test, common).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, common).await);
     publish_all(&*q, &name, vec![msg(1)]).await;
     let (started, returned) = two_flags();
     let (s, r) = (started.clone(), returned.clone());
@@ -145,9 +139,7 @@ pub async fn shutdown_cancels_handlers_after_the_grace_period(f: &dyn QueueFacto
 /// Shutdown waits for a `consume_batch` call in flight, and a second, concurrent shutdown
 /// returns only when the first has finished.
 pub async fn shutdown_waits_for_consume_batch_and_repeats_safely(f: &dyn QueueFactory, test: &str) {
-    let Some((q, name)) = setup(f, test, CommonOptions::default()).await else {
-        return;
-    };
+    let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     publish_all(&*q, &name, vec![msg(1)]).await;
     let (started, finished) = two_flags();
     let (s, fi) = (started.clone(), finished.clone());
