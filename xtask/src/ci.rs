@@ -29,26 +29,21 @@ pub(crate) fn run_ci() -> Result<()> {
     each_feature(&[])?;
     test::run_tests("all")?;
     // The README's quickstarts must keep working as written.
-    run(cargo().args([
-        "run",
-        "-q",
-        "-p",
-        "mq-rs",
-        "--features",
-        "sql-sqlite",
-        "--example",
-        "quickstart",
-    ]))?;
-    run(cargo().args([
-        "run",
-        "-q",
-        "-p",
-        "mq-rs",
-        "--features",
-        "kinesis",
-        "--example",
-        "kinesis_quickstart",
-    ]))?;
+    for (features, example) in [
+        ("sql-sqlite", "quickstart"),
+        ("kinesis", "kinesis_quickstart"),
+    ] {
+        run(cargo().args([
+            "run",
+            "-q",
+            "-p",
+            "mq-rs",
+            "--features",
+            features,
+            "--example",
+            example,
+        ]))?;
+    }
     let mut package = cargo();
     package.args(["package", "--workspace", "--no-verify"]);
     for name in private_packages()? {
