@@ -14,7 +14,7 @@ use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use mq_core::backend::duplicate_id;
 use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, Holder, QueueStore};
-use mq_core::{Message, QueueName, QueueStats, Result, async_trait};
+use mq_core::{ErrorChain, Message, QueueName, QueueStats, Result, async_trait};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -315,67 +315,25 @@ impl MongoStore {
     }
 
     async fn claim_batch(&self, c: &ClaimRequest<'_>) -> Result<Vec<Message>> {
-        let (queue, limit, nowb, sweep) = (c.queue, c.limit, c.now, c.sweep);
         let mut candidates: Vec<Bson> = Vec::new();
         let mut taken: u64 = 0;
         for round in 0..CLAIM_ROUNDS {
-            let want = limit.saturating_sub(usize::try_from(taken).unwrap_or(usize::MAX));
+            let want = c
+                .limit
+                .saturating_sub(usize::try_from(taken).unwrap_or(usize::MAX));
             if want == 0 {
                 break;
             }
-            let want_i = i64::try_from(want).unwrap_or(i64::MAX);
-            let mut ids = Vec::new();
-            let mut full_window = false;
-            if sweep && round == 0 {
-                ids = self
-                    .find_ids(
-                        Self::recover_filter(queue, nowb),
-                        Some(Self::sort()),
-                        want_i,
-                    )
-                    .await?;
-            }
-            let recovered = ids.len();
-            if recovered < want {
-                // Consumers that race for the same oldest documents mostly lose: look at a
-                // window of the oldest ready ones and take a random part of it, so concurrent
-                // claims rarely collide. Order is kept within the window.
-                let need = want - recovered;
-                let window = need.saturating_mul(CLAIM_WINDOW);
-                let mut due = self
-                    .find_ids(
-                        Self::due_filter(queue, nowb),
-                        Some(Self::sort()),
-                        i64::try_from(window).unwrap_or(i64::MAX),
-                    )
-                    .await?;
-                if due.len() > need {
-                    let mut picked: Vec<usize> =
-                        rand::seq::index::sample(&mut rand::rng(), due.len(), need).into_vec();
-                    picked.sort_unstable();
-                    due = picked.into_iter().map(|i| due[i].clone()).collect();
-                    // the window was full: more may be ready after it
-                    full_window = true;
-                }
-                ids.extend(due);
-            }
-            if ids.is_empty() {
-                break;
-            }
-            let found = ids.len();
-            let mut cond = Self::ready_filter(queue, nowb);
-            cond.insert("_id", doc! { "$in": ids.clone() });
-            let res = self
-                .raw
-                .update_many(cond, c.update.clone())
+            match self
+                .claim_round(c, round, want, &mut candidates, &mut taken)
                 .await
-                .map_err(|e| backend("claim", e))?;
-            taken += res.modified_count;
-            candidates.extend(ids);
-            // Fewer ready documents than asked for: there are no more. Otherwise go again if
-            // other consumers won some of these.
-            if found < want && !full_window {
-                break;
+            {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    keep_what_was_claimed(c.queue, usize::try_from(taken).unwrap_or(1), e)?;
+                    break;
+                }
             }
         }
         if taken == 0 {
@@ -383,6 +341,72 @@ impl MongoStore {
         }
         self.read_tagged(candidates, "claim_token", &c.token, "claim")
             .await
+    }
+
+    /// One round of a batch claim: picks up to `want` ready documents and leases them, adding
+    /// their ids to `candidates` and the number actually taken to `taken`. True when another
+    /// round may find more.
+    async fn claim_round(
+        &self,
+        c: &ClaimRequest<'_>,
+        round: usize,
+        want: usize,
+        candidates: &mut Vec<Bson>,
+        taken: &mut u64,
+    ) -> Result<bool> {
+        let (queue, nowb, sweep) = (c.queue, c.now, c.sweep);
+        let want_i = i64::try_from(want).unwrap_or(i64::MAX);
+        let mut ids = Vec::new();
+        let mut full_window = false;
+        if sweep && round == 0 {
+            ids = self
+                .find_ids(
+                    Self::recover_filter(queue, nowb),
+                    Some(Self::sort()),
+                    want_i,
+                )
+                .await?;
+        }
+        let recovered = ids.len();
+        if recovered < want {
+            // Consumers that race for the same oldest documents mostly lose: look at a
+            // window of the oldest ready ones and take a random part of it, so concurrent
+            // claims rarely collide. Order is kept within the window.
+            let need = want - recovered;
+            let window = need.saturating_mul(CLAIM_WINDOW);
+            let mut due = self
+                .find_ids(
+                    Self::due_filter(queue, nowb),
+                    Some(Self::sort()),
+                    i64::try_from(window).unwrap_or(i64::MAX),
+                )
+                .await?;
+            if due.len() > need {
+                let mut picked: Vec<usize> =
+                    rand::seq::index::sample(&mut rand::rng(), due.len(), need).into_vec();
+                picked.sort_unstable();
+                due = picked.into_iter().map(|i| due[i].clone()).collect();
+                // the window was full: more may be ready after it
+                full_window = true;
+            }
+            ids.extend(due);
+        }
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        let found = ids.len();
+        let mut cond = Self::ready_filter(queue, nowb);
+        cond.insert("_id", doc! { "$in": ids.clone() });
+        let res = self
+            .raw
+            .update_many(cond, c.update.clone())
+            .await
+            .map_err(|e| backend("claim", e))?;
+        *taken += res.modified_count;
+        candidates.extend(ids);
+        // Fewer ready documents than asked for: there are no more. Otherwise go again if
+        // other consumers won some of these.
+        Ok(found >= want || full_window)
     }
 
     async fn claim_one_by_one(&self, c: &ClaimRequest<'_>) -> Result<Vec<Message>> {
@@ -401,11 +425,15 @@ impl MongoStore {
                 .projection(doc_projection())
                 .return_document(ReturnDocument::After)
                 .await
-                .map_err(|e| backend("claim", e))?;
-            match doc {
-                Some(d) => out.push(d.into_message()?),
-                None if recovering => recovering = false,
-                None => break,
+                .map_err(|e| backend("claim", e));
+            match doc.and_then(|d| d.map(Doc::into_message).transpose()) {
+                Ok(Some(m)) => out.push(m),
+                Ok(None) if recovering => recovering = false,
+                Ok(None) => break,
+                Err(e) => {
+                    keep_what_was_claimed(c.queue, out.len(), e)?;
+                    break;
+                }
             }
         }
         Ok(out)
@@ -489,6 +517,35 @@ fn mq_after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// Decides what a claim does when a step fails after `taken` messages were already leased to
+/// this consumer: those are handed out (the failure is logged) rather than left stranded until
+/// their lease runs out; with nothing taken, the claim fails with `error`.
+fn keep_what_was_claimed(queue: &QueueName, taken: usize, error: mq_core::Error) -> Result<()> {
+    if taken == 0 {
+        return Err(error);
+    }
+    tracing::warn!(%queue, taken, error = %ErrorChain::from_error(&error),
+        "mq: a claim step failed; delivering what was already claimed");
+    Ok(())
+}
+
+/// Joins the two halves of a claim that ran side by side. The claimed messages are leased to
+/// this consumer whatever happened to the expiry sweep, so they are returned even when the
+/// sweep failed (it runs again on a later claim); only a failed claim fails the call.
+fn join_claim(
+    queue: &QueueName,
+    expired: Result<Vec<Message>>,
+    claimed: Result<Vec<Message>>,
+) -> Result<Claimed> {
+    let messages = claimed?;
+    let expired = expired.unwrap_or_else(|e| {
+        tracing::warn!(%queue, error = %ErrorChain::from_error(&e),
+            "mq: expiring overdue messages failed; it is tried again on a later claim");
+        Vec::new()
+    });
+    Ok(Claimed::new(messages, expired))
+}
+
 #[async_trait]
 impl QueueStore for MongoStore {
     async fn close(&self) {
@@ -559,7 +616,7 @@ impl QueueStore for MongoStore {
         let Holder { owner, lease, .. } = holder;
         let now = Utc::now();
         let sweep = self.should_sweep(queue);
-        let (expired, messages) = tokio::try_join!(
+        let (expired, messages) = tokio::join!(
             async {
                 if sweep {
                     self.expire(queue, now).await
@@ -587,8 +644,8 @@ impl QueueStore for MongoStore {
                     ClaimStrategy::FindOneAndUpdate => self.claim_one_by_one(&request).await,
                 }
             }
-        )?;
-        Ok(Claimed::new(messages, expired))
+        );
+        join_claim(queue, expired, messages)
     }
 
     async fn renew(
@@ -734,5 +791,44 @@ impl QueueStore for MongoStore {
         // in any case; otherwise the timeout is the poll.
         let notify = self.wake.notify(queue.as_str());
         let _ = tokio::time::timeout(timeout, notify.notified()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use mq_core::{Error, MessageId};
+
+    use super::*;
+
+    fn message(id: &str) -> Message {
+        let queue = QueueName::new("jobs").expect("queue name");
+        let id = MessageId::new(id).expect("id");
+        Message::new(id, queue, "t", serde_json::Value::Null, Utc::now())
+    }
+
+    fn failure() -> Error {
+        Error::invalid_option("test", "a failing step")
+    }
+
+    #[test]
+    fn a_failed_expiry_sweep_keeps_the_claimed_batch() {
+        let queue = QueueName::new("jobs").expect("queue name");
+        let claimed = join_claim(
+            &queue,
+            Err(failure()),
+            Ok(vec![message("m1"), message("m2")]),
+        )
+        .expect("the claim succeeded; only the sweep failed");
+        assert_eq!(claimed.messages.len(), 2);
+        assert!(claimed.expired.is_empty());
+        assert!(join_claim(&queue, Ok(vec![message("e1")]), Err(failure())).is_err());
+    }
+
+    #[test]
+    fn a_later_failed_claim_step_keeps_what_was_taken() {
+        let queue = QueueName::new("jobs").expect("queue name");
+        assert!(keep_what_was_claimed(&queue, 3, failure()).is_ok());
+        assert!(keep_what_was_claimed(&queue, 0, failure()).is_err());
     }
 }
