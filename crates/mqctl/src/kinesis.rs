@@ -29,7 +29,7 @@ use mq::kinesis::{
 use serde::Serialize;
 
 use crate::Global;
-use crate::dlq::{Scheme, redact, scheme};
+use crate::dlq::{Scheme, connect_pool, redact, scheme};
 use crate::output::{cut, json, table};
 
 /// Where the leases and checkpoints are, and what to do with them.
@@ -197,31 +197,22 @@ async fn open_checkpoints(
     mongo_db: &str,
 ) -> anyhow::Result<Arc<dyn CheckpointStore>> {
     let where_ = || format!("connecting to the checkpoint store at {}", redact(url));
+    // One arm per SQL database: the store type differs, the steps do not. The pool fails fast
+    // with the driver's reason when the server does not answer.
+    macro_rules! sql_checkpoints {
+        ($store:ty) => {{
+            let pool = connect_pool(url).await.with_context(where_)?;
+            Arc::new(
+                <$store>::from_pool(pool, table)
+                    .await
+                    .with_context(where_)?,
+            )
+        }};
+    }
     Ok(match scheme(url).context("--checkpoint-url")? {
-        Scheme::Postgres => {
-            let pool = sqlx::PgPool::connect(url).await.with_context(where_)?;
-            Arc::new(
-                mq::sql::PgCheckpointStore::from_pool(pool, table)
-                    .await
-                    .with_context(where_)?,
-            )
-        }
-        Scheme::MySql => {
-            let pool = sqlx::MySqlPool::connect(url).await.with_context(where_)?;
-            Arc::new(
-                mq::sql::MySqlCheckpointStore::from_pool(pool, table)
-                    .await
-                    .with_context(where_)?,
-            )
-        }
-        Scheme::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(url).await.with_context(where_)?;
-            Arc::new(
-                mq::sql::SqliteCheckpointStore::from_pool(pool, table)
-                    .await
-                    .with_context(where_)?,
-            )
-        }
+        Scheme::Postgres => sql_checkpoints!(mq::sql::PgCheckpointStore),
+        Scheme::MySql => sql_checkpoints!(mq::sql::MySqlCheckpointStore),
+        Scheme::Sqlite => sql_checkpoints!(mq::sql::SqliteCheckpointStore),
         Scheme::Mongo => {
             let options = mq::MongoOptions::default()
                 .database(mongo_db)

@@ -84,34 +84,20 @@ pub(crate) async fn run(args: StatsArgs, global: Global) -> anyhow::Result<ExitC
             .notify(false)
     };
     let q = queue.as_ref();
+    // One arm per SQL database: the store type differs, the steps do not.
+    macro_rules! sql_stats {
+        ($db:ty) => {{
+            let pool = connect_pool(&url).await.with_context(ctx)?;
+            let store = SqlStore::<$db>::from_pool(pool, sql())
+                .await
+                .with_context(ctx)?;
+            store.queue_stats(q).await.with_context(ctx)?
+        }};
+    }
     let stats = match scheme(&url)? {
-        Scheme::Postgres => {
-            let store = SqlStore::<sqlx::Postgres>::from_pool(
-                connect_pool(&url).await.with_context(ctx)?,
-                sql(),
-            )
-            .await
-            .with_context(ctx)?;
-            store.queue_stats(q).await.with_context(ctx)?
-        }
-        Scheme::MySql => {
-            let store = SqlStore::<sqlx::MySql>::from_pool(
-                connect_pool(&url).await.with_context(ctx)?,
-                sql(),
-            )
-            .await
-            .with_context(ctx)?;
-            store.queue_stats(q).await.with_context(ctx)?
-        }
-        Scheme::Sqlite => {
-            let store = SqlStore::<sqlx::Sqlite>::from_pool(
-                connect_pool(&url).await.with_context(ctx)?,
-                sql(),
-            )
-            .await
-            .with_context(ctx)?;
-            store.queue_stats(q).await.with_context(ctx)?
-        }
+        Scheme::Postgres => sql_stats!(sqlx::Postgres),
+        Scheme::MySql => sql_stats!(sqlx::MySql),
+        Scheme::Sqlite => sql_stats!(sqlx::Sqlite),
         Scheme::Mongo => {
             let options = MongoOptions::default()
                 .database(&args.mongo_database)
