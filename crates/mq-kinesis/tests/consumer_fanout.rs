@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::ShardIteratorType;
 use emulator::{Emulator, RequestCounter, client, store_options};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
 use mq_core::{
-    Batch, CommonOptions, HandlerContext, MessageQueue, NewMessage, QueueName, handler_fn,
+    Batch, CommonOptions, ConsumerHandle, HandlerContext, MessageQueue, NewMessage, QueueName,
+    handler_fn,
 };
 use mq_kinesis::{
     InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore, PartitionKeyStrategy,
@@ -86,37 +86,27 @@ fn queue_on(
 
 /// The sequence number of the last record of `shard`, read with a client outside the counted one.
 async fn last_sequence_number(emu: &Emulator, stream: &str, shard: &str) -> Option<String> {
-    let c = emu.client();
-    let mut it = c
-        .get_shard_iterator()
-        .stream_name(stream)
-        .shard_id(shard)
-        .shard_iterator_type(ShardIteratorType::TrimHorizon)
-        .send()
-        .await
-        .unwrap()
-        .shard_iterator
-        .unwrap();
-    let mut last = None;
-    loop {
-        let out = c.get_records().shard_iterator(&it).send().await.unwrap();
-        if out.records().is_empty() {
-            return last;
-        }
-        last = out.records().last().map(|r| r.sequence_number().to_owned());
-        match out.next_shard_iterator() {
-            Some(next) => it = next.to_owned(),
-            None => return last,
-        }
-    }
+    let records = emulator::shard_records(&emu.client(), stream, shard).await;
+    records.last().map(|r| r.sequence_number().to_owned())
+}
+
+/// Once all `total` were delivered: gives the stream half a second in which nothing more may
+/// arrive, stops `consumer` and returns (lost, duplicates).
+async fn settle_and_stop(
+    consumer: ConsumerHandle,
+    ledger: &DeliveryLedger,
+    total: u64,
+) -> (usize, usize) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    consumer.stop().await;
+    (total as usize - ledger.distinct(), ledger.duplicates())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_delivers_once_in_key_order_across_resubscriptions() {
     let started = Instant::now();
-    let emu = Emulator::start().await;
     let stream = "fanout-order";
-    emu.create_stream(stream, 4).await;
+    let emu = Emulator::with_stream(stream, 4).await;
     let counter = RequestCounter::default();
     let store = Arc::new(InMemoryLeaseStore::new());
     let observer = Arc::new(RecordingObserver::default());
@@ -174,13 +164,8 @@ async fn fan_out_delivers_once_in_key_order_across_resubscriptions() {
         || shards.iter().all(|s| counter.subscribes_of(s) >= 3),
     )
     .await;
-    // let the stream settle: nothing more may arrive
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    consumer.stop().await;
+    let (lost, duplicates) = settle_and_stop(consumer, &ledger, total).await;
     let elapsed = started.elapsed();
-
-    let lost = total as usize - ledger.distinct();
-    let duplicates = ledger.duplicates();
     let subscribes: Vec<usize> = shards.iter().map(|s| counter.subscribes_of(s)).collect();
     println!(
         "fan-out: {total} messages, {keys} keys, lost {lost}, duplicates {duplicates}, \
@@ -351,12 +336,8 @@ async fn fan_out_restart_continues_from_the_checkpoint() {
         ledger.distinct() == total as usize
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    consumer.stop().await;
+    let (lost, duplicates) = settle_and_stop(consumer, &ledger, total).await;
     let elapsed = started.elapsed();
-
-    let lost = total as usize - ledger.distinct();
-    let duplicates = ledger.duplicates();
     let largest = largest.load(Ordering::SeqCst);
     let subscribes = counter.subscribe_to_shard.load(Ordering::SeqCst);
     println!(
@@ -398,9 +379,8 @@ async fn fan_out_restart_continues_from_the_checkpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_reads_a_split_shard_to_its_end() {
-    let emu = Emulator::start().await;
     let stream = "fanout-split";
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
     let counter = RequestCounter::default();
     let store = Arc::new(InMemoryLeaseStore::new());
     let queue = queue_on(
@@ -420,14 +400,7 @@ async fn fan_out_reads_a_split_shard_to_its_end() {
             .is_complete()
     );
     // split the only shard in two halves of the hash key range: it closes, two children open
-    emu.client()
-        .split_shard()
-        .stream_name(stream)
-        .shard_to_split("shardId-000000000000")
-        .new_starting_hash_key("170141183460469231731687303715884105728")
-        .send()
-        .await
-        .unwrap();
+    emu.split_in_half(stream, "shardId-000000000000").await;
     let mut children_open = false;
     for _ in 0..100 {
         let shards = emu

@@ -30,8 +30,7 @@ fn common(dead: &Arc<RecordingDeadLetters>, obs: &Arc<RecordingObserver>) -> Com
 /// Two instances in a row crash on the first record; the third dead-letters it and delivers the
 /// other 49. Returns the requests the third instance made.
 async fn crashing_record_scenario(stream: &str, shard: ShardOptions) -> RequestCounter {
-    let emu = Emulator::start().await;
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
     let q = QueueName::new(stream).unwrap();
     let publisher = KinesisQueue::with_client(emu.client(), KinesisOptions::new(store.clone()));
@@ -141,9 +140,8 @@ async fn fan_out_crashing_record_is_dead_lettered_the_same_way() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_retried_record_goes_to_dead_letters_after_its_attempts() {
-    let emu = Emulator::start().await;
     let stream = "poison-retry";
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
     let dead = Arc::new(RecordingDeadLetters::default());
     let obs = Arc::new(RecordingObserver::default());

@@ -40,9 +40,8 @@ async fn flushall_under_load_loses_nothing_and_accepts_no_stale_checkpoint() {
         return;
     };
     let recorder = Arc::new(Recorder::new(pg));
-    let emu = Emulator::start().await;
     let stream = "redis-wipe";
-    emu.create_stream(stream, SHARDS as i32).await;
+    let emu = Emulator::with_stream(stream, SHARDS as i32).await;
     let q = QueueName::new(stream).unwrap();
 
     let mut queues = Vec::new();
