@@ -33,7 +33,7 @@ async fn run(stream: &str, handler_time: Duration) -> (Vec<usize>, Vec<Duration>
     );
     queue.register(&q).await.unwrap();
     let msgs = emulator::numbered(1_000);
-    assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
+    emulator::publish_all(&queue, &q, msgs).await;
     let batches: Arc<Mutex<Vec<(Instant, Instant, usize)>>> = Arc::default();
     let b = batches.clone();
     let handler = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {

@@ -55,7 +55,7 @@ async fn crash_resume(store: Arc<dyn LeaseStore>) {
     let publisher = KinesisQueue::with_client(emu.client(), KinesisOptions::new(store.clone()));
     publisher.register(&q).await.unwrap();
     let msgs = emulator::numbered(2000);
-    assert!(publisher.publish(&q, msgs).await.unwrap().is_complete());
+    emulator::publish_all(&publisher, &q, msgs).await;
 
     let ledger = Arc::new(DeliveryLedger::default());
     let crashed = Arc::new(AtomicBool::new(false));

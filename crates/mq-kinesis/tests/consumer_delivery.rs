@@ -164,13 +164,7 @@ async fn typescript_records_decode_and_undecodable_ones_are_dead_lettered() {
     assert_eq!(letters[0].message.message_type, "undecodable");
     assert!(letters[0].error.to_string().contains("does not decode"));
     // batch_size bounds an on-demand batch
-    assert!(
-        queue
-            .publish(&q, emulator::numbered(5))
-            .await
-            .unwrap()
-            .is_complete()
-    );
+    emulator::publish_all(&queue, &q, emulator::numbered(5)).await;
     assert_eq!(one_batch(&queue, &q, fast_options().batch_size(3)).await, 3);
     assert_eq!(one_batch(&queue, &q, fast_options().batch_size(3)).await, 2);
     // a further on-demand batch finds nothing new: the earlier ones checkpointed

@@ -125,8 +125,7 @@ async fn fan_out_delivers_once_in_key_order_across_resubscriptions() {
 
     // 150 keys; 6,000 messages before the consumer starts, 3,000 more while it runs
     let (keys, before, total) = (150u64, 6_000u64, 9_000u64);
-    let report = queue.publish(&q, messages(0..before, keys)).await.unwrap();
-    assert!(report.is_complete(), "{:?}", report.failed.first());
+    emulator::publish_all(&queue, &q, messages(0..before, keys)).await;
 
     let ledger = Arc::new(DeliveryLedger::default());
     let per_key: PerKey = Arc::default();
@@ -146,11 +145,7 @@ async fn fan_out_delivers_once_in_key_order_across_resubscriptions() {
     // re-subscriptions (every second) happen while records flow
     for slice in 0..12u64 {
         let from = before + slice * 250;
-        let report = queue
-            .publish(&q, messages(from..from + 250, keys))
-            .await
-            .unwrap();
-        assert!(report.is_complete());
+        emulator::publish_all(&queue, &q, messages(from..from + 250, keys)).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eventually(Duration::from_secs(60), "all 9,000 delivered", || {
@@ -242,40 +237,31 @@ async fn fan_out_restart_continues_from_the_checkpoint() {
     emu.create_stream(stream, 2).await;
     let counter = RequestCounter::default();
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
-    let fan_out = || ShardOptions::default().enhanced_fan_out("mq-test");
-    let a = queue_on(
-        client(&emu.endpoint, true, Some(counter.clone()), None),
-        store.clone(),
-        "a",
-        fan_out(),
-        CommonOptions::default(),
-    );
+    // each instance with its own options and client, as after a restart
+    let instance = |id: &str| {
+        queue_on(
+            client(&emu.endpoint, true, Some(counter.clone()), None),
+            store.clone(),
+            id,
+            ShardOptions::default().enhanced_fan_out("mq-test"),
+            CommonOptions::default(),
+        )
+    };
+    let a = instance("a");
     let q = QueueName::new(stream).unwrap();
     a.register(&q).await.unwrap();
     let (keys, first, total) = (100u64, 4_000u64, 5_000u64);
-    assert!(
-        a.publish(&q, messages(0..first, keys))
-            .await
-            .unwrap()
-            .is_complete()
-    );
+    emulator::publish_all(&a, &q, messages(0..first, keys)).await;
 
     let ledger = Arc::new(DeliveryLedger::default());
     let per_key: PerKey = Arc::default();
     let largest = Arc::new(AtomicUsize::new(0));
+    let handler =
+        |pause| recording_handler(ledger.clone(), per_key.clone(), largest.clone(), pause);
     // slowly: the stop lands in the middle of the shards
     let opts = fast_options();
     let consumer = a
-        .consume(
-            &q,
-            recording_handler(
-                ledger.clone(),
-                per_key.clone(),
-                largest.clone(),
-                Duration::from_millis(20),
-            ),
-            opts.clone(),
-        )
+        .consume(&q, handler(Duration::from_millis(20)), opts.clone())
         .await
         .unwrap();
     eventually(
@@ -300,36 +286,16 @@ async fn fan_out_restart_continues_from_the_checkpoint() {
     assert!(at_stop < first as usize, "stopped half way ({at_stop})");
 
     // a second instance, with its own options: it finds the stream consumer registered
-    let b = queue_on(
-        client(&emu.endpoint, true, Some(counter.clone()), None),
-        store.clone(),
-        "b",
-        fan_out(),
-        CommonOptions::default(),
-    );
+    let b = instance("b");
     b.register(&q).await.unwrap();
     let consumer = b
-        .consume(
-            &q,
-            recording_handler(
-                ledger.clone(),
-                per_key.clone(),
-                largest.clone(),
-                Duration::from_millis(2),
-            ),
-            opts,
-        )
+        .consume(&q, handler(Duration::from_millis(2)), opts)
         .await
         .unwrap();
     // more records while b consumes, over about 3 s (two server-side subscription ends)
     for slice in 0..10u64 {
         let from = first + slice * 100;
-        assert!(
-            b.publish(&q, messages(from..from + 100, keys))
-                .await
-                .unwrap()
-                .is_complete()
-        );
+        emulator::publish_all(&b, &q, messages(from..from + 100, keys)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     eventually(Duration::from_secs(60), "all 5,000 delivered", || {
@@ -392,13 +358,7 @@ async fn fan_out_reads_a_split_shard_to_its_end() {
     );
     let q = QueueName::new(stream).unwrap();
     queue.register(&q).await.unwrap();
-    assert!(
-        queue
-            .publish(&q, messages(0..500, 50))
-            .await
-            .unwrap()
-            .is_complete()
-    );
+    emulator::publish_all(&queue, &q, messages(0..500, 50)).await;
     // split the only shard in two halves of the hash key range: it closes, two children open
     emu.split_in_half(stream, "shardId-000000000000").await;
     let mut children_open = false;
@@ -417,13 +377,7 @@ async fn fan_out_reads_a_split_shard_to_its_end() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(children_open, "the split happened");
-    assert!(
-        queue
-            .publish(&q, messages(500..1_000, 50))
-            .await
-            .unwrap()
-            .is_complete()
-    );
+    emulator::publish_all(&queue, &q, messages(500..1_000, 50)).await;
 
     let ledger = Arc::new(DeliveryLedger::default());
     let consumer = queue

@@ -37,7 +37,7 @@ async fn crashing_record_scenario(stream: &str, shard: ShardOptions) -> RequestC
     publisher.register(&q).await.unwrap();
     let mut msgs = vec![NewMessage::new("poison", serde_json::json!({"i": 0}))];
     msgs.extend((1..50).map(|i| NewMessage::new("t", serde_json::json!({ "i": i }))));
-    assert!(publisher.publish(&q, msgs).await.unwrap().is_complete());
+    emulator::publish_all(&publisher, &q, msgs).await;
 
     let ledger = Arc::new(DeliveryLedger::default());
     let crashes = Arc::new(AtomicUsize::new(0));
@@ -155,7 +155,7 @@ async fn always_retried_record_goes_to_dead_letters_after_its_attempts() {
     queue.register(&q).await.unwrap();
     let mut msgs = emulator::numbered(10);
     msgs.insert(3, NewMessage::new("bad", serde_json::json!({})));
-    assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
+    emulator::publish_all(&queue, &q, msgs).await;
     let ledger = Arc::new(DeliveryLedger::default());
     let l = ledger.clone();
     let handler = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {

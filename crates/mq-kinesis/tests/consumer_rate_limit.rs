@@ -28,7 +28,7 @@ async fn measured_rate(stream: &str, shards: i32, backlog: usize, options: Kines
             .iter()
             .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
             .collect();
-        assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
+        emulator::publish_all(&queue, &q, msgs).await;
     }
     let times: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
     let t = times.clone();

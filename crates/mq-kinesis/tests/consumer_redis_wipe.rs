@@ -96,7 +96,7 @@ async fn flushall_under_load_loses_nothing_and_accepts_no_stale_checkpoint() {
                             .partition_key(format!("k{i}"))
                     })
                     .collect();
-                assert!(publisher.publish(&q, msgs).await.unwrap().is_complete());
+                emulator::publish_all(publisher, &q, msgs).await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -219,8 +219,18 @@ pub fn numbered(n: usize) -> Vec<NewMessage> {
 pub async fn register_and_publish(queue: &KinesisQueue, stream: &str, n: usize) -> QueueName {
     let q = QueueName::new(stream).unwrap();
     queue.register(&q).await.unwrap();
-    assert!(queue.publish(&q, numbered(n)).await.unwrap().is_complete());
+    publish_all(queue, &q, numbered(n)).await;
     q
+}
+
+/// Publishes `messages` to `q`, asserting that every one was accepted.
+pub async fn publish_all(queue: &KinesisQueue, q: &QueueName, messages: Vec<NewMessage>) {
+    let report = queue.publish(q, messages).await.unwrap();
+    assert!(
+        report.is_complete(),
+        "not published: {:?}",
+        report.failed.first()
+    );
 }
 
 /// ferrokinesis 0.7 validates SubscribeToShard's `StartingPosition` as a structure with `Type`
