@@ -13,14 +13,18 @@
 //! and parses each record as JSON; the mq consumer runs a `KinesisQueue` consumer (in-memory
 //! leases, batch up to 10,000) with an ack-all handler.
 
+// the emulator the integration tests run on
+#[path = "../tests/common/emulator.rs"]
+mod emulator;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use emulator::Emulator;
 use mq_core::backend::{AimdOptions, AimdStrategy};
 use mq_core::{
     Batch, ConsumerOptions, HandlerContext, Message, MessageQueue, NewMessage, QueueName,
@@ -35,36 +39,14 @@ const ROUNDS: usize = 2;
 
 /// Reads every shard of `stream` in parallel from the trim horizon, parsing each record as JSON.
 async fn bare_read(client: &Client, stream: &str) -> anyhow::Result<usize> {
-    let shards = client.list_shards().stream_name(stream).send().await?;
     let mut tasks = tokio::task::JoinSet::new();
-    for s in shards.shards() {
-        let (c, shard, stream) = (client.clone(), s.shard_id().to_owned(), stream.to_owned());
+    for shard in emulator::shard_ids(client, stream).await {
+        let (c, stream) = (client.clone(), stream.to_owned());
         tasks.spawn(async move {
             let mut count = 0usize;
-            let mut it = c
-                .get_shard_iterator()
-                .stream_name(stream)
-                .shard_id(shard)
-                .shard_iterator_type(ShardIteratorType::TrimHorizon)
-                .send()
-                .await?
-                .shard_iterator()
-                .map(str::to_owned);
-            while let Some(i) = it {
-                let out = c
-                    .get_records()
-                    .shard_iterator(i)
-                    .limit(10_000)
-                    .send()
-                    .await?;
-                if out.records().is_empty() {
-                    break;
-                }
-                for r in out.records() {
-                    let v: serde_json::Value = serde_json::from_slice(r.data().as_ref())?;
-                    count += usize::from(v.is_object());
-                }
-                it = out.next_shard_iterator().map(str::to_owned);
+            for r in emulator::shard_records(&c, &stream, &shard).await {
+                let v: serde_json::Value = serde_json::from_slice(r.data().as_ref())?;
+                count += usize::from(v.is_object());
             }
             anyhow::Ok(count)
         });
@@ -148,46 +130,11 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
-    let (app, _store) = ferrokinesis::create_app(ferrokinesis::store::StoreOptions {
-        create_stream_ms: 0,
-        delete_stream_ms: 0,
-        update_stream_ms: 0,
-        shard_limit: 1000,
-        ..Default::default()
-    });
-    let app = app.layer(axum::extract::DefaultBodyLimit::max(7 << 20));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let client = Client::from_conf(
-        aws_sdk_kinesis::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
-            .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "bench"))
-            .build(),
-    );
+    let emu = Emulator::start().await;
     for s in ["bare", "mq"] {
-        client
-            .create_stream()
-            .stream_name(s)
-            .shard_count(SHARDS)
-            .send()
-            .await?;
-        while client
-            .describe_stream_summary()
-            .stream_name(s)
-            .send()
-            .await?
-            .stream_description_summary()
-            .map(|d| d.stream_status().as_str() != "ACTIVE")
-            .unwrap_or(true)
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        emu.create_stream(s, SHARDS).await;
     }
+    let client = emu.client();
     let q = QueueName::new("mq")?;
     let messages: Vec<Message> = (0..n)
         .map(|i| {
@@ -242,6 +189,5 @@ async fn main() -> anyhow::Result<()> {
         "consumer: bare GetRecords {bare_get:>10.0} rec/s | mq KinesisQueue   {mq_get:>10.0} rec/s | ratio {:.2}",
         mq_get / bare_get
     );
-    server.abort();
     Ok(())
 }

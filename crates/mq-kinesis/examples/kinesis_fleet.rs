@@ -7,12 +7,16 @@
 //!
 //! The instances share an `InMemoryLeaseStore` here; across machines use `RedisLeaseStore`.
 
+// the emulator the integration tests run on
+#[path = "../tests/common/emulator.rs"]
+mod emulator;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+use emulator::Emulator;
 use mq_core::{Batch, ConsumerOptions, HandlerContext, MessageQueue, QueueName, handler_fn};
 use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore};
 
@@ -63,40 +67,8 @@ async fn instance(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let (app, _state) = ferrokinesis::create_app(ferrokinesis::store::StoreOptions {
-        create_stream_ms: 0,
-        update_stream_ms: 0,
-        ..Default::default()
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let client = Client::from_conf(
-        aws_sdk_kinesis::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
-            .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "example"))
-            .build(),
-    );
-    client
-        .create_stream()
-        .stream_name(STREAM)
-        .shard_count(8)
-        .send()
-        .await?;
-    while client
-        .describe_stream_summary()
-        .stream_name(STREAM)
-        .send()
-        .await?
-        .stream_description_summary()
-        .is_none_or(|d| d.stream_status().as_str() != "ACTIVE")
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let emu = Emulator::with_stream(STREAM, 8).await;
+    let client = emu.client();
 
     let store = Arc::new(InMemoryLeaseStore::new());
     let mut fleet = Vec::new();

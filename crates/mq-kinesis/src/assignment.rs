@@ -237,138 +237,61 @@ mod tests {
         assert_eq!(distinct.len(), shards, "{case}: no shard twice");
     }
 
-    /// One scenario: a settled assignment for `before` instances, then the membership becomes
-    /// `after` and the shard count `shards_after`; at most `max_moves` shards may change owner.
-    struct Case {
-        name: &'static str,
-        shards_before: usize,
-        before: usize,
-        shards_after: usize,
-        after: &'static [&'static str],
-        max_moves: usize,
-        counts_after: &'static [usize],
-    }
+    /// One scenario, as (name, shards_before, before, shards_after, after, max_moves,
+    /// counts_after): a settled assignment of `shards_before` shards to `before` instances, then
+    /// the membership becomes `after` and the shard count `shards_after`; at most `max_moves`
+    /// shards may change owner, and the instances hold `counts_after` shards (most first).
+    type Case = (
+        &'static str,
+        usize,
+        usize,
+        usize,
+        &'static [&'static str],
+        usize,
+        &'static [usize],
+    );
 
+    // one row a scenario, aligned as a table
+    #[rustfmt::skip]
     const CASES: &[Case] = &[
-        Case {
-            name: "4 shards over 3 instances: 2/1/1, not 2/2/0",
-            shards_before: 4,
-            before: 3,
-            shards_after: 4,
-            after: &["i0", "i1", "i2"],
-            max_moves: 0,
-            counts_after: &[2, 1, 1],
-        },
-        Case {
-            name: "8 shards, 3 instances, a 4th joins: it takes 2, 2 move",
-            shards_before: 8,
-            before: 3,
-            shards_after: 8,
-            after: &["i0", "i1", "i2", "i3"],
-            max_moves: 2,
-            counts_after: &[2, 2, 2, 2],
-        },
-        Case {
-            name: "8 shards, 4 instances, one leaves: only its 2 move",
-            shards_before: 8,
-            before: 4,
-            shards_after: 8,
-            after: &["i0", "i1", "i2"],
-            max_moves: 0,
-            counts_after: &[3, 3, 2],
-        },
-        Case {
-            name: "8 shards, 3 instances, the one with 3 leaves",
-            shards_before: 8,
-            before: 3,
-            shards_after: 8,
-            after: &["i1", "i2"],
-            max_moves: 0,
-            counts_after: &[4, 4],
-        },
-        Case {
-            name: "more instances than shards: two idle",
-            shards_before: 3,
-            before: 3,
-            shards_after: 3,
-            after: &["i0", "i1", "i2", "i3", "i4"],
-            max_moves: 0,
-            counts_after: &[1, 1, 1, 0, 0],
-        },
-        Case {
-            name: "a shard closes and is finished: the rest stay put",
-            shards_before: 6,
-            before: 3,
-            shards_after: 5,
-            after: &["i0", "i1", "i2"],
-            max_moves: 0,
-            counts_after: &[2, 2, 1],
-        },
-        Case {
-            name: "a split adds two children: they go to the least loaded",
-            shards_before: 4,
-            before: 2,
-            shards_after: 6,
-            after: &["i0", "i1"],
-            max_moves: 0,
-            counts_after: &[3, 3],
-        },
-        Case {
-            name: "everyone replaced at once (rolling restart worst case)",
-            shards_before: 8,
-            before: 3,
-            shards_after: 8,
-            after: &["j0", "j1", "j2"],
-            max_moves: 0,
-            counts_after: &[3, 3, 2],
-        },
-        Case {
-            name: "100 shards, 7 instances, an 8th joins",
-            shards_before: 100,
-            before: 7,
-            shards_after: 100,
-            after: &["i0", "i1", "i2", "i3", "i4", "i5", "i6", "i7"],
-            max_moves: 12,
-            counts_after: &[13, 13, 13, 13, 12, 12, 12, 12],
-        },
-        Case {
-            name: "no instances: nothing assigned",
-            shards_before: 4,
-            before: 1,
-            shards_after: 4,
-            after: &[],
-            max_moves: 0,
-            counts_after: &[],
-        },
+        ("4 shards over 3 instances: 2/1/1, not 2/2/0",              4, 3,   4, &["i0", "i1", "i2"],                                0, &[2, 1, 1]),
+        ("8 shards, 3 instances, a 4th joins: it takes 2, 2 move",   8, 3,   8, &["i0", "i1", "i2", "i3"],                          2, &[2, 2, 2, 2]),
+        ("8 shards, 4 instances, one leaves: only its 2 move",       8, 4,   8, &["i0", "i1", "i2"],                                0, &[3, 3, 2]),
+        ("8 shards, 3 instances, the one with 3 leaves",             8, 3,   8, &["i1", "i2"],                                      0, &[4, 4]),
+        ("more instances than shards: two idle",                     3, 3,   3, &["i0", "i1", "i2", "i3", "i4"],                    0, &[1, 1, 1, 0, 0]),
+        ("a shard closes and is finished: the rest stay put",        6, 3,   5, &["i0", "i1", "i2"],                                0, &[2, 2, 1]),
+        ("a split adds two children: they go to the least loaded",   4, 2,   6, &["i0", "i1"],                                      0, &[3, 3]),
+        ("everyone replaced at once (rolling restart worst case)",   8, 3,   8, &["j0", "j1", "j2"],                                0, &[3, 3, 2]),
+        ("100 shards, 7 instances, an 8th joins",                  100, 7, 100, &["i0", "i1", "i2", "i3", "i4", "i5", "i6", "i7"], 12, &[13, 13, 13, 13, 12, 12, 12, 12]),
+        ("no instances: nothing assigned",                           4, 1,   4, &[],                                                0, &[]),
     ];
 
     #[test]
     fn scenarios() {
-        for c in CASES {
-            let shards_before = names("s", c.shards_before);
-            let first =
-                balanced_assignment(&names("i", c.before), &shards_before, &BTreeMap::new());
-            check_balanced(&first, c.shards_before, c.name);
+        for &(name, shards_before, before, shards_after, after, max_moves, counts_after) in CASES {
+            let shard_names = names("s", shards_before);
+            let first = balanced_assignment(&names("i", before), &shard_names, &BTreeMap::new());
+            check_balanced(&first, shards_before, name);
             // closing shards drops the highest ids, splitting adds new ones
-            let shards_after = names("s", c.shards_after);
-            let after: Vec<String> = c.after.iter().map(|s| (*s).to_owned()).collect();
+            let shard_names = names("s", shards_after);
+            let after: Vec<String> = after.iter().map(|s| (*s).to_owned()).collect();
             let current = owners(&first);
-            let second = balanced_assignment(&after, &shards_after, &current);
+            let second = balanced_assignment(&after, &shard_names, &current);
             if after.is_empty() {
-                assert!(second.is_empty(), "{}", c.name);
+                assert!(second.is_empty(), "{name}");
                 continue;
             }
-            check_balanced(&second, c.shards_after, c.name);
+            check_balanced(&second, shards_after, name);
             let mut counts: Vec<usize> = second.values().map(BTreeSet::len).collect();
             counts.sort_unstable_by(|a, b| b.cmp(a));
-            assert_eq!(counts, c.counts_after, "{}", c.name);
+            assert_eq!(counts, counts_after, "{name}");
             // moves among shards whose owner is still a member (a departed owner's must move)
             let kept: BTreeMap<String, String> = current
                 .into_iter()
-                .filter(|(s, o)| after.contains(o) && shards_after.contains(s))
+                .filter(|(s, o)| after.contains(o) && shard_names.contains(s))
                 .collect();
             let m = moved(&kept, &second);
-            assert!(m <= c.max_moves, "{}: {m} moves > {}", c.name, c.max_moves);
+            assert!(m <= max_moves, "{name}: {m} moves > {max_moves}");
         }
     }
 

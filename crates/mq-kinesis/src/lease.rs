@@ -1,10 +1,12 @@
 //! Shard leases: the [`LeaseStore`] trait, its data, and sequence-number order.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 pub use mq_core::backend::{CheckpointOutcome, compare_sequence_numbers};
 
@@ -50,6 +52,16 @@ pub struct LeaseState {
     pub checkpoint: Option<String>,
     /// True once the shard was read to its end.
     pub finished: bool,
+}
+
+impl LeaseState {
+    /// The state of a shard nobody ever acquired.
+    pub(crate) fn unheld(shard: &str) -> Self {
+        LeaseState {
+            shard: shard.to_owned(),
+            ..LeaseState::default()
+        }
+    }
 }
 
 /// Where shard leases, checkpoints, poison-pill counters and instance membership live.
@@ -167,10 +179,165 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
     async fn live_instances(&self, stream: &str) -> Result<Vec<String>>;
 }
 
+/// The checkpoint an operator's [`LeaseStore::set_checkpoint`] stores: `sequence_number`
+/// checked (1 to 128 digits) and without leading zeros.
+pub(crate) fn operator_checkpoint(sequence_number: &str) -> Result<String> {
+    mq_core::backend::normalize_sequence_number(sequence_number)
+        .map_err(|e| crate::error::Error::lease("set_checkpoint", e))
+}
+
 pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 pub(crate) fn now_ms() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+/// One shard's lease as the stores of one machine ([`InMemoryLeaseStore`](crate::InMemoryLeaseStore),
+/// [`FileLeaseStore`](crate::FileLeaseStore)) keep it, with the rules of every change, so both
+/// stores decide alike. (The Redis store applies the same rules in its Lua scripts.)
+///
+/// The serialised form is the file store's on-disk format: keep the field names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LeaseRecord {
+    #[serde(default)]
+    pub(crate) shard: String,
+    pub(crate) owner: Option<String>,
+    pub(crate) epoch: u64,
+    pub(crate) expires_at_ms: u64,
+    pub(crate) checkpoint: Option<String>,
+    pub(crate) finished: bool,
+}
+
+impl LeaseRecord {
+    /// The record of a shard nobody ever acquired.
+    pub(crate) fn unheld(shard: &str) -> Self {
+        LeaseRecord {
+            shard: shard.to_owned(),
+            ..LeaseRecord::default()
+        }
+    }
+
+    fn live(&self, now: u64) -> bool {
+        self.owner.is_some() && self.expires_at_ms > now
+    }
+
+    /// True when `lease` is the current one: same owner, same epoch.
+    fn holds(&self, lease: &Lease) -> bool {
+        self.owner.as_deref() == Some(lease.owner.as_str()) && self.epoch == lease.epoch
+    }
+
+    /// [`LeaseStore::acquire_above`] on this record: the new lease, or `None` when the shard is
+    /// finished or its lease is live.
+    pub(crate) fn acquire(
+        &mut self,
+        stream: &str,
+        owner: &str,
+        ttl: Duration,
+        epoch_floor: u64,
+    ) -> Option<Lease> {
+        let now = now_ms();
+        if self.finished || self.live(now) {
+            return None;
+        }
+        self.epoch = self.epoch.max(epoch_floor) + 1;
+        self.owner = Some(owner.to_owned());
+        self.expires_at_ms = now + ttl_ms(ttl);
+        Some(Lease {
+            stream: stream.to_owned(),
+            shard: self.shard.clone(),
+            owner: owner.to_owned(),
+            epoch: self.epoch,
+            expires_at_ms: self.expires_at_ms,
+            checkpoint: self.checkpoint.clone(),
+        })
+    }
+
+    /// [`LeaseStore::force_release`], and [`LeaseStore::set_checkpoint`] when `checkpoint` is
+    /// given (already normalised): clears the owner and raises the epoch, fencing the owner of
+    /// the time.
+    pub(crate) fn override_owner(&mut self, checkpoint: Option<String>) {
+        self.epoch += 1;
+        self.owner = None;
+        self.expires_at_ms = 0;
+        if checkpoint.is_some() {
+            self.checkpoint = checkpoint;
+        }
+    }
+
+    /// [`LeaseStore::renew`] on this record.
+    pub(crate) fn renew(&mut self, lease: &Lease, ttl: Duration) -> bool {
+        let held = self.holds(lease);
+        if held {
+            self.expires_at_ms = now_ms() + ttl_ms(ttl);
+        }
+        held
+    }
+
+    /// [`LeaseStore::checkpoint`] on this record: only the holder, only forwards.
+    pub(crate) fn checkpoint(&mut self, lease: &Lease, sequence_number: &str) -> CheckpointOutcome {
+        if !self.holds(lease) {
+            return CheckpointOutcome::Fenced;
+        }
+        let forward = self
+            .checkpoint
+            .as_deref()
+            .is_none_or(|cur| compare_sequence_numbers(sequence_number, cur) == Ordering::Greater);
+        if !forward {
+            return CheckpointOutcome::NotForward;
+        }
+        self.checkpoint = Some(sequence_number.to_owned());
+        CheckpointOutcome::Advanced
+    }
+
+    /// [`LeaseStore::release`] on this record: keeps epoch and checkpoint.
+    pub(crate) fn release(&mut self, lease: &Lease) -> bool {
+        let held = self.holds(lease);
+        if held {
+            self.owner = None;
+            self.expires_at_ms = 0;
+        }
+        held
+    }
+
+    /// [`LeaseStore::finish`] on this record.
+    pub(crate) fn finish(&mut self, lease: &Lease) -> bool {
+        let held = self.holds(lease);
+        if held {
+            self.finished = true;
+        }
+        held
+    }
+
+    /// The record as [`LeaseStore::state`] reports it at `now` (Unix ms).
+    pub(crate) fn state(&self, now: u64) -> LeaseState {
+        LeaseState {
+            shard: self.shard.clone(),
+            owner: self.owner.clone(),
+            epoch: self.epoch,
+            expires_at_ms: self.expires_at_ms,
+            live: self.live(now),
+            checkpoint: self.checkpoint.clone(),
+            finished: self.finished,
+        }
+    }
+}
+
+/// [`LeaseStore::heartbeat`] on a map of instances to their expiry (Unix ms): drops the expired
+/// ones, so the map does not grow with every instance that ever ran.
+pub(crate) fn heartbeat_member(members: &mut BTreeMap<String, u64>, instance: &str, ttl: Duration) {
+    let now = now_ms();
+    members.retain(|_, exp| *exp > now);
+    members.insert(instance.to_owned(), now + ttl_ms(ttl));
+}
+
+/// [`LeaseStore::live_instances`] of a map of instances to their expiry (Unix ms), sorted.
+pub(crate) fn live_members(members: &BTreeMap<String, u64>) -> Vec<String> {
+    let now = now_ms();
+    members
+        .iter()
+        .filter(|(_, exp)| **exp > now)
+        .map(|(k, _)| k.clone())
+        .collect()
 }

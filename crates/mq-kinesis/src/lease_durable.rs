@@ -298,10 +298,9 @@ impl LeaseStore for DurableLeaseStore {
             .await
             .map_err(durable("leases"))?;
         for c in &stored {
-            let state = by_shard.remove(&c.shard).unwrap_or_else(|| LeaseState {
-                shard: c.shard.clone(),
-                ..LeaseState::default()
-            });
+            let state = by_shard
+                .remove(&c.shard)
+                .unwrap_or_else(|| LeaseState::unheld(&c.shard));
             by_shard.insert(c.shard.clone(), Self::merge(state, Some(c)));
         }
         Ok(by_shard.into_values().collect())

@@ -1,6 +1,5 @@
 //! The file lease store (one machine, several processes).
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
@@ -8,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use mq_core::backend::normalize_sequence_number;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::lease::{
-    CheckpointOutcome, Lease, LeaseState, LeaseStore, compare_sequence_numbers, now_ms, ttl_ms,
+    CheckpointOutcome, Lease, LeaseRecord, LeaseState, LeaseStore, heartbeat_member, live_members,
+    now_ms, operator_checkpoint,
 };
 
 /// A lock file older than this is left over from a crashed process and is broken.
@@ -39,17 +38,6 @@ const LOCK_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct FileLeaseStore {
     dir: PathBuf,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct FileLease {
-    #[serde(default)]
-    shard: String,
-    owner: Option<String>,
-    epoch: u64,
-    expires_at_ms: u64,
-    checkpoint: Option<String>,
-    finished: bool,
 }
 
 impl FileLeaseStore {
@@ -80,6 +68,42 @@ impl FileLeaseStore {
         .await
         .map_err(|e| Error::lease(operation, e))?
         .map_err(|e| Error::lease(operation, e))
+    }
+
+    /// Runs `f` on the record of `shard` under the stream's lock, and writes the record back
+    /// when `f` changed it.
+    async fn update<T: Send + 'static>(
+        &self,
+        stream: &str,
+        shard: &str,
+        operation: &'static str,
+        f: impl FnOnce(&mut LeaseRecord) -> T + Send + 'static,
+    ) -> Result<T> {
+        let shard = shard.to_owned();
+        self.locked(stream, operation, move |dir| {
+            let path = lease_path(dir, &shard);
+            let mut record = read_record(&path, &shard)?;
+            let before = record.clone();
+            let out = f(&mut record);
+            if record != before {
+                write_json(&path, &record)?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// [`LeaseStore::force_release`], or [`LeaseStore::set_checkpoint`] with a `checkpoint`.
+    async fn override_lease(
+        &self,
+        operation: &'static str,
+        stream: &str,
+        shard: &str,
+        checkpoint: Option<String>,
+    ) -> Result<LeaseState> {
+        self.update(stream, shard, operation, |l| l.override_owner(checkpoint))
+            .await?;
+        self.state(stream, shard).await
     }
 }
 
@@ -159,12 +183,15 @@ fn lease_path(dir: &Path, shard: &str) -> PathBuf {
     dir.join(format!("lease-{}.json", encode(shard)))
 }
 
-fn poison_path(dir: &Path, shard: &str) -> PathBuf {
-    dir.join(format!("poison-{}.json", encode(shard)))
+/// The record of `shard`; files written before records named their shard get the name here.
+fn read_record(path: &Path, shard: &str) -> io::Result<LeaseRecord> {
+    let mut record: LeaseRecord = read_json(path)?;
+    shard.clone_into(&mut record.shard);
+    Ok(record)
 }
 
-fn holds(l: &FileLease, lease: &Lease) -> bool {
-    l.owner.as_deref() == Some(lease.owner.as_str()) && l.epoch == lease.epoch
+fn poison_path(dir: &Path, shard: &str) -> PathBuf {
+    dir.join(format!("poison-{}.json", encode(shard)))
 }
 
 #[async_trait]
@@ -177,44 +204,16 @@ impl LeaseStore for FileLeaseStore {
         ttl: Duration,
         epoch_floor: u64,
     ) -> Result<Option<Lease>> {
-        let (stream_s, shard_s, owner_s) = (stream.to_owned(), shard.to_owned(), owner.to_owned());
-        self.locked(stream, "acquire", move |dir| {
-            let path = lease_path(dir, &shard_s);
-            let mut l: FileLease = read_json(&path)?;
-            let now = now_ms();
-            if l.finished || (l.owner.is_some() && l.expires_at_ms > now) {
-                return Ok(None);
-            }
-            l.epoch = l.epoch.max(epoch_floor) + 1;
-            l.shard.clone_from(&shard_s);
-            l.owner = Some(owner_s.clone());
-            l.expires_at_ms = now + ttl_ms(ttl);
-            write_json(&path, &l)?;
-            Ok(Some(Lease {
-                stream: stream_s,
-                shard: shard_s,
-                owner: owner_s,
-                epoch: l.epoch,
-                expires_at_ms: l.expires_at_ms,
-                checkpoint: l.checkpoint,
-            }))
+        let (stream_s, owner) = (stream.to_owned(), owner.to_owned());
+        self.update(stream, shard, "acquire", move |l| {
+            l.acquire(&stream_s, &owner, ttl, epoch_floor)
         })
         .await
     }
 
     async fn force_release(&self, stream: &str, shard: &str) -> Result<LeaseState> {
-        let shard_s = shard.to_owned();
-        self.locked(stream, "force_release", move |dir| {
-            let path = lease_path(dir, &shard_s);
-            let mut l: FileLease = read_json(&path)?;
-            l.shard.clone_from(&shard_s);
-            l.epoch += 1;
-            l.owner = None;
-            l.expires_at_ms = 0;
-            write_json(&path, &l)
-        })
-        .await?;
-        self.state(stream, shard).await
+        self.override_lease("force_release", stream, shard, None)
+            .await
     }
 
     async fn set_checkpoint(
@@ -223,88 +222,39 @@ impl LeaseStore for FileLeaseStore {
         shard: &str,
         sequence_number: &str,
     ) -> Result<LeaseState> {
-        let seq = normalize_sequence_number(sequence_number)
-            .map_err(|e| Error::lease("set_checkpoint", e))?;
-        let shard_s = shard.to_owned();
-        self.locked(stream, "set_checkpoint", move |dir| {
-            let path = lease_path(dir, &shard_s);
-            let mut l: FileLease = read_json(&path)?;
-            l.shard.clone_from(&shard_s);
-            l.epoch += 1;
-            l.owner = None;
-            l.expires_at_ms = 0;
-            l.checkpoint = Some(seq);
-            write_json(&path, &l)
-        })
-        .await?;
-        self.state(stream, shard).await
+        let checkpoint = Some(operator_checkpoint(sequence_number)?);
+        self.override_lease("set_checkpoint", stream, shard, checkpoint)
+            .await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
-        let lease = lease.clone();
-        self.locked(&lease.stream.clone(), "renew", move |dir| {
-            let path = lease_path(dir, &lease.shard);
-            let mut l: FileLease = read_json(&path)?;
-            if !holds(&l, &lease) {
-                return Ok(false);
-            }
-            l.expires_at_ms = now_ms() + ttl_ms(ttl);
-            write_json(&path, &l)?;
-            Ok(true)
+        let held = lease.clone();
+        self.update(&lease.stream, &lease.shard, "renew", move |l| {
+            l.renew(&held, ttl)
         })
         .await
     }
 
     async fn checkpoint(&self, lease: &Lease, sequence_number: &str) -> Result<CheckpointOutcome> {
-        let lease = lease.clone();
-        let seq = sequence_number.to_owned();
-        self.locked(&lease.stream.clone(), "checkpoint", move |dir| {
-            let path = lease_path(dir, &lease.shard);
-            let mut l: FileLease = read_json(&path)?;
-            if !holds(&l, &lease) {
-                return Ok(CheckpointOutcome::Fenced);
-            }
-            let forward = l
-                .checkpoint
-                .as_deref()
-                .is_none_or(|cur| compare_sequence_numbers(&seq, cur) == Ordering::Greater);
-            if !forward {
-                return Ok(CheckpointOutcome::NotForward);
-            }
-            l.checkpoint = Some(seq);
-            write_json(&path, &l)?;
-            Ok(CheckpointOutcome::Advanced)
+        let (held, seq) = (lease.clone(), sequence_number.to_owned());
+        self.update(&lease.stream, &lease.shard, "checkpoint", move |l| {
+            l.checkpoint(&held, &seq)
         })
         .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        let lease = lease.clone();
-        self.locked(&lease.stream.clone(), "release", move |dir| {
-            let path = lease_path(dir, &lease.shard);
-            let mut l: FileLease = read_json(&path)?;
-            if !holds(&l, &lease) {
-                return Ok(false);
-            }
-            l.owner = None;
-            l.expires_at_ms = 0;
-            write_json(&path, &l)?;
-            Ok(true)
+        let held = lease.clone();
+        self.update(&lease.stream, &lease.shard, "release", move |l| {
+            l.release(&held)
         })
         .await
     }
 
     async fn finish(&self, lease: &Lease) -> Result<bool> {
-        let lease = lease.clone();
-        self.locked(&lease.stream.clone(), "finish", move |dir| {
-            let path = lease_path(dir, &lease.shard);
-            let mut l: FileLease = read_json(&path)?;
-            if !holds(&l, &lease) {
-                return Ok(false);
-            }
-            l.finished = true;
-            write_json(&path, &l)?;
-            Ok(true)
+        let held = lease.clone();
+        self.update(&lease.stream, &lease.shard, "finish", move |l| {
+            l.finish(&held)
         })
         .await
     }
@@ -312,16 +262,7 @@ impl LeaseStore for FileLeaseStore {
     async fn state(&self, stream: &str, shard: &str) -> Result<LeaseState> {
         let shard = shard.to_owned();
         self.locked(stream, "state", move |dir| {
-            let l: FileLease = read_json(&lease_path(dir, &shard))?;
-            Ok(LeaseState {
-                live: l.owner.is_some() && l.expires_at_ms > now_ms(),
-                shard,
-                owner: l.owner,
-                epoch: l.epoch,
-                expires_at_ms: l.expires_at_ms,
-                checkpoint: l.checkpoint,
-                finished: l.finished,
-            })
+            Ok(read_record(&lease_path(dir, &shard), &shard)?.state(now_ms()))
         })
         .await
     }
@@ -336,16 +277,8 @@ impl LeaseStore for FileLeaseStore {
                 if !(name.starts_with("lease-") && name.ends_with(".json")) {
                     continue;
                 }
-                let l: FileLease = read_json(&dir.join(name.as_ref()))?;
-                out.push(LeaseState {
-                    live: l.owner.is_some() && l.expires_at_ms > now,
-                    shard: l.shard,
-                    owner: l.owner,
-                    epoch: l.epoch,
-                    expires_at_ms: l.expires_at_ms,
-                    checkpoint: l.checkpoint,
-                    finished: l.finished,
-                });
+                let l: LeaseRecord = read_json(&dir.join(name.as_ref()))?;
+                out.push(l.state(now));
             }
             out.sort_by(|a, b| a.shard.cmp(&b.shard));
             Ok(out)
@@ -391,9 +324,7 @@ impl LeaseStore for FileLeaseStore {
         self.locked(stream, "heartbeat", move |dir| {
             let path = dir.join("members.json");
             let mut m: BTreeMap<String, u64> = read_json(&path)?;
-            let now = now_ms();
-            m.retain(|_, exp| *exp > now);
-            m.insert(instance, now + ttl_ms(ttl));
+            heartbeat_member(&mut m, &instance, ttl);
             write_json(&path, &m)
         })
         .await
@@ -402,11 +333,7 @@ impl LeaseStore for FileLeaseStore {
     async fn live_instances(&self, stream: &str) -> Result<Vec<String>> {
         self.locked(stream, "live_instances", move |dir| {
             let m: BTreeMap<String, u64> = read_json(&dir.join("members.json"))?;
-            let now = now_ms();
-            Ok(m.into_iter()
-                .filter(|(_, exp)| *exp > now)
-                .map(|(k, _)| k)
-                .collect())
+            Ok(live_members(&m))
         })
         .await
     }

@@ -1,17 +1,15 @@
 //! The in-memory lease store (one process).
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use mq_core::backend::normalize_sequence_number;
-
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lease::{
-    CheckpointOutcome, Lease, LeaseState, LeaseStore, compare_sequence_numbers, now_ms, ttl_ms,
+    CheckpointOutcome, Lease, LeaseRecord, LeaseState, LeaseStore, heartbeat_member, live_members,
+    now_ms, operator_checkpoint,
 };
 
 /// Leases kept in this process: for tests and single-process deployments. Cloning shares the
@@ -33,7 +31,7 @@ pub struct InMemoryLeaseStore {
 
 #[derive(Debug, Default)]
 struct MemState {
-    leases: HashMap<(String, String), LeaseState>,
+    leases: HashMap<(String, String), LeaseRecord>,
     failures: HashMap<(String, String), HashMap<String, u32>>,
     members: HashMap<String, BTreeMap<String, u64>>,
 }
@@ -47,14 +45,37 @@ impl InMemoryLeaseStore {
     fn lock(&self) -> MutexGuard<'_, MemState> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Runs `f` on the record of `shard` under the lock. A shard without a record gets one only
+    /// when `f` changes it, so a fenced call leaves no trace.
+    fn update<T>(&self, stream: &str, shard: &str, f: impl FnOnce(&mut LeaseRecord) -> T) -> T {
+        let mut s = self.lock();
+        let key = key(stream, shard);
+        if let Some(record) = s.leases.get_mut(&key) {
+            return f(record);
+        }
+        let mut record = LeaseRecord::unheld(shard);
+        let out = f(&mut record);
+        if record != LeaseRecord::unheld(shard) {
+            s.leases.insert(key, record);
+        }
+        out
+    }
+
+    /// [`LeaseStore::force_release`], or [`LeaseStore::set_checkpoint`] with a `checkpoint`.
+    async fn override_lease(
+        &self,
+        stream: &str,
+        shard: &str,
+        checkpoint: Option<String>,
+    ) -> Result<LeaseState> {
+        self.update(stream, shard, |l| l.override_owner(checkpoint));
+        self.state(stream, shard).await
+    }
 }
 
 fn key(stream: &str, shard: &str) -> (String, String) {
     (stream.to_owned(), shard.to_owned())
-}
-
-fn holds(state: &LeaseState, lease: &Lease) -> bool {
-    state.owner.as_deref() == Some(lease.owner.as_str()) && state.epoch == lease.epoch
 }
 
 #[async_trait]
@@ -67,46 +88,13 @@ impl LeaseStore for InMemoryLeaseStore {
         ttl: Duration,
         epoch_floor: u64,
     ) -> Result<Option<Lease>> {
-        let now = now_ms();
-        let mut s = self.lock();
-        let st = s
-            .leases
-            .entry(key(stream, shard))
-            .or_insert_with(|| LeaseState {
-                shard: shard.to_owned(),
-                ..LeaseState::default()
-            });
-        if st.finished || (st.owner.is_some() && st.expires_at_ms > now) {
-            return Ok(None);
-        }
-        st.epoch = st.epoch.max(epoch_floor) + 1;
-        st.owner = Some(owner.to_owned());
-        st.expires_at_ms = now + ttl_ms(ttl);
-        Ok(Some(Lease {
-            stream: stream.to_owned(),
-            shard: shard.to_owned(),
-            owner: owner.to_owned(),
-            epoch: st.epoch,
-            expires_at_ms: st.expires_at_ms,
-            checkpoint: st.checkpoint.clone(),
+        Ok(self.update(stream, shard, |l| {
+            l.acquire(stream, owner, ttl, epoch_floor)
         }))
     }
 
     async fn force_release(&self, stream: &str, shard: &str) -> Result<LeaseState> {
-        {
-            let mut s = self.lock();
-            let st = s
-                .leases
-                .entry(key(stream, shard))
-                .or_insert_with(|| LeaseState {
-                    shard: shard.to_owned(),
-                    ..LeaseState::default()
-                });
-            st.epoch += 1;
-            st.owner = None;
-            st.expires_at_ms = 0;
-        }
-        self.state(stream, shard).await
+        self.override_lease(stream, shard, None).await
     }
 
     async fn set_checkpoint(
@@ -115,90 +103,34 @@ impl LeaseStore for InMemoryLeaseStore {
         shard: &str,
         sequence_number: &str,
     ) -> Result<LeaseState> {
-        let seq = normalize_sequence_number(sequence_number)
-            .map_err(|e| Error::lease("set_checkpoint", e))?;
-        {
-            let mut s = self.lock();
-            let st = s
-                .leases
-                .entry(key(stream, shard))
-                .or_insert_with(|| LeaseState {
-                    shard: shard.to_owned(),
-                    ..LeaseState::default()
-                });
-            st.epoch += 1;
-            st.owner = None;
-            st.expires_at_ms = 0;
-            st.checkpoint = Some(seq);
-        }
-        self.state(stream, shard).await
+        let checkpoint = Some(operator_checkpoint(sequence_number)?);
+        self.override_lease(stream, shard, checkpoint).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
-        let mut s = self.lock();
-        match s.leases.get_mut(&key(&lease.stream, &lease.shard)) {
-            Some(st) if holds(st, lease) => {
-                st.expires_at_ms = now_ms() + ttl_ms(ttl);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.update(&lease.stream, &lease.shard, |l| l.renew(lease, ttl)))
     }
 
     async fn checkpoint(&self, lease: &Lease, sequence_number: &str) -> Result<CheckpointOutcome> {
-        let mut s = self.lock();
-        match s.leases.get_mut(&key(&lease.stream, &lease.shard)) {
-            Some(st) if holds(st, lease) => {
-                let forward = st.checkpoint.as_deref().is_none_or(|cur| {
-                    compare_sequence_numbers(sequence_number, cur) == Ordering::Greater
-                });
-                if forward {
-                    st.checkpoint = Some(sequence_number.to_owned());
-                    Ok(CheckpointOutcome::Advanced)
-                } else {
-                    Ok(CheckpointOutcome::NotForward)
-                }
-            }
-            _ => Ok(CheckpointOutcome::Fenced),
-        }
+        Ok(self.update(&lease.stream, &lease.shard, |l| {
+            l.checkpoint(lease, sequence_number)
+        }))
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        let mut s = self.lock();
-        match s.leases.get_mut(&key(&lease.stream, &lease.shard)) {
-            Some(st) if holds(st, lease) => {
-                st.owner = None;
-                st.expires_at_ms = 0;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.update(&lease.stream, &lease.shard, |l| l.release(lease)))
     }
 
     async fn finish(&self, lease: &Lease) -> Result<bool> {
-        let mut s = self.lock();
-        match s.leases.get_mut(&key(&lease.stream, &lease.shard)) {
-            Some(st) if holds(st, lease) => {
-                st.finished = true;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.update(&lease.stream, &lease.shard, |l| l.finish(lease)))
     }
 
     async fn state(&self, stream: &str, shard: &str) -> Result<LeaseState> {
         let now = now_ms();
-        let s = self.lock();
-        let mut st = s
-            .leases
-            .get(&key(stream, shard))
-            .cloned()
-            .unwrap_or_else(|| LeaseState {
-                shard: shard.to_owned(),
-                ..LeaseState::default()
-            });
-        st.live = st.owner.is_some() && st.expires_at_ms > now;
-        Ok(st)
+        Ok(match self.lock().leases.get(&key(stream, shard)) {
+            Some(record) => record.state(now),
+            None => LeaseState::unheld(shard),
+        })
     }
 
     async fn leases(&self, stream: &str) -> Result<Vec<LeaseState>> {
@@ -208,11 +140,7 @@ impl LeaseStore for InMemoryLeaseStore {
             .leases
             .iter()
             .filter(|((st, _), _)| st == stream)
-            .map(|(_, l)| {
-                let mut l = l.clone();
-                l.live = l.owner.is_some() && l.expires_at_ms > now;
-                l
-            })
+            .map(|(_, l)| l.state(now))
             .collect();
         out.sort_by(|a, b| a.shard.cmp(&b.shard));
         Ok(out)
@@ -245,21 +173,21 @@ impl LeaseStore for InMemoryLeaseStore {
     }
 
     async fn heartbeat(&self, stream: &str, instance: &str, ttl: Duration) -> Result<()> {
-        let now = now_ms();
         let mut s = self.lock();
-        let m = s.members.entry(stream.to_owned()).or_default();
-        m.retain(|_, exp| *exp > now);
-        m.insert(instance.to_owned(), now + ttl_ms(ttl));
+        heartbeat_member(
+            s.members.entry(stream.to_owned()).or_default(),
+            instance,
+            ttl,
+        );
         Ok(())
     }
 
     async fn live_instances(&self, stream: &str) -> Result<Vec<String>> {
-        let now = now_ms();
-        let mut s = self.lock();
-        let Some(m) = s.members.get_mut(stream) else {
-            return Ok(Vec::new());
-        };
-        m.retain(|_, exp| *exp > now);
-        Ok(m.keys().cloned().collect())
+        Ok(self
+            .lock()
+            .members
+            .get(stream)
+            .map(live_members)
+            .unwrap_or_default())
     }
 }

@@ -7,10 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::prelude::{Builder, Client, ClientLike, Config, ReconnectPolicy, Value};
 use fred::types::scripts::Script;
-use mq_core::backend::normalize_sequence_number;
 
 use crate::error::{Error, Result};
-use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, ttl_ms};
+use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, operator_checkpoint, ttl_ms};
 
 /// Server time in ms, shared by every script.
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
@@ -213,21 +212,25 @@ impl RedisLeaseStore {
             .map_err(|e| Error::lease(operation, e))
     }
 
+    /// [`LeaseStore::force_release`], or [`LeaseStore::set_checkpoint`] with a `checkpoint`.
     async fn override_lease(
         &self,
         operation: &'static str,
         stream: &str,
         shard: &str,
-        checkpoint: &str,
-    ) -> Result<()> {
+        checkpoint: Option<String>,
+    ) -> Result<LeaseState> {
         self.run(
             operation,
             &self.scripts.override_,
             vec![self.key(stream, "lease", shard), self.shards_key(stream)],
-            vec![Value::from(shard), Value::from(checkpoint)],
+            vec![
+                Value::from(shard),
+                Value::from(checkpoint.unwrap_or_default()),
+            ],
         )
         .await?;
-        Ok(())
+        self.state(stream, shard).await
     }
 
     async fn guarded(
@@ -261,6 +264,23 @@ fn as_u64(v: &Value) -> u64 {
 
 fn as_opt_string(v: &Value) -> Option<String> {
     v.as_string().filter(|s| !s.is_empty())
+}
+
+/// A shard's state from the STATE script's reply (a LIST row after its shard): owner, epoch,
+/// expiry, checkpoint, finished, live. `None` when the reply is too short.
+fn parse_state(shard: String, items: &[Value]) -> Option<LeaseState> {
+    let [owner, epoch, expires, checkpoint, finished, live, ..] = items else {
+        return None;
+    };
+    Some(LeaseState {
+        shard,
+        owner: as_opt_string(owner),
+        epoch: as_u64(epoch),
+        expires_at_ms: as_u64(expires),
+        checkpoint: as_opt_string(checkpoint),
+        finished: finished.as_string().as_deref() == Some("1"),
+        live: live.as_i64() == Some(1),
+    })
 }
 
 #[async_trait]
@@ -301,9 +321,8 @@ impl LeaseStore for RedisLeaseStore {
     }
 
     async fn force_release(&self, stream: &str, shard: &str) -> Result<LeaseState> {
-        self.override_lease("force_release", stream, shard, "")
-            .await?;
-        self.state(stream, shard).await
+        self.override_lease("force_release", stream, shard, None)
+            .await
     }
 
     async fn set_checkpoint(
@@ -312,11 +331,9 @@ impl LeaseStore for RedisLeaseStore {
         shard: &str,
         sequence_number: &str,
     ) -> Result<LeaseState> {
-        let seq = normalize_sequence_number(sequence_number)
-            .map_err(|e| Error::lease("set_checkpoint", e))?;
-        self.override_lease("set_checkpoint", stream, shard, &seq)
-            .await?;
-        self.state(stream, shard).await
+        let checkpoint = Some(operator_checkpoint(sequence_number)?);
+        self.override_lease("set_checkpoint", stream, shard, checkpoint)
+            .await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
@@ -371,22 +388,8 @@ impl LeaseStore for RedisLeaseStore {
                 vec![],
             )
             .await?;
-        let items = v.into_array();
-        if items.len() < 6 {
-            return Err(Error::lease(
-                "state",
-                "unexpected reply from the state script",
-            ));
-        }
-        Ok(LeaseState {
-            shard: shard.to_owned(),
-            owner: as_opt_string(&items[0]),
-            epoch: as_u64(&items[1]),
-            expires_at_ms: as_u64(&items[2]),
-            checkpoint: as_opt_string(&items[3]),
-            finished: items[4].as_string().as_deref() == Some("1"),
-            live: items[5].as_i64() == Some(1),
-        })
+        parse_state(shard.to_owned(), &v.into_array())
+            .ok_or_else(|| Error::lease("state", "unexpected reply from the state script"))
     }
 
     async fn leases(&self, stream: &str) -> Result<Vec<LeaseState>> {
@@ -401,21 +404,14 @@ impl LeaseStore for RedisLeaseStore {
         let mut out = Vec::new();
         for row in v.into_array() {
             let items = row.into_array();
-            if items.len() < 7 {
-                return Err(Error::lease(
-                    "leases",
-                    "unexpected reply from the list script",
-                ));
-            }
-            out.push(LeaseState {
-                shard: items[0].as_string().unwrap_or_default(),
-                owner: as_opt_string(&items[1]),
-                epoch: as_u64(&items[2]),
-                expires_at_ms: as_u64(&items[3]),
-                checkpoint: as_opt_string(&items[4]),
-                finished: items[5].as_string().as_deref() == Some("1"),
-                live: items[6].as_i64() == Some(1),
-            });
+            let state = items
+                .split_first()
+                .and_then(|(shard, rest)| parse_state(shard.as_string().unwrap_or_default(), rest));
+            out.push(
+                state.ok_or_else(|| {
+                    Error::lease("leases", "unexpected reply from the list script")
+                })?,
+            );
         }
         out.sort_by(|a, b| a.shard.cmp(&b.shard));
         Ok(out)

@@ -33,6 +33,11 @@ pub fn stream_name(test: &str) -> String {
     )
 }
 
+/// A store from `f` for case `test` and a stream of its own in it; `None` when the case skips.
+async fn open(f: &dyn LeaseStoreFactory, test: &str) -> Option<(Arc<dyn LeaseStore>, String)> {
+    Some((f.create(test).await?, stream_name(test)))
+}
+
 const SHORT: Duration = Duration::from_millis(300);
 const LONG: Duration = Duration::from_secs(30);
 
@@ -61,10 +66,9 @@ pub mod cases {
 
     /// Only one owner at a time; every acquisition raises the epoch; not re-entrant.
     pub async fn acquire_is_exclusive_and_epochs_increase(f: &dyn LeaseStoreFactory, test: &str) {
-        let Some(store) = f.create(test).await else {
+        let Some((store, s)) = open(f, test).await else {
             return;
         };
-        let s = stream_name(test);
         let a = store.acquire(&s, "sh-0", "a", LONG).await.unwrap().unwrap();
         assert_eq!(a.checkpoint, None);
         assert!(
@@ -94,10 +98,9 @@ pub mod cases {
 
     /// A stale owner (lease expired and taken over) cannot renew, checkpoint, release or finish.
     pub async fn stale_owner_is_fenced(f: &dyn LeaseStoreFactory, test: &str) {
-        let Some(store) = f.create(test).await else {
+        let Some((store, s)) = open(f, test).await else {
             return;
         };
-        let s = stream_name(test);
         let a = store.acquire(&s, "sh", "a", SHORT).await.unwrap().unwrap();
         assert_eq!(
             store.checkpoint(&a, "100").await.unwrap(),
@@ -131,10 +134,9 @@ pub mod cases {
 
     /// Checkpoints compare as big decimal integers and never move backwards.
     pub async fn checkpoints_only_move_forward(f: &dyn LeaseStoreFactory, test: &str) {
-        let Some(store) = f.create(test).await else {
+        let Some((store, s)) = open(f, test).await else {
             return;
         };
-        let s = stream_name(test);
         let a = store.acquire(&s, "sh", "a", LONG).await.unwrap().unwrap();
         let big = "49590338271490256608559692538361571095921575989136588898";
         let bigger = "49590338271490256608559692538361571095921575989136588899";
@@ -173,10 +175,9 @@ pub mod cases {
         f: &dyn LeaseStoreFactory,
         test: &str,
     ) {
-        let Some(store) = f.create(test).await else {
+        let Some((store, s)) = open(f, test).await else {
             return;
         };
-        let s = stream_name(test);
         let a = store.acquire(&s, "sh", "a", LONG).await.unwrap().unwrap();
         store.checkpoint(&a, "42").await.unwrap();
         assert!(store.release(&a).await.unwrap());
@@ -199,10 +200,9 @@ pub mod cases {
 
     /// `leases` lists every shard ever acquired with its state, sorted.
     pub async fn leases_lists_every_shard(f: &dyn LeaseStoreFactory, test: &str) {
-        let Some(store) = f.create(test).await else {
+        let Some((store, s)) = open(f, test).await else {
             return;
         };
-        let s = stream_name(test);
         assert!(store.leases(&s).await.unwrap().is_empty());
         let b = store.acquire(&s, "sh-b", "x", LONG).await.unwrap().unwrap();
         let a = store.acquire(&s, "sh-a", "y", LONG).await.unwrap().unwrap();
@@ -225,10 +225,9 @@ pub mod cases {
 
     /// Racing acquirers: exactly one wins.
     pub async fn concurrent_acquire_has_one_winner(f: &dyn LeaseStoreFactory, test: &str) {
-        let Some(store) = f.create(test).await else {
+        let Some((store, s)) = open(f, test).await else {
             return;
         };
-        let s = stream_name(test);
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..16 {
             let (store, s) = (store.clone(), s.clone());
@@ -246,10 +245,9 @@ pub mod cases {
 
     /// Heartbeats: live instances sorted; dead ones drop out.
     pub async fn dead_instances_drop_out(f: &dyn LeaseStoreFactory, test: &str) {
-        let Some(store) = f.create(test).await else {
+        let Some((store, s)) = open(f, test).await else {
             return;
         };
-        let s = stream_name(test);
         store.heartbeat(&s, "b", LONG).await.unwrap();
         store.heartbeat(&s, "a", LONG).await.unwrap();
         store.heartbeat(&s, "dying", SHORT).await.unwrap();
@@ -275,10 +273,9 @@ pub mod cases {
 
     /// The epoch of an acquisition is above the floor given and above every earlier epoch.
     pub async fn acquire_above_respects_the_floor(f: &dyn LeaseStoreFactory, test: &str) {
-        let Some(store) = f.create(test).await else {
+        let Some((store, s)) = open(f, test).await else {
             return;
         };
-        let s = stream_name(test);
         let a = store
             .acquire_above(&s, "sh", "a", LONG, 41)
             .await
@@ -308,10 +305,9 @@ pub mod cases {
 
     /// An operator's force-release frees the shard and fences its owner; the checkpoint stays.
     pub async fn force_release_fences_the_owner(f: &dyn LeaseStoreFactory, test: &str) {
-        let Some(store) = f.create(test).await else {
+        let Some((store, s)) = open(f, test).await else {
             return;
         };
-        let s = stream_name(test);
         let a = store.acquire(&s, "sh", "a", LONG).await.unwrap().unwrap();
         assert_eq!(
             store.checkpoint(&a, "10").await.unwrap(),
@@ -347,10 +343,9 @@ pub mod cases {
     /// An operator's checkpoint override moves it anywhere, fences the owner, and the next owner
     /// starts from it.
     pub async fn set_checkpoint_overrides_and_fences(f: &dyn LeaseStoreFactory, test: &str) {
-        let Some(store) = f.create(test).await else {
+        let Some((store, s)) = open(f, test).await else {
             return;
         };
-        let s = stream_name(test);
         let a = store.acquire(&s, "sh", "a", LONG).await.unwrap().unwrap();
         assert_eq!(
             store.checkpoint(&a, "500").await.unwrap(),
@@ -398,10 +393,9 @@ pub mod cases {
 
     /// Poison counters per (shard, checkpoint), shared, readable and resettable.
     pub async fn poison_counters(f: &dyn LeaseStoreFactory, test: &str) {
-        let Some(store) = f.create(test).await else {
+        let Some((store, s)) = open(f, test).await else {
             return;
         };
-        let s = stream_name(test);
         assert_eq!(store.record_failure(&s, "sh", "10").await.unwrap(), 1);
         assert_eq!(store.record_failure(&s, "sh", "10").await.unwrap(), 2);
         assert_eq!(store.record_failure(&s, "sh", "11").await.unwrap(), 1);

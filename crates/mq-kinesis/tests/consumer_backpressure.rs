@@ -17,8 +17,7 @@ use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue};
 /// Consumes at least 8 batches from a backlog of 1,000 messages on one shard with a handler that takes `handler_time`; the batch sizes
 /// and the idle time between one batch's end and the next one's start.
 async fn run(stream: &str, handler_time: Duration) -> (Vec<usize>, Vec<Duration>) {
-    let emu = Emulator::start().await;
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
     let q = QueueName::new(stream).unwrap();
     let strategy = AimdStrategy::new(
         AimdOptions::default()
@@ -34,7 +33,7 @@ async fn run(stream: &str, handler_time: Duration) -> (Vec<usize>, Vec<Duration>
     );
     queue.register(&q).await.unwrap();
     let msgs = emulator::numbered(1_000);
-    assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
+    emulator::publish_all(&queue, &q, msgs).await;
     let batches: Arc<Mutex<Vec<(Instant, Instant, usize)>>> = Arc::default();
     let b = batches.clone();
     let handler = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {

@@ -49,14 +49,13 @@ async fn crash_resume_with_redis_leases() {
 }
 
 async fn crash_resume(store: Arc<dyn LeaseStore>) {
-    let emu = Emulator::start().await;
     let stream = "crash-resume";
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
     let q = QueueName::new(stream).unwrap();
     let publisher = KinesisQueue::with_client(emu.client(), KinesisOptions::new(store.clone()));
     publisher.register(&q).await.unwrap();
     let msgs = emulator::numbered(2000);
-    assert!(publisher.publish(&q, msgs).await.unwrap().is_complete());
+    emulator::publish_all(&publisher, &q, msgs).await;
 
     let ledger = Arc::new(DeliveryLedger::default());
     let crashed = Arc::new(AtomicBool::new(false));
@@ -105,7 +104,7 @@ async fn crash_resume(store: Arc<dyn LeaseStore>) {
         "a checkpointed before crashing"
     );
 
-    let handler_b = emulator::ledger_handler(&ledger);
+    let handler_b = ledger.handler();
     let b = KinesisQueue::with_client(
         emu.client(),
         KinesisOptions::new(store.clone())

@@ -21,9 +21,8 @@ use mq_kinesis::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_messages_keep_per_key_order() {
-    let emu = Emulator::start().await;
     let stream = "delivery-order";
-    emu.create_stream(stream, 4).await;
+    let emu = Emulator::with_stream(stream, 4).await;
     let store = Arc::new(InMemoryLeaseStore::new());
     let observer = Arc::new(RecordingObserver::default());
     let common = emulator::observed(&observer);
@@ -115,9 +114,8 @@ async fn typescript_records_decode_and_undecodable_ones_are_dead_lettered() {
     use aws_sdk_kinesis::primitives::Blob;
     use mq_core::testkit::RecordingDeadLetters;
 
-    let emu = Emulator::start().await;
     let stream = "decode";
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
     let c = emu.client();
     let ts = r#"{"_id":{"$oid":"65f1c0ffee0000000000abcd"},"type":"welcome","payload":{"to":"a@b.c",
       "at":{"$date":"2024-03-01T10:00:00.000Z"}},"execute_at":{"$date":"2024-03-01T10:00:00.000Z"},
@@ -166,13 +164,7 @@ async fn typescript_records_decode_and_undecodable_ones_are_dead_lettered() {
     assert_eq!(letters[0].message.message_type, "undecodable");
     assert!(letters[0].error.to_string().contains("does not decode"));
     // batch_size bounds an on-demand batch
-    assert!(
-        queue
-            .publish(&q, emulator::numbered(5))
-            .await
-            .unwrap()
-            .is_complete()
-    );
+    emulator::publish_all(&queue, &q, emulator::numbered(5)).await;
     assert_eq!(one_batch(&queue, &q, fast_options().batch_size(3)).await, 3);
     assert_eq!(one_batch(&queue, &q, fast_options().batch_size(3)).await, 2);
     // a further on-demand batch finds nothing new: the earlier ones checkpointed

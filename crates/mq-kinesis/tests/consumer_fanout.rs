@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::ShardIteratorType;
 use emulator::{Emulator, RequestCounter, client, store_options};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
 use mq_core::{
-    Batch, CommonOptions, HandlerContext, MessageQueue, NewMessage, QueueName, handler_fn,
+    Batch, CommonOptions, ConsumerHandle, HandlerContext, MessageQueue, NewMessage, QueueName,
+    handler_fn,
 };
 use mq_kinesis::{
     InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore, PartitionKeyStrategy,
@@ -86,37 +86,27 @@ fn queue_on(
 
 /// The sequence number of the last record of `shard`, read with a client outside the counted one.
 async fn last_sequence_number(emu: &Emulator, stream: &str, shard: &str) -> Option<String> {
-    let c = emu.client();
-    let mut it = c
-        .get_shard_iterator()
-        .stream_name(stream)
-        .shard_id(shard)
-        .shard_iterator_type(ShardIteratorType::TrimHorizon)
-        .send()
-        .await
-        .unwrap()
-        .shard_iterator
-        .unwrap();
-    let mut last = None;
-    loop {
-        let out = c.get_records().shard_iterator(&it).send().await.unwrap();
-        if out.records().is_empty() {
-            return last;
-        }
-        last = out.records().last().map(|r| r.sequence_number().to_owned());
-        match out.next_shard_iterator() {
-            Some(next) => it = next.to_owned(),
-            None => return last,
-        }
-    }
+    let records = emulator::shard_records(&emu.client(), stream, shard).await;
+    records.last().map(|r| r.sequence_number().to_owned())
+}
+
+/// Once all `total` were delivered: gives the stream half a second in which nothing more may
+/// arrive, stops `consumer` and returns (lost, duplicates).
+async fn settle_and_stop(
+    consumer: ConsumerHandle,
+    ledger: &DeliveryLedger,
+    total: u64,
+) -> (usize, usize) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    consumer.stop().await;
+    (total as usize - ledger.distinct(), ledger.duplicates())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_delivers_once_in_key_order_across_resubscriptions() {
     let started = Instant::now();
-    let emu = Emulator::start().await;
     let stream = "fanout-order";
-    emu.create_stream(stream, 4).await;
+    let emu = Emulator::with_stream(stream, 4).await;
     let counter = RequestCounter::default();
     let store = Arc::new(InMemoryLeaseStore::new());
     let observer = Arc::new(RecordingObserver::default());
@@ -135,8 +125,7 @@ async fn fan_out_delivers_once_in_key_order_across_resubscriptions() {
 
     // 150 keys; 6,000 messages before the consumer starts, 3,000 more while it runs
     let (keys, before, total) = (150u64, 6_000u64, 9_000u64);
-    let report = queue.publish(&q, messages(0..before, keys)).await.unwrap();
-    assert!(report.is_complete(), "{:?}", report.failed.first());
+    emulator::publish_all(&queue, &q, messages(0..before, keys)).await;
 
     let ledger = Arc::new(DeliveryLedger::default());
     let per_key: PerKey = Arc::default();
@@ -156,11 +145,7 @@ async fn fan_out_delivers_once_in_key_order_across_resubscriptions() {
     // re-subscriptions (every second) happen while records flow
     for slice in 0..12u64 {
         let from = before + slice * 250;
-        let report = queue
-            .publish(&q, messages(from..from + 250, keys))
-            .await
-            .unwrap();
-        assert!(report.is_complete());
+        emulator::publish_all(&queue, &q, messages(from..from + 250, keys)).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eventually(Duration::from_secs(60), "all 9,000 delivered", || {
@@ -174,13 +159,8 @@ async fn fan_out_delivers_once_in_key_order_across_resubscriptions() {
         || shards.iter().all(|s| counter.subscribes_of(s) >= 3),
     )
     .await;
-    // let the stream settle: nothing more may arrive
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    consumer.stop().await;
+    let (lost, duplicates) = settle_and_stop(consumer, &ledger, total).await;
     let elapsed = started.elapsed();
-
-    let lost = total as usize - ledger.distinct();
-    let duplicates = ledger.duplicates();
     let subscribes: Vec<usize> = shards.iter().map(|s| counter.subscribes_of(s)).collect();
     println!(
         "fan-out: {total} messages, {keys} keys, lost {lost}, duplicates {duplicates}, \
@@ -257,40 +237,31 @@ async fn fan_out_restart_continues_from_the_checkpoint() {
     emu.create_stream(stream, 2).await;
     let counter = RequestCounter::default();
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
-    let fan_out = || ShardOptions::default().enhanced_fan_out("mq-test");
-    let a = queue_on(
-        client(&emu.endpoint, true, Some(counter.clone()), None),
-        store.clone(),
-        "a",
-        fan_out(),
-        CommonOptions::default(),
-    );
+    // each instance with its own options and client, as after a restart
+    let instance = |id: &str| {
+        queue_on(
+            client(&emu.endpoint, true, Some(counter.clone()), None),
+            store.clone(),
+            id,
+            ShardOptions::default().enhanced_fan_out("mq-test"),
+            CommonOptions::default(),
+        )
+    };
+    let a = instance("a");
     let q = QueueName::new(stream).unwrap();
     a.register(&q).await.unwrap();
     let (keys, first, total) = (100u64, 4_000u64, 5_000u64);
-    assert!(
-        a.publish(&q, messages(0..first, keys))
-            .await
-            .unwrap()
-            .is_complete()
-    );
+    emulator::publish_all(&a, &q, messages(0..first, keys)).await;
 
     let ledger = Arc::new(DeliveryLedger::default());
     let per_key: PerKey = Arc::default();
     let largest = Arc::new(AtomicUsize::new(0));
+    let handler =
+        |pause| recording_handler(ledger.clone(), per_key.clone(), largest.clone(), pause);
     // slowly: the stop lands in the middle of the shards
     let opts = fast_options();
     let consumer = a
-        .consume(
-            &q,
-            recording_handler(
-                ledger.clone(),
-                per_key.clone(),
-                largest.clone(),
-                Duration::from_millis(20),
-            ),
-            opts.clone(),
-        )
+        .consume(&q, handler(Duration::from_millis(20)), opts.clone())
         .await
         .unwrap();
     eventually(
@@ -315,48 +286,24 @@ async fn fan_out_restart_continues_from_the_checkpoint() {
     assert!(at_stop < first as usize, "stopped half way ({at_stop})");
 
     // a second instance, with its own options: it finds the stream consumer registered
-    let b = queue_on(
-        client(&emu.endpoint, true, Some(counter.clone()), None),
-        store.clone(),
-        "b",
-        fan_out(),
-        CommonOptions::default(),
-    );
+    let b = instance("b");
     b.register(&q).await.unwrap();
     let consumer = b
-        .consume(
-            &q,
-            recording_handler(
-                ledger.clone(),
-                per_key.clone(),
-                largest.clone(),
-                Duration::from_millis(2),
-            ),
-            opts,
-        )
+        .consume(&q, handler(Duration::from_millis(2)), opts)
         .await
         .unwrap();
     // more records while b consumes, over about 3 s (two server-side subscription ends)
     for slice in 0..10u64 {
         let from = first + slice * 100;
-        assert!(
-            b.publish(&q, messages(from..from + 100, keys))
-                .await
-                .unwrap()
-                .is_complete()
-        );
+        emulator::publish_all(&b, &q, messages(from..from + 100, keys)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     eventually(Duration::from_secs(60), "all 5,000 delivered", || {
         ledger.distinct() == total as usize
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    consumer.stop().await;
+    let (lost, duplicates) = settle_and_stop(consumer, &ledger, total).await;
     let elapsed = started.elapsed();
-
-    let lost = total as usize - ledger.distinct();
-    let duplicates = ledger.duplicates();
     let largest = largest.load(Ordering::SeqCst);
     let subscribes = counter.subscribe_to_shard.load(Ordering::SeqCst);
     println!(
@@ -398,9 +345,8 @@ async fn fan_out_restart_continues_from_the_checkpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_reads_a_split_shard_to_its_end() {
-    let emu = Emulator::start().await;
     let stream = "fanout-split";
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
     let counter = RequestCounter::default();
     let store = Arc::new(InMemoryLeaseStore::new());
     let queue = queue_on(
@@ -412,22 +358,9 @@ async fn fan_out_reads_a_split_shard_to_its_end() {
     );
     let q = QueueName::new(stream).unwrap();
     queue.register(&q).await.unwrap();
-    assert!(
-        queue
-            .publish(&q, messages(0..500, 50))
-            .await
-            .unwrap()
-            .is_complete()
-    );
+    emulator::publish_all(&queue, &q, messages(0..500, 50)).await;
     // split the only shard in two halves of the hash key range: it closes, two children open
-    emu.client()
-        .split_shard()
-        .stream_name(stream)
-        .shard_to_split("shardId-000000000000")
-        .new_starting_hash_key("170141183460469231731687303715884105728")
-        .send()
-        .await
-        .unwrap();
+    emu.split_in_half(stream, "shardId-000000000000").await;
     let mut children_open = false;
     for _ in 0..100 {
         let shards = emu
@@ -444,13 +377,7 @@ async fn fan_out_reads_a_split_shard_to_its_end() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(children_open, "the split happened");
-    assert!(
-        queue
-            .publish(&q, messages(500..1_000, 50))
-            .await
-            .unwrap()
-            .is_complete()
-    );
+    emulator::publish_all(&queue, &q, messages(500..1_000, 50)).await;
 
     let ledger = Arc::new(DeliveryLedger::default());
     let consumer = queue

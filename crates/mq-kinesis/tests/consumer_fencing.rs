@@ -14,7 +14,7 @@ use emulator::Emulator;
 use hooked::{Hooked, Hooks};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options, wait_until};
 use mq_core::{Batch, HandlerContext, MessageQueue, QueueName, handler_fn};
-use mq_kinesis::{KinesisOptions, KinesisQueue, Lease, LeaseStore, Result};
+use mq_kinesis::{KinesisQueue, Lease, LeaseStore, Result};
 
 /// Pretends to renew the leases of `owner` without doing it, so they expire under its feet.
 #[derive(Debug)]
@@ -30,10 +30,9 @@ impl Hooks for FakeRenewal {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_owner_cannot_checkpoint() {
-    let emu = Emulator::start().await;
     let stream = "fencing";
     let shard = "shardId-000000000000";
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
     let store: Arc<dyn LeaseStore> = Arc::new(Hooked::new(FakeRenewal { owner: "a" }));
     let q = QueueName::new(stream).unwrap();
     let (obs_a, obs_b) = (
@@ -42,14 +41,11 @@ async fn stale_owner_cannot_checkpoint() {
     );
     let a = KinesisQueue::with_client(
         emu.client(),
-        KinesisOptions::new(store.clone())
-            .instance_id("a")
-            .common(emulator::observed(&obs_a))
-            .discovery_interval(Duration::from_millis(50)),
+        emulator::observed_options(store.clone(), "a", &obs_a),
     );
     a.register(&q).await.unwrap();
     let msgs = emulator::numbered(20);
-    assert!(a.publish(&q, msgs).await.unwrap().is_complete());
+    emulator::publish_all(&a, &q, msgs).await;
 
     let a_in_handler = Arc::new(AtomicBool::new(false));
     let b_owns = Arc::new(AtomicBool::new(false));
@@ -91,10 +87,7 @@ async fn stale_owner_cannot_checkpoint() {
     }));
     let b = KinesisQueue::with_client(
         emu.client(),
-        KinesisOptions::new(store.clone())
-            .instance_id("b")
-            .common(emulator::observed(&obs_b))
-            .discovery_interval(Duration::from_millis(50)),
+        emulator::observed_options(store.clone(), "b", &obs_b),
     );
     b.register(&q).await.unwrap();
     let consumer_b = b.consume(&q, handler_b, opts).await.unwrap();

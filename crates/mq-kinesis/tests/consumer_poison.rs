@@ -30,15 +30,14 @@ fn common(dead: &Arc<RecordingDeadLetters>, obs: &Arc<RecordingObserver>) -> Com
 /// Two instances in a row crash on the first record; the third dead-letters it and delivers the
 /// other 49. Returns the requests the third instance made.
 async fn crashing_record_scenario(stream: &str, shard: ShardOptions) -> RequestCounter {
-    let emu = Emulator::start().await;
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
     let q = QueueName::new(stream).unwrap();
     let publisher = KinesisQueue::with_client(emu.client(), KinesisOptions::new(store.clone()));
     publisher.register(&q).await.unwrap();
     let mut msgs = vec![NewMessage::new("poison", serde_json::json!({"i": 0}))];
     msgs.extend((1..50).map(|i| NewMessage::new("t", serde_json::json!({ "i": i }))));
-    assert!(publisher.publish(&q, msgs).await.unwrap().is_complete());
+    emulator::publish_all(&publisher, &q, msgs).await;
 
     let ledger = Arc::new(DeliveryLedger::default());
     let crashes = Arc::new(AtomicUsize::new(0));
@@ -141,9 +140,8 @@ async fn fan_out_crashing_record_is_dead_lettered_the_same_way() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_retried_record_goes_to_dead_letters_after_its_attempts() {
-    let emu = Emulator::start().await;
     let stream = "poison-retry";
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
     let dead = Arc::new(RecordingDeadLetters::default());
     let obs = Arc::new(RecordingObserver::default());
@@ -157,7 +155,7 @@ async fn always_retried_record_goes_to_dead_letters_after_its_attempts() {
     queue.register(&q).await.unwrap();
     let mut msgs = emulator::numbered(10);
     msgs.insert(3, NewMessage::new("bad", serde_json::json!({})));
-    assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
+    emulator::publish_all(&queue, &q, msgs).await;
     let ledger = Arc::new(DeliveryLedger::default());
     let l = ledger.clone();
     let handler = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {

@@ -19,8 +19,7 @@ const WINDOW: Duration = Duration::from_secs(10);
 /// Publishes `backlog` messages, consumes with `options` and returns the records handled per
 /// second over the 10 s after the first batch.
 async fn measured_rate(stream: &str, shards: i32, backlog: usize, options: KinesisOptions) -> f64 {
-    let emu = Emulator::start().await;
-    emu.create_stream(stream, shards).await;
+    let emu = Emulator::with_stream(stream, shards).await;
     let q = QueueName::new(stream).unwrap();
     let queue = KinesisQueue::with_client(emu.client(), options);
     queue.register(&q).await.unwrap();
@@ -29,7 +28,7 @@ async fn measured_rate(stream: &str, shards: i32, backlog: usize, options: Kines
             .iter()
             .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })))
             .collect();
-        assert!(queue.publish(&q, msgs).await.unwrap().is_complete());
+        emulator::publish_all(&queue, &q, msgs).await;
     }
     let times: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
     let t = times.clone();

@@ -40,9 +40,8 @@ async fn flushall_under_load_loses_nothing_and_accepts_no_stale_checkpoint() {
         return;
     };
     let recorder = Arc::new(Recorder::new(pg));
-    let emu = Emulator::start().await;
     let stream = "redis-wipe";
-    emu.create_stream(stream, SHARDS as i32).await;
+    let emu = Emulator::with_stream(stream, SHARDS as i32).await;
     let q = QueueName::new(stream).unwrap();
 
     let mut queues = Vec::new();
@@ -97,7 +96,7 @@ async fn flushall_under_load_loses_nothing_and_accepts_no_stale_checkpoint() {
                             .partition_key(format!("k{i}"))
                     })
                     .collect();
-                assert!(publisher.publish(&q, msgs).await.unwrap().is_complete());
+                emulator::publish_all(publisher, &q, msgs).await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -15,7 +15,7 @@ use emulator::Emulator;
 use hooked::{Hooked, Hooks};
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
 use mq_core::{Batch, HandlerContext, LifecycleEvent, MessageQueue, QueueName, handler_fn};
-use mq_kinesis::{Error, KinesisOptions, KinesisQueue, Lease, LeaseStore, Result};
+use mq_kinesis::{Error, KinesisQueue, Lease, LeaseStore, Result};
 
 /// Fails renewals and heartbeats on demand.
 #[derive(Debug, Default)]
@@ -54,14 +54,10 @@ async fn setup(
     store: Arc<Hooked<Flaky>>,
     obs: &Arc<RecordingObserver>,
 ) -> (Emulator, KinesisQueue, QueueName) {
-    let emu = Emulator::start().await;
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
     let queue = KinesisQueue::with_client(
         emu.client(),
-        KinesisOptions::new(store)
-            .instance_id("me")
-            .common(emulator::observed(obs))
-            .discovery_interval(Duration::from_millis(30)),
+        emulator::observed_options(store, "me", obs).discovery_interval(Duration::from_millis(30)),
     );
     let q = emulator::register_and_publish(&queue, stream, 10).await;
     (emu, queue, q)
@@ -75,7 +71,7 @@ async fn renewal_retries_before_giving_up() {
     let obs = Arc::new(RecordingObserver::default());
     let (_emu, queue, q) = setup("renew-retry", store.clone(), &obs).await;
     let ledger = Arc::new(DeliveryLedger::default());
-    let handler = emulator::ledger_handler(&ledger);
+    let handler = ledger.handler();
     let opts = fast_options().lease_duration(Duration::from_millis(900));
     let consumer = queue.consume(&q, handler, opts).await.unwrap();
     eventually(Duration::from_secs(20), "several renewal rounds", || {

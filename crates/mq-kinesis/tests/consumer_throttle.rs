@@ -17,9 +17,8 @@ use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue, ShardOptions}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_reads_back_off_and_finish() {
-    let emu = Emulator::start().await;
     let stream = "throttle";
-    emu.create_stream(stream, 2).await;
+    let emu = Emulator::with_stream(stream, 2).await;
     let throttle = ReadThrottle::every(2);
     let c = client(&emu.endpoint, false, None, Some(throttle.clone()));
     let obs = Arc::new(RecordingObserver::default());
@@ -40,7 +39,7 @@ async fn throttled_reads_back_off_and_finish() {
     );
     let q = emulator::register_and_publish(&queue, stream, 600).await;
     let ledger = Arc::new(DeliveryLedger::default());
-    let handler = emulator::ledger_handler(&ledger);
+    let handler = ledger.handler();
     let consumer = queue.consume(&q, handler, fast_options()).await.unwrap();
     eventually(Duration::from_secs(60), "all 600 delivered", || {
         ledger.distinct() == 600

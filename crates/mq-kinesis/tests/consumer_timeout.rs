@@ -11,21 +11,17 @@ use std::time::Duration;
 use emulator::Emulator;
 use mq_core::testkit::{DeliveryLedger, RecordingObserver, eventually, fast_options};
 use mq_core::{Batch, HandlerContext, MessageQueue, handler_fn};
-use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore};
+use mq_kinesis::{InMemoryLeaseStore, KinesisQueue, LeaseStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_out_handler_is_cancelled_and_not_overlapped() {
-    let emu = Emulator::start().await;
     let stream = "timeout";
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
     let obs = Arc::new(RecordingObserver::default());
     let queue = KinesisQueue::with_client(
         emu.client(),
-        KinesisOptions::new(store.clone())
-            .instance_id("slow")
-            .common(emulator::observed(&obs))
-            .discovery_interval(Duration::from_millis(50)),
+        emulator::observed_options(store.clone(), "slow", &obs),
     );
     let q = emulator::register_and_publish(&queue, stream, 5).await;
 

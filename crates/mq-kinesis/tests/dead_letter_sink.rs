@@ -17,10 +17,9 @@ use mq_memory::MemoryDeadLetterStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_round_trip_through_the_stream() {
-    let emu = Emulator::start().await;
-    let client = emu.client();
     let stream = "orders-dlq";
-    emu.create_stream(stream, 1).await;
+    let emu = Emulator::with_stream(stream, 1).await;
+    let client = emu.client();
 
     let sink = KinesisDeadLetterSink::new(
         KinesisProducer::new(client.clone(), ProducerOptions::default()),

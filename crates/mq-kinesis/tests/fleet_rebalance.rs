@@ -56,9 +56,8 @@ struct Fleet {
 impl Fleet {
     async fn new(test: &str, shards: i32) -> Option<Self> {
         let url = redis(test).await?;
-        let emu = Emulator::start().await;
         let stream = test.replace('_', "-");
-        emu.create_stream(&stream, shards).await;
+        let emu = Emulator::with_stream(&stream, shards).await;
         let prefix = format!("mqtest-{}-{}", test, std::process::id());
         let observer = RedisLeaseStore::connect(&url, prefix.clone())
             .await

@@ -31,9 +31,8 @@ async fn redis_down_for_ten_seconds_pauses_and_resumes_without_overlap_or_loss()
     let Some(mut redis) = RedisServer::start_or_skip(test).await else {
         return;
     };
-    let emu = Emulator::start().await;
     let stream = "fleet-redis-outage";
-    emu.create_stream(stream, 4).await;
+    let emu = Emulator::with_stream(stream, 4).await;
     let q = QueueName::new(stream).unwrap();
     let log = Log::default();
     // handlers take a little time, so batches are in flight when Redis goes

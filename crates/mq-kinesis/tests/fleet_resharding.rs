@@ -31,9 +31,8 @@ async fn wait_more(log: &Log, more: usize, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_and_merge_under_load_lose_nothing_and_keep_key_order() {
-    let emu = Emulator::start().await;
     let stream = "fleet-reshard";
-    emu.create_stream(stream, 4).await;
+    let emu = Emulator::with_stream(stream, 4).await;
     let q = QueueName::new(stream).unwrap();
     // one store shared by both instances, as Redis would be: the point here is the order
     let store = Arc::new(InMemoryLeaseStore::new());
@@ -55,20 +54,8 @@ async fn split_and_merge_under_load_lose_nothing_and_keep_key_order() {
     wait_more(&log, 500, "some load delivered").await;
 
     let c = emu.client();
-    let shards = c.list_shards().stream_name(stream).send().await.unwrap();
-    let s0 = shards.shards()[0].clone();
-    let range = s0.hash_key_range().unwrap();
-    let lo: u128 = range.starting_hash_key().parse().unwrap();
-    let hi: u128 = range.ending_hash_key().parse().unwrap();
-    let mid = lo + (hi - lo) / 2;
-    c.split_shard()
-        .stream_name(stream)
-        .shard_to_split(s0.shard_id())
-        .new_starting_hash_key(mid.to_string())
-        .send()
-        .await
-        .unwrap();
-    emu.wait_active(stream).await;
+    let first = emulator::shard_ids(&c, stream).await.remove(0);
+    emu.split_in_half(stream, &first).await;
     wait_more(&log, 500, "load after the split").await;
     c.merge_shards()
         .stream_name(stream)

@@ -12,27 +12,14 @@ use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue, LeaseStore, s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_leases_checkpoints_failures_lineage_and_assignment() {
-    let emu = Emulator::start().await;
     let stream = "inspected";
-    emu.create_stream(stream, 2).await;
+    let emu = Emulator::with_stream(stream, 2).await;
     let c = emu.client();
-    let listed = c.list_shards().stream_name(stream).send().await.unwrap();
-    let s0 = listed.shards()[0].clone();
-    let range = s0.hash_key_range().unwrap();
-    let lo: u128 = range.starting_hash_key().parse().unwrap();
-    let hi: u128 = range.ending_hash_key().parse().unwrap();
-    c.split_shard()
-        .stream_name(stream)
-        .shard_to_split(s0.shard_id())
-        .new_starting_hash_key((lo + (hi - lo) / 2).to_string())
-        .send()
-        .await
-        .unwrap();
-    emu.wait_active(stream).await;
+    let parent = emulator::shard_ids(&c, stream).await.remove(0);
+    emu.split_in_half(stream, &parent).await;
 
     let store = Arc::new(InMemoryLeaseStore::new());
     let ttl = Duration::from_secs(30);
-    let parent = s0.shard_id().to_owned();
     let lease = store
         .acquire(stream, &parent, "instance-a", ttl)
         .await

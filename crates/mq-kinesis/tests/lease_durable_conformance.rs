@@ -21,92 +21,72 @@ async fn redis(test: &str) -> Option<Arc<dyn LeaseStore>> {
     ))
 }
 
-struct RedisPostgres;
+/// Where a pairing keeps its leases.
+#[derive(Clone, Copy)]
+enum Leases {
+    Redis,
+    Memory,
+}
+
+/// Where a pairing keeps its checkpoints and epoch fence.
+#[derive(Clone, Copy)]
+enum Checkpoints {
+    Postgres,
+    MySql,
+    Mongo,
+    Sqlite,
+    Memory,
+}
+
+/// A `DurableLeaseStore` over one (lease store, checkpoint store) pairing; `None` when a
+/// service of the pairing is not configured.
+struct Durable(Leases, Checkpoints);
 
 #[mq_core::async_trait]
-impl LeaseStoreFactory for RedisPostgres {
+impl LeaseStoreFactory for Durable {
     async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
-        let leases = redis(test).await?;
-        let checkpoints = durable::postgres(&format!("pg_{test}")).await?;
+        let leases = match self.0 {
+            Leases::Redis => redis(test).await?,
+            Leases::Memory => Arc::new(InMemoryLeaseStore::new()),
+        };
+        let checkpoints = match self.1 {
+            Checkpoints::Postgres => durable::postgres(&format!("pg_{test}")).await?,
+            Checkpoints::MySql => durable::mysql(&format!("my_{test}")).await?,
+            Checkpoints::Mongo => durable::mongo(&format!("mg_{test}")).await?,
+            Checkpoints::Sqlite => durable::sqlite(&format!("lite_{test}")).await,
+            Checkpoints::Memory => Arc::new(MemoryCheckpointStore::new()),
+        };
         Some(Arc::new(DurableLeaseStore::new(leases, checkpoints)))
     }
 
     async fn cleanup(&self, test: &str) {
-        redis_keys::delete_matching(&format!("mqtest-durable-{test}-*"));
-    }
-}
-
-struct RedisMySql;
-
-#[mq_core::async_trait]
-impl LeaseStoreFactory for RedisMySql {
-    async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
-        let leases = redis(test).await?;
-        let checkpoints = durable::mysql(&format!("my_{test}")).await?;
-        Some(Arc::new(DurableLeaseStore::new(leases, checkpoints)))
-    }
-
-    async fn cleanup(&self, test: &str) {
-        redis_keys::delete_matching(&format!("mqtest-durable-{test}-*"));
-    }
-}
-
-struct RedisMongo;
-
-#[mq_core::async_trait]
-impl LeaseStoreFactory for RedisMongo {
-    async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
-        let leases = redis(test).await?;
-        let checkpoints = durable::mongo(&format!("mg_{test}")).await?;
-        Some(Arc::new(DurableLeaseStore::new(leases, checkpoints)))
-    }
-
-    async fn cleanup(&self, test: &str) {
-        redis_keys::delete_matching(&format!("mqtest-durable-{test}-*"));
-    }
-}
-
-struct MemorySqlite;
-
-#[mq_core::async_trait]
-impl LeaseStoreFactory for MemorySqlite {
-    async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
-        let checkpoints = durable::sqlite(&format!("lite_{test}")).await;
-        Some(Arc::new(DurableLeaseStore::new(
-            Arc::new(InMemoryLeaseStore::new()),
-            checkpoints,
-        )))
-    }
-}
-
-struct MemoryMemory;
-
-#[mq_core::async_trait]
-impl LeaseStoreFactory for MemoryMemory {
-    async fn create(&self, _test: &str) -> Option<Arc<dyn LeaseStore>> {
-        Some(Arc::new(DurableLeaseStore::new(
-            Arc::new(InMemoryLeaseStore::new()),
-            Arc::new(MemoryCheckpointStore::new()),
-        )))
+        if let Leases::Redis = self.0 {
+            redis_keys::delete_matching(&format!("mqtest-durable-{test}-*"));
+        }
     }
 }
 
 mod redis_postgres {
-    mq_kinesis::lease_store_tests!(super::RedisPostgres);
+    use super::{Checkpoints, Durable, Leases};
+    mq_kinesis::lease_store_tests!(Durable(Leases::Redis, Checkpoints::Postgres));
 }
 
 mod redis_mysql {
-    mq_kinesis::lease_store_tests!(super::RedisMySql);
+    use super::{Checkpoints, Durable, Leases};
+    mq_kinesis::lease_store_tests!(Durable(Leases::Redis, Checkpoints::MySql));
 }
 
 mod redis_mongo {
-    mq_kinesis::lease_store_tests!(super::RedisMongo);
+    use super::{Checkpoints, Durable, Leases};
+    mq_kinesis::lease_store_tests!(Durable(Leases::Redis, Checkpoints::Mongo));
 }
 
 mod memory_sqlite {
-    mq_kinesis::lease_store_tests!(super::MemorySqlite);
+    use super::{Checkpoints, Durable, Leases};
+    mq_kinesis::lease_store_tests!(Durable(Leases::Memory, Checkpoints::Sqlite));
 }
 
 mod memory_memory {
-    mq_kinesis::lease_store_tests!(super::MemoryMemory);
+    use super::{Checkpoints, Durable, Leases};
+    mq_kinesis::lease_store_tests!(Durable(Leases::Memory, Checkpoints::Memory));
 }

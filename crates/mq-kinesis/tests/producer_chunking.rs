@@ -28,41 +28,16 @@ fn messages(n: usize, size: usize) -> Vec<Message> {
 /// An emulator with `stream` of `shards` shards and a client (SDK retries on) whose requests
 /// are counted.
 async fn counted(stream: &str, shards: i32) -> (Emulator, RequestCounter, aws_sdk_kinesis::Client) {
-    let emu = Emulator::start().await;
-    emu.create_stream(stream, shards).await;
+    let emu = Emulator::with_stream(stream, shards).await;
     let counter = RequestCounter::default();
     let c = client(&emu.endpoint, true, Some(counter.clone()), None);
     (emu, counter, c)
 }
 
 async fn stored_count(c: &aws_sdk_kinesis::Client, stream: &str) -> usize {
-    let shards = c.list_shards().stream_name(stream).send().await.unwrap();
     let mut total = 0;
-    for s in shards.shards() {
-        let mut it = c
-            .get_shard_iterator()
-            .stream_name(stream)
-            .shard_id(s.shard_id())
-            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator()
-            .map(str::to_owned);
-        while let Some(i) = it {
-            let out = c
-                .get_records()
-                .shard_iterator(i)
-                .limit(10_000)
-                .send()
-                .await
-                .unwrap();
-            if out.records().is_empty() {
-                break;
-            }
-            total += out.records().len();
-            it = out.next_shard_iterator().map(str::to_owned);
-        }
+    for shard in emulator::shard_ids(c, stream).await {
+        total += emulator::shard_records(c, stream, &shard).await.len();
     }
     total
 }

@@ -13,8 +13,7 @@ use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_build_the_client_and_names_resolve_to_streams() {
-    let emu = Emulator::start().await;
-    emu.create_stream("order-events-eu-prod", 2).await;
+    let emu = Emulator::with_stream("order-events-eu-prod", 2).await;
     let queue = KinesisQueue::connect(
         KinesisOptions::new(Arc::new(InMemoryLeaseStore::new()))
             .region("us-east-1")

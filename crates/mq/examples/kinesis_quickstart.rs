@@ -10,8 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mq::kinesis::aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
-use mq::kinesis::aws_sdk_kinesis::{Client, Config};
 use mq::kinesis::{InMemoryLeaseStore, KinesisOptions, LeaseStore, RedisLeaseStore};
 use mq::prelude::*;
 
@@ -31,22 +29,6 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    let client = Client::from_conf(
-        Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
-            .credentials_provider(Credentials::new("local", "local", None, None, "emulator"))
-            .build(),
-    );
-    client
-        .create_stream()
-        .stream_name(STREAM)
-        .shard_count(2)
-        .send()
-        .await?;
-    println!("emulator on {endpoint}, stream {STREAM:?} with 2 shards");
-
     let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     // Checkpoints of an earlier run's stream must not apply to this run's new one.
     let prefix = format!(
@@ -71,7 +53,20 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    let queue = KinesisQueue::with_client(client, KinesisOptions::new(leases));
+    // Local credentials: the emulator accepts any.
+    let options = KinesisOptions::new(leases)
+        .region("us-east-1")
+        .endpoint_url(&endpoint)
+        .credentials("local", "local", None);
+    let queue = KinesisQueue::connect(options).await?;
+    queue
+        .client()
+        .create_stream()
+        .stream_name(STREAM)
+        .shard_count(2)
+        .send()
+        .await?;
+    println!("emulator on {endpoint}, stream {STREAM:?} with 2 shards");
     let orders = QueueName::new(STREAM)?;
     queue.register(&orders).await?;
 

@@ -15,7 +15,7 @@ use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::{
     BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
 };
-use aws_sdk_kinesis::types::StreamStatus;
+use aws_sdk_kinesis::types::{Record, ShardIteratorType, StreamStatus};
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use axum::body::Body;
@@ -23,12 +23,11 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use ferrokinesis::store::{Store, StoreOptions};
-use mq_core::testkit::{DeliveryLedger, RecordingObserver, wait_until};
+use mq_core::testkit::{RecordingObserver, wait_until};
 use mq_core::{
-    Batch, CommonOptions, DispatchMode, Handler, HandlerContext, LifecycleDispatcher, MessageQueue,
-    NewMessage, QueueName, handler_fn,
+    CommonOptions, DispatchMode, LifecycleDispatcher, MessageQueue, NewMessage, QueueName,
 };
-use mq_kinesis::KinesisQueue;
+use mq_kinesis::{KinesisOptions, KinesisQueue, LeaseStore};
 use tokio::task::JoinHandle;
 
 pub struct Emulator {
@@ -55,6 +54,13 @@ pub fn store_options() -> StoreOptions {
 impl Emulator {
     pub async fn start() -> Self {
         Self::start_with(store_options()).await
+    }
+
+    /// An emulator holding one active stream of `shards` shards.
+    pub async fn with_stream(stream: &str, shards: i32) -> Self {
+        let emu = Self::start().await;
+        emu.create_stream(stream, shards).await;
+        emu
     }
 
     pub async fn start_with(options: StoreOptions) -> Self {
@@ -92,6 +98,25 @@ impl Emulator {
         self.wait_active(stream).await;
     }
 
+    /// Splits `shard` of `stream` at the middle of its hash key range (it closes, two children
+    /// open) and waits until the stream is active again.
+    pub async fn split_in_half(&self, stream: &str, shard: &str) {
+        let c = self.client();
+        let listed = c.list_shards().stream_name(stream).send().await.unwrap();
+        let parent = listed.shards().iter().find(|s| s.shard_id() == shard);
+        let range = parent.and_then(|s| s.hash_key_range()).unwrap();
+        let lo: u128 = range.starting_hash_key().parse().unwrap();
+        let hi: u128 = range.ending_hash_key().parse().unwrap();
+        c.split_shard()
+            .stream_name(stream)
+            .shard_to_split(shard)
+            .new_starting_hash_key((lo + (hi - lo) / 2).to_string())
+            .send()
+            .await
+            .unwrap();
+        self.wait_active(stream).await;
+    }
+
     /// Waits until `stream` is active (after a create, split or merge).
     pub async fn wait_active(&self, stream: &str) {
         wait_active(&self.client(), stream).await;
@@ -113,6 +138,52 @@ pub async fn wait_active(client: &Client, stream: &str) {
     .await;
 }
 
+/// Every record of `shard` from its trim horizon to the newest, read with GetRecords.
+pub async fn shard_records(client: &Client, stream: &str, shard: &str) -> Vec<Record> {
+    let mut records = Vec::new();
+    let mut it = client
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shard)
+        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap()
+        .shard_iterator()
+        .map(str::to_owned);
+    while let Some(i) = it {
+        let page = client
+            .get_records()
+            .shard_iterator(i)
+            .limit(10_000)
+            .send()
+            .await
+            .unwrap();
+        if page.records.is_empty() {
+            break;
+        }
+        // moved, not copied: the benchmark's bare reader uses this too
+        records.extend(page.records);
+        it = page.next_shard_iterator;
+    }
+    records
+}
+
+/// The ids of the shards of `stream`, as ListShards gives them.
+pub async fn shard_ids(client: &Client, stream: &str) -> Vec<String> {
+    let listed = client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    listed
+        .shards()
+        .iter()
+        .map(|s| s.shard_id().to_owned())
+        .collect()
+}
+
 /// Common options whose lifecycle events reach `obs` synchronously, before the consumer goes on.
 pub fn observed(obs: &Arc<RecordingObserver>) -> CommonOptions {
     CommonOptions::default().lifecycle(
@@ -123,18 +194,17 @@ pub fn observed(obs: &Arc<RecordingObserver>) -> CommonOptions {
     )
 }
 
-/// A handler that acks everything and records each message in `ledger` (begun and ended at once).
-pub fn ledger_handler(ledger: &Arc<DeliveryLedger>) -> Arc<dyn Handler> {
-    let l = ledger.clone();
-    Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
-        let l = l.clone();
-        async move {
-            for m in batch.iter() {
-                l.begin(m.id.as_str());
-                l.end(m.id.as_str());
-            }
-        }
-    }))
+/// Options of instance `instance` over `store` whose lifecycle events reach `obs`
+/// synchronously, looking for new shards every 50 ms.
+pub fn observed_options(
+    store: Arc<dyn LeaseStore>,
+    instance: &str,
+    obs: &Arc<RecordingObserver>,
+) -> KinesisOptions {
+    KinesisOptions::new(store)
+        .instance_id(instance)
+        .common(observed(obs))
+        .discovery_interval(Duration::from_millis(50))
 }
 
 /// `n` messages of type `t` whose payloads are `{"i": 0}`, `{"i": 1}`, ...
@@ -149,8 +219,18 @@ pub fn numbered(n: usize) -> Vec<NewMessage> {
 pub async fn register_and_publish(queue: &KinesisQueue, stream: &str, n: usize) -> QueueName {
     let q = QueueName::new(stream).unwrap();
     queue.register(&q).await.unwrap();
-    assert!(queue.publish(&q, numbered(n)).await.unwrap().is_complete());
+    publish_all(queue, &q, numbered(n)).await;
     q
+}
+
+/// Publishes `messages` to `q`, asserting that every one was accepted.
+pub async fn publish_all(queue: &KinesisQueue, q: &QueueName, messages: Vec<NewMessage>) {
+    let report = queue.publish(q, messages).await.unwrap();
+    assert!(
+        report.is_complete(),
+        "not published: {:?}",
+        report.failed.first()
+    );
 }
 
 /// ferrokinesis 0.7 validates SubscribeToShard's `StartingPosition` as a structure with `Type`
