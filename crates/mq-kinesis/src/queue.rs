@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
-use mq_core::backend::{AdaptiveStrategy, AimdStrategy, ConsumerStopper, prepare_messages};
+use mq_core::backend::{
+    AdaptiveStrategy, AimdStrategy, ConsumerStopper, RegisteredQueues, prepare_messages,
+};
 use mq_core::{
     BatchReport, CommonOptions, ConsumerHandle, ConsumerInfo, ConsumerOptions, Handler,
     LifecycleEvent, MessageInfo, MessageQueue, PublishFailure, PublishReport, QueueName,
@@ -324,7 +326,7 @@ struct Inner {
     client: Client,
     producer: KinesisProducer,
     options: KinesisOptions,
-    registered: Mutex<HashSet<QueueName>>,
+    registered: RegisteredQueues,
     stop: CancellationToken,
     abort: CancellationToken,
     consumers: Mutex<Vec<ConsumerStopper>>,
@@ -356,7 +358,7 @@ impl KinesisQueue {
             inner: Arc::new(Inner {
                 client,
                 producer,
-                registered: Mutex::new(HashSet::new()),
+                registered: RegisteredQueues::default(),
                 stop: CancellationToken::new(),
                 abort: CancellationToken::new(),
                 consumers: Mutex::new(Vec::new()),
@@ -430,18 +432,9 @@ impl KinesisQueue {
 
     fn resolve_registered(&self, queue: &QueueName) -> mq_core::Result<QueueName> {
         self.check_open()?;
-        let q = self.inner.options.common.get_resolver().resolve(queue)?;
-        if self
-            .inner
+        self.inner
             .registered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&q)
-        {
-            Ok(q)
-        } else {
-            Err(mq_core::Error::NotRegistered { queue: q })
-        }
+            .resolve(&self.inner.options.common, queue)
     }
 
     fn env(
@@ -497,11 +490,7 @@ impl MessageQueue for KinesisQueue {
             }
             return Err(Error::kinesis("DescribeStreamSummary", error_text(&e)).into());
         }
-        self.inner
-            .registered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(q);
+        self.inner.registered.insert(q);
         Ok(())
     }
 
