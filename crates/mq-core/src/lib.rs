@@ -48,6 +48,57 @@
 
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 
+/// The conversions of a validated string newtype (`struct Name(Arc<str>)` with a `new` that
+/// checks its input): shown as the plain string, built from a string only through `new`.
+macro_rules! validated_string_impls {
+    ($name:ident) => {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = $crate::Error;
+            fn try_from(value: String) -> $crate::Result<Self> {
+                $name::new(value)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = $crate::Error;
+            fn try_from(value: &str) -> $crate::Result<Self> {
+                $name::new(value)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::Error;
+            fn from_str(s: &str) -> $crate::Result<Self> {
+                $name::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> Self {
+                value.0.to_string()
+            }
+        }
+    };
+}
+
 mod adaptive;
 pub mod backend;
 mod checkpoint;

@@ -87,43 +87,7 @@ impl MessageId {
     }
 }
 
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl AsRef<str> for MessageId {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for MessageId {
-    type Error = Error;
-    fn try_from(value: String) -> Result<Self> {
-        MessageId::new(value)
-    }
-}
-
-impl TryFrom<&str> for MessageId {
-    type Error = Error;
-    fn try_from(value: &str) -> Result<Self> {
-        MessageId::new(value)
-    }
-}
-
-impl From<MessageId> for String {
-    fn from(value: MessageId) -> Self {
-        value.0.to_string()
-    }
-}
+validated_string_impls!(MessageId);
 
 /// Where a message is in its life.
 ///

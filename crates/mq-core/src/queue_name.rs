@@ -65,50 +65,7 @@ fn validate(name: &str) -> Result<()> {
     })
 }
 
-impl fmt::Display for QueueName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for QueueName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl AsRef<str> for QueueName {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for QueueName {
-    type Error = Error;
-    fn try_from(value: String) -> Result<Self> {
-        QueueName::new(value)
-    }
-}
-
-impl TryFrom<&str> for QueueName {
-    type Error = Error;
-    fn try_from(value: &str) -> Result<Self> {
-        QueueName::new(value)
-    }
-}
-
-impl std::str::FromStr for QueueName {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        QueueName::new(s)
-    }
-}
-
-impl From<QueueName> for String {
-    fn from(value: QueueName) -> Self {
-        value.0.to_string()
-    }
-}
+validated_string_impls!(QueueName);
 
 /// Maps the queue name a caller uses to the name stored by the backend.
 ///
