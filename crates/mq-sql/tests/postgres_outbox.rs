@@ -14,19 +14,21 @@ use mq_core::{
 };
 use mq_sql::PgQueue;
 use sqlx::{AssertSqlSafe, PgPool};
-use support::{Db, drop_table, options, require, table_name, wait_until};
+use support::{Db, drop_table, fresh_table, options, publish_all, wait_until};
+
+/// A queue on `table`.
+async fn pg_queue(url: &str, table: &str) -> PgQueue {
+    PgQueue::connect(url, options(table).common(CommonOptions::default()))
+        .await
+        .expect("connect")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_in_tx_follows_the_transaction() {
-    let test = "outbox";
-    let Some(url) = require(Db::Postgres, test) else {
+    let Some((url, table)) = fresh_table(Db::Postgres, "po", "outbox").await else {
         return;
     };
-    let table = table_name("po", test);
-    drop_table(Db::Postgres, &url, &table).await;
-    let q = PgQueue::connect(&url, options(&table).common(CommonOptions::default()))
-        .await
-        .expect("connect");
+    let q = pg_queue(&url, &table).await;
     let name = QueueName::new("outbox").expect("name");
     q.register(&name).await.expect("register");
     let pool = PgPool::connect(&url).await.expect("pool");
@@ -73,18 +75,11 @@ async fn publish_in_tx_follows_the_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_wakes_an_idle_consumer_of_another_instance() {
-    let test = "notify";
-    let Some(url) = require(Db::Postgres, test) else {
+    let Some((url, table)) = fresh_table(Db::Postgres, "po", "notify").await else {
         return;
     };
-    let table = table_name("po", test);
-    drop_table(Db::Postgres, &url, &table).await;
-    let consumer_side = PgQueue::connect(&url, options(&table).common(CommonOptions::default()))
-        .await
-        .expect("connect");
-    let publisher_side = PgQueue::connect(&url, options(&table).common(CommonOptions::default()))
-        .await
-        .expect("connect");
+    let (consumer_side, publisher_side) =
+        (pg_queue(&url, &table).await, pg_queue(&url, &table).await);
     let name = QueueName::new("wake").expect("name");
     consumer_side.register(&name).await.expect("register");
     publisher_side.register(&name).await.expect("register");
@@ -111,12 +106,8 @@ async fn notify_wakes_an_idle_consumer_of_another_instance() {
     })
     .await;
     let started = tokio::time::Instant::now();
-    publisher_side
-        .publish(&name, vec![NewMessage::new("x", serde_json::json!({}))])
-        .await
-        .expect("publish")
-        .into_result()
-        .expect("stored");
+    let message = NewMessage::new("x", serde_json::json!({}));
+    publish_all(&publisher_side, &name, vec![message]).await;
     wait_until(Duration::from_secs(10), "notified consumer to run", || {
         let seen = seen.clone();
         async move { seen.load(Ordering::SeqCst) == 1 }
