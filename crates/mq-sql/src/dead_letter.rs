@@ -141,7 +141,7 @@ where
         for letter in letters {
             let mut q = QueryBuilder::<DB>::new("");
             insert(&mut q, &self.table, &DeadLetterEntry::from_letter(letter))?;
-            q.push(DB::DEAD_LETTER_UPSERT.replace("{table}", &self.table));
+            q.push(DB::dead_letter_upsert(&self.table));
             q.build().execute(&mut *tx).await.map_err(err())?;
         }
         tx.commit().await.map_err(err())

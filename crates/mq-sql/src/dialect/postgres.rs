@@ -12,8 +12,6 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult,
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
 
 use super::Dialect;
-use crate::checkpoint::SqlCheckpointStore;
-use crate::dead_letter::{SqlDeadLetterStore, assert_store};
 use crate::error::backend;
 use crate::options::SqlOptions;
 use crate::queue::SqlQueue;
@@ -22,28 +20,7 @@ use crate::store::{
     micros,
 };
 
-/// A SQL queue on PostgreSQL.
-pub type PgQueue = SqlQueue<Postgres>;
-
-/// A [`SqlCheckpointStore`] on PostgreSQL.
-pub type PgCheckpointStore = SqlCheckpointStore<Postgres>;
-
-/// A [`SqlDeadLetterStore`] on PostgreSQL (feature `postgres`).
-///
-/// # Examples
-///
-/// ```no_run
-/// # async fn f(pool: mq_sql::sqlx::PgPool) -> mq_core::Result<()> {
-/// use mq_core::DeadLetterStore;
-/// use mq_sql::PgDeadLetterStore;
-///
-/// let store = PgDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
-/// store.migrate().await?;
-/// # Ok(()) }
-/// ```
-pub type PgDeadLetterStore = SqlDeadLetterStore<Postgres>;
-
-const _: () = assert_store::<PgDeadLetterStore>();
+super::aliases!(Postgres, "PostgreSQL", feature "postgres", pool PgPool: PgQueue, PgCheckpointStore, PgDeadLetterStore);
 
 const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.execute_at, t.expires_at, \
     t.attempts, t.max_attempts, t.retry_delay_ms, t.created_at, t.updated_at, t.processing_started_at, \
@@ -59,22 +36,7 @@ const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.exec
 //   rechecked on the latest row version if the row changed meanwhile, so the fence holds.
 impl Dialect for Postgres {
     const KIND: &'static str = "postgres";
-    const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)] = &[(
-        "postgres/0001_messages.sql",
-        include_str!("../../migrations/postgres/0001_messages.sql"),
-    )];
-    const CHECKPOINT_MIGRATION: (&'static str, &'static str) = (
-        "postgres/0001_checkpoints.sql",
-        include_str!("../../migrations/postgres/0001_checkpoints.sql"),
-    );
-    const DEAD_LETTER_MIGRATION: &'static str =
-        include_str!("../../migrations/postgres/0001_dead_letters.sql");
-    const DEAD_LETTER_UPSERT: &'static str = " ON CONFLICT (queue, message_id) DO UPDATE SET \
-        failures = {table}.failures + 1, error = excluded.error, error_text = excluded.error_text, \
-        exhausted = excluded.exhausted, attempts = GREATEST({table}.attempts, excluded.attempts), \
-        first_failed_at = LEAST({table}.first_failed_at, excluded.first_failed_at), \
-        last_failed_at = GREATEST({table}.last_failed_at, excluded.last_failed_at), \
-        consumer_id = excluded.consumer_id";
+    super::migrations!("postgres");
     const TRANSACTIONAL_DDL: bool = true;
     const BEGIN_WRITE: &'static str = "BEGIN";
     const LOCK_ROW: &'static str = " FOR UPDATE";

@@ -13,60 +13,19 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection, SqlitePool};
 
-use super::Dialect;
-use crate::checkpoint::SqlCheckpointStore;
-use crate::dead_letter::{SqlDeadLetterStore, assert_store};
+use super::{CHUNK, Dialect};
 use crate::error::backend;
 use crate::options::SqlOptions;
-use crate::queue::SqlQueue;
 use crate::store::{
     COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros,
 };
 
-/// A SQL queue on SQLite.
-pub type SqliteQueue = SqlQueue<Sqlite>;
-
-/// A [`SqlCheckpointStore`] on SQLite.
-pub type SqliteCheckpointStore = SqlCheckpointStore<Sqlite>;
-
-/// A [`SqlDeadLetterStore`] on SQLite (feature `sqlite`).
-///
-/// # Examples
-///
-/// ```no_run
-/// # async fn f(pool: mq_sql::sqlx::SqlitePool) -> mq_core::Result<()> {
-/// use mq_core::DeadLetterStore;
-/// use mq_sql::SqliteDeadLetterStore;
-///
-/// let store = SqliteDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
-/// store.migrate().await?;
-/// # Ok(()) }
-/// ```
-pub type SqliteDeadLetterStore = SqlDeadLetterStore<Sqlite>;
-
-const _: () = assert_store::<SqliteDeadLetterStore>();
-
-/// Rows per multi-row statement (SQLite allows 32766 bound parameters).
-const CHUNK: usize = 1000;
+super::aliases!(Sqlite, "SQLite", feature "sqlite", pool SqlitePool: SqliteQueue, SqliteCheckpointStore, SqliteDeadLetterStore);
 
 impl Dialect for Sqlite {
     const KIND: &'static str = "sqlite";
-    const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)] = &[(
-        "sqlite/0001_messages.sql",
-        include_str!("../../migrations/sqlite/0001_messages.sql"),
-    )];
-    const CHECKPOINT_MIGRATION: (&'static str, &'static str) = (
-        "sqlite/0001_checkpoints.sql",
-        include_str!("../../migrations/sqlite/0001_checkpoints.sql"),
-    );
-    const DEAD_LETTER_MIGRATION: &'static str =
-        include_str!("../../migrations/sqlite/0001_dead_letters.sql");
-    const DEAD_LETTER_UPSERT: &'static str = " ON CONFLICT (queue, message_id) DO UPDATE SET \
-        failures = {table}.failures + 1, error = excluded.error, error_text = excluded.error_text, \
-        exhausted = excluded.exhausted, attempts = MAX({table}.attempts, excluded.attempts), \
-        first_failed_at = MIN({table}.first_failed_at, excluded.first_failed_at), \
-        last_failed_at = MAX({table}.last_failed_at, excluded.last_failed_at), \
-        consumer_id = excluded.consumer_id";
+    super::migrations!("sqlite");
+    const GREATEST_LEAST: (&'static str, &'static str) = ("MAX", "MIN");
     const TRANSACTIONAL_DDL: bool = true;
     // One writer at a time: a row read in the transaction cannot change before the commit.
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
