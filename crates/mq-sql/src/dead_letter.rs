@@ -9,7 +9,7 @@ use std::fmt;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mq_core::{BoxError, DeadLetter, DeadLetterSink, MessageId};
-use sqlx::{AssertSqlSafe, Executor, IntoArguments, QueryBuilder};
+use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 
 use mq_core::{DeadLetterEntry, DeadLetterFilter, DeadLetterStore, EntryId, ReplayMark};
 
@@ -101,13 +101,43 @@ impl<DB: sqlx::Database> SqlDeadLetterStore<DB> {
 /// generic impls below apply to its database (their bounds are only checked where used).
 pub(crate) const fn assert_store<S: DeadLetterStore>() {}
 
+impl<DB: Dialect> SqlDeadLetterStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    QueryBuilder<DB>: Sql,
+{
+    /// Runs the statement `write` puts together (`op` names it in errors); returns the rows it
+    /// changed.
+    async fn execute(
+        &self,
+        op: &'static str,
+        write: impl FnOnce(&mut QueryBuilder<DB>),
+    ) -> mq_core::Result<u64> {
+        let mut q = QueryBuilder::<DB>::new("");
+        write(&mut q);
+        let done = q.build().execute(&self.pool).await.map_err(backend(op))?;
+        Ok(DB::rows_affected(&done))
+    }
+
+    /// Runs the query `write` puts together, which selects one row with an integer `n`; returns
+    /// `n`.
+    async fn fetch_n(
+        &self,
+        op: &'static str,
+        write: impl FnOnce(&mut QueryBuilder<DB>),
+    ) -> mq_core::Result<i64> {
+        let mut q = QueryBuilder::<DB>::new("");
+        write(&mut q);
+        let row = q.build().fetch_one(&self.pool).await.map_err(backend(op))?;
+        ReadRow::int(&row, "n").map_err(backend(op))
+    }
+}
+
 #[async_trait]
 impl<DB: Dialect> DeadLetterSink for SqlDeadLetterStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
     QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
 {
     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> std::result::Result<(), BoxError> {
         Ok(DeadLetterStore::insert(self, letters).await?)
@@ -118,9 +148,7 @@ where
 impl<DB: Dialect> DeadLetterStore for SqlDeadLetterStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
     QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
 {
     async fn migrate(&self) -> mq_core::Result<()> {
         for stmt in statements(&render(DB::DEAD_LETTER_MIGRATION, &self.table)) {
@@ -164,14 +192,12 @@ where
     }
 
     async fn count(&self, filter: &DeadLetterFilter) -> mq_core::Result<u64> {
-        let mut q = QueryBuilder::<DB>::new(format!("SELECT COUNT(*) AS n FROM {}", self.table));
-        where_clause(&mut q, filter, false);
-        let row = q
-            .build()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend("dead-letter count"))?;
-        let n = ReadRow::int(&row, "n").map_err(backend("dead-letter count"))?;
+        let n = self
+            .fetch_n("dead-letter count", |q| {
+                q.raw(&format!("SELECT COUNT(*) AS n FROM {}", self.table));
+                where_clause(q, filter, false);
+            })
+            .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -181,14 +207,12 @@ where
         expected_generation: u32,
         mark: &ReplayMark,
     ) -> mq_core::Result<bool> {
-        let mut q = QueryBuilder::<DB>::new("");
-        begin_replay(&mut q, &self.table, id, expected_generation, mark);
-        let done = q
-            .build()
-            .execute(&self.pool)
-            .await
-            .map_err(backend("dead-letter begin replay"))?;
-        Ok(DB::rows_affected(&done) == 1)
+        let changed = self
+            .execute("dead-letter begin replay", |q| {
+                begin_replay(q, &self.table, id, expected_generation, mark);
+            })
+            .await?;
+        Ok(changed == 1)
     }
 
     async fn finish_replay(
@@ -197,28 +221,25 @@ where
         message_id: &MessageId,
         at: DateTime<Utc>,
     ) -> mq_core::Result<bool> {
-        let err = || backend("dead-letter finish replay");
-        let mut q = QueryBuilder::<DB>::new("");
-        finish_replay(&mut q, &self.table, id, message_id, at);
-        let done = q.build().execute(&self.pool).await.map_err(err())?;
-        if DB::rows_affected(&done) > 0 {
+        let op = "dead-letter finish replay";
+        let changed = self
+            .execute(op, |q| finish_replay(q, &self.table, id, message_id, at))
+            .await?;
+        if changed > 0 {
             return Ok(true);
         }
-        let mut q = QueryBuilder::<DB>::new("");
-        has_replay(&mut q, &self.table, id, message_id);
-        let row = q.build().fetch_one(&self.pool).await.map_err(err())?;
-        Ok(ReadRow::int(&row, "n").map_err(err())? > 0)
+        let n = self
+            .fetch_n(op, |q| has_replay(q, &self.table, id, message_id))
+            .await?;
+        Ok(n > 0)
     }
 
     async fn purge(&self, filter: &DeadLetterFilter) -> mq_core::Result<u64> {
-        let mut q = QueryBuilder::<DB>::new(format!("DELETE FROM {}", self.table));
-        where_clause(&mut q, filter, false);
-        let done = q
-            .build()
-            .execute(&self.pool)
-            .await
-            .map_err(backend("dead-letter purge"))?;
-        Ok(DB::rows_affected(&done))
+        self.execute("dead-letter purge", |q| {
+            q.raw(&format!("DELETE FROM {}", self.table));
+            where_clause(q, filter, false);
+        })
+        .await
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use mq_core::backend::Claim;
 use mq_core::{Message, QueueName};
-use sqlx::{ColumnIndex, Decode, Encode, QueryBuilder, Row, Type};
+use sqlx::{ColumnIndex, Decode, Encode, IntoArguments, QueryBuilder, Row, Type};
 
 use crate::error::Error;
 use crate::options::SqlOptions;
@@ -95,7 +95,7 @@ pub(crate) use aliases;
 /// (claiming, batch writes). Sealed: it is `pub` only so that it may bound the public generic
 /// impls, but it lives in a private module, so users can neither name nor implement it. Adding
 /// a database is one new file in `dialect/`.
-pub trait Dialect: sqlx::Database {
+pub trait Dialect: sqlx::Database<Arguments: IntoArguments<Self>, Row: ReadRow> {
     /// The name in errors (`"postgres"`, `"mysql"`, `"sqlite"`).
     const KIND: &'static str;
     /// The queue table's migrations: (file, template with `{table}`-style placeholders).
@@ -200,10 +200,7 @@ pub trait Dialect: sqlx::Database {
         archive: bool,
     ) -> impl Future<Output = mq_core::Result<u64>> + Send;
     /// A JSON column (NULL as `None`); stored as text unless the dialect says otherwise.
-    fn read_json(row: &Self::Row, col: &str) -> Result<Option<serde_json::Value>, sqlx::Error>
-    where
-        Self::Row: ReadRow,
-    {
+    fn read_json(row: &Self::Row, col: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
         row.opt_text(col)?
             .map(|s| serde_json::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e))))
             .transpose()

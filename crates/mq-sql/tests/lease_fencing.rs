@@ -14,6 +14,14 @@ use support::{
     publish_all, test_on_each_db,
 };
 
+/// An ack of each of `claims`.
+fn acks(claims: impl IntoIterator<Item = Claim>) -> Vec<Completion> {
+    claims
+        .into_iter()
+        .map(|c| Completion::new(c, CompletionAction::Ack))
+        .collect()
+}
+
 /// Whether `owner` claims nothing of `name`.
 async fn claims_nothing(
     store: &dyn QueueStore,
@@ -111,22 +119,14 @@ async fn stale_owner(db: Db, test: &str, delete_on_ack: bool) {
     // B with the wrong attempt number is refused too (fencing by attempt, not only owner).
     let wrong = Claim::new(b[0].id.clone(), 1);
     let refused = store
-        .complete(
-            &name,
-            "owner-b",
-            vec![Completion::new(wrong.clone(), CompletionAction::Ack)],
-        )
+        .complete(&name, "owner-b", acks([wrong.clone()]))
         .await
         .expect("complete");
     assert_eq!(refused, vec![wrong]);
 
     // B's own completions apply.
-    let completions = b
-        .iter()
-        .map(|m| Completion::new(Claim::of(m), CompletionAction::Ack))
-        .collect();
     let refused = store
-        .complete(&name, "owner-b", completions)
+        .complete(&name, "owner-b", acks(b.iter().map(Claim::of)))
         .await
         .expect("complete");
     assert!(refused.is_empty(), "current owner refused: {refused:?}");

@@ -9,12 +9,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mq_core::{
-    Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName,
-    handler_fn,
+    Batch, CommonOptions, ConsumerOptions, Handler, HandlerContext, MessageQueue, NewMessage,
+    QueueName, handler_fn,
 };
 use mq_sql::PgQueue;
 use sqlx::{AssertSqlSafe, PgPool};
 use support::{Db, drop_table, fresh_table, options, publish_all, wait_until};
+
+/// A handler that only counts the messages it is given, and its count.
+fn counting_handler() -> (Arc<AtomicUsize>, Arc<dyn Handler>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    let handler = handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        count.fetch_add(batch.len(), Ordering::SeqCst);
+        async {}
+    });
+    (seen, Arc::new(handler))
+}
 
 /// A queue on `table`.
 async fn pg_queue(url: &str, table: &str) -> PgQueue {
@@ -83,12 +94,7 @@ async fn notify_wakes_an_idle_consumer_of_another_instance() {
     let name = QueueName::new("wake").expect("name");
     consumer_side.register(&name).await.expect("register");
     publisher_side.register(&name).await.expect("register");
-    let seen = Arc::new(AtomicUsize::new(0));
-    let s = seen.clone();
-    let handler = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
-        s.fetch_add(batch.len(), Ordering::SeqCst);
-        async {}
-    }));
+    let (seen, handler) = counting_handler();
     // Idle polling every 60 s: only a notification can deliver within the deadline below.
     let opts = ConsumerOptions::default()
         .poll_interval(Duration::from_secs(60))

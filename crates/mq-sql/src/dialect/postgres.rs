@@ -10,6 +10,7 @@ use mq_core::{Message, NewMessage, PublishFailure, PublishReport, QueueName};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
+use tokio_util::sync::CancellationToken;
 
 use super::Dialect;
 use crate::error::backend;
@@ -206,18 +207,12 @@ impl Dialect for Postgres {
         rows: Vec<CompletionRow>,
     ) -> mq_core::Result<Vec<(String, String)>> {
         let t = &store.names.table;
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut attempts = Vec::with_capacity(rows.len());
-        let mut statuses = Vec::with_capacity(rows.len());
-        let mut execute_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(rows.len());
-        let mut errors: Vec<Option<String>> = Vec::with_capacity(rows.len());
-        for r in rows {
-            ids.push(r.id);
-            attempts.push(r.attempt);
-            statuses.push(r.status);
-            execute_at.push(r.execute_at);
-            errors.push(r.last_error);
-        }
+        // One array per column, for `unnest`.
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
+        let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
+        let execute_at: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.execute_at).collect();
+        let errors: Vec<Option<&str>> = rows.iter().map(|r| r.last_error.as_deref()).collect();
         let sql = format!(
             "WITH c AS MATERIALIZED ( \
                SELECT x.tid, c.attempt, c.status, c.execute_at, c.last_error \
@@ -335,21 +330,17 @@ impl SqlStore<Postgres> {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::warn!(error = %e, "mq-sql: notification listener cannot connect; retrying");
-                        tokio::select! {
-                            () = cancel.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
+                        if !back_off(&cancel, &mut backoff).await {
+                            return;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
                         continue;
                     }
                 };
                 if let Err(e) = listener.listen(&channel).await {
                     tracing::warn!(error = %e, "mq-sql: LISTEN failed; retrying");
-                    tokio::select! {
-                        () = cancel.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !back_off(&cancel, &mut backoff).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
                 }
                 backoff = Duration::from_millis(100);
@@ -371,6 +362,17 @@ impl SqlStore<Postgres> {
                 }
             }
         });
+    }
+}
+
+/// Waits `backoff` before the listener's next attempt and doubles it (up to 10 s) for the one
+/// after; false when `cancel` fires meanwhile.
+async fn back_off(cancel: &CancellationToken, backoff: &mut Duration) -> bool {
+    let wait = *backoff;
+    *backoff = (wait * 2).min(Duration::from_secs(10));
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
     }
 }
 

@@ -63,21 +63,14 @@ impl Dialect for Sqlite {
         queue: &QueueName,
         messages: &[Message],
     ) -> mq_core::Result<Vec<String>> {
-        let mut tx = store
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend("publish"))?;
-        let mut inserted = Vec::with_capacity(messages.len());
-        for chunk in messages.chunks(CHUNK) {
-            inserted.extend(
-                insert_chunk(&mut tx, &store.names.table, queue, chunk)
-                    .await
-                    .map_err(backend("publish"))?,
-            );
-        }
-        tx.commit().await.map_err(backend("publish"))?;
-        Ok(inserted)
+        write(&store.pool, "publish", async |tx| {
+            let mut inserted = Vec::with_capacity(messages.len());
+            for chunk in messages.chunks(CHUNK) {
+                inserted.extend(insert_chunk(tx, &store.names.table, queue, chunk).await?);
+            }
+            Ok(inserted)
+        })
+        .await
     }
 
     async fn claim(
@@ -89,25 +82,20 @@ impl Dialect for Sqlite {
     ) -> mq_core::Result<(Vec<RawRow>, Vec<RawRow>)> {
         let t = &store.names.table;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut tx = store
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend("claim"))?;
-        let now = now_micros();
-        let expired = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {t} SET status = 'expired', updated_at = ?1 WHERE seq IN ( \
+        let (claimed, expired) = write(&store.pool, "claim", async |tx| {
+            let now = now_micros();
+            let expired = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {t} SET status = 'expired', updated_at = ?1 WHERE seq IN ( \
                SELECT seq FROM {t} WHERE queue = ?2 AND status = 'scheduled' \
                AND expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?3) \
              RETURNING {COLS}"
-        )))
-        .bind(now)
-        .bind(queue.as_str())
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend("claim"))?;
-        let claimed = sqlx::query(AssertSqlSafe(format!(
+            )))
+            .bind(now)
+            .bind(queue.as_str())
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            let claimed = sqlx::query(AssertSqlSafe(format!(
             "UPDATE {t} SET status = 'processing', lease_owner = ?4, lease_expires_at = ?1 + ?5, \
                attempts = attempts + 1, processing_started_at = ?1, updated_at = ?1 \
              WHERE seq IN (SELECT seq FROM ( \
@@ -126,9 +114,10 @@ impl Dialect for Sqlite {
         .bind(owner)
         .bind(micros(lease))
         .fetch_all(&mut *tx)
-        .await
-        .map_err(backend("claim"))?;
-        tx.commit().await.map_err(backend("claim"))?;
+        .await?;
+            Ok((claimed, expired))
+        })
+        .await?;
         Ok((decode_all(&claimed)?, decode_all(&expired)?))
     }
 
@@ -140,12 +129,8 @@ impl Dialect for Sqlite {
         lease: Duration,
     ) -> mq_core::Result<Vec<String>> {
         let t = &store.names.table;
+        write(&store.pool, "renew", async |tx| {
         let mut kept = Vec::with_capacity(claims.len());
-        let mut tx = store
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend("renew"))?;
         let now = now_micros();
         for chunk in claims.chunks(CHUNK) {
             let values = vec!["(?, ?)"; chunk.len()].join(", ");
@@ -166,12 +151,12 @@ impl Dialect for Sqlite {
                 .bind(owner)
                 .bind(now)
                 .fetch_all(&mut *tx)
-                .await
-                .map_err(backend("renew"))?;
+                .await?;
             kept.extend(got);
         }
-        tx.commit().await.map_err(backend("renew"))?;
         Ok(kept)
+        })
+        .await
     }
 
     async fn complete(
@@ -181,12 +166,8 @@ impl Dialect for Sqlite {
         rows: Vec<CompletionRow>,
     ) -> mq_core::Result<Vec<(String, String)>> {
         let t = &store.names.table;
+        write(&store.pool, "complete", async |tx| {
         let mut applied = Vec::with_capacity(rows.len());
-        let mut tx = store
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend("complete"))?;
         let now = now_micros();
         let (acks, rows): (Vec<_>, Vec<_>) = rows
             .into_iter()
@@ -209,8 +190,7 @@ impl Dialect for Sqlite {
                 .bind(owner)
                 .bind(now)
                 .fetch_all(&mut *tx)
-                .await
-                .map_err(backend("complete"))?;
+                .await?;
             applied.extend(got.into_iter().map(|id| (id, "executed".to_owned())));
         }
         for chunk in rows.chunks(CHUNK) {
@@ -241,12 +221,12 @@ impl Dialect for Sqlite {
                 .bind(owner)
                 .bind(now)
                 .fetch_all(&mut *tx)
-                .await
-                .map_err(backend("complete"))?;
+                .await?;
             applied.extend(got);
         }
-        tx.commit().await.map_err(backend("complete"))?;
         Ok(applied)
+        })
+        .await
     }
 
     async fn purge_batch(
@@ -263,32 +243,28 @@ impl Dialect for Sqlite {
         );
         let batch = i64::try_from(limit).unwrap_or(i64::MAX);
         let cutoff = now_micros().saturating_sub(micros(older_than));
-        let mut tx = pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend("purge"))?;
-        if archive {
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {} SELECT * FROM {t} WHERE seq IN ({pick})",
-                names.archive
+        write(pool, "purge", async |tx| {
+            if archive {
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {} SELECT * FROM {t} WHERE seq IN ({pick})",
+                    names.archive
+                )))
+                .bind(cutoff)
+                .bind(batch)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let n = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {t} WHERE seq IN ({pick})"
             )))
             .bind(cutoff)
             .bind(batch)
             .execute(&mut *tx)
-            .await
-            .map_err(backend("purge"))?;
-        }
-        let n = sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {t} WHERE seq IN ({pick})"
-        )))
-        .bind(cutoff)
-        .bind(batch)
-        .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            Ok(n)
+        })
         .await
-        .map_err(backend("purge"))?
-        .rows_affected();
-        tx.commit().await.map_err(backend("purge"))?;
-        Ok(n)
     }
 
     fn stats_now() -> String {
@@ -299,6 +275,23 @@ impl Dialect for Sqlite {
     fn age_ms(then: &str, now: &str) -> String {
         format!("({now} - {then}) / 1000")
     }
+}
+
+/// Runs `work` in one write transaction, named `op` in errors. `BEGIN IMMEDIATE` takes
+/// SQLite's single write lock at once, so nothing read in the transaction changes before the
+/// commit, and a busy database is waited for (`busy_timeout`) instead of failing mid-way.
+async fn write<T>(
+    pool: &SqlitePool,
+    op: &'static str,
+    work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
+) -> mq_core::Result<T> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(backend(op))?;
+    let out = work(&mut *tx).await.map_err(backend(op))?;
+    tx.commit().await.map_err(backend(op))?;
+    Ok(out)
 }
 
 fn now_micros() -> i64 {
