@@ -119,15 +119,8 @@ where
         Ok(DB::rows_affected(&done))
     }
 
-    /// Runs the query `write` puts together, which selects one row with an integer `n`; returns
-    /// `n`.
-    async fn fetch_n(
-        &self,
-        op: &'static str,
-        write: impl FnOnce(&mut QueryBuilder<DB>),
-    ) -> mq_core::Result<i64> {
-        let mut q = QueryBuilder::<DB>::new("");
-        write(&mut q);
+    /// The integer `n` of the one row `q` selects.
+    async fn fetch_n(&self, op: &'static str, q: &mut QueryBuilder<DB>) -> mq_core::Result<i64> {
         let row = q.build().fetch_one(&self.pool).await.map_err(backend(op))?;
         ReadRow::int(&row, "n").map_err(backend(op))
     }
@@ -192,12 +185,9 @@ where
     }
 
     async fn count(&self, filter: &DeadLetterFilter) -> mq_core::Result<u64> {
-        let n = self
-            .fetch_n("dead-letter count", |q| {
-                q.raw(&format!("SELECT COUNT(*) AS n FROM {}", self.table));
-                where_clause(q, filter, false);
-            })
-            .await?;
+        let mut q = QueryBuilder::new(format!("SELECT COUNT(*) AS n FROM {}", self.table));
+        where_clause(&mut q, filter, false);
+        let n = self.fetch_n("dead-letter count", &mut q).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -228,10 +218,9 @@ where
         if changed > 0 {
             return Ok(true);
         }
-        let n = self
-            .fetch_n(op, |q| has_replay(q, &self.table, id, message_id))
-            .await?;
-        Ok(n > 0)
+        let mut q = QueryBuilder::new("");
+        has_replay(&mut q, &self.table, id, message_id);
+        Ok(self.fetch_n(op, &mut q).await? > 0)
     }
 
     async fn purge(&self, filter: &DeadLetterFilter) -> mq_core::Result<u64> {

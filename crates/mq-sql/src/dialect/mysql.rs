@@ -8,7 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use mq_core::backend::Claim;
 use mq_core::{Message, QueueName};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult};
+use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult};
+use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Executor, MySql, MySqlConnection, MySqlPool};
 
 use super::{CHUNK, Dialect};
@@ -116,16 +117,15 @@ impl Dialect for MySql {
             .await
             .map_err(backend("claim"))?;
         if !expired.is_empty() {
-            let mut q = sqlx::query(AssertSqlSafe(format!(
+            let sql = format!(
                 "UPDATE {t} SET status = 'expired', updated_at = ? WHERE queue = ? AND id IN ({})",
                 placeholders(expired.len())
-            )))
-            .bind(now)
-            .bind(queue.as_str());
-            for id in &expired {
-                q = q.bind(id.as_str());
-            }
-            q.execute(&mut *tx).await.map_err(backend("claim"))?;
+            );
+            let q = sqlx::query(AssertSqlSafe(sql)).bind(now);
+            bind_ids(q, queue, &expired)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend("claim"))?;
         }
         let mut picked = lock_ids(&mut tx, t, queue, LAPSED, "lease_expires_at", now, n)
             .await
@@ -139,34 +139,31 @@ impl Dialect for MySql {
         }
         if !picked.is_empty() {
             let lease_end = now + chrono::Duration::microseconds(micros(lease));
-            let mut q = sqlx::query(AssertSqlSafe(format!(
+            let sql = format!(
                 "UPDATE {t} SET status = 'processing', lease_owner = ?, lease_expires_at = ?, \
                  attempts = attempts + 1, processing_started_at = ?, updated_at = ? \
                  WHERE queue = ? AND id IN ({})",
                 placeholders(picked.len())
-            )))
-            .bind(owner)
-            .bind(lease_end)
-            .bind(now)
-            .bind(now)
-            .bind(queue.as_str());
-            for id in &picked {
-                q = q.bind(id.as_str());
-            }
-            q.execute(&mut *tx).await.map_err(backend("claim"))?;
+            );
+            let q = sqlx::query(AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(lease_end)
+                .bind(now)
+                .bind(now);
+            bind_ids(q, queue, &picked)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend("claim"))?;
         }
         let mut claimed = Vec::with_capacity(picked.len());
         let mut gone = Vec::with_capacity(expired.len());
         let all: Vec<String> = picked.into_iter().chain(expired).collect();
         for chunk in all.chunks(CHUNK) {
-            let mut q = sqlx::query(AssertSqlSafe(format!(
+            let sql = format!(
                 "SELECT {COLS} FROM {t} WHERE queue = ? AND id IN ({})",
                 placeholders(chunk.len())
-            )))
-            .bind(queue.as_str());
-            for id in chunk {
-                q = q.bind(id.as_str());
-            }
+            );
+            let q = bind_ids(sqlx::query(AssertSqlSafe(sql)), queue, chunk);
             for row in q.fetch_all(&mut *tx).await.map_err(backend("claim"))? {
                 let raw = decode::<MySql>(&row).map_err(backend("claim"))?;
                 if raw.status == "expired" {
@@ -203,16 +200,13 @@ impl Dialect for MySql {
             .map_err(backend("renew"))?;
         let ids: Vec<&String> = kept.iter().collect();
         for chunk in ids.chunks(CHUNK) {
-            let mut q = sqlx::query(AssertSqlSafe(format!(
+            let sql = format!(
                 "UPDATE {t} SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
                  WHERE queue = ? AND id IN ({})",
                 placeholders(chunk.len())
-            )))
-            .bind(micros(lease))
-            .bind(queue.as_str());
-            for id in chunk {
-                q = q.bind(id.as_str());
-            }
+            );
+            let q = sqlx::query(AssertSqlSafe(sql)).bind(micros(lease));
+            let q = bind_ids(q, queue, chunk);
             q.execute(&mut *tx).await.map_err(backend("renew"))?;
         }
         tx.commit().await.map_err(backend("renew"))?;
@@ -246,14 +240,9 @@ impl Dialect for MySql {
             )
         };
         for chunk in acks.chunks(CHUNK) {
-            let mut q = sqlx::query(AssertSqlSafe(format!(
-                "{ack_sql}{})",
-                placeholders(chunk.len())
-            )))
-            .bind(queue.as_str());
-            for r in chunk {
-                q = q.bind(r.id.as_str());
-            }
+            let sql = format!("{ack_sql}{})", placeholders(chunk.len()));
+            let ids = chunk.iter().map(|r| &r.id);
+            let q = bind_ids(sqlx::query(AssertSqlSafe(sql)), queue, ids);
             q.execute(&mut *tx).await.map_err(backend("complete"))?;
         }
         for chunk in others.chunks(CHUNK) {
@@ -407,6 +396,16 @@ async fn lock_ids(
 /// `n` comma-separated `?` placeholders.
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
+}
+
+/// Binds `queue` and then `ids` to `q`, for its `queue = ? AND id IN (...)`.
+fn bind_ids<'q, S: AsRef<str>>(
+    q: Query<'q, MySql, MySqlArguments>,
+    queue: &QueueName,
+    ids: impl IntoIterator<Item = S>,
+) -> Query<'q, MySql, MySqlArguments> {
+    let q = q.bind(queue.as_str());
+    ids.into_iter().fold(q, |q, id| q.bind(id.as_ref()))
 }
 
 fn naive(d: DateTime<Utc>) -> NaiveDateTime {

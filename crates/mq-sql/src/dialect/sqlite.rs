@@ -82,20 +82,13 @@ impl Dialect for Sqlite {
     ) -> mq_core::Result<(Vec<RawRow>, Vec<RawRow>)> {
         let t = &store.names.table;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let (claimed, expired) = write(&store.pool, "claim", async |tx| {
-            let now = now_micros();
-            let expired = sqlx::query(AssertSqlSafe(format!(
-                "UPDATE {t} SET status = 'expired', updated_at = ?1 WHERE seq IN ( \
+        let expire = format!(
+            "UPDATE {t} SET status = 'expired', updated_at = ?1 WHERE seq IN ( \
                SELECT seq FROM {t} WHERE queue = ?2 AND status = 'scheduled' \
                AND expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?3) \
              RETURNING {COLS}"
-            )))
-            .bind(now)
-            .bind(queue.as_str())
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-            let claimed = sqlx::query(AssertSqlSafe(format!(
+        );
+        let take = format!(
             "UPDATE {t} SET status = 'processing', lease_owner = ?4, lease_expires_at = ?1 + ?5, \
                attempts = attempts + 1, processing_started_at = ?1, updated_at = ?1 \
              WHERE seq IN (SELECT seq FROM ( \
@@ -107,14 +100,23 @@ impl Dialect for Sqlite {
                  ORDER BY execute_at, seq LIMIT ?3) \
              ) LIMIT ?3) \
              RETURNING {COLS}"
-        )))
-        .bind(now)
-        .bind(queue.as_str())
-        .bind(limit)
-        .bind(owner)
-        .bind(micros(lease))
-        .fetch_all(&mut *tx)
-        .await?;
+        );
+        let (claimed, expired) = write(&store.pool, "claim", async |tx| {
+            let now = now_micros();
+            let expired = sqlx::query(AssertSqlSafe(expire))
+                .bind(now)
+                .bind(queue.as_str())
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            let claimed = sqlx::query(AssertSqlSafe(take))
+                .bind(now)
+                .bind(queue.as_str())
+                .bind(limit)
+                .bind(owner)
+                .bind(micros(lease))
+                .fetch_all(&mut *tx)
+                .await?;
             Ok((claimed, expired))
         })
         .await?;
@@ -130,31 +132,31 @@ impl Dialect for Sqlite {
     ) -> mq_core::Result<Vec<String>> {
         let t = &store.names.table;
         write(&store.pool, "renew", async |tx| {
-        let mut kept = Vec::with_capacity(claims.len());
-        let now = now_micros();
-        for chunk in claims.chunks(CHUNK) {
-            let values = vec!["(?, ?)"; chunk.len()].join(", ");
-            let sql = format!(
-                "WITH c(id, attempt) AS (VALUES {values}) \
-                 UPDATE {t} AS t SET lease_expires_at = ? FROM c \
-                 WHERE t.queue = ? AND t.id = c.id AND t.attempts = c.attempt AND t.status = 'processing' \
-                   AND t.lease_owner = ? AND t.lease_expires_at > ? \
-                 RETURNING id"
-            );
-            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-            for c in chunk {
-                q = q.bind(c.id.as_str().to_owned()).bind(i64::from(c.attempt));
+            let mut kept = Vec::with_capacity(claims.len());
+            let now = now_micros();
+            for chunk in claims.chunks(CHUNK) {
+                let values = vec!["(?, ?)"; chunk.len()].join(", ");
+                let sql = format!(
+                    "WITH c(id, attempt) AS (VALUES {values}) \
+                     UPDATE {t} AS t SET lease_expires_at = ? FROM c \
+                     WHERE t.queue = ? AND t.id = c.id AND t.attempts = c.attempt AND t.status = 'processing' \
+                       AND t.lease_owner = ? AND t.lease_expires_at > ? \
+                     RETURNING id"
+                );
+                let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+                for c in chunk {
+                    q = q.bind(c.id.as_str().to_owned()).bind(i64::from(c.attempt));
+                }
+                let got = q
+                    .bind(now.saturating_add(micros(lease)))
+                    .bind(queue.as_str())
+                    .bind(owner)
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                kept.extend(got);
             }
-            let got = q
-                .bind(now.saturating_add(micros(lease)))
-                .bind(queue.as_str())
-                .bind(owner)
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await?;
-            kept.extend(got);
-        }
-        Ok(kept)
+            Ok(kept)
         })
         .await
     }
@@ -167,64 +169,64 @@ impl Dialect for Sqlite {
     ) -> mq_core::Result<Vec<(String, String)>> {
         let t = &store.names.table;
         write(&store.pool, "complete", async |tx| {
-        let mut applied = Vec::with_capacity(rows.len());
-        let now = now_micros();
-        let (acks, rows): (Vec<_>, Vec<_>) = rows
-            .into_iter()
-            .partition(|r| store.options.get_delete_on_ack() && r.status == "executed");
-        for chunk in acks.chunks(CHUNK) {
-            let values = vec!["(?, ?)"; chunk.len()].join(", ");
-            let sql = format!(
-                "WITH c(id, attempt) AS (VALUES {values}) \
-                 DELETE FROM {t} WHERE queue = ? AND status = 'processing' AND lease_owner = ? \
-                   AND lease_expires_at > ? \
-                   AND EXISTS (SELECT 1 FROM c WHERE c.id = {t}.id AND c.attempt = {t}.attempts) \
-                 RETURNING id"
-            );
-            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-            for r in chunk {
-                q = q.bind(r.id.clone()).bind(i64::from(r.attempt));
+            let mut applied = Vec::with_capacity(rows.len());
+            let now = now_micros();
+            let (acks, rows): (Vec<_>, Vec<_>) = rows
+                .into_iter()
+                .partition(|r| store.options.get_delete_on_ack() && r.status == "executed");
+            for chunk in acks.chunks(CHUNK) {
+                let values = vec!["(?, ?)"; chunk.len()].join(", ");
+                let sql = format!(
+                    "WITH c(id, attempt) AS (VALUES {values}) \
+                     DELETE FROM {t} WHERE queue = ? AND status = 'processing' AND lease_owner = ? \
+                       AND lease_expires_at > ? \
+                       AND EXISTS (SELECT 1 FROM c WHERE c.id = {t}.id AND c.attempt = {t}.attempts) \
+                     RETURNING id"
+                );
+                let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+                for r in chunk {
+                    q = q.bind(r.id.clone()).bind(i64::from(r.attempt));
+                }
+                let got = q
+                    .bind(queue.as_str())
+                    .bind(owner)
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                applied.extend(got.into_iter().map(|id| (id, "executed".to_owned())));
             }
-            let got = q
-                .bind(queue.as_str())
-                .bind(owner)
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await?;
-            applied.extend(got.into_iter().map(|id| (id, "executed".to_owned())));
-        }
-        for chunk in rows.chunks(CHUNK) {
-            let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            let sql = format!(
-                "WITH c(id, attempt, status, execute_at, last_error) AS (VALUES {values}) \
-                 UPDATE {t} AS t SET status = c.status, execute_at = COALESCE(c.execute_at, t.execute_at), \
-                   last_error = COALESCE(c.last_error, t.last_error), \
-                   lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
-                   lease_expires_at = NULL, updated_at = ? \
-                 FROM c \
-                 WHERE t.queue = ? AND t.id = c.id AND t.attempts = c.attempt AND t.status = 'processing' \
-                   AND t.lease_owner = ? AND t.lease_expires_at > ? \
-                 RETURNING id, status"
-            );
-            let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(sql));
-            for r in chunk {
-                q = q
-                    .bind(r.id.clone())
-                    .bind(i64::from(r.attempt))
-                    .bind(r.status)
-                    .bind(r.execute_at.map(|d| d.timestamp_micros()))
-                    .bind(r.last_error.clone());
+            for chunk in rows.chunks(CHUNK) {
+                let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+                let sql = format!(
+                    "WITH c(id, attempt, status, execute_at, last_error) AS (VALUES {values}) \
+                     UPDATE {t} AS t SET status = c.status, execute_at = COALESCE(c.execute_at, t.execute_at), \
+                       last_error = COALESCE(c.last_error, t.last_error), \
+                       lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
+                       lease_expires_at = NULL, updated_at = ? \
+                     FROM c \
+                     WHERE t.queue = ? AND t.id = c.id AND t.attempts = c.attempt AND t.status = 'processing' \
+                       AND t.lease_owner = ? AND t.lease_expires_at > ? \
+                     RETURNING id, status"
+                );
+                let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(sql));
+                for r in chunk {
+                    q = q
+                        .bind(r.id.clone())
+                        .bind(i64::from(r.attempt))
+                        .bind(r.status)
+                        .bind(r.execute_at.map(|d| d.timestamp_micros()))
+                        .bind(r.last_error.clone());
+                }
+                let got = q
+                    .bind(now)
+                    .bind(queue.as_str())
+                    .bind(owner)
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                applied.extend(got);
             }
-            let got = q
-                .bind(now)
-                .bind(queue.as_str())
-                .bind(owner)
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await?;
-            applied.extend(got);
-        }
-        Ok(applied)
+            Ok(applied)
         })
         .await
     }
