@@ -289,6 +289,19 @@ pub(crate) fn select(q: &mut impl Sql, table: &str, f: &DeadLetterFilter) {
     }
 }
 
+/// `column IN (...)` with each of `values` bound.
+fn in_list(q: &mut impl Sql, column: &str, values: impl IntoIterator<Item = String>) {
+    q.raw(column);
+    q.raw(" IN (");
+    for (i, v) in values.into_iter().enumerate() {
+        if i > 0 {
+            q.raw(", ");
+        }
+        q.text(v);
+    }
+    q.raw(")");
+}
+
 /// ` WHERE ...` for `f` (nothing when it selects everything); `paging` adds `after`.
 pub(crate) fn where_clause(q: &mut impl Sql, f: &DeadLetterFilter, paging: bool) {
     let mut sep = " WHERE ";
@@ -314,25 +327,12 @@ pub(crate) fn where_clause(q: &mut impl Sql, f: &DeadLetterFilter, paging: bool)
     }
     if !f.get_ids().is_empty() {
         q.raw(std::mem::replace(&mut sep, " AND "));
-        q.raw("id IN (");
-        for (i, id) in f.get_ids().iter().enumerate() {
-            if i > 0 {
-                q.raw(", ");
-            }
-            q.text(id.to_string());
-        }
-        q.raw(")");
+        in_list(q, "id", f.get_ids().iter().map(ToString::to_string));
     }
     if !f.get_message_ids().is_empty() {
         q.raw(std::mem::replace(&mut sep, " AND "));
-        q.raw("message_id IN (");
-        for (i, id) in f.get_message_ids().iter().enumerate() {
-            if i > 0 {
-                q.raw(", ");
-            }
-            q.text(id.as_str().to_owned());
-        }
-        q.raw(")");
+        let ids = f.get_message_ids().iter().map(|id| id.as_str().to_owned());
+        in_list(q, "message_id", ids);
     }
     if let Some(needle) = f.get_error_contains() {
         q.raw(std::mem::replace(&mut sep, " AND "));

@@ -7,11 +7,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use mq_core::backend::Claim;
 use mq_core::{Message, QueueName};
+use sqlx::query::QueryAs;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult, SqliteRow,
-    SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, FromRow, Sqlite, SqliteConnection, SqlitePool};
 
 use super::{CHUNK, Dialect};
 use crate::error::backend;
@@ -132,31 +133,26 @@ impl Dialect for Sqlite {
     ) -> mq_core::Result<Vec<String>> {
         let t = &store.names.table;
         write(&store.pool, "renew", async |tx| {
-            let mut kept = Vec::with_capacity(claims.len());
             let now = now_micros();
-            for chunk in claims.chunks(CHUNK) {
-                let values = vec!["(?, ?)"; chunk.len()].join(", ");
-                let sql = format!(
+            let sql = |values: &str| {
+                format!(
                     "WITH c(id, attempt) AS (VALUES {values}) \
-                     UPDATE {t} AS t SET lease_expires_at = ? FROM c \
-                     WHERE t.queue = ? AND t.id = c.id AND t.attempts = c.attempt AND t.status = 'processing' \
-                       AND t.lease_owner = ? AND t.lease_expires_at > ? \
-                     RETURNING id"
-                );
-                let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-                for c in chunk {
-                    q = q.bind(c.id.as_str().to_owned()).bind(i64::from(c.attempt));
-                }
-                let got = q
-                    .bind(now.saturating_add(micros(lease)))
-                    .bind(queue.as_str())
-                    .bind(owner)
-                    .bind(now)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                kept.extend(got);
-            }
-            Ok(kept)
+                     UPDATE {t} AS t SET lease_expires_at = ? FROM c WHERE {FENCE} RETURNING id"
+                )
+            };
+            let kept: Vec<(String,)> = per_chunk(
+                tx,
+                claims,
+                "(?, ?)",
+                sql,
+                |q, c| q.bind(c.id.as_str().to_owned()).bind(i64::from(c.attempt)),
+                |q| {
+                    let lease_end = now.saturating_add(micros(lease));
+                    q.bind(lease_end).bind(queue.as_str()).bind(owner).bind(now)
+                },
+            )
+            .await?;
+            Ok(kept.into_iter().map(|(id,)| id).collect())
         })
         .await
     }
@@ -174,58 +170,50 @@ impl Dialect for Sqlite {
             let (acks, rows): (Vec<_>, Vec<_>) = rows
                 .into_iter()
                 .partition(|r| store.options.get_delete_on_ack() && r.status == "executed");
-            for chunk in acks.chunks(CHUNK) {
-                let values = vec!["(?, ?)"; chunk.len()].join(", ");
-                let sql = format!(
-                    "WITH c(id, attempt) AS (VALUES {values}) \
-                     DELETE FROM {t} WHERE queue = ? AND status = 'processing' AND lease_owner = ? \
-                       AND lease_expires_at > ? \
-                       AND EXISTS (SELECT 1 FROM c WHERE c.id = {t}.id AND c.attempt = {t}.attempts) \
-                     RETURNING id"
-                );
-                let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-                for r in chunk {
-                    q = q.bind(r.id.clone()).bind(i64::from(r.attempt));
-                }
-                let got = q
-                    .bind(queue.as_str())
-                    .bind(owner)
-                    .bind(now)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                applied.extend(got.into_iter().map(|id| (id, "executed".to_owned())));
-            }
-            for chunk in rows.chunks(CHUNK) {
-                let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-                let sql = format!(
-                    "WITH c(id, attempt, status, execute_at, last_error) AS (VALUES {values}) \
-                     UPDATE {t} AS t SET status = c.status, execute_at = COALESCE(c.execute_at, t.execute_at), \
-                       last_error = COALESCE(c.last_error, t.last_error), \
-                       lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
-                       lease_expires_at = NULL, updated_at = ? \
-                     FROM c \
-                     WHERE t.queue = ? AND t.id = c.id AND t.attempts = c.attempt AND t.status = 'processing' \
-                       AND t.lease_owner = ? AND t.lease_expires_at > ? \
-                     RETURNING id, status"
-                );
-                let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(sql));
-                for r in chunk {
-                    q = q
-                        .bind(r.id.clone())
+            let deleted: Vec<(String,)> = per_chunk(
+                tx,
+                &acks,
+                "(?, ?)",
+                |values| {
+                    format!(
+                        "WITH c(id, attempt) AS (VALUES {values}) \
+                         DELETE FROM {t} WHERE queue = ? AND status = 'processing' AND lease_owner = ? \
+                           AND lease_expires_at > ? \
+                           AND EXISTS (SELECT 1 FROM c WHERE c.id = {t}.id AND c.attempt = {t}.attempts) \
+                         RETURNING id"
+                    )
+                },
+                |q, r| q.bind(r.id.clone()).bind(i64::from(r.attempt)),
+                |q| q.bind(queue.as_str()).bind(owner).bind(now),
+            )
+            .await?;
+            applied.extend(deleted.into_iter().map(|(id,)| (id, "executed".to_owned())));
+            let updated: Vec<(String, String)> = per_chunk(
+                tx,
+                &rows,
+                "(?, ?, ?, ?, ?)",
+                |values| {
+                    format!(
+                        "WITH c(id, attempt, status, execute_at, last_error) AS (VALUES {values}) \
+                         UPDATE {t} AS t SET status = c.status, \
+                           execute_at = COALESCE(c.execute_at, t.execute_at), \
+                           last_error = COALESCE(c.last_error, t.last_error), \
+                           lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
+                           lease_expires_at = NULL, updated_at = ? \
+                         FROM c WHERE {FENCE} RETURNING id, status"
+                    )
+                },
+                |q, r| {
+                    q.bind(r.id.clone())
                         .bind(i64::from(r.attempt))
                         .bind(r.status)
                         .bind(r.execute_at.map(|d| d.timestamp_micros()))
-                        .bind(r.last_error.clone());
-                }
-                let got = q
-                    .bind(now)
-                    .bind(queue.as_str())
-                    .bind(owner)
-                    .bind(now)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                applied.extend(got);
-            }
+                        .bind(r.last_error.clone())
+                },
+                |q| q.bind(now).bind(queue.as_str()).bind(owner).bind(now),
+            )
+            .await?;
+            applied.extend(updated);
             Ok(applied)
         })
         .await
@@ -277,6 +265,39 @@ impl Dialect for Sqlite {
     fn age_ms(then: &str, now: &str) -> String {
         format!("({now} - {then}) / 1000")
     }
+}
+
+/// The lease fence of a batch write joined to its values `c(id, attempt, ...)`: the row is the
+/// claimed attempt, still processing under the owner's unexpired lease. Binds: the queue, the
+/// owner, the current time.
+const FENCE: &str = "t.queue = ? AND t.id = c.id AND t.attempts = c.attempt \
+    AND t.status = 'processing' AND t.lease_owner = ? AND t.lease_expires_at > ?";
+
+/// A batch statement returning rows of `O`.
+type Batch<'q, O> = QueryAs<'q, Sqlite, O, SqliteArguments>;
+
+/// Runs one statement per chunk of `items` on `tx` and collects the rows they return: `sql`
+/// gets the `VALUES` list (`row`, an item's placeholders, once per item), `bind` binds an
+/// item's values, `tail` the parameters after the list.
+async fn per_chunk<'q, I, O>(
+    tx: &mut SqliteConnection,
+    items: &[I],
+    row: &str,
+    sql: impl Fn(&str) -> String,
+    bind: impl Fn(Batch<'q, O>, &I) -> Batch<'q, O>,
+    tail: impl Fn(Batch<'q, O>) -> Batch<'q, O>,
+) -> Result<Vec<O>, sqlx::Error>
+where
+    O: Send + Unpin + for<'r> FromRow<'r, SqliteRow>,
+{
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(CHUNK) {
+        let values = vec![row; chunk.len()].join(", ");
+        let q = sqlx::query_as(AssertSqlSafe(sql(&values)));
+        let q = chunk.iter().fold(q, &bind);
+        out.extend(tail(q).fetch_all(&mut *tx).await?);
+    }
+    Ok(out)
 }
 
 /// Runs `work` in one write transaction, named `op` in errors. `BEGIN IMMEDIATE` takes
