@@ -140,8 +140,8 @@ impl MongoOptions {
         /// through a TTL index on `finished_at` (`None`, the default: keep them). The server's TTL
         /// monitor deletes them, typically within a minute after the age is reached.
         retention(age: Option<Duration>) age;
-        /// Wake idle consumers through a change stream when the server supports one (a replica set);
-        /// otherwise they poll. On by default.
+        /// Wake idle consumers through a change stream when the server supports one (a replica
+        /// set); otherwise they poll. On by default.
         change_stream(on: bool) on;
         /// How a batch is claimed.
         claim_strategy(strategy: ClaimStrategy) strategy;

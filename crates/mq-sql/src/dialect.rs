@@ -70,17 +70,23 @@ macro_rules! aliases {
         pub type $checkpoint = crate::SqlCheckpointStore<$db>;
 
         #[doc = concat!(
-            "A [`SqlDeadLetterStore`](crate::SqlDeadLetterStore) on ", $name, " (feature `", $feature, "`)."
+            "A [`SqlDeadLetterStore`](crate::SqlDeadLetterStore) on ", $name,
+            " (feature `", $feature, "`)."
         )]
         ///
         /// # Examples
         ///
         /// ```no_run
-        #[doc = concat!("# async fn f(pool: mq_sql::sqlx::", stringify!($pool), ") -> mq_core::Result<()> {")]
+        #[doc = concat!(
+            "# async fn f(pool: mq_sql::sqlx::", stringify!($pool), ") -> mq_core::Result<()> {"
+        )]
         /// use mq_core::DeadLetterStore;
         #[doc = concat!("use mq_sql::", stringify!($dead_letter), ";")]
         ///
-        #[doc = concat!("let store = ", stringify!($dead_letter), "::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;")]
+        #[doc = concat!(
+            "let store = ", stringify!($dead_letter),
+            "::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;"
+        )]
         /// store.migrate().await?;
         /// # Ok(()) }
         /// ```
@@ -132,8 +138,9 @@ pub trait Dialect: sqlx::Database<Arguments: IntoArguments<Self>, Row: ReadRow> 
         let (greatest, least) = Self::GREATEST_LEAST;
         format!(
             " ON CONFLICT (queue, message_id) DO UPDATE SET \
-            failures = {table}.failures + 1, error = excluded.error, error_text = excluded.error_text, \
-            exhausted = excluded.exhausted, attempts = {greatest}({table}.attempts, excluded.attempts), \
+            failures = {table}.failures + 1, error = excluded.error, \
+            error_text = excluded.error_text, exhausted = excluded.exhausted, \
+            attempts = {greatest}({table}.attempts, excluded.attempts), \
             first_failed_at = {least}({table}.first_failed_at, excluded.first_failed_at), \
             last_failed_at = {greatest}({table}.last_failed_at, excluded.last_failed_at), \
             consumer_id = excluded.consumer_id"

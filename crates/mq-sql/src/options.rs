@@ -102,7 +102,8 @@ impl SqlOptions {
         /// ```
         /// use mq_core::CommonOptions;
         ///
-        /// let options = mq_sql::SqlOptions::default().common(CommonOptions::default().max_message_bytes(1024));
+        /// let common = CommonOptions::default().max_message_bytes(1024);
+        /// let options = mq_sql::SqlOptions::default().common(common);
         /// assert_eq!(options.get_common().get_max_message_bytes(), 1024);
         /// ```
         common(common: CommonOptions) common;
@@ -119,7 +120,8 @@ impl SqlOptions {
         connect_timeout(d: Duration) d;
         /// Largest number of pooled connections (used by `connect`, not `from_pool`).
         max_connections(n: u32) n;
-        /// Wake idle consumers on publish (PostgreSQL `LISTEN/NOTIFY`); polling remains the fallback.
+        /// Wake idle consumers on publish (PostgreSQL `LISTEN/NOTIFY`); polling remains the
+        /// fallback.
         notify(on: bool) on;
         /// Age after which finished rows (executed, failed, expired, dead-lettered) are purged by a
         /// background task of the queue; `None` turns the task off.

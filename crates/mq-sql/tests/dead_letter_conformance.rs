@@ -1,4 +1,5 @@
-//! The dead-letter store and replay suites on PostgreSQL, MariaDB/MySQL and SQLite, one table per case.
+//! The dead-letter store and replay suites on PostgreSQL, MariaDB/MySQL and SQLite, one table per
+//! case.
 
 use std::sync::Arc;
 

@@ -19,7 +19,10 @@ use crate::store::{
     COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros,
 };
 
-super::aliases!(MySql, "MySQL or MariaDB", feature "mysql", pool MySqlPool: MySqlQueue, MySqlCheckpointStore, MySqlDeadLetterStore);
+super::aliases!(
+    MySql, "MySQL or MariaDB", feature "mysql", pool MySqlPool:
+    MySqlQueue, MySqlCheckpointStore, MySqlDeadLetterStore
+);
 
 impl Dialect for MySql {
     const KIND: &'static str = "mysql";

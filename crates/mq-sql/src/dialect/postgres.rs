@@ -21,7 +21,10 @@ use crate::store::{
     micros,
 };
 
-super::aliases!(Postgres, "PostgreSQL", feature "postgres", pool PgPool: PgQueue, PgCheckpointStore, PgDeadLetterStore);
+super::aliases!(
+    Postgres, "PostgreSQL", feature "postgres", pool PgPool:
+    PgQueue, PgCheckpointStore, PgDeadLetterStore
+);
 
 const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.execute_at, t.expires_at, \
     t.attempts, t.max_attempts, t.retry_delay_ms, t.created_at, t.updated_at, t.processing_started_at, \

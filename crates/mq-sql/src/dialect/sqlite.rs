@@ -21,7 +21,10 @@ use crate::store::{
     COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros,
 };
 
-super::aliases!(Sqlite, "SQLite", feature "sqlite", pool SqlitePool: SqliteQueue, SqliteCheckpointStore, SqliteDeadLetterStore);
+super::aliases!(
+    Sqlite, "SQLite", feature "sqlite", pool SqlitePool:
+    SqliteQueue, SqliteCheckpointStore, SqliteDeadLetterStore
+);
 
 impl Dialect for Sqlite {
     const KIND: &'static str = "sqlite";

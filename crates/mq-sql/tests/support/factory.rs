@@ -88,7 +88,9 @@ pub(crate) use for_db;
 /// where `test` is `$name` as a string (it names the tables and SQLite files).
 macro_rules! test_on_each_db {
     ($name:ident, $run:expr) => {
-        $crate::support::test_on_each_db!(@each $name, $run, [postgres Postgres] [mysql MySql] [sqlite Sqlite]);
+        $crate::support::test_on_each_db!(
+            @each $name, $run, [postgres Postgres] [mysql MySql] [sqlite Sqlite]
+        );
     };
     (@each $name:ident, $run:expr, $([$test:ident $db:ident])*) => {
         mod $name {
