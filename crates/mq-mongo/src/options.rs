@@ -104,75 +104,55 @@ impl Default for MongoOptions {
     }
 }
 
+/// Consuming setters, one per field: `name(value: Type) expression stored;`, each with its
+/// documentation.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident($value:ident: $ty:ty) $stored:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $value: $ty) -> Self {
+                self.$name = $stored;
+                self
+            }
+        )*
+    };
+}
+
 impl MongoOptions {
-    /// The database holding the collections.
-    pub fn database(mut self, name: impl Into<String>) -> Self {
-        self.database = name.into();
-        self
-    }
-    /// The collection holding the messages of every queue (one document per message).
-    pub fn collection(mut self, name: impl Into<String>) -> Self {
-        self.collection = name.into();
-        self
-    }
-    /// The collection of [`MongoDeadLetterStore`](crate::MongoDeadLetterStore).
-    pub fn dead_letter_collection(mut self, name: impl Into<String>) -> Self {
-        self.dead_letter_collection = name.into();
-        self
-    }
-    /// The collection of [`MongoCheckpointStore`](crate::MongoCheckpointStore).
-    pub fn checkpoint_collection(mut self, name: impl Into<String>) -> Self {
-        self.checkpoint_collection = name.into();
-        self
-    }
-    /// How long an operation waits for a usable server before failing; also bounds `connect`.
-    pub fn server_selection_timeout(mut self, d: Duration) -> Self {
-        self.server_selection_timeout = d;
-        self
-    }
-    /// How long opening one TCP connection may take.
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
-        self
-    }
-    /// Create the collection and indexes a queue or store needs when they are missing (the
-    /// default). When false, nothing is ever created: connecting checks that they exist and
-    /// fails naming the first one missing, for read-only tools and least-privilege users.
-    pub fn create_schema(mut self, on: bool) -> Self {
-        self.create_schema = on;
-        self
-    }
-    /// Keep executed, failed, expired and dead-lettered messages this long after they finished,
-    /// through a TTL index on `finished_at` (`None`, the default: keep them). The server's TTL
-    /// monitor deletes them, typically within a minute after the age is reached.
-    pub fn retention(mut self, age: Option<Duration>) -> Self {
-        self.retention = age;
-        self
-    }
-    /// Wake idle consumers through a change stream when the server supports one (a replica set);
-    /// otherwise they poll. On by default.
-    pub fn change_stream(mut self, on: bool) -> Self {
-        self.change_stream = on;
-        self
-    }
-    /// How a batch is claimed.
-    pub fn claim_strategy(mut self, strategy: ClaimStrategy) -> Self {
-        self.claim_strategy = strategy;
-        self
-    }
-    /// How often (at most, per queue) a claim also looks for scheduled messages past
-    /// `expires_at` (marked expired) and for leases that expired (crash recovery). Expired
-    /// messages are never delivered in between; this only bounds how late they are reported and
-    /// how soon a crashed consumer's messages come back after their lease. Default 1 s.
-    pub fn sweep_interval(mut self, d: Duration) -> Self {
-        self.sweep_interval = d;
-        self
-    }
-    /// Settings shared by every backend (observers, dead letters, ids, names, size limit); the
-    /// stores ignore them.
-    pub fn common(mut self, common: CommonOptions) -> Self {
-        self.common = common;
-        self
+    setters! {
+        /// The database holding the collections.
+        database(name: impl Into<String>) name.into();
+        /// The collection holding the messages of every queue (one document per message).
+        collection(name: impl Into<String>) name.into();
+        /// The collection of [`MongoDeadLetterStore`](crate::MongoDeadLetterStore).
+        dead_letter_collection(name: impl Into<String>) name.into();
+        /// The collection of [`MongoCheckpointStore`](crate::MongoCheckpointStore).
+        checkpoint_collection(name: impl Into<String>) name.into();
+        /// How long an operation waits for a usable server before failing; also bounds `connect`.
+        server_selection_timeout(d: Duration) d;
+        /// How long opening one TCP connection may take.
+        connect_timeout(d: Duration) d;
+        /// Create the collection and indexes a queue or store needs when they are missing (the
+        /// default). When false, nothing is ever created: connecting checks that they exist and
+        /// fails naming the first one missing, for read-only tools and least-privilege users.
+        create_schema(on: bool) on;
+        /// Keep executed, failed, expired and dead-lettered messages this long after they finished,
+        /// through a TTL index on `finished_at` (`None`, the default: keep them). The server's TTL
+        /// monitor deletes them, typically within a minute after the age is reached.
+        retention(age: Option<Duration>) age;
+        /// Wake idle consumers through a change stream when the server supports one (a replica
+        /// set); otherwise they poll. On by default.
+        change_stream(on: bool) on;
+        /// How a batch is claimed.
+        claim_strategy(strategy: ClaimStrategy) strategy;
+        /// How often (at most, per queue) a claim also looks for scheduled messages past
+        /// `expires_at` (marked expired) and for leases that expired (crash recovery). Expired
+        /// messages are never delivered in between; this only bounds how late they are reported and
+        /// how soon a crashed consumer's messages come back after their lease. Default 1 s.
+        sweep_interval(d: Duration) d;
+        /// Settings shared by every backend (observers, dead letters, ids, names, size limit); the
+        /// stores ignore them.
+        common(common: CommonOptions) common;
     }
 
     /// The database name.
@@ -436,20 +416,14 @@ mod tests {
         }
         // The namespace `<database>.<collection>` must fit in 255 bytes.
         let db = "d".repeat(63);
-        assert!(
+        let collection_of = |len: usize| {
             MongoOptions::default()
                 .database(&db)
-                .collection("c".repeat(191))
+                .collection("c".repeat(len))
                 .validate()
-                .is_ok()
-        );
-        assert!(
-            MongoOptions::default()
-                .database(&db)
-                .collection("c".repeat(192))
-                .validate()
-                .is_err()
-        );
+        };
+        assert!(collection_of(191).is_ok());
+        assert!(collection_of(192).is_err());
         for good in ["jobs", "Jobs-2", "a_b"] {
             assert!(MongoOptions::default().database(good).validate().is_ok());
         }

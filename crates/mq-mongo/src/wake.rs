@@ -20,20 +20,14 @@ pub(crate) struct Wake {
 
 impl Wake {
     pub(crate) fn notify(&self, queue: &str) -> Arc<Notify> {
-        if let Some(n) = self
-            .queues
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(queue)
-        {
+        // A poisoned lock still holds a usable map: a panic cannot leave it half-updated.
+        let known = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = known.get(queue) {
             return n.clone();
         }
-        self.queues
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(queue.to_owned())
-            .or_default()
-            .clone()
+        drop(known);
+        let mut all = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        all.entry(queue.to_owned()).or_default().clone()
     }
 
     /// Wakes the waiters of `queue`, if anyone ever waited on it.

@@ -149,19 +149,11 @@ async fn duplicate_ids_are_reported_per_message() {
     };
     let id = |s: &str| MessageId::new(s).unwrap();
     let m = |s: &str| NewMessage::new("t", json!({ "id": s })).id(id(s));
-    q.publish(&name, vec![m("a"), m("with/slash")])
-        .await
-        .expect("publish")
-        .into_result()
-        .expect("stored");
+    common::publish_all(&q, &name, vec![m("a"), m("with/slash")], "stored").await;
     // An id may be reused in another queue: the key is (queue, id).
     let other = queue_name("duplicate_ids_other_queue");
     q.register(&other).await.expect("register");
-    q.publish(&other, vec![m("a")])
-        .await
-        .expect("publish")
-        .into_result()
-        .expect("same id, other queue");
+    common::publish_all(&q, &other, vec![m("a")], "same id, other queue").await;
 
     let r = q
         .publish(

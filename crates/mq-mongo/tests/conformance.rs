@@ -41,9 +41,9 @@ impl QueueFactory for MongoFactory {
     }
 
     async fn store(&self, _test: &str) -> Option<Arc<dyn QueueStore>> {
-        let last = self.last.lock().unwrap();
-        last.as_ref()
-            .map(|q| q.shared_store() as Arc<dyn QueueStore>)
+        // The store of the queue the case just created.
+        let store: Arc<dyn QueueStore> = self.last.lock().unwrap().as_ref()?.shared_store();
+        Some(store)
     }
 }
 

@@ -35,18 +35,8 @@ async fn stats_count_statuses_ready_age_and_expired_leases() {
     }
     let mut batch = messages(6);
     batch.extend((0..2).map(|_| NewMessage::new("t", json!({})).delay(Duration::from_secs(3600))));
-    queue
-        .publish(&jobs, batch)
-        .await
-        .expect("publish")
-        .into_result()
-        .expect("stored");
-    queue
-        .publish(&idle, messages(2))
-        .await
-        .expect("publish")
-        .into_result()
-        .expect("stored");
+    common::publish_all(&queue, &jobs, batch, "stored").await;
+    common::publish_all(&queue, &idle, messages(2), "stored").await;
 
     // One acked, two held by a consumer that crashed (their lease runs out at once), one held
     // by a live consumer.
@@ -110,15 +100,8 @@ async fn stats_count_statuses_ready_age_and_expired_leases() {
 
     // A message an hour late shows as such.
     let an_hour_ago = Utc::now() - chrono::Duration::hours(1);
-    queue
-        .publish(
-            &empty,
-            vec![NewMessage::new("t", json!({})).execute_at(an_hour_ago)],
-        )
-        .await
-        .expect("publish")
-        .into_result()
-        .expect("stored");
+    let overdue = NewMessage::new("t", json!({})).execute_at(an_hour_ago);
+    common::publish_all(&queue, &empty, vec![overdue], "stored").await;
     let late = queue.queue_stats(Some(&empty)).await.expect("stats");
     let age = late[0].oldest_ready_age.expect("a ready message");
     assert!(

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use mq_core::backend::{
     CheckpointOutcome, CheckpointStore, StoredCheckpoint, normalize_sequence_number,
 };
-use sqlx::{AssertSqlSafe, Connection, Executor, IntoArguments, QueryBuilder};
+use sqlx::{AssertSqlSafe, Connection, Executor, QueryBuilder};
 
 use crate::dialect::{Dialect, ReadRow, Sql};
 use crate::options::validate_table;
@@ -260,9 +260,7 @@ where
 impl<DB: Dialect> SqlCheckpointStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
     QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
 {
     /// A checkpoint store in `table` of `pool`'s database (see
     /// [`DEFAULT_CHECKPOINT_TABLE`]); creates the table if missing (on PostgreSQL under an
@@ -462,9 +460,7 @@ fn epoch(v: u64) -> Result<i64, sqlx::Error> {
 impl<DB: Dialect> CheckpointStore for SqlCheckpointStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
     QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
 {
     async fn load(&self, stream: &str, shard: &str) -> mq_core::Result<Option<StoredCheckpoint>> {
         let row = with_retries("load checkpoint", || self.select(stream, shard)).await?;

@@ -9,7 +9,7 @@ use std::fmt;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mq_core::{BoxError, DeadLetter, DeadLetterSink, MessageId};
-use sqlx::{AssertSqlSafe, Executor, IntoArguments, QueryBuilder};
+use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
 
 use mq_core::{DeadLetterEntry, DeadLetterFilter, DeadLetterStore, EntryId, ReplayMark};
 
@@ -101,13 +101,36 @@ impl<DB: sqlx::Database> SqlDeadLetterStore<DB> {
 /// generic impls below apply to its database (their bounds are only checked where used).
 pub(crate) const fn assert_store<S: DeadLetterStore>() {}
 
+impl<DB: Dialect> SqlDeadLetterStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    QueryBuilder<DB>: Sql,
+{
+    /// Runs the statement `write` puts together (`op` names it in errors); returns the rows it
+    /// changed.
+    async fn execute(
+        &self,
+        op: &'static str,
+        write: impl FnOnce(&mut QueryBuilder<DB>),
+    ) -> mq_core::Result<u64> {
+        let mut q = QueryBuilder::<DB>::new("");
+        write(&mut q);
+        let done = q.build().execute(&self.pool).await.map_err(backend(op))?;
+        Ok(DB::rows_affected(&done))
+    }
+
+    /// The integer `n` of the one row `q` selects.
+    async fn fetch_n(&self, op: &'static str, q: &mut QueryBuilder<DB>) -> mq_core::Result<i64> {
+        let row = q.build().fetch_one(&self.pool).await.map_err(backend(op))?;
+        ReadRow::int(&row, "n").map_err(backend(op))
+    }
+}
+
 #[async_trait]
 impl<DB: Dialect> DeadLetterSink for SqlDeadLetterStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
     QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
 {
     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> std::result::Result<(), BoxError> {
         Ok(DeadLetterStore::insert(self, letters).await?)
@@ -118,9 +141,7 @@ where
 impl<DB: Dialect> DeadLetterStore for SqlDeadLetterStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
     QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
 {
     async fn migrate(&self) -> mq_core::Result<()> {
         for stmt in statements(&render(DB::DEAD_LETTER_MIGRATION, &self.table)) {
@@ -141,7 +162,7 @@ where
         for letter in letters {
             let mut q = QueryBuilder::<DB>::new("");
             insert(&mut q, &self.table, &DeadLetterEntry::from_letter(letter))?;
-            q.push(DB::DEAD_LETTER_UPSERT.replace("{table}", &self.table));
+            q.push(DB::dead_letter_upsert(&self.table));
             q.build().execute(&mut *tx).await.map_err(err())?;
         }
         tx.commit().await.map_err(err())
@@ -164,14 +185,9 @@ where
     }
 
     async fn count(&self, filter: &DeadLetterFilter) -> mq_core::Result<u64> {
-        let mut q = QueryBuilder::<DB>::new(format!("SELECT COUNT(*) AS n FROM {}", self.table));
+        let mut q = QueryBuilder::new(format!("SELECT COUNT(*) AS n FROM {}", self.table));
         where_clause(&mut q, filter, false);
-        let row = q
-            .build()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend("dead-letter count"))?;
-        let n = ReadRow::int(&row, "n").map_err(backend("dead-letter count"))?;
+        let n = self.fetch_n("dead-letter count", &mut q).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -181,14 +197,12 @@ where
         expected_generation: u32,
         mark: &ReplayMark,
     ) -> mq_core::Result<bool> {
-        let mut q = QueryBuilder::<DB>::new("");
-        begin_replay(&mut q, &self.table, id, expected_generation, mark);
-        let done = q
-            .build()
-            .execute(&self.pool)
-            .await
-            .map_err(backend("dead-letter begin replay"))?;
-        Ok(DB::rows_affected(&done) == 1)
+        let changed = self
+            .execute("dead-letter begin replay", |q| {
+                begin_replay(q, &self.table, id, expected_generation, mark);
+            })
+            .await?;
+        Ok(changed == 1)
     }
 
     async fn finish_replay(
@@ -197,28 +211,24 @@ where
         message_id: &MessageId,
         at: DateTime<Utc>,
     ) -> mq_core::Result<bool> {
-        let err = || backend("dead-letter finish replay");
-        let mut q = QueryBuilder::<DB>::new("");
-        finish_replay(&mut q, &self.table, id, message_id, at);
-        let done = q.build().execute(&self.pool).await.map_err(err())?;
-        if DB::rows_affected(&done) > 0 {
+        let op = "dead-letter finish replay";
+        let changed = self
+            .execute(op, |q| finish_replay(q, &self.table, id, message_id, at))
+            .await?;
+        if changed > 0 {
             return Ok(true);
         }
-        let mut q = QueryBuilder::<DB>::new("");
+        let mut q = QueryBuilder::new("");
         has_replay(&mut q, &self.table, id, message_id);
-        let row = q.build().fetch_one(&self.pool).await.map_err(err())?;
-        Ok(ReadRow::int(&row, "n").map_err(err())? > 0)
+        Ok(self.fetch_n(op, &mut q).await? > 0)
     }
 
     async fn purge(&self, filter: &DeadLetterFilter) -> mq_core::Result<u64> {
-        let mut q = QueryBuilder::<DB>::new(format!("DELETE FROM {}", self.table));
-        where_clause(&mut q, filter, false);
-        let done = q
-            .build()
-            .execute(&self.pool)
-            .await
-            .map_err(backend("dead-letter purge"))?;
-        Ok(DB::rows_affected(&done))
+        self.execute("dead-letter purge", |q| {
+            q.raw(&format!("DELETE FROM {}", self.table));
+            where_clause(q, filter, false);
+        })
+        .await
     }
 }
 
@@ -279,6 +289,19 @@ pub(crate) fn select(q: &mut impl Sql, table: &str, f: &DeadLetterFilter) {
     }
 }
 
+/// `column IN (...)` with each of `values` bound.
+fn in_list(q: &mut impl Sql, column: &str, values: impl IntoIterator<Item = String>) {
+    q.raw(column);
+    q.raw(" IN (");
+    for (i, v) in values.into_iter().enumerate() {
+        if i > 0 {
+            q.raw(", ");
+        }
+        q.text(v);
+    }
+    q.raw(")");
+}
+
 /// ` WHERE ...` for `f` (nothing when it selects everything); `paging` adds `after`.
 pub(crate) fn where_clause(q: &mut impl Sql, f: &DeadLetterFilter, paging: bool) {
     let mut sep = " WHERE ";
@@ -304,25 +327,12 @@ pub(crate) fn where_clause(q: &mut impl Sql, f: &DeadLetterFilter, paging: bool)
     }
     if !f.get_ids().is_empty() {
         q.raw(std::mem::replace(&mut sep, " AND "));
-        q.raw("id IN (");
-        for (i, id) in f.get_ids().iter().enumerate() {
-            if i > 0 {
-                q.raw(", ");
-            }
-            q.text(id.to_string());
-        }
-        q.raw(")");
+        in_list(q, "id", f.get_ids().iter().map(ToString::to_string));
     }
     if !f.get_message_ids().is_empty() {
         q.raw(std::mem::replace(&mut sep, " AND "));
-        q.raw("message_id IN (");
-        for (i, id) in f.get_message_ids().iter().enumerate() {
-            if i > 0 {
-                q.raw(", ");
-            }
-            q.text(id.as_str().to_owned());
-        }
-        q.raw(")");
+        let ids = f.get_message_ids().iter().map(|id| id.as_str().to_owned());
+        in_list(q, "message_id", ids);
     }
     if let Some(needle) = f.get_error_contains() {
         q.raw(std::mem::replace(&mut sep, " AND "));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use mq_core::backend::Claim;
 use mq_core::{Message, QueueName};
-use sqlx::{ColumnIndex, Decode, Encode, QueryBuilder, Row, Type};
+use sqlx::{ColumnIndex, Decode, Encode, IntoArguments, QueryBuilder, Row, Type};
 
 use crate::error::Error;
 use crate::options::SqlOptions;
@@ -21,11 +21,87 @@ pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
+/// `(file, text)` of the migration `$file` of `$database`, embedded at build time.
+macro_rules! migration {
+    ($database:literal, $file:literal) => {
+        (
+            concat!($database, "/", $file),
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/migrations/",
+                $database,
+                "/",
+                $file
+            )),
+        )
+    };
+}
+pub(crate) use migration;
+
+/// The migration constants of a [`Dialect`] impl: the files in `migrations/$database/`.
+macro_rules! migrations {
+    ($database:literal) => {
+        const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)] =
+            &[$crate::dialect::migration!($database, "0001_messages.sql")];
+        const CHECKPOINT_MIGRATION: (&'static str, &'static str) =
+            $crate::dialect::migration!($database, "0001_checkpoints.sql");
+        const DEAD_LETTER_MIGRATION: &'static str =
+            $crate::dialect::migration!($database, "0001_dead_letters.sql").1;
+    };
+}
+pub(crate) use migrations;
+
+/// Rows per multi-row statement where each row takes its own bound parameters (MySQL allows
+/// 65535 of them per statement, SQLite 32766).
+pub(crate) const CHUNK: usize = 1000;
+
+/// The public aliases of one database (`$db`, called `$name` in their docs, behind `$feature`):
+/// its queue, checkpoint store and dead-letter store; also checks that the generic store impls
+/// apply to it.
+macro_rules! aliases {
+    (
+        $db:ty, $name:literal, feature $feature:literal, pool $pool:ident:
+        $queue:ident, $checkpoint:ident, $dead_letter:ident
+    ) => {
+        #[doc = concat!("A SQL queue on ", $name, ".")]
+        pub type $queue = crate::SqlQueue<$db>;
+
+        #[doc = concat!("A [`SqlCheckpointStore`](crate::SqlCheckpointStore) on ", $name, ".")]
+        pub type $checkpoint = crate::SqlCheckpointStore<$db>;
+
+        #[doc = concat!(
+            "A [`SqlDeadLetterStore`](crate::SqlDeadLetterStore) on ", $name,
+            " (feature `", $feature, "`)."
+        )]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        #[doc = concat!(
+            "# async fn f(pool: mq_sql::sqlx::", stringify!($pool), ") -> mq_core::Result<()> {"
+        )]
+        /// use mq_core::DeadLetterStore;
+        #[doc = concat!("use mq_sql::", stringify!($dead_letter), ";")]
+        ///
+        #[doc = concat!(
+            "let store = ", stringify!($dead_letter),
+            "::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;"
+        )]
+        /// store.migrate().await?;
+        /// # Ok(()) }
+        /// ```
+        pub type $dead_letter = crate::SqlDeadLetterStore<$db>;
+
+        const _: () = crate::dead_letter::assert_store::<$dead_letter>();
+    };
+}
+pub(crate) use aliases;
+
 /// One SQL database: SQL fragments, time encoding, and the steps whose algorithm differs
 /// (claiming, batch writes). Sealed: it is `pub` only so that it may bound the public generic
 /// impls, but it lives in a private module, so users can neither name nor implement it. Adding
 /// a database is one new file in `dialect/`.
-pub trait Dialect: sqlx::Database {
+pub trait Dialect: sqlx::Database<Arguments: IntoArguments<Self>, Row: ReadRow> {
     /// The name in errors (`"postgres"`, `"mysql"`, `"sqlite"`).
     const KIND: &'static str;
     /// The queue table's migrations: (file, template with `{table}`-style placeholders).
@@ -34,9 +110,8 @@ pub trait Dialect: sqlx::Database {
     const CHECKPOINT_MIGRATION: (&'static str, &'static str);
     /// The dead-letter table's migration (`{table}` and `{idx_...}` placeholders).
     const DEAD_LETTER_MIGRATION: &'static str;
-    /// Appended to a dead-letter insert: a second letter for the same (queue, message id) adds a
-    /// failure to the stored entry. `{table}`, if present, is replaced by the table.
-    const DEAD_LETTER_UPSERT: &'static str;
+    /// The SQL functions of the larger and of the smaller of their arguments.
+    const GREATEST_LEAST: (&'static str, &'static str) = ("GREATEST", "LEAST");
     /// Whether schema changes run in one transaction (false where DDL commits implicitly).
     const TRANSACTIONAL_DDL: bool;
     /// The statement that opens a read-modify-write transaction.
@@ -57,6 +132,20 @@ pub trait Dialect: sqlx::Database {
     fn from_time(t: Self::Time) -> Result<DateTime<Utc>, sqlx::Error>;
     /// Rows changed by a statement (an inherent method of each driver's result).
     fn rows_affected(done: &Self::QueryResult) -> u64;
+    /// Appended to a dead-letter insert into `table`: a second letter for the same (queue,
+    /// message id) adds a failure to the stored entry.
+    fn dead_letter_upsert(table: &str) -> String {
+        let (greatest, least) = Self::GREATEST_LEAST;
+        format!(
+            " ON CONFLICT (queue, message_id) DO UPDATE SET \
+            failures = {table}.failures + 1, error = excluded.error, \
+            error_text = excluded.error_text, exhausted = excluded.exhausted, \
+            attempts = {greatest}({table}.attempts, excluded.attempts), \
+            first_failed_at = {least}({table}.first_failed_at, excluded.first_failed_at), \
+            last_failed_at = {greatest}({table}.last_failed_at, excluded.last_failed_at), \
+            consumer_id = excluded.consumer_id"
+        )
+    }
     /// A statement run first in the schema transaction to serialize concurrent migrations.
     fn schema_lock(_key: i64) -> Option<String> {
         None
@@ -118,10 +207,7 @@ pub trait Dialect: sqlx::Database {
         archive: bool,
     ) -> impl Future<Output = mq_core::Result<u64>> + Send;
     /// A JSON column (NULL as `None`); stored as text unless the dialect says otherwise.
-    fn read_json(row: &Self::Row, col: &str) -> Result<Option<serde_json::Value>, sqlx::Error>
-    where
-        Self::Row: ReadRow,
-    {
+    fn read_json(row: &Self::Row, col: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
         row.opt_text(col)?
             .map(|s| serde_json::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e))))
             .transpose()

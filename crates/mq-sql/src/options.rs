@@ -65,91 +65,73 @@ impl Default for SqlOptions {
     }
 }
 
+/// Consuming setters, one per field: `name(value: Type) expression stored;`, each with its
+/// documentation.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident($value:ident: $ty:ty) $stored:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $value: $ty) -> Self {
+                self.$name = $stored;
+                self
+            }
+        )*
+    };
+}
+
 impl SqlOptions {
-    /// Delete a message's row when it is acknowledged instead of keeping it as `executed`.
-    ///
-    /// One write less per message and no dead `executed` rows for retention to clean up: the
-    /// fastest setting for high-volume queues. The cost: acknowledged messages leave no trace
-    /// (no history, no archive), and a message id becomes free again once its message is
-    /// acknowledged, so the duplicate-id check only covers messages still in the table.
-    /// Failed, expired and dead-lettered rows are kept either way.
-    ///
-    /// ```
-    /// let options = mq_sql::SqlOptions::default().delete_on_ack(true);
-    /// assert!(options.get_delete_on_ack());
-    /// ```
-    pub fn delete_on_ack(mut self, on: bool) -> Self {
-        self.delete_on_ack = on;
-        self
-    }
-
-    /// The options every backend shares (message size limit, retry policy, ids, lifecycle
-    /// observers).
-    ///
-    /// ```
-    /// use mq_core::CommonOptions;
-    ///
-    /// let options = mq_sql::SqlOptions::default().common(CommonOptions::default().max_message_bytes(1024));
-    /// assert_eq!(options.get_common().get_max_message_bytes(), 1024);
-    /// ```
-    pub fn common(mut self, common: CommonOptions) -> Self {
-        self.common = common;
-        self
-    }
-
-    /// Create the table and its indexes if missing (the default). With `false`, connecting only
-    /// checks that the table exists and fails with an error naming it: for read-only tools and
-    /// for deployments where an administrator owns the schema.
-    ///
-    /// ```
-    /// let options = mq_sql::SqlOptions::default().create_schema(false);
-    /// assert!(!options.get_create_schema());
-    /// ```
-    pub fn create_schema(mut self, on: bool) -> Self {
-        self.create_schema = on;
-        self
-    }
-
-    /// The table holding the messages (`[A-Za-z_][A-Za-z0-9_]{0,62}`); created if missing.
-    pub fn table(mut self, name: impl Into<String>) -> Self {
-        self.table = name.into();
-        self
-    }
-    /// How long connecting (and acquiring a pooled connection) may take.
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
-        self
-    }
-    /// Largest number of pooled connections (used by `connect`, not `from_pool`).
-    pub fn max_connections(mut self, n: u32) -> Self {
-        self.max_connections = n;
-        self
-    }
-    /// Wake idle consumers on publish (PostgreSQL `LISTEN/NOTIFY`); polling remains the fallback.
-    pub fn notify(mut self, on: bool) -> Self {
-        self.notify = on;
-        self
-    }
-    /// Age after which finished rows (executed, failed, expired, dead-lettered) are purged by a
-    /// background task of the queue; `None` turns the task off.
-    pub fn retention(mut self, age: Option<Duration>) -> Self {
-        self.retention = age;
-        self
-    }
-    /// Time between two background retention passes.
-    pub fn retention_interval(mut self, d: Duration) -> Self {
-        self.retention_interval = d;
-        self
-    }
-    /// Rows deleted per statement by retention.
-    pub fn retention_batch(mut self, n: usize) -> Self {
-        self.retention_batch = n;
-        self
-    }
-    /// Move purged rows to `<table>_archive` instead of deleting them.
-    pub fn archive(mut self, on: bool) -> Self {
-        self.archive = on;
-        self
+    setters! {
+        /// The table holding the messages (`[A-Za-z_][A-Za-z0-9_]{0,62}`); created if missing.
+        table(name: impl Into<String>) name.into();
+        /// Delete a message's row when it is acknowledged instead of keeping it as `executed`.
+        ///
+        /// One write less per message and no dead `executed` rows for retention to clean up: the
+        /// fastest setting for high-volume queues. The cost: acknowledged messages leave no trace
+        /// (no history, no archive), and a message id becomes free again once its message is
+        /// acknowledged, so the duplicate-id check only covers messages still in the table.
+        /// Failed, expired and dead-lettered rows are kept either way.
+        ///
+        /// ```
+        /// let options = mq_sql::SqlOptions::default().delete_on_ack(true);
+        /// assert!(options.get_delete_on_ack());
+        /// ```
+        delete_on_ack(on: bool) on;
+        /// The options every backend shares (message size limit, retry policy, ids, lifecycle
+        /// observers).
+        ///
+        /// ```
+        /// use mq_core::CommonOptions;
+        ///
+        /// let common = CommonOptions::default().max_message_bytes(1024);
+        /// let options = mq_sql::SqlOptions::default().common(common);
+        /// assert_eq!(options.get_common().get_max_message_bytes(), 1024);
+        /// ```
+        common(common: CommonOptions) common;
+        /// Create the table and its indexes if missing (the default). With `false`, connecting only
+        /// checks that the table exists and fails with an error naming it: for read-only tools and
+        /// for deployments where an administrator owns the schema.
+        ///
+        /// ```
+        /// let options = mq_sql::SqlOptions::default().create_schema(false);
+        /// assert!(!options.get_create_schema());
+        /// ```
+        create_schema(on: bool) on;
+        /// How long connecting (and acquiring a pooled connection) may take.
+        connect_timeout(d: Duration) d;
+        /// Largest number of pooled connections (used by `connect`, not `from_pool`).
+        max_connections(n: u32) n;
+        /// Wake idle consumers on publish (PostgreSQL `LISTEN/NOTIFY`); polling remains the
+        /// fallback.
+        notify(on: bool) on;
+        /// Age after which finished rows (executed, failed, expired, dead-lettered) are purged by a
+        /// background task of the queue; `None` turns the task off.
+        retention(age: Option<Duration>) age;
+        /// Time between two background retention passes.
+        retention_interval(d: Duration) d;
+        /// Rows deleted per statement by retention.
+        retention_batch(n: usize) n;
+        /// Move purged rows to `<table>_archive` instead of deleting them.
+        archive(on: bool) on;
     }
 
     /// The table name.

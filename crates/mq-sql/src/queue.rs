@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use mq_core::CommonOptions;
 use mq_core::backend::{PollingQueue, QueueStore};
-use sqlx::{Executor, IntoArguments, QueryBuilder};
+use sqlx::{Executor, QueryBuilder};
 
-use crate::dialect::{Dialect, ReadRow, Sql};
+use crate::dialect::{Dialect, Sql};
 use crate::options::SqlOptions;
 use crate::store::SqlStore;
 
@@ -81,9 +81,7 @@ where
 impl<DB: Dialect> SqlQueue<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
     QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
 {
     /// Connects to `url` and prepares the table; see [`SqlStore::connect`] for the URLs, the
     /// schema and the errors. [`SqlOptions::common`] carries the options every backend shares.

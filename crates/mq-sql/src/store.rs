@@ -111,9 +111,7 @@ impl<DB: sqlx::Database> SqlStore<DB> {
 impl<DB: Dialect> SqlStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
     QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
 {
     /// Connects to `url`, creates the table and indexes if missing (or, with
     /// [`SqlOptions::create_schema`]`(false)`, checks that the table exists) and starts the
@@ -222,9 +220,7 @@ pub(crate) async fn migrate<DB: Dialect>(
 ) -> Result<(), Error>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
     QueryBuilder<DB>: Sql,
-    DB::Row: ReadRow,
 {
     let fail = |migration: &'static str| {
         let table = table.to_owned();
@@ -575,7 +571,6 @@ pub struct RawRow {
 /// Reads a message row (the `COLS` of a dialect).
 pub(crate) fn decode<DB: Dialect>(row: &DB::Row) -> Result<RawRow, sqlx::Error>
 where
-    DB::Row: ReadRow,
 {
     Ok(RawRow {
         id: row.text("id")?,
@@ -821,20 +816,15 @@ mod tests {
 
     #[test]
     fn targets_hide_credentials() {
-        assert_eq!(
-            describe_target("postgres://u:secret@db.example:5433/app"),
-            "db.example:5433"
-        );
-        assert_eq!(
-            describe_target("mysql://root@127.0.0.1:3306/test"),
-            "127.0.0.1:3306"
-        );
-        assert_eq!(
-            describe_target("postgres://u:p%40ss@h/x?sslmode=disable"),
-            "h"
-        );
-        assert_eq!(describe_target("sqlite:///tmp/q.db?mode=rwc"), "/tmp/q.db");
-        assert_eq!(describe_target("sqlite:q.db"), "q.db");
+        for (url, target) in [
+            ("postgres://u:secret@db.example:5433/app", "db.example:5433"),
+            ("mysql://root@127.0.0.1:3306/test", "127.0.0.1:3306"),
+            ("postgres://u:p%40ss@h/x?sslmode=disable", "h"),
+            ("sqlite:///tmp/q.db?mode=rwc", "/tmp/q.db"),
+            ("sqlite:q.db", "q.db"),
+        ] {
+            assert_eq!(describe_target(url), target, "{url}");
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use mq_core::{CommonOptions, ErrorChain, MessageId, NewMessage, QueueName};
-use mq_sql::{MySqlQueue, PgQueue, SqlOptions, SqliteQueue};
-use support::{Db, drop_table, fresh_queue, require, table_name};
+use mq_sql::{SqlOptions, SqliteQueue};
+use support::{Db, drop_table, fresh_queue, publish_all, test_on_each_db, try_connect_queue};
 
 fn full_text(e: &mq_core::Error) -> String {
     format!("{} | {} | {e:?}", e, ErrorChain::from_error(e))
@@ -18,16 +18,26 @@ fn sql_error(e: &mq_core::Error) -> Option<&mq_sql::Error> {
     std::error::Error::source(e)?.downcast_ref()
 }
 
+/// The error connecting to `db` at `url` fails with (`why` it must fail), and its full text.
+async fn connect_error(db: Db, url: &str, why: &str) -> (mq_core::Error, String) {
+    let opts = SqlOptions::default().connect_timeout(Duration::from_secs(2));
+    let e = try_connect_queue(db, url, opts)
+        .await
+        .map(|_| ())
+        .expect_err(why);
+    let text = full_text(&e);
+    (e, text)
+}
+
 #[tokio::test]
 async fn unreachable_database_names_host_not_password() {
-    let opts = || SqlOptions::default().connect_timeout(Duration::from_secs(2));
-    let pg = PgQueue::connect(
+    let closed = "port 1 is closed";
+    let (pg, text) = connect_error(
+        Db::Postgres,
         "postgres://app:s3cr3t-pw@127.0.0.1:1/app",
-        opts().common(CommonOptions::default()),
+        closed,
     )
-    .await
-    .expect_err("port 1 is closed");
-    let text = full_text(&pg);
+    .await;
     assert!(text.contains("127.0.0.1:1"), "{text}");
     assert!(!text.contains("s3cr3t-pw"), "password leaked: {text}");
     assert!(
@@ -35,25 +45,15 @@ async fn unreachable_database_names_host_not_password() {
         "{pg:?}"
     );
 
-    let my = MySqlQueue::connect(
-        "mysql://root:s3cr3t-pw@127.0.0.1:1/app",
-        opts().common(CommonOptions::default()),
-    )
-    .await
-    .expect_err("port 1 is closed");
-    let text = full_text(&my);
+    let (_, text) =
+        connect_error(Db::MySql, "mysql://root:s3cr3t-pw@127.0.0.1:1/app", closed).await;
     assert!(
         text.contains("127.0.0.1:1") && !text.contains("s3cr3t-pw"),
         "{text}"
     );
 
-    let dns = PgQueue::connect(
-        "postgres://app:s3cr3t-pw@no-such-host.invalid:5432/app",
-        opts().common(CommonOptions::default()),
-    )
-    .await
-    .expect_err("no such host");
-    let text = full_text(&dns);
+    let dns = "postgres://app:s3cr3t-pw@no-such-host.invalid:5432/app";
+    let (_, text) = connect_error(Db::Postgres, dns, "no such host").await;
     assert!(
         text.contains("no-such-host.invalid:5432") && !text.contains("s3cr3t-pw"),
         "{text}"
@@ -67,13 +67,14 @@ async fn unreachable_database_names_host_not_password() {
     );
     assert!(!chain.contains("s3cr3t-pw"));
 
-    let sqlite = SqliteQueue::connect(
-        "sqlite:///nonexistent-dir-mq/sub/q.db",
-        opts().common(CommonOptions::default()),
+    let path = "/nonexistent-dir-mq/sub/q.db";
+    let (_, text) = connect_error(
+        Db::Sqlite,
+        &format!("sqlite://{path}"),
+        "directory does not exist",
     )
-    .await
-    .expect_err("directory does not exist");
-    assert!(full_text(&sqlite).contains("/nonexistent-dir-mq/sub/q.db"));
+    .await;
+    assert!(text.contains(path), "{text}");
 }
 
 #[tokio::test]
@@ -93,10 +94,10 @@ async fn unsafe_table_name_is_refused_before_connecting() {
     assert!(e.to_string().contains("jobs; DROP TABLE users"));
 }
 
-async fn oversize_and_duplicates(db: Db) {
-    let test = "oversize_dup";
-    let Some(url) = require(db, test) else { return };
-    let table = table_name("bi", test);
+async fn oversize_and_duplicates(db: Db, test: &str) {
+    let Some((url, table)) = support::fresh_table(db, "bi", test).await else {
+        return;
+    };
     let q = fresh_queue(
         db,
         &url,
@@ -126,11 +127,7 @@ async fn oversize_and_duplicates(db: Db) {
     // Duplicate id: a clear error naming the id; the rest of the batch is stored.
     let id = MessageId::new("order-42").expect("id");
     let first = NewMessage::new("t", serde_json::json!({})).id(id.clone());
-    q.publish(&name, vec![first])
-        .await
-        .expect("publish")
-        .into_result()
-        .expect("first stored");
+    publish_all(&*q, &name, vec![first]).await;
     let again = NewMessage::new("t", serde_json::json!({})).id(id.clone());
     let fresh =
         NewMessage::new("t", serde_json::json!({})).id(MessageId::new("order-43").expect("id"));
@@ -160,35 +157,19 @@ async fn oversize_and_duplicates(db: Db) {
     drop_table(db, &url, &table).await;
 }
 
-#[tokio::test]
-async fn oversize_and_duplicates_postgres() {
-    oversize_and_duplicates(Db::Postgres).await;
-}
-
-#[tokio::test]
-async fn oversize_and_duplicates_mysql() {
-    oversize_and_duplicates(Db::MySql).await;
-}
-
-#[tokio::test]
-async fn oversize_and_duplicates_sqlite() {
-    oversize_and_duplicates(Db::Sqlite).await;
-}
+test_on_each_db!(oversize_dup, oversize_and_duplicates);
 
 /// With `create_schema(false)` connecting creates nothing: a missing table is an error naming
 /// it, and an existing table is used as is.
-async fn missing_table_without_create_schema(db: Db) {
-    let test = "no_create";
-    let Some(url) = require(db, test) else { return };
-    let table = table_name("bi", test);
-    drop_table(db, &url, &table).await;
+async fn missing_table_without_create_schema(db: Db, test: &str) {
+    let Some((url, table)) = support::fresh_table(db, "bi", test).await else {
+        return;
+    };
     let opts = || SqlOptions::default().table(&table).create_schema(false);
-    let err = match db {
-        Db::Postgres => PgQueue::connect(&url, opts()).await.map(|_| ()),
-        Db::MySql => MySqlQueue::connect(&url, opts()).await.map(|_| ()),
-        Db::Sqlite => SqliteQueue::connect(&url, opts()).await.map(|_| ()),
-    }
-    .expect_err("the table does not exist");
+    let err = try_connect_queue(db, &url, opts())
+        .await
+        .map(|_| ())
+        .expect_err("the table does not exist");
     assert!(
         matches!(sql_error(&err), Some(mq_sql::Error::MissingTable { table: t }) if *t == table),
         "{err:?}"
@@ -201,26 +182,11 @@ async fn missing_table_without_create_schema(db: Db) {
         .shutdown()
         .await
         .expect("shutdown");
-    match db {
-        Db::Postgres => PgQueue::connect(&url, opts()).await.map(|_| ()),
-        Db::MySql => MySqlQueue::connect(&url, opts()).await.map(|_| ()),
-        Db::Sqlite => SqliteQueue::connect(&url, opts()).await.map(|_| ()),
-    }
-    .expect("the table exists");
+    try_connect_queue(db, &url, opts())
+        .await
+        .map(|_| ())
+        .expect("the table exists");
     drop_table(db, &url, &table).await;
 }
 
-#[tokio::test]
-async fn missing_table_without_create_schema_postgres() {
-    missing_table_without_create_schema(Db::Postgres).await;
-}
-
-#[tokio::test]
-async fn missing_table_without_create_schema_mysql() {
-    missing_table_without_create_schema(Db::MySql).await;
-}
-
-#[tokio::test]
-async fn missing_table_without_create_schema_sqlite() {
-    missing_table_without_create_schema(Db::Sqlite).await;
-}
+test_on_each_db!(no_create, missing_table_without_create_schema);

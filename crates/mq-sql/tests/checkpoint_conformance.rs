@@ -7,7 +7,7 @@ use mq_core::async_trait;
 use mq_core::backend::CheckpointStore;
 use mq_core::testkit::checkpoint::CheckpointStoreFactory;
 use mq_core::testkit::service_url;
-use mq_sql::{MySqlCheckpointStore, PgCheckpointStore, SqliteCheckpointStore};
+use mq_sql::{SqlCheckpointStore, SqliteCheckpointStore};
 
 fn table(test: &str) -> String {
     let mut t = format!("mqt_ck_{test}");
@@ -25,49 +25,34 @@ fn url(var: &str, test: &str) -> Option<String> {
     }
 }
 
-struct Pg;
+/// A factory on the server named by `$var`: one table per case, dropped first.
+macro_rules! server_factory {
+    ($factory:ident, $var:literal, $db:ty) => {
+        struct $factory;
 
-#[async_trait]
-impl CheckpointStoreFactory for Pg {
-    async fn create(&self, test: &str) -> Option<Arc<dyn CheckpointStore>> {
-        let url = url("MQ_TEST_POSTGRES_URL", test)?;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect(&url)
-            .await
-            .unwrap();
-        let t = table(test);
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
-            .execute(&pool)
-            .await
-            .unwrap();
-        Some(Arc::new(
-            PgCheckpointStore::from_pool(pool, t).await.unwrap(),
-        ))
-    }
+        #[async_trait]
+        impl CheckpointStoreFactory for $factory {
+            async fn create(&self, test: &str) -> Option<Arc<dyn CheckpointStore>> {
+                let url = url($var, test)?;
+                let pool = sqlx::pool::PoolOptions::<$db>::new()
+                    .max_connections(8)
+                    .connect(&url)
+                    .await
+                    .unwrap();
+                let t = table(test);
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                let store = SqlCheckpointStore::<$db>::from_pool(pool, t).await.unwrap();
+                Some(Arc::new(store))
+            }
+        }
+    };
 }
 
-struct My;
-
-#[async_trait]
-impl CheckpointStoreFactory for My {
-    async fn create(&self, test: &str) -> Option<Arc<dyn CheckpointStore>> {
-        let url = url("MQ_TEST_MYSQL_URL", test)?;
-        let pool = sqlx::mysql::MySqlPoolOptions::new()
-            .max_connections(8)
-            .connect(&url)
-            .await
-            .unwrap();
-        let t = table(test);
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
-            .execute(&pool)
-            .await
-            .unwrap();
-        Some(Arc::new(
-            MySqlCheckpointStore::from_pool(pool, t).await.unwrap(),
-        ))
-    }
-}
+server_factory!(Pg, "MQ_TEST_POSTGRES_URL", sqlx::Postgres);
+server_factory!(My, "MQ_TEST_MYSQL_URL", sqlx::MySql);
 
 struct Lite;
 

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mq_core::{
-    Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageId, NewMessage, QueueName,
-    handler_fn,
+    Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageId, MessageQueue, NewMessage,
+    QueueName, handler_fn,
 };
 use sqlx::{AssertSqlSafe, PgPool};
-use support::{Db, connect_queue, drop_table, options, require, table_name, wait_until};
+use support::{Db, connect_queue, drop_table, fresh_table, options, publish_all, wait_until};
 
 const MESSAGES: usize = 10_000;
 const BATCH: usize = 100;
@@ -57,6 +57,14 @@ fn logging_handler(
     }))
 }
 
+/// The queue of the test on `table`, its queue registered.
+async fn crash_queue(url: &str, table: &str) -> (Arc<dyn MessageQueue>, QueueName) {
+    let q = connect_queue(Db::Postgres, url, options(table), CommonOptions::default()).await;
+    let name = QueueName::new("crash").expect("name");
+    q.register(&name).await.expect("register");
+    (q, name)
+}
+
 /// The child: consumes until killed. A no-op unless started by the parent test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child() {
@@ -66,15 +74,7 @@ async fn crash_child() {
     let Ok(url) = std::env::var("MQ_TEST_POSTGRES_URL") else {
         return;
     };
-    let q = connect_queue(
-        Db::Postgres,
-        &url,
-        options(&table),
-        CommonOptions::default(),
-    )
-    .await;
-    let name = QueueName::new("crash").expect("name");
-    q.register(&name).await.expect("register");
+    let (q, name) = crash_queue(&url, &table).await;
     let pool = PgPool::connect(&url).await.expect("pool");
     let handler = logging_handler(
         pool,
@@ -102,13 +102,10 @@ async fn killed_consumer_batch_is_redelivered() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let test = "killed_consumer";
-    let Some(url) = require(Db::Postgres, test) else {
+    let Some((url, table)) = fresh_table(Db::Postgres, "cr", "killed_consumer").await else {
         return;
     };
-    let table = table_name("cr", test);
     let log = format!("{table}_log");
-    drop_table(Db::Postgres, &url, &table).await;
     let pool = PgPool::connect(&url).await.expect("pool");
     sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {log}")))
         .execute(&pool)
@@ -121,15 +118,7 @@ async fn killed_consumer_batch_is_redelivered() {
     .await
     .expect("log table");
 
-    let q = connect_queue(
-        Db::Postgres,
-        &url,
-        options(&table),
-        CommonOptions::default(),
-    )
-    .await;
-    let name = QueueName::new("crash").expect("name");
-    q.register(&name).await.expect("register");
+    let (q, name) = crash_queue(&url, &table).await;
     for chunk in (0..MESSAGES).collect::<Vec<_>>().chunks(1000) {
         let msgs = chunk
             .iter()
@@ -138,11 +127,7 @@ async fn killed_consumer_batch_is_redelivered() {
                     .id(MessageId::new(format!("m-{i:05}")).expect("id"))
             })
             .collect();
-        q.publish(&name, msgs)
-            .await
-            .expect("publish")
-            .into_result()
-            .expect("all stored");
+        publish_all(&*q, &name, msgs).await;
     }
 
     let exe = std::env::current_exe().expect("test executable");

@@ -1,4 +1,5 @@
-//! The dead-letter store and replay suites on PostgreSQL, MariaDB/MySQL and SQLite, one table per case.
+//! The dead-letter store and replay suites on PostgreSQL, MariaDB/MySQL and SQLite, one table per
+//! case.
 
 use std::sync::Arc;
 
@@ -6,62 +7,46 @@ use mq_core::DeadLetterStore;
 use mq_core::testkit::dead_letter::{DeadLetterStoreFactory as StoreFactory, table_name};
 use mq_core::testkit::service_url;
 use mq_sql::sqlx::{self, Executor};
-use mq_sql::{MySqlDeadLetterStore, PgDeadLetterStore, SqliteDeadLetterStore};
+use mq_sql::{SqlDeadLetterStore, SqliteDeadLetterStore};
 
-mod postgres {
-    use super::*;
+/// The suites in module `$module` on the server named by `$var`: one table per case, dropped
+/// first.
+macro_rules! on_server {
+    ($module:ident, $var:literal, $db:ty, $prefix:literal) => {
+        mod $module {
+            use super::*;
 
-    pub(crate) struct Pg;
+            pub(crate) struct Server;
 
-    #[async_trait::async_trait]
-    impl StoreFactory for Pg {
-        fn skip_reason(&self) -> Option<String> {
-            service_url("MQ_TEST_POSTGRES_URL").err()
+            #[async_trait::async_trait]
+            impl StoreFactory for Server {
+                fn skip_reason(&self) -> Option<String> {
+                    service_url($var).err()
+                }
+                async fn create(&self, test: &str) -> Arc<dyn DeadLetterStore> {
+                    let url = service_url($var).expect("checked by skip_reason");
+                    let pool = sqlx::Pool::<$db>::connect(&url).await.expect("connect");
+                    let table = format!("{}_{}", $prefix, table_name(test));
+                    let drop = format!("DROP TABLE IF EXISTS {table}");
+                    pool.execute(sqlx::AssertSqlSafe(drop)).await.expect("drop");
+                    migrated(SqlDeadLetterStore::<$db>::new(pool, table).expect("store")).await
+                }
+            }
+
+            mq_core::dead_letter_store_tests!(Server);
+            mq_dlq::replay_conformance_tests!(Server);
         }
-        async fn create(&self, test: &str) -> Arc<dyn DeadLetterStore> {
-            let url = service_url("MQ_TEST_POSTGRES_URL").expect("checked by skip_reason");
-            let pool = sqlx::PgPool::connect(&url).await.expect("connect");
-            let table = format!("pg_{}", table_name(test));
-            pool.execute(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
-                .await
-                .expect("drop");
-            let store = PgDeadLetterStore::new(pool, table).expect("store");
-            store.migrate().await.expect("migrate");
-            store.migrate().await.expect("migrate is idempotent");
-            Arc::new(store)
-        }
-    }
-
-    mq_core::dead_letter_store_tests!(Pg);
-    mq_dlq::replay_conformance_tests!(Pg);
+    };
 }
 
-mod mysql {
-    use super::*;
+on_server!(postgres, "MQ_TEST_POSTGRES_URL", sqlx::Postgres, "pg");
+on_server!(mysql, "MQ_TEST_MYSQL_URL", sqlx::MySql, "my");
 
-    pub(crate) struct My;
-
-    #[async_trait::async_trait]
-    impl StoreFactory for My {
-        fn skip_reason(&self) -> Option<String> {
-            service_url("MQ_TEST_MYSQL_URL").err()
-        }
-        async fn create(&self, test: &str) -> Arc<dyn DeadLetterStore> {
-            let url = service_url("MQ_TEST_MYSQL_URL").expect("checked by skip_reason");
-            let pool = sqlx::MySqlPool::connect(&url).await.expect("connect");
-            let table = format!("my_{}", table_name(test));
-            pool.execute(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
-                .await
-                .expect("drop");
-            let store = MySqlDeadLetterStore::new(pool, table).expect("store");
-            store.migrate().await.expect("migrate");
-            store.migrate().await.expect("migrate is idempotent");
-            Arc::new(store)
-        }
-    }
-
-    mq_core::dead_letter_store_tests!(My);
-    mq_dlq::replay_conformance_tests!(My);
+/// `store`, migrated twice (migrating is idempotent).
+async fn migrated<S: DeadLetterStore + 'static>(store: S) -> Arc<dyn DeadLetterStore> {
+    store.migrate().await.expect("migrate");
+    store.migrate().await.expect("migrate is idempotent");
+    Arc::new(store)
 }
 
 mod sqlite {
@@ -79,10 +64,7 @@ mod sqlite {
             let _ = std::fs::remove_file(&path);
             let url = format!("sqlite://{}?mode=rwc", path.display());
             let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
-            let store = SqliteDeadLetterStore::new(pool, "dead_letters").expect("store");
-            store.migrate().await.expect("migrate");
-            store.migrate().await.expect("migrate is idempotent");
-            Arc::new(store)
+            migrated(SqliteDeadLetterStore::new(pool, "dead_letters").expect("store")).await
         }
     }
 

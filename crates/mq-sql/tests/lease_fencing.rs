@@ -7,34 +7,48 @@ mod support;
 
 use std::time::Duration;
 
-use mq_core::backend::{Claim, Completion, CompletionAction, Holder};
-use mq_core::{CommonOptions, ErrorChain, NewMessage, Status};
+use mq_core::backend::{Claim, Completion, CompletionAction, Holder, QueueStore};
+use mq_core::{CommonOptions, ErrorChain, NewMessage, QueueName, Status};
 use support::{
-    Db, connect_queue, connect_store_with, count_rows, drop_table, options, require, table_name,
+    Db, connect_queue, connect_store_with, count_rows, drop_table, fresh_table, options,
+    publish_all, test_on_each_db,
 };
 
-async fn stale_owner(db: Db, delete_on_ack: bool) {
-    let test = if delete_on_ack {
-        "stale_owner_deleting"
-    } else {
-        "stale_owner"
+/// An ack of each of `claims`.
+fn acks(claims: impl IntoIterator<Item = Claim>) -> Vec<Completion> {
+    claims
+        .into_iter()
+        .map(|c| Completion::new(c, CompletionAction::Ack))
+        .collect()
+}
+
+/// Whether `owner` claims nothing of `name`.
+async fn claims_nothing(
+    store: &dyn QueueStore,
+    name: &QueueName,
+    owner: &str,
+    lease: Duration,
+) -> bool {
+    let claimed = store
+        .claim(name, Holder::new(owner, lease), 10)
+        .await
+        .expect("claim");
+    claimed.messages.is_empty()
+}
+
+async fn stale_owner(db: Db, test: &str, delete_on_ack: bool) {
+    let Some((url, table)) = fresh_table(db, "lf", test).await else {
+        return;
     };
-    let Some(url) = require(db, test) else { return };
-    let table = table_name("lf", test);
-    drop_table(db, &url, &table).await;
     let opts = options(&table).delete_on_ack(delete_on_ack);
     let q = connect_queue(db, &url, opts.clone(), CommonOptions::default()).await;
     let store = connect_store_with(db, &url, opts).await;
-    let name = mq_core::QueueName::new("fencing").expect("name");
+    let name = QueueName::new("fencing").expect("name");
     q.register(&name).await.expect("register");
     let msgs = (0..3)
         .map(|i| NewMessage::new("t", serde_json::json!({"i": i})))
         .collect();
-    q.publish(&name, msgs)
-        .await
-        .expect("publish")
-        .into_result()
-        .expect("stored");
+    publish_all(&*q, &name, msgs).await;
 
     let lease = Duration::from_millis(200);
     let a = store
@@ -45,14 +59,7 @@ async fn stale_owner(db: Db, delete_on_ack: bool) {
     assert_eq!(a.len(), 3);
     let claims_a: Vec<Claim> = a.iter().map(Claim::of).collect();
     // While A holds the lease, B gets nothing.
-    assert!(
-        store
-            .claim(&name, Holder::new("owner-b", lease), 10)
-            .await
-            .expect("claim b")
-            .messages
-            .is_empty()
-    );
+    assert!(claims_nothing(&*store, &name, "owner-b", lease).await);
 
     // A stalls; B claims once the lease lapses (polled, no fixed sleep).
     let mut b = Vec::new();
@@ -115,66 +122,24 @@ async fn stale_owner(db: Db, delete_on_ack: bool) {
     // B with the wrong attempt number is refused too (fencing by attempt, not only owner).
     let wrong = Claim::new(b[0].id.clone(), 1);
     let refused = store
-        .complete(
-            &name,
-            "owner-b",
-            vec![Completion::new(wrong.clone(), CompletionAction::Ack)],
-        )
+        .complete(&name, "owner-b", acks([wrong.clone()]))
         .await
         .expect("complete");
     assert_eq!(refused, vec![wrong]);
 
     // B's own completions apply.
-    let completions = b
-        .iter()
-        .map(|m| Completion::new(Claim::of(m), CompletionAction::Ack))
-        .collect();
     let refused = store
-        .complete(&name, "owner-b", completions)
+        .complete(&name, "owner-b", acks(b.iter().map(Claim::of)))
         .await
         .expect("complete");
     assert!(refused.is_empty(), "current owner refused: {refused:?}");
     let kept = if delete_on_ack { 0 } else { 3 };
     assert_eq!(count_rows(db, &url, &table).await, kept, "rows after acks");
-    assert!(
-        store
-            .claim(&name, Holder::new("owner-c", lease), 10)
-            .await
-            .expect("claim")
-            .messages
-            .is_empty()
-    );
+    assert!(claims_nothing(&*store, &name, "owner-c", lease).await);
     q.shutdown().await.expect("shutdown");
     drop(store);
     drop_table(db, &url, &table).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_owner_postgres() {
-    stale_owner(Db::Postgres, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_owner_postgres_delete_on_ack() {
-    stale_owner(Db::Postgres, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_owner_mysql() {
-    stale_owner(Db::MySql, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_owner_mysql_delete_on_ack() {
-    stale_owner(Db::MySql, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_owner_sqlite() {
-    stale_owner(Db::Sqlite, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_owner_sqlite_delete_on_ack() {
-    stale_owner(Db::Sqlite, true).await;
-}
+test_on_each_db!(stale_owner, |db, test| stale_owner(db, test, false));
+test_on_each_db!(stale_owner_deleting, |db, test| stale_owner(db, test, true));

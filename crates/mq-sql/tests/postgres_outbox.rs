@@ -9,24 +9,37 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mq_core::{
-    Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName,
-    handler_fn,
+    Batch, CommonOptions, ConsumerOptions, Handler, HandlerContext, MessageQueue, NewMessage,
+    QueueName, handler_fn,
 };
 use mq_sql::PgQueue;
 use sqlx::{AssertSqlSafe, PgPool};
-use support::{Db, drop_table, options, require, table_name, wait_until};
+use support::{Db, drop_table, fresh_table, options, publish_all, wait_until};
+
+/// A handler that only counts the messages it is given, and its count.
+fn counting_handler() -> (Arc<AtomicUsize>, Arc<dyn Handler>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    let handler = handler_fn(move |batch: Batch, _ctx: HandlerContext| {
+        count.fetch_add(batch.len(), Ordering::SeqCst);
+        async {}
+    });
+    (seen, Arc::new(handler))
+}
+
+/// A queue on `table`.
+async fn pg_queue(url: &str, table: &str) -> PgQueue {
+    PgQueue::connect(url, options(table).common(CommonOptions::default()))
+        .await
+        .expect("connect")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_in_tx_follows_the_transaction() {
-    let test = "outbox";
-    let Some(url) = require(Db::Postgres, test) else {
+    let Some((url, table)) = fresh_table(Db::Postgres, "po", "outbox").await else {
         return;
     };
-    let table = table_name("po", test);
-    drop_table(Db::Postgres, &url, &table).await;
-    let q = PgQueue::connect(&url, options(&table).common(CommonOptions::default()))
-        .await
-        .expect("connect");
+    let q = pg_queue(&url, &table).await;
     let name = QueueName::new("outbox").expect("name");
     q.register(&name).await.expect("register");
     let pool = PgPool::connect(&url).await.expect("pool");
@@ -73,27 +86,15 @@ async fn publish_in_tx_follows_the_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_wakes_an_idle_consumer_of_another_instance() {
-    let test = "notify";
-    let Some(url) = require(Db::Postgres, test) else {
+    let Some((url, table)) = fresh_table(Db::Postgres, "po", "notify").await else {
         return;
     };
-    let table = table_name("po", test);
-    drop_table(Db::Postgres, &url, &table).await;
-    let consumer_side = PgQueue::connect(&url, options(&table).common(CommonOptions::default()))
-        .await
-        .expect("connect");
-    let publisher_side = PgQueue::connect(&url, options(&table).common(CommonOptions::default()))
-        .await
-        .expect("connect");
+    let (consumer_side, publisher_side) =
+        (pg_queue(&url, &table).await, pg_queue(&url, &table).await);
     let name = QueueName::new("wake").expect("name");
     consumer_side.register(&name).await.expect("register");
     publisher_side.register(&name).await.expect("register");
-    let seen = Arc::new(AtomicUsize::new(0));
-    let s = seen.clone();
-    let handler = Arc::new(handler_fn(move |batch: Batch, _ctx: HandlerContext| {
-        s.fetch_add(batch.len(), Ordering::SeqCst);
-        async {}
-    }));
+    let (seen, handler) = counting_handler();
     // Idle polling every 60 s: only a notification can deliver within the deadline below.
     let opts = ConsumerOptions::default()
         .poll_interval(Duration::from_secs(60))
@@ -111,12 +112,8 @@ async fn notify_wakes_an_idle_consumer_of_another_instance() {
     })
     .await;
     let started = tokio::time::Instant::now();
-    publisher_side
-        .publish(&name, vec![NewMessage::new("x", serde_json::json!({}))])
-        .await
-        .expect("publish")
-        .into_result()
-        .expect("stored");
+    let message = NewMessage::new("x", serde_json::json!({}));
+    publish_all(&publisher_side, &name, vec![message]).await;
     wait_until(Duration::from_secs(10), "notified consumer to run", || {
         let seen = seen.clone();
         async move { seen.load(Ordering::SeqCst) == 1 }

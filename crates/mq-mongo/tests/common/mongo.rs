@@ -3,7 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use mq_core::testkit::{queue_name, service_url};
-use mq_core::{MessageQueue, QueueName};
+use mq_core::{MessageQueue, NewMessage, QueueName};
 use mq_mongo::mongodb::Client;
 use mq_mongo::{MongoOptions, MongoQueue};
 
@@ -73,4 +73,15 @@ pub async fn another_queue(url: &str, test: &str) -> MongoQueue {
     MongoQueue::connect(url, MongoOptions::default().database(database_for(test)))
         .await
         .expect("connect")
+}
+
+/// Publishes `messages` to `name`, expecting every one stored (`what` says which).
+pub async fn publish_all(
+    q: &dyn MessageQueue,
+    name: &QueueName,
+    messages: Vec<NewMessage>,
+    what: &str,
+) {
+    let report = q.publish(name, messages).await.expect("publish");
+    report.into_result().expect(what);
 }

@@ -8,63 +8,25 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use mq_core::backend::Claim;
 use mq_core::{Message, QueueName};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult};
+use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult};
+use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Executor, MySql, MySqlConnection, MySqlPool};
 
-use super::Dialect;
-use crate::checkpoint::SqlCheckpointStore;
-use crate::dead_letter::{SqlDeadLetterStore, assert_store};
+use super::{CHUNK, Dialect};
 use crate::error::{Error, backend};
 use crate::options::SqlOptions;
-use crate::queue::SqlQueue;
 use crate::store::{
     COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros,
 };
 
-/// A SQL queue on MySQL or MariaDB.
-pub type MySqlQueue = SqlQueue<MySql>;
-
-/// A [`SqlCheckpointStore`] on MySQL or MariaDB.
-pub type MySqlCheckpointStore = SqlCheckpointStore<MySql>;
-
-/// A [`SqlDeadLetterStore`] on MySQL or MariaDB (feature `mysql`).
-///
-/// # Examples
-///
-/// ```no_run
-/// # async fn f(pool: mq_sql::sqlx::MySqlPool) -> mq_core::Result<()> {
-/// use mq_core::DeadLetterStore;
-/// use mq_sql::MySqlDeadLetterStore;
-///
-/// let store = MySqlDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
-/// store.migrate().await?;
-/// # Ok(()) }
-/// ```
-pub type MySqlDeadLetterStore = SqlDeadLetterStore<MySql>;
-
-const _: () = assert_store::<MySqlDeadLetterStore>();
-
-/// Rows per multi-row statement.
-const CHUNK: usize = 1000;
+super::aliases!(
+    MySql, "MySQL or MariaDB", feature "mysql", pool MySqlPool:
+    MySqlQueue, MySqlCheckpointStore, MySqlDeadLetterStore
+);
 
 impl Dialect for MySql {
     const KIND: &'static str = "mysql";
-    const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)] = &[(
-        "mysql/0001_messages.sql",
-        include_str!("../../migrations/mysql/0001_messages.sql"),
-    )];
-    const CHECKPOINT_MIGRATION: (&'static str, &'static str) = (
-        "mysql/0001_checkpoints.sql",
-        include_str!("../../migrations/mysql/0001_checkpoints.sql"),
-    );
-    const DEAD_LETTER_MIGRATION: &'static str =
-        include_str!("../../migrations/mysql/0001_dead_letters.sql");
-    const DEAD_LETTER_UPSERT: &'static str = " ON DUPLICATE KEY UPDATE \
-        failures = failures + 1, error = VALUES(error), error_text = VALUES(error_text), \
-        exhausted = VALUES(exhausted), attempts = GREATEST(attempts, VALUES(attempts)), \
-        first_failed_at = LEAST(first_failed_at, VALUES(first_failed_at)), \
-        last_failed_at = GREATEST(last_failed_at, VALUES(last_failed_at)), \
-        consumer_id = VALUES(consumer_id)";
+    super::migrations!("mysql");
     // DDL commits implicitly in MySQL: no transaction.
     const TRANSACTIONAL_DDL: bool = false;
     const BEGIN_WRITE: &'static str = "BEGIN";
@@ -86,6 +48,15 @@ impl Dialect for MySql {
     }
     fn rows_affected(done: &MySqlQueryResult) -> u64 {
         done.rows_affected()
+    }
+    fn dead_letter_upsert(_table: &str) -> String {
+        " ON DUPLICATE KEY UPDATE \
+        failures = failures + 1, error = VALUES(error), error_text = VALUES(error_text), \
+        exhausted = VALUES(exhausted), attempts = GREATEST(attempts, VALUES(attempts)), \
+        first_failed_at = LEAST(first_failed_at, VALUES(first_failed_at)), \
+        last_failed_at = GREATEST(last_failed_at, VALUES(last_failed_at)), \
+        consumer_id = VALUES(consumer_id)"
+            .to_owned()
     }
 
     async fn connect_pool(url: &str, options: &SqlOptions) -> Result<MySqlPool, sqlx::Error> {
@@ -145,84 +116,57 @@ impl Dialect for MySql {
             .fetch_one(&mut *tx)
             .await
             .map_err(backend("claim"))?;
-        let expired: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT id FROM {t} WHERE queue = ? AND status = 'scheduled' AND expires_at <= ? \
-             ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED"
-        )))
-        .bind(queue.as_str())
-        .bind(now)
-        .bind(n)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend("claim"))?;
-        if !expired.is_empty() {
-            let mut q = sqlx::query(AssertSqlSafe(format!(
-                "UPDATE {t} SET status = 'expired', updated_at = ? WHERE queue = ? AND id IN ({})",
-                placeholders(expired.len())
-            )))
-            .bind(now)
-            .bind(queue.as_str());
-            for id in &expired {
-                q = q.bind(id.as_str());
-            }
-            q.execute(&mut *tx).await.map_err(backend("claim"))?;
-        }
-        let mut picked: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT id FROM {t} WHERE queue = ? AND status = 'processing' AND lease_expires_at <= ? \
-             ORDER BY lease_expires_at LIMIT ? FOR UPDATE SKIP LOCKED"
-        )))
-        .bind(queue.as_str())
-        .bind(now)
-        .bind(n)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend("claim"))?;
-        let left = n - picked.len() as i64;
-        if left > 0 {
-            let ready: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-                "SELECT id FROM {t} WHERE queue = ? AND status = 'scheduled' AND execute_at <= ? \
-                 AND (expires_at IS NULL OR expires_at > ?) \
-                 ORDER BY execute_at, seq LIMIT ? FOR UPDATE SKIP LOCKED"
-            )))
-            .bind(queue.as_str())
-            .bind(now)
-            .bind(now)
-            .bind(left)
-            .fetch_all(&mut *tx)
+        let expired = lock_ids(&mut tx, t, queue, EXPIRED, "expires_at", now, n)
             .await
             .map_err(backend("claim"))?;
+        if !expired.is_empty() {
+            let sql = format!(
+                "UPDATE {t} SET status = 'expired', updated_at = ? WHERE queue = ? AND id IN ({})",
+                placeholders(expired.len())
+            );
+            let q = sqlx::query(AssertSqlSafe(sql)).bind(now);
+            bind_ids(q, queue, &expired)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend("claim"))?;
+        }
+        let mut picked = lock_ids(&mut tx, t, queue, LAPSED, "lease_expires_at", now, n)
+            .await
+            .map_err(backend("claim"))?;
+        let left = n - picked.len() as i64;
+        if left > 0 {
+            let ready = lock_ids(&mut tx, t, queue, READY, "execute_at, seq", now, left)
+                .await
+                .map_err(backend("claim"))?;
             picked.extend(ready);
         }
         if !picked.is_empty() {
             let lease_end = now + chrono::Duration::microseconds(micros(lease));
-            let mut q = sqlx::query(AssertSqlSafe(format!(
+            let sql = format!(
                 "UPDATE {t} SET status = 'processing', lease_owner = ?, lease_expires_at = ?, \
                  attempts = attempts + 1, processing_started_at = ?, updated_at = ? \
                  WHERE queue = ? AND id IN ({})",
                 placeholders(picked.len())
-            )))
-            .bind(owner)
-            .bind(lease_end)
-            .bind(now)
-            .bind(now)
-            .bind(queue.as_str());
-            for id in &picked {
-                q = q.bind(id.as_str());
-            }
-            q.execute(&mut *tx).await.map_err(backend("claim"))?;
+            );
+            let q = sqlx::query(AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(lease_end)
+                .bind(now)
+                .bind(now);
+            bind_ids(q, queue, &picked)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend("claim"))?;
         }
         let mut claimed = Vec::with_capacity(picked.len());
         let mut gone = Vec::with_capacity(expired.len());
         let all: Vec<String> = picked.into_iter().chain(expired).collect();
         for chunk in all.chunks(CHUNK) {
-            let mut q = sqlx::query(AssertSqlSafe(format!(
+            let sql = format!(
                 "SELECT {COLS} FROM {t} WHERE queue = ? AND id IN ({})",
                 placeholders(chunk.len())
-            )))
-            .bind(queue.as_str());
-            for id in chunk {
-                q = q.bind(id.as_str());
-            }
+            );
+            let q = bind_ids(sqlx::query(AssertSqlSafe(sql)), queue, chunk);
             for row in q.fetch_all(&mut *tx).await.map_err(backend("claim"))? {
                 let raw = decode::<MySql>(&row).map_err(backend("claim"))?;
                 if raw.status == "expired" {
@@ -259,16 +203,13 @@ impl Dialect for MySql {
             .map_err(backend("renew"))?;
         let ids: Vec<&String> = kept.iter().collect();
         for chunk in ids.chunks(CHUNK) {
-            let mut q = sqlx::query(AssertSqlSafe(format!(
+            let sql = format!(
                 "UPDATE {t} SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
                  WHERE queue = ? AND id IN ({})",
                 placeholders(chunk.len())
-            )))
-            .bind(micros(lease))
-            .bind(queue.as_str());
-            for id in chunk {
-                q = q.bind(id.as_str());
-            }
+            );
+            let q = sqlx::query(AssertSqlSafe(sql)).bind(micros(lease));
+            let q = bind_ids(q, queue, chunk);
             q.execute(&mut *tx).await.map_err(backend("renew"))?;
         }
         tx.commit().await.map_err(backend("renew"))?;
@@ -302,14 +243,9 @@ impl Dialect for MySql {
             )
         };
         for chunk in acks.chunks(CHUNK) {
-            let mut q = sqlx::query(AssertSqlSafe(format!(
-                "{ack_sql}{})",
-                placeholders(chunk.len())
-            )))
-            .bind(queue.as_str());
-            for r in chunk {
-                q = q.bind(r.id.as_str());
-            }
+            let sql = format!("{ack_sql}{})", placeholders(chunk.len()));
+            let ids = chunk.iter().map(|r| &r.id);
+            let q = bind_ids(sqlx::query(AssertSqlSafe(sql)), queue, ids);
             q.execute(&mut *tx).await.map_err(backend("complete"))?;
         }
         for chunk in others.chunks(CHUNK) {
@@ -432,9 +368,47 @@ fn check_version(version: &str) -> Result<(), Error> {
     }
 }
 
+/// Claimable rows, by condition (each `?` is the current time): scheduled past their expiry,
+/// processing past their lease, scheduled and due.
+const EXPIRED: &str = "status = 'scheduled' AND expires_at <= ?";
+const LAPSED: &str = "status = 'processing' AND lease_expires_at <= ?";
+const READY: &str =
+    "status = 'scheduled' AND execute_at <= ? AND (expires_at IS NULL OR expires_at > ?)";
+
+/// Locks up to `limit` ids of `queue` in `t` whose row meets `cond` (each `?` in it bound to
+/// `now`), in `order`, skipping rows other transactions hold.
+async fn lock_ids(
+    conn: &mut MySqlConnection,
+    t: &str,
+    queue: &QueueName,
+    cond: &str,
+    order: &str,
+    now: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let sql = format!(
+        "SELECT id FROM {t} WHERE queue = ? AND {cond} ORDER BY {order} LIMIT ? FOR UPDATE SKIP LOCKED"
+    );
+    let mut q = sqlx::query_scalar(AssertSqlSafe(sql)).bind(queue.as_str());
+    for _ in 0..cond.matches('?').count() {
+        q = q.bind(now);
+    }
+    q.bind(limit).fetch_all(conn).await
+}
+
 /// `n` comma-separated `?` placeholders.
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
+}
+
+/// Binds `queue` and then `ids` to `q`, for its `queue = ? AND id IN (...)`.
+fn bind_ids<'q, S: AsRef<str>>(
+    q: Query<'q, MySql, MySqlArguments>,
+    queue: &QueueName,
+    ids: impl IntoIterator<Item = S>,
+) -> Query<'q, MySql, MySqlArguments> {
+    let q = q.bind(queue.as_str());
+    ids.into_iter().fold(q, |q, id| q.bind(id.as_ref()))
 }
 
 fn naive(d: DateTime<Utc>) -> NaiveDateTime {

@@ -10,10 +10,9 @@ use mq_core::{Message, NewMessage, PublishFailure, PublishReport, QueueName};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
+use tokio_util::sync::CancellationToken;
 
 use super::Dialect;
-use crate::checkpoint::SqlCheckpointStore;
-use crate::dead_letter::{SqlDeadLetterStore, assert_store};
 use crate::error::backend;
 use crate::options::SqlOptions;
 use crate::queue::SqlQueue;
@@ -22,28 +21,10 @@ use crate::store::{
     micros,
 };
 
-/// A SQL queue on PostgreSQL.
-pub type PgQueue = SqlQueue<Postgres>;
-
-/// A [`SqlCheckpointStore`] on PostgreSQL.
-pub type PgCheckpointStore = SqlCheckpointStore<Postgres>;
-
-/// A [`SqlDeadLetterStore`] on PostgreSQL (feature `postgres`).
-///
-/// # Examples
-///
-/// ```no_run
-/// # async fn f(pool: mq_sql::sqlx::PgPool) -> mq_core::Result<()> {
-/// use mq_core::DeadLetterStore;
-/// use mq_sql::PgDeadLetterStore;
-///
-/// let store = PgDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
-/// store.migrate().await?;
-/// # Ok(()) }
-/// ```
-pub type PgDeadLetterStore = SqlDeadLetterStore<Postgres>;
-
-const _: () = assert_store::<PgDeadLetterStore>();
+super::aliases!(
+    Postgres, "PostgreSQL", feature "postgres", pool PgPool:
+    PgQueue, PgCheckpointStore, PgDeadLetterStore
+);
 
 const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.execute_at, t.expires_at, \
     t.attempts, t.max_attempts, t.retry_delay_ms, t.created_at, t.updated_at, t.processing_started_at, \
@@ -59,22 +40,7 @@ const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.exec
 //   rechecked on the latest row version if the row changed meanwhile, so the fence holds.
 impl Dialect for Postgres {
     const KIND: &'static str = "postgres";
-    const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)] = &[(
-        "postgres/0001_messages.sql",
-        include_str!("../../migrations/postgres/0001_messages.sql"),
-    )];
-    const CHECKPOINT_MIGRATION: (&'static str, &'static str) = (
-        "postgres/0001_checkpoints.sql",
-        include_str!("../../migrations/postgres/0001_checkpoints.sql"),
-    );
-    const DEAD_LETTER_MIGRATION: &'static str =
-        include_str!("../../migrations/postgres/0001_dead_letters.sql");
-    const DEAD_LETTER_UPSERT: &'static str = " ON CONFLICT (queue, message_id) DO UPDATE SET \
-        failures = {table}.failures + 1, error = excluded.error, error_text = excluded.error_text, \
-        exhausted = excluded.exhausted, attempts = GREATEST({table}.attempts, excluded.attempts), \
-        first_failed_at = LEAST({table}.first_failed_at, excluded.first_failed_at), \
-        last_failed_at = GREATEST({table}.last_failed_at, excluded.last_failed_at), \
-        consumer_id = excluded.consumer_id";
+    super::migrations!("postgres");
     const TRANSACTIONAL_DDL: bool = true;
     const BEGIN_WRITE: &'static str = "BEGIN";
     const LOCK_ROW: &'static str = " FOR UPDATE";
@@ -244,18 +210,12 @@ impl Dialect for Postgres {
         rows: Vec<CompletionRow>,
     ) -> mq_core::Result<Vec<(String, String)>> {
         let t = &store.names.table;
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut attempts = Vec::with_capacity(rows.len());
-        let mut statuses = Vec::with_capacity(rows.len());
-        let mut execute_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(rows.len());
-        let mut errors: Vec<Option<String>> = Vec::with_capacity(rows.len());
-        for r in rows {
-            ids.push(r.id);
-            attempts.push(r.attempt);
-            statuses.push(r.status);
-            execute_at.push(r.execute_at);
-            errors.push(r.last_error);
-        }
+        // One array per column, for `unnest`.
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
+        let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
+        let execute_at: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.execute_at).collect();
+        let errors: Vec<Option<&str>> = rows.iter().map(|r| r.last_error.as_deref()).collect();
         let sql = format!(
             "WITH c AS MATERIALIZED ( \
                SELECT x.tid, c.attempt, c.status, c.execute_at, c.last_error \
@@ -373,21 +333,17 @@ impl SqlStore<Postgres> {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::warn!(error = %e, "mq-sql: notification listener cannot connect; retrying");
-                        tokio::select! {
-                            () = cancel.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
+                        if !back_off(&cancel, &mut backoff).await {
+                            return;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
                         continue;
                     }
                 };
                 if let Err(e) = listener.listen(&channel).await {
                     tracing::warn!(error = %e, "mq-sql: LISTEN failed; retrying");
-                    tokio::select! {
-                        () = cancel.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !back_off(&cancel, &mut backoff).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
                 }
                 backoff = Duration::from_millis(100);
@@ -409,6 +365,17 @@ impl SqlStore<Postgres> {
                 }
             }
         });
+    }
+}
+
+/// Waits `backoff` before the listener's next attempt and doubles it (up to 10 s) for the one
+/// after; false when `cancel` fires meanwhile.
+async fn back_off(cancel: &CancellationToken, backoff: &mut Duration) -> bool {
+    let wait = *backoff;
+    *backoff = (wait * 2).min(Duration::from_secs(10));
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
     }
 }
 

@@ -7,66 +7,29 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use mq_core::backend::Claim;
 use mq_core::{Message, QueueName};
+use sqlx::query::QueryAs;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult, SqliteRow,
-    SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, FromRow, Sqlite, SqliteConnection, SqlitePool};
 
-use super::Dialect;
-use crate::checkpoint::SqlCheckpointStore;
-use crate::dead_letter::{SqlDeadLetterStore, assert_store};
+use super::{CHUNK, Dialect};
 use crate::error::backend;
 use crate::options::SqlOptions;
-use crate::queue::SqlQueue;
 use crate::store::{
     COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros,
 };
 
-/// A SQL queue on SQLite.
-pub type SqliteQueue = SqlQueue<Sqlite>;
-
-/// A [`SqlCheckpointStore`] on SQLite.
-pub type SqliteCheckpointStore = SqlCheckpointStore<Sqlite>;
-
-/// A [`SqlDeadLetterStore`] on SQLite (feature `sqlite`).
-///
-/// # Examples
-///
-/// ```no_run
-/// # async fn f(pool: mq_sql::sqlx::SqlitePool) -> mq_core::Result<()> {
-/// use mq_core::DeadLetterStore;
-/// use mq_sql::SqliteDeadLetterStore;
-///
-/// let store = SqliteDeadLetterStore::new(pool, mq_sql::DEFAULT_DEAD_LETTER_TABLE)?;
-/// store.migrate().await?;
-/// # Ok(()) }
-/// ```
-pub type SqliteDeadLetterStore = SqlDeadLetterStore<Sqlite>;
-
-const _: () = assert_store::<SqliteDeadLetterStore>();
-
-/// Rows per multi-row statement (SQLite allows 32766 bound parameters).
-const CHUNK: usize = 1000;
+super::aliases!(
+    Sqlite, "SQLite", feature "sqlite", pool SqlitePool:
+    SqliteQueue, SqliteCheckpointStore, SqliteDeadLetterStore
+);
 
 impl Dialect for Sqlite {
     const KIND: &'static str = "sqlite";
-    const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)] = &[(
-        "sqlite/0001_messages.sql",
-        include_str!("../../migrations/sqlite/0001_messages.sql"),
-    )];
-    const CHECKPOINT_MIGRATION: (&'static str, &'static str) = (
-        "sqlite/0001_checkpoints.sql",
-        include_str!("../../migrations/sqlite/0001_checkpoints.sql"),
-    );
-    const DEAD_LETTER_MIGRATION: &'static str =
-        include_str!("../../migrations/sqlite/0001_dead_letters.sql");
-    const DEAD_LETTER_UPSERT: &'static str = " ON CONFLICT (queue, message_id) DO UPDATE SET \
-        failures = {table}.failures + 1, error = excluded.error, error_text = excluded.error_text, \
-        exhausted = excluded.exhausted, attempts = MAX({table}.attempts, excluded.attempts), \
-        first_failed_at = MIN({table}.first_failed_at, excluded.first_failed_at), \
-        last_failed_at = MAX({table}.last_failed_at, excluded.last_failed_at), \
-        consumer_id = excluded.consumer_id";
+    super::migrations!("sqlite");
+    const GREATEST_LEAST: (&'static str, &'static str) = ("MAX", "MIN");
     const TRANSACTIONAL_DDL: bool = true;
     // One writer at a time: a row read in the transaction cannot change before the commit.
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
@@ -104,21 +67,14 @@ impl Dialect for Sqlite {
         queue: &QueueName,
         messages: &[Message],
     ) -> mq_core::Result<Vec<String>> {
-        let mut tx = store
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend("publish"))?;
-        let mut inserted = Vec::with_capacity(messages.len());
-        for chunk in messages.chunks(CHUNK) {
-            inserted.extend(
-                insert_chunk(&mut tx, &store.names.table, queue, chunk)
-                    .await
-                    .map_err(backend("publish"))?,
-            );
-        }
-        tx.commit().await.map_err(backend("publish"))?;
-        Ok(inserted)
+        write(&store.pool, "publish", async |tx| {
+            let mut inserted = Vec::with_capacity(messages.len());
+            for chunk in messages.chunks(CHUNK) {
+                inserted.extend(insert_chunk(tx, &store.names.table, queue, chunk).await?);
+            }
+            Ok(inserted)
+        })
+        .await
     }
 
     async fn claim(
@@ -130,25 +86,13 @@ impl Dialect for Sqlite {
     ) -> mq_core::Result<(Vec<RawRow>, Vec<RawRow>)> {
         let t = &store.names.table;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut tx = store
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend("claim"))?;
-        let now = now_micros();
-        let expired = sqlx::query(AssertSqlSafe(format!(
+        let expire = format!(
             "UPDATE {t} SET status = 'expired', updated_at = ?1 WHERE seq IN ( \
                SELECT seq FROM {t} WHERE queue = ?2 AND status = 'scheduled' \
                AND expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?3) \
              RETURNING {COLS}"
-        )))
-        .bind(now)
-        .bind(queue.as_str())
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend("claim"))?;
-        let claimed = sqlx::query(AssertSqlSafe(format!(
+        );
+        let take = format!(
             "UPDATE {t} SET status = 'processing', lease_owner = ?4, lease_expires_at = ?1 + ?5, \
                attempts = attempts + 1, processing_started_at = ?1, updated_at = ?1 \
              WHERE seq IN (SELECT seq FROM ( \
@@ -160,16 +104,26 @@ impl Dialect for Sqlite {
                  ORDER BY execute_at, seq LIMIT ?3) \
              ) LIMIT ?3) \
              RETURNING {COLS}"
-        )))
-        .bind(now)
-        .bind(queue.as_str())
-        .bind(limit)
-        .bind(owner)
-        .bind(micros(lease))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend("claim"))?;
-        tx.commit().await.map_err(backend("claim"))?;
+        );
+        let (claimed, expired) = write(&store.pool, "claim", async |tx| {
+            let now = now_micros();
+            let expired = sqlx::query(AssertSqlSafe(expire))
+                .bind(now)
+                .bind(queue.as_str())
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            let claimed = sqlx::query(AssertSqlSafe(take))
+                .bind(now)
+                .bind(queue.as_str())
+                .bind(limit)
+                .bind(owner)
+                .bind(micros(lease))
+                .fetch_all(&mut *tx)
+                .await?;
+            Ok((claimed, expired))
+        })
+        .await?;
         Ok((decode_all(&claimed)?, decode_all(&expired)?))
     }
 
@@ -181,38 +135,29 @@ impl Dialect for Sqlite {
         lease: Duration,
     ) -> mq_core::Result<Vec<String>> {
         let t = &store.names.table;
-        let mut kept = Vec::with_capacity(claims.len());
-        let mut tx = store
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend("renew"))?;
-        let now = now_micros();
-        for chunk in claims.chunks(CHUNK) {
-            let values = vec!["(?, ?)"; chunk.len()].join(", ");
-            let sql = format!(
-                "WITH c(id, attempt) AS (VALUES {values}) \
-                 UPDATE {t} AS t SET lease_expires_at = ? FROM c \
-                 WHERE t.queue = ? AND t.id = c.id AND t.attempts = c.attempt AND t.status = 'processing' \
-                   AND t.lease_owner = ? AND t.lease_expires_at > ? \
-                 RETURNING id"
-            );
-            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-            for c in chunk {
-                q = q.bind(c.id.as_str().to_owned()).bind(i64::from(c.attempt));
-            }
-            let got = q
-                .bind(now.saturating_add(micros(lease)))
-                .bind(queue.as_str())
-                .bind(owner)
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(backend("renew"))?;
-            kept.extend(got);
-        }
-        tx.commit().await.map_err(backend("renew"))?;
-        Ok(kept)
+        write(&store.pool, "renew", async |tx| {
+            let now = now_micros();
+            let sql = |values: &str| {
+                format!(
+                    "WITH c(id, attempt) AS (VALUES {values}) \
+                     UPDATE {t} AS t SET lease_expires_at = ? FROM c WHERE {FENCE} RETURNING id"
+                )
+            };
+            let kept: Vec<(String,)> = per_chunk(
+                tx,
+                claims,
+                "(?, ?)",
+                sql,
+                |q, c| q.bind(c.id.as_str().to_owned()).bind(i64::from(c.attempt)),
+                |q| {
+                    let lease_end = now.saturating_add(micros(lease));
+                    q.bind(lease_end).bind(queue.as_str()).bind(owner).bind(now)
+                },
+            )
+            .await?;
+            Ok(kept.into_iter().map(|(id,)| id).collect())
+        })
+        .await
     }
 
     async fn complete(
@@ -222,72 +167,59 @@ impl Dialect for Sqlite {
         rows: Vec<CompletionRow>,
     ) -> mq_core::Result<Vec<(String, String)>> {
         let t = &store.names.table;
-        let mut applied = Vec::with_capacity(rows.len());
-        let mut tx = store
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend("complete"))?;
-        let now = now_micros();
-        let (acks, rows): (Vec<_>, Vec<_>) = rows
-            .into_iter()
-            .partition(|r| store.options.get_delete_on_ack() && r.status == "executed");
-        for chunk in acks.chunks(CHUNK) {
-            let values = vec!["(?, ?)"; chunk.len()].join(", ");
-            let sql = format!(
-                "WITH c(id, attempt) AS (VALUES {values}) \
-                 DELETE FROM {t} WHERE queue = ? AND status = 'processing' AND lease_owner = ? \
-                   AND lease_expires_at > ? \
-                   AND EXISTS (SELECT 1 FROM c WHERE c.id = {t}.id AND c.attempt = {t}.attempts) \
-                 RETURNING id"
-            );
-            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-            for r in chunk {
-                q = q.bind(r.id.clone()).bind(i64::from(r.attempt));
-            }
-            let got = q
-                .bind(queue.as_str())
-                .bind(owner)
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(backend("complete"))?;
-            applied.extend(got.into_iter().map(|id| (id, "executed".to_owned())));
-        }
-        for chunk in rows.chunks(CHUNK) {
-            let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            let sql = format!(
-                "WITH c(id, attempt, status, execute_at, last_error) AS (VALUES {values}) \
-                 UPDATE {t} AS t SET status = c.status, execute_at = COALESCE(c.execute_at, t.execute_at), \
-                   last_error = COALESCE(c.last_error, t.last_error), \
-                   lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
-                   lease_expires_at = NULL, updated_at = ? \
-                 FROM c \
-                 WHERE t.queue = ? AND t.id = c.id AND t.attempts = c.attempt AND t.status = 'processing' \
-                   AND t.lease_owner = ? AND t.lease_expires_at > ? \
-                 RETURNING id, status"
-            );
-            let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(sql));
-            for r in chunk {
-                q = q
-                    .bind(r.id.clone())
-                    .bind(i64::from(r.attempt))
-                    .bind(r.status)
-                    .bind(r.execute_at.map(|d| d.timestamp_micros()))
-                    .bind(r.last_error.clone());
-            }
-            let got = q
-                .bind(now)
-                .bind(queue.as_str())
-                .bind(owner)
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(backend("complete"))?;
-            applied.extend(got);
-        }
-        tx.commit().await.map_err(backend("complete"))?;
-        Ok(applied)
+        write(&store.pool, "complete", async |tx| {
+            let mut applied = Vec::with_capacity(rows.len());
+            let now = now_micros();
+            let (acks, rows): (Vec<_>, Vec<_>) = rows
+                .into_iter()
+                .partition(|r| store.options.get_delete_on_ack() && r.status == "executed");
+            let deleted: Vec<(String,)> = per_chunk(
+                tx,
+                &acks,
+                "(?, ?)",
+                |values| {
+                    format!(
+                        "WITH c(id, attempt) AS (VALUES {values}) \
+                         DELETE FROM {t} WHERE queue = ? AND status = 'processing' AND lease_owner = ? \
+                           AND lease_expires_at > ? \
+                           AND EXISTS (SELECT 1 FROM c WHERE c.id = {t}.id AND c.attempt = {t}.attempts) \
+                         RETURNING id"
+                    )
+                },
+                |q, r| q.bind(r.id.clone()).bind(i64::from(r.attempt)),
+                |q| q.bind(queue.as_str()).bind(owner).bind(now),
+            )
+            .await?;
+            applied.extend(deleted.into_iter().map(|(id,)| (id, "executed".to_owned())));
+            let updated: Vec<(String, String)> = per_chunk(
+                tx,
+                &rows,
+                "(?, ?, ?, ?, ?)",
+                |values| {
+                    format!(
+                        "WITH c(id, attempt, status, execute_at, last_error) AS (VALUES {values}) \
+                         UPDATE {t} AS t SET status = c.status, \
+                           execute_at = COALESCE(c.execute_at, t.execute_at), \
+                           last_error = COALESCE(c.last_error, t.last_error), \
+                           lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
+                           lease_expires_at = NULL, updated_at = ? \
+                         FROM c WHERE {FENCE} RETURNING id, status"
+                    )
+                },
+                |q, r| {
+                    q.bind(r.id.clone())
+                        .bind(i64::from(r.attempt))
+                        .bind(r.status)
+                        .bind(r.execute_at.map(|d| d.timestamp_micros()))
+                        .bind(r.last_error.clone())
+                },
+                |q| q.bind(now).bind(queue.as_str()).bind(owner).bind(now),
+            )
+            .await?;
+            applied.extend(updated);
+            Ok(applied)
+        })
+        .await
     }
 
     async fn purge_batch(
@@ -304,32 +236,28 @@ impl Dialect for Sqlite {
         );
         let batch = i64::try_from(limit).unwrap_or(i64::MAX);
         let cutoff = now_micros().saturating_sub(micros(older_than));
-        let mut tx = pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend("purge"))?;
-        if archive {
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {} SELECT * FROM {t} WHERE seq IN ({pick})",
-                names.archive
+        write(pool, "purge", async |tx| {
+            if archive {
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {} SELECT * FROM {t} WHERE seq IN ({pick})",
+                    names.archive
+                )))
+                .bind(cutoff)
+                .bind(batch)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let n = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {t} WHERE seq IN ({pick})"
             )))
             .bind(cutoff)
             .bind(batch)
             .execute(&mut *tx)
-            .await
-            .map_err(backend("purge"))?;
-        }
-        let n = sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {t} WHERE seq IN ({pick})"
-        )))
-        .bind(cutoff)
-        .bind(batch)
-        .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            Ok(n)
+        })
         .await
-        .map_err(backend("purge"))?
-        .rows_affected();
-        tx.commit().await.map_err(backend("purge"))?;
-        Ok(n)
     }
 
     fn stats_now() -> String {
@@ -340,6 +268,56 @@ impl Dialect for Sqlite {
     fn age_ms(then: &str, now: &str) -> String {
         format!("({now} - {then}) / 1000")
     }
+}
+
+/// The lease fence of a batch write joined to its values `c(id, attempt, ...)`: the row is the
+/// claimed attempt, still processing under the owner's unexpired lease. Binds: the queue, the
+/// owner, the current time.
+const FENCE: &str = "t.queue = ? AND t.id = c.id AND t.attempts = c.attempt \
+    AND t.status = 'processing' AND t.lease_owner = ? AND t.lease_expires_at > ?";
+
+/// A batch statement returning rows of `O`.
+type Batch<'q, O> = QueryAs<'q, Sqlite, O, SqliteArguments>;
+
+/// Runs one statement per chunk of `items` on `tx` and collects the rows they return: `sql`
+/// gets the `VALUES` list (`row`, an item's placeholders, once per item), `bind` binds an
+/// item's values, `tail` the parameters after the list.
+async fn per_chunk<'q, I, O>(
+    tx: &mut SqliteConnection,
+    items: &[I],
+    row: &str,
+    sql: impl Fn(&str) -> String,
+    bind: impl Fn(Batch<'q, O>, &I) -> Batch<'q, O>,
+    tail: impl Fn(Batch<'q, O>) -> Batch<'q, O>,
+) -> Result<Vec<O>, sqlx::Error>
+where
+    O: Send + Unpin + for<'r> FromRow<'r, SqliteRow>,
+{
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(CHUNK) {
+        let values = vec![row; chunk.len()].join(", ");
+        let q = sqlx::query_as(AssertSqlSafe(sql(&values)));
+        let q = chunk.iter().fold(q, &bind);
+        out.extend(tail(q).fetch_all(&mut *tx).await?);
+    }
+    Ok(out)
+}
+
+/// Runs `work` in one write transaction, named `op` in errors. `BEGIN IMMEDIATE` takes
+/// SQLite's single write lock at once, so nothing read in the transaction changes before the
+/// commit, and a busy database is waited for (`busy_timeout`) instead of failing mid-way.
+async fn write<T>(
+    pool: &SqlitePool,
+    op: &'static str,
+    work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
+) -> mq_core::Result<T> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(backend(op))?;
+    let out = work(&mut *tx).await.map_err(backend(op))?;
+    tx.commit().await.map_err(backend(op))?;
+    Ok(out)
 }
 
 fn now_micros() -> i64 {

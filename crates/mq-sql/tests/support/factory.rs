@@ -1,14 +1,20 @@
 //! Test support shared by the mq-sql test binaries: per-test tables, service URLs, cleanup.
 
-#![allow(dead_code, unreachable_pub, unused_variables)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    unused_variables,
+    unused_imports,
+    unused_macros
+)]
 
 use std::sync::Arc;
 use std::sync::Mutex;
 
 use mq_core::backend::QueueStore;
 use mq_core::testkit::{QueueFactory, service_url};
-use mq_core::{CommonOptions, MessageQueue};
-use mq_sql::{SqlOptions, SqlStore};
+use mq_core::{CommonOptions, MessageQueue, NewMessage, QueueName};
+use mq_sql::{SqlOptions, SqlQueue, SqlStore};
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +57,57 @@ pub fn table_name(prefix: &str, test: &str) -> String {
     name
 }
 
-/// Drops `table` and its archive.
+/// Evaluates `$body` with the type `$t` naming the sqlx database of `$db` (a [`Db`]); panics
+/// for a database whose feature is off. Lets one piece of test code serve every database.
+macro_rules! for_db {
+    ($db:expr, |$t:ident| $body:expr) => {
+        match $db {
+            #[cfg(feature = "postgres")]
+            $crate::support::Db::Postgres => {
+                type $t = sqlx::Postgres;
+                $body
+            }
+            #[cfg(feature = "mysql")]
+            $crate::support::Db::MySql => {
+                type $t = sqlx::MySql;
+                $body
+            }
+            #[cfg(feature = "sqlite")]
+            $crate::support::Db::Sqlite => {
+                type $t = sqlx::Sqlite;
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => panic!("{other:?} support is not compiled in: enable its feature"),
+        }
+    };
+}
+pub(crate) use for_db;
+
+/// One `#[tokio::test]` per database in a module `$name`, each awaiting `$run(db, test)`
+/// where `test` is `$name` as a string (it names the tables and SQLite files).
+macro_rules! test_on_each_db {
+    ($name:ident, $run:expr) => {
+        $crate::support::test_on_each_db!(
+            @each $name, $run, [postgres Postgres] [mysql MySql] [sqlite Sqlite]
+        );
+    };
+    (@each $name:ident, $run:expr, $([$test:ident $db:ident])*) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    ($run)($crate::support::Db::$db, stringify!($name)).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use test_on_each_db;
+
+/// Drops `table` and its archive (SQLite: deletes the database file).
 pub async fn drop_table(db: Db, url: &str, table: &str) {
     if db == Db::Sqlite {
         let path = url.trim_start_matches("sqlite://");
@@ -60,33 +116,30 @@ pub async fn drop_table(db: Db, url: &str, table: &str) {
         }
         return;
     }
-    let archive = format!("{table}_archive");
-    let sql = |t: &str| format!("DROP TABLE IF EXISTS {t}");
-    match db {
-        #[cfg(feature = "postgres")]
-        Db::Postgres => {
-            if let Ok(pool) = sqlx::PgPool::connect(url).await {
-                for t in [table, archive.as_str()] {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql(t)))
-                        .execute(&pool)
-                        .await;
-                }
-                pool.close().await;
+    for_db!(db, |DB| {
+        if let Ok(pool) = sqlx::Pool::<DB>::connect(url).await {
+            for t in [table.to_owned(), format!("{table}_archive")] {
+                let sql = format!("DROP TABLE IF EXISTS {t}");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
             }
+            pool.close().await;
         }
-        #[cfg(feature = "mysql")]
-        Db::MySql => {
-            if let Ok(pool) = sqlx::MySqlPool::connect(url).await {
-                for t in [table, archive.as_str()] {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql(t)))
-                        .execute(&pool)
-                        .await;
-                }
-                pool.close().await;
-            }
-        }
-        _ => {}
-    }
+    })
+}
+
+/// The URL of `db` and the table `prefix`+`test`, dropped; `None` after printing why the test
+/// skips.
+pub async fn fresh_table(db: Db, prefix: &str, test: &str) -> Option<(String, String)> {
+    let url = require(db, test)?;
+    let table = table_name(prefix, test);
+    drop_table(db, &url, &table).await;
+    Some((url, table))
+}
+
+/// Publishes `messages` to `name`, expecting every one stored.
+pub async fn publish_all(q: &dyn MessageQueue, name: &QueueName, messages: Vec<NewMessage>) {
+    let report = q.publish(name, messages).await.expect("publish");
+    report.into_result().expect("every message stored");
 }
 
 /// Options for a test table.
@@ -176,56 +229,12 @@ impl QueueFactory for Factory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((url.clone(), table.clone()));
-        let opts = self.options(test);
-        match self.db {
-            #[cfg(feature = "postgres")]
-            Db::Postgres => Arc::new(
-                mq_sql::PgQueue::connect(&url, opts.common(common))
-                    .await
-                    .unwrap_or_else(|e| panic!("connect: {e:?}")),
-            ),
-            #[cfg(feature = "mysql")]
-            Db::MySql => Arc::new(
-                mq_sql::MySqlQueue::connect(&url, opts.common(common))
-                    .await
-                    .unwrap_or_else(|e| panic!("connect: {e:?}")),
-            ),
-            #[cfg(feature = "sqlite")]
-            Db::Sqlite => Arc::new(
-                mq_sql::SqliteQueue::connect(&url, opts.common(common))
-                    .await
-                    .unwrap_or_else(|e| panic!("connect: {e:?}")),
-            ),
-            #[allow(unreachable_patterns)]
-            other => panic!("{other:?} support is not compiled in: enable its feature"),
-        }
+        connect_queue(self.db, &url, self.options(test), common).await
     }
 
     async fn store(&self, test: &str) -> Option<Arc<dyn QueueStore>> {
         let url = url(self.db, &table_name(self.prefix, test)).ok()?;
-        let opts = self.options(test);
-        Some(match self.db {
-            #[cfg(feature = "postgres")]
-            Db::Postgres => Arc::new(
-                SqlStore::<sqlx::Postgres>::connect(&url, opts)
-                    .await
-                    .unwrap_or_else(|e| panic!("connect: {e:?}")),
-            ),
-            #[cfg(feature = "mysql")]
-            Db::MySql => Arc::new(
-                SqlStore::<sqlx::MySql>::connect(&url, opts)
-                    .await
-                    .unwrap_or_else(|e| panic!("connect: {e:?}")),
-            ),
-            #[cfg(feature = "sqlite")]
-            Db::Sqlite => Arc::new(
-                SqlStore::<sqlx::Sqlite>::connect(&url, opts)
-                    .await
-                    .unwrap_or_else(|e| panic!("connect: {e:?}")),
-            ),
-            #[allow(unreachable_patterns)]
-            _ => return None,
-        })
+        Some(connect_store_with(self.db, &url, self.options(test)).await)
     }
 }
 
@@ -258,28 +267,20 @@ pub async fn connect_queue(
     opts: SqlOptions,
     common: CommonOptions,
 ) -> Arc<dyn MessageQueue> {
-    match db {
-        #[cfg(feature = "postgres")]
-        Db::Postgres => Arc::new(
-            mq_sql::PgQueue::connect(url, opts.common(common))
-                .await
-                .unwrap_or_else(|e| panic!("connect: {e:?}")),
-        ),
-        #[cfg(feature = "mysql")]
-        Db::MySql => Arc::new(
-            mq_sql::MySqlQueue::connect(url, opts.common(common))
-                .await
-                .unwrap_or_else(|e| panic!("connect: {e:?}")),
-        ),
-        #[cfg(feature = "sqlite")]
-        Db::Sqlite => Arc::new(
-            mq_sql::SqliteQueue::connect(url, opts.common(common))
-                .await
-                .unwrap_or_else(|e| panic!("connect: {e:?}")),
-        ),
-        #[allow(unreachable_patterns)]
-        other => panic!("{other:?} support is not compiled in"),
-    }
+    try_connect_queue(db, url, opts.common(common))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e:?}"))
+}
+
+/// A queue with `opts`, or the error connecting returned.
+pub async fn try_connect_queue(
+    db: Db,
+    url: &str,
+    opts: SqlOptions,
+) -> mq_core::Result<Arc<dyn MessageQueue>> {
+    for_db!(db, |DB| Ok(Arc::new(
+        SqlQueue::<DB>::connect(url, opts).await?
+    )))
 }
 
 /// A raw store on `table`.
@@ -289,28 +290,11 @@ pub async fn connect_store(db: Db, url: &str, table: &str) -> Arc<dyn QueueStore
 
 /// A bare store with `opts`.
 pub async fn connect_store_with(db: Db, url: &str, opts: SqlOptions) -> Arc<dyn QueueStore> {
-    match db {
-        #[cfg(feature = "postgres")]
-        Db::Postgres => Arc::new(
-            SqlStore::<sqlx::Postgres>::connect(url, opts)
-                .await
-                .unwrap_or_else(|e| panic!("connect: {e:?}")),
-        ),
-        #[cfg(feature = "mysql")]
-        Db::MySql => Arc::new(
-            SqlStore::<sqlx::MySql>::connect(url, opts)
-                .await
-                .unwrap_or_else(|e| panic!("connect: {e:?}")),
-        ),
-        #[cfg(feature = "sqlite")]
-        Db::Sqlite => Arc::new(
-            SqlStore::<sqlx::Sqlite>::connect(url, opts)
-                .await
-                .unwrap_or_else(|e| panic!("connect: {e:?}")),
-        ),
-        #[allow(unreachable_patterns)]
-        other => panic!("{other:?} support is not compiled in"),
-    }
+    for_db!(db, |DB| Arc::new(
+        SqlStore::<DB>::connect(url, opts)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e:?}"))
+    ))
 }
 
 /// Waits for `cond` to hold, polling every 20 ms, up to `timeout`.
@@ -332,38 +316,13 @@ where
 /// The number of rows in `table`.
 pub async fn count_rows(db: Db, url: &str, table: &str) -> i64 {
     let sql = format!("SELECT COUNT(*) FROM {table}");
-    match db {
-        #[cfg(feature = "postgres")]
-        Db::Postgres => {
-            let pool = sqlx::PgPool::connect(url).await.expect("connect");
-            let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&pool)
-                .await
-                .expect("count");
-            pool.close().await;
-            n
-        }
-        #[cfg(feature = "mysql")]
-        Db::MySql => {
-            let pool = sqlx::MySqlPool::connect(url).await.expect("connect");
-            let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&pool)
-                .await
-                .expect("count");
-            pool.close().await;
-            n
-        }
-        #[cfg(feature = "sqlite")]
-        Db::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(url).await.expect("connect");
-            let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&pool)
-                .await
-                .expect("count");
-            pool.close().await;
-            n
-        }
-        #[allow(unreachable_patterns)]
-        other => panic!("{other:?} support is not compiled in"),
-    }
+    for_db!(db, |DB| {
+        let pool = sqlx::Pool::<DB>::connect(url).await.expect("connect");
+        let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        pool.close().await;
+        n
+    })
 }
