@@ -17,8 +17,9 @@ use mq_core::backend::{
 use sqlx::{AssertSqlSafe, Connection, Executor, QueryBuilder};
 
 use crate::dialect::{Dialect, ReadRow, Sql};
+use crate::options::SqlOptions;
 use crate::options::validate_table;
-use crate::store::migrate;
+use crate::store::{connect_pool, migrate};
 
 /// The table [`SqlCheckpointStore`] uses unless told otherwise.
 pub const DEFAULT_CHECKPOINT_TABLE: &str = "mq_checkpoints";
@@ -262,6 +263,31 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     QueryBuilder<DB>: Sql,
 {
+    /// Connects to `url` with a pool set up as the queue's (`sqlite://` files are created in WAL
+    /// mode) and opens the checkpoint store in `table`, as [`from_pool`](Self::from_pool) does.
+    ///
+    /// # Errors
+    ///
+    /// A connect error naming the host and port (never the password), an invalid table name,
+    /// or a failed migration.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "sqlite")]
+    /// # async fn f() -> mq_core::Result<()> {
+    /// let store = mq_sql::SqliteCheckpointStore::connect(
+    ///     "sqlite://checkpoints.db",
+    ///     mq_sql::DEFAULT_CHECKPOINT_TABLE,
+    /// )
+    /// .await?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub async fn connect(url: &str, table: impl Into<String>) -> mq_core::Result<Self> {
+        let pool = connect_pool::<DB>(url, &SqlOptions::default()).await?;
+        Self::from_pool(pool, table).await
+    }
+
     /// A checkpoint store in `table` of `pool`'s database (see
     /// [`DEFAULT_CHECKPOINT_TABLE`]); creates the table if missing (on PostgreSQL under an
     /// advisory lock).

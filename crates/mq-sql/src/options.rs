@@ -65,22 +65,8 @@ impl Default for SqlOptions {
     }
 }
 
-/// Consuming setters, one per field: `name(value: Type) expression stored;`, each with its
-/// documentation.
-macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident($value:ident: $ty:ty) $stored:expr;)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(mut self, $value: $ty) -> Self {
-                self.$name = $stored;
-                self
-            }
-        )*
-    };
-}
-
 impl SqlOptions {
-    setters! {
+    mq_core::__option_setters! {
         /// The table holding the messages (`[A-Za-z_][A-Za-z0-9_]{0,62}`); created if missing.
         table(name: impl Into<String>) name.into();
         /// Delete a message's row when it is acknowledged instead of keeping it as `executed`.

@@ -128,13 +128,7 @@ where
     /// table under `create_schema(false)` ([`Error::MissingTable`] as the source).
     pub async fn connect(url: &str, options: SqlOptions) -> mq_core::Result<Self> {
         options.validate()?;
-        let pool = DB::connect_pool(url, &options)
-            .await
-            .map_err(|e| Error::Connect {
-                database: DB::KIND,
-                target: describe_target(url),
-                source: Box::new(e),
-            })?;
+        let pool = connect_pool::<DB>(url, &options).await?;
         Self::from_pool(pool, options).await
     }
 
@@ -526,6 +520,22 @@ pub(crate) fn statements(sql: &str) -> Vec<String> {
 
 /// `host:port` (or the file of a SQLite URL) from a database URL, without credentials, for
 /// error messages.
+/// A pool on `url` set up as the dialect needs it; a failure names the host and port, never the
+/// password.
+pub(crate) async fn connect_pool<DB: Dialect>(
+    url: &str,
+    options: &SqlOptions,
+) -> mq_core::Result<sqlx::Pool<DB>> {
+    let pool = DB::connect_pool(url, options)
+        .await
+        .map_err(|e| Error::Connect {
+            database: DB::KIND,
+            target: describe_target(url),
+            source: Box::new(e),
+        })?;
+    Ok(pool)
+}
+
 pub(crate) fn describe_target(url: &str) -> String {
     let rest = match url.split_once("://") {
         Some((_, rest)) => rest,

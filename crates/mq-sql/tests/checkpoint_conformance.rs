@@ -63,20 +63,11 @@ impl CheckpointStoreFactory for Lite {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await
-            .unwrap();
+        let url = format!("sqlite://{}", path.display());
         Some(Arc::new(
-            SqliteCheckpointStore::from_pool(pool, table(test))
+            SqliteCheckpointStore::connect(&url, table(test))
                 .await
-                .unwrap(),
+                .expect("open the SQLite checkpoint store"),
         ))
     }
 }

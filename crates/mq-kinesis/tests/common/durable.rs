@@ -21,18 +21,7 @@ pub fn url(var: &str, test: &str) -> Option<String> {
 
 /// A table or database name for `test`.
 pub fn name(test: &str) -> String {
-    let mut t: String = format!("mqt_kck_{test}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    t.truncate(60);
-    t
+    mq_core::testkit::identifier("mqt_kck_", test, 60)
 }
 
 /// A pool of 8 connections to the server at `url`, without the table `t`.
@@ -79,20 +68,11 @@ pub async fn sqlite(test: &str) -> Arc<dyn CheckpointStore> {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(std::time::Duration::from_secs(10));
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts)
-        .await
-        .unwrap();
+    let url = format!("sqlite://{}", path.display());
     Arc::new(
-        mq_sql::SqliteCheckpointStore::from_pool(pool, "checkpoints")
+        mq_sql::SqliteCheckpointStore::connect(&url, "checkpoints")
             .await
-            .unwrap(),
+            .expect("open the SQLite checkpoint store"),
     )
 }
 
