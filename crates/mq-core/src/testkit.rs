@@ -121,6 +121,28 @@ pub fn queue_name(test: &str) -> QueueName {
     QueueName::new(format!("t-{cleaned}")).unwrap_or_else(|e| panic!("test name {test:?}: {e}"))
 }
 
+/// A table, collection or database name for `test` that every backend accepts: `prefix`, then
+/// the test name lowercased with every other character than an ASCII letter or digit replaced
+/// by `_`, cut to `max` bytes.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(mq_core::testkit::identifier("mqt_", "Stale owner::postgres", 50), "mqt_stale_owner__postgres");
+/// ```
+pub fn identifier(prefix: &str, test: &str, max: usize) -> String {
+    let mut name = prefix.to_owned();
+    name.extend(test.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_lowercase()
+        } else {
+            '_'
+        }
+    }));
+    name.truncate(max);
+    name
+}
+
 /// Consumer options tuned for tests: fast polls, short backoff, a lease of 5 s.
 pub fn fast_options() -> ConsumerOptions {
     ConsumerOptions::default()

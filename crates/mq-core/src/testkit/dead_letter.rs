@@ -51,13 +51,7 @@ async fn open(
 
 /// A table or collection name for `test`: `dlq_` plus the test name, cut to 55 characters.
 pub fn table_name(test: &str) -> String {
-    let cleaned: String = test
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let mut name = format!("dlq_{cleaned}");
-    name.truncate(55);
-    name
+    super::identifier("dlq_", test, 55)
 }
 
 /// A dead letter of message `id` of type `message_type` in `queue`, failed with `error`.

@@ -42,19 +42,7 @@ pub fn url(db: Db, test: &str) -> Result<String, String> {
 
 /// A table name for `test` with a per-binary `prefix`.
 pub fn table_name(prefix: &str, test: &str) -> String {
-    let cleaned: String = test
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let mut name = format!("mqt_{prefix}_{cleaned}");
-    name.truncate(50);
-    name
+    mq_core::testkit::identifier(&format!("mqt_{prefix}_"), test, 50)
 }
 
 /// Evaluates `$body` with the type `$t` naming the sqlx database of `$db` (a [`Db`]); panics
