@@ -65,57 +65,32 @@ impl Default for ConsumerOptions {
 }
 
 impl ConsumerOptions {
-    /// Messages claimed per batch.
-    pub fn batch_size(mut self, n: usize) -> Self {
-        self.batch_size = n;
-        self
-    }
-    /// Batches handled at once by one consumer.
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n;
-        self
-    }
-    /// Wait before polling again when the last poll found nothing; doubles while idle.
-    pub fn poll_interval(mut self, d: Duration) -> Self {
-        self.poll_interval = d;
-        self
-    }
-    /// Longest wait between two polls while idle.
-    pub fn max_poll_interval(mut self, d: Duration) -> Self {
-        self.max_poll_interval = d;
-        self
-    }
-    /// After this the handler's token is cancelled and its messages are retried.
-    pub fn handler_timeout(mut self, d: Duration) -> Self {
-        self.handler_timeout = d;
-        self
-    }
-    /// How long a claim holds a message; renewed every third of it while the handler runs.
-    pub fn lease_duration(mut self, d: Duration) -> Self {
-        self.lease_duration = d;
-        self
-    }
-    /// How long shutdown waits for in-flight handlers before cancelling them.
-    pub fn shutdown_grace(mut self, d: Duration) -> Self {
-        self.shutdown_grace = d;
-        self
-    }
-    /// How long a handler whose token was cancelled (timeout, shutdown past its grace, lost
-    /// lease) may take to return before the consumer drops it, frees its slot and retries its
-    /// messages.
-    ///
-    /// Dropping the handler's future stops it at its next `.await`. A handler that blocks its
-    /// thread (a long computation or blocking I/O without `.await`) cannot be dropped: the
-    /// consumer then waits for it and logs a warning naming its messages. Run such work with
-    /// `tokio::task::spawn_blocking` and await it.
-    pub fn cancel_grace(mut self, d: Duration) -> Self {
-        self.cancel_grace = d;
-        self
-    }
-    /// The retry policy.
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = policy;
-        self
+    crate::__option_setters! {
+        /// Messages claimed per batch.
+        batch_size(n: usize) n;
+        /// Batches handled at once by one consumer.
+        concurrency(n: usize) n;
+        /// Wait before polling again when the last poll found nothing; doubles while idle.
+        poll_interval(d: Duration) d;
+        /// Longest wait between two polls while idle.
+        max_poll_interval(d: Duration) d;
+        /// After this the handler's token is cancelled and its messages are retried.
+        handler_timeout(d: Duration) d;
+        /// How long a claim holds a message; renewed every third of it while the handler runs.
+        lease_duration(d: Duration) d;
+        /// How long shutdown waits for in-flight handlers before cancelling them.
+        shutdown_grace(d: Duration) d;
+        /// How long a handler whose token was cancelled (timeout, shutdown past its grace, lost
+        /// lease) may take to return before the consumer drops it, frees its slot and retries its
+        /// messages.
+        ///
+        /// Dropping the handler's future stops it at its next `.await`. A handler that blocks its
+        /// thread (a long computation or blocking I/O without `.await`) cannot be dropped: the
+        /// consumer then waits for it and logs a warning naming its messages. Run such work with
+        /// `tokio::task::spawn_blocking` and await it.
+        cancel_grace(d: Duration) d;
+        /// The retry policy.
+        retry(policy: RetryPolicy) policy;
     }
 
     /// Messages claimed per batch.
@@ -244,30 +219,17 @@ impl Default for CommonOptions {
 }
 
 impl CommonOptions {
-    /// Lifecycle observers.
-    pub fn lifecycle(mut self, dispatcher: LifecycleDispatcher) -> Self {
-        self.lifecycle = dispatcher;
-        self
-    }
-    /// Where messages that failed for good go.
-    pub fn dead_letters(mut self, sink: Arc<dyn DeadLetterSink>) -> Self {
-        self.dead_letters = Some(sink);
-        self
-    }
-    /// Id generation for messages published without an id.
-    pub fn id_generator(mut self, generator: impl crate::IdGenerator) -> Self {
-        self.id_generator = Arc::new(generator);
-        self
-    }
-    /// Queue-name resolution (for example [`EnvSuffixResolver`](crate::EnvSuffixResolver)).
-    pub fn resolver(mut self, resolver: impl QueueNameResolver) -> Self {
-        self.resolver = Arc::new(resolver);
-        self
-    }
-    /// Largest serialized message accepted by publish.
-    pub fn max_message_bytes(mut self, n: usize) -> Self {
-        self.max_message_bytes = n;
-        self
+    crate::__option_setters! {
+        /// Lifecycle observers.
+        lifecycle(dispatcher: LifecycleDispatcher) dispatcher;
+        /// Where messages that failed for good go.
+        dead_letters(sink: Arc<dyn DeadLetterSink>) Some(sink);
+        /// Id generation for messages published without an id.
+        id_generator(generator: impl crate::IdGenerator) Arc::new(generator);
+        /// Queue-name resolution (for example [`EnvSuffixResolver`](crate::EnvSuffixResolver)).
+        resolver(resolver: impl QueueNameResolver) Arc::new(resolver);
+        /// Largest serialized message accepted by publish.
+        max_message_bytes(n: usize) n;
     }
 
     /// The lifecycle dispatcher.
@@ -290,4 +252,20 @@ impl CommonOptions {
     pub fn get_max_message_bytes(&self) -> usize {
         self.max_message_bytes
     }
+}
+
+/// Consuming builder setters, one per field: `name(value: Type) expression stored;`, each with
+/// its own documentation. Used by the option structs of the backend crates.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __option_setters {
+    ($($(#[$doc:meta])* $name:ident($value:ident: $ty:ty) $stored:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $value: $ty) -> Self {
+                self.$name = $stored;
+                self
+            }
+        )*
+    };
 }

@@ -53,34 +53,17 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Deliveries allowed in all, the first included (1 = never retry).
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
-        self
-    }
-
-    /// Delay before the first retry.
-    pub fn base_delay(mut self, d: Duration) -> Self {
-        self.base_delay = d;
-        self
-    }
-
-    /// Longest delay between two deliveries.
-    pub fn max_delay(mut self, d: Duration) -> Self {
-        self.max_delay = d;
-        self
-    }
-
-    /// Growth of the delay per retry (at least 1).
-    pub fn multiplier(mut self, m: f64) -> Self {
-        self.multiplier = m;
-        self
-    }
-
-    /// Fraction of the delay randomly added or removed, from 0 to 1.
-    pub fn jitter(mut self, j: f64) -> Self {
-        self.jitter = j;
-        self
+    crate::__option_setters! {
+        /// Deliveries allowed in all, the first included (1 = never retry).
+        max_attempts(n: u32) n;
+        /// Delay before the first retry.
+        base_delay(d: Duration) d;
+        /// Longest delay between two deliveries.
+        max_delay(d: Duration) d;
+        /// Growth of the delay per retry (at least 1).
+        multiplier(m: f64) m;
+        /// Fraction of the delay randomly added or removed, from 0 to 1.
+        jitter(j: f64) j;
     }
 
     /// The policy's cap on deliveries.

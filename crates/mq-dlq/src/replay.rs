@@ -63,38 +63,22 @@ impl Default for ReplayOptions {
 }
 
 impl ReplayOptions {
-    /// The entries to replay (its paging fields are ignored: the replay pages itself).
-    pub fn filter(mut self, filter: DeadLetterFilter) -> Self {
-        self.filter = filter;
-        self
-    }
-    /// Publish every entry to this queue; `None` publishes each to the queue it failed in.
-    /// An entry left pending by an interrupted replay goes where that replay sent it.
-    pub fn target(mut self, queue: Option<QueueName>) -> Self {
-        self.target = queue;
-        self
-    }
-    /// Select and report, but neither mark nor publish anything.
-    pub fn dry_run(mut self, on: bool) -> Self {
-        self.dry_run = on;
-        self
-    }
-    /// At most this many messages per second (a token bucket with no burst); `None` = no limit.
-    pub fn rate(mut self, per_second: Option<NonZeroU32>) -> Self {
-        self.rate = per_second;
-        self
-    }
-    /// Entries read per page and published per call (fewer under a rate limit: a tenth of a
-    /// second's worth, at least one).
-    pub fn batch_size(mut self, n: usize) -> Self {
-        self.batch_size = n;
-        self
-    }
-    /// Replay entries already replayed once more, as a new generation with a new message id
-    /// (a deliberate second copy). Off by default.
-    pub fn include_replayed(mut self, on: bool) -> Self {
-        self.include_replayed = on;
-        self
+    mq_core::__option_setters! {
+        /// The entries to replay (its paging fields are ignored: the replay pages itself).
+        filter(filter: DeadLetterFilter) filter;
+        /// Publish every entry to this queue; `None` publishes each to the queue it failed in.
+        /// An entry left pending by an interrupted replay goes where that replay sent it.
+        target(queue: Option<QueueName>) queue;
+        /// Select and report, but neither mark nor publish anything.
+        dry_run(on: bool) on;
+        /// At most this many messages per second (a token bucket with no burst); `None` = no limit.
+        rate(per_second: Option<NonZeroU32>) per_second;
+        /// Entries read per page and published per call (fewer under a rate limit: a tenth of a
+        /// second's worth, at least one).
+        batch_size(n: usize) n;
+        /// Replay entries already replayed once more, as a new generation with a new message id
+        /// (a deliberate second copy). Off by default.
+        include_replayed(on: bool) on;
     }
 
     /// The rate limit.

@@ -130,30 +130,17 @@ impl Default for ProducerOptions {
 }
 
 impl ProducerOptions {
-    /// The partition key strategy.
-    pub fn partition_key(mut self, s: PartitionKeyStrategy) -> Self {
-        self.partition_key = s;
-        self
-    }
-    /// Attempts per record, the first included.
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n.max(1);
-        self
-    }
-    /// First retry delay.
-    pub fn base_delay(mut self, d: Duration) -> Self {
-        self.base_delay = d;
-        self
-    }
-    /// Longest retry delay.
-    pub fn max_delay(mut self, d: Duration) -> Self {
-        self.max_delay = d;
-        self
-    }
-    /// Records per request (1 to 500).
-    pub fn max_records_per_request(mut self, n: usize) -> Self {
-        self.max_records_per_request = n.clamp(1, MAX_RECORDS_PER_REQUEST);
-        self
+    mq_core::__option_setters! {
+        /// The partition key strategy.
+        partition_key(s: PartitionKeyStrategy) s;
+        /// Attempts per record, the first included.
+        max_attempts(n: u32) n.max(1);
+        /// First retry delay.
+        base_delay(d: Duration) d;
+        /// Longest retry delay.
+        max_delay(d: Duration) d;
+        /// Records per request (1 to 500).
+        max_records_per_request(n: usize) n.clamp(1, MAX_RECORDS_PER_REQUEST);
     }
     /// Attempts per record.
     pub fn get_max_attempts(&self) -> u32 {

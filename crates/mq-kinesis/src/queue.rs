@@ -115,20 +115,13 @@ impl KinesisOptions {
             max_records_per_second: None,
         }
     }
-    /// A ready Kinesis client (region, endpoint and credentials options are then ignored).
-    pub fn client(mut self, client: Client) -> Self {
-        self.client = Some(client);
-        self
-    }
-    /// The AWS region.
-    pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.region = Some(region.into());
-        self
-    }
-    /// The endpoint URL (an emulator, a VPC endpoint).
-    pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
-        self.endpoint_url = Some(url.into());
-        self
+    mq_core::__option_setters! {
+        /// A ready Kinesis client (region, endpoint and credentials options are then ignored).
+        client(client: Client) Some(client);
+        /// The AWS region.
+        region(region: impl Into<String>) Some(region.into());
+        /// The endpoint URL (an emulator, a VPC endpoint).
+        endpoint_url(url: impl Into<String>) Some(url.into());
     }
     /// Static credentials.
     pub fn credentials(
@@ -144,62 +137,34 @@ impl KinesisOptions {
         ));
         self
     }
-    /// This instance's id: the lease owner and membership name. Unique per process.
-    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
-        self.instance_id = id.into();
-        self
-    }
-    /// Lifecycle, dead letters, ids, queue-name resolution.
-    pub fn common(mut self, common: CommonOptions) -> Self {
-        self.common = common;
-        self
-    }
-    /// Producer settings.
-    pub fn producer(mut self, producer: ProducerOptions) -> Self {
-        self.producer = producer;
-        self
-    }
-    /// Shard consumer settings.
-    pub fn shard(mut self, shard: ShardOptions) -> Self {
-        self.shard = shard;
-        self
-    }
-    /// The adaptive strategy (batch size and delays per shard).
-    pub fn strategy(mut self, strategy: Arc<dyn AdaptiveStrategy>) -> Self {
-        self.strategy = strategy;
-        self
-    }
-    /// How often the shards are listed again (new shards after resharding) and the leases read
-    /// even when nothing changed.
-    pub fn discovery_interval(mut self, d: Duration) -> Self {
-        self.discovery_interval = d.max(Duration::from_millis(1));
-        self
-    }
-    /// How often an instance checks the membership (one cheap call to the lease store) and, when
-    /// it changed or shards wait to be taken, rebalances. This is how fast a join, a departure or a
-    /// released shard is noticed.
-    pub fn rebalance_interval(mut self, d: Duration) -> Self {
-        self.rebalance_interval = d.max(Duration::from_millis(1));
-        self
-    }
-    /// How often an instance renews its membership.
-    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
-        self.heartbeat_interval = d.max(Duration::from_millis(1));
-        self
-    }
-    /// How long an instance stays a member after its last heartbeat: how soon the others see that
-    /// it died (its shards still move only once their leases expire). Keep it a few heartbeat
-    /// intervals long.
-    pub fn membership_ttl(mut self, d: Duration) -> Self {
-        self.membership_ttl = d.max(Duration::from_millis(1));
-        self
-    }
-    /// A token bucket on the whole instance: at most `n` records per second are handed to
-    /// handlers, over all its shards. For a cap per shard see
-    /// [`ShardOptions::max_records_per_second`].
-    pub fn max_records_per_second(mut self, n: NonZeroU32) -> Self {
-        self.max_records_per_second = Some(n);
-        self
+    mq_core::__option_setters! {
+        /// This instance's id: the lease owner and membership name. Unique per process.
+        instance_id(id: impl Into<String>) id.into();
+        /// Lifecycle, dead letters, ids, queue-name resolution.
+        common(common: CommonOptions) common;
+        /// Producer settings.
+        producer(producer: ProducerOptions) producer;
+        /// Shard consumer settings.
+        shard(shard: ShardOptions) shard;
+        /// The adaptive strategy (batch size and delays per shard).
+        strategy(strategy: Arc<dyn AdaptiveStrategy>) strategy;
+        /// How often the shards are listed again (new shards after resharding) and the leases read
+        /// even when nothing changed.
+        discovery_interval(d: Duration) d.max(Duration::from_millis(1));
+        /// How often an instance checks the membership (one cheap call to the lease store) and, when
+        /// it changed or shards wait to be taken, rebalances. This is how fast a join, a departure or a
+        /// released shard is noticed.
+        rebalance_interval(d: Duration) d.max(Duration::from_millis(1));
+        /// How often an instance renews its membership.
+        heartbeat_interval(d: Duration) d.max(Duration::from_millis(1));
+        /// How long an instance stays a member after its last heartbeat: how soon the others see that
+        /// it died (its shards still move only once their leases expire). Keep it a few heartbeat
+        /// intervals long.
+        membership_ttl(d: Duration) d.max(Duration::from_millis(1));
+        /// A token bucket on the whole instance: at most `n` records per second are handed to
+        /// handlers, over all its shards. For a cap per shard see
+        /// [`ShardOptions::max_records_per_second`].
+        max_records_per_second(n: NonZeroU32) Some(n);
     }
     /// The rebalance interval.
     pub fn get_rebalance_interval(&self) -> Duration {

@@ -36,17 +36,12 @@ impl Default for InMemoryOptions {
 }
 
 impl InMemoryOptions {
-    /// Failed and dead-lettered messages kept per queue for inspection (default 10,000; the
-    /// oldest are dropped first). Configure a dead-letter hook to keep them all.
-    pub fn finished_capacity(mut self, n: usize) -> Self {
-        self.finished_capacity = n;
-        self
-    }
-
-    /// Settings shared by every backend (observers, dead letters, ids, names, size limit).
-    pub fn common(mut self, common: CommonOptions) -> Self {
-        self.common = common;
-        self
+    mq_core::__option_setters! {
+        /// Failed and dead-lettered messages kept per queue for inspection (default 10,000; the
+        /// oldest are dropped first). Configure a dead-letter hook to keep them all.
+        finished_capacity(n: usize) n;
+        /// Settings shared by every backend (observers, dead letters, ids, names, size limit).
+        common(common: CommonOptions) common;
     }
 }
 

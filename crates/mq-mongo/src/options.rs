@@ -104,22 +104,8 @@ impl Default for MongoOptions {
     }
 }
 
-/// Consuming setters, one per field: `name(value: Type) expression stored;`, each with its
-/// documentation.
-macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident($value:ident: $ty:ty) $stored:expr;)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(mut self, $value: $ty) -> Self {
-                self.$name = $stored;
-                self
-            }
-        )*
-    };
-}
-
 impl MongoOptions {
-    setters! {
+    mq_core::__option_setters! {
         /// The database holding the collections.
         database(name: impl Into<String>) name.into();
         /// The collection holding the messages of every queue (one document per message).

@@ -49,50 +49,25 @@ pub struct DeadLetterFilter {
 }
 
 impl DeadLetterFilter {
-    /// Only entries of messages that failed in `queue`.
-    pub fn queue(mut self, queue: QueueName) -> Self {
-        self.queue = Some(queue);
-        self
-    }
-    /// Only messages of this type.
-    pub fn message_type(mut self, message_type: impl Into<String>) -> Self {
-        self.message_type = Some(message_type.into());
-        self
-    }
-    /// Only entries last failed at or after `t`.
-    pub fn failed_after(mut self, t: DateTime<Utc>) -> Self {
-        self.failed_after = Some(t);
-        self
-    }
-    /// Only entries last failed before `t`.
-    pub fn failed_before(mut self, t: DateTime<Utc>) -> Self {
-        self.failed_before = Some(t);
-        self
-    }
-    /// Only these entries.
-    pub fn ids(mut self, ids: impl IntoIterator<Item = EntryId>) -> Self {
-        self.ids = ids.into_iter().collect();
-        self
-    }
-    /// Only entries of messages with these original ids.
-    pub fn message_ids(mut self, ids: impl IntoIterator<Item = MessageId>) -> Self {
-        self.message_ids = ids.into_iter().collect();
-        self
-    }
-    /// Only entries whose error text contains `text` (ASCII case-insensitive).
-    pub fn error_contains(mut self, text: impl Into<String>) -> Self {
-        self.error_contains = Some(text.into());
-        self
-    }
-    /// Only entries in replay state `state`.
-    pub fn replay_state(mut self, state: ReplayState) -> Self {
-        self.replay_state = Some(state);
-        self
-    }
-    /// Only entries with an id after `id` (the cursor of the next page).
-    pub fn after(mut self, id: EntryId) -> Self {
-        self.after = Some(id);
-        self
+    crate::__option_setters! {
+        /// Only entries of messages that failed in `queue`.
+        queue(queue: QueueName) Some(queue);
+        /// Only messages of this type.
+        message_type(message_type: impl Into<String>) Some(message_type.into());
+        /// Only entries last failed at or after `t`.
+        failed_after(t: DateTime<Utc>) Some(t);
+        /// Only entries last failed before `t`.
+        failed_before(t: DateTime<Utc>) Some(t);
+        /// Only these entries.
+        ids(ids: impl IntoIterator<Item = EntryId>) ids.into_iter().collect();
+        /// Only entries of messages with these original ids.
+        message_ids(ids: impl IntoIterator<Item = MessageId>) ids.into_iter().collect();
+        /// Only entries whose error text contains `text` (ASCII case-insensitive).
+        error_contains(text: impl Into<String>) Some(text.into());
+        /// Only entries in replay state `state`.
+        replay_state(state: ReplayState) Some(state);
+        /// Only entries with an id after `id` (the cursor of the next page).
+        after(id: EntryId) Some(id);
     }
     /// Drops the paging cursor, so the next list starts at the first matching entry.
     pub fn first_page(mut self) -> Self {

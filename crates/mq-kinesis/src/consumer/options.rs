@@ -56,41 +56,25 @@ impl Default for ShardOptions {
 }
 
 impl ShardOptions {
-    /// Where a shard without a checkpoint starts (a shard with one continues right after it).
-    pub fn initial_position(mut self, p: StartPosition) -> Self {
-        self.initial_position = p;
-        self
-    }
-    /// Renewal attempts (with backoff) before the lease is given up.
-    pub fn renew_attempts(mut self, n: u32) -> Self {
-        self.renew_attempts = n.max(1);
-        self
-    }
-    /// Failures from one checkpoint (counted in the lease store, crashes included) before the
-    /// record there is a poison pill.
-    pub fn poison_threshold(mut self, n: u32) -> Self {
-        self.poison_threshold = n.max(1);
-        self
-    }
-    /// Failed fetches in a row (throttling excluded) before the lease is released.
-    pub fn max_fetch_errors(mut self, n: u32) -> Self {
-        self.max_fetch_errors = n.max(1);
-        self
-    }
-    /// How long a fetch may hang, or a handler run past its timeout, before the consumer stops
-    /// renewing its lease so the shard moves to another consumer. The stuck call is still waited
-    /// for (nothing it does afterwards is checkpointed: the lease's fence refuses it).
-    pub fn stall_timeout(mut self, d: Duration) -> Self {
-        self.stall_timeout = d.max(Duration::from_millis(1));
-        self
-    }
-    /// A token bucket on each shard: at most `n` records per second are handed to the handler
-    /// (the bucket holds a fifth of a second's worth, so the rate holds over short windows too).
-    /// For a cap on the whole instance see
-    /// [`KinesisOptions::max_records_per_second`](crate::KinesisOptions::max_records_per_second).
-    pub fn max_records_per_second(mut self, n: NonZeroU32) -> Self {
-        self.max_records_per_second = Some(n);
-        self
+    mq_core::__option_setters! {
+        /// Where a shard without a checkpoint starts (a shard with one continues right after it).
+        initial_position(p: StartPosition) p;
+        /// Renewal attempts (with backoff) before the lease is given up.
+        renew_attempts(n: u32) n.max(1);
+        /// Failures from one checkpoint (counted in the lease store, crashes included) before the
+        /// record there is a poison pill.
+        poison_threshold(n: u32) n.max(1);
+        /// Failed fetches in a row (throttling excluded) before the lease is released.
+        max_fetch_errors(n: u32) n.max(1);
+        /// How long a fetch may hang, or a handler run past its timeout, before the consumer stops
+        /// renewing its lease so the shard moves to another consumer. The stuck call is still waited
+        /// for (nothing it does afterwards is checkpointed: the lease's fence refuses it).
+        stall_timeout(d: Duration) d.max(Duration::from_millis(1));
+        /// A token bucket on each shard: at most `n` records per second are handed to the handler
+        /// (the bucket holds a fifth of a second's worth, so the rate holds over short windows too).
+        /// For a cap on the whole instance see
+        /// [`KinesisOptions::max_records_per_second`](crate::KinesisOptions::max_records_per_second).
+        max_records_per_second(n: NonZeroU32) Some(n);
     }
     /// The stall timeout.
     pub fn get_stall_timeout(&self) -> Duration {
