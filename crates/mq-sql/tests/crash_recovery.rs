@@ -21,6 +21,8 @@ const BATCH: usize = 100;
 const CONCURRENCY: usize = 4;
 const LEASE: Duration = Duration::from_secs(2);
 const CHILD_ENV: &str = "MQ_SQL_CRASH_CHILD_TABLE";
+/// The PostgreSQL `application_name` of the child's connections.
+const CHILD_APP: &str = "mq_crash_child";
 
 fn consumer_options() -> ConsumerOptions {
     ConsumerOptions::default()
@@ -130,11 +132,14 @@ async fn killed_consumer_batch_is_redelivered() {
         publish_all(&*q, &name, msgs).await;
     }
 
+    // The child's connections carry a name, so the parent can see when the server let go of them.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let child_url = format!("{url}{sep}application_name={CHILD_APP}");
     let exe = std::env::current_exe().expect("test executable");
     let mut child = Command::new(exe)
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, &table)
-        .env("MQ_TEST_POSTGRES_URL", &url)
+        .env("MQ_TEST_POSTGRES_URL", &child_url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -152,6 +157,21 @@ async fn killed_consumer_batch_is_redelivered() {
     .await;
     child.kill().expect("SIGKILL the child"); // SIGKILL on Unix
     child.wait().expect("reap child");
+    // A statement the child sent just before it died still commits on the server (an ack can
+    // turn a held row into an executed one after the kill): count what it held only once the
+    // server has closed every connection of the child.
+    let child_sessions =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{CHILD_APP}'");
+    wait_until(
+        Duration::from_secs(30),
+        "the killed child's sessions to end",
+        || {
+            let pool = pool.clone();
+            let sql = child_sessions.clone();
+            async move { count(&pool, sql).await == 0 }
+        },
+    )
+    .await;
     let in_flight = count(
         &pool,
         format!("SELECT count(*) FROM {table} WHERE status = 'processing'"),
