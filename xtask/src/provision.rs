@@ -70,7 +70,7 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 /// The newest PostgreSQL major version installed (`/usr/lib/postgresql/<version>`).
-fn postgres_version() -> Result<String> {
+pub(crate) fn postgres_version() -> Result<String> {
     let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
         .context("PostgreSQL is not installed (no /usr/lib/postgresql)")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())

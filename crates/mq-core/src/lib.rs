@@ -65,6 +65,7 @@ mod options;
 mod polling;
 mod queue;
 mod queue_name;
+mod redact;
 mod retry;
 mod runner;
 mod stats;
