@@ -71,7 +71,7 @@ mod position;
 mod producer;
 mod queue;
 mod record;
-mod redis_tls;
+mod redis_connect;
 mod shards;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -1,5 +1,6 @@
-//! The `fred` configuration of [`RedisLeaseStore::connect`](crate::RedisLeaseStore::connect)'s
-//! URL, with TLS (`rediss://`) set up here rather than by `fred`.
+//! What [`RedisLeaseStore::connect`](crate::RedisLeaseStore::connect) makes of its arguments:
+//! the key prefix, checked, and the `fred` configuration of the URL, with TLS (`rediss://`) set
+//! up here rather than by `fred`.
 //!
 //! `fred` builds its default TLS settings with rustls' process-wide crypto provider, which does
 //! not exist when more than one provider is compiled in (the AWS SDK brings aws-lc-rs): it would
@@ -13,6 +14,36 @@ use crate::error::{Error, Result};
 /// The URL query parameter naming a PEM file of CA certificates that replaces the system's
 /// roots for a `rediss://` URL.
 pub(crate) const CA_FILE_PARAM: &str = "ca_file";
+
+/// The longest key prefix: keys stay short, and a prefix is a name, not data.
+const MAX_PREFIX_LEN: usize = 128;
+
+/// Refuses a key prefix that could reach into other keys or break the store's key layout:
+/// Redis `KEYS`/ACL glob characters (`*`, `?`, `[`), hash-tag braces (every key of a stream
+/// must hash to one Cluster slot by its `{<stream>}` tag), spaces, control characters and
+/// non-ASCII look-alikes.
+pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
+    let reason = if prefix.is_empty() {
+        "must not be empty".to_owned()
+    } else if prefix.len() > MAX_PREFIX_LEN {
+        format!(
+            "is {} bytes long; use at most {MAX_PREFIX_LEN}",
+            prefix.len()
+        )
+    } else if let Some(c) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/')))
+    {
+        format!("contains {c:?}; use ASCII letters, digits and - _ . : /")
+    } else {
+        return Ok(());
+    };
+    let shown: String = prefix.chars().take(64).collect();
+    Err(Error::InvalidOption {
+        field: "prefix",
+        reason: format!("key prefix {shown:?} {reason}"),
+    })
+}
 
 /// The `fred` configuration of `url`: as `fred` parses it, plus TLS for a `rediss://` (or
 /// `valkeys://`, and their `-cluster` / `-sentinel` forms) URL, checked against the roots
@@ -122,6 +153,28 @@ fn client_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_that_could_reach_other_keys_are_refused() {
+        for ok in ["mq", "app:mq", "team/app.mq-v2_1"] {
+            check_prefix(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let long = "p".repeat(MAX_PREFIX_LEN + 1);
+        for bad in [
+            "",
+            "mq*",
+            "mq?",
+            "mq[a]",
+            "{mq}",
+            "m q",
+            "mq\n",
+            "m\u{0430}",
+            long.as_str(),
+        ] {
+            let e = check_prefix(bad).expect_err(bad);
+            assert!(e.to_string().contains("prefix"), "{e}");
+        }
+    }
 
     #[test]
     fn plain_urls_keep_their_parameters() {

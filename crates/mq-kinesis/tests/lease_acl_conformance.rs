@@ -1,0 +1,116 @@
+//! The lease-store conformance suite as a Redis ACL user that has only what
+//! `docs/security.md` grants: the rule is read from that document, so the documented rule is
+//! the one tested. A command the store needs and the rule lacks fails the suite with NOPERM.
+
+#[path = "common/redis_keys.rs"]
+mod redis_keys;
+
+use std::sync::Arc;
+
+use mq_core::testkit::service_url;
+use mq_kinesis::testkit::LeaseStoreFactory;
+use mq_kinesis::{LeaseStore, RedisLeaseStore};
+
+const USER: &str = "mqtest-leases";
+const PASSWORD: &str = "mqtest-acl-password";
+/// The key prefix of every case; the documented `~mq:*` becomes `~mqtest-acl:*`.
+const PREFIX: &str = "mqtest-acl";
+
+/// The `ACL SETUSER` rule of docs/security.md, as words, for the test user, password and prefix.
+fn documented_rule() -> Vec<String> {
+    let doc = include_str!("../../../docs/security.md");
+    let start = doc
+        .find("ACL SETUSER")
+        .expect("docs/security.md has an ACL SETUSER rule");
+    let end = doc[start..].find("```").map_or(doc.len(), |i| start + i);
+    doc[start..end]
+        .split_whitespace()
+        .skip(2)
+        .map(|w| match w {
+            "mq-leases" => USER.to_owned(),
+            w if w.starts_with('>') => format!(">{PASSWORD}"),
+            "~mq:*" => format!("~{PREFIX}:*"),
+            w => w.to_owned(),
+        })
+        .collect()
+}
+
+/// Creates (or resets) the ACL user on the Redis at `url`, once per test binary.
+fn create_user(url: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| set_user(url));
+}
+
+fn set_user(url: &str) {
+    let rule = documented_rule();
+    assert!(
+        rule.iter().any(|w| w == "-@all"),
+        "the rule starts from nothing: {rule:?}"
+    );
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", url, "ACL", "SETUSER", USER, "reset"])
+        .args(&rule)
+        .output()
+        .expect("run redis-cli");
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        reply.trim() == "OK",
+        "ACL SETUSER {rule:?}: {reply}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `url` logged in as the ACL user.
+fn as_user(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a redis:// URL");
+    let hosts = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{USER}:{PASSWORD}@{hosts}")
+}
+
+struct AclUser;
+
+#[mq_core::async_trait]
+impl LeaseStoreFactory for AclUser {
+    async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
+        match service_url("REDIS_URL") {
+            Ok(url) => {
+                create_user(&url);
+                Some(Arc::new(
+                    RedisLeaseStore::connect(&as_user(&url), PREFIX)
+                        .await
+                        .unwrap_or_else(|e| panic!("connect as {USER}: {e:?}")),
+                ))
+            }
+            Err(reason) => {
+                eprintln!("skipping {test}: {reason}");
+                None
+            }
+        }
+    }
+
+    async fn cleanup(&self, test: &str) {
+        // Each case's streams are named after it (`testkit::stream_name`: `-` for `_`).
+        let stream = test.replace('_', "-");
+        redis_keys::delete_matching(&format!("{PREFIX}:{{{stream}-*"));
+    }
+}
+
+mod acl_user {
+    mq_kinesis::lease_store_tests!(super::AclUser);
+}
+
+#[tokio::test]
+async fn keys_outside_the_prefix_are_refused() {
+    let Ok(url) = service_url("REDIS_URL") else {
+        return eprintln!("skipping: REDIS_URL is not set");
+    };
+    create_user(&url);
+    let store = RedisLeaseStore::connect(&as_user(&url), "elsewhere")
+        .await
+        .expect("connecting needs no key");
+    let e = store
+        .acquire("s", "shard-0", "me", std::time::Duration::from_secs(5))
+        .await
+        .expect_err("keys outside ~mqtest-acl:* are not this user's");
+    assert!(format!("{e:?}").contains("NOPERM"), "{e:?}");
+}
