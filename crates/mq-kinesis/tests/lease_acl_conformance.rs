@@ -13,10 +13,12 @@ use mq_kinesis::{LeaseStore, RedisLeaseStore};
 
 const USER: &str = "mqtest-leases";
 const PASSWORD: &str = "mqtest-acl-password";
-/// The key prefix of every case; the documented `~mq:*` becomes `~mqtest-acl:*`.
+/// The start of every case's key prefix (`mqtest-acl:<case>`); the documented `~mq:*` becomes
+/// `~mqtest-acl:*`.
 const PREFIX: &str = "mqtest-acl";
 
-/// The `ACL SETUSER` rule of docs/security.md, as words, for the test user, password and prefix.
+/// The rules of docs/security.md's `ACL SETUSER` (the words after the user name), for the test
+/// password and prefix.
 fn documented_rule() -> Vec<String> {
     let doc = include_str!("../../../docs/security.md");
     let start = doc
@@ -25,9 +27,8 @@ fn documented_rule() -> Vec<String> {
     let end = doc[start..].find("```").map_or(doc.len(), |i| start + i);
     doc[start..end]
         .split_whitespace()
-        .skip(2)
+        .skip(3)
         .map(|w| match w {
-            "mq-leases" => USER.to_owned(),
             w if w.starts_with('>') => format!(">{PASSWORD}"),
             "~mq:*" => format!("~{PREFIX}:*"),
             w => w.to_owned(),
@@ -76,7 +77,7 @@ impl LeaseStoreFactory for AclUser {
             Ok(url) => {
                 create_user(&url);
                 Some(Arc::new(
-                    RedisLeaseStore::connect(&as_user(&url), PREFIX)
+                    RedisLeaseStore::connect(&as_user(&url), format!("{PREFIX}:{test}"))
                         .await
                         .unwrap_or_else(|e| panic!("connect as {USER}: {e:?}")),
                 ))
@@ -89,9 +90,7 @@ impl LeaseStoreFactory for AclUser {
     }
 
     async fn cleanup(&self, test: &str) {
-        // Each case's streams are named after it (`testkit::stream_name`: `-` for `_`).
-        let stream = test.replace('_', "-");
-        redis_keys::delete_matching(&format!("{PREFIX}:{{{stream}-*"));
+        redis_keys::delete_matching(&format!("{PREFIX}:{test}:*"));
     }
 }
 

@@ -2,12 +2,15 @@
 //! starts, which refuses plain TCP: the conformance suite's delivery case passes with the test
 //! CA, and a server the wrong CA cannot vouch for is refused with an error that says so.
 
+#[path = "support/dropped.rs"]
+mod dropped;
 #[path = "support/factory.rs"]
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use dropped::DroppedTables;
 use mq_core::backend::QueueStore;
 use mq_core::testkit::{QueueFactory, cases, service_url};
 use mq_core::{CommonOptions, ErrorChain, MessageQueue};
@@ -26,34 +29,7 @@ fn tls_url(ca_var: &str) -> Result<String, String> {
 /// Queues on the TLS server, one table per case, dropped after a passing case.
 #[derive(Default)]
 struct TlsFactory {
-    used: Mutex<Vec<(String, String)>>,
-}
-
-impl Drop for TlsFactory {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            return;
-        }
-        let used: Vec<_> = self
-            .used
-            .lock()
-            .map(|mut u| u.split_off(0))
-            .unwrap_or_default();
-        // Drop runs inside the test's runtime: clean up on a thread with its own.
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async {
-                    for (url, table) in used {
-                        drop_table(Db::Postgres, &url, &table).await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
+    used: DroppedTables,
 }
 
 #[async_trait::async_trait]
@@ -66,10 +42,7 @@ impl QueueFactory for TlsFactory {
         let url = tls_url("MQ_TEST_TLS_CA").unwrap_or_else(|e| panic!("{e}"));
         let table = table_name("tls", test);
         drop_table(Db::Postgres, &url, &table).await;
-        self.used
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((url.clone(), table.clone()));
+        self.used.add(&url, &table);
         Arc::new(
             PgQueue::connect(&url, options(&table).common(common))
                 .await
@@ -98,6 +71,7 @@ async fn a_server_the_ca_does_not_vouch_for_is_refused() {
         .await
         .expect_err("a certificate from another CA must be refused");
     let text = ErrorChain::from_error(&e).to_string();
+    eprintln!("refused as it should be: {text}");
     assert!(
         text.contains("127.0.0.1:5441") || text.contains("postgres"),
         "names the server: {text}"
