@@ -135,6 +135,28 @@ const SERVICES: &[Service] = &[
         foreground: true,
     },
     Service {
+        name: "mariadb-tls",
+        addr: "127.0.0.1:3317",
+        vars: &[(
+            "MQ_TEST_MYSQL_TLS_URL",
+            "mysql://root@127.0.0.1:3317/test?ssl-mode=VERIFY_IDENTITY",
+        )],
+        start: &[
+            "sh",
+            "-c",
+            "d=\"${TMPDIR:-/tmp}/mq-tls/mariadb\"; user=; [ \"$(id -u)\" = 0 ] && user=--user=mysql; \
+             exec /usr/sbin/mariadbd --no-defaults $user --datadir=\"$d\" --socket=\"$d/mariadbd.sock\" \
+             --pid-file=\"$d/mariadbd.pid\" --port=3317 --bind-address=127.0.0.1 --skip-log-bin \
+             --ssl-cert=\"$d/server.pem\" --ssl-key=\"$d/server.key\" --require-secure-transport=ON \
+             --init-file=\"$d/init.sql\"",
+        ],
+        tool: Tool {
+            program: "mariadbd",
+            install: &[],
+        },
+        foreground: true,
+    },
+    Service {
         name: "redis-tls",
         addr: "127.0.0.1:6390",
         vars: &[

@@ -1,7 +1,7 @@
 //! What the TLS servers of `services up` need before they start: certificates made with the
 //! `openssl` command (a test CA, a server certificate it signed for `localhost` and 127.0.0.1,
-//! and a second, unrelated CA for the "wrong CA" tests) and a PostgreSQL data directory of its
-//! own, all in one state directory under the temp dir.
+//! and a second, unrelated CA for the "wrong CA" tests) and PostgreSQL and MariaDB data
+//! directories of their own, all in one state directory under the temp dir.
 //!
 //! Each step checks before it changes anything: a second `services up` reuses what is there.
 
@@ -23,12 +23,13 @@ pub(crate) fn expand(value: &str) -> String {
     value.replace(STATE_DIR_VAR, &state_dir().display().to_string())
 }
 
-/// The certificates, and the TLS PostgreSQL cluster's data directory.
+/// The certificates, and the data directories of the TLS PostgreSQL and MariaDB.
 pub(crate) fn prepare() -> Result<()> {
     let dir = state_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     certificates(&dir)?;
-    postgres_data(&dir)
+    postgres_data(&dir)?;
+    mariadb_data(&dir)
 }
 
 /// Runs `cmd`, failing with its standard error when it fails.
@@ -111,8 +112,8 @@ fn certificates(dir: &Path) -> Result<()> {
     )
 }
 
-/// True when this process runs as root: PostgreSQL refuses to, so its commands then run as the
-/// `postgres` user.
+/// True when this process runs as root: PostgreSQL and MariaDB refuse to, so their commands then
+/// run as their own users.
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -189,6 +190,43 @@ fn postgres_data(dir: &Path) -> Result<()> {
                 .args(["-R", "postgres:postgres"])
                 .arg(&data),
         )?;
+    }
+    Ok(())
+}
+
+/// A MariaDB data directory with the server certificate and an init file run at each start
+/// (the `test` database, `root` over TCP without a password: a test server on loopback),
+/// owned by `mysql` when run as root. The server itself is started with
+/// `--require-secure-transport`, so plain TCP is refused.
+fn mariadb_data(dir: &Path) -> Result<()> {
+    let data = dir.join("mariadb");
+    if data.join("mysql").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&data)?;
+    for file in ["server.pem", "server.key"] {
+        std::fs::copy(dir.join(file), data.join(file))?;
+    }
+    std::fs::write(
+        data.join("init.sql"),
+        "CREATE DATABASE IF NOT EXISTS test;\n\
+         CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';\n\
+         GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;\n",
+    )?;
+    let mut install = Command::new("mariadb-install-db");
+    install.args([
+        "--no-defaults",
+        "--auth-root-authentication-method=normal",
+        "--skip-test-db",
+    ]);
+    install.arg(format!("--datadir={}", data.display()));
+    if is_root() {
+        install.arg("--user=mysql");
+        run_quiet(Command::new("chown").args(["-R", "mysql:mysql"]).arg(&data))?;
+    }
+    run_quiet(&mut install)?;
+    if is_root() {
+        run_quiet(Command::new("chown").args(["-R", "mysql:mysql"]).arg(&data))?;
     }
     Ok(())
 }

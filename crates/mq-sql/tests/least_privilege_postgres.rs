@@ -73,7 +73,7 @@ impl QueueFactory for RuntimeRole {
         let url = service_url("MQ_TEST_POSTGRES_URL").unwrap_or_else(|e| panic!("{e}"));
         let table = table_name("lp", test);
         drop_table(Db::Postgres, &url, &table).await;
-        self.used.add(&url, &table);
+        self.used.add(Db::Postgres, &url, &table);
         // The migration step, as the owner.
         let migrated = PgQueue::connect(&url, options(&table))
             .await

@@ -9,15 +9,16 @@ use crate::support::{Db, drop_table};
 /// Tables (with the URL that reaches them) to drop when this is dropped, unless a test failed:
 /// a failed test keeps its tables for inspection.
 #[derive(Debug, Default)]
-pub struct DroppedTables(Mutex<Vec<(String, String)>>);
+pub struct DroppedTables(Mutex<Vec<(Db, String, String)>>);
 
 impl DroppedTables {
-    /// Drops `table` on `url` later.
-    pub fn add(&self, url: &str, table: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((url.to_owned(), table.to_owned()));
+    /// Drops `table` of `db` on `url` later.
+    pub fn add(&self, db: Db, url: &str, table: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((
+            db,
+            url.to_owned(),
+            table.to_owned(),
+        ));
     }
 }
 
@@ -41,8 +42,8 @@ impl Drop for DroppedTables {
                 .build()
             {
                 rt.block_on(async {
-                    for (url, table) in used {
-                        drop_table(Db::Postgres, &url, &table).await;
+                    for (db, url, table) in used {
+                        drop_table(db, &url, &table).await;
                     }
                 });
             }
