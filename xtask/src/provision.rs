@@ -57,7 +57,7 @@ fn on_path(program: &str) -> bool {
 }
 
 /// Runs `cmd`; its standard output, or an error with its standard error.
-fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 /// The placeholder in a service's variables that stands for [`state_dir`].
 pub(crate) const STATE_DIR_VAR: &str = "{tls_dir}";
@@ -34,15 +34,7 @@ pub(crate) fn prepare() -> Result<()> {
 
 /// Runs `cmd`, failing with its standard error when it fails.
 fn run_quiet(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::provision::output(cmd).map(drop)
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {

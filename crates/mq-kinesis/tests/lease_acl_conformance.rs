@@ -4,6 +4,8 @@
 
 #[path = "common/redis_keys.rs"]
 mod redis_keys;
+#[path = "common/redis_store.rs"]
+mod redis_store;
 
 use std::sync::Arc;
 
@@ -73,20 +75,11 @@ struct AclUser;
 #[mq_core::async_trait]
 impl LeaseStoreFactory for AclUser {
     async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
-        match service_url("REDIS_URL") {
-            Ok(url) => {
-                create_user(&url);
-                Some(Arc::new(
-                    RedisLeaseStore::connect(&as_user(&url), format!("{PREFIX}:{test}"))
-                        .await
-                        .unwrap_or_else(|e| panic!("connect as {USER}: {e:?}")),
-                ))
-            }
-            Err(reason) => {
-                eprintln!("skipping {test}: {reason}");
-                None
-            }
-        }
+        let url = service_url("REDIS_URL").map(|url| {
+            create_user(&url);
+            as_user(&url)
+        });
+        redis_store::connect_or_skip(test, url, format!("{PREFIX}:{test}")).await
     }
 
     async fn cleanup(&self, test: &str) {

@@ -4,6 +4,8 @@
 
 #[path = "common/redis_keys.rs"]
 mod redis_keys;
+#[path = "common/redis_store.rs"]
+mod redis_store;
 
 use std::sync::Arc;
 
@@ -23,17 +25,8 @@ struct RedisTls;
 #[mq_core::async_trait]
 impl LeaseStoreFactory for RedisTls {
     async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
-        match tls_url("MQ_TEST_TLS_CA") {
-            Ok((url, _)) => Some(Arc::new(
-                RedisLeaseStore::connect(&url, format!("mqtest-tls-{test}"))
-                    .await
-                    .unwrap_or_else(|e| panic!("connect over TLS: {e:?}")),
-            )),
-            Err(reason) => {
-                eprintln!("skipping {test}: {reason}");
-                None
-            }
-        }
+        let url = tls_url("MQ_TEST_TLS_CA").map(|(url, _)| url);
+        redis_store::connect_or_skip(test, url, format!("mqtest-tls-{test}")).await
     }
 
     async fn cleanup(&self, test: &str) {

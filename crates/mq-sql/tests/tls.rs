@@ -19,11 +19,39 @@ use mq_sql::{MySqlQueue, PgQueue, SqlOptions};
 use dropped::DroppedTables;
 use support::{Db, drop_table, options, table_name};
 
-/// The TLS server of `db`: its URL variable and the URL parameter naming the CA file.
-fn server(db: Db) -> (&'static str, &'static str) {
+/// The TLS server of a database, as `cargo xtask services up` starts it.
+struct Server {
+    /// The variable holding its URL.
+    url_var: &'static str,
+    /// The URL parameter naming the CA file.
+    ca_param: &'static str,
+    /// The URL's verifying TLS mode, and the mode that turns TLS off.
+    verify: &'static str,
+    plain: &'static str,
+    /// Where it listens, as connect errors name it.
+    addr: &'static str,
+    /// What the server says when a client does not use TLS, if it says so.
+    plain_refusal: Option<&'static str>,
+}
+
+fn server(db: Db) -> Server {
     match db {
-        Db::Postgres => ("MQ_TEST_PG_TLS_URL", "sslrootcert"),
-        Db::MySql => ("MQ_TEST_MYSQL_TLS_URL", "ssl-ca"),
+        Db::Postgres => Server {
+            url_var: "MQ_TEST_PG_TLS_URL",
+            ca_param: "sslrootcert",
+            verify: "sslmode=verify-full",
+            plain: "sslmode=disable",
+            addr: "127.0.0.1:5441",
+            plain_refusal: Some("no encryption"),
+        },
+        Db::MySql => Server {
+            url_var: "MQ_TEST_MYSQL_TLS_URL",
+            ca_param: "ssl-ca",
+            verify: "ssl-mode=VERIFY_IDENTITY",
+            plain: "ssl-mode=DISABLED",
+            addr: "127.0.0.1:3317",
+            plain_refusal: None,
+        },
         Db::Sqlite => unreachable!("SQLite is a file"),
     }
 }
@@ -31,11 +59,11 @@ fn server(db: Db) -> (&'static str, &'static str) {
 /// The TLS server's URL, checked against the CA in `ca_var`; `Err` (or a panic under
 /// `MQ_REQUIRE_SERVICES=1`) when the server's variables are not set.
 fn tls_url(db: Db, ca_var: &str) -> Result<String, String> {
-    let (url_var, ca_param) = server(db);
-    let url = service_url(url_var)?;
+    let server = server(db);
+    let url = service_url(server.url_var)?;
     let ca = service_url(ca_var)?;
     let sep = if url.contains('?') { '&' } else { '?' };
-    Ok(format!("{url}{sep}{ca_param}={ca}"))
+    Ok(format!("{url}{sep}{}={ca}", server.ca_param))
 }
 
 async fn connect(db: Db, url: &str, opts: SqlOptions) -> mq_core::Result<Arc<dyn MessageQueue>> {
@@ -82,7 +110,7 @@ impl QueueFactory for TlsFactory {
 }
 
 /// Connecting with the wrong CA fails, naming the server and the certificate problem.
-async fn wrong_ca_is_refused(db: Db, server_addr: &str) {
+async fn wrong_ca_is_refused(db: Db) {
     let url = match tls_url(db, "MQ_TEST_TLS_WRONG_CA") {
         Ok(url) => url,
         Err(reason) => return eprintln!("skipping: {reason}"),
@@ -93,7 +121,7 @@ async fn wrong_ca_is_refused(db: Db, server_addr: &str) {
     };
     let text = ErrorChain::from_error(&e).to_string();
     eprintln!("refused as it should be: {text}");
-    assert!(text.contains(server_addr), "names the server: {text}");
+    assert!(text.contains(server(db).addr), "names the server: {text}");
     let lower = text.to_lowercase();
     assert!(
         lower.contains("certificate") || lower.contains("tls"),
@@ -101,59 +129,47 @@ async fn wrong_ca_is_refused(db: Db, server_addr: &str) {
     );
 }
 
-mod postgres {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn verify_full_with_the_test_ca_delivers() {
-        cases::delivers_ready_messages(&TlsFactory::new(Db::Postgres), "tls_pg_delivers").await;
-    }
-
-    #[tokio::test]
-    async fn a_server_the_ca_does_not_vouch_for_is_refused() {
-        wrong_ca_is_refused(Db::Postgres, "127.0.0.1:5441").await;
-    }
-
-    #[tokio::test]
-    async fn plain_tcp_is_refused_by_the_tls_server() {
-        let url = match service_url("MQ_TEST_PG_TLS_URL") {
-            Ok(url) => url.replace("sslmode=verify-full", "sslmode=disable"),
-            Err(reason) => return eprintln!("skipping: {reason}"),
-        };
-        let opts = options("mqt_tls_plain").connect_timeout(Duration::from_secs(5));
-        let e = PgQueue::connect(&url, opts)
-            .await
-            .expect_err("the server only accepts TLS");
-        let text = ErrorChain::from_error(&e).to_string();
-        assert!(
-            text.contains("no encryption") || text.contains("pg_hba"),
-            "{text}"
-        );
+/// Connecting without TLS fails: the server only speaks TLS.
+async fn plain_tcp_is_refused(db: Db) {
+    let server = server(db);
+    let url = match service_url(server.url_var) {
+        Ok(url) => url.replace(server.verify, server.plain),
+        Err(reason) => return eprintln!("skipping: {reason}"),
+    };
+    let opts = options("mqt_tls_plain").connect_timeout(Duration::from_secs(5));
+    let Err(e) = connect(db, &url, opts).await else {
+        panic!("the server only accepts TLS");
+    };
+    let text = ErrorChain::from_error(&e).to_string();
+    if let Some(refusal) = server.plain_refusal {
+        assert!(text.contains(refusal), "{text}");
     }
 }
 
-mod mysql {
-    use super::*;
+/// The three checks on one database's TLS server.
+macro_rules! tls_tests {
+    ($module:ident, $db:expr) => {
+        mod $module {
+            use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn verify_identity_with_the_test_ca_delivers() {
-        cases::delivers_ready_messages(&TlsFactory::new(Db::MySql), "tls_my_delivers").await;
-    }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn verified_with_the_test_ca_delivers() {
+                let case = concat!("tls_", stringify!($module), "_delivers");
+                cases::delivers_ready_messages(&TlsFactory::new($db), case).await;
+            }
 
-    #[tokio::test]
-    async fn a_server_the_ca_does_not_vouch_for_is_refused() {
-        wrong_ca_is_refused(Db::MySql, "127.0.0.1:3317").await;
-    }
+            #[tokio::test]
+            async fn a_server_the_ca_does_not_vouch_for_is_refused() {
+                wrong_ca_is_refused($db).await;
+            }
 
-    #[tokio::test]
-    async fn plain_tcp_is_refused_by_the_tls_server() {
-        let url = match service_url("MQ_TEST_MYSQL_TLS_URL") {
-            Ok(url) => url.replace("ssl-mode=VERIFY_IDENTITY", "ssl-mode=DISABLED"),
-            Err(reason) => return eprintln!("skipping: {reason}"),
-        };
-        let opts = options("mqt_tls_plain").connect_timeout(Duration::from_secs(5));
-        MySqlQueue::connect(&url, opts)
-            .await
-            .expect_err("the server only accepts TLS");
-    }
+            #[tokio::test]
+            async fn plain_tcp_is_refused_by_the_tls_server() {
+                plain_tcp_is_refused($db).await;
+            }
+        }
+    };
 }
+
+tls_tests!(postgres, Db::Postgres);
+tls_tests!(mysql, Db::MySql);
