@@ -14,13 +14,15 @@ mod bench;
 mod ci;
 mod provision;
 mod services;
+mod services_tls;
 mod test;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
   services up        start the services the tests need (PostgreSQL, MariaDB, Redis, and a
-                     MongoDB-compatible server, built with cargo install if missing; on a Debian
+                     MongoDB-compatible server, built with cargo install if missing; a TLS
+                     PostgreSQL, MariaDB and Redis with certificates made by openssl; on a Debian
                      machine without them, PostgreSQL, MariaDB, Redis and Prometheus are
                      installed with apt and configured for the tests first) when they
                      are not running, and print the variables the tests read

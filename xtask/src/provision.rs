@@ -57,7 +57,7 @@ fn on_path(program: &str) -> bool {
 }
 
 /// Runs `cmd`; its standard output, or an error with its standard error.
-fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -70,7 +70,7 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 /// The newest PostgreSQL major version installed (`/usr/lib/postgresql/<version>`).
-fn postgres_version() -> Result<String> {
+pub(crate) fn postgres_version() -> Result<String> {
     let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
         .context("PostgreSQL is not installed (no /usr/lib/postgresql)")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())

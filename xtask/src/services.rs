@@ -112,6 +112,71 @@ const SERVICES: &[Service] = &[
         tool: MACHINE,
         foreground: false,
     },
+    // The TLS servers of the secure-connection tests: certificates and the data directory come
+    // from `services_tls::prepare`; plain TCP is refused by this PostgreSQL. PostgreSQL refuses
+    // to run as root, hence `setpriv`; `exec`, so the pid xtask records is the server's own.
+    Service {
+        name: "postgresql-tls",
+        addr: "127.0.0.1:5441",
+        vars: &[(
+            "MQ_TEST_PG_TLS_URL",
+            "postgres://postgres@127.0.0.1:5441/postgres?sslmode=verify-full",
+        )],
+        start: &[
+            "sh",
+            "-c",
+            "d=\"${TMPDIR:-/tmp}/mq-tls/pg\"; bin=/usr/lib/postgresql/$(ls /usr/lib/postgresql | sort -n | tail -1)/bin/postgres; \
+             if [ \"$(id -u)\" = 0 ]; then exec setpriv --reuid=postgres --regid=postgres --init-groups -- \"$bin\" -D \"$d\"; else exec \"$bin\" -D \"$d\"; fi",
+        ],
+        tool: Tool {
+            program: "postgres",
+            install: &[],
+        },
+        foreground: true,
+    },
+    Service {
+        name: "mariadb-tls",
+        addr: "127.0.0.1:3317",
+        vars: &[(
+            "MQ_TEST_MYSQL_TLS_URL",
+            "mysql://root@127.0.0.1:3317/test?ssl-mode=VERIFY_IDENTITY",
+        )],
+        start: &[
+            "sh",
+            "-c",
+            "d=\"${TMPDIR:-/tmp}/mq-tls/mariadb\"; user=; [ \"$(id -u)\" = 0 ] && user=--user=mysql; \
+             exec /usr/sbin/mariadbd --no-defaults $user --datadir=\"$d\" --socket=\"$d/mariadbd.sock\" \
+             --pid-file=\"$d/mariadbd.pid\" --port=3317 --bind-address=127.0.0.1 --skip-log-bin \
+             --ssl-cert=\"$d/server.pem\" --ssl-key=\"$d/server.key\" --require-secure-transport=ON \
+             --init-file=\"$d/init.sql\"",
+        ],
+        tool: Tool {
+            program: "mariadbd",
+            install: &[],
+        },
+        foreground: true,
+    },
+    Service {
+        name: "redis-tls",
+        addr: "127.0.0.1:6390",
+        vars: &[
+            ("MQ_TEST_REDIS_TLS_URL", "rediss://127.0.0.1:6390"),
+            ("MQ_TEST_TLS_CA", "{tls_dir}/ca.pem"),
+            ("MQ_TEST_TLS_WRONG_CA", "{tls_dir}/wrong-ca.pem"),
+        ],
+        start: &[
+            "sh",
+            "-c",
+            "d=\"${TMPDIR:-/tmp}/mq-tls\"; exec redis-server --bind 127.0.0.1 --port 0 --tls-port 6390 \
+             --tls-cert-file \"$d/server.pem\" --tls-key-file \"$d/server.key\" --tls-ca-cert-file \"$d/ca.pem\" \
+             --tls-auth-clients no --save '' --appendonly no",
+        ],
+        tool: Tool {
+            program: "redis-server",
+            install: &[],
+        },
+        foreground: true,
+    },
     // SecantusDB: a MongoDB-compatible server on WiredTiger (GPL: a test tool only, never a
     // dependency), the Rust build: the Python build is too slow for the 10,000-message cases.
     // A one-node replica set, so change streams work. `exec`, so the pid xtask records is the
@@ -139,6 +204,18 @@ const SERVICES: &[Service] = &[
         foreground: true,
     },
 ];
+
+/// `value` as one shell word: the URLs hold `&` and `?`, which `eval` would otherwise act on.
+fn shell_quoted(value: &str) -> String {
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/:@.,_-=+".contains(c))
+    {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\'', "'\\''"))
+    }
+}
 
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
@@ -177,6 +254,7 @@ pub(crate) fn status() {
 /// tests (also printed as `export` lines).
 pub(crate) fn up() -> Result<Vec<(String, String)>> {
     crate::provision::fresh_machine()?;
+    crate::services_tls::prepare()?;
     let mut vars = Vec::new();
     let mut missing = Vec::new();
     for s in SERVICES {
@@ -189,8 +267,8 @@ pub(crate) fn up() -> Result<Vec<(String, String)>> {
         }
         if answers(s.addr) {
             for (k, v) in s.vars {
-                let v = std::env::var(k).unwrap_or_else(|_| (*v).to_owned());
-                println!("export {k}={v}");
+                let v = std::env::var(k).unwrap_or_else(|_| crate::services_tls::expand(v));
+                println!("export {k}={}", shell_quoted(&v));
                 vars.push(((*k).to_owned(), v));
             }
         } else {

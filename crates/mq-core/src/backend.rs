@@ -16,6 +16,7 @@ pub use crate::checkpoint::{
 };
 pub use crate::polling::{PollingQueue, prepare_messages};
 pub use crate::queue::ConsumerStopper;
+pub use crate::redact::redact_url;
 pub use crate::registered::RegisteredQueues;
 pub use crate::runner::{HandlerRun, HandlerRunner, Settlement};
 pub use crate::store::{

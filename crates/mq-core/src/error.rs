@@ -32,7 +32,7 @@ pub enum Error {
     /// A queue name breaks the naming rules.
     #[error("invalid queue name {name:?}: {reason}")]
     InvalidQueueName {
-        /// The name as given.
+        /// The name as given (cut at 200 characters).
         name: String,
         /// Which rule it breaks.
         reason: &'static str,

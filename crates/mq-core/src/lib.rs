@@ -116,6 +116,7 @@ mod options;
 mod polling;
 mod queue;
 mod queue_name;
+mod redact;
 mod registered;
 mod retry;
 mod runner;

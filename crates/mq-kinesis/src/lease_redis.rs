@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::prelude::{Builder, Client, ClientLike, Config, ReconnectPolicy, Value};
+use fred::prelude::{Builder, Client, ClientLike, ReconnectPolicy, Value};
 use fred::types::scripts::Script;
 
 use crate::error::{Error, Result};
@@ -141,8 +141,20 @@ impl RedisLeaseStore {
     /// cluster) and keys everything under `prefix`. Calls time out after 2 s and the client
     /// reconnects on its own after an outage; for other settings build the client yourself and
     /// use [`new`](Self::new).
+    ///
+    /// TLS (feature `tls`): `rediss://host:port` (or `rediss-cluster://`) checks the server's
+    /// certificate and name against the system's root certificates, or, with
+    /// `?ca_file=/path/to/ca.pem`, against the CA certificates in that PEM file only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for a prefix that is not 1 to 128 ASCII letters, digits or
+    /// `- _ . : /` (checked before connecting), or a lease-store error when the URL is invalid
+    /// or Redis cannot be reached.
     pub async fn connect(url: &str, prefix: impl Into<String>) -> Result<Self> {
-        let config = Config::from_url(url).map_err(|e| Error::lease("connect", e))?;
+        let prefix = prefix.into();
+        crate::redis_connect::check_prefix(&prefix)?;
+        let config = crate::redis_connect::config_from_url(url)?;
         // A Redis that goes away must neither hang a renewal nor leave the client dead: calls
         // fail after a timeout (consumers then pause their shards) and the client reconnects
         // for as long as it takes.

@@ -51,6 +51,7 @@
 //!
 //! | feature   | what it adds |
 //! |-----------|--------------|
+//! | `tls`     | `rediss://` URLs for [`RedisLeaseStore::connect`] (rustls on ring; system roots or `?ca_file=`) |
 //! | `testkit` | `mq_kinesis::testkit`: the lease-store conformance suite |
 
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
@@ -70,6 +71,7 @@ mod position;
 mod producer;
 mod queue;
 mod record;
+mod redis_connect;
 mod shards;
 #[cfg(feature = "testkit")]
 pub mod testkit;

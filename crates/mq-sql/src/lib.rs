@@ -64,8 +64,18 @@
 //! | `postgres` | [`PgQueue`]: SKIP LOCKED claims, LISTEN/NOTIFY, `publish_in_tx` |
 //! | `mysql`    | [`MySqlQueue`]: MySQL ≥ 8.0.1 or MariaDB ≥ 10.6 (checked at connect) |
 //! | `sqlite`   | [`SqliteQueue`]: bundled SQLite, the embedded default |
+//! | `tls`      | TLS to PostgreSQL and MySQL (rustls on ring, the system's root certificates) |
 //!
-//! No feature is on by default.
+//! No feature is on by default (the `mq-rs` facade turns `tls` on by default).
+//!
+//! # TLS
+//!
+//! With the `tls` feature the URL says how to connect, as `sqlx` reads it:
+//! `postgres://app@db.example.com/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem`
+//! (also `sslcert`/`sslkey` for a client certificate) and
+//! `mysql://app@db.example.com/app?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ssl/db-ca.pem`.
+//! `verify-full` / `VERIFY_IDENTITY` check both the CA and the server's name; without
+//! `sslrootcert` / `ssl-ca` the system's root certificates are used.
 
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 

@@ -51,6 +51,7 @@
 //! | `kinesis` |        | [`kinesis`]: [`KinesisQueue`], producer, shard consumer, Redis/file/memory lease stores |
 //! | `dlq`    |         | [`dlq`]: the idempotent, rate-limited [`Replayer`] of dead letters |
 //! | `metrics`|         | `MetricsObserver`: lifecycle events as metrics on the `metrics` facade |
+//! | `tls`    | yes     | TLS (rustls on ring) for PostgreSQL and MySQL (`sslmode=verify-full&sslrootcert=...`, `ssl-mode=VERIFY_IDENTITY&ssl-ca=...` in the URL) and Redis (`rediss://`, `?ca_file=...`); MongoDB and Kinesis always have TLS |
 //! | `full`   |         | every backend (for CI and docs.rs) |
 //!
 //! Each backend module re-exports its driver (`mq::sql::sqlx`, `mq::mongo::mongodb`,

@@ -369,13 +369,8 @@ pub(crate) fn scheme(url: &str) -> anyhow::Result<Scheme> {
     })
 }
 
-/// `url` with any password replaced, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(i), Some(j)) if j > i => format!("{}://…@{}", &url[..i], &url[j + 1..]),
-        _ => url.to_owned(),
-    }
-}
+/// `url` with its credentials replaced, for messages.
+pub(crate) use mq::backend::redact_url as redact;
 
 /// How long mqctl waits for a server before it says it cannot reach it.
 pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

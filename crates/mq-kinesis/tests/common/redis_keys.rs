@@ -7,10 +7,17 @@ pub fn delete_matching(pattern: &str) {
     let Ok(url) = std::env::var("REDIS_URL") else {
         return;
     };
+    delete_matching_on(&url, &[], pattern);
+}
+
+/// Deletes every key matching `pattern` on the Redis at `url`, with `redis-cli` options
+/// `connect_args` (`--tls --cacert <file>` for a TLS server).
+pub fn delete_matching_on(url: &str, connect_args: &[&str], pattern: &str) {
     let script = "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
                   redis.call('DEL', k) n = n + 1 end return n";
     match std::process::Command::new("redis-cli")
-        .args(["-u", &url, "EVAL", script, "0", pattern])
+        .args(connect_args)
+        .args(["-u", url, "EVAL", script, "0", pattern])
         .output()
     {
         Ok(out) if out.status.success() => {}
