@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use apalis::prelude::{BoxDynError, Data, TaskSink, WorkerBuilder, WorkerBuilderExt};
 use apalis_postgres::{Config as ApalisConfig, PostgresStorage};
+use mq_bench_report::{Goal, target};
 use mq_core::{
     Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName,
     handler_fn,
@@ -513,6 +514,22 @@ async fn main() -> Result<()> {
                     if let Some(apalis) = &apalis {
                         ratio(ours_label, ours, "apalis", apalis);
                     }
+                }
+                // The default mode (completed rows kept) against the bare loop shows how much
+                // of the database the queue uses; the aim is most of it.
+                target(
+                    "postgres SqlQueue claim+ack / bare SKIP LOCKED claim+ack",
+                    ours.consume / bare.consume,
+                    "x",
+                    Goal::AtLeast(0.8),
+                );
+                if let Some(apalis) = &apalis {
+                    target(
+                        "postgres SqlQueue claim+ack / apalis claim+ack",
+                        ours.consume / apalis.consume,
+                        "x",
+                        Goal::AtLeast(1.0),
+                    );
                 }
                 failed = apalis_error.map(|e| e.context("apalis-postgres"));
             }

@@ -25,6 +25,7 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use emulator::Emulator;
+use mq_bench_report::{Goal, target};
 use mq_core::backend::{AimdOptions, AimdStrategy};
 use mq_core::{
     Batch, ConsumerOptions, HandlerContext, Message, MessageQueue, NewMessage, QueueName,
@@ -188,6 +189,18 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "consumer: bare GetRecords {bare_get:>10.0} rec/s | mq KinesisQueue   {mq_get:>10.0} rec/s | ratio {:.2}",
         mq_get / bare_get
+    );
+    target(
+        "KinesisProducer rate / bare PutRecords rate",
+        mq_put / bare_put,
+        "x",
+        Goal::AtLeast(0.9),
+    );
+    target(
+        "KinesisQueue rate / bare GetRecords rate",
+        mq_get / bare_get,
+        "x",
+        Goal::AtLeast(0.9),
     );
     Ok(())
 }
