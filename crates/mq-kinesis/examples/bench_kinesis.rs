@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use emulator::Emulator;
 use mq_bench_report::{Goal, target};
 use mq_core::backend::{AimdOptions, AimdStrategy};
@@ -40,14 +40,36 @@ const ROUNDS: usize = 2;
 
 /// Reads every shard of `stream` in parallel from the trim horizon, parsing each record as JSON.
 async fn bare_read(client: &Client, stream: &str) -> anyhow::Result<usize> {
+    let shards = client.list_shards().stream_name(stream).send().await?;
     let mut tasks = tokio::task::JoinSet::new();
-    for shard in emulator::shard_ids(client, stream).await {
-        let (c, stream) = (client.clone(), stream.to_owned());
+    for s in shards.shards() {
+        let (c, shard, stream) = (client.clone(), s.shard_id().to_owned(), stream.to_owned());
         tasks.spawn(async move {
             let mut count = 0usize;
-            for r in emulator::shard_records(&c, &stream, &shard).await {
-                let v: serde_json::Value = serde_json::from_slice(r.data().as_ref())?;
-                count += usize::from(v.is_object());
+            let mut it = c
+                .get_shard_iterator()
+                .stream_name(stream)
+                .shard_id(shard)
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await?
+                .shard_iterator()
+                .map(str::to_owned);
+            while let Some(i) = it {
+                let out = c
+                    .get_records()
+                    .shard_iterator(i)
+                    .limit(10_000)
+                    .send()
+                    .await?;
+                if out.records().is_empty() {
+                    break;
+                }
+                for r in out.records() {
+                    let v: serde_json::Value = serde_json::from_slice(r.data().as_ref())?;
+                    count += usize::from(v.is_object());
+                }
+                it = out.next_shard_iterator().map(str::to_owned);
             }
             anyhow::Ok(count)
         });
