@@ -51,7 +51,8 @@ pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn on_path(program: &str) -> bool {
+/// True when `program` is an executable file in a `PATH` directory.
+pub(crate) fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
@@ -199,13 +200,15 @@ pub(crate) fn program(program: &str, package: &str) -> Result<()> {
     apt_install(&[package])
 }
 
-fn answers(addr: &str) -> bool {
+/// True when something accepts a TCP connection on `addr` within half a second.
+pub(crate) fn answers(addr: &str) -> bool {
     addr.parse::<std::net::SocketAddr>().ok().is_some_and(|a| {
         std::net::TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok()
     })
 }
 
-fn wait_for(addr: &str) -> Result<()> {
+/// Waits up to 60 s for `addr` to answer.
+pub(crate) fn wait_for(addr: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !answers(addr) {
         if Instant::now() > deadline {

@@ -4,12 +4,13 @@
 //! written to a file in the temp dir, and `down` stops exactly that process, after checking the
 //! pid still belongs to that program.
 
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::provision::{answers, on_path, wait_for};
 
 /// A service the tests may need.
 struct Service {
@@ -217,17 +218,6 @@ fn shell_quoted(value: &str) -> String {
     }
 }
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-}
-
-fn answers(addr: &str) -> bool {
-    addr.parse::<SocketAddr>()
-        .ok()
-        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
-}
-
 /// Where xtask records the pid of a service it started.
 fn pid_file(s: &Service) -> PathBuf {
     std::env::temp_dir().join(format!("mq-xtask-{}.pid", s.name))
@@ -260,10 +250,8 @@ pub(crate) fn up() -> Result<Vec<(String, String)>> {
     for s in SERVICES {
         if !answers(s.addr) {
             start(s);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !answers(s.addr) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            // a server that does not come up is reported below with the others
+            let _ = wait_for(s.addr);
         }
         if answers(s.addr) {
             for (k, v) in s.vars {
