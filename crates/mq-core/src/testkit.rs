@@ -48,6 +48,8 @@ pub mod control;
 pub mod dead_letter;
 mod support;
 
+pub use support::publish_all;
+
 /// Builds isolated queues of one backend for the conformance cases.
 #[async_trait]
 pub trait QueueFactory: Send + Sync + 'static {

@@ -35,7 +35,7 @@ pub(crate) async fn setup(
 }
 
 /// Publishes `messages` and asserts every one was stored.
-pub(crate) async fn publish_all(q: &dyn MessageQueue, name: &QueueName, messages: Vec<NewMessage>) {
+pub async fn publish_all(q: &dyn MessageQueue, name: &QueueName, messages: Vec<NewMessage>) {
     q.publish(name, messages)
         .await
         .expect("publish")

@@ -223,15 +223,7 @@ pub async fn register_and_publish(queue: &KinesisQueue, stream: &str, n: usize) 
     q
 }
 
-/// Publishes `messages` to `q`, asserting that every one was accepted.
-pub async fn publish_all(queue: &KinesisQueue, q: &QueueName, messages: Vec<NewMessage>) {
-    let report = queue.publish(q, messages).await.unwrap();
-    assert!(
-        report.is_complete(),
-        "not published: {:?}",
-        report.failed.first()
-    );
-}
+pub use mq_core::testkit::publish_all;
 
 /// ferrokinesis 0.7 validates SubscribeToShard's `StartingPosition` as a structure with `Type`
 /// only and drops its `SequenceNumber` and `Timestamp`, so AFTER_SEQUENCE_NUMBER and

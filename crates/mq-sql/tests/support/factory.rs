@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use mq_core::backend::QueueStore;
+pub use mq_core::testkit::publish_all;
 use mq_core::testkit::{QueueFactory, service_url};
 use mq_core::{CommonOptions, MessageQueue, NewMessage, QueueName};
 use mq_sql::{SqlOptions, SqlQueue, SqlStore};
@@ -122,12 +123,6 @@ pub async fn fresh_table(db: Db, prefix: &str, test: &str) -> Option<(String, St
     let table = table_name(prefix, test);
     drop_table(db, &url, &table).await;
     Some((url, table))
-}
-
-/// Publishes `messages` to `name`, expecting every one stored.
-pub async fn publish_all(q: &dyn MessageQueue, name: &QueueName, messages: Vec<NewMessage>) {
-    let report = q.publish(name, messages).await.expect("publish");
-    report.into_result().expect("every message stored");
 }
 
 /// Options for a test table.
