@@ -523,24 +523,14 @@ impl<S: QueueStore> Worker<S> {
                     )),
                 }
             };
-            self.complete(&over, &exhausted, Duration::ZERO, &mut report)
+            self.complete(&over, &exhausted, Duration::ZERO, false, &mut report)
                 .await?;
         }
         if !runnable.is_empty() {
             let (runnable, run) = self.run_handler(runnable).await;
             report.cancelled = run.cancelled();
-            let outcome_of = |m: &Message| {
-                let outcome = run.outcome_of(&m.id);
-                match outcome {
-                    // A batch cut short by shutdown comes back at once for the next consumer.
-                    Outcome::Retry { error, .. } if run.aborted => Outcome::Retry {
-                        after: Some(Duration::ZERO),
-                        error,
-                    },
-                    other => other,
-                }
-            };
-            self.complete(&runnable, &outcome_of, run.took, &mut report)
+            let outcome_of = |m: &Message| run.outcome_of(&m.id);
+            self.complete(&runnable, &outcome_of, run.took, run.aborted, &mut report)
                 .await?;
         }
         Ok(report)
@@ -702,13 +692,28 @@ impl<S: QueueStore> Worker<S> {
         messages: &[Message],
         outcome_of: &(dyn Fn(&Message) -> Outcome + Sync),
         handler_duration: Duration,
+        aborted: bool,
         report: &mut BatchReport,
     ) -> Result<()> {
         let now = Utc::now();
         let policy = self.options.get_retry();
+        // What a handler stopped by shutdown did not finish comes back at once for the next
+        // consumer, and that delivery does not count: the message did not fail, so even on its
+        // last attempt it is released rather than dead-lettered.
+        let mut released = vec![false; messages.len()];
         let mut plan: Vec<Settlement> = messages
             .iter()
-            .map(|m| self.runner.settle(m, &outcome_of(m), policy))
+            .zip(&mut released)
+            .map(|(m, released)| match outcome_of(m) {
+                Outcome::Retry { error, .. } if aborted => {
+                    *released = true;
+                    Settlement::Retry {
+                        delay: Duration::ZERO,
+                        error,
+                    }
+                }
+                outcome => self.runner.settle(m, &outcome, policy),
+            })
             .collect();
         // Dead letters are stored before the terminal status is written: if the sink fails, the
         // message is retried instead, so it never ends terminal without its dead letter.
@@ -720,8 +725,25 @@ impl<S: QueueStore> Worker<S> {
             .collect();
         let mut dead_lettered = false;
         if let (false, Some(sink)) = (terminal.is_empty(), &self.dead_letters) {
+            // A message whose lease is gone is another consumer's now: its dead letter would
+            // leave it both dead-lettered and live. Renewing first proves the lease is still
+            // ours and gives the sink a whole lease to write in.
+            let claims: Vec<Claim> = terminal.iter().map(|&i| Claim::of(&messages[i])).collect();
+            let lease = self.options.get_lease_duration();
+            let renewed = tokio::time::timeout(
+                lease / 3,
+                self.store.renew(&self.queue, self.holder(), &claims),
+            )
+            .await;
+            let held_since = Instant::now();
+            let gone: HashSet<Claim> = match renewed {
+                Ok(Ok(gone)) => gone.into_iter().collect(),
+                // Unknown: the completion below is fenced by the store either way.
+                _ => HashSet::new(),
+            };
             let letters: Vec<DeadLetter> = terminal
                 .iter()
+                .filter(|&&i| !gone.contains(&Claim::of(&messages[i])))
                 .filter_map(|&i| match &plan[i] {
                     Settlement::Finish {
                         error, exhausted, ..
@@ -735,7 +757,17 @@ impl<S: QueueStore> Worker<S> {
                 })
                 .collect();
             let count = letters.len();
-            match sink.dead_letter(letters).await {
+            // The sink must finish while the lease still holds; a sink still writing then is
+            // given up on, and the messages retried (their completion then still applies).
+            let budget = (lease * 2 / 3).saturating_sub(held_since.elapsed());
+            let stored = match tokio::time::timeout(budget, sink.dead_letter(letters)).await {
+                Ok(stored) => stored,
+                Err(_) => Err(format!(
+                    "the dead-letter store did not answer within {budget:?}, before the lease could lapse"
+                )
+                .into()),
+            };
+            match stored {
                 Ok(()) => dead_lettered = true,
                 Err(source) => {
                     let err = Error::DeadLetter { count, source };
@@ -754,7 +786,15 @@ impl<S: QueueStore> Worker<S> {
         let completions: Vec<Completion> = messages
             .iter()
             .zip(&plan)
-            .map(|(m, p)| Completion::new(Claim::of(m), action_of(p, now, dead_lettered)))
+            .zip(&released)
+            .map(|((m, p), &released)| {
+                let action = if released {
+                    CompletionAction::Release
+                } else {
+                    action_of(p, now, dead_lettered)
+                };
+                Completion::new(Claim::of(m), action)
+            })
             .collect();
         let rejected: HashSet<Claim> = self.complete_with_retries(completions).await?;
         report.lease_lost = rejected.len();

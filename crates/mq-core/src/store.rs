@@ -67,6 +67,10 @@ pub enum CompletionAction {
         /// The handler's error.
         error: Option<ErrorChain>,
     },
+    /// Back to scheduled, deliverable at once, and this delivery not counted (`attempts` goes
+    /// back down by one): the handler was stopped by shutdown, not failed by the message, so a
+    /// message on its last attempt is not dead-lettered for it.
+    Release,
     /// Terminal: mark `status` ([`Status::Failed`] or [`Status::DeadLettered`]).
     Finish {
         /// The terminal status.

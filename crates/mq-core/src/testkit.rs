@@ -452,6 +452,7 @@ macro_rules! conformance_tests {
             expired_lease_is_claimed_again_and_fences_the_old_owner,
             panicking_handler_retries_the_batch,
             shutdown_cancels_handlers_after_the_grace_period,
+            shutdown_abort_on_the_last_attempt_releases_the_message,
             shutdown_waits_for_consume_batch_and_repeats_safely,
             absurd_delays_are_handled_without_panics,
             hung_handler_is_dropped_and_shutdown_returns,

@@ -182,6 +182,10 @@ impl QueueStore for VecStore {
                 h.message.status = Status::Scheduled;
                 h.message.execute_at = execute_at;
             }
+            CompletionAction::Release => {
+                h.message.status = Status::Scheduled;
+                h.message.attempts = h.message.attempts.saturating_sub(1);
+            }
             CompletionAction::Finish { status, .. } => h.message.status = status,
             // Ack, and anything newer: the message is done.
             _ => h.message.status = Status::Executed,

@@ -406,6 +406,17 @@ impl QueueStore for MemoryStore {
                         wake |= execute_at <= now;
                         st.schedule(c.claim.id, execute_at, now);
                     }
+                    CompletionAction::Release => {
+                        if let Some(e) = st.entries.get_mut(&c.claim.id) {
+                            e.lease = None;
+                            e.message.status = Status::Scheduled;
+                            e.message.execute_at = now;
+                            e.message.updated_at = now;
+                            e.message.attempts = e.message.attempts.saturating_sub(1);
+                        }
+                        wake = true;
+                        st.schedule(c.claim.id, now, now);
+                    }
                     CompletionAction::Finish { status, .. } => {
                         if let Some(mut e) = st.entries.remove(&c.claim.id) {
                             *st.done.entry(status).or_default() += 1;

@@ -29,6 +29,7 @@ pub use refusals::{
 };
 pub use shutdown::{
     handler_timeout_cancels_and_retries, hung_handler_is_dropped_and_shutdown_returns,
+    shutdown_abort_on_the_last_attempt_releases_the_message,
     shutdown_cancels_handlers_after_the_grace_period,
     shutdown_waits_for_consume_batch_and_repeats_safely, shutdown_waits_for_in_flight_handler,
 };

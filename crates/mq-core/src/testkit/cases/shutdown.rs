@@ -136,6 +136,47 @@ pub async fn shutdown_cancels_handlers_after_the_grace_period(f: &dyn QueueFacto
     assert_eq!(rec.count("acked") + rec.count("failed"), 0);
 }
 
+/// A handler stopped by shutdown on its message's last attempt does not use that attempt up:
+/// the message is released for the next consumer, neither failed nor dead-lettered.
+pub async fn shutdown_abort_on_the_last_attempt_releases_the_message(
+    f: &dyn QueueFactory,
+    test: &str,
+) {
+    let dlq = Arc::new(RecordingDeadLetters::default());
+    let (rec, common) = observed();
+    let (q, name) = or_skip!(setup(f, test, common.dead_letters(dlq.clone())).await);
+    publish_all(&*q, &name, vec![msg(1).max_attempts(1)]).await;
+    let (started, _) = two_flags();
+    let s = started.clone();
+    let h = handler_fn(move |_b: Batch, ctx: HandlerContext| {
+        let s = s.clone();
+        async move {
+            s.store(true, Ordering::SeqCst);
+            ctx.cancelled().await;
+            Err::<(), _>(std::io::Error::other("interrupted by shutdown"))
+        }
+    });
+    let opts = fast_options().shutdown_grace(Duration::from_millis(100));
+    let _c = q.consume(&name, Arc::new(h), opts).await.expect("consume");
+    eventually(LONG, "handler started", || started.load(Ordering::SeqCst)).await;
+    q.shutdown().await.expect("shutdown");
+    assert_eq!(rec.count("failed"), 0, "the last attempt was not failed");
+    assert_eq!(dlq.len(), 0, "nothing was dead-lettered");
+    assert_eq!(rec.count("retried"), 1, "the message was released");
+    let store = f.store(test).await.expect("a polling backend has a store");
+    let holder = crate::backend::Holder::new("next-consumer", Duration::from_secs(30));
+    let claimed = store.claim(&name, holder, 10).await.expect("claim");
+    assert_eq!(
+        claimed.messages.len(),
+        1,
+        "released at once for the next consumer"
+    );
+    assert_eq!(
+        claimed.messages[0].attempts, 1,
+        "the delivery cut short by shutdown was not counted"
+    );
+}
+
 /// Shutdown waits for a `consume_batch` call in flight, and a second, concurrent shutdown
 /// returns only when the first has finished.
 pub async fn shutdown_waits_for_consume_batch_and_repeats_safely(f: &dyn QueueFactory, test: &str) {
