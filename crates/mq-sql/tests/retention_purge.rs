@@ -56,3 +56,59 @@ async fn purge(db: Db, test: &str, archive: bool) {
 
 test_on_each_db!(purge_delete, |db, test| purge(db, test, false));
 test_on_each_db!(purge_archive, |db, test| purge(db, test, true));
+
+/// A message id published again after its first run was archived is archived again: the second
+/// purge must not fail on the first copy (which would stop retention for good).
+async fn archive_keeps_the_latest_run_of_a_reused_id(db: Db, test: &str) {
+    let Some((url, table)) = fresh_table(db, "ra", test).await else {
+        return;
+    };
+    let opts = options(&table).archive(true);
+    let name = QueueName::new("retention").expect("name");
+    let id = mq_core::MessageId::new("reused-1").expect("id");
+    let (first, second, archived) = support::for_db!(db, |DB| {
+        let q = SqlQueue::<DB>::connect(&url, opts.common(CommonOptions::default()))
+            .await
+            .expect("connect");
+        q.register(&name).await.expect("register");
+        let handler = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {}));
+        let batch = mq_core::ConsumerOptions::default().batch_size(10);
+        let mut purged = Vec::new();
+        for run in 0..2 {
+            let m = NewMessage::new("t", serde_json::json!({ "run": run })).id(id.clone());
+            publish_all(&q, &name, vec![m]).await;
+            let r = q
+                .consume_batch(&name, handler.clone(), &batch)
+                .await
+                .expect("batch");
+            assert_eq!(r.acked, 1, "run {run}");
+            purged.push(q.purge_finished(Duration::ZERO, 10).await);
+        }
+        let pool = q.store().pool().clone();
+        let runs: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(payload AS CHAR(64)) FROM {table}_archive WHERE id = 'reused-1'"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_else(|e| vec![format!("archive unreadable: {e}")]);
+        q.shutdown().await.expect("shutdown");
+        let second = purged.pop().expect("two purges");
+        let first = purged.pop().expect("two purges");
+        (first, second, runs)
+    });
+    assert_eq!(first.expect("first purge"), 1, "{db:?}");
+    let second = second.unwrap_or_else(|e| panic!("{db:?}: second purge failed: {e}"));
+    assert_eq!(second, 1, "{db:?}");
+    assert!(
+        archived
+            .iter()
+            .any(|p| p.contains("\"run\":1") || p.contains("\"run\": 1")),
+        "{db:?}: the archive holds the latest run: {archived:?}"
+    );
+    drop_table(db, &url, &table).await;
+}
+
+test_on_each_db!(
+    archive_reused_id,
+    archive_keeps_the_latest_run_of_a_reused_id
+);

@@ -16,7 +16,8 @@ use super::{CHUNK, Dialect};
 use crate::error::{Error, backend};
 use crate::options::SqlOptions;
 use crate::store::{
-    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros,
+    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, insert_chunks,
+    micros,
 };
 
 super::aliases!(
@@ -250,13 +251,15 @@ impl Dialect for MySql {
         }
         for chunk in others.chunks(CHUNK) {
             let derived = vec![
-                "SELECT ? AS id, ? AS status, CAST(? AS DATETIME(6)) AS execute_at, ? AS last_error";
+                "SELECT ? AS id, ? AS status, CAST(? AS SIGNED) AS delay_us, ? AS last_error, \
+                 CAST(? AS SIGNED) AS uncount";
                 chunk.len()
             ]
             .join(" UNION ALL ");
             let mut q = sqlx::query(AssertSqlSafe(format!(
                 "UPDATE {t} AS t JOIN ({derived}) AS c ON t.queue = ? AND t.id = c.id \
-                 SET t.status = c.status, t.execute_at = COALESCE(c.execute_at, t.execute_at), \
+                 SET t.status = c.status, t.attempts = t.attempts - c.uncount, \
+                   t.execute_at = COALESCE(UTC_TIMESTAMP(6) + INTERVAL c.delay_us MICROSECOND, t.execute_at), \
                    t.last_error = COALESCE(c.last_error, t.last_error), \
                    t.lease_owner = IF(c.status = 'scheduled', NULL, t.lease_owner), \
                    t.lease_expires_at = NULL, t.updated_at = UTC_TIMESTAMP(6)"
@@ -265,8 +268,9 @@ impl Dialect for MySql {
                 q = q
                     .bind(r.id.as_str())
                     .bind(r.status)
-                    .bind(r.execute_at.map(naive))
-                    .bind(r.last_error.as_deref());
+                    .bind(r.delay_us)
+                    .bind(r.last_error.as_deref())
+                    .bind(r.uncount);
             }
             q.bind(queue.as_str())
                 .execute(&mut *tx)
@@ -304,8 +308,11 @@ impl Dialect for MySql {
         if !seqs.is_empty() {
             let list = placeholders(seqs.len());
             if archive {
+                // The archive has the table's keys: a message id published again after its
+                // first run was archived (or a seq reused after a table rebuild) would fail the
+                // insert on every pass and stop retention. The latest run replaces the older copy.
                 let mut q = sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO {} SELECT * FROM {t} WHERE seq IN ({list})",
+                    "REPLACE INTO {} SELECT * FROM {t} WHERE seq IN ({list})",
                     names.archive
                 )));
                 for s in &seqs {
@@ -411,10 +418,6 @@ fn bind_ids<'q, S: AsRef<str>>(
     ids.into_iter().fold(q, |q, id| q.bind(id.as_ref()))
 }
 
-fn naive(d: DateTime<Utc>) -> NaiveDateTime {
-    d.naive_utc()
-}
-
 /// Selects the ids of `queue` among `ids` under `where_` (no bind parameters of its own),
 /// locking them.
 async fn select_ids(
@@ -439,30 +442,29 @@ async fn insert_chunk(
     conn: &mut MySqlConnection,
     t: &str,
     queue: &QueueName,
-    messages: &[&Message],
+    rows: &[InsertRow],
 ) -> Result<(), sqlx::Error> {
-    let row = "(?, ?, ?, ?, 'scheduled', ?, ?, 0, ?, ?, ?, ?, ?, ?)";
-    let values = vec![row; messages.len()].join(", ");
+    // Due and expiry times are offsets the server adds to its own clock.
+    let row = "(?, ?, ?, ?, 'scheduled', UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+        UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, 0, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), ?, ?)";
+    let values = vec![row; rows.len()].join(", ");
     let sql = format!(
         "INSERT INTO {t} (queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
            max_attempts, retry_delay_ms, created_at, updated_at, partition_key, metadata) VALUES {values}"
     );
     let mut q = sqlx::query(AssertSqlSafe(sql));
-    for m in messages {
-        let r = InsertRow::of(m);
+    for r in rows {
         q = q
-            .bind(queue.as_str().to_owned())
-            .bind(r.id)
-            .bind(r.message_type)
-            .bind(r.payload)
-            .bind(naive(r.execute_at))
-            .bind(r.expires_at.map(naive))
+            .bind(queue.as_str())
+            .bind(r.id.as_str())
+            .bind(r.message_type.as_str())
+            .bind(r.payload.as_str())
+            .bind(r.execute_in_us)
+            .bind(r.expires_in_us)
             .bind(r.max_attempts)
             .bind(r.retry_delay_ms)
-            .bind(naive(r.created_at))
-            .bind(naive(r.created_at))
-            .bind(r.partition_key)
-            .bind(r.metadata);
+            .bind(r.partition_key.as_deref())
+            .bind(r.metadata.as_deref());
     }
     q.execute(&mut *conn).await.map(|_| ())
 }
@@ -486,15 +488,16 @@ async fn try_insert(
     .into_iter()
     .collect();
     let mut seen = HashSet::with_capacity(messages.len());
-    let fresh: Vec<&Message> = messages
+    let fresh: Vec<InsertRow> = messages
         .iter()
         .filter(|m| !existing.contains(m.id.as_str()) && seen.insert(m.id.as_str()))
+        .map(InsertRow::of)
         .collect();
-    for chunk in fresh.chunks(CHUNK) {
-        insert_chunk(&mut tx, t, queue, chunk).await?;
+    for range in insert_chunks(&fresh, CHUNK) {
+        insert_chunk(&mut tx, t, queue, &fresh[range]).await?;
     }
     tx.commit().await?;
-    Ok(fresh.iter().map(|m| m.id.as_str().to_owned()).collect())
+    Ok(fresh.into_iter().map(|r| r.id).collect())
 }
 
 fn is_duplicate_key(e: &sqlx::Error) -> bool {

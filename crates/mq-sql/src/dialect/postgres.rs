@@ -17,14 +17,17 @@ use crate::error::backend;
 use crate::options::SqlOptions;
 use crate::queue::SqlQueue;
 use crate::store::{
-    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, match_inserted,
-    micros,
+    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, insert_chunks,
+    match_inserted, micros,
 };
 
 super::aliases!(
     Postgres, "PostgreSQL", feature "postgres", pool PgPool:
     PgQueue, PgCheckpointStore, PgDeadLetterStore
 );
+
+/// The most rows one insert statement carries.
+const INSERT_ROWS: usize = 5000;
 
 const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.execute_at, t.expires_at, \
     t.attempts, t.max_attempts, t.retry_delay_ms, t.created_at, t.updated_at, t.processing_started_at, \
@@ -103,12 +106,23 @@ impl Dialect for Postgres {
         queue: &QueueName,
         messages: &[Message],
     ) -> mq_core::Result<Vec<String>> {
-        let mut conn = store.pool.acquire().await.map_err(backend("publish"))?;
-        let mut out = Vec::with_capacity(messages.len());
-        for chunk in messages.chunks(5000) {
-            let notify = store.options.get_notify();
-            out.extend(insert_on(&mut conn, &store.names, notify, queue, chunk, true).await?);
+        let rows: Vec<InsertRow> = messages.iter().map(InsertRow::of).collect();
+        let chunks = insert_chunks(&rows, INSERT_ROWS);
+        let notify = store.options.get_notify();
+        if chunks.len() <= 1 {
+            // One statement: atomic by itself.
+            let mut conn = store.pool.acquire().await.map_err(backend("publish"))?;
+            return insert_on(&mut conn, &store.names, notify, queue, &rows, true).await;
         }
+        // Several statements in one transaction, so a publish is stored whole or not at all.
+        // Inside it a duplicate id must not abort the transaction: conflicts are skipped.
+        let mut tx = store.pool.begin().await.map_err(backend("publish"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for range in chunks {
+            let chunk = &rows[range];
+            out.extend(insert_on(&mut tx, &store.names, notify, queue, chunk, false).await?);
+        }
+        tx.commit().await.map_err(backend("publish"))?;
         Ok(out)
     }
 
@@ -214,13 +228,15 @@ impl Dialect for Postgres {
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
         let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
-        let execute_at: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.execute_at).collect();
+        // Due times travel as delays the server adds to its own clock.
+        let delays: Vec<Option<i64>> = rows.iter().map(|r| r.delay_us).collect();
         let errors: Vec<Option<&str>> = rows.iter().map(|r| r.last_error.as_deref()).collect();
+        let uncount: Vec<i32> = rows.iter().map(|r| r.uncount).collect();
         let sql = format!(
             "WITH c AS MATERIALIZED ( \
-               SELECT x.tid, c.attempt, c.status, c.execute_at, c.last_error \
-               FROM unnest($2::text[], $3::int4[], $4::text[], $5::timestamptz[], $6::text[]) \
-                 AS c(id, attempt, status, execute_at, last_error) \
+               SELECT x.tid, c.attempt, c.status, c.delay_us, c.last_error, c.uncount \
+               FROM unnest($2::text[], $3::int4[], $4::text[], $5::int8[], $6::text[], $9::int4[]) \
+                 AS c(id, attempt, status, delay_us, last_error, uncount) \
                CROSS JOIN LATERAL (SELECT ctid AS tid FROM {t} x WHERE x.queue = $1 AND x.id = c.id \
                  AND x.attempts = c.attempt AND x.status || '' = 'processing' AND x.lease_owner = $7 \
                  AND x.lease_expires_at - now() > interval '0' OFFSET 0) x \
@@ -232,7 +248,9 @@ impl Dialect for Postgres {
                  AND t.lease_owner = $7 \
                RETURNING t.id, 'executed'::text AS status \
              ), upd AS ( \
-               UPDATE {t} t SET status = c.status, execute_at = COALESCE(c.execute_at, t.execute_at), \
+               UPDATE {t} t SET status = c.status, \
+                 execute_at = COALESCE(now() + c.delay_us * interval '1 microsecond', t.execute_at), \
+                 attempts = t.attempts - c.uncount, \
                  last_error = COALESCE(c.last_error, t.last_error), \
                  lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
                  lease_expires_at = NULL, updated_at = now() \
@@ -250,10 +268,11 @@ impl Dialect for Postgres {
             .bind(&ids)
             .bind(&attempts)
             .bind(&statuses)
-            .bind(&execute_at)
+            .bind(&delays)
             .bind(&errors)
             .bind(owner)
             .bind(store.options.get_delete_on_ack())
+            .bind(&uncount)
             .fetch_all(&store.pool)
             .await
             .map_err(backend("complete"))
@@ -379,38 +398,26 @@ async fn back_off(cancel: &CancellationToken, backoff: &mut Duration) -> bool {
     }
 }
 
-/// Inserts `messages` on `conn`; returns the ids stored (the others were duplicates).
+/// Inserts `rows` on `conn`; returns the ids stored (the others were duplicates).
 async fn insert_on(
     conn: &mut PgConnection,
     names: &Names,
     notify: bool,
     queue: &QueueName,
-    messages: &[Message],
+    rows: &[InsertRow],
     optimistic: bool,
 ) -> mq_core::Result<Vec<String>> {
-    let rows: Vec<InsertRow> = messages.iter().map(InsertRow::of).collect();
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut types = Vec::with_capacity(rows.len());
-    let mut payloads = Vec::with_capacity(rows.len());
-    let mut execute_at = Vec::with_capacity(rows.len());
-    let mut expires_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(rows.len());
-    let mut max_attempts: Vec<Option<i32>> = Vec::with_capacity(rows.len());
-    let mut retry_delay: Vec<Option<i64>> = Vec::with_capacity(rows.len());
-    let mut created_at = Vec::with_capacity(rows.len());
-    let mut partition_key: Vec<Option<String>> = Vec::with_capacity(rows.len());
-    let mut metadata: Vec<Option<String>> = Vec::with_capacity(rows.len());
-    for r in rows {
-        ids.push(r.id);
-        types.push(r.message_type);
-        payloads.push(r.payload);
-        execute_at.push(r.execute_at);
-        expires_at.push(r.expires_at);
-        max_attempts.push(r.max_attempts);
-        retry_delay.push(r.retry_delay_ms);
-        created_at.push(r.created_at);
-        partition_key.push(r.partition_key);
-        metadata.push(r.metadata);
-    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.message_type.as_str()).collect();
+    let payloads: Vec<&str> = rows.iter().map(|r| r.payload.as_str()).collect();
+    // Due and expiry times travel as offsets the server adds to its own clock.
+    let execute_in: Vec<i64> = rows.iter().map(|r| r.execute_in_us).collect();
+    let expires_in: Vec<Option<i64>> = rows.iter().map(|r| r.expires_in_us).collect();
+    let max_attempts: Vec<Option<i32>> = rows.iter().map(|r| r.max_attempts).collect();
+    let retry_delay: Vec<Option<i64>> = rows.iter().map(|r| r.retry_delay_ms).collect();
+    let partition_key: Vec<Option<&str>> =
+        rows.iter().map(|r| r.partition_key.as_deref()).collect();
+    let metadata: Vec<Option<&str>> = rows.iter().map(|r| r.metadata.as_deref()).collect();
     let t = &names.table;
     // The notification rides on the insert (one round trip) and is sent on commit, only when
     // something was stored; the extra NULL row it yields is dropped below.
@@ -426,29 +433,29 @@ async fn insert_on(
         "WITH ins AS ( \
            INSERT INTO {t} (queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
              max_attempts, retry_delay_ms, created_at, updated_at, partition_key, metadata) \
-           SELECT $1, u.id, u.message_type, u.payload::jsonb, 'scheduled', u.execute_at, u.expires_at, 0, \
-             u.max_attempts, u.retry_delay_ms, u.created_at, u.created_at, u.partition_key, u.metadata::jsonb \
-           FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::int4[], \
-             $8::int8[], $9::timestamptz[], $10::text[], $11::text[]) WITH ORDINALITY \
-             AS u(id, message_type, payload, execute_at, expires_at, max_attempts, retry_delay_ms, created_at, \
+           SELECT $1, u.id, u.message_type, u.payload::jsonb, 'scheduled', \
+             now() + u.execute_in * interval '1 microsecond', now() + u.expires_in * interval '1 microsecond', 0, \
+             u.max_attempts, u.retry_delay_ms, now(), now(), u.partition_key, u.metadata::jsonb \
+           FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int4[], \
+             $8::int8[], $9::text[], $10::text[]) WITH ORDINALITY \
+             AS u(id, message_type, payload, execute_in, expires_in, max_attempts, retry_delay_ms, \
              partition_key, metadata, ord) \
            ORDER BY u.ord \
            {conflict} RETURNING id \
          ) \
          SELECT id FROM ins \
          UNION ALL \
-         SELECT NULL FROM (SELECT pg_notify($12, $1) FROM (SELECT 1 FROM ins LIMIT 1) one WHERE $13) n"
+         SELECT NULL FROM (SELECT pg_notify($11, $1) FROM (SELECT 1 FROM ins LIMIT 1) one WHERE $12) n"
     );
     let result: Result<Vec<Option<String>>, sqlx::Error> = sqlx::query_scalar(AssertSqlSafe(sql))
         .bind(queue.as_str())
         .bind(&ids)
         .bind(&types)
         .bind(&payloads)
-        .bind(&execute_at)
-        .bind(&expires_at)
+        .bind(&execute_in)
+        .bind(&expires_in)
         .bind(&max_attempts)
         .bind(&retry_delay)
-        .bind(&created_at)
         .bind(&partition_key)
         .bind(&metadata)
         .bind(&names.channel)
@@ -457,7 +464,7 @@ async fn insert_on(
         .await;
     let inserted = match result {
         Err(sqlx::Error::Database(e)) if optimistic && e.code().as_deref() == Some("23505") => {
-            return Box::pin(insert_on(conn, names, notify, queue, messages, false)).await;
+            return Box::pin(insert_on(conn, names, notify, queue, rows, false)).await;
         }
         other => other.map_err(backend("publish"))?,
     };
@@ -502,11 +509,13 @@ impl SqlQueue<Postgres> {
         let prepared = self.polling().prepare(&queue, messages, &mut report.failed);
         let (indexes, msgs): (Vec<usize>, Vec<Message>) = prepared.into_iter().unzip();
         let store = self.store();
+        let notify = store.options.get_notify();
+        let rows: Vec<InsertRow> = msgs.iter().map(InsertRow::of).collect();
         let mut results = Vec::with_capacity(msgs.len());
-        for chunk in msgs.chunks(5000) {
-            let notify = store.options.get_notify();
+        for range in insert_chunks(&rows, INSERT_ROWS) {
+            let (chunk, messages) = (&rows[range.clone()], &msgs[range]);
             let inserted = insert_on(conn, &store.names, notify, &queue, chunk, false).await?;
-            results.extend(match_inserted(&queue, chunk, inserted));
+            results.extend(match_inserted(&queue, messages, inserted));
         }
         for ((res, m), index) in results.into_iter().zip(&msgs).zip(indexes) {
             match res {

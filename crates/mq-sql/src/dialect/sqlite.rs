@@ -18,7 +18,8 @@ use super::{CHUNK, Dialect};
 use crate::error::backend;
 use crate::options::SqlOptions;
 use crate::store::{
-    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, micros,
+    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, insert_chunks,
+    micros,
 };
 
 super::aliases!(
@@ -68,9 +69,10 @@ impl Dialect for Sqlite {
         messages: &[Message],
     ) -> mq_core::Result<Vec<String>> {
         write(&store.pool, "publish", async |tx| {
-            let mut inserted = Vec::with_capacity(messages.len());
-            for chunk in messages.chunks(CHUNK) {
-                inserted.extend(insert_chunk(tx, &store.names.table, queue, chunk).await?);
+            let rows: Vec<InsertRow> = messages.iter().map(InsertRow::of).collect();
+            let mut inserted = Vec::with_capacity(rows.len());
+            for range in insert_chunks(&rows, CHUNK) {
+                inserted.extend(insert_chunk(tx, &store.names.table, queue, &rows[range]).await?);
             }
             Ok(inserted)
         })
@@ -194,11 +196,11 @@ impl Dialect for Sqlite {
             let updated: Vec<(String, String)> = per_chunk(
                 tx,
                 &rows,
-                "(?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?)",
                 |values| {
                     format!(
-                        "WITH c(id, attempt, status, execute_at, last_error) AS (VALUES {values}) \
-                         UPDATE {t} AS t SET status = c.status, \
+                        "WITH c(id, attempt, status, execute_at, last_error, uncount) AS (VALUES {values}) \
+                         UPDATE {t} AS t SET status = c.status, attempts = t.attempts - c.uncount, \
                            execute_at = COALESCE(c.execute_at, t.execute_at), \
                            last_error = COALESCE(c.last_error, t.last_error), \
                            lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
@@ -212,6 +214,7 @@ impl Dialect for Sqlite {
                         .bind(r.status)
                         .bind(r.execute_at.map(|d| d.timestamp_micros()))
                         .bind(r.last_error.clone())
+                        .bind(r.uncount)
                 },
                 |q| q.bind(now).bind(queue.as_str()).bind(owner).bind(now),
             )
@@ -339,31 +342,30 @@ async fn insert_chunk(
     conn: &mut SqliteConnection,
     t: &str,
     queue: &QueueName,
-    messages: &[Message],
+    rows: &[InsertRow],
 ) -> Result<Vec<String>, sqlx::Error> {
     let row = "(?, ?, ?, ?, 'scheduled', ?, ?, 0, ?, ?, ?, ?, ?, ?)";
-    let values = vec![row; messages.len()].join(", ");
+    let values = vec![row; rows.len()].join(", ");
     let sql = format!(
         "INSERT INTO {t} (queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
            max_attempts, retry_delay_ms, created_at, updated_at, partition_key, metadata) \
          VALUES {values} ON CONFLICT (queue, id) DO NOTHING RETURNING id"
     );
     let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-    for m in messages {
-        let r = InsertRow::of(m);
+    for r in rows {
         q = q
-            .bind(queue.as_str().to_owned())
-            .bind(r.id)
-            .bind(r.message_type)
-            .bind(r.payload)
+            .bind(queue.as_str())
+            .bind(r.id.as_str())
+            .bind(r.message_type.as_str())
+            .bind(r.payload.as_str())
             .bind(r.execute_at.timestamp_micros())
             .bind(r.expires_at.map(|d| d.timestamp_micros()))
             .bind(r.max_attempts)
             .bind(r.retry_delay_ms)
             .bind(r.created_at.timestamp_micros())
             .bind(r.created_at.timestamp_micros())
-            .bind(r.partition_key)
-            .bind(r.metadata);
+            .bind(r.partition_key.as_deref())
+            .bind(r.metadata.as_deref());
     }
     q.fetch_all(&mut *conn).await
 }
