@@ -17,9 +17,10 @@ use mq_core::backend::{
 use sqlx::{AssertSqlSafe, Connection, Executor, QueryBuilder};
 
 use crate::dialect::{Dialect, ReadRow, Sql};
+use crate::migrate::migrate;
 use crate::options::SqlOptions;
 use crate::options::validate_table;
-use crate::store::{connect_pool, migrate};
+use crate::store::connect_pool;
 
 /// The table [`SqlCheckpointStore`] uses unless told otherwise.
 pub const DEFAULT_CHECKPOINT_TABLE: &str = "mq_checkpoints";
@@ -315,6 +316,7 @@ where
         migrate(
             &store.pool,
             &store.table,
+            None,
             CHECKPOINT_SCHEMA_LOCK,
             steps,
             true,

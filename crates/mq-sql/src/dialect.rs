@@ -41,8 +41,10 @@ pub(crate) use migration;
 /// The migration constants of a [`Dialect`] impl: the files in `migrations/$database/`.
 macro_rules! migrations {
     ($database:literal) => {
-        const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)] =
-            &[$crate::dialect::migration!($database, "0001_messages.sql")];
+        const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)] = &[
+            $crate::dialect::migration!($database, "0001_messages.sql"),
+            $crate::dialect::migration!($database, "0002_remembered_ids.sql"),
+        ];
         const CHECKPOINT_MIGRATION: (&'static str, &'static str) =
             $crate::dialect::migration!($database, "0001_checkpoints.sql");
         const DEAD_LETTER_MIGRATION: &'static str =
@@ -212,6 +214,10 @@ pub trait Dialect: sqlx::Database<Arguments: IntoArguments<Self>, Row: ReadRow> 
             .map(|s| serde_json::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e))))
             .transpose()
     }
+    /// The clause that makes an insert into the remembered ids overwrite `forget_at` on a
+    /// conflict.
+    const REMEMBER_CONFLICT: &'static str =
+        " ON CONFLICT (queue, id) DO UPDATE SET forget_at = excluded.forget_at";
     /// The current time as a SQL expression, for queue statistics.
     fn stats_now() -> String;
     /// Milliseconds from the time expression `then` to `now`, as a SQL integer expression.

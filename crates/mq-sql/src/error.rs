@@ -71,6 +71,17 @@ pub enum Error {
         /// The table that was looked for.
         table: String,
     },
+    /// [`SqlOptions::create_schema`](crate::SqlOptions::create_schema)`(false)` is set and the
+    /// table lacks migrations this version needs.
+    #[error(
+        "table {table} lacks schema migrations {pending}: connect once with create_schema(true) as a role that may change the schema, or run `mqctl queue migrate`"
+    )]
+    SchemaBehind {
+        /// The queue table.
+        table: String,
+        /// The migrations it lacks, comma-separated.
+        pending: String,
+    },
     /// Creating or upgrading the schema failed.
     #[error("schema migration {migration} of table {table} failed")]
     Migrate {
@@ -114,7 +125,8 @@ impl From<Error> for mq_core::Error {
             }
             Error::Connect { .. }
             | Error::UnsupportedServer { .. }
-            | Error::MissingTable { .. } => mq_core::Error::backend("sql", "connect", e),
+            | Error::MissingTable { .. }
+            | Error::SchemaBehind { .. } => mq_core::Error::backend("sql", "connect", e),
             Error::Migrate { .. } => mq_core::Error::backend("sql", "migrate", e),
             Error::InvalidTableName { name } => mq_core::Error::invalid_name(
                 "table",

@@ -83,8 +83,10 @@ mod checkpoint;
 mod dead_letter;
 mod dialect;
 mod error;
+mod migrate;
 mod options;
 mod queue;
+mod remembered;
 mod store;
 
 pub use checkpoint::{DEFAULT_CHECKPOINT_TABLE, SqlCheckpointStore};
@@ -96,6 +98,7 @@ pub use dialect::postgres::{PgCheckpointStore, PgDeadLetterStore, PgQueue};
 #[cfg(feature = "sqlite")]
 pub use dialect::sqlite::{SqliteCheckpointStore, SqliteDeadLetterStore, SqliteQueue};
 pub use error::{Error, Result};
+pub use migrate::Migration;
 pub use options::SqlOptions;
 pub use queue::SqlQueue;
 /// The sqlx version this crate is built on, so applications that hand in their own pool need not

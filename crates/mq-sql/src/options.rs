@@ -43,6 +43,7 @@ pub struct SqlOptions {
     retention_batch: usize,
     archive: bool,
     delete_on_ack: bool,
+    idempotency_window: Duration,
     create_schema: bool,
     common: CommonOptions,
 }
@@ -59,6 +60,7 @@ impl Default for SqlOptions {
             retention_batch: 1000,
             archive: false,
             delete_on_ack: false,
+            idempotency_window: Duration::ZERO,
             create_schema: true,
             common: CommonOptions::default(),
         }
@@ -82,6 +84,22 @@ impl SqlOptions {
         /// assert!(options.get_delete_on_ack());
         /// ```
         delete_on_ack(on: bool) on;
+        /// How long a message id stays taken after its message finished, however its row goes
+        /// away: under [`delete_on_ack`](Self::delete_on_ack) an acknowledged message's id is
+        /// remembered (in `<table>_ids`) for this long, and retention never removes a row younger
+        /// than this. A publish that reuses such an id is refused as a duplicate, so a replay or a
+        /// retried publish cannot run a message twice. Zero (the default) remembers nothing beyond
+        /// the rows in the table.
+        ///
+        /// ```
+        /// use std::time::Duration;
+        ///
+        /// let options = mq_sql::SqlOptions::default()
+        ///     .delete_on_ack(true)
+        ///     .idempotency_window(Duration::from_secs(24 * 3600));
+        /// assert_eq!(options.get_idempotency_window(), Duration::from_secs(86_400));
+        /// ```
+        idempotency_window(d: Duration) d;
         /// The options every backend shares (message size limit, retry policy, ids, lifecycle
         /// observers).
         ///
@@ -155,6 +173,10 @@ impl SqlOptions {
     /// Whether acknowledged rows are deleted at once.
     pub fn get_delete_on_ack(&self) -> bool {
         self.delete_on_ack
+    }
+    /// How long a finished message's id stays taken.
+    pub fn get_idempotency_window(&self) -> Duration {
+        self.idempotency_window
     }
     /// Whether connecting creates the table if missing.
     pub fn get_create_schema(&self) -> bool {

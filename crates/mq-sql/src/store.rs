@@ -11,14 +11,16 @@ use chrono::{DateTime, Utc};
 use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, Holder, QueueStore};
 use mq_core::{Message, MessageId, Metadata, QueueName, Status};
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, Connection, Executor, IntoArguments, QueryBuilder};
+use sqlx::{Executor, IntoArguments, QueryBuilder};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dialect::{Dialect, ReadRow, Sql};
 use crate::error::{Error, backend};
+use crate::migrate::{Migration, migrate};
 use crate::options::SqlOptions;
+use crate::remembered;
 
 /// The advisory lock key serializing concurrent schema changes of queue tables.
 const QUEUE_SCHEMA_LOCK: i64 = 7_311_001;
@@ -147,13 +149,28 @@ where
         migrate(
             &store.pool,
             &store.names.table,
+            Some(&store.names.versions),
             QUEUE_SCHEMA_LOCK,
             steps,
             store.options.get_create_schema(),
         )
         .await?;
         DB::start(&store);
+        if store.remembers_ids() {
+            let pool = store.pool.clone();
+            let names = store.names.clone();
+            let interval = store.options.get_retention_interval();
+            store
+                .tasks
+                .spawn(retention_loop(store.cancel.clone(), interval, move || {
+                    let pool = pool.clone();
+                    let names = names.clone();
+                    async move { remembered::forget_expired(&pool, &names).await }
+                }));
+        }
         if let Some(age) = store.options.get_retention() {
+            // Retention keeps every row for the idempotency window at least.
+            let age = age.max(store.options.get_idempotency_window());
             let pool = store.pool.clone();
             let names = store.names.clone();
             let batch = store.options.get_retention_batch();
@@ -170,14 +187,40 @@ where
         Ok(store)
     }
 
+    /// Every schema migration of the table `options` names, with whether it has it already, as
+    /// a read-only look (nothing is created or changed): for tools that show what an upgrade
+    /// would apply.
+    ///
+    /// # Errors
+    ///
+    /// An invalid table name, or the database's error reading the versions.
+    pub async fn migrations(
+        pool: &sqlx::Pool<DB>,
+        options: &SqlOptions,
+    ) -> mq_core::Result<Vec<Migration>> {
+        options.validate()?;
+        let names = Names::new(options.get_table());
+        let steps: Vec<(&'static str, String)> = DB::QUEUE_MIGRATIONS
+            .iter()
+            .map(|(file, sql)| (*file, names.render(sql)))
+            .collect();
+        Ok(crate::migrate::status(pool, &names.table, &names.versions, &steps).await?)
+    }
+
+    /// Whether acknowledged rows are deleted and their ids remembered for a window.
+    fn remembers_ids(&self) -> bool {
+        self.options.get_delete_on_ack() && !self.options.get_idempotency_window().is_zero()
+    }
+
     /// Deletes (or archives, with [`SqlOptions::archive`]) finished rows (executed, failed,
-    /// expired, dead-lettered) last changed more than `older_than` ago, `batch` rows per
-    /// statement. Returns the rows removed.
+    /// expired, dead-lettered) last changed more than `older_than` ago (and at least the
+    /// [`idempotency window`](SqlOptions::idempotency_window)), `batch` rows per statement.
+    /// Returns the rows removed.
     pub async fn purge_finished(&self, older_than: Duration, batch: usize) -> mq_core::Result<u64> {
         purge(
             &self.pool,
             &self.names,
-            older_than,
+            older_than.max(self.options.get_idempotency_window()),
             batch.max(1),
             self.options.get_archive(),
         )
@@ -201,78 +244,6 @@ async fn purge<DB: Dialect>(
             return Ok(total);
         }
     }
-}
-
-/// Creates a table from its migration `steps` ((file, rendered SQL)) under the database's schema
-/// lock, or with `create` false only checks that `table` exists.
-pub(crate) async fn migrate<DB: Dialect>(
-    pool: &sqlx::Pool<DB>,
-    table: &str,
-    lock: i64,
-    steps: Vec<(&'static str, String)>,
-    create: bool,
-) -> Result<(), Error>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    QueryBuilder<DB>: Sql,
-{
-    let fail = |migration: &'static str| {
-        let table = table.to_owned();
-        move |e: sqlx::Error| Error::Migrate {
-            migration,
-            table,
-            source: Box::new(e),
-        }
-    };
-    if !create {
-        let mut q = QueryBuilder::<DB>::new(DB::TABLE_EXISTS);
-        q.text(table.to_owned());
-        let row = q.build().fetch_one(pool).await.map_err(fail("check"))?;
-        return match row.int("n").map_err(fail("check"))? {
-            0 => Err(Error::MissingTable {
-                table: table.to_owned(),
-            }),
-            _ => Ok(()),
-        };
-    }
-    let mut conn = pool.acquire().await.map_err(fail("connect"))?;
-    if !DB::TRANSACTIONAL_DDL {
-        return run_steps(&mut conn, &steps)
-            .await
-            .map_err(|(f, e)| fail(f)(e));
-    }
-    let mut tx = conn
-        .begin_with(AssertSqlSafe(DB::BEGIN_WRITE.to_owned()))
-        .await
-        .map_err(fail("begin"))?;
-    if let Some(sql) = DB::schema_lock(lock) {
-        sqlx::raw_sql(AssertSqlSafe(sql))
-            .execute(&mut *tx)
-            .await
-            .map_err(fail("lock"))?;
-    }
-    run_steps(&mut tx, &steps)
-        .await
-        .map_err(|(f, e)| fail(f)(e))?;
-    tx.commit().await.map_err(fail("commit"))
-}
-
-async fn run_steps<DB: Dialect>(
-    conn: &mut DB::Connection,
-    steps: &[(&'static str, String)],
-) -> Result<(), (&'static str, sqlx::Error)>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-{
-    for (file, sql) in steps {
-        for stmt in statements(sql) {
-            sqlx::raw_sql(AssertSqlSafe(stmt))
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| (*file, e))?;
-        }
-    }
-    Ok(())
 }
 
 /// Decodes claimed rows and orders them by `execute_at`, then publication order.
@@ -310,7 +281,20 @@ where
         queue: &QueueName,
         messages: Vec<Message>,
     ) -> mq_core::Result<Vec<mq_core::Result<()>>> {
-        let inserted = DB::insert(self, queue, &messages).await?;
+        if !self.remembers_ids() {
+            let inserted = DB::insert(self, queue, &messages).await?;
+            self.wake_local(queue.as_str());
+            return Ok(match_inserted(queue, &messages, inserted));
+        }
+        // Ids still remembered after their message was deleted are refused like stored ones.
+        let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+        let taken = remembered::taken(&self.pool, &self.names, queue, &ids).await?;
+        let fresh: Vec<Message> = messages
+            .iter()
+            .filter(|m| !taken.contains(m.id.as_str()))
+            .cloned()
+            .collect();
+        let inserted = DB::insert(self, queue, &fresh).await?;
         self.wake_local(queue.as_str());
         Ok(match_inserted(queue, &messages, inserted))
     }
@@ -358,6 +342,17 @@ where
         }
         let rows = completion_rows(&completions);
         let applied = DB::complete(self, queue, owner, rows).await?;
+        if self.remembers_ids() {
+            // Written after the delete: a crash in between forgets these ids early, which
+            // costs a duplicate only if the same id is published again within the window.
+            let acked: Vec<String> = applied
+                .iter()
+                .filter(|(_, s)| s == "executed")
+                .map(|(id, _)| id.clone())
+                .collect();
+            let window = self.options.get_idempotency_window();
+            remembered::remember(&self.pool, &self.names, queue, &acked, window).await?;
+        }
         if applied.iter().any(|(_, s)| s == "scheduled") {
             // Retries due now: let idle local consumers see them.
             self.wake_local(queue.as_str());
@@ -445,6 +440,10 @@ impl Wakeups {
 pub struct Names {
     pub(crate) table: String,
     pub(crate) archive: String,
+    /// The schema versions the table has.
+    pub(crate) versions: String,
+    /// Ids of deleted messages that stay taken for the idempotency window.
+    pub(crate) remembered: String,
     /// The notification channel (PostgreSQL).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) channel: String,
@@ -452,6 +451,7 @@ pub struct Names {
     pub(crate) idx_leased: String,
     pub(crate) idx_expiring: String,
     pub(crate) idx_finished: String,
+    pub(crate) idx_forget: String,
 }
 
 impl Names {
@@ -460,11 +460,14 @@ impl Names {
         Names {
             table: table.to_owned(),
             archive: derived(table, "archive"),
+            versions: derived(table, "versions"),
+            remembered: derived(table, "ids"),
             channel: channel(table),
             idx_ready: derived(table, "ready"),
             idx_leased: derived(table, "leased"),
             idx_expiring: derived(table, "expiring"),
             idx_finished: derived(table, "finished"),
+            idx_forget: derived(table, "forget"),
         }
     }
 
@@ -476,6 +479,8 @@ impl Names {
             .replace("{idx_leased}", &self.idx_leased)
             .replace("{idx_expiring}", &self.idx_expiring)
             .replace("{idx_finished}", &self.idx_finished)
+            .replace("{remembered}", &self.remembered)
+            .replace("{idx_forget}", &self.idx_forget)
     }
 }
 

@@ -49,7 +49,8 @@ async fn grant_dml(owner: &PgPool, table: &str) {
     ensure_role(owner).await;
     for grant in [
         format!("GRANT USAGE ON SCHEMA public TO {RUNTIME_ROLE}"),
-        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {RUNTIME_ROLE}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {table}, {table}_ids TO {RUNTIME_ROLE}"),
+        format!("GRANT SELECT ON {table}_versions TO {RUNTIME_ROLE}"),
     ] {
         sqlx::query(AssertSqlSafe(grant.clone()))
             .execute(owner)

@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 mod args;
 mod dlq;
 mod kinesis;
+mod migrations;
 mod output;
 mod stats;
 
@@ -57,7 +58,7 @@ enum Command {
     Dlq(Box<dlq::DlqArgs>),
     /// Kinesis: shard leases, checkpoints and lineage.
     Kinesis(Box<kinesis::KinesisArgs>),
-    /// Queues: statistics.
+    /// Queues: statistics and schema migrations.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -68,6 +69,10 @@ enum Command {
 enum QueueCommand {
     /// Messages by status, age of the oldest ready message and expired leases, per queue.
     Stats(stats::StatsArgs),
+    /// The schema migrations of a SQL queue table: applied and pending. Changes nothing.
+    Migrations(migrations::MigrationsArgs),
+    /// Applies the pending schema migrations of a SQL queue table (asks first; --yes skips).
+    Migrate(migrations::MigrationsArgs),
 }
 
 /// What every command needs besides its own arguments.
@@ -106,6 +111,12 @@ async fn main() -> std::process::ExitCode {
         Command::Queue {
             command: QueueCommand::Stats(args),
         } => stats::run(args, global).await,
+        Command::Queue {
+            command: QueueCommand::Migrations(args),
+        } => migrations::run(args, global, false).await,
+        Command::Queue {
+            command: QueueCommand::Migrate(args),
+        } => migrations::run(args, global, true).await,
     };
     match result {
         Ok(code) => code,

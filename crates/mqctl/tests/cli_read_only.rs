@@ -281,3 +281,47 @@ async fn replay_into_a_missing_queue_table_is_refused_and_creates_nothing() {
         .get("n");
     assert_eq!(tables, 0, "replay created the queue table");
 }
+
+/// `queue migrations` lists what an upgrade would apply and creates nothing; `queue migrate`
+/// applies it (with `--yes`), after which nothing is pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_migrations_lists_without_changing_then_migrate_applies() {
+    let dir = std::env::temp_dir().join(format!("mqctl-migrations-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("queue.db");
+    let _ = std::fs::remove_file(&path);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .expect("create the database");
+    let url = format!("sqlite://{}", path.display());
+    let base = ["queue", "migrations", "--url", &url, "--table", "jobs"];
+    let out = Command::new(BIN).args(base).output().expect("run mqctl");
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(listed.matches("pending").count(), 2, "{listed}");
+    let tables: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'")
+        .fetch_one(&pool)
+        .await
+        .expect("count tables");
+    assert_eq!(tables, 0, "listing created nothing");
+    let out = Command::new(BIN)
+        .args([
+            "--yes", "queue", "migrate", "--url", &url, "--table", "jobs",
+        ])
+        .output()
+        .expect("run mqctl");
+    let applied = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(applied.matches("applied").count(), 2, "{applied}");
+    assert!(!applied.contains("pending"), "{applied}");
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,6 +30,8 @@ impl Dialect for MySql {
     super::migrations!("mysql");
     // DDL commits implicitly in MySQL: no transaction.
     const TRANSACTIONAL_DDL: bool = false;
+    const REMEMBER_CONFLICT: &'static str =
+        " ON DUPLICATE KEY UPDATE forget_at = VALUES(forget_at)";
     const BEGIN_WRITE: &'static str = "BEGIN";
     // No gap locks on a missing row: racing first inserts fail with a duplicate key instead of
     // deadlocking.

@@ -1,0 +1,186 @@
+//! Versioned schema: a table written by the first schema version, with messages in it, is
+//! upgraded in place by `connect`; a runtime that may not change the schema names what is
+//! missing; and the idempotency window that the second version adds keeps acknowledged ids
+//! taken under `delete_on_ack`.
+
+#[path = "support/factory.rs"]
+mod support;
+
+use std::time::Duration;
+
+use mq_core::{
+    Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageId, MessageQueue, NewMessage,
+    QueueName, handler_fn,
+};
+use mq_sql::{SqlOptions, SqlQueue, SqlStore};
+use serde_json::json;
+use std::sync::Arc;
+use support::{Db, drop_table, fresh_table, options, publish_all, test_on_each_db};
+
+/// Runs `sql` on `url`.
+async fn exec(db: Db, url: &str, sql: &str) {
+    support::for_db!(db, |DB| {
+        let pool = sqlx::Pool::<DB>::connect(url).await.expect("pool");
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        pool.close().await;
+    })
+}
+
+/// Turns `table` back into what the first schema version left: no table of versions and none
+/// of what later versions added.
+async fn back_to_first_version(db: Db, url: &str, table: &str) {
+    exec(db, url, &format!("DROP TABLE {table}_versions")).await;
+    exec(db, url, &format!("DROP TABLE {table}_ids")).await;
+}
+
+async fn upgrade_in_place(db: Db, test: &str) {
+    let Some((url, table)) = fresh_table(db, "sv", test).await else {
+        return;
+    };
+    let name = QueueName::new("upgrade").expect("name");
+    support::for_db!(db, |DB| {
+        let q = SqlQueue::<DB>::connect(&url, options(&table).common(CommonOptions::default()))
+            .await
+            .expect("connect");
+        q.register(&name).await.expect("register");
+        publish_all(
+            &q,
+            &name,
+            (0..5)
+                .map(|i| NewMessage::new("t", json!({ "i": i })))
+                .collect(),
+        )
+        .await;
+        q.shutdown().await.expect("shutdown");
+    });
+    back_to_first_version(db, &url, &table).await;
+
+    // A runtime without schema rights refuses the old table, naming what it lacks.
+    let (pending, refused) = support::for_db!(db, |DB| {
+        let pool = sqlx::Pool::<DB>::connect(&url).await.expect("pool");
+        let listed = SqlStore::<DB>::migrations(&pool, &options(&table))
+            .await
+            .expect("migrations");
+        pool.close().await;
+        let refused = SqlStore::<DB>::connect(&url, options(&table).create_schema(false))
+            .await
+            .err()
+            .map(|e| format!("{e}: {}", e_source(&e)));
+        (listed, refused)
+    });
+    let pending: Vec<_> = pending
+        .iter()
+        .filter(|m| !m.applied)
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(
+        pending.len(),
+        2,
+        "{db:?}: before the upgrade nothing is recorded: {pending:?}"
+    );
+    let refused = refused.expect("create_schema(false) refuses a table behind");
+    assert!(refused.contains("0002_remembered_ids"), "{db:?}: {refused}");
+
+    // Connecting with schema rights upgrades it; the messages are still there.
+    let (listed, handled) = support::for_db!(db, |DB| {
+        let q = SqlQueue::<DB>::connect(&url, options(&table).common(CommonOptions::default()))
+            .await
+            .expect("upgrade");
+        q.register(&name).await.expect("register");
+        let handler = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {}));
+        let r = q
+            .consume_batch(&name, handler, &ConsumerOptions::default().batch_size(10))
+            .await
+            .expect("batch");
+        let listed = SqlStore::<DB>::migrations(q.store().pool(), &options(&table))
+            .await
+            .expect("migrations");
+        q.shutdown().await.expect("shutdown");
+        // A second connect finds nothing to do.
+        let again = SqlStore::<DB>::connect(&url, options(&table).create_schema(false)).await;
+        assert!(again.is_ok(), "{db:?}: {:?}", again.err());
+        (listed, r.acked)
+    });
+    eprintln!("{db:?}: after the upgrade {listed:?}; {handled} old messages handled");
+    assert!(listed.iter().all(|m| m.applied), "{db:?}: {listed:?}");
+    assert_eq!(handled, 5, "{db:?}: the old messages survive the upgrade");
+    drop_table(db, &url, &table).await;
+}
+
+fn e_source(e: &mq_core::Error) -> String {
+    std::error::Error::source(e)
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
+test_on_each_db!(upgrade, upgrade_in_place);
+
+/// Under `delete_on_ack`, an acknowledged message's id is refused for the idempotency window;
+/// without a window it is free again at once (as documented).
+async fn acked_ids_stay_taken(db: Db, test: &str) {
+    let Some((url, table)) = fresh_table(db, "si", test).await else {
+        return;
+    };
+    let name = QueueName::new("ids").expect("name");
+    let id = MessageId::new("once-1").expect("id");
+    for window in [Duration::ZERO, Duration::from_secs(3600)] {
+        let opts: SqlOptions = options(&table)
+            .delete_on_ack(true)
+            .idempotency_window(window)
+            .common(CommonOptions::default());
+        let (second, purged) = support::for_db!(db, |DB| {
+            let q = SqlQueue::<DB>::connect(&url, opts).await.expect("connect");
+            q.register(&name).await.expect("register");
+            let first = NewMessage::new("t", json!({})).id(id.clone());
+            publish_all(&q, &name, vec![first]).await;
+            let handler = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {}));
+            let r = q
+                .consume_batch(&name, handler, &ConsumerOptions::default())
+                .await
+                .expect("batch");
+            assert_eq!(r.acked, 1, "{db:?}");
+            let again = NewMessage::new("t", json!({})).id(id.clone());
+            let report = q.publish(&name, vec![again]).await.expect("publish");
+            let purged = q.purge_finished(Duration::ZERO, 100).await.expect("purge");
+            q.shutdown().await.expect("shutdown");
+            (report, purged)
+        });
+        eprintln!(
+            "{db:?} window {window:?}: republished {}, refused {:?}",
+            second.published.len(),
+            second
+                .failed
+                .iter()
+                .map(|f| f.error.to_string())
+                .collect::<Vec<_>>()
+        );
+        if window.is_zero() {
+            assert_eq!(
+                second.published.len(),
+                1,
+                "{db:?}: no window, the id is free"
+            );
+            drop_table(db, &url, &table).await;
+        } else {
+            assert_eq!(second.published.len(), 0, "{db:?}: the id is still taken");
+            assert!(
+                second.failed[0]
+                    .error
+                    .to_string()
+                    .contains("already exists"),
+                "{db:?}: {}",
+                second.failed[0].error
+            );
+            assert_eq!(
+                purged, 0,
+                "{db:?}: retention keeps rows younger than the window"
+            );
+        }
+    }
+    drop_table(db, &url, &table).await;
+}
+
+test_on_each_db!(idempotency_window, acked_ids_stay_taken);
