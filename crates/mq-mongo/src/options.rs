@@ -75,6 +75,7 @@ pub struct MongoOptions {
     collection: String,
     dead_letter_collection: String,
     checkpoint_collection: String,
+    control_collection: String,
     server_selection_timeout: Duration,
     connect_timeout: Duration,
     create_schema: bool,
@@ -92,6 +93,7 @@ impl Default for MongoOptions {
             collection: "mq_messages".into(),
             dead_letter_collection: "mq_dead_letters".into(),
             checkpoint_collection: "mq_checkpoints".into(),
+            control_collection: "mq_queue_controls".into(),
             server_selection_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             create_schema: true,
@@ -114,6 +116,9 @@ impl MongoOptions {
         dead_letter_collection(name: impl Into<String>) name.into();
         /// The collection of [`MongoCheckpointStore`](crate::MongoCheckpointStore).
         checkpoint_collection(name: impl Into<String>) name.into();
+        /// The collection holding one small document per paused queue (default
+        /// `mq_queue_controls`), read by every claim so a pause stops all consumers at once.
+        control_collection(name: impl Into<String>) name.into();
         /// How long an operation waits for a usable server before failing; also bounds `connect`.
         server_selection_timeout(d: Duration) d;
         /// How long opening one TCP connection may take.
@@ -122,9 +127,13 @@ impl MongoOptions {
         /// default). When false, nothing is ever created: connecting checks that they exist and
         /// fails naming the first one missing, for read-only tools and least-privilege users.
         create_schema(on: bool) on;
-        /// Keep executed, failed, expired and dead-lettered messages this long after they finished,
-        /// through a TTL index on `finished_at` (`None`, the default: keep them). The server's TTL
-        /// monitor deletes them, typically within a minute after the age is reached.
+        /// Keep executed, failed, expired, cancelled and dead-lettered messages this long after
+        /// they finished, through a TTL index on `finished_at` (`None`, the default: keep them).
+        /// The server's TTL monitor deletes them, typically within a minute after the age is
+        /// reached. A different age than the one the index was built with replaces the index
+        /// when the queue connects; `None` leaves an existing index as it is. A message's
+        /// unique-key window cannot outlast its retention: the key is free once the message is
+        /// deleted.
         retention(age: Option<Duration>) age;
         /// Wake idle consumers through a change stream when the server supports one (a replica
         /// set); otherwise they poll. On by default.
@@ -156,6 +165,10 @@ impl MongoOptions {
     /// The collection of the checkpoints.
     pub fn get_checkpoint_collection(&self) -> &str {
         &self.checkpoint_collection
+    }
+    /// The collection of the queue controls (pause and resume).
+    pub fn get_control_collection(&self) -> &str {
+        &self.control_collection
     }
     /// The server selection timeout.
     pub fn get_server_selection_timeout(&self) -> Duration {
@@ -198,6 +211,7 @@ impl MongoOptions {
             ("collection", &self.collection),
             ("dead_letter_collection", &self.dead_letter_collection),
             ("checkpoint_collection", &self.checkpoint_collection),
+            ("control_collection", &self.control_collection),
         ];
         for (i, (field, name)) in collections.iter().enumerate() {
             collection_name(&self.database, name)?;

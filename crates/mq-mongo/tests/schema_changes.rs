@@ -54,3 +54,33 @@ async fn a_changed_retention_replaces_the_ttl_index() {
         mq_core::MessageQueue::shutdown(&q).await.expect("shutdown");
     }
 }
+
+#[tokio::test]
+async fn the_claim_index_of_an_older_version_is_replaced() {
+    const TEST: &str = "the_claim_index_of_an_older_version_is_replaced";
+    let Some(url) = common::url(TEST) else { return };
+    let (client, options) = common::fresh(&url, TEST).await;
+    let coll = client
+        .database(options.get_database())
+        .collection::<Document>(options.get_collection());
+    // The claim index as versions without priorities built it.
+    coll.create_index(
+        IndexModel::builder()
+            .keys(doc! { "queue": 1, "status": 1, "execute_at": 1 })
+            .options(IndexOptions::builder().name("mq_claim".to_owned()).build())
+            .build(),
+    )
+    .await
+    .expect("the older claim index");
+    let queue = MongoQueue::from_client(client.clone(), options.clone())
+        .await
+        .expect("connect over the older claim index");
+    let claim = index(&coll, "mq_claim").await.expect("claim index");
+    assert_eq!(
+        claim.keys,
+        doc! { "queue": 1, "status": 1, "priority": -1, "execute_at": 1 }
+    );
+    mq_core::MessageQueue::shutdown(&queue)
+        .await
+        .expect("shutdown");
+}
