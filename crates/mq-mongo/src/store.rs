@@ -85,6 +85,9 @@ pub struct MongoStore {
     token_prefix: String,
     token_seq: AtomicU64,
     swept: Mutex<HashMap<String, Instant>>,
+    /// When finished messages past their retention were last cut down to their id, and up to
+    /// which `finished_at` (see [`MongoOptions::idempotency_window`]).
+    compacted: Mutex<(Option<Instant>, Option<DateTime<Utc>>)>,
 }
 
 impl fmt::Debug for MongoStore {
@@ -126,6 +129,7 @@ impl MongoStore {
             token_prefix: format!("{:016x}", rand::random::<u64>()),
             token_seq: AtomicU64::new(0),
             swept: Mutex::default(),
+            compacted: Mutex::default(),
         }
     }
 
@@ -183,7 +187,7 @@ impl MongoStore {
                 "mq_expiry",
             ),
         ];
-        if let Some(age) = self.options.get_retention() {
+        if let Some(age) = self.options.get_document_lifetime() {
             let mut ttl = index(doc! { "finished_at": 1 }, "mq_retention");
             if let Some(o) = ttl.options.as_mut() {
                 o.expire_after = Some(age);
@@ -316,6 +320,47 @@ impl MongoStore {
         let mut docs: Vec<Doc> = collect(find, op).await?;
         docs.sort_by_key(|d| position.get(&d.key).copied().unwrap_or(usize::MAX));
         docs.into_iter().map(Doc::into_message).collect()
+    }
+
+    /// Under an [`MongoOptions::idempotency_window`], cuts the messages whose retention passed
+    /// (since the last call) down to what refuses their id again: payload, metadata and last
+    /// error go; the TTL index deletes the rest when the window passed. At most once per
+    /// [`MongoOptions::sweep_interval`]; each call looks only at messages that finished after
+    /// the previous call's cutoff.
+    async fn compact(&self, now: DateTime<Utc>) -> Result<()> {
+        let (Some(age), Some(_)) = (
+            self.options.get_retention(),
+            self.options.get_idempotency_window(),
+        ) else {
+            return Ok(());
+        };
+        let cutoff = mq_before(now, age);
+        let since = {
+            let mut last = self.compacted.lock().unwrap_or_else(|e| e.into_inner());
+            if last
+                .0
+                .is_some_and(|t| t.elapsed() < self.options.get_sweep_interval())
+            {
+                return Ok(());
+            }
+            last.0 = Some(Instant::now());
+            last.1
+        };
+        let mut range = doc! { "$lte": date(cutoff) };
+        if let Some(since) = since {
+            range.insert("$gt", date(since));
+        }
+        self.raw
+            .update_many(
+                doc! { "finished_at": range, "payload": { "$exists": true } },
+                doc! { "$unset": {
+                    "payload": "", "metadata": "", "last_error": "", "partition_key": "",
+                } },
+            )
+            .await
+            .map_err(|e| backend("compact", e))?;
+        self.compacted.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(cutoff);
+        Ok(())
     }
 
     /// Marks scheduled messages past `expires_at` expired; returns the ones this call flipped.
@@ -754,6 +799,14 @@ fn pick_from_window(window: Vec<(Bson, i32)>, need: usize) -> Vec<Bson> {
         .collect()
 }
 
+/// `now - d`, saturating.
+fn mq_before(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// `now + d`, saturating.
 fn mq_after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(d)
@@ -894,11 +947,14 @@ impl QueueStore for MongoStore {
         let sweep = self.should_sweep(queue);
         let (expired, messages) = tokio::join!(
             async {
-                if sweep {
-                    self.expire(queue, now).await
-                } else {
-                    Ok(Vec::new())
+                if !sweep {
+                    return Ok(Vec::new());
                 }
+                if let Err(e) = self.compact(now).await {
+                    tracing::warn!(error = %ErrorChain::from_error(&e),
+                        "mq-mongo: cutting finished messages down to their ids failed; tried again later");
+                }
+                self.expire(queue, now).await
             },
             async {
                 if limit == 0 {
