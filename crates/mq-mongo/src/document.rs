@@ -27,6 +27,7 @@
 
 use chrono::{DateTime, Utc};
 use mongodb::bson::{self, Bson, Document, doc};
+use mq_core::backend::{Claim, Undecodable};
 use mq_core::{Message, MessageId, QueueName, Status};
 use serde::{Deserialize, Serialize};
 
@@ -202,6 +203,47 @@ impl Doc {
         }
         Ok(m)
     }
+}
+
+/// A claimed document, read back.
+pub(crate) enum Decoded {
+    /// A message.
+    Message(Box<Message>),
+    /// A document that does not decode into a message, with what the runtime needs to
+    /// dead-letter it alone.
+    Undecodable(Undecodable),
+    /// A document whose key does not even name a message (written by another program); the
+    /// reason.
+    Unnamed(String),
+}
+
+/// Decodes a claimed document. One that does not have the layout this crate writes (another
+/// program wrote it, a field has the wrong type) comes back as [`Decoded::Undecodable`], with
+/// its payload as extended JSON text, so that it fails alone instead of failing its batch.
+pub(crate) fn decode(raw: Document) -> Decoded {
+    let error = match bson::from_document::<Doc>(raw.clone()) {
+        Ok(d) => match d.into_message() {
+            Ok(m) => return Decoded::Message(Box::new(m)),
+            Err(e) => mq_core::ErrorChain::from_error(&e).to_string(),
+        },
+        Err(e) => format!("not a message document: {e}"),
+    };
+    let key = raw.get_str("_id").unwrap_or_default();
+    let Some(id) = Key::split(key).and_then(|(_, id)| MessageId::new(id).ok()) else {
+        return Decoded::Unnamed(format!("document {:?}: {error}", raw.get("_id")));
+    };
+    let attempts = u32::try_from(as_u64(raw.get("attempts"))).unwrap_or(u32::MAX);
+    let payload = raw
+        .get("payload")
+        .cloned()
+        .map(|b| b.into_relaxed_extjson().to_string())
+        .unwrap_or_default();
+    Decoded::Undecodable(Undecodable::new(
+        Claim::new(id, attempts),
+        raw.get_str("type").unwrap_or_default(),
+        payload,
+        error,
+    ))
 }
 
 /// A non-negative integer field (32- or 64-bit, or a double written by another tool); 0 when

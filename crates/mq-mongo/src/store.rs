@@ -13,7 +13,9 @@ use mongodb::error::ErrorKind;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use mq_core::backend::duplicate_id;
-use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, Holder, QueueStore};
+use mq_core::backend::{
+    Claim, Claimed, Completion, CompletionAction, Holder, QueueStore, Undecodable,
+};
 use mq_core::{
     CancelOutcome, CancelTarget, ErrorChain, Message, MessageId, QueueName, QueueStats, Result,
     Status, async_trait,
@@ -24,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::ServerClock;
 use crate::connect::{collect, prepare_schema};
-use crate::document::{Doc, Key, chrono, date, date_ceil, doc_projection};
+use crate::document::{Decoded, Doc, Key, chrono, date, date_ceil, decode, doc_projection};
 use crate::error::{backend, is_duplicate_code};
 use crate::options::{ClaimStrategy, MongoOptions};
 use crate::wake::{self, Wake};
@@ -303,9 +305,9 @@ impl MongoStore {
         field: &str,
         token: &str,
         op: &'static str,
-    ) -> Result<Vec<Message>> {
+    ) -> Result<Taken> {
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Taken::default());
         }
         // Claim order is the order of `ids` (the claim index's), which `$in` does not keep.
         let position: HashMap<String, usize> = ids
@@ -314,12 +316,21 @@ impl MongoStore {
             .filter_map(|(i, id)| Some((id.as_str()?.to_owned(), i)))
             .collect();
         let find = self
-            .coll
+            .raw
             .find(doc! { "_id": { "$in": ids }, field: token })
             .projection(doc_projection());
-        let mut docs: Vec<Doc> = collect(find, op).await?;
-        docs.sort_by_key(|d| position.get(&d.key).copied().unwrap_or(usize::MAX));
-        docs.into_iter().map(Doc::into_message).collect()
+        let mut docs: Vec<Document> = collect(find, op).await?;
+        docs.sort_by_key(|d| {
+            d.get_str("_id")
+                .ok()
+                .and_then(|k| position.get(k).copied())
+                .unwrap_or(usize::MAX)
+        });
+        let mut taken = Taken::default();
+        for d in docs {
+            taken.push(d);
+        }
+        Ok(taken)
     }
 
     /// Under an [`MongoOptions::idempotency_window`], cuts the messages whose retention passed
@@ -385,10 +396,15 @@ impl MongoStore {
             )
             .await
             .map_err(|e| backend("claim", e))?;
-        self.read_tagged(ids, "op_token", &token, "claim").await
+        let taken = self.read_tagged(ids, "op_token", &token, "claim").await?;
+        if !taken.undecodable.is_empty() {
+            tracing::warn!(%queue, count = taken.undecodable.len(),
+                "mq-mongo: expired documents that do not decode as messages are left marked expired");
+        }
+        Ok(taken.messages)
     }
 
-    async fn claim_batch(&self, c: &ClaimRequest<'_>) -> Result<Vec<Message>> {
+    async fn claim_batch(&self, c: &ClaimRequest<'_>) -> Result<Taken> {
         let mut candidates: Vec<Bson> = Vec::new();
         let mut taken: u64 = 0;
         for round in 0..CLAIM_ROUNDS {
@@ -411,7 +427,7 @@ impl MongoStore {
             }
         }
         if taken == 0 {
-            return Ok(Vec::new());
+            return Ok(Taken::default());
         }
         self.read_tagged(candidates, "claim_token", &c.token, "claim")
             .await
@@ -487,8 +503,8 @@ impl MongoStore {
         Ok(found >= want || full_window)
     }
 
-    async fn claim_one_by_one(&self, c: &ClaimRequest<'_>) -> Result<Vec<Message>> {
-        let mut out = Vec::new();
+    async fn claim_one_by_one(&self, c: &ClaimRequest<'_>) -> Result<Taken> {
+        let mut out = Taken::default();
         let mut recovering = c.sweep;
         while out.len() < c.limit {
             let filter = if recovering {
@@ -497,15 +513,15 @@ impl MongoStore {
                 Self::due_filter(c.queue, c.now)
             };
             let doc = self
-                .coll
+                .raw
                 .find_one_and_update(filter, c.update.clone())
                 .sort(Self::sort())
                 .projection(doc_projection())
                 .return_document(ReturnDocument::After)
                 .await
                 .map_err(|e| backend("claim", e));
-            match doc.and_then(|d| d.map(Doc::into_message).transpose()) {
-                Ok(Some(m)) => out.push(m),
+            match doc {
+                Ok(Some(d)) => out.push(d),
                 Ok(None) if recovering => recovering = false,
                 Ok(None) => break,
                 Err(e) => {
@@ -833,15 +849,47 @@ fn keep_what_was_claimed(queue: &QueueName, taken: usize, error: mq_core::Error)
 fn join_claim(
     queue: &QueueName,
     expired: Result<Vec<Message>>,
-    claimed: Result<Vec<Message>>,
+    claimed: Result<Taken>,
 ) -> Result<Claimed> {
-    let messages = claimed?;
+    let Taken {
+        messages,
+        undecodable,
+    } = claimed?;
     let expired = expired.unwrap_or_else(|e| {
         tracing::warn!(%queue, error = %ErrorChain::from_error(&e),
             "mq: expiring overdue messages failed; it is tried again on a later claim");
         Vec::new()
     });
-    Ok(Claimed::new(messages, expired))
+    Ok(Claimed::new(messages, expired).with_undecodable(undecodable))
+}
+
+/// What a claim took: the messages, and the documents that do not decode as messages (the
+/// runtime dead-letters each alone, so they never hold back their batch).
+#[derive(Debug, Default)]
+struct Taken {
+    messages: Vec<Message>,
+    undecodable: Vec<Undecodable>,
+}
+
+impl Taken {
+    fn len(&self) -> usize {
+        self.messages.len() + self.undecodable.len()
+    }
+
+    /// Adds a claimed document.
+    fn push(&mut self, raw: Document) {
+        match decode(raw) {
+            Decoded::Message(m) => self.messages.push(*m),
+            Decoded::Undecodable(row) => self.undecodable.push(row),
+            Decoded::Unnamed(reason) => {
+                // Nothing can complete it: it comes back when its lease ends.
+                tracing::error!(
+                    reason,
+                    "mq-mongo: a claimed document has no message key and cannot be handled; remove it"
+                );
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -958,7 +1006,7 @@ impl QueueStore for MongoStore {
             },
             async {
                 if limit == 0 {
-                    return Ok(Vec::new());
+                    return Ok(Taken::default());
                 }
                 let token = self.token();
                 let nowb = date(now);
@@ -1237,7 +1285,10 @@ mod tests {
         let claimed = join_claim(
             &queue,
             Err(failure()),
-            Ok(vec![message("m1"), message("m2")]),
+            Ok(Taken {
+                messages: vec![message("m1"), message("m2")],
+                undecodable: Vec::new(),
+            }),
         )
         .expect("the claim succeeded; only the sweep failed");
         assert_eq!(claimed.messages.len(), 2);
