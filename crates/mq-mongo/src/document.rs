@@ -205,6 +205,34 @@ impl Doc {
     }
 }
 
+/// MongoDB's largest document, in bytes.
+pub(crate) const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+/// Checks that MongoDB can store `m` as this crate writes it: its payload and metadata have a
+/// BSON form (no NUL in a field name) and its document fits in [`MAX_DOCUMENT_BYTES`]. (How
+/// deep a payload may nest is checked by the publish path for every backend, below MongoDB's
+/// own limit.) The refusal names the field and the rule.
+pub(crate) fn check(m: &Message) -> mq_core::Result<()> {
+    let refuse = |field: &'static str, reason: String| mq_core::Error::InvalidMessage {
+        id: m.id.clone(),
+        field,
+        reason,
+    };
+    let doc = Doc::from_message(m, &ServerClock::default())
+        .map_err(|e| refuse("payload", format!("has no BSON form: {e}")))?;
+    let bytes =
+        bson::to_vec(&doc).map_err(|e| refuse("payload", format!("has no BSON form: {e}")))?;
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(refuse(
+            "payload",
+            format!(
+                "makes a document of {} bytes; MongoDB stores at most {MAX_DOCUMENT_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A claimed document, read back.
 pub(crate) enum Decoded {
     /// A message.
@@ -302,6 +330,26 @@ mod tests {
         assert_eq!(got.unique_window, m.unique_window);
         assert!(got.execute_at >= m.execute_at);
         assert!(got.execute_at - m.execute_at < chrono::Duration::milliseconds(1));
+    }
+
+    #[test]
+    fn check_refuses_what_bson_cannot_hold() {
+        let id = MessageId::new("m").unwrap();
+        let m = |payload| {
+            Message::new(
+                id.clone(),
+                QueueName::new("q").unwrap(),
+                "t",
+                payload,
+                Utc::now(),
+            )
+        };
+        assert!(check(&m(json!({ "ok": [1, 2] }))).is_ok());
+        let e = check(&m(json!({ "a\u{0}b": 1 }))).unwrap_err().to_string();
+        assert!(e.contains("payload has no BSON form"), "{e}");
+        let big = "x".repeat(MAX_DOCUMENT_BYTES);
+        let e = check(&m(json!({ "big": big }))).unwrap_err().to_string();
+        assert!(e.contains("MongoDB stores at most"), "{e}");
     }
 
     #[test]
