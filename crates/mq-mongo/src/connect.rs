@@ -150,14 +150,18 @@ fn same_index(have: &IndexModel, want: &IndexModel) -> bool {
 /// Creates `indexes` on `coll`. An index that exists under the same name with other keys or
 /// options (a retention changed between two runs, a newer layout of the claim index) is
 /// dropped and created again as asked, so a changed setting never stops a queue from starting.
-async fn create_indexes(coll: &Collection<Document>, indexes: Vec<IndexModel>) -> Result<()> {
+/// Returns the names of the indexes it replaced.
+async fn create_indexes(
+    coll: &Collection<Document>,
+    indexes: Vec<IndexModel>,
+) -> Result<Vec<String>> {
     let first = match coll.create_indexes(indexes.clone()).await {
-        Ok(_) => return Ok(()),
+        Ok(_) => return Ok(Vec::new()),
         Err(e) if error_code(&e).is_some_and(|c| INDEX_CONFLICTS.contains(&c)) => e,
         Err(e) => return Err(backend("create indexes", e)),
     };
     let existing: Vec<IndexModel> = collect(coll.list_indexes(), "create indexes").await?;
-    let mut replaced = 0;
+    let mut replaced = Vec::new();
     for want in &indexes {
         let Some(name) = want.options.as_ref().and_then(|o| o.name.as_deref()) else {
             continue;
@@ -174,28 +178,29 @@ async fn create_indexes(coll: &Collection<Document>, indexes: Vec<IndexModel>) -
         tracing::info!(collection = %coll.namespace(), index = name, old = %have.keys,
             new = %want.keys, "mq-mongo: an index changed its keys or options; replacing it");
         match coll.drop_index(name).await {
-            Ok(()) => replaced += 1,
-            Err(e) if error_code(&e) == Some(INDEX_NOT_FOUND) => replaced += 1,
+            Ok(()) => replaced.push(name.to_owned()),
+            Err(e) if error_code(&e) == Some(INDEX_NOT_FOUND) => replaced.push(name.to_owned()),
             Err(e) => return Err(backend("replace index", e)),
         }
     }
-    if replaced == 0 {
+    if replaced.is_empty() {
         return Err(backend("create indexes", first));
     }
     coll.create_indexes(indexes)
         .await
         .map_err(|e| backend("create indexes", e))?;
-    Ok(())
+    Ok(replaced)
 }
 
 /// Creates the `indexes` of `coll` (and so the collection) when `create` is true; otherwise
 /// checks that the collection and an index with each key pattern exist, failing with
 /// [`Error::MissingSchema`] naming the first one missing. Never writes when `create` is false.
+/// Returns the names of the indexes it replaced (see [`create_indexes`]).
 pub(crate) async fn prepare_schema(
     coll: &Collection<Document>,
     indexes: Vec<IndexModel>,
     create: bool,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     if create {
         return create_indexes(coll, indexes).await;
     }
@@ -229,7 +234,7 @@ pub(crate) async fn prepare_schema(
             )));
         }
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 #[cfg(test)]

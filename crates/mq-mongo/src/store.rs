@@ -196,7 +196,26 @@ impl MongoStore {
             }
             models.push(ttl);
         }
-        prepare_schema(&self.raw, models, self.options.get_create_schema()).await
+        let replaced = prepare_schema(&self.raw, models, self.options.get_create_schema()).await?;
+        if replaced.iter().any(|name| name == "mq_claim") {
+            // Messages written before priorities have no `priority`, which the claim index
+            // sorts below every number: give the waiting ones the default so they keep their
+            // place in line.
+            let res = self
+                .raw
+                .update_many(
+                    doc! {
+                        "status": { "$in": ["scheduled", "processing"] },
+                        "priority": { "$exists": false },
+                    },
+                    doc! { "$set": { "priority": 0_i32 } },
+                )
+                .await
+                .map_err(|e| backend("upgrade", e))?;
+            tracing::info!(collection = %self.raw.namespace(), messages = res.modified_count,
+                "mq-mongo: the claim index now orders by priority; waiting messages got priority 0");
+        }
+        Ok(())
     }
 
     /// Starts the change stream, once.

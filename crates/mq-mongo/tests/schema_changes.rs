@@ -6,10 +6,14 @@ mod common;
 
 use std::time::Duration;
 
+use mq_core::backend::{Holder, QueueStore};
+use mq_core::testkit::queue_name;
+use mq_core::{MessageQueue, NewMessage};
 use mq_mongo::MongoQueue;
-use mq_mongo::mongodb::bson::{Document, doc};
+use mq_mongo::mongodb::bson::{DateTime, Document, doc};
 use mq_mongo::mongodb::options::IndexOptions;
 use mq_mongo::mongodb::{Collection, IndexModel};
+use serde_json::json;
 
 /// The index of `coll` named `name`.
 async fn index(coll: &Collection<Document>, name: &str) -> Option<IndexModel> {
@@ -51,7 +55,7 @@ async fn a_changed_retention_replaces_the_ttl_index() {
     let ttl = index(&coll, "mq_retention").await.expect("retention index");
     assert_eq!(ttl.options.and_then(|o| o.expire_after), Some(2 * hour));
     for q in [first, second, third] {
-        mq_core::MessageQueue::shutdown(&q).await.expect("shutdown");
+        q.shutdown().await.expect("shutdown");
     }
 }
 
@@ -72,15 +76,39 @@ async fn the_claim_index_of_an_older_version_is_replaced() {
     )
     .await
     .expect("the older claim index");
+    // A message waiting since then: no `priority` field.
+    let name = queue_name(TEST);
+    let now = DateTime::now();
+    coll.insert_one(doc! {
+        "_id": format!("{name}/old"), "queue": name.as_str(), "type": "t",
+        "payload": { "n": "old" }, "status": "scheduled", "execute_at": now,
+        "created_at": now, "updated_at": now, "attempts": 0_i64,
+    })
+    .await
+    .expect("a message of the older layout");
     let queue = MongoQueue::from_client(client.clone(), options.clone())
         .await
         .expect("connect over the older claim index");
+    queue.register(&name).await.expect("register");
+    common::publish_all(
+        &queue,
+        &name,
+        vec![NewMessage::new("t", json!({ "n": "new" }))],
+        "stored",
+    )
+    .await;
+    let claimed = queue
+        .store()
+        .claim(&name, Holder::new("c", Duration::from_secs(60)), 2)
+        .await
+        .expect("claim");
+    let order: Vec<&str> = claimed.messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(order.len(), 2, "{order:?}");
+    assert_eq!(order[0], "old", "the older message keeps its place in line");
     let claim = index(&coll, "mq_claim").await.expect("claim index");
     assert_eq!(
         claim.keys,
         doc! { "queue": 1, "status": 1, "priority": -1, "execute_at": 1 }
     );
-    mq_core::MessageQueue::shutdown(&queue)
-        .await
-        .expect("shutdown");
+    queue.shutdown().await.expect("shutdown");
 }
