@@ -112,19 +112,97 @@ pub(crate) async fn store_collection(
     Ok(coll)
 }
 
+/// Index error codes: an index of the same name exists with other options, or other keys.
+const INDEX_CONFLICTS: [i32; 2] = [
+    85, // IndexOptionsConflict
+    86, // IndexKeySpecsConflict
+];
+
+/// No index of that name (another process dropped it first).
+const INDEX_NOT_FOUND: i32 = 27;
+
+fn error_code(e: &mongodb::error::Error) -> Option<i32> {
+    match &*e.kind {
+        ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    }
+}
+
+/// True when two index definitions of the same name build the same index: same keys, same
+/// expiry, uniqueness and partial filter.
+fn same_index(have: &IndexModel, want: &IndexModel) -> bool {
+    let opt = |m: &IndexModel| {
+        m.options.as_ref().map(|o| {
+            (
+                o.expire_after,
+                o.unique.unwrap_or(false),
+                o.partial_filter_expression.clone(),
+            )
+        })
+    };
+    let (h, w) = (opt(have), opt(want));
+    have.keys == want.keys
+        && h.as_ref().map(|o| o.0) == w.as_ref().map(|o| o.0)
+        && h.as_ref().is_some_and(|o| o.1) == w.as_ref().is_some_and(|o| o.1)
+        && h.and_then(|o| o.2) == w.and_then(|o| o.2)
+}
+
+/// Creates `indexes` on `coll`. An index that exists under the same name with other keys or
+/// options (a retention changed between two runs, a newer layout of the claim index) is
+/// dropped and created again as asked, so a changed setting never stops a queue from starting.
+/// Returns the names of the indexes it replaced.
+async fn create_indexes(
+    coll: &Collection<Document>,
+    indexes: Vec<IndexModel>,
+) -> Result<Vec<String>> {
+    let first = match coll.create_indexes(indexes.clone()).await {
+        Ok(_) => return Ok(Vec::new()),
+        Err(e) if error_code(&e).is_some_and(|c| INDEX_CONFLICTS.contains(&c)) => e,
+        Err(e) => return Err(backend("create indexes", e)),
+    };
+    let existing: Vec<IndexModel> = collect(coll.list_indexes(), "create indexes").await?;
+    let mut replaced = Vec::new();
+    for want in &indexes {
+        let Some(name) = want.options.as_ref().and_then(|o| o.name.as_deref()) else {
+            continue;
+        };
+        let Some(have) = existing
+            .iter()
+            .find(|h| h.options.as_ref().and_then(|o| o.name.as_deref()) == Some(name))
+        else {
+            continue;
+        };
+        if same_index(have, want) {
+            continue;
+        }
+        tracing::info!(collection = %coll.namespace(), index = name, old = %have.keys,
+            new = %want.keys, "mq-mongo: an index changed its keys or options; replacing it");
+        match coll.drop_index(name).await {
+            Ok(()) => replaced.push(name.to_owned()),
+            Err(e) if error_code(&e) == Some(INDEX_NOT_FOUND) => replaced.push(name.to_owned()),
+            Err(e) => return Err(backend("replace index", e)),
+        }
+    }
+    if replaced.is_empty() {
+        return Err(backend("create indexes", first));
+    }
+    coll.create_indexes(indexes)
+        .await
+        .map_err(|e| backend("create indexes", e))?;
+    Ok(replaced)
+}
+
 /// Creates the `indexes` of `coll` (and so the collection) when `create` is true; otherwise
 /// checks that the collection and an index with each key pattern exist, failing with
 /// [`Error::MissingSchema`] naming the first one missing. Never writes when `create` is false.
+/// Returns the names of the indexes it replaced (see [`create_indexes`]).
 pub(crate) async fn prepare_schema(
     coll: &Collection<Document>,
     indexes: Vec<IndexModel>,
     create: bool,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     if create {
-        coll.create_indexes(indexes)
-            .await
-            .map_err(|e| backend("create indexes", e))?;
-        return Ok(());
+        return create_indexes(coll, indexes).await;
     }
     let ns = coll.namespace();
     let missing = |object: String| {
@@ -156,7 +234,7 @@ pub(crate) async fn prepare_schema(
             )));
         }
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 #[cfg(test)]

@@ -261,7 +261,9 @@ impl DeadLetterStore for MongoDeadLetterStore {
     /// Creates the indexes, as building the store did; under
     /// [`MongoOptions::create_schema`]`(false)` only checks that they exist.
     async fn migrate(&self) -> mq_core::Result<()> {
-        prepare_schema(&self.coll, indexes(), self.create_schema).await
+        prepare_schema(&self.coll, indexes(), self.create_schema)
+            .await
+            .map(drop)
     }
 
     async fn insert(&self, letters: Vec<DeadLetter>) -> mq_core::Result<()> {

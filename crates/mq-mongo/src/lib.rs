@@ -14,6 +14,13 @@
 //!   index that deletes finished messages after [`MongoOptions::retention`]; with
 //!   [`MongoOptions::create_schema`]`(false)` nothing is created and missing indexes are an
 //!   error, for read-only tools and least-privilege users;
+//! - **queue controls**: priorities (higher first, publication order within a priority, still
+//!   read from the claim index), unique keys (one lock document per key in
+//!   [`MongoOptions::control_collection`]; a second message with a key that is held is refused
+//!   with the holder's id), cancel by id or unique key, pause and resume per queue for every
+//!   process at once;
+//! - **the server's clock** for leases, delivery times and expiry, whatever the clocks of the
+//!   hosts say;
 //! - **change-stream wake-up** of idle consumers on replica sets, polling otherwise;
 //! - **queue statistics** ([`MongoQueue::queue_stats`]): messages per status, the oldest ready
 //!   message, expired leases, in one read-only aggregation.
@@ -66,6 +73,7 @@
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 
 mod checkpoint;
+mod clock;
 mod connect;
 mod dead_letters;
 mod document;

@@ -75,10 +75,12 @@ pub struct MongoOptions {
     collection: String,
     dead_letter_collection: String,
     checkpoint_collection: String,
+    control_collection: String,
     server_selection_timeout: Duration,
     connect_timeout: Duration,
     create_schema: bool,
     retention: Option<Duration>,
+    idempotency_window: Option<Duration>,
     change_stream: bool,
     claim_strategy: ClaimStrategy,
     sweep_interval: Duration,
@@ -92,10 +94,12 @@ impl Default for MongoOptions {
             collection: "mq_messages".into(),
             dead_letter_collection: "mq_dead_letters".into(),
             checkpoint_collection: "mq_checkpoints".into(),
+            control_collection: "mq_queue_controls".into(),
             server_selection_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             create_schema: true,
             retention: None,
+            idempotency_window: None,
             change_stream: true,
             claim_strategy: ClaimStrategy::Batch,
             sweep_interval: Duration::from_secs(1),
@@ -114,6 +118,9 @@ impl MongoOptions {
         dead_letter_collection(name: impl Into<String>) name.into();
         /// The collection of [`MongoCheckpointStore`](crate::MongoCheckpointStore).
         checkpoint_collection(name: impl Into<String>) name.into();
+        /// The collection holding one small document per paused queue (default
+        /// `mq_queue_controls`), read by every claim so a pause stops all consumers at once.
+        control_collection(name: impl Into<String>) name.into();
         /// How long an operation waits for a usable server before failing; also bounds `connect`.
         server_selection_timeout(d: Duration) d;
         /// How long opening one TCP connection may take.
@@ -122,10 +129,33 @@ impl MongoOptions {
         /// default). When false, nothing is ever created: connecting checks that they exist and
         /// fails naming the first one missing, for read-only tools and least-privilege users.
         create_schema(on: bool) on;
-        /// Keep executed, failed, expired and dead-lettered messages this long after they finished,
-        /// through a TTL index on `finished_at` (`None`, the default: keep them). The server's TTL
-        /// monitor deletes them, typically within a minute after the age is reached.
+        /// Keep executed, failed, expired, cancelled and dead-lettered messages this long after
+        /// they finished, through a TTL index on `finished_at` (`None`, the default: keep them).
+        /// The server's TTL monitor deletes them, typically within a minute after the age is
+        /// reached. A different age than the one the index was built with replaces the index
+        /// when the queue connects; `None` leaves an existing index as it is. A message's
+        /// unique-key window cannot outlast its retention: the key is free once the message is
+        /// deleted.
         retention(age: Option<Duration>) age;
+        /// With a [`retention`](MongoOptions::retention): how long a finished message's id is
+        /// still refused as a duplicate after the retention removed the message (`None`, the
+        /// default: the id is free once the message is deleted). The message is then kept as a
+        /// small document without its payload, metadata and last error until this window
+        /// passes, so a publish that replays an id (an at-least-once producer, a dead-letter
+        /// replay) is refused with [`mq_core::Error::DuplicateId`] instead of running the work
+        /// twice. The messages' numbers in queue statistics include these documents until they
+        /// are deleted.
+        ///
+        /// ```
+        /// use std::time::Duration;
+        /// use mq_mongo::MongoOptions;
+        ///
+        /// let day = Duration::from_secs(24 * 3600);
+        /// let opts = MongoOptions::default().retention(Some(day)).idempotency_window(Some(7 * day));
+        /// opts.validate()?;
+        /// # Ok::<(), mq_core::Error>(())
+        /// ```
+        idempotency_window(window: Option<Duration>) window;
         /// Wake idle consumers through a change stream when the server supports one (a replica
         /// set); otherwise they poll. On by default.
         change_stream(on: bool) on;
@@ -157,6 +187,10 @@ impl MongoOptions {
     pub fn get_checkpoint_collection(&self) -> &str {
         &self.checkpoint_collection
     }
+    /// The collection of the queue controls (pause and resume).
+    pub fn get_control_collection(&self) -> &str {
+        &self.control_collection
+    }
     /// The server selection timeout.
     pub fn get_server_selection_timeout(&self) -> Duration {
         self.server_selection_timeout
@@ -172,6 +206,16 @@ impl MongoOptions {
     /// The retention of finished messages, if any.
     pub fn get_retention(&self) -> Option<Duration> {
         self.retention
+    }
+    /// How long ids stay refused after the retention removed their message, if at all.
+    pub fn get_idempotency_window(&self) -> Option<Duration> {
+        self.idempotency_window
+    }
+    /// How long a finished message's document stays: its retention plus the idempotency
+    /// window; `None` without a retention.
+    pub(crate) fn get_document_lifetime(&self) -> Option<Duration> {
+        let age = self.retention?;
+        Some(age.saturating_add(self.idempotency_window.unwrap_or_default()))
     }
     /// Whether change-stream wake-up is on.
     pub fn get_change_stream(&self) -> bool {
@@ -198,6 +242,7 @@ impl MongoOptions {
             ("collection", &self.collection),
             ("dead_letter_collection", &self.dead_letter_collection),
             ("checkpoint_collection", &self.checkpoint_collection),
+            ("control_collection", &self.control_collection),
         ];
         for (i, (field, name)) in collections.iter().enumerate() {
             collection_name(&self.database, name)?;
@@ -235,6 +280,18 @@ impl MongoOptions {
                     i32::MAX
                 ),
             ));
+        }
+        if let Some(window) = self.idempotency_window {
+            let total = self.retention.unwrap_or_default().saturating_add(window);
+            if total.as_secs() > i32::MAX as u64 {
+                return Err(Error::invalid_option(
+                    "idempotency_window",
+                    format!(
+                        "with the retention it must stay within {} s, got {window:?}",
+                        i32::MAX
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -318,6 +375,23 @@ mod tests {
         assert!(e.to_string().contains("server_selection_timeout"), "{e}");
         let e = refused(MongoOptions::default().retention(Some(Duration::from_millis(10))));
         assert!(e.to_string().contains("retention"), "{e}");
+        let e = refused(
+            MongoOptions::default()
+                .retention(Some(Duration::from_secs(i32::MAX as u64)))
+                .idempotency_window(Some(Duration::from_secs(1))),
+        );
+        assert!(e.to_string().contains("idempotency_window"), "{e}");
+        let e = refused(
+            MongoOptions::default().idempotency_window(Some(Duration::from_secs(u64::MAX))),
+        );
+        assert!(e.to_string().contains("idempotency_window"), "{e}");
+        let opts = MongoOptions::default()
+            .retention(Some(Duration::from_secs(60)))
+            .idempotency_window(Some(Duration::from_secs(3600)));
+        assert_eq!(
+            opts.get_document_lifetime(),
+            Some(Duration::from_secs(3660))
+        );
         let e = refused(MongoOptions::default().dead_letter_collection("mq_messages"));
         assert!(
             matches!(

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
 use mongodb::bson::{Bson, Document, doc};
 use mq_core::{QueueName, QueueStats, Result, Status};
 
@@ -16,7 +15,7 @@ impl MongoStore {
     /// always counted: the oldest ready message is the oldest `scheduled` one whose `execute_at`
     /// has passed; an expired lease is a `processing` message whose lease ended before now.
     pub(crate) async fn stats(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
-        let now = Utc::now();
+        let now = self.now().await;
         let nowb = date(now);
         let mut pipeline = Vec::with_capacity(2);
         if let Some(q) = queue {

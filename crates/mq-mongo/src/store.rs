@@ -13,14 +13,20 @@ use mongodb::error::ErrorKind;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use mq_core::backend::duplicate_id;
-use mq_core::backend::{Claim, Claimed, Completion, CompletionAction, Holder, QueueStore};
-use mq_core::{ErrorChain, Message, QueueName, QueueStats, Result, async_trait};
+use mq_core::backend::{
+    Claim, Claimed, Completion, CompletionAction, Holder, QueueStore, Undecodable,
+};
+use mq_core::{
+    CancelOutcome, CancelTarget, ErrorChain, Message, MessageId, QueueName, QueueStats, Result,
+    Status, async_trait,
+};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::ServerClock;
 use crate::connect::{collect, prepare_schema};
-use crate::document::{Doc, Key, date, date_ceil, doc_projection};
+use crate::document::{Decoded, Doc, Key, chrono, date, date_ceil, decode, doc_projection};
 use crate::error::{backend, is_duplicate_code};
 use crate::options::{ClaimStrategy, MongoOptions};
 use crate::wake::{self, Wake};
@@ -30,6 +36,8 @@ const CLAIM_ROUNDS: usize = 3;
 /// A batch claim picks its messages at random among this many times as many of the oldest ready
 /// ones.
 const CLAIM_WINDOW: usize = 4;
+/// Tries to take a unique key (the second one after taking over a lock of a finished holder).
+const KEY_ROUNDS: usize = 2;
 /// Expired messages marked per claim call (the rest on the next calls).
 const EXPIRE_PAGE: i64 = 1000;
 
@@ -38,8 +46,16 @@ const EXPIRE_PAGE: i64 = 1000;
 /// Each message is one document keyed `"<queue>/<message id>"`. A claim
 /// takes a document only through an update whose filter still sees it ready (or its lease
 /// expired), so two consumers never hold one message; renewals and completions are fenced on
-/// the owner, the attempt number and an unexpired lease. Times are compared with this
-/// process's clock, so keep the clocks of consumer hosts in sync (NTP).
+/// the owner, the attempt number and an unexpired lease. Every time it writes or compares
+/// (`execute_at`, leases, expiry) is on the server's clock: the store measures the offset of
+/// this host's clock to the server's when it connects and every 30 seconds, so a host whose
+/// clock is off neither moves work early or late nor takes over running leases. Times in the
+/// messages it returns are on the server's clock too.
+///
+/// Claims take higher priorities first and, within a priority, the oldest `execute_at`; a
+/// unique key is held by one waiting or running message per queue (and for its window after it
+/// finished); a paused queue (one small document per queue in
+/// [`MongoOptions::control_collection`]) hands out nothing to any consumer.
 ///
 /// Built by [`MongoQueue`](crate::MongoQueue), which hands it out for inspection and for tools
 /// that drive the [`QueueStore`] contract directly.
@@ -61,6 +77,8 @@ pub struct MongoStore {
     db: Database,
     coll: Collection<Doc>,
     pub(crate) raw: Collection<Document>,
+    controls: Collection<Document>,
+    pub(crate) clock: ServerClock,
     options: MongoOptions,
     watching: OnceCell<()>,
     wake: Arc<Wake>,
@@ -69,6 +87,9 @@ pub struct MongoStore {
     token_prefix: String,
     token_seq: AtomicU64,
     swept: Mutex<HashMap<String, Instant>>,
+    /// When finished messages past their retention were last cut down to their id, and up to
+    /// which `finished_at` (see [`MongoOptions::idempotency_window`]).
+    compacted: Mutex<(Option<Instant>, Option<DateTime<Utc>>)>,
 }
 
 impl fmt::Debug for MongoStore {
@@ -94,11 +115,14 @@ impl MongoStore {
         let db = client.database(options.get_database());
         let coll = db.collection::<Doc>(options.get_collection());
         let raw = db.collection::<Document>(options.get_collection());
+        let controls = db.collection::<Document>(options.get_control_collection());
         MongoStore {
             client,
             db,
             coll,
             raw,
+            controls,
+            clock: ServerClock::default(),
             options,
             watching: OnceCell::new(),
             wake: Arc::default(),
@@ -107,6 +131,7 @@ impl MongoStore {
             token_prefix: format!("{:016x}", rand::random::<u64>()),
             token_seq: AtomicU64::new(0),
             swept: Mutex::default(),
+            compacted: Mutex::default(),
         }
     }
 
@@ -138,9 +163,16 @@ impl MongoStore {
         format!("{}-{n:x}", self.token_prefix)
     }
 
-    /// Creates the indexes of the collection (claiming, expiry, retention), or checks that they
-    /// exist when [`MongoOptions::create_schema`] is off.
+    /// Now, on the server's clock.
+    pub(crate) async fn now(&self) -> DateTime<Utc> {
+        self.clock.now(&self.db).await
+    }
+
+    /// Creates the indexes of the collection (claiming, expiry, unique keys, retention), or
+    /// checks that they exist when [`MongoOptions::create_schema`] is off; measures the offset
+    /// to the server's clock.
     pub(crate) async fn prepare_schema(&self) -> Result<()> {
+        self.clock.measure(&self.db).await;
         let index = |keys: Document, name: &str| {
             IndexModel::builder()
                 .keys(keys)
@@ -149,7 +181,7 @@ impl MongoStore {
         };
         let mut models = vec![
             index(
-                doc! { "queue": 1, "status": 1, "execute_at": 1 },
+                doc! { "queue": 1, "status": 1, "priority": -1, "execute_at": 1 },
                 "mq_claim",
             ),
             index(
@@ -157,14 +189,33 @@ impl MongoStore {
                 "mq_expiry",
             ),
         ];
-        if let Some(age) = self.options.get_retention() {
+        if let Some(age) = self.options.get_document_lifetime() {
             let mut ttl = index(doc! { "finished_at": 1 }, "mq_retention");
             if let Some(o) = ttl.options.as_mut() {
                 o.expire_after = Some(age);
             }
             models.push(ttl);
         }
-        prepare_schema(&self.raw, models, self.options.get_create_schema()).await
+        let replaced = prepare_schema(&self.raw, models, self.options.get_create_schema()).await?;
+        if replaced.iter().any(|name| name == "mq_claim") {
+            // Messages written before priorities have no `priority`, which the claim index
+            // sorts below every number: give the waiting ones the default so they keep their
+            // place in line.
+            let res = self
+                .raw
+                .update_many(
+                    doc! {
+                        "status": { "$in": ["scheduled", "processing"] },
+                        "priority": { "$exists": false },
+                    },
+                    doc! { "$set": { "priority": 0_i32 } },
+                )
+                .await
+                .map_err(|e| backend("upgrade", e))?;
+            tracing::info!(collection = %self.raw.namespace(), messages = res.modified_count,
+                "mq-mongo: the claim index now orders by priority; waiting messages got priority 0");
+        }
+        Ok(())
     }
 
     /// Starts the change stream, once.
@@ -220,10 +271,11 @@ impl MongoStore {
         }
     }
 
-    /// Delivery order: the claim index gives it without a blocking sort; messages with the same
-    /// `execute_at` come in index (insertion) order.
+    /// Delivery order, higher priority first, then oldest `execute_at`: the claim index gives
+    /// it without a blocking sort; messages with the same priority and `execute_at` come in
+    /// index (insertion) order.
     fn sort() -> Document {
-        doc! { "execute_at": 1 }
+        doc! { "priority": -1, "execute_at": 1 }
     }
 
     fn claim_update(
@@ -272,21 +324,73 @@ impl MongoStore {
         field: &str,
         token: &str,
         op: &'static str,
-    ) -> Result<Vec<Message>> {
+    ) -> Result<Taken> {
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Taken::default());
         }
+        // Claim order is the order of `ids` (the claim index's), which `$in` does not keep.
+        let position: HashMap<String, usize> = ids
+            .iter()
+            .enumerate()
+            .filter_map(|(i, id)| Some((id.as_str()?.to_owned(), i)))
+            .collect();
         let find = self
-            .coll
+            .raw
             .find(doc! { "_id": { "$in": ids }, field: token })
             .projection(doc_projection());
-        let docs: Vec<Doc> = collect(find, op).await?;
-        let mut out = docs
-            .into_iter()
-            .map(Doc::into_message)
-            .collect::<Result<Vec<Message>>>()?;
-        out.sort_by_key(|m| (m.execute_at, m.created_at));
-        Ok(out)
+        let mut docs: Vec<Document> = collect(find, op).await?;
+        docs.sort_by_key(|d| {
+            d.get_str("_id")
+                .ok()
+                .and_then(|k| position.get(k).copied())
+                .unwrap_or(usize::MAX)
+        });
+        let mut taken = Taken::default();
+        for d in docs {
+            taken.push(d);
+        }
+        Ok(taken)
+    }
+
+    /// Under an [`MongoOptions::idempotency_window`], cuts the messages whose retention passed
+    /// (since the last call) down to what refuses their id again: payload, metadata and last
+    /// error go; the TTL index deletes the rest when the window passed. At most once per
+    /// [`MongoOptions::sweep_interval`]; each call looks only at messages that finished after
+    /// the previous call's cutoff.
+    async fn compact(&self, now: DateTime<Utc>) -> Result<()> {
+        let (Some(age), Some(_)) = (
+            self.options.get_retention(),
+            self.options.get_idempotency_window(),
+        ) else {
+            return Ok(());
+        };
+        let cutoff = mq_before(now, age);
+        let since = {
+            let mut last = self.compacted.lock().unwrap_or_else(|e| e.into_inner());
+            if last
+                .0
+                .is_some_and(|t| t.elapsed() < self.options.get_sweep_interval())
+            {
+                return Ok(());
+            }
+            last.0 = Some(Instant::now());
+            last.1
+        };
+        let mut range = doc! { "$lte": date(cutoff) };
+        if let Some(since) = since {
+            range.insert("$gt", date(since));
+        }
+        self.raw
+            .update_many(
+                doc! { "finished_at": range, "payload": { "$exists": true } },
+                doc! { "$unset": {
+                    "payload": "", "metadata": "", "last_error": "", "partition_key": "",
+                } },
+            )
+            .await
+            .map_err(|e| backend("compact", e))?;
+        self.compacted.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(cutoff);
+        Ok(())
     }
 
     /// Marks scheduled messages past `expires_at` expired; returns the ones this call flipped.
@@ -311,10 +415,15 @@ impl MongoStore {
             )
             .await
             .map_err(|e| backend("claim", e))?;
-        self.read_tagged(ids, "op_token", &token, "claim").await
+        let taken = self.read_tagged(ids, "op_token", &token, "claim").await?;
+        if !taken.undecodable.is_empty() {
+            tracing::warn!(%queue, count = taken.undecodable.len(),
+                "mq-mongo: expired documents that do not decode as messages are left marked expired");
+        }
+        Ok(taken.messages)
     }
 
-    async fn claim_batch(&self, c: &ClaimRequest<'_>) -> Result<Vec<Message>> {
+    async fn claim_batch(&self, c: &ClaimRequest<'_>) -> Result<Taken> {
         let mut candidates: Vec<Bson> = Vec::new();
         let mut taken: u64 = 0;
         for round in 0..CLAIM_ROUNDS {
@@ -337,7 +446,7 @@ impl MongoStore {
             }
         }
         if taken == 0 {
-            return Ok(Vec::new());
+            return Ok(Taken::default());
         }
         self.read_tagged(candidates, "claim_token", &c.token, "claim")
             .await
@@ -374,22 +483,26 @@ impl MongoStore {
             // claims rarely collide. Order is kept within the window.
             let need = want - recovered;
             let window = need.saturating_mul(CLAIM_WINDOW);
-            let mut due = self
-                .find_ids(
-                    Self::due_filter(queue, nowb),
-                    Some(Self::sort()),
-                    i64::try_from(window).unwrap_or(i64::MAX),
-                )
-                .await?;
+            let filter = Self::due_filter(queue, nowb);
+            let find = self
+                .raw
+                .find(filter)
+                .projection(doc! { "_id": 1, "priority": 1 })
+                .sort(Self::sort())
+                .limit(i64::try_from(window).unwrap_or(i64::MAX));
+            let due: Vec<Document> = collect(find, "claim").await?;
+            let due: Vec<(Bson, i32)> = due
+                .into_iter()
+                .filter_map(|mut d| {
+                    let p = i32::try_from(as_i64(d.get("priority"))).unwrap_or(0);
+                    d.remove("_id").map(|id| (id, p))
+                })
+                .collect();
             if due.len() > need {
-                let mut picked: Vec<usize> =
-                    rand::seq::index::sample(&mut rand::rng(), due.len(), need).into_vec();
-                picked.sort_unstable();
-                due = picked.into_iter().map(|i| due[i].clone()).collect();
                 // the window was full: more may be ready after it
                 full_window = true;
             }
-            ids.extend(due);
+            ids.extend(pick_from_window(due, need));
         }
         if ids.is_empty() {
             return Ok(false);
@@ -409,8 +522,8 @@ impl MongoStore {
         Ok(found >= want || full_window)
     }
 
-    async fn claim_one_by_one(&self, c: &ClaimRequest<'_>) -> Result<Vec<Message>> {
-        let mut out = Vec::new();
+    async fn claim_one_by_one(&self, c: &ClaimRequest<'_>) -> Result<Taken> {
+        let mut out = Taken::default();
         let mut recovering = c.sweep;
         while out.len() < c.limit {
             let filter = if recovering {
@@ -419,15 +532,15 @@ impl MongoStore {
                 Self::due_filter(c.queue, c.now)
             };
             let doc = self
-                .coll
+                .raw
                 .find_one_and_update(filter, c.update.clone())
                 .sort(Self::sort())
                 .projection(doc_projection())
                 .return_document(ReturnDocument::After)
                 .await
                 .map_err(|e| backend("claim", e));
-            match doc.and_then(|d| d.map(Doc::into_message).transpose()) {
-                Ok(Some(m)) => out.push(m),
+            match doc {
+                Ok(Some(d)) => out.push(d),
                 Ok(None) if recovering => recovering = false,
                 Ok(None) => break,
                 Err(e) => {
@@ -496,6 +609,182 @@ impl MongoStore {
     }
 }
 
+impl MongoStore {
+    /// True while `queue` is paused (its control document says so).
+    async fn paused(&self, queue: &QueueName, op: &'static str) -> Result<bool> {
+        let control = self
+            .controls
+            .find_one(doc! { "_id": Self::pause_id(queue) })
+            .projection(doc! { "paused": 1 })
+            .await
+            .map_err(|e| backend(op, e))?;
+        Ok(control.is_some_and(|c| c.get_bool("paused").unwrap_or(false)))
+    }
+
+    /// The `_id` of the control document that pauses `queue`.
+    fn pause_id(queue: &QueueName) -> String {
+        format!("paused/{}", queue.as_str())
+    }
+
+    /// The `_id` of the control document of a unique key.
+    fn key_id(queue: &QueueName, key: &str) -> String {
+        format!("key/{}/{key}", queue.as_str())
+    }
+
+    /// True while the message `holder` of `queue` keeps its unique key: it waits or runs, or
+    /// finished less than its window ago. A message that is gone (deleted by retention, or
+    /// never stored) holds nothing.
+    async fn key_blocks(
+        &self,
+        queue: &QueueName,
+        holder: &MessageId,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let doc = self
+            .raw
+            .find_one(doc! { "_id": Key::bson(queue, holder) })
+            .projection(doc! { "finished_at": 1, "unique_window_ms": 1 })
+            .await
+            .map_err(|e| backend("publish", e))?;
+        Ok(match doc {
+            None => false,
+            Some(d) => match d.get_datetime("finished_at") {
+                Err(_) => true,
+                Ok(finished) => {
+                    let window = u64::try_from(as_i64(d.get("unique_window_ms"))).unwrap_or(0);
+                    mq_after(chrono(*finished), Duration::from_millis(window)) > now
+                }
+            },
+        })
+    }
+
+    /// Takes the unique keys of `messages[candidates]` before they are stored: one lock
+    /// document per key in the control collection, naming its holder. A key is held while its
+    /// holder waits or runs and for its window after it finished; the lock of a holder that
+    /// finished longer ago, or is gone, is taken over. Returns the refusals by position in
+    /// `messages`, and the positions whose lock this call wrote.
+    async fn take_keys(
+        &self,
+        queue: &QueueName,
+        messages: &[Message],
+        candidates: &[usize],
+        now: DateTime<Utc>,
+    ) -> Result<(HashMap<usize, mq_core::Error>, Vec<usize>)> {
+        let taken_by = |key: &str, holder: &MessageId| mq_core::Error::DuplicateKey {
+            key: key.to_owned(),
+            holder: holder.clone(),
+            queue: queue.clone(),
+        };
+        let mut refused = HashMap::new();
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        let mut pending = Vec::new();
+        for &i in candidates {
+            let Some(key) = messages[i].unique_key.as_deref() else {
+                continue;
+            };
+            if let Some(&j) = first.get(key) {
+                refused.insert(i, taken_by(key, &messages[j].id));
+            } else {
+                first.insert(key, i);
+                pending.push(i);
+            }
+        }
+        let key_of = |i: usize| messages[i].unique_key.as_deref().unwrap_or_default();
+        let mut written = Vec::new();
+        for round in 0..KEY_ROUNDS {
+            if pending.is_empty() {
+                break;
+            }
+            let locks: Vec<Document> = pending
+                .iter()
+                .map(|&i| {
+                    doc! { "_id": Self::key_id(queue, key_of(i)), "holder": messages[i].id.as_str() }
+                })
+                .collect();
+            let failed: HashSet<usize> = match self.controls.insert_many(locks).ordered(false).await
+            {
+                Ok(_) => HashSet::new(),
+                Err(e) => match &*e.kind {
+                    ErrorKind::InsertMany(f)
+                        if f.write_concern_error.is_none()
+                            && f.write_errors
+                                .iter()
+                                .flatten()
+                                .all(|w| is_duplicate_code(w.code)) =>
+                    {
+                        f.write_errors
+                            .iter()
+                            .flatten()
+                            .filter_map(|w| pending.get(w.index).copied())
+                            .collect()
+                    }
+                    _ => return Err(backend("publish", e)),
+                },
+            };
+            written.extend(pending.iter().filter(|i| !failed.contains(i)));
+            let last = round + 1 == KEY_ROUNDS;
+            let mut again = Vec::new();
+            for i in pending.iter().copied().filter(|i| failed.contains(i)) {
+                let (key, id) = (key_of(i), Self::key_id(queue, key_of(i)));
+                let lock = self
+                    .controls
+                    .find_one(doc! { "_id": &id })
+                    .await
+                    .map_err(|e| backend("publish", e))?;
+                let holder = lock
+                    .as_ref()
+                    .and_then(|l| l.get_str("holder").ok())
+                    .and_then(|h| MessageId::new(h).ok());
+                match holder {
+                    // Its own lock from an earlier publish: the insert reports the duplicate id.
+                    Some(h) if h == messages[i].id => {}
+                    Some(h) if last || self.key_blocks(queue, &h, now).await? => {
+                        refused.insert(i, taken_by(key, &h));
+                    }
+                    Some(h) => {
+                        self.controls
+                            .delete_one(doc! { "_id": &id, "holder": h.as_str() })
+                            .await
+                            .map_err(|e| backend("publish", e))?;
+                        again.push(i);
+                    }
+                    None if last => {
+                        refused.insert(
+                            i,
+                            mq_core::Error::backend(
+                                "mongo",
+                                "publish",
+                                format!(
+                                    "unique key {key:?} of message {} is contended by other publishers; publish it again",
+                                    messages[i].id
+                                ),
+                            ),
+                        );
+                    }
+                    None => again.push(i),
+                }
+            }
+            pending = again;
+        }
+        Ok((refused, written))
+    }
+
+    /// Gives back the unique keys this publish took for messages that were not stored.
+    async fn release_keys(&self, queue: &QueueName, messages: &[(usize, &Message)]) {
+        for (_, m) in messages {
+            let Some(key) = &m.unique_key else {
+                continue;
+            };
+            let lock = doc! { "_id": Self::key_id(queue, key), "holder": m.id.as_str() };
+            if let Err(e) = self.controls.delete_one(lock).await {
+                // A lock left behind names a message that does not exist: the next publish of
+                // the key takes it over.
+                tracing::debug!(%queue, key, error = %e, "mq-mongo: releasing a unique key failed");
+            }
+        }
+    }
+}
+
 /// One claim call, as both strategies see it.
 struct ClaimRequest<'a> {
     queue: &'a QueueName,
@@ -507,6 +796,50 @@ struct ClaimRequest<'a> {
     token: String,
     /// Also take messages whose lease expired.
     sweep: bool,
+}
+
+/// An integer field of any numeric type as `i64` (0 when missing or not a number).
+fn as_i64(b: Option<&Bson>) -> i64 {
+    match b {
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Double(n)) => *n as i64,
+        _ => 0,
+    }
+}
+
+/// Picks `need` of the `window` (ready messages in claim order, with their priority) so that
+/// concurrent claims rarely race for the same documents, without breaking priority order:
+/// every message of a priority above the lowest one needed is taken, and a random part of the
+/// lowest one fills the rest. Claim order is kept.
+fn pick_from_window(window: Vec<(Bson, i32)>, need: usize) -> Vec<Bson> {
+    if window.len() <= need {
+        return window.into_iter().map(|(id, _)| id).collect();
+    }
+    let Some(&(_, cutoff)) = window.get(need.saturating_sub(1)) else {
+        return Vec::new();
+    };
+    let above = window.iter().take_while(|(_, p)| *p > cutoff).count();
+    let at_cutoff = window[above..]
+        .iter()
+        .take_while(|(_, p)| *p == cutoff)
+        .count();
+    let mut picked: Vec<usize> =
+        rand::seq::index::sample(&mut rand::rng(), at_cutoff, need - above).into_vec();
+    picked.sort_unstable();
+    window[..above]
+        .iter()
+        .map(|(id, _)| id.clone())
+        .chain(picked.into_iter().map(|i| window[above + i].0.clone()))
+        .collect()
+}
+
+/// `now - d`, saturating.
+fn mq_before(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// `now + d`, saturating.
@@ -535,15 +868,47 @@ fn keep_what_was_claimed(queue: &QueueName, taken: usize, error: mq_core::Error)
 fn join_claim(
     queue: &QueueName,
     expired: Result<Vec<Message>>,
-    claimed: Result<Vec<Message>>,
+    claimed: Result<Taken>,
 ) -> Result<Claimed> {
-    let messages = claimed?;
+    let Taken {
+        messages,
+        undecodable,
+    } = claimed?;
     let expired = expired.unwrap_or_else(|e| {
         tracing::warn!(%queue, error = %ErrorChain::from_error(&e),
             "mq: expiring overdue messages failed; it is tried again on a later claim");
         Vec::new()
     });
-    Ok(Claimed::new(messages, expired))
+    Ok(Claimed::new(messages, expired).with_undecodable(undecodable))
+}
+
+/// What a claim took: the messages, and the documents that do not decode as messages (the
+/// runtime dead-letters each alone, so they never hold back their batch).
+#[derive(Debug, Default)]
+struct Taken {
+    messages: Vec<Message>,
+    undecodable: Vec<Undecodable>,
+}
+
+impl Taken {
+    fn len(&self) -> usize {
+        self.messages.len() + self.undecodable.len()
+    }
+
+    /// Adds a claimed document.
+    fn push(&mut self, raw: Document) {
+        match decode(raw) {
+            Decoded::Message(m) => self.messages.push(*m),
+            Decoded::Undecodable(row) => self.undecodable.push(row),
+            Decoded::Unnamed(reason) => {
+                // Nothing can complete it: it comes back when its lease ends.
+                tracing::error!(
+                    reason,
+                    "mq-mongo: a claimed document has no message key and cannot be handled; remove it"
+                );
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -568,8 +933,13 @@ impl QueueStore for MongoStore {
         let mut docs = Vec::with_capacity(messages.len());
         // position in `docs` -> position in `messages`
         let mut origin = Vec::with_capacity(messages.len());
+        let now = if messages.iter().any(|m| m.unique_key.is_some()) {
+            Some(self.now().await)
+        } else {
+            None
+        };
         for (i, m) in messages.iter().enumerate() {
-            match Doc::from_message(m) {
+            match Doc::from_message(m, &self.clock) {
                 Ok(d) => {
                     docs.push(d);
                     origin.push(i);
@@ -577,6 +947,23 @@ impl QueueStore for MongoStore {
                 }
                 Err(e) => results.push(Err(mq_core::Error::backend("mongo", "publish", e))),
             }
+        }
+        let mut locked = Vec::new();
+        if let Some(now) = now {
+            let (mut refused, written) = self.take_keys(queue, &messages, &origin, now).await?;
+            locked = written;
+            let mut kept = Vec::with_capacity(docs.len());
+            let mut kept_origin = Vec::with_capacity(origin.len());
+            for (d, i) in docs.into_iter().zip(origin) {
+                match refused.remove(&i) {
+                    Some(e) => results[i] = Err(e),
+                    None => {
+                        kept.push(d);
+                        kept_origin.push(i);
+                    }
+                }
+            }
+            (docs, origin) = (kept, kept_origin);
         }
         if docs.is_empty() {
             return Ok(results);
@@ -608,25 +995,41 @@ impl QueueStore for MongoStore {
                 }
             }
         }
+        let unstored: Vec<(usize, &Message)> = locked
+            .into_iter()
+            .filter(|&i| results[i].is_err())
+            .map(|i| (i, &messages[i]))
+            .collect();
+        self.release_keys(queue, &unstored).await;
         self.wake.wake(queue.as_str());
         Ok(results)
     }
 
+    fn check(&self, message: &Message) -> Result<()> {
+        crate::document::check(message)
+    }
+
     async fn claim(&self, queue: &QueueName, holder: Holder<'_>, limit: usize) -> Result<Claimed> {
         let Holder { owner, lease, .. } = holder;
-        let now = Utc::now();
+        if self.paused(queue, "claim").await? {
+            return Ok(Claimed::default());
+        }
+        let now = self.now().await;
         let sweep = self.should_sweep(queue);
         let (expired, messages) = tokio::join!(
             async {
-                if sweep {
-                    self.expire(queue, now).await
-                } else {
-                    Ok(Vec::new())
+                if !sweep {
+                    return Ok(Vec::new());
                 }
+                if let Err(e) = self.compact(now).await {
+                    tracing::warn!(error = %ErrorChain::from_error(&e),
+                        "mq-mongo: cutting finished messages down to their ids failed; tried again later");
+                }
+                self.expire(queue, now).await
             },
             async {
                 if limit == 0 {
-                    return Ok(Vec::new());
+                    return Ok(Taken::default());
                 }
                 let token = self.token();
                 let nowb = date(now);
@@ -658,7 +1061,7 @@ impl QueueStore for MongoStore {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
-        let now = Utc::now();
+        let now = self.now().await;
         let nowb = date(now);
         let refs: Vec<&Claim> = claims.iter().collect();
         let mut filter = Self::fence(queue, owner, nowb);
@@ -688,7 +1091,7 @@ impl QueueStore for MongoStore {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let now = Utc::now();
+        let now = self.now().await;
         let nowb = date(now);
         let token = self.token();
         let unset = doc! { "lease_owner": "", "lease_expires_at": "", "claim_token": "" };
@@ -702,7 +1105,8 @@ impl QueueStore for MongoStore {
                 }
                 CompletionAction::Retry { execute_at, error } => {
                     let mut set = doc! {
-                        "status": "scheduled", "execute_at": date_ceil(*execute_at),
+                        "status": "scheduled",
+                        "execute_at": date_ceil(self.clock.to_server(*execute_at)),
                         "updated_at": nowb, "op_token": &token,
                     };
                     if let Some(e) = error {
@@ -786,6 +1190,93 @@ impl QueueStore for MongoStore {
         self.stats(queue).await
     }
 
+    async fn cancel(&self, queue: &QueueName, target: CancelTarget) -> Result<CancelOutcome> {
+        let id = match target {
+            CancelTarget::Id(id) => id,
+            CancelTarget::UniqueKey(key) => {
+                let lock = self
+                    .controls
+                    .find_one(doc! { "_id": Self::key_id(queue, &key) })
+                    .await
+                    .map_err(|e| backend("cancel", e))?;
+                match lock
+                    .as_ref()
+                    .and_then(|l| l.get_str("holder").ok())
+                    .and_then(|h| MessageId::new(h).ok())
+                {
+                    Some(holder) => holder,
+                    None => return Ok(CancelOutcome::NotFound),
+                }
+            }
+            // CancelTarget is non-exhaustive: a target this store does not know names nothing.
+            _ => return Ok(CancelOutcome::NotFound),
+        };
+        let which = doc! { "_id": Key::bson(queue, &id) };
+        let nowb = date(self.now().await);
+        let mut live = which.clone();
+        live.insert("status", doc! { "$in": ["scheduled", "processing"] });
+        // The holder of a running message loses it at once: renewals and completions are
+        // fenced on `processing`, so its next renewal fails and its handler is cancelled.
+        let before = self
+            .raw
+            .find_one_and_update(
+                live,
+                doc! {
+                    "$set": {
+                        "status": Status::Cancelled.as_str(), "updated_at": nowb, "finished_at": nowb,
+                    },
+                    "$unset": { "lease_owner": "", "lease_expires_at": "", "claim_token": "" },
+                },
+            )
+            .projection(doc! { "_id": 1, "status": 1 })
+            .return_document(ReturnDocument::Before)
+            .await
+            .map_err(|e| backend("cancel", e))?;
+        if let Some(d) = before {
+            return Ok(if d.get_str("status") == Ok("processing") {
+                CancelOutcome::CancelledRunning(id)
+            } else {
+                CancelOutcome::Cancelled(id)
+            });
+        }
+        let finished = self
+            .raw
+            .find_one(which)
+            .projection(doc! { "status": 1 })
+            .await
+            .map_err(|e| backend("cancel", e))?;
+        Ok(
+            match finished.and_then(|d| d.get_str("status").ok()?.parse::<Status>().ok()) {
+                Some(status) => CancelOutcome::AlreadyFinished(id, status),
+                None => CancelOutcome::NotFound,
+            },
+        )
+    }
+
+    async fn set_paused(&self, queue: &QueueName, paused: bool) -> Result<()> {
+        let nowb = date(self.now().await);
+        self.controls
+            .update_one(
+                doc! { "_id": Self::pause_id(queue) },
+                doc! { "$set": { "paused": paused, "updated_at": nowb } },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| backend(if paused { "pause" } else { "resume" }, e))?;
+        if !paused {
+            self.wake.wake(queue.as_str());
+        }
+        Ok(())
+    }
+
+    async fn is_paused(&self, queue: &QueueName) -> Result<bool> {
+        self.paused(queue, "is paused").await
+    }
+
+    fn wake(&self, queue: &QueueName) {
+        self.wake.wake(queue.as_str());
+    }
+
     async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {
         // Woken by the change stream when it is live, and by inserts made through this store
         // in any case; otherwise the timeout is the poll.
@@ -817,12 +1308,173 @@ mod tests {
         let claimed = join_claim(
             &queue,
             Err(failure()),
-            Ok(vec![message("m1"), message("m2")]),
+            Ok(Taken {
+                messages: vec![message("m1"), message("m2")],
+                undecodable: Vec::new(),
+            }),
         )
         .expect("the claim succeeded; only the sweep failed");
         assert_eq!(claimed.messages.len(), 2);
         assert!(claimed.expired.is_empty());
         assert!(join_claim(&queue, Ok(vec![message("e1")]), Err(failure())).is_err());
+    }
+
+    #[test]
+    fn a_window_pick_keeps_priority_order() {
+        let id = |i: usize| Bson::String(format!("m{i}"));
+        let window: Vec<(Bson, i32)> = [5, 5, 3, 3, 3, 3, 0, 0]
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (id(i), p))
+            .collect();
+        for _ in 0..20 {
+            let picked = pick_from_window(window.clone(), 4);
+            assert_eq!(picked.len(), 4);
+            assert_eq!(
+                picked[..2],
+                [id(0), id(1)],
+                "the higher priority is taken whole"
+            );
+            assert!(
+                picked[2..]
+                    .iter()
+                    .all(|p| window[2..6].iter().any(|(w, _)| w == p))
+            );
+            assert!(picked[2] != picked[3]);
+        }
+        assert_eq!(pick_from_window(window[..3].to_vec(), 4).len(), 3);
+    }
+
+    /// Stores on hosts whose clocks are an hour fast and an hour slow, and one whose clock is
+    /// right, share a queue: nothing is delivered early or late, no running lease is taken over.
+    #[tokio::test]
+    async fn a_skewed_host_clock_moves_no_work_early_or_late() {
+        let url = match mq_core::testkit::service_url("MONGODB_URI") {
+            Ok(u) => u,
+            Err(reason) => {
+                eprintln!("skipping a_skewed_host_clock_moves_no_work_early_or_late: {reason}");
+                return;
+            }
+        };
+        let client = Client::with_uri_str(&url).await.expect("client");
+        let db = "mqt_unit_skewed_host_clock";
+        client
+            .database(db)
+            .drop()
+            .await
+            .expect("drop the test's database");
+        let options = MongoOptions::default()
+            .database(db)
+            .change_stream(false)
+            .sweep_interval(Duration::ZERO);
+        let store = |skew: chrono::Duration| {
+            let s = MongoStore::new(client.clone(), options.clone());
+            *s.clock.skew.lock().unwrap() = skew;
+            s
+        };
+        let (fast, slow, right) = (
+            store(chrono::Duration::hours(1)),
+            store(chrono::Duration::hours(-1)),
+            store(chrono::Duration::zero()),
+        );
+        for s in [&fast, &slow, &right] {
+            s.prepare_schema().await.expect("schema");
+        }
+        let queue = QueueName::new("jobs").expect("queue name");
+        let lease = Duration::from_secs(60);
+        let at = |s: &MongoStore, id: &str, delay: chrono::Duration| {
+            let id = MessageId::new(id).expect("id");
+            let mut m = Message::new(
+                id,
+                queue.clone(),
+                "t",
+                serde_json::Value::Null,
+                s.clock.local(),
+            );
+            m.execute_at += delay;
+            m
+        };
+
+        // Published "now" by the fast host: due now, not an hour late.
+        let stored = fast
+            .insert(&queue, vec![at(&fast, "due-now", chrono::Duration::zero())])
+            .await;
+        assert!(stored.expect("insert").iter().all(Result::is_ok));
+        // Due within the error of the two offset measurements (milliseconds), not in an hour.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let claimed = loop {
+            let claimed = right
+                .claim(&queue, Holder::new("right", lease), 10)
+                .await
+                .expect("claim");
+            if !claimed.messages.is_empty() || Instant::now() > deadline {
+                break claimed;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            claimed.messages.len(),
+            1,
+            "a message published now is due now"
+        );
+        right
+            .complete(
+                &queue,
+                "right",
+                vec![Completion::new(
+                    Claim::of(&claimed.messages[0]),
+                    CompletionAction::Ack,
+                )],
+            )
+            .await
+            .expect("ack");
+
+        // Delayed half an hour by the slow host: not due yet, not half an hour early.
+        let stored = slow
+            .insert(
+                &queue,
+                vec![at(&slow, "in-30-min", chrono::Duration::minutes(30))],
+            )
+            .await;
+        assert!(stored.expect("insert").iter().all(Result::is_ok));
+        let claimed = right
+            .claim(&queue, Holder::new("right", lease), 10)
+            .await
+            .expect("claim");
+        assert!(
+            claimed.messages.is_empty(),
+            "delivered early: {:?}",
+            claimed.messages
+        );
+
+        // Leased for a minute by the slow host: nobody takes it over meanwhile.
+        let stored = right
+            .insert(&queue, vec![at(&right, "leased", chrono::Duration::zero())])
+            .await;
+        assert!(stored.expect("insert").iter().all(Result::is_ok));
+        let held = slow
+            .claim(&queue, Holder::new("slow", lease), 10)
+            .await
+            .expect("claim");
+        assert_eq!(held.messages.len(), 1);
+        let stolen = right
+            .claim(&queue, Holder::new("right", lease), 10)
+            .await
+            .expect("claim");
+        assert!(
+            stolen.messages.is_empty(),
+            "a running lease was taken over: {:?}",
+            stolen.messages
+        );
+        let lost = slow
+            .renew(
+                &queue,
+                Holder::new("slow", lease),
+                &[Claim::of(&held.messages[0])],
+            )
+            .await
+            .expect("renew");
+        assert!(lost.is_empty(), "the slow host lost its own lease");
     }
 
     #[test]

@@ -73,15 +73,26 @@ fn is_unsupported(e: &mongodb::error::Error) -> bool {
     matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if UNSUPPORTED.contains(&c.code))
 }
 
+/// The change-stream pipeline: inserted messages and messages put back to `scheduled`, each
+/// event cut down to what a wake-up needs (the document key, which names the queue), so the
+/// server never ships whole messages (payloads up to 16 MB) to every idle consumer.
+fn pipeline() -> Vec<Document> {
+    vec![
+        doc! { "$match": { "$or": [
+            { "operationType": "insert" },
+            { "operationType": "update", "updateDescription.updatedFields.status": "scheduled" },
+            { "operationType": "replace" },
+        ] } },
+        // `_id` (the resume token) stays: the stream cannot resume without it.
+        doc! { "$project": { "operationType": 1, "documentKey": 1 } },
+    ]
+}
+
 /// Watches `coll` for inserted messages and messages put back to `scheduled`, waking their
 /// queue. Reopens the stream after errors (with backoff); stops for good when the server has no
 /// change streams, leaving consumers to poll.
 pub(crate) async fn watch(coll: Collection<Document>, wake: Arc<Wake>, cancel: CancellationToken) {
-    let pipeline = vec![doc! { "$match": { "$or": [
-        { "operationType": "insert" },
-        { "operationType": "update", "updateDescription.updatedFields.status": "scheduled" },
-        { "operationType": "replace" },
-    ] } }];
+    let pipeline = pipeline();
     let mut backoff = Duration::from_millis(100);
     loop {
         let opened = tokio::select! {
@@ -138,5 +149,21 @@ pub(crate) async fn watch(coll: Collection<Document>, wake: Arc<Wake>, cancel: C
             }
         }
         wake.set_live(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_carry_only_what_a_wake_up_needs() {
+        let stages = pipeline();
+        let last = stages.last().and_then(|s| s.get_document("$project").ok());
+        let Some(project) = last else {
+            panic!("the pipeline ends without a projection: {stages:?}");
+        };
+        let kept: Vec<&str> = project.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["operationType", "documentKey"]);
     }
 }

@@ -48,3 +48,10 @@ impl QueueFactory for MongoFactory {
 }
 
 mq_core::conformance_tests!(MongoFactory::new());
+
+/// Priorities, unique keys, cancel and pause.
+mod control {
+    use super::MongoFactory;
+
+    mq_core::queue_control_tests!(MongoFactory::new());
+}
