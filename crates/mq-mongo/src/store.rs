@@ -1098,6 +1098,7 @@ impl QueueStore for MongoStore {
         let mut statements: Vec<Document> = Vec::new();
         let mut acks: Vec<&Claim> = Vec::new();
         for c in &completions {
+            let release = matches!(c.action, CompletionAction::Release);
             let (set, multi_ok) = match &c.action {
                 CompletionAction::Ack => {
                     acks.push(&c.claim);
@@ -1114,6 +1115,14 @@ impl QueueStore for MongoStore {
                     }
                     (Some(set), false)
                 }
+                // Due at once, and the delivery cut short by shutdown not counted.
+                CompletionAction::Release => (
+                    Some(doc! {
+                        "status": "scheduled", "execute_at": nowb,
+                        "updated_at": nowb, "op_token": &token,
+                    }),
+                    false,
+                ),
                 CompletionAction::Finish { status, error } => (
                     Some(doc! {
                         "status": status.as_str(), "updated_at": nowb, "finished_at": nowb,
@@ -1134,9 +1143,11 @@ impl QueueStore for MongoStore {
                 let mut q = Self::fence(queue, owner, nowb);
                 q.insert("_id", Key::bson(queue, &c.claim.id));
                 q.insert("attempts", i64::from(c.claim.attempt));
-                statements.push(doc! {
-                    "q": q, "u": { "$set": set, "$unset": unset.clone() }, "multi": false,
-                });
+                let mut u = doc! { "$set": set, "$unset": unset.clone() };
+                if release {
+                    u.insert("$inc", doc! { "attempts": -1 });
+                }
+                statements.push(doc! { "q": q, "u": u, "multi": false });
             }
         }
         if !acks.is_empty() {
