@@ -322,7 +322,7 @@ impl LeaseRecord {
         if self.finished || self.live(now, memberships) {
             return None;
         }
-        if membership.is_some_and(|m| !memberships.get(m).is_some_and(|exp| *exp > now)) {
+        if membership.is_some_and(|m| memberships.get(m).is_none_or(|exp| *exp <= now)) {
             // a lease tied to a membership that has ended would be dead on arrival
             return None;
         }

@@ -130,7 +130,7 @@ else
   end
 end
 redis.call('HSET', KEYS[1], ARGV[3], now + ttl)
-redis.call('PEXPIRE', KEYS[1], math.max(ttl, 86400000))
+redis.call('PEXPIREAT', KEYS[1], now + math.max(ttl, 86400000))
 list_member(KEYS[2], ARGV[1], ttl)
 return 1";
 
@@ -158,7 +158,9 @@ return redis.call('ZRANGE', KEYS[1], '(' .. now, '+inf', 'BYSCORE')";
 /// - `<prefix>:{<stream>}:memberships`: hash of membership name to expiry (ms): one field an
 ///   instance, renewed by one call about every second whatever the instance owns.
 ///
-/// Redis 3.2 or later (the scripts read `TIME` before writing, which needs effect replication).
+/// Redis 6.2 or later (the scripts use `ZRANGE … BYSCORE`). Every script that reads `TIME` and
+/// then writes asks for effect replication first, so replicas apply the same writes even where
+/// that is not the default.
 ///
 /// # Examples
 ///
