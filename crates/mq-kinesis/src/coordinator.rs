@@ -6,10 +6,12 @@
 //! instance dies they are free as soon as the membership expires. A task renews it and keeps a
 //! local deadline that shard consumers stop at, before the store can expire it.
 //!
-//! Every `rebalance_interval` the worker reads the live members of the stream (one cheap call).
-//! When they changed, when it waits for shards it was assigned, when one of its shard consumers
-//! ended, or every `discovery_interval`, it also reads the leases (and, less often, the shard
-//! listing) and recomputes [`balanced_assignment`]. Every instance computes the same map from the
+//! Every `rebalance_interval` the worker reads the live members of the stream and the store's
+//! lease version (two cheap calls). When the members changed, when a lease changed hands (the
+//! version moved), when it waits for shards it was assigned, when one of its shard consumers
+//! ended, or when the shard listing (read every `discovery_interval`) changed, it also reads
+//! every lease and recomputes [`balanced_assignment`]: at steady state an instance's calls to the
+//! lease store do not grow with the number of shards. Every instance computes the same map from the
 //! same view, so nobody has to coordinate: an instance starts consumers for the shards assigned
 //! to it once their lease is free, and hands off the shards assigned away (stop fetching, let the
 //! batch in flight finish or cancel it after the grace period, checkpoint, release), after which
@@ -73,6 +75,8 @@ pub(crate) struct Coordinator {
     listing: Vec<ShardLineage>,
     listed_at: Option<Instant>,
     full_at: Option<Instant>,
+    /// the store's lease version at the last full read (`None`: the store keeps none)
+    version: Option<u64>,
     wanting: bool,
     /// eligible shards without a live lease, since when
     free_since: HashMap<String, Instant>,
@@ -107,6 +111,7 @@ impl Coordinator {
             listing: Vec::new(),
             listed_at: None,
             full_at: None,
+            version: None,
             wanting: true,
             free_since: HashMap::new(),
         }
@@ -244,15 +249,26 @@ impl Coordinator {
             members.sort();
         }
         let changed = members != self.members;
-        let discovery_due = self.full_at.is_none_or(|t| t.elapsed() >= discovery);
-        if !(changed || ended || self.wanting || discovery_due) {
+        let mut listing_changed = false;
+        if self.listed_at.is_none_or(|t| t.elapsed() >= discovery) {
+            let listing = list_shard_lineage(&self.env.client, &self.stream).await?;
+            listing_changed = listing != self.listing;
+            self.listing = listing;
+            self.listed_at = Some(Instant::now());
+        }
+        // Every lease is read only when something changed: the members, the listing, a lease
+        // changing hands (the store's version), or one of our consumers; a store without a
+        // version is read on the discovery timer instead.
+        let version = self.env.store.lease_version(&self.stream).await?;
+        let moved = match version {
+            Some(v) => self.full_at.is_none() || self.version != Some(v),
+            None => self.full_at.is_none_or(|t| t.elapsed() >= discovery),
+        };
+        if !(changed || ended || self.wanting || listing_changed || moved) {
             return Ok(());
         }
         self.members = members;
-        if self.listed_at.is_none_or(|t| t.elapsed() >= discovery) {
-            self.listing = list_shard_lineage(&self.env.client, &self.stream).await?;
-            self.listed_at = Some(Instant::now());
-        }
+        self.version = version;
         let leases: HashMap<String, LeaseState> = self
             .env
             .store

@@ -227,6 +227,15 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
         self.heartbeat(stream, instance, Duration::ZERO).await
     }
 
+    /// A number that changes whenever a lease of `stream` changes hands (acquired, released,
+    /// finished, overridden) or an instance joins or leaves, so a worker reads every lease only
+    /// when it changed; the expiry of a membership does not change it (the members do). `None`
+    /// when the store keeps no such number: the worker then reads the leases on a timer.
+    async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
+        let _ = stream;
+        Ok(None)
+    }
+
     /// Like [`acquire_above`](Self::acquire_above), but the lease is tied to `membership` (see
     /// [`join`](Self::join)): it is valid while the membership lives and free as soon as it
     /// expires, and [`renew`](Self::renew) only confirms it. `ttl` is used by a store without
@@ -290,6 +299,12 @@ impl LeaseRecord {
             shard: shard.to_owned(),
             ..LeaseRecord::default()
         }
+    }
+
+    /// True when the lease changed hands from `before` (acquired, released, finished or
+    /// overridden), which changes [`LeaseStore::lease_version`].
+    pub(crate) fn changed_hands(&self, before: &LeaseRecord) -> bool {
+        self.epoch != before.epoch || self.owner != before.owner || self.finished != before.finished
     }
 
     /// Held and not expired: by its membership when it has one, else by its own expiry.

@@ -393,4 +393,8 @@ impl LeaseStore for DurableLeaseStore {
     async fn leave(&self, stream: &str, instance: &str, membership: &str) -> Result<()> {
         self.leases.leave(stream, instance, membership).await
     }
+
+    async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
+        self.leases.lease_version(stream).await
+    }
 }

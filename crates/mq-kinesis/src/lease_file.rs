@@ -87,6 +87,9 @@ impl FileLeaseStore {
             let memberships = read_memberships(dir)?;
             let before = record.clone();
             let out = f(&mut record, &memberships);
+            if record.changed_hands(&before) {
+                bump_version(dir)?;
+            }
             if record != before {
                 write_json(&path, &record)?;
             }
@@ -127,6 +130,9 @@ impl FileLeaseStore {
         self.locked(stream, operation, move |dir| {
             let mut memberships = read_memberships(dir)?;
             let mut members: BTreeMap<String, u64> = read_json(&members_path(dir))?;
+            if !matches!(keep, Some((_, true))) {
+                bump_version(dir)?;
+            }
             let kept = match keep {
                 Some((ttl, renew)) => keep_membership(
                     &mut memberships,
@@ -225,6 +231,17 @@ fn memberships_path(dir: &Path) -> PathBuf {
 
 fn members_path(dir: &Path) -> PathBuf {
     dir.join("members.json")
+}
+
+fn version_path(dir: &Path) -> PathBuf {
+    dir.join("version.json")
+}
+
+/// Raises the stream's [`LeaseStore::lease_version`]; under the stream's lock.
+fn bump_version(dir: &Path) -> io::Result<()> {
+    let path = version_path(dir);
+    let v: u64 = read_json(&path)?;
+    write_json(&path, &(v + 1))
 }
 
 fn read_memberships(dir: &Path) -> io::Result<Memberships> {
@@ -394,6 +411,13 @@ impl LeaseStore for FileLeaseStore {
         self.locked(stream, "live_instances", move |dir| {
             let m: BTreeMap<String, u64> = read_json(&members_path(dir))?;
             Ok(live_members(&m))
+        })
+        .await
+    }
+
+    async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
+        self.locked(stream, "lease_version", move |dir| {
+            read_json::<u64>(&version_path(dir)).map(Some)
         })
         .await
     }

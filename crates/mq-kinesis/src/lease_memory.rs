@@ -35,6 +35,7 @@ struct MemState {
     failures: HashMap<(String, String), HashMap<String, u32>>,
     members: HashMap<String, BTreeMap<String, u64>>,
     memberships: HashMap<String, Memberships>,
+    versions: HashMap<String, u64>,
 }
 
 impl InMemoryLeaseStore {
@@ -60,12 +61,17 @@ impl InMemoryLeaseStore {
         let empty = Memberships::new();
         let memberships = s.memberships.get(stream).unwrap_or(&empty);
         let key = key(stream, shard);
-        if let Some(record) = s.leases.get_mut(&key) {
-            return f(record, memberships);
-        }
-        let mut record = LeaseRecord::unheld(shard);
+        let mut record = s
+            .leases
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| LeaseRecord::unheld(shard));
+        let before = record.clone();
         let out = f(&mut record, memberships);
-        if record != LeaseRecord::unheld(shard) {
+        if record.changed_hands(&before) {
+            *s.versions.entry(stream.to_owned()).or_default() += 1;
+        }
+        if record != before {
             s.leases.insert(key, record);
         }
         out
@@ -94,6 +100,9 @@ impl InMemoryLeaseStore {
     ) -> bool {
         let mut s = self.lock();
         let s = &mut *s;
+        if !renew {
+            *s.versions.entry(stream.to_owned()).or_default() += 1;
+        }
         keep_membership(
             s.memberships.entry(stream.to_owned()).or_default(),
             s.members.entry(stream.to_owned()).or_default(),
@@ -253,9 +262,20 @@ impl LeaseStore for InMemoryLeaseStore {
         Ok(self.keep(stream, instance, membership, ttl, true))
     }
 
+    async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
+        Ok(Some(
+            self.lock()
+                .versions
+                .get(stream)
+                .copied()
+                .unwrap_or_default(),
+        ))
+    }
+
     async fn leave(&self, stream: &str, instance: &str, membership: &str) -> Result<()> {
         let mut s = self.lock();
         let s = &mut *s;
+        *s.versions.entry(stream.to_owned()).or_default() += 1;
         end_membership(
             s.memberships.entry(stream.to_owned()).or_default(),
             s.members.entry(stream.to_owned()).or_default(),

@@ -29,7 +29,8 @@ local function held(owner, exp, m, mkey)
 end
 ";
 
-/// KEYS[1] lease hash, KEYS[2] shard index set, KEYS[3] memberships hash; ARGV owner, ttl_ms,
+/// KEYS[1] lease hash, KEYS[2] shard index set, KEYS[3] memberships hash, KEYS[4] version hash;
+/// ARGV owner, ttl_ms,
 /// shard, epoch floor, membership ('' for a lease with its own expiry) →
 /// {1, epoch, expires, checkpoint} or {0}.
 const ACQUIRE: &str = "
@@ -44,10 +45,11 @@ if ARGV[5] ~= '' then
 end
 local epoch = math.max(tonumber(h[2] or '0'), tonumber(ARGV[4] or '0')) + 1
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'expires', exp, 'membership', ARGV[5])
+redis.call('HINCRBY', KEYS[4], 'v', 1)
 return {1, epoch, exp, h[4] or ''}";
 
 /// The compare-and-set guard of every mutation: KEYS[1] lease hash, KEYS[2] memberships hash,
-/// ARGV[1] owner, ARGV[2] epoch.
+/// KEYS[3] version hash, ARGV[1] owner, ARGV[2] epoch.
 const GUARD: &str = "
 local h = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'checkpoint', 'membership')
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return -1 end
@@ -66,18 +68,23 @@ local new, cur = ARGV[3], h[3]
 if cur and cur ~= '' and (#new < #cur or (#new == #cur and new <= cur)) then return 0 end
 redis.call('HSET', KEYS[1], 'checkpoint', new) return 1";
 
-/// KEYS[1] lease hash, KEYS[2] shard index set; ARGV shard, and a checkpoint or '' → new epoch.
+/// KEYS[1] lease hash, KEYS[2] shard index set, KEYS[3] version hash; ARGV shard, and a
+/// checkpoint or '' → new epoch.
 const OVERRIDE: &str = "
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'v', 1)
 local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') + 1
 redis.call('HSET', KEYS[1], 'owner', '', 'expires', 0, 'epoch', epoch, 'membership', '')
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'checkpoint', ARGV[2]) end
 return epoch";
 
-const RELEASE: &str =
-    "redis.call('HSET', KEYS[1], 'owner', '', 'expires', 0, 'membership', '') return 1";
+const RELEASE: &str = "
+redis.call('HSET', KEYS[1], 'owner', '', 'expires', 0, 'membership', '')
+redis.call('HINCRBY', KEYS[3], 'v', 1)
+return 1";
 
-const FINISH: &str = "redis.call('HSET', KEYS[1], 'finished', '1') return 1";
+const FINISH: &str =
+    "redis.call('HSET', KEYS[1], 'finished', '1') redis.call('HINCRBY', KEYS[3], 'v', 1) return 1";
 
 /// One state row: owner, epoch, expires, checkpoint, finished, live, membership.
 const ROW: &str = "
@@ -117,13 +124,14 @@ end
 
 const HEARTBEAT: &str = "list_member(KEYS[1], ARGV[1], tonumber(ARGV[2])) return 1";
 
-/// KEYS[1] memberships hash, KEYS[2] members set; ARGV instance, ttl_ms, membership, '1' to
-/// renew only a live one → 1, or 0 when it had expired.
+/// KEYS[1] memberships hash, KEYS[2] members set, KEYS[3] version hash; ARGV instance, ttl_ms,
+/// membership, '1' to renew only a live one → 1, or 0 when it had expired.
 const KEEP: &str = "
 local ttl = tonumber(ARGV[2])
 if ARGV[4] == '1' then
   if member_expiry(KEYS[1], ARGV[3]) <= now then return 0 end
 else
+  redis.call('HINCRBY', KEYS[3], 'v', 1)
   local all = redis.call('HGETALL', KEYS[1])
   for i = 1, #all, 2 do
     if tonumber(all[i + 1]) <= now then redis.call('HDEL', KEYS[1], all[i]) end
@@ -134,8 +142,10 @@ redis.call('PEXPIREAT', KEYS[1], now + math.max(ttl, 86400000))
 list_member(KEYS[2], ARGV[1], ttl)
 return 1";
 
-/// KEYS[1] memberships hash, KEYS[2] members set; ARGV instance, membership.
+/// KEYS[1] memberships hash, KEYS[2] members set, KEYS[3] version hash; ARGV instance,
+/// membership.
 const LEAVE: &str = "
+redis.call('HINCRBY', KEYS[3], 'v', 1)
 redis.call('HDEL', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1";
@@ -156,7 +166,9 @@ return redis.call('ZRANGE', KEYS[1], '(' .. now, '+inf', 'BYSCORE')";
 /// - `<prefix>:{<stream>}:shards`: set of the shards ever acquired;
 /// - `<prefix>:{<stream>}:members`: sorted set of instances scored by heartbeat expiry;
 /// - `<prefix>:{<stream>}:memberships`: hash of membership name to expiry (ms): one field an
-///   instance, renewed by one call about every second whatever the instance owns.
+///   instance, renewed by one call about every second whatever the instance owns;
+/// - `<prefix>:{<stream>}:version`: hash whose field `v` counts the changes of hands and of
+///   membership, so instances read every lease only after one.
 ///
 /// Redis 6.2 or later (the scripts use `ZRANGE … BYSCORE`). Every script that reads `TIME` and
 /// then writes asks for effect replication first, so replicas apply the same writes even where
@@ -299,6 +311,10 @@ impl RedisLeaseStore {
         format!("{}:{{{stream}}}:memberships", self.prefix)
     }
 
+    fn version_key(&self, stream: &str) -> String {
+        format!("{}:{{{stream}}}:version", self.prefix)
+    }
+
     async fn acquire_with(
         &self,
         stream: &str,
@@ -316,6 +332,7 @@ impl RedisLeaseStore {
                     self.key(stream, "lease", shard),
                     self.shards_key(stream),
                     self.memberships_key(stream),
+                    self.version_key(stream),
                 ],
                 vec![
                     Value::from(owner),
@@ -355,7 +372,11 @@ impl RedisLeaseStore {
             .run(
                 operation,
                 &self.scripts.keep,
-                vec![self.memberships_key(stream), self.members_key(stream)],
+                vec![
+                    self.memberships_key(stream),
+                    self.members_key(stream),
+                    self.version_key(stream),
+                ],
                 vec![
                     Value::from(instance),
                     Value::from(ttl_ms(ttl).to_string()),
@@ -391,7 +412,11 @@ impl RedisLeaseStore {
         self.run(
             operation,
             &self.scripts.override_,
-            vec![self.key(stream, "lease", shard), self.shards_key(stream)],
+            vec![
+                self.key(stream, "lease", shard),
+                self.shards_key(stream),
+                self.version_key(stream),
+            ],
             vec![
                 Value::from(shard),
                 Value::from(checkpoint.unwrap_or_default()),
@@ -420,6 +445,7 @@ impl RedisLeaseStore {
                 vec![
                     self.key(&lease.stream, "lease", &lease.shard),
                     self.memberships_key(&lease.stream),
+                    self.version_key(&lease.stream),
                 ],
                 args,
             )
@@ -659,11 +685,25 @@ impl LeaseStore for RedisLeaseStore {
             .await
     }
 
+    async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
+        use fred::interfaces::HashesInterface;
+        let v: Option<u64> = self
+            .client
+            .hget(self.version_key(stream), "v")
+            .await
+            .map_err(|e| Error::lease("lease_version", e))?;
+        Ok(Some(v.unwrap_or_default()))
+    }
+
     async fn leave(&self, stream: &str, instance: &str, membership: &str) -> Result<()> {
         self.run(
             "leave",
             &self.scripts.leave,
-            vec![self.memberships_key(stream), self.members_key(stream)],
+            vec![
+                self.memberships_key(stream),
+                self.members_key(stream),
+                self.version_key(stream),
+            ],
             vec![Value::from(instance), Value::from(membership)],
         )
         .await?;

@@ -148,8 +148,9 @@ impl KinesisOptions {
         shard(shard: ShardOptions) shard;
         /// The adaptive strategy (batch size and delays per shard).
         strategy(strategy: Arc<dyn AdaptiveStrategy>) strategy;
-        /// How often the shards are listed again (new shards after resharding) and the leases read
-        /// even when nothing changed.
+        /// How often the shards are listed again (new shards after resharding). The leases are read
+        /// only when the listing, the members or a lease's owner changed (on a lease store that
+        /// does not count lease changes, also at this interval).
         discovery_interval(d: Duration) d.max(Duration::from_millis(1));
         /// How often an instance checks the membership (one cheap call to the lease store) and, when
         /// it changed or shards wait to be taken, rebalances. This is how fast a join, a departure or a

@@ -41,7 +41,7 @@ async fn open(f: &dyn LeaseStoreFactory, test: &str) -> Option<(Arc<dyn LeaseSto
 const SHORT: Duration = Duration::from_millis(300);
 const LONG: Duration = Duration::from_secs(30);
 /// Long enough for a slow store to renew it between checks.
-const MEMBERSHIP: Duration = Duration::from_secs(1);
+const MEMBERSHIP: Duration = Duration::from_secs(2);
 
 async fn wait_until_acquired(
     store: &dyn LeaseStore,
@@ -581,6 +581,53 @@ pub mod cases {
         assert_eq!(own.membership, None);
         assert!(store.renew(&own, LONG).await.unwrap());
     }
+    /// The lease version moves whenever a lease changes hands or an instance joins or leaves,
+    /// and stays put on renewals and checkpoints (a store that keeps none is skipped).
+    pub async fn lease_version_moves_when_leases_change_hands(
+        f: &dyn LeaseStoreFactory,
+        test: &str,
+    ) {
+        let Some((store, s)) = open(f, test).await else {
+            return;
+        };
+        let Some(mut last) = store.lease_version(&s).await.unwrap() else {
+            return;
+        };
+        let store = &*store;
+        let version = |moved: bool, what: &'static str| {
+            let s = s.clone();
+            async move {
+                let v = store.lease_version(&s).await.unwrap().unwrap();
+                (v, moved, what)
+            }
+        };
+        let mut check = |(v, moved, what): (u64, bool, &str)| {
+            assert_eq!(v != last, moved, "{what}: version {last} then {v}");
+            last = v;
+        };
+        store.join(&s, "a", "a.1", LONG).await.unwrap();
+        check(version(true, "join").await);
+        let a = store
+            .acquire_as_member(&s, "sh", "a", "a.1", LONG, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        check(version(true, "acquire").await);
+        assert!(store.renew_membership(&s, "a", "a.1", LONG).await.unwrap());
+        assert!(store.renew(&a, LONG).await.unwrap());
+        store.checkpoint(&a, "5").await.unwrap();
+        check(version(false, "renewals and a checkpoint").await);
+        assert!(store.release(&a).await.unwrap());
+        check(version(true, "release").await);
+        let b = store.acquire(&s, "sh", "b", LONG).await.unwrap().unwrap();
+        check(version(true, "acquire").await);
+        assert!(store.finish(&b).await.unwrap());
+        check(version(true, "finish").await);
+        store.force_release(&s, "sh").await.unwrap();
+        check(version(true, "force_release").await);
+        store.leave(&s, "a", "a.1").await.unwrap();
+        check(version(true, "leave").await);
+    }
 }
 
 /// Stamps one `#[tokio::test]` per lease-store conformance case, each calling `$factory` for a
@@ -601,7 +648,8 @@ macro_rules! lease_store_tests {
             force_release_fences_the_owner,
             set_checkpoint_overrides_and_fences,
             membership_leases_end_with_the_membership,
-            leaving_frees_the_leases_at_once
+            leaving_frees_the_leases_at_once,
+            lease_version_moves_when_leases_change_hands
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -117,6 +117,7 @@ async fn redis_cluster_runs_every_case() {
     cases::set_checkpoint_overrides_and_fences(&f, "cluster-override").await;
     cases::membership_leases_end_with_the_membership(&f, "cluster-membership").await;
     cases::leaving_frees_the_leases_at_once(&f, "cluster-leave").await;
+    cases::lease_version_moves_when_leases_change_hands(&f, "cluster-version").await;
     cluster.stop().await;
 }
 
