@@ -15,7 +15,6 @@
 
 // the instance harness the integration tests run on
 #[path = "../tests/common/emulator.rs"]
-#[allow(dead_code)]
 mod emulator;
 #[path = "../tests/common/instance.rs"]
 mod instance;

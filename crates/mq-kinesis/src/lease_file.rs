@@ -114,7 +114,6 @@ impl FileLeaseStore {
     }
 }
 
-/// The stream's lock, held until dropped (closing the file releases it).
 impl FileLeaseStore {
     /// [`LeaseStore::join`] or [`LeaseStore::renew_membership`] with `Some((ttl, renew))`,
     /// [`LeaseStore::leave`] with `None`.
@@ -155,6 +154,7 @@ impl FileLeaseStore {
     }
 }
 
+/// The stream's lock, held until dropped (closing the file releases it).
 struct LockGuard(#[allow(dead_code)] fs::File);
 
 impl LockGuard {

@@ -129,7 +129,7 @@ async fn file_store_left_over_lock_never_gives_two_winners() {
     let dir = std::env::temp_dir()
         .join("mq-kinesis-lease-tests")
         .join(format!("left-over-lock-{}", ulid::Ulid::new()));
-    for round in 0..20 {
+    for round in 0..50 {
         let stream = format!("s{round}");
         let stream_dir = dir.join(format!("s-s{round}"));
         std::fs::create_dir_all(&stream_dir).unwrap();
@@ -138,7 +138,7 @@ async fn file_store_left_over_lock_never_gives_two_winners() {
             .unwrap();
         drop(lock);
         let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..16 {
+        for i in 0..64 {
             let store = FileLeaseStore::new(&dir).unwrap();
             let stream = stream.clone();
             tasks.spawn(async move {
