@@ -445,6 +445,8 @@ impl Keeper {
                 }
                 Ok(Ok(false)) => {
                     tracing::warn!(stream = %self.stream, membership = current.name(), "mq-kinesis: membership expired; its shards are free, joining again");
+                    // its shard consumers stop now, not at the local deadline
+                    current.expire();
                     self.tx
                         .send_replace(Arc::new(LocalMembership::new(&self.instance)));
                     joined = false;

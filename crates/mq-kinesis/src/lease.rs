@@ -508,6 +508,8 @@ pub(crate) struct LocalMembership {
     base: std::time::Instant,
     /// ms since `base` + 1 of the deadline; 0 until the store first confirmed the membership
     deadline: std::sync::atomic::AtomicU64,
+    /// cancelled once the store said the membership is gone
+    gone: tokio_util::sync::CancellationToken,
 }
 
 impl LocalMembership {
@@ -520,7 +522,20 @@ impl LocalMembership {
             ),
             base: std::time::Instant::now(),
             deadline: std::sync::atomic::AtomicU64::new(0),
+            gone: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// The store said the membership is gone (it expired, or the store lost its data): the
+    /// deadline is now, and [`gone`](Self::gone) is cancelled.
+    pub(crate) fn expire(&self) {
+        self.deadline.store(1, std::sync::atomic::Ordering::SeqCst);
+        self.gone.cancel();
+    }
+
+    /// Cancelled once the store said the membership is gone.
+    pub(crate) fn gone(&self) -> &tokio_util::sync::CancellationToken {
+        &self.gone
     }
 
     /// The name the store knows it by.
@@ -537,6 +552,9 @@ impl LocalMembership {
     pub(crate) fn confirmed(&self, sent: std::time::Instant, ttl: Duration) {
         let at = sent.saturating_duration_since(self.base) + ttl - Self::margin(ttl);
         let at = u64::try_from(at.as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        if self.gone.is_cancelled() {
+            return;
+        }
         self.deadline
             .fetch_max(at, std::sync::atomic::Ordering::SeqCst);
     }
@@ -544,7 +562,7 @@ impl LocalMembership {
     /// How long until the deadline; `None` once it passed (or before the first confirmation).
     pub(crate) fn remaining(&self) -> Option<Duration> {
         let deadline = self.deadline.load(std::sync::atomic::Ordering::SeqCst);
-        if deadline == 0 {
+        if deadline == 0 || self.gone.is_cancelled() {
             return None;
         }
         let deadline = Duration::from_millis(deadline - 1);
@@ -572,5 +590,12 @@ mod tests {
         m.confirmed(std::time::Instant::now(), ttl);
         m.confirmed(std::time::Instant::now() - ttl, ttl);
         assert!(m.remaining().is_some());
+        m.expire();
+        assert!(m.remaining().is_none(), "gone");
+        m.confirmed(std::time::Instant::now(), ttl);
+        assert!(
+            m.remaining().is_none(),
+            "a gone membership is never confirmed again"
+        );
     }
 }

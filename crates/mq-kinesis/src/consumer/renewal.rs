@@ -237,6 +237,7 @@ impl RenewalTask {
             tokio::select! {
                 _ = self.done.cancelled() => return,
                 _ = self.lost.cancelled() => break,
+                _ = m.gone().cancelled() => {}
                 _ = tokio::time::sleep(left.min(interval)) => {}
             }
             if let Some(stuck) = self.busy.stalled() {
