@@ -43,6 +43,18 @@ const BENCHES: &[Bench] = &[
         ],
         needs_services: false,
     },
+    // A simulated fleet on a fake Kinesis and a redis-server of its own, started by the bench.
+    Bench {
+        name: "fleet",
+        args: &[
+            "-p",
+            "mq-kinesis",
+            "--all-features",
+            "--example",
+            "bench_fleet",
+        ],
+        needs_services: false,
+    },
 ];
 
 /// Runs the benchmark called `name`.

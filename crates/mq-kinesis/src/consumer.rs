@@ -108,6 +108,8 @@ pub(crate) struct ShardEnv {
     pub(crate) instance_limiter: Option<Arc<RecordBucket>>,
     /// Raised whenever a call to the lease store fails; see [`LeaseRenewal::confirm`].
     pub(crate) store_trouble: Arc<AtomicU64>,
+    /// The worker's membership, which leases are tied to (none for `consume_batch`).
+    pub(crate) membership: Option<Arc<crate::lease::LocalMembership>>,
 }
 
 /// Consumes one shard: acquires its lease, reads after the checkpoint, runs the handler with
@@ -191,6 +193,7 @@ impl ShardConsumer {
             env.options.get_lease_duration(),
             env.shard_options.get_renew_attempts(),
             env.store_trouble.clone(),
+            env.membership.clone(),
         );
         ShardConsumer {
             key: ShardKey::new(env.queue.as_str(), shard.as_str()),
@@ -301,11 +304,9 @@ impl ShardConsumer {
     }
 
     async fn acquire(&mut self, done: &CancellationToken) -> State {
-        let ttl = self.env.options.get_lease_duration();
         match self
-            .env
-            .store
-            .acquire(self.stream(), &self.shard, &self.env.instance_id, ttl)
+            .renewal
+            .acquire(self.stream(), &self.shard, &self.env.instance_id)
             .await
         {
             Ok(Some(lease)) => {

@@ -1,10 +1,17 @@
 //! The worker behind [`KinesisQueue::consume`](crate::KinesisQueue): membership, the balanced
 //! assignment, and starting and handing off shard consumers.
 //!
-//! Every `rebalance_interval` the worker reads the live members of the stream (one cheap call).
-//! When they changed, when it waits for shards it was assigned, when one of its shard consumers
-//! ended, or every `discovery_interval`, it also reads the leases (and, less often, the shard
-//! listing) and recomputes [`balanced_assignment`]. Every instance computes the same map from the
+//! The worker keeps one membership record of its instance alive in the lease store (one call
+//! about every second, whatever the instance owns); its shard leases are tied to it, so when the
+//! instance dies they are free as soon as the membership expires. A task renews it and keeps a
+//! local deadline that shard consumers stop at, before the store can expire it.
+//!
+//! Every `rebalance_interval` the worker reads the live members of the stream and the store's
+//! lease version (two cheap calls). When the members changed, when a lease changed hands (the
+//! version moved), when it waits for shards it was assigned, when one of its shard consumers
+//! ended, or when the shard listing (read every `discovery_interval`) changed, it also reads
+//! every lease and recomputes [`balanced_assignment`]: at steady state an instance's calls to the
+//! lease store do not grow with the number of shards. Every instance computes the same map from the
 //! same view, so nobody has to coordinate: an instance starts consumers for the shards assigned
 //! to it once their lease is free, and hands off the shards assigned away (stop fetching, let the
 //! batch in flight finish or cancel it after the grace period, checkpoint, release), after which
@@ -17,13 +24,13 @@ use std::time::Duration;
 
 use mq_core::backend::ConsumerStopper;
 use mq_core::{ConsumerInfo, DisconnectReason, ErrorChain, LifecycleEvent};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::assignment::{ShardLineage, balanced_assignment, eligible_shards};
 use crate::consumer::{ShardConsumer, ShardEnv, ShardExit};
-use crate::lease::LeaseState;
+use crate::lease::{LeaseState, LeaseStore, LocalMembership};
 use crate::shards::list_shard_lineage;
 
 /// A shard consumer this worker runs.
@@ -68,11 +75,14 @@ pub(crate) struct Coordinator {
     listing: Vec<ShardLineage>,
     listed_at: Option<Instant>,
     full_at: Option<Instant>,
+    /// the store's lease version at the last full read (`None`: the store keeps none)
+    version: Option<u64>,
     wanting: bool,
     /// eligible shards without a live lease, since when
     free_since: HashMap<String, Instant>,
-    heartbeat_failures: u32,
-    next_heartbeat: Instant,
+    /// The current membership, replaced by the keeper when one expired.
+    membership: watch::Receiver<Arc<LocalMembership>>,
+    membership_tx: Option<watch::Sender<Arc<LocalMembership>>>,
 }
 
 impl Coordinator {
@@ -83,7 +93,11 @@ impl Coordinator {
         info: ConsumerInfo,
     ) -> Self {
         let (exits_tx, exits) = mpsc::unbounded_channel();
+        let (membership_tx, membership) =
+            watch::channel(Arc::new(LocalMembership::new(&env.instance_id)));
         Coordinator {
+            membership,
+            membership_tx: Some(membership_tx),
             stream: env.queue.as_str().to_owned(),
             fleet,
             env,
@@ -97,10 +111,9 @@ impl Coordinator {
             listing: Vec::new(),
             listed_at: None,
             full_at: None,
+            version: None,
             wanting: true,
             free_since: HashMap::new(),
-            heartbeat_failures: 0,
-            next_heartbeat: Instant::now(),
         }
     }
 
@@ -108,8 +121,9 @@ impl Coordinator {
         self.env.common.get_lifecycle().emit_with(event);
     }
 
-    /// How long a heartbeat keeps this instance a member: the configured TTL, but never longer
-    /// than a lease (a dead member's shards are reassigned only once it left the membership).
+    /// How long a renewal keeps this instance's membership (and the leases tied to it): the
+    /// configured TTL, but never longer than a lease with its own expiry, and at least three
+    /// rebalance intervals.
     fn membership_ttl(&self) -> Duration {
         self.fleet
             .membership_ttl
@@ -132,13 +146,27 @@ impl Coordinator {
         });
         let tick = self.fleet.rebalance_interval;
         let stop = self.stopper.stop_token().clone();
+        let keeper_stop = CancellationToken::new();
+        let keeper = self.membership_tx.take().map(|tx| {
+            let keeper = Keeper {
+                store: self.env.store.clone(),
+                stream: self.stream.clone(),
+                instance: self.env.instance_id.clone(),
+                ttl: self.membership_ttl(),
+                interval: self.heartbeat_interval(),
+                threshold: self.fleet.heartbeat_failure_threshold,
+                env: self.env.clone(),
+                tx,
+                stop: keeper_stop.clone(),
+            };
+            tokio::spawn(keeper.run())
+        });
         while !stop.is_cancelled() {
             let mut ended = false;
             while let Ok((shard, exit)) = self.exits.try_recv() {
                 ended = true;
                 self.ended(shard, exit);
             }
-            self.heartbeat().await;
             if let Err(e) = self.rebalance(ended).await {
                 self.trouble();
                 tracing::warn!(stream = %self.stream, error = %e, "mq-kinesis: rebalance skipped");
@@ -153,12 +181,30 @@ impl Coordinator {
                 _ = stop.cancelled() => {}
             }
         }
-        // Leave the membership first so the others rebalance while our consumers hand off
-        // (they stop on the same token, finish their batch, checkpoint and release).
+        // Our consumers stop on the same token: they finish their batch, checkpoint and
+        // release. Their leases are tied to the membership, so it ends only after them (or once
+        // they had the grace period and a membership TTL to do so); the others then rebalance.
+        let wait = self.env.options.get_shutdown_grace() + self.membership_ttl();
+        let _ = tokio::time::timeout(wait, async {
+            while !self.running.is_empty() {
+                match self.exits.recv().await {
+                    Some((shard, _)) => {
+                        self.running.remove(&shard);
+                    }
+                    None => break,
+                }
+            }
+        })
+        .await;
+        keeper_stop.cancel();
+        if let Some(keeper) = keeper {
+            let _ = keeper.await;
+        }
+        let membership = self.membership.borrow().clone();
         if let Err(e) = self
             .env
             .store
-            .heartbeat(&self.stream, &self.env.instance_id, Duration::ZERO)
+            .leave(&self.stream, &self.env.instance_id, membership.name())
             .await
         {
             tracing::debug!(stream = %self.stream, error = %e, "mq-kinesis: cannot leave the membership; it expires");
@@ -189,37 +235,12 @@ impl Coordinator {
         }
     }
 
-    /// The membership heartbeat; repeated failure is an event.
-    async fn heartbeat(&mut self) {
-        if Instant::now() < self.next_heartbeat {
-            return;
-        }
-        self.next_heartbeat = Instant::now() + self.heartbeat_interval();
-        let threshold = self.fleet.heartbeat_failure_threshold;
-        match self
-            .env
-            .store
-            .heartbeat(&self.stream, &self.env.instance_id, self.membership_ttl())
-            .await
-        {
-            Ok(()) => self.heartbeat_failures = 0,
-            Err(e) => {
-                self.trouble();
-                self.heartbeat_failures += 1;
-                tracing::warn!(stream = %self.stream, failures = self.heartbeat_failures, error = %e, "mq-kinesis: heartbeat failed");
-                if self.heartbeat_failures >= threshold {
-                    self.emit(|| LifecycleEvent::HeartbeatFailure {
-                        queue: self.env.queue.clone(),
-                        instance_id: self.env.instance_id.clone(),
-                        consecutive_failures: self.heartbeat_failures,
-                        error: ErrorChain::from_error(&e),
-                    });
-                }
-            }
-        }
-    }
-
     async fn rebalance(&mut self, ended: bool) -> crate::Result<()> {
+        if self.membership.borrow().remaining().is_none() {
+            // not (or no longer) confirmed by the store: take nothing until it is
+            self.wanting = true;
+            return Ok(());
+        }
         let discovery = self.fleet.discovery_interval;
         let mut members = self.env.store.live_instances(&self.stream).await?;
         // we know we are alive even when our heartbeat did not reach the store
@@ -228,15 +249,26 @@ impl Coordinator {
             members.sort();
         }
         let changed = members != self.members;
-        let discovery_due = self.full_at.is_none_or(|t| t.elapsed() >= discovery);
-        if !(changed || ended || self.wanting || discovery_due) {
+        let mut listing_changed = false;
+        if self.listed_at.is_none_or(|t| t.elapsed() >= discovery) {
+            let listing = list_shard_lineage(&self.env.client, &self.stream).await?;
+            listing_changed = listing != self.listing;
+            self.listing = listing;
+            self.listed_at = Some(Instant::now());
+        }
+        // Every lease is read only when something changed: the members, the listing, a lease
+        // changing hands (the store's version), or one of our consumers; a store without a
+        // version is read on the discovery timer instead.
+        let version = self.env.store.lease_version(&self.stream).await?;
+        let moved = match version {
+            Some(v) => self.full_at.is_none() || self.version != Some(v),
+            None => self.full_at.is_none_or(|t| t.elapsed() >= discovery),
+        };
+        if !(changed || ended || self.wanting || listing_changed || moved) {
             return Ok(());
         }
         self.members = members;
-        if self.listed_at.is_none_or(|t| t.elapsed() >= discovery) {
-            self.listing = list_shard_lineage(&self.env.client, &self.stream).await?;
-            self.listed_at = Some(Instant::now());
-        }
+        self.version = version;
         let leases: HashMap<String, LeaseState> = self
             .env
             .store
@@ -341,8 +373,10 @@ impl Coordinator {
     fn start(&mut self, shard: String) {
         let stop = self.stopper.stop_token().child_token();
         let abort = self.stopper.abort_token().child_token();
+        let mut env = self.env.clone();
+        env.membership = Some(self.membership.borrow().clone());
         let consumer = ShardConsumer::new(
-            self.env.clone(),
+            env,
             shard.clone(),
             stop.clone(),
             abort.clone(),
@@ -363,5 +397,89 @@ impl Coordinator {
             let (exit, _) = consumer.run().await;
             let _ = exits.send((shard, exit));
         });
+    }
+}
+
+/// Keeps the worker's membership alive: renews it every `interval` (one call, whatever the
+/// instance owns), moves its local deadline forward on every success, and starts a new
+/// membership when the store says the old one expired (the process was paused, or the store
+/// was unreachable for longer than the TTL). Repeated failure is an event.
+struct Keeper {
+    store: Arc<dyn LeaseStore>,
+    stream: String,
+    instance: String,
+    ttl: Duration,
+    interval: Duration,
+    threshold: u32,
+    env: ShardEnv,
+    tx: watch::Sender<Arc<LocalMembership>>,
+    stop: CancellationToken,
+}
+
+impl Keeper {
+    async fn run(self) {
+        let mut joined = false;
+        let mut failures = 0u32;
+        while !self.stop.is_cancelled() {
+            let current = self.tx.borrow().clone();
+            let sent = std::time::Instant::now();
+            let call = async {
+                if joined {
+                    self.store
+                        .renew_membership(&self.stream, &self.instance, current.name(), self.ttl)
+                        .await
+                } else {
+                    self.store
+                        .join(&self.stream, &self.instance, current.name(), self.ttl)
+                        .await
+                        .map(|()| true)
+                }
+            };
+            // a call slower than this cannot extend the deadline by much anyway
+            let outcome = tokio::time::timeout(self.ttl / 2, call).await;
+            match outcome {
+                Ok(Ok(true)) => {
+                    current.confirmed(sent, self.ttl);
+                    joined = true;
+                    failures = 0;
+                }
+                Ok(Ok(false)) => {
+                    tracing::warn!(stream = %self.stream, membership = current.name(), "mq-kinesis: membership expired; its shards are free, joining again");
+                    // its shard consumers stop now, not at the local deadline
+                    current.expire();
+                    self.tx
+                        .send_replace(Arc::new(LocalMembership::new(&self.instance)));
+                    joined = false;
+                    continue;
+                }
+                Ok(Err(e)) => self.failed(&mut failures, &e),
+                Err(_) => self.failed(
+                    &mut failures,
+                    &crate::error::Error::lease("renew_membership", "timed out"),
+                ),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = self.stop.cancelled() => {}
+            }
+        }
+    }
+
+    fn failed(&self, failures: &mut u32, e: &crate::error::Error) {
+        self.env.store_trouble.fetch_add(1, Ordering::SeqCst);
+        *failures += 1;
+        let n = *failures;
+        tracing::warn!(stream = %self.stream, failures = n, error = %e, "mq-kinesis: membership renewal failed");
+        if n >= self.threshold {
+            self.env
+                .common
+                .get_lifecycle()
+                .emit_with(|| LifecycleEvent::HeartbeatFailure {
+                    queue: self.env.queue.clone(),
+                    instance_id: self.instance.clone(),
+                    consecutive_failures: n,
+                    error: ErrorChain::from_error(e),
+                });
+        }
     }
 }

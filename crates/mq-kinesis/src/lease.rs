@@ -32,6 +32,10 @@ pub struct Lease {
     pub expires_at_ms: u64,
     /// The last checkpointed sequence number, when there is one.
     pub checkpoint: Option<String>,
+    /// The membership the lease is tied to, for a lease taken with
+    /// [`LeaseStore::acquire_as_member`]: such a lease stays valid exactly as long as that
+    /// membership does, and is never renewed on its own. `None` for a lease with its own expiry.
+    pub membership: Option<String>,
 }
 
 /// The stored state of a shard's lease, held or not.
@@ -52,6 +56,9 @@ pub struct LeaseState {
     pub checkpoint: Option<String>,
     /// True once the shard was read to its end.
     pub finished: bool,
+    /// The membership the lease is tied to, when it was taken with
+    /// [`LeaseStore::acquire_as_member`] and not released.
+    pub membership: Option<String>,
 }
 
 impl LeaseState {
@@ -137,7 +144,9 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
         sequence_number: &str,
     ) -> Result<LeaseState>;
 
-    /// Extends `lease` to `ttl` from now. False when the lease was taken over or released.
+    /// Extends `lease` to `ttl` from now. False when the lease was taken over or released. A
+    /// lease tied to a membership is not extended (its membership is): the answer is true while
+    /// it is the current lease and its membership lives.
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool>;
 
     /// Records `sequence_number` as the shard's checkpoint if `lease` is still the current one and
@@ -175,8 +184,75 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
     /// Records that `instance` is alive for `ttl`.
     async fn heartbeat(&self, stream: &str, instance: &str, ttl: Duration) -> Result<()>;
 
-    /// The instances whose heartbeat has not expired, sorted.
+    /// The instances whose heartbeat or membership has not expired, sorted.
     async fn live_instances(&self, stream: &str) -> Result<Vec<String>>;
+
+    /// Starts membership `membership` (a name unique to this run of `instance`) in `stream` for
+    /// `ttl`, and lists `instance` among the [`live_instances`](Self::live_instances) for as
+    /// long as it lasts. Leases taken with [`acquire_as_member`](Self::acquire_as_member) under
+    /// this membership are valid until it ends or expires: keeping one record alive keeps every
+    /// lease of the instance, whatever their number.
+    ///
+    /// A store that does not override the membership methods falls back to a
+    /// [`heartbeat`](Self::heartbeat) and to leases with their own expiry.
+    async fn join(
+        &self,
+        stream: &str,
+        instance: &str,
+        membership: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        let _ = membership;
+        self.heartbeat(stream, instance, ttl).await
+    }
+
+    /// Extends `membership` to `ttl` from now (and the listing of `instance` with it). False
+    /// when it had already expired or ended: its leases are then free for others, and the
+    /// instance must [`join`](Self::join) again under a new name.
+    async fn renew_membership(
+        &self,
+        stream: &str,
+        instance: &str,
+        membership: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let _ = membership;
+        self.heartbeat(stream, instance, ttl).await?;
+        Ok(true)
+    }
+
+    /// Ends `membership` at once: its leases are free and `instance` is no longer listed.
+    async fn leave(&self, stream: &str, instance: &str, membership: &str) -> Result<()> {
+        let _ = membership;
+        self.heartbeat(stream, instance, Duration::ZERO).await
+    }
+
+    /// A number that changes whenever a lease of `stream` changes hands (acquired, released,
+    /// finished, overridden) or an instance joins or leaves, so a worker reads every lease only
+    /// when it changed; the expiry of a membership does not change it (the members do). `None`
+    /// when the store keeps no such number: the worker then reads the leases on a timer.
+    async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
+        let _ = stream;
+        Ok(None)
+    }
+
+    /// Like [`acquire_above`](Self::acquire_above), but the lease is tied to `membership` (see
+    /// [`join`](Self::join)): it is valid while the membership lives and free as soon as it
+    /// expires, and [`renew`](Self::renew) only confirms it. `ttl` is used by a store without
+    /// memberships, whose lease then has its own expiry ([`Lease::membership`] is `None`).
+    async fn acquire_as_member(
+        &self,
+        stream: &str,
+        shard: &str,
+        owner: &str,
+        membership: &str,
+        ttl: Duration,
+        epoch_floor: u64,
+    ) -> Result<Option<Lease>> {
+        let _ = membership;
+        self.acquire_above(stream, shard, owner, ttl, epoch_floor)
+            .await
+    }
 }
 
 /// The checkpoint an operator's [`LeaseStore::set_checkpoint`] stores: `sequence_number`
@@ -208,7 +284,13 @@ pub(crate) struct LeaseRecord {
     pub(crate) expires_at_ms: u64,
     pub(crate) checkpoint: Option<String>,
     pub(crate) finished: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) membership: Option<String>,
 }
+
+/// The memberships of one stream in the stores of one machine: membership name → expiry (Unix
+/// ms).
+pub(crate) type Memberships = BTreeMap<String, u64>;
 
 impl LeaseRecord {
     /// The record of a shard nobody ever acquired.
@@ -219,8 +301,19 @@ impl LeaseRecord {
         }
     }
 
-    fn live(&self, now: u64) -> bool {
-        self.owner.is_some() && self.expires_at_ms > now
+    /// True when the lease changed hands from `before` (acquired, released, finished or
+    /// overridden), which changes [`LeaseStore::lease_version`].
+    pub(crate) fn changed_hands(&self, before: &LeaseRecord) -> bool {
+        self.epoch != before.epoch || self.owner != before.owner || self.finished != before.finished
+    }
+
+    /// Held and not expired: by its membership when it has one, else by its own expiry.
+    fn live(&self, now: u64, memberships: &Memberships) -> bool {
+        self.owner.is_some()
+            && match &self.membership {
+                Some(m) => memberships.get(m).is_some_and(|exp| *exp > now),
+                None => self.expires_at_ms > now,
+            }
     }
 
     /// True when `lease` is the current one: same owner, same epoch.
@@ -228,22 +321,33 @@ impl LeaseRecord {
         self.owner.as_deref() == Some(lease.owner.as_str()) && self.epoch == lease.epoch
     }
 
-    /// [`LeaseStore::acquire_above`] on this record: the new lease, or `None` when the shard is
-    /// finished or its lease is live.
+    /// [`LeaseStore::acquire_as_member`] (or [`LeaseStore::acquire_above`] without a
+    /// `membership`) on this record: the new lease, or `None` when the shard is finished or its
+    /// lease is live.
     pub(crate) fn acquire(
         &mut self,
         stream: &str,
         owner: &str,
+        membership: Option<&str>,
         ttl: Duration,
         epoch_floor: u64,
+        memberships: &Memberships,
     ) -> Option<Lease> {
         let now = now_ms();
-        if self.finished || self.live(now) {
+        if self.finished || self.live(now, memberships) {
+            return None;
+        }
+        if membership.is_some_and(|m| memberships.get(m).is_none_or(|exp| *exp <= now)) {
+            // a lease tied to a membership that has ended would be dead on arrival
             return None;
         }
         self.epoch = self.epoch.max(epoch_floor) + 1;
         self.owner = Some(owner.to_owned());
-        self.expires_at_ms = now + ttl_ms(ttl);
+        self.membership = membership.map(str::to_owned);
+        self.expires_at_ms = match membership {
+            Some(m) => memberships.get(m).copied().unwrap_or(0),
+            None => now + ttl_ms(ttl),
+        };
         Some(Lease {
             stream: stream.to_owned(),
             shard: self.shard.clone(),
@@ -251,6 +355,7 @@ impl LeaseRecord {
             epoch: self.epoch,
             expires_at_ms: self.expires_at_ms,
             checkpoint: self.checkpoint.clone(),
+            membership: self.membership.clone(),
         })
     }
 
@@ -260,19 +365,28 @@ impl LeaseRecord {
     pub(crate) fn override_owner(&mut self, checkpoint: Option<String>) {
         self.epoch += 1;
         self.owner = None;
+        self.membership = None;
         self.expires_at_ms = 0;
         if checkpoint.is_some() {
             self.checkpoint = checkpoint;
         }
     }
 
-    /// [`LeaseStore::renew`] on this record.
-    pub(crate) fn renew(&mut self, lease: &Lease, ttl: Duration) -> bool {
-        let held = self.holds(lease);
-        if held {
-            self.expires_at_ms = now_ms() + ttl_ms(ttl);
+    /// [`LeaseStore::renew`] on this record: a lease tied to a membership is only confirmed.
+    pub(crate) fn renew(
+        &mut self,
+        lease: &Lease,
+        ttl: Duration,
+        memberships: &Memberships,
+    ) -> bool {
+        if !self.holds(lease) {
+            return false;
         }
-        held
+        if self.membership.is_some() {
+            return self.live(now_ms(), memberships);
+        }
+        self.expires_at_ms = now_ms() + ttl_ms(ttl);
+        true
     }
 
     /// [`LeaseStore::checkpoint`] on this record: only the holder, only forwards.
@@ -296,6 +410,7 @@ impl LeaseRecord {
         let held = self.holds(lease);
         if held {
             self.owner = None;
+            self.membership = None;
             self.expires_at_ms = 0;
         }
         held
@@ -310,16 +425,22 @@ impl LeaseRecord {
         held
     }
 
-    /// The record as [`LeaseStore::state`] reports it at `now` (Unix ms).
-    pub(crate) fn state(&self, now: u64) -> LeaseState {
+    /// The record as [`LeaseStore::state`] reports it at `now` (Unix ms); a lease tied to a
+    /// membership ends when the membership does.
+    pub(crate) fn state(&self, now: u64, memberships: &Memberships) -> LeaseState {
+        let expires_at_ms = match &self.membership {
+            Some(m) if self.owner.is_some() => memberships.get(m).copied().unwrap_or(0),
+            _ => self.expires_at_ms,
+        };
         LeaseState {
             shard: self.shard.clone(),
             owner: self.owner.clone(),
             epoch: self.epoch,
-            expires_at_ms: self.expires_at_ms,
-            live: self.live(now),
+            expires_at_ms,
+            live: self.live(now, memberships),
             checkpoint: self.checkpoint.clone(),
             finished: self.finished,
+            membership: self.membership.clone(),
         }
     }
 }
@@ -332,6 +453,39 @@ pub(crate) fn heartbeat_member(members: &mut BTreeMap<String, u64>, instance: &s
     members.insert(instance.to_owned(), now + ttl_ms(ttl));
 }
 
+/// [`LeaseStore::join`] (`renew` false) or [`LeaseStore::renew_membership`] (`renew` true) on
+/// the memberships and the members of a stream: false when renewing one that expired. Drops
+/// expired memberships.
+pub(crate) fn keep_membership(
+    memberships: &mut Memberships,
+    members: &mut BTreeMap<String, u64>,
+    instance: &str,
+    membership: &str,
+    ttl: Duration,
+    renew: bool,
+) -> bool {
+    let now = now_ms();
+    let alive = memberships.get(membership).is_some_and(|exp| *exp > now);
+    memberships.retain(|_, exp| *exp > now);
+    if renew && !alive {
+        return false;
+    }
+    memberships.insert(membership.to_owned(), now + ttl_ms(ttl));
+    heartbeat_member(members, instance, ttl);
+    true
+}
+
+/// [`LeaseStore::leave`] on the memberships and the members of a stream.
+pub(crate) fn end_membership(
+    memberships: &mut Memberships,
+    members: &mut BTreeMap<String, u64>,
+    instance: &str,
+    membership: &str,
+) {
+    memberships.remove(membership);
+    members.remove(instance);
+}
+
 /// [`LeaseStore::live_instances`] of a map of instances to their expiry (Unix ms), sorted.
 pub(crate) fn live_members(members: &BTreeMap<String, u64>) -> Vec<String> {
     let now = now_ms();
@@ -340,4 +494,108 @@ pub(crate) fn live_members(members: &BTreeMap<String, u64>) -> Vec<String> {
         .filter(|(_, exp)| **exp > now)
         .map(|(k, _)| k.clone())
         .collect()
+}
+
+/// This instance's membership in one stream, as its worker keeps it: the name, and a local
+/// deadline before which the membership cannot have expired in the store.
+///
+/// The deadline is counted from the moment a renewal call was *sent* (the store counts its TTL
+/// from when it ran the call, later), minus a margin, so a shard consumer that stops at the
+/// deadline has stopped before the store can hand its shard to anyone else.
+#[derive(Debug)]
+pub(crate) struct LocalMembership {
+    name: String,
+    base: std::time::Instant,
+    /// ms since `base` + 1 of the deadline; 0 until the store first confirmed the membership
+    deadline: std::sync::atomic::AtomicU64,
+    /// cancelled once the store said the membership is gone
+    gone: tokio_util::sync::CancellationToken,
+}
+
+impl LocalMembership {
+    /// A new membership of `instance`, not yet confirmed by the store.
+    pub(crate) fn new(instance: &str) -> Self {
+        LocalMembership {
+            name: format!(
+                "{instance}.{}",
+                ulid::Ulid::new().to_string().to_lowercase()
+            ),
+            base: std::time::Instant::now(),
+            deadline: std::sync::atomic::AtomicU64::new(0),
+            gone: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// The store said the membership is gone (it expired, or the store lost its data): the
+    /// deadline is now, and [`gone`](Self::gone) is cancelled.
+    pub(crate) fn expire(&self) {
+        self.deadline.store(1, std::sync::atomic::Ordering::SeqCst);
+        self.gone.cancel();
+    }
+
+    /// Cancelled once the store said the membership is gone.
+    pub(crate) fn gone(&self) -> &tokio_util::sync::CancellationToken {
+        &self.gone
+    }
+
+    /// The name the store knows it by.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The safety margin kept before the store's expiry: a quarter of the TTL.
+    pub(crate) fn margin(ttl: Duration) -> Duration {
+        ttl / 4
+    }
+
+    /// The store confirmed the membership for `ttl` with a call sent at `sent`.
+    pub(crate) fn confirmed(&self, sent: std::time::Instant, ttl: Duration) {
+        let at = sent.saturating_duration_since(self.base) + ttl - Self::margin(ttl);
+        let at = u64::try_from(at.as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        if self.gone.is_cancelled() {
+            return;
+        }
+        self.deadline
+            .fetch_max(at, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How long until the deadline; `None` once it passed (or before the first confirmation).
+    pub(crate) fn remaining(&self) -> Option<Duration> {
+        let deadline = self.deadline.load(std::sync::atomic::Ordering::SeqCst);
+        if deadline == 0 || self.gone.is_cancelled() {
+            return None;
+        }
+        let deadline = Duration::from_millis(deadline - 1);
+        deadline
+            .checked_sub(self.base.elapsed())
+            .filter(|d| !d.is_zero())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_deadline_ends_a_margin_before_the_ttl() {
+        let m = LocalMembership::new("i");
+        assert!(m.remaining().is_none(), "unconfirmed");
+        let ttl = Duration::from_millis(400);
+        m.confirmed(std::time::Instant::now(), ttl);
+        let left = m.remaining().expect("confirmed");
+        assert!(left <= ttl - LocalMembership::margin(ttl), "{left:?}");
+        std::thread::sleep(ttl - LocalMembership::margin(ttl));
+        assert!(m.remaining().is_none(), "past the deadline");
+        // an older confirmation never moves the deadline back
+        m.confirmed(std::time::Instant::now(), ttl);
+        m.confirmed(std::time::Instant::now() - ttl, ttl);
+        assert!(m.remaining().is_some());
+        m.expire();
+        assert!(m.remaining().is_none(), "gone");
+        m.confirmed(std::time::Instant::now(), ttl);
+        assert!(
+            m.remaining().is_none(),
+            "a gone membership is never confirmed again"
+        );
+    }
 }

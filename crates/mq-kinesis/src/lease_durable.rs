@@ -30,6 +30,10 @@ use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore};
 /// - **force_release / set_checkpoint**: applied to both stores, raising the durable epoch so the
 ///   owner of the time is fenced in both.
 ///
+/// Memberships (and so how long the leases tied to them last) live in the lease store, like
+/// the leases themselves; the durable epoch fence is what keeps two owners apart when the lease
+/// store loses them.
+///
 /// Finished flags, heartbeats and poison-pill counters live in the lease store only: after a
 /// wipe, a finished shard is read again from its durable checkpoint (which finds its end at
 /// once), and failure counts start again.
@@ -158,20 +162,15 @@ impl DurableLeaseStore {
         Ok(())
     }
 
-    async fn give_back(&self, lease: &Lease) {
-        if let Err(e) = self.leases.release(lease).await {
-            tracing::warn!(shard = %lease.shard, error = %e, "mq-kinesis: cannot give back a lease; it expires on its own");
-        }
-    }
-}
-
-#[async_trait]
-impl LeaseStore for DurableLeaseStore {
-    async fn acquire_above(
+    /// [`LeaseStore::acquire_as_member`], or [`LeaseStore::acquire_above`] without a
+    /// `membership`: the lease store hands out an epoch above the durable one, which is recorded
+    /// at once.
+    async fn acquire_with(
         &self,
         stream: &str,
         shard: &str,
         owner: &str,
+        membership: Option<&str>,
         ttl: Duration,
         epoch_floor: u64,
     ) -> Result<Option<Lease>> {
@@ -180,11 +179,20 @@ impl LeaseStore for DurableLeaseStore {
             .max_epoch(stream, shard)
             .await
             .map_err(durable("acquire"))?;
-        let Some(mut lease) = self
-            .leases
-            .acquire_above(stream, shard, owner, ttl, epoch_floor.max(newest))
-            .await?
-        else {
+        let floor = epoch_floor.max(newest);
+        let acquired = match membership {
+            Some(m) => {
+                self.leases
+                    .acquire_as_member(stream, shard, owner, m, ttl, floor)
+                    .await?
+            }
+            None => {
+                self.leases
+                    .acquire_above(stream, shard, owner, ttl, floor)
+                    .await?
+            }
+        };
+        let Some(mut lease) = acquired else {
             return Ok(None);
         };
         let before = match self
@@ -222,6 +230,40 @@ impl LeaseStore for DurableLeaseStore {
                 Err(durable("acquire")(e))
             }
         }
+    }
+
+    async fn give_back(&self, lease: &Lease) {
+        if let Err(e) = self.leases.release(lease).await {
+            tracing::warn!(shard = %lease.shard, error = %e, "mq-kinesis: cannot give back a lease; it expires on its own");
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for DurableLeaseStore {
+    async fn acquire_above(
+        &self,
+        stream: &str,
+        shard: &str,
+        owner: &str,
+        ttl: Duration,
+        epoch_floor: u64,
+    ) -> Result<Option<Lease>> {
+        self.acquire_with(stream, shard, owner, None, ttl, epoch_floor)
+            .await
+    }
+
+    async fn acquire_as_member(
+        &self,
+        stream: &str,
+        shard: &str,
+        owner: &str,
+        membership: &str,
+        ttl: Duration,
+        epoch_floor: u64,
+    ) -> Result<Option<Lease>> {
+        self.acquire_with(stream, shard, owner, Some(membership), ttl, epoch_floor)
+            .await
     }
 
     async fn force_release(&self, stream: &str, shard: &str) -> Result<LeaseState> {
@@ -324,5 +366,35 @@ impl LeaseStore for DurableLeaseStore {
 
     async fn live_instances(&self, stream: &str) -> Result<Vec<String>> {
         self.leases.live_instances(stream).await
+    }
+
+    async fn join(
+        &self,
+        stream: &str,
+        instance: &str,
+        membership: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.leases.join(stream, instance, membership, ttl).await
+    }
+
+    async fn renew_membership(
+        &self,
+        stream: &str,
+        instance: &str,
+        membership: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        self.leases
+            .renew_membership(stream, instance, membership, ttl)
+            .await
+    }
+
+    async fn leave(&self, stream: &str, instance: &str, membership: &str) -> Result<()> {
+        self.leases.leave(stream, instance, membership).await
+    }
+
+    async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
+        self.leases.lease_version(stream).await
     }
 }

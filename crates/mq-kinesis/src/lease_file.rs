@@ -2,30 +2,30 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::lease::{
-    CheckpointOutcome, Lease, LeaseRecord, LeaseState, LeaseStore, heartbeat_member, live_members,
-    now_ms, operator_checkpoint,
+    CheckpointOutcome, Lease, LeaseRecord, LeaseState, LeaseStore, Memberships, end_membership,
+    heartbeat_member, keep_membership, live_members, now_ms, operator_checkpoint,
 };
 
-/// A lock file older than this is left over from a crashed process and is broken.
-const STALE_LOCK: Duration = Duration::from_secs(10);
-/// How long an operation waits for the stream's lock file.
+/// How long an operation waits for the stream's lock.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Leases in JSON files under one directory, for several processes on one machine.
 ///
-/// Each stream has a folder; every read-modify-write holds the stream's lock file (created with
-/// `O_EXCL`), and every file is replaced atomically (write to a temporary file, then rename), so
-/// two processes never both win a lease. Expiry uses this machine's clock, which all processes
-/// share. Not for network file systems.
+/// Each stream has a folder; every read-modify-write holds an exclusive lock on the stream's
+/// lock file (an advisory file lock, which the operating system drops when its process dies, so
+/// a crashed process never leaves it held), and every file is replaced atomically (write to a
+/// temporary file, then rename), so two processes never both win a lease. Expiry uses this
+/// machine's clock, which all processes share. Not for network file systems; every process
+/// sharing a directory must run the same version of this crate.
 ///
 /// # Examples
 ///
@@ -70,21 +70,26 @@ impl FileLeaseStore {
         .map_err(|e| Error::lease(operation, e))
     }
 
-    /// Runs `f` on the record of `shard` under the stream's lock, and writes the record back
+    /// Runs `f` on the record of `shard` and the stream's memberships under the stream's lock,
+    /// and writes the record back
     /// when `f` changed it.
     async fn update<T: Send + 'static>(
         &self,
         stream: &str,
         shard: &str,
         operation: &'static str,
-        f: impl FnOnce(&mut LeaseRecord) -> T + Send + 'static,
+        f: impl FnOnce(&mut LeaseRecord, &Memberships) -> T + Send + 'static,
     ) -> Result<T> {
         let shard = shard.to_owned();
         self.locked(stream, operation, move |dir| {
             let path = lease_path(dir, &shard);
             let mut record = read_record(&path, &shard)?;
+            let memberships = read_memberships(dir)?;
             let before = record.clone();
-            let out = f(&mut record);
+            let out = f(&mut record, &memberships);
+            if record.changed_hands(&before) {
+                bump_version(dir)?;
+            }
             if record != before {
                 write_json(&path, &record)?;
             }
@@ -101,54 +106,84 @@ impl FileLeaseStore {
         shard: &str,
         checkpoint: Option<String>,
     ) -> Result<LeaseState> {
-        self.update(stream, shard, operation, |l| l.override_owner(checkpoint))
-            .await?;
+        self.update(stream, shard, operation, |l, _| {
+            l.override_owner(checkpoint)
+        })
+        .await?;
         self.state(stream, shard).await
     }
 }
 
-struct LockGuard(PathBuf);
+impl FileLeaseStore {
+    /// [`LeaseStore::join`] or [`LeaseStore::renew_membership`] with `Some((ttl, renew))`,
+    /// [`LeaseStore::leave`] with `None`.
+    async fn keep(
+        &self,
+        stream: &str,
+        operation: &'static str,
+        instance: &str,
+        membership: &str,
+        keep: Option<(Duration, bool)>,
+    ) -> Result<bool> {
+        let (instance, membership) = (instance.to_owned(), membership.to_owned());
+        self.locked(stream, operation, move |dir| {
+            let mut memberships = read_memberships(dir)?;
+            let mut members: BTreeMap<String, u64> = read_json(&members_path(dir))?;
+            if !matches!(keep, Some((_, true))) {
+                bump_version(dir)?;
+            }
+            let kept = match keep {
+                Some((ttl, renew)) => keep_membership(
+                    &mut memberships,
+                    &mut members,
+                    &instance,
+                    &membership,
+                    ttl,
+                    renew,
+                ),
+                None => {
+                    end_membership(&mut memberships, &mut members, &instance, &membership);
+                    true
+                }
+            };
+            write_json(&memberships_path(dir), &memberships)?;
+            write_json(&members_path(dir), &members)?;
+            Ok(kept)
+        })
+        .await
+    }
+}
+
+/// The stream's lock, held until dropped (closing the file releases it).
+struct LockGuard(#[allow(dead_code)] fs::File);
 
 impl LockGuard {
+    /// Locks `path` (created if missing; never removed, so every process locks the same file).
     fn take(path: PathBuf) -> io::Result<Self> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
         let start = std::time::Instant::now();
         loop {
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    let _ = writeln!(f, "{}", std::process::id());
-                    return Ok(LockGuard(path));
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let stale = fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| SystemTime::now().duration_since(t).ok())
-                        .is_some_and(|age| age > STALE_LOCK);
-                    if stale {
-                        let _ = fs::remove_file(&path);
-                        continue;
-                    }
+            match file.try_lock() {
+                Ok(()) => return Ok(LockGuard(file)),
+                Err(fs::TryLockError::WouldBlock) => {
                     if start.elapsed() > LOCK_WAIT {
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
-                            format!("lock file {} is held for too long", path.display()),
+                            format!(
+                                "lock file {} is held for too long by another process",
+                                path.display()
+                            ),
                         ));
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err(e) => return Err(e),
+                Err(fs::TryLockError::Error(e)) => return Err(e),
             }
         }
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
     }
 }
 
@@ -190,6 +225,29 @@ fn read_record(path: &Path, shard: &str) -> io::Result<LeaseRecord> {
     Ok(record)
 }
 
+fn memberships_path(dir: &Path) -> PathBuf {
+    dir.join("memberships.json")
+}
+
+fn members_path(dir: &Path) -> PathBuf {
+    dir.join("members.json")
+}
+
+fn version_path(dir: &Path) -> PathBuf {
+    dir.join("version.json")
+}
+
+/// Raises the stream's [`LeaseStore::lease_version`]; under the stream's lock.
+fn bump_version(dir: &Path) -> io::Result<()> {
+    let path = version_path(dir);
+    let v: u64 = read_json(&path)?;
+    write_json(&path, &(v + 1))
+}
+
+fn read_memberships(dir: &Path) -> io::Result<Memberships> {
+    read_json(&memberships_path(dir))
+}
+
 fn poison_path(dir: &Path, shard: &str) -> PathBuf {
     dir.join(format!("poison-{}.json", encode(shard)))
 }
@@ -205,8 +263,25 @@ impl LeaseStore for FileLeaseStore {
         epoch_floor: u64,
     ) -> Result<Option<Lease>> {
         let (stream_s, owner) = (stream.to_owned(), owner.to_owned());
-        self.update(stream, shard, "acquire", move |l| {
-            l.acquire(&stream_s, &owner, ttl, epoch_floor)
+        self.update(stream, shard, "acquire", move |l, m| {
+            l.acquire(&stream_s, &owner, None, ttl, epoch_floor, m)
+        })
+        .await
+    }
+
+    async fn acquire_as_member(
+        &self,
+        stream: &str,
+        shard: &str,
+        owner: &str,
+        membership: &str,
+        ttl: Duration,
+        epoch_floor: u64,
+    ) -> Result<Option<Lease>> {
+        let (stream_s, owner, membership) =
+            (stream.to_owned(), owner.to_owned(), membership.to_owned());
+        self.update(stream, shard, "acquire", move |l, m| {
+            l.acquire(&stream_s, &owner, Some(&membership), ttl, epoch_floor, m)
         })
         .await
     }
@@ -229,15 +304,15 @@ impl LeaseStore for FileLeaseStore {
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
         let held = lease.clone();
-        self.update(&lease.stream, &lease.shard, "renew", move |l| {
-            l.renew(&held, ttl)
+        self.update(&lease.stream, &lease.shard, "renew", move |l, m| {
+            l.renew(&held, ttl, m)
         })
         .await
     }
 
     async fn checkpoint(&self, lease: &Lease, sequence_number: &str) -> Result<CheckpointOutcome> {
         let (held, seq) = (lease.clone(), sequence_number.to_owned());
-        self.update(&lease.stream, &lease.shard, "checkpoint", move |l| {
+        self.update(&lease.stream, &lease.shard, "checkpoint", move |l, _| {
             l.checkpoint(&held, &seq)
         })
         .await
@@ -245,7 +320,7 @@ impl LeaseStore for FileLeaseStore {
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
         let held = lease.clone();
-        self.update(&lease.stream, &lease.shard, "release", move |l| {
+        self.update(&lease.stream, &lease.shard, "release", move |l, _| {
             l.release(&held)
         })
         .await
@@ -253,7 +328,7 @@ impl LeaseStore for FileLeaseStore {
 
     async fn finish(&self, lease: &Lease) -> Result<bool> {
         let held = lease.clone();
-        self.update(&lease.stream, &lease.shard, "finish", move |l| {
+        self.update(&lease.stream, &lease.shard, "finish", move |l, _| {
             l.finish(&held)
         })
         .await
@@ -262,7 +337,8 @@ impl LeaseStore for FileLeaseStore {
     async fn state(&self, stream: &str, shard: &str) -> Result<LeaseState> {
         let shard = shard.to_owned();
         self.locked(stream, "state", move |dir| {
-            Ok(read_record(&lease_path(dir, &shard), &shard)?.state(now_ms()))
+            let memberships = read_memberships(dir)?;
+            Ok(read_record(&lease_path(dir, &shard), &shard)?.state(now_ms(), &memberships))
         })
         .await
     }
@@ -270,6 +346,7 @@ impl LeaseStore for FileLeaseStore {
     async fn leases(&self, stream: &str) -> Result<Vec<LeaseState>> {
         self.locked(stream, "leases", move |dir| {
             let now = now_ms();
+            let memberships = read_memberships(dir)?;
             let mut out = Vec::new();
             for entry in fs::read_dir(dir)? {
                 let name = entry?.file_name();
@@ -278,7 +355,7 @@ impl LeaseStore for FileLeaseStore {
                     continue;
                 }
                 let l: LeaseRecord = read_json(&dir.join(name.as_ref()))?;
-                out.push(l.state(now));
+                out.push(l.state(now, &memberships));
             }
             out.sort_by(|a, b| a.shard.cmp(&b.shard));
             Ok(out)
@@ -322,7 +399,7 @@ impl LeaseStore for FileLeaseStore {
     async fn heartbeat(&self, stream: &str, instance: &str, ttl: Duration) -> Result<()> {
         let instance = instance.to_owned();
         self.locked(stream, "heartbeat", move |dir| {
-            let path = dir.join("members.json");
+            let path = members_path(dir);
             let mut m: BTreeMap<String, u64> = read_json(&path)?;
             heartbeat_member(&mut m, &instance, ttl);
             write_json(&path, &m)
@@ -332,9 +409,51 @@ impl LeaseStore for FileLeaseStore {
 
     async fn live_instances(&self, stream: &str) -> Result<Vec<String>> {
         self.locked(stream, "live_instances", move |dir| {
-            let m: BTreeMap<String, u64> = read_json(&dir.join("members.json"))?;
+            let m: BTreeMap<String, u64> = read_json(&members_path(dir))?;
             Ok(live_members(&m))
         })
         .await
+    }
+
+    async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
+        self.locked(stream, "lease_version", move |dir| {
+            read_json::<u64>(&version_path(dir)).map(Some)
+        })
+        .await
+    }
+
+    async fn join(
+        &self,
+        stream: &str,
+        instance: &str,
+        membership: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.keep(stream, "join", instance, membership, Some((ttl, false)))
+            .await
+            .map(|_| ())
+    }
+
+    async fn renew_membership(
+        &self,
+        stream: &str,
+        instance: &str,
+        membership: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        self.keep(
+            stream,
+            "renew_membership",
+            instance,
+            membership,
+            Some((ttl, true)),
+        )
+        .await
+    }
+
+    async fn leave(&self, stream: &str, instance: &str, membership: &str) -> Result<()> {
+        self.keep(stream, "leave", instance, membership, None)
+            .await
+            .map(|_| ())
     }
 }

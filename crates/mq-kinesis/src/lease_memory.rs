@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::lease::{
-    CheckpointOutcome, Lease, LeaseRecord, LeaseState, LeaseStore, heartbeat_member, live_members,
-    now_ms, operator_checkpoint,
+    CheckpointOutcome, Lease, LeaseRecord, LeaseState, LeaseStore, Memberships, end_membership,
+    heartbeat_member, keep_membership, live_members, now_ms, operator_checkpoint,
 };
 
 /// Leases kept in this process: for tests and single-process deployments. Cloning shares the
@@ -34,6 +34,8 @@ struct MemState {
     leases: HashMap<(String, String), LeaseRecord>,
     failures: HashMap<(String, String), HashMap<String, u32>>,
     members: HashMap<String, BTreeMap<String, u64>>,
+    memberships: HashMap<String, Memberships>,
+    versions: HashMap<String, u64>,
 }
 
 impl InMemoryLeaseStore {
@@ -46,17 +48,30 @@ impl InMemoryLeaseStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` on the record of `shard` under the lock. A shard without a record gets one only
-    /// when `f` changes it, so a fenced call leaves no trace.
-    fn update<T>(&self, stream: &str, shard: &str, f: impl FnOnce(&mut LeaseRecord) -> T) -> T {
+    /// Runs `f` on the record of `shard` and the stream's memberships under the lock. A shard
+    /// without a record gets one only when `f` changes it, so a fenced call leaves no trace.
+    fn update<T>(
+        &self,
+        stream: &str,
+        shard: &str,
+        f: impl FnOnce(&mut LeaseRecord, &Memberships) -> T,
+    ) -> T {
         let mut s = self.lock();
+        let s = &mut *s;
+        let empty = Memberships::new();
+        let memberships = s.memberships.get(stream).unwrap_or(&empty);
         let key = key(stream, shard);
-        if let Some(record) = s.leases.get_mut(&key) {
-            return f(record);
+        let mut record = s
+            .leases
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| LeaseRecord::unheld(shard));
+        let before = record.clone();
+        let out = f(&mut record, memberships);
+        if record.changed_hands(&before) {
+            *s.versions.entry(stream.to_owned()).or_default() += 1;
         }
-        let mut record = LeaseRecord::unheld(shard);
-        let out = f(&mut record);
-        if record != LeaseRecord::unheld(shard) {
+        if record != before {
             s.leases.insert(key, record);
         }
         out
@@ -69,8 +84,33 @@ impl InMemoryLeaseStore {
         shard: &str,
         checkpoint: Option<String>,
     ) -> Result<LeaseState> {
-        self.update(stream, shard, |l| l.override_owner(checkpoint));
+        self.update(stream, shard, |l, _| l.override_owner(checkpoint));
         self.state(stream, shard).await
+    }
+}
+
+impl InMemoryLeaseStore {
+    fn keep(
+        &self,
+        stream: &str,
+        instance: &str,
+        membership: &str,
+        ttl: Duration,
+        renew: bool,
+    ) -> bool {
+        let mut s = self.lock();
+        let s = &mut *s;
+        if !renew {
+            *s.versions.entry(stream.to_owned()).or_default() += 1;
+        }
+        keep_membership(
+            s.memberships.entry(stream.to_owned()).or_default(),
+            s.members.entry(stream.to_owned()).or_default(),
+            instance,
+            membership,
+            ttl,
+            renew,
+        )
     }
 }
 
@@ -88,8 +128,22 @@ impl LeaseStore for InMemoryLeaseStore {
         ttl: Duration,
         epoch_floor: u64,
     ) -> Result<Option<Lease>> {
-        Ok(self.update(stream, shard, |l| {
-            l.acquire(stream, owner, ttl, epoch_floor)
+        Ok(self.update(stream, shard, |l, m| {
+            l.acquire(stream, owner, None, ttl, epoch_floor, m)
+        }))
+    }
+
+    async fn acquire_as_member(
+        &self,
+        stream: &str,
+        shard: &str,
+        owner: &str,
+        membership: &str,
+        ttl: Duration,
+        epoch_floor: u64,
+    ) -> Result<Option<Lease>> {
+        Ok(self.update(stream, shard, |l, m| {
+            l.acquire(stream, owner, Some(membership), ttl, epoch_floor, m)
         }))
     }
 
@@ -108,27 +162,30 @@ impl LeaseStore for InMemoryLeaseStore {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
-        Ok(self.update(&lease.stream, &lease.shard, |l| l.renew(lease, ttl)))
+        Ok(self.update(&lease.stream, &lease.shard, |l, m| l.renew(lease, ttl, m)))
     }
 
     async fn checkpoint(&self, lease: &Lease, sequence_number: &str) -> Result<CheckpointOutcome> {
-        Ok(self.update(&lease.stream, &lease.shard, |l| {
+        Ok(self.update(&lease.stream, &lease.shard, |l, _| {
             l.checkpoint(lease, sequence_number)
         }))
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        Ok(self.update(&lease.stream, &lease.shard, |l| l.release(lease)))
+        Ok(self.update(&lease.stream, &lease.shard, |l, _| l.release(lease)))
     }
 
     async fn finish(&self, lease: &Lease) -> Result<bool> {
-        Ok(self.update(&lease.stream, &lease.shard, |l| l.finish(lease)))
+        Ok(self.update(&lease.stream, &lease.shard, |l, _| l.finish(lease)))
     }
 
     async fn state(&self, stream: &str, shard: &str) -> Result<LeaseState> {
         let now = now_ms();
-        Ok(match self.lock().leases.get(&key(stream, shard)) {
-            Some(record) => record.state(now),
+        let s = self.lock();
+        let empty = Memberships::new();
+        let memberships = s.memberships.get(stream).unwrap_or(&empty);
+        Ok(match s.leases.get(&key(stream, shard)) {
+            Some(record) => record.state(now, memberships),
             None => LeaseState::unheld(shard),
         })
     }
@@ -136,11 +193,13 @@ impl LeaseStore for InMemoryLeaseStore {
     async fn leases(&self, stream: &str) -> Result<Vec<LeaseState>> {
         let now = now_ms();
         let s = self.lock();
+        let empty = Memberships::new();
+        let memberships = s.memberships.get(stream).unwrap_or(&empty);
         let mut out: Vec<LeaseState> = s
             .leases
             .iter()
             .filter(|((st, _), _)| st == stream)
-            .map(|(_, l)| l.state(now))
+            .map(|(_, l)| l.state(now, memberships))
             .collect();
         out.sort_by(|a, b| a.shard.cmp(&b.shard));
         Ok(out)
@@ -178,6 +237,50 @@ impl LeaseStore for InMemoryLeaseStore {
             s.members.entry(stream.to_owned()).or_default(),
             instance,
             ttl,
+        );
+        Ok(())
+    }
+
+    async fn join(
+        &self,
+        stream: &str,
+        instance: &str,
+        membership: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.keep(stream, instance, membership, ttl, false);
+        Ok(())
+    }
+
+    async fn renew_membership(
+        &self,
+        stream: &str,
+        instance: &str,
+        membership: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        Ok(self.keep(stream, instance, membership, ttl, true))
+    }
+
+    async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
+        Ok(Some(
+            self.lock()
+                .versions
+                .get(stream)
+                .copied()
+                .unwrap_or_default(),
+        ))
+    }
+
+    async fn leave(&self, stream: &str, instance: &str, membership: &str) -> Result<()> {
+        let mut s = self.lock();
+        let s = &mut *s;
+        *s.versions.entry(stream.to_owned()).or_default() += 1;
+        end_membership(
+            s.memberships.entry(stream.to_owned()).or_default(),
+            s.members.entry(stream.to_owned()).or_default(),
+            instance,
+            membership,
         );
         Ok(())
     }

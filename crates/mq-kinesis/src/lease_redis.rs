@@ -11,68 +11,143 @@ use fred::types::scripts::Script;
 use crate::error::{Error, Result};
 use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, operator_checkpoint, ttl_ms};
 
-/// Server time in ms, shared by every script.
-const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
+/// Server time in ms, and whether a lease is held, shared by every script. Scripts that read
+/// `TIME` and then write replicate their effects, not themselves (the default from Redis 5 on;
+/// Redis 3.2 and 4 need the explicit switch, which later versions accept as a no-op).
+const NOW: &str = "
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function member_expiry(mkey, m)
+  local e = redis.call('HGET', mkey, m)
+  if e then return tonumber(e) end
+  return 0
+end
+local function held(owner, exp, m, mkey)
+  if not owner or owner == '' then return false end
+  if m and m ~= '' then return member_expiry(mkey, m) > now end
+  return tonumber(exp or '0') > now
+end
+";
 
-/// KEYS[1] lease hash, KEYS[2] shard index set; ARGV owner, ttl_ms, shard, epoch floor →
+/// KEYS[1] lease hash, KEYS[2] shard index set, KEYS[3] memberships hash, KEYS[4] version hash;
+/// ARGV owner, ttl_ms,
+/// shard, epoch floor, membership ('' for a lease with its own expiry) →
 /// {1, epoch, expires, checkpoint} or {0}.
 const ACQUIRE: &str = "
 redis.call('SADD', KEYS[2], ARGV[3])
-local h = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'expires', 'checkpoint', 'finished')
+local h = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'expires', 'checkpoint', 'finished', 'membership')
 if h[5] == '1' then return {0} end
-if h[1] and h[1] ~= '' and tonumber(h[3] or '0') > now then return {0} end
-local epoch = math.max(tonumber(h[2] or '0'), tonumber(ARGV[4] or '0')) + 1
+if held(h[1], h[3], h[6], KEYS[3]) then return {0} end
 local exp = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'expires', exp)
+if ARGV[5] ~= '' then
+  exp = member_expiry(KEYS[3], ARGV[5])
+  if exp <= now then return {0} end
+end
+local epoch = math.max(tonumber(h[2] or '0'), tonumber(ARGV[4] or '0')) + 1
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'expires', exp, 'membership', ARGV[5])
+redis.call('HINCRBY', KEYS[4], 'v', 1)
 return {1, epoch, exp, h[4] or ''}";
 
-/// The compare-and-set guard of every mutation: ARGV[1] owner, ARGV[2] epoch.
+/// The compare-and-set guard of every mutation: KEYS[1] lease hash, KEYS[2] memberships hash,
+/// KEYS[3] version hash, ARGV[1] owner, ARGV[2] epoch.
 const GUARD: &str = "
-local h = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'checkpoint')
+local h = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'checkpoint', 'membership')
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return -1 end
 ";
 
-const RENEW: &str = "redis.call('HSET', KEYS[1], 'expires', now + tonumber(ARGV[3])) return 1";
+/// A lease tied to a membership is only confirmed; one with its own expiry is extended.
+const RENEW: &str = "
+if h[4] and h[4] ~= '' then
+  if held(h[1], 0, h[4], KEYS[2]) then return 1 end
+  return 0
+end
+redis.call('HSET', KEYS[1], 'expires', now + tonumber(ARGV[3])) return 1";
 
 const CHECKPOINT: &str = "
 local new, cur = ARGV[3], h[3]
 if cur and cur ~= '' and (#new < #cur or (#new == #cur and new <= cur)) then return 0 end
 redis.call('HSET', KEYS[1], 'checkpoint', new) return 1";
 
-/// KEYS[1] lease hash, KEYS[2] shard index set; ARGV shard, and a checkpoint or '' → new epoch.
+/// KEYS[1] lease hash, KEYS[2] shard index set, KEYS[3] version hash; ARGV shard, and a
+/// checkpoint or '' → new epoch.
 const OVERRIDE: &str = "
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'v', 1)
 local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') + 1
-redis.call('HSET', KEYS[1], 'owner', '', 'expires', 0, 'epoch', epoch)
+redis.call('HSET', KEYS[1], 'owner', '', 'expires', 0, 'epoch', epoch, 'membership', '')
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'checkpoint', ARGV[2]) end
 return epoch";
 
-const RELEASE: &str = "redis.call('HSET', KEYS[1], 'owner', '', 'expires', 0) return 1";
+const RELEASE: &str = "
+redis.call('HSET', KEYS[1], 'owner', '', 'expires', 0, 'membership', '')
+redis.call('HINCRBY', KEYS[3], 'v', 1)
+return 1";
 
-const FINISH: &str = "redis.call('HSET', KEYS[1], 'finished', '1') return 1";
+const FINISH: &str =
+    "redis.call('HSET', KEYS[1], 'finished', '1') redis.call('HINCRBY', KEYS[3], 'v', 1) return 1";
 
+/// One state row: owner, epoch, expires, checkpoint, finished, live, membership.
+const ROW: &str = "
+local function row(h, mkey)
+  local exp = tonumber(h[3] or '0')
+  if h[1] and h[1] ~= '' and h[6] and h[6] ~= '' then exp = member_expiry(mkey, h[6]) end
+  local live = 0
+  if held(h[1], h[3], h[6], mkey) then live = 1 end
+  return {h[1] or '', tonumber(h[2] or '0'), exp, h[4] or '', h[5] or '0', live, h[6] or ''}
+end
+";
+
+/// KEYS[1] lease hash, KEYS[2] memberships hash → one state row.
 const STATE: &str = "
-local h = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'expires', 'checkpoint', 'finished')
-local live = 0
-if h[1] and h[1] ~= '' and tonumber(h[3] or '0') > now then live = 1 end
-return {h[1] or '', tonumber(h[2] or '0'), tonumber(h[3] or '0'), h[4] or '', h[5] or '0', live}";
+return row(redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'expires', 'checkpoint', 'finished', 'membership'), KEYS[2])";
 
-/// KEYS[1] shard index set; ARGV lease key prefix → one state row per shard.
+/// KEYS[1] shard index set, KEYS[2] memberships hash; ARGV lease key prefix → one state row per
+/// shard, after its shard id.
 const LIST: &str = "
 local out = {}
 for _, shard in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local h = redis.call('HMGET', ARGV[1] .. shard, 'owner', 'epoch', 'expires', 'checkpoint', 'finished')
-  local live = 0
-  if h[1] and h[1] ~= '' and tonumber(h[3] or '0') > now then live = 1 end
-  table.insert(out, {shard, h[1] or '', tonumber(h[2] or '0'), tonumber(h[3] or '0'), h[4] or '', h[5] or '0', live})
+  local r = row(redis.call('HMGET', ARGV[1] .. shard, 'owner', 'epoch', 'expires', 'checkpoint', 'finished', 'membership'), KEYS[2])
+  table.insert(r, 1, shard)
+  table.insert(out, r)
 end
 return out";
 
-const HEARTBEAT: &str = "
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(last[2])) + 1000)
+/// Lists ARGV[1] in the members sorted set KEYS[1] for ARGV[2] ms.
+const LIST_MEMBER: &str = "
+local function list_member(key, instance, ttl)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  redis.call('ZADD', key, now + ttl, instance)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', key, math.floor(tonumber(last[2])) + 1000)
+end
+";
+
+const HEARTBEAT: &str = "list_member(KEYS[1], ARGV[1], tonumber(ARGV[2])) return 1";
+
+/// KEYS[1] memberships hash, KEYS[2] members set, KEYS[3] version hash; ARGV instance, ttl_ms,
+/// membership, '1' to renew only a live one → 1, or 0 when it had expired.
+const KEEP: &str = "
+local ttl = tonumber(ARGV[2])
+if ARGV[4] == '1' then
+  if member_expiry(KEYS[1], ARGV[3]) <= now then return 0 end
+else
+  redis.call('HINCRBY', KEYS[3], 'v', 1)
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if tonumber(all[i + 1]) <= now then redis.call('HDEL', KEYS[1], all[i]) end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[3], now + ttl)
+redis.call('PEXPIREAT', KEYS[1], now + math.max(ttl, 86400000))
+list_member(KEYS[2], ARGV[1], ttl)
+return 1";
+
+/// KEYS[1] memberships hash, KEYS[2] members set, KEYS[3] version hash; ARGV instance,
+/// membership.
+const LEAVE: &str = "
+redis.call('HINCRBY', KEYS[3], 'v', 1)
+redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1";
 
 const LIVE: &str = "
@@ -85,10 +160,19 @@ return redis.call('ZRANGE', KEYS[1], '(' .. now, '+inf', 'BYSCORE')";
 /// (`TIME`), and every key of a stream shares the hash tag `{<stream>}`, so all of a stream's
 /// keys live in one slot and the scripts work on Redis Cluster:
 ///
-/// - `<prefix>:{<stream>}:lease:<shard>`: hash of owner, epoch, expires (ms), checkpoint, finished;
+/// - `<prefix>:{<stream>}:lease:<shard>`: hash of owner, epoch, expires (ms), checkpoint,
+///   finished, and the membership the lease is tied to (empty for a lease with its own expiry);
 /// - `<prefix>:{<stream>}:poison:<shard>`: hash of failure counts by checkpoint;
 /// - `<prefix>:{<stream>}:shards`: set of the shards ever acquired;
-/// - `<prefix>:{<stream>}:members`: sorted set of instances scored by heartbeat expiry.
+/// - `<prefix>:{<stream>}:members`: sorted set of instances scored by heartbeat expiry;
+/// - `<prefix>:{<stream>}:memberships`: hash of membership name to expiry (ms): one field an
+///   instance, renewed by one call about every second whatever the instance owns;
+/// - `<prefix>:{<stream>}:version`: hash whose field `v` counts the changes of hands and of
+///   membership, so instances read every lease only after one.
+///
+/// Redis 6.2 or later (the scripts use `ZRANGE … BYSCORE`). Every script that reads `TIME` and
+/// then writes asks for effect replication first, so replicas apply the same writes even where
+/// that is not the default.
 ///
 /// # Examples
 ///
@@ -115,6 +199,8 @@ struct Scripts {
     list: Script,
     heartbeat: Script,
     live: Script,
+    keep: Script,
+    leave: Script,
 }
 
 impl fmt::Debug for RedisLeaseStore {
@@ -131,6 +217,14 @@ fn script(body: &str) -> Script {
 
 fn guarded(body: &str) -> Script {
     Script::from_lua(format!("{NOW}{GUARD}{body}"))
+}
+
+fn with_rows(body: &str) -> Script {
+    Script::from_lua(format!("{NOW}{ROW}{body}"))
+}
+
+fn with_members(body: &str) -> Script {
+    Script::from_lua(format!("{NOW}{LIST_MEMBER}{body}"))
 }
 
 /// The timeout of a call to Redis made by [`RedisLeaseStore::connect`]'s client.
@@ -186,10 +280,12 @@ impl RedisLeaseStore {
                 checkpoint: guarded(CHECKPOINT),
                 release: guarded(RELEASE),
                 finish: guarded(FINISH),
-                state: script(STATE),
-                list: script(LIST),
-                heartbeat: script(HEARTBEAT),
+                state: with_rows(STATE),
+                list: with_rows(LIST),
+                heartbeat: with_members(HEARTBEAT),
                 live: script(LIVE),
+                keep: with_members(KEEP),
+                leave: script(LEAVE),
             }),
         }
     }
@@ -209,6 +305,87 @@ impl RedisLeaseStore {
 
     fn members_key(&self, stream: &str) -> String {
         format!("{}:{{{stream}}}:members", self.prefix)
+    }
+
+    fn memberships_key(&self, stream: &str) -> String {
+        format!("{}:{{{stream}}}:memberships", self.prefix)
+    }
+
+    fn version_key(&self, stream: &str) -> String {
+        format!("{}:{{{stream}}}:version", self.prefix)
+    }
+
+    async fn acquire_with(
+        &self,
+        stream: &str,
+        shard: &str,
+        owner: &str,
+        membership: Option<&str>,
+        ttl: Duration,
+        epoch_floor: u64,
+    ) -> Result<Option<Lease>> {
+        let v = self
+            .run(
+                "acquire",
+                &self.scripts.acquire,
+                vec![
+                    self.key(stream, "lease", shard),
+                    self.shards_key(stream),
+                    self.memberships_key(stream),
+                    self.version_key(stream),
+                ],
+                vec![
+                    Value::from(owner),
+                    Value::from(ttl_ms(ttl).to_string()),
+                    Value::from(shard),
+                    Value::from(epoch_floor.to_string()),
+                    Value::from(membership.unwrap_or_default()),
+                ],
+            )
+            .await?;
+        let items = v.into_array();
+        if items.first().and_then(Value::as_i64) != Some(1) || items.len() < 4 {
+            return Ok(None);
+        }
+        Ok(Some(Lease {
+            stream: stream.to_owned(),
+            shard: shard.to_owned(),
+            owner: owner.to_owned(),
+            epoch: as_u64(&items[1]),
+            expires_at_ms: as_u64(&items[2]),
+            checkpoint: as_opt_string(&items[3]),
+            membership: membership.map(str::to_owned),
+        }))
+    }
+
+    /// [`LeaseStore::join`] (`renew` false) or [`LeaseStore::renew_membership`].
+    async fn keep(
+        &self,
+        operation: &'static str,
+        stream: &str,
+        instance: &str,
+        membership: &str,
+        ttl: Duration,
+        renew: bool,
+    ) -> Result<bool> {
+        let v = self
+            .run(
+                operation,
+                &self.scripts.keep,
+                vec![
+                    self.memberships_key(stream),
+                    self.members_key(stream),
+                    self.version_key(stream),
+                ],
+                vec![
+                    Value::from(instance),
+                    Value::from(ttl_ms(ttl).to_string()),
+                    Value::from(membership),
+                    Value::from(if renew { "1" } else { "0" }),
+                ],
+            )
+            .await?;
+        Ok(v.as_i64() == Some(1))
     }
 
     async fn run(
@@ -235,7 +412,11 @@ impl RedisLeaseStore {
         self.run(
             operation,
             &self.scripts.override_,
-            vec![self.key(stream, "lease", shard), self.shards_key(stream)],
+            vec![
+                self.key(stream, "lease", shard),
+                self.shards_key(stream),
+                self.version_key(stream),
+            ],
             vec![
                 Value::from(shard),
                 Value::from(checkpoint.unwrap_or_default()),
@@ -261,7 +442,11 @@ impl RedisLeaseStore {
             .run(
                 operation,
                 script,
-                self.key(&lease.stream, "lease", &lease.shard),
+                vec![
+                    self.key(&lease.stream, "lease", &lease.shard),
+                    self.memberships_key(&lease.stream),
+                    self.version_key(&lease.stream),
+                ],
                 args,
             )
             .await?;
@@ -279,9 +464,19 @@ fn as_opt_string(v: &Value) -> Option<String> {
 }
 
 /// A shard's state from the STATE script's reply (a LIST row after its shard): owner, epoch,
-/// expiry, checkpoint, finished, live. `None` when the reply is too short.
+/// expiry, checkpoint, finished, live, membership. `None` when the reply is too short.
 fn parse_state(shard: String, items: &[Value]) -> Option<LeaseState> {
-    let [owner, epoch, expires, checkpoint, finished, live, ..] = items else {
+    let [
+        owner,
+        epoch,
+        expires,
+        checkpoint,
+        finished,
+        live,
+        membership,
+        ..,
+    ] = items
+    else {
         return None;
     };
     Some(LeaseState {
@@ -292,6 +487,7 @@ fn parse_state(shard: String, items: &[Value]) -> Option<LeaseState> {
         checkpoint: as_opt_string(checkpoint),
         finished: finished.as_string().as_deref() == Some("1"),
         live: live.as_i64() == Some(1),
+        membership: as_opt_string(membership),
     })
 }
 
@@ -305,31 +501,21 @@ impl LeaseStore for RedisLeaseStore {
         ttl: Duration,
         epoch_floor: u64,
     ) -> Result<Option<Lease>> {
-        let v = self
-            .run(
-                "acquire",
-                &self.scripts.acquire,
-                vec![self.key(stream, "lease", shard), self.shards_key(stream)],
-                vec![
-                    Value::from(owner),
-                    Value::from(ttl_ms(ttl).to_string()),
-                    Value::from(shard),
-                    Value::from(epoch_floor.to_string()),
-                ],
-            )
-            .await?;
-        let items = v.into_array();
-        if items.first().and_then(Value::as_i64) != Some(1) || items.len() < 4 {
-            return Ok(None);
-        }
-        Ok(Some(Lease {
-            stream: stream.to_owned(),
-            shard: shard.to_owned(),
-            owner: owner.to_owned(),
-            epoch: as_u64(&items[1]),
-            expires_at_ms: as_u64(&items[2]),
-            checkpoint: as_opt_string(&items[3]),
-        }))
+        self.acquire_with(stream, shard, owner, None, ttl, epoch_floor)
+            .await
+    }
+
+    async fn acquire_as_member(
+        &self,
+        stream: &str,
+        shard: &str,
+        owner: &str,
+        membership: &str,
+        ttl: Duration,
+        epoch_floor: u64,
+    ) -> Result<Option<Lease>> {
+        self.acquire_with(stream, shard, owner, Some(membership), ttl, epoch_floor)
+            .await
     }
 
     async fn force_release(&self, stream: &str, shard: &str) -> Result<LeaseState> {
@@ -396,7 +582,10 @@ impl LeaseStore for RedisLeaseStore {
             .run(
                 "state",
                 &self.scripts.state,
-                self.key(stream, "lease", shard),
+                vec![
+                    self.key(stream, "lease", shard),
+                    self.memberships_key(stream),
+                ],
                 vec![],
             )
             .await?;
@@ -409,7 +598,7 @@ impl LeaseStore for RedisLeaseStore {
             .run(
                 "leases",
                 &self.scripts.list,
-                self.shards_key(stream),
+                vec![self.shards_key(stream), self.memberships_key(stream)],
                 vec![Value::from(self.key(stream, "lease", ""))],
             )
             .await?;
@@ -468,6 +657,54 @@ impl LeaseStore for RedisLeaseStore {
             &self.scripts.heartbeat,
             self.members_key(stream),
             vec![Value::from(instance), Value::from(ttl_ms(ttl).to_string())],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn join(
+        &self,
+        stream: &str,
+        instance: &str,
+        membership: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.keep("join", stream, instance, membership, ttl, false)
+            .await
+            .map(|_| ())
+    }
+
+    async fn renew_membership(
+        &self,
+        stream: &str,
+        instance: &str,
+        membership: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        self.keep("renew_membership", stream, instance, membership, ttl, true)
+            .await
+    }
+
+    async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
+        use fred::interfaces::HashesInterface;
+        let v: Option<u64> = self
+            .client
+            .hget(self.version_key(stream), "v")
+            .await
+            .map_err(|e| Error::lease("lease_version", e))?;
+        Ok(Some(v.unwrap_or_default()))
+    }
+
+    async fn leave(&self, stream: &str, instance: &str, membership: &str) -> Result<()> {
+        self.run(
+            "leave",
+            &self.scripts.leave,
+            vec![
+                self.memberships_key(stream),
+                self.members_key(stream),
+                self.version_key(stream),
+            ],
+            vec![Value::from(instance), Value::from(membership)],
         )
         .await?;
         Ok(())

@@ -111,7 +111,7 @@ impl KinesisOptions {
             heartbeat_failure_threshold: 3,
             rebalance_interval: Duration::from_millis(250),
             heartbeat_interval: Duration::from_secs(1),
-            membership_ttl: Duration::from_secs(5),
+            membership_ttl: Duration::from_secs(2),
             max_records_per_second: None,
         }
     }
@@ -148,18 +148,40 @@ impl KinesisOptions {
         shard(shard: ShardOptions) shard;
         /// The adaptive strategy (batch size and delays per shard).
         strategy(strategy: Arc<dyn AdaptiveStrategy>) strategy;
-        /// How often the shards are listed again (new shards after resharding) and the leases read
-        /// even when nothing changed.
+        /// How often the shards are listed again (new shards after resharding). The leases are read
+        /// only when the listing, the members or a lease's owner changed (on a lease store that
+        /// does not count lease changes, also at this interval).
         discovery_interval(d: Duration) d.max(Duration::from_millis(1));
         /// How often an instance checks the membership (one cheap call to the lease store) and, when
         /// it changed or shards wait to be taken, rebalances. This is how fast a join, a departure or a
         /// released shard is noticed.
         rebalance_interval(d: Duration) d.max(Duration::from_millis(1));
-        /// How often an instance renews its membership.
+        /// How often an instance renews its membership (1 s; at most a third of the
+        /// [`membership_ttl`](KinesisOptions::membership_ttl)). One call to the lease store,
+        /// whatever the number of shards the instance holds.
         heartbeat_interval(d: Duration) d.max(Duration::from_millis(1));
-        /// How long an instance stays a member after its last heartbeat: how soon the others see that
-        /// it died (its shards still move only once their leases expire). Keep it a few heartbeat
-        /// intervals long.
+        /// How long an instance's membership lasts after its last renewal (2 s; at least three
+        /// rebalance intervals, at most [`ConsumerOptions::lease_duration`]). The instance's shard
+        /// leases are tied to its membership, so this is how soon the shards of a crashed
+        /// instance are taken over: about this TTL plus one rebalance interval.
+        ///
+        /// An instance that cannot renew its membership in time stops its shard consumers (and
+        /// cancels their handlers) a quarter of the TTL before the store can expire it, so no
+        /// two instances ever read one shard at once. The trade-off: a pause longer than that
+        /// (a stop-the-world pause, a frozen VM, a lease store out of reach) makes the instance
+        /// drop its shards and take them again. On networks or hosts with long pauses, raise the
+        /// TTL (and crash takeover becomes that much slower).
+        ///
+        /// ```
+        /// use std::sync::Arc;
+        /// use std::time::Duration;
+        /// use mq_kinesis::{InMemoryLeaseStore, KinesisOptions};
+        ///
+        /// // tolerate pauses of up to about 7 s; a crashed instance's shards move after ~10 s
+        /// let opts = KinesisOptions::new(Arc::new(InMemoryLeaseStore::new()))
+        ///     .membership_ttl(Duration::from_secs(10));
+        /// assert_eq!(opts.get_membership_ttl(), Duration::from_secs(10));
+        /// ```
         membership_ttl(d: Duration) d.max(Duration::from_millis(1));
         /// A token bucket on the whole instance: at most `n` records per second are handed to
         /// handlers, over all its shards. For a cap per shard see
@@ -227,14 +249,21 @@ impl KinesisOptions {
 /// Messages on AWS Kinesis streams, one stream per queue.
 ///
 /// Publishing goes through the [`KinesisProducer`]. A consumer is a worker that keeps its
-/// instance a member of the stream (a heartbeat with a TTL) and reads the shards assigned to it:
+/// instance a member of the stream (one membership record, renewed about every second, with a
+/// TTL of [`membership_ttl`](KinesisOptions::membership_ttl)) and reads the shards assigned to
+/// it:
 ///
+/// - Crash takeover: the instance's shard leases are tied to its membership, so when the
+///   instance dies its shards are free once the membership expires (2 s by default) and are
+///   taken by the live instances at their next rebalance; an instance that cannot renew its
+///   membership stops its shard consumers before it can expire.
 /// - Assignment: every instance computes the same [`balanced_assignment`](crate::balanced_assignment)
 ///   from the live members and the lease owners, so no instance holds more than one shard above
 ///   another and a membership change moves as few shards as possible.
 /// - Eager rebalance: the membership is checked every
 ///   [`rebalance_interval`](KinesisOptions::rebalance_interval) (250 ms), so a start or a stop is
-///   acted on within about a second; a stopping instance leaves the membership first.
+///   acted on within about a second; a stopping instance hands its shards off and then leaves
+///   the membership.
 /// - Graceful handoff: a shard assigned away (or on stop) stops fetching, finishes its batch in
 ///   flight (cancelled after [`ConsumerOptions::shutdown_grace`]), checkpoints and releases its
 ///   lease; the new owner takes it at its next check.
@@ -251,8 +280,9 @@ impl KinesisOptions {
 /// A shard consumer:
 ///
 /// - starts after the shard's checkpoint, or at [`ShardOptions::initial_position`];
-/// - renews its lease every third of [`ConsumerOptions::lease_duration`], retrying with backoff
-///   before giving up, for as long as it runs, including while a handler overruns its
+/// - holds its lease for as long as the membership lives (a lease store without memberships:
+///   renews it every third of [`ConsumerOptions::lease_duration`], retrying with backoff
+///   before giving up), for as long as it runs, including while a handler overruns its
 ///   timeout: the handler's token is cancelled and the batch is not handed to anyone else until
 ///   the handler returned;
 /// - backs off on throttling without counting it as an error and re-creates expired
@@ -424,6 +454,7 @@ impl KinesisQueue {
             shut: self.inner.shut.clone(),
             instance_limiter: self.inner.instance_limiter.clone(),
             store_trouble: self.inner.store_trouble.clone(),
+            membership: None,
         }
     }
 }

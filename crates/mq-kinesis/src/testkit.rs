@@ -40,6 +40,8 @@ async fn open(f: &dyn LeaseStoreFactory, test: &str) -> Option<(Arc<dyn LeaseSto
 
 const SHORT: Duration = Duration::from_millis(300);
 const LONG: Duration = Duration::from_secs(30);
+/// Long enough for a slow store to renew it between checks.
+const MEMBERSHIP: Duration = Duration::from_secs(2);
 
 async fn wait_until_acquired(
     store: &dyn LeaseStore,
@@ -410,6 +412,222 @@ pub mod cases {
         assert_eq!(store.record_failure(&s, "sh", "10").await.unwrap(), 1);
         assert_eq!(store.record_failure(&s, "other", "10").await.unwrap(), 2);
     }
+    /// A lease tied to a membership lives exactly as long as the membership: renewing the
+    /// membership keeps every such lease without touching them, and once it expires the shards
+    /// are free and the old owner is fenced exactly as after a lease expiry.
+    pub async fn membership_leases_end_with_the_membership(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some((store, s)) = open(f, test).await else {
+            return;
+        };
+        store.join(&s, "a", "a.1", MEMBERSHIP).await.unwrap();
+        let a0 = store
+            .acquire_as_member(&s, "sh-0", "a", "a.1", LONG, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let a1 = store
+            .acquire_as_member(&s, "sh-1", "a", "a.1", LONG, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a0.membership.as_deref(), Some("a.1"));
+        assert_eq!(
+            store.checkpoint(&a0, "100").await.unwrap(),
+            CheckpointOutcome::Advanced
+        );
+        // kept alive by the membership alone, for several of its TTLs
+        let until = tokio::time::Instant::now() + MEMBERSHIP * 2;
+        while tokio::time::Instant::now() < until {
+            assert!(
+                store
+                    .renew_membership(&s, "a", "a.1", MEMBERSHIP)
+                    .await
+                    .unwrap()
+            );
+            for shard in ["sh-0", "sh-1"] {
+                let st = store.state(&s, shard).await.unwrap();
+                assert!(st.live, "{shard} lives while its membership does: {st:?}");
+                assert_eq!(st.membership.as_deref(), Some("a.1"));
+            }
+            assert!(
+                store
+                    .acquire_as_member(&s, "sh-0", "b", "b.1", LONG, 0)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            assert!(
+                store
+                    .acquire(&s, "sh-1", "b", LONG)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            assert!(store.renew(&a1, LONG).await.unwrap(), "confirmed");
+            tokio::time::sleep(MEMBERSHIP / 10).await;
+        }
+        assert!(
+            store
+                .live_instances(&s)
+                .await
+                .unwrap()
+                .contains(&"a".to_owned())
+        );
+        // the membership is no longer renewed: both shards become free together
+        let b0 = wait_until_acquired(&*store, &s, "sh-0", "b").await;
+        assert!(b0.epoch > a0.epoch);
+        assert_eq!(b0.checkpoint.as_deref(), Some("100"));
+        assert!(!store.state(&s, "sh-1").await.unwrap().live);
+        assert!(
+            !store
+                .renew_membership(&s, "a", "a.1", MEMBERSHIP)
+                .await
+                .unwrap(),
+            "an expired membership is not revived"
+        );
+        assert!(
+            !store
+                .live_instances(&s)
+                .await
+                .unwrap()
+                .contains(&"a".to_owned())
+        );
+        // the old owner is fenced on every mutation
+        assert!(!store.renew(&a0, LONG).await.unwrap());
+        assert_eq!(
+            store.checkpoint(&a0, "200").await.unwrap(),
+            CheckpointOutcome::Fenced
+        );
+        assert!(!store.release(&a0).await.unwrap());
+        assert!(!store.finish(&a0).await.unwrap());
+        // an expired lease nobody took yet: its owner cannot confirm it either
+        assert!(!store.renew(&a1, LONG).await.unwrap());
+        // nor acquire under the expired membership
+        assert!(
+            store
+                .acquire_as_member(&s, "sh-1", "a", "a.1", LONG, 0)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // a new membership of the same instance gets a new epoch
+        store.join(&s, "a", "a.2", LONG).await.unwrap();
+        let a1_again = store
+            .acquire_as_member(&s, "sh-1", "a", "a.2", LONG, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(a1_again.epoch > a1.epoch);
+        assert_eq!(
+            store.checkpoint(&a1, "5").await.unwrap(),
+            CheckpointOutcome::Fenced
+        );
+    }
+
+    /// Leaving ends the membership at once: its leases are free and the instance is not listed.
+    /// Releasing a lease tied to a membership frees it too, and nobody can tie a lease to a
+    /// membership that was never started.
+    pub async fn leaving_frees_the_leases_at_once(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some((store, s)) = open(f, test).await else {
+            return;
+        };
+        assert!(
+            store
+                .acquire_as_member(&s, "sh-0", "a", "a.never", LONG, 0)
+                .await
+                .unwrap()
+                .is_none(),
+            "no lease under an unknown membership"
+        );
+        store.join(&s, "a", "a.1", LONG).await.unwrap();
+        store.join(&s, "b", "b.1", LONG).await.unwrap();
+        assert_eq!(store.live_instances(&s).await.unwrap(), ["a", "b"]);
+        let a0 = store
+            .acquire_as_member(&s, "sh-0", "a", "a.1", LONG, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let a1 = store
+            .acquire_as_member(&s, "sh-1", "a", "a.1", LONG, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.release(&a1).await.unwrap());
+        let b1 = store
+            .acquire_as_member(&s, "sh-1", "b", "b.1", LONG, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(b1.epoch > a1.epoch);
+        store.leave(&s, "a", "a.1").await.unwrap();
+        assert_eq!(store.live_instances(&s).await.unwrap(), ["b"]);
+        let st = store.state(&s, "sh-0").await.unwrap();
+        assert!(!st.live, "free once its membership ended: {st:?}");
+        let b0 = store
+            .acquire_as_member(&s, "sh-0", "b", "b.1", LONG, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(b0.epoch > a0.epoch);
+        assert!(!store.release(&a0).await.unwrap());
+        let all = store.leases(&s).await.unwrap();
+        assert!(
+            all.iter()
+                .all(|l| l.live && l.owner.as_deref() == Some("b")),
+            "{all:?}"
+        );
+        // a lease with its own expiry still works next to them
+        let own = store.acquire(&s, "sh-2", "b", LONG).await.unwrap().unwrap();
+        assert_eq!(own.membership, None);
+        assert!(store.renew(&own, LONG).await.unwrap());
+    }
+    /// The lease version moves whenever a lease changes hands or an instance joins or leaves,
+    /// and stays put on renewals and checkpoints (a store that keeps none is skipped).
+    pub async fn lease_version_moves_when_leases_change_hands(
+        f: &dyn LeaseStoreFactory,
+        test: &str,
+    ) {
+        let Some((store, s)) = open(f, test).await else {
+            return;
+        };
+        let Some(mut last) = store.lease_version(&s).await.unwrap() else {
+            return;
+        };
+        let store = &*store;
+        let version = |moved: bool, what: &'static str| {
+            let s = s.clone();
+            async move {
+                let v = store.lease_version(&s).await.unwrap().unwrap();
+                (v, moved, what)
+            }
+        };
+        let mut check = |(v, moved, what): (u64, bool, &str)| {
+            assert_eq!(v != last, moved, "{what}: version {last} then {v}");
+            last = v;
+        };
+        store.join(&s, "a", "a.1", LONG).await.unwrap();
+        check(version(true, "join").await);
+        let a = store
+            .acquire_as_member(&s, "sh", "a", "a.1", LONG, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        check(version(true, "acquire").await);
+        assert!(store.renew_membership(&s, "a", "a.1", LONG).await.unwrap());
+        assert!(store.renew(&a, LONG).await.unwrap());
+        store.checkpoint(&a, "5").await.unwrap();
+        check(version(false, "renewals and a checkpoint").await);
+        assert!(store.release(&a).await.unwrap());
+        check(version(true, "release").await);
+        let b = store.acquire(&s, "sh", "b", LONG).await.unwrap().unwrap();
+        check(version(true, "acquire").await);
+        assert!(store.finish(&b).await.unwrap());
+        check(version(true, "finish").await);
+        store.force_release(&s, "sh").await.unwrap();
+        check(version(true, "force_release").await);
+        store.leave(&s, "a", "a.1").await.unwrap();
+        check(version(true, "leave").await);
+    }
 }
 
 /// Stamps one `#[tokio::test]` per lease-store conformance case, each calling `$factory` for a
@@ -428,7 +646,10 @@ macro_rules! lease_store_tests {
             poison_counters,
             acquire_above_respects_the_floor,
             force_release_fences_the_owner,
-            set_checkpoint_overrides_and_fences
+            set_checkpoint_overrides_and_fences,
+            membership_leases_end_with_the_membership,
+            leaving_frees_the_leases_at_once,
+            lease_version_moves_when_leases_change_hands
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -115,5 +115,47 @@ async fn redis_cluster_runs_every_case() {
     cases::acquire_above_respects_the_floor(&f, "cluster-floor").await;
     cases::force_release_fences_the_owner(&f, "cluster-force").await;
     cases::set_checkpoint_overrides_and_fences(&f, "cluster-override").await;
+    cases::membership_leases_end_with_the_membership(&f, "cluster-membership").await;
+    cases::leaving_frees_the_leases_at_once(&f, "cluster-leave").await;
+    cases::lease_version_moves_when_leases_change_hands(&f, "cluster-version").await;
     cluster.stop().await;
+}
+
+/// A lock left behind by a crashed process (the old scheme broke such a lock after 10 s, and two
+/// processes breaking it at once both went on) never lets two acquirers win: racing acquirers
+/// in separate stores on one directory, with a lock file a minute old, give exactly one winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_store_left_over_lock_never_gives_two_winners() {
+    let dir = std::env::temp_dir()
+        .join("mq-kinesis-lease-tests")
+        .join(format!("left-over-lock-{}", ulid::Ulid::new()));
+    for round in 0..50 {
+        let stream = format!("s{round}");
+        let stream_dir = dir.join(format!("s-s{round}"));
+        std::fs::create_dir_all(&stream_dir).unwrap();
+        let lock = std::fs::File::create(stream_dir.join(".lock")).unwrap();
+        lock.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+            .unwrap();
+        drop(lock);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let store = FileLeaseStore::new(&dir).unwrap();
+            let stream = stream.clone();
+            tasks.spawn(async move {
+                store
+                    .acquire(
+                        &stream,
+                        "sh",
+                        &format!("o{i}"),
+                        std::time::Duration::from_secs(30),
+                    )
+                    .await
+                    .unwrap()
+                    .is_some()
+            });
+        }
+        let wins = tasks.join_all().await.into_iter().filter(|w| *w).count();
+        assert_eq!(wins, 1, "round {round}: {wins} winners");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

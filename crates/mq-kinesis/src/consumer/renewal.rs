@@ -1,5 +1,7 @@
 //! Lease renewal: a task that renews the lease every third of its duration, with retries, for
-//! as long as the shard consumer makes progress.
+//! as long as the shard consumer makes progress. A lease tied to the instance's membership is
+//! not renewed on its own (the worker renews the membership): the task then only stops the
+//! consumer at the membership's local deadline, or when it is stuck.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::lease::{Lease, LeaseStore};
+use crate::lease::{Lease, LeaseStore, LocalMembership};
 
 /// The lease of one shard consumer: the renewal task, the "lost" signal it raises, and the
 /// stall check that ties renewal to progress.
@@ -32,6 +34,8 @@ pub(super) struct LeaseRenewal {
     trouble: Arc<AtomicU64>,
     /// The value of `trouble` when the lease was last confirmed by the store.
     confirmed_trouble: u64,
+    /// The instance's membership, when the worker keeps one: leases are tied to it.
+    membership: Option<Arc<LocalMembership>>,
 }
 
 impl LeaseRenewal {
@@ -40,8 +44,10 @@ impl LeaseRenewal {
         ttl: Duration,
         attempts: u32,
         trouble: Arc<AtomicU64>,
+        membership: Option<Arc<LocalMembership>>,
     ) -> Self {
         LeaseRenewal {
+            membership,
             store,
             ttl,
             attempts,
@@ -53,9 +59,33 @@ impl LeaseRenewal {
         }
     }
 
+    /// Takes the lease of `shard`: tied to the membership when there is one (and only while its
+    /// local deadline has not passed), else with its own expiry.
+    pub(super) async fn acquire(
+        &self,
+        stream: &str,
+        shard: &str,
+        owner: &str,
+    ) -> crate::Result<Option<Lease>> {
+        match &self.membership {
+            Some(m) if m.remaining().is_none() => Ok(None),
+            Some(m) => {
+                self.store
+                    .acquire_as_member(stream, shard, owner, m.name(), self.ttl, 0)
+                    .await
+            }
+            None => self.store.acquire(stream, shard, owner, self.ttl).await,
+        }
+    }
+
     /// Renews `lease` in a task of `tracker` until `done` is cancelled or the lease is lost.
     pub(super) fn start(&self, lease: Arc<Lease>, done: CancellationToken, tracker: &TaskTracker) {
+        let membership = self
+            .membership
+            .clone()
+            .filter(|_| lease.membership.is_some());
         let task = RenewalTask {
+            membership,
             store: self.store.clone(),
             lease,
             ttl: self.ttl,
@@ -94,9 +124,22 @@ impl LeaseRenewal {
     /// answers "not yours", and the consumer stops before another instance can have started on
     /// the shard, so no batch is ever handled by two instances at once. False when the lease is
     /// gone or `stop` was cancelled.
+    ///
+    /// A lease tied to the membership is also given up here once the membership's local
+    /// deadline passed (the process was paused, or renewals failed), so no batch starts on a
+    /// shard that another instance may already read.
     pub(super) async fn confirm(&mut self, lease: &Lease, stop: &CancellationToken) -> bool {
         let mut delay = Duration::from_millis(100);
         loop {
+            if lease.membership.is_some()
+                && self
+                    .membership
+                    .as_ref()
+                    .is_some_and(|m| m.remaining().is_none())
+            {
+                lose(&self.reason, &self.lost, MEMBERSHIP_LAPSED.into());
+                return false;
+            }
             let trouble = self.trouble.load(Ordering::SeqCst);
             if trouble == self.confirmed_trouble {
                 return true;
@@ -129,6 +172,9 @@ impl LeaseRenewal {
     }
 }
 
+const MEMBERSHIP_LAPSED: &str =
+    "membership not renewed before its deadline: the shard may already belong to another instance";
+
 fn lose(reason: &Mutex<Option<String>>, lost: &CancellationToken, why: String) {
     *reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     lost.cancel();
@@ -136,6 +182,8 @@ fn lose(reason: &Mutex<Option<String>>, lost: &CancellationToken, why: String) {
 
 /// The renewal task of one acquired lease.
 struct RenewalTask {
+    /// Set when the lease is tied to the membership.
+    membership: Option<Arc<LocalMembership>>,
     store: Arc<dyn LeaseStore>,
     lease: Arc<Lease>,
     ttl: Duration,
@@ -149,6 +197,9 @@ struct RenewalTask {
 
 impl RenewalTask {
     async fn run(self) {
+        if let Some(m) = self.membership.clone() {
+            return self.watch(&m).await;
+        }
         let interval = self.ttl / 3;
         loop {
             tokio::select! {
@@ -169,6 +220,34 @@ impl RenewalTask {
                     return;
                 }
             }
+        }
+    }
+
+    /// For a lease tied to the membership: loses it at the membership's local deadline or when
+    /// the consumer is stuck, and then releases it, so the shard moves without waiting for the
+    /// membership to end (the release is fenced if someone took the shard meanwhile).
+    async fn watch(&self, m: &LocalMembership) {
+        let interval = self.ttl / 3;
+        loop {
+            let Some(left) = m.remaining() else {
+                tracing::warn!(shard = %self.lease.shard, "mq-kinesis: membership deadline passed, the shard consumer stops");
+                lose(&self.reason, &self.lost, MEMBERSHIP_LAPSED.into());
+                break;
+            };
+            tokio::select! {
+                _ = self.done.cancelled() => return,
+                _ = self.lost.cancelled() => break,
+                _ = m.gone().cancelled() => {}
+                _ = tokio::time::sleep(left.min(interval)) => {}
+            }
+            if let Some(stuck) = self.busy.stalled() {
+                tracing::warn!(shard = %self.lease.shard, stuck, "mq-kinesis: shard consumer is stuck");
+                lose(&self.reason, &self.lost, stuck);
+                break;
+            }
+        }
+        if let Err(e) = self.store.release(&self.lease).await {
+            tracing::debug!(shard = %self.lease.shard, error = %e, "mq-kinesis: cannot release a lost lease; it ends with the membership");
         }
     }
 
