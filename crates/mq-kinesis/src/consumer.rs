@@ -35,7 +35,9 @@ use mq_core::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::assignment::ShardLineage;
 use crate::lease::{Lease, LeaseStore};
+use crate::position::StartPosition;
 
 pub(crate) use limits::RecordBucket;
 pub use options::ShardOptions;
@@ -137,6 +139,8 @@ pub(crate) struct ShardConsumer {
     renewal: LeaseRenewal,
     lease: Option<Arc<Lease>>,
     position: Option<String>,
+    /// Where the shard starts when it has no checkpoint (see [`ShardConsumer::lineage`]).
+    initial: StartPosition,
     idle_delay: Duration,
     fetch_errors: u32,
     max_batches: Option<usize>,
@@ -203,6 +207,7 @@ impl ShardConsumer {
             renewal,
             lease: None,
             position: None,
+            initial: env.shard_options.get_initial_position().clone(),
             idle_delay: env.options.get_poll_interval(),
             fetch_errors: 0,
             max_batches: None,
@@ -218,6 +223,24 @@ impl ShardConsumer {
             paused: false,
             env,
         }
+    }
+
+    /// Takes the shard's lineage from `listing`. A shard with a parent still in the listing (a
+    /// child of a split or a merge) starts at `TRIM_HORIZON` when it has no checkpoint, whatever
+    /// the initial position: it is read only after its parents finished, and the records written
+    /// to it meanwhile must not be skipped. The initial position applies to shards without
+    /// lineage (a parent that aged out of the stream's retention has left nothing to keep in
+    /// order).
+    pub(crate) fn lineage(mut self, listing: &[ShardLineage]) -> Self {
+        let listed = |id: &String| listing.iter().any(|s| s.id() == id);
+        if listing
+            .iter()
+            .find(|s| s.id() == self.shard)
+            .is_some_and(|s| s.parents().iter().any(listed))
+        {
+            self.initial = StartPosition::TrimHorizon;
+        }
+        self
     }
 
     /// The flag the coordinator sets before stopping this consumer for a handoff (the

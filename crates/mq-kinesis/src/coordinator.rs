@@ -347,7 +347,8 @@ impl Coordinator {
             stop.clone(),
             abort.clone(),
             self.stopper.tracker().clone(),
-        );
+        )
+        .lineage(&self.listing);
         self.running.insert(
             shard.clone(),
             Running {

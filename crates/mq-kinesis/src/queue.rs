@@ -579,6 +579,7 @@ impl MessageQueue for KinesisQueue {
                 self.inner.abort.child_token(),
                 tracker.clone(),
             )
+            .lineage(&listing)
             .max_batches(1);
             let (_, report) = consumer.run().await;
             total.merge(&report);

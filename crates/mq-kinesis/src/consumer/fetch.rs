@@ -13,7 +13,7 @@ impl ShardConsumer {
         }
         let lost = self.renewal.lost().clone();
         let opened = tokio::select! {
-            opened = self.source.open(self.position.as_deref()) => opened,
+            opened = self.source.open(self.position.as_deref(), &self.initial) => opened,
             _ = lost.cancelled() => return self.lost_state(),
         };
         match opened {

@@ -57,7 +57,9 @@ impl Default for ShardOptions {
 
 impl ShardOptions {
     mq_core::__option_setters! {
-        /// Where a shard without a checkpoint starts (a shard with one continues right after it).
+        /// Where a shard without a checkpoint and without lineage starts (a shard with a checkpoint
+        /// continues right after it; the child of a split or a merge whose parent is still listed
+        /// starts at its trim horizon, so nothing written to it before it is read is skipped).
         initial_position(p: StartPosition) p;
         /// Renewal attempts (with backoff) before the lease is given up.
         renew_attempts(n: u32) n.max(1);

@@ -29,7 +29,6 @@ pub(super) struct PollingSource {
     client: Client,
     stream: String,
     shard: String,
-    initial: StartPosition,
     /// The iterator of the next read; `None` once the shard ended.
     iterator: Option<String>,
     /// The read started ahead, keyed by the iterator it reads from; aborted when dropped.
@@ -42,7 +41,6 @@ impl PollingSource {
             client: env.client.clone(),
             stream: env.queue.as_str().to_owned(),
             shard: shard.to_owned(),
-            initial: env.shard_options.get_initial_position().clone(),
             iterator: None,
             prefetched: None,
         }
@@ -55,10 +53,14 @@ impl RecordSource for PollingSource {
         "GetRecords"
     }
 
-    async fn open(&mut self, checkpoint: Option<&str>) -> Result<Opened, SourceError> {
+    async fn open(
+        &mut self,
+        checkpoint: Option<&str>,
+        initial: &StartPosition,
+    ) -> Result<Opened, SourceError> {
         self.prefetched = None;
         self.iterator = None;
-        let (kind, sequence, timestamp) = self.initial.resume(checkpoint).parts();
+        let (kind, sequence, timestamp) = initial.resume(checkpoint).parts();
         let sent = self
             .client
             .get_shard_iterator()
