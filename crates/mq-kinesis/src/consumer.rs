@@ -5,6 +5,8 @@
 //! - `options`: [`ShardOptions`];
 //! - `source`: where records come from, a [`RecordSource`](source::RecordSource) polling
 //!   `GetRecords` or pushed by enhanced fan-out;
+//! - `deaggregate`: the records of the handler, with KPL-aggregated records expanded into
+//!   their user records;
 //! - `renewal`: the lease renewal task and the stall check tied to it;
 //! - `fetch`: opening the source, reading, and the idle and error backoff;
 //! - `limits`: the record buckets and the adaptive pause before a read;
@@ -14,6 +16,7 @@
 
 mod batch;
 mod checkpoint;
+mod deaggregate;
 mod fetch;
 mod limits;
 mod options;
@@ -26,7 +29,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::types::Record;
 use mq_core::backend::{AdaptiveStrategy, HandlerRunner, ShardKey};
 use mq_core::{
     BatchReport, CommonOptions, ConsumerInfo, ConsumerOptions, DisconnectReason, Handler,
@@ -37,8 +39,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::assignment::ShardLineage;
 use crate::lease::{Lease, LeaseStore};
-use crate::position::StartPosition;
+use crate::position::{Checkpoint, StartPosition};
 
+use deaggregate::UserRecord;
 pub(crate) use limits::RecordBucket;
 pub use options::ShardOptions;
 use renewal::LeaseRenewal;
@@ -71,13 +74,13 @@ enum State {
     Opening,
     Fetching,
     Processing {
-        records: Vec<Record>,
+        records: Vec<UserRecord>,
         /// Open the source again at the new checkpoint instead of reading on.
         reopen: bool,
         failures: u32,
     },
     Checkpointing {
-        sequence: String,
+        to: Checkpoint,
         reopen: bool,
         records: u64,
     },
@@ -154,6 +157,11 @@ pub(crate) struct ShardConsumer {
     rebalanced: Arc<AtomicBool>,
     /// The backpressure pause before the next fetch was taken.
     paused: bool,
+    /// Records read but not handled yet: a read that expanded into more user records than a
+    /// batch holds is handed out in batches, each checkpointed.
+    pending: Vec<UserRecord>,
+    /// The shard ended after the pending records.
+    pending_ended: bool,
 }
 
 impl fmt::Debug for ShardConsumer {
@@ -221,6 +229,8 @@ impl ShardConsumer {
                 .map(RecordBucket::new),
             rebalanced: Arc::new(AtomicBool::new(false)),
             paused: false,
+            pending: Vec::new(),
+            pending_ended: false,
             env,
         }
     }
@@ -305,10 +315,10 @@ impl ShardConsumer {
                 failures,
             } => self.process(records, reopen, failures).await,
             State::Checkpointing {
-                sequence,
+                to,
                 reopen,
                 records,
-            } => self.checkpoint(sequence, reopen, records).await,
+            } => self.checkpoint(to, reopen, records).await,
             State::Backoff { delay, then } => {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => *then,

@@ -7,6 +7,11 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
+/// The message type of a dead letter made of a record that does not decode: its payload holds
+/// the record's bytes in base64 under `data_base64`, and the same bytes as text under `text` when
+/// they are UTF-8.
+pub const UNDECODABLE_MESSAGE_TYPE: &str = "undecodable";
+
 /// Encodes a message as the record data (JSON of [`Message`]).
 pub(crate) fn encode(message: &Message) -> Vec<u8> {
     // A Message always serializes: every field is a plain value.

@@ -3,21 +3,22 @@
 
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::Record;
-use chrono::{DateTime, TimeZone, Utc};
+use base64::prelude::{BASE64_STANDARD, Engine as _};
+use chrono::{DateTime, Utc};
 use mq_core::backend::BatchResult;
 use mq_core::{
     Batch, DeadLetter, DeadLetterOrigin, ErrorChain, LifecycleEvent, Message, MessageId,
     MessageInfo, Outcome, Status,
 };
 
+use super::deaggregate::UserRecord;
 use super::{BACKEND, ShardConsumer, State};
-use crate::record::decode_record;
+use crate::record::{UNDECODABLE_MESSAGE_TYPE, decode_record};
 
 impl ShardConsumer {
     pub(super) async fn process(
         &mut self,
-        mut records: Vec<Record>,
+        mut records: Vec<UserRecord>,
         mut reopen: bool,
         failures: u32,
     ) -> State {
@@ -27,30 +28,29 @@ impl ShardConsumer {
             records.truncate(1);
             reopen = true;
         }
-        let Some(last) = records.last().map(|r| r.sequence_number().to_owned()) else {
+        let Some(last) = records.last().map(UserRecord::checkpoint) else {
             return State::Opening;
         };
         let count = records.len() as u64;
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut messages: Vec<(Message, String)> = Vec::new();
         for r in &records {
-            let seq = r.sequence_number().to_owned();
-            let arrival = r
-                .approximate_arrival_timestamp()
-                .and_then(|t| t.to_millis().ok())
-                .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-                .unwrap_or_else(Utc::now);
-            match decode_record(
-                r.data().as_ref(),
-                &self.env.queue,
-                &self.shard,
-                &seq,
-                arrival,
-            ) {
-                Ok(m) => messages.push((m, seq)),
+            let label = r.label();
+            if let Some(why) = &r.broken {
+                let m = self.placeholder(&label, &r.data, r.arrival);
+                letters.push(self.letter(m, &label, ErrorChain::msg(why.clone()), false));
+                continue;
+            }
+            match decode_record(&r.data, &self.env.queue, &self.shard, &label, r.arrival) {
+                Ok(mut m) => {
+                    if m.partition_key.is_none() {
+                        m.partition_key = Some(r.partition_key.clone());
+                    }
+                    messages.push((m, label));
+                }
                 Err(e) => {
-                    let m = self.placeholder(&seq, r.data().as_ref(), arrival);
-                    letters.push(self.letter(m, &seq, ErrorChain::from_error(&e), false));
+                    let m = self.placeholder(&label, &r.data, r.arrival);
+                    letters.push(self.letter(m, &label, ErrorChain::from_error(&e), false));
                 }
             }
         }
@@ -77,7 +77,7 @@ impl ShardConsumer {
                 records: records.len(),
             });
             return State::Checkpointing {
-                sequence: last,
+                to: last,
                 reopen,
                 records: count,
             };
@@ -90,7 +90,7 @@ impl ShardConsumer {
         }
         match self.handle_in_place(messages).await {
             Ok(()) => State::Checkpointing {
-                sequence: last,
+                to: last,
                 reopen,
                 records: count,
             },
@@ -118,15 +118,22 @@ impl ShardConsumer {
         self.renewal.confirm(&lease, &self.stop).await
     }
 
+    /// The message of a record that does not decode: type `undecodable`, the record's bytes in
+    /// base64 under `data_base64`, and under `text` the same bytes as text when they are UTF-8.
     fn placeholder(&self, seq: &str, data: &[u8], at: DateTime<Utc>) -> Message {
         let id = MessageId::new(format!("{}:{seq}", self.shard))
             .or_else(|_| MessageId::new(seq))
             .unwrap_or_else(|_| self.env.common.get_id_generator().next_id());
+        let mut payload = serde_json::Map::new();
+        payload.insert("data_base64".into(), BASE64_STANDARD.encode(data).into());
+        if let Ok(text) = std::str::from_utf8(data) {
+            payload.insert("text".into(), text.into());
+        }
         let mut m = Message::new(
             id,
             self.env.queue.clone(),
-            "undecodable",
-            serde_json::Value::String(String::from_utf8_lossy(data).into_owned()),
+            UNDECODABLE_MESSAGE_TYPE,
+            serde_json::Value::Object(payload),
             at,
         );
         m.status = Status::Failed;
