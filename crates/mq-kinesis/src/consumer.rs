@@ -128,7 +128,12 @@ pub(crate) struct ShardEnv {
 ///   poison threshold, the record is handed to the dead-letter hook, a `poison_pill` event fires
 ///   and the shard moves on.
 /// - Messages the handler retries are retried in place with the retry policy's backoff; exhausted
-///   or failed ones go to the dead-letter hook before the checkpoint moves past them.
+///   or failed ones go to the dead-letter hook before the checkpoint moves past them. A retried
+///   message holds back the later messages of its partition key (they are delivered again after
+///   it), so a key's messages are last handled in order.
+/// - A batch that fails as a whole (an error for the batch, a panic, a timeout) is handed to the
+///   handler again one message at a time, so only messages that fail alone reach the dead-letter
+///   hook. A checkpoint the lease store cannot save does not count towards a poison pill.
 /// - A lost lease cancels the handler's token and stops the consumer without checkpointing; a
 ///   stale owner's checkpoint is refused by the store's fence anyway.
 pub(crate) struct ShardConsumer {

@@ -213,6 +213,16 @@ impl ShardConsumer {
 
     /// Runs the handler until every message is acked or dead-lettered; Err when stopped hard or
     /// the lease was lost (the batch is then left for the next owner).
+    ///
+    /// - The handler's per-message outcomes are kept as they are, with one exception for order:
+    ///   when it retries a message, the later messages of the batch with the same partition key
+    ///   that it acked are delivered again after it, so a key's messages are last handled in
+    ///   their order. Messages of other keys keep their outcomes.
+    /// - A batch of several messages that fails as a whole (every message retried: an error
+    ///   returned for the batch, a panic, a timeout) is not retried as a batch: its messages go
+    ///   to the handler one at a time, in order, each retried alone until it succeeds or its
+    ///   attempts are exhausted. So only a message that fails alone reaches the dead letters, and
+    ///   a good message of such a batch is handled twice at most.
     async fn handle_in_place(&mut self, messages: Vec<(Message, String)>) -> Result<(), ()> {
         let retry = self.env.options.get_retry().clone();
         let mut pending = messages;
@@ -226,7 +236,10 @@ impl ShardConsumer {
         let mut failed_types: Vec<String> = Vec::new();
         let started = tokio::time::Instant::now();
         let mut failures = 0;
+        // one message at a time, after the batch failed as a whole
+        let mut alone = false;
         while !pending.is_empty() {
+            let rest = pending.split_off(if alone { 1 } else { pending.len() });
             let now = Utc::now();
             for (m, _) in pending.iter_mut() {
                 m.attempts += 1;
@@ -265,19 +278,18 @@ impl ShardConsumer {
             if timed_out {
                 self.report.cancelled = true;
             }
-            let mut still: Vec<(Message, String)> = Vec::new();
-            let mut letters = Vec::new();
-            let mut wait = Duration::ZERO;
-            for (m, seq) in batch.iter().zip(seqs) {
-                let outcome = if timed_out {
-                    Outcome::Retry {
-                        after: None,
-                        error: Some(ErrorChain::msg(format!(
-                            "handler timed out after {:?}",
-                            self.env.options.get_handler_timeout()
-                        ))),
+            let outcomes: Vec<Outcome> = batch
+                .iter()
+                .map(|m| {
+                    if timed_out {
+                        return Outcome::Retry {
+                            after: None,
+                            error: Some(ErrorChain::msg(format!(
+                                "handler timed out after {:?}",
+                                self.env.options.get_handler_timeout()
+                            ))),
+                        };
                     }
-                } else {
                     match outcomes.get(&m.id) {
                         o @ (Outcome::Ack
                         | Outcome::Retry { .. }
@@ -286,8 +298,57 @@ impl ShardConsumer {
                         // an outcome this version does not know: deliver again
                         _ => Outcome::retry(),
                     }
-                };
+                })
+                .collect();
+            if !alone
+                && batch.len() > 1
+                && outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }))
+            {
+                // nobody knows which message failed it: find out one message at a time
+                tracing::warn!(shard = %self.shard, messages = batch.len(), "mq-kinesis: the batch failed as a whole; handing its messages to the handler one at a time");
+                for (m, o) in batch.iter().zip(&outcomes) {
+                    failures += 1;
+                    if !failed_types.contains(&m.message_type) {
+                        failed_types.push(m.message_type.clone());
+                    }
+                    self.report.retried += 1;
+                    let error = match o {
+                        Outcome::Retry { error, .. } => error.clone(),
+                        _ => None,
+                    };
+                    self.emit(|| LifecycleEvent::Retried {
+                        message: MessageInfo::of(m, BACKEND),
+                        consumer_id: self.consumer_id.clone(),
+                        delay: Duration::ZERO,
+                        error,
+                    });
+                }
+                alone = true;
+                pending = batch.iter().cloned().zip(seqs).collect();
+                pending.extend(rest);
+                continue;
+            }
+            // a retried message holds back the later messages of its key
+            let mut retried_keys: Vec<Option<String>> = Vec::new();
+            let held: Vec<bool> = batch
+                .iter()
+                .zip(&outcomes)
+                .map(|(m, o)| match o {
+                    Outcome::Retry { .. } => {
+                        retried_keys.push(m.partition_key.clone());
+                        false
+                    }
+                    Outcome::Ack => retried_keys.contains(&m.partition_key),
+                    _ => false,
+                })
+                .collect();
+            let mut still: Vec<(Message, String)> = Vec::new();
+            let mut letters = Vec::new();
+            let mut wait = Duration::ZERO;
+            for (((m, seq), outcome), held) in batch.iter().zip(seqs).zip(outcomes).zip(held) {
                 match outcome {
+                    // behind a retried message of its key: delivered again after it
+                    Outcome::Ack if held => still.push((m.clone(), seq)),
                     Outcome::Ack => {
                         self.report.acked += 1;
                         self.emit(|| LifecycleEvent::Acked {
@@ -331,8 +392,10 @@ impl ShardConsumer {
             if !self.deliver_letters(letters).await {
                 return Err(());
             }
+            let again = !still.is_empty();
             pending = still;
-            if !pending.is_empty() {
+            pending.extend(rest);
+            if again {
                 // stopping abandons the retries: the batch is delivered again from the checkpoint
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}

@@ -48,6 +48,17 @@ impl ShardConsumer {
                         tokio::time::sleep(d).await;
                     }
                     None => {
+                        // the records were handled: a store that cannot save the checkpoint is
+                        // not their fault, so their batch start does not count towards a
+                        // poison pill (they are delivered again from the old checkpoint)
+                        if let Err(e) = self
+                            .env
+                            .store
+                            .clear_failures(self.stream(), &self.shard)
+                            .await
+                        {
+                            tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: cannot clear failure counts");
+                        }
                         return State::Releasing(ShardExit::Failed(format!(
                             "checkpoint failed: {e}"
                         )));
