@@ -151,6 +151,8 @@ pub(crate) struct ShardConsumer {
     initial: StartPosition,
     idle_delay: Duration,
     fetch_errors: u32,
+    /// The last wait after a throttled call (zero when the last read was not throttled).
+    throttle_delay: Duration,
     max_batches: Option<usize>,
     batches: usize,
     report: BatchReport,
@@ -223,6 +225,7 @@ impl ShardConsumer {
             initial: env.shard_options.get_initial_position().clone(),
             idle_delay: env.options.get_poll_interval(),
             fetch_errors: 0,
+            throttle_delay: Duration::ZERO,
             max_batches: None,
             batches: 0,
             report: BatchReport::default(),

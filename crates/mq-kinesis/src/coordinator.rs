@@ -234,8 +234,17 @@ impl Coordinator {
         }
         self.members = members;
         if self.listed_at.is_none_or(|t| t.elapsed() >= discovery) {
-            self.listing = list_shard_lineage(&self.env.client, &self.stream).await?;
-            self.listed_at = Some(Instant::now());
+            match list_shard_lineage(&self.env.client, &self.stream).await {
+                Ok(listing) => {
+                    self.listing = listing;
+                    self.listed_at = Some(Instant::now());
+                }
+                // the last listing stands until the next attempt
+                Err(e) if !self.listing.is_empty() => {
+                    tracing::warn!(stream = %self.stream, error = %e, "mq-kinesis: cannot list the shards, keeping the last listing");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let leases: HashMap<String, LeaseState> = self
             .env

@@ -43,6 +43,7 @@ impl ShardConsumer {
             Err(state) => return state,
         };
         self.fetch_errors = 0;
+        self.throttle_delay = std::time::Duration::ZERO;
         let Fetched {
             records,
             millis_behind_latest,
