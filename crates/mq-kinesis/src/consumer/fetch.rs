@@ -13,13 +13,26 @@ impl ShardConsumer {
         if self.stop.is_cancelled() {
             return State::Releasing(ShardExit::Stopped);
         }
-        let lost = self.renewal.lost().clone();
+        let (busy, lost) = (self.renewal.busy().clone(), self.renewal.lost().clone());
         // records read from the old position are read again from the new one
         self.pending.clear();
+        // a call that never answers must not keep the lease, nor keep a stop waiting
+        busy.enter(
+            self.source.open_operation(),
+            self.env.shard_options.get_stall_timeout(),
+        );
         let opened = tokio::select! {
             opened = self.source.open(self.position.as_deref(), &self.initial) => opened,
-            _ = lost.cancelled() => return self.lost_state(),
+            _ = lost.cancelled() => {
+                busy.leave();
+                return self.lost_state();
+            }
+            _ = self.stop.cancelled() => {
+                busy.leave();
+                return State::Releasing(ShardExit::Stopped);
+            }
         };
+        busy.leave();
         match opened {
             Ok(Opened::Reading) => State::Fetching,
             Ok(Opened::Ended) => State::Finishing,
@@ -125,6 +138,11 @@ impl ShardConsumer {
                 _ = lost.cancelled() => {
                     busy.leave();
                     return Err(self.lost_state());
+                }
+                // the read is cancel safe: nothing was handed out
+                _ = self.stop.cancelled() => {
+                    busy.leave();
+                    return Err(State::Releasing(ShardExit::Stopped));
                 }
             };
             match read {

@@ -64,6 +64,11 @@ pub(super) trait RecordSource: Send + Sync + fmt::Debug {
     /// The call a read waits on, for the stall check ("GetRecords", "SubscribeToShard").
     fn operation(&self) -> &'static str;
 
+    /// The call an open waits on, for the stall check.
+    fn open_operation(&self) -> &'static str {
+        "GetShardIterator"
+    }
+
     /// Positions the source right after `checkpoint`, or at `initial` when the shard has none.
     /// A source already positioned there may stay as it is.
     async fn open(

@@ -72,6 +72,10 @@ impl RecordSource for FanOutSource {
         "SubscribeToShard"
     }
 
+    fn open_operation(&self) -> &'static str {
+        "the stream consumer lookup"
+    }
+
     /// Keeps the open subscription when it has handed out exactly up to the checkpoint;
     /// subscribes after the checkpoint otherwise.
     async fn open(
