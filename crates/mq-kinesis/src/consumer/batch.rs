@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use mq_core::backend::BatchResult;
 use mq_core::{
     Batch, DeadLetter, DeadLetterOrigin, ErrorChain, LifecycleEvent, Message, MessageId,
@@ -37,7 +37,7 @@ impl ShardConsumer {
         for r in &records {
             let label = r.label();
             if let Some(why) = &r.broken {
-                let m = self.placeholder(&label, &r.data, r.arrival);
+                let m = self.placeholder(&label, r);
                 letters.push(self.letter(m, &label, ErrorChain::msg(why.clone()), false));
                 continue;
             }
@@ -49,7 +49,7 @@ impl ShardConsumer {
                     messages.push((m, label));
                 }
                 Err(e) => {
-                    let m = self.placeholder(&label, &r.data, r.arrival);
+                    let m = self.placeholder(&label, r);
                     letters.push(self.letter(m, &label, ErrorChain::from_error(&e), false));
                 }
             }
@@ -120,7 +120,10 @@ impl ShardConsumer {
 
     /// The message of a record that does not decode: type `undecodable`, the record's bytes in
     /// base64 under `data_base64`, and under `text` the same bytes as text when they are UTF-8.
-    fn placeholder(&self, seq: &str, data: &[u8], at: DateTime<Utc>) -> Message {
+    /// Its partition key is the record's, so that publishing it again (a replay) writes the
+    /// same bytes under the same key.
+    fn placeholder(&self, seq: &str, record: &UserRecord) -> Message {
+        let (data, at) = (&record.data, record.arrival);
         let id = MessageId::new(format!("{}:{seq}", self.shard))
             .or_else(|_| MessageId::new(seq))
             .unwrap_or_else(|_| self.env.common.get_id_generator().next_id());
@@ -137,6 +140,7 @@ impl ShardConsumer {
             at,
         );
         m.status = Status::Failed;
+        m.partition_key = Some(record.partition_key.clone());
         m
     }
 
