@@ -5,6 +5,8 @@
 //! - `options`: [`ShardOptions`];
 //! - `source`: where records come from, a [`RecordSource`](source::RecordSource) polling
 //!   `GetRecords` or pushed by enhanced fan-out;
+//! - `deaggregate`: the records of the handler, with KPL-aggregated records expanded into
+//!   their user records;
 //! - `renewal`: the lease renewal task and the stall check tied to it;
 //! - `fetch`: opening the source, reading, and the idle and error backoff;
 //! - `limits`: the record buckets and the adaptive pause before a read;
@@ -14,6 +16,7 @@
 
 mod batch;
 mod checkpoint;
+mod deaggregate;
 mod fetch;
 mod limits;
 mod options;
@@ -26,7 +29,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::types::Record;
 use mq_core::backend::{AdaptiveStrategy, HandlerRunner, ShardKey};
 use mq_core::{
     BatchReport, CommonOptions, ConsumerInfo, ConsumerOptions, DisconnectReason, Handler,
@@ -35,8 +37,11 @@ use mq_core::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::assignment::ShardLineage;
 use crate::lease::{Lease, LeaseStore};
+use crate::position::{Checkpoint, StartPosition};
 
+use deaggregate::UserRecord;
 pub(crate) use limits::RecordBucket;
 pub use options::ShardOptions;
 use renewal::LeaseRenewal;
@@ -69,13 +74,13 @@ enum State {
     Opening,
     Fetching,
     Processing {
-        records: Vec<Record>,
+        records: Vec<UserRecord>,
         /// Open the source again at the new checkpoint instead of reading on.
         reopen: bool,
         failures: u32,
     },
     Checkpointing {
-        sequence: String,
+        to: Checkpoint,
         reopen: bool,
         records: u64,
     },
@@ -125,7 +130,12 @@ pub(crate) struct ShardEnv {
 ///   poison threshold, the record is handed to the dead-letter hook, a `poison_pill` event fires
 ///   and the shard moves on.
 /// - Messages the handler retries are retried in place with the retry policy's backoff; exhausted
-///   or failed ones go to the dead-letter hook before the checkpoint moves past them.
+///   or failed ones go to the dead-letter hook before the checkpoint moves past them. A retried
+///   message holds back the later messages of its partition key (they are delivered again after
+///   it), so a key's messages are last handled in order.
+/// - A batch that fails as a whole (an error for the batch, a panic, a timeout) is handed to the
+///   handler again one message at a time, so only messages that fail alone reach the dead-letter
+///   hook. A checkpoint the lease store cannot save does not count towards a poison pill.
 /// - A lost lease cancels the handler's token and stops the consumer without checkpointing; a
 ///   stale owner's checkpoint is refused by the store's fence anyway.
 pub(crate) struct ShardConsumer {
@@ -139,8 +149,12 @@ pub(crate) struct ShardConsumer {
     renewal: LeaseRenewal,
     lease: Option<Arc<Lease>>,
     position: Option<String>,
+    /// Where the shard starts when it has no checkpoint (see [`ShardConsumer::lineage`]).
+    initial: StartPosition,
     idle_delay: Duration,
     fetch_errors: u32,
+    /// The last wait after a throttled call (zero when the last read was not throttled).
+    throttle_delay: Duration,
     max_batches: Option<usize>,
     batches: usize,
     report: BatchReport,
@@ -152,6 +166,11 @@ pub(crate) struct ShardConsumer {
     rebalanced: Arc<AtomicBool>,
     /// The backpressure pause before the next fetch was taken.
     paused: bool,
+    /// Records read but not handled yet: a read that expanded into more user records than a
+    /// batch holds is handed out in batches, each checkpointed.
+    pending: Vec<UserRecord>,
+    /// The shard ended after the pending records.
+    pending_ended: bool,
 }
 
 impl fmt::Debug for ShardConsumer {
@@ -206,8 +225,10 @@ impl ShardConsumer {
             renewal,
             lease: None,
             position: None,
+            initial: env.shard_options.get_initial_position().clone(),
             idle_delay: env.options.get_poll_interval(),
             fetch_errors: 0,
+            throttle_delay: Duration::ZERO,
             max_batches: None,
             batches: 0,
             report: BatchReport::default(),
@@ -219,8 +240,28 @@ impl ShardConsumer {
                 .map(RecordBucket::new),
             rebalanced: Arc::new(AtomicBool::new(false)),
             paused: false,
+            pending: Vec::new(),
+            pending_ended: false,
             env,
         }
+    }
+
+    /// Takes the shard's lineage from `listing`. A shard with a parent still in the listing (a
+    /// child of a split or a merge) starts at `TRIM_HORIZON` when it has no checkpoint, whatever
+    /// the initial position: it is read only after its parents finished, and the records written
+    /// to it meanwhile must not be skipped. The initial position applies to shards without
+    /// lineage (a parent that aged out of the stream's retention has left nothing to keep in
+    /// order).
+    pub(crate) fn lineage(mut self, listing: &[ShardLineage]) -> Self {
+        let listed = |id: &String| listing.iter().any(|s| s.id() == id);
+        if listing
+            .iter()
+            .find(|s| s.id() == self.shard)
+            .is_some_and(|s| s.parents().iter().any(listed))
+        {
+            self.initial = StartPosition::TrimHorizon;
+        }
+        self
     }
 
     /// The flag the coordinator sets before stopping this consumer for a handoff (the
@@ -285,10 +326,10 @@ impl ShardConsumer {
                 failures,
             } => self.process(records, reopen, failures).await,
             State::Checkpointing {
-                sequence,
+                to,
                 reopen,
                 records,
-            } => self.checkpoint(sequence, reopen, records).await,
+            } => self.checkpoint(to, reopen, records).await,
             State::Backoff { delay, then } => {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => *then,

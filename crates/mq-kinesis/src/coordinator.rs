@@ -251,10 +251,18 @@ impl Coordinator {
         let changed = members != self.members;
         let mut listing_changed = false;
         if self.listed_at.is_none_or(|t| t.elapsed() >= discovery) {
-            let listing = list_shard_lineage(&self.env.client, &self.stream).await?;
-            listing_changed = listing != self.listing;
-            self.listing = listing;
-            self.listed_at = Some(Instant::now());
+            match list_shard_lineage(&self.env.client, &self.stream).await {
+                Ok(listing) => {
+                    listing_changed = listing != self.listing;
+                    self.listing = listing;
+                    self.listed_at = Some(Instant::now());
+                }
+                // the last listing stands until the next attempt
+                Err(e) if !self.listing.is_empty() => {
+                    tracing::warn!(stream = %self.stream, error = %e, "mq-kinesis: cannot list the shards, keeping the last listing");
+                }
+                Err(e) => return Err(e),
+            }
         }
         // Every lease is read only when something changed: the members, the listing, a lease
         // changing hands (the store's version), or one of our consumers; a store without a
@@ -381,7 +389,8 @@ impl Coordinator {
             stop.clone(),
             abort.clone(),
             self.stopper.tracker().clone(),
-        );
+        )
+        .lineage(&self.listing);
         self.running.insert(
             shard.clone(),
             Running {

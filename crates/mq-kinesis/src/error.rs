@@ -2,6 +2,8 @@
 
 use mq_core::BoxError;
 
+use crate::producer::{MAX_PARTITION_KEY_CHARS, MAX_RECORD_BYTES};
+
 /// The result type of mq-kinesis.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -61,11 +63,13 @@ pub enum Error {
         /// Its length in characters.
         len: usize,
     },
-    /// Kinesis refused a record after every retry.
+    /// Kinesis refused a record after every retry, or at once when the error can never
+    /// succeed (no such stream, no permission, a disabled KMS key).
     #[error("kinesis refused the record after {attempts} attempt(s): {code}: {message}")]
     RecordRejected {
-        /// The error code (`ProvisionedThroughputExceededException`, `InternalFailure`, or
-        /// `RequestFailed` when the whole request failed).
+        /// The error code (`ProvisionedThroughputExceededException`, `InternalFailure`; the
+        /// request's code, such as `ResourceNotFoundException`, when the whole request failed;
+        /// `RequestFailed` when it got no answer).
         code: String,
         /// The error message.
         message: String,
@@ -152,6 +156,50 @@ impl Error {
             operation,
             source: source.into(),
         }
+    }
+}
+
+impl Error {
+    /// This error as the refusal of the message `id` in a publish report: a record Kinesis
+    /// cannot take (its partition key, its size) names the message and the rule in its text.
+    pub(crate) fn refusal_of(self, id: mq_core::MessageId) -> mq_core::Error {
+        match self {
+            Error::InvalidPartitionKey { len, .. } => mq_core::Error::InvalidMessage {
+                id,
+                field: "partition_key",
+                reason: format!(
+                    "has {len} characters; Kinesis accepts 1 to {MAX_PARTITION_KEY_CHARS} (use a shorter or hashed key strategy)"
+                ),
+            },
+            Error::RecordTooLarge { size, limit, .. } => record_too_large(id, size, limit),
+            other => other.into(),
+        }
+    }
+}
+
+/// A message whose record is above the Kinesis limit of `limit` bytes per record.
+pub(crate) fn record_too_large(
+    id: mq_core::MessageId,
+    size: usize,
+    limit: usize,
+) -> mq_core::Error {
+    mq_core::Error::InvalidMessage {
+        id,
+        field: "record",
+        reason: format!(
+            "is {size} bytes with its partition key, above the Kinesis limit of {limit} bytes per record, which no option raises; store the payload elsewhere and publish a reference"
+        ),
+    }
+}
+
+/// A refusal of the generic size check, restated with the Kinesis limit when raising
+/// `max_message_bytes` could not help (the limit in force is at least the Kinesis one).
+pub(crate) fn kinesis_size_refusal(e: mq_core::Error) -> mq_core::Error {
+    match e {
+        mq_core::Error::MessageTooLarge { id, size, limit } if limit >= MAX_RECORD_BYTES => {
+            record_too_large(id, size, MAX_RECORD_BYTES)
+        }
+        other => other,
     }
 }
 

@@ -94,7 +94,7 @@ pub use producer::{
     MAX_REQUEST_BYTES, PartitionKeyStrategy, ProducerOptions, PutFailure, PutReport, PutSuccess,
 };
 pub use queue::{KinesisOptions, KinesisQueue};
-pub use record::decode_record;
+pub use record::{UNDECODABLE_MESSAGE_TYPE, decode_record};
 pub use shards::{ShardStatus, StreamStatus, stream_status};
 
 /// The AWS SDK for Kinesis this crate is built on, for the [`Client`](aws_sdk_kinesis::Client)

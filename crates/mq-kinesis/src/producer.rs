@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -240,6 +241,26 @@ impl fmt::Debug for KinesisProducer {
     }
 }
 
+/// Whether a PutRecords error code may succeed on a later attempt: throttling, the service's
+/// own failures and requests that got no answer. Anything else (no such stream, no permission,
+/// a KMS key that is disabled or missing, an invalid argument) is reported at once.
+fn may_succeed_later(code: &str) -> bool {
+    matches!(
+        code,
+        "ProvisionedThroughputExceededException"
+            | "ThrottlingException"
+            | "LimitExceededException"
+            | "KMSThrottlingException"
+            | "InternalFailure"
+            | "InternalFailureException"
+            | "ServiceUnavailable"
+            | "ServiceUnavailableException"
+            | "InternalServerError"
+            | "RequestFailed"
+            | "MissingResult"
+    )
+}
+
 impl KinesisProducer {
     /// A producer on `client`.
     pub fn new(client: Client, options: ProducerOptions) -> Self {
@@ -347,8 +368,15 @@ impl KinesisProducer {
                     .set_records(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| crate::error::error_text(&e)),
-                Err(e) => Err(e.to_string()),
+                    .map_err(|e| {
+                        (
+                            e.code().map(str::to_owned),
+                            crate::error::error_text(&e),
+                            true,
+                        )
+                    }),
+                // an entry the SDK cannot build is not sent, now or later
+                Err(e) => Err((None, e.to_string(), false)),
             };
             let mut failed: Vec<(usize, PreparedRecord, String, String)> = Vec::new();
             match sent {
@@ -381,11 +409,32 @@ impl KinesisProducer {
                         }
                     }
                 }
-                Err(msg) => {
+                Err((code, msg, sent)) => {
+                    // a request the service refused says why; one without a code (a network
+                    // error, a timeout) may succeed later
+                    let code = match code {
+                        Some(c) => c,
+                        None if sent => "RequestFailed".into(),
+                        None => "InvalidRecord".into(),
+                    };
                     for (i, rec) in pending {
-                        failed.push((i, rec, "RequestFailed".into(), msg.clone()));
+                        failed.push((i, rec, code.clone(), msg.clone()));
                     }
                 }
+            }
+            // errors that can never succeed are not retried
+            let (failed, final_): (Vec<_>, Vec<_>) = failed
+                .into_iter()
+                .partition(|(_, _, code, _)| may_succeed_later(code));
+            for (index, _, code, message) in final_ {
+                report.failed.push(PutFailure {
+                    index,
+                    error: Error::RecordRejected {
+                        code,
+                        message,
+                        attempts: attempt,
+                    },
+                });
             }
             if failed.is_empty() {
                 return;

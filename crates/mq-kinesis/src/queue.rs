@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::assignment::eligible_shards;
 use crate::consumer::{BACKEND, RecordBucket, ShardConsumer, ShardEnv, ShardOptions};
 use crate::coordinator::{Coordinator, FleetSettings};
-use crate::error::{Error, error_text};
+use crate::error::{Error, error_text, kinesis_size_refusal};
 use crate::lease::LeaseStore;
 use crate::producer::{KinesisProducer, ProducerOptions};
 use crate::shards::{StreamStatus, list_shard_lineage, stream_status};
@@ -498,6 +498,11 @@ impl MessageQueue for KinesisQueue {
         let q = self.resolve_registered(queue)?;
         let mut failed = Vec::new();
         let prepared = prepare_messages(&self.inner.options.common, &q, messages, &mut failed);
+        // the generic size check names an option that cannot go past the Kinesis limit
+        let mut failed: Vec<PublishFailure> = failed
+            .into_iter()
+            .map(|f| PublishFailure::new(f.index, f.id, kinesis_size_refusal(f.error)))
+            .collect();
         let mut records = Vec::with_capacity(prepared.len());
         let mut stored = std::collections::HashMap::with_capacity(prepared.len());
         for (index, m) in prepared {
@@ -506,16 +511,11 @@ impl MessageQueue for KinesisQueue {
                     records.push((index, r));
                     stored.insert(index, m);
                 }
-                Err(Error::RecordTooLarge { size, limit, .. }) => failed.push(PublishFailure::new(
+                Err(e) => failed.push(PublishFailure::new(
                     index,
                     Some(m.id.clone()),
-                    mq_core::Error::MessageTooLarge {
-                        id: m.id,
-                        size,
-                        limit,
-                    },
+                    e.refusal_of(m.id),
                 )),
-                Err(e) => failed.push(PublishFailure::new(index, Some(m.id), e.into())),
             }
         }
         let put = self.inner.producer.put_prepared(q.as_str(), records).await;
@@ -610,6 +610,7 @@ impl MessageQueue for KinesisQueue {
                 self.inner.abort.child_token(),
                 tracker.clone(),
             )
+            .lineage(&listing)
             .max_batches(1);
             let (_, report) = consumer.run().await;
             total.merge(&report);

@@ -3,15 +3,20 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use std::time::Duration;
+
 use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::types::Shard;
+use backon::{ExponentialBuilder, Retryable};
 
 use crate::assignment::{ShardLineage, balanced_assignment, eligible_shards};
 use crate::error::{Error, Result, error_text};
 use crate::lease::{LeaseState, LeaseStore};
 
 /// Every shard of `stream` as `ListShards` returns it, in API order (closed shards included),
-/// over every page.
+/// over every page. A failed page is retried with backoff (from 100 ms, with jitter, four times)
+/// unless the error can never succeed (no such stream, no permission, a bad argument).
 async fn list_shards(client: &Client, stream: &str) -> Result<Vec<Shard>> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
@@ -20,8 +25,29 @@ async fn list_shards(client: &Client, stream: &str) -> Result<Vec<Shard>> {
             Some(t) => client.list_shards().next_token(t),
             None => client.list_shards().stream_name(stream),
         };
-        let page = req
-            .send()
+        let page = (|| req.clone().send())
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(4)
+                    .with_jitter(),
+            )
+            .when(|e| {
+                !matches!(
+                    e.code(),
+                    Some(
+                        "ResourceNotFoundException"
+                            | "InvalidArgumentException"
+                            | "AccessDeniedException"
+                            | "ValidationException"
+                            | "ExpiredNextTokenException"
+                    )
+                )
+            })
+            .notify(|e, after| {
+                tracing::warn!(stream, error = %error_text(e), ?after, "mq-kinesis: ListShards failed, retrying");
+            })
             .await
             .map_err(|e| Error::kinesis("ListShards", error_text(&e)))?;
         let empty = page.shards().is_empty();

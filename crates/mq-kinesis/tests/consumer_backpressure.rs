@@ -12,7 +12,7 @@ use emulator::Emulator;
 use mq_core::backend::{AimdOptions, AimdStrategy};
 use mq_core::testkit::{eventually, fast_options};
 use mq_core::{Batch, HandlerContext, MessageQueue, QueueName, handler_fn};
-use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue};
+use mq_kinesis::{InMemoryLeaseStore, KinesisOptions, KinesisQueue, ShardOptions};
 
 /// Consumes at least 8 batches from a backlog of 1,000 messages on one shard with a handler that takes `handler_time`; the batch sizes
 /// and the idle time between one batch's end and the next one's start.
@@ -29,7 +29,10 @@ async fn run(stream: &str, handler_time: Duration) -> (Vec<usize>, Vec<Duration>
     );
     let queue = KinesisQueue::with_client(
         emu.client(),
-        KinesisOptions::new(Arc::new(InMemoryLeaseStore::new())).strategy(Arc::new(strategy)),
+        KinesisOptions::new(Arc::new(InMemoryLeaseStore::new()))
+            .strategy(Arc::new(strategy))
+            // only the strategy's pause spaces the reads out here
+            .shard(ShardOptions::default().min_read_interval(Duration::ZERO)),
     );
     queue.register(&q).await.unwrap();
     let msgs = emulator::numbered(1_000);

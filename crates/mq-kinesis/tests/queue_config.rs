@@ -68,11 +68,13 @@ async fn options_build_the_client_and_names_resolve_to_streams() {
     assert!(
         matches!(
             oversize,
-            mq_core::Error::MessageTooLarge {
-                limit: 1_048_576,
+            mq_core::Error::InvalidMessage {
+                field: "record",
                 ..
             }
-        ),
+        ) && oversize
+            .to_string()
+            .contains("Kinesis limit of 1048576 bytes"),
         "{oversize}"
     );
     queue.shutdown().await.unwrap();

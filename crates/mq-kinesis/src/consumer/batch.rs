@@ -3,21 +3,22 @@
 
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::Record;
-use chrono::{DateTime, TimeZone, Utc};
+use base64::prelude::{BASE64_STANDARD, Engine as _};
+use chrono::Utc;
 use mq_core::backend::BatchResult;
 use mq_core::{
     Batch, DeadLetter, DeadLetterOrigin, ErrorChain, LifecycleEvent, Message, MessageId,
     MessageInfo, Outcome, Status,
 };
 
+use super::deaggregate::UserRecord;
 use super::{BACKEND, ShardConsumer, State};
-use crate::record::decode_record;
+use crate::record::{UNDECODABLE_MESSAGE_TYPE, decode_record};
 
 impl ShardConsumer {
     pub(super) async fn process(
         &mut self,
-        mut records: Vec<Record>,
+        mut records: Vec<UserRecord>,
         mut reopen: bool,
         failures: u32,
     ) -> State {
@@ -27,30 +28,29 @@ impl ShardConsumer {
             records.truncate(1);
             reopen = true;
         }
-        let Some(last) = records.last().map(|r| r.sequence_number().to_owned()) else {
+        let Some(last) = records.last().map(UserRecord::checkpoint) else {
             return State::Opening;
         };
         let count = records.len() as u64;
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut messages: Vec<(Message, String)> = Vec::new();
         for r in &records {
-            let seq = r.sequence_number().to_owned();
-            let arrival = r
-                .approximate_arrival_timestamp()
-                .and_then(|t| t.to_millis().ok())
-                .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-                .unwrap_or_else(Utc::now);
-            match decode_record(
-                r.data().as_ref(),
-                &self.env.queue,
-                &self.shard,
-                &seq,
-                arrival,
-            ) {
-                Ok(m) => messages.push((m, seq)),
+            let label = r.label();
+            if let Some(why) = &r.broken {
+                let m = self.placeholder(&label, r);
+                letters.push(self.letter(m, &label, ErrorChain::msg(why.clone()), false));
+                continue;
+            }
+            match decode_record(&r.data, &self.env.queue, &self.shard, &label, r.arrival) {
+                Ok(mut m) => {
+                    if m.partition_key.is_none() {
+                        m.partition_key = Some(r.partition_key.clone());
+                    }
+                    messages.push((m, label));
+                }
                 Err(e) => {
-                    let m = self.placeholder(&seq, r.data().as_ref(), arrival);
-                    letters.push(self.letter(m, &seq, ErrorChain::from_error(&e), false));
+                    let m = self.placeholder(&label, r);
+                    letters.push(self.letter(m, &label, ErrorChain::from_error(&e), false));
                 }
             }
         }
@@ -77,7 +77,7 @@ impl ShardConsumer {
                 records: records.len(),
             });
             return State::Checkpointing {
-                sequence: last,
+                to: last,
                 reopen,
                 records: count,
             };
@@ -90,7 +90,7 @@ impl ShardConsumer {
         }
         match self.handle_in_place(messages).await {
             Ok(()) => State::Checkpointing {
-                sequence: last,
+                to: last,
                 reopen,
                 records: count,
             },
@@ -118,18 +118,29 @@ impl ShardConsumer {
         self.renewal.confirm(&lease, &self.stop).await
     }
 
-    fn placeholder(&self, seq: &str, data: &[u8], at: DateTime<Utc>) -> Message {
+    /// The message of a record that does not decode: type `undecodable`, the record's bytes in
+    /// base64 under `data_base64`, and under `text` the same bytes as text when they are UTF-8.
+    /// Its partition key is the record's, so that publishing it again (a replay) writes the
+    /// same bytes under the same key.
+    fn placeholder(&self, seq: &str, record: &UserRecord) -> Message {
+        let (data, at) = (&record.data, record.arrival);
         let id = MessageId::new(format!("{}:{seq}", self.shard))
             .or_else(|_| MessageId::new(seq))
             .unwrap_or_else(|_| self.env.common.get_id_generator().next_id());
+        let mut payload = serde_json::Map::new();
+        payload.insert("data_base64".into(), BASE64_STANDARD.encode(data).into());
+        if let Ok(text) = std::str::from_utf8(data) {
+            payload.insert("text".into(), text.into());
+        }
         let mut m = Message::new(
             id,
             self.env.queue.clone(),
-            "undecodable",
-            serde_json::Value::String(String::from_utf8_lossy(data).into_owned()),
+            UNDECODABLE_MESSAGE_TYPE,
+            serde_json::Value::Object(payload),
             at,
         );
         m.status = Status::Failed;
+        m.partition_key = Some(record.partition_key.clone());
         m
     }
 
@@ -206,6 +217,16 @@ impl ShardConsumer {
 
     /// Runs the handler until every message is acked or dead-lettered; Err when stopped hard or
     /// the lease was lost (the batch is then left for the next owner).
+    ///
+    /// - The handler's per-message outcomes are kept as they are, with one exception for order:
+    ///   when it retries a message, the later messages of the batch with the same partition key
+    ///   that it acked are delivered again after it, so a key's messages are last handled in
+    ///   their order. Messages of other keys keep their outcomes.
+    /// - A batch of several messages that fails as a whole (every message retried: an error
+    ///   returned for the batch, a panic, a timeout) is not retried as a batch: its messages go
+    ///   to the handler one at a time, in order, each retried alone until it succeeds or its
+    ///   attempts are exhausted. So only a message that fails alone reaches the dead letters, and
+    ///   a good message of such a batch is handled twice at most.
     async fn handle_in_place(&mut self, messages: Vec<(Message, String)>) -> Result<(), ()> {
         let retry = self.env.options.get_retry().clone();
         let mut pending = messages;
@@ -219,7 +240,10 @@ impl ShardConsumer {
         let mut failed_types: Vec<String> = Vec::new();
         let started = tokio::time::Instant::now();
         let mut failures = 0;
+        // one message at a time, after the batch failed as a whole
+        let mut alone = false;
         while !pending.is_empty() {
+            let rest = pending.split_off(if alone { 1 } else { pending.len() });
             let now = Utc::now();
             for (m, _) in pending.iter_mut() {
                 m.attempts += 1;
@@ -258,19 +282,18 @@ impl ShardConsumer {
             if timed_out {
                 self.report.cancelled = true;
             }
-            let mut still: Vec<(Message, String)> = Vec::new();
-            let mut letters = Vec::new();
-            let mut wait = Duration::ZERO;
-            for (m, seq) in batch.iter().zip(seqs) {
-                let outcome = if timed_out {
-                    Outcome::Retry {
-                        after: None,
-                        error: Some(ErrorChain::msg(format!(
-                            "handler timed out after {:?}",
-                            self.env.options.get_handler_timeout()
-                        ))),
+            let outcomes: Vec<Outcome> = batch
+                .iter()
+                .map(|m| {
+                    if timed_out {
+                        return Outcome::Retry {
+                            after: None,
+                            error: Some(ErrorChain::msg(format!(
+                                "handler timed out after {:?}",
+                                self.env.options.get_handler_timeout()
+                            ))),
+                        };
                     }
-                } else {
                     match outcomes.get(&m.id) {
                         o @ (Outcome::Ack
                         | Outcome::Retry { .. }
@@ -279,8 +302,57 @@ impl ShardConsumer {
                         // an outcome this version does not know: deliver again
                         _ => Outcome::retry(),
                     }
-                };
+                })
+                .collect();
+            if !alone
+                && batch.len() > 1
+                && outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }))
+            {
+                // nobody knows which message failed it: find out one message at a time
+                tracing::warn!(shard = %self.shard, messages = batch.len(), "mq-kinesis: the batch failed as a whole; handing its messages to the handler one at a time");
+                for (m, o) in batch.iter().zip(&outcomes) {
+                    failures += 1;
+                    if !failed_types.contains(&m.message_type) {
+                        failed_types.push(m.message_type.clone());
+                    }
+                    self.report.retried += 1;
+                    let error = match o {
+                        Outcome::Retry { error, .. } => error.clone(),
+                        _ => None,
+                    };
+                    self.emit(|| LifecycleEvent::Retried {
+                        message: MessageInfo::of(m, BACKEND),
+                        consumer_id: self.consumer_id.clone(),
+                        delay: Duration::ZERO,
+                        error,
+                    });
+                }
+                alone = true;
+                pending = batch.iter().cloned().zip(seqs).collect();
+                pending.extend(rest);
+                continue;
+            }
+            // a retried message holds back the later messages of its key
+            let mut retried_keys: Vec<Option<String>> = Vec::new();
+            let held: Vec<bool> = batch
+                .iter()
+                .zip(&outcomes)
+                .map(|(m, o)| match o {
+                    Outcome::Retry { .. } => {
+                        retried_keys.push(m.partition_key.clone());
+                        false
+                    }
+                    Outcome::Ack => retried_keys.contains(&m.partition_key),
+                    _ => false,
+                })
+                .collect();
+            let mut still: Vec<(Message, String)> = Vec::new();
+            let mut letters = Vec::new();
+            let mut wait = Duration::ZERO;
+            for (((m, seq), outcome), held) in batch.iter().zip(seqs).zip(outcomes).zip(held) {
                 match outcome {
+                    // behind a retried message of its key: delivered again after it
+                    Outcome::Ack if held => still.push((m.clone(), seq)),
                     Outcome::Ack => {
                         self.report.acked += 1;
                         self.emit(|| LifecycleEvent::Acked {
@@ -324,8 +396,10 @@ impl ShardConsumer {
             if !self.deliver_letters(letters).await {
                 return Err(());
             }
+            let again = !still.is_empty();
             pending = still;
-            if !pending.is_empty() {
+            pending.extend(rest);
+            if again {
                 // stopping abandons the retries: the batch is delivered again from the checkpoint
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}

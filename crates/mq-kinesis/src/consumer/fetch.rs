@@ -2,8 +2,10 @@
 
 use mq_core::LifecycleEvent;
 
+use super::deaggregate::expand;
 use super::source::{Fetched, Opened, SourceError};
 use super::{ShardConsumer, ShardExit, State};
+use crate::position::Checkpoint;
 
 impl ShardConsumer {
     /// Positions the source after the checkpoint.
@@ -11,11 +13,26 @@ impl ShardConsumer {
         if self.stop.is_cancelled() {
             return State::Releasing(ShardExit::Stopped);
         }
-        let lost = self.renewal.lost().clone();
+        let (busy, lost) = (self.renewal.busy().clone(), self.renewal.lost().clone());
+        // records read from the old position are read again from the new one
+        self.pending.clear();
+        // a call that never answers must not keep the lease, nor keep a stop waiting
+        busy.enter(
+            self.source.open_operation(),
+            self.env.shard_options.get_stall_timeout(),
+        );
         let opened = tokio::select! {
-            opened = self.source.open(self.position.as_deref()) => opened,
-            _ = lost.cancelled() => return self.lost_state(),
+            opened = self.source.open(self.position.as_deref(), &self.initial) => opened,
+            _ = lost.cancelled() => {
+                busy.leave();
+                return self.lost_state();
+            }
+            _ = self.stop.cancelled() => {
+                busy.leave();
+                return State::Releasing(ShardExit::Stopped);
+            }
         };
+        busy.leave();
         match opened {
             Ok(Opened::Reading) => State::Fetching,
             Ok(Opened::Ended) => State::Finishing,
@@ -31,11 +48,15 @@ impl ShardConsumer {
         if let Some(wait) = self.pace() {
             return wait;
         }
+        if !self.pending.is_empty() {
+            return self.start_batch().await;
+        }
         let fetched = match self.read().await {
             Ok(fetched) => fetched,
             Err(state) => return state,
         };
         self.fetch_errors = 0;
+        self.throttle_delay = std::time::Duration::ZERO;
         let Fetched {
             records,
             millis_behind_latest,
@@ -56,7 +77,32 @@ impl ShardConsumer {
         if records.is_empty() {
             return self.idle(ended);
         }
+        let position = self.position.as_deref().map(Checkpoint::parse);
+        let records = expand(records, position.as_ref());
+        if records.is_empty() {
+            // only user records already done (of the aggregate the checkpoint is inside)
+            return if ended {
+                State::Finishing
+            } else {
+                State::Fetching
+            };
+        }
         self.idle_delay = self.env.options.get_poll_interval();
+        self.pending = records;
+        self.pending_ended = ended;
+        self.start_batch().await
+    }
+
+    /// Takes the next batch of the pending records (at most a batch's worth: an aggregated
+    /// record may hold many) and counts its start in the lease store.
+    async fn start_batch(&mut self) -> State {
+        let limit = self.fetch_limit().max(1);
+        let rest = if self.pending.len() > limit {
+            self.pending.split_off(limit)
+        } else {
+            Vec::new()
+        };
+        let records = std::mem::replace(&mut self.pending, rest);
         let from = self.position.clone().unwrap_or_else(|| "start".into());
         let failures = match self
             .env
@@ -72,7 +118,7 @@ impl ShardConsumer {
         };
         State::Processing {
             records,
-            reopen: ended,
+            reopen: self.pending.is_empty() && self.pending_ended,
             failures,
         }
     }
@@ -92,6 +138,11 @@ impl ShardConsumer {
                 _ = lost.cancelled() => {
                     busy.leave();
                     return Err(self.lost_state());
+                }
+                // the read is cancel safe: nothing was handed out
+                _ = self.stop.cancelled() => {
+                    busy.leave();
+                    return Err(State::Releasing(ShardExit::Stopped));
                 }
             };
             match read {

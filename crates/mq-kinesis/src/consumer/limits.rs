@@ -4,8 +4,6 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use mq_core::backend::BatchResult;
-
 use super::{ShardConsumer, ShardExit, State};
 
 /// A token bucket of records (`governor`) that holds a fifth of a second's worth, so a rate
@@ -50,6 +48,11 @@ fn is_throttle(code: Option<&str>) -> bool {
         )
     )
 }
+
+/// The first wait after a throttled call.
+const FIRST_THROTTLE_WAIT: Duration = Duration::from_millis(200);
+/// The longest wait after throttled calls in a row.
+const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(10);
 
 /// The largest `Limit` of a GetRecords call.
 const MAX_FETCH: usize = 10_000;
@@ -97,17 +100,16 @@ impl ShardConsumer {
         .then(|| self.env.strategy.batch_size(&self.key).clamp(1, MAX_FETCH))
     }
 
-    /// After a failed read: throttling backs off as the strategy says and is never an error;
+    /// After a failed read: throttling backs off (see `next_throttle_delay`) and is never an
+    /// error, nor a failed batch for the adaptive strategy;
     /// other errors back off exponentially from the poll interval (capped at 30 s) and release
     /// the lease after `max_fetch_errors` in a row.
     pub(super) fn fetch_error(&mut self, code: Option<&str>, text: String, then: State) -> State {
         if is_throttle(code) {
-            self.env
-                .strategy
-                .record(&self.key, &BatchResult::throttled());
-            tracing::debug!(shard = %self.shard, "mq-kinesis: throttled, backing off");
+            let delay = self.next_throttle_delay();
+            tracing::debug!(shard = %self.shard, ?delay, "mq-kinesis: throttled, backing off");
             return State::Backoff {
-                delay: self.env.strategy.delay(&self.key),
+                delay,
                 then: Box::new(then),
             };
         }
@@ -126,6 +128,19 @@ impl ShardConsumer {
                 .min(Duration::from_secs(30)),
             then: Box::new(then),
         }
+    }
+
+    /// The wait after a throttled call: from [`FIRST_THROTTLE_WAIT`], doubled after each throttle
+    /// in a row up to [`MAX_THROTTLE_WAIT`], with jitter (between half and all of it) so that the
+    /// readers of a shard do not retry in step. A successful read starts it over.
+    fn next_throttle_delay(&mut self) -> Duration {
+        let cap = if self.throttle_delay.is_zero() {
+            FIRST_THROTTLE_WAIT.max(self.env.shard_options.get_min_read_interval())
+        } else {
+            (self.throttle_delay * 2).min(MAX_THROTTLE_WAIT)
+        };
+        self.throttle_delay = cap;
+        cap.mul_f64(rand::random_range(0.5..=1.0))
     }
 
     /// Waits until the shard's and the instance's buckets let `n` records through. False when

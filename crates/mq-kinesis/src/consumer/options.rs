@@ -9,13 +9,17 @@ use mq_core::ConsumerOptions;
 use crate::fanout::{ConsumerArns, DEFAULT_RESUBSCRIBE_INTERVAL, FetchMode};
 use crate::position::StartPosition;
 
+/// The least time between two `GetRecords` calls on one shard by default.
+const DEFAULT_MIN_READ_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Settings of the shard consumers that are not in [`ConsumerOptions`].
 ///
 /// The lease lasts [`ConsumerOptions::lease_duration`] and is renewed every third of it; the
 /// handler timeout, retry policy and idle polling also come from [`ConsumerOptions`].
 ///
 /// Defaults: trim horizon, 3 renewal attempts, poison pill after 3 failures from one checkpoint,
-/// lease released after 10 fetch errors in a row, a stall timeout of 60 s, no rate limit,
+/// lease released after 10 fetch errors in a row, a stall timeout of 60 s, 200 ms at least
+/// between two reads of a shard, no rate limit,
 /// [`FetchMode::Polling`] (with enhanced fan-out: a new subscription every 4 min 30 s).
 ///
 /// # Examples
@@ -33,6 +37,7 @@ pub struct ShardOptions {
     poison_threshold: u32,
     max_fetch_errors: u32,
     stall_timeout: Duration,
+    min_read_interval: Duration,
     max_records_per_second: Option<NonZeroU32>,
     fetch_mode: FetchMode,
     resubscribe_interval: Duration,
@@ -47,6 +52,7 @@ impl Default for ShardOptions {
             poison_threshold: 3,
             max_fetch_errors: 10,
             stall_timeout: Duration::from_secs(60),
+            min_read_interval: DEFAULT_MIN_READ_INTERVAL,
             max_records_per_second: None,
             fetch_mode: FetchMode::Polling,
             resubscribe_interval: DEFAULT_RESUBSCRIBE_INTERVAL,
@@ -57,7 +63,9 @@ impl Default for ShardOptions {
 
 impl ShardOptions {
     mq_core::__option_setters! {
-        /// Where a shard without a checkpoint starts (a shard with one continues right after it).
+        /// Where a shard without a checkpoint and without lineage starts (a shard with a checkpoint
+        /// continues right after it; the child of a split or a merge whose parent is still listed
+        /// starts at its trim horizon, so nothing written to it before it is read is skipped).
         initial_position(p: StartPosition) p;
         /// Renewal attempts (with backoff) before the lease is given up.
         renew_attempts(n: u32) n.max(1);
@@ -70,6 +78,9 @@ impl ShardOptions {
         /// renewing its lease so the shard moves to another consumer. The stuck call is still waited
         /// for (nothing it does afterwards is checkpointed: the lease's fence refuses it).
         stall_timeout(d: Duration) d.max(Duration::from_millis(1));
+        /// The least time between two `GetRecords` calls on one shard (default 200 ms: AWS allows
+        /// five per second per shard, shared by every application reading it). Polling only.
+        min_read_interval(d: Duration) d;
         /// A token bucket on each shard: at most `n` records per second are handed to the handler
         /// (the bucket holds a fifth of a second's worth, so the rate holds over short windows too).
         /// For a cap on the whole instance see
@@ -79,6 +90,10 @@ impl ShardOptions {
     /// The stall timeout.
     pub fn get_stall_timeout(&self) -> Duration {
         self.stall_timeout
+    }
+    /// The least time between two `GetRecords` calls on one shard.
+    pub fn get_min_read_interval(&self) -> Duration {
+        self.min_read_interval
     }
     /// The per-shard rate limit.
     pub fn get_max_records_per_second(&self) -> Option<NonZeroU32> {

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ShardEnv;
 use crate::fanout::FetchMode;
+use crate::position::StartPosition;
 use fan_out::FanOutSource;
 use polling::PollingSource;
 
@@ -63,9 +64,18 @@ pub(super) trait RecordSource: Send + Sync + fmt::Debug {
     /// The call a read waits on, for the stall check ("GetRecords", "SubscribeToShard").
     fn operation(&self) -> &'static str;
 
-    /// Positions the source right after `checkpoint`, or at the initial position when the shard
-    /// has none. A source already positioned there may stay as it is.
-    async fn open(&mut self, checkpoint: Option<&str>) -> Result<Opened, SourceError>;
+    /// The call an open waits on, for the stall check.
+    fn open_operation(&self) -> &'static str {
+        "GetShardIterator"
+    }
+
+    /// Positions the source right after `checkpoint`, or at `initial` when the shard has none.
+    /// A source already positioned there may stay as it is.
+    async fn open(
+        &mut self,
+        checkpoint: Option<&str>,
+        initial: &StartPosition,
+    ) -> Result<Opened, SourceError>;
 
     /// The next batch of at most `limit` records. Cancel safe.
     async fn next(&mut self, limit: usize) -> Result<Fetched, SourceError>;

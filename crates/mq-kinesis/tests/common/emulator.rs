@@ -64,13 +64,23 @@ impl Emulator {
     }
 
     pub async fn start_with(options: StoreOptions) -> Self {
+        Self::start_layered(options, Hang::default()).await
+    }
+
+    /// An emulator that leaves the requests of `hang.operation` unanswered while `hang.on` is set.
+    pub async fn start_hanging(hang: Hang) -> Self {
+        Self::start_layered(store_options(), hang).await
+    }
+
+    async fn start_layered(options: StoreOptions, hang: Hang) -> Self {
         let (app, store) = ferrokinesis::create_app(options);
         let app = app
             .layer(axum::extract::DefaultBodyLimit::max(7 << 20))
             .layer(axum::middleware::from_fn_with_state(
                 store,
                 subscribe_from_position,
-            ));
+            ))
+            .layer(axum::middleware::from_fn_with_state(hang, hang_requests));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -224,6 +234,40 @@ pub async fn register_and_publish(queue: &KinesisQueue, stream: &str, n: usize) 
 }
 
 pub use mq_core::testkit::publish_all;
+
+/// Requests of one operation left unanswered while `on` is set (a call that never returns);
+/// `held` counts them.
+#[derive(Debug, Clone, Default)]
+pub struct Hang {
+    pub operation: &'static str,
+    pub on: Arc<std::sync::atomic::AtomicBool>,
+    pub held: Arc<AtomicUsize>,
+}
+
+impl Hang {
+    pub fn new(operation: &'static str) -> Self {
+        Hang {
+            operation,
+            on: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            held: Arc::default(),
+        }
+    }
+}
+
+async fn hang_requests(State(hang): State<Hang>, req: Request, next: Next) -> Response {
+    let hit = !hang.operation.is_empty()
+        && hang.on.load(Ordering::SeqCst)
+        && req
+            .headers()
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.rsplit('.').next() == Some(hang.operation));
+    if hit {
+        hang.held.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<()>().await;
+    }
+    next.run(req).await
+}
 
 /// ferrokinesis 0.7 validates SubscribeToShard's `StartingPosition` as a structure with `Type`
 /// only and drops its `SequenceNumber` and `Timestamp`, so AFTER_SEQUENCE_NUMBER and

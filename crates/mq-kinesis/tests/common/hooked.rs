@@ -1,6 +1,6 @@
 //! A lease store in memory whose renewals and heartbeats a test can intercept: `Hooked<H>`
-//! forwards every call to an `InMemoryLeaseStore`, renewals and heartbeats only when `H` (a
-//! [`Hooks`]) does not answer them itself.
+//! forwards every call to an `InMemoryLeaseStore`, renewals, heartbeats and checkpoints only when
+//! `H` (a [`Hooks`]) does not answer them itself.
 #![allow(dead_code, unreachable_pub)]
 
 use std::fmt::Debug;
@@ -18,6 +18,10 @@ pub trait Hooks: Debug + Send + Sync + 'static {
     }
 
     fn heartbeat(&self) -> Option<Result<()>> {
+        None
+    }
+
+    fn checkpoint(&self, _lease: &Lease, _seq: &str) -> Option<Result<CheckpointOutcome>> {
         None
     }
 }
@@ -72,7 +76,10 @@ impl<H: Hooks> LeaseStore for Hooked<H> {
         }
     }
     async fn checkpoint(&self, lease: &Lease, seq: &str) -> Result<CheckpointOutcome> {
-        self.inner.checkpoint(lease, seq).await
+        match self.hooks.checkpoint(lease, seq) {
+            Some(answer) => answer,
+            None => self.inner.checkpoint(lease, seq).await,
+        }
     }
     async fn release(&self, lease: &Lease) -> Result<bool> {
         self.inner.release(lease).await

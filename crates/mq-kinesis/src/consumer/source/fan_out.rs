@@ -19,7 +19,6 @@ pub(super) struct FanOutSource {
     client: Client,
     stream: String,
     shard: String,
-    initial: StartPosition,
     consumer_name: String,
     arns: ConsumerArns,
     resubscribe_interval: Duration,
@@ -39,7 +38,6 @@ impl FanOutSource {
             client: env.client.clone(),
             stream: env.queue.as_str().to_owned(),
             shard: shard.to_owned(),
-            initial: env.shard_options.get_initial_position().clone(),
             consumer_name,
             arns: env.shard_options.fan_out_consumers().clone(),
             resubscribe_interval: env.shard_options.get_resubscribe_interval(),
@@ -74,9 +72,17 @@ impl RecordSource for FanOutSource {
         "SubscribeToShard"
     }
 
+    fn open_operation(&self) -> &'static str {
+        "the stream consumer lookup"
+    }
+
     /// Keeps the open subscription when it has handed out exactly up to the checkpoint;
     /// subscribes after the checkpoint otherwise.
-    async fn open(&mut self, checkpoint: Option<&str>) -> Result<Opened, SourceError> {
+    async fn open(
+        &mut self,
+        checkpoint: Option<&str>,
+        initial: &StartPosition,
+    ) -> Result<Opened, SourceError> {
         if self
             .subscription
             .as_ref()
@@ -91,7 +97,7 @@ impl RecordSource for FanOutSource {
             _ = self.stop.cancelled() => return Err(SourceError::Stopped),
         };
         let arn = arn.map_err(|e| Self::failed(&e, true))?;
-        let from = self.initial.resume(checkpoint);
+        let from = initial.resume(checkpoint);
         tracing::debug!(shard = %self.shard, ?from, "mq-kinesis: subscribing to the shard");
         self.subscription = Some(Subscription::start(
             self.client.clone(),

@@ -1,9 +1,13 @@
 //! [`PollingSource`]: `GetShardIterator`, then `GetRecords` in a loop.
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use async_trait::async_trait;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::operation::get_records::{GetRecordsError, GetRecordsOutput};
+use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{Fetched, Opened, RecordSource, SourceError};
@@ -13,7 +17,32 @@ use crate::position::StartPosition;
 
 type GetRecordsResult = Result<GetRecordsOutput, SdkError<GetRecordsError>>;
 
-async fn get_records(client: Client, iterator: String, limit: usize) -> GetRecordsResult {
+/// Spaces out the calls of one shard: each goes out at least `interval` after the one before
+/// it was sent (measured when it was sent, so late wake-ups never shorten the next gap).
+#[derive(Debug, Clone)]
+struct Pacer {
+    interval: Duration,
+    last_sent: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Pacer {
+    async fn wait(&self) {
+        let last = *self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(last) = last {
+            tokio::time::sleep_until(last + self.interval).await;
+        }
+        *self.last_sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+}
+
+/// A `GetRecords` call, sent when `pacer` allows.
+async fn get_records(
+    client: Client,
+    iterator: String,
+    limit: usize,
+    pacer: Pacer,
+) -> GetRecordsResult {
+    pacer.wait().await;
     client
         .get_records()
         .shard_iterator(iterator)
@@ -29,11 +58,12 @@ pub(super) struct PollingSource {
     client: Client,
     stream: String,
     shard: String,
-    initial: StartPosition,
     /// The iterator of the next read; `None` once the shard ended.
     iterator: Option<String>,
     /// The read started ahead, keyed by the iterator it reads from; aborted when dropped.
     prefetched: Option<(String, AbortOnDropHandle<GetRecordsResult>)>,
+    /// Spaces out the calls.
+    pacer: Pacer,
 }
 
 impl PollingSource {
@@ -42,9 +72,12 @@ impl PollingSource {
             client: env.client.clone(),
             stream: env.queue.as_str().to_owned(),
             shard: shard.to_owned(),
-            initial: env.shard_options.get_initial_position().clone(),
             iterator: None,
             prefetched: None,
+            pacer: Pacer {
+                interval: env.shard_options.get_min_read_interval(),
+                last_sent: Arc::default(),
+            },
         }
     }
 }
@@ -55,10 +88,14 @@ impl RecordSource for PollingSource {
         "GetRecords"
     }
 
-    async fn open(&mut self, checkpoint: Option<&str>) -> Result<Opened, SourceError> {
+    async fn open(
+        &mut self,
+        checkpoint: Option<&str>,
+        initial: &StartPosition,
+    ) -> Result<Opened, SourceError> {
         self.prefetched = None;
         self.iterator = None;
-        let (kind, sequence, timestamp) = self.initial.resume(checkpoint).parts();
+        let (kind, sequence, timestamp) = initial.resume(checkpoint).parts();
         let sent = self
             .client
             .get_shard_iterator()
@@ -96,9 +133,11 @@ impl RecordSource for PollingSource {
             Some((from, handle)) if from == iterator => match handle.await {
                 Ok(sent) => sent,
                 // the read ahead panicked or was cancelled: read again
-                Err(_) => get_records(self.client.clone(), iterator, limit).await,
+                Err(_) => {
+                    get_records(self.client.clone(), iterator, limit, self.pacer.clone()).await
+                }
             },
-            _ => get_records(self.client.clone(), iterator, limit).await,
+            _ => get_records(self.client.clone(), iterator, limit, self.pacer.clone()).await,
         };
         match sent {
             Ok(out) => {
@@ -127,9 +166,14 @@ impl RecordSource for PollingSource {
     }
 
     fn read_ahead(&mut self, limit: usize) {
-        if let Some(next) = &self.iterator {
-            let handle = tokio::spawn(get_records(self.client.clone(), next.clone(), limit));
-            self.prefetched = Some((next.clone(), AbortOnDropHandle::new(handle)));
+        if let Some(next) = self.iterator.clone() {
+            let handle = tokio::spawn(get_records(
+                self.client.clone(),
+                next.clone(),
+                limit,
+                self.pacer.clone(),
+            ));
+            self.prefetched = Some((next, AbortOnDropHandle::new(handle)));
         }
     }
 }
