@@ -2,7 +2,7 @@
 //! with its own Kinesis client and `RedisLeaseStore`.
 //!
 //! - 3 instances on 8 shards settle at 3/3/2; a 4th joins and gets its 2;
-//! - a killed instance's shards resume elsewhere after its lease TTL (default settings);
+//! - a killed instance's shards resume elsewhere within its lease TTL (default settings);
 //! - a rolling restart of all 3 under steady load: the longest gap any shard saw;
 //! - a stuck handler stops its lease renewal and the shard moves.
 //!
@@ -197,8 +197,8 @@ async fn three_instances_balance_and_a_fourth_gets_its_share() {
     f.cleanup();
 }
 
-/// Default settings (30 s lease): shards of a killed instance resume at most 5 s after its lease
-/// TTL.
+/// Default settings: shards of a killed instance resume no later than 5 s after the 30 s lease
+/// TTL, the bound before leases followed memberships (fleet_failover measures the ~2 s takeover).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instance_shards_resume_after_its_lease_ttl() {
     let Some(f) = Fleet::new("fleet_kill", SHARDS).await else {
@@ -266,7 +266,7 @@ async fn a_killed_instance_shards_resume_after_its_lease_ttl() {
     println!(
         "{}",
         target(
-            &format!("killed instance's shards resumed after the {ttl:?} lease TTL"),
+            &format!("killed instance's shards resumed within the {ttl:?} lease TTL"),
             worst,
             Duration::from_secs(5)
         )
