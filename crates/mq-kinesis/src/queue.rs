@@ -327,6 +327,8 @@ struct Inner {
     consumers: Mutex<Vec<ConsumerStopper>>,
     shut: Arc<AtomicBool>,
     next_worker: AtomicUsize,
+    /// Where the next `consume_batch` starts reading, so that calls take turns over the shards.
+    next_batch_shard: AtomicUsize,
     instance_limiter: Option<Arc<RecordBucket>>,
     store_trouble: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -359,6 +361,7 @@ impl KinesisQueue {
                 consumers: Mutex::new(Vec::new()),
                 shut: Arc::new(AtomicBool::new(false)),
                 next_worker: AtomicUsize::new(0),
+                next_batch_shard: AtomicUsize::new(0),
                 instance_limiter: options
                     .max_records_per_second
                     .map(|n| Arc::new(RecordBucket::new(n))),
@@ -590,7 +593,13 @@ impl MessageQueue for KinesisQueue {
             .filter(|l| l.finished)
             .map(|l| l.shard)
             .collect();
-        let shards = eligible_shards(&listing, &finished);
+        let mut shards = eligible_shards(&listing, &finished);
+        // Each call starts one shard further on: a shard with more than a batch waiting would
+        // otherwise fill every call and the shards after it would never be read.
+        if !shards.is_empty() {
+            let start = self.inner.next_batch_shard.fetch_add(1, Ordering::Relaxed) % shards.len();
+            shards.rotate_left(start);
+        }
         let worker_id = format!("{}-batch", self.inner.options.instance_id);
         let mut env = self.env(q, handler, options.clone(), worker_id);
         let mut total = BatchReport::default();

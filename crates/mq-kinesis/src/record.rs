@@ -202,4 +202,21 @@ mod tests {
         );
         assert!(decode_record(b"not json", &q, "s", "1", Utc::now()).is_err());
     }
+
+    /// Extended JSON is relaxed only in records the TypeScript original wrote (it serialised
+    /// the whole message, payload included, that way); a record mq wrote keeps a payload that
+    /// happens to look like extended JSON exactly as published.
+    #[test]
+    fn an_mq_record_keeps_its_payload_as_published() {
+        let q = QueueName::new("q").unwrap();
+        let payload =
+            serde_json::json!({"when": {"$date": "not a date"}, "n": {"$numberLong": "7"}});
+        let m = mq_core::NewMessage::new("t", payload.clone()).into_message(
+            &mq_core::UlidGenerator,
+            q.clone(),
+            Utc::now(),
+        );
+        let back = decode_record(&encode(&m), &q, "s", "1", Utc::now()).unwrap();
+        assert_eq!(back.payload, payload);
+    }
 }

@@ -172,6 +172,46 @@ async fn typescript_records_decode_and_undecodable_ones_are_dead_lettered() {
     queue.shutdown().await.unwrap();
 }
 
+/// On-demand batches take turns over the shards: with more than a batch waiting on every shard,
+/// two calls read two different shards (the first shard used to fill every call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_batches_take_turns_over_the_shards() {
+    let stream = "turns";
+    let emu = Emulator::with_stream(stream, 2).await;
+    let queue = KinesisQueue::with_client(
+        emu.client(),
+        KinesisOptions::new(Arc::new(InMemoryLeaseStore::new())),
+    );
+    let q = QueueName::new(stream).unwrap();
+    queue.register(&q).await.unwrap();
+    let messages = (0..40)
+        .map(|i| NewMessage::new("t", serde_json::json!({ "i": i })).partition_key(format!("k{i}")))
+        .collect();
+    emulator::publish_all(&queue, &q, messages).await;
+    let shards: Arc<Mutex<Vec<String>>> = Arc::default();
+    for _ in 0..2 {
+        let s = shards.clone();
+        let handler = Arc::new(handler_fn(move |_b: Batch, ctx: HandlerContext| {
+            let s = s.clone();
+            async move {
+                s.lock()
+                    .unwrap()
+                    .push(ctx.shard_id().unwrap_or_default().to_owned());
+            }
+        }));
+        let report = queue
+            .consume_batch(&q, handler, &fast_options().batch_size(5))
+            .await
+            .unwrap();
+        assert_eq!(report.delivered, 5);
+    }
+    let mut read = shards.lock().unwrap().clone();
+    eprintln!("shards read by two on-demand batches: {read:?}");
+    read.dedup();
+    assert_eq!(read.len(), 2, "two calls read two shards: {read:?}");
+    queue.shutdown().await.unwrap();
+}
+
 /// Consumes one batch on demand with a handler that acks everything; how many were delivered.
 async fn one_batch(queue: &KinesisQueue, q: &QueueName, options: ConsumerOptions) -> usize {
     queue
