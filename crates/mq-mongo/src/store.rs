@@ -38,6 +38,10 @@ const CLAIM_ROUNDS: usize = 3;
 const CLAIM_WINDOW: usize = 4;
 /// Tries to take a unique key (the second one after taking over a lock of a finished holder).
 const KEY_ROUNDS: usize = 2;
+/// How long a unique-key lock whose holder is not stored yet still holds: the publisher that
+/// wrote it is between its two writes. Past this it counts as left behind by a publisher that
+/// died there, and the next publish of the key takes it over.
+const KEY_ORPHAN_AFTER: Duration = Duration::from_secs(30);
 /// Expired messages marked per claim call (the rest on the next calls).
 const EXPIRE_PAGE: i64 = 1000;
 
@@ -638,6 +642,7 @@ impl MongoStore {
         &self,
         queue: &QueueName,
         holder: &MessageId,
+        taken_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let doc = self
@@ -647,7 +652,8 @@ impl MongoStore {
             .await
             .map_err(|e| backend("publish", e))?;
         Ok(match doc {
-            None => false,
+            // Not stored (yet): a lock this young belongs to a publish between its two writes.
+            None => taken_at.is_some_and(|t| mq_after(t, KEY_ORPHAN_AFTER) > now),
             Some(d) => match d.get_datetime("finished_at") {
                 Err(_) => true,
                 Ok(finished) => {
@@ -698,7 +704,11 @@ impl MongoStore {
             let locks: Vec<Document> = pending
                 .iter()
                 .map(|&i| {
-                    doc! { "_id": Self::key_id(queue, key_of(i)), "holder": messages[i].id.as_str() }
+                    doc! {
+                        "_id": Self::key_id(queue, key_of(i)),
+                        "holder": messages[i].id.as_str(),
+                        "taken_at": date(now),
+                    }
                 })
                 .collect();
             let failed: HashSet<usize> = match self.controls.insert_many(locks).ordered(false).await
@@ -735,10 +745,14 @@ impl MongoStore {
                     .as_ref()
                     .and_then(|l| l.get_str("holder").ok())
                     .and_then(|h| MessageId::new(h).ok());
+                let taken_at = lock
+                    .as_ref()
+                    .and_then(|l| l.get_datetime("taken_at").ok())
+                    .map(|t| chrono(*t));
                 match holder {
                     // Its own lock from an earlier publish: the insert reports the duplicate id.
                     Some(h) if h == messages[i].id => {}
-                    Some(h) if last || self.key_blocks(queue, &h, now).await? => {
+                    Some(h) if last || self.key_blocks(queue, &h, taken_at, now).await? => {
                         refused.insert(i, taken_by(key, &h));
                     }
                     Some(h) => {

@@ -8,8 +8,12 @@ use mq_core::{Error, MessageId, MessageQueue, NewMessage, Status};
 use mq_mongo::mongodb::bson::{Document, doc};
 use serde_json::json;
 
-/// Eight hosts publish a message with the same key at once, ten rounds: each round exactly one
-/// is stored and every other is refused naming it.
+/// Rounds of [`concurrent_publishers_of_one_key_store_exactly_one`]: enough for the race between
+/// taking a key's lock and storing its holder to show.
+const ROUNDS: usize = 40;
+
+/// Eight hosts publish a message with the same key at once, round after round: each round
+/// exactly one is stored and every other is refused naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishers_of_one_key_store_exactly_one() {
     const TEST: &str = "concurrent_publishers_of_one_key_store_exactly_one";
@@ -23,7 +27,7 @@ async fn concurrent_publishers_of_one_key_store_exactly_one() {
         hosts.push(host);
     }
     let (mut stored, mut wrong_holder, mut other_errors) = (0, 0, 0);
-    for round in 0..10 {
+    for round in 0..ROUNDS {
         let key = format!("key-{round}");
         let publishes = hosts.iter().enumerate().map(|(h, q)| {
             let (name, key) = (name.clone(), key.clone());
@@ -53,9 +57,9 @@ async fn concurrent_publishers_of_one_key_store_exactly_one() {
         }
     }
     println!(
-        "stored {stored} of 10 keys, wrong holders {wrong_holder}, other errors {other_errors}"
+        "stored {stored} of {ROUNDS} keys, wrong holders {wrong_holder}, other errors {other_errors}"
     );
-    assert_eq!((stored, wrong_holder, other_errors), (10, 0, 0));
+    assert_eq!((stored, wrong_holder, other_errors), (ROUNDS, 0, 0));
     for q in hosts {
         q.shutdown().await.expect("shutdown");
     }
