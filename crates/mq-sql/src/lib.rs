@@ -87,6 +87,7 @@ mod migrate;
 mod options;
 mod queue;
 mod remembered;
+mod rows;
 mod store;
 
 pub use checkpoint::{DEFAULT_CHECKPOINT_TABLE, SqlCheckpointStore};
