@@ -13,9 +13,15 @@ use mq_core::backend::MemoryCheckpointStore;
 use mq_kinesis::testkit::LeaseStoreFactory;
 use mq_kinesis::{DurableLeaseStore, InMemoryLeaseStore, LeaseStore, RedisLeaseStore};
 
-async fn redis(test: &str) -> Option<Arc<dyn LeaseStore>> {
+/// The Redis key prefix of `test` on one pairing: the same case runs on every pairing at
+/// once, so each cleans up only its own keys.
+fn redis_prefix(checkpoints: Checkpoints, test: &str) -> String {
+    format!("mqtest-durable-{checkpoints:?}-{test}-")
+}
+
+async fn redis(checkpoints: Checkpoints, test: &str) -> Option<Arc<dyn LeaseStore>> {
     let url = durable::url("REDIS_URL", test)?;
-    let prefix = format!("mqtest-durable-{test}-{}", ulid::Ulid::new());
+    let prefix = format!("{}{}", redis_prefix(checkpoints, test), ulid::Ulid::new());
     Some(Arc::new(
         RedisLeaseStore::connect(&url, prefix).await.unwrap(),
     ))
@@ -29,7 +35,7 @@ enum Leases {
 }
 
 /// Where a pairing keeps its checkpoints and epoch fence.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Checkpoints {
     Postgres,
     MySql,
@@ -46,7 +52,7 @@ struct Durable(Leases, Checkpoints);
 impl LeaseStoreFactory for Durable {
     async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
         let leases = match self.0 {
-            Leases::Redis => redis(test).await?,
+            Leases::Redis => redis(self.1, test).await?,
             Leases::Memory => Arc::new(InMemoryLeaseStore::new()),
         };
         let checkpoints = match self.1 {
@@ -61,7 +67,7 @@ impl LeaseStoreFactory for Durable {
 
     async fn cleanup(&self, test: &str) {
         if let Leases::Redis = self.0 {
-            redis_keys::delete_matching(&format!("mqtest-durable-{test}-*"));
+            redis_keys::delete_matching(&format!("{}*", redis_prefix(self.1, test)));
         }
     }
 }
