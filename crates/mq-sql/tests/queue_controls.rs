@@ -139,8 +139,7 @@ async fn take(q: &Arc<dyn MessageQueue>, name: &QueueName) -> Vec<u64> {
         .await
         .expect("consume_batch");
     assert_eq!(report.acked, report.delivered);
-    let out = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    out
+    seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// A queue paused through one instance hands out nothing through another on the same table
@@ -179,3 +178,59 @@ async fn pause_across_instances(db: Db, test: &str) {
 }
 
 test_on_each_db!(pause_is_shared, pause_across_instances);
+
+/// PostgreSQL reads a claim of a prioritized queue in index order: the ready index gives
+/// priority, due time and publication order, so no sort runs over the waiting rows, and the
+/// pause check is one lookup made once per claim. (The statement is the ready part of the
+/// claim.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_in_index_order() {
+    let Some((url, table)) = fresh_table(Db::Postgres, "qe", "claim_plan").await else {
+        return;
+    };
+    let q = connect_queue(
+        Db::Postgres,
+        &url,
+        options(&table),
+        CommonOptions::default(),
+    )
+    .await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("pool");
+    let run = |sql: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    };
+    run(format!(
+        "INSERT INTO {table} (queue, id, message_type, payload, execute_at, created_at, \
+         updated_at, priority) \
+         SELECT CASE WHEN i % 4 = 0 THEN 'other' ELSE 'q' END, 'm' || i, 't', '{{}}', \
+           now() - interval '1 minute', now(), now(), (i % 5)::smallint \
+         FROM generate_series(1, 50000) i"
+    ))
+    .await;
+    run(format!("ANALYZE {table}")).await;
+    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN SELECT ctid FROM {table} WHERE queue = 'q' AND status = 'scheduled' \
+           AND execute_at <= now() AND (expires_at IS NULL OR expires_at > now()) \
+           AND NOT EXISTS (SELECT 1 FROM {table}_paused WHERE queue = 'q') \
+         ORDER BY priority DESC, execute_at, seq LIMIT 500 FOR UPDATE SKIP LOCKED"
+    )))
+    .fetch_all(&pool)
+    .await
+    .expect("explain");
+    let plan = rows.join("\n");
+    eprintln!("{plan}");
+    assert!(plan.contains(&format!("{table}_ready")), "{plan}");
+    assert!(
+        !plan.contains("Sort"),
+        "a sort over the waiting rows:\n{plan}"
+    );
+    pool.close().await;
+    q.shutdown().await.expect("shutdown");
+    drop_table(Db::Postgres, &url, &table).await;
+}
