@@ -61,7 +61,8 @@ where
 /// another message gets [`DuplicateKey`](mq_core::Error::DuplicateKey) naming that holder
 /// instead of a duplicate-id error.
 pub(crate) async fn name_key_holders<DB: Dialect>(
-    store: &SqlStore<DB>,
+    conn: &mut DB::Connection,
+    table: &str,
     queue: &QueueName,
     messages: &[Message],
     results: &mut [mq_core::Result<()>],
@@ -81,7 +82,7 @@ where
     if lost.is_empty() {
         return Ok(());
     }
-    let holders = live_holders(store, queue, &lost).await?;
+    let holders = live_holders(conn, table, queue, &lost).await?;
     for (m, r) in messages.iter().zip(results.iter_mut()) {
         let Some(key) = m.unique_key.as_deref() else {
             continue;
@@ -106,7 +107,8 @@ fn duplicate_key(queue: &QueueName, key: &str, holder: &MessageId) -> mq_core::E
 
 /// The messages of `queue` that hold `keys` now (waiting or running), by key.
 async fn live_holders<DB: Dialect>(
-    store: &SqlStore<DB>,
+    conn: &mut DB::Connection,
+    table: &str,
     queue: &QueueName,
     keys: &[&str],
 ) -> mq_core::Result<HashMap<String, MessageId>>
@@ -116,16 +118,14 @@ where
 {
     let mut out = HashMap::new();
     for chunk in keys.chunks(CHUNK) {
-        let mut q = QueryBuilder::<DB>::new(format!(
-            "SELECT unique_key, id FROM {} WHERE queue = ",
-            store.names.table
-        ));
+        let mut q =
+            QueryBuilder::<DB>::new(format!("SELECT unique_key, id FROM {table} WHERE queue = "));
         q.text(queue.as_str().to_owned());
         q.raw(&format!(" AND status IN {LIVE} AND {} IN (", DB::HELD_KEY));
         in_list(&mut q, chunk);
         let rows = q
             .build()
-            .fetch_all(&store.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(backend("publish"))?;
         for row in &rows {
@@ -137,6 +137,22 @@ where
         }
     }
     Ok(out)
+}
+
+/// One result per message of a publish of `n`: the refusals by position, and in between, in
+/// order, the results of the messages that were inserted.
+pub(crate) fn merge(
+    n: usize,
+    mut refused: HashMap<usize, mq_core::Error>,
+    inserted: Vec<mq_core::Result<()>>,
+) -> Vec<mq_core::Result<()>> {
+    let mut inserted = inserted.into_iter();
+    (0..n)
+        .map(|i| match refused.remove(&i) {
+            Some(e) => Err(e),
+            None => inserted.next().unwrap_or(Ok(())),
+        })
+        .collect()
 }
 
 /// The finished messages of `queue` whose window still blocks one of `keys`, by key.
@@ -216,7 +232,9 @@ where
     let id = match target {
         CancelTarget::Id(id) => id,
         CancelTarget::UniqueKey(key) => {
-            match live_holders(store, queue, &[key.as_str()])
+            let mut conn = store.pool.acquire().await.map_err(backend("cancel"))?;
+            let t = &store.names.table;
+            match live_holders(&mut conn, t, queue, &[key.as_str()])
                 .await?
                 .remove(&key)
             {

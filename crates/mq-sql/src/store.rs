@@ -327,17 +327,13 @@ where
             .collect();
         let inserted = DB::insert(self, queue, &fresh).await?;
         self.wake_local(queue.as_str());
-        let mut results = match_inserted(queue, &fresh, inserted).into_iter();
-        let mut out = Vec::with_capacity(messages.len());
-        for (i, _) in messages.iter().enumerate() {
-            out.push(match refused.remove(&i) {
-                Some(e) => Err(e),
-                None => results.next().unwrap_or(Ok(())),
-            });
-        }
+        let inserted = match_inserted(queue, &fresh, inserted);
+        let mut out = controls::merge(messages.len(), refused, inserted);
         if keyed {
             // A keyed message the database refused lost to a holder stored meanwhile.
-            controls::name_key_holders(self, queue, &messages, &mut out).await?;
+            let mut conn = self.pool.acquire().await.map_err(backend("publish"))?;
+            let t = &self.names.table;
+            controls::name_key_holders::<DB>(&mut conn, t, queue, &messages, &mut out).await?;
         }
         Ok(out)
     }

@@ -555,12 +555,32 @@ impl SqlQueue<Postgres> {
         let (indexes, msgs): (Vec<usize>, Vec<Message>) = prepared.into_iter().unzip();
         let store = self.store();
         let notify = store.options.get_notify();
-        let rows: Vec<InsertRow> = msgs.iter().map(InsertRow::of).collect();
-        let mut results = Vec::with_capacity(msgs.len());
+        // Unique keys as `publish` treats them: a key blocked by a finished holder's window or
+        // an earlier message of this publish is refused first, a key the insert found held is
+        // refused naming its holder (seen from inside the caller's transaction).
+        let keyed = msgs.iter().any(|m| m.unique_key.is_some());
+        let mut refused = std::collections::HashMap::new();
+        if keyed {
+            crate::controls::refuse_blocked_keys(store, &queue, &msgs, &mut refused).await?;
+        }
+        let fresh: Vec<Message> = msgs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !refused.contains_key(i))
+            .map(|(_, m)| m.clone())
+            .collect();
+        let rows: Vec<InsertRow> = fresh.iter().map(InsertRow::of).collect();
+        let mut inserted_results = Vec::with_capacity(fresh.len());
         for range in insert_chunks(&rows, INSERT_ROWS) {
-            let (chunk, messages) = (&rows[range.clone()], &msgs[range]);
+            let (chunk, messages) = (&rows[range.clone()], &fresh[range]);
             let inserted = insert_on(conn, &store.names, notify, &queue, chunk, false).await?;
-            results.extend(match_inserted(&queue, messages, inserted));
+            inserted_results.extend(match_inserted(&queue, messages, inserted));
+        }
+        let mut results = crate::controls::merge(msgs.len(), refused, inserted_results);
+        if keyed {
+            let t = &store.names.table;
+            crate::controls::name_key_holders::<Postgres>(conn, t, &queue, &msgs, &mut results)
+                .await?;
         }
         for ((res, m), index) in results.into_iter().zip(&msgs).zip(indexes) {
             match res {
