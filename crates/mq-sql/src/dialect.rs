@@ -44,6 +44,7 @@ macro_rules! migrations {
         const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)] = &[
             $crate::dialect::migration!($database, "0001_messages.sql"),
             $crate::dialect::migration!($database, "0002_remembered_ids.sql"),
+            $crate::dialect::migration!($database, "0003_controls.sql"),
         ];
         const CHECKPOINT_MIGRATION: (&'static str, &'static str) =
             $crate::dialect::migration!($database, "0001_checkpoints.sql");
@@ -218,6 +219,17 @@ pub trait Dialect: sqlx::Database<Arguments: IntoArguments<Self>, Row: ReadRow> 
     /// conflict.
     const REMEMBER_CONFLICT: &'static str =
         " ON CONFLICT (queue, id) DO UPDATE SET forget_at = excluded.forget_at";
+    /// The clause that makes an insert into the pause table do nothing when the queue is paused
+    /// already.
+    const PAUSE_CONFLICT: &'static str = " ON CONFLICT (queue) DO NOTHING";
+    /// The column that holds a message's unique key while it waits or runs (and is NULL
+    /// otherwise, where the database has no partial indexes), under a unique index.
+    const HELD_KEY: &'static str = "unique_key";
+    /// Whether a migration statement failed only because an earlier, concurrent run of the same
+    /// step already made its change (where schema changes are not transactional).
+    fn already_applied(_e: &dyn sqlx::error::DatabaseError) -> bool {
+        false
+    }
     /// The current time as a SQL expression, for queue statistics.
     fn stats_now() -> String;
     /// Milliseconds from the time expression `then` to `now`, as a SQL integer expression.
@@ -269,6 +281,8 @@ pub trait ReadRow {
     fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
     /// A 32-bit integer column, widened.
     fn opt_int4(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
+    /// A 16-bit integer column, widened.
+    fn opt_int2(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
     fn time(&self, col: &str) -> Result<DateTime<Utc>, sqlx::Error>;
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error>;
 }
@@ -280,6 +294,7 @@ where
     String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
     i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
     i32: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    i16: for<'r> Decode<'r, R::Database> + Type<R::Database>,
 {
     fn text(&self, col: &str) -> Result<String, sqlx::Error> {
         self.try_get(col)
@@ -295,6 +310,9 @@ where
     }
     fn opt_int4(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
         Ok(self.try_get::<Option<i32>, _>(col)?.map(i64::from))
+    }
+    fn opt_int2(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+        Ok(self.try_get::<Option<i16>, _>(col)?.map(i64::from))
     }
     fn time(&self, col: &str) -> Result<DateTime<Utc>, sqlx::Error> {
         <R::Database as Dialect>::from_time(self.try_get(col)?)

@@ -80,6 +80,7 @@
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
 
 mod checkpoint;
+mod controls;
 mod dead_letter;
 mod dialect;
 mod error;

@@ -235,10 +235,12 @@ where
             continue;
         }
         for stmt in statements(sql) {
-            sqlx::raw_sql(AssertSqlSafe(stmt))
-                .execute(&mut *conn)
-                .await
-                .map_err(fail(table, file))?;
+            match sqlx::raw_sql(AssertSqlSafe(stmt)).execute(&mut *conn).await {
+                Ok(_) => {}
+                // A concurrent process made this change first (no transactional DDL).
+                Err(sqlx::Error::Database(e)) if DB::already_applied(&*e) => {}
+                Err(e) => return Err(fail(table, file)(e)),
+            }
         }
         if let Some(v) = versions {
             let mut q = QueryBuilder::<DB>::new(format!(

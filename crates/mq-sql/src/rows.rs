@@ -28,6 +28,9 @@ pub(crate) struct InsertRow {
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) partition_key: Option<String>,
     pub(crate) metadata: Option<String>,
+    pub(crate) priority: i16,
+    pub(crate) unique_key: Option<String>,
+    pub(crate) unique_window_ms: Option<i64>,
 }
 
 impl InsertRow {
@@ -51,6 +54,11 @@ impl InsertRow {
             } else {
                 serde_json::to_string(&m.metadata).ok()
             },
+            priority: m.priority,
+            unique_key: m.unique_key.clone(),
+            unique_window_ms: m
+                .unique_window
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         }
     }
 }
@@ -63,6 +71,7 @@ impl InsertRow {
             + self.payload.len()
             + self.partition_key.as_ref().map_or(0, String::len)
             + self.metadata.as_ref().map_or(0, String::len)
+            + self.unique_key.as_ref().map_or(0, String::len)
     }
 }
 

@@ -9,13 +9,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mq_core::backend::{Claim, Claimed, Completion, Holder, QueueStore};
-use mq_core::{Message, MessageId, Metadata, QueueName, Status};
+use mq_core::{CancelOutcome, CancelTarget, Message, MessageId, Metadata, QueueName, Status};
 use serde_json::Value;
 use sqlx::{Executor, IntoArguments, QueryBuilder};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::controls;
 use crate::dialect::{Dialect, ReadRow, Sql};
 use crate::error::{Error, backend};
 use crate::migrate::{Migration, migrate};
@@ -29,10 +30,16 @@ const QUEUE_SCHEMA_LOCK: i64 = 7_311_001;
 /// The message columns, in the order the dialects select them.
 pub(crate) const COLS: &str = "queue, id, message_type, payload, status, execute_at, expires_at, \
     attempts, max_attempts, retry_delay_ms, created_at, updated_at, processing_started_at, \
-    partition_key, metadata, seq";
+    partition_key, metadata, seq, priority, unique_key, unique_window_ms";
 
 /// The statuses retention removes.
-pub(crate) const FINISHED: [&str; 4] = ["executed", "failed", "expired", "dead_lettered"];
+pub(crate) const FINISHED: [&str; 5] = [
+    "executed",
+    "failed",
+    "expired",
+    "dead_lettered",
+    "cancelled",
+];
 
 /// A [`QueueStore`](mq_core::backend::QueueStore) over one SQL table, for database `DB`
 /// (`sqlx::Postgres`, `sqlx::MySql` or `sqlx::Sqlite`).
@@ -247,13 +254,19 @@ async fn purge<DB: Dialect>(
     }
 }
 
-/// Decodes claimed rows and orders them by `execute_at`, then publication order.
+/// Decodes claimed rows and orders them as claims take them: higher priority first, then by
+/// `execute_at`, then publication order.
 fn messages(rows: Vec<RawRow>, table: &str) -> mq_core::Result<Vec<Message>> {
     let mut rows = rows
         .into_iter()
         .map(|r| r.into_message(table))
         .collect::<Result<Vec<_>, _>>()?;
-    rows.sort_by(|a, b| a.1.execute_at.cmp(&b.1.execute_at).then(a.0.cmp(&b.0)));
+    rows.sort_by(|a, b| {
+        b.1.priority
+            .cmp(&a.1.priority)
+            .then(a.1.execute_at.cmp(&b.1.execute_at))
+            .then(a.0.cmp(&b.0))
+    });
     Ok(rows.into_iter().map(|(_, m)| m).collect())
 }
 
@@ -282,22 +295,47 @@ where
         queue: &QueueName,
         messages: Vec<Message>,
     ) -> mq_core::Result<Vec<mq_core::Result<()>>> {
-        if !self.remembers_ids() {
+        let keyed = messages.iter().any(|m| m.unique_key.is_some());
+        if !self.remembers_ids() && !keyed {
             let inserted = DB::insert(self, queue, &messages).await?;
             self.wake_local(queue.as_str());
             return Ok(match_inserted(queue, &messages, inserted));
         }
-        // Ids still remembered after their message was deleted are refused like stored ones.
-        let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
-        let taken = remembered::taken(&self.pool, &self.names, queue, &ids).await?;
+        // Refused before the insert: ids still remembered after their message was deleted
+        // (like stored ones), keys blocked by a finished holder's window or by an earlier
+        // message of this batch.
+        let mut refused = if self.remembers_ids() {
+            let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+            let taken = remembered::taken(&self.pool, &self.names, queue, &ids).await?;
+            messages
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| taken.contains(m.id.as_str()))
+                .map(|(i, m)| (i, mq_core::backend::duplicate_id(queue, &m.id)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        if keyed {
+            controls::refuse_blocked_keys(self, queue, &messages, &mut refused).await?;
+        }
         let fresh: Vec<Message> = messages
             .iter()
-            .filter(|m| !taken.contains(m.id.as_str()))
-            .cloned()
+            .enumerate()
+            .filter(|(i, _)| !refused.contains_key(i))
+            .map(|(_, m)| m.clone())
             .collect();
         let inserted = DB::insert(self, queue, &fresh).await?;
         self.wake_local(queue.as_str());
-        Ok(match_inserted(queue, &messages, inserted))
+        let inserted = match_inserted(queue, &fresh, inserted);
+        let mut out = controls::merge(messages.len(), refused, inserted);
+        if keyed {
+            // A keyed message the database refused lost to a holder stored meanwhile.
+            let mut conn = self.pool.acquire().await.map_err(backend("publish"))?;
+            let t = &self.names.table;
+            controls::name_key_holders::<DB>(&mut conn, t, queue, &messages, &mut out).await?;
+        }
+        Ok(out)
     }
 
     fn check(&self, message: &Message) -> mq_core::Result<()> {
@@ -366,6 +404,30 @@ where
 
     async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {
         self.wait_local(queue, timeout).await;
+    }
+
+    async fn cancel(
+        &self,
+        queue: &QueueName,
+        target: CancelTarget,
+    ) -> mq_core::Result<CancelOutcome> {
+        controls::cancel(self, queue, target).await
+    }
+
+    async fn set_paused(&self, queue: &QueueName, paused: bool) -> mq_core::Result<()> {
+        controls::set_paused(self, queue, paused).await?;
+        if !paused {
+            self.wake_local(queue.as_str());
+        }
+        Ok(())
+    }
+
+    async fn is_paused(&self, queue: &QueueName) -> mq_core::Result<bool> {
+        controls::is_paused(self, queue).await
+    }
+
+    fn wake(&self, queue: &QueueName) {
+        self.wake_local(queue.as_str());
     }
 
     async fn queue_stats(
@@ -453,6 +515,12 @@ pub struct Names {
     pub(crate) idx_expiring: String,
     pub(crate) idx_finished: String,
     pub(crate) idx_forget: String,
+    /// The queues paused for every process.
+    pub(crate) paused: String,
+    /// Unique keys of waiting and running messages.
+    pub(crate) idx_unique: String,
+    /// Unique keys with a window, looked up on publish.
+    pub(crate) idx_keys: String,
 }
 
 impl Names {
@@ -469,6 +537,9 @@ impl Names {
             idx_expiring: derived(table, "expiring"),
             idx_finished: derived(table, "finished"),
             idx_forget: derived(table, "forget"),
+            paused: derived(table, "paused"),
+            idx_unique: derived(table, "unique"),
+            idx_keys: derived(table, "keys"),
         }
     }
 
@@ -482,6 +553,9 @@ impl Names {
             .replace("{idx_finished}", &self.idx_finished)
             .replace("{remembered}", &self.remembered)
             .replace("{idx_forget}", &self.idx_forget)
+            .replace("{paused}", &self.paused)
+            .replace("{idx_unique}", &self.idx_unique)
+            .replace("{idx_keys}", &self.idx_keys)
     }
 }
 
@@ -582,6 +656,9 @@ pub struct RawRow {
     pub(crate) partition_key: Option<String>,
     pub(crate) metadata: Option<Value>,
     pub(crate) seq: i64,
+    pub(crate) priority: i64,
+    pub(crate) unique_key: Option<String>,
+    pub(crate) unique_window_ms: Option<i64>,
 }
 
 /// Reads a message row (the `COLS` of a dialect).
@@ -606,6 +683,9 @@ where
         partition_key: row.opt_text("partition_key")?,
         metadata: DB::read_json(row, "metadata")?,
         seq: row.int("seq")?,
+        priority: row.opt_int2("priority")?.unwrap_or(0),
+        unique_key: row.opt_text("unique_key")?,
+        unique_window_ms: row.opt_int("unique_window_ms")?,
     })
 }
 
@@ -635,6 +715,13 @@ impl RawRow {
         m.updated_at = self.updated_at;
         m.processing_started_at = self.processing_started_at;
         m.partition_key = self.partition_key;
+        m.priority =
+            i16::try_from(self.priority).map_err(|e| bad(&self.id, format!("priority: {e}")))?;
+        m.unique_key = self.unique_key;
+        m.unique_window = self
+            .unique_window_ms
+            .and_then(|n| u64::try_from(n).ok())
+            .map(Duration::from_millis);
         if let Some(meta) = self.metadata {
             m.metadata = serde_json::from_value::<Metadata>(meta)
                 .map_err(|e| bad(m.id.as_str(), format!("metadata: {e}")))?;

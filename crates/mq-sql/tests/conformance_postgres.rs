@@ -13,3 +13,17 @@ mod delete_on_ack {
 
     mq_core::conformance_tests!(Factory::deleting_acked(Db::Postgres, "cdp"));
 }
+
+/// Priorities, unique keys, cancel and pause.
+mod control {
+    use super::support::{Db, Factory};
+
+    mq_core::queue_control_tests!(Factory::new(Db::Postgres, "ccp"));
+
+    /// The same with acknowledged rows deleted (a key's window keeps its row).
+    mod delete_on_ack {
+        use super::super::support::{Db, Factory};
+
+        mq_core::queue_control_tests!(Factory::deleting_acked(Db::Postgres, "ccdp"));
+    }
+}

@@ -49,7 +49,10 @@ async fn grant_dml(owner: &PgPool, table: &str) {
     ensure_role(owner).await;
     for grant in [
         format!("GRANT USAGE ON SCHEMA public TO {RUNTIME_ROLE}"),
-        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {table}, {table}_ids TO {RUNTIME_ROLE}"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {table}, {table}_ids, {table}_paused \
+             TO {RUNTIME_ROLE}"
+        ),
         format!("GRANT SELECT ON {table}_versions TO {RUNTIME_ROLE}"),
     ] {
         sqlx::query(AssertSqlSafe(grant.clone()))
@@ -105,6 +108,13 @@ impl QueueFactory for RuntimeRole {
 }
 
 mq_core::conformance_tests!(RuntimeRole::default());
+
+/// The queue controls (pause table included) with the same grants.
+mod control {
+    use super::RuntimeRole;
+
+    mq_core::queue_control_tests!(RuntimeRole::default());
+}
 
 /// The role really has no DDL rights (PostgreSQL 15 and later: `public` is no longer writable
 /// by everyone), so the suite above ran without them.

@@ -125,3 +125,44 @@ async fn notify_wakes_an_idle_consumer_of_another_instance() {
     publisher_side.shutdown().await.expect("shutdown");
     drop_table(Db::Postgres, &url, &table).await;
 }
+
+/// Unique keys inside the caller's transaction: a second message with a key in the same
+/// publish, and a later publish in another transaction, are refused naming the holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_in_tx_refuses_held_keys() {
+    let Some((url, table)) = fresh_table(Db::Postgres, "po", "outbox_keys").await else {
+        return;
+    };
+    let q = pg_queue(&url, &table).await;
+    let name = QueueName::new("outbox").expect("name");
+    q.register(&name).await.expect("register");
+    let pool = PgPool::connect(&url).await.expect("pool");
+    let keyed = |n: u32| NewMessage::new("t", serde_json::json!({ "n": n })).unique_key("order-1");
+    let holder_of = |report: &mq_core::PublishReport| match &report.failed[0].error {
+        mq_core::Error::DuplicateKey { holder, .. } => holder.clone(),
+        other => panic!("expected DuplicateKey, got {other}"),
+    };
+
+    let mut tx = pool.begin().await.expect("begin");
+    let first = q
+        .publish_in_tx(&mut tx, &name, vec![keyed(1), keyed(2)])
+        .await
+        .expect("publish");
+    tx.commit().await.expect("commit");
+    assert_eq!(first.published.len(), 1, "{:?}", first.failed);
+    assert_eq!(first.failed[0].index, 1);
+    assert_eq!(holder_of(&first), first.published[0]);
+
+    let mut tx = pool.begin().await.expect("begin");
+    let again = q
+        .publish_in_tx(&mut tx, &name, vec![keyed(3)])
+        .await
+        .expect("publish");
+    tx.commit().await.expect("commit");
+    assert!(again.published.is_empty(), "{again:?}");
+    assert_eq!(holder_of(&again), first.published[0]);
+
+    pool.close().await;
+    q.shutdown().await.expect("shutdown");
+    drop_table(Db::Postgres, &url, &table).await;
+}

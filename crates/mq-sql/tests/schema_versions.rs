@@ -1,5 +1,5 @@
-//! Versioned schema: a table written by the first schema version, with messages in it, is
-//! upgraded in place by `connect`; a runtime that may not change the schema names what is
+//! Versioned schema: a table written by the first or the second schema version, with messages
+//! in it, is upgraded in place by `connect`; a runtime that may not change the schema names what is
 //! missing; and the idempotency window that the second version adds keeps acknowledged ids
 //! taken under `delete_on_ack`.
 
@@ -32,11 +32,84 @@ async fn exec(db: Db, url: &str, sql: &str) {
 /// Turns `table` back into what the first schema version left: no table of versions and none
 /// of what later versions added.
 async fn back_to_first_version(db: Db, url: &str, table: &str) {
+    back_to_second_version(db, url, table).await;
     exec(db, url, &format!("DROP TABLE {table}_versions")).await;
     exec(db, url, &format!("DROP TABLE {table}_ids")).await;
 }
 
+/// Turns `table` back into what the second schema version left: without the columns, indexes
+/// and pause table of the queue controls, and without their version recorded.
+async fn back_to_second_version(db: Db, url: &str, table: &str) {
+    let t = table;
+    let old_ready = format!(
+        "CREATE INDEX {t}_ready ON {t} (queue, execute_at, seq) WHERE status = 'scheduled'"
+    );
+    let old_finished = format!(
+        "CREATE INDEX {t}_finished ON {t} (updated_at) \
+         WHERE status IN ('executed', 'failed', 'expired', 'dead_lettered')"
+    );
+    let steps: Vec<String> = match db {
+        Db::Postgres => vec![
+            format!(
+                "ALTER TABLE {t} DROP COLUMN priority, DROP COLUMN unique_key, DROP COLUMN unique_window_ms"
+            ),
+            format!(
+                "ALTER TABLE {t}_archive DROP COLUMN priority, DROP COLUMN unique_key, DROP COLUMN unique_window_ms"
+            ),
+            old_ready,
+            format!("DROP INDEX {t}_finished"),
+            old_finished,
+        ],
+        Db::MySql => vec![
+            format!(
+                "ALTER TABLE {t} DROP INDEX {t}_ready, DROP INDEX {t}_unique, DROP INDEX {t}_keys, \
+                 DROP COLUMN unique_held, DROP COLUMN priority, DROP COLUMN unique_key, \
+                 DROP COLUMN unique_window_ms, ADD KEY {t}_ready (queue, status, execute_at, seq)"
+            ),
+            format!(
+                "ALTER TABLE {t}_archive DROP COLUMN unique_held, DROP COLUMN priority, \
+                 DROP COLUMN unique_key, DROP COLUMN unique_window_ms"
+            ),
+        ],
+        Db::Sqlite => {
+            let mut v = vec![
+                format!("DROP INDEX {t}_ready"),
+                format!("DROP INDEX {t}_unique"),
+                format!("DROP INDEX {t}_keys"),
+                format!("DROP INDEX {t}_finished"),
+            ];
+            for c in ["priority", "unique_key", "unique_window_ms"] {
+                v.push(format!("ALTER TABLE {t} DROP COLUMN {c}"));
+                v.push(format!("ALTER TABLE {t}_archive DROP COLUMN {c}"));
+            }
+            v.push(old_ready);
+            v.push(old_finished);
+            v
+        }
+    };
+    for sql in steps {
+        exec(db, url, &sql).await;
+    }
+    exec(db, url, &format!("DROP TABLE {t}_paused")).await;
+    exec(
+        db,
+        url,
+        &format!("DELETE FROM {t}_versions WHERE version = 3"),
+    )
+    .await;
+}
+
 async fn upgrade_in_place(db: Db, test: &str) {
+    upgrade_from(db, test, 1).await;
+}
+
+async fn upgrade_second_version(db: Db, test: &str) {
+    upgrade_from(db, test, 2).await;
+}
+
+/// A table of schema version `from` (1 or 2) with messages in it is upgraded by `connect`; the
+/// old messages are all handled, and the controls the upgrade adds work on it.
+async fn upgrade_from(db: Db, test: &str, from: u32) {
     let Some((url, table)) = fresh_table(db, "sv", test).await else {
         return;
     };
@@ -56,7 +129,11 @@ async fn upgrade_in_place(db: Db, test: &str) {
         .await;
         q.shutdown().await.expect("shutdown");
     });
-    back_to_first_version(db, &url, &table).await;
+    if from == 1 {
+        back_to_first_version(db, &url, &table).await;
+    } else {
+        back_to_second_version(db, &url, &table).await;
+    }
 
     // A runtime without schema rights refuses the old table, naming what it lacks.
     let (pending, refused) = support::for_db!(db, |DB| {
@@ -76,13 +153,17 @@ async fn upgrade_in_place(db: Db, test: &str) {
         .filter(|m| !m.applied)
         .map(|m| m.name)
         .collect();
+    let expected = if from == 1 { 3 } else { 1 };
     assert_eq!(
         pending.len(),
-        2,
-        "{db:?}: before the upgrade nothing is recorded: {pending:?}"
+        expected,
+        "{db:?}: before the upgrade from version {from}: {pending:?}"
     );
     let refused = refused.expect("create_schema(false) refuses a table behind");
-    assert!(refused.contains("0002_remembered_ids"), "{db:?}: {refused}");
+    assert!(refused.contains("0003_controls"), "{db:?}: {refused}");
+    if from == 1 {
+        assert!(refused.contains("0002_remembered_ids"), "{db:?}: {refused}");
+    }
 
     // Connecting with schema rights upgrades it; the messages are still there.
     let (listed, handled) = support::for_db!(db, |DB| {
@@ -98,6 +179,43 @@ async fn upgrade_in_place(db: Db, test: &str) {
         let listed = SqlStore::<DB>::migrations(q.store().pool(), &options(&table))
             .await
             .expect("migrations");
+        // The upgraded table has the controls: keys refuse, priorities order, pause holds.
+        let report = q
+            .publish(
+                &name,
+                vec![
+                    NewMessage::new("t", json!({ "i": 10 })).unique_key("k"),
+                    NewMessage::new("t", json!({ "i": 11 })).unique_key("k"),
+                    NewMessage::new("t", json!({ "i": 12 })).priority(3),
+                ],
+            )
+            .await
+            .expect("publish after the upgrade");
+        assert_eq!(report.published.len(), 2, "{db:?}: {:?}", report.failed);
+        assert!(
+            matches!(report.failed[0].error, mq_core::Error::DuplicateKey { .. }),
+            "{db:?}: {}",
+            report.failed[0].error
+        );
+        q.pause(&name).await.expect("pause");
+        assert!(q.is_paused(&name).await.expect("is paused"), "{db:?}");
+        q.resume(&name).await.expect("resume");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let handler = Arc::new(handler_fn(move |b: Batch, _c: HandlerContext| {
+            let s = s.clone();
+            async move {
+                let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.extend(b.iter().filter_map(|m| m.payload["i"].as_u64()));
+            }
+        }));
+        let after = q
+            .consume_batch(&name, handler, &ConsumerOptions::default().batch_size(10))
+            .await
+            .expect("batch");
+        assert_eq!(after.acked, 2, "{db:?}");
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(seen, [12, 10], "{db:?}: the higher priority first");
         q.shutdown().await.expect("shutdown");
         // A second connect finds nothing to do.
         let again = SqlStore::<DB>::connect(&url, options(&table).create_schema(false)).await;
@@ -117,6 +235,7 @@ fn e_source(e: &mq_core::Error) -> String {
 }
 
 test_on_each_db!(upgrade, upgrade_in_place);
+test_on_each_db!(upgrade_v2, upgrade_second_version);
 
 /// Under `delete_on_ack`, an acknowledged message's id is refused for the idempotency window;
 /// without a window it is free again at once (as documented).

@@ -302,7 +302,7 @@ async fn queue_migrations_lists_without_changing_then_migrate_applies() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(listed.matches("pending").count(), 2, "{listed}");
+    assert_eq!(listed.matches("pending").count(), 3, "{listed}");
     let tables: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'")
         .fetch_one(&pool)
         .await
@@ -320,7 +320,7 @@ async fn queue_migrations_lists_without_changing_then_migrate_applies() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(applied.matches("applied").count(), 2, "{applied}");
+    assert_eq!(applied.matches("applied").count(), 3, "{applied}");
     assert!(!applied.contains("pending"), "{applied}");
     pool.close().await;
     let _ = std::fs::remove_dir_all(&dir);

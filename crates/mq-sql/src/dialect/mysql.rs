@@ -32,6 +32,9 @@ impl Dialect for MySql {
     const TRANSACTIONAL_DDL: bool = false;
     const REMEMBER_CONFLICT: &'static str =
         " ON DUPLICATE KEY UPDATE forget_at = VALUES(forget_at)";
+    const PAUSE_CONFLICT: &'static str = " ON DUPLICATE KEY UPDATE queue = queue";
+    // No partial indexes: a generated column holds the key while the message waits or runs.
+    const HELD_KEY: &'static str = "unique_held";
     const BEGIN_WRITE: &'static str = "BEGIN";
     // No gap locks on a missing row: racing first inserts fail with a duplicate key instead of
     // deadlocking.
@@ -51,6 +54,12 @@ impl Dialect for MySql {
     }
     fn rows_affected(done: &MySqlQueryResult) -> u64 {
         done.rows_affected()
+    }
+    fn already_applied(e: &dyn sqlx::error::DatabaseError) -> bool {
+        // Duplicate column (1060), duplicate index (1061), table exists (1050): a concurrent
+        // process ran the same step first.
+        e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|e| matches!(e.number(), 1050 | 1060 | 1061))
     }
     fn dead_letter_upsert(_table: &str) -> String {
         " ON DUPLICATE KEY UPDATE \
@@ -96,13 +105,16 @@ impl Dialect for MySql {
         messages: &[Message],
     ) -> mq_core::Result<Vec<String>> {
         let t = &store.names.table;
-        match try_insert(&store.pool, t, queue, messages).await {
-            // A concurrent publisher stored one of the ids between our check and insert:
-            // check again.
-            Err(e) if is_duplicate_key(&e) => try_insert(&store.pool, t, queue, messages).await,
-            other => other,
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match try_insert(&store.pool, t, queue, messages).await {
+                // A concurrent publisher stored one of the ids or took one of the keys between
+                // our check and insert: check again.
+                Err(e) if (is_duplicate_key(&e) || is_deadlock(&e)) && tries < INSERT_TRIES => {}
+                other => return other.map_err(backend("publish")),
+            }
         }
-        .map_err(backend("publish"))
     }
 
     async fn claim(
@@ -115,10 +127,17 @@ impl Dialect for MySql {
         let t = &store.names.table;
         let n = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut tx = store.pool.begin().await.map_err(backend("claim"))?;
-        let now: NaiveDateTime = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend("claim"))?;
+        // The clock and whether the queue is paused, in one round trip.
+        let (now, paused): (NaiveDateTime, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT UTC_TIMESTAMP(6), (SELECT COUNT(*) FROM {} WHERE queue = ?)",
+            store.names.paused
+        )))
+        .bind(queue.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend("claim"))?;
+        // A paused queue hands out nothing (its expired messages are still marked).
+        let n_take = if paused > 0 { 0 } else { n };
         let expired = lock_ids(&mut tx, t, queue, EXPIRED, "expires_at", now, n)
             .await
             .map_err(backend("claim"))?;
@@ -133,12 +152,17 @@ impl Dialect for MySql {
                 .await
                 .map_err(backend("claim"))?;
         }
-        let mut picked = lock_ids(&mut tx, t, queue, LAPSED, "lease_expires_at", now, n)
-            .await
-            .map_err(backend("claim"))?;
-        let left = n - picked.len() as i64;
+        let mut picked = if n_take > 0 {
+            lock_ids(&mut tx, t, queue, LAPSED, "lease_expires_at", now, n_take)
+                .await
+                .map_err(backend("claim"))?
+        } else {
+            Vec::new()
+        };
+        let left = n_take - picked.len() as i64;
         if left > 0 {
-            let ready = lock_ids(&mut tx, t, queue, READY, "execute_at, seq", now, left)
+            let order = "priority DESC, execute_at, seq";
+            let ready = lock_ids(&mut tx, t, queue, READY, order, now, left)
                 .await
                 .map_err(backend("claim"))?;
             picked.extend(ready);
@@ -237,17 +261,27 @@ impl Dialect for MySql {
             .iter()
             .copied()
             .partition(|r| r.status == "executed" && r.last_error.is_none());
-        let ack_sql = if store.options.get_delete_on_ack() {
-            format!("DELETE FROM {t} WHERE queue = ? AND id IN (")
-        } else {
-            format!(
-                "UPDATE {t} SET status = 'executed', lease_expires_at = NULL, \
-                 updated_at = UTC_TIMESTAMP(6) WHERE queue = ? AND id IN ("
-            )
-        };
+        let update_sql = format!(
+            "UPDATE {t} SET status = 'executed', lease_expires_at = NULL, \
+             updated_at = UTC_TIMESTAMP(6) WHERE queue = ? AND id IN ("
+        );
+        let delete = store.options.get_delete_on_ack();
         for chunk in acks.chunks(CHUNK) {
-            let sql = format!("{ack_sql}{})", placeholders(chunk.len()));
             let ids = chunk.iter().map(|r| &r.id);
+            if delete {
+                // A message whose unique key has a window is kept (as executed) so the window
+                // can be read: it is updated below.
+                let sql = format!(
+                    "DELETE FROM {t} WHERE queue = ? AND id IN ({}) AND unique_window_ms IS NULL",
+                    placeholders(chunk.len())
+                );
+                let q = bind_ids(sqlx::query(AssertSqlSafe(sql)), queue, ids.clone());
+                let done = q.execute(&mut *tx).await.map_err(backend("complete"))?;
+                if done.rows_affected() == chunk.len() as u64 {
+                    continue;
+                }
+            }
+            let sql = format!("{update_sql}{})", placeholders(chunk.len()));
             let q = bind_ids(sqlx::query(AssertSqlSafe(sql)), queue, ids);
             q.execute(&mut *tx).await.map_err(backend("complete"))?;
         }
@@ -420,17 +454,18 @@ fn bind_ids<'q, S: AsRef<str>>(
     ids.into_iter().fold(q, |q, id| q.bind(id.as_ref()))
 }
 
-/// Selects the ids of `queue` among `ids` under `where_` (no bind parameters of its own),
-/// locking them.
+/// Selects the values of `col` (`id` or a key column) of `queue` among `ids` under `sql_head`
+/// (no bind parameters of its own but the queue).
 async fn select_ids(
     conn: &mut MySqlConnection,
     sql_head: &str,
+    col: &str,
     queue: &QueueName,
     ids: &[String],
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut out = Vec::new();
     for chunk in ids.chunks(CHUNK) {
-        let sql = format!("{sql_head} AND id IN ({})", placeholders(chunk.len()));
+        let sql = format!("{sql_head} AND {col} IN ({})", placeholders(chunk.len()));
         let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).bind(queue.as_str());
         for id in chunk {
             q = q.bind(id.as_str());
@@ -448,11 +483,13 @@ async fn insert_chunk(
 ) -> Result<(), sqlx::Error> {
     // Due and expiry times are offsets the server adds to its own clock.
     let row = "(?, ?, ?, ?, 'scheduled', UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
-        UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, 0, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), ?, ?)";
+        UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, 0, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), ?, ?, \
+        ?, ?, ?)";
     let values = vec![row; rows.len()].join(", ");
     let sql = format!(
         "INSERT INTO {t} (queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
-           max_attempts, retry_delay_ms, created_at, updated_at, partition_key, metadata) VALUES {values}"
+           max_attempts, retry_delay_ms, created_at, updated_at, partition_key, metadata, \
+           priority, unique_key, unique_window_ms) VALUES {values}"
     );
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for r in rows {
@@ -466,7 +503,10 @@ async fn insert_chunk(
             .bind(r.max_attempts)
             .bind(r.retry_delay_ms)
             .bind(r.partition_key.as_deref())
-            .bind(r.metadata.as_deref());
+            .bind(r.metadata.as_deref())
+            .bind(r.priority)
+            .bind(r.unique_key.as_deref())
+            .bind(r.unique_window_ms);
     }
     q.execute(&mut *conn).await.map(|_| ())
 }
@@ -483,16 +523,44 @@ async fn try_insert(
     let existing: HashSet<String> = select_ids(
         &mut tx,
         &format!("SELECT id FROM {t} WHERE queue = ?"),
+        "id",
         queue,
         &ids,
     )
     .await?
     .into_iter()
     .collect();
+    // Keys held by a waiting or running message are skipped like stored ids (the caller names
+    // the holder).
+    let keys: Vec<String> = messages
+        .iter()
+        .filter_map(|m| m.unique_key.clone())
+        .collect();
+    let held_keys: HashSet<String> = if keys.is_empty() {
+        HashSet::new()
+    } else {
+        select_ids(
+            &mut tx,
+            &format!("SELECT unique_held FROM {t} WHERE queue = ? AND unique_held IS NOT NULL"),
+            "unique_held",
+            queue,
+            &keys,
+        )
+        .await?
+        .into_iter()
+        .collect()
+    };
     let mut seen = HashSet::with_capacity(messages.len());
+    let mut seen_keys = HashSet::new();
     let fresh: Vec<InsertRow> = messages
         .iter()
-        .filter(|m| !existing.contains(m.id.as_str()) && seen.insert(m.id.as_str()))
+        .filter(|m| {
+            !existing.contains(m.id.as_str())
+                && m.unique_key
+                    .as_deref()
+                    .is_none_or(|k| !held_keys.contains(k) && seen_keys.insert(k))
+                && seen.insert(m.id.as_str())
+        })
         .map(InsertRow::of)
         .collect();
     for range in insert_chunks(&fresh, CHUNK) {
@@ -500,6 +568,15 @@ async fn try_insert(
     }
     tx.commit().await?;
     Ok(fresh.into_iter().map(|r| r.id).collect())
+}
+
+/// How many times a publish is tried when concurrent publishers keep taking its ids or keys
+/// between its check and its insert.
+const INSERT_TRIES: usize = 8;
+
+/// Racing inserts into the unique key index can deadlock; the loser is rolled back whole.
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("40001"))
 }
 
 fn is_duplicate_key(e: &sqlx::Error) -> bool {

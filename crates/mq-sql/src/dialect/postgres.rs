@@ -31,7 +31,7 @@ const INSERT_ROWS: usize = 5000;
 
 const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.execute_at, t.expires_at, \
     t.attempts, t.max_attempts, t.retry_delay_ms, t.created_at, t.updated_at, t.processing_started_at, \
-    t.partition_key, t.metadata, t.seq";
+    t.partition_key, t.metadata, t.seq, t.priority, t.unique_key, t.unique_window_ms";
 
 // Plan shaping. These statements must stay fast on a fresh table without statistics and under
 // generic (prepared) plans, so none may depend on the planner guessing row counts:
@@ -107,23 +107,18 @@ impl Dialect for Postgres {
         messages: &[Message],
     ) -> mq_core::Result<Vec<String>> {
         let rows: Vec<InsertRow> = messages.iter().map(InsertRow::of).collect();
-        let chunks = insert_chunks(&rows, INSERT_ROWS);
-        let notify = store.options.get_notify();
-        if chunks.len() <= 1 {
-            // One statement: atomic by itself.
-            let mut conn = store.pool.acquire().await.map_err(backend("publish"))?;
-            return insert_on(&mut conn, &store.names, notify, queue, &rows, true).await;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match insert_rows(store, queue, &rows).await {
+                // Publishers racing on the same unique keys in different orders can deadlock
+                // on the key index; the loser was rolled back whole and tries again.
+                Err(e) if tries < INSERT_TRIES && is_deadlock(&e) => {
+                    tracing::debug!(%queue, error = %e, "mq-sql: publish deadlocked; retrying");
+                }
+                other => return other,
+            }
         }
-        // Several statements in one transaction, so a publish is stored whole or not at all.
-        // Inside it a duplicate id must not abort the transaction: conflicts are skipped.
-        let mut tx = store.pool.begin().await.map_err(backend("publish"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for range in chunks {
-            let chunk = &rows[range];
-            out.extend(insert_on(&mut tx, &store.names, notify, queue, chunk, false).await?);
-        }
-        tx.commit().await.map_err(backend("publish"))?;
-        Ok(out)
     }
 
     async fn claim(
@@ -134,6 +129,7 @@ impl Dialect for Postgres {
         lease: Duration,
     ) -> mq_core::Result<(Vec<RawRow>, Vec<RawRow>)> {
         let t = &store.names.table;
+        let p = &store.names.paused;
         let sql = format!(
             "WITH exp_pick AS ( \
                SELECT ctid FROM {t} WHERE queue = $1 AND status = 'scheduled' AND expires_at <= now() \
@@ -143,11 +139,13 @@ impl Dialect for Postgres {
                WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM exp_pick)) RETURNING {T_COLS} \
              ), rec AS ( \
                SELECT ctid FROM {t} WHERE queue = $1 AND status = 'processing' AND lease_expires_at <= now() \
+                 AND NOT EXISTS (SELECT 1 FROM {p} WHERE queue = $1) \
                ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED \
              ), rdy AS ( \
                SELECT ctid FROM {t} WHERE queue = $1 AND status = 'scheduled' AND execute_at <= now() \
                  AND (expires_at IS NULL OR expires_at > now()) \
-               ORDER BY execute_at, seq LIMIT GREATEST($2 - (SELECT count(*) FROM rec), 0) \
+                 AND NOT EXISTS (SELECT 1 FROM {p} WHERE queue = $1) \
+               ORDER BY priority DESC, execute_at, seq LIMIT GREATEST($2 - (SELECT count(*) FROM rec), 0) \
                FOR UPDATE SKIP LOCKED \
              ), cl AS ( \
                UPDATE {t} t SET status = 'processing', lease_owner = $3, \
@@ -224,7 +222,8 @@ impl Dialect for Postgres {
         rows: Vec<CompletionRow>,
     ) -> mq_core::Result<Vec<(String, String)>> {
         let t = &store.names.table;
-        // One array per column, for `unnest`.
+        // One array per column, for `unnest`. Under delete_on_ack an acknowledged message whose
+        // unique key has a window is kept (as executed) so the window can be read.
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
         let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
@@ -234,16 +233,17 @@ impl Dialect for Postgres {
         let uncount: Vec<i32> = rows.iter().map(|r| r.uncount).collect();
         let sql = format!(
             "WITH c AS MATERIALIZED ( \
-               SELECT x.tid, c.attempt, c.status, c.delay_us, c.last_error, c.uncount \
+               SELECT x.tid, x.win, c.attempt, c.status, c.delay_us, c.last_error, c.uncount \
                FROM unnest($2::text[], $3::int4[], $4::text[], $5::int8[], $6::text[], $9::int4[]) \
                  AS c(id, attempt, status, delay_us, last_error, uncount) \
-               CROSS JOIN LATERAL (SELECT ctid AS tid FROM {t} x WHERE x.queue = $1 AND x.id = c.id \
+               CROSS JOIN LATERAL (SELECT ctid AS tid, unique_window_ms AS win FROM {t} x \
+                 WHERE x.queue = $1 AND x.id = c.id \
                  AND x.attempts = c.attempt AND x.status || '' = 'processing' AND x.lease_owner = $7 \
                  AND x.lease_expires_at - now() > interval '0' OFFSET 0) x \
              ), del AS ( \
                DELETE FROM {t} t USING c \
-               WHERE $8 AND c.status = 'executed' \
-                 AND t.ctid = ANY(ARRAY(SELECT tid FROM c WHERE $8 AND c.status = 'executed')) \
+               WHERE $8 AND c.status = 'executed' AND c.win IS NULL \
+                 AND t.ctid = ANY(ARRAY(SELECT tid FROM c WHERE $8 AND c.status = 'executed' AND c.win IS NULL)) \
                  AND t.ctid = c.tid AND t.attempts = c.attempt AND t.status || '' = 'processing' \
                  AND t.lease_owner = $7 \
                RETURNING t.id, 'executed'::text AS status \
@@ -255,8 +255,8 @@ impl Dialect for Postgres {
                  lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
                  lease_expires_at = NULL, updated_at = now() \
                FROM c \
-               WHERE NOT ($8 AND c.status = 'executed') \
-                 AND t.ctid = ANY(ARRAY(SELECT tid FROM c WHERE NOT ($8 AND c.status = 'executed'))) \
+               WHERE NOT ($8 AND c.status = 'executed' AND c.win IS NULL) \
+                 AND t.ctid = ANY(ARRAY(SELECT tid FROM c WHERE NOT ($8 AND c.status = 'executed' AND c.win IS NULL))) \
                  AND t.ctid = c.tid AND t.attempts = c.attempt AND t.status || '' = 'processing' \
                  AND t.lease_owner = $7 \
                RETURNING t.id, t.status \
@@ -398,6 +398,42 @@ async fn back_off(cancel: &CancellationToken, backoff: &mut Duration) -> bool {
     }
 }
 
+/// How many times a publish is tried when it deadlocks with another.
+const INSERT_TRIES: usize = 8;
+
+/// Whether `e` is PostgreSQL's deadlock error (`40P01`).
+fn is_deadlock(e: &mq_core::Error) -> bool {
+    matches!(e, mq_core::Error::Backend { source, .. }
+        if matches!(source.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Database(d)) if d.code().as_deref() == Some("40P01")))
+}
+
+/// Stores `rows` (one queue) in one statement, or in one transaction when they take several;
+/// returns the ids stored.
+async fn insert_rows(
+    store: &SqlStore<Postgres>,
+    queue: &QueueName,
+    rows: &[InsertRow],
+) -> mq_core::Result<Vec<String>> {
+    let chunks = insert_chunks(rows, INSERT_ROWS);
+    let notify = store.options.get_notify();
+    if chunks.len() <= 1 {
+        // One statement: atomic by itself.
+        let mut conn = store.pool.acquire().await.map_err(backend("publish"))?;
+        return insert_on(&mut conn, &store.names, notify, queue, rows, true).await;
+    }
+    // Several statements in one transaction, so a publish is stored whole or not at all.
+    // Inside it a duplicate id must not abort the transaction: conflicts are skipped.
+    let mut tx = store.pool.begin().await.map_err(backend("publish"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for range in chunks {
+        let chunk = &rows[range];
+        out.extend(insert_on(&mut tx, &store.names, notify, queue, chunk, false).await?);
+    }
+    tx.commit().await.map_err(backend("publish"))?;
+    Ok(out)
+}
+
 /// Inserts `rows` on `conn`; returns the ids stored (the others were duplicates).
 async fn insert_on(
     conn: &mut PgConnection,
@@ -418,28 +454,34 @@ async fn insert_on(
     let partition_key: Vec<Option<&str>> =
         rows.iter().map(|r| r.partition_key.as_deref()).collect();
     let metadata: Vec<Option<&str>> = rows.iter().map(|r| r.metadata.as_deref()).collect();
+    let priority: Vec<i16> = rows.iter().map(|r| r.priority).collect();
+    let unique_key: Vec<Option<&str>> = rows.iter().map(|r| r.unique_key.as_deref()).collect();
+    let unique_window: Vec<Option<i64>> = rows.iter().map(|r| r.unique_window_ms).collect();
     let t = &names.table;
     // The notification rides on the insert (one round trip) and is sent on commit, only when
     // something was stored; the extra NULL row it yields is dropped below.
     // `ON CONFLICT` (speculative insertion) costs about half again as much as a plain insert, so
     // outside a caller's transaction the plain insert is tried first and the conflict-tolerant
-    // one only after a unique violation.
+    // one only after a unique violation. A conflict on the id or on a held unique key skips
+    // the message; the caller tells which.
     let conflict = if optimistic {
         ""
     } else {
-        "ON CONFLICT (queue, id) DO NOTHING"
+        "ON CONFLICT DO NOTHING"
     };
     let sql = format!(
         "WITH ins AS ( \
            INSERT INTO {t} (queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
-             max_attempts, retry_delay_ms, created_at, updated_at, partition_key, metadata) \
+             max_attempts, retry_delay_ms, created_at, updated_at, partition_key, metadata, \
+             priority, unique_key, unique_window_ms) \
            SELECT $1, u.id, u.message_type, u.payload::jsonb, 'scheduled', \
              now() + u.execute_in * interval '1 microsecond', now() + u.expires_in * interval '1 microsecond', 0, \
-             u.max_attempts, u.retry_delay_ms, now(), now(), u.partition_key, u.metadata::jsonb \
+             u.max_attempts, u.retry_delay_ms, now(), now(), u.partition_key, u.metadata::jsonb, \
+             u.priority, u.unique_key, u.unique_window_ms \
            FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int4[], \
-             $8::int8[], $9::text[], $10::text[]) WITH ORDINALITY \
+             $8::int8[], $9::text[], $10::text[], $13::int2[], $14::text[], $15::int8[]) WITH ORDINALITY \
              AS u(id, message_type, payload, execute_in, expires_in, max_attempts, retry_delay_ms, \
-             partition_key, metadata, ord) \
+             partition_key, metadata, priority, unique_key, unique_window_ms, ord) \
            ORDER BY u.ord \
            {conflict} RETURNING id \
          ) \
@@ -460,6 +502,9 @@ async fn insert_on(
         .bind(&metadata)
         .bind(&names.channel)
         .bind(notify)
+        .bind(&priority)
+        .bind(&unique_key)
+        .bind(&unique_window)
         .fetch_all(&mut *conn)
         .await;
     let inserted = match result {
@@ -510,12 +555,32 @@ impl SqlQueue<Postgres> {
         let (indexes, msgs): (Vec<usize>, Vec<Message>) = prepared.into_iter().unzip();
         let store = self.store();
         let notify = store.options.get_notify();
-        let rows: Vec<InsertRow> = msgs.iter().map(InsertRow::of).collect();
-        let mut results = Vec::with_capacity(msgs.len());
+        // Unique keys as `publish` treats them: a key blocked by a finished holder's window or
+        // an earlier message of this publish is refused first, a key the insert found held is
+        // refused naming its holder (seen from inside the caller's transaction).
+        let keyed = msgs.iter().any(|m| m.unique_key.is_some());
+        let mut refused = std::collections::HashMap::new();
+        if keyed {
+            crate::controls::refuse_blocked_keys(store, &queue, &msgs, &mut refused).await?;
+        }
+        let fresh: Vec<Message> = msgs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !refused.contains_key(i))
+            .map(|(_, m)| m.clone())
+            .collect();
+        let rows: Vec<InsertRow> = fresh.iter().map(InsertRow::of).collect();
+        let mut inserted_results = Vec::with_capacity(fresh.len());
         for range in insert_chunks(&rows, INSERT_ROWS) {
-            let (chunk, messages) = (&rows[range.clone()], &msgs[range]);
+            let (chunk, messages) = (&rows[range.clone()], &fresh[range]);
             let inserted = insert_on(conn, &store.names, notify, &queue, chunk, false).await?;
-            results.extend(match_inserted(&queue, messages, inserted));
+            inserted_results.extend(match_inserted(&queue, messages, inserted));
+        }
+        let mut results = crate::controls::merge(msgs.len(), refused, inserted_results);
+        if keyed {
+            let t = &store.names.table;
+            crate::controls::name_key_holders::<Postgres>(conn, t, &queue, &msgs, &mut results)
+                .await?;
         }
         for ((res, m), index) in results.into_iter().zip(&msgs).zip(indexes) {
             match res {

@@ -103,9 +103,11 @@ impl Dialect for Sqlite {
                UNION ALL \
                SELECT seq FROM (SELECT seq FROM {t} WHERE queue = ?2 AND status = 'scheduled' \
                  AND execute_at <= ?1 AND (expires_at IS NULL OR expires_at > ?1) \
-                 ORDER BY execute_at, seq LIMIT ?3) \
+                 ORDER BY priority DESC, execute_at, seq LIMIT ?3) \
              ) LIMIT ?3) \
-             RETURNING {COLS}"
+               AND NOT EXISTS (SELECT 1 FROM {p} WHERE queue = ?2) \
+             RETURNING {COLS}",
+            p = store.names.paused
         );
         let (claimed, expired) = write(&store.pool, "claim", async |tx| {
             let now = now_micros();
@@ -183,7 +185,7 @@ impl Dialect for Sqlite {
                     format!(
                         "WITH c(id, attempt) AS (VALUES {values}) \
                          DELETE FROM {t} WHERE queue = ? AND status = 'processing' AND lease_owner = ? \
-                           AND lease_expires_at > ? \
+                           AND lease_expires_at > ? AND unique_window_ms IS NULL \
                            AND EXISTS (SELECT 1 FROM c WHERE c.id = {t}.id AND c.attempt = {t}.attempts) \
                          RETURNING id"
                     )
@@ -192,7 +194,15 @@ impl Dialect for Sqlite {
                 |q| q.bind(queue.as_str()).bind(owner).bind(now),
             )
             .await?;
-            applied.extend(deleted.into_iter().map(|(id,)| (id, "executed".to_owned())));
+            // A message whose unique key has a window is kept (as executed) so the window can
+            // be read: it goes with the updates.
+            let deleted: std::collections::HashSet<String> =
+                deleted.into_iter().map(|(id,)| id).collect();
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                acks.into_iter().partition(|r| deleted.contains(&r.id));
+            let mut rows = rows;
+            rows.extend(kept);
+            applied.extend(gone.into_iter().map(|r| (r.id, "executed".to_owned())));
             let updated: Vec<(String, String)> = per_chunk(
                 tx,
                 &rows,
@@ -344,12 +354,14 @@ async fn insert_chunk(
     queue: &QueueName,
     rows: &[InsertRow],
 ) -> Result<Vec<String>, sqlx::Error> {
-    let row = "(?, ?, ?, ?, 'scheduled', ?, ?, 0, ?, ?, ?, ?, ?, ?)";
+    let row = "(?, ?, ?, ?, 'scheduled', ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
     let values = vec![row; rows.len()].join(", ");
+    // A conflict on the id or on a held unique key skips the message; the caller tells which.
     let sql = format!(
         "INSERT INTO {t} (queue, id, message_type, payload, status, execute_at, expires_at, attempts, \
-           max_attempts, retry_delay_ms, created_at, updated_at, partition_key, metadata) \
-         VALUES {values} ON CONFLICT (queue, id) DO NOTHING RETURNING id"
+           max_attempts, retry_delay_ms, created_at, updated_at, partition_key, metadata, \
+           priority, unique_key, unique_window_ms) \
+         VALUES {values} ON CONFLICT DO NOTHING RETURNING id"
     );
     let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
     for r in rows {
@@ -365,7 +377,10 @@ async fn insert_chunk(
             .bind(r.created_at.timestamp_micros())
             .bind(r.created_at.timestamp_micros())
             .bind(r.partition_key.as_deref())
-            .bind(r.metadata.as_deref());
+            .bind(r.metadata.as_deref())
+            .bind(r.priority)
+            .bind(r.unique_key.as_deref())
+            .bind(r.unique_window_ms);
     }
     q.fetch_all(&mut *conn).await
 }

@@ -107,7 +107,7 @@ pub async fn drop_table(db: Db, url: &str, table: &str) {
     }
     for_db!(db, |DB| {
         if let Ok(pool) = sqlx::Pool::<DB>::connect(url).await {
-            let derived = ["archive", "versions", "ids"].map(|s| format!("{table}_{s}"));
+            let derived = ["archive", "versions", "ids", "paused"].map(|s| format!("{table}_{s}"));
             for t in std::iter::once(table.to_owned()).chain(derived) {
                 let sql = format!("DROP TABLE IF EXISTS {t}");
                 let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
