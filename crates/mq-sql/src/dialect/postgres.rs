@@ -39,8 +39,11 @@ const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.exec
 //   `ctid = ANY(ARRAY(...))`, which is always a TID scan (the locks keep the ctids stable);
 // - completions and renewals look each claim up by primary key in a `LATERAL ... OFFSET 0`
 //   subquery (the status and lease tests are written as expressions so they cannot lure the
-//   planner onto the small partial lease index), then update by ctid. The final quals (ctid, status, owner, attempt) are
-//   rechecked on the latest row version if the row changed meanwhile, so the fence holds.
+//   planner onto the small partial lease index), then update by ctid. The final quals (ctid,
+//   status, owner) are rechecked on the latest row version if the row changed meanwhile, and
+//   any change gives the row a new ctid, so the fence holds. Rows that take the same values
+//   are changed by ctid alone: joining the looked-up claims again on ctid lets the planner test
+//   each row against the whole ctid list, quadratic in the batch.
 impl Dialect for Postgres {
     const KIND: &'static str = "postgres";
     super::migrations!("postgres");
@@ -199,9 +202,8 @@ impl Dialect for Postgres {
                  AND x.lease_expires_at - now() > interval '0' OFFSET 0) x \
              ) \
              UPDATE {t} t SET lease_expires_at = now() + ($5::float8 * interval '1 microsecond') \
-             FROM c \
-             WHERE t.ctid = ANY(ARRAY(SELECT tid FROM c)) AND t.ctid = c.tid \
-               AND t.attempts = c.attempt AND t.status || '' = 'processing' AND t.lease_owner = $4 \
+             WHERE t.ctid = ANY(ARRAY(SELECT tid FROM c)) \
+               AND t.status || '' = 'processing' AND t.lease_owner = $4 \
              RETURNING t.id"
         );
         sqlx::query_scalar(AssertSqlSafe(sql))
@@ -231,9 +233,18 @@ impl Dialect for Postgres {
         let delays: Vec<Option<i64>> = rows.iter().map(|r| r.delay_us).collect();
         let errors: Vec<Option<&str>> = rows.iter().map(|r| r.last_error.as_deref()).collect();
         let uncount: Vec<i32> = rows.iter().map(|r| r.uncount).collect();
+        // Each claim is looked up once (`c`) and sorted into how it is applied: `drop` (an
+        // acknowledgement under delete_on_ack), `ack` (an acknowledgement whose row is kept) or
+        // the general update with per-row values. The first two touch their rows by ctid alone,
+        // without joining `c` again: a row changed since `c` read it has a new ctid, so the
+        // recheck on its latest version fails and the fence holds without the attempt test.
         let sql = format!(
             "WITH c AS MATERIALIZED ( \
-               SELECT x.tid, x.win, c.attempt, c.status, c.delay_us, c.last_error, c.uncount \
+               SELECT x.tid, c.attempt, c.status, c.delay_us, c.last_error, c.uncount, \
+                 CASE WHEN c.status = 'executed' AND $8 AND x.win IS NULL THEN 'drop' \
+                      WHEN c.status = 'executed' AND c.delay_us IS NULL AND c.last_error IS NULL \
+                        AND c.uncount = 0 THEN 'ack' \
+                      ELSE 'set' END AS how \
                FROM unnest($2::text[], $3::int4[], $4::text[], $5::int8[], $6::text[], $9::int4[]) \
                  AS c(id, attempt, status, delay_us, last_error, uncount) \
                CROSS JOIN LATERAL (SELECT ctid AS tid, unique_window_ms AS win FROM {t} x \
@@ -241,12 +252,15 @@ impl Dialect for Postgres {
                  AND x.attempts = c.attempt AND x.status || '' = 'processing' AND x.lease_owner = $7 \
                  AND x.lease_expires_at - now() > interval '0' OFFSET 0) x \
              ), del AS ( \
-               DELETE FROM {t} t USING c \
-               WHERE $8 AND c.status = 'executed' AND c.win IS NULL \
-                 AND t.ctid = ANY(ARRAY(SELECT tid FROM c WHERE $8 AND c.status = 'executed' AND c.win IS NULL)) \
-                 AND t.ctid = c.tid AND t.attempts = c.attempt AND t.status || '' = 'processing' \
-                 AND t.lease_owner = $7 \
+               DELETE FROM {t} t \
+               WHERE t.ctid = ANY(ARRAY(SELECT tid FROM c WHERE how = 'drop')) \
+                 AND t.status || '' = 'processing' AND t.lease_owner = $7 \
                RETURNING t.id, 'executed'::text AS status \
+             ), ack AS ( \
+               UPDATE {t} t SET status = 'executed', lease_expires_at = NULL, updated_at = now() \
+               WHERE t.ctid = ANY(ARRAY(SELECT tid FROM c WHERE how = 'ack')) \
+                 AND t.status || '' = 'processing' AND t.lease_owner = $7 \
+               RETURNING t.id, t.status \
              ), upd AS ( \
                UPDATE {t} t SET status = c.status, \
                  execute_at = COALESCE(now() + c.delay_us * interval '1 microsecond', t.execute_at), \
@@ -255,13 +269,14 @@ impl Dialect for Postgres {
                  lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
                  lease_expires_at = NULL, updated_at = now() \
                FROM c \
-               WHERE NOT ($8 AND c.status = 'executed' AND c.win IS NULL) \
-                 AND t.ctid = ANY(ARRAY(SELECT tid FROM c WHERE NOT ($8 AND c.status = 'executed' AND c.win IS NULL))) \
+               WHERE c.how = 'set' \
+                 AND t.ctid = ANY(ARRAY(SELECT tid FROM c WHERE how = 'set')) \
                  AND t.ctid = c.tid AND t.attempts = c.attempt AND t.status || '' = 'processing' \
                  AND t.lease_owner = $7 \
                RETURNING t.id, t.status \
              ) \
-             SELECT id, status FROM del UNION ALL SELECT id, status FROM upd"
+             SELECT id, status FROM del UNION ALL SELECT id, status FROM ack \
+             UNION ALL SELECT id, status FROM upd"
         );
         sqlx::query_as(AssertSqlSafe(sql))
             .bind(queue.as_str())
