@@ -13,7 +13,9 @@
 //!
 //! Environment: `MQ_BENCH_MESSAGES` (100000), `MQ_BENCH_BATCH` (500), `MQ_BENCH_CONCURRENCY` (4),
 //! `MQ_BENCH_DATABASES` (`postgres,mysql,sqlite`), `MQ_BENCH_ROUNDS` (2, PostgreSQL only),
-//! `MQ_BENCH_APALIS` (`1`; `0` skips apalis). A database whose URL is not set is skipped.
+//! `MQ_BENCH_APALIS` (`1`; `0` skips apalis), `MQ_BENCH_DEPTH` (1000000 rows waiting, then in
+//! history, beside the measured messages; `0` skips that part). A database whose URL is not set
+//! is skipped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,12 +25,14 @@ use anyhow::{Context, Result};
 use apalis::prelude::{BoxDynError, Data, TaskSink, WorkerBuilder, WorkerBuilderExt};
 use apalis_postgres::{Config as ApalisConfig, PostgresStorage};
 use mq_bench_report::{Goal, target};
-use mq_core::{
-    Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName,
-    handler_fn,
-};
+use mq_core::{CommonOptions, MessageQueue, QueueName};
 use mq_sql::{MySqlQueue, PgQueue, SqlOptions, SqliteQueue};
 use sqlx::{AssertSqlSafe, PgPool};
+
+mod cpu;
+mod depth;
+mod workload;
+use cpu::CpuTime;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -42,12 +46,21 @@ struct Rates {
     publish: f64,
     consume: f64,
     end_to_end: f64,
+    /// CPU time per message of the claim+ack phase, in microseconds: (this process, server).
+    consume_cpu_us: (f64, f64),
+}
+
+/// CPU microseconds per message over `n` messages: (client, server).
+fn cpu_per_message(used: CpuTime, n: usize) -> (f64, f64) {
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+    (per(used.client), per(used.server))
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// Publishes `n` messages, then claims and acknowledges them all, through `q`.
 async fn bench_queue(
     q: Arc<dyn MessageQueue>,
     n: usize,
@@ -56,70 +69,14 @@ async fn bench_queue(
 ) -> Result<Rates> {
     let name = QueueName::new("bench")?;
     q.register(&name).await?;
-    let started = Instant::now();
-    let chunks: Vec<Vec<usize>> = (0..n)
-        .collect::<Vec<_>>()
-        .chunks(batch)
-        .map(<[usize]>::to_vec)
-        .collect();
-    let next = Arc::new(AtomicUsize::new(0));
-    let chunks = Arc::new(chunks);
-    let mut publishers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let (q, name, next, chunks) = (q.clone(), name.clone(), next.clone(), chunks.clone());
-        publishers.spawn(async move {
-            loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(chunk) = chunks.get(k) else {
-                    return Ok::<(), anyhow::Error>(());
-                };
-                let msgs = chunk
-                    .iter()
-                    .map(|i| {
-                        NewMessage::new(
-                            "bench",
-                            serde_json::json!({"i": i, "body": "0123456789abcdef0123456789abcdef"}),
-                        )
-                    })
-                    .collect();
-                q.publish(&name, msgs).await?.into_result()?;
-            }
-        });
-    }
-    while let Some(r) = publishers.join_next().await {
-        r??;
-    }
-    let published = started.elapsed();
-
-    let seen = Arc::new(AtomicUsize::new(0));
-    let s = seen.clone();
-    let handler = Arc::new(handler_fn(move |b: Batch, _ctx: HandlerContext| {
-        s.fetch_add(b.len(), Ordering::Relaxed);
-        async {}
-    }));
-    let opts = ConsumerOptions::default()
-        .batch_size(batch)
-        .concurrency(concurrency)
-        .poll_interval(Duration::from_millis(5))
-        .max_poll_interval(Duration::from_millis(50));
-    let consume_started = Instant::now();
-    let consumer = q.consume(&name, handler, opts).await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while seen.load(Ordering::Relaxed) < n {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "consumer stalled at {}",
-            seen.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let consumed = consume_started.elapsed();
-    consumer.stop().await;
+    let published = workload::publish(&q, &name, (0, n), batch, concurrency).await?;
+    let consumed = workload::consume(&q, &name, n, batch, concurrency).await?;
     q.shutdown().await?;
     Ok(Rates {
         publish: rate(n, published),
-        consume: rate(n, consumed),
-        end_to_end: rate(n, published + consumed),
+        consume: rate(n, consumed.took),
+        end_to_end: rate(n, published + consumed.took),
+        consume_cpu_us: cpu_per_message(consumed.cpu, n),
     })
 }
 
@@ -169,6 +126,7 @@ async fn bench_bare_pg(url: &str, n: usize, batch: usize, concurrency: usize) ->
     }
     let published = started.elapsed();
     let consume_started = Instant::now();
+    let cpu_started = CpuTime::now();
     let done = Arc::new(AtomicUsize::new(0));
     for _ in 0..concurrency {
         let (pool, done) = (pool.clone(), done.clone());
@@ -200,6 +158,7 @@ async fn bench_bare_pg(url: &str, n: usize, batch: usize, concurrency: usize) ->
         r??;
     }
     let consumed = consume_started.elapsed();
+    let cpu = CpuTime::now().since(cpu_started);
     sqlx::query("DROP TABLE IF EXISTS mq_bench_bare")
         .execute(&pool)
         .await?;
@@ -207,6 +166,7 @@ async fn bench_bare_pg(url: &str, n: usize, batch: usize, concurrency: usize) ->
         publish: rate(n, published),
         consume: rate(n, consumed),
         end_to_end: rate(n, published + consumed),
+        consume_cpu_us: cpu_per_message(cpu, n),
     })
 }
 
@@ -333,6 +293,7 @@ async fn bench_apalis_pg(
         .concurrency(concurrency)
         .build(apalis_count);
     let consume_started = Instant::now();
+    let cpu_started = CpuTime::now();
     let stopper = stop.clone();
     let running = tokio::spawn(worker.run_with_ctx(move |ctx| {
         let stopper = stopper.clone();
@@ -354,6 +315,7 @@ async fn bench_apalis_pg(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let consumed = consume_started.elapsed();
+    let cpu = CpuTime::now().since(cpu_started);
     stop.notify_one();
     tokio::time::timeout(Duration::from_secs(60), running)
         .await
@@ -375,26 +337,35 @@ async fn bench_apalis_pg(
         publish: rate(n, published),
         consume: rate(n, consumed),
         end_to_end: rate(n, published + consumed),
+        consume_cpu_us: cpu_per_message(cpu, n),
     })
 }
 
+/// Drops the queue table and every table derived from its name.
 async fn drop_tables(url: &str, table: &str) -> Result<()> {
     if url.starts_with("postgres") {
         let pool = PgPool::connect(url).await?;
-        for t in [table.to_owned(), format!("{table}_archive")] {
+        for t in derived_tables(table) {
             sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
                 .execute(&pool)
                 .await?;
         }
     } else if url.starts_with("mysql") {
         let pool = sqlx::MySqlPool::connect(url).await?;
-        for t in [table.to_owned(), format!("{table}_archive")] {
+        for t in derived_tables(table) {
             sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
                 .execute(&pool)
                 .await?;
         }
     }
     Ok(())
+}
+
+/// The queue table and the tables named after it.
+fn derived_tables(table: &str) -> Vec<String> {
+    let mut all = vec![table.to_owned()];
+    all.extend(["archive", "versions", "ids", "history", "paused"].map(|s| format!("{table}_{s}")));
+    all
 }
 
 fn best(a: Option<Rates>, b: Rates) -> Rates {
@@ -404,14 +375,21 @@ fn best(a: Option<Rates>, b: Rates) -> Rates {
             publish: a.publish.max(b.publish),
             consume: a.consume.max(b.consume),
             end_to_end: a.end_to_end.max(b.end_to_end),
+            // The CPU cost of the round with the best claim+ack rate.
+            consume_cpu_us: if b.consume > a.consume {
+                b.consume_cpu_us
+            } else {
+                a.consume_cpu_us
+            },
         },
     }
 }
 
 fn print(label: &str, r: &Rates) {
     println!(
-        "{label:<40} publish {:>9.0} msg/s   claim+ack {:>9.0} msg/s   end-to-end {:>9.0} msg/s",
-        r.publish, r.consume, r.end_to_end
+        "{label:<40} publish {:>9.0} msg/s   claim+ack {:>9.0} msg/s   end-to-end {:>9.0} msg/s   \
+         claim+ack CPU per message: client {:>5.1} us, server {:>5.1} us",
+        r.publish, r.consume, r.end_to_end, r.consume_cpu_us.0, r.consume_cpu_us.1
     );
 }
 
@@ -518,18 +496,41 @@ async fn main() -> Result<()> {
                 // The default mode (completed rows kept) against the bare loop shows how much
                 // of the database the queue uses; the aim is most of it.
                 target(
-                    "postgres SqlQueue claim+ack / bare SKIP LOCKED claim+ack",
+                    "postgres default end-to-end",
+                    ours.end_to_end,
+                    "msg/s",
+                    Goal::AtLeast(40_000.0),
+                );
+                target(
+                    "postgres default / bare end-to-end",
+                    ours.end_to_end / bare.end_to_end,
+                    "x",
+                    Goal::AtLeast(0.7),
+                );
+                target(
+                    "postgres default / bare claim+ack",
                     ours.consume / bare.consume,
+                    "x",
+                    Goal::AtLeast(0.6),
+                );
+                target(
+                    "postgres delete_on_ack / bare end-to-end",
+                    ours_deleting.end_to_end / bare.end_to_end,
                     "x",
                     Goal::AtLeast(0.8),
                 );
                 if let Some(apalis) = &apalis {
-                    target(
-                        "postgres SqlQueue claim+ack / apalis claim+ack",
-                        ours.consume / apalis.consume,
-                        "x",
-                        Goal::AtLeast(1.0),
-                    );
+                    for (label, r) in [("default", &ours), ("delete_on_ack", &ours_deleting)] {
+                        target(
+                            &format!("postgres {label} / apalis end-to-end"),
+                            r.end_to_end / apalis.end_to_end,
+                            "x",
+                            Goal::AtLeast(3.0),
+                        );
+                    }
+                }
+                if env_usize("MQ_BENCH_DEPTH", 1_000_000) > 0 {
+                    depth::run(&url, options, n, batch, concurrency).await?;
                 }
                 failed = apalis_error.map(|e| e.context("apalis-postgres"));
             }
