@@ -96,9 +96,9 @@ impl Intercept for Faults {
         _rc: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), aws_sdk_kinesis::error::BoxError> {
-        if !cfg
+        if cfg
             .load::<Operation>()
-            .is_some_and(|o| o.0 == self.operation)
+            .is_none_or(|o| o.0 != self.operation)
         {
             return Ok(());
         }

@@ -7,7 +7,7 @@ use mq_core::LifecycleEvent;
 
 use super::deadline::within;
 use super::{ShardConsumer, ShardExit, State};
-use crate::lease::CheckpointOutcome;
+use crate::lease::{CheckpointOutcome, Lease};
 use crate::position::Checkpoint;
 
 impl ShardConsumer {
@@ -42,44 +42,10 @@ impl ShardConsumer {
             tracing::warn!(shard = %self.shard, sequence = %to.sequence, "mq-kinesis: cannot checkpoint inside this aggregated record");
             return Ok(());
         };
-        // already saved (the last message of a batch handled one at a time)
-        let saved_already = self.position.as_deref() == Some(sequence.as_str());
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(2))
-            .with_max_times(5)
-            .build();
-        while !saved_already {
-            let saved = within(
-                "checkpoint",
-                self.renewal.limit(),
-                Some(&self.abort),
-                self.env.store.checkpoint(&lease, &sequence),
-            )
-            .await;
-            match saved {
-                Ok(CheckpointOutcome::Fenced) => {
-                    return Err(State::LeaseLost("checkpoint refused by the fence".into()));
-                }
-                Ok(_) => break,
-                Err(e) => match delays.next().filter(|_| !self.abort.is_cancelled()) {
-                    Some(d) => {
-                        tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: checkpoint failed, retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(d) => {}
-                            _ = self.abort.cancelled() => {}
-                        }
-                    }
-                    None => {
-                        // the records were handled: a store that cannot save the checkpoint is
-                        // not their fault
-                        self.excuse_start().await;
-                        return Err(State::Releasing(ShardExit::Failed(format!(
-                            "checkpoint failed: {e}"
-                        ))));
-                    }
-                },
-            }
+        // not written again when saved already (the last message of a batch handled one at a
+        // time): only the failure counts are cleared
+        if self.position.as_deref() != Some(sequence.as_str()) {
+            self.write(&lease, &sequence).await?;
         }
         self.position = Some(sequence.clone());
         self.env.excused.forget(&self.shard);
@@ -99,5 +65,46 @@ impl ShardConsumer {
             records_since_last: records,
         });
         Ok(())
+    }
+
+    /// Writes `sequence` under `lease`, retried with backoff.
+    async fn write(&mut self, lease: &Lease, sequence: &str) -> Result<(), State> {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(5)
+            .build();
+        loop {
+            let saved = within(
+                "checkpoint",
+                self.renewal.limit(),
+                Some(&self.abort),
+                self.env.store.checkpoint(lease, sequence),
+            )
+            .await;
+            match saved {
+                Ok(CheckpointOutcome::Fenced) => {
+                    return Err(State::LeaseLost("checkpoint refused by the fence".into()));
+                }
+                Ok(_) => return Ok(()),
+                Err(e) => match delays.next().filter(|_| !self.abort.is_cancelled()) {
+                    Some(d) => {
+                        tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: checkpoint failed, retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(d) => {}
+                            _ = self.abort.cancelled() => {}
+                        }
+                    }
+                    None => {
+                        // the records were handled: a store that cannot save the checkpoint is
+                        // not their fault
+                        self.excuse_start().await;
+                        return Err(State::Releasing(ShardExit::Failed(format!(
+                            "checkpoint failed: {e}"
+                        ))));
+                    }
+                },
+            }
+        }
     }
 }
