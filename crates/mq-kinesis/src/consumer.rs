@@ -12,11 +12,15 @@
 //! - `limits`: the record buckets and the adaptive pause before a read;
 //! - `batch`: decoding, the handler (through `mq_core`'s `HandlerRunner`), outcomes, retries in
 //!   place, dead letters and poison pills;
-//! - `checkpoint`: moving the checkpoint after a batch.
+//! - `checkpoint`: moving the checkpoint after a batch;
+//! - `deadline`: the deadline of every call to the lease store;
+//! - `excused`: batch starts that do not count towards a poison pill.
 
 mod batch;
 mod checkpoint;
+mod deadline;
 mod deaggregate;
+mod excused;
 mod fetch;
 mod limits;
 mod options;
@@ -41,7 +45,9 @@ use crate::assignment::ShardLineage;
 use crate::lease::{Lease, LeaseStore};
 use crate::position::{Checkpoint, StartPosition};
 
+use deadline::within;
 use deaggregate::UserRecord;
+pub(crate) use excused::Excused;
 pub(crate) use limits::RecordBucket;
 pub use options::ShardOptions;
 use renewal::LeaseRenewal;
@@ -115,6 +121,8 @@ pub(crate) struct ShardEnv {
     pub(crate) store_trouble: Arc<AtomicU64>,
     /// The worker's membership, which leases are tied to (none for `consume_batch`).
     pub(crate) membership: Option<Arc<crate::lease::LocalMembership>>,
+    /// The batch starts of this worker that were not their records' fault.
+    pub(crate) excused: Arc<Excused>,
 }
 
 /// Consumes one shard: acquires its lease, reads after the checkpoint, runs the handler with
@@ -135,7 +143,13 @@ pub(crate) struct ShardEnv {
 ///   it), so a key's messages are last handled in order.
 /// - A batch that fails as a whole (an error for the batch, a panic, a timeout) is handed to the
 ///   handler again one message at a time, so only messages that fail alone reach the dead-letter
-///   hook. A checkpoint the lease store cannot save does not count towards a poison pill.
+///   hook; each message handled alone is checkpointed before the next, so a stop meanwhile
+///   resumes after it. Only the handler and the decoder count towards a poison pill: a
+///   checkpoint the lease store cannot save, a lease-store outage, a lost lease (unless the
+///   handler was stuck) and a stop do not.
+/// - Every call to the lease store has a deadline ([`ShardOptions::store_timeout`]): a call
+///   past it fails (a checkpoint is retried, then the lease released; a renewal is retried, then
+///   the lease given up), and a stop past its grace period abandons it.
 /// - A lost lease cancels the handler's token and stops the consumer without checkpointing; a
 ///   stale owner's checkpoint is refused by the store's fence anyway.
 pub(crate) struct ShardConsumer {
@@ -210,6 +224,7 @@ impl ShardConsumer {
         let renewal = LeaseRenewal::new(
             env.store.clone(),
             env.options.get_lease_duration(),
+            env.shard_options.get_store_timeout(),
             env.shard_options.get_renew_attempts(),
             env.store_trouble.clone(),
             env.membership.clone(),
@@ -372,7 +387,14 @@ impl ShardConsumer {
         let Some(lease) = &self.lease else {
             return State::Stopped(ShardExit::Finished);
         };
-        match self.env.store.finish(lease).await {
+        let finished = within(
+            "finish",
+            self.renewal.limit(),
+            None,
+            self.env.store.finish(lease),
+        )
+        .await;
+        match finished {
             Ok(true) => State::Releasing(ShardExit::Finished),
             Ok(false) => State::LeaseLost("fenced while finishing".into()),
             Err(e) => State::Releasing(ShardExit::Failed(e.to_string())),
@@ -381,7 +403,13 @@ impl ShardConsumer {
 
     async fn release(&mut self, exit: ShardExit) -> State {
         if let Some(lease) = &self.lease
-            && let Err(e) = self.env.store.release(lease).await
+            && let Err(e) = within(
+                "release",
+                self.renewal.limit(),
+                None,
+                self.env.store.release(lease),
+            )
+            .await
         {
             tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: lease release failed; it expires on its own");
         }

@@ -122,6 +122,15 @@ pub enum Error {
     /// The queue has been shut down.
     #[error("the kinesis queue has been shut down")]
     ShutDown,
+    /// A call got no answer within its deadline, or was abandoned by a stop past its grace
+    /// period; it counts as a failed call (retried, or the shard's lease moves).
+    #[error("{operation} got no answer within {after:?}")]
+    Deadline {
+        /// The call (`"checkpoint"`, `"renew"`, `"PutRecords"`, ...).
+        operation: &'static str,
+        /// How long it was waited for.
+        after: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -214,6 +223,7 @@ impl From<Error> for mq_core::Error {
             Error::Kinesis { operation, .. } | Error::FanOut { operation, .. } => {
                 mq_core::Error::backend("kinesis", operation, e)
             }
+            Error::Deadline { operation, .. } => mq_core::Error::backend("kinesis", operation, e),
             Error::ConsumerNotActive { .. } => {
                 mq_core::Error::backend("kinesis", "RegisterStreamConsumer", e)
             }

@@ -22,6 +22,8 @@ pub const MAX_RECORDS_PER_REQUEST: usize = 500;
 pub const MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
 /// Longest partition key, in characters.
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
+/// How long one PutRecords request may go unanswered by default.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a message without its own `partition_key` gets one.
 ///
@@ -95,7 +97,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// Producer settings.
 ///
 /// Defaults: [`PartitionKeyStrategy::MessageId`], 5 attempts per record, backoff from 100 ms to
-/// 5 s with jitter, chunks of 500 records / 5 MiB.
+/// 5 s with jitter, chunks of 500 records / 5 MiB, 10 s for one `PutRecords` request.
 ///
 /// # Examples
 ///
@@ -116,6 +118,7 @@ pub struct ProducerOptions {
     base_delay: Duration,
     max_delay: Duration,
     max_records_per_request: usize,
+    request_timeout: Duration,
 }
 
 impl Default for ProducerOptions {
@@ -126,6 +129,7 @@ impl Default for ProducerOptions {
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(5),
             max_records_per_request: MAX_RECORDS_PER_REQUEST,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -142,6 +146,15 @@ impl ProducerOptions {
         max_delay(d: Duration) d;
         /// Records per request (1 to 500).
         max_records_per_request(n: usize) n.clamp(1, MAX_RECORDS_PER_REQUEST);
+        /// How long one `PutRecords` request may go unanswered. Past it the request is abandoned
+        /// and counts as a failed attempt (code `RequestTimeout`), retried like a network error:
+        /// a publish never hangs on a call that does not answer. An abandoned request may still
+        /// have been written, so its records can be written twice.
+        request_timeout(d: Duration) d.max(Duration::from_millis(1));
+    }
+    /// How long one `PutRecords` request may go unanswered.
+    pub fn get_request_timeout(&self) -> Duration {
+        self.request_timeout
     }
     /// Attempts per record.
     pub fn get_max_attempts(&self) -> u32 {
@@ -257,6 +270,7 @@ fn may_succeed_later(code: &str) -> bool {
             | "ServiceUnavailableException"
             | "InternalServerError"
             | "RequestFailed"
+            | "RequestTimeout"
             | "MissingResult"
     )
 }
@@ -360,21 +374,35 @@ impl KinesisProducer {
                 })
                 .collect::<Result<Vec<_>, _>>();
             report.requests += 1;
+            let limit = self.options.request_timeout;
             let sent = match entries {
-                Ok(entries) => self
-                    .client
-                    .put_records()
-                    .stream_name(stream)
-                    .set_records(Some(entries))
-                    .send()
-                    .await
-                    .map_err(|e| {
+                Ok(entries) => match tokio::time::timeout(
+                    limit,
+                    self.client
+                        .put_records()
+                        .stream_name(stream)
+                        .set_records(Some(entries))
+                        .send(),
+                )
+                .await
+                {
+                    Ok(sent) => sent.map_err(|e| {
                         (
                             e.code().map(str::to_owned),
                             crate::error::error_text(&e),
                             true,
                         )
                     }),
+                    Err(_) => Err((
+                        Some("RequestTimeout".to_owned()),
+                        Error::Deadline {
+                            operation: "PutRecords",
+                            after: limit,
+                        }
+                        .to_string(),
+                        true,
+                    )),
+                },
                 // an entry the SDK cannot build is not sent, now or later
                 Err(e) => Err((None, e.to_string(), false)),
             };

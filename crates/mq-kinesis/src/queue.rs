@@ -458,6 +458,7 @@ impl KinesisQueue {
             instance_limiter: self.inner.instance_limiter.clone(),
             store_trouble: self.inner.store_trouble.clone(),
             membership: None,
+            excused: Arc::default(),
         }
     }
 }

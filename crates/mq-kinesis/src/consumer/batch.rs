@@ -1,6 +1,7 @@
 //! A batch of records: decoding, the handler (run through `mq_core`'s `HandlerRunner`),
 //! outcomes, retries in place, dead letters and poison pills: the `Processing` state.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
@@ -13,6 +14,7 @@ use mq_core::{
 
 use super::deaggregate::UserRecord;
 use super::{BACKEND, ShardConsumer, State};
+use crate::position::Checkpoint;
 use crate::record::{UNDECODABLE_MESSAGE_TYPE, decode_record};
 
 impl ShardConsumer {
@@ -83,30 +85,33 @@ impl ShardConsumer {
             };
         }
         if !letters.is_empty() && !self.deliver_letters(std::mem::take(&mut letters)).await {
-            return self.interrupted();
+            return self.ended_early().await;
         }
         if !self.confirm_lease().await || !self.take_tokens(messages.len()).await {
-            return self.interrupted();
+            return self.ended_early().await;
         }
-        match self.handle_in_place(messages).await {
+        let marks: HashMap<String, Checkpoint> = records
+            .iter()
+            .map(|r| (r.label(), r.checkpoint()))
+            .collect();
+        match self.handle_in_place(messages, &marks).await {
             Ok(()) => State::Checkpointing {
                 to: last,
                 reopen,
                 records: count,
             },
-            Err(()) => {
-                if !self.renewal.lost().is_cancelled() {
-                    // a graceful stop is no failure of the batch: do not count it towards a
-                    // poison pill (a crash never gets here, so crashes still count)
-                    let _ = self
-                        .env
-                        .store
-                        .clear_failures(self.stream(), &self.shard)
-                        .await;
-                }
-                self.interrupted()
-            }
+            Err(Some(next)) => next,
+            Err(None) => self.ended_early().await,
         }
+    }
+
+    /// The batch ended before it was handled to its end: stopped, the lease lost, the lease
+    /// store unreachable. None of that is its records' fault, so its start does not count
+    /// towards a poison pill (a crash never gets here, and a handler stuck past its limit still
+    /// counts: see [`excuse_start`](Self::excuse_start)).
+    async fn ended_early(&mut self) -> State {
+        self.excuse_start().await;
+        self.interrupted()
     }
 
     /// Before a batch goes to the handler: the lease is confirmed after any lease-store
@@ -215,8 +220,9 @@ impl ShardConsumer {
         true
     }
 
-    /// Runs the handler until every message is acked or dead-lettered; Err when stopped hard or
-    /// the lease was lost (the batch is then left for the next owner).
+    /// Runs the handler until every message is acked or dead-lettered; Err when stopped or the
+    /// lease was lost (the batch is then left for the next owner), with the next state when a
+    /// checkpoint failed. `marks` are the checkpoints after each message, by its label.
     ///
     /// - The handler's per-message outcomes are kept as they are, with one exception for order:
     ///   when it retries a message, the later messages of the batch with the same partition key
@@ -226,8 +232,14 @@ impl ShardConsumer {
     ///   returned for the batch, a panic, a timeout) is not retried as a batch: its messages go
     ///   to the handler one at a time, in order, each retried alone until it succeeds or its
     ///   attempts are exhausted. So only a message that fails alone reaches the dead letters, and
-    ///   a good message of such a batch is handled twice at most.
-    async fn handle_in_place(&mut self, messages: Vec<(Message, String)>) -> Result<(), ()> {
+    ///   a good message of such a batch is handled twice at most. Each message done alone (acked
+    ///   or dead-lettered) is checkpointed before the next one starts, and a stop takes effect
+    ///   between two of them: a restart resumes after the last message done.
+    async fn handle_in_place(
+        &mut self,
+        messages: Vec<(Message, String)>,
+        marks: &HashMap<String, Checkpoint>,
+    ) -> Result<(), Option<State>> {
         let retry = self.env.options.get_retry().clone();
         let mut pending = messages;
         let mut types: Vec<String> = Vec::new();
@@ -243,6 +255,10 @@ impl ShardConsumer {
         // one message at a time, after the batch failed as a whole
         let mut alone = false;
         while !pending.is_empty() {
+            if alone && self.stop.is_cancelled() {
+                // the messages done alone so far are checkpointed
+                return Err(None);
+            }
             let rest = pending.split_off(if alone { 1 } else { pending.len() });
             let now = Utc::now();
             for (m, _) in pending.iter_mut() {
@@ -251,6 +267,7 @@ impl ShardConsumer {
                 m.processing_started_at = Some(now);
             }
             let (messages, seqs): (Vec<Message>, Vec<String>) = pending.into_iter().unzip();
+            let alone_label = seqs.first().cloned().filter(|_| alone);
             let batch = Batch::from(messages);
             self.report.delivered += batch.len();
             if self.env.common.get_lifecycle().is_active() {
@@ -277,7 +294,7 @@ impl ShardConsumer {
             let (outcomes, timed_out) = (run.outcomes, run.timed_out);
             let handler_duration = run_started.elapsed();
             if self.renewal.lost().is_cancelled() {
-                return Err(());
+                return Err(None);
             }
             if timed_out {
                 self.report.cancelled = true;
@@ -394,18 +411,29 @@ impl ShardConsumer {
                 }
             }
             if !self.deliver_letters(letters).await {
-                return Err(());
+                return Err(None);
             }
             let again = !still.is_empty();
+            if !again
+                && !rest.is_empty()
+                && let Some(mark) = alone_label.and_then(|l| marks.get(&l))
+            {
+                // done alone: checkpointed, and the rest starts from there
+                self.save(mark, 1).await.map_err(Some)?;
+                let from = self.position.clone().unwrap_or_else(|| "start".into());
+                if let Err(e) = self.count_start(&from).await {
+                    tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: cannot count the batch start");
+                }
+            }
             pending = still;
             pending.extend(rest);
             if again {
                 // stopping abandons the retries: the batch is delivered again from the checkpoint
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = self.stop.cancelled() => return Err(()),
-                    _ = self.abort.cancelled() => return Err(()),
-                    _ = self.renewal.lost().cancelled() => return Err(()),
+                    _ = self.stop.cancelled() => return Err(None),
+                    _ = self.abort.cancelled() => return Err(None),
+                    _ = self.renewal.lost().cancelled() => return Err(None),
                 }
             }
         }

@@ -2,6 +2,7 @@
 
 use mq_core::LifecycleEvent;
 
+use super::deadline::within;
 use super::deaggregate::expand;
 use super::source::{Fetched, Opened, SourceError};
 use super::{ShardConsumer, ShardExit, State};
@@ -104,12 +105,7 @@ impl ShardConsumer {
         };
         let records = std::mem::replace(&mut self.pending, rest);
         let from = self.position.clone().unwrap_or_else(|| "start".into());
-        let failures = match self
-            .env
-            .store
-            .record_failure(self.stream(), &self.shard, &from)
-            .await
-        {
+        let failures = match self.count_start(&from).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: cannot count the batch start");
@@ -121,6 +117,21 @@ impl ShardConsumer {
             reopen: self.pending.is_empty() && self.pending_ended,
             failures,
         }
+    }
+
+    /// Counts the start of a batch after `from` in the lease store and returns the failed
+    /// starts from there (this one included), without those that were not their records' fault.
+    pub(super) async fn count_start(&self, from: &str) -> crate::Result<u32> {
+        let stored = within(
+            "record failure",
+            self.renewal.limit(),
+            None,
+            self.env
+                .store
+                .record_failure(self.stream(), &self.shard, from),
+        )
+        .await?;
+        Ok(self.counted_failures(from, stored))
     }
 
     /// One read, waiting past heartbeats; a hung call must not keep the lease, so the read is

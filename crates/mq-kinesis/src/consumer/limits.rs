@@ -54,6 +54,22 @@ const FIRST_THROTTLE_WAIT: Duration = Duration::from_millis(200);
 /// The longest wait after throttled calls in a row.
 const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(10);
 
+/// The longest wait after a throttled call, given the last one (zero when the call before was
+/// not throttled): [`FIRST_THROTTLE_WAIT`] (or the least time between two reads, when longer),
+/// then doubled, up to [`MAX_THROTTLE_WAIT`].
+fn throttle_cap(last: Duration, min_read_interval: Duration) -> Duration {
+    if last.is_zero() {
+        FIRST_THROTTLE_WAIT.max(min_read_interval)
+    } else {
+        (last * 2).min(MAX_THROTTLE_WAIT)
+    }
+}
+
+/// A wait between half of `cap` and all of it, at random.
+fn jittered(cap: Duration) -> Duration {
+    cap.mul_f64(rand::random_range(0.5..=1.0))
+}
+
 /// The largest `Limit` of a GetRecords call.
 const MAX_FETCH: usize = 10_000;
 
@@ -134,13 +150,12 @@ impl ShardConsumer {
     /// in a row up to [`MAX_THROTTLE_WAIT`], with jitter (between half and all of it) so that the
     /// readers of a shard do not retry in step. A successful read starts it over.
     fn next_throttle_delay(&mut self) -> Duration {
-        let cap = if self.throttle_delay.is_zero() {
-            FIRST_THROTTLE_WAIT.max(self.env.shard_options.get_min_read_interval())
-        } else {
-            (self.throttle_delay * 2).min(MAX_THROTTLE_WAIT)
-        };
+        let cap = throttle_cap(
+            self.throttle_delay,
+            self.env.shard_options.get_min_read_interval(),
+        );
         self.throttle_delay = cap;
-        cap.mul_f64(rand::random_range(0.5..=1.0))
+        jittered(cap)
     }
 
     /// Waits until the shard's and the instance's buckets let `n` records through. False when
@@ -172,6 +187,43 @@ mod tests {
         assert!(is_throttle(Some("ThrottlingException")));
         assert!(!is_throttle(Some("ExpiredIteratorException")));
         assert!(!is_throttle(None));
+    }
+
+    #[test]
+    fn throttle_waits_start_short_double_and_stop_at_the_cap() {
+        let min_read = Duration::from_millis(200);
+        let mut caps = Vec::new();
+        let mut last = Duration::ZERO;
+        for _ in 0..10 {
+            last = throttle_cap(last, min_read);
+            caps.push(last.as_millis());
+        }
+        println!("throttle wait caps (ms): {caps:?}");
+        assert_eq!(
+            caps,
+            [
+                200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000, 10_000
+            ]
+        );
+        // a longer least interval between reads is the first wait
+        assert_eq!(
+            throttle_cap(Duration::ZERO, Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn throttle_waits_are_jittered_between_half_and_all_of_the_cap() {
+        let cap = Duration::from_millis(800);
+        let waits: Vec<Duration> = (0..200).map(|_| jittered(cap)).collect();
+        let (lo, hi) = (
+            waits.iter().min().copied().unwrap_or_default(),
+            waits.iter().max().copied().unwrap_or_default(),
+        );
+        println!("200 waits for a cap of 800 ms: from {lo:?} to {hi:?}");
+        assert!(waits.iter().all(|w| *w >= cap / 2 && *w <= cap));
+        // spread out, not in step: the draws cover most of the range
+        assert!(hi - lo > cap / 4, "{lo:?}..{hi:?}");
     }
 
     #[tokio::test]

@@ -12,6 +12,9 @@ use crate::position::StartPosition;
 /// The least time between two `GetRecords` calls on one shard by default.
 const DEFAULT_MIN_READ_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How long one call to the lease store from a shard consumer may take by default.
+const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Settings of the shard consumers that are not in [`ConsumerOptions`].
 ///
 /// The lease lasts [`ConsumerOptions::lease_duration`] and is renewed every third of it; the
@@ -19,7 +22,7 @@ const DEFAULT_MIN_READ_INTERVAL: Duration = Duration::from_millis(200);
 ///
 /// Defaults: trim horizon, 3 renewal attempts, poison pill after 3 failures from one checkpoint,
 /// lease released after 10 fetch errors in a row, a stall timeout of 60 s, 200 ms at least
-/// between two reads of a shard, no rate limit,
+/// between two reads of a shard, 5 s for a call to the lease store, no rate limit,
 /// [`FetchMode::Polling`] (with enhanced fan-out: a new subscription every 4 min 30 s).
 ///
 /// # Examples
@@ -37,6 +40,7 @@ pub struct ShardOptions {
     poison_threshold: u32,
     max_fetch_errors: u32,
     stall_timeout: Duration,
+    store_timeout: Duration,
     min_read_interval: Duration,
     max_records_per_second: Option<NonZeroU32>,
     fetch_mode: FetchMode,
@@ -52,6 +56,7 @@ impl Default for ShardOptions {
             poison_threshold: 3,
             max_fetch_errors: 10,
             stall_timeout: Duration::from_secs(60),
+            store_timeout: DEFAULT_STORE_TIMEOUT,
             min_read_interval: DEFAULT_MIN_READ_INTERVAL,
             max_records_per_second: None,
             fetch_mode: FetchMode::Polling,
@@ -78,6 +83,13 @@ impl ShardOptions {
         /// renewing its lease so the shard moves to another consumer. The stuck call is still waited
         /// for (nothing it does afterwards is checkpointed: the lease's fence refuses it).
         stall_timeout(d: Duration) d.max(Duration::from_millis(1));
+        /// How long one call of a shard consumer to the lease store (acquire, renew, checkpoint,
+        /// failure counts, release) may take (default 5 s; a renewal gets at most a third of the
+        /// lease duration). A call past it fails like any failed call: a checkpoint is retried
+        /// and then the lease released, a renewal is retried and then the lease given up, so the
+        /// shard moves instead of hanging. Once a stop's grace period is over, a call in flight
+        /// is abandoned: stopping never waits on a lease store that does not answer.
+        store_timeout(d: Duration) d.max(Duration::from_millis(1));
         /// The least time between two `GetRecords` calls on one shard (default 200 ms: AWS allows
         /// five per second per shard, shared by every application reading it). Polling only.
         min_read_interval(d: Duration) d;
@@ -90,6 +102,10 @@ impl ShardOptions {
     /// The stall timeout.
     pub fn get_stall_timeout(&self) -> Duration {
         self.stall_timeout
+    }
+    /// How long one call to the lease store may take.
+    pub fn get_store_timeout(&self) -> Duration {
+        self.store_timeout
     }
     /// The least time between two `GetRecords` calls on one shard.
     pub fn get_min_read_interval(&self) -> Duration {

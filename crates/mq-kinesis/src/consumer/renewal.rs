@@ -3,7 +3,7 @@
 //! not renewed on its own (the worker renews the membership): the task then only stops the
 //! consumer at the membership's local deadline, or when it is stuck.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::deadline::within;
 use crate::lease::{Lease, LeaseStore, LocalMembership};
 
 /// The lease of one shard consumer: the renewal task, the "lost" signal it raises, and the
@@ -22,10 +23,16 @@ use crate::lease::{Lease, LeaseStore, LocalMembership};
 ///   consumer is stuck in a call for longer than that call may take ([`Busy`]).
 /// - [`confirm`](Self::confirm) renews once more before a batch when a call to the lease store
 ///   failed anywhere in the instance since the lease was last confirmed.
+/// - Every call to the store has a deadline (`limit`; a renewal at most a third of the lease):
+///   a renewal that does not answer fails like one that errs.
 #[derive(Debug)]
 pub(super) struct LeaseRenewal {
     store: Arc<dyn LeaseStore>,
     ttl: Duration,
+    /// The deadline of one call to the store.
+    limit: Duration,
+    /// Set when the lease was given up because the consumer was stuck (not for a store failure).
+    stalled: Arc<AtomicBool>,
     attempts: u32,
     lost: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
@@ -42,6 +49,7 @@ impl LeaseRenewal {
     pub(super) fn new(
         store: Arc<dyn LeaseStore>,
         ttl: Duration,
+        limit: Duration,
         attempts: u32,
         trouble: Arc<AtomicU64>,
         membership: Option<Arc<LocalMembership>>,
@@ -50,6 +58,8 @@ impl LeaseRenewal {
             membership,
             store,
             ttl,
+            limit,
+            stalled: Arc::new(AtomicBool::new(false)),
             attempts,
             lost: CancellationToken::new(),
             reason: Arc::new(Mutex::new(None)),
@@ -70,11 +80,24 @@ impl LeaseRenewal {
         match &self.membership {
             Some(m) if m.remaining().is_none() => Ok(None),
             Some(m) => {
-                self.store
-                    .acquire_as_member(stream, shard, owner, m.name(), self.ttl, 0)
-                    .await
+                within(
+                    "acquire",
+                    self.limit,
+                    None,
+                    self.store
+                        .acquire_as_member(stream, shard, owner, m.name(), self.ttl, 0),
+                )
+                .await
             }
-            None => self.store.acquire(stream, shard, owner, self.ttl).await,
+            None => {
+                within(
+                    "acquire",
+                    self.limit,
+                    None,
+                    self.store.acquire(stream, shard, owner, self.ttl),
+                )
+                .await
+            }
         }
     }
 
@@ -89,6 +112,8 @@ impl LeaseRenewal {
             store: self.store.clone(),
             lease,
             ttl: self.ttl,
+            limit: self.renew_limit(),
+            stalled: self.stalled.clone(),
             attempts: self.attempts,
             lost: self.lost.clone(),
             reason: self.reason.clone(),
@@ -102,6 +127,22 @@ impl LeaseRenewal {
     /// Cancelled once the lease is lost.
     pub(super) fn lost(&self) -> &CancellationToken {
         &self.lost
+    }
+
+    /// The lease was given up because the consumer was stuck in a call past its limit (a
+    /// handler that hangs), not because of the lease store.
+    pub(super) fn lost_to_stall(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
+    }
+
+    /// The deadline of one call to the store.
+    pub(super) fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// The deadline of one renewal: at most a third of the lease, so its retries fit in it.
+    fn renew_limit(&self) -> Duration {
+        self.limit.min(self.ttl / 3).max(Duration::from_millis(1))
     }
 
     /// What the consumer is blocked on.
@@ -144,7 +185,14 @@ impl LeaseRenewal {
             if trouble == self.confirmed_trouble {
                 return true;
             }
-            match self.store.renew(lease, self.ttl).await {
+            let renewed = within(
+                "renew",
+                self.renew_limit(),
+                Some(stop),
+                self.store.renew(lease, self.ttl),
+            )
+            .await;
+            match renewed {
                 Ok(true) => {
                     self.confirmed_trouble = trouble;
                     return true;
@@ -187,6 +235,9 @@ struct RenewalTask {
     store: Arc<dyn LeaseStore>,
     lease: Arc<Lease>,
     ttl: Duration,
+    /// The deadline of one renewal.
+    limit: Duration,
+    stalled: Arc<AtomicBool>,
     attempts: u32,
     lost: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
@@ -209,6 +260,7 @@ impl RenewalTask {
             // renewal is tied to progress: a consumer stuck in a call lets its lease lapse
             if let Some(stuck) = self.busy.stalled() {
                 tracing::warn!(shard = %self.lease.shard, stuck, "mq-kinesis: shard consumer is stuck");
+                self.stalled.store(true, Ordering::SeqCst);
                 lose(&self.reason, &self.lost, stuck);
                 return;
             }
@@ -242,11 +294,12 @@ impl RenewalTask {
             }
             if let Some(stuck) = self.busy.stalled() {
                 tracing::warn!(shard = %self.lease.shard, stuck, "mq-kinesis: shard consumer is stuck");
+                self.stalled.store(true, Ordering::SeqCst);
                 lose(&self.reason, &self.lost, stuck);
                 break;
             }
         }
-        if let Err(e) = self.store.release(&self.lease).await {
+        if let Err(e) = within("release", self.limit, None, self.store.release(&self.lease)).await {
             tracing::debug!(shard = %self.lease.shard, error = %e, "mq-kinesis: cannot release a lost lease; it ends with the membership");
         }
     }
@@ -261,7 +314,17 @@ impl RenewalTask {
             .with_max_times(self.attempts.saturating_sub(1) as usize)
             .build();
         loop {
-            match self.store.renew(&self.lease, ttl).await {
+            let renewed = within(
+                "renew",
+                self.limit,
+                Some(&self.done),
+                self.store.renew(&self.lease, ttl),
+            )
+            .await;
+            if self.done.is_cancelled() {
+                return Err(None);
+            }
+            match renewed {
                 Ok(true) => return Ok(()),
                 Ok(false) => return Err(Some("lease taken over or released".to_owned())),
                 Err(e) => match delays.next() {
