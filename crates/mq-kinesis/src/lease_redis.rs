@@ -94,17 +94,19 @@ redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 return 1";
 
-/// KEYS[1] listing lead; ARGV holder, ttl_ms → 1 when the holder leads now.
+/// KEYS[1] listing lead hash; ARGV holder, ttl_ms → 1 when the holder leads now.
 const LEAD: &str = "
-local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+local h = redis.call('HMGET', KEYS[1], 'holder', 'expires')
+if h[1] and h[1] ~= ARGV[1] and tonumber(h[2] or '0') > now then return 0 end
+local exp = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'expires', exp)
+redis.call('PEXPIREAT', KEYS[1], exp + 86400000)
 return 1";
 
 /// KEYS[1] listing hash; ARGV listing: stores it with the server's time.
 const PUBLISH: &str = "
 redis.call('HSET', KEYS[1], 'listing', ARGV[1], 'at', now)
-redis.call('PEXPIRE', KEYS[1], 86400000)
+redis.call('PEXPIREAT', KEYS[1], now + 86400000)
 return 1";
 
 /// KEYS[1] listing hash → {listing, age in ms} or {}.
@@ -196,8 +198,8 @@ return redis.call('ZRANGE', KEYS[1], '(' .. now, '+inf', 'BYSCORE')";
 ///   instance, renewed by one call about every second whatever the instance owns;
 /// - `<prefix>:{<stream>}:version`: hash whose field `v` counts the changes of hands and of
 ///   membership, so instances read every lease only after one;
-/// - `<prefix>:{<stream>}:listing-lead`: the membership of the instance that lists the shards
-///   (with a TTL of two discovery intervals), and `<prefix>:{<stream>}:listing`: hash of the
+/// - `<prefix>:{<stream>}:listing-lead`: hash of the membership of the instance that lists the
+///   shards and when its lead ends (two discovery intervals after its last renewal), and `<prefix>:{<stream>}:listing`: hash of the
 ///   listing it published and when.
 ///
 /// Redis 6.2 or later (the scripts use `ZRANGE … BYSCORE`). Every script that reads `TIME` and
@@ -315,7 +317,7 @@ impl RedisLeaseStore {
                 release: guarded(RELEASE),
                 finish: guarded(FINISH),
                 forget: Script::from_lua(FORGET),
-                lead: Script::from_lua(LEAD),
+                lead: script(LEAD),
                 publish: script(PUBLISH),
                 published: script(PUBLISHED),
                 state: with_rows(STATE),
