@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 /// let child = ShardLineage::new("shardId-000000000002").parent("shardId-000000000000");
 /// assert_eq!(child.parents(), ["shardId-000000000000"]);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ShardLineage {
     id: String,
     parents: Vec<String>,
@@ -97,6 +99,45 @@ pub fn eligible_shards(listing: &[ShardLineage], finished: &HashSet<String>) -> 
         .collect();
     out.sort();
     out.dedup();
+    out
+}
+
+/// The shards that count as read to their end: those marked `finished` in the store, and the
+/// parents of every shard in `known` (the shards the store has a record of), since a child is
+/// read only once its parents were finished, and a parent's record is forgotten after its
+/// children started.
+pub(crate) fn finished_shards(
+    listing: &[ShardLineage],
+    finished: impl IntoIterator<Item = String>,
+    known: &HashSet<String>,
+) -> HashSet<String> {
+    let mut out: HashSet<String> = finished.into_iter().collect();
+    for s in listing.iter().filter(|s| known.contains(&s.id)) {
+        out.extend(s.parents.iter().cloned());
+    }
+    out
+}
+
+/// The finished shards of `finished` whose records the store may forget: every child of theirs
+/// in `listing` has a record in `known` (so the children were started), or the shard is not
+/// listed any more (Kinesis dropped it after the retention period). `listing` must be a
+/// successful listing.
+pub(crate) fn forgettable_shards(
+    listing: &[ShardLineage],
+    finished: &HashSet<String>,
+    known: &HashSet<String>,
+) -> Vec<String> {
+    let mut out: Vec<String> = finished
+        .iter()
+        .filter(|f| known.contains(*f))
+        .filter(|f| {
+            let mut children = listing.iter().filter(|s| s.parents.contains(f)).peekable();
+            let listed = listing.iter().any(|s| &&s.id == f);
+            !listed || (children.peek().is_some() && children.all(|c| known.contains(&c.id)))
+        })
+        .cloned()
+        .collect();
+    out.sort();
     out
 }
 
@@ -201,6 +242,36 @@ pub fn balanced_assignment(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_parent_counts_as_finished_once_a_child_has_a_record_and_is_forgotten_then() {
+        let listing = [
+            ShardLineage::new("p").closed(true),
+            ShardLineage::new("c1").parent("p"),
+            ShardLineage::new("c2").parent("p"),
+            ShardLineage::new("q").closed(true),
+        ];
+        let known =
+            |ids: &[&str]| -> HashSet<String> { ids.iter().map(|s| (*s).to_owned()).collect() };
+        // p finished, one child started: not forgotten yet
+        let k = known(&["p", "c1"]);
+        let f = finished_shards(&listing, ["p".to_owned()], &k);
+        assert!(f.contains("p"));
+        assert!(forgettable_shards(&listing, &f, &k).is_empty());
+        // both children started: forgotten; and still finished without its record
+        let k = known(&["p", "c1", "c2"]);
+        let f = finished_shards(&listing, ["p".to_owned()], &k);
+        assert_eq!(forgettable_shards(&listing, &f, &k), ["p"]);
+        let k = known(&["c1", "c2"]);
+        let f = finished_shards(&listing, Vec::new(), &k);
+        assert_eq!(eligible_shards(&listing, &f), ["c1", "c2", "q"]);
+        // a finished shard without children is kept while it is listed, forgotten after
+        let k = known(&["q"]);
+        let f = finished_shards(&listing, ["q".to_owned()], &k);
+        assert!(forgettable_shards(&listing, &f, &k).is_empty());
+        let f = finished_shards(&listing[..3], ["q".to_owned()], &k);
+        assert_eq!(forgettable_shards(&listing[..3], &f, &k), ["q"]);
+    }
+
     use super::*;
 
     fn names(prefix: &str, n: usize) -> Vec<String> {

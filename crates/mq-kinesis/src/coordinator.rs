@@ -6,6 +6,13 @@
 //! instance dies they are free as soon as the membership expires. A task renews it and keeps a
 //! local deadline that shard consumers stop at, before the store can expire it.
 //!
+//! One instance leads the shard listing (a lead with a TTL of two discovery intervals in the
+//! lease store): it calls `ListShards` every `discovery_interval` and publishes the listing; the
+//! others read the published listing, so a fleet lists a stream about as often as one instance.
+//! An instance lists the shards itself when it just finished a shard, when the published listing
+//! is older than three discovery intervals (its leader is gone), and when the leases show shards
+//! its listing lacks. Finished shards' records are forgotten once their children started.
+//!
 //! Every `rebalance_interval` the worker reads the live members of the stream and the store's
 //! lease version (two cheap calls). When the members changed, when a lease changed hands (the
 //! version moved), when it waits for shards it was assigned, when one of its shard consumers
@@ -28,7 +35,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::assignment::{ShardLineage, balanced_assignment, eligible_shards};
+use crate::assignment::{
+    ShardLineage, balanced_assignment, eligible_shards, finished_shards, forgettable_shards,
+};
 use crate::consumer::{ShardConsumer, ShardEnv, ShardExit};
 use crate::lease::{LeaseState, LeaseStore, LocalMembership};
 use crate::shards::list_shard_lineage;
@@ -83,6 +92,12 @@ pub(crate) struct Coordinator {
     /// The current membership, replaced by the keeper when one expired.
     membership: watch::Receiver<Arc<LocalMembership>>,
     membership_tx: Option<watch::Sender<Arc<LocalMembership>>>,
+    /// finished shards whose records may be forgotten, since when (see `forget_finished`)
+    forgettable_since: HashMap<String, Instant>,
+    /// finished shards whose records this worker had the store forget
+    forgotten: HashSet<String>,
+    /// list the shards at the next listing instead of reading the published listing
+    list_now: bool,
 }
 
 impl Coordinator {
@@ -114,6 +129,9 @@ impl Coordinator {
             version: None,
             wanting: true,
             free_since: HashMap::new(),
+            forgettable_since: HashMap::new(),
+            forgotten: HashSet::new(),
+            list_now: false,
         }
     }
 
@@ -228,8 +246,9 @@ impl Coordinator {
                     .insert(shard, Instant::now() + Duration::from_secs(1));
             }
             ShardExit::Finished => {
-                // its children may start now: list again
+                // its children may start now: list again, ourselves
                 self.listed_at = None;
+                self.list_now = true;
             }
             _ => {}
         }
@@ -251,11 +270,12 @@ impl Coordinator {
         let changed = members != self.members;
         let mut listing_changed = false;
         if self.listed_at.is_none_or(|t| t.elapsed() >= discovery) {
-            match list_shard_lineage(&self.env.client, &self.stream).await {
-                Ok(listing) => {
+            match self.fetch_listing().await {
+                Ok((listing, age)) => {
                     listing_changed = listing != self.listing;
                     self.listing = listing;
-                    self.listed_at = Some(Instant::now());
+                    let now = Instant::now();
+                    self.listed_at = Some(now.checked_sub(age).unwrap_or(now));
                 }
                 // the last listing stands until the next attempt
                 Err(e) if !self.listing.is_empty() => {
@@ -286,11 +306,24 @@ impl Coordinator {
             .map(|l| (l.shard.clone(), l))
             .collect();
         self.full_at = Some(Instant::now());
-        let finished: HashSet<String> = leases
-            .values()
-            .filter(|l| l.finished)
-            .map(|l| l.shard.clone())
-            .collect();
+        if self.listing_behind(&leases) {
+            // others read shards our listing does not have (children of a resharding): list
+            // again before taking anything, as their parents' records may be forgotten already
+            self.listed_at = None;
+            self.list_now = true;
+            self.wanting = true;
+            return Ok(());
+        }
+        let known: HashSet<String> = leases.keys().cloned().collect();
+        let finished = finished_shards(
+            &self.listing,
+            leases
+                .values()
+                .filter(|l| l.finished)
+                .map(|l| l.shard.clone()),
+            &known,
+        );
+        let forgetting = self.forget_finished(&finished, &known).await;
         let eligible = eligible_shards(&self.listing, &finished);
         let mut current: BTreeMap<String, String> = leases
             .values()
@@ -364,7 +397,8 @@ impl Coordinator {
                 acquired.push(shard.clone());
             }
         }
-        self.wanting = wanting;
+        // a full read again at the next tick while a forgotten record is due
+        self.wanting = wanting || forgetting;
         if !acquired.is_empty() || !released.is_empty() {
             released.sort();
             tracing::info!(stream = %self.stream, instance = %self.env.instance_id, ?acquired, ?released, members = self.members.len(), "mq-kinesis: rebalance");
@@ -376,6 +410,116 @@ impl Coordinator {
             });
         }
         Ok(())
+    }
+
+    /// The shard listing: from `ListShards` when this instance leads the listing (it then
+    /// publishes it), when it just finished a shard, or when the published one is missing or
+    /// older than three discovery intervals (its leader is gone); else the published one.
+    /// Also how old the listing is.
+    async fn fetch_listing(&mut self) -> crate::Result<(Vec<ShardLineage>, Duration)> {
+        let discovery = self.fleet.discovery_interval;
+        let holder = self.membership.borrow().name().to_owned();
+        let store = self.env.store.clone();
+        let leads = match store
+            .lead_listing(&self.stream, &holder, discovery * 2)
+            .await
+        {
+            Ok(leads) => leads,
+            Err(e) => {
+                self.trouble();
+                tracing::debug!(stream = %self.stream, error = %e, "mq-kinesis: cannot take the listing's lead, listing the shards");
+                true
+            }
+        };
+        if !leads && !std::mem::take(&mut self.list_now) {
+            match store.published_listing(&self.stream).await {
+                Ok(Some((text, age))) if age <= discovery * 3 => {
+                    match serde_json::from_str::<Vec<ShardLineage>>(&text) {
+                        Ok(listing) if !listing.is_empty() => return Ok((listing, age)),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(stream = %self.stream, error = %e, "mq-kinesis: unreadable published shard listing, listing the shards");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.trouble();
+                    tracing::debug!(stream = %self.stream, error = %e, "mq-kinesis: cannot read the published shard listing");
+                }
+            }
+        }
+        self.list_now = false;
+        let listing = list_shard_lineage(&self.env.client, &self.stream).await?;
+        if leads {
+            let published = serde_json::to_string(&listing)
+                .map_err(|e| crate::error::Error::lease("publish_listing", e));
+            match published {
+                Ok(text) => {
+                    if let Err(e) = store.publish_listing(&self.stream, &text).await {
+                        self.trouble();
+                        tracing::debug!(stream = %self.stream, error = %e, "mq-kinesis: cannot publish the shard listing");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %self.stream, error = %e, "mq-kinesis: cannot publish the shard listing");
+                }
+            }
+        }
+        Ok((listing, Duration::ZERO))
+    }
+
+    /// True when a shard the store has a live lease on is missing from a listing older than a
+    /// second: the listing predates a resharding.
+    fn listing_behind(&self, leases: &HashMap<String, LeaseState>) -> bool {
+        let old = self
+            .listed_at
+            .is_some_and(|t| t.elapsed() > Duration::from_secs(1));
+        old && leases
+            .values()
+            .any(|l| l.live && !self.listing.iter().any(|s| s.id() == l.shard))
+    }
+
+    /// Has the store forget the records of finished shards whose children all started (or that
+    /// Kinesis no longer lists), once that has held for three discovery intervals and a
+    /// membership TTL, so every instance listed the children meanwhile and counts the parent as
+    /// finished by them. Once per shard and worker. True while one is waiting for its time.
+    async fn forget_finished(
+        &mut self,
+        finished: &HashSet<String>,
+        known: &HashSet<String>,
+    ) -> bool {
+        if self.listing.is_empty() {
+            return false;
+        }
+        let mut waiting = false;
+        let ready = forgettable_shards(&self.listing, finished, known);
+        self.forgettable_since
+            .retain(|s, _| ready.binary_search(s).is_ok());
+        let after = self.fleet.discovery_interval * 3 + self.membership_ttl();
+        let now = Instant::now();
+        for shard in ready {
+            if self.forgotten.contains(&shard) || self.running.contains_key(&shard) {
+                continue;
+            }
+            let since = *self.forgettable_since.entry(shard.clone()).or_insert(now);
+            if now.duration_since(since) < after {
+                waiting = true;
+                continue;
+            }
+            match self.env.store.forget_finished(&self.stream, &shard).await {
+                Ok(forgotten) => {
+                    tracing::debug!(stream = %self.stream, shard, forgotten, "mq-kinesis: finished shard's record forgotten");
+                    self.forgettable_since.remove(&shard);
+                    self.forgotten.insert(shard);
+                }
+                Err(e) => {
+                    self.trouble();
+                    tracing::warn!(stream = %self.stream, shard, error = %e, "mq-kinesis: cannot forget a finished shard");
+                }
+            }
+        }
+        waiting
     }
 
     fn start(&mut self, shard: String) {

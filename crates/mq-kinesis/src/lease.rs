@@ -236,6 +236,46 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
         Ok(None)
     }
 
+    /// Forgets `shard` once it is finished: its lease, its failure counts and its entry in the
+    /// list of [`leases`](Self::leases), so a stream that reshards often does not keep a record
+    /// of every shard it ever had. True when it was finished and is forgotten now; an
+    /// unfinished shard is left as it is. The worker calls it once every child of the shard has
+    /// a lease: a shard whose child was started counts as finished from then on.
+    ///
+    /// A store that does not override it keeps finished shards.
+    async fn forget_finished(&self, stream: &str, shard: &str) -> Result<bool> {
+        let _ = (stream, shard);
+        Ok(false)
+    }
+
+    /// Takes or keeps the lead of `stream`'s shard listing for `holder` (a membership name)
+    /// for `ttl`: true when `holder` leads now. The leader lists the shards and
+    /// [publishes](Self::publish_listing) the listing; the other instances read it
+    /// ([`published_listing`](Self::published_listing)) instead of calling `ListShards`
+    /// themselves, so a fleet lists a stream about as often as one instance does. When the
+    /// leader stops renewing, another instance leads once `ttl` has passed.
+    ///
+    /// A store that does not override it answers true for every holder: every instance lists
+    /// the shards itself.
+    async fn lead_listing(&self, stream: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let _ = (stream, holder, ttl);
+        Ok(true)
+    }
+
+    /// Publishes `listing` (the leader's shard listing, in a form only the workers read) as the
+    /// current listing of `stream`.
+    async fn publish_listing(&self, stream: &str, listing: &str) -> Result<()> {
+        let _ = (stream, listing);
+        Ok(())
+    }
+
+    /// The shard listing of `stream` last [published](Self::publish_listing), and how long ago
+    /// it was published (by the store's clock); `None` when there is none.
+    async fn published_listing(&self, stream: &str) -> Result<Option<(String, Duration)>> {
+        let _ = stream;
+        Ok(None)
+    }
+
     /// Like [`acquire_above`](Self::acquire_above), but the lease is tied to `membership` (see
     /// [`join`](Self::join)): it is valid while the membership lives and free as soon as it
     /// expires, and [`renew`](Self::renew) only confirms it. `ttl` is used by a store without

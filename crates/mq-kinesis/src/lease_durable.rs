@@ -1,8 +1,8 @@
 //! [`DurableLeaseStore`]: leases in one store, checkpoints and the epoch fence in a durable one.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mq_core::backend::{CheckpointStore, StoredCheckpoint};
@@ -23,6 +23,13 @@ use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore};
 ///   wipes in a row), the lease is given back and `None` returned. The lease's checkpoint is the
 ///   durable one (the lease store's copy only when the durable store has none yet, which lets a
 ///   lease-store-only setup move to this one without re-reading its shards).
+/// - **a lease the lease store lost**: when the lease store's epoch of a shard is behind the
+///   durable one (Redis restarted empty, or a failover lost its last writes), the owner the
+///   durable store knows of may still be reading the shard. The first acquirer raises the durable
+///   fence at once, so that owner's next checkpoint is refused and it stops, and takes the shard
+///   only after the [`recovery_wait`](Self::recovery_wait) (one membership TTL by default): the
+///   batch that owner had in flight ends before the new owner's first one starts, so no shard is
+///   handled by two instances at once.
 /// - **checkpoint**: written to the durable store first with the lease's epoch, and its verdict
 ///   is returned; the lease store's copy is updated afterwards, best effort.
 /// - **state / leases**: the lease store's view, with the durable checkpoint and epoch; shards
@@ -34,9 +41,14 @@ use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore};
 /// the leases themselves; the durable epoch fence is what keeps two owners apart when the lease
 /// store loses them.
 ///
-/// Finished flags, heartbeats and poison-pill counters live in the lease store only: after a
-/// wipe, a finished shard is read again from its durable checkpoint (which finds its end at
-/// once), and failure counts start again.
+/// - **finish**: the finished mark is kept in both stores (in the durable one as the checkpoint
+///   that comes after every sequence number, as long as Kinesis allows), so a shard read to its
+///   end is never read again, even after the lease store lost its data.
+/// - **forget_finished**: the lease store forgets the shard; the durable store keeps its row
+///   with the finished mark.
+///
+/// Heartbeats and poison-pill counters live in the lease store only: after a wipe, failure
+/// counts start again.
 ///
 /// # Examples
 ///
@@ -52,8 +64,10 @@ use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore};
 /// let lease = store.acquire("orders", "shard-0", "a", Duration::from_secs(30)).await?.expect("free");
 /// assert_eq!(store.checkpoint(&lease, "100").await?, CheckpointOutcome::Advanced);
 ///
-/// // the lease store loses everything; a new owner resumes from the durable checkpoint
-/// let store = DurableLeaseStore::new(Arc::new(InMemoryLeaseStore::new()), checkpoints);
+/// // the lease store loses everything; a new owner resumes from the durable checkpoint (here
+/// // at once; by default after a wait that lets the old owner's batch in flight end)
+/// let store = DurableLeaseStore::new(Arc::new(InMemoryLeaseStore::new()), checkpoints)
+///     .recovery_wait(Duration::ZERO);
 /// let next = store.acquire("orders", "shard-0", "b", Duration::from_secs(30)).await?.expect("free");
 /// assert!(next.epoch > lease.epoch);
 /// assert_eq!(next.checkpoint.as_deref(), Some("100"));
@@ -65,6 +79,26 @@ use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore};
 pub struct DurableLeaseStore {
     leases: Arc<dyn LeaseStore>,
     checkpoints: Arc<dyn CheckpointStore>,
+    recovery_wait: Option<Duration>,
+    /// The membership TTL this instance keeps per stream, the default recovery wait.
+    membership_ttls: Arc<Mutex<HashMap<String, Duration>>>,
+    /// Shards whose lease the lease store lost, by (stream, shard): when this instance raised
+    /// the durable fence, and the lease store's epoch of the shard then.
+    recovering: Arc<Mutex<Recovering>>,
+}
+
+/// Shards being recovered, by (stream, shard): since when, and the lease store's epoch then.
+type Recovering = HashMap<(String, String), (Instant, u64)>;
+
+/// The durable checkpoint of a finished shard: the largest sequence number there can be.
+fn shard_end() -> String {
+    "9".repeat(mq_core::backend::MAX_SEQUENCE_NUMBER_DIGITS)
+}
+
+fn is_shard_end(sequence_number: Option<&str>) -> bool {
+    sequence_number.is_some_and(|s| {
+        s.len() == mq_core::backend::MAX_SEQUENCE_NUMBER_DIGITS && s.bytes().all(|b| b == b'9')
+    })
 }
 
 fn durable(operation: &'static str) -> impl FnOnce(mq_core::Error) -> Error {
@@ -91,7 +125,124 @@ impl DurableLeaseStore {
         DurableLeaseStore {
             leases,
             checkpoints,
+            recovery_wait: None,
+            membership_ttls: Arc::default(),
+            recovering: Arc::default(),
         }
+    }
+
+    /// How long an acquisition waits on a shard whose lease the lease store lost (its epoch
+    /// there is behind the durable one) before taking it: the previous owner is fenced at the
+    /// start of the wait and must have finished the batch it had in flight by its end. By
+    /// default the membership TTL the instance keeps (see
+    /// [`KinesisOptions::membership_ttl`](crate::KinesisOptions::membership_ttl)), or the
+    /// lease duration without memberships; set it above your longest batch when batches take
+    /// longer than that. Zero takes such a shard at once (the previous owner is still fenced,
+    /// but its batch in flight may overlap the new owner's first).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use mq_core::backend::MemoryCheckpointStore;
+    /// use mq_kinesis::{CheckpointOutcome, DurableLeaseStore, InMemoryLeaseStore, LeaseStore};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let checkpoints = Arc::new(MemoryCheckpointStore::new());
+    /// let ttl = Duration::from_secs(30);
+    /// let store = DurableLeaseStore::new(Arc::new(InMemoryLeaseStore::new()), checkpoints.clone());
+    /// let old = store.acquire("orders", "shard-0", "a", ttl).await?.expect("free");
+    ///
+    /// // the lease store loses everything while "a" still reads the shard
+    /// let store = DurableLeaseStore::new(Arc::new(InMemoryLeaseStore::new()), checkpoints)
+    ///     .recovery_wait(Duration::from_millis(50));
+    /// assert!(store.acquire("orders", "shard-0", "b", ttl).await?.is_none(), "waits");
+    /// assert_eq!(store.checkpoint(&old, "100").await?, CheckpointOutcome::Fenced);
+    /// tokio::time::sleep(Duration::from_millis(60)).await;
+    /// let new = store.acquire("orders", "shard-0", "b", ttl).await?.expect("after the wait");
+    /// assert!(new.epoch > old.epoch);
+    /// # Ok::<(), mq_kinesis::Error>(())
+    /// # }).unwrap();
+    /// ```
+    #[must_use]
+    pub fn recovery_wait(mut self, wait: Duration) -> Self {
+        self.recovery_wait = Some(wait);
+        self
+    }
+
+    /// The recovery wait for `stream`, with `ttl` the lease duration of the acquisition.
+    fn wait_for(&self, stream: &str, ttl: Duration) -> Duration {
+        if let Some(w) = self.recovery_wait {
+            return w;
+        }
+        self.membership_ttls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stream)
+            .copied()
+            .unwrap_or(ttl)
+    }
+
+    /// Before acquiring `shard`: true when it may be taken now. When the lease store's epoch
+    /// (`lease_epoch`) is behind the durable `newest`, the lease store lost the lease of whoever
+    /// holds `newest`: the first call raises the durable fence above `newest`, so that holder is
+    /// refused its next checkpoint, and later calls answer true once the recovery wait has
+    /// passed, as long as nobody acquired the shard in the lease store meanwhile (its epoch
+    /// there did not move) and no more than another recovery wait went by (a call that comes
+    /// later waits again: the lease store may have lost data once more).
+    async fn recovered(
+        &self,
+        stream: &str,
+        shard: &str,
+        newest: u64,
+        lease_epoch: u64,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let key = (stream.to_owned(), shard.to_owned());
+        let waiting = self
+            .recovering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        let wait = self.wait_for(stream, ttl);
+        if let Some((since, seen)) = waiting
+            && seen == lease_epoch
+            && since.elapsed() <= wait * 2
+        {
+            let done = since.elapsed() >= wait;
+            if done {
+                self.forget_recovery(stream, shard);
+            }
+            return Ok(done);
+        }
+        self.checkpoints
+            .observe_epoch(stream, shard, newest + 1)
+            .await
+            .map_err(durable("acquire"))?;
+        tracing::warn!(
+            stream,
+            shard,
+            epoch = newest,
+            ?wait,
+            "mq-kinesis: the lease store lost this shard's lease; its last owner is fenced, taking the shard after the recovery wait"
+        );
+        if wait.is_zero() {
+            return Ok(true);
+        }
+        self.recovering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (Instant::now(), lease_epoch));
+        Ok(false)
+    }
+
+    fn forget_recovery(&self, stream: &str, shard: &str) {
+        self.recovering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(stream.to_owned(), shard.to_owned()));
     }
 
     /// The lease store.
@@ -129,7 +280,9 @@ impl DurableLeaseStore {
     fn merge(mut state: LeaseState, stored: Option<&StoredCheckpoint>) -> LeaseState {
         if let Some(c) = stored {
             state.epoch = state.epoch.max(c.epoch);
-            if c.sequence_number.is_some() {
+            if is_shard_end(c.sequence_number.as_deref()) {
+                state.finished = true;
+            } else if c.sequence_number.is_some() {
                 state.checkpoint.clone_from(&c.sequence_number);
             }
         }
@@ -179,6 +332,30 @@ impl DurableLeaseStore {
             .max_epoch(stream, shard)
             .await
             .map_err(durable("acquire"))?;
+        let mut newest = newest;
+        if newest > 0 {
+            let state = self.leases.state(stream, shard).await?;
+            if state.finished || state.live {
+                self.forget_recovery(stream, shard);
+                return Ok(None);
+            }
+            if state.epoch < newest {
+                if !self
+                    .recovered(stream, shard, newest, state.epoch, ttl)
+                    .await?
+                {
+                    return Ok(None);
+                }
+                // the fence was raised: the new epoch goes above it
+                newest = self
+                    .checkpoints
+                    .max_epoch(stream, shard)
+                    .await
+                    .map_err(durable("acquire"))?;
+            } else {
+                self.forget_recovery(stream, shard);
+            }
+        }
         let floor = epoch_floor.max(newest);
         let acquired = match membership {
             Some(m) => {
@@ -219,17 +396,33 @@ impl DurableLeaseStore {
             return Ok(None);
         }
         match self.checkpoints.load(stream, shard).await {
-            Ok(stored) => {
-                if let Some(seq) = stored.and_then(|c| c.sequence_number) {
-                    lease.checkpoint = Some(seq);
+            Ok(stored) => match stored.and_then(|c| c.sequence_number) {
+                Some(seq) if is_shard_end(Some(&seq)) => {
+                    // finished before the lease store lost its data: mark it there again
+                    if let Err(e) = self.leases.finish(&lease).await {
+                        tracing::warn!(shard, error = %e, "mq-kinesis: cannot mark a finished shard in the lease store");
+                        self.give_back(&lease).await;
+                    }
+                    Ok(None)
                 }
-                Ok(Some(lease))
-            }
+                Some(seq) => {
+                    lease.checkpoint = Some(seq);
+                    Ok(Some(lease))
+                }
+                None => Ok(Some(lease)),
+            },
             Err(e) => {
                 self.give_back(&lease).await;
                 Err(durable("acquire")(e))
             }
         }
+    }
+
+    fn remember_membership_ttl(&self, stream: &str, ttl: Duration) {
+        self.membership_ttls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream.to_owned(), ttl);
     }
 
     async fn give_back(&self, lease: &Lease) {
@@ -318,7 +511,36 @@ impl LeaseStore for DurableLeaseStore {
     }
 
     async fn finish(&self, lease: &Lease) -> Result<bool> {
-        self.leases.finish(lease).await
+        if !self.leases.finish(lease).await? {
+            // fenced, unless the lease store lost the lease (its epoch is behind): then the
+            // durable fence decides
+            let state = self.leases.state(&lease.stream, &lease.shard).await?;
+            if state.epoch >= lease.epoch {
+                return Ok(false);
+            }
+        }
+        let outcome = self
+            .checkpoints
+            .save(&lease.stream, &lease.shard, lease.epoch, &shard_end())
+            .await
+            .map_err(durable("finish"))?;
+        Ok(outcome != CheckpointOutcome::Fenced)
+    }
+
+    async fn forget_finished(&self, stream: &str, shard: &str) -> Result<bool> {
+        self.leases.forget_finished(stream, shard).await
+    }
+
+    async fn lead_listing(&self, stream: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        self.leases.lead_listing(stream, holder, ttl).await
+    }
+
+    async fn publish_listing(&self, stream: &str, listing: &str) -> Result<()> {
+        self.leases.publish_listing(stream, listing).await
+    }
+
+    async fn published_listing(&self, stream: &str) -> Result<Option<(String, Duration)>> {
+        self.leases.published_listing(stream).await
     }
 
     async fn state(&self, stream: &str, shard: &str) -> Result<LeaseState> {
@@ -375,6 +597,7 @@ impl LeaseStore for DurableLeaseStore {
         membership: &str,
         ttl: Duration,
     ) -> Result<()> {
+        self.remember_membership_ttl(stream, ttl);
         self.leases.join(stream, instance, membership, ttl).await
     }
 
@@ -385,6 +608,7 @@ impl LeaseStore for DurableLeaseStore {
         membership: &str,
         ttl: Duration,
     ) -> Result<bool> {
+        self.remember_membership_ttl(stream, ttl);
         self.leases
             .renew_membership(stream, instance, membership, ttl)
             .await

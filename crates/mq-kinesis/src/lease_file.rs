@@ -334,6 +334,24 @@ impl LeaseStore for FileLeaseStore {
         .await
     }
 
+    async fn forget_finished(&self, stream: &str, shard: &str) -> Result<bool> {
+        let shard = shard.to_owned();
+        self.locked(stream, "forget_finished", move |dir| {
+            let path = lease_path(dir, &shard);
+            if !read_record(&path, &shard)?.finished {
+                return Ok(false);
+            }
+            for p in [path, poison_path(dir, &shard)] {
+                match fs::remove_file(p) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(true)
+        })
+        .await
+    }
+
     async fn state(&self, stream: &str, shard: &str) -> Result<LeaseState> {
         let shard = shard.to_owned();
         self.locked(stream, "state", move |dir| {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::lease::{
     CheckpointOutcome, Lease, LeaseRecord, LeaseState, LeaseStore, Memberships, end_membership,
-    heartbeat_member, keep_membership, live_members, now_ms, operator_checkpoint,
+    heartbeat_member, keep_membership, live_members, now_ms, operator_checkpoint, ttl_ms,
 };
 
 /// Leases kept in this process: for tests and single-process deployments. Cloning shares the
@@ -36,6 +36,10 @@ struct MemState {
     members: HashMap<String, BTreeMap<String, u64>>,
     memberships: HashMap<String, Memberships>,
     versions: HashMap<String, u64>,
+    /// stream → (holder, expiry in Unix ms) of the listing's lead
+    listing_leads: HashMap<String, (String, u64)>,
+    /// stream → (listing, when published in Unix ms)
+    listings: HashMap<String, (String, u64)>,
 }
 
 impl InMemoryLeaseStore {
@@ -177,6 +181,47 @@ impl LeaseStore for InMemoryLeaseStore {
 
     async fn finish(&self, lease: &Lease) -> Result<bool> {
         Ok(self.update(&lease.stream, &lease.shard, |l, _| l.finish(lease)))
+    }
+
+    async fn lead_listing(&self, stream: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let now = now_ms();
+        let mut s = self.lock();
+        let lead = s
+            .listing_leads
+            .entry(stream.to_owned())
+            .or_insert_with(|| (holder.to_owned(), 0));
+        if lead.0 != holder && lead.1 > now {
+            return Ok(false);
+        }
+        *lead = (holder.to_owned(), now + ttl_ms(ttl));
+        Ok(true)
+    }
+
+    async fn publish_listing(&self, stream: &str, listing: &str) -> Result<()> {
+        self.lock()
+            .listings
+            .insert(stream.to_owned(), (listing.to_owned(), now_ms()));
+        Ok(())
+    }
+
+    async fn published_listing(&self, stream: &str) -> Result<Option<(String, Duration)>> {
+        let now = now_ms();
+        Ok(self
+            .lock()
+            .listings
+            .get(stream)
+            .map(|(l, at)| (l.clone(), Duration::from_millis(now.saturating_sub(*at)))))
+    }
+
+    async fn forget_finished(&self, stream: &str, shard: &str) -> Result<bool> {
+        let mut s = self.lock();
+        let k = key(stream, shard);
+        if !s.leases.get(&k).is_some_and(|l| l.finished) {
+            return Ok(false);
+        }
+        s.leases.remove(&k);
+        s.failures.remove(&k);
+        Ok(true)
     }
 
     async fn state(&self, stream: &str, shard: &str) -> Result<LeaseState> {

@@ -86,6 +86,35 @@ return 1";
 const FINISH: &str =
     "redis.call('HSET', KEYS[1], 'finished', '1') redis.call('HINCRBY', KEYS[3], 'v', 1) return 1";
 
+/// KEYS[1] lease hash, KEYS[2] shard index set, KEYS[3] failure counts; ARGV shard → 1 when
+/// the shard was finished and is forgotten now.
+const FORGET: &str = "
+if redis.call('HGET', KEYS[1], 'finished') ~= '1' then return 0 end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1";
+
+/// KEYS[1] listing lead hash; ARGV holder, ttl_ms → 1 when the holder leads now.
+const LEAD: &str = "
+local h = redis.call('HMGET', KEYS[1], 'holder', 'expires')
+if h[1] and h[1] ~= ARGV[1] and tonumber(h[2] or '0') > now then return 0 end
+local exp = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'expires', exp)
+redis.call('PEXPIREAT', KEYS[1], exp + 86400000)
+return 1";
+
+/// KEYS[1] listing hash; ARGV listing: stores it with the server's time.
+const PUBLISH: &str = "
+redis.call('HSET', KEYS[1], 'listing', ARGV[1], 'at', now)
+redis.call('PEXPIREAT', KEYS[1], now + 86400000)
+return 1";
+
+/// KEYS[1] listing hash → {listing, age in ms} or {}.
+const PUBLISHED: &str = "
+local h = redis.call('HMGET', KEYS[1], 'listing', 'at')
+if not h[1] then return {} end
+return {h[1], math.max(0, now - tonumber(h[2] or '0'))}";
+
 /// One state row: owner, epoch, expires, checkpoint, finished, live, membership.
 const ROW: &str = "
 local function row(h, mkey)
@@ -168,7 +197,10 @@ return redis.call('ZRANGE', KEYS[1], '(' .. now, '+inf', 'BYSCORE')";
 /// - `<prefix>:{<stream>}:memberships`: hash of membership name to expiry (ms): one field an
 ///   instance, renewed by one call about every second whatever the instance owns;
 /// - `<prefix>:{<stream>}:version`: hash whose field `v` counts the changes of hands and of
-///   membership, so instances read every lease only after one.
+///   membership, so instances read every lease only after one;
+/// - `<prefix>:{<stream>}:listing-lead`: hash of the membership of the instance that lists the
+///   shards and when its lead ends (two discovery intervals after its last renewal), and `<prefix>:{<stream>}:listing`: hash of the
+///   listing it published and when.
 ///
 /// Redis 6.2 or later (the scripts use `ZRANGE … BYSCORE`). Every script that reads `TIME` and
 /// then writes asks for effect replication first, so replicas apply the same writes even where
@@ -195,6 +227,10 @@ struct Scripts {
     checkpoint: Script,
     release: Script,
     finish: Script,
+    forget: Script,
+    lead: Script,
+    publish: Script,
+    published: Script,
     state: Script,
     list: Script,
     heartbeat: Script,
@@ -280,6 +316,10 @@ impl RedisLeaseStore {
                 checkpoint: guarded(CHECKPOINT),
                 release: guarded(RELEASE),
                 finish: guarded(FINISH),
+                forget: Script::from_lua(FORGET),
+                lead: script(LEAD),
+                publish: script(PUBLISH),
+                published: script(PUBLISHED),
                 state: with_rows(STATE),
                 list: with_rows(LIST),
                 heartbeat: with_members(HEARTBEAT),
@@ -575,6 +615,63 @@ impl LeaseStore for RedisLeaseStore {
             .guarded("finish", &self.scripts.finish, lease, None)
             .await?
             == 1)
+    }
+
+    async fn lead_listing(&self, stream: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let v = self
+            .run(
+                "lead_listing",
+                &self.scripts.lead,
+                vec![format!("{}:{{{stream}}}:listing-lead", self.prefix)],
+                vec![Value::from(holder), Value::from(ttl_ms(ttl).to_string())],
+            )
+            .await?;
+        Ok(v.as_i64() == Some(1))
+    }
+
+    async fn publish_listing(&self, stream: &str, listing: &str) -> Result<()> {
+        self.run(
+            "publish_listing",
+            &self.scripts.publish,
+            vec![format!("{}:{{{stream}}}:listing", self.prefix)],
+            vec![Value::from(listing)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn published_listing(&self, stream: &str) -> Result<Option<(String, Duration)>> {
+        let v = self
+            .run(
+                "published_listing",
+                &self.scripts.published,
+                vec![format!("{}:{{{stream}}}:listing", self.prefix)],
+                vec![],
+            )
+            .await?;
+        let items = v.into_array();
+        Ok(match items.as_slice() {
+            [listing, age] => listing
+                .as_string()
+                .map(|l| (l, Duration::from_millis(as_u64(age)))),
+            _ => None,
+        })
+    }
+
+    async fn forget_finished(&self, stream: &str, shard: &str) -> Result<bool> {
+        let v = self
+            .run(
+                "forget_finished",
+                &self.scripts.forget,
+                vec![
+                    self.key(stream, "lease", shard),
+                    self.shards_key(stream),
+                    self.key(stream, "poison", shard),
+                ],
+                vec![Value::from(shard)],
+            )
+            .await?;
+        Ok(v.as_i64() == Some(1))
     }
 
     async fn state(&self, stream: &str, shard: &str) -> Result<LeaseState> {

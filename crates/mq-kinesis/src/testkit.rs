@@ -628,6 +628,81 @@ pub mod cases {
         store.leave(&s, "a", "a.1").await.unwrap();
         check(version(true, "leave").await);
     }
+
+    /// A finished shard's record is forgotten on request (an unfinished one is not), its old
+    /// lease cannot bring it back, and a store that keeps a durable copy still reports it
+    /// finished.
+    pub async fn finished_shards_are_forgotten(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some((store, s)) = open(f, test).await else {
+            return;
+        };
+        let done = store.acquire(&s, "sh-0", "a", LONG).await.unwrap().unwrap();
+        assert_eq!(
+            store.checkpoint(&done, "7").await.unwrap(),
+            CheckpointOutcome::Advanced
+        );
+        store.record_failure(&s, "sh-0", "7").await.unwrap();
+        let open_lease = store.acquire(&s, "sh-1", "a", LONG).await.unwrap().unwrap();
+        assert!(
+            !store.forget_finished(&s, "sh-1").await.unwrap(),
+            "not finished"
+        );
+        assert!(
+            !store.forget_finished(&s, "sh-0").await.unwrap(),
+            "not finished yet"
+        );
+        assert!(store.finish(&done).await.unwrap());
+        if !store.forget_finished(&s, "sh-0").await.unwrap() {
+            // a store that keeps finished shards
+            return;
+        }
+        // the old lease can neither release nor finish it into a record again
+        assert!(!store.release(&done).await.unwrap());
+        assert!(store.failure_counts(&s, "sh-0").await.unwrap().is_empty());
+        let leases = store.leases(&s).await.unwrap();
+        let forgotten: Vec<_> = leases.iter().filter(|l| l.shard == "sh-0").collect();
+        assert!(
+            forgotten.iter().all(|l| l.finished && l.owner.is_none()),
+            "forgotten, or kept finished by a durable copy: {forgotten:?}"
+        );
+        assert!(leases.iter().any(|l| l.shard == "sh-1" && l.live));
+        assert!(store.renew(&open_lease, LONG).await.unwrap());
+        assert!(
+            !store.forget_finished(&s, "sh-0").await.unwrap(),
+            "forgotten once"
+        );
+    }
+
+    /// One holder leads the shard listing at a time, until its lead expires; the published
+    /// listing is read back with its age (a store without leads is skipped).
+    pub async fn one_holder_leads_the_listing(f: &dyn LeaseStoreFactory, test: &str) {
+        let Some((store, s)) = open(f, test).await else {
+            return;
+        };
+        let short = Duration::from_millis(300);
+        assert!(store.lead_listing(&s, "a.1", short).await.unwrap());
+        if store.lead_listing(&s, "b.1", short).await.unwrap() {
+            // every holder leads: a store without leads
+            return;
+        }
+        assert!(store.published_listing(&s).await.unwrap().is_none());
+        assert!(
+            store.lead_listing(&s, "a.1", short).await.unwrap(),
+            "renewed"
+        );
+        store.publish_listing(&s, "[1]").await.unwrap();
+        let (listing, age) = store.published_listing(&s).await.unwrap().unwrap();
+        assert_eq!(listing, "[1]");
+        assert!(age < Duration::from_secs(5), "{age:?}");
+        tokio::time::sleep(short + Duration::from_millis(100)).await;
+        assert!(
+            store.lead_listing(&s, "b.1", short).await.unwrap(),
+            "a's lead expired"
+        );
+        assert!(!store.lead_listing(&s, "a.1", short).await.unwrap());
+        let (_, later) = store.published_listing(&s).await.unwrap().unwrap();
+        assert!(later >= short, "the age grows: {later:?}");
+    }
 }
 
 /// Stamps one `#[tokio::test]` per lease-store conformance case, each calling `$factory` for a
@@ -649,7 +724,9 @@ macro_rules! lease_store_tests {
             set_checkpoint_overrides_and_fences,
             membership_leases_end_with_the_membership,
             leaving_frees_the_leases_at_once,
-            lease_version_moves_when_leases_change_hands
+            lease_version_moves_when_leases_change_hands,
+            finished_shards_are_forgotten,
+            one_holder_leads_the_listing
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

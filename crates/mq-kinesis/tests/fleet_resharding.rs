@@ -1,6 +1,7 @@
 //! Resharding under load: two instances read a 4-shard stream while messages flow; shard 0 is
 //! split and shards 2 and 3 are merged. Nothing is lost, every key keeps its order, each parent
-//! is finished in the lease store, and no child is read before its parents' last batch.
+//! is finished in the lease store, and no child is read before its parents' last batch. Then the
+//! parents' lease records are forgotten, and the parents are not read again.
 
 #[path = "common/emulator.rs"]
 mod emulator;
@@ -10,7 +11,7 @@ mod fleet;
 mod instance;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use emulator::Emulator;
 use fleet::{Log, Publisher, fleet_options, wait_all};
@@ -88,7 +89,16 @@ async fn split_and_merge_under_load_lose_nothing_and_keep_key_order() {
             .min();
         for p in &parents {
             let st = store.state(stream, p).await.unwrap();
-            assert!(st.finished, "parent {p} finished in the lease store");
+            // finished, or its record already forgotten (its children have theirs)
+            assert!(
+                st.finished || (st.epoch == 0 && st.owner.is_none()),
+                "parent {p} finished in the lease store: {st:?}"
+            );
+            assert!(
+                store.state(stream, s.shard_id()).await.unwrap().epoch > 0,
+                "child {} started",
+                s.shard_id()
+            );
             let last_parent = deliveries
                 .iter()
                 .filter(|d| d.shard == *p)
@@ -123,6 +133,45 @@ async fn split_and_merge_under_load_lose_nothing_and_keep_key_order() {
     assert_eq!(lost, 0);
     assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(log.overlaps(), 0);
+
+    // the parents' records are forgotten once their children started, and they stay finished
+    let forgotten = Instant::now();
+    let parents = [
+        "shardId-000000000000",
+        "shardId-000000000002",
+        "shardId-000000000003",
+    ];
+    let s = store.clone();
+    let mut left = Vec::new();
+    for _ in 0..1000 {
+        let leases = s.leases(stream).await.unwrap();
+        left = leases
+            .iter()
+            .filter(|l| parents.contains(&l.shard.as_str()))
+            .map(|l| l.shard.clone())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "parents' lease records forgotten {:?} after the load ended; left {left:?}",
+        forgotten.elapsed()
+    );
+    assert!(left.is_empty(), "finished parents still recorded: {left:?}");
+    let l = log.clone();
+    let before = log.deliveries().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again: Vec<_> = l.deliveries()[before..]
+        .iter()
+        .filter(|d| parents.contains(&d.shard.as_str()))
+        .map(|d| d.shard.clone())
+        .collect();
+    assert!(
+        again.is_empty(),
+        "a forgotten parent was read again: {again:?}"
+    );
     for i in instances {
         tokio::task::spawn_blocking(move || i.stop()).await.unwrap();
     }

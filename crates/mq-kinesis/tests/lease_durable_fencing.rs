@@ -1,6 +1,7 @@
 //! A stale owner with an old epoch cannot move a durable checkpoint, backwards or forwards, after
-//! the Redis holding the leases forgot everything; the new owner's epoch is above the durable one
-//! and it resumes from the durable checkpoint. On PostgreSQL, MariaDB, MongoDB and SQLite.
+//! the Redis holding the leases forgot everything; it is fenced as soon as someone asks for the
+//! shard, which is handed out only after the recovery wait; the new owner's epoch is above the
+//! durable one and it resumes from the durable checkpoint. On PostgreSQL, MariaDB, MongoDB and SQLite.
 
 #[path = "common/durable.rs"]
 mod durable;
@@ -15,13 +16,14 @@ use mq_kinesis::{CheckpointOutcome, DurableLeaseStore, LeaseStore, RedisLeaseSto
 use redis_server::RedisServer;
 
 const TTL: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_millis(300);
 
 async fn stale_owner_after_a_wipe(test: &str, checkpoints: Arc<dyn CheckpointStore>) {
     let Some(redis) = RedisServer::start_or_skip(test).await else {
         return;
     };
     let leases = Arc::new(RedisLeaseStore::connect(&redis.url(), "mq").await.unwrap());
-    let store = DurableLeaseStore::new(leases, checkpoints.clone());
+    let store = DurableLeaseStore::new(leases, checkpoints.clone()).recovery_wait(WAIT);
     let s = "stream";
     // earlier history: a few owners came and went
     for owner in ["x", "y", "z"] {
@@ -36,8 +38,27 @@ async fn stale_owner_after_a_wipe(test: &str, checkpoints: Arc<dyn CheckpointSto
     );
 
     redis.flushall().await;
+    // "a" may still be reading: the shard is not handed out at once, but "a" is fenced at once
+    let asked = std::time::Instant::now();
+    assert!(store.acquire(s, "sh", "b", TTL).await.unwrap().is_none());
+    assert_eq!(
+        store.checkpoint(&a, "110").await.unwrap(),
+        CheckpointOutcome::Fenced,
+        "the last owner is fenced while the new one waits"
+    );
     // Redis alone would hand out epoch 1 again; the durable floor keeps epochs increasing
-    let b = store.acquire(s, "sh", "b", TTL).await.unwrap().unwrap();
+    let b = loop {
+        if let Some(b) = store.acquire(s, "sh", "b", TTL).await.unwrap() {
+            break b;
+        }
+        assert!(asked.elapsed() < WAIT * 10, "not acquired after the wait");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        asked.elapsed() >= WAIT,
+        "acquired after {:?}, before the recovery wait of {WAIT:?}",
+        asked.elapsed()
+    );
     assert!(b.epoch > a.epoch, "epoch {} after {}", b.epoch, a.epoch);
     assert_eq!(
         b.checkpoint.as_deref(),

@@ -89,3 +89,19 @@ pub async fn mongo(test: &str) -> Option<Arc<dyn CheckpointStore>> {
             .unwrap(),
     ))
 }
+
+/// Another PostgreSQL checkpoint store with a pool of its own, on the table [`postgres`] made for
+/// `test`: one per instance of a fleet.
+pub async fn postgres_again(test: &str) -> Option<Arc<dyn CheckpointStore>> {
+    let url = url("MQ_TEST_POSTGRES_URL", test)?;
+    let pool = sqlx::pool::PoolOptions::<sqlx::Postgres>::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    Some(Arc::new(
+        mq_sql::PgCheckpointStore::from_pool(pool, name(test))
+            .await
+            .unwrap(),
+    ))
+}

@@ -129,6 +129,24 @@ impl Log {
         bad
     }
 
+    /// The pairs counted by [`overlaps`](Self::overlaps).
+    pub fn overlapping_pairs(&self) -> Vec<(Delivery, Delivery)> {
+        let d = self.deliveries();
+        let mut out = Vec::new();
+        for (i, a) in d.iter().enumerate() {
+            for b in &d[i + 1..] {
+                if a.shard == b.shard
+                    && a.instance != b.instance
+                    && a.start < b.end
+                    && b.start < a.end
+                {
+                    out.push((a.clone(), b.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Pairs of batches of one shard handled by two instances at overlapping times.
     pub fn overlaps(&self) -> usize {
         let d = self.deliveries();

@@ -1,5 +1,6 @@
 //! A throw-away `redis-server` without persistence on a spare loopback port, killed on drop, so a
-//! test can FLUSHALL it without touching anyone else's data.
+//! test can FLUSHALL it without touching anyone else's data. It can also take a snapshot and be
+//! restarted from it, losing every write made since, as a failover to a lagging replica does.
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::TcpListener;
@@ -11,9 +12,12 @@ use tokio::process::{Child, Command};
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// where `SAVE` writes (`dump.rdb`) and a snapshot is kept (`snapshot.rdb`)
+    dir: std::path::PathBuf,
 }
 
-fn spawn(port: u16) -> Result<Child, String> {
+fn spawn(port: u16, dir: &std::path::Path) -> Result<Child, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Command::new("redis-server")
         .args([
             "--port",
@@ -24,6 +28,8 @@ fn spawn(port: u16) -> Result<Child, String> {
             "",
             "--appendonly",
             "no",
+            "--dir",
+            &dir.display().to_string(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -62,11 +68,14 @@ impl RedisServer {
             let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
             l.local_addr().map_err(|e| e.to_string())?.port()
         };
-        let child = spawn(port)?;
+        let dir = std::env::temp_dir().join(format!("mq-redis-{port}-{}", std::process::id()));
+        let _ = std::fs::remove_file(dir.join("dump.rdb"));
+        let child = spawn(port, &dir)?;
         wait_ready(port).await?;
         Ok(RedisServer {
             port,
             child: Some(child),
+            dir,
         })
     }
 
@@ -99,14 +108,42 @@ impl RedisServer {
     /// Starts it again, empty, on the same port.
     pub async fn restart(&mut self) {
         self.stop().await;
-        self.child = Some(spawn(self.port).expect("restart redis-server"));
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        self.start_again().await;
+    }
+
+    async fn start_again(&mut self) {
+        self.child = Some(spawn(self.port, &self.dir).expect("restart redis-server"));
         wait_ready(self.port)
             .await
             .expect("restarted redis-server answers");
     }
 
+    /// Saves everything it holds now (`SAVE`), for [`restore_snapshot`](Self::restore_snapshot).
+    pub async fn snapshot(&self) {
+        assert_eq!(cli(self.port, &["SAVE"]).await.unwrap(), "OK");
+        std::fs::rename(self.dir.join("dump.rdb"), self.dir.join("snapshot.rdb"))
+            .expect("keep the snapshot");
+    }
+
+    /// Kills the server and starts it again from the last [`snapshot`](Self::snapshot): every
+    /// write since is lost, as when a replica that lags behind is promoted.
+    pub async fn restore_snapshot(&mut self) {
+        self.stop().await;
+        std::fs::copy(self.dir.join("snapshot.rdb"), self.dir.join("dump.rdb"))
+            .expect("copy the snapshot");
+        self.start_again().await;
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+    }
+
     /// Forgets everything, as a restarted Redis without persistence does.
     pub async fn flushall(&self) {
         assert_eq!(cli(self.port, &["FLUSHALL"]).await.unwrap(), "OK");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
