@@ -115,6 +115,8 @@ mod metrics_observer;
 mod options;
 mod polling;
 mod queue;
+#[cfg(feature = "metrics")]
+mod queue_gauges;
 mod queue_name;
 mod redact;
 mod registered;
@@ -151,6 +153,8 @@ pub use options::{CommonOptions, ConsumerOptions};
 pub use queue::{
     BatchReport, ConsumerHandle, MessageQueue, MessageQueueExt, PublishFailure, PublishReport,
 };
+#[cfg(feature = "metrics")]
+pub use queue_gauges::{QueueGauges, record_queue_stats};
 pub use queue_name::{
     EnvSuffixResolver, IdentityResolver, MAX_QUEUE_NAME_LEN, QueueName, QueueNameResolver,
 };

@@ -126,6 +126,12 @@ impl<S: QueueStore> PollingQueue<S> {
         self.inner.store.queue_stats(resolved.as_ref()).await
     }
 
+    /// Cancelled when the queue starts shutting down.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.inner.stop.clone()
+    }
+
     /// The shared settings.
     pub fn common(&self) -> &CommonOptions {
         &self.inner.common

@@ -50,7 +50,7 @@
 //! | `mongo`  |         | [`mongo`]: [`MongoQueue`] (atomic lease-based claims, change-stream wake-up) |
 //! | `kinesis` |        | [`kinesis`]: [`KinesisQueue`], producer, shard consumer, Redis/file/memory lease stores |
 //! | `dlq`    |         | [`dlq`]: the idempotent, rate-limited [`Replayer`] of dead letters |
-//! | `metrics`|         | `MetricsObserver`: lifecycle events as metrics on the `metrics` facade |
+//! | `metrics`|         | `MetricsObserver`: lifecycle events as metrics on the `metrics` facade; `QueueGauges`: queue depth and oldest waiting age |
 //! | `tls`    | yes     | TLS (rustls on ring) for PostgreSQL and MySQL (`sslmode=verify-full&sslrootcert=...`, `ssl-mode=VERIFY_IDENTITY&ssl-ca=...` in the URL) and Redis (`rediss://`, `?ca_file=...`); MongoDB and Kinesis always have TLS |
 //! | `full`   |         | every backend (for CI and docs.rs) |
 //!
@@ -76,6 +76,9 @@ pub use mq_core::{
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use mq_core::MetricsObserver;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use mq_core::{QueueGauges, record_queue_stats};
 
 /// What a backend author needs: the polling runtime over a [`QueueStore`](backend::QueueStore),
 /// the handler runner, adaptive batch sizing and durable shard checkpoints.
