@@ -42,7 +42,7 @@ pub(crate) async fn run(
     let waiting = claim_rate(measured);
 
     // Drain the rest (untimed): now the table holds `depth` completed messages.
-    let rest = (n + depth).saturating_sub(measured.handled);
+    let rest = depth.saturating_sub(measured.handled);
     workload::consume(&q, &name, rest, 5000, concurrency).await?;
     workload::publish(&q, &name, (n + depth, 2 * n + depth), batch, concurrency).await?;
     let history = claim_rate(workload::consume(&q, &name, n, batch, concurrency).await?);
