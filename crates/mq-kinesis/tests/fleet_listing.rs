@@ -13,14 +13,10 @@ mod instance;
 mod redis_server;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::config::interceptors::BeforeTransmitInterceptorContextRef;
-use aws_sdk_kinesis::config::{
-    BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
-};
-use emulator::Emulator;
+use emulator::{Emulator, RequestCounter};
 use fleet::{Log, Publisher, counts, fleet_options, wait_all, wait_owners};
 use instance::Instance;
 use mq_core::QueueName;
@@ -31,55 +27,17 @@ use redis_server::RedisServer;
 const DISCOVERY: Duration = Duration::from_millis(300);
 const WINDOW: Duration = Duration::from_secs(3);
 
-/// Counts the `ListShards` calls of one instance's Kinesis client.
-#[derive(Debug, Clone, Default)]
-struct ListShardsCounter(Arc<AtomicUsize>);
-
-impl Intercept for ListShardsCounter {
-    fn name(&self) -> &'static str {
-        "ListShardsCounter"
-    }
-
-    fn read_before_transmit(
-        &self,
-        ctx: &BeforeTransmitInterceptorContextRef<'_>,
-        _rc: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), aws_sdk_kinesis::error::BoxError> {
-        let target = ctx
-            .request()
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or_default();
-        if target.ends_with(".ListShards") {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-}
-
-fn counting_client(endpoint: &str, counter: ListShardsCounter) -> aws_sdk_kinesis::Client {
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
-        .interceptor(counter)
-        .build();
-    aws_sdk_kinesis::Client::from_conf(config)
-}
-
 /// `ListShards` calls per instance during `WINDOW`.
-async fn calls_in_window(counters: &[(&str, ListShardsCounter)]) -> Vec<(String, usize)> {
+async fn calls_in_window(counters: &[(&str, RequestCounter)]) -> Vec<(String, usize)> {
     let before: Vec<usize> = counters
         .iter()
-        .map(|(_, c)| c.0.load(Ordering::SeqCst))
+        .map(|(_, c)| c.list_shards.load(Ordering::SeqCst))
         .collect();
     tokio::time::sleep(WINDOW).await;
     counters
         .iter()
         .zip(before)
-        .map(|((id, c), b)| ((*id).to_owned(), c.0.load(Ordering::SeqCst) - b))
+        .map(|((id, c), b)| ((*id).to_owned(), c.list_shards.load(Ordering::SeqCst) - b))
         .collect()
 }
 
@@ -97,11 +55,11 @@ async fn one_instance_lists_the_shards_and_another_takes_over_when_it_dies() {
     let mut counters = Vec::new();
     for id in ["a", "b", "c"] {
         let store = RedisLeaseStore::connect(&redis.url(), "mq").await.unwrap();
-        let counter = ListShardsCounter::default();
+        let counter = RequestCounter::default();
         let (endpoint, c) = (emu.endpoint.clone(), counter.clone());
         counters.push((id, counter));
         instances.push(Some(Instance::spawn_with(
-            move || counting_client(&endpoint, c),
+            move || emulator::client(&endpoint, true, Some(c), None),
             KinesisOptions::new(Arc::new(store))
                 .instance_id(id)
                 .discovery_interval(DISCOVERY),
@@ -157,7 +115,7 @@ async fn one_instance_lists_the_shards_and_another_takes_over_when_it_dies() {
         .await
         .unwrap();
     let killed = Instant::now();
-    let survivors: Vec<(&str, ListShardsCounter)> = counters
+    let survivors: Vec<(&str, RequestCounter)> = counters
         .iter()
         .filter(|(id, _)| *id != leader)
         .cloned()

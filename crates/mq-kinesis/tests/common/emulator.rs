@@ -346,6 +346,7 @@ pub struct RequestCounter {
     pub put_records: Arc<AtomicUsize>,
     pub get_records: Arc<AtomicUsize>,
     pub subscribe_to_shard: Arc<AtomicUsize>,
+    pub list_shards: Arc<AtomicUsize>,
     pub subscribes_by_shard: Arc<Mutex<HashMap<String, usize>>>,
 }
 
@@ -375,6 +376,7 @@ impl Intercept for RequestCounter {
         match target(ctx).as_str() {
             "PutRecords" => self.put_records.fetch_add(1, Ordering::SeqCst),
             "GetRecords" => self.get_records.fetch_add(1, Ordering::SeqCst),
+            "ListShards" => self.list_shards.fetch_add(1, Ordering::SeqCst),
             "SubscribeToShard" => {
                 let shard = ctx
                     .request()
