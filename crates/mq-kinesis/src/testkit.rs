@@ -694,13 +694,29 @@ pub mod cases {
         let (listing, age) = store.published_listing(&s).await.unwrap().unwrap();
         assert_eq!(listing, "[1]");
         assert!(age < Duration::from_secs(5), "{age:?}");
-        tokio::time::sleep(short + Duration::from_millis(100)).await;
+        // b takes the lead once a's has lapsed, not before
+        let renewed = tokio::time::Instant::now();
+        while !store.lead_listing(&s, "b.1", short).await.unwrap() {
+            assert!(
+                renewed.elapsed() < short * 10,
+                "a's lead never expired ({:?})",
+                renewed.elapsed()
+            );
+            tokio::time::sleep(short / 10).await;
+        }
         assert!(
-            store.lead_listing(&s, "b.1", short).await.unwrap(),
-            "a's lead expired"
+            renewed.elapsed() >= short / 2,
+            "b led before a's lead lapsed"
         );
         assert!(!store.lead_listing(&s, "a.1", short).await.unwrap());
-        let (_, later) = store.published_listing(&s).await.unwrap().unwrap();
+        // the listing's age keeps growing past the lead's TTL
+        let later = loop {
+            let (_, later) = store.published_listing(&s).await.unwrap().unwrap();
+            if later >= short || renewed.elapsed() > short * 10 {
+                break later;
+            }
+            tokio::time::sleep(short / 10).await;
+        };
         assert!(later >= short, "the age grows: {later:?}");
     }
 }
