@@ -111,7 +111,8 @@ impl MongoCheckpointStore {
     /// # let _ = store; Ok(()) }
     /// ```
     pub async fn connect(uri: &str, options: MongoOptions) -> mq_core::Result<Self> {
-        Self::from_client(connect::client(uri, &options).await?, options).await
+        let client = connect::client(uri, &options).await?;
+        connect::build_or_shut_down(client, async |c| Self::from_client(c, options).await).await
     }
 
     /// A store on `client` in [`MongoOptions::checkpoint_collection`]. Its one index (documents

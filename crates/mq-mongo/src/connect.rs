@@ -61,14 +61,38 @@ pub(crate) async fn client(uri: &str, options: &MongoOptions) -> Result<Client> 
     let client = Client::with_options(co).map_err(|e| connect_error(target.clone(), e.into()))?;
     let db = client.database(options.get_database());
     let ping = db.run_command(doc! { "ping": 1 });
-    match tokio::time::timeout(timeout + Duration::from_millis(500), ping).await {
-        Ok(Ok(_)) => Ok(client),
+    let pinged = match tokio::time::timeout(timeout + Duration::from_millis(500), ping).await {
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) if matches!(&*e.kind, ErrorKind::ServerSelection { .. }) => {
             Err(connect_error(target, unreachable(Some(e))))
         }
         Ok(Err(e)) => Err(connect_error(target, Box::new(e))),
         Err(_) => Err(connect_error(target, unreachable(None))),
+    };
+    shut_down_on_error(&client, pinged).await.map(|()| client)
+}
+
+/// Builds something on a client opened by [`client`], shutting the client down when the build
+/// fails.
+///
+/// Why: a dropped client ends its server sessions from a task it spawns. In a program that exits
+/// on the error (a command-line tool meeting a mistyped collection), that task races the
+/// runtime's shutdown, and the driver panics in it, printing a backtrace after the error.
+/// Shutting down first ends the sessions before the error is returned, and the drop does nothing.
+pub(crate) async fn build_or_shut_down<T>(
+    client: Client,
+    build: impl AsyncFnOnce(Client) -> Result<T>,
+) -> Result<T> {
+    let built = build(client.clone()).await;
+    shut_down_on_error(&client, built).await
+}
+
+/// Shuts `client` down when `result` is an error (see [`build_or_shut_down`]).
+async fn shut_down_on_error<T>(client: &Client, result: Result<T>) -> Result<T> {
+    if result.is_err() {
+        client.clone().shutdown().immediate(true).await;
     }
+    result
 }
 
 /// The hosts of a connection string the driver could not parse, without the credentials.

@@ -71,7 +71,8 @@ impl MongoDeadLetterStore {
     /// # let _ = store; Ok(()) }
     /// ```
     pub async fn connect(uri: &str, options: MongoOptions) -> mq_core::Result<Self> {
-        Self::from_client(connect::client(uri, &options).await?, options).await
+        let client = connect::client(uri, &options).await?;
+        connect::build_or_shut_down(client, async |c| Self::from_client(c, options).await).await
     }
 
     /// The store in [`MongoOptions::dead_letter_collection`] of [`MongoOptions::database`], on

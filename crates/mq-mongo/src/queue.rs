@@ -73,7 +73,8 @@ impl MongoQueue {
     /// # }
     /// ```
     pub async fn connect(uri: &str, options: MongoOptions) -> Result<Self> {
-        Self::from_client(connect::client(uri, &options).await?, options).await
+        let client = connect::client(uri, &options).await?;
+        connect::build_or_shut_down(client, async |c| Self::from_client(c, options).await).await
     }
 
     /// A queue on a client the caller built (its own timeouts apply). Creates the indexes of the
