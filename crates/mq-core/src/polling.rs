@@ -126,6 +126,16 @@ impl<S: QueueStore> PollingQueue<S> {
         self.inner.store.queue_stats(resolved.as_ref()).await
     }
 
+    /// The waiting and running messages of `queue`, or of every queue when `None` (read-only;
+    /// see [`QueueStore::queue_depth`]). The queue name goes through the queue's resolver.
+    pub async fn queue_depth(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
+        let resolved = match queue {
+            Some(q) => Some(self.inner.common.resolver.resolve(q)?),
+            None => None,
+        };
+        self.inner.store.queue_depth(resolved.as_ref()).await
+    }
+
     /// Cancelled when the queue starts shutting down.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn shutdown_token(&self) -> CancellationToken {

@@ -1,6 +1,7 @@
 //! [`QueueGauges`]: queue depth and the oldest waiting message's age as gauges on the `metrics`
 //! facade, read from the store on an interval (feature `metrics`).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use metrics::gauge;
@@ -8,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::message::Status;
 use crate::polling::PollingQueue;
+use crate::queue_name::QueueName;
 use crate::stats::QueueStats;
 use crate::store::QueueStore;
 
@@ -20,7 +22,10 @@ use crate::store::QueueStore;
 /// - `mq_queue_expired_leases{backend, queue}`: claims whose lease ran out (a crashed or stuck
 ///   consumer).
 ///
-/// [`QueueGauges`] calls it on an interval; call it yourself to export numbers read another way.
+/// Call it to export numbers read another way (say, a full
+/// [`queue_stats`](PollingQueue::queue_stats) now and then); [`QueueGauges`] sets the same
+/// gauges from the cheaper [`queue_depth`](PollingQueue::queue_depth) reading, waiting and
+/// running messages only.
 ///
 /// # Examples
 ///
@@ -33,9 +38,17 @@ use crate::store::QueueStore;
 /// # Ok::<(), mq_core::Error>(())
 /// ```
 pub fn record_queue_stats(backend: &'static str, stats: &[QueueStats]) {
+    record(backend, stats, &Status::ALL);
+}
+
+/// The statuses a depth reading counts.
+const LIVE: [Status; 2] = [Status::Scheduled, Status::Processing];
+
+/// Sets the gauges of `statuses`, the age and the expired leases from `stats`.
+fn record(backend: &'static str, stats: &[QueueStats], statuses: &[Status]) {
     for s in stats {
         let queue = s.queue.to_string();
-        for status in Status::ALL {
+        for &status in statuses {
             gauge!("mq_queue_messages", "backend" => backend, "queue" => queue.clone(),
                 "status" => status.as_str())
             .set(s.count(status) as f64);
@@ -48,11 +61,13 @@ pub fn record_queue_stats(backend: &'static str, stats: &[QueueStats]) {
 }
 
 /// Exports the depth and age gauges of every queue in a store, read with one
-/// [`queue_stats`](PollingQueue::queue_stats) call per interval, until stopped or the queue
+/// [`queue_depth`](PollingQueue::queue_depth) call per interval (waiting and running messages
+/// only, so the reading costs the same however many finished messages the store keeps), until stopped or the queue
 /// shuts down. Every instance may run one; the gauges are the store's numbers, so aggregate them
 /// with `max`, not `sum`, across instances.
 ///
-/// The metric names are those of [`record_queue_stats`]. A failed reading is logged and the
+/// The metric names are those of [`record_queue_stats`]; `mq_queue_messages` is set for the
+/// `scheduled` and `processing` statuses. A failed reading is logged and the
 /// previous values stay until the next one.
 ///
 /// # Examples
@@ -91,14 +106,15 @@ impl QueueGauges {
             let shut_down = queue.shutdown_token();
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seen = BTreeSet::new();
             loop {
                 tokio::select! {
                     () = token.cancelled() => return,
                     () = shut_down.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                match queue.queue_stats(None).await {
-                    Ok(stats) => record_queue_stats(backend, &stats),
+                match queue.queue_depth(None).await {
+                    Ok(stats) => record(backend, &with_emptied(&mut seen, stats), &LIVE),
                     Err(e) => tracing::warn!(backend, error = %e,
                         "mq: reading queue numbers for the gauges failed; keeping the last values"),
                 }
@@ -116,5 +132,42 @@ impl QueueGauges {
 impl Drop for QueueGauges {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// `stats` plus an empty reading of every queue in `seen` that `stats` lacks: a depth reading
+/// leaves out a queue with nothing waiting or running, and its gauges must fall to 0 rather than
+/// keep their last values. Adds the queues of `stats` to `seen`.
+fn with_emptied(seen: &mut BTreeSet<QueueName>, mut stats: Vec<QueueStats>) -> Vec<QueueStats> {
+    let read: BTreeSet<QueueName> = stats.iter().map(|s| s.queue.clone()).collect();
+    stats.extend(seen.difference(&read).cloned().map(QueueStats::new));
+    seen.extend(read);
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(queue: &str, waiting: u64) -> QueueStats {
+        let mut s = QueueStats::new(QueueName::new(queue).expect("name"));
+        s.counts.insert(Status::Scheduled, waiting);
+        s
+    }
+
+    #[test]
+    fn a_queue_that_drained_reads_zero() {
+        let mut seen = BTreeSet::new();
+        let first = with_emptied(&mut seen, vec![reading("a", 3), reading("b", 1)]);
+        assert_eq!(first.len(), 2);
+        // "a" drained: the store reports nothing for it.
+        let second = with_emptied(&mut seen, vec![reading("b", 2)]);
+        let a = second
+            .iter()
+            .find(|s| s.queue.as_str() == "a")
+            .expect("the drained queue is still set");
+        assert_eq!(a.count(Status::Scheduled), 0);
+        assert_eq!(a.oldest_ready_age, None);
+        assert_eq!(second.len(), 2);
     }
 }

@@ -269,6 +269,20 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
         })
     }
 
+    /// The depth of `queue` (or of every queue when `None`): only its waiting and running
+    /// messages are counted ([`Status::Scheduled`] and [`Status::Processing`]), with the oldest
+    /// ready message's age and the expired leases. This is what a gauge reads on an interval, so
+    /// a store should answer it without reading its finished messages, whose number grows
+    /// without bound when they are kept. The default reads [`queue_stats`](Self::queue_stats)
+    /// and drops the finished counts.
+    async fn queue_depth(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
+        let mut stats = self.queue_stats(queue).await?;
+        for s in &mut stats {
+            s.counts.retain(|status, _| !status.is_terminal());
+        }
+        Ok(stats)
+    }
+
     /// Cancels the message `target` names (see [`MessageQueue::cancel`](crate::MessageQueue::cancel)):
     /// a scheduled one is marked [`Status::Cancelled`]; a processing one too, which makes its
     /// holder's renewals and completions fail. Releases its unique key.

@@ -14,12 +14,26 @@ impl MongoStore {
     /// read-only aggregation grouping by queue and status. Counts what `mqctl queue stats`
     /// always counted: the oldest ready message is the oldest `scheduled` one whose `execute_at`
     /// has passed; an expired lease is a `processing` message whose lease ended before now.
-    pub(crate) async fn stats(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
+    ///
+    /// With `live`, only waiting and running messages are read (the depth a gauge reads on an
+    /// interval), so the cost does not grow with the finished messages kept.
+    pub(crate) async fn stats(
+        &self,
+        queue: Option<&QueueName>,
+        live: bool,
+    ) -> Result<Vec<QueueStats>> {
         let now = self.now().await;
         let nowb = date(now);
         let mut pipeline = Vec::with_capacity(2);
+        let mut filter = Document::new();
         if let Some(q) = queue {
-            pipeline.push(doc! { "$match": { "queue": q.as_str() } });
+            filter.insert("queue", q.as_str());
+        }
+        if live {
+            filter.insert("status", doc! { "$in": ["scheduled", "processing"] });
+        }
+        if !filter.is_empty() {
+            pipeline.push(doc! { "$match": filter });
         }
         pipeline.push(doc! { "$group": {
             "_id": { "q": "$queue", "s": "$status" },

@@ -551,7 +551,11 @@ impl QueueStore for MongoStore {
     }
 
     async fn queue_stats(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
-        self.stats(queue).await
+        self.stats(queue, false).await
+    }
+
+    async fn queue_depth(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
+        self.stats(queue, true).await
     }
 
     async fn cancel(&self, queue: &QueueName, target: CancelTarget) -> Result<CancelOutcome> {

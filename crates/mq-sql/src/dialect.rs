@@ -12,6 +12,7 @@ use sqlx::{ColumnIndex, Decode, Encode, IntoArguments, QueryBuilder, Row, Type};
 
 use crate::error::Error;
 use crate::options::SqlOptions;
+use crate::retention::Cutoff;
 use crate::store::{CompletionRow, Names, RawRow, SqlStore};
 
 #[cfg(feature = "mysql")]
@@ -200,12 +201,12 @@ pub trait Dialect: sqlx::Database<Arguments: IntoArguments<Self>, Row: ReadRow> 
         owner: &str,
         rows: Vec<CompletionRow>,
     ) -> impl Future<Output = mq_core::Result<Vec<(String, String)>>> + Send;
-    /// Deletes (or archives) up to `limit` finished rows older than `older_than`; returns how
-    /// many.
+    /// Deletes (or archives) up to `limit` finished rows past `cutoff` (older than its age,
+    /// and beyond its count when it has one); returns how many.
     fn purge_batch(
         pool: &sqlx::Pool<Self>,
         names: &Names,
-        older_than: Duration,
+        cutoff: &Cutoff,
         limit: usize,
         archive: bool,
     ) -> impl Future<Output = mq_core::Result<u64>> + Send;

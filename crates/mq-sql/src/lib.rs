@@ -88,7 +88,9 @@ mod migrate;
 mod options;
 mod queue;
 mod remembered;
+mod retention;
 mod rows;
+mod stats;
 mod store;
 
 pub use checkpoint::{DEFAULT_CHECKPOINT_TABLE, SqlCheckpointStore};

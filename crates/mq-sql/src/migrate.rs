@@ -145,6 +145,24 @@ where
     tx.commit().await.map_err(fail(table, "commit"))
 }
 
+/// Fails with [`Error::MissingTable`] unless `table` exists.
+pub(crate) async fn require_table<DB: Dialect>(
+    pool: &sqlx::Pool<DB>,
+    table: &str,
+) -> Result<(), Error>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    QueryBuilder<DB>: Sql,
+{
+    if table_exists(pool, table).await? {
+        Ok(())
+    } else {
+        Err(Error::MissingTable {
+            table: table.to_owned(),
+        })
+    }
+}
+
 /// Whether `table` exists.
 async fn table_exists<'c, DB: Dialect>(
     conn: impl Executor<'c, Database = DB>,
@@ -174,11 +192,7 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     QueryBuilder<DB>: Sql,
 {
-    if !table_exists(pool, table).await? {
-        return Err(Error::MissingTable {
-            table: table.to_owned(),
-        });
-    }
+    require_table(pool, table).await?;
     let Some(versions) = versions else {
         return Ok(());
     };

@@ -39,6 +39,7 @@ pub struct SqlOptions {
     max_connections: u32,
     notify: bool,
     retention: Option<Duration>,
+    retention_keep: Option<u64>,
     retention_interval: Duration,
     retention_batch: usize,
     archive: bool,
@@ -56,6 +57,7 @@ impl Default for SqlOptions {
             max_connections: 10,
             notify: true,
             retention: None,
+            retention_keep: None,
             retention_interval: Duration::from_secs(60),
             retention_batch: 1000,
             archive: false,
@@ -130,6 +132,17 @@ impl SqlOptions {
         /// Age after which finished rows (executed, failed, expired, dead-lettered) are purged by a
         /// background task of the queue; `None` turns the task off.
         retention(age: Option<Duration>) age;
+        /// Keep at most this many finished rows in the table (the most recently finished, and
+        /// any that finished at the same instant as the last one kept); older ones are purged by
+        /// the background task, like rows past the [`retention`](Self::retention) age, which may
+        /// be set too (whichever removes more wins). `None` (the default) sets no count. Rows
+        /// inside the [`idempotency_window`](Self::idempotency_window) are always kept.
+        ///
+        /// ```
+        /// let options = mq_sql::SqlOptions::default().retention_keep(Some(1_000_000));
+        /// assert_eq!(options.get_retention_keep(), Some(1_000_000));
+        /// ```
+        retention_keep(rows: Option<u64>) rows;
         /// Time between two background retention passes.
         retention_interval(d: Duration) d;
         /// Rows deleted per statement by retention.
@@ -157,6 +170,10 @@ impl SqlOptions {
     /// The retention age, if background retention is on.
     pub fn get_retention(&self) -> Option<Duration> {
         self.retention
+    }
+    /// The most finished rows retention keeps, if set.
+    pub fn get_retention_keep(&self) -> Option<u64> {
+        self.retention_keep
     }
     /// The retention interval.
     pub fn get_retention_interval(&self) -> Duration {

@@ -22,7 +22,9 @@ use crate::error::{Error, backend};
 use crate::migrate::{Migration, migrate};
 use crate::options::SqlOptions;
 use crate::remembered;
+use crate::retention::{self, retention_loop};
 pub(crate) use crate::rows::{CompletionRow, InsertRow, completion_rows, insert_chunks};
+use crate::stats;
 
 /// The advisory lock key serializing concurrent schema changes of queue tables.
 const QUEUE_SCHEMA_LOCK: i64 = 7_311_001;
@@ -176,20 +178,20 @@ where
                     async move { remembered::forget_expired(&pool, &names).await }
                 }));
         }
-        if let Some(age) = store.options.get_retention() {
-            // Retention keeps every row for the idempotency window at least.
-            let age = age.max(store.options.get_idempotency_window());
+        if let Some(pass) = retention::Pass::of(&store.options) {
             let pool = store.pool.clone();
             let names = store.names.clone();
-            let batch = store.options.get_retention_batch();
-            let archive = store.options.get_archive();
             let interval = store.options.get_retention_interval();
             store
                 .tasks
                 .spawn(retention_loop(store.cancel.clone(), interval, move || {
                     let pool = pool.clone();
                     let names = names.clone();
-                    async move { purge(&pool, &names, age, batch, archive).await }
+                    async move {
+                        let removed = pass.run(&pool, &names).await;
+                        retention::record(&names.table, pass.archive, &removed);
+                        removed
+                    }
                 }));
         }
         Ok(store)
@@ -225,32 +227,14 @@ where
     /// [`idempotency window`](SqlOptions::idempotency_window)), `batch` rows per statement.
     /// Returns the rows removed.
     pub async fn purge_finished(&self, older_than: Duration, batch: usize) -> mq_core::Result<u64> {
-        purge(
+        retention::purge(
             &self.pool,
             &self.names,
-            older_than.max(self.options.get_idempotency_window()),
+            &retention::Cutoff::older_than(older_than.max(self.options.get_idempotency_window())),
             batch.max(1),
             self.options.get_archive(),
         )
         .await
-    }
-}
-
-/// Removes finished rows in batches until a batch comes back short.
-async fn purge<DB: Dialect>(
-    pool: &sqlx::Pool<DB>,
-    names: &Names,
-    older_than: Duration,
-    batch: usize,
-    archive: bool,
-) -> mq_core::Result<u64> {
-    let mut total = 0u64;
-    loop {
-        let n = DB::purge_batch(pool, names, older_than, batch, archive).await?;
-        total += n;
-        if n < batch as u64 {
-            return Ok(total);
-        }
     }
 }
 
@@ -434,33 +418,14 @@ where
         &self,
         queue: Option<&QueueName>,
     ) -> mq_core::Result<Vec<mq_core::QueueStats>> {
-        let now = DB::stats_now();
-        let t = &self.names.table;
-        let oldest = format!(
-            "MIN(CASE WHEN status = 'scheduled' AND execute_at <= {now} THEN execute_at END)"
-        );
-        let mut q = QueryBuilder::<DB>::new(format!(
-            "SELECT queue, status, COUNT(*) AS n, {age} AS oldest_ms, \
-             COUNT(CASE WHEN status = 'processing' AND lease_expires_at < {now} THEN 1 END) AS expired \
-             FROM {t}",
-            age = DB::age_ms(&oldest, &now),
-        ));
-        if let Some(queue) = queue {
-            q.raw(" WHERE queue = ");
-            q.text(queue.as_str().to_owned());
-        }
-        q.raw(" GROUP BY queue, status");
-        let rows = q
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend("queue stats"))?;
-        let rows = rows
-            .iter()
-            .map(stats_row)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(backend("queue stats"))?;
-        fold_stats(rows)
+        stats::queue_stats(&self.pool, &self.names.table, queue, false).await
+    }
+
+    async fn queue_depth(
+        &self,
+        queue: Option<&QueueName>,
+    ) -> mq_core::Result<Vec<mq_core::QueueStats>> {
+        stats::queue_stats(&self.pool, &self.names.table, queue, true).await
     }
 }
 
@@ -735,25 +700,6 @@ pub(crate) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// The background retention loop of a store; `purge` runs one full purge.
-pub(crate) async fn retention_loop<F, Fut>(cancel: CancellationToken, interval: Duration, purge: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = mq_core::Result<u64>>,
-{
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        match purge().await {
-            Ok(n) if n > 0 => tracing::debug!(rows = n, "mq-sql: retention purged finished rows"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "mq-sql: retention pass failed"),
-        }
-    }
-}
-
 /// One result per message from the ids an insert reported as stored: the others were
 /// duplicates (of a stored message or of an earlier message of the same batch).
 pub(crate) fn match_inserted(
@@ -786,55 +732,6 @@ pub(crate) fn not_applied(
     claims
         .filter(|c| !applied.contains(c.id.as_str()))
         .collect()
-}
-
-/// One `(queue, status)` group read by `queue_stats`.
-pub(crate) struct StatsRow {
-    pub(crate) queue: String,
-    pub(crate) status: String,
-    pub(crate) n: i64,
-    pub(crate) oldest_ms: Option<i64>,
-    pub(crate) expired: i64,
-}
-
-/// Folds [`StatsRow`]s into one [`mq_core::QueueStats`] per queue, in queue-name order.
-pub(crate) fn fold_stats(rows: Vec<StatsRow>) -> mq_core::Result<Vec<mq_core::QueueStats>> {
-    let mut by_queue: std::collections::BTreeMap<String, mq_core::QueueStats> =
-        std::collections::BTreeMap::new();
-    for row in rows {
-        let status: Status = row.status.parse().map_err(|_| {
-            mq_core::Error::backend(
-                "sql",
-                "queue stats",
-                format!("unknown status {:?} in queue {:?}", row.status, row.queue),
-            )
-        })?;
-        let stats = match by_queue.entry(row.queue) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let name = QueueName::new(e.key())?;
-                e.insert(mq_core::QueueStats::new(name))
-            }
-        };
-        *stats.counts.entry(status).or_default() += u64::try_from(row.n).unwrap_or(0);
-        stats.expired_leases += u64::try_from(row.expired).unwrap_or(0);
-        if let Some(ms) = row.oldest_ms {
-            let age = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-            stats.oldest_ready_age = Some(stats.oldest_ready_age.map_or(age, |a| a.max(age)));
-        }
-    }
-    Ok(by_queue.into_values().collect())
-}
-
-/// Reads one row of `queue_stats`.
-fn stats_row(row: &impl ReadRow) -> Result<StatsRow, sqlx::Error> {
-    Ok(StatsRow {
-        queue: row.opt_text("queue")?.unwrap_or_default(),
-        status: row.opt_text("status")?.unwrap_or_default(),
-        n: row.int("n")?,
-        oldest_ms: row.opt_int("oldest_ms")?,
-        expired: row.int("expired")?,
-    })
 }
 
 #[cfg(test)]

@@ -112,3 +112,89 @@ test_on_each_db!(
     archive_reused_id,
     archive_keeps_the_latest_run_of_a_reused_id
 );
+
+/// Retention by count keeps the newest finished rows (with any that finished at the same
+/// instant as the last one kept) and never touches waiting ones.
+async fn keeps_the_newest_finished_rows(db: Db, test: &str) {
+    let Some((url, table)) = fresh_table(db, "rk", test).await else {
+        return;
+    };
+    let opts = options(&table)
+        .retention_keep(Some(7))
+        .retention_interval(Duration::from_millis(100));
+    let name = QueueName::new("retention").expect("name");
+    let (finished, waiting, oldest_left) = support::for_db!(db, |DB| {
+        let q = SqlQueue::<DB>::connect(&url, opts.common(CommonOptions::default()))
+            .await
+            .expect("connect");
+        q.register(&name).await.expect("register");
+        let handler = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {}));
+        let batch = mq_core::ConsumerOptions::default().batch_size(5);
+        // Three batches of five, each acknowledged by one statement at its own instant.
+        for round in 0..3 {
+            let msgs = (0..5)
+                .map(|i| NewMessage::new("t", serde_json::json!({ "round": round, "i": i })))
+                .collect();
+            publish_all(&q, &name, msgs).await;
+            let r = q
+                .consume_batch(&name, handler.clone(), &batch)
+                .await
+                .expect("batch");
+            assert_eq!(r.acked, 5, "{db:?}: round {round}");
+        }
+        let later = (0..4)
+            .map(|i| {
+                NewMessage::new("t", serde_json::json!({ "later": i }))
+                    .delay(Duration::from_secs(3600))
+            })
+            .collect();
+        publish_all(&q, &name, later).await;
+        let pool = q.store().pool().clone();
+        let count = |status: &'static str| {
+            let pool = pool.clone();
+            let table = table.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM {table} WHERE status = '{status}'"
+                )))
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+            }
+        };
+        // The first round goes: the seventh newest row is in the second round, which stays
+        // whole with the third.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while count("executed").await != 10 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{db:?}: retention never got down to 10 finished rows: {}",
+                count("executed").await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Several more passes change nothing.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rounds: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(payload AS CHAR(64)) FROM {table} WHERE status = 'executed'"
+        )))
+        .fetch_all(&pool)
+        .await
+        .expect("payloads");
+        let finished = count("executed").await;
+        let waiting = count("scheduled").await;
+        q.shutdown().await.expect("shutdown");
+        (finished, waiting, rounds)
+    });
+    assert_eq!(finished, 10, "{db:?}");
+    assert_eq!(waiting, 4, "{db:?}: waiting rows are never purged");
+    assert!(
+        oldest_left
+            .iter()
+            .all(|p| !p.contains("\"round\":0") && !p.contains("\"round\": 0")),
+        "{db:?}: the oldest round is the one removed: {oldest_left:?}"
+    );
+    drop_table(db, &url, &table).await;
+}
+
+test_on_each_db!(retention_keep, keeps_the_newest_finished_rows);

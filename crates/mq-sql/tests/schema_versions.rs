@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mq_core::{
     Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageId, MessageQueue, NewMessage,
-    QueueName, handler_fn,
+    QueueName, Status, handler_fn,
 };
 use mq_sql::{SqlOptions, SqlQueue, SqlStore};
 use serde_json::json;
@@ -164,6 +164,20 @@ async fn upgrade_from(db: Db, test: &str, from: u32) {
     if from == 1 {
         assert!(refused.contains("0002_remembered_ids"), "{db:?}: {refused}");
     }
+
+    // A read-only look needs no upgrade: the old table's numbers are read as it is.
+    let stats = support::for_db!(db, |DB| {
+        let pool = sqlx::Pool::<DB>::connect(&url).await.expect("pool");
+        let stats = SqlStore::<DB>::read_queue_stats(pool.clone(), &options(&table), Some(&name))
+            .await
+            .map_err(|e| format!("{e}: {}", e_source(&e)));
+        pool.close().await;
+        stats
+    });
+    let stats =
+        stats.unwrap_or_else(|e| panic!("{db:?}: the numbers of a version {from} table: {e}"));
+    assert_eq!(stats.len(), 1, "{db:?}: {stats:?}");
+    assert_eq!(stats[0].count(Status::Scheduled), 5, "{db:?}: {stats:?}");
 
     // Connecting with schema rights upgrades it; the messages are still there.
     let (listed, handled) = support::for_db!(db, |DB| {

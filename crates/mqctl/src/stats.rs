@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use mq::backend::QueueStore;
 use mq::sql::{SqlOptions, SqlStore};
 use mq::{MongoOptions, MongoQueue, QueueName, Status};
 use serde::Serialize;
@@ -88,10 +87,11 @@ pub(crate) async fn run(args: StatsArgs, global: Global) -> anyhow::Result<ExitC
     macro_rules! sql_stats {
         ($db:ty) => {{
             let pool = connect_pool(&url).await.with_context(ctx)?;
-            let store = SqlStore::<$db>::from_pool(pool, sql())
+            // Read as the table is: a table the workers have not migrated yet has every
+            // column these numbers need.
+            SqlStore::<$db>::read_queue_stats(pool, &sql(), q)
                 .await
-                .with_context(ctx)?;
-            store.queue_stats(q).await.with_context(ctx)?
+                .with_context(ctx)?
         }};
     }
     let stats = match scheme(&url)? {

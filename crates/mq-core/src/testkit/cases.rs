@@ -596,7 +596,8 @@ pub async fn panicking_handler_retries_the_batch(f: &dyn QueueFactory, test: &st
     q.shutdown().await.expect("shutdown");
 }
 
-/// `queue_stats` counts messages per status and reports the oldest ready message's age.
+/// `queue_stats` counts messages per status and reports the oldest ready message's age;
+/// `queue_depth` counts the waiting and running ones alone.
 pub async fn queue_stats_count_by_status(f: &dyn QueueFactory, test: &str) {
     let (q, name) = or_skip!(setup(f, test, CommonOptions::default()).await);
     let mut batch: Vec<NewMessage> = (0..3).map(msg).collect();
@@ -608,6 +609,10 @@ pub async fn queue_stats_count_by_status(f: &dyn QueueFactory, test: &str) {
     assert_eq!(&before[0].queue, &name);
     assert_eq!(before[0].count(crate::Status::Scheduled), 5, "{before:?}");
     assert!(before[0].oldest_ready_age.is_some(), "{before:?}");
+    let depth = store.queue_depth(Some(&name)).await.expect("depth");
+    assert_eq!(depth.len(), 1, "{depth:?}");
+    assert_eq!(depth[0].count(crate::Status::Scheduled), 5, "{depth:?}");
+    assert!(depth[0].oldest_ready_age.is_some(), "{depth:?}");
     let h = ack_all();
     let report = q
         .consume_batch(&name, h, &fast_options().batch_size(10))
@@ -620,6 +625,17 @@ pub async fn queue_stats_count_by_status(f: &dyn QueueFactory, test: &str) {
     assert_eq!(after[0].oldest_ready_age, None, "{after:?}");
     assert_eq!(after[0].expired_leases, 0);
     let all = store.queue_stats(None).await.expect("stats of every queue");
+    assert!(all.iter().any(|s| s.queue == name), "{all:?}");
+    // The depth counts the waiting and running messages only, the same as the full numbers.
+    let depth = store.queue_depth(Some(&name)).await.expect("depth");
+    assert_eq!(depth[0].count(crate::Status::Scheduled), 2, "{depth:?}");
+    assert_eq!(depth[0].count(crate::Status::Processing), 0, "{depth:?}");
+    assert_eq!(depth[0].oldest_ready_age, None, "{depth:?}");
+    assert!(
+        depth[0].counts.keys().all(|s| !s.is_terminal()),
+        "no finished status in the depth: {depth:?}"
+    );
+    let all = store.queue_depth(None).await.expect("depth of every queue");
     assert!(all.iter().any(|s| s.queue == name), "{all:?}");
     q.shutdown().await.expect("shutdown");
 }

@@ -15,6 +15,7 @@ use sqlx::{AssertSqlSafe, Executor, MySql, MySqlConnection, MySqlPool};
 use super::{CHUNK, Dialect};
 use crate::error::{Error, backend};
 use crate::options::SqlOptions;
+use crate::retention::Cutoff;
 use crate::store::{
     COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, insert_chunks,
     micros,
@@ -323,20 +324,21 @@ impl Dialect for MySql {
     async fn purge_batch(
         pool: &MySqlPool,
         names: &Names,
-        older_than: Duration,
+        cutoff: &Cutoff,
         limit: usize,
         archive: bool,
     ) -> mq_core::Result<u64> {
         let t = &names.table;
         let finished = FINISHED.map(|s| format!("'{s}'")).join(", ");
+        let keep = cutoff.keep_clause(t);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut tx = pool.begin().await.map_err(backend("purge"))?;
         let seqs: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT seq FROM {t} WHERE status IN ({finished}) \
-         AND updated_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+         AND updated_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND{keep} \
          ORDER BY updated_at LIMIT ? FOR UPDATE SKIP LOCKED"
         )))
-        .bind(micros(older_than))
+        .bind(micros(cutoff.older_than))
         .bind(limit)
         .fetch_all(&mut *tx)
         .await

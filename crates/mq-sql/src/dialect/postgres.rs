@@ -16,6 +16,7 @@ use super::Dialect;
 use crate::error::backend;
 use crate::options::SqlOptions;
 use crate::queue::SqlQueue;
+use crate::retention::Cutoff;
 use crate::store::{
     COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, insert_chunks,
     match_inserted, micros,
@@ -296,15 +297,16 @@ impl Dialect for Postgres {
     async fn purge_batch(
         pool: &PgPool,
         names: &Names,
-        older_than: Duration,
+        cutoff: &Cutoff,
         limit: usize,
         archive: bool,
     ) -> mq_core::Result<u64> {
         let t = &names.table;
         let finished = FINISHED.map(|s| format!("'{s}'")).join(", ");
+        let keep = cutoff.keep_clause(t);
         let delete = format!(
             "DELETE FROM {t} WHERE (queue, id) IN (SELECT queue, id FROM {t} \
-               WHERE status IN ({finished}) AND updated_at < now() - ($1::float8 * interval '1 microsecond') \
+               WHERE status IN ({finished}) AND updated_at < now() - ($1::float8 * interval '1 microsecond'){keep} \
                LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING *"
         );
         let sql = if archive {
@@ -316,7 +318,7 @@ impl Dialect for Postgres {
             format!("WITH d AS ({delete}) SELECT count(*) FROM d")
         };
         let q = sqlx::query(AssertSqlSafe(sql))
-            .bind(micros(older_than) as f64)
+            .bind(micros(cutoff.older_than) as f64)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX));
         if archive {
             Ok(q.execute(pool)

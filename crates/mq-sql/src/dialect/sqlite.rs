@@ -17,6 +17,7 @@ use sqlx::{AssertSqlSafe, FromRow, Sqlite, SqliteConnection, SqlitePool};
 use super::{CHUNK, Dialect};
 use crate::error::backend;
 use crate::options::SqlOptions;
+use crate::retention::Cutoff;
 use crate::store::{
     COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, insert_chunks,
     micros,
@@ -238,17 +239,18 @@ impl Dialect for Sqlite {
     async fn purge_batch(
         pool: &SqlitePool,
         names: &Names,
-        older_than: Duration,
+        cutoff: &Cutoff,
         limit: usize,
         archive: bool,
     ) -> mq_core::Result<u64> {
         let t = &names.table;
         let finished = FINISHED.map(|s| format!("'{s}'")).join(", ");
+        let keep = cutoff.keep_clause(t);
         let pick = format!(
-            "SELECT seq FROM {t} WHERE status IN ({finished}) AND updated_at < ?1 ORDER BY updated_at LIMIT ?2"
+            "SELECT seq FROM {t} WHERE status IN ({finished}) AND updated_at < ?1{keep} ORDER BY updated_at LIMIT ?2"
         );
         let batch = i64::try_from(limit).unwrap_or(i64::MAX);
-        let cutoff = now_micros().saturating_sub(micros(older_than));
+        let cutoff = now_micros().saturating_sub(micros(cutoff.older_than));
         write(pool, "purge", async |tx| {
             if archive {
                 sqlx::query(AssertSqlSafe(format!(
