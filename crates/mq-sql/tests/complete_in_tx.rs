@@ -8,7 +8,10 @@
 //!   handler's outcome (a retry), and the next delivery writes each effect exactly once;
 //! - lease lost: a handler whose lease lapsed cannot complete in its transaction (before and
 //!   after another consumer claimed and handled the message), so its effect never commits and
-//!   the message is handled once, by the other consumer.
+//!   the message is handled once, by the other consumer;
+//! - windows: a message completed in the transaction keeps its id taken for the idempotency
+//!   window and its unique key blocked for the key's window, as the consumer's own
+//!   acknowledgement does (under delete_on_ack the keyed row is kept as executed).
 
 #[path = "support/factory.rs"]
 mod support;
@@ -18,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mq_core::{
-    Batch, BatchReport, BoxError, ConsumerOptions, Handler, HandlerContext, MessageQueue,
+    Batch, BatchReport, BoxError, ConsumerOptions, Handler, HandlerContext, Message, MessageQueue,
     NewMessage, Outcome, Outcomes, QueueName, handler_fn,
 };
 use mq_sql::{SqlQueue, sqlx};
@@ -44,6 +47,8 @@ in_tx_tests! {
     rollback_deleted => rollback(true);
     lease_lost_kept => lease_lost(false);
     lease_lost_deleted => lease_lost(true);
+    windows_kept => windows(false);
+    windows_deleted => windows(true);
 }
 
 /// The statement that opens the handler's transaction (SQLite: take the write lock at once).
@@ -417,82 +422,100 @@ async fn lease_lost(db: Db, test: &str, delete: bool) {
             ),
         };
 
-        // B: the plain handler, committing its effect with the completion.
-        let handler_b: Arc<dyn Handler> = {
-            let (q, pool, insert) = (queue_b.clone(), pool.clone(), insert.clone());
-            Arc::new(handler_fn(move |batch: Batch, ctx: HandlerContext| {
-                let (q, pool, insert) = (q.clone(), pool.clone(), insert.clone());
-                async move {
-                    let mut tx = pool.begin_with(begin(db)).await?;
-                    for m in batch.iter() {
-                        sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
-                            .bind(m.id.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                        q.complete_in_tx(&mut tx, &ctx, m).await?;
-                    }
+        /// A's try to complete `m` in a transaction that also writes its effect: the refusal,
+        /// after rolling back (or nothing, after committing, which the test then sees).
+        async fn attempt(
+            db: Db,
+            q: &SqlQueue<DB>,
+            ctx: &HandlerContext,
+            m: &Message,
+            insert: &str,
+        ) -> Result<Option<Refusal>, BoxError> {
+            let mut tx = q.store().pool().begin_with(begin(db)).await?;
+            sqlx::query(sqlx::AssertSqlSafe(insert.to_owned()))
+                .bind(m.id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            match q.complete_in_tx(&mut tx, ctx, m).await {
+                Ok(()) => {
                     tx.commit().await?;
-                    Ok::<(), BoxError>(())
+                    Ok(None)
                 }
-            }))
-        };
+                Err(e) => {
+                    tx.rollback().await?;
+                    Ok(Some(refusal(&e, m.id.as_str())))
+                }
+            }
+        }
 
-        let refusals: Arc<Mutex<Vec<Refusal>>> = Arc::default();
+        let refusals: Arc<Mutex<Vec<Option<Refusal>>>> = Arc::default();
         let report_b: Arc<Mutex<BatchReport>> = Arc::default();
         let handler_a: Arc<dyn Handler> = {
-            let (q, qb, pool) = (queue_a.clone(), queue_b.clone(), pool.clone());
+            let (qa, qb, pool) = (queue_a.clone(), queue_b.clone(), pool.clone());
             let (refusals, report_b, name) = (refusals.clone(), report_b.clone(), name.clone());
-            Arc::new(handler_fn(move |batch: Batch, ctx: HandlerContext| {
-                let (q, qb, pool, insert, expire) = (
-                    q.clone(),
+            Arc::new(handler_fn(move |batch: Batch, ctx_a: HandlerContext| {
+                let (qa, qb, pool, insert, expire) = (
+                    qa.clone(),
                     qb.clone(),
                     pool.clone(),
                     insert.clone(),
                     expire.clone(),
                 );
-                let (refusals, report_b, handler_b, name) = (
-                    refusals.clone(),
-                    report_b.clone(),
-                    handler_b.clone(),
-                    name.clone(),
-                );
+                let (refusals, report_b, name) = (refusals.clone(), report_b.clone(), name.clone());
                 async move {
-                    let m = &batch[0];
+                    let m = batch[0].clone();
+                    let push = |r: Option<Refusal>| {
+                        refusals.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                    };
                     // The stall: A's lease lapses.
                     sqlx::query(sqlx::AssertSqlSafe(expire))
                         .bind(m.id.as_str())
                         .execute(&pool)
                         .await?;
-                    let try_complete = async || -> Result<(), BoxError> {
-                        let mut tx = pool.begin_with(begin(db)).await?;
-                        sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
-                            .bind(m.id.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                        match q.complete_in_tx(&mut tx, &ctx, m).await {
-                            Ok(()) => {
-                                // Not expected: committed, so the test sees the extra effect.
-                                tx.commit().await?;
-                            }
-                            Err(e) => {
-                                refusals
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .push(refusal(&e, m.id.as_str()));
-                                tx.rollback().await?;
-                            }
-                        }
-                        Ok(())
-                    };
                     // Lapsed, not yet claimed by anyone else.
-                    try_complete().await?;
-                    // B claims it and handles it.
+                    push(attempt(db, &qa, &ctx_a, &m, &insert).await?);
+                    // B claims it; while B holds it A tries again, then B writes its effect
+                    // and completes in its own transaction.
+                    let handler_b = {
+                        let (qa, qb, ctx_a, m, insert) = (
+                            qa.clone(),
+                            qb.clone(),
+                            ctx_a.clone(),
+                            m.clone(),
+                            insert.clone(),
+                        );
+                        let refusals = refusals.clone();
+                        handler_fn(move |batch: Batch, ctx_b: HandlerContext| {
+                            let (qa, qb, ctx_a, m, insert) = (
+                                qa.clone(),
+                                qb.clone(),
+                                ctx_a.clone(),
+                                m.clone(),
+                                insert.clone(),
+                            );
+                            let refusals = refusals.clone();
+                            async move {
+                                let r = attempt(db, &qa, &ctx_a, &m, &insert).await?;
+                                refusals.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                                let mut tx = qb.store().pool().begin_with(begin(db)).await?;
+                                for m in batch.iter() {
+                                    sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                                        .bind(m.id.as_str())
+                                        .execute(&mut *tx)
+                                        .await?;
+                                    qb.complete_in_tx(&mut tx, &ctx_b, m).await?;
+                                }
+                                tx.commit().await?;
+                                Ok::<(), BoxError>(())
+                            }
+                        })
+                    };
                     let rb = qb
-                        .consume_batch(&name, handler_b, &consumer_options())
+                        .consume_batch(&name, Arc::new(handler_b), &consumer_options())
                         .await?;
                     *report_b.lock().unwrap_or_else(|e| e.into_inner()) = rb;
                     // Completed by B meanwhile.
-                    try_complete().await?;
+                    push(attempt(db, &qa, &ctx_a, &m, &insert).await?);
                     Err::<(), BoxError>("the lease was lost".into())
                 }
             }))
@@ -505,11 +528,11 @@ async fn lease_lost(db: Db, test: &str, delete: bool) {
         let refusals = refusals.lock().unwrap_or_else(|e| e.into_inner()).clone();
         eprintln!("{db:?}: A {report_a:?}\nB {report_b:?}\nrefusals {refusals:#?}");
 
-        assert_eq!(
-            refusals.len(),
-            2,
-            "{db:?}: A completed in its transaction: {refusals:?}"
-        );
+        assert_eq!(refusals.len(), 3, "{db:?}: A's tries: {refusals:?}");
+        let refusals: Vec<Refusal> = refusals
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| panic!("{db:?}: A completed in its transaction")))
+            .collect();
         assert!(
             refusals.iter().all(|r| r.not_held),
             "{db:?}: not a NotHeld error naming the message: {refusals:?}"
@@ -518,6 +541,11 @@ async fn lease_lost(db: Db, test: &str, delete: bool) {
             refusals[0].text.contains("expired"),
             "{db:?}: the first refusal names the lapsed lease: {}",
             refusals[0].text
+        );
+        assert!(
+            refusals[1].text.contains("claimed it again (attempt 2)"),
+            "{db:?}: the second refusal names B's claim: {}",
+            refusals[1].text
         );
         assert_eq!(
             (report_b.acked, report_b.lease_lost),
@@ -543,6 +571,109 @@ async fn lease_lost(db: Db, test: &str, delete: bool) {
         }
         queue_a.shutdown().await.expect("shutdown a");
         queue_b.shutdown().await.expect("shutdown b");
+    });
+    drop_table(db, &url, &effects(&table)).await;
+    drop_table(db, &url, &table).await;
+}
+
+/// Under an idempotency window, one message with a fixed id and one with a unique key and a
+/// window are completed in the handler's transaction; publishing either again is refused.
+async fn windows(db: Db, test: &str, delete: bool) {
+    let Some((url, table)) = fresh_table(db, "tx", test).await else {
+        return;
+    };
+    drop_table(db, &url, &effects(&table)).await;
+    support::for_db!(db, |DB| {
+        let hour = Duration::from_secs(3600);
+        let opts = options(&table)
+            .delete_on_ack(delete)
+            .idempotency_window(hour);
+        let queue = SqlQueue::<DB>::connect(&url, opts).await.expect("connect");
+        let pool = queue.store().pool().clone();
+        let name = QueueName::new("orders").expect("name");
+        queue.register(&name).await.expect("register");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE {} (msg_id VARCHAR(100) NOT NULL)",
+            effects(&table)
+        )))
+        .execute(&pool)
+        .await
+        .expect("create effects");
+        let fixed = mq_core::MessageId::new("fixed").expect("id");
+        let fresh = || {
+            vec![
+                NewMessage::new("order", serde_json::json!({})).id(fixed.clone()),
+                NewMessage::new("order", serde_json::json!({}))
+                    .unique_key("k")
+                    .unique_window(hour),
+            ]
+        };
+        publish_all(&queue, &name, fresh()).await;
+
+        let handler: Arc<dyn Handler> = {
+            let (q, pool) = (queue.clone(), pool.clone());
+            let insert = insert_effect(db, &table);
+            Arc::new(handler_fn(move |batch: Batch, ctx: HandlerContext| {
+                let (q, pool, insert) = (q.clone(), pool.clone(), insert.clone());
+                async move {
+                    let mut tx = pool.begin_with(begin(db)).await?;
+                    for m in batch.iter() {
+                        sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                            .bind(m.id.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                        q.complete_in_tx(&mut tx, &ctx, m).await?;
+                    }
+                    tx.commit().await?;
+                    Ok::<(), BoxError>(())
+                }
+            }))
+        };
+        let done = {
+            let (p, t) = (pool.clone(), table.clone());
+            move || {
+                let (p, t) = (p.clone(), t.clone());
+                async move { settled!(&p, &t) }
+            }
+        };
+        let report = drain(&queue, &name, handler, &consumer_options(), done).await;
+        assert_eq!(
+            (report.acked, report.lease_lost),
+            (2, 0),
+            "{db:?}: {report:?}"
+        );
+        let mut rows: Vec<(Option<String>, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT unique_key, status FROM {table}"
+        )))
+        .fetch_all(&pool)
+        .await
+        .expect("read messages");
+        rows.sort();
+        let expected: Vec<(Option<String>, String)> = if delete {
+            // The keyed message is kept so its window can be read; the other one is deleted.
+            vec![(Some("k".to_owned()), "executed".to_owned())]
+        } else {
+            vec![
+                (None, "executed".to_owned()),
+                (Some("k".to_owned()), "executed".to_owned()),
+            ]
+        };
+        assert_eq!(rows, expected, "{db:?}");
+
+        let report = queue.publish(&name, fresh()).await.expect("publish again");
+        assert!(report.published.is_empty(), "{db:?}: {report:?}");
+        let errors: Vec<&mq_core::Error> = report.failed.iter().map(|f| &f.error).collect();
+        assert!(
+            matches!(
+                errors.as_slice(),
+                [
+                    mq_core::Error::DuplicateId { .. },
+                    mq_core::Error::DuplicateKey { .. }
+                ]
+            ),
+            "{db:?}: {errors:?}"
+        );
+        queue.shutdown().await.expect("shutdown");
     });
     drop_table(db, &url, &effects(&table)).await;
     drop_table(db, &url, &table).await;
