@@ -537,13 +537,13 @@ impl<S: QueueStore> Worker<S> {
             let (runnable, run) = self.run_handler(runnable).await;
             report.cancelled = run.cancelled();
             let outcome_of = |m: &Message| run.outcome_of(&m.id);
-            let by_handler = &run.completed_by_handler;
+            let done = &run.completed_by_handler;
             self.complete(
                 &runnable,
                 &outcome_of,
                 run.took,
                 run.aborted,
-                by_handler,
+                done,
                 &mut report,
             )
             .await?;
@@ -702,9 +702,8 @@ impl<S: QueueStore> Worker<S> {
         }
     }
 
-    /// Writes the outcomes of `messages`. A completion refused for a message in `by_handler`
-    /// (completed by the handler in its own transaction) found it completed already: it counts
-    /// as acknowledged.
+    /// Writes the outcomes of `messages`. A refused completion of a message in `by_handler`
+    /// (which the handler's own transaction completed) counts as acknowledged.
     async fn complete(
         &self,
         messages: &[Message],
@@ -828,7 +827,6 @@ impl<S: QueueStore> Worker<S> {
         for (m, settled) in messages.iter().zip(&plan) {
             if !rejected.is_empty() && rejected.contains(&Claim::of(m)) {
                 if by_handler.contains(&m.id) {
-                    // The handler's own transaction completed it.
                     report.acked += 1;
                     self.runner
                         .emit_settled(m, &Settlement::Ack, handler_duration, false);
