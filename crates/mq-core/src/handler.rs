@@ -211,11 +211,11 @@ impl HandlerContext {
     }
 
     /// Records that the handler completed message `id` itself, inside its own database
-    /// transaction (the SQL backend's `complete_in_tx` calls this for you). When the consumer
-    /// then finds the message already completed, it counts it as acknowledged instead of
-    /// reporting a lost lease, and writes nothing for it. If the transaction rolled back, the
-    /// message is still held and the handler's outcome settles it as usual. Backends that
-    /// cannot complete a message in a handler's transaction never see a mark.
+    /// transaction (the SQL backend's `complete_in_tx` calls this for you). When the consumer's
+    /// own completion of the message is then refused because the message is completed
+    /// already, it counts as acknowledged instead of as a lost lease. If the transaction rolled
+    /// back, the message is still held and the handler's outcome settles it as usual. Backends
+    /// that cannot complete a message in a handler's transaction never see a mark.
     ///
     /// # Examples
     ///

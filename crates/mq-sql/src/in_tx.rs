@@ -111,10 +111,10 @@ where
     /// (kept as executed while its unique key has a window; its id remembered for the
     /// idempotency window, in the same transaction).
     ///
-    /// After the handler returns, the consumer finds the message completed and writes nothing
-    /// for it: it counts as acknowledged whatever the handler returned. If the transaction
-    /// rolled back instead, the message is settled by the handler's outcome as usual (return
-    /// an error to have it retried).
+    /// After the handler returns, the consumer's own completion (fenced the same way) finds the
+    /// message completed and changes nothing; the message counts as acknowledged whatever the
+    /// handler returned. If the transaction rolled back instead, the message is still held and
+    /// the handler's outcome settles it as usual (return an error to have it retried).
     ///
     /// Keep the transaction short: while it holds the row, the consumer cannot renew the
     /// message's lease. On SQLite, begin the transaction with `BEGIN IMMEDIATE`
