@@ -1,10 +1,10 @@
 //! Handlers: what a consumer runs for each batch, and the per-message outcomes they return.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -151,6 +151,8 @@ struct ContextInner {
     shard_id: Option<String>,
     token: CancellationToken,
     deadline: Option<Instant>,
+    /// Messages the handler completed itself, in its own transaction.
+    completed: Mutex<HashSet<MessageId>>,
 }
 
 impl HandlerContext {
@@ -168,6 +170,7 @@ impl HandlerContext {
             shard_id,
             token,
             deadline,
+            completed: Mutex::default(),
         }))
     }
 
@@ -205,6 +208,38 @@ impl HandlerContext {
     /// When the handler's timeout cancels the token.
     pub fn deadline(&self) -> Option<Instant> {
         self.0.deadline
+    }
+
+    /// Records that the handler completed message `id` itself, inside its own database
+    /// transaction (the SQL backend's `complete_in_tx` calls this for you). When the consumer's
+    /// own completion of the message is then refused because the message is completed
+    /// already, it counts as acknowledged instead of as a lost lease. If the transaction rolled
+    /// back, the message is still held and the handler's outcome settles it as usual. Backends
+    /// that cannot complete a message in a handler's transaction never see a mark.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mq_core::{HandlerContext, MessageId, QueueName};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let ctx = HandlerContext::new(QueueName::new("q")?, "worker-1", None, CancellationToken::new(), None);
+    /// let id = MessageId::new("m1")?;
+    /// ctx.mark_completed(id.clone());
+    /// assert!(ctx.completed().contains(&id));
+    /// # Ok::<(), mq_core::Error>(())
+    /// ```
+    pub fn mark_completed(&self, id: MessageId) {
+        self.completed_set().insert(id);
+    }
+
+    /// The messages marked with [`mark_completed`](Self::mark_completed) so far.
+    pub fn completed(&self) -> HashSet<MessageId> {
+        self.completed_set().clone()
+    }
+
+    fn completed_set(&self) -> std::sync::MutexGuard<'_, HashSet<MessageId>> {
+        self.0.completed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -17,7 +17,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterSink, ErrorChain};
 use crate::error::{Error, Result};
 use crate::handler::{Batch, Handler, Outcome};
 use crate::lifecycle::{ConsumerInfo, LifecycleEvent, MessageInfo};
-use crate::message::{Message, NewMessage, Status, later_by};
+use crate::message::{Message, MessageId, NewMessage, Status, later_by};
 use crate::options::{CommonOptions, ConsumerOptions};
 use crate::queue::{
     BatchReport, ConsumerHandle, ConsumerStopper, MessageQueue, PublishFailure, PublishReport,
@@ -539,15 +539,24 @@ impl<S: QueueStore> Worker<S> {
                     )),
                 }
             };
-            self.complete(&over, &exhausted, Duration::ZERO, false, &mut report)
+            let none = HashSet::new();
+            self.complete(&over, &exhausted, Duration::ZERO, false, &none, &mut report)
                 .await?;
         }
         if !runnable.is_empty() {
             let (runnable, run) = self.run_handler(runnable).await;
             report.cancelled = run.cancelled();
             let outcome_of = |m: &Message| run.outcome_of(&m.id);
-            self.complete(&runnable, &outcome_of, run.took, run.aborted, &mut report)
-                .await?;
+            let done = &run.completed_by_handler;
+            self.complete(
+                &runnable,
+                &outcome_of,
+                run.took,
+                run.aborted,
+                done,
+                &mut report,
+            )
+            .await?;
         }
         Ok(report)
     }
@@ -703,12 +712,15 @@ impl<S: QueueStore> Worker<S> {
         }
     }
 
+    /// Writes the outcomes of `messages`. A refused completion of a message in `by_handler`
+    /// (which the handler's own transaction completed) counts as acknowledged.
     async fn complete(
         &self,
         messages: &[Message],
         outcome_of: &(dyn Fn(&Message) -> Outcome + Sync),
         handler_duration: Duration,
         aborted: bool,
+        by_handler: &HashSet<MessageId>,
         report: &mut BatchReport,
     ) -> Result<()> {
         let now = Utc::now();
@@ -813,13 +825,22 @@ impl<S: QueueStore> Worker<S> {
             })
             .collect();
         let rejected: HashSet<Claim> = self.complete_with_retries(completions).await?;
-        report.lease_lost = rejected.len();
-        if !rejected.is_empty() {
-            tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost = rejected.len(),
+        let lost = rejected
+            .iter()
+            .filter(|c| !by_handler.contains(&c.id))
+            .count();
+        report.lease_lost = lost;
+        if lost > 0 {
+            tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost,
                 "mq: completions refused: the lease expired and another consumer may hold these messages");
         }
         for (m, settled) in messages.iter().zip(&plan) {
             if !rejected.is_empty() && rejected.contains(&Claim::of(m)) {
+                if by_handler.contains(&m.id) {
+                    report.acked += 1;
+                    self.runner
+                        .emit_settled(m, &Settlement::Ack, handler_duration, false);
+                }
                 continue;
             }
             match settled {

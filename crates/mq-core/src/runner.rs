@@ -3,6 +3,7 @@
 //! verdict and the lifecycle events.
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +99,10 @@ pub struct HandlerRun {
     pub abandoned: bool,
     /// How long it ran.
     pub took: Duration,
+    /// The messages the handler completed itself, in its own transaction
+    /// ([`HandlerContext::mark_completed`]): when their completion is refused because they
+    /// are completed already, they count as acknowledged, not as lost leases.
+    pub completed_by_handler: HashSet<MessageId>,
     timeout: Duration,
     cancel_grace: Option<Duration>,
 }
@@ -282,6 +287,7 @@ impl HandlerRunner {
         );
         let span = batch.tracing_span(self.backend, self.shard.as_deref());
         let ids = ids_of(&batch);
+        let marks = ctx.clone();
         let fut = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(
             self.handler.handle(batch, ctx),
             span,
@@ -345,6 +351,7 @@ impl HandlerRunner {
             panicked,
             abandoned,
             took,
+            completed_by_handler: marks.completed(),
             timeout: self.timeout,
             cancel_grace: self.cancel_grace,
         }
@@ -648,6 +655,27 @@ mod tests {
             .await;
         assert!(run.lease_lost && !run.timed_out);
         assert!(run.stop_reason().to_string().contains("lease"));
+    }
+
+    #[tokio::test]
+    async fn marks_of_the_handler_reach_the_run() {
+        let h = Arc::new(handler_fn(|b: Batch, c: HandlerContext| async move {
+            c.mark_completed(b[1].id.clone());
+            Err::<(), _>(std::io::Error::other("after the commit"))
+        }));
+        let run = runner(h, Duration::from_secs(5))
+            .run(
+                Batch::from(vec![message("a", 1), message("b", 1)]),
+                &CancellationToken::new(),
+                None,
+            )
+            .await;
+        let marked: Vec<&str> = run
+            .completed_by_handler
+            .iter()
+            .map(MessageId::as_str)
+            .collect();
+        assert_eq!(marked, ["b"]);
     }
 
     #[test]

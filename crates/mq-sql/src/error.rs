@@ -102,6 +102,21 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A handler's transaction could not take over the completion of a message: the claim it
+    /// was delivered under no longer holds it (the lease expired and another consumer claimed
+    /// it, it was cancelled, or it is completed already). Nothing was changed; roll the
+    /// transaction back so none of its writes commit.
+    #[error(
+        "message {id} of queue {queue} cannot be completed in this transaction: {reason}; roll the transaction back"
+    )]
+    NotHeld {
+        /// The queue.
+        queue: String,
+        /// The message.
+        id: String,
+        /// Why the claim no longer holds it.
+        reason: String,
+    },
     /// A stored row could not be turned into a message.
     #[error("row {id:?} of table {table} is malformed: {reason}")]
     Decode {
@@ -128,6 +143,7 @@ impl From<Error> for mq_core::Error {
             | Error::MissingTable { .. }
             | Error::SchemaBehind { .. } => mq_core::Error::backend("sql", "connect", e),
             Error::Migrate { .. } => mq_core::Error::backend("sql", "migrate", e),
+            Error::NotHeld { .. } => mq_core::Error::backend("sql", "complete in transaction", e),
             Error::InvalidTableName { name } => mq_core::Error::invalid_name(
                 "table",
                 &name,

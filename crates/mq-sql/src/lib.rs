@@ -11,8 +11,10 @@
 //!
 //! Also: `LISTEN/NOTIFY` wake-up on PostgreSQL (polling elsewhere, and as the fallback),
 //! retention of finished rows in bounded batches ([`SqlOptions::retention`],
-//! `purge_finished`), and publishing inside the caller's transaction on PostgreSQL
-//! (`PgQueue::publish_in_tx`, the outbox pattern).
+//! `purge_finished`), publishing inside the caller's transaction on PostgreSQL
+//! (`PgQueue::publish_in_tx`, the outbox pattern), and completing a message inside the
+//! handler's own transaction on every database ([`SqlQueue::complete_in_tx`]: the handler's
+//! writes and the acknowledgement commit together, so its effects apply exactly once).
 //!
 //! [`SqlCheckpointStore`] ([`PgCheckpointStore`], [`MySqlCheckpointStore`],
 //! [`SqliteCheckpointStore`]) keeps durable Kinesis checkpoints fenced by lease epochs, for
@@ -84,6 +86,7 @@ mod controls;
 mod dead_letter;
 mod dialect;
 mod error;
+mod in_tx;
 mod migrate;
 mod options;
 mod queue;
