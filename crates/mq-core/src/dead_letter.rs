@@ -12,6 +12,7 @@ use crate::message::Message;
 
 mod entry;
 mod filter;
+mod original;
 mod store;
 
 pub use entry::{DeadLetterEntry, DeadLetterFields, EntryId, ReplayMark, ReplayState};
@@ -128,6 +129,29 @@ impl DeadLetterOrigin {
 /// A message that will not be delivered again, handed to the dead-letter hook.
 ///
 /// The message is kept untouched (its `attempts` and `status` as they were when it failed).
+/// A backend that reads records of bytes (Kinesis) also keeps the bytes the message was read
+/// from, in [`original_bytes`](DeadLetter::original_bytes), so that a replay can write the
+/// record back exactly as it was.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::{DeadLetter, DeadLetterOrigin, ErrorChain, Message, MessageId, QueueName};
+///
+/// let record = br#"{"_id": {"$oid": "65f1c0ffee"}, "type": "welcome", "payload": {}}"#;
+/// let message = Message::new(MessageId::new("65f1c0ffee")?, QueueName::new("emails")?,
+///     "welcome", serde_json::json!({}), chrono::Utc::now());
+/// let letter = DeadLetter::new(
+///     message,
+///     DeadLetterOrigin::shard("kinesis", "shardId-000000000000", "4959"),
+///     ErrorChain::msg("smtp refused"),
+///     true,
+///     "worker-1",
+/// )
+/// .original_bytes(record.to_vec());
+/// assert_eq!(letter.original_bytes.as_deref(), Some(&record[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct DeadLetter {
@@ -143,6 +167,16 @@ pub struct DeadLetter {
     pub failed_at: DateTime<Utc>,
     /// The consumer that gave up.
     pub consumer_id: String,
+    /// The bytes the message was read from, exactly as they were: the Kinesis record's data
+    /// (for an aggregated record, the user record's own), whether it decoded or not. `None` for
+    /// backends that store messages rather than bytes, and for letters written before stores
+    /// kept them. In JSON it is standard base64 (left out when `None`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "original::base64_bytes"
+    )]
+    pub original_bytes: Option<Vec<u8>>,
 }
 
 impl DeadLetter {
@@ -161,7 +195,15 @@ impl DeadLetter {
             exhausted,
             failed_at: Utc::now(),
             consumer_id: consumer_id.into(),
+            original_bytes: None,
         }
+    }
+
+    /// Keeps `bytes`, the record the message was read from, as
+    /// [`original_bytes`](DeadLetter::original_bytes).
+    pub fn original_bytes(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.original_bytes = Some(bytes.into());
+        self
     }
 }
 

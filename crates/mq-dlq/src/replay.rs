@@ -8,8 +8,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use mq_core::{
-    DeadLetterEntry, DeadLetterFilter, DeadLetterStore, EntryId, Error, MessageQueue, NewMessage,
-    QueueName, ReplayMark, ReplayState, Result,
+    DeadLetter, DeadLetterEntry, DeadLetterFilter, DeadLetterStore, EntryId, Error, MessageQueue,
+    NewMessage, QueueName, ReplayMark, ReplayState, Result,
 };
 use serde::Serialize;
 
@@ -190,6 +190,20 @@ impl ReplayReport {
 /// payload, partition key, attempt limit, retry delay and metadata, plus two `log_context` keys
 /// ([`REPLAY_ENTRY_KEY`], [`REPLAY_ORIGINAL_ID_KEY`]); they are ready at once, start with zero
 /// attempts and have no expiry.
+///
+/// # Records replayed byte for byte
+///
+/// An entry that keeps the bytes its message was read from
+/// ([`DeadLetterEntry::original_bytes`]: a Kinesis record, decoded or not) goes back as those
+/// bytes when its target queue is of the backend the entry came from (the queue's
+/// [`backend`](MessageQueue::backend) is the entry's `origin.backend`): the replay publishes a
+/// message of type [`DeadLetter::ORIGINAL_BYTES_TYPE`] holding them, under the message's
+/// partition key (for a Kinesis record, the record's own key unless its data names another
+/// one), and the Kinesis queue writes exactly those bytes to the stream, whatever format they
+/// are in (mq's JSON, the relaxed extended JSON of older producers, fields mq does not know,
+/// bytes that are not JSON at all). Every other consumer of the stream reads the record as it
+/// was first written. Replayed to a queue of any other backend, the entry is published as its
+/// decoded message, as above.
 ///
 /// # Examples
 ///
@@ -386,7 +400,11 @@ impl Replayer {
                     limiter.until_ready().await;
                 }
             }
-            let messages = group.iter().map(|(e, m)| replay_message(e, m)).collect();
+            let as_bytes = |e: &DeadLetterEntry| queue.backend() == e.origin.backend;
+            let messages = group
+                .iter()
+                .map(|(e, m)| replay_message(e, m, as_bytes(e)))
+                .collect();
             let outcome = match queue.publish(&target, messages).await {
                 Ok(outcome) => outcome,
                 Err(err) => {
@@ -438,9 +456,18 @@ fn error_text(err: &Error) -> String {
     mq_core::ErrorChain::from_error(err).to_string()
 }
 
-/// The message a replay publishes for `entry` under `mark`.
-fn replay_message(entry: &DeadLetterEntry, mark: &ReplayMark) -> NewMessage {
+/// The message a replay publishes for `entry` under `mark`: with `as_bytes`, the entry's original
+/// bytes (when it has them) as a [`DeadLetter::ORIGINAL_BYTES_TYPE`] message; otherwise the
+/// stored message.
+fn replay_message(entry: &DeadLetterEntry, mark: &ReplayMark, as_bytes: bool) -> NewMessage {
     let m = &entry.message;
+    let (message_type, payload) = match &entry.original_bytes {
+        Some(bytes) if as_bytes => (
+            DeadLetter::ORIGINAL_BYTES_TYPE.to_owned(),
+            DeadLetter::original_bytes_payload(bytes),
+        ),
+        _ => (m.message_type.clone(), m.payload.clone()),
+    };
     let mut metadata = m.metadata.clone();
     metadata
         .log_context
@@ -448,7 +475,7 @@ fn replay_message(entry: &DeadLetterEntry, mark: &ReplayMark) -> NewMessage {
     metadata
         .log_context
         .insert(REPLAY_ORIGINAL_ID_KEY.to_owned(), m.id.to_string());
-    let mut out = NewMessage::new(m.message_type.clone(), m.payload.clone())
+    let mut out = NewMessage::new(message_type, payload)
         .id(mark.message_id.clone())
         .metadata(metadata);
     if let Some(k) = &m.partition_key {
@@ -475,5 +502,47 @@ mod tests {
         assert_eq!(o.clone().rate(NonZeroU32::new(50)).chunk_size(), 5);
         assert_eq!(o.rate(NonZeroU32::new(100_000)).chunk_size(), 100);
         assert!(ReplayOptions::default().batch_size(0).validate().is_err());
+    }
+
+    #[test]
+    fn original_bytes_replace_the_message_only_when_asked() {
+        let mut m = mq_core::Message::new(
+            mq_core::MessageId::new("m1").unwrap(),
+            QueueName::new("events").unwrap(),
+            "welcome",
+            serde_json::json!({"to": "a"}),
+            Utc::now(),
+        );
+        m.partition_key = Some("pk".into());
+        let letter = DeadLetter::new(
+            m,
+            mq_core::DeadLetterOrigin::backend("kinesis"),
+            mq_core::ErrorChain::msg("e"),
+            true,
+            "c",
+        );
+        let plain = DeadLetterEntry::from_letter(letter.clone());
+        let kept = DeadLetterEntry::from_letter(letter.original_bytes(b"{ \"a\" }".to_vec()));
+        let mark = ReplayMark::new(&kept.id, 1, QueueName::new("events").unwrap(), Utc::now());
+        let built = |entry: &DeadLetterEntry, as_bytes: bool| {
+            replay_message(entry, &mark, as_bytes).into_message(
+                &mq_core::UlidGenerator,
+                QueueName::new("events").unwrap(),
+                Utc::now(),
+            )
+        };
+        let raw = built(&kept, true);
+        assert_eq!(raw.message_type, DeadLetter::ORIGINAL_BYTES_TYPE);
+        assert_eq!(
+            DeadLetter::original_bytes_in(&raw).as_deref(),
+            Some(&b"{ \"a\" }"[..])
+        );
+        assert_eq!(raw.partition_key.as_deref(), Some("pk"));
+        assert_eq!(raw.id, mark.message_id);
+        for (entry, as_bytes) in [(&kept, false), (&plain, true), (&plain, false)] {
+            let out = built(entry, as_bytes);
+            assert_eq!(out.message_type, "welcome");
+            assert_eq!(out.payload, serde_json::json!({"to": "a"}));
+        }
     }
 }

@@ -353,6 +353,65 @@ pub async fn replay_resumes_without_duplicates(factory: &dyn DeadLetterStoreFact
     assert_eq!(store.count(&done).await.expect("count"), 10);
 }
 
+/// An entry with original bytes replayed to a queue of the backend it came from goes back as
+/// those bytes (a [`DeadLetter::ORIGINAL_BYTES_TYPE`](mq_core::DeadLetter::ORIGINAL_BYTES_TYPE)
+/// message under its partition key); replayed to a queue of another backend, or without bytes,
+/// it goes back as its decoded message.
+pub async fn replays_original_bytes_to_their_backend(
+    factory: &dyn DeadLetterStoreFactory,
+    test: &str,
+) {
+    let store = factory.create(test).await;
+    let queue = queue(CommonOptions::default());
+    let bytes: Vec<u8> = vec![b'{', b' ', 0xff, 0x00, b'"', b'$', b'}', b'\n'];
+    let backend = queue.backend();
+    let mut same = letter("events", "same", "t", "e").original_bytes(bytes.clone());
+    same.origin = mq_core::DeadLetterOrigin::shard(backend, "shard-0", "17");
+    let mut other = letter("events", "other", "t", "e").original_bytes(bytes.clone());
+    other.origin = mq_core::DeadLetterOrigin::shard("elsewhere", "shard-0", "18");
+    let mut plain = letter("events", "plain", "t", "e");
+    plain.origin = mq_core::DeadLetterOrigin::backend(backend);
+    store
+        .insert(vec![same.clone(), other.clone(), plain.clone()])
+        .await
+        .expect("insert");
+    let report = Replayer::new(store.clone(), queue.clone())
+        .run(&ReplayOptions::default())
+        .await
+        .expect("replay");
+    assert_eq!(report.published.len(), 3, "{report:?}");
+    let name = QueueName::new("events").expect("q");
+    let replayed: HashMap<String, Message> = drain(&*queue, &name)
+        .await
+        .into_iter()
+        .map(|m| {
+            let orig = m.metadata.log_context[REPLAY_ORIGINAL_ID_KEY].clone();
+            (orig, m)
+        })
+        .collect();
+    assert_eq!(replayed.len(), 3, "{replayed:?}");
+    let as_bytes = &replayed["same"];
+    assert_eq!(
+        as_bytes.message_type,
+        mq_core::DeadLetter::ORIGINAL_BYTES_TYPE
+    );
+    assert_eq!(
+        mq_core::DeadLetter::original_bytes_in(as_bytes),
+        Some(bytes),
+        "the original bytes, unchanged"
+    );
+    assert_eq!(as_bytes.partition_key, same.message.partition_key);
+    for (id, letter) in [("other", &other), ("plain", &plain)] {
+        let m = &replayed[id];
+        assert_eq!(m.message_type, letter.message.message_type, "{id}");
+        assert_eq!(
+            m.payload, letter.message.payload,
+            "{id}: the decoded message"
+        );
+        assert_eq!(m.partition_key, letter.message.partition_key, "{id}");
+    }
+}
+
 /// Stamps one `#[tokio::test]` per replay case, each calling `$factory` for a fresh
 /// `mq_core::testkit::dead_letter::DeadLetterStoreFactory`. The calling crate needs `tokio` with
 /// `macros` and `rt-multi-thread`.
@@ -362,7 +421,8 @@ macro_rules! replay_conformance_tests {
         $crate::replay_conformance_tests!(@cases $factory;
             works_as_a_queue_sink,
             dry_run_publishes_nothing,
-            replay_resumes_without_duplicates
+            replay_resumes_without_duplicates,
+            replays_original_bytes_to_their_backend
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -14,7 +14,8 @@ pub const DEAD_LETTER_MESSAGE_TYPE: &str = "mq.dead_letter";
 /// A stream is append-only, so this is a [`DeadLetterSink`], not a
 /// [`DeadLetterStore`](mq_core::DeadLetterStore): each dead letter becomes one mq message of type
 /// [`DEAD_LETTER_MESSAGE_TYPE`] whose payload is the whole [`DeadLetter`] (message untouched,
-/// origin, error chain, consumer), with the original message id. Another service (or a
+/// origin, error chain, consumer, and the original bytes of a record in base64 under
+/// `original_bytes`), with the original message id. Another service (or a
 /// `KinesisQueue` consumer) reads the stream, turns records back into dead letters with
 /// [`dead_letter_from_message`] and keeps, inspects or replays them through a store.
 ///

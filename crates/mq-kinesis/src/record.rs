@@ -1,29 +1,26 @@
 //! Records on the wire: messages as JSON, and decoding of the TypeScript original's relaxed
 //! extended JSON.
 
-use base64::prelude::{BASE64_STANDARD, Engine as _};
 use chrono::{DateTime, TimeZone, Utc};
-use mq_core::{Message, QueueName, Status};
+use mq_core::{DeadLetter, Message, QueueName, Status};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
 /// The message type of a dead letter made of a record that does not decode: its payload holds
 /// the record's bytes in base64 under `data_base64`, and the same bytes as text under `text` when
-/// they are UTF-8; its partition key is the record's.
+/// they are UTF-8; its partition key is the record's. It is
+/// [`DeadLetter::ORIGINAL_BYTES_TYPE`].
 ///
-/// Publishing such a message to a Kinesis queue (a replay of the dead letter) writes the
-/// original bytes back, unchanged, instead of the message as JSON.
-pub const UNDECODABLE_MESSAGE_TYPE: &str = "undecodable";
+/// Publishing such a message to a Kinesis queue writes the bytes it holds, unchanged, instead of
+/// the message as JSON: that is how a replay puts a dead-lettered record (decoded or not) back
+/// on its stream exactly as it was read.
+pub const UNDECODABLE_MESSAGE_TYPE: &str = DeadLetter::ORIGINAL_BYTES_TYPE;
 
 /// Encodes a message as the record data: JSON of [`Message`], or for a message of type
 /// [`UNDECODABLE_MESSAGE_TYPE`] the original bytes it holds.
 pub(crate) fn encode(message: &Message) -> Vec<u8> {
-    if message.message_type == UNDECODABLE_MESSAGE_TYPE
-        && let Some(Ok(bytes)) = message.payload["data_base64"]
-            .as_str()
-            .map(|b| BASE64_STANDARD.decode(b))
-    {
+    if let Some(bytes) = DeadLetter::original_bytes_in(message) {
         return bytes;
     }
     // A Message always serializes: every field is a plain value.

@@ -1,7 +1,8 @@
 //! [`MongoDeadLetterStore`]: dead letters in a MongoDB collection.
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::spec::BinarySubtype;
+use mongodb::bson::{Binary, Bson, Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, IndexModel};
 use mq_core::{
@@ -18,7 +19,8 @@ use crate::options::MongoOptions;
 ///
 /// One document per dead-lettered message, `_id` the entry id, unique per queue and message id.
 /// Times are Unix milliseconds, the message its JSON text (exactly as it was), the error chain an
-/// array of strings. [`DeadLetterStore::migrate`] writes nothing under
+/// array of strings, the original bytes of a record (Kinesis) BSON binary under
+/// `original_bytes` (absent when there are none; documents written before read as `None`). [`DeadLetterStore::migrate`] writes nothing under
 /// [`MongoOptions::create_schema`]`(false)`. Unlike the SQL stores, a multi-letter insert is not
 /// one transaction: a retried insert can count a failure twice, never store a letter twice.
 ///
@@ -240,6 +242,13 @@ fn read(d: &Document) -> mq_core::Result<DeadLetterEntry> {
                 Some(_) => Err(mistyped(self.0, name)),
             }
         }
+        fn bytes(&self, name: &str) -> mq_core::Result<Option<Vec<u8>>> {
+            match self.0.get(name) {
+                None | Some(Bson::Null) => Ok(None),
+                Some(Bson::Binary(b)) => Ok(Some(b.bytes.clone())),
+                Some(_) => Err(mistyped(self.0, name)),
+            }
+        }
     }
     fn mistyped(d: &Document, name: &str) -> mq_core::Error {
         mq_core::Error::corrupt_dead_letter(
@@ -279,7 +288,7 @@ impl DeadLetterStore for MongoDeadLetterStore {
                 .map(|c| Bson::String(c.clone()))
                 .collect();
             let filter = doc! { "queue": e.queue().as_str(), "message_id": e.message.id.as_str() };
-            let update = doc! {
+            let mut update = doc! {
                 "$setOnInsert": {
                     "_id": e.id.as_str(),
                     "message_type": e.message.message_type.as_str(),
@@ -303,6 +312,15 @@ impl DeadLetterStore for MongoDeadLetterStore {
                 },
                 "$min": { "first_failed_at": to_ms(e.first_failed_at) },
             };
+            if let Some(bytes) = e.original_bytes
+                && let Ok(first) = update.get_document_mut("$setOnInsert")
+            {
+                let binary = Binary {
+                    subtype: BinarySubtype::Generic,
+                    bytes,
+                };
+                first.insert("original_bytes", binary);
+            }
             // Two first upserts of one message race on the unique index; the loser retries
             // and finds the winner's document.
             let mut tries = 0;

@@ -2,21 +2,28 @@
 //!
 //! One table per store, one row per dead-lettered message (unique per queue and message id).
 //! Times are kept as Unix milliseconds (`BIGINT`) on every database, the message as its JSON
-//! text (exactly as it was), the error chain as a JSON array plus its joined text for searches.
+//! text (exactly as it was), the error chain as a JSON array plus its joined text for searches,
+//! and the original bytes of a record (Kinesis) in a binary column (`BYTEA`, `LONGBLOB`, `BLOB`).
+//! The table's migrations are versioned like the queue table's, in a table of versions beside
+//! it (`<table>_versions`).
 
 use std::fmt;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mq_core::{BoxError, DeadLetter, DeadLetterSink, MessageId};
-use sqlx::{AssertSqlSafe, Executor, QueryBuilder};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, QueryBuilder, Row, Type};
 
 use mq_core::{DeadLetterEntry, DeadLetterFilter, DeadLetterStore, EntryId, ReplayMark};
 
-use crate::dialect::{Dialect, ReadRow, Sql};
+use crate::dialect::{Dialect, ReadRow, Sql, migration};
 use crate::error::backend;
+use crate::migrate::migrate;
 use crate::options::validate_table;
-use crate::store::{derived, statements};
+use crate::store::derived;
+
+/// The lock that serializes concurrent migrations of dead-letter tables (PostgreSQL).
+const DEAD_LETTER_SCHEMA_LOCK: i64 = 7_311_003;
 
 type Result<T> = mq_core::Result<T>;
 
@@ -32,8 +39,11 @@ pub const DEFAULT_DEAD_LETTER_TABLE: &str = "mq_dead_letters";
 /// ([`MySqlDeadLetterStore`](crate::MySqlDeadLetterStore)) or SQLite
 /// ([`SqliteDeadLetterStore`](crate::SqliteDeadLetterStore)).
 ///
-/// [`DeadLetterStore::migrate`] creates the table and its indexes if missing (idempotent);
-/// nothing is created before it is called, so a read-only tool can open a store safely.
+/// [`DeadLetterStore::migrate`] creates the table and its indexes if missing, and brings a
+/// table an earlier version created up to date (it records what it applied in
+/// `<table>_versions`; idempotent); nothing is created before it is called, so a read-only tool
+/// can open a store safely. A table that lacks the latest migration cannot be read or written
+/// by this version until it is migrated.
 ///
 /// # Examples
 ///
@@ -105,6 +115,9 @@ impl<DB: Dialect> SqlDeadLetterStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     QueryBuilder<DB>: Sql,
+    Option<Vec<u8>>: for<'q> Encode<'q, DB>,
+    Vec<u8>: for<'r> Decode<'r, DB> + Type<DB>,
+    for<'c> &'c str: ColumnIndex<DB::Row>,
 {
     /// Runs the statement `write` puts together (`op` names it in errors); returns the rows it
     /// changed.
@@ -131,6 +144,9 @@ impl<DB: Dialect> DeadLetterSink for SqlDeadLetterStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     QueryBuilder<DB>: Sql,
+    Option<Vec<u8>>: for<'q> Encode<'q, DB>,
+    Vec<u8>: for<'r> Decode<'r, DB> + Type<DB>,
+    for<'c> &'c str: ColumnIndex<DB::Row>,
 {
     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> std::result::Result<(), BoxError> {
         Ok(DeadLetterStore::insert(self, letters).await?)
@@ -142,14 +158,26 @@ impl<DB: Dialect> DeadLetterStore for SqlDeadLetterStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     QueryBuilder<DB>: Sql,
+    Option<Vec<u8>>: for<'q> Encode<'q, DB>,
+    Vec<u8>: for<'r> Decode<'r, DB> + Type<DB>,
+    for<'c> &'c str: ColumnIndex<DB::Row>,
 {
+    /// Creates the table or applies the migrations it lacks, in order, recording each in
+    /// `<table>_versions`.
     async fn migrate(&self) -> mq_core::Result<()> {
-        for stmt in statements(&render(DB::DEAD_LETTER_MIGRATION, &self.table)) {
-            sqlx::raw_sql(AssertSqlSafe(stmt))
-                .execute(&self.pool)
-                .await
-                .map_err(backend("dead-letter migrate"))?;
-        }
+        let steps = migrations::<DB>()
+            .into_iter()
+            .map(|(file, sql)| (file, render(sql, &self.table)))
+            .collect();
+        migrate(
+            &self.pool,
+            &self.table,
+            Some(&derived(&self.table, "versions")),
+            DEAD_LETTER_SCHEMA_LOCK,
+            steps,
+            true,
+        )
+        .await?;
         Ok(())
     }
 
@@ -235,10 +263,43 @@ where
 pub(crate) const COLUMNS: &str = "id, queue, message_id, message_type, message, backend, shard_id, \
      sequence_number, error, error_text, exhausted, attempts, failures, first_failed_at, \
      last_failed_at, consumer_id, replay_state, replay_generation, replay_message_id, \
-     replay_target, replay_started_at, replayed_at";
+     replay_target, replay_started_at, replayed_at, original_bytes";
+
+/// The dead-letter table's migrations on `DB`, in order: (file, template).
+fn migrations<DB: Dialect>() -> Vec<(&'static str, &'static str)> {
+    let (first, later) = match DB::KIND {
+        "postgres" => (
+            "postgres/0001_dead_letters.sql",
+            [migration!(
+                "postgres",
+                "0002_dead_letters_original_bytes.sql"
+            )],
+        ),
+        "mysql" => (
+            "mysql/0001_dead_letters.sql",
+            [migration!("mysql", "0002_dead_letters_original_bytes.sql")],
+        ),
+        _ => (
+            "sqlite/0001_dead_letters.sql",
+            [migration!("sqlite", "0002_dead_letters_original_bytes.sql")],
+        ),
+    };
+    let mut steps = vec![(first, DB::DEAD_LETTER_MIGRATION)];
+    steps.extend(later);
+    steps
+}
 
 /// `INSERT INTO t (...) VALUES (...)` for a fresh entry; the caller appends its upsert clause.
-pub(crate) fn insert(q: &mut impl Sql, table: &str, e: &DeadLetterEntry) -> Result<()> {
+pub(crate) fn insert<DB: Dialect>(
+    q: &mut QueryBuilder<DB>,
+    table: &str,
+    e: &DeadLetterEntry,
+) -> Result<()>
+where
+    QueryBuilder<DB>: Sql,
+    Option<Vec<u8>>: for<'q> Encode<'q, DB>,
+    Vec<u8>: Type<DB>,
+{
     let encode = |err| mq_core::Error::backend("sql", "dead-letter insert", err);
     let message = serde_json::to_string(&e.message).map_err(encode)?;
     let error = serde_json::to_string(&e.error).map_err(encode)?;
@@ -274,7 +335,9 @@ pub(crate) fn insert(q: &mut impl Sql, table: &str, e: &DeadLetterEntry) -> Resu
     q.int(to_ms(e.last_failed_at));
     q.raw(", ");
     q.text(e.consumer_id.clone());
-    q.raw(", 'none', 0, NULL, NULL, NULL, NULL)");
+    q.raw(", 'none', 0, NULL, NULL, NULL, NULL, ");
+    q.push_bind(e.original_bytes.clone());
+    q.raw(")");
     Ok(())
 }
 
@@ -418,14 +481,29 @@ pub(crate) fn has_replay(q: &mut impl Sql, table: &str, id: &EntryId, message_id
 }
 
 /// Reads one row back into an entry.
-pub(crate) fn read_entry<R: ReadRow>(row: &R) -> mq_core::Result<DeadLetterEntry> {
+pub(crate) fn read_entry<R>(row: &R) -> mq_core::Result<DeadLetterEntry>
+where
+    R: Row + ReadRow,
+    for<'c> &'c str: ColumnIndex<R>,
+    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
     struct Fields<'r, R>(&'r R);
-    impl<R: ReadRow> mq_core::DeadLetterFields for Fields<'_, R> {
+    impl<R> mq_core::DeadLetterFields for Fields<'_, R>
+    where
+        R: Row + ReadRow,
+        for<'c> &'c str: ColumnIndex<R>,
+        Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    {
         fn text(&self, name: &str) -> mq_core::Result<Option<String>> {
             self.0.opt_text(name).map_err(backend("dead-letter read"))
         }
         fn int(&self, name: &str) -> mq_core::Result<Option<i64>> {
             self.0.opt_int(name).map_err(backend("dead-letter read"))
+        }
+        fn bytes(&self, name: &str) -> mq_core::Result<Option<Vec<u8>>> {
+            self.0
+                .try_get::<Option<Vec<u8>>, _>(name)
+                .map_err(backend("dead-letter read"))
         }
     }
     DeadLetterEntry::from_fields(&Fields(row))

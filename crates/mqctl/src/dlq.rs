@@ -53,7 +53,8 @@ enum DlqCommand {
         #[arg(long)]
         after: Option<String>,
     },
-    /// Show one dead letter in full: message, origin, error chain, replay state.
+    /// Show one dead letter in full: message, origin, error chain, replay state, and the original
+    /// bytes of a record when they are kept (as text when UTF-8; base64 with --json).
     Show {
         /// The entry id (a ULID, as `list` prints it).
         id: String,
@@ -298,6 +299,17 @@ fn show(e: &DeadLetterEntry) -> anyhow::Result<()> {
     if let Some(s) = &e.origin.sequence_number {
         println!("sequence       {s}");
     }
+    if let Some(bytes) = &e.original_bytes {
+        let form = if std::str::from_utf8(bytes).is_ok() {
+            "UTF-8 text"
+        } else {
+            "binary, shown in base64 by --json"
+        };
+        println!(
+            "original bytes {} bytes, kept ({form}); a replay to its stream writes them back unchanged",
+            bytes.len()
+        );
+    }
     println!(
         "attempts       {} ({})",
         e.attempts,
@@ -327,7 +339,27 @@ fn show(e: &DeadLetterEntry) -> anyhow::Result<()> {
     }
     println!("message");
     println!("{}", serde_json::to_string_pretty(&e.message)?);
+    if let Some(text) = e
+        .original_bytes
+        .as_deref()
+        .and_then(|b| std::str::from_utf8(b).ok())
+    {
+        println!("original bytes");
+        println!("{}", printable(text));
+    }
     Ok(())
+}
+
+/// `text` with its control characters other than line breaks and tabs escaped (`\u{1b}`), so a
+/// record cannot drive the terminal it is shown on.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// `--store-url`, else `$DATABASE_URL`, else `$MONGODB_URI`.
@@ -492,6 +524,11 @@ async fn open_queue(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("a\tb\nc\u{1b}[2J\r"), "a\tb\nc\\u{1b}[2J\\r");
+    }
 
     #[test]
     fn schemes_and_redaction() {

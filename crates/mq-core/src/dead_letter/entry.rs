@@ -234,6 +234,17 @@ pub struct DeadLetterEntry {
     pub consumer_id: String,
     /// The replay mark, once a replay took the entry.
     pub replay: Option<ReplayMark>,
+    /// The bytes the message was read from, exactly as they were (see
+    /// [`DeadLetter::original_bytes`]); `None` when the backend stores messages rather than
+    /// bytes, and for entries stored before stores kept them. A repeated dead-lettering keeps the
+    /// first bytes, as it keeps the first message. In JSON it is standard base64 (left out when
+    /// `None`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::dead_letter::original::base64_bytes"
+    )]
+    pub original_bytes: Option<Vec<u8>>,
 }
 
 impl DeadLetterEntry {
@@ -251,6 +262,7 @@ impl DeadLetterEntry {
             last_failed_at: truncate_ms(letter.failed_at),
             consumer_id: letter.consumer_id,
             replay: None,
+            original_bytes: letter.original_bytes,
         }
     }
 
@@ -270,7 +282,7 @@ impl DeadLetterEntry {
 
     /// Folds a repeated dead-lettering of the same message into this entry: one more failure,
     /// the newer error, time, attempts and consumer; the stored message and the replay state are
-    /// kept.
+    /// kept (and so are the original bytes).
     ///
     /// Stores that keep entries as whole values (in memory, say) call it; the others do the same
     /// in their update statement.
@@ -337,6 +349,32 @@ pub trait DeadLetterFields {
     ///
     /// When the field exists with another type, or the record cannot be read.
     fn int(&self, name: &str) -> Result<Option<i64>>;
+
+    /// The binary field `name`, `None` when absent or NULL.
+    ///
+    /// The provided method reads the text field `name` as standard base64, for records that
+    /// can only hold text; stores with a binary type (a `BYTEA` or `BLOB` column, BSON binary)
+    /// read it directly.
+    ///
+    /// # Errors
+    ///
+    /// When the field exists with another type (or as text that is not base64), or the record
+    /// cannot be read.
+    fn bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some(text) = self.text(name)? else {
+            return Ok(None);
+        };
+        match crate::dead_letter::original::decode(&text) {
+            Some(bytes) => Ok(Some(bytes)),
+            None => {
+                let id = self.text("id")?.unwrap_or_else(|| "?".to_owned());
+                Err(Error::corrupt_dead_letter(
+                    id,
+                    format!("field {name} is not standard base64"),
+                ))
+            }
+        }
+    }
 }
 
 impl DeadLetterEntry {
@@ -345,7 +383,8 @@ impl DeadLetterEntry {
     /// `sequence_number`, `attempts`, `exhausted` (0 or 1), `failures`, `first_failed_at` and
     /// `last_failed_at` (milliseconds), `consumer_id`, `replay_state` (`none`, `pending`,
     /// `done`), and while a replay exists `replay_generation`, `replay_message_id`,
-    /// `replay_target`, `replay_started_at` and `replayed_at`.
+    /// `replay_target`, `replay_started_at` and `replayed_at`; and `original_bytes` (binary,
+    /// see [`DeadLetterFields::bytes`]) when the entry keeps them.
     ///
     /// # Errors
     ///
@@ -443,6 +482,7 @@ impl DeadLetterEntry {
             origin,
             error,
             replay,
+            original_bytes: fields.bytes("original_bytes")?,
         })
     }
 }

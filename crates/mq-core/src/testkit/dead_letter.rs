@@ -345,6 +345,60 @@ pub async fn replay_marks_are_compare_and_set(factory: &dyn DeadLetterStoreFacto
     );
 }
 
+/// The original bytes of a letter come back exactly (bytes that are not UTF-8, and none at
+/// all, included) from `get` and `list`; a letter without them reads as `None`; dead-lettering
+/// the message again keeps the first bytes, as it keeps the first message.
+pub async fn keeps_original_bytes(factory: &dyn DeadLetterStoreFactory, test: &str) {
+    let store = or_skip!(open(factory, test).await);
+    let binary: Vec<u8> = vec![0xf3, 0x89, 0x9a, 0xc2, 0x00, 0xff, b'{', 0xc3, 0x28, b'\n'];
+    let text = b" {\"_id\" : {\"$oid\":\"65f1c0ffee\"},\t\"type\":\"t\" }\r\n".to_vec();
+    let cases: [(&str, Option<Vec<u8>>); 4] = [
+        ("binary", Some(binary.clone())),
+        ("text", Some(text)),
+        ("empty", Some(Vec::new())),
+        ("none", None),
+    ];
+    let letters: Vec<DeadLetter> = cases
+        .iter()
+        .map(|(id, bytes)| {
+            let l = letter("events", id, "t", "e");
+            match bytes {
+                Some(b) => l.original_bytes(b.clone()),
+                None => l,
+            }
+        })
+        .collect();
+    store.insert(letters).await.expect("insert");
+    let listed = all(&*store).await;
+    assert_eq!(listed.len(), cases.len());
+    for (id, bytes) in &cases {
+        let e = listed
+            .iter()
+            .find(|e| e.message.id.as_str() == *id)
+            .unwrap_or_else(|| panic!("entry {id} listed"));
+        assert_eq!(&e.original_bytes, bytes, "list: original bytes of {id}");
+        let got = store.get(&e.id).await.expect("get").expect("found");
+        assert_eq!(&got.original_bytes, bytes, "get: original bytes of {id}");
+    }
+    store
+        .insert(vec![
+            letter("events", "binary", "t", "again").original_bytes(b"other".to_vec()),
+        ])
+        .await
+        .expect("insert again");
+    let again = store
+        .list(&DeadLetterFilter::default().message_ids([MessageId::new("binary").expect("id")]))
+        .await
+        .expect("list");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].failures, 2);
+    assert_eq!(
+        again[0].original_bytes,
+        Some(binary),
+        "the first bytes are kept"
+    );
+}
+
 /// `purge` deletes exactly the matching entries.
 pub async fn purge_deletes_only_matches(factory: &dyn DeadLetterStoreFactory, test: &str) {
     let store = or_skip!(open(factory, test).await);
@@ -392,7 +446,8 @@ macro_rules! dead_letter_store_tests {
             filters_agree_with_matches,
             pages_in_id_order,
             replay_marks_are_compare_and_set,
-            purge_deletes_only_matches
+            purge_deletes_only_matches,
+            keeps_original_bytes
         );
     };
 }

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use base64::prelude::{BASE64_STANDARD, Engine as _};
 use chrono::Utc;
 use mq_core::backend::BatchResult;
 use mq_core::{
@@ -14,7 +13,6 @@ use mq_core::{
 
 use super::deaggregate::UserRecord;
 use super::{BACKEND, ShardConsumer, State};
-use crate::position::Checkpoint;
 use crate::record::{UNDECODABLE_MESSAGE_TYPE, decode_record};
 
 impl ShardConsumer {
@@ -34,13 +32,17 @@ impl ShardConsumer {
             return State::Opening;
         };
         let count = records.len() as u64;
+        // every record by its label: its checkpoint, and its bytes for a dead letter
+        let by_label: HashMap<String, &UserRecord> =
+            records.iter().map(|r| (r.label(), r)).collect();
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut messages: Vec<(Message, String)> = Vec::new();
         for r in &records {
             let label = r.label();
             if let Some(why) = &r.broken {
                 let m = self.placeholder(&label, r);
-                letters.push(self.letter(m, &label, ErrorChain::msg(why.clone()), false));
+                let e = ErrorChain::msg(why.clone());
+                letters.push(self.letter(m, &label, e, false, &by_label));
                 continue;
             }
             match decode_record(&r.data, &self.env.queue, &self.shard, &label, r.arrival) {
@@ -52,7 +54,8 @@ impl ShardConsumer {
                 }
                 Err(e) => {
                     let m = self.placeholder(&label, r);
-                    letters.push(self.letter(m, &label, ErrorChain::from_error(&e), false));
+                    let e = ErrorChain::from_error(&e);
+                    letters.push(self.letter(m, &label, e, false, &by_label));
                 }
             }
         }
@@ -64,7 +67,7 @@ impl ShardConsumer {
                     "poison pill: processing from checkpoint {from} failed {} times",
                     failures - 1
                 ));
-                letters.push(self.letter(m, &seq, e, true));
+                letters.push(self.letter(m, &seq, e, true, &by_label));
             }
             if !self.deliver_letters(letters).await {
                 return self.interrupted();
@@ -90,11 +93,7 @@ impl ShardConsumer {
         if !self.confirm_lease().await || !self.take_tokens(messages.len()).await {
             return self.ended_early().await;
         }
-        let marks: HashMap<String, Checkpoint> = records
-            .iter()
-            .map(|r| (r.label(), r.checkpoint()))
-            .collect();
-        match self.handle_in_place(messages, &marks).await {
+        match self.handle_in_place(messages, &by_label).await {
             Ok(()) => State::Checkpointing {
                 to: last,
                 reopen,
@@ -132,16 +131,11 @@ impl ShardConsumer {
         let id = MessageId::new(format!("{}:{seq}", self.shard))
             .or_else(|_| MessageId::new(seq))
             .unwrap_or_else(|_| self.env.common.get_id_generator().next_id());
-        let mut payload = serde_json::Map::new();
-        payload.insert("data_base64".into(), BASE64_STANDARD.encode(data).into());
-        if let Ok(text) = std::str::from_utf8(data) {
-            payload.insert("text".into(), text.into());
-        }
         let mut m = Message::new(
             id,
             self.env.queue.clone(),
             UNDECODABLE_MESSAGE_TYPE,
-            serde_json::Value::Object(payload),
+            DeadLetter::original_bytes_payload(data),
             at,
         );
         m.status = Status::Failed;
@@ -149,14 +143,27 @@ impl ShardConsumer {
         m
     }
 
-    fn letter(&self, m: Message, seq: &str, error: ErrorChain, exhausted: bool) -> DeadLetter {
-        DeadLetter::new(
+    /// The dead letter of `m`, read from the record labelled `seq`, whose bytes it keeps (for a
+    /// user record of an aggregate, its own bytes; for a broken aggregate, the whole record's).
+    fn letter(
+        &self,
+        m: Message,
+        seq: &str,
+        error: ErrorChain,
+        exhausted: bool,
+        records: &HashMap<String, &UserRecord>,
+    ) -> DeadLetter {
+        let letter = DeadLetter::new(
             m,
             DeadLetterOrigin::shard(BACKEND, self.shard.clone(), seq),
             error,
             exhausted,
             self.consumer_id.clone(),
-        )
+        );
+        match records.get(seq) {
+            Some(r) => letter.original_bytes(r.data.clone()),
+            None => letter,
+        }
     }
 
     /// Hands letters to the dead-letter hook, retrying until it accepts them; false when stopped
@@ -222,7 +229,8 @@ impl ShardConsumer {
 
     /// Runs the handler until every message is acked or dead-lettered; Err when stopped or the
     /// lease was lost (the batch is then left for the next owner), with the next state when a
-    /// checkpoint failed. `marks` are the checkpoints after each message, by its label.
+    /// checkpoint failed. `records` are the batch's records by their labels (for the
+    /// checkpoint after each message, and the bytes of its dead letter).
     ///
     /// - The handler's per-message outcomes are kept as they are, with one exception for order:
     ///   when it retries a message, the later messages of the batch with the same partition key
@@ -238,7 +246,7 @@ impl ShardConsumer {
     async fn handle_in_place(
         &mut self,
         messages: Vec<(Message, String)>,
-        marks: &HashMap<String, Checkpoint>,
+        records: &HashMap<String, &UserRecord>,
     ) -> Result<(), Option<State>> {
         let retry = self.env.options.get_retry().clone();
         let mut pending = messages;
@@ -385,7 +393,7 @@ impl ShardConsumer {
                         }
                         if retry.is_exhausted(m) {
                             let e = error.unwrap_or_else(|| ErrorChain::msg("attempts exhausted"));
-                            letters.push(self.letter(m.clone(), &seq, e, true));
+                            letters.push(self.letter(m.clone(), &seq, e, true, records));
                         } else {
                             let delay = after.unwrap_or_else(|| retry.delay_for(m));
                             wait = wait.max(delay);
@@ -404,7 +412,7 @@ impl ShardConsumer {
                         if !failed_types.contains(&m.message_type) {
                             failed_types.push(m.message_type.clone());
                         }
-                        letters.push(self.letter(m.clone(), &seq, error, false));
+                        letters.push(self.letter(m.clone(), &seq, error, false, records));
                     }
                     // unknown outcomes were turned into retries above
                     _ => still.push((m.clone(), seq)),
@@ -416,10 +424,12 @@ impl ShardConsumer {
             let again = !still.is_empty();
             if !again
                 && !rest.is_empty()
-                && let Some(mark) = alone_label.and_then(|l| marks.get(&l))
+                && let Some(mark) = alone_label
+                    .and_then(|l| records.get(&l))
+                    .map(|r| r.checkpoint())
             {
                 // done alone: checkpointed, and the rest starts from there
-                self.save(mark, 1).await.map_err(Some)?;
+                self.save(&mark, 1).await.map_err(Some)?;
                 let from = self.position.clone().unwrap_or_else(|| "start".into());
                 if let Err(e) = self.count_start(&from).await {
                     tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: cannot count the batch start");
