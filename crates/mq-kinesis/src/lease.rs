@@ -156,6 +156,46 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
     /// Gives the lease up, keeping epoch and checkpoint. False when it was not held any more.
     async fn release(&self, lease: &Lease) -> Result<bool>;
 
+    /// False once a newer epoch of `lease`'s shard is known to the store's epoch fence: another
+    /// instance took the shard, or an operator fenced it. A shard consumer asks before every
+    /// batch it hands to its handler, so an owner that was overtaken stops before handling
+    /// anything more, even on a shard it has no checkpoint to write for.
+    ///
+    /// A store that does not override it answers true: where the leases themselves are the
+    /// fence, [`renew`](Self::renew) and [`checkpoint`](Self::checkpoint) refuse a lease that was
+    /// taken over. [`DurableLeaseStore`](crate::DurableLeaseStore) reads its durable fence,
+    /// which also moves when its lease store lost the lease.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use mq_core::backend::MemoryCheckpointStore;
+    /// use mq_kinesis::{DurableLeaseStore, InMemoryLeaseStore, LeaseStore};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let checkpoints = Arc::new(MemoryCheckpointStore::new());
+    /// let ttl = Duration::from_secs(30);
+    /// let store = DurableLeaseStore::new(Arc::new(InMemoryLeaseStore::new()), checkpoints.clone());
+    /// let old = store.acquire("orders", "shard-0", "a", ttl).await?.expect("free");
+    /// assert!(store.confirm_epoch(&old).await?);
+    ///
+    /// // the lease store loses everything and "b" takes the shard: "a" learns it before its
+    /// // next batch, even without a checkpoint to write
+    /// let store = DurableLeaseStore::new(Arc::new(InMemoryLeaseStore::new()), checkpoints)
+    ///     .recovery_wait(Duration::ZERO);
+    /// let new = store.acquire("orders", "shard-0", "b", ttl).await?.expect("free");
+    /// assert!(!store.confirm_epoch(&old).await?);
+    /// assert!(store.confirm_epoch(&new).await?);
+    /// # Ok::<(), mq_kinesis::Error>(())
+    /// # }).unwrap();
+    /// ```
+    async fn confirm_epoch(&self, lease: &Lease) -> Result<bool> {
+        let _ = lease;
+        Ok(true)
+    }
+
     /// Marks the shard as read to its end (it is never acquired again). False when fenced.
     async fn finish(&self, lease: &Lease) -> Result<bool>;
 

@@ -26,10 +26,14 @@ use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore};
 /// - **a lease the lease store lost**: when the lease store's epoch of a shard is behind the
 ///   durable one (Redis restarted empty, or a failover lost its last writes), the owner the
 ///   durable store knows of may still be reading the shard. The first acquirer raises the durable
-///   fence at once, so that owner's next checkpoint is refused and it stops, and takes the shard
-///   only after the [`recovery_wait`](Self::recovery_wait) (one membership TTL by default): the
-///   batch that owner had in flight ends before the new owner's first one starts, so no shard is
-///   handled by two instances at once.
+///   fence at once, so that owner stops before its next batch (and its next checkpoint is
+///   refused), and takes the shard only after the [`recovery_wait`](Self::recovery_wait) (one
+///   membership TTL by default): the batch that owner had in flight ends before the new owner's
+///   first one starts, so no shard is handled by two instances at once.
+/// - **before every batch** ([`LeaseStore::confirm_epoch`]): a shard consumer reads the durable
+///   fence and stops when a newer epoch is recorded, so the forgotten owner of a shard that had
+///   nothing to checkpoint (an idle shard) stops before handing another batch to its handler,
+///   just as a busy one is refused its next checkpoint. One read of the durable store a batch.
 /// - **checkpoint**: written to the durable store first with the lease's epoch, and its verdict
 ///   is returned; the lease store's copy is updated afterwards, best effort.
 /// - **state / leases**: the lease store's view, with the durable checkpoint and epoch; shards
@@ -508,6 +512,24 @@ impl LeaseStore for DurableLeaseStore {
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
         self.leases.release(lease).await
+    }
+
+    async fn confirm_epoch(&self, lease: &Lease) -> Result<bool> {
+        let newest = self
+            .checkpoints
+            .max_epoch(&lease.stream, &lease.shard)
+            .await
+            .map_err(durable("confirm_epoch"))?;
+        if newest > lease.epoch {
+            tracing::warn!(
+                shard = %lease.shard,
+                epoch = lease.epoch,
+                newest,
+                "mq-kinesis: a newer epoch of this shard is recorded in the checkpoint store; the lease is lost"
+            );
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     async fn finish(&self, lease: &Lease) -> Result<bool> {

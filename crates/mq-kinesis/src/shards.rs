@@ -10,7 +10,7 @@ use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::types::Shard;
 use backon::{ExponentialBuilder, Retryable};
 
-use crate::assignment::{ShardLineage, balanced_assignment, eligible_shards};
+use crate::assignment::{ShardLineage, balanced_assignment, eligible_shards, finished_shards};
 use crate::error::{Error, Result, error_text};
 use crate::lease::{LeaseState, LeaseStore};
 
@@ -111,6 +111,11 @@ pub struct ShardStatus {
     /// The lease: owner, epoch, expiry, whether it is live, the checkpoint (from the durable
     /// checkpoint store when the lease store is a [`DurableLeaseStore`](crate::DurableLeaseStore))
     /// and whether the shard was read to its end. The default state for a shard never acquired.
+    ///
+    /// `finished` is also set for a shard whose child has a lease record: its children are read
+    /// only once it was finished, and the store forgets a finished shard's record once they
+    /// started (see [`LeaseStore::forget_finished`]), so such a shard shows as finished without
+    /// an owner, epoch or checkpoint.
     pub lease: LeaseState,
     /// Failed batch starts by the checkpoint they started after (poison-pill detection).
     pub failures: BTreeMap<String, u32>,
@@ -183,6 +188,7 @@ pub async fn stream_status(
             },
         );
     }
+    let known: HashSet<String> = leases.iter().map(|l| l.shard.clone()).collect();
     for lease in leases {
         let entry = shards
             .entry(lease.shard.clone())
@@ -212,13 +218,23 @@ pub async fn stream_status(
         }
         s.failures = store.failure_counts(stream, &s.shard).await?;
     }
-    // what the consumers compute: which shards may be read, and who should read them
+    // what the consumers compute: which shards are finished (marked so, or the parent of a
+    // shard that was started: a finished shard's record is forgotten once its children
+    // started), which may be read, and who should read them
     let lineage: Vec<ShardLineage> = listed.iter().map(lineage_of).collect();
-    let finished: HashSet<String> = shards
-        .values()
-        .filter(|s| s.lease.finished)
-        .map(|s| s.shard.clone())
-        .collect();
+    let finished = finished_shards(
+        &lineage,
+        shards
+            .values()
+            .filter(|s| s.lease.finished)
+            .map(|s| s.shard.clone()),
+        &known,
+    );
+    for shard in &finished {
+        if let Some(s) = shards.get_mut(shard) {
+            s.lease.finished = true;
+        }
+    }
     let eligible = eligible_shards(&lineage, &finished);
     let current: BTreeMap<String, String> = shards
         .values()

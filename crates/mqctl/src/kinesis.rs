@@ -401,8 +401,11 @@ async fn move_checkpoint(
         .await
         .context("reading the lease")?;
     let current = before.checkpoint.clone().filter(|c| !c.is_empty());
+    // a finished shard's record is forgotten once its children started: the status knows it
+    // from the lineage
+    let finished = before.finished || shard.lease.finished;
     if advance {
-        if before.finished {
+        if finished {
             anyhow::bail!(
                 "shard {:?} of stream {:?} is finished (read to its end; it is never read again): there is nothing to advance",
                 m.shard,
@@ -417,7 +420,7 @@ async fn move_checkpoint(
                 m.shard
             );
         }
-    } else if before.finished {
+    } else if finished {
         eprintln!(
             "note: shard {} is finished (read to its end); the new checkpoint will not make it read again",
             m.shard

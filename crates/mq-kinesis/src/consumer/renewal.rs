@@ -166,6 +166,11 @@ impl LeaseRenewal {
     /// the shard, so no batch is ever handled by two instances at once. False when the lease is
     /// gone or `stop` was cancelled.
     ///
+    /// Then the store's epoch fence is asked ([`LeaseStore::confirm_epoch`]): a lease whose
+    /// epoch was overtaken there (a durable fence raised after the lease store lost the lease,
+    /// with no failed call in this instance to tell) is given up before the batch starts, on a
+    /// shard that had nothing to checkpoint as much as on a busy one.
+    ///
     /// A lease tied to the membership is also given up here once the membership's local
     /// deadline passed (the process was paused, or renewals failed), so no batch starts on a
     /// shard that another instance may already read.
@@ -182,29 +187,40 @@ impl LeaseRenewal {
                 return false;
             }
             let trouble = self.trouble.load(Ordering::SeqCst);
-            if trouble == self.confirmed_trouble {
-                return true;
-            }
-            let renewed = within(
-                "renew",
-                self.renew_limit(),
-                Some(stop),
-                self.store.renew(lease, self.ttl),
-            )
-            .await;
-            match renewed {
-                Ok(true) => {
+            let renewing = trouble != self.confirmed_trouble;
+            let answer = if renewing {
+                within(
+                    "renew",
+                    self.renew_limit(),
+                    Some(stop),
+                    self.store.renew(lease, self.ttl),
+                )
+                .await
+            } else {
+                within(
+                    "confirm_epoch",
+                    self.renew_limit(),
+                    Some(stop),
+                    self.store.confirm_epoch(lease),
+                )
+                .await
+            };
+            match answer {
+                Ok(true) if renewing => {
+                    // renewed: the epoch fence is asked next
                     self.confirmed_trouble = trouble;
-                    return true;
                 }
+                Ok(true) => return true,
                 Ok(false) => {
-                    lose(
-                        &self.reason,
-                        &self.lost,
-                        "lease gone after a lease-store outage".into(),
-                    );
+                    let why = if renewing {
+                        "lease gone after a lease-store outage"
+                    } else {
+                        EPOCH_OVERTAKEN
+                    };
+                    lose(&self.reason, &self.lost, why.into());
                     return false;
                 }
+                Err(_) if stop.is_cancelled() => return false,
                 Err(e) => {
                     self.trouble.fetch_add(1, Ordering::SeqCst);
                     tracing::warn!(shard = %lease.shard, error = %e, "mq-kinesis: lease store unreachable, pausing the shard");
@@ -219,6 +235,8 @@ impl LeaseRenewal {
         }
     }
 }
+
+const EPOCH_OVERTAKEN: &str = "a newer epoch of the shard is recorded by the lease store's fence: another instance took the shard";
 
 const MEMBERSHIP_LAPSED: &str =
     "membership not renewed before its deadline: the shard may already belong to another instance";

@@ -136,6 +136,11 @@ impl RedisServer {
         let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
     }
 
+    /// Runs one command with `redis-cli` and returns its output.
+    pub async fn command(&self, args: &[&str]) -> String {
+        cli(self.port, args).await.expect("redis-cli")
+    }
+
     /// Forgets everything, as a restarted Redis without persistence does.
     pub async fn flushall(&self) {
         assert_eq!(cli(self.port, &["FLUSHALL"]).await.unwrap(), "OK");
