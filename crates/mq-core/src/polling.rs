@@ -119,14 +119,18 @@ impl<S: QueueStore> PollingQueue<S> {
     /// The numbers of `queue`, or of every queue in the store when `None` (read-only; see
     /// [`QueueStore::queue_stats`]). The queue name goes through the queue's resolver.
     pub async fn queue_stats(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
-        let resolved = queue.map(|q| self.inner.common.resolver.resolve(q)).transpose()?;
+        let resolved = queue
+            .map(|q| self.inner.common.resolver.resolve(q))
+            .transpose()?;
         self.inner.store.queue_stats(resolved.as_ref()).await
     }
 
     /// The waiting and running messages of `queue`, or of every queue when `None` (read-only;
     /// see [`QueueStore::queue_depth`]). The queue name goes through the queue's resolver.
     pub async fn queue_depth(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {
-        let resolved = queue.map(|q| self.inner.common.resolver.resolve(q)).transpose()?;
+        let resolved = queue
+            .map(|q| self.inner.common.resolver.resolve(q))
+            .transpose()?;
         self.inner.store.queue_depth(resolved.as_ref()).await
     }
 
