@@ -151,9 +151,14 @@ struct ContextInner {
     shard_id: Option<String>,
     token: CancellationToken,
     deadline: Option<Instant>,
-    /// Messages the handler completed itself, in its own transaction.
-    completed: Mutex<HashSet<MessageId>>,
+    /// Messages the handler completed itself, in its own transaction; shared with the
+    /// consumer's lease renewal.
+    completed: CompletedMarks,
 }
+
+/// The messages a handler marked completed, shared between its context and the consumer that
+/// renews its lease (a renewal refused for a marked message is no lost lease).
+pub(crate) type CompletedMarks = Arc<Mutex<HashSet<MessageId>>>;
 
 impl HandlerContext {
     /// A context; backends build it, tests may too.
@@ -164,13 +169,32 @@ impl HandlerContext {
         token: CancellationToken,
         deadline: Option<Instant>,
     ) -> Self {
+        HandlerContext::with_marks(
+            queue,
+            consumer_id,
+            shard_id,
+            token,
+            deadline,
+            CompletedMarks::default(),
+        )
+    }
+
+    /// A context whose completion marks land in `marks`.
+    pub(crate) fn with_marks(
+        queue: QueueName,
+        consumer_id: impl Into<String>,
+        shard_id: Option<String>,
+        token: CancellationToken,
+        deadline: Option<Instant>,
+        marks: CompletedMarks,
+    ) -> Self {
         HandlerContext(Arc::new(ContextInner {
             queue,
             consumer_id: consumer_id.into(),
             shard_id,
             token,
             deadline,
-            completed: Mutex::default(),
+            completed: marks,
         }))
     }
 

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::control::{CancelOutcome, CancelTarget};
 use crate::dead_letter::{DeadLetter, DeadLetterSink, ErrorChain};
 use crate::error::{Error, Result};
-use crate::handler::{Batch, Handler, Outcome};
+use crate::handler::{Batch, CompletedMarks, Handler, Outcome};
 use crate::lifecycle::{ConsumerInfo, LifecycleEvent, MessageInfo};
 use crate::message::{Message, MessageId, NewMessage, Status, later_by};
 use crate::options::{CommonOptions, ConsumerOptions};
@@ -28,9 +28,11 @@ use crate::runner::{HandlerRun, HandlerRunner, Settlement};
 use crate::stats::QueueStats;
 use crate::store::{Claim, Completion, CompletionAction, Holder, QueueStore, Undecodable};
 
+mod marks;
 mod prepare;
 mod trouble;
 
+use marks::without_completed;
 pub use prepare::prepare_messages;
 use prepare::prepare_split;
 use trouble::Trouble;
@@ -645,9 +647,12 @@ impl<S: QueueStore> Worker<S> {
         let claims: Vec<Claim> = messages.iter().map(Claim::of).collect();
         let batch = Batch::from(messages);
         let lost = CancellationToken::new();
+        let marks = CompletedMarks::default();
         let run = {
-            let handler = self.runner.run(batch.clone(), &self.abort, Some(&lost));
-            let renew = self.renew(&claims, &lost);
+            let handler =
+                self.runner
+                    .run_marked(batch.clone(), &self.abort, Some(&lost), marks.clone());
+            let renew = self.renew(claims, &lost, &marks);
             tokio::pin!(handler, renew);
             tokio::select! {
                 run = &mut handler => run,
@@ -662,8 +667,16 @@ impl<S: QueueStore> Worker<S> {
     /// handler, so a slow renewal never pauses the handler. Each try may take only the time left
     /// on the lease we know we hold (minus a margin); when that runs out, or the store says the
     /// lease is gone, it cancels `lost` and returns, so the handler stops before another
-    /// consumer can claim the batch. Never returns otherwise.
-    async fn renew(&self, claims: &[Claim], lost: &CancellationToken) {
+    /// consumer can claim the batch. A message the handler completed in its own transaction
+    /// (marked in `marks`) is no longer held, and that is no lost lease: it is left out of
+    /// later renewals, and the renewal returns without cancelling once no message is left.
+    /// Never returns otherwise.
+    async fn renew(
+        &self,
+        mut claims: Vec<Claim>,
+        lost: &CancellationToken,
+        marks: &CompletedMarks,
+    ) {
         let lease = self.options.get_lease_duration();
         // Stop this long before the lease may lapse: the handler needs up to its cancel grace
         // to stop, and the store's clock may run a little ahead of ours.
@@ -685,10 +698,15 @@ impl<S: QueueStore> Worker<S> {
             }
             let asked = Instant::now();
             let budget = give_up.saturating_duration_since(asked);
+            let renewed = tokio::time::timeout(
+                budget,
+                self.store.renew(&self.queue, self.holder(), &claims),
+            )
+            .await;
             let renewed =
-                tokio::time::timeout(budget, self.store.renew(&self.queue, self.holder(), claims))
-                    .await;
+                renewed.map(|r| r.map(|gone| without_completed(&mut claims, gone, marks)));
             match renewed {
+                Ok(Ok(_)) if claims.is_empty() => return,
                 Ok(Ok(gone)) if gone.is_empty() => held_until = asked + lease,
                 Ok(Ok(gone)) => {
                     tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost = gone.len(),

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter::{DeadLetter, DeadLetterOrigin, ErrorChain};
-use crate::handler::{Batch, Handler, HandlerContext, Outcome, Outcomes};
+use crate::handler::{Batch, CompletedMarks, Handler, HandlerContext, Outcome, Outcomes};
 use crate::lifecycle::{LifecycleDispatcher, LifecycleEvent, MessageInfo};
 use crate::message::{Message, MessageId, Status};
 use crate::options::{CommonOptions, ConsumerOptions};
@@ -275,15 +275,29 @@ impl HandlerRunner {
         abort: &CancellationToken,
         lost: Option<&CancellationToken>,
     ) -> HandlerRun {
+        self.run_marked(batch, abort, lost, CompletedMarks::default())
+            .await
+    }
+
+    /// [`run`](Self::run), with the handler's completion marks landing in `marks`, which the
+    /// caller's lease renewal reads while the handler runs.
+    pub(crate) async fn run_marked(
+        &self,
+        batch: Batch,
+        abort: &CancellationToken,
+        lost: Option<&CancellationToken>,
+        marks: CompletedMarks,
+    ) -> HandlerRun {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let token = abort.child_token();
-        let ctx = HandlerContext::new(
+        let ctx = HandlerContext::with_marks(
             self.queue.clone(),
             self.consumer_id.clone(),
             self.shard.clone(),
             token.clone(),
             Some(deadline),
+            marks,
         );
         let span = batch.tracing_span(self.backend, self.shard.as_deref());
         let ids = ids_of(&batch);

@@ -49,6 +49,8 @@ in_tx_tests! {
     lease_lost_deleted => lease_lost(true);
     windows_kept => windows(false);
     windows_deleted => windows(true);
+    renewal_after_commit_kept => renewal_after_commit(false);
+    renewal_after_commit_deleted => renewal_after_commit(true);
 }
 
 /// The statement that opens the handler's transaction (SQLite: take the write lock at once).
@@ -124,6 +126,28 @@ where
     total
 }
 
+/// A fresh queue on `table` (keeping or deleting acknowledged rows), its pool and queue name,
+/// with an empty effect table beside it and `messages` published.
+macro_rules! open_case {
+    ($db:ty, $url:expr, $table:expr, $delete:expr, $messages:expr) => {{
+        let queue = SqlQueue::<$db>::connect($url, options($table).delete_on_ack($delete))
+            .await
+            .expect("connect");
+        let pool = queue.store().pool().clone();
+        let name = QueueName::new("orders").expect("name");
+        queue.register(&name).await.expect("register");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE {} (msg_id VARCHAR(100) NOT NULL)",
+            effects($table)
+        )))
+        .execute(&pool)
+        .await
+        .expect("create effects");
+        publish_all(&queue, &name, $messages).await;
+        (queue, pool, name)
+    }};
+}
+
 /// Each effect's message id and how often it was written.
 macro_rules! effect_counts {
     ($pool:expr, $table:expr) => {{
@@ -193,20 +217,7 @@ async fn commit(db: Db, test: &str, delete: bool) {
     };
     drop_table(db, &url, &effects(&table)).await;
     support::for_db!(db, |DB| {
-        let queue = SqlQueue::<DB>::connect(&url, options(&table).delete_on_ack(delete))
-            .await
-            .expect("connect");
-        let pool = queue.store().pool().clone();
-        let name = QueueName::new("orders").expect("name");
-        queue.register(&name).await.expect("register");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE {} (msg_id VARCHAR(100) NOT NULL)",
-            effects(&table)
-        )))
-        .execute(&pool)
-        .await
-        .expect("create effects");
-        publish_all(&queue, &name, messages()).await;
+        let (queue, pool, name) = open_case!(DB, &url, &table, delete, messages());
 
         let deliveries = Deliveries::default();
         let handler: Arc<dyn Handler> = {
@@ -273,20 +284,7 @@ async fn rollback(db: Db, test: &str, delete: bool) {
     };
     drop_table(db, &url, &effects(&table)).await;
     support::for_db!(db, |DB| {
-        let queue = SqlQueue::<DB>::connect(&url, options(&table).delete_on_ack(delete))
-            .await
-            .expect("connect");
-        let pool = queue.store().pool().clone();
-        let name = QueueName::new("orders").expect("name");
-        queue.register(&name).await.expect("register");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE {} (msg_id VARCHAR(100) NOT NULL)",
-            effects(&table)
-        )))
-        .execute(&pool)
-        .await
-        .expect("create effects");
-        publish_all(&queue, &name, messages()).await;
+        let (queue, pool, name) = open_case!(DB, &url, &table, delete, messages());
 
         let deliveries = Deliveries::default();
         let handler: Arc<dyn Handler> = {
@@ -673,6 +671,83 @@ async fn windows(db: Db, test: &str, delete: bool) {
             ),
             "{db:?}: {errors:?}"
         );
+        queue.shutdown().await.expect("shutdown");
+    });
+    drop_table(db, &url, &effects(&table)).await;
+    drop_table(db, &url, &table).await;
+}
+
+/// A handler that completes each message of its batch in a transaction of its own, and works
+/// on past a lease renewal after the first commit: the renewal finds that message completed,
+/// which is no lost lease, so the handler is not cancelled and the other messages stay held.
+async fn renewal_after_commit(db: Db, test: &str, delete: bool) {
+    let Some((url, table)) = fresh_table(db, "tx", test).await else {
+        return;
+    };
+    drop_table(db, &url, &effects(&table)).await;
+    let lease = Duration::from_millis(900);
+    let batch_of_three = ConsumerOptions::default()
+        .batch_size(3)
+        .lease_duration(lease);
+    support::for_db!(db, |DB| {
+        let three = (0..3)
+            .map(|i| NewMessage::new("order", serde_json::json!({ "i": i })))
+            .collect();
+        let (queue, pool, name) = open_case!(DB, &url, &table, delete, three);
+        let deliveries = Deliveries::default();
+        let cancelled = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<dyn Handler> = {
+            let (q, pool, deliveries) = (queue.clone(), pool.clone(), deliveries.clone());
+            let cancelled = cancelled.clone();
+            let insert = insert_effect(db, &table);
+            Arc::new(handler_fn(move |batch: Batch, ctx: HandlerContext| {
+                let (q, pool, insert) = (q.clone(), pool.clone(), insert.clone());
+                let cancelled = cancelled.clone();
+                delivered(&deliveries, &batch);
+                async move {
+                    for m in batch.iter() {
+                        let mut tx = pool.begin_with(begin(db)).await?;
+                        sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                            .bind(m.id.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                        q.complete_in_tx(&mut tx, &ctx, m).await?;
+                        tx.commit().await?;
+                        // Other work, long enough for a lease renewal to run.
+                        tokio::time::sleep(lease / 2).await;
+                        cancelled
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(ctx.is_cancelled());
+                    }
+                    Ok::<(), BoxError>(())
+                }
+            }))
+        };
+        let done = {
+            let (p, t) = (pool.clone(), table.clone());
+            move || {
+                let (p, t) = (p.clone(), t.clone());
+                async move { settled!(&p, &t) }
+            }
+        };
+        let report = drain(&queue, &name, handler, &batch_of_three, done).await;
+        let cancelled = cancelled.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(
+            cancelled,
+            [false, false, false],
+            "{db:?}: the handler's token after each message: {report:?}"
+        );
+        assert_eq!(
+            (report.acked, report.retried, report.lease_lost),
+            (3, 0, 0),
+            "{db:?}: {report:?}"
+        );
+        let counts = effect_counts!(&pool, &table);
+        assert_eq!(counts.len(), 3, "{db:?}: {counts:?}");
+        assert!(counts.values().all(|&n| n == 1), "{db:?}: {counts:?}");
+        let d = deliveries.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert!(d.values().all(|&n| n == 1), "{db:?}: redelivered: {d:?}");
         queue.shutdown().await.expect("shutdown");
     });
     drop_table(db, &url, &effects(&table)).await;
