@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::control::{CancelOutcome, CancelTarget};
 use crate::dead_letter::{DeadLetter, DeadLetterSink, ErrorChain};
 use crate::error::{Error, Result};
-use crate::handler::{Batch, CompletedMarks, Handler, Outcome};
+use crate::handler::{Handler, Outcome};
 use crate::lifecycle::{ConsumerInfo, LifecycleEvent, MessageInfo};
 use crate::message::{Message, MessageId, NewMessage, Status, later_by};
 use crate::options::{CommonOptions, ConsumerOptions};
@@ -24,15 +24,14 @@ use crate::queue::{
 };
 use crate::queue_name::QueueName;
 use crate::registered::RegisteredQueues;
-use crate::runner::{HandlerRun, HandlerRunner, Settlement};
+use crate::runner::{HandlerRunner, Settlement};
 use crate::stats::QueueStats;
 use crate::store::{Claim, Completion, CompletionAction, Holder, QueueStore, Undecodable};
 
-mod marks;
 mod prepare;
+mod renewal;
 mod trouble;
 
-use marks::without_completed;
 pub use prepare::prepare_messages;
 use prepare::prepare_split;
 use trouble::Trouble;
@@ -639,93 +638,6 @@ impl<S: QueueStore> Worker<S> {
                 .emit_settled(m, &settled, Duration::ZERO, dead_lettered);
         }
         Ok(())
-    }
-
-    /// Runs the handler while [`Worker::renew`] keeps the lease beside it; returns the messages
-    /// and what the handler said.
-    async fn run_handler(&self, messages: Vec<Message>) -> (Vec<Message>, HandlerRun) {
-        let claims: Vec<Claim> = messages.iter().map(Claim::of).collect();
-        let batch = Batch::from(messages);
-        let lost = CancellationToken::new();
-        let marks = CompletedMarks::default();
-        let run = {
-            let handler =
-                self.runner
-                    .run_marked(batch.clone(), &self.abort, Some(&lost), marks.clone());
-            let renew = self.renew(claims, &lost, &marks);
-            tokio::pin!(handler, renew);
-            tokio::select! {
-                run = &mut handler => run,
-                () = &mut renew => handler.await,
-            }
-        };
-        // Usually the handler has dropped its copy by now, so this moves instead of cloning.
-        (batch.into_messages(), run)
-    }
-
-    /// Renews the lease of `claims` every third of its duration, in its own future beside the
-    /// handler, so a slow renewal never pauses the handler. Each try may take only the time left
-    /// on the lease we know we hold (minus a margin); when that runs out, or the store says the
-    /// lease is gone, it cancels `lost` and returns, so the handler stops before another
-    /// consumer can claim the batch. A message the handler completed in its own transaction
-    /// (marked in `marks`) is no longer held, and that is no lost lease: it is left out of
-    /// later renewals, and the renewal returns without cancelling once no message is left.
-    /// Never returns otherwise.
-    async fn renew(
-        &self,
-        mut claims: Vec<Claim>,
-        lost: &CancellationToken,
-        marks: &CompletedMarks,
-    ) {
-        let lease = self.options.get_lease_duration();
-        // Stop this long before the lease may lapse: the handler needs up to its cancel grace
-        // to stop, and the store's clock may run a little ahead of ours.
-        let margin = (lease / 6).max(self.options.get_cancel_grace() + lease / 20);
-        let started = Instant::now();
-        let mut tick = tokio::time::interval_at(started + lease / 3, lease / 3);
-        // The lease is ours until this instant; failed renewals do not move it.
-        let mut held_until = started + lease;
-        loop {
-            let give_up = held_until.checked_sub(margin).unwrap_or(started);
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = tokio::time::sleep_until(give_up) => {
-                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id,
-                        "mq: lease about to lapse after failed renewals; cancelling the handler");
-                    lost.cancel();
-                    return;
-                }
-            }
-            let asked = Instant::now();
-            let budget = give_up.saturating_duration_since(asked);
-            let renewed = tokio::time::timeout(
-                budget,
-                self.store.renew(&self.queue, self.holder(), &claims),
-            )
-            .await;
-            let renewed =
-                renewed.map(|r| r.map(|gone| without_completed(&mut claims, gone, marks)));
-            match renewed {
-                Ok(Ok(_)) if claims.is_empty() => return,
-                Ok(Ok(gone)) if gone.is_empty() => held_until = asked + lease,
-                Ok(Ok(gone)) => {
-                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost = gone.len(),
-                        "mq: lease lost while the handler ran; cancelling it");
-                    lost.cancel();
-                    return;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id,
-                        error = %ErrorChain::from_error(&e), "mq: lease renewal failed; retrying");
-                }
-                Err(_) => {
-                    tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, waited = ?budget,
-                        "mq: lease renewal did not answer before the lease may lapse; cancelling the handler");
-                    lost.cancel();
-                    return;
-                }
-            }
-        }
     }
 
     /// Writes the outcomes of `messages`. A refused completion of a message in `by_handler`
