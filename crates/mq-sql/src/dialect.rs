@@ -233,6 +233,11 @@ pub trait Dialect: sqlx::Database<Arguments: IntoArguments<Self>, Row: ReadRow> 
     }
     /// The current time as a SQL expression, for queue statistics.
     fn stats_now() -> String;
+    /// The current time as a SQL expression, taken when the statement runs even inside a longer
+    /// transaction (for a lease fence in the caller's transaction).
+    fn statement_now() -> String {
+        Self::stats_now()
+    }
     /// Milliseconds from the time expression `then` to `now`, as a SQL integer expression.
     fn age_ms(then: &str, now: &str) -> String;
 }

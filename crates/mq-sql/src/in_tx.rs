@@ -1,7 +1,6 @@
 //! Completing a claimed message inside the handler's own transaction: the handler's writes to
 //! the same database and the acknowledgement commit together or not at all.
 
-use chrono::Utc;
 use mq_core::backend::QueueStore;
 use mq_core::{HandlerContext, Message};
 use sqlx::{Executor, QueryBuilder};
@@ -9,6 +8,7 @@ use sqlx::{Executor, QueryBuilder};
 use crate::dialect::{Dialect, ReadRow, Sql};
 use crate::error::{Error, backend};
 use crate::queue::SqlQueue;
+use crate::remembered;
 use crate::store::SqlStore;
 
 /// The operation named in errors.
@@ -37,7 +37,7 @@ where
         message: &Message,
     ) -> mq_core::Result<()> {
         let t = &self.names.table;
-        let now = statement_now::<DB>();
+        let now = DB::statement_now();
         let owner = ctx.consumer_id();
         // Under delete_on_ack a message whose unique key has a window is kept (as executed) so
         // the window can be read, as the consumer's own acknowledgement does.
@@ -74,18 +74,12 @@ where
         let window = self.options.get_idempotency_window();
         if delete && !window.is_zero() {
             // The id stays taken for the idempotency window, written in the same transaction.
-            let mut q = QueryBuilder::<DB>::new(format!(
-                "INSERT INTO {} (queue, id, forget_at) VALUES (",
-                self.names.remembered
-            ));
-            q.text(message.queue.as_str().to_owned());
-            q.raw(", ");
-            q.text(message.id.as_str().to_owned());
-            q.raw(", ");
-            q.time(mq_core::later_by(Utc::now(), window));
-            q.raw(")");
-            q.raw(DB::REMEMBER_CONFLICT);
-            q.build().execute(&mut *conn).await.map_err(backend(OP))?;
+            let ids = [message.id.as_str().to_owned()];
+            remembered::remember_statement::<DB>(&self.names, &message.queue, &ids, window)
+                .build()
+                .execute(&mut *conn)
+                .await
+                .map_err(backend(OP))?;
         }
         ctx.mark_completed(message.id.clone());
         Ok(())
@@ -164,17 +158,6 @@ where
         message: &Message,
     ) -> mq_core::Result<()> {
         self.store().complete_in_tx(conn, ctx, message).await
-    }
-}
-
-/// The current time as a SQL expression, taken when the statement runs: inside a transaction
-/// PostgreSQL's `now()` is the time the transaction began, which would let a lease that expired
-/// since then pass the fence.
-fn statement_now<DB: Dialect>() -> String {
-    if DB::KIND == "postgres" {
-        "statement_timestamp()".to_owned()
-    } else {
-        DB::stats_now()
     }
 }
 

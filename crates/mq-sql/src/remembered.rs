@@ -65,25 +65,43 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     QueryBuilder<DB>: Sql,
 {
-    let forget_at = mq_core::later_by(Utc::now(), window);
     for chunk in ids.chunks(CHUNK) {
-        let mut q = QueryBuilder::<DB>::new(format!(
-            "INSERT INTO {} (queue, id, forget_at) VALUES ",
-            names.remembered
-        ));
-        for (i, id) in chunk.iter().enumerate() {
-            q.raw(if i > 0 { ", (" } else { "(" });
-            q.text(queue.as_str().to_owned());
-            q.raw(", ");
-            q.text(id.clone());
-            q.raw(", ");
-            q.time(forget_at);
-            q.raw(")");
-        }
-        q.raw(DB::REMEMBER_CONFLICT);
-        q.build().execute(pool).await.map_err(backend("complete"))?;
+        remember_statement::<DB>(names, queue, chunk, window)
+            .build()
+            .execute(pool)
+            .await
+            .map_err(backend("complete"))?;
     }
     Ok(())
+}
+
+/// The statement that remembers `ids` (at most [`CHUNK`]) of `queue` for `window` from now,
+/// moving the window of an id remembered already to the new one.
+pub(crate) fn remember_statement<DB: Dialect>(
+    names: &Names,
+    queue: &QueueName,
+    ids: &[String],
+    window: Duration,
+) -> QueryBuilder<DB>
+where
+    QueryBuilder<DB>: Sql,
+{
+    let forget_at = mq_core::later_by(Utc::now(), window);
+    let mut q = QueryBuilder::<DB>::new(format!(
+        "INSERT INTO {} (queue, id, forget_at) VALUES ",
+        names.remembered
+    ));
+    for (i, id) in ids.iter().enumerate() {
+        q.raw(if i > 0 { ", (" } else { "(" });
+        q.text(queue.as_str().to_owned());
+        q.raw(", ");
+        q.text(id.clone());
+        q.raw(", ");
+        q.time(forget_at);
+        q.raw(")");
+    }
+    q.raw(DB::REMEMBER_CONFLICT);
+    q
 }
 
 /// Deletes the ids whose window has passed; returns how many.

@@ -341,6 +341,11 @@ impl Dialect for Postgres {
         "now()".to_owned()
     }
 
+    // `now()` is the time the transaction began: a lease that expired since would pass.
+    fn statement_now() -> String {
+        "statement_timestamp()".to_owned()
+    }
+
     fn age_ms(then: &str, now: &str) -> String {
         format!("CAST(EXTRACT(EPOCH FROM ({now} - {then})) * 1000 AS BIGINT)")
     }
