@@ -2,15 +2,13 @@
 //! while the handler runs, and tells a lost lease from a message the handler completed in its
 //! own transaction.
 
-use std::collections::HashSet;
-
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
 use crate::dead_letter::ErrorChain;
 use crate::handler::{Batch, CompletedMarks};
-use crate::message::{Message, MessageId};
+use crate::message::Message;
 use crate::runner::HandlerRun;
 use crate::store::{Claim, QueueStore};
 
@@ -111,7 +109,7 @@ fn without_completed(
     gone: Vec<Claim>,
     marks: &CompletedMarks,
 ) -> Vec<Claim> {
-    let marked: HashSet<MessageId> = marks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let marked = marks.lock().unwrap_or_else(|e| e.into_inner());
     if marked.is_empty() {
         return gone;
     }
@@ -124,6 +122,7 @@ fn without_completed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::MessageId;
 
     fn claim(id: &str) -> Claim {
         Claim::new(MessageId::new(id).expect("id"), 1)
