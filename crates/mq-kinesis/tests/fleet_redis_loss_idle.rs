@@ -21,7 +21,6 @@ mod redis_server;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
@@ -35,8 +34,9 @@ use redis_server::RedisServer;
 const SHARDS: i32 = 3;
 /// How long a handler takes, so batches of two instances on one shard would overlap in time.
 const HANDLER: Duration = Duration::from_millis(150);
-/// How long records are published to the idle shard once its new owner took it.
-const BUSY: Duration = Duration::from_secs(3);
+/// Rounds of records published to the idle shard once its new owner took it, one every 25 ms
+/// (about 3 s of load).
+const ROUNDS: u64 = 100;
 
 /// Partition keys by the shard they land on: `PutRecord` on a probe stream of the same shard
 /// count (Kinesis splits a new stream's hash key space the same way whatever its name).
@@ -83,30 +83,27 @@ async fn keys_by_shard(emu: &Emulator, stream: &str) -> BTreeMap<String, Vec<Str
     out
 }
 
-/// Publishes to `keys` only (so to one shard) every 25 ms until stopped; how many it published.
-fn publish_to(
+/// Publishes `rounds` rounds to `keys` only (so to one shard), a round every 25 ms; how many
+/// records it published.
+async fn publish_to(
     queue: mq_kinesis::KinesisQueue,
     q: QueueName,
     keys: Vec<String>,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let mut n = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            let msgs: Vec<NewMessage> = keys
-                .iter()
-                .map(|key| {
-                    NewMessage::new("t", serde_json::json!({"key": key, "n": n}))
-                        .partition_key(key.clone())
-                })
-                .collect();
-            let report = queue.publish(&q, msgs).await.expect("publish");
-            assert!(report.is_complete(), "{:?}", report.failed.first());
-            n += 1;
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        n * keys.len() as u64
-    })
+    rounds: u64,
+) -> u64 {
+    for n in 0..rounds {
+        let msgs: Vec<NewMessage> = keys
+            .iter()
+            .map(|key| {
+                NewMessage::new("t", serde_json::json!({"key": key, "n": n}))
+                    .partition_key(key.clone())
+            })
+            .collect();
+        let report = queue.publish(&q, msgs).await.expect("publish");
+        assert!(report.is_complete(), "{:?}", report.failed.first());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    rounds * keys.len() as u64
 }
 
 /// The shard whose owner `who` is, as `owners` says.
@@ -228,11 +225,7 @@ async fn durable_store_idle_shard_forgotten_by_redis_is_never_handled_twice() {
 
     // records arrive on the idle shard only
     let queue = publisher_queue(emu.client(), &q).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = publish_to(queue, q.clone(), idle_keys, stop.clone());
-    tokio::time::sleep(BUSY).await;
-    stop.store(true, Ordering::SeqCst);
-    let published = publisher.await.unwrap();
+    let published = publish_to(queue, q.clone(), idle_keys, ROUNDS).await;
     wait_all(&log, published, Duration::from_secs(60)).await;
     for (_, i) in instances {
         tokio::task::spawn_blocking(move || i.stop()).await.unwrap();

@@ -194,6 +194,29 @@ macro_rules! settled {
     }};
 }
 
+/// Writes `m`'s effect on the transaction `tx` and completes `m` in it; the completion's
+/// result.
+macro_rules! effect_and_complete {
+    ($tx:ident, $q:expr, $ctx:expr, $m:expr, $insert:expr) => {{
+        sqlx::query(sqlx::AssertSqlSafe($insert.to_owned()))
+            .bind($m.id.as_str())
+            .execute(&mut *$tx)
+            .await?;
+        $q.complete_in_tx(&mut $tx, $ctx, $m).await
+    }};
+}
+
+/// The condition `drain` waits for: no message of `table` waits or runs.
+macro_rules! until_settled {
+    ($pool:expr, $table:expr) => {{
+        let (p, t) = ($pool.clone(), $table.clone());
+        move || {
+            let (p, t) = (p.clone(), t.clone());
+            async move { settled!(&p, &t) }
+        }
+    }};
+}
+
 /// Every message ended completed once: executed after `attempts` deliveries, or deleted.
 fn assert_completed(db: Db, delete: bool, rows: &[(String, i32)], attempts: i32) {
     if delete {
@@ -229,24 +252,14 @@ async fn commit(db: Db, test: &str, delete: bool) {
                 async move {
                     let mut tx = pool.begin_with(begin(db)).await?;
                     for m in batch.iter() {
-                        sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
-                            .bind(m.id.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                        q.complete_in_tx(&mut tx, &ctx, m).await?;
+                        effect_and_complete!(tx, q, &ctx, m, insert)?;
                     }
                     tx.commit().await?;
                     Ok::<(), BoxError>(())
                 }
             }))
         };
-        let done = {
-            let (p, t) = (pool.clone(), table.clone());
-            move || {
-                let (p, t) = (p.clone(), t.clone());
-                async move { settled!(&p, &t) }
-            }
-        };
+        let done = until_settled!(pool, table);
         let report = drain(&queue, &name, handler, &consumer_options(), done).await;
 
         assert_eq!(
@@ -296,11 +309,7 @@ async fn rollback(db: Db, test: &str, delete: bool) {
                 async move {
                     let mut tx = pool.begin_with(begin(db)).await?;
                     for m in batch.iter() {
-                        sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
-                            .bind(m.id.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                        q.complete_in_tx(&mut tx, &ctx, m).await?;
+                        effect_and_complete!(tx, q, &ctx, m, insert)?;
                     }
                     if batch.iter().any(|m| m.attempts == 1) {
                         // A later step fails: nothing of this transaction commits.
@@ -314,13 +323,7 @@ async fn rollback(db: Db, test: &str, delete: bool) {
                 }
             }))
         };
-        let done = {
-            let (p, t) = (pool.clone(), table.clone());
-            move || {
-                let (p, t) = (p.clone(), t.clone());
-                async move { settled!(&p, &t) }
-            }
-        };
+        let done = until_settled!(pool, table);
         let report = drain(&queue, &name, handler, &single_options(), done).await;
 
         assert_eq!(
@@ -497,11 +500,7 @@ async fn lease_lost(db: Db, test: &str, delete: bool) {
                                 refusals.lock().unwrap_or_else(|e| e.into_inner()).push(r);
                                 let mut tx = qb.store().pool().begin_with(begin(db)).await?;
                                 for m in batch.iter() {
-                                    sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
-                                        .bind(m.id.as_str())
-                                        .execute(&mut *tx)
-                                        .await?;
-                                    qb.complete_in_tx(&mut tx, &ctx_b, m).await?;
+                                    effect_and_complete!(tx, qb, &ctx_b, m, insert)?;
                                 }
                                 tx.commit().await?;
                                 Ok::<(), BoxError>(())
@@ -616,24 +615,14 @@ async fn windows(db: Db, test: &str, delete: bool) {
                 async move {
                     let mut tx = pool.begin_with(begin(db)).await?;
                     for m in batch.iter() {
-                        sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
-                            .bind(m.id.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                        q.complete_in_tx(&mut tx, &ctx, m).await?;
+                        effect_and_complete!(tx, q, &ctx, m, insert)?;
                     }
                     tx.commit().await?;
                     Ok::<(), BoxError>(())
                 }
             }))
         };
-        let done = {
-            let (p, t) = (pool.clone(), table.clone());
-            move || {
-                let (p, t) = (p.clone(), t.clone());
-                async move { settled!(&p, &t) }
-            }
-        };
+        let done = until_settled!(pool, table);
         let report = drain(&queue, &name, handler, &consumer_options(), done).await;
         assert_eq!(
             (report.acked, report.lease_lost),
@@ -707,11 +696,7 @@ async fn renewal_after_commit(db: Db, test: &str, delete: bool) {
                 async move {
                     for m in batch.iter() {
                         let mut tx = pool.begin_with(begin(db)).await?;
-                        sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
-                            .bind(m.id.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                        q.complete_in_tx(&mut tx, &ctx, m).await?;
+                        effect_and_complete!(tx, q, &ctx, m, insert)?;
                         tx.commit().await?;
                         // Other work, long enough for a lease renewal to run.
                         tokio::time::sleep(lease / 2).await;
@@ -724,13 +709,7 @@ async fn renewal_after_commit(db: Db, test: &str, delete: bool) {
                 }
             }))
         };
-        let done = {
-            let (p, t) = (pool.clone(), table.clone());
-            move || {
-                let (p, t) = (p.clone(), t.clone());
-                async move { settled!(&p, &t) }
-            }
-        };
+        let done = until_settled!(pool, table);
         let report = drain(&queue, &name, handler, &batch_of_three, done).await;
         let cancelled = cancelled.lock().unwrap_or_else(|e| e.into_inner()).clone();
         assert_eq!(
