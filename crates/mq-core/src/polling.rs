@@ -641,7 +641,8 @@ impl<S: QueueStore> Worker<S> {
     }
 
     /// Writes the outcomes of `messages`. A refused completion of a message in `by_handler`
-    /// (which the handler's own transaction completed) counts as acknowledged.
+    /// counts as acknowledged when the store confirms the handler's own transaction completed
+    /// it.
     async fn complete(
         &self,
         messages: &[Message],
@@ -753,10 +754,8 @@ impl<S: QueueStore> Worker<S> {
             })
             .collect();
         let rejected: HashSet<Claim> = self.complete_with_retries(completions).await?;
-        let lost = rejected
-            .iter()
-            .filter(|c| !by_handler.contains(&c.id))
-            .count();
+        let completed_in_tx = self.completed_in_tx(&rejected, by_handler).await;
+        let lost = rejected.len() - completed_in_tx.len();
         report.lease_lost = lost;
         if lost > 0 {
             tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, lost,
@@ -764,7 +763,7 @@ impl<S: QueueStore> Worker<S> {
         }
         for (m, settled) in messages.iter().zip(&plan) {
             if !rejected.is_empty() && rejected.contains(&Claim::of(m)) {
-                if by_handler.contains(&m.id) {
+                if completed_in_tx.contains(&Claim::of(m)) {
                     report.acked += 1;
                     self.runner
                         .emit_settled(m, &Settlement::Ack, handler_duration, false);
@@ -785,6 +784,36 @@ impl<S: QueueStore> Worker<S> {
                 .emit_settled(m, settled, handler_duration, dead_lettered);
         }
         Ok(())
+    }
+
+    /// Of the `rejected` claims, those the handler marked completed whose own transaction did
+    /// complete them (the store checks: a mark survives a rolled-back transaction). Should the
+    /// store not answer, the marks are trusted.
+    async fn completed_in_tx(
+        &self,
+        rejected: &HashSet<Claim>,
+        by_handler: &HashSet<MessageId>,
+    ) -> HashSet<Claim> {
+        let marked: Vec<Claim> = rejected
+            .iter()
+            .filter(|c| by_handler.contains(&c.id))
+            .cloned()
+            .collect();
+        if marked.is_empty() {
+            return HashSet::new();
+        }
+        match self
+            .store
+            .completed_by_delivery(&self.queue, &self.consumer_id, &marked)
+            .await
+        {
+            Ok(done) => done.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %ErrorChain::from_error(&e),
+                    "mq: could not check which messages the handler's transaction completed; counting every mark as acknowledged");
+                marked.into_iter().collect()
+            }
+        }
     }
 
     /// Writes completions, retrying a failing store a few times: giving up loses every outcome

@@ -259,6 +259,24 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
         completions: Vec<Completion>,
     ) -> Result<Vec<Claim>>;
 
+    /// Of `claims`, whose completion [`complete`](Self::complete) refused although the handler
+    /// marked them completed ([`HandlerContext::mark_completed`](crate::HandlerContext::mark_completed)),
+    /// the ones their own delivery did complete, by `owner` in the handler's transaction. A
+    /// handler can mark a message, roll its transaction back and lose the lease afterwards;
+    /// that delivery completed nothing and must count as a lost lease, not as acknowledged.
+    ///
+    /// Only stores that let a handler complete a message in its own transaction see marks.
+    /// The default trusts every mark.
+    async fn completed_by_delivery(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        claims: &[Claim],
+    ) -> Result<Vec<Claim>> {
+        let _ = (queue, owner);
+        Ok(claims.to_vec())
+    }
+
     /// The numbers of `queue`, or of every queue the store holds when `queue` is `None`, in
     /// queue-name order. Read-only. The default says the store cannot count.
     async fn queue_stats(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>> {

@@ -1,11 +1,13 @@
 //! Completing a claimed message inside the handler's own transaction: the handler's writes to
 //! the same database and the acknowledgement commit together or not at all.
 
-use mq_core::backend::QueueStore;
+use std::collections::HashMap;
+
+use mq_core::backend::{Claim, QueueStore};
 use mq_core::{HandlerContext, Message};
 use sqlx::{Executor, QueryBuilder};
 
-use crate::dialect::{Dialect, ReadRow, Sql};
+use crate::dialect::{CHUNK, Dialect, ReadRow, Sql};
 use crate::error::{Error, backend};
 use crate::queue::SqlQueue;
 use crate::remembered;
@@ -84,6 +86,62 @@ where
         ctx.mark_completed(message.id.clone());
         Ok(())
     }
+}
+
+/// Of `claims` by `owner`, which a handler marked completed but whose consumer's completion
+/// was refused, the ones their own delivery completed: the row is executed under the same
+/// consumer and attempt, or is gone (deleted on acknowledgement). A row still waiting, or held
+/// or finished under another claim, means the handler's transaction rolled back and the lease
+/// was lost afterwards.
+pub(crate) async fn completed_by_delivery<DB: Dialect>(
+    pool: &sqlx::Pool<DB>,
+    table: &str,
+    queue: &mq_core::QueueName,
+    owner: &str,
+    claims: &[Claim],
+) -> mq_core::Result<Vec<Claim>>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    QueryBuilder<DB>: Sql,
+{
+    const CHECK: &str = "check completions";
+    let mut stored: HashMap<String, (String, Option<String>, i64)> = HashMap::new();
+    for chunk in claims.chunks(CHUNK) {
+        let mut q = QueryBuilder::<DB>::new(format!(
+            "SELECT id, status, lease_owner, attempts FROM {table} WHERE queue = "
+        ));
+        q.text(queue.as_str().to_owned());
+        q.raw(" AND id IN (");
+        for (i, c) in chunk.iter().enumerate() {
+            if i > 0 {
+                q.raw(", ");
+            }
+            q.text(c.id.as_str().to_owned());
+        }
+        q.raw(")");
+        for row in q.build().fetch_all(pool).await.map_err(backend(CHECK))? {
+            let id = row.text("id").map_err(backend(CHECK))?;
+            let status = row.text("status").map_err(backend(CHECK))?;
+            let holder = row.opt_text("lease_owner").map_err(backend(CHECK))?;
+            let attempts = row
+                .opt_int4("attempts")
+                .map_err(backend(CHECK))?
+                .unwrap_or(0);
+            stored.insert(id, (status, holder, attempts));
+        }
+    }
+    Ok(claims
+        .iter()
+        .filter(|c| match stored.get(c.id.as_str()) {
+            None => true,
+            Some((status, holder, attempts)) => {
+                status == "executed"
+                    && holder.as_deref() == Some(owner)
+                    && *attempts == i64::from(c.attempt)
+            }
+        })
+        .cloned()
+        .collect())
 }
 
 impl<DB: Dialect> SqlQueue<DB>

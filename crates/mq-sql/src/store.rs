@@ -386,6 +386,16 @@ where
         ))
     }
 
+    async fn completed_by_delivery(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        claims: &[Claim],
+    ) -> mq_core::Result<Vec<Claim>> {
+        crate::in_tx::completed_by_delivery(&self.pool, &self.names.table, queue, owner, claims)
+            .await
+    }
+
     async fn wait_for_work(&self, queue: &QueueName, timeout: Duration) {
         self.wait_local(queue, timeout).await;
     }

@@ -6,6 +6,8 @@
 //!   is delivered again and the consumer reports no lost lease or retry;
 //! - rollback: a transaction that completed its messages and rolled back leaves them to the
 //!   handler's outcome (a retry), and the next delivery writes each effect exactly once;
+//! - rolled back, then lost: a handler that completed a message in a transaction it rolled
+//!   back, and then lost the lease, is reported as a lost lease, not as an acknowledgement;
 //! - lease lost: a handler whose lease lapsed cannot complete in its transaction (before and
 //!   after another consumer claimed and handled the message), so its effect never commits and
 //!   the message is handled once, by the other consumer;
@@ -45,6 +47,8 @@ in_tx_tests! {
     commit_deleted => commit(true);
     rollback_kept => rollback(false);
     rollback_deleted => rollback(true);
+    rolled_back_then_lost_kept => rolled_back_then_lost(false);
+    rolled_back_then_lost_deleted => rolled_back_then_lost(true);
     lease_lost_kept => lease_lost(false);
     lease_lost_deleted => lease_lost(true);
     windows_kept => windows(false);
@@ -349,6 +353,72 @@ async fn rollback(db: Db, test: &str, delete: bool) {
         let d = deliveries.lock().unwrap_or_else(|e| e.into_inner()).clone();
         assert!(d.values().all(|&n| n == 2), "{db:?}: deliveries: {d:?}");
         assert_completed(db, delete, &message_rows!(&pool, &table), 2);
+        queue.shutdown().await.expect("shutdown");
+    });
+    drop_table(db, &url, &effects(&table)).await;
+    drop_table(db, &url, &table).await;
+}
+
+/// The handler completes the message in its transaction and rolls it back; then its lease
+/// lapses and another consumer claims the message before the handler returns success.
+async fn rolled_back_then_lost(db: Db, test: &str, delete: bool) {
+    let Some((url, table)) = fresh_table(db, "tx", test).await else {
+        return;
+    };
+    drop_table(db, &url, &effects(&table)).await;
+    support::for_db!(db, |DB| {
+        let one = vec![NewMessage::new("order", serde_json::json!({}))];
+        let (queue, pool, name) = open_case!(DB, &url, &table, delete, one);
+        // Another consumer's claim, an hour long, made while the handler still runs.
+        let reclaim = match db {
+            Db::Postgres => format!(
+                "UPDATE {table} SET lease_owner = 'other', attempts = attempts + 1, \
+                 lease_expires_at = now() + interval '1 hour' WHERE id = $1"
+            ),
+            Db::MySql => format!(
+                "UPDATE {table} SET lease_owner = 'other', attempts = attempts + 1, \
+                 lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL 1 HOUR WHERE id = ?"
+            ),
+            Db::Sqlite => format!(
+                "UPDATE {table} SET lease_owner = 'other', attempts = attempts + 1, \
+                 lease_expires_at = {} WHERE id = ?",
+                (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp_micros()
+            ),
+        };
+        let handler: Arc<dyn Handler> = {
+            let (q, pool, insert) = (queue.clone(), pool.clone(), insert_effect(db, &table));
+            Arc::new(handler_fn(move |batch: Batch, ctx: HandlerContext| {
+                let (q, pool, insert, reclaim) =
+                    (q.clone(), pool.clone(), insert.clone(), reclaim.clone());
+                async move {
+                    let m = &batch[0];
+                    let mut tx = pool.begin_with(begin(db)).await?;
+                    effect_and_complete!(tx, q, &ctx, m, insert)?;
+                    tx.rollback().await?;
+                    sqlx::query(sqlx::AssertSqlSafe(reclaim))
+                        .bind(m.id.as_str())
+                        .execute(&pool)
+                        .await?;
+                    Ok::<(), BoxError>(())
+                }
+            }))
+        };
+        let report = queue
+            .consume_batch(&name, handler, &consumer_options())
+            .await
+            .expect("consume");
+        assert_eq!(
+            (report.acked, report.lease_lost),
+            (0, 1),
+            "{db:?}: the rolled-back completion counts as a lost lease: {report:?}"
+        );
+        let counts = effect_counts!(&pool, &table);
+        assert!(counts.is_empty(), "{db:?}: effects committed: {counts:?}");
+        assert_eq!(
+            message_rows!(&pool, &table),
+            vec![("processing".to_owned(), 2)],
+            "{db:?}: the other consumer holds the message"
+        );
         queue.shutdown().await.expect("shutdown");
     });
     drop_table(db, &url, &effects(&table)).await;
