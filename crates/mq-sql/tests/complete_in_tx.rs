@@ -221,6 +221,24 @@ macro_rules! until_settled {
     }};
 }
 
+/// `UPDATE` of one message (its id bound) setting `set` (empty, or assignments ending in ", ")
+/// and a lease that ends `hours` from now (in the past when negative).
+fn set_lease(db: Db, table: &str, set: &str, hours: i64) -> String {
+    let (sign, n) = (if hours < 0 { '-' } else { '+' }, hours.unsigned_abs());
+    match db {
+        Db::Postgres => format!(
+            "UPDATE {table} SET {set}lease_expires_at = now() {sign} interval '{n} hour' WHERE id = $1"
+        ),
+        Db::MySql => format!(
+            "UPDATE {table} SET {set}lease_expires_at = UTC_TIMESTAMP(6) {sign} INTERVAL {n} HOUR WHERE id = ?"
+        ),
+        Db::Sqlite => format!(
+            "UPDATE {table} SET {set}lease_expires_at = {} WHERE id = ?",
+            (chrono::Utc::now() + chrono::Duration::hours(hours)).timestamp_micros()
+        ),
+    }
+}
+
 /// Every message ended completed once: executed after `attempts` deliveries, or deleted.
 fn assert_completed(db: Db, delete: bool, rows: &[(String, i32)], attempts: i32) {
     if delete {
@@ -370,21 +388,12 @@ async fn rolled_back_then_lost(db: Db, test: &str, delete: bool) {
         let one = vec![NewMessage::new("order", serde_json::json!({}))];
         let (queue, pool, name) = open_case!(DB, &url, &table, delete, one);
         // Another consumer's claim, an hour long, made while the handler still runs.
-        let reclaim = match db {
-            Db::Postgres => format!(
-                "UPDATE {table} SET lease_owner = 'other', attempts = attempts + 1, \
-                 lease_expires_at = now() + interval '1 hour' WHERE id = $1"
-            ),
-            Db::MySql => format!(
-                "UPDATE {table} SET lease_owner = 'other', attempts = attempts + 1, \
-                 lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL 1 HOUR WHERE id = ?"
-            ),
-            Db::Sqlite => format!(
-                "UPDATE {table} SET lease_owner = 'other', attempts = attempts + 1, \
-                 lease_expires_at = {} WHERE id = ?",
-                (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp_micros()
-            ),
-        };
+        let reclaim = set_lease(
+            db,
+            &table,
+            "lease_owner = 'other', attempts = attempts + 1, ",
+            1,
+        );
         let handler: Arc<dyn Handler> = {
             let (q, pool, insert) = (queue.clone(), pool.clone(), insert_effect(db, &table));
             Arc::new(handler_fn(move |batch: Batch, ctx: HandlerContext| {
@@ -480,18 +489,7 @@ async fn lease_lost(db: Db, test: &str, delete: bool) {
         )
         .await;
         let insert = insert_effect(db, &table);
-        let expire = match db {
-            Db::Postgres => format!(
-                "UPDATE {table} SET lease_expires_at = now() - interval '1 hour' WHERE id = $1"
-            ),
-            Db::MySql => format!(
-                "UPDATE {table} SET lease_expires_at = UTC_TIMESTAMP(6) - INTERVAL 1 HOUR WHERE id = ?"
-            ),
-            Db::Sqlite => format!(
-                "UPDATE {table} SET lease_expires_at = {} WHERE id = ?",
-                (chrono::Utc::now() - chrono::Duration::hours(1)).timestamp_micros()
-            ),
-        };
+        let expire = set_lease(db, &table, "", -1);
 
         /// A's try to complete `m` in a transaction that also writes its effect: the refusal,
         /// after rolling back (or nothing, after committing, which the test then sees).
