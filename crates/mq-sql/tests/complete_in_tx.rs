@@ -7,7 +7,8 @@
 //! - rollback: a transaction that completed its messages and rolled back leaves them to the
 //!   handler's outcome (a retry), and the next delivery writes each effect exactly once;
 //! - rolled back, then lost: a handler that completed a message in a transaction it rolled
-//!   back, and then lost the lease, is reported as a lost lease, not as an acknowledgement;
+//!   back, and then lost the lease, is cancelled and reported as a lost lease, not as an
+//!   acknowledgement;
 //! - lease lost: a handler whose lease lapsed cannot complete in its transaction (before and
 //!   after another consumer claimed and handled the message), so its effect never commits and
 //!   the message is handled once, by the other consumer;
@@ -378,12 +379,15 @@ async fn rollback(db: Db, test: &str, delete: bool) {
 }
 
 /// The handler completes the message in its transaction and rolls it back; then its lease
-/// lapses and another consumer claims the message before the handler returns success.
+/// lapses and another consumer claims the message while the handler still works on it: the
+/// handler's token is cancelled, and its success is refused as a lost lease.
 async fn rolled_back_then_lost(db: Db, test: &str, delete: bool) {
     let Some((url, table)) = fresh_table(db, "tx", test).await else {
         return;
     };
     drop_table(db, &url, &effects(&table)).await;
+    let lease = Duration::from_millis(900);
+    let options = consumer_options().lease_duration(lease);
     support::for_db!(db, |DB| {
         let one = vec![NewMessage::new("order", serde_json::json!({}))];
         let (queue, pool, name) = open_case!(DB, &url, &table, delete, one);
@@ -394,11 +398,14 @@ async fn rolled_back_then_lost(db: Db, test: &str, delete: bool) {
             "lease_owner = 'other', attempts = attempts + 1, ",
             1,
         );
+        let cancelled = Arc::new(Mutex::new(None));
         let handler: Arc<dyn Handler> = {
             let (q, pool, insert) = (queue.clone(), pool.clone(), insert_effect(db, &table));
+            let cancelled = cancelled.clone();
             Arc::new(handler_fn(move |batch: Batch, ctx: HandlerContext| {
                 let (q, pool, insert, reclaim) =
                     (q.clone(), pool.clone(), insert.clone(), reclaim.clone());
+                let cancelled = cancelled.clone();
                 async move {
                     let m = &batch[0];
                     let mut tx = pool.begin_with(begin(db)).await?;
@@ -408,14 +415,24 @@ async fn rolled_back_then_lost(db: Db, test: &str, delete: bool) {
                         .bind(m.id.as_str())
                         .execute(&pool)
                         .await?;
+                    // The lease renewal finds the message gone and must tell the handler.
+                    let told = tokio::time::timeout(lease * 5, ctx.cancelled())
+                        .await
+                        .is_ok();
+                    *cancelled.lock().unwrap_or_else(|e| e.into_inner()) = Some(told);
                     Ok::<(), BoxError>(())
                 }
             }))
         };
         let report = queue
-            .consume_batch(&name, handler, &consumer_options())
+            .consume_batch(&name, handler, &options)
             .await
             .expect("consume");
+        assert_eq!(
+            *cancelled.lock().unwrap_or_else(|e| e.into_inner()),
+            Some(true),
+            "{db:?}: the handler was told its lease was lost"
+        );
         assert_eq!(
             (report.acked, report.lease_lost),
             (0, 1),

@@ -35,6 +35,37 @@ impl<S: QueueStore> Worker<S> {
         (batch.into_messages(), run)
     }
 
+    /// The claims of `gone` that are lost leases. A claim the handler marked completed is no
+    /// lost lease when its own transaction did complete it (the store checks, since a mark
+    /// survives a rolled-back transaction; should it not answer, the mark is trusted); those
+    /// are dropped from `claims`, as renewing them again can only fail.
+    async fn without_completed(
+        &self,
+        claims: &mut Vec<Claim>,
+        gone: Vec<Claim>,
+        marks: &CompletedMarks,
+    ) -> Vec<Claim> {
+        let (marked, mut lost) = split_marked(gone, marks);
+        if marked.is_empty() {
+            return lost;
+        }
+        let done = match self
+            .store
+            .completed_by_delivery(&self.queue, &self.consumer_id, &marked)
+            .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %ErrorChain::from_error(&e),
+                    "mq: could not check which messages the handler's transaction completed; trusting its marks");
+                marked.clone()
+            }
+        };
+        lost.extend(marked.into_iter().filter(|c| !done.contains(c)));
+        claims.retain(|c| !done.contains(c));
+        lost
+    }
+
     /// Renews the lease of `claims` every third of its duration, in its own future beside the
     /// handler, so a slow renewal never pauses the handler. Each try may take only the time left
     /// on the lease we know we hold (minus a margin); when that runs out, or the store says the
@@ -75,8 +106,10 @@ impl<S: QueueStore> Worker<S> {
                 self.store.renew(&self.queue, self.holder(), &claims),
             )
             .await;
-            let renewed =
-                renewed.map(|r| r.map(|gone| without_completed(&mut claims, gone, marks)));
+            let renewed = match renewed {
+                Ok(Ok(gone)) => Ok(Ok(self.without_completed(&mut claims, gone, marks).await)),
+                other => other,
+            };
             match renewed {
                 Ok(Ok(_)) if claims.is_empty() => return,
                 Ok(Ok(gone)) if gone.is_empty() => held_until = asked + lease,
@@ -101,22 +134,13 @@ impl<S: QueueStore> Worker<S> {
     }
 }
 
-/// The claims of `gone` the handler did not mark completed. Marked ones are dropped from
-/// `claims` too: their rows are completed (or, when the handler's transaction rolled back after
-/// its statement, were claimed again by now), so renewing them again can only fail.
-fn without_completed(
-    claims: &mut Vec<Claim>,
-    gone: Vec<Claim>,
-    marks: &CompletedMarks,
-) -> Vec<Claim> {
+/// Splits the refused claims `gone` into those the handler marked completed and the others.
+fn split_marked(gone: Vec<Claim>, marks: &CompletedMarks) -> (Vec<Claim>, Vec<Claim>) {
     let marked = marks.lock().unwrap_or_else(|e| e.into_inner());
     if marked.is_empty() {
-        return gone;
+        return (Vec::new(), gone);
     }
-    let (done, lost): (Vec<Claim>, Vec<Claim>) =
-        gone.into_iter().partition(|c| marked.contains(&c.id));
-    claims.retain(|c| !done.contains(c));
-    lost
+    gone.into_iter().partition(|c| marked.contains(&c.id))
 }
 
 #[cfg(test)]
@@ -129,25 +153,21 @@ mod tests {
     }
 
     #[test]
-    fn a_completed_message_is_no_lost_lease() {
+    fn marked_claims_are_set_apart() {
         let marks = CompletedMarks::default();
-        let mut claims = vec![claim("a"), claim("b"), claim("c")];
         // Nothing marked: every refused claim is lost.
         assert_eq!(
-            without_completed(&mut claims, vec![claim("a")], &marks),
-            vec![claim("a")]
+            split_marked(vec![claim("a")], &marks),
+            (vec![], vec![claim("a")])
         );
-        assert_eq!(claims.len(), 3);
         marks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(MessageId::new("a").expect("id"));
-        assert!(without_completed(&mut claims, vec![claim("a")], &marks).is_empty());
-        assert_eq!(claims, vec![claim("b"), claim("c")]);
         // An unmarked refusal beside a marked one is still lost.
         assert_eq!(
-            without_completed(&mut claims, vec![claim("b")], &marks),
-            vec![claim("b")]
+            split_marked(vec![claim("a"), claim("b")], &marks),
+            (vec![claim("a")], vec![claim("b")])
         );
     }
 }
