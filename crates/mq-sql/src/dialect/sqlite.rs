@@ -142,12 +142,7 @@ impl Dialect for Sqlite {
         let t = &store.names.table;
         write(&store.pool, "renew", async |tx| {
             let now = now_micros();
-            let sql = |values: &str| {
-                format!(
-                    "WITH c(id, attempt) AS (VALUES {values}) \
-                     UPDATE {t} AS t SET lease_expires_at = ? FROM c WHERE {FENCE} RETURNING id"
-                )
-            };
+            let sql = |values: &str| renew_sql(t, values);
             let kept: Vec<(String,)> = per_chunk(
                 tx,
                 claims,
@@ -156,7 +151,7 @@ impl Dialect for Sqlite {
                 |q, c| q.bind(c.id.as_str().to_owned()).bind(i64::from(c.attempt)),
                 |q| {
                     let lease_end = now.saturating_add(micros(lease));
-                    q.bind(lease_end).bind(queue.as_str()).bind(owner).bind(now)
+                    q.bind(queue.as_str()).bind(owner).bind(now).bind(lease_end)
                 },
             )
             .await?;
@@ -182,15 +177,7 @@ impl Dialect for Sqlite {
                 tx,
                 &acks,
                 "(?, ?)",
-                |values| {
-                    format!(
-                        "WITH c(id, attempt) AS (VALUES {values}) \
-                         DELETE FROM {t} WHERE queue = ? AND status = 'processing' AND lease_owner = ? \
-                           AND lease_expires_at > ? AND unique_window_ms IS NULL \
-                           AND EXISTS (SELECT 1 FROM c WHERE c.id = {t}.id AND c.attempt = {t}.attempts) \
-                         RETURNING id"
-                    )
-                },
+                |values| delete_acked_sql(t, values),
                 |q, r| q.bind(r.id.clone()).bind(i64::from(r.attempt)),
                 |q| q.bind(queue.as_str()).bind(owner).bind(now),
             )
@@ -208,17 +195,7 @@ impl Dialect for Sqlite {
                 tx,
                 &rows,
                 "(?, ?, ?, ?, ?, ?)",
-                |values| {
-                    format!(
-                        "WITH c(id, attempt, status, execute_at, last_error, uncount) AS (VALUES {values}) \
-                         UPDATE {t} AS t SET status = c.status, attempts = t.attempts - c.uncount, \
-                           execute_at = COALESCE(c.execute_at, t.execute_at), \
-                           last_error = COALESCE(c.last_error, t.last_error), \
-                           lease_owner = CASE WHEN c.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
-                           lease_expires_at = NULL, updated_at = ? \
-                         FROM c WHERE {FENCE} RETURNING id, status"
-                    )
-                },
+                |values| complete_sql(t, values),
                 |q, r| {
                     q.bind(r.id.clone())
                         .bind(i64::from(r.attempt))
@@ -227,7 +204,7 @@ impl Dialect for Sqlite {
                         .bind(r.last_error.clone())
                         .bind(r.uncount)
                 },
-                |q| q.bind(now).bind(queue.as_str()).bind(owner).bind(now),
+                |q| q.bind(queue.as_str()).bind(owner).bind(now).bind(now),
             )
             .await?;
             applied.extend(updated);
@@ -285,11 +262,60 @@ impl Dialect for Sqlite {
     }
 }
 
-/// The lease fence of a batch write joined to its values `c(id, attempt, ...)`: the row is the
-/// claimed attempt, still processing under the owner's unexpired lease. Binds: the queue, the
+/// `m(seq{extra})`: the rows a batch write may change, each claim of its values
+/// `c(id, attempt, ...)` whose row is still that attempt, processing under the owner's unexpired
+/// lease (the fence), with `also` as a further condition on the row `x`. Binds: the queue, the
 /// owner, the current time.
-const FENCE: &str = "t.queue = ? AND t.id = c.id AND t.attempts = c.attempt \
-    AND t.status = 'processing' AND t.lease_owner = ? AND t.lease_expires_at > ?";
+///
+/// The claims drive the lookup (`CROSS JOIN` keeps that order) through the primary key, and the
+/// write finds its rows by `seq`: left to itself, the planner of a database without statistics
+/// walks every held row and scans the values for each, quadratic in the batch.
+fn fenced(t: &str, extra: &str, also: &str) -> String {
+    format!(
+        "m AS MATERIALIZED (SELECT x.seq AS seq{extra} FROM c CROSS JOIN {t} AS x \
+           ON x.queue = ? AND x.id = c.id AND x.attempts = c.attempt \
+         WHERE x.status = 'processing' AND x.lease_owner = ? AND x.lease_expires_at > ?{also})"
+    )
+}
+
+/// Extends the leases of the claims in `values` (`(id, attempt)` rows) by the bound end.
+fn renew_sql(t: &str, values: &str) -> String {
+    format!(
+        "WITH c(id, attempt) AS (VALUES {values}), {m} \
+         UPDATE {t} AS t SET lease_expires_at = ? WHERE t.seq IN (SELECT seq FROM m) RETURNING id",
+        m = fenced(t, "", "")
+    )
+}
+
+/// Deletes the acknowledged claims in `values` (`(id, attempt)` rows), except those whose
+/// unique key has a window.
+fn delete_acked_sql(t: &str, values: &str) -> String {
+    format!(
+        "WITH c(id, attempt) AS (VALUES {values}), {m} \
+         DELETE FROM {t} WHERE seq IN (SELECT seq FROM m) RETURNING id",
+        m = fenced(t, "", " AND x.unique_window_ms IS NULL")
+    )
+}
+
+/// Applies the completions in `values` (`(id, attempt, status, execute_at, last_error,
+/// uncount)` rows); the bound time becomes `updated_at`.
+fn complete_sql(t: &str, values: &str) -> String {
+    format!(
+        "WITH c(id, attempt, status, execute_at, last_error, uncount) AS (VALUES {values}), {m} \
+         UPDATE {t} AS t SET status = m.status, attempts = t.attempts - m.uncount, \
+           execute_at = COALESCE(m.execute_at, t.execute_at), \
+           last_error = COALESCE(m.last_error, t.last_error), \
+           lease_owner = CASE WHEN m.status = 'scheduled' THEN NULL ELSE t.lease_owner END, \
+           lease_expires_at = NULL, updated_at = ? \
+         FROM m WHERE t.seq = m.seq AND t.seq IN (SELECT seq FROM m) RETURNING id, status",
+        m = fenced(
+            t,
+            ", c.status AS status, c.execute_at AS execute_at, c.last_error AS last_error, \
+             c.uncount AS uncount",
+            ""
+        )
+    )
+}
 
 /// A batch statement returning rows of `O`.
 type Batch<'q, O> = QueryAs<'q, Sqlite, O, SqliteArguments>;
@@ -385,4 +411,63 @@ async fn insert_chunk(
             .bind(r.unique_window_ms);
     }
     q.fetch_all(&mut *conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Row;
+
+    use super::*;
+
+    /// The query plan of `sql` on `pool`, one line a step.
+    async fn plan(pool: &SqlitePool, sql: &str) -> Vec<String> {
+        sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+            .fetch_all(pool)
+            .await
+            .expect("explain")
+            .iter()
+            .map(|r| r.try_get::<String, _>(3).expect("detail"))
+            .collect()
+    }
+
+    /// A fresh database has no statistics. Each batch write must still find its rows through
+    /// the claims' primary key, never walk the held messages and scan the values for each:
+    /// that plan costs the square of the batch size on every acknowledgement and renewal.
+    #[tokio::test]
+    async fn batch_writes_look_claims_up_by_key_without_statistics() {
+        let store = SqlStore::<Sqlite>::connect(
+            "sqlite::memory:",
+            SqlOptions::default().max_connections(1),
+        )
+        .await
+        .expect("store");
+        let t = store.names.table.clone();
+        let key = format!("USING INDEX sqlite_autoindex_{t}_1 (queue=? AND id=?)");
+        for (name, sql) in [
+            ("renew", renew_sql(&t, &vec!["(?, ?)"; 500].join(", "))),
+            (
+                "delete",
+                delete_acked_sql(&t, &vec!["(?, ?)"; 500].join(", ")),
+            ),
+            (
+                "complete",
+                complete_sql(&t, &vec!["(?, ?, ?, ?, ?, ?)"; 500].join(", ")),
+            ),
+        ] {
+            let steps = plan(&store.pool, &sql).await;
+            assert!(
+                steps
+                    .iter()
+                    .any(|s| s.starts_with("SEARCH") && s.ends_with(&key)),
+                "{name}: claims not looked up by key: {steps:#?}"
+            );
+            assert!(
+                !steps
+                    .iter()
+                    .any(|s| s.contains("idx_leased") || s == &format!("SCAN {t}")),
+                "{name}: walks the table or the held messages: {steps:#?}"
+            );
+        }
+        store.close().await;
+    }
 }
