@@ -1,4 +1,4 @@
-//! CPU time spent by this process and by the local PostgreSQL server, from `/proc` (Linux, server
+//! CPU time spent by this process and by the local database server (PostgreSQL or MariaDB/MySQL), from `/proc` (Linux, server
 //! on the same machine). Throughput moves with whatever else the machine runs; CPU time per
 //! message moves much less, so it shows where a design spends its work even on a busy machine.
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 /// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on every Linux ABI).
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// CPU time used so far: (this process, every `postgres` process).
+/// CPU time used so far: (this process, every `postgres`, `mariadbd` or `mysqld` process).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct CpuTime {
     pub(crate) client: Duration,
@@ -35,7 +35,7 @@ impl CpuTime {
                 };
                 if pid == me {
                     client += ticks;
-                } else if comm == "postgres" {
+                } else if matches!(comm, "postgres" | "mariadbd" | "mysqld") {
                     server += ticks;
                 }
             }

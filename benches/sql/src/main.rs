@@ -1,9 +1,10 @@
-//! Throughput of the SQL queue: publish in batches, then claim + ack through `SqlQueue` (on
-//! PostgreSQL both with the default, which keeps acknowledged rows, and with
-//! `SqlOptions::delete_on_ack`), and on
-//! PostgreSQL the same workload through (a) a bare sqlx `SKIP LOCKED` claim/delete loop (the
-//! practical limit) and (b) apalis's PostgreSQL backend (`apalis-postgres`, in its own `apalis`
-//! schema), interleaved round by round; the best round of each counts.
+//! Throughput of the SQL queue on each database: publish in batches, then claim + ack through
+//! `SqlQueue` with the default (acknowledged rows kept) and with `SqlOptions::delete_on_ack`,
+//! against the same workload as a bare sqlx loop on a narrow table (claim with `SKIP LOCKED`,
+//! ack by `DELETE`: the practical limit of that database) and, on PostgreSQL, apalis's
+//! PostgreSQL backend (`apalis-postgres`, in its own `apalis` schema). The contenders are
+//! interleaved round by round and the best round of each counts; CPU time per message (this
+//! process, and the local database server) is printed beside each rate.
 //!
 //! ```text
 //! MQ_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
@@ -12,23 +13,22 @@
 //! ```
 //!
 //! Environment: `MQ_BENCH_MESSAGES` (100000), `MQ_BENCH_BATCH` (500), `MQ_BENCH_CONCURRENCY` (4),
-//! `MQ_BENCH_DATABASES` (`postgres,mysql,sqlite`), `MQ_BENCH_ROUNDS` (2, PostgreSQL only),
+//! `MQ_BENCH_DATABASES` (`postgres,mysql,sqlite`), `MQ_BENCH_ROUNDS` (2),
 //! `MQ_BENCH_APALIS` (`1`; `0` skips apalis), `MQ_BENCH_DEPTH` (1000000 rows waiting, then in
 //! history, beside the measured messages; `0` skips that part). A database whose URL is not set
 //! is skipped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use apalis::prelude::{BoxDynError, Data, TaskSink, WorkerBuilder, WorkerBuilderExt};
-use apalis_postgres::{Config as ApalisConfig, PostgresStorage};
 use mq_bench_report::{Goal, target};
 use mq_core::{CommonOptions, MessageQueue, QueueName};
 use mq_sql::{MySqlQueue, PgQueue, SqlOptions, SqliteQueue};
 use sqlx::{AssertSqlSafe, PgPool};
 
+mod apalis_pg;
+mod bare;
 mod cpu;
 mod depth;
 mod workload;
@@ -80,267 +80,6 @@ async fn bench_queue(
     })
 }
 
-/// The practical limit: the same workload as plain sqlx statements (unnest insert; claim by
-/// `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`; ack by `DELETE`).
-async fn bench_bare_pg(url: &str, n: usize, batch: usize, concurrency: usize) -> Result<Rates> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(concurrency as u32 + 2)
-        .connect(url)
-        .await?;
-    sqlx::raw_sql(
-        "DROP TABLE IF EXISTS mq_bench_bare;
-         CREATE TABLE mq_bench_bare (id bigserial PRIMARY KEY, queue text NOT NULL, payload jsonb NOT NULL,
-           status text NOT NULL DEFAULT 'ready', execute_at timestamptz NOT NULL DEFAULT now(), lease_expires_at timestamptz)
-           WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000, autovacuum_vacuum_cost_delay = 0);
-         CREATE INDEX mq_bench_bare_ready ON mq_bench_bare (queue, execute_at, id) WHERE status = 'ready';",
-    )
-    .execute(&pool)
-    .await?;
-    let started = Instant::now();
-    let chunks: Vec<Vec<String>> = (0..n)
-        .map(|i| {
-            serde_json::json!({"i": i, "body": "0123456789abcdef0123456789abcdef"}).to_string()
-        })
-        .collect::<Vec<_>>()
-        .chunks(batch)
-        .map(<[String]>::to_vec)
-        .collect();
-    let chunks = Arc::new(chunks);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let (pool, chunks, next) = (pool.clone(), chunks.clone(), next.clone());
-        set.spawn(async move {
-            loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(chunk) = chunks.get(k) else { return Ok::<(), anyhow::Error>(()) };
-                sqlx::query("INSERT INTO mq_bench_bare (queue, payload) SELECT 'bench', p::jsonb FROM unnest($1::text[]) AS p")
-                    .bind(chunk)
-                    .execute(&pool)
-                    .await?;
-            }
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        r??;
-    }
-    let published = started.elapsed();
-    let consume_started = Instant::now();
-    let cpu_started = CpuTime::now();
-    let done = Arc::new(AtomicUsize::new(0));
-    for _ in 0..concurrency {
-        let (pool, done) = (pool.clone(), done.clone());
-        set.spawn(async move {
-            loop {
-                let rows: Vec<(i64, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
-                    "UPDATE mq_bench_bare SET status = 'processing', lease_expires_at = now() + interval '30 seconds'
-                     WHERE id IN (SELECT id FROM mq_bench_bare WHERE queue = 'bench' AND status = 'ready' AND execute_at <= now()
-                                  ORDER BY execute_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
-                     RETURNING id, payload",
-                )
-                .bind(batch as i64)
-                .fetch_all(&pool)
-                .await?;
-                if rows.is_empty() {
-                    if done.load(Ordering::Relaxed) >= n {
-                        return Ok(());
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-                let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-                sqlx::query("DELETE FROM mq_bench_bare WHERE id = ANY($1)").bind(&ids).execute(&pool).await?;
-                done.fetch_add(ids.len(), Ordering::Relaxed);
-            }
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        r??;
-    }
-    let consumed = consume_started.elapsed();
-    let cpu = CpuTime::now().since(cpu_started);
-    sqlx::query("DROP TABLE IF EXISTS mq_bench_bare")
-        .execute(&pool)
-        .await?;
-    Ok(Rates {
-        publish: rate(n, published),
-        consume: rate(n, consumed),
-        end_to_end: rate(n, published + consumed),
-        consume_cpu_us: cpu_per_message(cpu, n),
-    })
-}
-
-/// The apalis job: count and succeed (the same no-op work as the `SqlQueue` handler).
-async fn apalis_count(
-    _job: serde_json::Value,
-    seen: Data<Arc<AtomicUsize>>,
-) -> Result<(), BoxDynError> {
-    seen.fetch_add(1, Ordering::Relaxed);
-    Ok(())
-}
-
-/// Whether the PostgreSQL extensions apalis's migrations install were already there before it
-/// ran, so that cleanup removes only what the benchmark added.
-#[derive(Debug, Clone, Copy)]
-struct ApalisSetup {
-    had_hstore: bool,
-    had_pgcrypto: bool,
-}
-
-/// Runs apalis's own migrations (schema `apalis`, history in `apalis._sqlx_migrations`).
-async fn apalis_setup(url: &str) -> Result<ApalisSetup> {
-    let pool = PgPool::connect(url).await?;
-    let has = |name: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = $1)",
-            )
-            .bind(name)
-            .fetch_one(&pool)
-            .await
-        }
-    };
-    let setup = ApalisSetup {
-        had_hstore: has("hstore").await?,
-        had_pgcrypto: has("pgcrypto").await?,
-    };
-    PostgresStorage::setup(&pool)
-        .await
-        .context("apalis-postgres migrations")?;
-    pool.close().await;
-    Ok(setup)
-}
-
-/// Drops apalis's schema (jobs, workers, functions, migration history) and the extensions its
-/// migrations installed, unless they were there before.
-async fn apalis_teardown(url: &str, setup: ApalisSetup) -> Result<()> {
-    let pool = PgPool::connect(url).await?;
-    sqlx::query("DROP SCHEMA IF EXISTS apalis CASCADE")
-        .execute(&pool)
-        .await?;
-    for (had, ext) in [
-        (setup.had_hstore, "hstore"),
-        (setup.had_pgcrypto, "pgcrypto"),
-    ] {
-        if !had {
-            // RESTRICT: if anything else started using it meanwhile, leave it.
-            let _ = sqlx::query(AssertSqlSafe(format!("DROP EXTENSION IF EXISTS {ext}")))
-                .execute(&pool)
-                .await;
-        }
-    }
-    pool.close().await;
-    Ok(())
-}
-
-/// apalis's PostgreSQL backend on the same workload: `push_bulk` in batches of `batch` from
-/// `concurrency` pushers (one multi-row insert each), then one apalis worker with
-/// `.concurrency(concurrency)` fetching `batch` jobs at a time until every job has run.
-async fn bench_apalis_pg(
-    url: &str,
-    round: usize,
-    n: usize,
-    batch: usize,
-    concurrency: usize,
-) -> Result<Rates> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(concurrency as u32 + 2)
-        .connect(url)
-        .await?;
-    sqlx::query("TRUNCATE apalis.jobs, apalis.workers")
-        .execute(&pool)
-        .await?;
-    let config = ApalisConfig::default().queue("mq_bench").batch_size(batch);
-    let storage: PostgresStorage<serde_json::Value> =
-        PostgresStorage::new(&pool).with_config(config);
-
-    let started = Instant::now();
-    let chunks: Vec<Vec<serde_json::Value>> = (0..n)
-        .map(|i| serde_json::json!({"i": i, "body": "0123456789abcdef0123456789abcdef"}))
-        .collect::<Vec<_>>()
-        .chunks(batch)
-        .map(<[serde_json::Value]>::to_vec)
-        .collect();
-    let chunks = Arc::new(chunks);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut pushers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let (mut storage, chunks, next) = (storage.clone(), chunks.clone(), next.clone());
-        pushers.spawn(async move {
-            loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(chunk) = chunks.get(k) else {
-                    return Ok::<(), anyhow::Error>(());
-                };
-                storage
-                    .push_bulk(chunk.clone())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("apalis push_bulk: {e}"))?;
-            }
-        });
-    }
-    while let Some(r) = pushers.join_next().await {
-        r??;
-    }
-    let published = started.elapsed();
-
-    let seen = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let worker = WorkerBuilder::new(format!("mq-bench-apalis-{round}"))
-        .backend(storage)
-        .data(seen.clone())
-        .concurrency(concurrency)
-        .build(apalis_count);
-    let consume_started = Instant::now();
-    let cpu_started = CpuTime::now();
-    let stopper = stop.clone();
-    let running = tokio::spawn(worker.run_with_ctx(move |ctx| {
-        let stopper = stopper.clone();
-        async move {
-            stopper.notified().await;
-            ctx.stop()
-        }
-    }));
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while seen.load(Ordering::Relaxed) < n {
-        if running.is_finished() || Instant::now() >= deadline {
-            stop.notify_one();
-            let outcome = running.await;
-            anyhow::bail!(
-                "apalis worker stalled at {} of {n}: {outcome:?}",
-                seen.load(Ordering::Relaxed)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let consumed = consume_started.elapsed();
-    let cpu = CpuTime::now().since(cpu_started);
-    stop.notify_one();
-    tokio::time::timeout(Duration::from_secs(60), running)
-        .await
-        .context("apalis worker did not stop")??
-        .map_err(|e| anyhow::anyhow!("apalis worker: {e}"))?;
-    // Every job must have run exactly once and been recorded as done by apalis.
-    let done: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
-        .fetch_one(&pool)
-        .await?;
-    let ran = seen.load(Ordering::Relaxed);
-    if ran != n || done != n as i64 {
-        eprintln!("apalis round {round}: {ran} runs, {done} rows Done, expected {n}");
-    }
-    sqlx::query("TRUNCATE apalis.jobs, apalis.workers")
-        .execute(&pool)
-        .await?;
-    pool.close().await;
-    Ok(Rates {
-        publish: rate(n, published),
-        consume: rate(n, consumed),
-        end_to_end: rate(n, published + consumed),
-        consume_cpu_us: cpu_per_message(cpu, n),
-    })
-}
-
 /// Drops the queue table and every table derived from its name.
 async fn drop_tables(url: &str, table: &str) -> Result<()> {
     if url.starts_with("postgres") {
@@ -357,8 +96,27 @@ async fn drop_tables(url: &str, table: &str) -> Result<()> {
                 .execute(&pool)
                 .await?;
         }
+    } else {
+        let options = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()?
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await?;
+        for t in derived_tables(table) {
+            sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+                .execute(&pool)
+                .await?;
+        }
+        pool.close().await;
     }
     Ok(())
+}
+
+/// Removes the SQLite database at `url` with its journal files.
+fn remove_sqlite_files(url: &str) {
+    let path = url.trim_start_matches("sqlite://");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
 }
 
 /// The queue table and the tables named after it.
@@ -393,175 +151,221 @@ fn print(label: &str, r: &Rates) {
     );
 }
 
+/// A database the benchmark runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Database {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl Database {
+    /// Its name in `MQ_BENCH_DATABASES` and in the printed lines.
+    fn key(self) -> &'static str {
+        match self {
+            Database::Postgres => "postgres",
+            Database::MySql => "mysql",
+            Database::Sqlite => "sqlite",
+        }
+    }
+
+    /// Where it is: the test URL from the environment, or a file of this run for SQLite.
+    fn url(self) -> Option<String> {
+        match self {
+            Database::Postgres => std::env::var("MQ_TEST_POSTGRES_URL").ok(),
+            Database::MySql => std::env::var("MQ_TEST_MYSQL_URL").ok(),
+            Database::Sqlite => {
+                let path = std::env::temp_dir().join(format!("mq-bench-{}.db", std::process::id()));
+                Some(format!("sqlite://{}", path.display()))
+            }
+        }
+    }
+
+    async fn queue(self, url: &str, options: SqlOptions) -> Result<Arc<dyn MessageQueue>> {
+        let options = options.common(CommonOptions::default());
+        Ok(match self {
+            Database::Postgres => Arc::new(PgQueue::connect(url, options).await?),
+            Database::MySql => Arc::new(MySqlQueue::connect(url, options).await?),
+            Database::Sqlite => Arc::new(SqliteQueue::connect(url, options).await?),
+        })
+    }
+}
+
+/// The best round of each contender on one database.
+#[derive(Debug, Default)]
+struct Contenders {
+    ours: Option<Rates>,
+    deleting: Option<Rates>,
+    bare: Option<Rates>,
+}
+
+/// One round on `db`: `SqlQueue` keeping acknowledged rows, `SqlQueue` deleting them, and the
+/// bare loop, each on fresh tables; prints each and keeps the best of each in `best`.
+async fn round(
+    db: Database,
+    url: &str,
+    options: &dyn Fn() -> SqlOptions,
+    round: usize,
+    (n, batch, concurrency): (usize, usize, usize),
+    best_of: &mut Contenders,
+) -> Result<()> {
+    let name = db.key();
+    let table = options().get_table().to_owned();
+    for delete in [false, true] {
+        drop_tables(url, &table).await?;
+        let q = db
+            .queue(url, options().delete_on_ack(delete))
+            .await
+            .context(name)?;
+        let r = bench_queue(q, n, batch, concurrency).await?;
+        drop_tables(url, &table).await?;
+        let (label, slot) = if delete {
+            ("SqlQueue delete_on_ack", &mut best_of.deleting)
+        } else {
+            ("SqlQueue", &mut best_of.ours)
+        };
+        print(&format!("{name} {label} #{round}"), &r);
+        *slot = Some(best(*slot, r));
+    }
+    let b = bare::bench_bare(url, n, batch, concurrency).await?;
+    print(&format!("{name} bare #{round}"), &b);
+    best_of.bare = Some(best(best_of.bare, b));
+    Ok(())
+}
+
+/// Prints the best round of each contender on `db` and each mode's ratios to `other`.
+fn print_ratios(db: Database, ours: &Rates, deleting: &Rates, label: &str, other: &Rates) {
+    for (mode, r) in [("SqlQueue", ours), ("SqlQueue delete_on_ack", deleting)] {
+        println!(
+            "{} ratio {mode} / {label}: claim+ack {:.2}x, end-to-end {:.2}x, publish {:.2}x",
+            db.key(),
+            r.consume / other.consume,
+            r.end_to_end / other.end_to_end,
+            r.publish / other.publish
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let n = env_usize("MQ_BENCH_MESSAGES", 100_000);
     let batch = env_usize("MQ_BENCH_BATCH", 500);
     let concurrency = env_usize("MQ_BENCH_CONCURRENCY", 4);
+    // Interleave the contenders round by round (the machine is shared: the best round of each
+    // counts).
+    let rounds = env_usize("MQ_BENCH_ROUNDS", 2).max(1);
     let dbs =
         std::env::var("MQ_BENCH_DATABASES").unwrap_or_else(|_| "postgres,mysql,sqlite".into());
-    println!("mq-sql bench: {n} messages, batch {batch}, concurrency {concurrency}");
-    let table = "mq_bench";
+    println!(
+        "mq-sql bench: {n} messages, batch {batch}, concurrency {concurrency}, best of {rounds} rounds"
+    );
     let options = || {
         SqlOptions::default()
-            .table(table)
+            .table("mq_bench")
             .max_connections(concurrency as u32 * 2 + 2)
     };
+    let workload = (n, batch, concurrency);
 
     // An apalis failure is reported at the end, after the other databases ran.
     let mut failed: Option<anyhow::Error> = None;
-    if dbs.contains("postgres") {
-        match std::env::var("MQ_TEST_POSTGRES_URL") {
-            Ok(url) => {
-                // Interleave the contenders round by round (the machine is shared: the best
-                // round of each counts).
-                let rounds = env_usize("MQ_BENCH_ROUNDS", 2).max(1);
-                let with_apalis = std::env::var("MQ_BENCH_APALIS").map_or(true, |v| v != "0");
-                let apalis_setup = if with_apalis {
-                    Some(apalis_setup(&url).await?)
-                } else {
-                    None
-                };
-                let (mut ours, mut ours_deleting, mut bare) = (None, None, None);
-                let mut apalis: Option<Rates> = None;
-                let mut apalis_error = None;
-                for round in 1..=rounds {
-                    drop_tables(&url, table).await?;
-                    let q = PgQueue::connect(&url, options().common(CommonOptions::default()))
-                        .await
-                        .context("postgres")?;
-                    let r = bench_queue(Arc::new(q), n, batch, concurrency).await?;
-                    drop_tables(&url, table).await?;
-                    print(&format!("postgres SqlQueue #{round}"), &r);
-                    ours = Some(best(ours, r));
-                    let q = PgQueue::connect(
-                        &url,
-                        options()
-                            .delete_on_ack(true)
-                            .common(CommonOptions::default()),
-                    )
-                    .await
-                    .context("postgres")?;
-                    let r = bench_queue(Arc::new(q), n, batch, concurrency).await?;
-                    drop_tables(&url, table).await?;
-                    print(&format!("postgres SqlQueue delete_on_ack #{round}"), &r);
-                    ours_deleting = Some(best(ours_deleting, r));
-                    let b = bench_bare_pg(&url, n, batch, concurrency).await?;
-                    print(&format!("postgres bare SKIP LOCKED #{round}"), &b);
-                    bare = Some(best(bare, b));
-                    if apalis_setup.is_some() && apalis_error.is_none() {
-                        match bench_apalis_pg(&url, round, n, batch, concurrency).await {
-                            Ok(a) => {
-                                print(&format!("postgres apalis #{round}"), &a);
-                                apalis = Some(best(apalis, a));
-                            }
-                            Err(e) => {
-                                eprintln!("apalis round {round} failed: {e:#}");
-                                apalis_error = Some(e);
-                            }
-                        }
+    for db in [Database::Postgres, Database::MySql, Database::Sqlite] {
+        if !dbs.contains(db.key()) {
+            continue;
+        }
+        let Some(url) = db.url() else {
+            eprintln!("skipping {}: its test URL is not set", db.key());
+            continue;
+        };
+        let with_apalis =
+            db == Database::Postgres && std::env::var("MQ_BENCH_APALIS").map_or(true, |v| v != "0");
+        let apalis_setup = if with_apalis {
+            Some(apalis_pg::apalis_setup(&url).await?)
+        } else {
+            None
+        };
+        let mut best_of = Contenders::default();
+        let (mut apalis, mut apalis_error): (Option<Rates>, Option<anyhow::Error>) = (None, None);
+        for r in 1..=rounds {
+            round(db, &url, &options, r, workload, &mut best_of).await?;
+            if apalis_setup.is_some() && apalis_error.is_none() {
+                match apalis_pg::bench_apalis_pg(&url, r, n, batch, concurrency).await {
+                    Ok(a) => {
+                        print(&format!("postgres apalis #{r}"), &a);
+                        apalis = Some(best(apalis, a));
+                    }
+                    Err(e) => {
+                        eprintln!("apalis round {r} failed: {e:#}");
+                        apalis_error = Some(e);
                     }
                 }
-                if let Some(setup) = apalis_setup {
-                    apalis_teardown(&url, setup).await?;
-                }
-                let (ours, ours_deleting, bare) = (
-                    ours.context("no round")?,
-                    ours_deleting.context("no round")?,
-                    bare.context("no round")?,
-                );
-                print("postgres SqlQueue (best)", &ours);
-                print("postgres SqlQueue delete_on_ack (best)", &ours_deleting);
-                print("postgres bare (best)", &bare);
-                if let Some(apalis) = &apalis {
-                    print("postgres apalis (best)", apalis);
-                }
-                let ratio = |ours_label: &str, ours: &Rates, label: &str, other: &Rates| {
-                    println!(
-                        "postgres ratio {ours_label} / {label}: claim+ack {:.2}x, end-to-end {:.2}x, publish {:.2}x",
-                        ours.consume / other.consume,
-                        ours.end_to_end / other.end_to_end,
-                        ours.publish / other.publish
-                    );
-                };
-                for (ours_label, ours) in [
-                    ("SqlQueue", &ours),
-                    ("SqlQueue delete_on_ack", &ours_deleting),
-                ] {
-                    ratio(ours_label, ours, "bare", &bare);
-                    if let Some(apalis) = &apalis {
-                        ratio(ours_label, ours, "apalis", apalis);
-                    }
-                }
-                // The default mode (completed rows kept) against the bare loop shows how much
-                // of the database the queue uses; the aim is most of it.
-                target(
-                    "postgres default end-to-end",
-                    ours.end_to_end,
-                    "msg/s",
-                    Goal::AtLeast(40_000.0),
-                );
-                target(
-                    "postgres default / bare end-to-end",
-                    ours.end_to_end / bare.end_to_end,
-                    "x",
-                    Goal::AtLeast(0.7),
-                );
-                target(
-                    "postgres default / bare claim+ack",
-                    ours.consume / bare.consume,
-                    "x",
-                    Goal::AtLeast(0.6),
-                );
-                target(
-                    "postgres delete_on_ack / bare end-to-end",
-                    ours_deleting.end_to_end / bare.end_to_end,
-                    "x",
-                    Goal::AtLeast(0.8),
-                );
-                if let Some(apalis) = &apalis {
-                    for (label, r) in [("default", &ours), ("delete_on_ack", &ours_deleting)] {
-                        target(
-                            &format!("postgres {label} / apalis end-to-end"),
-                            r.end_to_end / apalis.end_to_end,
-                            "x",
-                            Goal::AtLeast(3.0),
-                        );
-                    }
-                }
-                if env_usize("MQ_BENCH_DEPTH", 1_000_000) > 0 {
-                    depth::run(&url, options, n, batch, concurrency).await?;
-                }
-                failed = apalis_error.map(|e| e.context("apalis-postgres"));
             }
-            Err(_) => eprintln!("skipping postgres: MQ_TEST_POSTGRES_URL is not set"),
         }
-    }
-    if dbs.contains("mysql") {
-        match std::env::var("MQ_TEST_MYSQL_URL") {
-            Ok(url) => {
-                drop_tables(&url, table).await?;
-                let q = MySqlQueue::connect(&url, options().common(CommonOptions::default()))
-                    .await
-                    .context("mysql")?;
-                let r = bench_queue(Arc::new(q), n, batch, concurrency).await?;
-                drop_tables(&url, table).await?;
-                print("mysql/mariadb SqlQueue", &r);
+        if let Some(setup) = apalis_setup {
+            apalis_pg::apalis_teardown(&url, setup).await?;
+        }
+        if db == Database::Sqlite {
+            remove_sqlite_files(&url);
+        }
+        let (ours, deleting, bare) = (
+            best_of.ours.context("no round")?,
+            best_of.deleting.context("no round")?,
+            best_of.bare.context("no round")?,
+        );
+        let name = db.key();
+        print(&format!("{name} SqlQueue (best)"), &ours);
+        print(&format!("{name} SqlQueue delete_on_ack (best)"), &deleting);
+        print(&format!("{name} bare (best)"), &bare);
+        if let Some(apalis) = &apalis {
+            print("postgres apalis (best)", apalis);
+        }
+        print_ratios(db, &ours, &deleting, "bare", &bare);
+        if let Some(apalis) = &apalis {
+            print_ratios(db, &ours, &deleting, "apalis", apalis);
+        }
+        if db != Database::Postgres {
+            // The goals are PostgreSQL's; elsewhere the table shows where each mode stands.
+            continue;
+        }
+        // The default mode (completed rows kept) against the bare loop shows how much of the
+        // database the queue uses; the aim is most of it.
+        target(
+            "postgres default end-to-end",
+            ours.end_to_end,
+            "msg/s",
+            Goal::AtLeast(40_000.0),
+        );
+        target(
+            "postgres default / bare end-to-end",
+            ours.end_to_end / bare.end_to_end,
+            "x",
+            Goal::AtLeast(0.7),
+        );
+        target(
+            "postgres default / bare claim+ack",
+            ours.consume / bare.consume,
+            "x",
+            Goal::AtLeast(0.6),
+        );
+        target(
+            "postgres delete_on_ack / bare end-to-end",
+            deleting.end_to_end / bare.end_to_end,
+            "x",
+            Goal::AtLeast(0.8),
+        );
+        if let Some(apalis) = &apalis {
+            for (label, r) in [("default", &ours), ("delete_on_ack", &deleting)] {
+                target(
+                    &format!("postgres {label} / apalis end-to-end"),
+                    r.end_to_end / apalis.end_to_end,
+                    "x",
+                    Goal::AtLeast(3.0),
+                );
             }
-            Err(_) => eprintln!("skipping mysql: MQ_TEST_MYSQL_URL is not set"),
         }
-    }
-    if dbs.contains("sqlite") {
-        let path = std::env::temp_dir().join(format!("mq-bench-{}.db", std::process::id()));
-        let url = format!("sqlite://{}", path.display());
-        let q = SqliteQueue::connect(&url, options().common(CommonOptions::default()))
-            .await
-            .context("sqlite")?;
-        let r = bench_queue(Arc::new(q), n, batch, concurrency).await?;
-        print("sqlite SqlQueue", &r);
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        if env_usize("MQ_BENCH_DEPTH", 1_000_000) > 0 {
+            depth::run(&url, options, n, batch, concurrency).await?;
         }
+        failed = apalis_error.map(|e| e.context("apalis-postgres"));
     }
     match failed {
         Some(e) => Err(e),

@@ -1,0 +1,326 @@
+//! The practical limit of each database: the benchmark's workload as plain sqlx statements on a
+//! narrow table with one index (insert in batches; claim a batch with `SKIP LOCKED` where the
+//! database has it; acknowledge by `DELETE`), so `SqlQueue` is measured against what the same
+//! database does with nothing but a queue's core.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use sqlx::{MySqlPool, PgPool, QueryBuilder, SqlitePool};
+
+use crate::cpu::CpuTime;
+use crate::{Rates, cpu_per_message, rate};
+
+/// A connection pool to the database a bare loop runs on.
+#[derive(Clone)]
+enum Bare {
+    Postgres(PgPool),
+    MySql(MySqlPool),
+    Sqlite(SqlitePool),
+}
+
+impl Bare {
+    async fn connect(url: &str, concurrency: usize) -> Result<Self> {
+        let max = concurrency as u32 + 2;
+        Ok(if url.starts_with("postgres") {
+            Bare::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(max)
+                    .connect(url)
+                    .await?,
+            )
+        } else if url.starts_with("mysql") {
+            Bare::MySql(
+                sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(max)
+                    .connect(url)
+                    .await?,
+            )
+        } else {
+            // As `SqliteQueue` opens its file: WAL, normal sync, writers wait for the lock.
+            let opts = url
+                .parse::<sqlx::sqlite::SqliteConnectOptions>()?
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30));
+            Bare::Sqlite(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(max)
+                    .connect_with(opts)
+                    .await?,
+            )
+        })
+    }
+
+    async fn create(&self) -> Result<()> {
+        match self {
+            Bare::Postgres(pool) => {
+                sqlx::raw_sql(
+                    "DROP TABLE IF EXISTS mq_bench_bare;
+                     CREATE TABLE mq_bench_bare (id bigserial PRIMARY KEY, queue text NOT NULL, payload jsonb NOT NULL,
+                       status text NOT NULL DEFAULT 'ready', execute_at timestamptz NOT NULL DEFAULT now(), lease_expires_at timestamptz)
+                       WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000, autovacuum_vacuum_cost_delay = 0);
+                     CREATE INDEX mq_bench_bare_ready ON mq_bench_bare (queue, execute_at, id) WHERE status = 'ready';",
+                )
+                .execute(pool)
+                .await?;
+            }
+            Bare::MySql(pool) => {
+                sqlx::raw_sql(
+                    "DROP TABLE IF EXISTS mq_bench_bare;
+                     CREATE TABLE mq_bench_bare (id BIGINT AUTO_INCREMENT PRIMARY KEY, queue VARCHAR(255) NOT NULL,
+                       payload JSON NOT NULL, status VARCHAR(16) NOT NULL DEFAULT 'ready',
+                       execute_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), lease_expires_at DATETIME(6) NULL,
+                       KEY mq_bench_bare_ready (queue, status, execute_at, id)) ENGINE = InnoDB;",
+                )
+                .execute(pool)
+                .await?;
+            }
+            Bare::Sqlite(pool) => {
+                sqlx::raw_sql(
+                    "DROP TABLE IF EXISTS mq_bench_bare;
+                     CREATE TABLE mq_bench_bare (id INTEGER PRIMARY KEY, queue TEXT NOT NULL, payload TEXT NOT NULL,
+                       status TEXT NOT NULL DEFAULT 'ready', execute_at INTEGER NOT NULL DEFAULT (unixepoch('subsec') * 1000000),
+                       lease_expires_at INTEGER);
+                     CREATE INDEX mq_bench_bare_ready ON mq_bench_bare (queue, execute_at, id) WHERE status = 'ready';",
+                )
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, payloads: &[String]) -> Result<()> {
+        match self {
+            Bare::Postgres(pool) => {
+                sqlx::query("INSERT INTO mq_bench_bare (queue, payload) SELECT 'bench', p::jsonb FROM unnest($1::text[]) AS p")
+                    .bind(payloads)
+                    .execute(pool)
+                    .await?;
+            }
+            Bare::MySql(pool) => {
+                values(payloads).build().execute(pool).await?;
+            }
+            Bare::Sqlite(pool) => {
+                values(payloads).build().execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims up to `batch` ready rows and deletes them; how many it took.
+    async fn claim_and_delete(&self, batch: usize) -> Result<usize> {
+        let limit = i64::try_from(batch)?;
+        let ids: Vec<i64> = match self {
+            Bare::Postgres(pool) => {
+                let rows: Vec<(i64, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
+                    "UPDATE mq_bench_bare SET status = 'processing', lease_expires_at = now() + interval '30 seconds'
+                     WHERE id IN (SELECT id FROM mq_bench_bare WHERE queue = 'bench' AND status = 'ready' AND execute_at <= now()
+                                  ORDER BY execute_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                     RETURNING id, payload",
+                )
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+                let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+                if !ids.is_empty() {
+                    sqlx::query("DELETE FROM mq_bench_bare WHERE id = ANY($1)")
+                        .bind(&ids)
+                        .execute(pool)
+                        .await?;
+                }
+                ids
+            }
+            Bare::MySql(pool) => {
+                // No UPDATE ... RETURNING: lock the batch, mark it, commit. InnoDB may pick
+                // the claim or the delete as a deadlock victim; each is tried again, as any
+                // loop on MySQL must.
+                let ids = loop {
+                    match claim_mysql(pool, limit).await {
+                        Err(e) if is_deadlock(&e) => continue,
+                        other => break other?,
+                    }
+                };
+                if !ids.is_empty() {
+                    loop {
+                        let mut q = QueryBuilder::new("DELETE FROM mq_bench_bare WHERE id IN ");
+                        in_list(&mut q, &ids);
+                        match q.build().execute(pool).await {
+                            Err(e) if is_deadlock(&e) => continue,
+                            other => {
+                                other?;
+                                break;
+                            }
+                        }
+                    }
+                }
+                ids
+            }
+            Bare::Sqlite(pool) => {
+                // One writer at a time: the claim is one statement under the write lock.
+                let rows: Vec<(i64, String)> = sqlx::query_as(
+                    "UPDATE mq_bench_bare SET status = 'processing',
+                       lease_expires_at = unixepoch('subsec') * 1000000 + 30000000
+                     WHERE id IN (SELECT id FROM mq_bench_bare WHERE queue = 'bench' AND status = 'ready'
+                       AND execute_at <= unixepoch('subsec') * 1000000 ORDER BY execute_at, id LIMIT ?)
+                     RETURNING id, payload",
+                )
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+                let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+                if !ids.is_empty() {
+                    let mut q = QueryBuilder::new("DELETE FROM mq_bench_bare WHERE id IN ");
+                    in_list(&mut q, &ids);
+                    q.build().execute(pool).await?;
+                }
+                ids
+            }
+        };
+        Ok(ids.len())
+    }
+
+    async fn drop_table(&self) -> Result<()> {
+        let sql = "DROP TABLE IF EXISTS mq_bench_bare";
+        match self {
+            Bare::Postgres(pool) => {
+                sqlx::raw_sql(sql).execute(pool).await?;
+            }
+            Bare::MySql(pool) => {
+                sqlx::raw_sql(sql).execute(pool).await?;
+            }
+            Bare::Sqlite(pool) => {
+                sqlx::raw_sql(sql).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Claims up to `limit` ready rows on MySQL in one transaction; their ids.
+async fn claim_mysql(pool: &MySqlPool, limit: i64) -> Result<Vec<i64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(i64, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
+        "SELECT id, payload FROM mq_bench_bare WHERE queue = 'bench' AND status = 'ready'
+           AND execute_at <= CURRENT_TIMESTAMP(6) ORDER BY execute_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    if !ids.is_empty() {
+        let mut q = QueryBuilder::new(
+            "UPDATE mq_bench_bare SET status = 'processing', \
+             lease_expires_at = CURRENT_TIMESTAMP(6) + INTERVAL 30 SECOND WHERE id IN ",
+        );
+        in_list(&mut q, &ids);
+        q.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(ids)
+}
+
+/// Whether `e` is a deadlock the database rolled back: the statement may run again.
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "40001")
+}
+
+/// A multi-row insert of `payloads` (MySQL and SQLite bind each row).
+fn values<DB: sqlx::Database>(payloads: &[String]) -> QueryBuilder<DB>
+where
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut q = QueryBuilder::new("INSERT INTO mq_bench_bare (queue, payload) ");
+    q.push_values(payloads, |mut row, p| {
+        row.push("'bench'").push_bind(p.clone());
+    });
+    q
+}
+
+/// ` (id, id, ...)` with each id bound.
+fn in_list<DB: sqlx::Database>(q: &mut QueryBuilder<DB>, ids: &[i64])
+where
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.push("(");
+    let mut list = q.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    q.push(")");
+}
+
+/// Publishes `n` messages in chunks of `batch` from `concurrency` tasks, then claims and deletes
+/// them all with `concurrency` loops, on the bare table of the database at `url`.
+pub(crate) async fn bench_bare(
+    url: &str,
+    n: usize,
+    batch: usize,
+    concurrency: usize,
+) -> Result<Rates> {
+    let bare = Bare::connect(url, concurrency).await?;
+    bare.create().await?;
+    let started = Instant::now();
+    let chunks: Vec<Vec<String>> = (0..n)
+        .map(|i| crate::workload::payload(i).to_string())
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(<[String]>::to_vec)
+        .collect();
+    let chunks = Arc::new(chunks);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (bare, chunks, next) = (bare.clone(), chunks.clone(), next.clone());
+        set.spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(chunk) = chunks.get(k) else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                bare.publish(chunk).await?;
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    let published = started.elapsed();
+    let consume_started = Instant::now();
+    let cpu_started = CpuTime::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    for _ in 0..concurrency {
+        let (bare, done) = (bare.clone(), done.clone());
+        set.spawn(async move {
+            loop {
+                let took = bare.claim_and_delete(batch).await?;
+                if took == 0 {
+                    if done.load(Ordering::Relaxed) >= n {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                done.fetch_add(took, Ordering::Relaxed);
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    let consumed = consume_started.elapsed();
+    let cpu = CpuTime::now().since(cpu_started);
+    bare.drop_table().await?;
+    Ok(Rates {
+        publish: rate(n, published),
+        consume: rate(n, consumed),
+        end_to_end: rate(n, published + consumed),
+        consume_cpu_us: cpu_per_message(cpu, n),
+    })
+}
