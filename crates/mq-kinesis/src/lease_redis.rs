@@ -64,9 +64,13 @@ use scripts::Scripts;
 /// `{<stream>}`. Joining, renewing and leaving a membership write every bucket's copy (`n`
 /// calls sent at once, plus one for the instance list), and a renewal counts only when every
 /// copy was renewed; the shard consumers' local deadline runs from when the renewal was sent,
-/// so an instance that fails to renew some copies stops before any of them expires. The cost
-/// is `n + 1` commands per membership renewal (about one a second per instance), whatever the
-/// number of shards; listing every lease takes `n` calls.
+/// so an instance that fails to renew some copies stops before any of them expires. The cost,
+/// per instance and whatever the number of shards: `n + 1` calls per membership renewal
+/// (about one a second), and `n` reads of the change counters per
+/// [`lease_version`](LeaseStore::lease_version) (every rebalance interval, 250 ms by default);
+/// listing every lease takes `n` calls. `cargo xtask bench fleet` measured 35 Redis commands a
+/// second per instance with one bucket and 210 with 16 (8 instances, 1,024 shards, counting the
+/// commands the scripts run).
 ///
 /// The number of buckets of a stream is recorded in its `layout` key on first use; a store
 /// configured with another number refuses to touch the stream's leases
@@ -165,10 +169,11 @@ impl RedisLeaseStore {
 
     /// Spreads each stream's per-shard keys over `n` hash tags, and so over up to `n` Redis
     /// Cluster slots (and the nodes that serve them), instead of one; see the key layout above.
-    /// Worth it on Redis Cluster for streams with hundreds of shards; it costs `n + 1` commands
-    /// per membership renewal (about one renewal a second per instance) whatever the number
-    /// of shards, so keep `n` near the number of Cluster nodes times a few (16 suits most
-    /// clusters). 1, the default, keeps every key of a stream in one slot.
+    /// Worth it on Redis Cluster for streams with hundreds of shards. It costs, per instance
+    /// and whatever the number of shards, `n + 1` calls per membership renewal (about one a
+    /// second) and `n` reads per lease-version check (four a second by default), so keep `n`
+    /// near a few times the number of Cluster nodes (16 suits most clusters). 1, the default,
+    /// keeps every key of a stream in one slot.
     ///
     /// Every instance of a fleet must use the same `n`: the first use of a stream records it,
     /// and a store with another `n` refuses that stream's leases.
