@@ -240,8 +240,9 @@ impl RedisLeaseStore {
                 field: "slot_buckets",
                 reason: format!(
                     "stream {stream:?} under prefix {:?} keeps its leases in {recorded} slot bucket(s), \
-                     this store is set to {}; use slot_buckets({recorded}) on every instance, or \
-                     stop the fleet and start the stream over under a new prefix",
+                     this store is set to {}; set {recorded} on every instance and tool \
+                     (`RedisLeaseStore::slot_buckets`, `mqctl kinesis --slot-buckets`), or stop \
+                     the fleet and start the stream over under a new prefix",
                     self.keys.prefix, self.keys.buckets
                 ),
             });
