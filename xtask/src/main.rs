@@ -14,6 +14,7 @@ mod bench;
 mod ci;
 mod provision;
 mod services;
+mod services_cluster;
 mod services_tls;
 mod test;
 
@@ -22,7 +23,8 @@ usage: cargo xtask <command>
 
   services up        start the services the tests need (PostgreSQL, MariaDB, Redis, and a
                      MongoDB-compatible server, built with cargo install if missing; a TLS
-                     PostgreSQL, MariaDB and Redis with certificates made by openssl; on a Debian
+                     PostgreSQL, MariaDB and Redis with certificates made by openssl; a 3-node
+                     Redis Cluster on ports 7101-7103; on a Debian
                      machine without them, PostgreSQL, MariaDB, Redis and Prometheus are
                      installed with apt and configured for the tests first) when they
                      are not running, and print the variables the tests read

@@ -238,6 +238,7 @@ pub(crate) fn status() {
         let state = if answers(s.addr) { "up" } else { "DOWN" };
         println!("{:<12} {:<16} {state}", s.name, s.addr);
     }
+    crate::services_cluster::status();
 }
 
 /// `services up`: starts what is down, waits for it, and returns the variables to give the
@@ -262,6 +263,13 @@ pub(crate) fn up() -> Result<Vec<(String, String)>> {
         } else {
             missing.push(format!("{} ({})", s.name, s.addr));
         }
+    }
+    match crate::services_cluster::up() {
+        Ok((k, v)) => {
+            println!("export {k}={}", shell_quoted(&v));
+            vars.push((k, v));
+        }
+        Err(e) => missing.push(format!("redis-cluster ({e:#})")),
     }
     if !missing.is_empty() {
         bail!(
@@ -325,12 +333,12 @@ pub(crate) fn down() -> Result<()> {
     for s in SERVICES.iter().filter(|s| s.foreground) {
         stop_recorded(s.name, &pid_file(s), s.tool.program)?;
     }
-    Ok(())
+    crate::services_cluster::down()
 }
 
 /// Stops the process whose pid `file` holds, if it still runs `program`, and removes the file.
 /// Without the file, nothing was started: nothing is stopped.
-fn stop_recorded(name: &str, file: &Path, program: &str) -> Result<()> {
+pub(crate) fn stop_recorded(name: &str, file: &Path, program: &str) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(file) else {
         println!("{name}: not started by xtask, left alone");
         return Ok(());

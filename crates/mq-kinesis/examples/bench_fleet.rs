@@ -11,7 +11,9 @@
 //! For each fleet size it prints the time to a balanced assignment (every shard held, no
 //! instance more than one shard above another) after the start, after a join, after a graceful
 //! leave and after a crash, and the Redis commands per second (from `INFO commandstats`) per
-//! instance and in total at steady state, for 1,024 and for 256 shards side by side.
+//! instance and in total at steady state, for 1,024 and for 256 shards side by side, and per
+//! instance with the lease store's keys spread over 16 Redis Cluster slot buckets (on one plain
+//! Redis: the bench counts commands, not where they go).
 
 // the instance harness the integration tests run on
 #[path = "../tests/common/emulator.rs"]
@@ -36,6 +38,14 @@ use serde_json::{Value, json};
 const STREAM: &str = "fleet";
 const STEADY: Duration = Duration::from_secs(10);
 const BALANCE_GOAL: f64 = 5.0;
+/// The slot buckets of the bucketed run.
+const BUCKETS: u16 = 16;
+/// Commands per instance per second with [`BUCKETS`] buckets, counting those the scripts run:
+/// each membership renewal (every third of the 2 s membership TTL) runs a script of 5 commands
+/// on every bucket's copy, and each lease-version check (every rebalance interval, 250 ms) reads
+/// every bucket's counter: about 12 per bucket on top of the one-bucket rate (about 35),
+/// whatever the number of shards.
+const BUCKETED_GOAL: f64 = 12.0 * BUCKETS as f64 + 40.0;
 
 /// A Kinesis that knows one stream of `shards` open shards and has no records.
 async fn fake_kinesis(shards: usize) -> anyhow::Result<String> {
@@ -149,6 +159,7 @@ struct Fleet {
     endpoint: String,
     redis_url: String,
     prefix: String,
+    buckets: u16,
     instances: BTreeMap<String, Instance>,
     next: usize,
     observer: RedisLeaseStore,
@@ -158,7 +169,9 @@ impl Fleet {
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let id = format!("i{:02}", self.next);
         self.next += 1;
-        let store = RedisLeaseStore::connect(&self.redis_url, self.prefix.clone()).await?;
+        let store = RedisLeaseStore::connect(&self.redis_url, self.prefix.clone())
+            .await?
+            .slot_buckets(self.buckets)?;
         let handler = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {}));
         let instance = Instance::spawn(
             self.endpoint.clone(),
@@ -213,21 +226,25 @@ async fn steady_rate(redis: &Redis, instances: usize) -> anyhow::Result<(f64, f6
     Ok((total, total / instances as f64))
 }
 
-/// One fleet of `n` instances over `shards` shards: balanced times (start, join, leave, crash)
-/// when `changes`, and the steady-state command rates.
+/// One fleet of `n` instances over `shards` shards with `buckets` slot buckets: balanced times
+/// (start, join, leave, crash) when `changes`, and the steady-state command rates.
 async fn run(
     n: usize,
     shards: usize,
     changes: bool,
+    buckets: u16,
 ) -> anyhow::Result<(Vec<(&'static str, f64)>, (f64, f64))> {
     let redis = Redis::start()?;
     let endpoint = fake_kinesis(shards).await?;
     let prefix = "bench".to_owned();
     let mut fleet = Fleet {
-        observer: RedisLeaseStore::connect(&redis.url, prefix.clone()).await?,
+        observer: RedisLeaseStore::connect(&redis.url, prefix.clone())
+            .await?
+            .slot_buckets(buckets)?,
         endpoint,
         redis_url: redis.url.clone(),
         prefix,
+        buckets,
         instances: BTreeMap::new(),
         next: 0,
     };
@@ -271,8 +288,9 @@ async fn main() -> anyhow::Result<()> {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     for n in sizes {
-        let (times, (total, per)) = run(n, 1024, true).await?;
-        let (_, (small_total, small_per)) = run(n, 256, false).await?;
+        let (times, (total, per)) = run(n, 1024, true, 1).await?;
+        let (_, (small_total, small_per)) = run(n, 256, false, 1).await?;
+        let (_, (_, bucketed_per)) = run(n, 1024, false, BUCKETS).await?;
         for (what, secs) in &times {
             target(
                 &format!("balanced after {what}, 1024 shards x {n} instances"),
@@ -291,6 +309,14 @@ async fn main() -> anyhow::Result<()> {
             per / small_per.max(f64::MIN_POSITIVE),
             "x",
             Goal::AtMost(1.1),
+        );
+        target(
+            &format!(
+                "redis commands per instance per second with {BUCKETS} slot buckets, 1024 shards x {n} instances"
+            ),
+            bucketed_per,
+            "commands/s",
+            Goal::AtMost(BUCKETED_GOAL),
         );
     }
     Ok(())

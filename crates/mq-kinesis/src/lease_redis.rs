@@ -1,193 +1,33 @@
 //! The Redis lease store (`fred`, Lua scripts, Redis Cluster safe).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::prelude::{Builder, Client, ClientLike, ReconnectPolicy, Value};
 use fred::types::scripts::Script;
+use futures::future::try_join_all;
 
 use crate::error::{Error, Result};
 use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore, operator_checkpoint, ttl_ms};
 
-/// Server time in ms, and whether a lease is held, shared by every script. Scripts that read
-/// `TIME` and then write replicate their effects, not themselves (the default from Redis 5 on;
-/// Redis 3.2 and 4 need the explicit switch, which later versions accept as a no-op).
-const NOW: &str = "
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function member_expiry(mkey, m)
-  local e = redis.call('HGET', mkey, m)
-  if e then return tonumber(e) end
-  return 0
-end
-local function held(owner, exp, m, mkey)
-  if not owner or owner == '' then return false end
-  if m and m ~= '' then return member_expiry(mkey, m) > now end
-  return tonumber(exp or '0') > now
-end
-";
+mod keys;
+mod scripts;
 
-/// KEYS[1] lease hash, KEYS[2] shard index set, KEYS[3] memberships hash, KEYS[4] version hash;
-/// ARGV owner, ttl_ms,
-/// shard, epoch floor, membership ('' for a lease with its own expiry) →
-/// {1, epoch, expires, checkpoint} or {0}.
-const ACQUIRE: &str = "
-redis.call('SADD', KEYS[2], ARGV[3])
-local h = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'expires', 'checkpoint', 'finished', 'membership')
-if h[5] == '1' then return {0} end
-if held(h[1], h[3], h[6], KEYS[3]) then return {0} end
-local exp = now + tonumber(ARGV[2])
-if ARGV[5] ~= '' then
-  exp = member_expiry(KEYS[3], ARGV[5])
-  if exp <= now then return {0} end
-end
-local epoch = math.max(tonumber(h[2] or '0'), tonumber(ARGV[4] or '0')) + 1
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'expires', exp, 'membership', ARGV[5])
-redis.call('HINCRBY', KEYS[4], 'v', 1)
-return {1, epoch, exp, h[4] or ''}";
-
-/// The compare-and-set guard of every mutation: KEYS[1] lease hash, KEYS[2] memberships hash,
-/// KEYS[3] version hash, ARGV[1] owner, ARGV[2] epoch.
-const GUARD: &str = "
-local h = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'checkpoint', 'membership')
-if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return -1 end
-";
-
-/// A lease tied to a membership is only confirmed; one with its own expiry is extended.
-const RENEW: &str = "
-if h[4] and h[4] ~= '' then
-  if held(h[1], 0, h[4], KEYS[2]) then return 1 end
-  return 0
-end
-redis.call('HSET', KEYS[1], 'expires', now + tonumber(ARGV[3])) return 1";
-
-const CHECKPOINT: &str = "
-local new, cur = ARGV[3], h[3]
-if cur and cur ~= '' and (#new < #cur or (#new == #cur and new <= cur)) then return 0 end
-redis.call('HSET', KEYS[1], 'checkpoint', new) return 1";
-
-/// KEYS[1] lease hash, KEYS[2] shard index set, KEYS[3] version hash; ARGV shard, and a
-/// checkpoint or '' → new epoch.
-const OVERRIDE: &str = "
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[3], 'v', 1)
-local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') + 1
-redis.call('HSET', KEYS[1], 'owner', '', 'expires', 0, 'epoch', epoch, 'membership', '')
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'checkpoint', ARGV[2]) end
-return epoch";
-
-const RELEASE: &str = "
-redis.call('HSET', KEYS[1], 'owner', '', 'expires', 0, 'membership', '')
-redis.call('HINCRBY', KEYS[3], 'v', 1)
-return 1";
-
-const FINISH: &str =
-    "redis.call('HSET', KEYS[1], 'finished', '1') redis.call('HINCRBY', KEYS[3], 'v', 1) return 1";
-
-/// KEYS[1] lease hash, KEYS[2] shard index set, KEYS[3] failure counts; ARGV shard → 1 when
-/// the shard was finished and is forgotten now.
-const FORGET: &str = "
-if redis.call('HGET', KEYS[1], 'finished') ~= '1' then return 0 end
-redis.call('DEL', KEYS[1], KEYS[3])
-redis.call('SREM', KEYS[2], ARGV[1])
-return 1";
-
-/// KEYS[1] listing lead hash; ARGV holder, ttl_ms → 1 when the holder leads now.
-const LEAD: &str = "
-local h = redis.call('HMGET', KEYS[1], 'holder', 'expires')
-if h[1] and h[1] ~= ARGV[1] and tonumber(h[2] or '0') > now then return 0 end
-local exp = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'expires', exp)
-redis.call('PEXPIREAT', KEYS[1], exp + 86400000)
-return 1";
-
-/// KEYS[1] listing hash; ARGV listing: stores it with the server's time.
-const PUBLISH: &str = "
-redis.call('HSET', KEYS[1], 'listing', ARGV[1], 'at', now)
-redis.call('PEXPIREAT', KEYS[1], now + 86400000)
-return 1";
-
-/// KEYS[1] listing hash → {listing, age in ms} or {}.
-const PUBLISHED: &str = "
-local h = redis.call('HMGET', KEYS[1], 'listing', 'at')
-if not h[1] then return {} end
-return {h[1], math.max(0, now - tonumber(h[2] or '0'))}";
-
-/// One state row: owner, epoch, expires, checkpoint, finished, live, membership.
-const ROW: &str = "
-local function row(h, mkey)
-  local exp = tonumber(h[3] or '0')
-  if h[1] and h[1] ~= '' and h[6] and h[6] ~= '' then exp = member_expiry(mkey, h[6]) end
-  local live = 0
-  if held(h[1], h[3], h[6], mkey) then live = 1 end
-  return {h[1] or '', tonumber(h[2] or '0'), exp, h[4] or '', h[5] or '0', live, h[6] or ''}
-end
-";
-
-/// KEYS[1] lease hash, KEYS[2] memberships hash → one state row.
-const STATE: &str = "
-return row(redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'expires', 'checkpoint', 'finished', 'membership'), KEYS[2])";
-
-/// KEYS[1] shard index set, KEYS[2] memberships hash; ARGV lease key prefix → one state row per
-/// shard, after its shard id.
-const LIST: &str = "
-local out = {}
-for _, shard in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local r = row(redis.call('HMGET', ARGV[1] .. shard, 'owner', 'epoch', 'expires', 'checkpoint', 'finished', 'membership'), KEYS[2])
-  table.insert(r, 1, shard)
-  table.insert(out, r)
-end
-return out";
-
-/// Lists ARGV[1] in the members sorted set KEYS[1] for ARGV[2] ms.
-const LIST_MEMBER: &str = "
-local function list_member(key, instance, ttl)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  redis.call('ZADD', key, now + ttl, instance)
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  redis.call('PEXPIREAT', key, math.floor(tonumber(last[2])) + 1000)
-end
-";
-
-const HEARTBEAT: &str = "list_member(KEYS[1], ARGV[1], tonumber(ARGV[2])) return 1";
-
-/// KEYS[1] memberships hash, KEYS[2] members set, KEYS[3] version hash; ARGV instance, ttl_ms,
-/// membership, '1' to renew only a live one → 1, or 0 when it had expired.
-const KEEP: &str = "
-local ttl = tonumber(ARGV[2])
-if ARGV[4] == '1' then
-  if member_expiry(KEYS[1], ARGV[3]) <= now then return 0 end
-else
-  redis.call('HINCRBY', KEYS[3], 'v', 1)
-  local all = redis.call('HGETALL', KEYS[1])
-  for i = 1, #all, 2 do
-    if tonumber(all[i + 1]) <= now then redis.call('HDEL', KEYS[1], all[i]) end
-  end
-end
-redis.call('HSET', KEYS[1], ARGV[3], now + ttl)
-redis.call('PEXPIREAT', KEYS[1], now + math.max(ttl, 86400000))
-list_member(KEYS[2], ARGV[1], ttl)
-return 1";
-
-/// KEYS[1] memberships hash, KEYS[2] members set, KEYS[3] version hash; ARGV instance,
-/// membership.
-const LEAVE: &str = "
-redis.call('HINCRBY', KEYS[3], 'v', 1)
-redis.call('HDEL', KEYS[1], ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1";
-
-const LIVE: &str = "
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGE', KEYS[1], '(' .. now, '+inf', 'BYSCORE')";
+use keys::{Keys, MAX_SLOT_BUCKETS, Tag};
+use scripts::Scripts;
 
 /// Shard leases in Redis, for a fleet of instances.
 ///
 /// Every mutation is one Lua script (so it is atomic), expiry uses the Redis server's clock
-/// (`TIME`), and every key of a stream shares the hash tag `{<stream>}`, so all of a stream's
-/// keys live in one slot and the scripts work on Redis Cluster:
+/// (`TIME`), and every script touches keys of one hash tag only, so it works on Redis Cluster.
+///
+/// # Key layout with one slot bucket (the default)
+///
+/// Every key of a stream shares the hash tag `{<stream>}`, so all of a stream's keys live in one
+/// Cluster slot:
 ///
 /// - `<prefix>:{<stream>}:lease:<shard>`: hash of owner, epoch, expires (ms), checkpoint,
 ///   finished, and the membership the lease is tied to (empty for a lease with its own expiry);
@@ -199,68 +39,78 @@ return redis.call('ZRANGE', KEYS[1], '(' .. now, '+inf', 'BYSCORE')";
 /// - `<prefix>:{<stream>}:version`: hash whose field `v` counts the changes of hands and of
 ///   membership, so instances read every lease only after one;
 /// - `<prefix>:{<stream>}:listing-lead`: hash of the membership of the instance that lists the
-///   shards and when its lead ends (two discovery intervals after its last renewal), and `<prefix>:{<stream>}:listing`: hash of the
-///   listing it published and when.
+///   shards and when its lead ends (two discovery intervals after its last renewal), and
+///   `<prefix>:{<stream>}:listing`: hash of the listing it published and when;
+/// - `<prefix>:{<stream>}:layout`: hash whose field `buckets` records the number of slot
+///   buckets the stream's keys use (see below).
+///
+/// # Key layout with `n` slot buckets
+///
+/// On Redis Cluster a stream with many shards puts all of its lease traffic on one node. With
+/// [`slot_buckets(n)`](Self::slot_buckets), `n > 1`, shard `s` belongs to bucket
+/// `b = fnv1a_32(s) % n`, where `fnv1a_32` is the 32-bit FNV-1a hash of the shard id's bytes
+/// (offset basis 2166136261, prime 16777619; fixed, so every version and platform agrees), and
+/// its keys move to the hash tag `{<stream>#<b>}`:
+///
+/// - `<prefix>:{<stream>#<b>}:lease:<shard>` and `<prefix>:{<stream>#<b>}:poison:<shard>`, as
+///   above;
+/// - `<prefix>:{<stream>#<b>}:shards`: the shards of bucket `b` ever acquired;
+/// - `<prefix>:{<stream>#<b>}:memberships`: bucket `b`'s copy of the memberships hash, which
+///   the lease scripts of bucket `b` check;
+/// - `<prefix>:{<stream>#<b>}:version`: bucket `b`'s change counter;
+///   [`lease_version`](LeaseStore::lease_version) is the sum over the buckets.
+///
+/// The stream-wide keys (`members`, `listing-lead`, `listing`, `layout`) stay under
+/// `{<stream>}`. Joining, renewing and leaving a membership write every bucket's copy (`n`
+/// calls sent at once, plus one for the instance list), and a renewal counts only when every
+/// copy was renewed; the shard consumers' local deadline runs from when the renewal was sent,
+/// so an instance that fails to renew some copies stops before any of them expires. The cost,
+/// per instance and whatever the number of shards: `n + 1` calls per membership renewal
+/// (about one a second), and `n` reads of the change counters per
+/// [`lease_version`](LeaseStore::lease_version) (every rebalance interval, 250 ms by default);
+/// listing every lease takes `n` calls. `cargo xtask bench fleet` measured 35 Redis commands a
+/// second per instance with one bucket and 210 with 16 (8 instances, 1,024 shards, counting the
+/// commands the scripts run).
+///
+/// The number of buckets of a stream is recorded in its `layout` key on first use; a store
+/// configured with another number refuses to touch the stream's leases
+/// ([`Error::InvalidOption`] naming both numbers), since two layouts in one fleet would not
+/// see each other's leases. A stream used before the layout was recorded counts as having one
+/// bucket. Changing the number means a new key prefix (or deleting the stream's keys) with the
+/// fleet stopped; nothing is migrated.
 ///
 /// Redis 6.2 or later (the scripts use `ZRANGE … BYSCORE`). Every script that reads `TIME` and
 /// then writes asks for effect replication first, so replicas apply the same writes even where
-/// that is not the default.
+/// that is not the default. Stream names must not contain `#`, `{` or `}` (Kinesis stream
+/// names never do).
 ///
 /// # Examples
 ///
 /// ```no_run
 /// # async fn f() -> mq_kinesis::Result<()> {
 /// let store = mq_kinesis::RedisLeaseStore::connect("redis://127.0.0.1:6379", "mq").await?;
-/// # let _ = store; Ok(()) }
+/// // on Redis Cluster, for streams with many shards:
+/// let cluster = mq_kinesis::RedisLeaseStore::connect("redis-cluster://127.0.0.1:7000", "mq")
+///     .await?
+///     .slot_buckets(16)?;
+/// # let _ = (store, cluster); Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct RedisLeaseStore {
     client: Client,
-    prefix: String,
-    scripts: std::sync::Arc<Scripts>,
-}
-
-struct Scripts {
-    acquire: Script,
-    override_: Script,
-    renew: Script,
-    checkpoint: Script,
-    release: Script,
-    finish: Script,
-    forget: Script,
-    lead: Script,
-    publish: Script,
-    published: Script,
-    state: Script,
-    list: Script,
-    heartbeat: Script,
-    live: Script,
-    keep: Script,
-    leave: Script,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+    /// The streams whose recorded layout matched this store's.
+    checked: Arc<Mutex<HashSet<String>>>,
 }
 
 impl fmt::Debug for RedisLeaseStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLeaseStore")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.keys.prefix)
+            .field("slot_buckets", &self.keys.buckets)
             .finish_non_exhaustive()
     }
-}
-
-fn script(body: &str) -> Script {
-    Script::from_lua(format!("{NOW}{body}"))
-}
-
-fn guarded(body: &str) -> Script {
-    Script::from_lua(format!("{NOW}{GUARD}{body}"))
-}
-
-fn with_rows(body: &str) -> Script {
-    Script::from_lua(format!("{NOW}{ROW}{body}"))
-}
-
-fn with_members(body: &str) -> Script {
-    Script::from_lua(format!("{NOW}{LIST_MEMBER}{body}"))
 }
 
 /// The timeout of a call to Redis made by [`RedisLeaseStore::connect`]'s client.
@@ -304,30 +154,60 @@ impl RedisLeaseStore {
         Ok(Self::new(client, prefix))
     }
 
-    /// Uses an initialised `fred` client (plain, sentinel or cluster).
+    /// Uses an initialised `fred` client (plain, sentinel or cluster), with one slot bucket.
     pub fn new(client: Client, prefix: impl Into<String>) -> Self {
         RedisLeaseStore {
             client,
-            prefix: prefix.into(),
-            scripts: std::sync::Arc::new(Scripts {
-                acquire: script(ACQUIRE),
-                override_: script(OVERRIDE),
-                renew: guarded(RENEW),
-                checkpoint: guarded(CHECKPOINT),
-                release: guarded(RELEASE),
-                finish: guarded(FINISH),
-                forget: Script::from_lua(FORGET),
-                lead: script(LEAD),
-                publish: script(PUBLISH),
-                published: script(PUBLISHED),
-                state: with_rows(STATE),
-                list: with_rows(LIST),
-                heartbeat: with_members(HEARTBEAT),
-                live: script(LIVE),
-                keep: with_members(KEEP),
-                leave: script(LEAVE),
-            }),
+            keys: Keys {
+                prefix: prefix.into(),
+                buckets: 1,
+            },
+            scripts: Arc::new(Scripts::new()),
+            checked: Arc::new(Mutex::new(HashSet::new())),
         }
+    }
+
+    /// Spreads each stream's per-shard keys over `n` hash tags, and so over up to `n` Redis
+    /// Cluster slots (and the nodes that serve them), instead of one; see the key layout above.
+    /// Worth it on Redis Cluster for streams with hundreds of shards. It costs, per instance
+    /// and whatever the number of shards, `n + 1` calls per membership renewal (about one a
+    /// second) and `n` reads per lease-version check (four a second by default), so keep `n`
+    /// near a few times the number of Cluster nodes (16 suits most clusters). 1, the default,
+    /// keeps every key of a stream in one slot.
+    ///
+    /// Every instance of a fleet must use the same `n`: the first use of a stream records it,
+    /// and a store with another `n` refuses that stream's leases.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for `slot_buckets` when `n` is 0 or above 1024.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> mq_kinesis::Result<()> {
+    /// let store = mq_kinesis::RedisLeaseStore::connect("redis-cluster://127.0.0.1:7000", "mq")
+    ///     .await?
+    ///     .slot_buckets(16)?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub fn slot_buckets(mut self, n: u16) -> Result<Self> {
+        if n == 0 || n > MAX_SLOT_BUCKETS {
+            return Err(Error::InvalidOption {
+                field: "slot_buckets",
+                reason: format!("{n} slot buckets; use 1 to {MAX_SLOT_BUCKETS}"),
+            });
+        }
+        self.keys.buckets = n;
+        // another layout: the streams must be checked against it
+        self.checked = Arc::new(Mutex::new(HashSet::new()));
+        Ok(self)
+    }
+
+    /// The number of slot buckets each stream's keys are spread over (1 unless set with
+    /// [`slot_buckets`](Self::slot_buckets)).
+    pub fn get_slot_buckets(&self) -> u16 {
+        self.keys.buckets
     }
 
     /// The client.
@@ -335,24 +215,49 @@ impl RedisLeaseStore {
         &self.client
     }
 
-    fn key(&self, stream: &str, kind: &str, shard: &str) -> String {
-        format!("{}:{{{stream}}}:{kind}:{shard}", self.prefix)
+    /// Checks, once per stream (again on every join), that the stream's recorded layout is this
+    /// store's, recording it on first use.
+    async fn check_layout(&self, stream: &str, again: bool) -> Result<()> {
+        if !again && self.is_checked(stream) {
+            return Ok(());
+        }
+        let v = self
+            .run(
+                "check_layout",
+                &self.scripts.layout,
+                vec![
+                    self.keys.layout(stream),
+                    self.keys.version(stream, Tag::Stream),
+                ],
+                vec![Value::from(self.keys.buckets.to_string())],
+            )
+            .await?;
+        let recorded = v
+            .as_u64()
+            .ok_or_else(|| Error::lease("check_layout", format!("unexpected reply {v:?}")))?;
+        if recorded != u64::from(self.keys.buckets) {
+            return Err(Error::InvalidOption {
+                field: "slot_buckets",
+                reason: format!(
+                    "stream {stream:?} under prefix {:?} keeps its leases in {recorded} slot bucket(s), \
+                     this store is set to {}; set {recorded} on every instance and tool \
+                     (`RedisLeaseStore::slot_buckets`, `mqctl kinesis --slot-buckets`), or stop \
+                     the fleet and start the stream over under a new prefix",
+                    self.keys.prefix, self.keys.buckets
+                ),
+            });
+        }
+        if let Ok(mut checked) = self.checked.lock() {
+            checked.insert(stream.to_owned());
+        }
+        Ok(())
     }
 
-    fn shards_key(&self, stream: &str) -> String {
-        format!("{}:{{{stream}}}:shards", self.prefix)
-    }
-
-    fn members_key(&self, stream: &str) -> String {
-        format!("{}:{{{stream}}}:members", self.prefix)
-    }
-
-    fn memberships_key(&self, stream: &str) -> String {
-        format!("{}:{{{stream}}}:memberships", self.prefix)
-    }
-
-    fn version_key(&self, stream: &str) -> String {
-        format!("{}:{{{stream}}}:version", self.prefix)
+    fn is_checked(&self, stream: &str) -> bool {
+        self.checked
+            .lock()
+            .map(|c| c.contains(stream))
+            .unwrap_or(false)
     }
 
     async fn acquire_with(
@@ -364,15 +269,17 @@ impl RedisLeaseStore {
         ttl: Duration,
         epoch_floor: u64,
     ) -> Result<Option<Lease>> {
+        self.check_layout(stream, false).await?;
+        let tag = self.keys.shard_tag(shard);
         let v = self
             .run(
                 "acquire",
                 &self.scripts.acquire,
                 vec![
-                    self.key(stream, "lease", shard),
-                    self.shards_key(stream),
-                    self.memberships_key(stream),
-                    self.version_key(stream),
+                    self.keys.lease(stream, shard),
+                    self.keys.shards(stream, tag),
+                    self.keys.memberships(stream, tag),
+                    self.keys.version(stream, tag),
                 ],
                 vec![
                     Value::from(owner),
@@ -398,7 +305,8 @@ impl RedisLeaseStore {
         }))
     }
 
-    /// [`LeaseStore::join`] (`renew` false) or [`LeaseStore::renew_membership`].
+    /// [`LeaseStore::join`] (`renew` false) or [`LeaseStore::renew_membership`]: true when
+    /// every bucket's copy of the membership was kept, false when one had expired.
     async fn keep(
         &self,
         operation: &'static str,
@@ -408,24 +316,52 @@ impl RedisLeaseStore {
         ttl: Duration,
         renew: bool,
     ) -> Result<bool> {
-        let v = self
-            .run(
+        self.check_layout(stream, !renew).await?;
+        let args = vec![
+            Value::from(instance),
+            Value::from(ttl_ms(ttl).to_string()),
+            Value::from(membership),
+            Value::from(if renew { "1" } else { "0" }),
+        ];
+        if self.keys.buckets <= 1 {
+            let v = self
+                .run(
+                    operation,
+                    &self.scripts.keep,
+                    vec![
+                        self.keys.memberships(stream, Tag::Stream),
+                        self.keys.members(stream),
+                        self.keys.version(stream, Tag::Stream),
+                    ],
+                    args,
+                )
+                .await?;
+            return Ok(v.as_i64() == Some(1));
+        }
+        // every copy at once; the instance is listed only once all of them are kept
+        let copies = self.keys.tags().into_iter().map(|tag| {
+            self.run(
                 operation,
-                &self.scripts.keep,
+                &self.scripts.keep_copy,
                 vec![
-                    self.memberships_key(stream),
-                    self.members_key(stream),
-                    self.version_key(stream),
+                    self.keys.memberships(stream, tag),
+                    self.keys.version(stream, tag),
                 ],
-                vec![
-                    Value::from(instance),
-                    Value::from(ttl_ms(ttl).to_string()),
-                    Value::from(membership),
-                    Value::from(if renew { "1" } else { "0" }),
-                ],
+                args.clone(),
             )
-            .await?;
-        Ok(v.as_i64() == Some(1))
+        });
+        let kept = try_join_all(copies).await?;
+        if !kept.iter().all(|v| v.as_i64() == Some(1)) {
+            return Ok(false);
+        }
+        self.run(
+            operation,
+            &self.scripts.heartbeat,
+            self.keys.members(stream),
+            vec![Value::from(instance), Value::from(ttl_ms(ttl).to_string())],
+        )
+        .await?;
+        Ok(true)
     }
 
     async fn run(
@@ -449,13 +385,15 @@ impl RedisLeaseStore {
         shard: &str,
         checkpoint: Option<String>,
     ) -> Result<LeaseState> {
+        self.check_layout(stream, false).await?;
+        let tag = self.keys.shard_tag(shard);
         self.run(
             operation,
             &self.scripts.override_,
             vec![
-                self.key(stream, "lease", shard),
-                self.shards_key(stream),
-                self.version_key(stream),
+                self.keys.lease(stream, shard),
+                self.keys.shards(stream, tag),
+                self.keys.version(stream, tag),
             ],
             vec![
                 Value::from(shard),
@@ -478,14 +416,16 @@ impl RedisLeaseStore {
             Value::from(lease.epoch.to_string()),
         ];
         args.extend(extra);
+        self.check_layout(&lease.stream, false).await?;
+        let tag = self.keys.shard_tag(&lease.shard);
         let v = self
             .run(
                 operation,
                 script,
                 vec![
-                    self.key(&lease.stream, "lease", &lease.shard),
-                    self.memberships_key(&lease.stream),
-                    self.version_key(&lease.stream),
+                    self.keys.lease(&lease.stream, &lease.shard),
+                    self.keys.memberships(&lease.stream, tag),
+                    self.keys.version(&lease.stream, tag),
                 ],
                 args,
             )
@@ -622,7 +562,7 @@ impl LeaseStore for RedisLeaseStore {
             .run(
                 "lead_listing",
                 &self.scripts.lead,
-                vec![format!("{}:{{{stream}}}:listing-lead", self.prefix)],
+                vec![self.keys.listing_lead(stream)],
                 vec![Value::from(holder), Value::from(ttl_ms(ttl).to_string())],
             )
             .await?;
@@ -633,7 +573,7 @@ impl LeaseStore for RedisLeaseStore {
         self.run(
             "publish_listing",
             &self.scripts.publish,
-            vec![format!("{}:{{{stream}}}:listing", self.prefix)],
+            vec![self.keys.listing(stream)],
             vec![Value::from(listing)],
         )
         .await?;
@@ -645,7 +585,7 @@ impl LeaseStore for RedisLeaseStore {
             .run(
                 "published_listing",
                 &self.scripts.published,
-                vec![format!("{}:{{{stream}}}:listing", self.prefix)],
+                vec![self.keys.listing(stream)],
                 vec![],
             )
             .await?;
@@ -659,14 +599,15 @@ impl LeaseStore for RedisLeaseStore {
     }
 
     async fn forget_finished(&self, stream: &str, shard: &str) -> Result<bool> {
+        self.check_layout(stream, false).await?;
         let v = self
             .run(
                 "forget_finished",
                 &self.scripts.forget,
                 vec![
-                    self.key(stream, "lease", shard),
-                    self.shards_key(stream),
-                    self.key(stream, "poison", shard),
+                    self.keys.lease(stream, shard),
+                    self.keys.shards(stream, self.keys.shard_tag(shard)),
+                    self.keys.poison(stream, shard),
                 ],
                 vec![Value::from(shard)],
             )
@@ -675,13 +616,14 @@ impl LeaseStore for RedisLeaseStore {
     }
 
     async fn state(&self, stream: &str, shard: &str) -> Result<LeaseState> {
+        self.check_layout(stream, false).await?;
         let v = self
             .run(
                 "state",
                 &self.scripts.state,
                 vec![
-                    self.key(stream, "lease", shard),
-                    self.memberships_key(stream),
+                    self.keys.lease(stream, shard),
+                    self.keys.memberships(stream, self.keys.shard_tag(shard)),
                 ],
                 vec![],
             )
@@ -691,25 +633,29 @@ impl LeaseStore for RedisLeaseStore {
     }
 
     async fn leases(&self, stream: &str) -> Result<Vec<LeaseState>> {
-        let v = self
-            .run(
+        self.check_layout(stream, false).await?;
+        let buckets = self.keys.tags().into_iter().map(|tag| {
+            self.run(
                 "leases",
                 &self.scripts.list,
-                vec![self.shards_key(stream), self.memberships_key(stream)],
-                vec![Value::from(self.key(stream, "lease", ""))],
+                vec![
+                    self.keys.shards(stream, tag),
+                    self.keys.memberships(stream, tag),
+                ],
+                vec![Value::from(self.keys.lease_prefix(stream, tag))],
             )
-            .await?;
+        });
         let mut out = Vec::new();
-        for row in v.into_array() {
-            let items = row.into_array();
-            let state = items
-                .split_first()
-                .and_then(|(shard, rest)| parse_state(shard.as_string().unwrap_or_default(), rest));
-            out.push(
-                state.ok_or_else(|| {
+        for v in try_join_all(buckets).await? {
+            for row in v.into_array() {
+                let items = row.into_array();
+                let state = items.split_first().and_then(|(shard, rest)| {
+                    parse_state(shard.as_string().unwrap_or_default(), rest)
+                });
+                out.push(state.ok_or_else(|| {
                     Error::lease("leases", "unexpected reply from the list script")
-                })?,
-            );
+                })?);
+            }
         }
         out.sort_by(|a, b| a.shard.cmp(&b.shard));
         Ok(out)
@@ -717,9 +663,10 @@ impl LeaseStore for RedisLeaseStore {
 
     async fn record_failure(&self, stream: &str, shard: &str, checkpoint: &str) -> Result<u32> {
         use fred::interfaces::HashesInterface;
+        self.check_layout(stream, false).await?;
         let n: i64 = self
             .client
-            .hincrby(self.key(stream, "poison", shard), checkpoint, 1)
+            .hincrby(self.keys.poison(stream, shard), checkpoint, 1)
             .await
             .map_err(|e| Error::lease("record_failure", e))?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
@@ -727,9 +674,10 @@ impl LeaseStore for RedisLeaseStore {
 
     async fn failure_counts(&self, stream: &str, shard: &str) -> Result<BTreeMap<String, u32>> {
         use fred::interfaces::HashesInterface;
+        self.check_layout(stream, false).await?;
         let counts: HashMap<String, i64> = self
             .client
-            .hgetall(self.key(stream, "poison", shard))
+            .hgetall(self.keys.poison(stream, shard))
             .await
             .map_err(|e| Error::lease("failure_counts", e))?;
         Ok(counts
@@ -740,9 +688,10 @@ impl LeaseStore for RedisLeaseStore {
 
     async fn clear_failures(&self, stream: &str, shard: &str) -> Result<()> {
         use fred::interfaces::KeysInterface;
+        self.check_layout(stream, false).await?;
         let _: i64 = self
             .client
-            .del(self.key(stream, "poison", shard))
+            .del(self.keys.poison(stream, shard))
             .await
             .map_err(|e| Error::lease("clear_failures", e))?;
         Ok(())
@@ -752,7 +701,7 @@ impl LeaseStore for RedisLeaseStore {
         self.run(
             "heartbeat",
             &self.scripts.heartbeat,
-            self.members_key(stream),
+            self.keys.members(stream),
             vec![Value::from(instance), Value::from(ttl_ms(ttl).to_string())],
         )
         .await?;
@@ -784,26 +733,61 @@ impl LeaseStore for RedisLeaseStore {
 
     async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
         use fred::interfaces::HashesInterface;
-        let v: Option<u64> = self
-            .client
-            .hget(self.version_key(stream), "v")
-            .await
-            .map_err(|e| Error::lease("lease_version", e))?;
-        Ok(Some(v.unwrap_or_default()))
+        self.check_layout(stream, false).await?;
+        let reads = self.keys.tags().into_iter().map(|tag| {
+            let client = &self.client;
+            let key = self.keys.version(stream, tag);
+            async move {
+                let v: Option<u64> = client
+                    .hget(key, "v")
+                    .await
+                    .map_err(|e| Error::lease("lease_version", e))?;
+                Ok::<_, Error>(v.unwrap_or_default())
+            }
+        });
+        // each bucket's counter only grows, so their sum moves whenever one does
+        let versions = try_join_all(reads).await?;
+        Ok(Some(
+            versions
+                .into_iter()
+                .fold(0u64, |sum, v| sum.wrapping_add(v)),
+        ))
     }
 
     async fn leave(&self, stream: &str, instance: &str, membership: &str) -> Result<()> {
-        self.run(
+        self.check_layout(stream, false).await?;
+        if self.keys.buckets <= 1 {
+            self.run(
+                "leave",
+                &self.scripts.leave,
+                vec![
+                    self.keys.memberships(stream, Tag::Stream),
+                    self.keys.members(stream),
+                    self.keys.version(stream, Tag::Stream),
+                ],
+                vec![Value::from(instance), Value::from(membership)],
+            )
+            .await?;
+            return Ok(());
+        }
+        let copies = self.keys.tags().into_iter().map(|tag| {
+            self.run(
+                "leave",
+                &self.scripts.leave_copy,
+                vec![
+                    self.keys.memberships(stream, tag),
+                    self.keys.version(stream, tag),
+                ],
+                vec![Value::from(membership)],
+            )
+        });
+        let unlisted = self.run(
             "leave",
-            &self.scripts.leave,
-            vec![
-                self.memberships_key(stream),
-                self.members_key(stream),
-                self.version_key(stream),
-            ],
-            vec![Value::from(instance), Value::from(membership)],
-        )
-        .await?;
+            &self.scripts.unlist,
+            self.keys.members(stream),
+            vec![Value::from(instance)],
+        );
+        futures::future::try_join(try_join_all(copies), unlisted).await?;
         Ok(())
     }
 
@@ -812,7 +796,7 @@ impl LeaseStore for RedisLeaseStore {
             .run(
                 "live_instances",
                 &self.scripts.live,
-                self.members_key(stream),
+                self.keys.members(stream),
                 vec![],
             )
             .await?;

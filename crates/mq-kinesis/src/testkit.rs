@@ -473,11 +473,21 @@ pub mod cases {
                 .unwrap()
                 .contains(&"a".to_owned())
         );
-        // the membership is no longer renewed: both shards become free together
+        // the membership is no longer renewed: both shards become free together (a store that
+        // keeps a copy of the membership per group of shards, such as Redis with slot buckets,
+        // renews the copies by separate calls: they end within the time between those calls)
         let b0 = wait_until_acquired(&*store, &s, "sh-0", "b").await;
         assert!(b0.epoch > a0.epoch);
         assert_eq!(b0.checkpoint.as_deref(), Some("100"));
-        assert!(!store.state(&s, "sh-1").await.unwrap().live);
+        let freed = tokio::time::Instant::now();
+        while store.state(&s, "sh-1").await.unwrap().live {
+            assert!(
+                freed.elapsed() < MEMBERSHIP / 4,
+                "sh-1 outlived its membership by {:?}",
+                freed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert!(
             !store
                 .renew_membership(&s, "a", "a.1", MEMBERSHIP)

@@ -5,7 +5,8 @@
 //!   nothing is lost and at most one batch per orphaned shard is delivered twice; again with a
 //!   4th instance joining at the kill;
 //! - SIGSTOP one of 3 instances for longer than its membership TTL, then SIGCONT: its shards
-//!   are taken over, and no batch of a shard is handled by two instances at once.
+//!   are taken over, and no batch of a shard is handled by two instances at once; again on the
+//!   3-node Redis Cluster with the leases spread over 16 slot buckets.
 //!
 //! A child prints one line per handled batch (instance, shard, start and end in Unix ms, message
 //! ids); the parent reads them from its stdout.
@@ -46,14 +47,22 @@ fn child_instance() {
     let endpoint = std::env::var("MQ_FAILOVER_ENDPOINT").unwrap();
     let prefix = std::env::var("MQ_FAILOVER_PREFIX").unwrap();
     let stream = std::env::var("MQ_FAILOVER_STREAM").unwrap();
-    let url = std::env::var("REDIS_URL").unwrap();
+    let url = std::env::var("MQ_FAILOVER_REDIS_URL").unwrap();
+    let buckets: u16 = std::env::var("MQ_FAILOVER_BUCKETS")
+        .unwrap()
+        .parse()
+        .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let store = RedisLeaseStore::connect(&url, prefix).await.unwrap();
+        let store = RedisLeaseStore::connect(&url, prefix)
+            .await
+            .unwrap()
+            .slot_buckets(buckets)
+            .unwrap();
         let q = QueueName::new(&stream).unwrap();
         let queue = KinesisQueue::with_client(
             emulator::client(&endpoint, true, None, None),
@@ -146,7 +155,15 @@ struct ChildInstance {
 }
 
 impl ChildInstance {
-    fn spawn(name: &str, endpoint: &str, prefix: &str, stream: &str, log: &Deliveries) -> Self {
+    fn spawn(
+        name: &str,
+        endpoint: &str,
+        prefix: &str,
+        stream: &str,
+        redis_url: &str,
+        buckets: u16,
+        log: &Deliveries,
+    ) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -158,6 +175,8 @@ impl ChildInstance {
             .env("MQ_FAILOVER_ENDPOINT", endpoint)
             .env("MQ_FAILOVER_PREFIX", prefix)
             .env("MQ_FAILOVER_STREAM", stream)
+            .env("MQ_FAILOVER_REDIS_URL", redis_url)
+            .env("MQ_FAILOVER_BUCKETS", buckets.to_string())
             .env("RUST_LOG", "off")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -224,6 +243,10 @@ struct Fleet {
     emu: Emulator,
     stream: String,
     prefix: String,
+    /// The Redis service variable, its URL, and the slot buckets of the lease stores.
+    var: &'static str,
+    url: String,
+    buckets: u16,
     store: RedisLeaseStore,
     log: Deliveries,
     publisher: Option<fleet::Publisher>,
@@ -231,7 +254,12 @@ struct Fleet {
 
 impl Fleet {
     async fn start(name: &str) -> Option<Self> {
-        let url = match mq_core::testkit::service_url("REDIS_URL") {
+        Self::start_on(name, "REDIS_URL", 1).await
+    }
+
+    /// The fleet with its leases on the Redis that `var` names, over `buckets` slot buckets.
+    async fn start_on(name: &str, var: &'static str, buckets: u16) -> Option<Self> {
+        let url = match mq_core::testkit::service_url(var) {
             Ok(u) => u,
             Err(reason) => {
                 eprintln!("skipping {name}: {reason}");
@@ -243,6 +271,8 @@ impl Fleet {
         let prefix = format!("mqtest-failover-{}", ulid::Ulid::new());
         let store = RedisLeaseStore::connect(&url, prefix.clone())
             .await
+            .unwrap()
+            .slot_buckets(buckets)
             .unwrap();
         let q = QueueName::new(&stream).unwrap();
         let publisher =
@@ -251,6 +281,9 @@ impl Fleet {
             emu,
             stream,
             prefix,
+            var,
+            url,
+            buckets,
             store,
             log: Deliveries::default(),
             publisher: Some(publisher),
@@ -263,6 +296,8 @@ impl Fleet {
             &self.emu.endpoint,
             &self.prefix,
             &self.stream,
+            &self.url,
+            self.buckets,
             &self.log,
         )
     }
@@ -317,7 +352,12 @@ impl Fleet {
     }
 
     fn clean(&self) {
-        redis_keys::delete_matching(&format!("{}:*", self.prefix));
+        let pattern = format!("{}:*", self.prefix);
+        if self.var == "REDIS_URL" {
+            redis_keys::delete_matching(&pattern);
+        } else {
+            redis_keys::delete_matching_cluster(&self.url, &pattern);
+        }
     }
 }
 
@@ -479,7 +519,18 @@ fn overlapping(log: &Deliveries, paused: &str, from: u64) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_instance_stops_before_its_shards_are_taken() {
-    let Some(mut fleet) = Fleet::start("failover-pause").await else {
+    paused_instance("failover-pause", "REDIS_URL", 1).await;
+}
+
+/// The same on Redis Cluster with 16 slot buckets: each membership has a copy per bucket, and
+/// the paused instance still stops before any of them expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_instance_stops_on_a_cluster_with_slot_buckets() {
+    paused_instance("failover-pause-buckets", "MQ_TEST_REDIS_CLUSTER_URL", 16).await;
+}
+
+async fn paused_instance(name: &str, var: &'static str, buckets: u16) {
+    let Some(mut fleet) = Fleet::start_on(name, var, buckets).await else {
         return;
     };
     let a = fleet.spawn("a");

@@ -1,14 +1,12 @@
-//! The lease-store conformance suite on every implementation: in-memory, file, Redis and a
-//! 3-node Redis Cluster started by the test.
+//! The lease-store conformance suite on every implementation: in-memory, file and Redis (on the
+//! 3-node Redis Cluster, with one and with 16 slot buckets, in `lease_slot_buckets.rs`).
 
-#[path = "common/redis_cluster.rs"]
-mod redis_cluster;
 #[path = "common/redis_keys.rs"]
 mod redis_keys;
 
 use std::sync::Arc;
 
-use mq_kinesis::testkit::{LeaseStoreFactory, cases};
+use mq_kinesis::testkit::LeaseStoreFactory;
 use mq_kinesis::{FileLeaseStore, InMemoryLeaseStore, LeaseStore, RedisLeaseStore};
 
 struct Memory;
@@ -65,15 +63,6 @@ impl LeaseStoreFactory for Redis {
     }
 }
 
-struct Fixed(Arc<dyn LeaseStore>);
-
-#[mq_core::async_trait]
-impl LeaseStoreFactory for Fixed {
-    async fn create(&self, _test: &str) -> Option<Arc<dyn LeaseStore>> {
-        Some(self.0.clone())
-    }
-}
-
 mod memory {
     mq_kinesis::lease_store_tests!(super::Memory);
 }
@@ -84,41 +73,6 @@ mod file {
 
 mod redis {
     mq_kinesis::lease_store_tests!(super::Redis);
-}
-
-/// Every case against one 3-node cluster (started and stopped here, so no process outlives the
-/// test binary).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_cluster_runs_every_case() {
-    let cluster = match redis_cluster::RedisCluster::start().await {
-        Ok(c) => c,
-        Err(reason) => {
-            if std::env::var("MQ_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("redis cluster unavailable: {reason}");
-            }
-            eprintln!("skipping redis_cluster_runs_every_case: {reason}");
-            return;
-        }
-    };
-    let store = RedisLeaseStore::connect(&cluster.url(), "mqtest-cluster")
-        .await
-        .unwrap();
-    let f = Fixed(Arc::new(store));
-    cases::acquire_is_exclusive_and_epochs_increase(&f, "cluster-acquire").await;
-    cases::stale_owner_is_fenced(&f, "cluster-fenced").await;
-    cases::checkpoints_only_move_forward(&f, "cluster-forward").await;
-    cases::release_keeps_checkpoint_and_finish_is_final(&f, "cluster-release").await;
-    cases::leases_lists_every_shard(&f, "cluster-list").await;
-    cases::concurrent_acquire_has_one_winner(&f, "cluster-race").await;
-    cases::dead_instances_drop_out(&f, "cluster-members").await;
-    cases::poison_counters(&f, "cluster-poison").await;
-    cases::acquire_above_respects_the_floor(&f, "cluster-floor").await;
-    cases::force_release_fences_the_owner(&f, "cluster-force").await;
-    cases::set_checkpoint_overrides_and_fences(&f, "cluster-override").await;
-    cases::membership_leases_end_with_the_membership(&f, "cluster-membership").await;
-    cases::leaving_frees_the_leases_at_once(&f, "cluster-leave").await;
-    cases::lease_version_moves_when_leases_change_hands(&f, "cluster-version").await;
-    cluster.stop().await;
 }
 
 /// A lock left behind by a crashed process (the old scheme broke such a lock after 10 s, and two

@@ -47,6 +47,16 @@ pub(crate) struct KinesisArgs {
         help_heading = "Connection"
     )]
     prefix: String,
+    /// The number of Redis Cluster slot buckets the consumers' lease store spreads each
+    /// stream's keys over (`RedisLeaseStore::slot_buckets`); it must match theirs.
+    #[arg(
+        long,
+        default_value_t = 1,
+        env = "MQ_LEASE_SLOT_BUCKETS",
+        global = true,
+        help_heading = "Connection"
+    )]
+    slot_buckets: u16,
     /// A durable checkpoint store beside the Redis leases: a postgres://, mysql://, sqlite: or
     /// mongodb:// URL [default: none, checkpoints in Redis].
     #[arg(
@@ -175,7 +185,8 @@ impl KinesisArgs {
                     "connecting to the Redis lease store at {}",
                     redact(redis_url)
                 )
-            })?;
+            })?
+            .slot_buckets(self.slot_buckets)?;
         let Some(url) = self.checkpoint_url.as_deref().filter(|u| !u.is_empty()) else {
             return Ok(Stores {
                 leases: Arc::new(redis),

@@ -130,3 +130,77 @@ async fn status_shows_lineage_leases_checkpoints_poison_and_instances() {
     assert!(human.contains("ASSIGNED"), "{human}");
     common::delete_keys(&leases, &prefix).await;
 }
+
+/// Consumers whose lease store spreads a stream over slot buckets: `--slot-buckets` with their
+/// number shows their leases; without it, mqctl refuses the stream and names both numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_leases_spread_over_slot_buckets() {
+    let redis = match service_url("REDIS_URL") {
+        Ok(u) => u,
+        Err(reason) => return eprintln!("skipping: {reason}"),
+    };
+    let emu = Emulator::start().await;
+    let stream = "mqctl-buckets";
+    emu.create_stream(stream, 4).await;
+    emu.wait_active(stream).await;
+    let prefix = format!("mqctl-test-buckets-{}", std::process::id());
+    let leases = RedisLeaseStore::connect(&redis, prefix.clone())
+        .await
+        .expect("redis")
+        .slot_buckets(16)
+        .expect("16 buckets");
+    for i in 0..4 {
+        leases
+            .acquire(
+                stream,
+                &format!("shardId-00000000000{i}"),
+                "instance-a",
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("acquire")
+            .expect("free");
+    }
+    let mut args = common::kinesis_args(
+        &["status", "--stream", stream, "--json"],
+        &redis,
+        &prefix,
+        &emu.endpoint,
+    );
+    let refused = args.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        common::mqctl(&refused)
+            .assert()
+            .failure()
+            .get_output()
+            .stderr
+            .clone()
+    })
+    .await
+    .expect("run");
+    let err = String::from_utf8_lossy(&out);
+    assert!(
+        err.contains("16 slot bucket(s)") && err.contains("set to 1"),
+        "{err}"
+    );
+    args.extend(["--slot-buckets".to_owned(), "16".to_owned()]);
+    let out = tokio::task::spawn_blocking(move || {
+        common::mqctl(&args)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone()
+    })
+    .await
+    .expect("run");
+    let status: serde_json::Value = serde_json::from_slice(&out)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+    let shards = status["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 4, "{status}");
+    assert!(
+        shards.iter().all(|s| s["owner"] == "instance-a"),
+        "{status}"
+    );
+    common::delete_keys(&leases, &prefix).await;
+}
