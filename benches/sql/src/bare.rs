@@ -32,9 +32,21 @@ impl Bare {
                     .await?,
             )
         } else if url.starts_with("mysql") {
+            // As `MySqlQueue` does: no gap locks, which make locking reads deadlock with
+            // the inserts and deletes around them.
             Bare::MySql(
                 sqlx::mysql::MySqlPoolOptions::new()
                     .max_connections(max)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::Executor::execute(
+                                conn,
+                                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
                     .connect(url)
                     .await?,
             )
@@ -136,9 +148,8 @@ impl Bare {
                 ids
             }
             Bare::MySql(pool) => {
-                // No UPDATE ... RETURNING: lock the batch, mark it, commit. InnoDB may pick
-                // the claim or the delete as a deadlock victim; each is tried again, as any
-                // loop on MySQL must.
+                // No UPDATE ... RETURNING: lock the batch, mark it, commit. Should InnoDB
+                // still pick the claim or the delete as a deadlock victim, it is tried again.
                 let ids = loop {
                     match claim_mysql(pool, limit).await {
                         Err(e) if is_deadlock(&e) => continue,
