@@ -787,8 +787,7 @@ impl<S: QueueStore> Worker<S> {
     }
 
     /// Of the `rejected` claims, those the handler marked completed whose own transaction did
-    /// complete them (the store checks: a mark survives a rolled-back transaction). Should the
-    /// store not answer, the marks are trusted.
+    /// complete them.
     async fn completed_in_tx(
         &self,
         rejected: &HashSet<Claim>,
@@ -799,21 +798,7 @@ impl<S: QueueStore> Worker<S> {
             .filter(|c| by_handler.contains(&c.id))
             .cloned()
             .collect();
-        if marked.is_empty() {
-            return HashSet::new();
-        }
-        match self
-            .store
-            .completed_by_delivery(&self.queue, &self.consumer_id, &marked)
-            .await
-        {
-            Ok(done) => done.into_iter().collect(),
-            Err(e) => {
-                tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %ErrorChain::from_error(&e),
-                    "mq: could not check which messages the handler's transaction completed; counting every mark as acknowledged");
-                marked.into_iter().collect()
-            }
-        }
+        self.confirmed_completed(marked).await.into_iter().collect()
     }
 
     /// Writes completions, retrying a failing store a few times: giving up loses every outcome

@@ -35,10 +35,31 @@ impl<S: QueueStore> Worker<S> {
         (batch.into_messages(), run)
     }
 
+    /// Of `marked`, claims the handler marked completed, those its own transaction did
+    /// complete, as the store says: a mark survives a rolled-back transaction. Should the store
+    /// not answer, every mark is trusted.
+    pub(super) async fn confirmed_completed(&self, marked: Vec<Claim>) -> Vec<Claim> {
+        if marked.is_empty() {
+            return marked;
+        }
+        match self
+            .store
+            .completed_by_delivery(&self.queue, &self.consumer_id, &marked)
+            .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %ErrorChain::from_error(&e),
+                    "mq: could not check which messages the handler's transaction completed; trusting its marks");
+                marked
+            }
+        }
+    }
+
     /// The claims of `gone` that are lost leases. A claim the handler marked completed is no
-    /// lost lease when its own transaction did complete it (the store checks, since a mark
-    /// survives a rolled-back transaction; should it not answer, the mark is trusted); those
-    /// are dropped from `claims`, as renewing them again can only fail.
+    /// lost lease when its own transaction did complete it
+    /// ([`confirmed_completed`](Self::confirmed_completed)); those are dropped from `claims`, as
+    /// renewing them again can only fail.
     async fn without_completed(
         &self,
         claims: &mut Vec<Claim>,
@@ -49,18 +70,7 @@ impl<S: QueueStore> Worker<S> {
         if marked.is_empty() {
             return lost;
         }
-        let done = match self
-            .store
-            .completed_by_delivery(&self.queue, &self.consumer_id, &marked)
-            .await
-        {
-            Ok(done) => done,
-            Err(e) => {
-                tracing::warn!(queue = %self.queue, consumer = %self.consumer_id, error = %ErrorChain::from_error(&e),
-                    "mq: could not check which messages the handler's transaction completed; trusting its marks");
-                marked.clone()
-            }
-        };
+        let done = self.confirmed_completed(marked.clone()).await;
         lost.extend(marked.into_iter().filter(|c| !done.contains(c)));
         claims.retain(|c| !done.contains(c));
         lost
