@@ -126,8 +126,16 @@ impl Bare {
 
     /// Claims up to `batch` ready rows and deletes them; how many it took.
     async fn claim_and_delete(&self, batch: usize) -> Result<usize> {
-        let limit = i64::try_from(batch)?;
-        let ids: Vec<i64> = match self {
+        let ids = self.claim(i64::try_from(batch)?).await?;
+        if !ids.is_empty() {
+            self.delete(&ids).await?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Marks up to `limit` ready rows processing, with a lease; their ids.
+    async fn claim(&self, limit: i64) -> Result<Vec<i64>> {
+        let ids = match self {
             Bare::Postgres(pool) => {
                 let rows: Vec<(i64, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
                     "UPDATE mq_bench_bare SET status = 'processing', lease_expires_at = now() + interval '30 seconds'
@@ -138,39 +146,16 @@ impl Bare {
                 .bind(limit)
                 .fetch_all(pool)
                 .await?;
-                let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-                if !ids.is_empty() {
-                    sqlx::query("DELETE FROM mq_bench_bare WHERE id = ANY($1)")
-                        .bind(&ids)
-                        .execute(pool)
-                        .await?;
-                }
-                ids
+                rows.iter().map(|r| r.0).collect()
             }
-            Bare::MySql(pool) => {
-                // No UPDATE ... RETURNING: lock the batch, mark it, commit. Should InnoDB
-                // still pick the claim or the delete as a deadlock victim, it is tried again.
-                let ids = loop {
-                    match claim_mysql(pool, limit).await {
-                        Err(e) if is_deadlock(&e) => continue,
-                        other => break other?,
-                    }
-                };
-                if !ids.is_empty() {
-                    loop {
-                        let mut q = QueryBuilder::new("DELETE FROM mq_bench_bare WHERE id IN ");
-                        in_list(&mut q, &ids);
-                        match q.build().execute(pool).await {
-                            Err(e) if is_deadlock(&e) => continue,
-                            other => {
-                                other?;
-                                break;
-                            }
-                        }
-                    }
+            // No UPDATE ... RETURNING: lock the batch, mark it, commit. Should InnoDB still
+            // pick the claim as a deadlock victim, it is tried again.
+            Bare::MySql(pool) => loop {
+                match claim_mysql(pool, limit).await {
+                    Err(e) if is_deadlock(&e) => continue,
+                    other => break other?,
                 }
-                ids
-            }
+            },
             Bare::Sqlite(pool) => {
                 // One writer at a time: the claim is one statement under the write lock.
                 let rows: Vec<(i64, String)> = sqlx::query_as(
@@ -183,16 +168,40 @@ impl Bare {
                 .bind(limit)
                 .fetch_all(pool)
                 .await?;
-                let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-                if !ids.is_empty() {
-                    let mut q = QueryBuilder::new("DELETE FROM mq_bench_bare WHERE id IN ");
-                    in_list(&mut q, &ids);
-                    q.build().execute(pool).await?;
-                }
-                ids
+                rows.iter().map(|r| r.0).collect()
             }
         };
-        Ok(ids.len())
+        Ok(ids)
+    }
+
+    /// Deletes the rows `ids` (the acknowledgement).
+    async fn delete(&self, ids: &[i64]) -> Result<()> {
+        match self {
+            Bare::Postgres(pool) => {
+                sqlx::query("DELETE FROM mq_bench_bare WHERE id = ANY($1)")
+                    .bind(ids)
+                    .execute(pool)
+                    .await?;
+            }
+            // A deadlock victim is tried again, as for the claim.
+            Bare::MySql(pool) => loop {
+                let mut q = QueryBuilder::new("DELETE FROM mq_bench_bare WHERE id IN ");
+                in_list(&mut q, ids);
+                match q.build().execute(pool).await {
+                    Err(e) if is_deadlock(&e) => continue,
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            },
+            Bare::Sqlite(pool) => {
+                let mut q = QueryBuilder::new("DELETE FROM mq_bench_bare WHERE id IN ");
+                in_list(&mut q, ids);
+                q.build().execute(pool).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn drop_table(&self) -> Result<()> {
