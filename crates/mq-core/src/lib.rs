@@ -16,7 +16,8 @@
 //! - [`backend`]: what a backend author needs ([`backend::QueueStore`] and
 //!   [`backend::PollingQueue`], so a backend that can claim atomically with a lease gets the
 //!   whole consumer runtime for free; [`backend::HandlerRunner`] for backends with their own
-//!   delivery loop; adaptive batch sizing and durable shard checkpoints);
+//!   delivery loop; adaptive batch sizing, durable shard checkpoints and the table shard leases can
+//!   live in);
 //! - with feature `testkit`, the conformance suite every backend runs.
 //!
 //! # Quickstart
@@ -43,7 +44,7 @@
 //!
 //! | feature   | what it adds |
 //! |-----------|--------------|
-//! | `testkit` | `mq_core::testkit`: the backend and checkpoint-store conformance suites and test helpers |
+//! | `testkit` | `mq_core::testkit`: the backend, checkpoint-store and lease-table conformance suites and test helpers |
 //! | `metrics` | [`MetricsObserver`]: lifecycle events as metrics on the `metrics` facade |
 
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
@@ -108,6 +109,7 @@ mod delegate;
 mod error;
 mod handler;
 mod id;
+mod lease_table;
 mod lifecycle;
 mod message;
 #[cfg(feature = "metrics")]

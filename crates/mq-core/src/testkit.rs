@@ -46,6 +46,7 @@ pub mod cases;
 pub mod checkpoint;
 pub mod control;
 pub mod dead_letter;
+pub mod lease_table;
 mod support;
 
 pub use support::publish_all;
