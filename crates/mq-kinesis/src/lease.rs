@@ -402,8 +402,9 @@ impl LeaseRecord {
     }
 
     /// [`LeaseStore::acquire_as_member`] (or [`LeaseStore::acquire_above`] without a
-    /// `membership`) on this record: the new lease, or `None` when the shard is finished or its
-    /// lease is live.
+    /// `membership`) on this record at `now` (Unix ms, the store's clock): the new lease, or
+    /// `None` when the shard is finished or its lease is live.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn acquire(
         &mut self,
         stream: &str,
@@ -412,8 +413,8 @@ impl LeaseRecord {
         ttl: Duration,
         epoch_floor: u64,
         memberships: &Memberships,
+        now: u64,
     ) -> Option<Lease> {
-        let now = now_ms();
         if self.finished || self.live(now, memberships) {
             return None;
         }
@@ -452,20 +453,22 @@ impl LeaseRecord {
         }
     }
 
-    /// [`LeaseStore::renew`] on this record: a lease tied to a membership is only confirmed.
+    /// [`LeaseStore::renew`] on this record at `now` (Unix ms, the store's clock): a lease tied
+    /// to a membership is only confirmed.
     pub(crate) fn renew(
         &mut self,
         lease: &Lease,
         ttl: Duration,
         memberships: &Memberships,
+        now: u64,
     ) -> bool {
         if !self.holds(lease) {
             return false;
         }
         if self.membership.is_some() {
-            return self.live(now_ms(), memberships);
+            return self.live(now, memberships);
         }
-        self.expires_at_ms = now_ms() + ttl_ms(ttl);
+        self.expires_at_ms = now + ttl_ms(ttl);
         true
     }
 

@@ -264,7 +264,7 @@ impl LeaseStore for FileLeaseStore {
     ) -> Result<Option<Lease>> {
         let (stream_s, owner) = (stream.to_owned(), owner.to_owned());
         self.update(stream, shard, "acquire", move |l, m| {
-            l.acquire(&stream_s, &owner, None, ttl, epoch_floor, m)
+            l.acquire(&stream_s, &owner, None, ttl, epoch_floor, m, now_ms())
         })
         .await
     }
@@ -281,7 +281,15 @@ impl LeaseStore for FileLeaseStore {
         let (stream_s, owner, membership) =
             (stream.to_owned(), owner.to_owned(), membership.to_owned());
         self.update(stream, shard, "acquire", move |l, m| {
-            l.acquire(&stream_s, &owner, Some(&membership), ttl, epoch_floor, m)
+            l.acquire(
+                &stream_s,
+                &owner,
+                Some(&membership),
+                ttl,
+                epoch_floor,
+                m,
+                now_ms(),
+            )
         })
         .await
     }
@@ -305,7 +313,7 @@ impl LeaseStore for FileLeaseStore {
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
         let held = lease.clone();
         self.update(&lease.stream, &lease.shard, "renew", move |l, m| {
-            l.renew(&held, ttl, m)
+            l.renew(&held, ttl, m, now_ms())
         })
         .await
     }

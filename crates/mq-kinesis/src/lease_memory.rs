@@ -133,7 +133,7 @@ impl LeaseStore for InMemoryLeaseStore {
         epoch_floor: u64,
     ) -> Result<Option<Lease>> {
         Ok(self.update(stream, shard, |l, m| {
-            l.acquire(stream, owner, None, ttl, epoch_floor, m)
+            l.acquire(stream, owner, None, ttl, epoch_floor, m, now_ms())
         }))
     }
 
@@ -147,7 +147,15 @@ impl LeaseStore for InMemoryLeaseStore {
         epoch_floor: u64,
     ) -> Result<Option<Lease>> {
         Ok(self.update(stream, shard, |l, m| {
-            l.acquire(stream, owner, Some(membership), ttl, epoch_floor, m)
+            l.acquire(
+                stream,
+                owner,
+                Some(membership),
+                ttl,
+                epoch_floor,
+                m,
+                now_ms(),
+            )
         }))
     }
 
@@ -166,7 +174,9 @@ impl LeaseStore for InMemoryLeaseStore {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
-        Ok(self.update(&lease.stream, &lease.shard, |l, m| l.renew(lease, ttl, m)))
+        Ok(self.update(&lease.stream, &lease.shard, |l, m| {
+            l.renew(lease, ttl, m, now_ms())
+        }))
     }
 
     async fn checkpoint(&self, lease: &Lease, sequence_number: &str) -> Result<CheckpointOutcome> {

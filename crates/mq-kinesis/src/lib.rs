@@ -67,6 +67,7 @@ mod lease_durable;
 mod lease_file;
 mod lease_memory;
 mod lease_redis;
+mod lease_table;
 mod position;
 mod producer;
 mod queue;
@@ -88,6 +89,7 @@ pub use lease_durable::DurableLeaseStore;
 pub use lease_file::FileLeaseStore;
 pub use lease_memory::InMemoryLeaseStore;
 pub use lease_redis::RedisLeaseStore;
+pub use lease_table::TableLeaseStore;
 pub use position::StartPosition;
 pub use producer::{
     KinesisProducer, MAX_PARTITION_KEY_CHARS, MAX_RECORD_BYTES, MAX_RECORDS_PER_REQUEST,
