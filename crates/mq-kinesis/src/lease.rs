@@ -276,6 +276,31 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
         Ok(None)
     }
 
+    /// Checks that this store, as configured, can serve `stream` alongside the rest of the
+    /// fleet, so a misconfigured instance fails when its consumer starts instead of logging
+    /// and taking nothing. [`KinesisQueue`](crate::KinesisQueue) calls it from `consume` and
+    /// refuses to start on an [`Error::InvalidOption`](crate::Error::InvalidOption); any other
+    /// error (the store is unreachable) is logged and the consumer starts, waiting for the
+    /// store as it always does.
+    ///
+    /// [`RedisLeaseStore`](crate::RedisLeaseStore) checks the stream's recorded slot-bucket
+    /// layout. A store that does not override it has nothing to check.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mq_kinesis::{InMemoryLeaseStore, LeaseStore};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// InMemoryLeaseStore::new().check_stream("orders").await?;
+    /// # Ok::<(), mq_kinesis::Error>(())
+    /// # }).unwrap();
+    /// ```
+    async fn check_stream(&self, stream: &str) -> Result<()> {
+        let _ = stream;
+        Ok(())
+    }
+
     /// Forgets `shard` once it is finished: its lease, its failure counts and its entry in the
     /// list of [`leases`](Self::leases), so a stream that reshards often does not keep a record
     /// of every shard it ever had. True when it was finished and is forgotten now; an

@@ -643,4 +643,8 @@ impl LeaseStore for DurableLeaseStore {
     async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
         self.leases.lease_version(stream).await
     }
+
+    async fn check_stream(&self, stream: &str) -> Result<()> {
+        self.leases.check_stream(stream).await
+    }
 }

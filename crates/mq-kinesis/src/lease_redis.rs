@@ -731,6 +731,10 @@ impl LeaseStore for RedisLeaseStore {
             .await
     }
 
+    async fn check_stream(&self, stream: &str) -> Result<()> {
+        self.check_layout(stream, true).await
+    }
+
     async fn lease_version(&self, stream: &str) -> Result<Option<u64>> {
         use fred::interfaces::HashesInterface;
         self.check_layout(stream, false).await?;

@@ -555,6 +555,20 @@ impl MessageQueue for KinesisQueue {
     ) -> mq_core::Result<ConsumerHandle> {
         options.validate()?;
         let q = self.resolve_registered(queue)?;
+        match self
+            .inner
+            .options
+            .lease_store
+            .check_stream(q.as_str())
+            .await
+        {
+            Err(e @ Error::InvalidOption { .. }) => return Err(e.into()),
+            // unreachable now: the worker waits for the store like after any outage
+            Err(e) => {
+                tracing::warn!(stream = %q, error = %e, "mq-kinesis: cannot check the lease store's layout of the stream yet")
+            }
+            Ok(()) => {}
+        }
         let n = self.inner.next_worker.fetch_add(1, Ordering::Relaxed);
         let worker_id = format!("{}-{n}", self.inner.options.instance_id);
         let stopper = ConsumerStopper::new(

@@ -2,6 +2,8 @@
 //! with every fencing guarantee of the one-slot layout, on plain Redis (`REDIS_URL`) and on the
 //! 3-node cluster of `cargo xtask services up` (`MQ_TEST_REDIS_CLUSTER_URL`).
 
+#[path = "common/emulator.rs"]
+mod emulator;
 #[path = "common/redis_keys.rs"]
 mod redis_keys;
 
@@ -413,4 +415,49 @@ fn bucket(shard: &str) -> u32 {
     shard.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     }) % 16
+}
+
+/// A consumer whose store is set to another number of buckets than the stream's recorded one
+/// fails to start, with the reason, instead of starting and taking nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_with_another_layout_fails_to_start() {
+    use mq_core::{Batch, ConsumerOptions, HandlerContext, MessageQueue, QueueName, handler_fn};
+    use mq_kinesis::{KinesisOptions, KinesisQueue};
+    let test = "layout-consume";
+    let Some(url) = redis_url(test) else { return };
+    let p = prefix(test);
+    redis_keys::delete_matching(&format!("{p}:*"));
+    let s = stream_name(test);
+    let emu = emulator::Emulator::with_stream(&s, 1).await;
+    // the fleet recorded one bucket
+    store(&url, test, 1)
+        .await
+        .join(&s, "a", "a.1", LONG)
+        .await
+        .unwrap();
+    let q = QueueName::new(&s).unwrap();
+    let handler = Arc::new(handler_fn(|_: Batch, _: HandlerContext| async {}));
+    for (n, refused) in [(16, true), (1, false)] {
+        let queue = KinesisQueue::with_client(
+            emu.client(),
+            KinesisOptions::new(Arc::new(store(&url, test, n).await)).instance_id("b"),
+        );
+        queue.register(&q).await.unwrap();
+        let started = queue
+            .consume(&q, handler.clone(), ConsumerOptions::default())
+            .await;
+        match started {
+            Err(e) if refused => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("1 slot bucket(s)") && text.contains("set to 16"),
+                    "{text}"
+                );
+            }
+            Ok(handle) if !refused => handle.stop().await,
+            other => panic!("{n} buckets: {:?}", other.map(|_| "started")),
+        }
+        let _ = queue.shutdown().await;
+    }
+    redis_keys::delete_matching(&format!("{p}:*"));
 }
