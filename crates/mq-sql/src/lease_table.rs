@@ -19,6 +19,17 @@ use crate::options::{SqlOptions, validate_table};
 use crate::store::{connect_pool, derived};
 
 /// The table [`SqlLeaseTable`] uses unless told otherwise.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[cfg(feature = "sqlite")]
+/// # async fn f() -> mq_core::Result<()> {
+/// let table = mq_sql::SqliteLeaseTable::connect("sqlite://app.db", mq_sql::DEFAULT_LEASE_TABLE)
+///     .await?;
+/// assert_eq!(table.table(), "mq_leases");
+/// # Ok(()) }
+/// ```
 pub const DEFAULT_LEASE_TABLE: &str = "mq_leases";
 
 /// The advisory lock key serializing concurrent schema changes of lease tables.

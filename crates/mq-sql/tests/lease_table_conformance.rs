@@ -25,34 +25,28 @@ fn url(var: &str, test: &str) -> Option<String> {
     }
 }
 
-/// A pool on the server named by `$var` with the table of `test` (and its versions) dropped.
-macro_rules! fresh_pool {
-    ($var:literal, $db:ty, $test:expr) => {{
-        let url = url($var, $test)?;
-        let pool = sqlx::pool::PoolOptions::<$db>::new()
-            .max_connections(8)
-            .connect(&url)
-            .await
-            .unwrap();
-        let t = table($test);
-        for drop in [t.clone(), format!("{t}_versions")] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {drop}")))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        Some((pool, t))
-    }};
-}
-
 /// A factory on the server named by `$var`: one table per case, dropped first.
 macro_rules! server_factory {
     ($factory:ident, $var:literal, $db:ty) => {
         struct $factory;
 
         impl $factory {
+            /// A pool with the table of `test` (and its versions) dropped, and that table's name.
             async fn pool(&self, test: &str) -> Option<(sqlx::Pool<$db>, String)> {
-                fresh_pool!($var, $db, test)
+                let url = url($var, test)?;
+                let pool = sqlx::pool::PoolOptions::<$db>::new()
+                    .max_connections(8)
+                    .connect(&url)
+                    .await
+                    .unwrap();
+                let t = table(test);
+                for drop in [t.clone(), format!("{t}_versions")] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {drop}")))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+                Some((pool, t))
             }
         }
 
@@ -73,6 +67,7 @@ server_factory!(My, "MQ_TEST_MYSQL_URL", sqlx::MySql);
 struct Lite;
 
 impl Lite {
+    /// The URL of a fresh SQLite file for `test` (an earlier run's file is removed).
     fn url(&self, test: &str) -> String {
         let path = std::env::temp_dir().join(format!("mq-sql-lease-{test}.db"));
         for suffix in ["", "-wal", "-shm"] {
