@@ -251,7 +251,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) if retryable(&e) && n + 1 < ATTEMPTS => {
                 n += 1;
-                tracing::debug!(error = %e, operation, "mq-sql: checkpoint transaction lost a race, retrying");
+                tracing::debug!(error = %e, operation, "mq-sql: lost a race (deadlock, serialization or busy database), retrying");
                 tokio::time::sleep(std::time::Duration::from_millis(2 * n as u64)).await;
             }
             Err(e) => return Err(mq_core::Error::backend("sql", operation, e)),

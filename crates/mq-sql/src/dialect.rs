@@ -1,6 +1,6 @@
 //! [`Dialect`]: what really differs between the SQL databases. The queue store
-//! ([`SqlStore`]), the checkpoint store and the dead-letter store are written once, generic over
-//! it; each database implements it in one file of `dialect/`.
+//! ([`SqlStore`]), the checkpoint store, the dead-letter store and the lease table are written
+//! once, generic over it; each database implements it in one file of `dialect/`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -51,6 +51,8 @@ macro_rules! migrations {
             $crate::dialect::migration!($database, "0001_checkpoints.sql");
         const DEAD_LETTER_MIGRATION: &'static str =
             $crate::dialect::migration!($database, "0001_dead_letters.sql").1;
+        const LEASE_MIGRATIONS: &'static [(&'static str, &'static str)] =
+            &[$crate::dialect::migration!($database, "0001_leases.sql")];
     };
 }
 pub(crate) use migrations;
@@ -60,12 +62,12 @@ pub(crate) use migrations;
 pub(crate) const CHUNK: usize = 1000;
 
 /// The public aliases of one database (`$db`, called `$name` in their docs, behind `$feature`):
-/// its queue, checkpoint store and dead-letter store; also checks that the generic store impls
-/// apply to it.
+/// its queue, checkpoint store, dead-letter store and lease table; also checks that the generic
+/// store impls apply to it.
 macro_rules! aliases {
     (
         $db:ty, $name:literal, feature $feature:literal, pool $pool:ident:
-        $queue:ident, $checkpoint:ident, $dead_letter:ident
+        $queue:ident, $checkpoint:ident, $dead_letter:ident, $lease:ident
     ) => {
         #[doc = concat!("A SQL queue on ", $name, ".")]
         pub type $queue = crate::SqlQueue<$db>;
@@ -97,6 +99,30 @@ macro_rules! aliases {
         pub type $dead_letter = crate::SqlDeadLetterStore<$db>;
 
         const _: () = crate::dead_letter::assert_store::<$dead_letter>();
+
+        #[doc = concat!(
+            "A [`SqlLeaseTable`](crate::SqlLeaseTable) on ", $name, " (feature `", $feature, "`)."
+        )]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        #[doc = concat!(
+            "# async fn f(pool: mq_sql::sqlx::", stringify!($pool), ") -> mq_core::Result<()> {"
+        )]
+        /// use mq_core::backend::LeaseTable;
+        #[doc = concat!("use mq_sql::", stringify!($lease), ";")]
+        ///
+        #[doc = concat!(
+            "let table = ", stringify!($lease),
+            "::from_pool(pool, mq_sql::DEFAULT_LEASE_TABLE).await?;"
+        )]
+        /// let now = table.now_ms().await?;
+        /// # let _ = now; Ok(()) }
+        /// ```
+        pub type $lease = crate::SqlLeaseTable<$db>;
+
+        const _: () = crate::lease_table::assert_table::<$lease>();
     };
 }
 pub(crate) use aliases;
@@ -114,6 +140,8 @@ pub trait Dialect: sqlx::Database<Arguments: IntoArguments<Self>, Row: ReadRow> 
     const CHECKPOINT_MIGRATION: (&'static str, &'static str);
     /// The dead-letter table's migration (`{table}` and `{idx_...}` placeholders).
     const DEAD_LETTER_MIGRATION: &'static str;
+    /// The lease table's migrations, in order (`{table}` placeholder).
+    const LEASE_MIGRATIONS: &'static [(&'static str, &'static str)];
     /// The SQL functions of the larger and of the smaller of their arguments.
     const GREATEST_LEAST: (&'static str, &'static str) = ("GREATEST", "LEAST");
     /// Whether schema changes run in one transaction (false where DDL commits implicitly).
@@ -240,6 +268,33 @@ pub trait Dialect: sqlx::Database<Arguments: IntoArguments<Self>, Row: ReadRow> 
     }
     /// Milliseconds from the time expression `then` to `now`, as a SQL integer expression.
     fn age_ms(then: &str, now: &str) -> String;
+
+    /// A query of one row with the database's clock in Unix milliseconds as the BIGINT
+    /// `now_ms`, read when the statement runs (a lease table's shared clock).
+    const CLOCK_MS: &'static str;
+    /// Appended to the insert of a new lease-table record so that a record that exists already
+    /// is left alone and nothing is inserted. Where it is empty the insert fails with a unique
+    /// violation instead, which the caller takes for the same answer.
+    const LEASE_CREATE_CONFLICT: &'static str = " ON CONFLICT (stream, kind, name) DO NOTHING";
+    /// The version a lease-table bump inserts a missing record at (1), as a SQL expression.
+    const LEASE_BUMP_FIRST: &'static str = "1";
+    /// Appended to a lease-table bump's insert into `table`: on an existing record, raise its
+    /// version by one instead. The statement returns the new version as `version` unless
+    /// [`LEASE_BUMP_READ`](Self::LEASE_BUMP_READ) reads it back.
+    fn lease_bump_conflict(table: &str) -> String {
+        format!(
+            " ON CONFLICT (stream, kind, name) DO UPDATE SET version = {table}.version + 1 \
+             RETURNING version"
+        )
+    }
+    /// Where an insert cannot return rows: the query that reads the version a bump just wrote,
+    /// as `version`, on the same connection.
+    const LEASE_BUMP_READ: Option<&'static str> = None;
+    /// A lease-table key column as text, for a select list (keys are stored as bytes where the
+    /// database has no byte-wise text collation without padding).
+    fn lease_key_text(column: &str) -> String {
+        column.to_owned()
+    }
 }
 
 /// A query under construction, whatever the database (placeholders and binds).

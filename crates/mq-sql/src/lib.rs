@@ -20,6 +20,10 @@
 //! [`SqliteCheckpointStore`]) keeps durable Kinesis checkpoints fenced by lease epochs, for
 //! mq-kinesis setups whose lease store (Redis) may lose its data.
 //!
+//! [`SqlLeaseTable`] ([`PgLeaseTable`], [`MySqlLeaseTable`], [`SqliteLeaseTable`]) is the
+//! [`LeaseTable`](mq_core::backend::LeaseTable) mq-kinesis keeps shard leases and instance
+//! sessions in, so a fleet can share them through the database it already runs instead of Redis.
+//!
 //! # Quickstart
 //!
 //! ```no_run
@@ -52,8 +56,8 @@
 //! [`SqlOptions::create_schema`]`(false)` nothing is created: connecting checks that the table
 //! exists and fails with an error naming it otherwise.
 //!
-//! One code path serves every database: the queue, checkpoint and dead-letter stores are
-//! written once; what differs (SQL fragments, time encoding, the claim and batch-write steps)
+//! One code path serves every database: the queue, checkpoint and dead-letter stores and the
+//! lease table are written once; what differs (SQL fragments, time encoding, the claim and batch-write steps)
 //! lives in one crate-private dialect per database.
 //!
 //! Every public function returns [`mq_core::Result`]; this crate's [`Error`] is kept as the
@@ -87,6 +91,7 @@ mod dead_letter;
 mod dialect;
 mod error;
 mod in_tx;
+mod lease_table;
 mod migrate;
 mod options;
 mod queue;
@@ -99,12 +104,15 @@ mod store;
 pub use checkpoint::{DEFAULT_CHECKPOINT_TABLE, SqlCheckpointStore};
 pub use dead_letter::{DEFAULT_DEAD_LETTER_TABLE, SqlDeadLetterStore};
 #[cfg(feature = "mysql")]
-pub use dialect::mysql::{MySqlCheckpointStore, MySqlDeadLetterStore, MySqlQueue};
+pub use dialect::mysql::{MySqlCheckpointStore, MySqlDeadLetterStore, MySqlLeaseTable, MySqlQueue};
 #[cfg(feature = "postgres")]
-pub use dialect::postgres::{PgCheckpointStore, PgDeadLetterStore, PgQueue};
+pub use dialect::postgres::{PgCheckpointStore, PgDeadLetterStore, PgLeaseTable, PgQueue};
 #[cfg(feature = "sqlite")]
-pub use dialect::sqlite::{SqliteCheckpointStore, SqliteDeadLetterStore, SqliteQueue};
+pub use dialect::sqlite::{
+    SqliteCheckpointStore, SqliteDeadLetterStore, SqliteLeaseTable, SqliteQueue,
+};
 pub use error::{Error, Result};
+pub use lease_table::{DEFAULT_LEASE_TABLE, SqlLeaseTable};
 pub use migrate::Migration;
 pub use options::SqlOptions;
 pub use queue::SqlQueue;

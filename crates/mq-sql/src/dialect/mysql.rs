@@ -23,7 +23,7 @@ use crate::store::{
 
 super::aliases!(
     MySql, "MySQL or MariaDB", feature "mysql", pool MySqlPool:
-    MySqlQueue, MySqlCheckpointStore, MySqlDeadLetterStore
+    MySqlQueue, MySqlCheckpointStore, MySqlDeadLetterStore, MySqlLeaseTable
 );
 
 impl Dialect for MySql {
@@ -376,6 +376,27 @@ impl Dialect for MySql {
 
     fn age_ms(then: &str, now: &str) -> String {
         format!("CAST(TIMESTAMPDIFF(MICROSECOND, {then}, {now}) DIV 1000 AS SIGNED)")
+    }
+
+    // From UTC_TIMESTAMP, not UNIX_TIMESTAMP(NOW()): the session's time zone (and its
+    // daylight-saving hour that happens twice) stays out of it.
+    const CLOCK_MS: &'static str = "SELECT CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', \
+        UTC_TIMESTAMP(6)) DIV 1000 AS SIGNED) AS now_ms";
+    // No `ON CONFLICT DO NOTHING`, and `INSERT IGNORE` would also turn a value or key that does
+    // not fit into a warning: the duplicate key error itself says the record exists.
+    const LEASE_CREATE_CONFLICT: &'static str = "";
+    // No `RETURNING` on an insert: the new version is kept in the connection's LAST_INSERT_ID,
+    // set by the insert's values and again by the update when the record exists.
+    const LEASE_BUMP_FIRST: &'static str = "LAST_INSERT_ID(1)";
+    const LEASE_BUMP_READ: Option<&'static str> =
+        Some("SELECT CAST(LAST_INSERT_ID() AS SIGNED) AS version");
+
+    fn lease_bump_conflict(_table: &str) -> String {
+        " ON DUPLICATE KEY UPDATE version = LAST_INSERT_ID(version + 1)".to_owned()
+    }
+
+    fn lease_key_text(column: &str) -> String {
+        format!("CONVERT({column} USING utf8mb4)")
     }
 }
 

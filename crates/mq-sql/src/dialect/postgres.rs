@@ -24,7 +24,7 @@ use crate::store::{
 
 super::aliases!(
     Postgres, "PostgreSQL", feature "postgres", pool PgPool:
-    PgQueue, PgCheckpointStore, PgDeadLetterStore
+    PgQueue, PgCheckpointStore, PgDeadLetterStore, PgLeaseTable
 );
 
 /// The most rows one insert statement carries.
@@ -349,6 +349,10 @@ impl Dialect for Postgres {
     fn age_ms(then: &str, now: &str) -> String {
         format!("CAST(EXTRACT(EPOCH FROM ({now} - {then})) * 1000 AS BIGINT)")
     }
+
+    // `clock_timestamp()`: `now()` would be the start of the caller's transaction.
+    const CLOCK_MS: &'static str =
+        "SELECT CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT) AS now_ms";
 }
 
 impl SqlStore<Postgres> {

@@ -25,7 +25,7 @@ use crate::store::{
 
 super::aliases!(
     Sqlite, "SQLite", feature "sqlite", pool SqlitePool:
-    SqliteQueue, SqliteCheckpointStore, SqliteDeadLetterStore
+    SqliteQueue, SqliteCheckpointStore, SqliteDeadLetterStore, SqliteLeaseTable
 );
 
 impl Dialect for Sqlite {
@@ -260,6 +260,11 @@ impl Dialect for Sqlite {
     fn age_ms(then: &str, now: &str) -> String {
         format!("({now} - {then}) / 1000")
     }
+
+    // SQLite's 'now' is kept in whole milliseconds of the Julian day; rounding undoes the
+    // floating-point error of turning it back into Unix time.
+    const CLOCK_MS: &'static str = "SELECT CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) \
+        AS INTEGER) AS now_ms";
 }
 
 /// `m(seq{extra})`: the rows a batch write may change, each claim of its values
