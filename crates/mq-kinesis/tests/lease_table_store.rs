@@ -26,6 +26,88 @@ mod memory {
     mq_kinesis::lease_store_tests!(super::Memory);
 }
 
+/// The table of `test`, dropped (with its versions) so a failed run leaves its rows until the
+/// case runs again.
+fn table_name(test: &str) -> String {
+    mq_core::testkit::identifier("mqt_tls_", test, 50)
+}
+
+fn url(var: &str, test: &str) -> Option<String> {
+    mq_core::testkit::service_url(var)
+        .map_err(|reason| eprintln!("skipping {test}: {reason}"))
+        .ok()
+}
+
+/// A `TableLeaseStore` on a SQL table of the server `$var` names.
+macro_rules! sql_factory {
+    ($factory:ident, $var:literal, $db:ty, $table:ty) => {
+        struct $factory;
+
+        #[async_trait]
+        impl LeaseStoreFactory for $factory {
+            async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
+                let url = url($var, test)?;
+                let pool = sqlx::pool::PoolOptions::<$db>::new()
+                    .max_connections(8)
+                    .connect(&url)
+                    .await
+                    .unwrap();
+                let t = table_name(test);
+                for drop in [t.clone(), format!("{t}_versions")] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {drop}")))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+                let table = <$table>::from_pool(pool, t).await.unwrap();
+                Some(Arc::new(TableLeaseStore::new(Arc::new(table))))
+            }
+        }
+    };
+}
+
+sql_factory!(
+    Postgres,
+    "MQ_TEST_POSTGRES_URL",
+    sqlx::Postgres,
+    mq_sql::PgLeaseTable
+);
+sql_factory!(
+    MySql,
+    "MQ_TEST_MYSQL_URL",
+    sqlx::MySql,
+    mq_sql::MySqlLeaseTable
+);
+
+struct Sqlite;
+
+#[async_trait]
+impl LeaseStoreFactory for Sqlite {
+    async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
+        let path = std::env::temp_dir().join(format!("{}.db", table_name(test)));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let url = format!("sqlite://{}", path.display());
+        let table = mq_sql::SqliteLeaseTable::connect(&url, "leases")
+            .await
+            .unwrap();
+        Some(Arc::new(TableLeaseStore::new(Arc::new(table))))
+    }
+}
+
+mod postgres {
+    mq_kinesis::lease_store_tests!(super::Postgres);
+}
+
+mod mysql {
+    mq_kinesis::lease_store_tests!(super::MySql);
+}
+
+mod sqlite {
+    mq_kinesis::lease_store_tests!(super::Sqlite);
+}
+
 /// A memory table whose writes of membership records wait for a permit once `hold` is set:
 /// a renewal that has read its membership is paused before it writes.
 #[derive(Debug)]
