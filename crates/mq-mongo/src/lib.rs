@@ -25,14 +25,17 @@
 //! - **queue statistics** ([`MongoQueue::queue_stats`]): messages per status, the oldest ready
 //!   message, expired leases, in one read-only aggregation.
 //!
-//! Two stores live beside the queue, built the same way (`connect(uri, options)` or
+//! Three stores live beside the queue, built the same way (`connect(uri, options)` or
 //! `from_client(client, options)`) from the same [`MongoOptions`]:
 //!
 //! - [`MongoDeadLetterStore`] keeps the messages that failed for good; hand it to any queue
 //!   through [`CommonOptions::dead_letters`](mq_core::CommonOptions::dead_letters), replay its
 //!   entries with the `mq-dlq` crate;
 //! - [`MongoCheckpointStore`] keeps durable Kinesis checkpoints fenced by lease epochs, for
-//!   mq-kinesis setups whose lease store (Redis) may lose its data.
+//!   mq-kinesis setups whose lease store (Redis) may lose its data;
+//! - [`MongoLeaseTable`] keeps versioned records written by compare-and-set, with the server's
+//!   clock: the [`LeaseTable`](mq_core::backend::LeaseTable) that lets mq-kinesis keep its
+//!   shard leases in MongoDB instead of Redis.
 //!
 //! Every fallible function returns [`mq_core::Result`]. The driver is re-exported as
 //! [`mongodb`], so `mq_mongo::mongodb::Client` is the version this crate was built with.
@@ -78,6 +81,7 @@ mod connect;
 mod dead_letters;
 mod document;
 mod error;
+mod lease_table;
 mod options;
 mod queue;
 mod stats;
@@ -87,6 +91,7 @@ mod wake;
 pub use checkpoint::MongoCheckpointStore;
 pub use dead_letters::MongoDeadLetterStore;
 pub use error::Error;
+pub use lease_table::MongoLeaseTable;
 pub use mongodb;
 pub use options::{ClaimStrategy, MongoOptions};
 pub use queue::MongoQueue;

@@ -31,12 +31,13 @@ pub enum ClaimStrategy {
 }
 
 /// Settings of the MongoDB backend: where [`MongoQueue`](crate::MongoQueue),
-/// [`MongoDeadLetterStore`](crate::MongoDeadLetterStore) and
-/// [`MongoCheckpointStore`](crate::MongoCheckpointStore) keep their data and how they talk to
-/// the server. One value can configure all three: each reads its own collection.
+/// [`MongoDeadLetterStore`](crate::MongoDeadLetterStore),
+/// [`MongoCheckpointStore`](crate::MongoCheckpointStore) and
+/// [`MongoLeaseTable`](crate::MongoLeaseTable) keep their data and how they talk to the server.
+/// One value can configure all four: each reads its own collection.
 ///
-/// Defaults: database `mq`; collections `mq_messages` (messages), `mq_dead_letters` and
-/// `mq_checkpoints`; server selection and connect timeouts of 10 s; collections and indexes
+/// Defaults: database `mq`; collections `mq_messages` (messages), `mq_dead_letters`,
+/// `mq_checkpoints` and `mq_leases`; server selection and connect timeouts of 10 s; collections and indexes
 /// created when missing; finished messages kept forever (no TTL index); change-stream wake-up on;
 /// batch claiming ([`ClaimStrategy::Batch`]); a sweep for expired messages and leases every 1 s;
 /// default [`CommonOptions`].
@@ -75,6 +76,7 @@ pub struct MongoOptions {
     collection: String,
     dead_letter_collection: String,
     checkpoint_collection: String,
+    lease_collection: String,
     control_collection: String,
     server_selection_timeout: Duration,
     connect_timeout: Duration,
@@ -94,6 +96,7 @@ impl Default for MongoOptions {
             collection: "mq_messages".into(),
             dead_letter_collection: "mq_dead_letters".into(),
             checkpoint_collection: "mq_checkpoints".into(),
+            lease_collection: "mq_leases".into(),
             control_collection: "mq_queue_controls".into(),
             server_selection_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
@@ -118,6 +121,13 @@ impl MongoOptions {
         dead_letter_collection(name: impl Into<String>) name.into();
         /// The collection of [`MongoCheckpointStore`](crate::MongoCheckpointStore).
         checkpoint_collection(name: impl Into<String>) name.into();
+        /// The collection of [`MongoLeaseTable`](crate::MongoLeaseTable) (default `mq_leases`).
+        ///
+        /// ```
+        /// let opts = mq_mongo::MongoOptions::default().lease_collection("kinesis_leases");
+        /// assert_eq!(opts.get_lease_collection(), "kinesis_leases");
+        /// ```
+        lease_collection(name: impl Into<String>) name.into();
         /// The collection holding one small document per paused queue (default
         /// `mq_queue_controls`), read by every claim so a pause stops all consumers at once.
         control_collection(name: impl Into<String>) name.into();
@@ -187,6 +197,14 @@ impl MongoOptions {
     pub fn get_checkpoint_collection(&self) -> &str {
         &self.checkpoint_collection
     }
+    /// The collection of the lease table.
+    ///
+    /// ```
+    /// assert_eq!(mq_mongo::MongoOptions::default().get_lease_collection(), "mq_leases");
+    /// ```
+    pub fn get_lease_collection(&self) -> &str {
+        &self.lease_collection
+    }
     /// The collection of the queue controls (pause and resume).
     pub fn get_control_collection(&self) -> &str {
         &self.control_collection
@@ -242,6 +260,7 @@ impl MongoOptions {
             ("collection", &self.collection),
             ("dead_letter_collection", &self.dead_letter_collection),
             ("checkpoint_collection", &self.checkpoint_collection),
+            ("lease_collection", &self.lease_collection),
             ("control_collection", &self.control_collection),
         ];
         for (i, (field, name)) in collections.iter().enumerate() {
@@ -392,6 +411,17 @@ mod tests {
             opts.get_document_lifetime(),
             Some(Duration::from_secs(3660))
         );
+        let e = refused(MongoOptions::default().lease_collection("mq_checkpoints"));
+        assert!(
+            matches!(
+                e,
+                Error::InvalidOption {
+                    field: "lease_collection",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = refused(MongoOptions::default().dead_letter_collection("mq_messages"));
         assert!(
             matches!(
@@ -460,6 +490,7 @@ mod tests {
                 MongoOptions::default().collection(bad),
                 MongoOptions::default().dead_letter_collection(bad),
                 MongoOptions::default().checkpoint_collection(bad),
+                MongoOptions::default().lease_collection(bad),
             ] {
                 let e = refused(opts);
                 assert!(

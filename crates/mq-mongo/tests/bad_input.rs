@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use mq_core::testkit::queue_name;
 use mq_core::{Error as CoreError, MessageId, MessageQueue, NewMessage, Status};
 use mq_mongo::mongodb::Client;
-use mq_mongo::{Error, MongoCheckpointStore, MongoDeadLetterStore, MongoOptions, MongoQueue};
+use mq_mongo::{
+    Error, MongoCheckpointStore, MongoDeadLetterStore, MongoLeaseTable, MongoOptions, MongoQueue,
+};
 use serde_json::json;
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -22,24 +24,27 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Opens a queue, a dead-letter store and a checkpoint store on `uri` with `options`, at once.
-async fn connect_all(uri: &str, options: MongoOptions) -> [Result<(), CoreError>; 3] {
-    let (q, d, c) = tokio::join!(
+/// Opens a queue, a dead-letter store, a checkpoint store and a lease table on `uri` with
+/// `options`, at once.
+async fn connect_all(uri: &str, options: MongoOptions) -> [Result<(), CoreError>; 4] {
+    let (q, d, c, l) = tokio::join!(
         MongoQueue::connect(uri, options.clone()),
         MongoDeadLetterStore::connect(uri, options.clone()),
-        MongoCheckpointStore::connect(uri, options),
+        MongoCheckpointStore::connect(uri, options.clone()),
+        MongoLeaseTable::connect(uri, options),
     );
-    [q.map(drop), d.map(drop), c.map(drop)]
+    [q.map(drop), d.map(drop), c.map(drop), l.map(drop)]
 }
 
 /// The same, on a client the caller built (which has not talked to any server yet).
-async fn from_client_all(client: &Client, options: MongoOptions) -> [Result<(), CoreError>; 3] {
-    let (q, d, c) = tokio::join!(
+async fn from_client_all(client: &Client, options: MongoOptions) -> [Result<(), CoreError>; 4] {
+    let (q, d, c, l) = tokio::join!(
         MongoQueue::from_client(client.clone(), options.clone()),
         MongoDeadLetterStore::from_client(client.clone(), options.clone()),
-        MongoCheckpointStore::from_client(client.clone(), options),
+        MongoCheckpointStore::from_client(client.clone(), options.clone()),
+        MongoLeaseTable::from_client(client.clone(), options),
     );
-    [q.map(drop), d.map(drop), c.map(drop)]
+    [q.map(drop), d.map(drop), c.map(drop), l.map(drop)]
 }
 
 #[tokio::test]
@@ -115,11 +120,12 @@ async fn hostile_names_are_refused_before_any_call() {
     let (look_alike, invisible) = ("jobs\u{0441}", "\u{200b}jobs");
     let names = ["a$b", "a\0b", "a\nb", look_alike, invisible, &huge, ""];
     for name in names {
-        let cases: [(&str, MongoOptions); 4] = [
+        let cases: [(&str, MongoOptions); 5] = [
             ("database", base.clone().database(name)),
             ("collection", base.clone().collection(name)),
             ("collection", base.clone().dead_letter_collection(name)),
             ("collection", base.clone().checkpoint_collection(name)),
+            ("collection", base.clone().lease_collection(name)),
         ];
         for (kind, options) in cases {
             let started = Instant::now();

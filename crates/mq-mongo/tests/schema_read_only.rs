@@ -9,10 +9,13 @@ use std::time::Duration;
 use mq_core::{DeadLetterStore, Error as CoreError};
 use mq_mongo::mongodb::Client;
 use mq_mongo::mongodb::bson::Document;
-use mq_mongo::{Error, MongoCheckpointStore, MongoDeadLetterStore, MongoOptions, MongoQueue};
+use mq_mongo::{
+    Error, MongoCheckpointStore, MongoDeadLetterStore, MongoLeaseTable, MongoOptions, MongoQueue,
+};
 
-/// Opens a queue, a dead-letter store and a checkpoint store on `client` with `options`.
-async fn open_all(client: &Client, options: &MongoOptions) -> [Result<(), CoreError>; 3] {
+/// Opens a queue, a dead-letter store, a checkpoint store and a lease table on `client` with
+/// `options`.
+async fn open_all(client: &Client, options: &MongoOptions) -> [Result<(), CoreError>; 4] {
     [
         MongoQueue::from_client(client.clone(), options.clone())
             .await
@@ -21,6 +24,9 @@ async fn open_all(client: &Client, options: &MongoOptions) -> [Result<(), CoreEr
             .await
             .map(drop),
         MongoCheckpointStore::from_client(client.clone(), options.clone())
+            .await
+            .map(drop),
+        MongoLeaseTable::from_client(client.clone(), options.clone())
             .await
             .map(drop),
     ]
@@ -52,7 +58,7 @@ async fn read_only_open_creates_nothing_and_names_what_is_missing() {
     let db = client.database(options.get_database());
     let read_only = options.clone().create_schema(false);
 
-    let [queue, dead_letters, checkpoints] = open_all(&client, &read_only).await;
+    let [queue, dead_letters, checkpoints, leases] = open_all(&client, &read_only).await;
     let database = options.get_database();
     assert_eq!(missing(queue), format!("collection {database}.mq_messages"));
     assert_eq!(
@@ -63,6 +69,7 @@ async fn read_only_open_creates_nothing_and_names_what_is_missing() {
         missing(checkpoints),
         format!("collection {database}.mq_checkpoints")
     );
+    assert_eq!(missing(leases), format!("collection {database}.mq_leases"));
     let created = db.list_collection_names().await.expect("list");
     assert!(created.is_empty(), "a read-only open created {created:?}");
 
@@ -117,6 +124,19 @@ async fn read_only_open_creates_nothing_and_names_what_is_missing() {
     let object = missing(queue);
     assert!(
         object.starts_with("index mq_retention") && object.contains("expiring after 3600s"),
+        "{object}"
+    );
+
+    // A lease table whose listing index is gone is refused, naming the index.
+    db.collection::<Document>("mq_leases")
+        .drop_index("mq_lease_stream_kind")
+        .await
+        .expect("drop index");
+    let [.., leases] = open_all(&client, &read_only).await;
+    let object = missing(leases);
+    assert!(
+        object.starts_with("index mq_lease_stream_kind")
+            && object.ends_with(&format!("{database}.mq_leases")),
         "{object}"
     );
 }
