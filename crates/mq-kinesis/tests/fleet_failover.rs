@@ -1,12 +1,13 @@
 //! Crash takeover with every instance in a process of its own (the test binary started again as
-//! a child), Redis leases and default settings, under a steady load:
+//! a child), default settings and Redis leases unless a test says otherwise, under a steady load:
 //!
 //! - kill -9 one of 3 instances: each orphaned shard's takeover time is printed (target <= 3 s),
 //!   nothing is lost and at most one batch per orphaned shard is delivered twice; again with a
 //!   4th instance joining at the kill;
 //! - SIGSTOP one of 3 instances for longer than its membership TTL, then SIGCONT: its shards
 //!   are taken over, and no batch of a shard is handled by two instances at once; again on the
-//!   3-node Redis Cluster with the leases spread over 16 slot buckets.
+//!   3-node Redis Cluster with the leases spread over 16 slot buckets;
+//! - the kill and the pause again with the leases on PostgreSQL and MongoDB (`TableLeaseStore`).
 //!
 //! A child prints one line per handled batch (instance, shard, start and end in Unix ms, message
 //! ids); the parent reads them from its stdout.
@@ -27,8 +28,7 @@ use std::time::Duration;
 use emulator::Emulator;
 use mq_core::testkit::eventually;
 use mq_core::{Batch, ConsumerOptions, HandlerContext, MessageQueue, QueueName, handler_fn};
-use mq_kinesis::LeaseStore as _;
-use mq_kinesis::{KinesisOptions, KinesisQueue, RedisLeaseStore};
+use mq_kinesis::{KinesisOptions, KinesisQueue, LeaseStore, RedisLeaseStore, TableLeaseStore};
 
 const CHILD: &str = "MQ_KINESIS_FAILOVER_CHILD";
 const SHARDS: i32 = 6;
@@ -47,26 +47,18 @@ fn child_instance() {
     let endpoint = std::env::var("MQ_FAILOVER_ENDPOINT").unwrap();
     let prefix = std::env::var("MQ_FAILOVER_PREFIX").unwrap();
     let stream = std::env::var("MQ_FAILOVER_STREAM").unwrap();
-    let url = std::env::var("MQ_FAILOVER_REDIS_URL").unwrap();
-    let buckets: u16 = std::env::var("MQ_FAILOVER_BUCKETS")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let leases = Leases::from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let store = RedisLeaseStore::connect(&url, prefix)
-            .await
-            .unwrap()
-            .slot_buckets(buckets)
-            .unwrap();
+        let store = leases.open(&prefix).await;
         let q = QueueName::new(&stream).unwrap();
         let queue = KinesisQueue::with_client(
             emulator::client(&endpoint, true, None, None),
-            KinesisOptions::new(Arc::new(store)).instance_id(instance.clone()),
+            KinesisOptions::new(store).instance_id(instance.clone()),
         );
         queue.register(&q).await.unwrap();
         let name = instance.clone();
@@ -160,8 +152,7 @@ impl ChildInstance {
         endpoint: &str,
         prefix: &str,
         stream: &str,
-        redis_url: &str,
-        buckets: u16,
+        leases: &Leases,
         log: &Deliveries,
     ) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
@@ -175,8 +166,7 @@ impl ChildInstance {
             .env("MQ_FAILOVER_ENDPOINT", endpoint)
             .env("MQ_FAILOVER_PREFIX", prefix)
             .env("MQ_FAILOVER_STREAM", stream)
-            .env("MQ_FAILOVER_REDIS_URL", redis_url)
-            .env("MQ_FAILOVER_BUCKETS", buckets.to_string())
+            .envs(leases.to_env())
             .env("RUST_LOG", "off")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -238,42 +228,146 @@ impl ChildInstance {
     }
 }
 
-/// A stream of [`SHARDS`] shards under a steady load, read by children with Redis leases.
+/// Where a fleet keeps its leases: the store's kind, the service variable naming its server,
+/// and the server's URL.
+#[derive(Debug, Clone)]
+struct Leases {
+    kind: LeaseKind,
+    var: &'static str,
+    url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LeaseKind {
+    /// `RedisLeaseStore` over this many slot buckets.
+    Redis(u16),
+    /// `TableLeaseStore` on a PostgreSQL table.
+    Postgres,
+    /// `TableLeaseStore` on a MongoDB collection.
+    Mongo,
+}
+
+impl Leases {
+    /// The leases on the server `var` names; `None` after printing why the test skips.
+    fn on(kind: LeaseKind, var: &'static str, test: &str) -> Option<Self> {
+        match mq_core::testkit::service_url(var) {
+            Ok(url) => Some(Leases { kind, var, url }),
+            Err(reason) => {
+                eprintln!("skipping {test}: {reason}");
+                None
+            }
+        }
+    }
+
+    fn to_env(&self) -> Vec<(&'static str, String)> {
+        let kind = match self.kind {
+            LeaseKind::Redis(buckets) => format!("redis:{buckets}"),
+            LeaseKind::Postgres => "postgres".to_owned(),
+            LeaseKind::Mongo => "mongo".to_owned(),
+        };
+        vec![
+            ("MQ_FAILOVER_LEASES", kind),
+            ("MQ_FAILOVER_LEASE_URL", self.url.clone()),
+        ]
+    }
+
+    fn from_env() -> Self {
+        let kind = std::env::var("MQ_FAILOVER_LEASES").unwrap();
+        let kind = match kind.split_once(':') {
+            Some(("redis", buckets)) => LeaseKind::Redis(buckets.parse().unwrap()),
+            _ if kind == "postgres" => LeaseKind::Postgres,
+            _ => LeaseKind::Mongo,
+        };
+        Leases {
+            kind,
+            var: "",
+            url: std::env::var("MQ_FAILOVER_LEASE_URL").unwrap(),
+        }
+    }
+
+    /// A store on the fleet's leases: `prefix` is the Redis key prefix, or the name of the
+    /// table or collection.
+    async fn open(&self, prefix: &str) -> Arc<dyn LeaseStore> {
+        match self.kind {
+            LeaseKind::Redis(buckets) => Arc::new(
+                RedisLeaseStore::connect(&self.url, prefix)
+                    .await
+                    .unwrap()
+                    .slot_buckets(buckets)
+                    .unwrap(),
+            ),
+            LeaseKind::Postgres => Arc::new(TableLeaseStore::new(Arc::new(
+                mq_sql::PgLeaseTable::connect(&self.url, prefix)
+                    .await
+                    .unwrap(),
+            ))),
+            LeaseKind::Mongo => {
+                let options = mq_mongo::MongoOptions::default()
+                    .database("mq_failover")
+                    .lease_collection(prefix);
+                Arc::new(TableLeaseStore::new(Arc::new(
+                    mq_mongo::MongoLeaseTable::connect(&self.url, options)
+                        .await
+                        .unwrap(),
+                )))
+            }
+        }
+    }
+
+    /// Removes what the fleet stored under `prefix`.
+    async fn clean(&self, prefix: &str) {
+        let pattern = format!("{prefix}:*");
+        match self.kind {
+            LeaseKind::Redis(_) if self.var == "REDIS_URL" => redis_keys::delete_matching(&pattern),
+            LeaseKind::Redis(_) => redis_keys::delete_matching_cluster(&self.url, &pattern),
+            LeaseKind::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP TABLE IF EXISTS {prefix}"
+                )))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            LeaseKind::Mongo => {
+                let client = mongodb::Client::with_uri_str(&self.url).await.unwrap();
+                client
+                    .database("mq_failover")
+                    .collection::<mongodb::bson::Document>(prefix)
+                    .drop()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// A stream of [`SHARDS`] shards under a steady load, read by children.
 struct Fleet {
     emu: Emulator,
     stream: String,
+    /// The Redis key prefix, or the table or collection of the leases.
     prefix: String,
-    /// The Redis service variable, its URL, and the slot buckets of the lease stores.
-    var: &'static str,
-    url: String,
-    buckets: u16,
-    store: RedisLeaseStore,
+    leases: Leases,
+    store: Arc<dyn LeaseStore>,
     log: Deliveries,
     publisher: Option<fleet::Publisher>,
 }
 
 impl Fleet {
-    async fn start(name: &str) -> Option<Self> {
-        Self::start_on(name, "REDIS_URL", 1).await
-    }
-
-    /// The fleet with its leases on the Redis that `var` names, over `buckets` slot buckets.
-    async fn start_on(name: &str, var: &'static str, buckets: u16) -> Option<Self> {
-        let url = match mq_core::testkit::service_url(var) {
-            Ok(u) => u,
-            Err(reason) => {
-                eprintln!("skipping {name}: {reason}");
-                return None;
-            }
-        };
+    /// The fleet with its leases of `kind` on the server that `var` names.
+    async fn start_on(name: &str, kind: LeaseKind, var: &'static str) -> Option<Self> {
+        let leases = Leases::on(kind, var, name)?;
         let stream = format!("{name}-{}", ulid::Ulid::new().to_string().to_lowercase());
         let emu = Emulator::with_stream(&stream, SHARDS).await;
-        let prefix = format!("mqtest-failover-{}", ulid::Ulid::new());
-        let store = RedisLeaseStore::connect(&url, prefix.clone())
-            .await
-            .unwrap()
-            .slot_buckets(buckets)
-            .unwrap();
+        let prefix = match kind {
+            LeaseKind::Redis(_) => format!("mqtest-failover-{}", ulid::Ulid::new()),
+            _ => format!(
+                "mqt_failover_{}",
+                ulid::Ulid::new().to_string().to_lowercase()
+            ),
+        };
+        let store = leases.open(&prefix).await;
         let q = QueueName::new(&stream).unwrap();
         let publisher =
             fleet::Publisher::start(emu.client(), &q, 12, 12, Duration::from_millis(50)).await;
@@ -281,9 +375,7 @@ impl Fleet {
             emu,
             stream,
             prefix,
-            var,
-            url,
-            buckets,
+            leases,
             store,
             log: Deliveries::default(),
             publisher: Some(publisher),
@@ -296,20 +388,19 @@ impl Fleet {
             &self.emu.endpoint,
             &self.prefix,
             &self.stream,
-            &self.url,
-            self.buckets,
+            &self.leases,
             &self.log,
         )
     }
 
     async fn owners(&self) -> BTreeMap<String, Vec<String>> {
-        fleet::owners(&self.store, &self.stream).await
+        fleet::owners(&*self.store, &self.stream).await
     }
 
     async fn wait_balanced(&self, members: usize, what: &str) -> BTreeMap<String, Vec<String>> {
         let per = SHARDS as usize / members;
         fleet::wait_owners(
-            &self.store,
+            &*self.store,
             &self.stream,
             Duration::from_secs(60),
             what,
@@ -351,13 +442,8 @@ impl Fleet {
         published
     }
 
-    fn clean(&self) {
-        let pattern = format!("{}:*", self.prefix);
-        if self.var == "REDIS_URL" {
-            redis_keys::delete_matching(&pattern);
-        } else {
-            redis_keys::delete_matching_cluster(&self.url, &pattern);
-        }
+    async fn clean(&self) {
+        self.leases.clean(&self.prefix).await;
     }
 }
 
@@ -383,7 +469,11 @@ fn print_target(what: &str, secs: f64, goal: f64) {
 }
 
 async fn kill_one_of_three(name: &str, joiner: bool) {
-    let Some(mut fleet) = Fleet::start(name).await else {
+    kill_one_of_three_on(name, joiner, LeaseKind::Redis(1), "REDIS_URL").await;
+}
+
+async fn kill_one_of_three_on(name: &str, joiner: bool, kind: LeaseKind, var: &'static str) {
+    let Some(mut fleet) = Fleet::start_on(name, kind, var).await else {
         return;
     };
     let a = fleet.spawn("a");
@@ -468,7 +558,7 @@ async fn kill_one_of_three(name: &str, joiner: bool) {
     for child in [Some(a), Some(b), d].into_iter().flatten() {
         child.stop();
     }
-    fleet.clean();
+    fleet.clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,6 +569,19 @@ async fn kill_one_of_three_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_one_of_three_as_a_fourth_joins() {
     kill_one_of_three("failover-join", true).await;
+}
+
+/// The same with the leases and sessions on PostgreSQL (`TableLeaseStore`), no Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_one_of_three_with_postgres_leases() {
+    let kind = LeaseKind::Postgres;
+    kill_one_of_three_on("failover-kill-pg", false, kind, "MQ_TEST_POSTGRES_URL").await;
+}
+
+/// The same with the leases and sessions on MongoDB (`TableLeaseStore`), a 4th joining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_one_of_three_as_a_fourth_joins_with_mongo_leases() {
+    kill_one_of_three_on("failover-join-mongo", true, LeaseKind::Mongo, "MONGODB_URI").await;
 }
 
 /// Batches of one shard by two instances at once: pairs whose times overlap, and batches of the
@@ -519,18 +622,31 @@ fn overlapping(log: &Deliveries, paused: &str, from: u64) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_instance_stops_before_its_shards_are_taken() {
-    paused_instance("failover-pause", "REDIS_URL", 1).await;
+    paused_instance("failover-pause", LeaseKind::Redis(1), "REDIS_URL").await;
 }
 
 /// The same on Redis Cluster with 16 slot buckets: each membership has a copy per bucket, and
 /// the paused instance still stops before any of them expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_instance_stops_on_a_cluster_with_slot_buckets() {
-    paused_instance("failover-pause-buckets", "MQ_TEST_REDIS_CLUSTER_URL", 16).await;
+    paused_instance(
+        "failover-pause-buckets",
+        LeaseKind::Redis(16),
+        "MQ_TEST_REDIS_CLUSTER_URL",
+    )
+    .await;
 }
 
-async fn paused_instance(name: &str, var: &'static str, buckets: u16) {
-    let Some(mut fleet) = Fleet::start_on(name, var, buckets).await else {
+/// The same with the leases and sessions on PostgreSQL (`TableLeaseStore`): the paused
+/// instance's sessions expire by the database's clock, and it stops by its own before that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_instance_stops_with_postgres_leases() {
+    let kind = LeaseKind::Postgres;
+    paused_instance("failover-pause-pg", kind, "MQ_TEST_POSTGRES_URL").await;
+}
+
+async fn paused_instance(name: &str, kind: LeaseKind, var: &'static str) {
+    let Some(mut fleet) = Fleet::start_on(name, kind, var).await else {
         return;
     };
     let a = fleet.spawn("a");
@@ -577,5 +693,5 @@ async fn paused_instance(name: &str, var: &'static str, buckets: u16) {
     for child in [a, b, c] {
         child.stop();
     }
-    fleet.clean();
+    fleet.clean().await;
 }

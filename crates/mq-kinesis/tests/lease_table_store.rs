@@ -96,6 +96,29 @@ impl LeaseStoreFactory for Sqlite {
     }
 }
 
+struct Mongo;
+
+#[async_trait]
+impl LeaseStoreFactory for Mongo {
+    async fn create(&self, test: &str) -> Option<Arc<dyn LeaseStore>> {
+        let url = url("MONGODB_URI", test)?;
+        let database = table_name(test);
+        let client = mongodb::Client::with_uri_str(&url).await.unwrap();
+        client.database(&database).drop().await.unwrap();
+        let options = mq_mongo::MongoOptions::default()
+            .database(database)
+            .lease_collection("leases");
+        let table = mq_mongo::MongoLeaseTable::from_client(client, options)
+            .await
+            .unwrap();
+        Some(Arc::new(TableLeaseStore::new(Arc::new(table))))
+    }
+}
+
+mod mongo {
+    mq_kinesis::lease_store_tests!(super::Mongo);
+}
+
 mod postgres {
     mq_kinesis::lease_store_tests!(super::Postgres);
 }
