@@ -8,7 +8,9 @@
 //!   can acquire it; the checkpoint is kept.
 //!
 //! Leases live in Redis; with `--checkpoint-url` the checkpoints and the epoch fence are read and
-//! written through a durable checkpoint store ([`DurableLeaseStore`]) as the consumers do.
+//! written through a durable checkpoint store ([`DurableLeaseStore`]) as the consumers do. With
+//! `--lease-url` they live in a lease table on a SQL database or MongoDB ([`TableLeaseStore`]),
+//! checkpoints included.
 //!
 //! `advance` compares with the checkpoint it read, then sets: should a running owner checkpoint
 //! past the new value in between, the set moves the checkpoint back to it (records are read
@@ -22,9 +24,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
-use mq::backend::{CheckpointStore, compare_sequence_numbers, normalize_sequence_number};
+use mq::backend::{
+    CheckpointStore, LeaseTable, compare_sequence_numbers, normalize_sequence_number,
+};
 use mq::kinesis::{
-    DurableLeaseStore, LeaseState, LeaseStore, RedisLeaseStore, ShardStatus, stream_status,
+    DurableLeaseStore, LeaseState, LeaseStore, RedisLeaseStore, ShardStatus, TableLeaseStore,
+    stream_status,
 };
 use serde::Serialize;
 
@@ -35,9 +40,16 @@ use crate::output::{cut, json, table};
 /// Where the leases and checkpoints are, and what to do with them.
 #[derive(Debug, Args)]
 pub(crate) struct KinesisArgs {
-    /// The Redis lease store (required).
+    /// The Redis lease store (required unless --lease-url names a lease table).
     #[arg(long, env = "REDIS_URL", global = true, help_heading = "Connection")]
     redis_url: Option<String>,
+    /// A lease table instead of Redis, as the consumers' `TableLeaseStore` uses: a
+    /// postgres://, mysql://, sqlite: or mongodb:// URL.
+    #[arg(long, env = "MQ_LEASE_URL", global = true, help_heading = "Connection")]
+    lease_url: Option<String>,
+    /// The table (SQL) or collection (MongoDB) of the lease table.
+    #[arg(long, default_value = mq::sql::DEFAULT_LEASE_TABLE, env = "MQ_LEASE_TABLE", global = true, help_heading = "Connection")]
+    lease_table: String,
     /// The key prefix the consumers' lease store uses.
     #[arg(
         long,
@@ -175,8 +187,26 @@ impl KinesisArgs {
     }
 
     async fn stores(&self) -> anyhow::Result<Stores> {
+        if let Some(url) = self.lease_url.as_deref().filter(|u| !u.is_empty()) {
+            if self
+                .checkpoint_url
+                .as_deref()
+                .is_some_and(|u| !u.is_empty())
+            {
+                anyhow::bail!(
+                    "--lease-url and --checkpoint-url cannot be used together: a lease table keeps its checkpoints itself"
+                );
+            }
+            let table = open_lease_table(url, &self.lease_table, &self.mongo_database).await?;
+            return Ok(Stores {
+                leases: Arc::new(TableLeaseStore::new(table)),
+                checkpoints: format!("{} ({})", redact(url), self.lease_table),
+            });
+        }
         let Some(redis_url) = self.redis_url.as_deref().filter(|u| !u.is_empty()) else {
-            anyhow::bail!("no Redis lease store: pass --redis-url or set REDIS_URL");
+            anyhow::bail!(
+                "no lease store: pass --redis-url (or set REDIS_URL), or --lease-url for a lease table"
+            );
         };
         let redis = RedisLeaseStore::connect(redis_url, self.prefix.clone())
             .await
@@ -200,6 +230,39 @@ impl KinesisArgs {
             checkpoints: format!("{} ({})", redact(url), self.checkpoint_table),
         })
     }
+}
+
+async fn open_lease_table(
+    url: &str,
+    table: &str,
+    mongo_db: &str,
+) -> anyhow::Result<Arc<dyn LeaseTable>> {
+    let where_ = || format!("connecting to the lease table at {}", redact(url));
+    macro_rules! sql_table {
+        ($table:ty) => {{
+            let pool = connect_pool(url).await.with_context(where_)?;
+            Arc::new(
+                <$table>::from_pool(pool, table)
+                    .await
+                    .with_context(where_)?,
+            )
+        }};
+    }
+    Ok(match scheme(url).context("--lease-url")? {
+        Scheme::Postgres => sql_table!(mq::sql::PgLeaseTable),
+        Scheme::MySql => sql_table!(mq::sql::MySqlLeaseTable),
+        Scheme::Sqlite => sql_table!(mq::sql::SqliteLeaseTable),
+        Scheme::Mongo => {
+            let options = mq::MongoOptions::default()
+                .database(mongo_db)
+                .lease_collection(table);
+            Arc::new(
+                mq::mongo::MongoLeaseTable::connect(url, options)
+                    .await
+                    .with_context(where_)?,
+            )
+        }
+    })
 }
 
 async fn open_checkpoints(

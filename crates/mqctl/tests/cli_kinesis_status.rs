@@ -204,3 +204,128 @@ async fn status_reads_leases_spread_over_slot_buckets() {
     );
     common::delete_keys(&leases, &prefix).await;
 }
+
+/// Consumers whose leases live in a PostgreSQL lease table (`TableLeaseStore`): `--lease-url`
+/// shows them without any Redis, `lease release --force` fences the owner in the table, and
+/// `--checkpoint-url` beside it is refused (a lease table keeps its checkpoints itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_release_on_a_postgres_lease_table() {
+    use std::sync::Arc;
+
+    use mq::kinesis::TableLeaseStore;
+    let pg = match service_url("MQ_TEST_POSTGRES_URL") {
+        Ok(u) => u,
+        Err(reason) => return eprintln!("skipping: {reason}"),
+    };
+    let emu = Emulator::start().await;
+    let stream = "mqctl-lease-table";
+    emu.create_stream(stream, 2).await;
+    emu.wait_active(stream).await;
+    let table = format!("mqt_cli_leases_{}", std::process::id());
+    let leases = TableLeaseStore::new(Arc::new(
+        mq::sql::PgLeaseTable::connect(&pg, table.clone())
+            .await
+            .expect("lease table"),
+    ));
+    let ttl = Duration::from_secs(60);
+    leases
+        .join(stream, "instance-a", "instance-a.1", ttl)
+        .await
+        .expect("join");
+    let held = leases
+        .acquire_as_member(
+            stream,
+            "shardId-000000000000",
+            "instance-a",
+            "instance-a.1",
+            ttl,
+            0,
+        )
+        .await
+        .expect("acquire")
+        .expect("free");
+    leases
+        .checkpoint(&held, "4959033827149025660855969253836")
+        .await
+        .expect("checkpoint");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut all: Vec<String> = vec!["kinesis".into()];
+        all.extend(extra.iter().map(|a| (*a).to_owned()));
+        all.extend(
+            [
+                "--lease-url",
+                &pg,
+                "--lease-table",
+                &table,
+                "--endpoint-url",
+                &emu.endpoint,
+                "--region",
+                "us-east-1",
+            ]
+            .map(str::to_owned),
+        );
+        all
+    };
+    let run = |args: Vec<String>, ok: bool| async move {
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = common::mqctl(&args);
+            cmd.env_remove("REDIS_URL");
+            let out = if ok {
+                cmd.assert().success()
+            } else {
+                cmd.assert().failure()
+            };
+            let out = out.get_output();
+            (out.stdout.clone(), out.stderr.clone())
+        })
+        .await
+        .expect("run")
+    };
+    let (out, _) = run(args(&["status", "--stream", stream, "--json"]), true).await;
+    let status: serde_json::Value = serde_json::from_slice(&out)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+    assert_eq!(status["live_instances"], serde_json::json!(["instance-a"]));
+    let s0 = &status["shards"][0];
+    assert_eq!(s0["owner"], "instance-a", "{status}");
+    assert_eq!(s0["live"], true);
+    assert_eq!(s0["checkpoint"], "4959033827149025660855969253836");
+
+    run(
+        args(&[
+            "lease",
+            "release",
+            "--stream",
+            stream,
+            "--shard",
+            "shardId-000000000000",
+            "--force",
+            "--yes",
+        ]),
+        true,
+    )
+    .await;
+    let st = leases
+        .state(stream, "shardId-000000000000")
+        .await
+        .expect("state");
+    assert_eq!(
+        (st.owner, st.epoch),
+        (None, held.epoch + 1),
+        "fenced and freed"
+    );
+    assert!(!leases.renew(&held, ttl).await.expect("renew"));
+
+    let mut both = args(&["status", "--stream", stream]);
+    both.extend(["--checkpoint-url".to_owned(), pg.clone()]);
+    let (_, err) = run(both, false).await;
+    let err = String::from_utf8_lossy(&err);
+    assert!(err.contains("cannot be used together"), "{err}");
+
+    let pool = sqlx::PgPool::connect(&pg).await.expect("pool");
+    for t in [table.clone(), format!("{table}_versions")] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+            .execute(&pool)
+            .await
+            .expect("drop");
+    }
+}
