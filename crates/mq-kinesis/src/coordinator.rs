@@ -187,7 +187,7 @@ impl Coordinator {
             }
             if let Err(e) = self.rebalance(ended).await {
                 self.trouble();
-                tracing::warn!(stream = %self.stream, error = %e, "mq-kinesis: rebalance skipped");
+                tracing::warn!(stream = %self.stream, error = %ErrorChain::from_error(&e), "mq-kinesis: rebalance skipped");
             }
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
@@ -225,7 +225,7 @@ impl Coordinator {
             .leave(&self.stream, &self.env.instance_id, membership.name())
             .await
         {
-            tracing::debug!(stream = %self.stream, error = %e, "mq-kinesis: cannot leave the membership; it expires");
+            tracing::debug!(stream = %self.stream, error = %ErrorChain::from_error(&e), "mq-kinesis: cannot leave the membership; it expires");
         }
         self.emit(|| LifecycleEvent::ConsumerDisconnected {
             consumer: self.info.clone(),
@@ -279,7 +279,7 @@ impl Coordinator {
                 }
                 // the last listing stands until the next attempt
                 Err(e) if !self.listing.is_empty() => {
-                    tracing::warn!(stream = %self.stream, error = %e, "mq-kinesis: cannot list the shards, keeping the last listing");
+                    tracing::warn!(stream = %self.stream, error = %ErrorChain::from_error(&e), "mq-kinesis: cannot list the shards, keeping the last listing");
                 }
                 Err(e) => return Err(e),
             }
@@ -427,7 +427,7 @@ impl Coordinator {
             Ok(leads) => leads,
             Err(e) => {
                 self.trouble();
-                tracing::debug!(stream = %self.stream, error = %e, "mq-kinesis: cannot take the listing's lead, listing the shards");
+                tracing::debug!(stream = %self.stream, error = %ErrorChain::from_error(&e), "mq-kinesis: cannot take the listing's lead, listing the shards");
                 true
             }
         };
@@ -438,14 +438,14 @@ impl Coordinator {
                         Ok(listing) if !listing.is_empty() => return Ok((listing, age)),
                         Ok(_) => {}
                         Err(e) => {
-                            tracing::warn!(stream = %self.stream, error = %e, "mq-kinesis: unreadable published shard listing, listing the shards");
+                            tracing::warn!(stream = %self.stream, error = %ErrorChain::from_error(&e), "mq-kinesis: unreadable published shard listing, listing the shards");
                         }
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     self.trouble();
-                    tracing::debug!(stream = %self.stream, error = %e, "mq-kinesis: cannot read the published shard listing");
+                    tracing::debug!(stream = %self.stream, error = %ErrorChain::from_error(&e), "mq-kinesis: cannot read the published shard listing");
                 }
             }
         }
@@ -458,11 +458,11 @@ impl Coordinator {
                 Ok(text) => {
                     if let Err(e) = store.publish_listing(&self.stream, &text).await {
                         self.trouble();
-                        tracing::debug!(stream = %self.stream, error = %e, "mq-kinesis: cannot publish the shard listing");
+                        tracing::debug!(stream = %self.stream, error = %ErrorChain::from_error(&e), "mq-kinesis: cannot publish the shard listing");
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(stream = %self.stream, error = %e, "mq-kinesis: cannot publish the shard listing");
+                    tracing::warn!(stream = %self.stream, error = %ErrorChain::from_error(&e), "mq-kinesis: cannot publish the shard listing");
                 }
             }
         }
@@ -515,7 +515,7 @@ impl Coordinator {
                 }
                 Err(e) => {
                     self.trouble();
-                    tracing::warn!(stream = %self.stream, shard, error = %e, "mq-kinesis: cannot forget a finished shard");
+                    tracing::warn!(stream = %self.stream, shard, error = %ErrorChain::from_error(&e), "mq-kinesis: cannot forget a finished shard");
                 }
             }
         }
@@ -622,7 +622,7 @@ impl Keeper {
         self.env.store_trouble.fetch_add(1, Ordering::SeqCst);
         *failures += 1;
         let n = *failures;
-        tracing::warn!(stream = %self.stream, failures = n, error = %e, "mq-kinesis: membership renewal failed");
+        tracing::warn!(stream = %self.stream, failures = n, error = %ErrorChain::from_error(e), "mq-kinesis: membership renewal failed");
         if n >= self.threshold {
             self.env
                 .common
