@@ -43,7 +43,8 @@ const BENCHES: &[Bench] = &[
         ],
         needs_services: false,
     },
-    // A simulated fleet on a fake Kinesis and a redis-server of its own, started by the bench.
+    // A simulated fleet on a fake Kinesis, with its leases in a redis-server of its own started
+    // by the bench, then in a PostgreSQL lease table.
     Bench {
         name: "fleet",
         args: &[
@@ -53,7 +54,7 @@ const BENCHES: &[Bench] = &[
             "--example",
             "bench_fleet",
         ],
-        needs_services: false,
+        needs_services: true,
     },
 ];
 

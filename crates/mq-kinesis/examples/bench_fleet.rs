@@ -14,6 +14,11 @@
 //! instance and in total at steady state, for 1,024 and for 256 shards side by side, and per
 //! instance with the lease store's keys spread over 16 Redis Cluster slot buckets (on one plain
 //! Redis: the bench counts commands, not where they go).
+//!
+//! Then the same fleets with their leases in a PostgreSQL lease table (`TableLeaseStore` on
+//! `PgLeaseTable`, the server of `MQ_TEST_POSTGRES_URL`, which `cargo xtask bench fleet`
+//! starts): balanced times, and the lease-table statements per second per instance, counted at
+//! the table, for 1,024 and 256 shards. `BENCH_FLEET_LEASES=redis` or `=postgres` runs one only.
 
 // the instance harness the integration tests run on
 #[path = "../tests/common/emulator.rs"]
@@ -24,6 +29,7 @@ mod instance;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -31,8 +37,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use instance::Instance;
 use mq_bench_report::{Goal, target};
+use mq_core::backend::{LeaseTable, TableRecord};
 use mq_core::{Batch, ConsumerOptions, HandlerContext, QueueName, handler_fn};
-use mq_kinesis::{KinesisOptions, LeaseStore, RedisLeaseStore};
+use mq_kinesis::{KinesisOptions, LeaseStore, RedisLeaseStore, TableLeaseStore};
 use serde_json::{Value, json};
 
 const STREAM: &str = "fleet";
@@ -155,27 +162,136 @@ fn cli(url: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A lease table that counts the calls made to it (each one statement on PostgreSQL).
+#[derive(Debug)]
+struct Counted {
+    inner: mq_sql::PgLeaseTable,
+    calls: Arc<AtomicU64>,
+}
+
+impl Counted {
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[mq_core::async_trait]
+impl LeaseTable for Counted {
+    async fn now_ms(&self) -> mq_core::Result<u64> {
+        self.count();
+        self.inner.now_ms().await
+    }
+    async fn get(&self, s: &str, k: &str, n: &str) -> mq_core::Result<Option<TableRecord>> {
+        self.count();
+        self.inner.get(s, k, n).await
+    }
+    async fn list(&self, s: &str, k: &str) -> mq_core::Result<Vec<(String, TableRecord)>> {
+        self.count();
+        self.inner.list(s, k).await
+    }
+    async fn put(
+        &self,
+        s: &str,
+        k: &str,
+        n: &str,
+        v: &str,
+        expected: Option<u64>,
+    ) -> mq_core::Result<bool> {
+        self.count();
+        self.inner.put(s, k, n, v, expected).await
+    }
+    async fn delete(&self, s: &str, k: &str, n: &str, expected: u64) -> mq_core::Result<bool> {
+        self.count();
+        self.inner.delete(s, k, n, expected).await
+    }
+    async fn bump(&self, s: &str, k: &str, n: &str) -> mq_core::Result<u64> {
+        self.count();
+        self.inner.bump(s, k, n).await
+    }
+}
+
+/// Where a fleet keeps its leases.
+enum Leases {
+    /// A redis-server of the bench's own, with this many slot buckets.
+    Redis(Redis, u16),
+    /// A PostgreSQL lease table, and the calls every instance's table made.
+    Postgres { url: String, calls: Arc<AtomicU64> },
+}
+
+/// The PostgreSQL lease table of the bench runs, dropped before each.
+const TABLE: &str = "mq_bench_fleet_leases";
+
+impl Leases {
+    async fn postgres() -> anyhow::Result<Self> {
+        let url = std::env::var("MQ_TEST_POSTGRES_URL").map_err(|_| {
+            anyhow::anyhow!(
+                "MQ_TEST_POSTGRES_URL is not set: run `cargo xtask bench fleet`, which starts the \
+                 services, or set BENCH_FLEET_LEASES=redis"
+            )
+        })?;
+        let pool = sqlx::PgPool::connect(&url).await?;
+        for t in [TABLE.to_owned(), format!("{TABLE}_versions")] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+                .execute(&pool)
+                .await?;
+        }
+        Ok(Leases::Postgres {
+            url,
+            calls: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// A store of one instance (or of the observer), with a connection of its own.
+    async fn store(&self) -> anyhow::Result<Arc<dyn LeaseStore>> {
+        Ok(match self {
+            Leases::Redis(redis, buckets) => Arc::new(
+                RedisLeaseStore::connect(&redis.url, "bench")
+                    .await?
+                    .slot_buckets(*buckets)?,
+            ),
+            Leases::Postgres { url, calls } => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(
+                        std::env::var("BENCH_FLEET_PG_POOL")
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(2),
+                    )
+                    .connect(url)
+                    .await?;
+                let inner = mq_sql::PgLeaseTable::from_pool(pool, TABLE).await?;
+                let calls = calls.clone();
+                Arc::new(TableLeaseStore::new(Arc::new(Counted { inner, calls })))
+            }
+        })
+    }
+
+    /// The calls the lease store served so far.
+    fn calls(&self) -> anyhow::Result<u64> {
+        match self {
+            Leases::Redis(redis, _) => redis.commands(),
+            Leases::Postgres { calls, .. } => Ok(calls.load(Ordering::Relaxed)),
+        }
+    }
+}
+
 struct Fleet {
     endpoint: String,
-    redis_url: String,
-    prefix: String,
-    buckets: u16,
+    leases: Leases,
     instances: BTreeMap<String, Instance>,
     next: usize,
-    observer: RedisLeaseStore,
+    observer: Arc<dyn LeaseStore>,
 }
 
 impl Fleet {
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let id = format!("i{:02}", self.next);
         self.next += 1;
-        let store = RedisLeaseStore::connect(&self.redis_url, self.prefix.clone())
-            .await?
-            .slot_buckets(self.buckets)?;
+        let store = self.leases.store().await?;
         let handler = Arc::new(handler_fn(|_b: Batch, _c: HandlerContext| async {}));
         let instance = Instance::spawn(
             self.endpoint.clone(),
-            KinesisOptions::new(Arc::new(store)).instance_id(id.clone()),
+            KinesisOptions::new(store).instance_id(id.clone()),
             QueueName::new(STREAM)?,
             handler,
             ConsumerOptions::default(),
@@ -216,35 +332,41 @@ impl Fleet {
     }
 }
 
-/// Redis commands per second at steady state: (total, per instance).
-async fn steady_rate(redis: &Redis, instances: usize) -> anyhow::Result<(f64, f64)> {
-    let before = redis.commands()?;
+/// Lease-store calls per second at steady state: (total, per instance).
+async fn steady_rate(leases: &Leases, instances: usize) -> anyhow::Result<(f64, f64)> {
+    let before = leases.calls()?;
     tokio::time::sleep(STEADY).await;
-    // INFO itself counts one call
-    let calls = redis.commands()?.saturating_sub(before + 1);
+    // Redis: INFO itself counts one call
+    let own = u64::from(matches!(leases, Leases::Redis(..)));
+    let calls = leases.calls()?.saturating_sub(before + own);
     let total = calls as f64 / STEADY.as_secs_f64();
     Ok((total, total / instances as f64))
 }
 
-/// One fleet of `n` instances over `shards` shards with `buckets` slot buckets: balanced times
-/// (start, join, leave, crash) when `changes`, and the steady-state command rates.
+/// Where a run keeps its leases: Redis with this many slot buckets, or PostgreSQL.
+#[derive(Clone, Copy)]
+enum Kind {
+    Redis(u16),
+    Postgres,
+}
+
+/// One fleet of `n` instances over `shards` shards with its leases in `kind`: balanced times
+/// (start, join, leave, crash) when `changes`, and the steady-state call rates.
 async fn run(
     n: usize,
     shards: usize,
     changes: bool,
-    buckets: u16,
+    kind: Kind,
 ) -> anyhow::Result<(Vec<(&'static str, f64)>, (f64, f64))> {
-    let redis = Redis::start()?;
+    let leases = match kind {
+        Kind::Redis(buckets) => Leases::Redis(Redis::start()?, buckets),
+        Kind::Postgres => Leases::postgres().await?,
+    };
     let endpoint = fake_kinesis(shards).await?;
-    let prefix = "bench".to_owned();
     let mut fleet = Fleet {
-        observer: RedisLeaseStore::connect(&redis.url, prefix.clone())
-            .await?
-            .slot_buckets(buckets)?,
+        observer: leases.store().await?,
         endpoint,
-        redis_url: redis.url.clone(),
-        prefix,
-        buckets,
+        leases,
         instances: BTreeMap::new(),
         next: 0,
     };
@@ -256,7 +378,7 @@ async fn run(
     times.push(("start", fleet.balanced(shards, t).await?));
     // settle: the first discovery round after the start
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let rates = steady_rate(&redis, n).await?;
+    let rates = steady_rate(&fleet.leases, n).await?;
     if changes {
         let t = Instant::now();
         fleet.spawn().await?;
@@ -282,42 +404,84 @@ async fn run(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let sizes: Vec<usize> = std::env::var("BENCH_FLEET_SIZES")
         .unwrap_or_else(|_| "8,16,32".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    for n in sizes {
-        let (times, (total, per)) = run(n, 1024, true, 1).await?;
-        let (_, (small_total, small_per)) = run(n, 256, false, 1).await?;
-        let (_, (_, bucketed_per)) = run(n, 1024, false, BUCKETS).await?;
-        for (what, secs) in &times {
-            target(
-                &format!("balanced after {what}, 1024 shards x {n} instances"),
-                *secs,
-                "s",
-                Goal::AtMost(BALANCE_GOAL),
-            );
+    let which = std::env::var("BENCH_FLEET_LEASES").unwrap_or_else(|_| "redis,postgres".into());
+    for n in &sizes {
+        let n = *n;
+        if which.contains("redis") {
+            redis_fleet(n).await?;
         }
-        println!(
-            "redis commands/s at steady state, {n} instances: 1024 shards {total:.0} total, \
-             {per:.1} per instance; 256 shards {small_total:.0} total, {small_per:.1} per instance"
-        );
-        // independent of the shard count: at most 10% more per instance with 4x the shards
+        if which.contains("postgres") {
+            postgres_fleet(n).await?;
+        }
+    }
+    Ok(())
+}
+
+fn balance_targets(times: &[(&str, f64)], n: usize, on: &str) {
+    for (what, secs) in times {
         target(
-            &format!("redis commands per instance per second, 1024 vs 256 shards x {n} instances"),
-            per / small_per.max(f64::MIN_POSITIVE),
-            "x",
-            Goal::AtMost(1.1),
-        );
-        target(
-            &format!(
-                "redis commands per instance per second with {BUCKETS} slot buckets, 1024 shards x {n} instances"
-            ),
-            bucketed_per,
-            "commands/s",
-            Goal::AtMost(BUCKETED_GOAL),
+            &format!("balanced after {what}, 1024 shards x {n} instances{on}"),
+            *secs,
+            "s",
+            Goal::AtMost(BALANCE_GOAL),
         );
     }
+}
+
+async fn redis_fleet(n: usize) -> anyhow::Result<()> {
+    let (times, (total, per)) = run(n, 1024, true, Kind::Redis(1)).await?;
+    let (_, (small_total, small_per)) = run(n, 256, false, Kind::Redis(1)).await?;
+    let (_, (_, bucketed_per)) = run(n, 1024, false, Kind::Redis(BUCKETS)).await?;
+    balance_targets(&times, n, "");
+    println!(
+        "redis commands/s at steady state, {n} instances: 1024 shards {total:.0} total, \
+         {per:.1} per instance; 256 shards {small_total:.0} total, {small_per:.1} per instance"
+    );
+    // independent of the shard count: at most 10% more per instance with 4x the shards
+    target(
+        &format!("redis commands per instance per second, 1024 vs 256 shards x {n} instances"),
+        per / small_per.max(f64::MIN_POSITIVE),
+        "x",
+        Goal::AtMost(1.1),
+    );
+    target(
+        &format!(
+            "redis commands per instance per second with {BUCKETS} slot buckets, 1024 shards x {n} instances"
+        ),
+        bucketed_per,
+        "commands/s",
+        Goal::AtMost(BUCKETED_GOAL),
+    );
+    Ok(())
+}
+
+async fn postgres_fleet(n: usize) -> anyhow::Result<()> {
+    let (times, (total, per)) = run(n, 1024, true, Kind::Postgres).await?;
+    let (_, (small_total, small_per)) = run(n, 256, false, Kind::Postgres).await?;
+    balance_targets(&times, n, " on a PostgreSQL lease table");
+    println!(
+        "lease-table statements/s at steady state, {n} instances: 1024 shards {total:.0} total, \
+         {per:.1} per instance; 256 shards {small_total:.0} total, {small_per:.1} per instance"
+    );
+    target(
+        &format!(
+            "lease-table statements per instance per second, 1024 vs 256 shards x {n} instances"
+        ),
+        per / small_per.max(f64::MIN_POSITIVE),
+        "x",
+        Goal::AtMost(1.1),
+    );
     Ok(())
 }
