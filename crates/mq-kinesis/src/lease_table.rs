@@ -160,7 +160,7 @@ impl TableLeaseStore {
     /// use mq_kinesis::{KinesisOptions, TableLeaseStore};
     ///
     /// let store = TableLeaseStore::new(Arc::new(MemoryLeaseTable::new()));
-    /// let options = KinesisOptions::new("orders").lease_store(Arc::new(store));
+    /// let options = KinesisOptions::new(Arc::new(store));
     /// # let _ = options;
     /// ```
     pub fn new(table: Arc<dyn LeaseTable>) -> Self {
