@@ -48,7 +48,7 @@
 //! | `sql-mysql` |      | [`sql`]: [`MySqlQueue`] (MySQL ≥ 8.0.1, MariaDB ≥ 10.6) |
 //! | `sql-sqlite` |     | [`sql`]: [`SqliteQueue`], the embedded default (bundled SQLite, a local file) |
 //! | `mongo`  |         | [`mongo`]: [`MongoQueue`] (atomic lease-based claims, change-stream wake-up) |
-//! | `kinesis` |        | [`kinesis`]: [`KinesisQueue`], producer, shard consumer, Redis/file/memory lease stores |
+//! | `kinesis` |        | [`kinesis`]: [`KinesisQueue`], producer, shard consumer, lease stores in Redis, a SQL or MongoDB lease table, a file or memory |
 //! | `dlq`    |         | [`dlq`]: the idempotent, rate-limited [`Replayer`] of dead letters |
 //! | `metrics`|         | `MetricsObserver`: lifecycle events as metrics on the `metrics` facade; `QueueGauges`: queue depth and oldest waiting age |
 //! | `tls`    | yes     | TLS (rustls on ring) for PostgreSQL and MySQL (`sslmode=verify-full&sslrootcert=...`, `ssl-mode=VERIFY_IDENTITY&ssl-ca=...` in the URL) and Redis (`rediss://`, `?ca_file=...`); MongoDB and Kinesis always have TLS |
@@ -195,7 +195,7 @@ pub mod kinesis {
 
 #[cfg(feature = "kinesis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
-pub use mq_kinesis::{KinesisOptions, KinesisQueue, RedisLeaseStore};
+pub use mq_kinesis::{KinesisOptions, KinesisQueue, RedisLeaseStore, TableLeaseStore};
 
 /// MongoDB queues (crate `mq-mongo`).
 #[cfg(feature = "mongo")]
