@@ -117,12 +117,17 @@ struct PublishedListing {
     at_ms: u64,
 }
 
-/// Whether a change of a lease record may hand the lease to a new owner, and under which
-/// membership.
+/// What a change of a lease record reads besides the record.
 #[derive(Debug, Clone, Copy)]
-enum Acquiring<'a> {
-    No,
-    Yes { membership: Option<&'a str> },
+enum Needs<'a> {
+    /// Nothing: the change is decided by owner and epoch alone (checkpoint, release, finish,
+    /// the operator's overrides), so it costs one read and one write.
+    Record,
+    /// The clock and the record's membership, to tell whether the lease lives (renew).
+    Liveness,
+    /// The clock and the memberships of the holder and of the taker: an acquisition, which
+    /// may hand the lease to a new owner under `membership`.
+    Acquire { membership: Option<&'a str> },
 }
 
 fn table_error(operation: &'static str) -> impl FnOnce(mq_core::Error) -> Error {
@@ -305,29 +310,39 @@ impl TableLeaseStore {
         Ok(true)
     }
 
-    /// Applies `change` to the lease record of `shard` by compare-and-set, with the
-    /// memberships it needs (the record's own, and the one it is acquired under) and the
-    /// table's clock; bumps the stream's version when the lease changed hands.
+    /// Applies `change` to the lease record of `shard` by compare-and-set, with what it
+    /// `needs` (the table's clock and memberships; 0 and none for [`Needs::Record`]); bumps the
+    /// stream's version when the lease changed hands.
     async fn update<T>(
         &self,
         operation: &'static str,
         stream: &str,
         shard: &str,
-        acquiring: Acquiring<'_>,
+        needs: Needs<'_>,
         mut change: impl FnMut(&mut LeaseRecord, &Memberships, u64) -> T + Send,
     ) -> Result<T> {
         for _ in 0..TRIES {
-            let now = self.now(operation).await?;
+            let now = match needs {
+                Needs::Record => 0,
+                Needs::Liveness | Needs::Acquire { .. } => self.now(operation).await?,
+            };
             let (mut record, version) = self.lease_record(operation, stream, shard).await?;
             let mut memberships = Memberships::new();
-            let own = record.membership.clone();
-            let (end_expired, taking_as) = match acquiring {
-                Acquiring::No => (false, None),
-                Acquiring::Yes { membership } => (true, membership),
+            let (end_expired, taking_as) = match needs {
+                Needs::Acquire { membership } => (true, membership),
+                Needs::Record | Needs::Liveness => (false, None),
             };
             // An acquisition ends the expired membership of the holder before the lease can
             // change hands.
-            let names: Vec<&str> = own.iter().map(String::as_str).chain(taking_as).collect();
+            let names: Vec<&str> = match needs {
+                Needs::Record => Vec::new(),
+                _ => record
+                    .membership
+                    .iter()
+                    .map(String::as_str)
+                    .chain(taking_as)
+                    .collect(),
+            };
             if !self
                 .named_memberships(
                     operation,
@@ -366,7 +381,7 @@ impl TableLeaseStore {
         shard: &str,
         checkpoint: Option<String>,
     ) -> Result<LeaseState> {
-        self.update(operation, stream, shard, Acquiring::No, |l, _, _| {
+        self.update(operation, stream, shard, Needs::Record, |l, _, _| {
             l.override_owner(checkpoint.clone())
         })
         .await?;
@@ -413,6 +428,21 @@ impl TableLeaseStore {
         kind: &str,
         name: &str,
     ) -> Result<()> {
+        self.remove_if(operation, stream, kind, name, |_| Ok(true))
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes record `name` of `kind` when `doomed` says so of its current value (retrying if
+    /// it changes meanwhile). True when it deleted it.
+    async fn remove_if(
+        &self,
+        operation: &'static str,
+        stream: &str,
+        kind: &str,
+        name: &str,
+        doomed: impl Fn(&TableRecord) -> Result<bool> + Send,
+    ) -> Result<bool> {
         for _ in 0..TRIES {
             let Some(record) = self
                 .table
@@ -420,15 +450,18 @@ impl TableLeaseStore {
                 .await
                 .map_err(table_error(operation))?
             else {
-                return Ok(());
+                return Ok(false);
             };
+            if !doomed(&record)? {
+                return Ok(false);
+            }
             if self
                 .table
                 .delete(stream, kind, name, record.version)
                 .await
                 .map_err(table_error(operation))?
             {
-                return Ok(());
+                return Ok(true);
             }
         }
         Err(contended(operation))
@@ -445,7 +478,7 @@ impl LeaseStore for TableLeaseStore {
         ttl: Duration,
         epoch_floor: u64,
     ) -> Result<Option<Lease>> {
-        let acquiring = Acquiring::Yes { membership: None };
+        let acquiring = Needs::Acquire { membership: None };
         self.update("acquire", stream, shard, acquiring, |l, m, now| {
             l.acquire(stream, owner, None, ttl, epoch_floor, m, now)
         })
@@ -461,7 +494,7 @@ impl LeaseStore for TableLeaseStore {
         ttl: Duration,
         epoch_floor: u64,
     ) -> Result<Option<Lease>> {
-        let acquiring = Acquiring::Yes {
+        let acquiring = Needs::Acquire {
             membership: Some(membership),
         };
         self.update("acquire", stream, shard, acquiring, |l, m, now| {
@@ -491,7 +524,7 @@ impl LeaseStore for TableLeaseStore {
             "renew",
             &lease.stream,
             &lease.shard,
-            Acquiring::No,
+            Needs::Liveness,
             |l, m, now| l.renew(lease, ttl, m, now),
         )
         .await
@@ -502,7 +535,7 @@ impl LeaseStore for TableLeaseStore {
             "checkpoint",
             &lease.stream,
             &lease.shard,
-            Acquiring::No,
+            Needs::Record,
             |l, _, _| l.checkpoint(lease, sequence_number),
         )
         .await
@@ -513,7 +546,7 @@ impl LeaseStore for TableLeaseStore {
             "release",
             &lease.stream,
             &lease.shard,
-            Acquiring::No,
+            Needs::Record,
             |l, _, _| l.release(lease),
         )
         .await
@@ -524,7 +557,7 @@ impl LeaseStore for TableLeaseStore {
             "finish",
             &lease.stream,
             &lease.shard,
-            Acquiring::No,
+            Needs::Record,
             |l, _, _| l.finish(lease),
         )
         .await
@@ -667,33 +700,21 @@ impl LeaseStore for TableLeaseStore {
         ttl: Duration,
     ) -> Result<bool> {
         let _ = instance;
-        for _ in 0..TRIES {
-            let now = self.now("renew_membership").await?;
-            let Some((mut record, version)) = self
-                .get::<MembershipRecord>("renew_membership", stream, MEMBERSHIP, membership)
-                .await?
-            else {
-                return Ok(false);
-            };
-            if record.expires_at_ms <= now {
-                return Ok(false);
-            }
-            record.expires_at_ms = now + ttl_ms(ttl);
-            if self
-                .put(
-                    "renew_membership",
-                    stream,
-                    MEMBERSHIP,
-                    membership,
-                    &record,
-                    Some(version),
-                )
-                .await?
-            {
-                return Ok(true);
-            }
-        }
-        Err(contended("renew_membership"))
+        // an expired or ended membership stays ended: its leases may have changed hands
+        self.upsert(
+            "renew_membership",
+            stream,
+            MEMBERSHIP,
+            membership,
+            |m: Option<MembershipRecord>, now| {
+                m.filter(|m| m.expires_at_ms > now)
+                    .map(|m| MembershipRecord {
+                        expires_at_ms: now + ttl_ms(ttl),
+                        ..m
+                    })
+            },
+        )
+        .await
     }
 
     async fn leave(&self, stream: &str, instance: &str, membership: &str) -> Result<()> {
@@ -713,23 +734,16 @@ impl LeaseStore for TableLeaseStore {
     }
 
     async fn forget_finished(&self, stream: &str, shard: &str) -> Result<bool> {
-        for _ in 0..TRIES {
-            let (record, version) = self.lease_record("forget_finished", stream, shard).await?;
-            let Some(version) = version.filter(|_| record.finished) else {
-                return Ok(false);
-            };
-            if self
-                .table
-                .delete(stream, LEASE, shard, version)
-                .await
-                .map_err(table_error("forget_finished"))?
-            {
-                self.remove("forget_finished", stream, FAILURES, shard)
-                    .await?;
-                return Ok(true);
-            }
+        let operation = "forget_finished";
+        let finished = |r: &TableRecord| Ok(decode::<LeaseRecord>(operation, r)?.finished);
+        if !self
+            .remove_if(operation, stream, LEASE, shard, finished)
+            .await?
+        {
+            return Ok(false);
         }
-        Err(contended("forget_finished"))
+        self.remove(operation, stream, FAILURES, shard).await?;
+        Ok(true)
     }
 
     async fn lead_listing(&self, stream: &str, holder: &str, ttl: Duration) -> Result<bool> {
