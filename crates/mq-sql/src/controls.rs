@@ -121,7 +121,11 @@ where
         let mut q =
             QueryBuilder::<DB>::new(format!("SELECT unique_key, id FROM {table} WHERE queue = "));
         q.text(queue.as_str().to_owned());
-        q.raw(&format!(" AND status IN {LIVE} AND {} IN (", DB::HELD_KEY));
+        q.raw(&format!(
+            " AND status IN {LIVE}{} AND {} IN (",
+            DB::LIVE_ROWS,
+            DB::HELD_KEY
+        ));
         in_list(&mut q, chunk);
         let rows = q
             .build()

@@ -39,13 +39,15 @@ macro_rules! migration {
 }
 pub(crate) use migration;
 
-/// The migration constants of a [`Dialect`] impl: the files in `migrations/$database/`.
+/// The migration constants of a [`Dialect`] impl: the files in `migrations/$database/`, with the
+/// queue table's own later steps of that database (`$queue`, in order).
 macro_rules! migrations {
-    ($database:literal) => {
+    ($database:literal $(, $queue:literal)*) => {
         const QUEUE_MIGRATIONS: &'static [(&'static str, &'static str)] = &[
             $crate::dialect::migration!($database, "0001_messages.sql"),
             $crate::dialect::migration!($database, "0002_remembered_ids.sql"),
             $crate::dialect::migration!($database, "0003_controls.sql"),
+            $($crate::dialect::migration!($database, $queue),)*
         ];
         const CHECKPOINT_MIGRATION: (&'static str, &'static str) =
             $crate::dialect::migration!($database, "0001_checkpoints.sql");
@@ -251,6 +253,16 @@ pub trait Dialect: sqlx::Database<Arguments: IntoArguments<Self>, Row: ReadRow> 
     /// The clause that makes an insert into the pause table do nothing when the queue is paused
     /// already.
     const PAUSE_CONFLICT: &'static str = " ON CONFLICT (queue) DO NOTHING";
+    /// Appended to a filter on waiting or running messages (by status), so that the database
+    /// answers it from the index of those messages: PostgreSQL's indexes tell them apart by a
+    /// column of their own, which a status test alone does not select.
+    const LIVE_ROWS: &'static str = "";
+    /// The test that selects finished messages (the statuses retention removes), as the
+    /// database's index of finished messages is defined.
+    fn finished_rows() -> String {
+        let finished = crate::store::FINISHED.map(|s| format!("'{s}'")).join(", ");
+        format!("status IN ({finished})")
+    }
     /// The column that holds a message's unique key while it waits or runs (and is NULL
     /// otherwise, where the database has no partial indexes), under a unique index.
     const HELD_KEY: &'static str = "unique_key";

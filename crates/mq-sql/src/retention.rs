@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dialect::Dialect;
 use crate::options::SqlOptions;
-use crate::store::{FINISHED, Names};
+use crate::store::Names;
 
 /// What one retention pass removes, from the options.
 #[derive(Debug, Clone, Copy)]
@@ -80,15 +80,14 @@ impl Cutoff {
         }
     }
 
-    /// The condition on `updated_at` that spares the newest `keep` finished rows of `table`,
-    /// to append to a `WHERE` (empty without a count). The count is an integer rendered by this
-    /// crate, never user text.
-    pub(crate) fn keep_clause(&self, table: &str) -> String {
+    /// The condition on `updated_at` that spares the newest `keep` finished rows of `table`
+    /// (those `finished` selects), to append to a `WHERE` (empty without a count). The count is
+    /// an integer rendered by this crate, never user text.
+    pub(crate) fn keep_clause(&self, table: &str, finished: &str) -> String {
         match self.keep {
             Some(keep) if keep > 0 => {
-                let finished = FINISHED.map(|s| format!("'{s}'")).join(", ");
                 format!(
-                    " AND updated_at < (SELECT updated_at FROM {table} WHERE status IN ({finished}) \
+                    " AND updated_at < (SELECT updated_at FROM {table} WHERE {finished} \
                      ORDER BY updated_at DESC LIMIT 1 OFFSET {})",
                     keep - 1
                 )

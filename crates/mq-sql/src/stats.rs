@@ -1,6 +1,7 @@
 //! Queue numbers: counts per status, the oldest ready message's age and the expired leases,
 //! either of every message (`queue_stats`) or of the waiting and running ones only
-//! (`queue_depth`, which the ready and lease indexes answer without reading finished rows).
+//! (`queue_depth`, which the indexes of waiting and running messages answer without reading
+//! finished rows).
 
 use std::time::Duration;
 
@@ -82,14 +83,16 @@ where
         let oldest = format!("MIN(CASE WHEN execute_at <= {now} THEN execute_at END)");
         q.raw(&format!(
             "SELECT queue, 'scheduled' AS status, COUNT(*) AS n, {age} AS oldest_ms, \
-             0 AS expired FROM {table} WHERE status = 'scheduled'",
+             0 AS expired FROM {table} WHERE status = 'scheduled'{live}",
             age = DB::age_ms(&oldest, &now),
+            live = DB::LIVE_ROWS,
         ));
         filter(&mut q);
         q.raw(&format!(
             " GROUP BY queue UNION ALL SELECT queue, 'processing' AS status, COUNT(*) AS n, \
              NULL AS oldest_ms, COUNT(CASE WHEN lease_expires_at < {now} THEN 1 END) AS expired \
-             FROM {table} WHERE status = 'processing'"
+             FROM {table} WHERE status = 'processing'{live}",
+            live = DB::LIVE_ROWS,
         ));
         filter(&mut q);
         q.raw(" GROUP BY queue");

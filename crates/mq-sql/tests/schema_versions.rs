@@ -37,10 +37,48 @@ async fn back_to_first_version(db: Db, url: &str, table: &str) {
     exec(db, url, &format!("DROP TABLE {table}_ids")).await;
 }
 
+/// Turns a PostgreSQL `table` back into what the third schema version left: claims write the
+/// status into the partial indexes again, and the lease index is back.
+async fn back_to_third_version(url: &str, table: &str) {
+    let t = table;
+    let steps = [
+        // Dropping the column drops the indexes that read it.
+        format!("ALTER TABLE {t} DROP COLUMN live"),
+        format!("ALTER TABLE {t} RESET (fillfactor)"),
+        format!("ALTER TABLE {t}_archive DROP COLUMN live"),
+        format!(
+            "CREATE INDEX {t}_ready ON {t} (queue, priority DESC, execute_at, seq) \
+             WHERE status = 'scheduled'"
+        ),
+        format!(
+            "CREATE INDEX {t}_leased ON {t} (queue, lease_expires_at) WHERE status = 'processing'"
+        ),
+        format!(
+            "CREATE INDEX {t}_expiring ON {t} (queue, expires_at) \
+             WHERE status = 'scheduled' AND expires_at IS NOT NULL"
+        ),
+        format!(
+            "CREATE UNIQUE INDEX {t}_unique ON {t} (queue, unique_key) \
+             WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'processing')"
+        ),
+        format!(
+            "CREATE INDEX {t}_finished ON {t} (updated_at) \
+             WHERE status IN ('executed', 'failed', 'expired', 'dead_lettered', 'cancelled')"
+        ),
+        format!("DELETE FROM {t}_versions WHERE version = 4"),
+    ];
+    for sql in steps {
+        exec(Db::Postgres, url, &sql).await;
+    }
+}
+
 /// Turns `table` back into what the second schema version left: without the columns, indexes
 /// and pause table of the queue controls, and without their version recorded.
 async fn back_to_second_version(db: Db, url: &str, table: &str) {
     let t = table;
+    if db == Db::Postgres {
+        back_to_third_version(url, t).await;
+    }
     let old_ready = format!(
         "CREATE INDEX {t}_ready ON {t} (queue, execute_at, seq) WHERE status = 'scheduled'"
     );
@@ -153,7 +191,8 @@ async fn upgrade_from(db: Db, test: &str, from: u32) {
         .filter(|m| !m.applied)
         .map(|m| m.name)
         .collect();
-    let expected = if from == 1 { 3 } else { 1 };
+    // PostgreSQL has a fourth version.
+    let expected = usize::from(db == Db::Postgres) + if from == 1 { 3 } else { 1 };
     assert_eq!(
         pending.len(),
         expected,
@@ -317,3 +356,121 @@ async fn acked_ids_stay_taken(db: Db, test: &str) {
 }
 
 test_on_each_db!(idempotency_window, acked_ids_stay_taken);
+
+/// A PostgreSQL table of the third schema version with waiting, running and finished messages
+/// in it is upgraded by `connect`: the waiting ones are delivered, the running ones come back
+/// when their lease runs out (the upgrade drops the lease index they were found by), and the
+/// finished ones stay finished. Each of the 4 unfinished messages is handled exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_upgrade_v3_with_running_and_finished() {
+    use mq_core::backend::{Claim, Completion, CompletionAction, Holder, QueueStore};
+    let db = Db::Postgres;
+    let Some((url, table)) = fresh_table(db, "sv", "upgrade_v3").await else {
+        return;
+    };
+    let name = QueueName::new("upgrade").expect("name");
+    let q = SqlQueue::<sqlx::Postgres>::connect(&url, options(&table))
+        .await
+        .expect("connect");
+    q.register(&name).await.expect("register");
+    publish_all(
+        &q,
+        &name,
+        (0..6)
+            .map(|i| NewMessage::new("t", json!({ "i": i })))
+            .collect(),
+    )
+    .await;
+    // A consumer takes 4, acknowledges 2 and stops without a word about the other 2.
+    let taken = q
+        .store()
+        .claim(&name, Holder::new("gone", Duration::from_millis(300)), 4)
+        .await
+        .expect("claim")
+        .messages;
+    assert_eq!(taken.len(), 4);
+    let acked: Vec<Completion> = taken[..2]
+        .iter()
+        .map(|m| Completion::new(Claim::of(m), CompletionAction::Ack))
+        .collect();
+    let refused = q
+        .store()
+        .complete(&name, "gone", acked)
+        .await
+        .expect("complete");
+    assert!(refused.is_empty(), "{refused:?}");
+    q.shutdown().await.expect("shutdown");
+    back_to_third_version(&url, &table).await;
+
+    let pool = sqlx::PgPool::connect(&url).await.expect("pool");
+    let pending: Vec<_> = SqlStore::<sqlx::Postgres>::migrations(&pool, &options(&table))
+        .await
+        .expect("migrations")
+        .into_iter()
+        .filter(|m| !m.applied)
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(pending, ["postgres/0004_heap_only_claims.sql"]);
+
+    let q = SqlQueue::<sqlx::Postgres>::connect(&url, options(&table))
+        .await
+        .expect("upgrade");
+    q.register(&name).await.expect("register");
+    let stats = SqlStore::<sqlx::Postgres>::read_queue_stats(pool.clone(), &options(&table), None)
+        .await
+        .expect("stats");
+    assert_eq!(
+        (
+            stats[0].count(Status::Scheduled),
+            stats[0].count(Status::Processing),
+            stats[0].count(Status::Executed)
+        ),
+        (2, 2, 2),
+        "{stats:?}"
+    );
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let handler = Arc::new(handler_fn(move |b: Batch, _c: HandlerContext| {
+        let s = s.clone();
+        async move {
+            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+            s.extend(b.iter().filter_map(|m| m.payload["i"].as_u64()));
+        }
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap_or_else(|e| e.into_inner()).len() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every unfinished message came back: {:?}",
+            seen.lock().unwrap_or_else(|e| e.into_inner())
+        );
+        let _report = q
+            .consume_batch(
+                &name,
+                handler.clone(),
+                &ConsumerOptions::default().batch_size(10),
+            )
+            .await
+            .expect("batch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    seen.sort_unstable();
+    let mut expected: Vec<u64> = taken[2..]
+        .iter()
+        .filter_map(|m| m.payload["i"].as_u64())
+        .chain([4, 5])
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(
+        seen, expected,
+        "each unfinished message once, no finished one"
+    );
+    let stats = SqlStore::<sqlx::Postgres>::read_queue_stats(pool.clone(), &options(&table), None)
+        .await
+        .expect("stats");
+    assert_eq!(stats[0].count(Status::Executed), 6, "{stats:?}");
+    q.shutdown().await.expect("shutdown");
+    pool.close().await;
+    drop_table(db, &url, &table).await;
+}

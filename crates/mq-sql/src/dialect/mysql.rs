@@ -17,8 +17,7 @@ use crate::error::{Error, backend};
 use crate::options::SqlOptions;
 use crate::retention::Cutoff;
 use crate::store::{
-    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, insert_chunks,
-    micros,
+    COLS, CompletionRow, InsertRow, Names, RawRow, SqlStore, decode, insert_chunks, micros,
 };
 
 super::aliases!(
@@ -329,12 +328,12 @@ impl Dialect for MySql {
         archive: bool,
     ) -> mq_core::Result<u64> {
         let t = &names.table;
-        let finished = FINISHED.map(|s| format!("'{s}'")).join(", ");
-        let keep = cutoff.keep_clause(t);
+        let finished = Self::finished_rows();
+        let keep = cutoff.keep_clause(t, &finished);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut tx = pool.begin().await.map_err(backend("purge"))?;
         let seqs: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT seq FROM {t} WHERE status IN ({finished}) \
+            "SELECT seq FROM {t} WHERE {finished} \
          AND updated_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND{keep} \
          ORDER BY updated_at LIMIT ? FOR UPDATE SKIP LOCKED"
         )))

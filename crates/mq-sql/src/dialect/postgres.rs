@@ -18,8 +18,8 @@ use crate::options::SqlOptions;
 use crate::queue::SqlQueue;
 use crate::retention::Cutoff;
 use crate::store::{
-    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, insert_chunks,
-    match_inserted, micros,
+    COLS, CompletionRow, InsertRow, Names, RawRow, SqlStore, decode, insert_chunks, match_inserted,
+    micros,
 };
 
 super::aliases!(
@@ -30,8 +30,11 @@ super::aliases!(
 /// The most rows one insert statement carries.
 const INSERT_ROWS: usize = 5000;
 
+// A claim leaves `updated_at` alone (an index reads it, so writing it would cost the claim its
+// heap-only update); the time a message last changed is the later of it and the claim's.
 const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.execute_at, t.expires_at, \
-    t.attempts, t.max_attempts, t.retry_delay_ms, t.created_at, t.updated_at, t.processing_started_at, \
+    t.attempts, t.max_attempts, t.retry_delay_ms, t.created_at, \
+    GREATEST(t.updated_at, t.processing_started_at) AS updated_at, t.processing_started_at, \
     t.partition_key, t.metadata, t.seq, t.priority, t.unique_key, t.unique_window_ms";
 
 // Plan shaping. These statements must stay fast on a fresh table without statistics and under
@@ -47,8 +50,9 @@ const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.exec
 //   each row against the whole ctid list, quadratic in the batch.
 impl Dialect for Postgres {
     const KIND: &'static str = "postgres";
-    super::migrations!("postgres");
+    super::migrations!("postgres", "0004_heap_only_claims.sql");
     const TRANSACTIONAL_DDL: bool = true;
+    const LIVE_ROWS: &'static str = " AND live = 1";
     const BEGIN_WRITE: &'static str = "BEGIN";
     const LOCK_ROW: &'static str = " FOR UPDATE";
     const TABLE_EXISTS: &'static str = "SELECT COUNT(*) AS n FROM information_schema.tables \
@@ -136,26 +140,23 @@ impl Dialect for Postgres {
         let p = &store.names.paused;
         let sql = format!(
             "WITH exp_pick AS ( \
-               SELECT ctid FROM {t} WHERE queue = $1 AND status = 'scheduled' AND expires_at <= now() \
+               SELECT ctid FROM {t} WHERE queue = $1 AND live = 1 AND status = 'scheduled' \
+                 AND expires_at <= now() \
                LIMIT $2 FOR UPDATE SKIP LOCKED \
              ), exp AS ( \
                UPDATE {t} t SET status = 'expired', updated_at = now() \
                WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM exp_pick)) RETURNING {T_COLS} \
-             ), rec AS ( \
-               SELECT ctid FROM {t} WHERE queue = $1 AND status = 'processing' AND lease_expires_at <= now() \
+             ), pick AS ( \
+               SELECT ctid FROM {t} WHERE queue = $1 AND live = 1 AND execute_at <= now() \
+                 AND CASE WHEN status = 'scheduled' THEN expires_at IS NULL OR expires_at > now() \
+                   ELSE lease_expires_at <= now() END \
                  AND NOT EXISTS (SELECT 1 FROM {p} WHERE queue = $1) \
-               ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED \
-             ), rdy AS ( \
-               SELECT ctid FROM {t} WHERE queue = $1 AND status = 'scheduled' AND execute_at <= now() \
-                 AND (expires_at IS NULL OR expires_at > now()) \
-                 AND NOT EXISTS (SELECT 1 FROM {p} WHERE queue = $1) \
-               ORDER BY priority DESC, execute_at, seq LIMIT GREATEST($2 - (SELECT count(*) FROM rec), 0) \
-               FOR UPDATE SKIP LOCKED \
+               ORDER BY priority DESC, execute_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED \
              ), cl AS ( \
                UPDATE {t} t SET status = 'processing', lease_owner = $3, \
                  lease_expires_at = now() + ($4::float8 * interval '1 microsecond'), \
-                 attempts = t.attempts + 1, processing_started_at = now(), updated_at = now() \
-               WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM rec UNION ALL SELECT ctid FROM rdy)) \
+                 attempts = t.attempts + 1, processing_started_at = now() \
+               WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM pick)) \
                RETURNING {T_COLS} \
              ) \
              SELECT true AS claimed, {COLS} FROM cl UNION ALL SELECT false AS claimed, {COLS} FROM exp"
@@ -182,6 +183,11 @@ impl Dialect for Postgres {
         Ok((claimed, expired))
     }
 
+    // A renewal also moves the message's due time to its new lease expiry: the claim reads the
+    // ready index past due times, so a message that outlives its first renewal leaves the part
+    // the claim reads (at the cost of one index entry per renewal) and comes back into it only
+    // when its lease runs out. Claims then skip only the messages claimed in the last part of
+    // a lease, however many long ones are running.
     async fn renew(
         store: &SqlStore<Self>,
         queue: &QueueName,
@@ -202,7 +208,8 @@ impl Dialect for Postgres {
                  AND x.attempts = c.attempt AND x.status || '' = 'processing' AND x.lease_owner = $4 \
                  AND x.lease_expires_at - now() > interval '0' OFFSET 0) x \
              ) \
-             UPDATE {t} t SET lease_expires_at = now() + ($5::float8 * interval '1 microsecond') \
+             UPDATE {t} t SET lease_expires_at = now() + ($5::float8 * interval '1 microsecond'), \
+               execute_at = now() + ($5::float8 * interval '1 microsecond') \
              WHERE t.ctid = ANY(ARRAY(SELECT tid FROM c)) \
                AND t.status || '' = 'processing' AND t.lease_owner = $4 \
              RETURNING t.id"
@@ -302,11 +309,11 @@ impl Dialect for Postgres {
         archive: bool,
     ) -> mq_core::Result<u64> {
         let t = &names.table;
-        let finished = FINISHED.map(|s| format!("'{s}'")).join(", ");
-        let keep = cutoff.keep_clause(t);
+        let finished = Self::finished_rows();
+        let keep = cutoff.keep_clause(t, &finished);
         let delete = format!(
             "DELETE FROM {t} WHERE (queue, id) IN (SELECT queue, id FROM {t} \
-               WHERE status IN ({finished}) AND updated_at < now() - ($1::float8 * interval '1 microsecond'){keep} \
+               WHERE {finished} AND updated_at < now() - ($1::float8 * interval '1 microsecond'){keep} \
                LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING *"
         );
         let sql = if archive {
@@ -348,6 +355,13 @@ impl Dialect for Postgres {
 
     fn age_ms(then: &str, now: &str) -> String {
         format!("CAST(EXTRACT(EPOCH FROM ({now} - {then})) * 1000 AS BIGINT)")
+    }
+
+    // The retention index covers the rows no longer `live`; the status test keeps to the
+    // statuses the other databases remove.
+    fn finished_rows() -> String {
+        let finished = crate::store::FINISHED.map(|s| format!("'{s}'")).join(", ");
+        format!("live IS NULL AND status IN ({finished})")
     }
 
     // `clock_timestamp()`: `now()` would be the start of the caller's transaction.

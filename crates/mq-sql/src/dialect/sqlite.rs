@@ -19,8 +19,7 @@ use crate::error::backend;
 use crate::options::SqlOptions;
 use crate::retention::Cutoff;
 use crate::store::{
-    COLS, CompletionRow, FINISHED, InsertRow, Names, RawRow, SqlStore, decode, insert_chunks,
-    micros,
+    COLS, CompletionRow, InsertRow, Names, RawRow, SqlStore, decode, insert_chunks, micros,
 };
 
 super::aliases!(
@@ -221,10 +220,10 @@ impl Dialect for Sqlite {
         archive: bool,
     ) -> mq_core::Result<u64> {
         let t = &names.table;
-        let finished = FINISHED.map(|s| format!("'{s}'")).join(", ");
-        let keep = cutoff.keep_clause(t);
+        let finished = Self::finished_rows();
+        let keep = cutoff.keep_clause(t, &finished);
         let pick = format!(
-            "SELECT seq FROM {t} WHERE status IN ({finished}) AND updated_at < ?1{keep} ORDER BY updated_at LIMIT ?2"
+            "SELECT seq FROM {t} WHERE {finished} AND updated_at < ?1{keep} ORDER BY updated_at LIMIT ?2"
         );
         let batch = i64::try_from(limit).unwrap_or(i64::MAX);
         let cutoff = now_micros().saturating_sub(micros(cutoff.older_than));
