@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use mq_core::backend::{Claim, Holder, QueueStore};
+use mq_core::backend::{Claim, Holder};
 use mq_core::{CommonOptions, NewMessage, QueueName};
 use support::{
     Db, connect_queue, connect_store_with, drop_table, fresh_table, options, publish_all,
