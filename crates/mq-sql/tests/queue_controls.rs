@@ -8,10 +8,7 @@ mod support;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mq_core::{
-    Batch, CommonOptions, ConsumerOptions, HandlerContext, MessageQueue, NewMessage, QueueName,
-    handler_fn,
-};
+use mq_core::{CommonOptions, ConsumerOptions, MessageQueue, NewMessage, QueueName};
 use serde_json::json;
 use support::{Db, connect_queue, drop_table, fresh_table, options, test_on_each_db};
 
@@ -125,15 +122,7 @@ test_on_each_db!(unique_keys_race, unique_key_race);
 
 /// The payload field `n` of what one `consume_batch` of `q` handles.
 async fn take(q: &Arc<dyn MessageQueue>, name: &QueueName) -> Vec<u64> {
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let s = seen.clone();
-    let handler = Arc::new(handler_fn(move |b: Batch, _c: HandlerContext| {
-        let s = s.clone();
-        async move {
-            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
-            s.extend(b.iter().filter_map(|m| m.payload["n"].as_u64()));
-        }
-    }));
+    let (seen, handler) = support::recording_handler("n");
     let report = q
         .consume_batch(name, handler, &ConsumerOptions::default().batch_size(10))
         .await

@@ -253,15 +253,7 @@ async fn upgrade_from(db: Db, test: &str, from: u32) {
         q.pause(&name).await.expect("pause");
         assert!(q.is_paused(&name).await.expect("is paused"), "{db:?}");
         q.resume(&name).await.expect("resume");
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let s = seen.clone();
-        let handler = Arc::new(handler_fn(move |b: Batch, _c: HandlerContext| {
-            let s = s.clone();
-            async move {
-                let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
-                s.extend(b.iter().filter_map(|m| m.payload["i"].as_u64()));
-            }
-        }));
+        let (seen, handler) = support::recording_handler("i");
         let after = q
             .consume_batch(&name, handler, &ConsumerOptions::default().batch_size(10))
             .await
@@ -428,15 +420,7 @@ async fn postgres_upgrade_v3_with_running_and_finished() {
         (2, 2, 2),
         "{stats:?}"
     );
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let s = seen.clone();
-    let handler = Arc::new(handler_fn(move |b: Batch, _c: HandlerContext| {
-        let s = s.clone();
-        async move {
-            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
-            s.extend(b.iter().filter_map(|m| m.payload["i"].as_u64()));
-        }
-    }));
+    let (seen, handler) = support::recording_handler("i");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while seen.lock().unwrap_or_else(|e| e.into_inner()).len() < 4 {
         assert!(

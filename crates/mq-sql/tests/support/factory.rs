@@ -310,3 +310,20 @@ pub async fn count_rows(db: Db, url: &str, table: &str) -> i64 {
         n
     })
 }
+
+/// What a [`recording_handler`] saw: the payload field of each message it handled, in order.
+pub type Seen = Arc<Mutex<Vec<u64>>>;
+
+/// A handler that records the integer payload field `field` of every message it handles.
+pub fn recording_handler(field: &'static str) -> (Seen, Arc<dyn mq_core::Handler>) {
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let handler = mq_core::handler_fn(move |b: mq_core::Batch, _c: mq_core::HandlerContext| {
+        let s = s.clone();
+        async move {
+            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+            s.extend(b.iter().filter_map(|m| m.payload[field].as_u64()));
+        }
+    });
+    (seen, Arc::new(handler))
+}
