@@ -41,9 +41,12 @@ const T_COLS: &str = "t.queue, t.id, t.message_type, t.payload, t.status, t.exec
 // generic (prepared) plans, so none may depend on the planner guessing row counts:
 // - rows are picked under `FOR UPDATE SKIP LOCKED` by their partial index, then updated by
 //   `ctid = ANY(ARRAY(...))`, which is always a TID scan (the locks keep the ctids stable);
+// - the ready index's predicate is an equality (`live = 1`): without statistics the planner
+//   takes it as selective and reads the index in order, where a boolean predicate made it
+//   sort the whole queue on every claim;
 // - completions and renewals look each claim up by primary key in a `LATERAL ... OFFSET 0`
 //   subquery (the status and lease tests are written as expressions so they cannot lure the
-//   planner onto the small partial lease index), then update by ctid. The final quals (ctid,
+//   planner onto another index), then update by ctid. The final quals (ctid,
 //   status, owner) are rechecked on the latest row version if the row changed meanwhile, and
 //   any change gives the row a new ctid, so the fence holds. Rows that take the same values
 //   are changed by ctid alone: joining the looked-up claims again on ctid lets the planner test
