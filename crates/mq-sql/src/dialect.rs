@@ -260,8 +260,7 @@ pub trait Dialect: sqlx::Database<Arguments: IntoArguments<Self>, Row: ReadRow> 
     /// The test that selects finished messages (the statuses retention removes), as the
     /// database's index of finished messages is defined.
     fn finished_rows() -> String {
-        let finished = crate::store::FINISHED.map(|s| format!("'{s}'")).join(", ");
-        format!("status IN ({finished})")
+        crate::store::FINISHED_STATUS.to_owned()
     }
     /// The column that holds a message's unique key while it waits or runs (and is NULL
     /// otherwise, where the database has no partial indexes), under a unique index.

@@ -34,14 +34,9 @@ pub(crate) const COLS: &str = "queue, id, message_type, payload, status, execute
     attempts, max_attempts, retry_delay_ms, created_at, updated_at, processing_started_at, \
     partition_key, metadata, seq, priority, unique_key, unique_window_ms";
 
-/// The statuses retention removes.
-pub(crate) const FINISHED: [&str; 5] = [
-    "executed",
-    "failed",
-    "expired",
-    "dead_lettered",
-    "cancelled",
-];
+/// The test for the statuses retention removes.
+pub(crate) const FINISHED_STATUS: &str =
+    "status IN ('executed', 'failed', 'expired', 'dead_lettered', 'cancelled')";
 
 /// A [`QueueStore`](mq_core::backend::QueueStore) over one SQL table, for database `DB`
 /// (`sqlx::Postgres`, `sqlx::MySql` or `sqlx::Sqlite`).

@@ -363,8 +363,7 @@ impl Dialect for Postgres {
     // The retention index covers the rows no longer `live`; the status test keeps to the
     // statuses the other databases remove.
     fn finished_rows() -> String {
-        let finished = crate::store::FINISHED.map(|s| format!("'{s}'")).join(", ");
-        format!("live IS NULL AND status IN ({finished})")
+        format!("live IS NULL AND {}", crate::store::FINISHED_STATUS)
     }
 
     // `clock_timestamp()`: `now()` would be the start of the caller's transaction.
