@@ -328,20 +328,13 @@ impl TableLeaseStore {
             };
             let (mut record, version) = self.lease_record(operation, stream, shard).await?;
             let mut memberships = Memberships::new();
-            let (end_expired, taking_as) = match needs {
-                Needs::Acquire { membership } => (true, membership),
-                Needs::Record | Needs::Liveness => (false, None),
-            };
+            let own = record.membership.iter().map(String::as_str);
             // An acquisition ends the expired membership of the holder before the lease can
             // change hands.
-            let names: Vec<&str> = match needs {
-                Needs::Record => Vec::new(),
-                _ => record
-                    .membership
-                    .iter()
-                    .map(String::as_str)
-                    .chain(taking_as)
-                    .collect(),
+            let (names, end_expired): (Vec<&str>, bool) = match needs {
+                Needs::Record => (Vec::new(), false),
+                Needs::Liveness => (own.collect(), false),
+                Needs::Acquire { membership } => (own.chain(membership).collect(), true),
             };
             if !self
                 .named_memberships(
