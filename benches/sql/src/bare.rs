@@ -2,6 +2,12 @@
 //! narrow table with one index (insert in batches; claim a batch with `SKIP LOCKED` where the
 //! database has it; acknowledge by `DELETE`), so `SqlQueue` is measured against what the same
 //! database does with nothing but a queue's core.
+//!
+//! The same loop can also keep its rows, in two ways: [`Ack::Keep`] marks a row done in place and
+//! a second index finds done rows by age, as retention needs; [`Ack::Move`] moves it to a history
+//! table with the same index, out of the table claims read. They show what keeping acknowledged
+//! rows costs by itself, before anything else a queue does (fencing, a message's columns), so
+//! the default mode's ratio can be read against them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +18,18 @@ use sqlx::{MySqlPool, PgPool, QueryBuilder, SqlitePool};
 
 use crate::cpu::CpuTime;
 use crate::{Rates, cpu_per_message, rate};
+
+/// How a bare loop acknowledges a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ack {
+    /// Deletes it.
+    Delete,
+    /// Marks it done and keeps it, with an index on the time it finished.
+    Keep,
+    /// Deletes it and inserts it into a history table, with an index on the time it finished,
+    /// in one transaction.
+    Move,
+}
 
 /// A connection pool to the database a bare loop runs on.
 #[derive(Clone)]
@@ -71,7 +89,7 @@ impl Bare {
         match self {
             Bare::Postgres(pool) => {
                 sqlx::raw_sql(
-                    "DROP TABLE IF EXISTS mq_bench_bare;
+                    "DROP TABLE IF EXISTS mq_bench_bare; DROP TABLE IF EXISTS mq_bench_bare_history;
                      CREATE TABLE mq_bench_bare (id bigserial PRIMARY KEY, queue text NOT NULL, payload jsonb NOT NULL,
                        status text NOT NULL DEFAULT 'ready', execute_at timestamptz NOT NULL DEFAULT now(), lease_expires_at timestamptz)
                        WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000, autovacuum_vacuum_cost_delay = 0);
@@ -82,7 +100,7 @@ impl Bare {
             }
             Bare::MySql(pool) => {
                 sqlx::raw_sql(
-                    "DROP TABLE IF EXISTS mq_bench_bare;
+                    "DROP TABLE IF EXISTS mq_bench_bare; DROP TABLE IF EXISTS mq_bench_bare_history;
                      CREATE TABLE mq_bench_bare (id BIGINT AUTO_INCREMENT PRIMARY KEY, queue VARCHAR(255) NOT NULL,
                        payload JSON NOT NULL, status VARCHAR(16) NOT NULL DEFAULT 'ready',
                        execute_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), lease_expires_at DATETIME(6) NULL,
@@ -93,11 +111,77 @@ impl Bare {
             }
             Bare::Sqlite(pool) => {
                 sqlx::raw_sql(
-                    "DROP TABLE IF EXISTS mq_bench_bare;
+                    "DROP TABLE IF EXISTS mq_bench_bare; DROP TABLE IF EXISTS mq_bench_bare_history;
                      CREATE TABLE mq_bench_bare (id INTEGER PRIMARY KEY, queue TEXT NOT NULL, payload TEXT NOT NULL,
                        status TEXT NOT NULL DEFAULT 'ready', execute_at INTEGER NOT NULL DEFAULT (unixepoch('subsec') * 1000000),
                        lease_expires_at INTEGER);
                      CREATE INDEX mq_bench_bare_ready ON mq_bench_bare (queue, execute_at, id) WHERE status = 'ready';",
+                )
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds what the loop that keeps its rows needs: the time a row was done, and the index
+    /// retention would read to find done rows by age.
+    async fn keep_rows(&self) -> Result<()> {
+        match self {
+            Bare::Postgres(pool) => {
+                sqlx::raw_sql(
+                    "ALTER TABLE mq_bench_bare ADD COLUMN done_at timestamptz;
+                     CREATE INDEX mq_bench_bare_done ON mq_bench_bare (done_at) WHERE status = 'done';",
+                )
+                .execute(pool)
+                .await?;
+            }
+            Bare::MySql(pool) => {
+                sqlx::raw_sql(
+                    "ALTER TABLE mq_bench_bare ADD COLUMN done_at DATETIME(6) NULL,
+                       ADD KEY mq_bench_bare_done (status, done_at);",
+                )
+                .execute(pool)
+                .await?;
+            }
+            Bare::Sqlite(pool) => {
+                sqlx::raw_sql(
+                    "ALTER TABLE mq_bench_bare ADD COLUMN done_at INTEGER;
+                     CREATE INDEX mq_bench_bare_done ON mq_bench_bare (done_at) WHERE status = 'done';",
+                )
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the history table the moving loop writes to, with its index by age.
+    async fn history(&self) -> Result<()> {
+        match self {
+            Bare::Postgres(pool) => {
+                sqlx::raw_sql(
+                    "CREATE TABLE mq_bench_bare_history (id bigint PRIMARY KEY, queue text NOT NULL,
+                       payload jsonb NOT NULL, done_at timestamptz NOT NULL);
+                     CREATE INDEX mq_bench_bare_history_done ON mq_bench_bare_history (done_at);",
+                )
+                .execute(pool)
+                .await?;
+            }
+            Bare::MySql(pool) => {
+                sqlx::raw_sql(
+                    "CREATE TABLE mq_bench_bare_history (id BIGINT PRIMARY KEY, queue VARCHAR(255) NOT NULL,
+                       payload JSON NOT NULL, done_at DATETIME(6) NOT NULL,
+                       KEY mq_bench_bare_history_done (done_at)) ENGINE = InnoDB;",
+                )
+                .execute(pool)
+                .await?;
+            }
+            Bare::Sqlite(pool) => {
+                sqlx::raw_sql(
+                    "CREATE TABLE mq_bench_bare_history (id INTEGER PRIMARY KEY, queue TEXT NOT NULL,
+                       payload TEXT NOT NULL, done_at INTEGER NOT NULL);
+                     CREATE INDEX mq_bench_bare_history_done ON mq_bench_bare_history (done_at);",
                 )
                 .execute(pool)
                 .await?;
@@ -124,11 +208,15 @@ impl Bare {
         Ok(())
     }
 
-    /// Claims up to `batch` ready rows and deletes them; how many it took.
-    async fn claim_and_delete(&self, batch: usize) -> Result<usize> {
+    /// Claims up to `batch` ready rows and acknowledges them; how many it took.
+    async fn claim_and_ack(&self, batch: usize, ack: Ack) -> Result<usize> {
         let ids = self.claim(i64::try_from(batch)?).await?;
         if !ids.is_empty() {
-            self.delete(&ids).await?;
+            match ack {
+                Ack::Delete => self.delete(&ids).await?,
+                Ack::Keep => self.mark_done(&ids).await?,
+                Ack::Move => self.move_to_history(&ids).await?,
+            }
         }
         Ok(ids.len())
     }
@@ -204,8 +292,83 @@ impl Bare {
         Ok(())
     }
 
+    /// Marks the rows `ids` done (the acknowledgement that keeps them).
+    async fn mark_done(&self, ids: &[i64]) -> Result<()> {
+        match self {
+            Bare::Postgres(pool) => {
+                sqlx::query(
+                    "UPDATE mq_bench_bare SET status = 'done', lease_expires_at = NULL, done_at = now() \
+                     WHERE id = ANY($1)",
+                )
+                .bind(ids)
+                .execute(pool)
+                .await?;
+            }
+            Bare::MySql(pool) => loop {
+                let mut q = QueryBuilder::new(
+                    "UPDATE mq_bench_bare SET status = 'done', lease_expires_at = NULL, \
+                     done_at = CURRENT_TIMESTAMP(6) WHERE id IN ",
+                );
+                in_list(&mut q, ids);
+                match q.build().execute(pool).await {
+                    Err(e) if is_deadlock(&e) => continue,
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            },
+            Bare::Sqlite(pool) => {
+                let mut q = QueryBuilder::new(
+                    "UPDATE mq_bench_bare SET status = 'done', lease_expires_at = NULL, \
+                     done_at = unixepoch('subsec') * 1000000 WHERE id IN ",
+                );
+                in_list(&mut q, ids);
+                q.build().execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the rows `ids` to the history table (the acknowledgement that keeps them elsewhere).
+    async fn move_to_history(&self, ids: &[i64]) -> Result<()> {
+        match self {
+            Bare::Postgres(pool) => {
+                sqlx::query(
+                    "WITH d AS (DELETE FROM mq_bench_bare WHERE id = ANY($1) RETURNING id, queue, payload) \
+                     INSERT INTO mq_bench_bare_history (id, queue, payload, done_at) \
+                     SELECT id, queue, payload, now() FROM d",
+                )
+                .bind(ids)
+                .execute(pool)
+                .await?;
+            }
+            // No DELETE ... RETURNING to insert from: copy, then delete, in one transaction.
+            Bare::MySql(pool) => loop {
+                match move_mysql(pool, ids).await {
+                    Err(e) if is_deadlock(&e) => continue,
+                    other => break other?,
+                }
+            },
+            Bare::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO mq_bench_bare_history (id, queue, payload, done_at) \
+                     SELECT id, queue, payload, unixepoch('subsec') * 1000000 FROM mq_bench_bare WHERE id IN ",
+                );
+                in_list(&mut q, ids);
+                q.build().execute(&mut *tx).await?;
+                let mut q = QueryBuilder::new("DELETE FROM mq_bench_bare WHERE id IN ");
+                in_list(&mut q, ids);
+                q.build().execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn drop_table(&self) -> Result<()> {
-        let sql = "DROP TABLE IF EXISTS mq_bench_bare";
+        let sql = "DROP TABLE IF EXISTS mq_bench_bare; DROP TABLE IF EXISTS mq_bench_bare_history";
         match self {
             Bare::Postgres(pool) => {
                 sqlx::raw_sql(sql).execute(pool).await?;
@@ -244,6 +407,21 @@ async fn claim_mysql(pool: &MySqlPool, limit: i64) -> Result<Vec<i64>, sqlx::Err
     Ok(ids)
 }
 
+/// Moves the rows `ids` to the history table on MySQL in one transaction.
+async fn move_mysql(pool: &MySqlPool, ids: &[i64]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut q = QueryBuilder::new(
+        "INSERT INTO mq_bench_bare_history (id, queue, payload, done_at) \
+         SELECT id, queue, payload, CURRENT_TIMESTAMP(6) FROM mq_bench_bare WHERE id IN ",
+    );
+    in_list(&mut q, ids);
+    q.build().execute(&mut *tx).await?;
+    let mut q = QueryBuilder::new("DELETE FROM mq_bench_bare WHERE id IN ");
+    in_list(&mut q, ids);
+    q.build().execute(&mut *tx).await?;
+    tx.commit().await
+}
+
 /// Whether `e` is a deadlock the database rolled back: the statement may run again.
 fn is_deadlock(e: &sqlx::Error) -> bool {
     e.as_database_error()
@@ -276,16 +454,20 @@ where
     q.push(")");
 }
 
-/// Publishes `n` messages in chunks of `batch` from `concurrency` tasks, then claims and deletes
-/// them all with `concurrency` loops, on the bare table of the database at `url`.
+/// Publishes `n` messages in chunks of `batch` from `concurrency` tasks, then claims and
+/// acknowledges them all with `concurrency` loops, on the bare table of the database at `url`.
 pub(crate) async fn bench_bare(
     url: &str,
-    n: usize,
-    batch: usize,
-    concurrency: usize,
+    (n, batch, concurrency): (usize, usize, usize),
+    ack: Ack,
 ) -> Result<Rates> {
     let bare = Bare::connect(url, concurrency).await?;
     bare.create().await?;
+    match ack {
+        Ack::Delete => {}
+        Ack::Keep => bare.keep_rows().await?,
+        Ack::Move => bare.history().await?,
+    }
     let started = Instant::now();
     let chunks: Vec<Vec<String>> = (0..n)
         .map(|i| crate::workload::payload(i).to_string())
@@ -319,7 +501,7 @@ pub(crate) async fn bench_bare(
         let (bare, done) = (bare.clone(), done.clone());
         set.spawn(async move {
             loop {
-                let took = bare.claim_and_delete(batch).await?;
+                let took = bare.claim_and_ack(batch, ack).await?;
                 if took == 0 {
                     if done.load(Ordering::Relaxed) >= n {
                         return Ok(());

@@ -1,7 +1,9 @@
 //! Throughput of the SQL queue on each database: publish in batches, then claim + ack through
 //! `SqlQueue` with the default (acknowledged rows kept) and with `SqlOptions::delete_on_ack`,
 //! against the same workload as a bare sqlx loop on a narrow table (claim with `SKIP LOCKED`,
-//! ack by `DELETE`: the practical limit of that database) and, on PostgreSQL, apalis's
+//! ack by `DELETE`: the practical limit of that database; beside it the same loop keeping its
+//! rows in place and moving them to a history table, to show what keeping acknowledged rows costs
+//! by itself) and, on PostgreSQL, apalis's
 //! PostgreSQL backend (`apalis-postgres`, in its own `apalis` schema). The contenders are
 //! interleaved round by round and the best round of each counts; CPU time per message (this
 //! process, and the local database server) is printed beside each rate.
@@ -197,10 +199,13 @@ struct Contenders {
     ours: Option<Rates>,
     deleting: Option<Rates>,
     bare: Option<Rates>,
+    bare_kept: Option<Rates>,
+    bare_moved: Option<Rates>,
 }
 
 /// One round on `db`: `SqlQueue` keeping acknowledged rows, `SqlQueue` deleting them, and the
-/// bare loop, each on fresh tables; prints each and keeps the best of each in `best`.
+/// bare loop deleting and keeping its rows, each on fresh tables; prints each and keeps the best
+/// of each in `best`.
 async fn round(
     db: Database,
     url: &str,
@@ -227,9 +232,16 @@ async fn round(
         print(&format!("{name} {label} #{round}"), &r);
         *slot = Some(best(*slot, r));
     }
-    let b = bare::bench_bare(url, n, batch, concurrency).await?;
+    let workload = (n, batch, concurrency);
+    let b = bare::bench_bare(url, workload, bare::Ack::Delete).await?;
     print(&format!("{name} bare #{round}"), &b);
     best_of.bare = Some(best(best_of.bare, b));
+    let k = bare::bench_bare(url, workload, bare::Ack::Keep).await?;
+    print(&format!("{name} bare rows kept #{round}"), &k);
+    best_of.bare_kept = Some(best(best_of.bare_kept, k));
+    let m = bare::bench_bare(url, workload, bare::Ack::Move).await?;
+    print(&format!("{name} bare rows moved #{round}"), &m);
+    best_of.bare_moved = Some(best(best_of.bare_moved, m));
     Ok(())
 }
 
@@ -306,19 +318,36 @@ async fn main() -> Result<()> {
         if db == Database::Sqlite {
             remove_sqlite_files(&url);
         }
-        let (ours, deleting, bare) = (
+        let (ours, deleting, bare, bare_kept, bare_moved) = (
             best_of.ours.context("no round")?,
             best_of.deleting.context("no round")?,
             best_of.bare.context("no round")?,
+            best_of.bare_kept.context("no round")?,
+            best_of.bare_moved.context("no round")?,
         );
         let name = db.key();
         print(&format!("{name} SqlQueue (best)"), &ours);
         print(&format!("{name} SqlQueue delete_on_ack (best)"), &deleting);
         print(&format!("{name} bare (best)"), &bare);
+        print(&format!("{name} bare rows kept (best)"), &bare_kept);
+        print(&format!("{name} bare rows moved (best)"), &bare_moved);
         if let Some(apalis) = &apalis {
             print("postgres apalis (best)", apalis);
         }
         print_ratios(db, &ours, &deleting, "bare", &bare);
+        // What keeping rows costs the bare loop itself, in place or moved to a history table:
+        // the part of the default mode's gap to the bare loop that any queue keeping
+        // acknowledged rows pays.
+        for (how, kept) in [("kept", &bare_kept), ("moved", &bare_moved)] {
+            println!(
+                "{name} ratio bare rows {how} / bare: claim+ack {:.2}x, end-to-end {:.2}x; \
+                 SqlQueue / bare rows {how}: claim+ack {:.2}x, end-to-end {:.2}x",
+                kept.consume / bare.consume,
+                kept.end_to_end / bare.end_to_end,
+                ours.consume / kept.consume,
+                ours.end_to_end / kept.end_to_end,
+            );
+        }
         if let Some(apalis) = &apalis {
             print_ratios(db, &ours, &deleting, "apalis", apalis);
         }
