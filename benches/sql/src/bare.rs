@@ -86,108 +86,54 @@ impl Bare {
     }
 
     async fn create(&self) -> Result<()> {
-        match self {
-            Bare::Postgres(pool) => {
-                sqlx::raw_sql(
-                    "DROP TABLE IF EXISTS mq_bench_bare; DROP TABLE IF EXISTS mq_bench_bare_history;
+        self.script(
+            "DROP TABLE IF EXISTS mq_bench_bare; DROP TABLE IF EXISTS mq_bench_bare_history;
                      CREATE TABLE mq_bench_bare (id bigserial PRIMARY KEY, queue text NOT NULL, payload jsonb NOT NULL,
                        status text NOT NULL DEFAULT 'ready', execute_at timestamptz NOT NULL DEFAULT now(), lease_expires_at timestamptz)
                        WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000, autovacuum_vacuum_cost_delay = 0);
                      CREATE INDEX mq_bench_bare_ready ON mq_bench_bare (queue, execute_at, id) WHERE status = 'ready';",
-                )
-                .execute(pool)
-                .await?;
-            }
-            Bare::MySql(pool) => {
-                sqlx::raw_sql(
-                    "DROP TABLE IF EXISTS mq_bench_bare; DROP TABLE IF EXISTS mq_bench_bare_history;
+            "DROP TABLE IF EXISTS mq_bench_bare; DROP TABLE IF EXISTS mq_bench_bare_history;
                      CREATE TABLE mq_bench_bare (id BIGINT AUTO_INCREMENT PRIMARY KEY, queue VARCHAR(255) NOT NULL,
                        payload JSON NOT NULL, status VARCHAR(16) NOT NULL DEFAULT 'ready',
                        execute_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), lease_expires_at DATETIME(6) NULL,
                        KEY mq_bench_bare_ready (queue, status, execute_at, id)) ENGINE = InnoDB;",
-                )
-                .execute(pool)
-                .await?;
-            }
-            Bare::Sqlite(pool) => {
-                sqlx::raw_sql(
-                    "DROP TABLE IF EXISTS mq_bench_bare; DROP TABLE IF EXISTS mq_bench_bare_history;
+            "DROP TABLE IF EXISTS mq_bench_bare; DROP TABLE IF EXISTS mq_bench_bare_history;
                      CREATE TABLE mq_bench_bare (id INTEGER PRIMARY KEY, queue TEXT NOT NULL, payload TEXT NOT NULL,
                        status TEXT NOT NULL DEFAULT 'ready', execute_at INTEGER NOT NULL DEFAULT (unixepoch('subsec') * 1000000),
                        lease_expires_at INTEGER);
                      CREATE INDEX mq_bench_bare_ready ON mq_bench_bare (queue, execute_at, id) WHERE status = 'ready';",
-                )
-                .execute(pool)
-                .await?;
-            }
-        }
-        Ok(())
+        )
+        .await
     }
 
     /// Adds what the loop that keeps its rows needs: the time a row was done, and the index
     /// retention would read to find done rows by age.
     async fn keep_rows(&self) -> Result<()> {
-        match self {
-            Bare::Postgres(pool) => {
-                sqlx::raw_sql(
-                    "ALTER TABLE mq_bench_bare ADD COLUMN done_at timestamptz;
+        self.script(
+            "ALTER TABLE mq_bench_bare ADD COLUMN done_at timestamptz;
                      CREATE INDEX mq_bench_bare_done ON mq_bench_bare (done_at) WHERE status = 'done';",
-                )
-                .execute(pool)
-                .await?;
-            }
-            Bare::MySql(pool) => {
-                sqlx::raw_sql(
-                    "ALTER TABLE mq_bench_bare ADD COLUMN done_at DATETIME(6) NULL,
+            "ALTER TABLE mq_bench_bare ADD COLUMN done_at DATETIME(6) NULL,
                        ADD KEY mq_bench_bare_done (status, done_at);",
-                )
-                .execute(pool)
-                .await?;
-            }
-            Bare::Sqlite(pool) => {
-                sqlx::raw_sql(
-                    "ALTER TABLE mq_bench_bare ADD COLUMN done_at INTEGER;
+            "ALTER TABLE mq_bench_bare ADD COLUMN done_at INTEGER;
                      CREATE INDEX mq_bench_bare_done ON mq_bench_bare (done_at) WHERE status = 'done';",
-                )
-                .execute(pool)
-                .await?;
-            }
-        }
-        Ok(())
+        )
+        .await
     }
 
     /// Adds the history table the moving loop writes to, with its index by age.
     async fn history(&self) -> Result<()> {
-        match self {
-            Bare::Postgres(pool) => {
-                sqlx::raw_sql(
-                    "CREATE TABLE mq_bench_bare_history (id bigint PRIMARY KEY, queue text NOT NULL,
+        self.script(
+            "CREATE TABLE mq_bench_bare_history (id bigint PRIMARY KEY, queue text NOT NULL,
                        payload jsonb NOT NULL, done_at timestamptz NOT NULL);
                      CREATE INDEX mq_bench_bare_history_done ON mq_bench_bare_history (done_at);",
-                )
-                .execute(pool)
-                .await?;
-            }
-            Bare::MySql(pool) => {
-                sqlx::raw_sql(
-                    "CREATE TABLE mq_bench_bare_history (id BIGINT PRIMARY KEY, queue VARCHAR(255) NOT NULL,
+            "CREATE TABLE mq_bench_bare_history (id BIGINT PRIMARY KEY, queue VARCHAR(255) NOT NULL,
                        payload JSON NOT NULL, done_at DATETIME(6) NOT NULL,
                        KEY mq_bench_bare_history_done (done_at)) ENGINE = InnoDB;",
-                )
-                .execute(pool)
-                .await?;
-            }
-            Bare::Sqlite(pool) => {
-                sqlx::raw_sql(
-                    "CREATE TABLE mq_bench_bare_history (id INTEGER PRIMARY KEY, queue TEXT NOT NULL,
+            "CREATE TABLE mq_bench_bare_history (id INTEGER PRIMARY KEY, queue TEXT NOT NULL,
                        payload TEXT NOT NULL, done_at INTEGER NOT NULL);
                      CREATE INDEX mq_bench_bare_history_done ON mq_bench_bare_history (done_at);",
-                )
-                .execute(pool)
-                .await?;
-            }
-        }
-        Ok(())
+        )
+        .await
     }
 
     async fn publish(&self, payloads: &[String]) -> Result<()> {
@@ -264,51 +210,43 @@ impl Bare {
 
     /// Deletes the rows `ids` (the acknowledgement).
     async fn delete(&self, ids: &[i64]) -> Result<()> {
-        match self {
-            Bare::Postgres(pool) => {
-                sqlx::query("DELETE FROM mq_bench_bare WHERE id = ANY($1)")
-                    .bind(ids)
-                    .execute(pool)
-                    .await?;
-            }
-            // A deadlock victim is tried again, as for the claim.
-            Bare::MySql(pool) => loop {
-                let mut q = QueryBuilder::new("DELETE FROM mq_bench_bare WHERE id IN ");
-                in_list(&mut q, ids);
-                match q.build().execute(pool).await {
-                    Err(e) if is_deadlock(&e) => continue,
-                    other => {
-                        other?;
-                        break;
-                    }
-                }
-            },
-            Bare::Sqlite(pool) => {
-                let mut q = QueryBuilder::new("DELETE FROM mq_bench_bare WHERE id IN ");
-                in_list(&mut q, ids);
-                q.build().execute(pool).await?;
-            }
-        }
-        Ok(())
+        let sql = "DELETE FROM mq_bench_bare WHERE id ";
+        self.by_ids(sql, sql, sql, ids).await
     }
 
     /// Marks the rows `ids` done (the acknowledgement that keeps them).
     async fn mark_done(&self, ids: &[i64]) -> Result<()> {
+        self.by_ids(
+            "UPDATE mq_bench_bare SET status = 'done', lease_expires_at = NULL, done_at = now() WHERE id ",
+            "UPDATE mq_bench_bare SET status = 'done', lease_expires_at = NULL, \
+             done_at = CURRENT_TIMESTAMP(6) WHERE id ",
+            "UPDATE mq_bench_bare SET status = 'done', lease_expires_at = NULL, \
+             done_at = unixepoch('subsec') * 1000000 WHERE id ",
+            ids,
+        )
+        .await
+    }
+
+    /// Runs the statement written for this database (each ends `... WHERE id `) on the rows
+    /// `ids`: PostgreSQL binds them as one array, the others as a list. A MySQL deadlock
+    /// victim is tried again, as for the claim.
+    async fn by_ids(
+        &self,
+        postgres: &'static str,
+        mysql: &'static str,
+        sqlite: &'static str,
+        ids: &[i64],
+    ) -> Result<()> {
         match self {
             Bare::Postgres(pool) => {
-                sqlx::query(
-                    "UPDATE mq_bench_bare SET status = 'done', lease_expires_at = NULL, done_at = now() \
-                     WHERE id = ANY($1)",
-                )
-                .bind(ids)
-                .execute(pool)
-                .await?;
+                let sql = format!("{postgres}= ANY($1)");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(ids)
+                    .execute(pool)
+                    .await?;
             }
             Bare::MySql(pool) => loop {
-                let mut q = QueryBuilder::new(
-                    "UPDATE mq_bench_bare SET status = 'done', lease_expires_at = NULL, \
-                     done_at = CURRENT_TIMESTAMP(6) WHERE id IN ",
-                );
+                let mut q = QueryBuilder::new(format!("{mysql}IN "));
                 in_list(&mut q, ids);
                 match q.build().execute(pool).await {
                     Err(e) if is_deadlock(&e) => continue,
@@ -319,10 +257,7 @@ impl Bare {
                 }
             },
             Bare::Sqlite(pool) => {
-                let mut q = QueryBuilder::new(
-                    "UPDATE mq_bench_bare SET status = 'done', lease_expires_at = NULL, \
-                     done_at = unixepoch('subsec') * 1000000 WHERE id IN ",
-                );
+                let mut q = QueryBuilder::new(format!("{sqlite}IN "));
                 in_list(&mut q, ids);
                 q.build().execute(pool).await?;
             }
@@ -369,15 +304,25 @@ impl Bare {
 
     async fn drop_table(&self) -> Result<()> {
         let sql = "DROP TABLE IF EXISTS mq_bench_bare; DROP TABLE IF EXISTS mq_bench_bare_history";
+        self.script(sql, sql, sql).await
+    }
+
+    /// Runs the statements written for this database.
+    async fn script(
+        &self,
+        postgres: &'static str,
+        mysql: &'static str,
+        sqlite: &'static str,
+    ) -> Result<()> {
         match self {
             Bare::Postgres(pool) => {
-                sqlx::raw_sql(sql).execute(pool).await?;
+                sqlx::raw_sql(postgres).execute(pool).await?;
             }
             Bare::MySql(pool) => {
-                sqlx::raw_sql(sql).execute(pool).await?;
+                sqlx::raw_sql(mysql).execute(pool).await?;
             }
             Bare::Sqlite(pool) => {
-                sqlx::raw_sql(sql).execute(pool).await?;
+                sqlx::raw_sql(sqlite).execute(pool).await?;
             }
         }
         Ok(())
