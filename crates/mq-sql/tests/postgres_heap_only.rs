@@ -11,6 +11,7 @@ use mq_core::backend::{Claim, Holder};
 use mq_core::{CommonOptions, NewMessage, QueueName};
 use support::{
     Db, connect_queue, connect_store_with, drop_table, fresh_table, options, publish_all,
+    wait_until,
 };
 
 const MESSAGES: usize = 300;
@@ -19,24 +20,21 @@ const MESSAGES: usize = 300;
 /// heap-only updates). A server process reports its counts when it ends or has been idle for
 /// a while, so callers end their connections first.
 async fn counted_updates(pool: &sqlx::PgPool, table: &str, n: i64) -> (i64, i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let got: (i64, i64) = sqlx::query_as(
+    let read = || async {
+        sqlx::query_as::<_, (i64, i64)>(
             "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1",
         )
         .bind(table)
         .fetch_one(pool)
         .await
-        .expect("table statistics");
-        if got.0 >= n {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the statistics never counted {n} updates: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .expect("table statistics")
+    };
+    let what = format!("the statistics to count {n} updates");
+    wait_until(Duration::from_secs(20), &what, || async {
+        read().await.0 >= n
+    })
+    .await;
+    read().await
 }
 
 /// How many running messages the claim's read of the ready index visits and skips.

@@ -145,6 +145,13 @@ async fn upgrade_second_version(db: Db, test: &str) {
     upgrade_from(db, test, 2).await;
 }
 
+/// Messages `0..n`, each carrying its number as `i` (the field the recording handler reads).
+fn numbered(n: u64) -> Vec<NewMessage> {
+    (0..n)
+        .map(|i| NewMessage::new("t", json!({ "i": i })))
+        .collect()
+}
+
 /// A table of schema version `from` (1 or 2) with messages in it is upgraded by `connect`; the
 /// old messages are all handled, and the controls the upgrade adds work on it.
 async fn upgrade_from(db: Db, test: &str, from: u32) {
@@ -157,14 +164,7 @@ async fn upgrade_from(db: Db, test: &str, from: u32) {
             .await
             .expect("connect");
         q.register(&name).await.expect("register");
-        publish_all(
-            &q,
-            &name,
-            (0..5)
-                .map(|i| NewMessage::new("t", json!({ "i": i })))
-                .collect(),
-        )
-        .await;
+        publish_all(&q, &name, numbered(5)).await;
         q.shutdown().await.expect("shutdown");
     });
     if from == 1 {
@@ -365,14 +365,7 @@ async fn postgres_upgrade_v3_with_running_and_finished() {
         .await
         .expect("connect");
     q.register(&name).await.expect("register");
-    publish_all(
-        &q,
-        &name,
-        (0..6)
-            .map(|i| NewMessage::new("t", json!({ "i": i })))
-            .collect(),
-    )
-    .await;
+    publish_all(&q, &name, numbered(6)).await;
     // A consumer takes 4, acknowledges 2 and stops without a word about the other 2.
     let taken = q
         .store()
@@ -421,23 +414,22 @@ async fn postgres_upgrade_v3_with_running_and_finished() {
         "{stats:?}"
     );
     let (seen, handler) = support::recording_handler("i");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while seen.lock().unwrap_or_else(|e| e.into_inner()).len() < 4 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not every unfinished message came back: {:?}",
-            seen.lock().unwrap_or_else(|e| e.into_inner())
-        );
-        let _report = q
-            .consume_batch(
-                &name,
-                handler.clone(),
-                &ConsumerOptions::default().batch_size(10),
-            )
-            .await
-            .expect("batch");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_until(
+        Duration::from_secs(20),
+        "every unfinished message to come back",
+        || async {
+            let _report = q
+                .consume_batch(
+                    &name,
+                    handler.clone(),
+                    &ConsumerOptions::default().batch_size(10),
+                )
+                .await
+                .expect("batch");
+            seen.lock().unwrap_or_else(|e| e.into_inner()).len() >= 4
+        },
+    )
+    .await;
     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     seen.sort_unstable();
     let mut expected: Vec<u64> = taken[2..]
