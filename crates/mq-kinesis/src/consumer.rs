@@ -354,7 +354,7 @@ impl ShardConsumer {
             }
             State::Finishing => self.finish().await,
             State::Releasing(exit) => self.release(exit).await,
-            State::LeaseLost(reason) => self.lease_lost(reason),
+            State::LeaseLost(reason) => self.lease_lost(reason).await,
             State::Stopped(exit) => State::Stopped(exit),
         }
     }
@@ -428,9 +428,23 @@ impl ShardConsumer {
         State::Stopped(exit)
     }
 
-    fn lease_lost(&self, reason: String) -> State {
+    async fn lease_lost(&self, reason: String) -> State {
         let epoch = self.lease.as_ref().map_or(0, |l| l.epoch);
         tracing::warn!(shard = %self.shard, epoch, reason, "mq-kinesis: lease lost, shard consumer stops");
+        // lost with the membership: released only now that the handler returned (fenced if
+        // another instance took the shard meanwhile)
+        if self.renewal.lost_to_membership()
+            && let Some(lease) = &self.lease
+            && let Err(e) = within(
+                "release",
+                self.renewal.limit(),
+                None,
+                self.env.store.release(lease),
+            )
+            .await
+        {
+            tracing::debug!(shard = %self.shard, error = %e, "mq-kinesis: cannot release a lease lost with the membership; it ends with the membership");
+        }
         self.emit(|| LifecycleEvent::LeaseLost {
             consumer: self.info.clone(),
             epoch,

@@ -150,6 +150,17 @@ impl LeaseRenewal {
         &self.busy
     }
 
+    /// The lease was given up because the membership it is tied to ended or passed its local
+    /// deadline: the consumer releases it once its batch in flight is over (the renewal task
+    /// does not, so no other instance starts on the shard while the handler still runs).
+    pub(super) fn lost_to_membership(&self) -> bool {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            == Some(MEMBERSHIP_LAPSED)
+    }
+
     /// Why the lease was lost.
     pub(super) fn lost_reason(&self) -> String {
         self.reason
@@ -294,21 +305,31 @@ impl RenewalTask {
     }
 
     /// For a lease tied to the membership: loses it at the membership's local deadline or when
-    /// the consumer is stuck, and then releases it, so the shard moves without waiting for the
-    /// membership to end (the release is fenced if someone took the shard meanwhile).
+    /// the consumer is stuck. A lease lost with the membership is released by the consumer once
+    /// its batch in flight is over: the store may not have ended the membership yet (or may
+    /// have lost its renewals), and releasing it now would let another instance start on the
+    /// shard while the handler still runs. A consumer stuck in a call past its limit, before or
+    /// after the loss, has its lease released here, so the shard moves while the call hangs
+    /// (the release is fenced if someone took the shard meanwhile).
     async fn watch(&self, m: &LocalMembership) {
         let interval = self.ttl / 3;
         loop {
-            let Some(left) = m.remaining() else {
+            let wait = if self.lost.is_cancelled() {
+                // lost already: only a stuck consumer is left to watch for, until it ends
+                interval
+            } else if let Some(left) = m.remaining() {
+                left.min(interval)
+            } else {
                 tracing::warn!(shard = %self.lease.shard, "mq-kinesis: membership deadline passed, the shard consumer stops");
                 lose(&self.reason, &self.lost, MEMBERSHIP_LAPSED.into());
-                break;
+                continue;
             };
+            let watching = !self.lost.is_cancelled();
             tokio::select! {
                 _ = self.done.cancelled() => return,
-                _ = self.lost.cancelled() => break,
-                _ = m.gone().cancelled() => {}
-                _ = tokio::time::sleep(left.min(interval)) => {}
+                _ = self.lost.cancelled(), if watching => {}
+                _ = m.gone().cancelled(), if watching => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             if let Some(stuck) = self.busy.stalled() {
                 tracing::warn!(shard = %self.lease.shard, stuck, "mq-kinesis: shard consumer is stuck");
