@@ -59,6 +59,14 @@ pub struct LeaseState {
     /// The membership the lease is tied to, when it was taken with
     /// [`LeaseStore::acquire_as_member`] and not released.
     pub membership: Option<String>,
+    /// True when the lease is not live but the store cannot vouch that its owner stopped using
+    /// it: the last write to the lease was made by an earlier run of the store's server (it
+    /// restarted, or failed over to a replica), so a renewal of the lease or of its membership
+    /// made after that write may have been lost, and the owner may still be reading the shard.
+    /// Always false in stores that never lose a write.
+    /// [`DurableLeaseStore`](crate::DurableLeaseStore) takes such a shard only after its
+    /// recovery wait.
+    pub expiry_unconfirmed: bool,
 }
 
 impl LeaseState {
@@ -549,6 +557,7 @@ impl LeaseRecord {
             checkpoint: self.checkpoint.clone(),
             finished: self.finished,
             membership: self.membership.clone(),
+            expiry_unconfirmed: false,
         }
     }
 }

@@ -24,8 +24,11 @@ use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore};
 ///   durable one (the lease store's copy only when the durable store has none yet, which lets a
 ///   lease-store-only setup move to this one without re-reading its shards).
 /// - **a lease the lease store lost**: when the lease store's epoch of a shard is behind the
-///   durable one (Redis restarted empty, or a failover lost its last writes), the owner the
-///   durable store knows of may still be reading the shard. The first acquirer raises the durable
+///   durable one (Redis restarted empty, or a failover lost its last writes), or the lease
+///   ended without a release under an earlier run of the lease store's server (a failover or
+///   restart that may have lost the renewals keeping it alive:
+///   [`LeaseState::expiry_unconfirmed`]), the owner the durable store knows of may still be
+///   reading the shard. The first acquirer raises the durable
 ///   fence at once, so that owner stops before its next batch (and its next checkpoint is
 ///   refused), and takes the shard only after the [`recovery_wait`](Self::recovery_wait) (one
 ///   membership TTL by default): the batch that owner had in flight ends before the new owner's
@@ -190,7 +193,9 @@ impl DurableLeaseStore {
 
     /// Before acquiring `shard`: true when it may be taken now. When the lease store's epoch
     /// (`lease_epoch`) is behind the durable `newest`, the lease store lost the lease of whoever
-    /// holds `newest`: the first call raises the durable fence above `newest`, so that holder is
+    /// holds `newest`; when the lease ended without a release and the lease store cannot vouch
+    /// for its end ([`LeaseState::expiry_unconfirmed`]), it may have lost the renewals that kept
+    /// it alive. Either way its holder may still be reading the shard: the first call raises the durable fence above `newest`, so that holder is
     /// refused its next checkpoint, and later calls answer true once the recovery wait has
     /// passed, as long as nobody acquired the shard in the lease store meanwhile (its epoch
     /// there did not move) and no more than another recovery wait went by (a call that comes
@@ -230,7 +235,7 @@ impl DurableLeaseStore {
             shard,
             epoch = newest,
             ?wait,
-            "mq-kinesis: the lease store lost this shard's lease; its last owner is fenced, taking the shard after the recovery wait"
+            "mq-kinesis: the lease store lost this shard's lease, or the renewals that kept it; its last owner is fenced, taking the shard after the recovery wait"
         );
         if wait.is_zero() {
             return Ok(true);
@@ -343,7 +348,7 @@ impl DurableLeaseStore {
                 self.forget_recovery(stream, shard);
                 return Ok(None);
             }
-            if state.epoch < newest {
+            if state.epoch < newest || state.expiry_unconfirmed {
                 if !self
                     .recovered(stream, shard, newest, state.epoch, ttl)
                     .await?

@@ -444,7 +444,8 @@ fn as_opt_string(v: &Value) -> Option<String> {
 }
 
 /// A shard's state from the STATE script's reply (a LIST row after its shard): owner, epoch,
-/// expiry, checkpoint, finished, live, membership. `None` when the reply is too short.
+/// expiry, checkpoint, finished, live, membership, expiry unconfirmed. `None` when the reply is
+/// too short.
 fn parse_state(shard: String, items: &[Value]) -> Option<LeaseState> {
     let [
         owner,
@@ -454,6 +455,7 @@ fn parse_state(shard: String, items: &[Value]) -> Option<LeaseState> {
         finished,
         live,
         membership,
+        unconfirmed,
         ..,
     ] = items
     else {
@@ -468,6 +470,7 @@ fn parse_state(shard: String, items: &[Value]) -> Option<LeaseState> {
         finished: finished.as_string().as_deref() == Some("1"),
         live: live.as_i64() == Some(1),
         membership: as_opt_string(membership),
+        expiry_unconfirmed: unconfirmed.as_i64() == Some(1),
     })
 }
 

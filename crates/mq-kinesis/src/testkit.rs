@@ -488,6 +488,9 @@ pub mod cases {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // nothing was lost: the store vouches that the lease ended
+        let ended = store.state(&s, "sh-1").await.unwrap();
+        assert!(!ended.expiry_unconfirmed, "{ended:?}");
         assert!(
             !store
                 .renew_membership(&s, "a", "a.1", MEMBERSHIP)

@@ -2,6 +2,9 @@
 //! the Redis holding the leases forgot everything; it is fenced as soon as someone asks for the
 //! shard, which is handed out only after the recovery wait; the new owner's epoch is above the
 //! durable one and it resumes from the durable checkpoint. On PostgreSQL, MariaDB, MongoDB and SQLite.
+//! The same when a failover loses only the renewals of a membership its owner kept alive: the
+//! lease looks expired with its epoch unchanged, and is still handed out only after the
+//! recovery wait, while a lease that ended without a failover is taken at once.
 
 #[path = "common/durable.rs"]
 mod durable;
@@ -9,7 +12,7 @@ mod durable;
 mod redis_server;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mq_core::backend::CheckpointStore;
 use mq_kinesis::{CheckpointOutcome, DurableLeaseStore, LeaseStore, RedisLeaseStore};
@@ -122,6 +125,140 @@ async fn stale_owner_after_a_wipe(test: &str, checkpoints: Arc<dyn CheckpointSto
         store.checkpoint(&b, "160").await.unwrap(),
         CheckpointOutcome::Fenced
     );
+}
+
+/// How long a membership lasts without renewal in the failover case.
+const MEMBERSHIP: Duration = Duration::from_secs(1);
+
+/// Acquires `shard` for `owner` under `membership`, asking every 20 ms for up to ten recovery
+/// waits; returns the lease and how long it took.
+async fn acquire_within(
+    store: &DurableLeaseStore,
+    shard: &str,
+    owner: &str,
+    membership: &str,
+) -> (mq_kinesis::Lease, Duration) {
+    let asked = Instant::now();
+    loop {
+        if let Some(l) = store
+            .acquire_as_member("stream", shard, owner, membership, TTL, 0)
+            .await
+            .unwrap()
+        {
+            return (l, asked.elapsed());
+        }
+        assert!(
+            asked.elapsed() < WAIT * 10,
+            "{shard} not acquired after the wait"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A failover to a replica that missed the renewals of a live membership: in the replica the
+/// membership has ended, so its lease looks free, with the epoch the durable store knows.
+async fn renewals_lost_in_a_failover(test: &str, checkpoints: Arc<dyn CheckpointStore>) {
+    let Some(mut redis) = RedisServer::start_or_skip(test).await else {
+        return;
+    };
+    let connect = |url: String| async move {
+        Arc::new(RedisLeaseStore::connect(&url, "mq").await.unwrap()) as Arc<dyn LeaseStore>
+    };
+    let store =
+        DurableLeaseStore::new(connect(redis.url()).await, checkpoints.clone()).recovery_wait(WAIT);
+    let s = "stream";
+    store.join(s, "a", "a.1", MEMBERSHIP).await.unwrap();
+    let a = store
+        .acquire_as_member(s, "sh", "a", "a.1", TTL, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.checkpoint(&a, "100").await.unwrap(),
+        CheckpointOutcome::Advanced
+    );
+    // the replica's copy, in which a.1 ends one membership TTL from now
+    redis.snapshot().await;
+    // "a" keeps its membership alive past that; the replica misses every renewal
+    let snapshot = Instant::now();
+    while snapshot.elapsed() < MEMBERSHIP + MEMBERSHIP / 2 {
+        assert!(
+            store
+                .renew_membership(s, "a", "a.1", MEMBERSHIP)
+                .await
+                .unwrap()
+        );
+        tokio::time::sleep(MEMBERSHIP / 4).await;
+    }
+    assert!(store.state(s, "sh").await.unwrap().live, "kept alive by a");
+    redis.restore_snapshot().await;
+
+    // another instance, on the promoted replica
+    let store = DurableLeaseStore::new(connect(redis.url()).await, checkpoints).recovery_wait(WAIT);
+    let seen = store.state(s, "sh").await.unwrap();
+    assert!(!seen.live, "the replica lost the renewals: {seen:?}");
+    assert_eq!(seen.epoch, a.epoch, "nothing tells the epochs apart");
+    assert!(seen.expiry_unconfirmed, "{seen:?}");
+    store.join(s, "b", "b.1", TTL).await.unwrap();
+    let asked = Instant::now();
+    assert!(
+        store
+            .acquire_as_member(s, "sh", "b", "b.1", TTL, 0)
+            .await
+            .unwrap()
+            .is_none(),
+        "handed out at once, while its owner may still be reading"
+    );
+    assert!(
+        !store.confirm_epoch(&a).await.unwrap(),
+        "the owner is fenced while the new one waits"
+    );
+    let (b, _) = acquire_within(&store, "sh", "b", "b.1").await;
+    assert!(
+        asked.elapsed() >= WAIT,
+        "acquired after {:?}, before the recovery wait of {WAIT:?}",
+        asked.elapsed()
+    );
+    assert!(b.epoch > a.epoch, "epoch {} after {}", b.epoch, a.epoch);
+    assert_eq!(b.checkpoint.as_deref(), Some("100"));
+    assert_eq!(
+        store.checkpoint(&a, "110").await.unwrap(),
+        CheckpointOutcome::Fenced
+    );
+
+    // with no failover since, a membership that ends is vouched for: its shard is taken at once
+    store.join(s, "c", "c.1", MEMBERSHIP).await.unwrap();
+    let c = store
+        .acquire_as_member(s, "sh-2", "c", "c.1", TTL, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let ended = Instant::now();
+    while store.state(s, "sh-2").await.unwrap().live {
+        assert!(ended.elapsed() < MEMBERSHIP * 3, "c.1 never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = store.state(s, "sh-2").await.unwrap();
+    assert!(!seen.expiry_unconfirmed, "{seen:?}");
+    let d = store
+        .acquire_as_member(s, "sh-2", "b", "b.1", TTL, 0)
+        .await
+        .unwrap()
+        .expect("taken at once");
+    assert!(d.epoch > c.epoch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_lost_in_a_failover_wait_on_postgres() {
+    if let Some(c) = durable::postgres("lost_renewals_pg").await {
+        renewals_lost_in_a_failover("renewals_lost_in_a_failover_wait_on_postgres", c).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_lost_in_a_failover_wait_on_sqlite() {
+    let c = durable::sqlite("lost_renewals_lite").await;
+    renewals_lost_in_a_failover("renewals_lost_in_a_failover_wait_on_sqlite", c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,17 @@ local function member_expiry(mkey, m)
   if e then return tonumber(e) end
   return 0
 end
+-- the server's run id, which changes when it restarts or a replica takes over: a lease last
+-- written under another one may have lost the writes that came after ('' when an ACL rule
+-- refuses INFO: no lease is then told apart)
+local run_id_seen
+local function run_id()
+  if run_id_seen == nil then
+    local info = redis.pcall('INFO', 'server')
+    run_id_seen = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or ''
+  end
+  return run_id_seen
+end
 local function held(owner, exp, m, mkey)
   if not owner or owner == '' then return false end
   if m and m ~= '' then return member_expiry(mkey, m) > now end
@@ -36,7 +47,7 @@ if ARGV[5] ~= '' then
   if exp <= now then return {0} end
 end
 local epoch = math.max(tonumber(h[2] or '0'), tonumber(ARGV[4] or '0')) + 1
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'expires', exp, 'membership', ARGV[5])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'expires', exp, 'membership', ARGV[5], 'run', run_id())
 redis.call('HINCRBY', KEYS[4], 'v', 1)
 return {1, epoch, exp, h[4] or ''}";
 
@@ -53,7 +64,7 @@ if h[4] and h[4] ~= '' then
   if held(h[1], 0, h[4], KEYS[2]) then return 1 end
   return 0
 end
-redis.call('HSET', KEYS[1], 'expires', now + tonumber(ARGV[3])) return 1";
+redis.call('HSET', KEYS[1], 'expires', now + tonumber(ARGV[3]), 'run', run_id()) return 1";
 
 const CHECKPOINT: &str = "
 local new, cur = ARGV[3], h[3]
@@ -107,27 +118,30 @@ local h = redis.call('HMGET', KEYS[1], 'listing', 'at')
 if not h[1] then return {} end
 return {h[1], math.max(0, now - tonumber(h[2] or '0'))}";
 
-/// One state row: owner, epoch, expires, checkpoint, finished, live, membership.
+/// One state row: owner, epoch, expires, checkpoint, finished, live, membership, and 1 when the
+/// lease ended without a release under an earlier run of the server (its expiry is unconfirmed).
 const ROW: &str = "
 local function row(h, mkey)
   local exp = tonumber(h[3] or '0')
   if h[1] and h[1] ~= '' and h[6] and h[6] ~= '' then exp = member_expiry(mkey, h[6]) end
   local live = 0
   if held(h[1], h[3], h[6], mkey) then live = 1 end
-  return {h[1] or '', tonumber(h[2] or '0'), exp, h[4] or '', h[5] or '0', live, h[6] or ''}
+  local unconfirmed = 0
+  if live == 0 and h[1] and h[1] ~= '' and h[7] ~= run_id() then unconfirmed = 1 end
+  return {h[1] or '', tonumber(h[2] or '0'), exp, h[4] or '', h[5] or '0', live, h[6] or '', unconfirmed}
 end
 ";
 
 /// KEYS[1] lease hash, KEYS[2] memberships hash → one state row.
 const STATE: &str = "
-return row(redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'expires', 'checkpoint', 'finished', 'membership'), KEYS[2])";
+return row(redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'expires', 'checkpoint', 'finished', 'membership', 'run'), KEYS[2])";
 
 /// KEYS[1] shard index set, KEYS[2] memberships hash; ARGV lease key prefix → one state row per
 /// shard, after its shard id.
 const LIST: &str = "
 local out = {}
 for _, shard in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local r = row(redis.call('HMGET', ARGV[1] .. shard, 'owner', 'epoch', 'expires', 'checkpoint', 'finished', 'membership'), KEYS[2])
+  local r = row(redis.call('HMGET', ARGV[1] .. shard, 'owner', 'epoch', 'expires', 'checkpoint', 'finished', 'membership', 'run'), KEYS[2])
   table.insert(r, 1, shard)
   table.insert(out, r)
 end
