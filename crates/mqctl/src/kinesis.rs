@@ -363,6 +363,9 @@ struct LeaseView {
     owner: Option<String>,
     epoch: u64,
     live: bool,
+    /// Expired without a release before the lease store's server restarted or failed over:
+    /// its owner may still be reading, so a durable store hands it out after its recovery wait.
+    expiry_unconfirmed: bool,
     lease_expires_at: Option<String>,
     checkpoint: Option<String>,
     finished: bool,
@@ -374,6 +377,7 @@ impl From<&LeaseState> for LeaseView {
             owner: l.owner.clone().filter(|o| !o.is_empty()),
             epoch: l.epoch,
             live: l.live,
+            expiry_unconfirmed: l.expiry_unconfirmed,
             lease_expires_at: expiry(l.expires_at_ms),
             checkpoint: l.checkpoint.clone().filter(|c| !c.is_empty()),
             finished: l.finished,
@@ -401,10 +405,25 @@ fn expiry(ms: u64) -> Option<String> {
 }
 
 fn owner_text(l: &LeaseState) -> String {
-    match (l.owner.as_deref().filter(|o| !o.is_empty()), l.live) {
-        (Some(o), true) => format!("{o}, epoch {}", l.epoch),
-        (Some(o), false) => format!("{o} (expired), epoch {}", l.epoch),
-        (None, _) => format!("no owner, epoch {}", l.epoch),
+    let owner = l.owner.clone().filter(|o| !o.is_empty());
+    match owner {
+        Some(_) => format!(
+            "{}, epoch {}",
+            owner_cell(owner.as_ref(), l.live, l.expiry_unconfirmed),
+            l.epoch
+        ),
+        None => format!("no owner, epoch {}", l.epoch),
+    }
+}
+
+/// The owner as the tables show it: `-` when nobody holds the lease, and whether it expired
+/// (and whether the lease store can vouch for that).
+fn owner_cell(owner: Option<&String>, live: bool, unconfirmed: bool) -> String {
+    match owner {
+        Some(o) if live => o.clone(),
+        Some(o) if unconfirmed => format!("{o} (expired before a lease-store restart)"),
+        Some(o) => format!("{o} (expired)"),
+        None => "-".into(),
     }
 }
 
@@ -421,11 +440,7 @@ fn report(change: &Change, global: Global) -> anyhow::Result<ExitCode> {
     let row = |name: &str, v: &LeaseView| {
         vec![
             name.to_owned(),
-            match (&v.owner, v.live) {
-                (Some(o), true) => o.clone(),
-                (Some(o), false) => format!("{o} (expired)"),
-                (None, _) => "-".into(),
-            },
+            owner_cell(v.owner.as_ref(), v.live, v.expiry_unconfirmed),
             v.epoch.to_string(),
             v.lease_expires_at.clone().unwrap_or_else(|| "-".into()),
             v.checkpoint.clone().unwrap_or_else(|| "-".into()),
@@ -590,6 +605,8 @@ struct ShardView {
     owner: Option<String>,
     epoch: u64,
     live: bool,
+    /// Expired without a release before the lease store's server restarted or failed over.
+    expiry_unconfirmed: bool,
     lease_expires_at: Option<String>,
     lease_expires_at_ms: u64,
     checkpoint: Option<String>,
@@ -625,6 +642,7 @@ async fn status(args: &KinesisArgs, stream: &str) -> anyhow::Result<Status> {
             owner: s.lease.owner.clone().filter(|o| !o.is_empty()),
             epoch: s.lease.epoch,
             live: s.lease.live,
+            expiry_unconfirmed: s.lease.expiry_unconfirmed,
             lease_expires_at: expiry(s.lease.expires_at_ms),
             lease_expires_at_ms: s.lease.expires_at_ms,
             checkpoint: s.lease.checkpoint.clone().filter(|c| !c.is_empty()),
@@ -692,11 +710,7 @@ fn print(status: &Status) {
                 } else {
                     s.children.join(",")
                 },
-                match (&s.owner, s.live) {
-                    (Some(o), true) => o.clone(),
-                    (Some(o), false) => format!("{o} (expired)"),
-                    (None, _) => "-".into(),
-                },
+                owner_cell(s.owner.as_ref(), s.live, s.expiry_unconfirmed),
                 s.assigned_to.clone().unwrap_or_else(|| "-".into()),
                 s.epoch.to_string(),
                 s.lease_expires_at.clone().unwrap_or_else(|| "-".into()),
@@ -724,4 +738,21 @@ fn print(status: &Status) {
         ],
         &rows,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_cell;
+
+    #[test]
+    fn the_owner_cell_says_whether_an_expiry_can_be_trusted() {
+        let a = "a".to_owned();
+        assert_eq!(owner_cell(Some(&a), true, false), "a");
+        assert_eq!(owner_cell(Some(&a), false, false), "a (expired)");
+        assert_eq!(
+            owner_cell(Some(&a), false, true),
+            "a (expired before a lease-store restart)"
+        );
+        assert_eq!(owner_cell(None, false, false), "-");
+    }
 }
