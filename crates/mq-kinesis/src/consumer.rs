@@ -401,16 +401,24 @@ impl ShardConsumer {
         }
     }
 
-    async fn release(&mut self, exit: ShardExit) -> State {
-        if let Some(lease) = &self.lease
-            && let Err(e) = within(
+    /// Gives the lease back (fenced if another instance took the shard meanwhile), within the
+    /// deadline of one call to the store.
+    async fn give_back(&self) -> crate::Result<()> {
+        match &self.lease {
+            Some(lease) => within(
                 "release",
                 self.renewal.limit(),
                 None,
                 self.env.store.release(lease),
             )
             .await
-        {
+            .map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    async fn release(&mut self, exit: ShardExit) -> State {
+        if let Err(e) = self.give_back().await {
             tracing::warn!(shard = %self.shard, error = %e, "mq-kinesis: lease release failed; it expires on its own");
         }
         let reason = match &exit {
@@ -431,17 +439,9 @@ impl ShardConsumer {
     async fn lease_lost(&self, reason: String) -> State {
         let epoch = self.lease.as_ref().map_or(0, |l| l.epoch);
         tracing::warn!(shard = %self.shard, epoch, reason, "mq-kinesis: lease lost, shard consumer stops");
-        // lost with the membership: released only now that the handler returned (fenced if
-        // another instance took the shard meanwhile)
+        // lost with the membership: released only now that the handler returned
         if self.renewal.lost_to_membership()
-            && let Some(lease) = &self.lease
-            && let Err(e) = within(
-                "release",
-                self.renewal.limit(),
-                None,
-                self.env.store.release(lease),
-            )
-            .await
+            && let Err(e) = self.give_back().await
         {
             tracing::debug!(shard = %self.shard, error = %e, "mq-kinesis: cannot release a lease lost with the membership; it ends with the membership");
         }
