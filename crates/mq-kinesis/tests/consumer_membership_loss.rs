@@ -7,34 +7,77 @@
 
 #[path = "common/emulator.rs"]
 mod emulator;
+#[path = "common/hooked.rs"]
+mod hooked;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use emulator::Emulator;
-use mq_core::async_trait;
+use hooked::{Hooked, Hooks};
 use mq_core::testkit::{RecordingObserver, eventually, fast_options};
-use mq_core::{Batch, HandlerContext, MessageQueue, handler_fn};
-use mq_kinesis::{
-    CheckpointOutcome, InMemoryLeaseStore, KinesisQueue, Lease, LeaseState, LeaseStore, Result,
-    ShardOptions,
+use mq_core::{
+    Batch, ConsumerHandle, ConsumerOptions, Handler, HandlerContext, MessageQueue, handler_fn,
 };
+use mq_kinesis::{InMemoryLeaseStore, KinesisQueue, LeaseState, LeaseStore, ShardOptions};
 use tokio::sync::watch;
+
+/// A consumer whose first batch is in its handler.
+struct Running {
+    _emu: Emulator,
+    queue: KinesisQueue,
+    consumer: ConsumerHandle,
+    /// The shard's lease when the first batch was in the handler.
+    held: LeaseState,
+    obs: Arc<RecordingObserver>,
+}
+
+/// Instance "a" reads a one-shard stream of five records over `store` with `handler`, which
+/// counts its calls in `calls`, until the first batch is in the handler.
+async fn first_batch_in_the_handler(
+    stream: &str,
+    store: Arc<dyn LeaseStore>,
+    shard: ShardOptions,
+    handler: Arc<dyn Handler>,
+    calls: &Arc<AtomicUsize>,
+    options: ConsumerOptions,
+) -> Running {
+    let emu = Emulator::with_stream(stream, 1).await;
+    let obs = Arc::new(RecordingObserver::default());
+    let queue = KinesisQueue::with_client(
+        emu.client(),
+        emulator::observed_options(store.clone(), "a", &obs).shard(shard),
+    );
+    let q = emulator::register_and_publish(&queue, stream, 5).await;
+    let consumer = queue.consume(&q, handler, options).await.unwrap();
+    let c = calls.clone();
+    eventually(
+        Duration::from_secs(20),
+        "first batch in the handler",
+        move || c.load(Ordering::SeqCst) > 0,
+    )
+    .await;
+    let held = store
+        .leases(stream)
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("the shard's lease");
+    Running {
+        _emu: emu,
+        queue,
+        consumer,
+        held,
+        obs,
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_lost_with_the_membership_is_released_after_the_handler_returns() {
     let stream = "membership-loss";
-    let emu = Emulator::with_stream(stream, 1).await;
     let store = Arc::new(InMemoryLeaseStore::new());
-    let obs = Arc::new(RecordingObserver::default());
-    let queue = KinesisQueue::with_client(
-        emu.client(),
-        emulator::observed_options(store.clone(), "a", &obs),
-    );
-    let q = emulator::register_and_publish(&queue, stream, 5).await;
-
     let calls = Arc::new(AtomicUsize::new(0));
     let cancelled = Arc::new(AtomicBool::new(false));
     let (finish, finishing) = watch::channel(false);
@@ -56,21 +99,21 @@ async fn a_lease_lost_with_the_membership_is_released_after_the_handler_returns(
             }
         }))
     };
-    let consumer = queue.consume(&q, handler, fast_options()).await.unwrap();
-    let c = calls.clone();
-    eventually(
-        Duration::from_secs(20),
-        "first batch in the handler",
-        move || c.load(Ordering::SeqCst) > 0,
+    let Running {
+        _emu,
+        queue,
+        consumer,
+        held,
+        obs,
+    } = first_batch_in_the_handler(
+        stream,
+        store.clone(),
+        ShardOptions::default(),
+        handler,
+        &calls,
+        fast_options(),
     )
     .await;
-    let held = store
-        .leases(stream)
-        .await
-        .unwrap()
-        .into_iter()
-        .next()
-        .expect("the shard's lease");
     let membership = held.membership.clone().expect("tied to the membership");
 
     // the store ends the membership: the instance notices at its next renewal
@@ -114,95 +157,21 @@ async fn a_lease_lost_with_the_membership_is_released_after_the_handler_returns(
     queue.shutdown().await.unwrap();
 }
 
-/// An in-memory lease store whose membership renewals, while `lose_answers` is set, are made but
-/// never answered (the reply is lost on the way back): the store keeps the membership alive
-/// while the instance sees its renewals time out and its local deadline pass.
+/// Membership renewals that, while `lose_answers` is set, are made but never answered: the
+/// store keeps the membership alive while the instance sees its renewals time out and its
+/// local deadline pass.
 #[derive(Debug, Default)]
 struct LostAnswers {
-    inner: InMemoryLeaseStore,
     lose_answers: AtomicBool,
 }
 
-#[async_trait]
-impl LeaseStore for LostAnswers {
-    async fn acquire_above(
-        &self,
-        s: &str,
-        sh: &str,
-        o: &str,
-        ttl: Duration,
-        floor: u64,
-    ) -> Result<Option<Lease>> {
-        self.inner.acquire_above(s, sh, o, ttl, floor).await
+impl Hooks for LostAnswers {
+    fn memberships(&self) -> bool {
+        true
     }
-    async fn acquire_as_member(
-        &self,
-        s: &str,
-        sh: &str,
-        o: &str,
-        m: &str,
-        ttl: Duration,
-        floor: u64,
-    ) -> Result<Option<Lease>> {
-        self.inner.acquire_as_member(s, sh, o, m, ttl, floor).await
-    }
-    async fn force_release(&self, s: &str, sh: &str) -> Result<LeaseState> {
-        self.inner.force_release(s, sh).await
-    }
-    async fn set_checkpoint(&self, s: &str, sh: &str, seq: &str) -> Result<LeaseState> {
-        self.inner.set_checkpoint(s, sh, seq).await
-    }
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
-        self.inner.renew(lease, ttl).await
-    }
-    async fn checkpoint(&self, lease: &Lease, seq: &str) -> Result<CheckpointOutcome> {
-        self.inner.checkpoint(lease, seq).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.inner.release(lease).await
-    }
-    async fn finish(&self, lease: &Lease) -> Result<bool> {
-        self.inner.finish(lease).await
-    }
-    async fn forget_finished(&self, s: &str, sh: &str) -> Result<bool> {
-        self.inner.forget_finished(s, sh).await
-    }
-    async fn state(&self, s: &str, sh: &str) -> Result<LeaseState> {
-        self.inner.state(s, sh).await
-    }
-    async fn leases(&self, s: &str) -> Result<Vec<LeaseState>> {
-        self.inner.leases(s).await
-    }
-    async fn record_failure(&self, s: &str, sh: &str, c: &str) -> Result<u32> {
-        self.inner.record_failure(s, sh, c).await
-    }
-    async fn clear_failures(&self, s: &str, sh: &str) -> Result<()> {
-        self.inner.clear_failures(s, sh).await
-    }
-    async fn failure_counts(&self, s: &str, sh: &str) -> Result<BTreeMap<String, u32>> {
-        self.inner.failure_counts(s, sh).await
-    }
-    async fn heartbeat(&self, s: &str, i: &str, ttl: Duration) -> Result<()> {
-        self.inner.heartbeat(s, i, ttl).await
-    }
-    async fn live_instances(&self, s: &str) -> Result<Vec<String>> {
-        self.inner.live_instances(s).await
-    }
-    async fn join(&self, s: &str, i: &str, m: &str, ttl: Duration) -> Result<()> {
-        self.inner.join(s, i, m, ttl).await
-    }
-    async fn renew_membership(&self, s: &str, i: &str, m: &str, ttl: Duration) -> Result<bool> {
-        let renewed = self.inner.renew_membership(s, i, m, ttl).await;
-        if self.lose_answers.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
-        renewed
-    }
-    async fn leave(&self, s: &str, i: &str, m: &str) -> Result<()> {
-        self.inner.leave(s, i, m).await
-    }
-    async fn lease_version(&self, s: &str) -> Result<Option<u64>> {
-        self.inner.lease_version(s).await
+
+    fn lose_membership_answer(&self) -> bool {
+        self.lose_answers.load(Ordering::SeqCst)
     }
 }
 
@@ -212,15 +181,7 @@ const HUNG: Duration = Duration::from_secs(16);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_never_returns_after_its_membership_lapsed_does_not_keep_the_shard() {
     let stream = "membership-lapse-hang";
-    let emu = Emulator::with_stream(stream, 1).await;
-    let store = Arc::new(LostAnswers::default());
-    let obs = Arc::new(RecordingObserver::default());
-    let queue = KinesisQueue::with_client(
-        emu.client(),
-        emulator::observed_options(store.clone(), "a", &obs)
-            .shard(ShardOptions::default().stall_timeout(Duration::from_millis(500))),
-    );
-    let q = emulator::register_and_publish(&queue, stream, 5).await;
+    let store = Arc::new(Hooked::new(LostAnswers::default()));
     let calls = Arc::new(AtomicUsize::new(0));
     let handler = {
         let calls = calls.clone();
@@ -235,36 +196,29 @@ async fn a_handler_that_never_returns_after_its_membership_lapsed_does_not_keep_
             }
         }))
     };
-    let consumer = queue
-        .consume(
-            &q,
-            handler,
-            // the membership lapses first (within its TTL of 2 s), the handler is stuck past
-            // its timeout and the stall limit after that, and the runner waits for it
-            fast_options()
-                .handler_timeout(Duration::from_secs(4))
-                .cancel_grace(HUNG * 2),
-        )
-        .await
-        .unwrap();
-    let c = calls.clone();
-    eventually(
-        Duration::from_secs(20),
-        "first batch in the handler",
-        move || c.load(Ordering::SeqCst) > 0,
+    // the membership lapses first (within its TTL of 2 s), the handler is stuck past its
+    // timeout and the stall limit after that, and the runner waits for it
+    let Running {
+        _emu,
+        queue,
+        consumer,
+        held,
+        obs: _,
+    } = first_batch_in_the_handler(
+        stream,
+        store.clone(),
+        ShardOptions::default().stall_timeout(Duration::from_millis(500)),
+        handler,
+        &calls,
+        fast_options()
+            .handler_timeout(Duration::from_secs(4))
+            .cancel_grace(HUNG * 2),
     )
     .await;
     // renewals still reach the store, but their answers are lost: the instance's local
     // deadline passes while the store keeps its membership, and so the lease, alive
     store.lose_answers.store(true, Ordering::SeqCst);
     let lapsed = Instant::now();
-    let held = store
-        .leases(stream)
-        .await
-        .unwrap()
-        .into_iter()
-        .next()
-        .expect("the shard's lease");
     assert!(held.live && held.membership.is_some(), "{held:?}");
     loop {
         let now = store.state(stream, &held.shard).await.unwrap();

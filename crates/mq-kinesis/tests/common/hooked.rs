@@ -1,6 +1,7 @@
 //! A lease store in memory whose renewals and heartbeats a test can intercept: `Hooked<H>`
 //! forwards every call to an `InMemoryLeaseStore`, renewals, heartbeats and checkpoints only when
-//! `H` (a [`Hooks`]) does not answer them itself.
+//! `H` (a [`Hooks`]) does not answer them itself. Leases have their own expiry unless `H` asks
+//! for memberships, whose renewals it can then leave unanswered after they reached the store.
 #![allow(dead_code, unreachable_pub)]
 
 use std::fmt::Debug;
@@ -23,6 +24,18 @@ pub trait Hooks: Debug + Send + Sync + 'static {
 
     fn checkpoint(&self, _lease: &Lease, _seq: &str) -> Option<Result<CheckpointOutcome>> {
         None
+    }
+
+    /// True to keep memberships in the store, so leases are tied to them; false (the default)
+    /// makes the store one without memberships, whose leases have their own expiry.
+    fn memberships(&self) -> bool {
+        false
+    }
+
+    /// Asked after a membership renewal reached the store: true loses its answer (the call
+    /// never returns, as when the reply is lost on the way back).
+    fn lose_membership_answer(&self) -> bool {
+        false
     }
 }
 
@@ -107,5 +120,46 @@ impl<H: Hooks> LeaseStore for Hooked<H> {
     }
     async fn live_instances(&self, s: &str) -> Result<Vec<String>> {
         self.inner.live_instances(s).await
+    }
+    // Without memberships, what a store without them does: a heartbeat, and leases with their
+    // own expiry.
+    async fn join(&self, s: &str, i: &str, m: &str, ttl: Duration) -> Result<()> {
+        if self.hooks.memberships() {
+            self.inner.join(s, i, m, ttl).await
+        } else {
+            self.heartbeat(s, i, ttl).await
+        }
+    }
+    async fn renew_membership(&self, s: &str, i: &str, m: &str, ttl: Duration) -> Result<bool> {
+        if !self.hooks.memberships() {
+            return self.heartbeat(s, i, ttl).await.map(|()| true);
+        }
+        let renewed = self.inner.renew_membership(s, i, m, ttl).await;
+        if self.hooks.lose_membership_answer() {
+            std::future::pending::<()>().await;
+        }
+        renewed
+    }
+    async fn leave(&self, s: &str, i: &str, m: &str) -> Result<()> {
+        if self.hooks.memberships() {
+            self.inner.leave(s, i, m).await
+        } else {
+            self.heartbeat(s, i, Duration::ZERO).await
+        }
+    }
+    async fn acquire_as_member(
+        &self,
+        s: &str,
+        sh: &str,
+        o: &str,
+        m: &str,
+        ttl: Duration,
+        floor: u64,
+    ) -> Result<Option<Lease>> {
+        if self.hooks.memberships() {
+            self.inner.acquire_as_member(s, sh, o, m, ttl, floor).await
+        } else {
+            self.inner.acquire_above(s, sh, o, ttl, floor).await
+        }
     }
 }
