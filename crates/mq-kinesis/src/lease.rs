@@ -60,9 +60,9 @@ pub struct LeaseState {
     /// [`LeaseStore::acquire_as_member`] and not released.
     pub membership: Option<String>,
     /// True when the lease is not live but the store cannot vouch that its owner stopped using
-    /// it: the last write to the lease was made by an earlier run of the store's server (it
-    /// restarted, or failed over to a replica), so a renewal of the lease or of its membership
-    /// made after that write may have been lost, and the owner may still be reading the shard.
+    /// it: the lease was granted by an earlier run of the store's server (it restarted, or
+    /// failed over to a replica since), so a renewal of the lease or of its membership may have
+    /// been lost, and the owner may still be reading the shard.
     /// Always false in stores that never lose a write.
     /// [`DurableLeaseStore`](crate::DurableLeaseStore) takes such a shard only after its
     /// recovery wait.

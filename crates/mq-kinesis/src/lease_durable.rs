@@ -25,13 +25,12 @@ use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore};
 ///   lease-store-only setup move to this one without re-reading its shards).
 /// - **a lease the lease store lost**: when the lease store's epoch of a shard is behind the
 ///   durable one (Redis restarted empty, or a failover lost its last writes), or the lease
-///   ended without a release under an earlier run of the lease store's server (a failover or
-///   restart that may have lost the renewals keeping it alive:
+///   was granted by an earlier run of the lease store's server and ended without a release (a
+///   failover or restart since may have lost the renewals keeping it alive:
 ///   [`LeaseState::expiry_unconfirmed`]), the owner the durable store knows of may still be
-///   reading the shard. The first acquirer raises the durable
-///   fence at once, so that owner stops before its next batch (and its next checkpoint is
-///   refused), and takes the shard only after the [`recovery_wait`](Self::recovery_wait) (one
-///   membership TTL by default): the batch that owner had in flight ends before the new owner's
+///   reading the shard. The first acquirer raises the durable fence at once, so that owner
+///   stops before its next batch (and its next checkpoint is refused), and takes the shard only
+///   after the [`recovery_wait`](Self::recovery_wait) (one membership TTL by default): the batch that owner had in flight ends before the new owner's
 ///   first one starts, so no shard is handled by two instances at once.
 /// - **before every batch** ([`LeaseStore::confirm_epoch`]): a shard consumer reads the durable
 ///   fence and stops when a newer epoch is recorded, so the forgotten owner of a shard that had
@@ -195,11 +194,12 @@ impl DurableLeaseStore {
     /// (`lease_epoch`) is behind the durable `newest`, the lease store lost the lease of whoever
     /// holds `newest`; when the lease ended without a release and the lease store cannot vouch
     /// for its end ([`LeaseState::expiry_unconfirmed`]), it may have lost the renewals that kept
-    /// it alive. Either way its holder may still be reading the shard: the first call raises the durable fence above `newest`, so that holder is
-    /// refused its next checkpoint, and later calls answer true once the recovery wait has
-    /// passed, as long as nobody acquired the shard in the lease store meanwhile (its epoch
-    /// there did not move) and no more than another recovery wait went by (a call that comes
-    /// later waits again: the lease store may have lost data once more).
+    /// it alive. Either way its holder may still be reading the shard: the first call raises
+    /// the durable fence above `newest`, so that holder is refused its next checkpoint, and
+    /// later calls answer true once the recovery wait has passed, as long as nobody acquired
+    /// the shard in the lease store meanwhile (its epoch there did not move) and no more than
+    /// another recovery wait went by (a call that comes later waits again: the lease store may
+    /// have lost data once more).
     async fn recovered(
         &self,
         stream: &str,

@@ -31,10 +31,9 @@ use scripts::Scripts;
 ///
 /// - `<prefix>:{<stream>}:lease:<shard>`: hash of owner, epoch, expires (ms), checkpoint,
 ///   finished, the membership the lease is tied to (empty for a lease with its own expiry),
-///   and the run id of the server that last acquired or renewed it (a lease that ended
-///   without a release under another run is reported with
-///   [`LeaseState::expiry_unconfirmed`]: a restart or failover since may have lost the
-///   renewals that kept it alive);
+///   and the run id of the server that granted it (a lease granted under another run that
+///   ended without a release is reported with [`LeaseState::expiry_unconfirmed`]: a restart or
+///   failover since may have lost the renewals that kept it alive);
 /// - `<prefix>:{<stream>}:poison:<shard>`: hash of failure counts by checkpoint;
 /// - `<prefix>:{<stream>}:shards`: set of the shards ever acquired;
 /// - `<prefix>:{<stream>}:members`: sorted set of instances scored by heartbeat expiry;

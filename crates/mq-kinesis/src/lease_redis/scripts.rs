@@ -14,8 +14,8 @@ local function member_expiry(mkey, m)
   if e then return tonumber(e) end
   return 0
 end
--- the server's run id, which changes when it restarts or a replica takes over: a lease last
--- written under another one may have lost the writes that came after ('' when an ACL rule
+-- the server's run id, which changes when it restarts or a replica takes over: a lease
+-- acquired under another one may have lost the renewals that came after ('' when an ACL rule
 -- refuses INFO: no lease is then told apart)
 local run_id_seen
 local function run_id()
@@ -64,7 +64,7 @@ if h[4] and h[4] ~= '' then
   if held(h[1], 0, h[4], KEYS[2]) then return 1 end
   return 0
 end
-redis.call('HSET', KEYS[1], 'expires', now + tonumber(ARGV[3]), 'run', run_id()) return 1";
+redis.call('HSET', KEYS[1], 'expires', now + tonumber(ARGV[3])) return 1";
 
 const CHECKPOINT: &str = "
 local new, cur = ARGV[3], h[3]
@@ -119,7 +119,8 @@ if not h[1] then return {} end
 return {h[1], math.max(0, now - tonumber(h[2] or '0'))}";
 
 /// One state row: owner, epoch, expires, checkpoint, finished, live, membership, and 1 when the
-/// lease ended without a release under an earlier run of the server (its expiry is unconfirmed).
+/// lease, acquired under an earlier run of the server, ended without a release (its expiry is
+/// unconfirmed).
 const ROW: &str = "
 local function row(h, mkey)
   local exp = tonumber(h[3] or '0')
