@@ -405,11 +405,10 @@ fn expiry(ms: u64) -> Option<String> {
 }
 
 fn owner_text(l: &LeaseState) -> String {
-    let owner = l.owner.clone().filter(|o| !o.is_empty());
-    match owner {
-        Some(_) => format!(
+    match l.owner.as_ref().filter(|o| !o.is_empty()) {
+        Some(o) => format!(
             "{}, epoch {}",
-            owner_cell(owner.as_ref(), l.live, l.expiry_unconfirmed),
+            owner_cell(Some(o), l.live, l.expiry_unconfirmed),
             l.epoch
         ),
         None => format!("no owner, epoch {}", l.epoch),

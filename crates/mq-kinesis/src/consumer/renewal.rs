@@ -314,7 +314,8 @@ impl RenewalTask {
     async fn watch(&self, m: &LocalMembership) {
         let interval = self.ttl / 3;
         loop {
-            let wait = if self.lost.is_cancelled() {
+            let lost = self.lost.is_cancelled();
+            let wait = if lost {
                 // lost already: only a stuck consumer is left to watch for, until it ends
                 interval
             } else if let Some(left) = m.remaining() {
@@ -324,11 +325,10 @@ impl RenewalTask {
                 lose(&self.reason, &self.lost, MEMBERSHIP_LAPSED.into());
                 continue;
             };
-            let watching = !self.lost.is_cancelled();
             tokio::select! {
                 _ = self.done.cancelled() => return,
-                _ = self.lost.cancelled(), if watching => {}
-                _ = m.gone().cancelled(), if watching => {}
+                _ = self.lost.cancelled(), if !lost => {}
+                _ = m.gone().cancelled(), if !lost => {}
                 _ = tokio::time::sleep(wait) => {}
             }
             if let Some(stuck) = self.busy.stalled() {
