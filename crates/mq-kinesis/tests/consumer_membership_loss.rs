@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use emulator::Emulator;
 use hooked::{Hooked, Hooks};
-use mq_core::testkit::{RecordingObserver, eventually, fast_options};
+use mq_core::testkit::{RecordingObserver, eventually, fast_options, wait_until};
 use mq_core::{
     Batch, ConsumerHandle, ConsumerOptions, Handler, HandlerContext, MessageQueue, handler_fn,
 };
@@ -99,13 +99,7 @@ async fn a_lease_lost_with_the_membership_is_released_after_the_handler_returns(
             }
         }))
     };
-    let Running {
-        _emu,
-        queue,
-        consumer,
-        held,
-        obs,
-    } = first_batch_in_the_handler(
+    let run = first_batch_in_the_handler(
         stream,
         store.clone(),
         ShardOptions::default(),
@@ -114,7 +108,7 @@ async fn a_lease_lost_with_the_membership_is_released_after_the_handler_returns(
         fast_options(),
     )
     .await;
-    let membership = held.membership.clone().expect("tied to the membership");
+    let membership = run.held.membership.clone().expect("tied to the membership");
 
     // the store ends the membership: the instance notices at its next renewal
     store.leave(stream, "a", &membership).await.unwrap();
@@ -128,33 +122,33 @@ async fn a_lease_lost_with_the_membership_is_released_after_the_handler_returns(
     // the consumer gave the lease up, but its handler still runs: the lease stays as it was
     let watching = Instant::now();
     while watching.elapsed() < Duration::from_millis(500) {
-        let now = store.state(stream, &held.shard).await.unwrap();
+        let now = store.state(stream, &run.held.shard).await.unwrap();
         assert!(
             now.owner.as_deref() == Some("a")
-                && now.epoch == held.epoch
-                && now.membership == held.membership,
+                && now.epoch == run.held.epoch
+                && now.membership == run.held.membership,
             "the lease changed while the handler still ran: {now:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     finish.send_replace(true);
-    // released once the handler returned, then taken again by the same instance
-    let finished = Instant::now();
-    loop {
-        let now = store.state(stream, &held.shard).await.unwrap();
-        if now.owner.is_none() || now.epoch > held.epoch {
-            break;
-        }
-        assert!(
-            finished.elapsed() < Duration::from_secs(20),
-            "never released after the handler returned: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(obs.count("lease_lost") >= 1);
-    consumer.stop().await;
-    queue.shutdown().await.unwrap();
+    let (s, shard, epoch) = (store.clone(), run.held.shard.clone(), run.held.epoch);
+    wait_until(
+        Duration::from_secs(20),
+        "released once the handler returned, then taken again by the same instance",
+        move || {
+            let (s, shard) = (s.clone(), shard.clone());
+            async move {
+                let now = s.state(stream, &shard).await.unwrap();
+                now.owner.is_none() || now.epoch > epoch
+            }
+        },
+    )
+    .await;
+    assert!(run.obs.count("lease_lost") >= 1);
+    run.consumer.stop().await;
+    run.queue.shutdown().await.unwrap();
 }
 
 /// Membership renewals that, while `lose_answers` is set, are made but never answered: the
@@ -198,13 +192,7 @@ async fn a_handler_that_never_returns_after_its_membership_lapsed_does_not_keep_
     };
     // the membership lapses first (within its TTL of 2 s), the handler is stuck past its
     // timeout and the stall limit after that, and the runner waits for it
-    let Running {
-        _emu,
-        queue,
-        consumer,
-        held,
-        obs: _,
-    } = first_batch_in_the_handler(
+    let run = first_batch_in_the_handler(
         stream,
         store.clone(),
         ShardOptions::default().stall_timeout(Duration::from_millis(500)),
@@ -219,27 +207,30 @@ async fn a_handler_that_never_returns_after_its_membership_lapsed_does_not_keep_
     // deadline passes while the store keeps its membership, and so the lease, alive
     store.lose_answers.store(true, Ordering::SeqCst);
     let lapsed = Instant::now();
+    let held = &run.held;
     assert!(held.live && held.membership.is_some(), "{held:?}");
-    loop {
-        let now = store.state(stream, &held.shard).await.unwrap();
-        if now.owner.is_none() {
-            break;
-        }
-        assert!(
-            now.live,
-            "the store's membership must stay alive for this test: {now:?}"
-        );
-        assert!(
-            lapsed.elapsed() < HUNG * 3 / 4,
-            "the hung handler keeps the shard: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (s, shard) = (store.clone(), held.shard.clone());
+    wait_until(
+        HUNG * 3 / 4,
+        "the hung handler gives the shard up",
+        move || {
+            let (s, shard) = (s.clone(), shard.clone());
+            async move {
+                let now = s.state(stream, &shard).await.unwrap();
+                assert!(
+                    now.owner.is_none() || now.live,
+                    "the store's membership must stay alive for this test: {now:?}"
+                );
+                now.owner.is_none()
+            }
+        },
+    )
+    .await;
     println!(
         "lease released {:?} after the renewals' answers were lost",
         lapsed.elapsed()
     );
     store.lose_answers.store(false, Ordering::SeqCst);
-    consumer.stop().await;
-    queue.shutdown().await.unwrap();
+    run.consumer.stop().await;
+    run.queue.shutdown().await.unwrap();
 }

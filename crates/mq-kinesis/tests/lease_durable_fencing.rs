@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mq_core::backend::CheckpointStore;
+use mq_core::testkit::wait_until;
 use mq_kinesis::{CheckpointOutcome, DurableLeaseStore, LeaseStore, RedisLeaseStore};
 use redis_server::RedisServer;
 
@@ -233,11 +234,11 @@ async fn renewals_lost_in_a_failover(test: &str, checkpoints: Arc<dyn Checkpoint
         .await
         .unwrap()
         .unwrap();
-    let ended = Instant::now();
-    while store.state(s, "sh-2").await.unwrap().live {
-        assert!(ended.elapsed() < MEMBERSHIP * 3, "c.1 never ended");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let st = &store;
+    wait_until(MEMBERSHIP * 3, "c.1 ended", || async move {
+        !st.state(s, "sh-2").await.unwrap().live
+    })
+    .await;
     let seen = store.state(s, "sh-2").await.unwrap();
     assert!(!seen.expiry_unconfirmed, "{seen:?}");
     let d = store
