@@ -399,13 +399,35 @@ where
     q.push(")");
 }
 
+/// A loop the benchmark drives: publish a chunk of payloads; claim a batch and acknowledge it.
+pub(crate) trait Loop: Clone + Send + Sync + 'static {
+    /// Stores one chunk of payloads as ready rows.
+    fn publish(&self, payloads: &[String]) -> impl Future<Output = Result<()>> + Send;
+    /// Claims up to `batch` ready rows and acknowledges them; how many it took.
+    fn claim_and_ack(&self, batch: usize) -> impl Future<Output = Result<usize>> + Send;
+}
+
+/// The bare table of one database, acknowledged one way.
+#[derive(Clone)]
+struct BareLoop(Bare, Ack);
+
+impl Loop for BareLoop {
+    async fn publish(&self, payloads: &[String]) -> Result<()> {
+        self.0.publish(payloads).await
+    }
+    async fn claim_and_ack(&self, batch: usize) -> Result<usize> {
+        self.0.claim_and_ack(batch, self.1).await
+    }
+}
+
 /// Publishes `n` messages in chunks of `batch` from `concurrency` tasks, then claims and
 /// acknowledges them all with `concurrency` loops, on the bare table of the database at `url`.
 pub(crate) async fn bench_bare(
     url: &str,
-    (n, batch, concurrency): (usize, usize, usize),
+    workload: (usize, usize, usize),
     ack: Ack,
 ) -> Result<Rates> {
+    let (_, _, concurrency) = workload;
     let bare = Bare::connect(url, concurrency).await?;
     bare.create().await?;
     match ack {
@@ -413,6 +435,17 @@ pub(crate) async fn bench_bare(
         Ack::Keep => bare.keep_rows().await?,
         Ack::Move => bare.history().await?,
     }
+    let rates = drive(BareLoop(bare.clone(), ack), workload).await?;
+    bare.drop_table().await?;
+    Ok(rates)
+}
+
+/// Publishes `n` messages in chunks of `batch` through `l` from `concurrency` tasks, then
+/// claims and acknowledges them all with `concurrency` loops.
+pub(crate) async fn drive<L: Loop>(
+    l: L,
+    (n, batch, concurrency): (usize, usize, usize),
+) -> Result<Rates> {
     let started = Instant::now();
     let chunks: Vec<Vec<String>> = (0..n)
         .map(|i| crate::workload::payload(i).to_string())
@@ -424,14 +457,14 @@ pub(crate) async fn bench_bare(
     let next = Arc::new(AtomicUsize::new(0));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (bare, chunks, next) = (bare.clone(), chunks.clone(), next.clone());
+        let (l, chunks, next) = (l.clone(), chunks.clone(), next.clone());
         set.spawn(async move {
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 let Some(chunk) = chunks.get(k) else {
                     return Ok::<(), anyhow::Error>(());
                 };
-                bare.publish(chunk).await?;
+                l.publish(chunk).await?;
             }
         });
     }
@@ -443,10 +476,10 @@ pub(crate) async fn bench_bare(
     let cpu_started = CpuTime::now();
     let done = Arc::new(AtomicUsize::new(0));
     for _ in 0..concurrency {
-        let (bare, done) = (bare.clone(), done.clone());
+        let (l, done) = (l.clone(), done.clone());
         set.spawn(async move {
             loop {
-                let took = bare.claim_and_ack(batch, ack).await?;
+                let took = l.claim_and_ack(batch).await?;
                 if took == 0 {
                     if done.load(Ordering::Relaxed) >= n {
                         return Ok(());
@@ -463,7 +496,6 @@ pub(crate) async fn bench_bare(
     }
     let consumed = consume_started.elapsed();
     let cpu = CpuTime::now().since(cpu_started);
-    bare.drop_table().await?;
     Ok(Rates {
         publish: rate(n, published),
         consume: rate(n, consumed),

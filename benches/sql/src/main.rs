@@ -3,7 +3,8 @@
 //! against the same workload as a bare sqlx loop on a narrow table (claim with `SKIP LOCKED`,
 //! ack by `DELETE`: the practical limit of that database; beside it the same loop keeping its
 //! rows in place and moving them to a history table, to show what keeping acknowledged rows costs
-//! by itself) and, on PostgreSQL, apalis's
+//! by itself; on PostgreSQL, the same loop on the queue's own table, to show what the queue's
+//! schema costs apart from its statements) and, on PostgreSQL, apalis's
 //! PostgreSQL backend (`apalis-postgres`, in its own `apalis` schema). The contenders are
 //! interleaved round by round and the best round of each counts; CPU time per message (this
 //! process, and the local database server) is printed beside each rate.
@@ -33,6 +34,7 @@ mod apalis_pg;
 mod bare;
 mod cpu;
 mod depth;
+mod queue_table;
 mod workload;
 use cpu::CpuTime;
 
@@ -201,6 +203,8 @@ struct Contenders {
     bare: Option<Rates>,
     bare_kept: Option<Rates>,
     bare_moved: Option<Rates>,
+    /// The bare loop on the queue's own table (PostgreSQL): rows deleted, kept, moved.
+    schema: [Option<Rates>; 3],
 }
 
 /// One round on `db`: `SqlQueue` keeping acknowledged rows, `SqlQueue` deleting them, and the
@@ -242,7 +246,26 @@ async fn round(
     let m = bare::bench_bare(url, workload, bare::Ack::Move).await?;
     print(&format!("{name} bare rows moved #{round}"), &m);
     best_of.bare_moved = Some(best(best_of.bare_moved, m));
+    if db == Database::Postgres {
+        for (slot, ack) in best_of.schema.iter_mut().zip(SCHEMA_ACKS) {
+            let r = queue_table::bench_queue_table(url, workload, ack).await?;
+            print(&format!("{name} {} #{round}", schema_label(ack)), &r);
+            *slot = Some(best(*slot, r));
+        }
+    }
     Ok(())
+}
+
+/// How the bare loop on the queue's own table acknowledges, in the order of its contenders.
+const SCHEMA_ACKS: [bare::Ack; 3] = [bare::Ack::Delete, bare::Ack::Keep, bare::Ack::Move];
+
+/// The printed name of the bare loop on the queue's own table acknowledging by `ack`.
+fn schema_label(ack: bare::Ack) -> &'static str {
+    match ack {
+        bare::Ack::Delete => "bare on the queue's table, rows deleted",
+        bare::Ack::Keep => "bare on the queue's table, rows kept",
+        bare::Ack::Move => "bare on the queue's table, rows moved",
+    }
 }
 
 /// Prints the best round of each contender on `db` and each mode's ratios to `other`.
@@ -346,6 +369,26 @@ async fn main() -> Result<()> {
                 kept.end_to_end / bare.end_to_end,
                 ours.consume / kept.consume,
                 ours.end_to_end / kept.end_to_end,
+            );
+        }
+        // The queue's schema under the bare loop's statements: its gap to the bare loop is what
+        // the schema costs, its gap to `SqlQueue` what the statements cost.
+        for (r, ack) in best_of.schema.iter().zip(SCHEMA_ACKS) {
+            let Some(r) = r else { continue };
+            let label = schema_label(ack);
+            print(&format!("{name} {label} (best)"), r);
+            let (mode, mine) = if ack == bare::Ack::Delete {
+                ("SqlQueue delete_on_ack", &deleting)
+            } else {
+                ("SqlQueue", &ours)
+            };
+            println!(
+                "{name} ratio {label} / bare: claim+ack {:.2}x, end-to-end {:.2}x; \
+                 {mode} / it: claim+ack {:.2}x, end-to-end {:.2}x",
+                r.consume / bare.consume,
+                r.end_to_end / bare.end_to_end,
+                mine.consume / r.consume,
+                mine.end_to_end / r.end_to_end,
             );
         }
         if let Some(apalis) = &apalis {
