@@ -4,7 +4,8 @@
 //! ack by `DELETE`: the practical limit of that database; beside it the same loop keeping its
 //! rows in place and moving them to a history table, to show what keeping acknowledged rows costs
 //! by itself; on PostgreSQL, the same loop on the queue's own table, to show what the queue's
-//! schema costs apart from its statements) and, on PostgreSQL, apalis's
+//! schema costs apart from its statements, and on a split layout whose claims and
+//! acknowledgements rewrite only a narrow table) and, on PostgreSQL, apalis's
 //! PostgreSQL backend (`apalis-postgres`, in its own `apalis` schema). The contenders are
 //! interleaved round by round and the best round of each counts; CPU time per message (this
 //! process, and the local database server) is printed beside each rate.
@@ -35,6 +36,7 @@ mod bare;
 mod cpu;
 mod depth;
 mod queue_table;
+mod split_table;
 mod workload;
 use cpu::CpuTime;
 
@@ -203,8 +205,8 @@ struct Contenders {
     bare: Option<Rates>,
     bare_kept: Option<Rates>,
     bare_moved: Option<Rates>,
-    /// The bare loop on the queue's own table (PostgreSQL): rows deleted, kept, moved.
-    schema: [Option<Rates>; 3],
+    /// The bare loop on other PostgreSQL tables, in the order of [`TABLES`].
+    tables: [Option<Rates>; 5],
 }
 
 /// One round on `db`: `SqlQueue` keeping acknowledged rows, `SqlQueue` deleting them, and the
@@ -247,25 +249,48 @@ async fn round(
     print(&format!("{name} bare rows moved #{round}"), &m);
     best_of.bare_moved = Some(best(best_of.bare_moved, m));
     if db == Database::Postgres {
-        for (slot, ack) in best_of.schema.iter_mut().zip(SCHEMA_ACKS) {
-            let r = queue_table::bench_queue_table(url, workload, ack).await?;
-            print(&format!("{name} {} #{round}", schema_label(ack)), &r);
+        for (slot, &(table, ack)) in best_of.tables.iter_mut().zip(&TABLES) {
+            let r = match table {
+                Table::Queue => queue_table::bench_queue_table(url, workload, ack).await?,
+                Table::Split => split_table::bench_split_table(url, workload, ack).await?,
+            };
+            print(&format!("{name} {} #{round}", table_label(table, ack)), &r);
             *slot = Some(best(*slot, r));
         }
     }
     Ok(())
 }
 
-/// How the bare loop on the queue's own table acknowledges, in the order of its contenders.
-const SCHEMA_ACKS: [bare::Ack; 3] = [bare::Ack::Delete, bare::Ack::Keep, bare::Ack::Move];
+/// A PostgreSQL table layout the bare loop also runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// The table `SqlQueue` creates, with its columns and indexes.
+    Queue,
+    /// A narrow table for claims and acknowledgements beside one for the messages' columns.
+    Split,
+}
 
-/// The printed name of the bare loop on the queue's own table acknowledging by `ack`.
-fn schema_label(ack: bare::Ack) -> &'static str {
-    match ack {
-        bare::Ack::Delete => "bare on the queue's table, rows deleted",
-        bare::Ack::Keep => "bare on the queue's table, rows kept",
-        bare::Ack::Move => "bare on the queue's table, rows moved",
-    }
+/// The bare loop's contenders on other PostgreSQL tables: each layout, each acknowledgement.
+const TABLES: [(Table, bare::Ack); 5] = [
+    (Table::Queue, bare::Ack::Delete),
+    (Table::Queue, bare::Ack::Keep),
+    (Table::Queue, bare::Ack::Move),
+    (Table::Split, bare::Ack::Delete),
+    (Table::Split, bare::Ack::Keep),
+];
+
+/// The printed name of the bare loop on `table` acknowledging by `ack`.
+fn table_label(table: Table, ack: bare::Ack) -> String {
+    let on = match table {
+        Table::Queue => "the queue's table",
+        Table::Split => "a split table",
+    };
+    let how = match ack {
+        bare::Ack::Delete => "deleted",
+        bare::Ack::Keep => "kept",
+        bare::Ack::Move => "moved",
+    };
+    format!("bare on {on}, rows {how}")
 }
 
 /// Prints the best round of each contender on `db` and each mode's ratios to `other`.
@@ -371,11 +396,12 @@ async fn main() -> Result<()> {
                 ours.end_to_end / kept.end_to_end,
             );
         }
-        // The queue's schema under the bare loop's statements: its gap to the bare loop is what
-        // the schema costs, its gap to `SqlQueue` what the statements cost.
-        for (r, ack) in best_of.schema.iter().zip(SCHEMA_ACKS) {
+        // The bare loop on the queue's table: its gap to the bare loop is what the queue's row
+        // costs, its gap to `SqlQueue` what the queue's statements cost. On the split table:
+        // what the row would cost if claims rewrote only the columns they change.
+        for (r, &(table, ack)) in best_of.tables.iter().zip(&TABLES) {
             let Some(r) = r else { continue };
-            let label = schema_label(ack);
+            let label = table_label(table, ack);
             print(&format!("{name} {label} (best)"), r);
             let (mode, mine) = if ack == bare::Ack::Delete {
                 ("SqlQueue delete_on_ack", &deleting)
