@@ -35,6 +35,7 @@ mod apalis_pg;
 mod bare;
 mod cpu;
 mod depth;
+mod plain;
 mod queue_table;
 mod split_table;
 mod workload;

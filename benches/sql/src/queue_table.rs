@@ -9,135 +9,93 @@
 //! finished.
 
 use anyhow::{Context, Result};
-use mq_core::{IdGenerator, MessageQueue, QueueName, UlidGenerator};
+use mq_core::{MessageQueue, QueueName};
 use mq_sql::{PgQueue, SqlOptions};
 use sqlx::{AssertSqlSafe, PgPool, Row};
 
 use crate::Rates;
-use crate::bare::{Ack, Loop, drive};
+use crate::bare::Ack;
+use crate::plain::PlainLoop;
 
 /// The queue table this loop runs on; `{TABLE}_history` is its history table.
 const TABLE: &str = "mq_bench_schema";
 
-/// A pool on the queue table, and how it acknowledges.
-#[derive(Clone)]
-struct QueueTableLoop {
-    pool: PgPool,
-    ack: Ack,
-    /// The moving acknowledgement: the deleted rows' columns as a finished row has them.
-    move_sql: String,
-}
-
-impl QueueTableLoop {
-    /// Creates the queue table through `SqlQueue`'s own migrations, and the history table when
-    /// `ack` moves rows.
-    async fn create(url: &str, concurrency: usize, ack: Ack) -> Result<Self> {
-        crate::drop_tables(url, TABLE).await?;
-        let q = PgQueue::connect(url, SqlOptions::default().table(TABLE).notify(false))
-            .await
-            .context("postgres queue table")?;
-        q.register(&QueueName::new("bench")?).await?;
-        q.shutdown().await?;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(concurrency as u32 + 2)
-            .connect(url)
-            .await?;
-        let mut move_sql = String::new();
-        if ack == Ack::Move {
-            // Plain columns (no identity, no generated column), the key and the age index.
-            sqlx::raw_sql(AssertSqlSafe(format!(
-                "CREATE TABLE {TABLE}_history (LIKE {TABLE} INCLUDING DEFAULTS);
-                 ALTER TABLE {TABLE}_history ADD PRIMARY KEY (queue, id);
-                 CREATE INDEX {TABLE}_history_done ON {TABLE}_history (updated_at);"
-            )))
-            .execute(&pool)
-            .await?;
-            let columns: Vec<String> = sqlx::query(
-                "SELECT column_name::text AS c FROM information_schema.columns \
-                 WHERE table_name = $1 AND table_schema = ANY(current_schemas(false)) \
-                 ORDER BY ordinal_position",
-            )
-            .bind(format!("{TABLE}_history"))
-            .fetch_all(&pool)
-            .await?
-            .iter()
-            .map(|r| r.try_get("c"))
-            .collect::<Result<_, _>>()?;
-            let select: Vec<String> = columns
-                .iter()
-                .map(|c| match c.as_str() {
-                    "status" => "'executed'".to_owned(),
-                    "updated_at" => "now()".to_owned(),
-                    "lease_expires_at" | "live" => "NULL".to_owned(),
-                    other => other.to_owned(),
-                })
-                .collect();
-            move_sql = format!(
-                "WITH d AS (DELETE FROM {TABLE} WHERE queue = 'bench' AND id = ANY($1) RETURNING *) \
-                 INSERT INTO {TABLE}_history ({}) SELECT {} FROM d",
-                columns.join(", "),
-                select.join(", ")
-            );
-        }
-        Ok(QueueTableLoop {
-            pool,
-            ack,
-            move_sql,
-        })
-    }
-}
-
-impl Loop for QueueTableLoop {
-    async fn publish(&self, payloads: &[String]) -> Result<()> {
-        let ids: Vec<String> = payloads
-            .iter()
-            .map(|_| UlidGenerator.next_id().as_str().to_owned())
-            .collect();
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {TABLE} (queue, id, message_type, payload, status, execute_at, attempts, \
-               created_at, updated_at) \
-             SELECT 'bench', u.id, 'bench', u.p::jsonb, 'scheduled', now(), 0, now(), now() \
-             FROM unnest($1::text[], $2::text[]) AS u(id, p)"
-        )))
-        .bind(&ids)
-        .bind(payloads)
-        .execute(&self.pool)
+/// Creates the queue table through `SqlQueue`'s own migrations (and the history table when `ack`
+/// moves rows); the loop of plain statements on it, keyed by message id.
+async fn create(url: &str, concurrency: usize, ack: Ack) -> Result<PlainLoop<String>> {
+    crate::drop_tables(url, TABLE).await?;
+    let q = PgQueue::connect(url, SqlOptions::default().table(TABLE).notify(false))
+        .await
+        .context("postgres queue table")?;
+    q.register(&QueueName::new("bench")?).await?;
+    q.shutdown().await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(concurrency as u32 + 2)
+        .connect(url)
         .await?;
-        Ok(())
-    }
+    let ack_sql = match ack {
+        Ack::Delete => format!("DELETE FROM {TABLE} WHERE queue = 'bench' AND id = ANY($1)"),
+        Ack::Keep => format!(
+            "UPDATE {TABLE} SET status = 'executed', lease_expires_at = NULL, updated_at = now() \
+             WHERE queue = 'bench' AND id = ANY($1)"
+        ),
+        Ack::Move => move_statement(&pool).await?,
+    };
+    let publish = format!(
+        "INSERT INTO {TABLE} (queue, id, message_type, payload, status, execute_at, attempts, \
+           created_at, updated_at) \
+         SELECT 'bench', u.id, 'bench', u.p::jsonb, 'scheduled', now(), 0, now(), now() \
+         FROM unnest($1::text[], $2::text[]) AS u(id, p)"
+    );
+    let claim = format!(
+        "UPDATE {TABLE} SET status = 'processing', lease_owner = 'bench', \
+           lease_expires_at = now() + interval '30 seconds', attempts = attempts + 1, \
+           processing_started_at = now() \
+         WHERE ctid = ANY(ARRAY(SELECT ctid FROM {TABLE} WHERE queue = 'bench' AND live = 1 \
+           AND status = 'scheduled' AND execute_at <= now() \
+           ORDER BY priority DESC, execute_at, seq LIMIT $1 FOR UPDATE SKIP LOCKED)) \
+         RETURNING id, payload"
+    );
+    Ok(PlainLoop::new(pool, publish, claim, ack_sql))
+}
 
-    async fn claim_and_ack(&self, batch: usize) -> Result<usize> {
-        let rows: Vec<(String, sqlx::types::Json<serde_json::Value>)> =
-            sqlx::query_as(AssertSqlSafe(format!(
-                "UPDATE {TABLE} SET status = 'processing', lease_owner = 'bench', \
-                   lease_expires_at = now() + interval '30 seconds', attempts = attempts + 1, \
-                   processing_started_at = now() \
-                 WHERE ctid = ANY(ARRAY(SELECT ctid FROM {TABLE} WHERE queue = 'bench' AND live = 1 \
-                   AND status = 'scheduled' AND execute_at <= now() \
-                   ORDER BY priority DESC, execute_at, seq LIMIT $1 FOR UPDATE SKIP LOCKED)) \
-                 RETURNING id, payload"
-            )))
-            .bind(i64::try_from(batch)?)
-            .fetch_all(&self.pool)
-            .await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-        let sql = match self.ack {
-            Ack::Delete => format!("DELETE FROM {TABLE} WHERE queue = 'bench' AND id = ANY($1)"),
-            Ack::Keep => format!(
-                "UPDATE {TABLE} SET status = 'executed', lease_expires_at = NULL, updated_at = now() \
-                 WHERE queue = 'bench' AND id = ANY($1)"
-            ),
-            Ack::Move => self.move_sql.clone(),
-        };
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(&ids)
-            .execute(&self.pool)
-            .await?;
-        Ok(rows.len())
-    }
+/// Creates the history table (plain columns: no identity, no generated column; the key and the
+/// age index) and returns the acknowledgement that moves rows there, with the columns a finished
+/// row has.
+async fn move_statement(pool: &PgPool) -> Result<String> {
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE {TABLE}_history (LIKE {TABLE} INCLUDING DEFAULTS);
+         ALTER TABLE {TABLE}_history ADD PRIMARY KEY (queue, id);
+         CREATE INDEX {TABLE}_history_done ON {TABLE}_history (updated_at);"
+    )))
+    .execute(pool)
+    .await?;
+    let columns: Vec<String> = sqlx::query(
+        "SELECT column_name::text AS c FROM information_schema.columns \
+         WHERE table_name = $1 AND table_schema = ANY(current_schemas(false)) \
+         ORDER BY ordinal_position",
+    )
+    .bind(format!("{TABLE}_history"))
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| r.try_get("c"))
+    .collect::<Result<_, _>>()?;
+    let select: Vec<&str> = columns
+        .iter()
+        .map(|c| match c.as_str() {
+            "status" => "'executed'",
+            "updated_at" => "now()",
+            "lease_expires_at" | "live" => "NULL",
+            other => other,
+        })
+        .collect();
+    Ok(format!(
+        "WITH d AS (DELETE FROM {TABLE} WHERE queue = 'bench' AND id = ANY($1) RETURNING *) \
+         INSERT INTO {TABLE}_history ({}) SELECT {} FROM d",
+        columns.join(", "),
+        select.join(", ")
+    ))
 }
 
 /// Publishes, claims and acknowledges the workload on the queue's own table at `url`.
@@ -146,9 +104,12 @@ pub(crate) async fn bench_queue_table(
     workload: (usize, usize, usize),
     ack: Ack,
 ) -> Result<Rates> {
-    let l = QueueTableLoop::create(url, workload.2, ack).await?;
-    let rates = drive(l.clone(), workload).await?;
-    l.pool.close().await;
-    crate::drop_tables(url, TABLE).await?;
-    Ok(rates)
+    let teardown = crate::derived_tables(TABLE)
+        .iter()
+        .map(|t| format!("DROP TABLE IF EXISTS {t};"))
+        .collect();
+    create(url, workload.2, ack)
+        .await?
+        .run(workload, teardown)
+        .await
 }

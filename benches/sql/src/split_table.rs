@@ -9,115 +9,69 @@
 //! Acknowledged rows are deleted from both tables, or kept in place and marked executed.
 
 use anyhow::Result;
-use mq_core::{IdGenerator, UlidGenerator};
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::AssertSqlSafe;
 
 use crate::Rates;
-use crate::bare::{Ack, Loop, drive};
+use crate::bare::Ack;
+use crate::plain::PlainLoop;
 
 /// The narrow table; `{TABLE}_messages` holds the messages' columns.
 const TABLE: &str = "mq_bench_split";
 
-/// A pool on the split tables, and how it acknowledges.
-#[derive(Clone)]
-struct SplitLoop {
-    pool: PgPool,
-    ack: Ack,
-}
-
-impl SplitLoop {
-    async fn create(url: &str, concurrency: usize, ack: Ack) -> Result<Self> {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(concurrency as u32 + 2)
-            .connect(url)
-            .await?;
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "DROP TABLE IF EXISTS {TABLE}, {TABLE}_messages;
-             CREATE TABLE {TABLE}_messages (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-               queue varchar(255) NOT NULL, id varchar(128) NOT NULL, message_type varchar(255) NOT NULL,
-               payload jsonb NOT NULL, expires_at timestamptz, max_attempts integer, retry_delay_ms bigint,
-               created_at timestamptz NOT NULL, partition_key varchar(256), metadata jsonb,
-               unique_key varchar(255), unique_window_ms bigint, UNIQUE (queue, id));
-             CREATE TABLE {TABLE} (seq bigint PRIMARY KEY, queue varchar(255) NOT NULL,
-               priority smallint NOT NULL DEFAULT 0, execute_at timestamptz NOT NULL,
-               status varchar(16) NOT NULL, live smallint DEFAULT 1, attempts integer NOT NULL DEFAULT 0,
-               lease_owner varchar(255), lease_expires_at timestamptz, processing_started_at timestamptz,
-               updated_at timestamptz NOT NULL, last_error text) WITH (fillfactor = 50);
-             CREATE INDEX {TABLE}_ready ON {TABLE} (queue, priority DESC, execute_at, seq) WHERE live = 1;
-             CREATE INDEX {TABLE}_finished ON {TABLE} (updated_at) WHERE live IS NULL;"
-        )))
-        .execute(&pool)
+/// Creates the split tables; the loop of plain statements on them, keyed by the bigint.
+async fn create(url: &str, concurrency: usize, ack: Ack) -> Result<PlainLoop<i64>> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(concurrency as u32 + 2)
+        .connect(url)
         .await?;
-        Ok(SplitLoop { pool, ack })
-    }
-
-    async fn drop_tables(&self) -> Result<()> {
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "DROP TABLE IF EXISTS {TABLE}, {TABLE}_messages"
-        )))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-}
-
-impl Loop for SplitLoop {
-    async fn publish(&self, payloads: &[String]) -> Result<()> {
-        let ids: Vec<String> = payloads
-            .iter()
-            .map(|_| UlidGenerator.next_id().as_str().to_owned())
-            .collect();
-        sqlx::query(AssertSqlSafe(format!(
-            "WITH m AS ( \
-               INSERT INTO {TABLE}_messages (queue, id, message_type, payload, created_at) \
-               SELECT 'bench', u.id, 'bench', u.p::jsonb, now() FROM unnest($1::text[], $2::text[]) AS u(id, p) \
-               RETURNING seq) \
-             INSERT INTO {TABLE} (seq, queue, execute_at, status, updated_at) \
-             SELECT seq, 'bench', now(), 'scheduled', now() FROM m"
-        )))
-        .bind(&ids)
-        .bind(payloads)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn claim_and_ack(&self, batch: usize) -> Result<usize> {
-        let rows: Vec<(i64, String, sqlx::types::Json<serde_json::Value>)> =
-            sqlx::query_as(AssertSqlSafe(format!(
-                "WITH c AS ( \
-                   UPDATE {TABLE} SET status = 'processing', lease_owner = 'bench', \
-                     lease_expires_at = now() + interval '30 seconds', attempts = attempts + 1, \
-                     processing_started_at = now() \
-                   WHERE ctid = ANY(ARRAY(SELECT ctid FROM {TABLE} WHERE queue = 'bench' AND live = 1 \
-                     AND status = 'scheduled' AND execute_at <= now() \
-                     ORDER BY priority DESC, execute_at, seq LIMIT $1 FOR UPDATE SKIP LOCKED)) \
-                   RETURNING seq) \
-                 SELECT c.seq, m.id, m.payload FROM c JOIN {TABLE}_messages m ON m.seq = c.seq"
-            )))
-            .bind(i64::try_from(batch)?)
-            .fetch_all(&self.pool)
-            .await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let sql = match self.ack {
-            Ack::Delete => format!(
-                "WITH h AS (DELETE FROM {TABLE} WHERE seq = ANY($1)) \
-                 DELETE FROM {TABLE}_messages WHERE seq = ANY($1)"
-            ),
-            Ack::Keep | Ack::Move => format!(
-                "UPDATE {TABLE} SET status = 'executed', live = NULL, lease_expires_at = NULL, \
-                 updated_at = now() WHERE seq = ANY($1)"
-            ),
-        };
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(&seqs)
-            .execute(&self.pool)
-            .await?;
-        Ok(rows.len())
-    }
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP TABLE IF EXISTS {TABLE}, {TABLE}_messages;
+         CREATE TABLE {TABLE}_messages (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+           queue varchar(255) NOT NULL, id varchar(128) NOT NULL, message_type varchar(255) NOT NULL,
+           payload jsonb NOT NULL, expires_at timestamptz, max_attempts integer, retry_delay_ms bigint,
+           created_at timestamptz NOT NULL, partition_key varchar(256), metadata jsonb,
+           unique_key varchar(255), unique_window_ms bigint, UNIQUE (queue, id));
+         CREATE TABLE {TABLE} (seq bigint PRIMARY KEY, queue varchar(255) NOT NULL,
+           priority smallint NOT NULL DEFAULT 0, execute_at timestamptz NOT NULL,
+           status varchar(16) NOT NULL, live smallint DEFAULT 1, attempts integer NOT NULL DEFAULT 0,
+           lease_owner varchar(255), lease_expires_at timestamptz, processing_started_at timestamptz,
+           updated_at timestamptz NOT NULL, last_error text) WITH (fillfactor = 50);
+         CREATE INDEX {TABLE}_ready ON {TABLE} (queue, priority DESC, execute_at, seq) WHERE live = 1;
+         CREATE INDEX {TABLE}_finished ON {TABLE} (updated_at) WHERE live IS NULL;"
+    )))
+    .execute(&pool)
+    .await?;
+    let publish = format!(
+        "WITH m AS ( \
+           INSERT INTO {TABLE}_messages (queue, id, message_type, payload, created_at) \
+           SELECT 'bench', u.id, 'bench', u.p::jsonb, now() FROM unnest($1::text[], $2::text[]) AS u(id, p) \
+           RETURNING seq) \
+         INSERT INTO {TABLE} (seq, queue, execute_at, status, updated_at) \
+         SELECT seq, 'bench', now(), 'scheduled', now() FROM m"
+    );
+    // The message's id travels with its payload, as a delivery needs it.
+    let claim = format!(
+        "WITH c AS ( \
+           UPDATE {TABLE} SET status = 'processing', lease_owner = 'bench', \
+             lease_expires_at = now() + interval '30 seconds', attempts = attempts + 1, \
+             processing_started_at = now() \
+           WHERE ctid = ANY(ARRAY(SELECT ctid FROM {TABLE} WHERE queue = 'bench' AND live = 1 \
+             AND status = 'scheduled' AND execute_at <= now() \
+             ORDER BY priority DESC, execute_at, seq LIMIT $1 FOR UPDATE SKIP LOCKED)) \
+           RETURNING seq) \
+         SELECT c.seq, m.payload, m.id FROM c JOIN {TABLE}_messages m ON m.seq = c.seq"
+    );
+    let ack_sql = match ack {
+        Ack::Delete => format!(
+            "WITH h AS (DELETE FROM {TABLE} WHERE seq = ANY($1)) \
+             DELETE FROM {TABLE}_messages WHERE seq = ANY($1)"
+        ),
+        Ack::Keep | Ack::Move => format!(
+            "UPDATE {TABLE} SET status = 'executed', live = NULL, lease_expires_at = NULL, \
+             updated_at = now() WHERE seq = ANY($1)"
+        ),
+    };
+    Ok(PlainLoop::new(pool, publish, claim, ack_sql))
 }
 
 /// Publishes, claims and acknowledges the workload on the split tables at `url`; `ack` is
@@ -127,9 +81,11 @@ pub(crate) async fn bench_split_table(
     workload: (usize, usize, usize),
     ack: Ack,
 ) -> Result<Rates> {
-    let l = SplitLoop::create(url, workload.2, ack).await?;
-    let rates = drive(l.clone(), workload).await?;
-    l.drop_tables().await?;
-    l.pool.close().await;
-    Ok(rates)
+    create(url, workload.2, ack)
+        .await?
+        .run(
+            workload,
+            format!("DROP TABLE IF EXISTS {TABLE}, {TABLE}_messages"),
+        )
+        .await
 }
