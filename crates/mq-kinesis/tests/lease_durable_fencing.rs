@@ -43,7 +43,7 @@ async fn stale_owner_after_a_wipe(test: &str, checkpoints: Arc<dyn CheckpointSto
 
     redis.flushall().await;
     // "a" may still be reading: the shard is not handed out at once, but "a" is fenced at once
-    let asked = std::time::Instant::now();
+    let asked = Instant::now();
     assert!(store.acquire(s, "sh", "b", TTL).await.unwrap().is_none());
     assert_eq!(
         store.checkpoint(&a, "110").await.unwrap(),
@@ -51,13 +51,8 @@ async fn stale_owner_after_a_wipe(test: &str, checkpoints: Arc<dyn CheckpointSto
         "the last owner is fenced while the new one waits"
     );
     // Redis alone would hand out epoch 1 again; the durable floor keeps epochs increasing
-    let b = loop {
-        if let Some(b) = store.acquire(s, "sh", "b", TTL).await.unwrap() {
-            break b;
-        }
-        assert!(asked.elapsed() < WAIT * 10, "not acquired after the wait");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let st = &store;
+    let b = acquired_within(|| async move { st.acquire(s, "sh", "b", TTL).await.unwrap() }).await;
     assert!(
         asked.elapsed() >= WAIT,
         "acquired after {:?}, before the recovery wait of {WAIT:?}",
@@ -131,27 +126,18 @@ async fn stale_owner_after_a_wipe(test: &str, checkpoints: Arc<dyn CheckpointSto
 /// How long a membership lasts without renewal in the failover case.
 const MEMBERSHIP: Duration = Duration::from_secs(1);
 
-/// Acquires `shard` for `owner` under `membership`, asking every 20 ms for up to ten recovery
-/// waits; returns the lease and how long it took.
-async fn acquire_within(
-    store: &DurableLeaseStore,
-    shard: &str,
-    owner: &str,
-    membership: &str,
-) -> (mq_kinesis::Lease, Duration) {
+/// Asks `acquire` every 20 ms until it hands out a lease, for up to ten recovery waits.
+async fn acquired_within<F, Fut>(mut acquire: F) -> mq_kinesis::Lease
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<mq_kinesis::Lease>>,
+{
     let asked = Instant::now();
     loop {
-        if let Some(l) = store
-            .acquire_as_member("stream", shard, owner, membership, TTL, 0)
-            .await
-            .unwrap()
-        {
-            return (l, asked.elapsed());
+        if let Some(l) = acquire().await {
+            return l;
         }
-        assert!(
-            asked.elapsed() < WAIT * 10,
-            "{shard} not acquired after the wait"
-        );
+        assert!(asked.elapsed() < WAIT * 10, "not acquired after the wait");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -214,7 +200,13 @@ async fn renewals_lost_in_a_failover(test: &str, checkpoints: Arc<dyn Checkpoint
         !store.confirm_epoch(&a).await.unwrap(),
         "the owner is fenced while the new one waits"
     );
-    let (b, _) = acquire_within(&store, "sh", "b", "b.1").await;
+    let st = &store;
+    let b = acquired_within(|| async move {
+        st.acquire_as_member(s, "sh", "b", "b.1", TTL, 0)
+            .await
+            .unwrap()
+    })
+    .await;
     assert!(
         asked.elapsed() >= WAIT,
         "acquired after {:?}, before the recovery wait of {WAIT:?}",
@@ -234,7 +226,6 @@ async fn renewals_lost_in_a_failover(test: &str, checkpoints: Arc<dyn Checkpoint
         .await
         .unwrap()
         .unwrap();
-    let st = &store;
     wait_until(MEMBERSHIP * 3, "c.1 ended", || async move {
         !st.state(s, "sh-2").await.unwrap().live
     })
