@@ -30,8 +30,9 @@ use crate::lease::{CheckpointOutcome, Lease, LeaseState, LeaseStore};
 ///   [`LeaseState::expiry_unconfirmed`]), the owner the durable store knows of may still be
 ///   reading the shard. The first acquirer raises the durable fence at once, so that owner
 ///   stops before its next batch (and its next checkpoint is refused), and takes the shard only
-///   after the [`recovery_wait`](Self::recovery_wait) (one membership TTL by default): the batch that owner had in flight ends before the new owner's
-///   first one starts, so no shard is handled by two instances at once.
+///   after the [`recovery_wait`](Self::recovery_wait) (one membership TTL by default): the
+///   batch that owner had in flight ends before the new owner's first one starts, so no shard
+///   is handled by two instances at once.
 /// - **before every batch** ([`LeaseStore::confirm_epoch`]): a shard consumer reads the durable
 ///   fence and stops when a newer epoch is recorded, so the forgotten owner of a shard that had
 ///   nothing to checkpoint (an idle shard) stops before handing another batch to its handler,
