@@ -14,6 +14,31 @@ use sqlx::{AssertSqlSafe, PgPool, Postgres};
 use crate::Rates;
 use crate::bare::{Loop, drive};
 
+/// A row key the statements return and take back as a PostgreSQL array.
+pub(crate) trait Key:
+    for<'r> sqlx::Decode<'r, Postgres>
+    + for<'q> sqlx::Encode<'q, Postgres>
+    + sqlx::Type<Postgres>
+    + PgHasArrayType
+    + Send
+    + Sync
+    + Unpin
+    + 'static
+{
+}
+
+impl<K> Key for K where
+    K: for<'r> sqlx::Decode<'r, Postgres>
+        + for<'q> sqlx::Encode<'q, Postgres>
+        + sqlx::Type<Postgres>
+        + PgHasArrayType
+        + Send
+        + Sync
+        + Unpin
+        + 'static
+{
+}
+
 /// The statements of one layout, written once and shared by every task of the loop.
 pub(crate) struct PlainLoop<K> {
     pool: PgPool,
@@ -39,17 +64,7 @@ impl<K> Clone for PlainLoop<K> {
     }
 }
 
-impl<K> PlainLoop<K>
-where
-    K: for<'r> sqlx::Decode<'r, Postgres>
-        + for<'q> sqlx::Encode<'q, Postgres>
-        + sqlx::Type<Postgres>
-        + PgHasArrayType
-        + Send
-        + Sync
-        + Unpin
-        + 'static,
-{
+impl<K: Key> PlainLoop<K> {
     /// The loop of these statements on `pool`.
     pub(crate) fn new(pool: PgPool, publish: String, claim: String, ack: String) -> Self {
         PlainLoop {
@@ -76,17 +91,7 @@ where
     }
 }
 
-impl<K> Loop for PlainLoop<K>
-where
-    K: for<'r> sqlx::Decode<'r, Postgres>
-        + for<'q> sqlx::Encode<'q, Postgres>
-        + sqlx::Type<Postgres>
-        + PgHasArrayType
-        + Send
-        + Sync
-        + Unpin
-        + 'static,
-{
+impl<K: Key> Loop for PlainLoop<K> {
     async fn publish(&self, payloads: &[String]) -> Result<()> {
         let ids: Vec<String> = payloads
             .iter()
